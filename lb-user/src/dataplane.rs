@@ -1,0 +1,53 @@
+//! Typed access to the XDP program's maps.
+
+use std::fmt;
+
+use anyhow::Context as _;
+use aya::{Ebpf, maps::PerCpuArray};
+use lb_common::{Counter, counters::COUNTERS_MAP};
+
+/// The global outcome counters, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters(Vec<(Counter, u64)>);
+
+impl Counters {
+    /// Reads every counter from the program's `COUNTERS` map.
+    pub fn read(ebpf: &Ebpf) -> anyhow::Result<Self> {
+        let map = ebpf
+            .map(COUNTERS_MAP)
+            .with_context(|| format!("no map {COUNTERS_MAP} in the XDP object"))?;
+        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        Counter::ALL
+            .iter()
+            .map(|&counter| {
+                let per_cpu = array
+                    .get(&(counter as u32), 0)
+                    .with_context(|| format!("reading counter {}", counter.name()))?;
+                Ok((counter, per_cpu.iter().sum()))
+            })
+            .collect::<anyhow::Result<_>>()
+            .map(Self)
+    }
+
+    /// The value of one counter.
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0
+            .iter()
+            .find_map(|&(c, value)| (c == counter).then_some(value))
+            .unwrap_or(0)
+    }
+
+    /// Packets seen in all.
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(|&(_, value)| value).sum()
+    }
+}
+
+impl fmt::Display for Counters {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (counter, value) in &self.0 {
+            writeln!(f, "{:<24} {value:>14}", counter.name())?;
+        }
+        Ok(())
+    }
+}

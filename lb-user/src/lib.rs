@@ -1,0 +1,7 @@
+//! The xdplb agent: loads and attaches the XDP program and owns its maps.
+//!
+//! The `xdplb` binary (`main.rs`) is a thin CLI over this library; the test harness uses the
+//! library directly to run the real program through `BPF_PROG_TEST_RUN`.
+
+pub mod dataplane;
+pub mod loader;

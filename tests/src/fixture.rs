@@ -1,0 +1,148 @@
+//! Katran-style packet fixtures: a table of cases, each with a description, an input frame,
+//! the expected XDP action and the expected output frame, run through `BPF_PROG_TEST_RUN`.
+//!
+//! The runner takes the program as a closure, so this crate does not depend on the agent.
+
+use std::fmt;
+
+use crate::packet::{describe, hex_diff};
+
+/// XDP return codes (`enum xdp_action`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum XdpAction {
+    Aborted = 0,
+    Drop = 1,
+    Pass = 2,
+    Tx = 3,
+    Redirect = 4,
+}
+
+impl XdpAction {
+    pub fn from_u32(value: u32) -> Option<Self> {
+        [
+            Self::Aborted,
+            Self::Drop,
+            Self::Pass,
+            Self::Tx,
+            Self::Redirect,
+        ]
+        .into_iter()
+        .find(|action| *action as u32 == value)
+    }
+}
+
+/// What the output frame must be.
+pub enum Expect {
+    /// Byte for byte the input.
+    Unchanged,
+    /// Byte for byte this frame.
+    Frame(Vec<u8>),
+    /// Whatever this check accepts; it explains what is wrong otherwise.
+    Check(Box<dyn Fn(&[u8]) -> Result<(), String>>),
+}
+
+/// One fixture.
+pub struct Case {
+    pub desc: String,
+    pub input: Vec<u8>,
+    pub action: XdpAction,
+    pub output: Expect,
+}
+
+impl Case {
+    pub fn new(desc: impl Into<String>, input: Vec<u8>, action: XdpAction, output: Expect) -> Self {
+        Self {
+            desc: desc.into(),
+            input,
+            action,
+            output,
+        }
+    }
+}
+
+/// What the program did with one input.
+pub struct Outcome {
+    /// The raw XDP return code.
+    pub action: u32,
+    /// The frame after the program ran.
+    pub output: Vec<u8>,
+}
+
+struct Failure<'a> {
+    case: &'a Case,
+    what: String,
+}
+
+impl fmt::Display for Failure<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "FAIL {}: {}", self.case.desc, self.what)?;
+        writeln!(f, "     input: {}", describe(&self.case.input))
+    }
+}
+
+/// Runs every case through `run` and panics with a report of all failures (a one-line summary
+/// of each frame and a hex diff) if any case fails. Returns the number of cases run.
+pub fn run_cases(cases: &[Case], mut run: impl FnMut(&[u8]) -> anyhow::Result<Outcome>) -> usize {
+    let mut failures = Vec::new();
+    for case in cases {
+        let outcome = match run(&case.input) {
+            Ok(outcome) => outcome,
+            Err(err) => {
+                failures.push(Failure {
+                    case,
+                    what: format!("running the program: {err:#}"),
+                });
+                continue;
+            }
+        };
+        let action = XdpAction::from_u32(outcome.action);
+        if action != Some(case.action) {
+            failures.push(Failure {
+                case,
+                what: format!(
+                    "action {:?} (raw {}), expected {:?}",
+                    action, outcome.action, case.action
+                ),
+            });
+            continue;
+        }
+        let expected = match &case.output {
+            Expect::Unchanged => Some(&case.input),
+            Expect::Frame(frame) => Some(frame),
+            Expect::Check(check) => {
+                if let Err(what) = check(&outcome.output) {
+                    failures.push(Failure {
+                        case,
+                        what: format!(
+                            "output rejected: {what}\n    output: {}",
+                            describe(&outcome.output)
+                        ),
+                    });
+                }
+                None
+            }
+        };
+        if let Some(expected) = expected
+            && *expected != outcome.output
+        {
+            failures.push(Failure {
+                case,
+                what: format!(
+                    "output differs\n  expected: {}\n    actual: {}\n{}",
+                    describe(expected),
+                    describe(&outcome.output),
+                    hex_diff(expected, &outcome.output)
+                ),
+            });
+        }
+    }
+    if !failures.is_empty() {
+        let report: String = failures.iter().map(ToString::to_string).collect();
+        panic!(
+            "{} of {} fixtures failed:\n{report}",
+            failures.len(),
+            cases.len()
+        );
+    }
+    cases.len()
+}

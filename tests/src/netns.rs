@@ -1,0 +1,480 @@
+//! Network-namespace topologies for end-to-end tests: a client, a gateway (where xdplb runs)
+//! and N backends, joined by veth pairs, with addresses and routes so that the client reaches
+//! every backend through the gateway.
+//!
+//! ```text
+//!   client (eth0) ── (gc) gateway (gb0) ── (eth0) backend 0
+//!                              (gb1) ── (eth0) backend 1 ...
+//! ```
+//!
+//! Addresses come from the benchmarking range 198.18.0.0/15 and the ULA prefix fd00::/64s,
+//! inside namespaces this harness creates: client net 0, backend `i` net `i + 1`, the host
+//! part is `.1` on the gateway side and `.2` on the far side. Namespaces get unique names and
+//! are deleted on `Drop` (which runs when a test panics too); deleting a namespace deletes its
+//! veths. Namespaces left by a killed run are removed by the next [`Topology::new`].
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    thread::{self, JoinHandle},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+
+/// Prefix of every namespace this harness creates.
+pub const NS_PREFIX: &str = "xlb-";
+
+/// Gateway interface facing the client.
+pub const GW_CLIENT_IF: &str = "gc";
+/// Name of the single interface in the client and in each backend.
+pub const HOST_IF: &str = "eth0";
+
+/// Gateway interface facing backend `i`.
+pub fn gw_backend_if(i: usize) -> String {
+    format!("gb{i}")
+}
+
+/// The IPv4 address of host `host` (1: gateway side, 2: far side) on net `net`.
+pub fn net_v4(net: usize, host: u8) -> Ipv4Addr {
+    let net = u8::try_from(net).expect("at most 255 nets");
+    Ipv4Addr::new(198, 18, net, host)
+}
+
+/// The IPv6 address of host `host` on net `net`.
+pub fn net_v6(net: usize, host: u8) -> Ipv6Addr {
+    let net = u16::try_from(net).expect("at most 65535 nets");
+    Ipv6Addr::new(0xfd00, 0, 0, net, 0, 0, 0, u16::from(host))
+}
+
+/// A network namespace made by this harness, and its one host address.
+#[derive(Debug, Clone)]
+pub struct Netns {
+    pub name: String,
+    /// The address of this host's `eth0` (for the gateway: its client-facing address).
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+}
+
+impl Netns {
+    /// Runs `f` on a thread that has entered this namespace, and returns its result. Sockets
+    /// that `f` opens belong to this namespace, wherever they are used afterwards.
+    pub fn run<R, F>(&self, f: F) -> R
+    where
+        F: FnOnce() -> R + Send,
+        R: Send,
+    {
+        thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    self.enter().unwrap_or_else(|err| panic!("{err:#}"));
+                    f()
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    /// Like [`Netns::run`], but in the background; `f` must own what it uses.
+    pub fn spawn<R, F>(&self, f: F) -> JoinHandle<R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let ns = self.clone();
+        thread::spawn(move || {
+            ns.enter().unwrap_or_else(|err| panic!("{err:#}"));
+            f()
+        })
+    }
+
+    /// Moves the calling thread into this namespace.
+    fn enter(&self) -> anyhow::Result<()> {
+        let path = Path::new("/var/run/netns").join(&self.name);
+        let file = fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("entering namespace {}", self.name))
+    }
+
+    /// A command that runs `program` inside this namespace (`ip netns exec`).
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, program]);
+        cmd
+    }
+
+    /// Runs `program args…` in this namespace and returns its output; fails if it fails.
+    pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<Output> {
+        run_ok(self.command(program).args(args))
+    }
+
+    /// Starts a TCP server on `[::]:port` (IPv4 and IPv6) that answers each line it reads
+    /// with `"{ident} {line}"`, so that clients see which server answered.
+    pub fn tcp_server(&self, port: u16, ident: &str) -> Server {
+        let listener = self.run(|| {
+            TcpListener::bind((Ipv6Addr::UNSPECIFIED, port))
+                .unwrap_or_else(|err| panic!("{}: bind tcp/{port}: {err}", self.name))
+        });
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        Server::start(ident, move |ident, stop, accepted| {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                        let ident = ident.clone();
+                        let stop = Arc::clone(&stop);
+                        thread::spawn(move || serve_lines(stream, &ident, &stop));
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        })
+    }
+
+    /// Starts a UDP server on `[::]:port` that answers each datagram with
+    /// `"{ident} {datagram}"`.
+    pub fn udp_server(&self, port: u16, ident: &str) -> Server {
+        let socket = self.run(|| {
+            UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port))
+                .unwrap_or_else(|err| panic!("{}: bind udp/{port}: {err}", self.name))
+        });
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .expect("udp read timeout");
+        Server::start(ident, move |ident, stop, accepted| {
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((len, peer)) = socket.recv_from(&mut buf) {
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                    let mut reply = format!("{ident} ").into_bytes();
+                    reply.extend_from_slice(&buf[..len]);
+                    let _ = socket.send_to(&reply, peer);
+                }
+            }
+        })
+    }
+}
+
+fn serve_lines(stream: TcpStream, ident: &str, stop: &AtomicBool) {
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut writer = match stream.try_clone() {
+        Ok(writer) => writer,
+        Err(_) => return,
+    };
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        match reader.read_line(&mut line) {
+            Ok(0) => return,
+            Ok(_) if line.ends_with('\n') => {
+                if writer
+                    .write_all(format!("{ident} {line}").as_bytes())
+                    .is_err()
+                {
+                    return;
+                }
+                line.clear();
+            }
+            Ok(_) => {}
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// A server thread; stops (and closes its sockets) on drop.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicU32>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    fn start<F>(ident: &str, body: F) -> Self
+    where
+        F: FnOnce(String, Arc<AtomicBool>, Arc<AtomicU32>) + Send + 'static,
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicU32::new(0));
+        let (ident, thread_stop, thread_accepted) =
+            (ident.to_owned(), Arc::clone(&stop), Arc::clone(&accepted));
+        let thread = thread::spawn(move || body(ident, thread_stop, thread_accepted));
+        Self {
+            stop,
+            accepted,
+            thread: Some(thread),
+        }
+    }
+
+    /// TCP connections accepted, or UDP datagrams received, so far.
+    pub fn accepted(&self) -> u32 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Sends `line` on a new TCP connection to `addr` and returns the answer line (trimmed).
+pub fn tcp_request(addr: SocketAddr, line: &str) -> anyhow::Result<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(format!("{line}\n").as_bytes())?;
+    let mut answer = String::new();
+    BufReader::new(&mut stream)
+        .read_line(&mut answer)
+        .with_context(|| format!("reading the answer from {addr}"))?;
+    Ok(answer.trim_end().to_owned())
+}
+
+/// Sends `payload` in one UDP datagram to `addr` and returns the answer and who sent it.
+pub fn udp_request(addr: SocketAddr, payload: &str) -> anyhow::Result<(String, SocketAddr)> {
+    let bind: SocketAddr = match addr {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(bind)?;
+    socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+    socket.send_to(payload.as_bytes(), addr)?;
+    let mut buf = [0u8; 2048];
+    let (len, from) = socket
+        .recv_from(&mut buf)
+        .with_context(|| format!("waiting for the answer from {addr}"))?;
+    Ok((String::from_utf8_lossy(&buf[..len]).into_owned(), from))
+}
+
+/// Client, gateway and backends, removed on drop.
+pub struct Topology {
+    pub client: Netns,
+    pub gateway: Netns,
+    pub backends: Vec<Netns>,
+}
+
+impl Topology {
+    /// Builds a topology with `backends` backends (1 to 250).
+    pub fn new(backends: usize) -> anyhow::Result<Self> {
+        if !(1..=250).contains(&backends) {
+            bail!("a topology has 1 to 250 backends, not {backends}");
+        }
+        remove_stale_namespaces();
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let id = format!(
+            "{NS_PREFIX}{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let host = |role: &str, net: usize| Netns {
+            name: format!("{id}-{role}"),
+            v4: net_v4(net, 2),
+            v6: net_v6(net, 2),
+        };
+        // Built up in place so that a failure half-way still cleans up through Drop.
+        let mut topo = Self {
+            client: host("cli", 0),
+            gateway: Netns {
+                name: format!("{id}-gw"),
+                v4: net_v4(0, 1),
+                v6: net_v6(0, 1),
+            },
+            backends: Vec::new(),
+        };
+        for ns in [&topo.client, &topo.gateway] {
+            add_namespace(&ns.name)?;
+        }
+        let gw = topo.gateway.name.clone();
+        for (key, value) in [
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+        ] {
+            run_ok(
+                Command::new("ip")
+                    .args(["netns", "exec", &gw, "sysctl", "-qw"])
+                    .arg(format!("{key}={value}")),
+            )?;
+        }
+        link_hosts(&gw, GW_CLIENT_IF, &topo.client, 0)?;
+        for i in 0..backends {
+            let backend = host(&format!("b{i}"), i + 1);
+            add_namespace(&backend.name)?;
+            topo.backends.push(backend.clone());
+            link_hosts(&gw, &gw_backend_if(i), &backend, i + 1)?;
+        }
+        Ok(topo)
+    }
+
+    /// Gateway interfaces: the client-facing one first, then one per backend.
+    pub fn gateway_ifaces(&self) -> Vec<String> {
+        std::iter::once(GW_CLIENT_IF.to_owned())
+            .chain((0..self.backends.len()).map(gw_backend_if))
+            .collect()
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        for ns in std::iter::once(&self.client)
+            .chain(std::iter::once(&self.gateway))
+            .chain(&self.backends)
+        {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &ns.name])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Adds `ns`, with `lo` up.
+fn add_namespace(ns: &str) -> anyhow::Result<()> {
+    run_ok(Command::new("ip").args(["netns", "add", ns]))?;
+    run_ok(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]))?;
+    Ok(())
+}
+
+/// Joins `far`'s `eth0` to the gateway's `gw_if` on net `net`, with addresses, a default
+/// route on the far side via the gateway, and GRO on the far side so that frames the
+/// gateway XDP-redirects into the veth are delivered.
+fn link_hosts(gw: &str, gw_if: &str, far: &Netns, net: usize) -> anyhow::Result<()> {
+    run_ok(Command::new("ip").args([
+        "-n", gw, "link", "add", gw_if, "type", "veth", "peer", "name", HOST_IF, "netns", &far.name,
+    ]))?;
+    for (ns, ifname, v4, v6) in [
+        (gw, gw_if, net_v4(net, 1), net_v6(net, 1)),
+        (far.name.as_str(), HOST_IF, far.v4, far.v6),
+    ] {
+        run_ok(Command::new("ip").args([
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{v4}/24"),
+            "dev",
+            ifname,
+        ]))?;
+        run_ok(Command::new("ip").args([
+            "-n",
+            ns,
+            "-6",
+            "addr",
+            "add",
+            &format!("{v6}/64"),
+            "dev",
+            ifname,
+            "nodad",
+        ]))?;
+        run_ok(Command::new("ip").args(["-n", ns, "link", "set", ifname, "up"]))?;
+    }
+    run_ok(Command::new("ip").args([
+        "-n",
+        &far.name,
+        "route",
+        "add",
+        "default",
+        "via",
+        &net_v4(net, 1).to_string(),
+    ]))?;
+    run_ok(Command::new("ip").args([
+        "-n",
+        &far.name,
+        "-6",
+        "route",
+        "add",
+        "default",
+        "via",
+        &net_v6(net, 1).to_string(),
+    ]))?;
+    run_ok(Command::new("ip").args([
+        "netns", "exec", &far.name, "ethtool", "-K", HOST_IF, "gro", "on",
+    ]))?;
+    Ok(())
+}
+
+/// Deletes namespaces of earlier runs whose process is gone.
+fn remove_stale_namespaces() {
+    let Ok(entries) = fs::read_dir("/var/run/netns") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(NS_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
+    }
+}
+
+/// Namespaces made by this harness that exist now.
+pub fn harness_namespaces() -> Vec<String> {
+    fs::read_dir("/var/run/netns")
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with(NS_PREFIX))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Runs `cmd`, failing with its stderr if it fails.
+pub fn run_ok(cmd: &mut Command) -> anyhow::Result<Output> {
+    let output = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(output)
+}
+
+/// Starts `cmd` with piped stdout and stderr.
+pub fn spawn_piped(cmd: &mut Command) -> anyhow::Result<Child> {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))
+}
+
+/// Reads everything left in a child's pipe.
+pub fn read_all(mut pipe: impl std::io::Read) -> String {
+    let mut out = String::new();
+    let _ = pipe.read_to_string(&mut out);
+    out
+}
+
+/// True if `ip` is `addr`'s address, ignoring the port.
+pub fn same_ip(addr: SocketAddr, ip: impl Into<IpAddr>) -> bool {
+    addr.ip() == ip.into()
+}

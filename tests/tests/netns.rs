@@ -1,0 +1,159 @@
+//! End-to-end tests in network namespaces: the program attached to a real veth, real sockets.
+
+mod common;
+
+use std::{
+    net::SocketAddr,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use lb_common::Counter;
+use lb_tests::netns::{GW_CLIENT_IF, Topology, read_all, spawn_piped, tcp_request};
+use lb_user::{
+    dataplane::Counters,
+    loader::{AttachMode, AttachedMode},
+};
+
+fn ping(topo: &Topology, target: &str, count: u32) {
+    topo.client
+        .exec(
+            "ping",
+            &["-c", &count.to_string(), "-i", "0.05", "-W", "2", target],
+        )
+        .unwrap_or_else(|err| panic!("ping {target}: {err:#}"));
+}
+
+fn xdp_attached(topo: &Topology, iface: &str) -> bool {
+    let out = topo
+        .gateway
+        .exec("ip", &["link", "show", "dev", iface])
+        .expect("ip link show");
+    String::from_utf8_lossy(&out.stdout).contains(" xdp")
+}
+
+#[test]
+#[ignore = "needs root"]
+fn attached_program_counts_real_traffic_through_the_gateway() {
+    let topo = Topology::new(1).expect("topology");
+    let mut loaded = common::load();
+    let mode = topo
+        .gateway
+        .run(|| loaded.attach(GW_CLIENT_IF, AttachMode::Native))
+        .expect("attach in native mode");
+    assert_eq!(mode, AttachedMode::Native);
+    assert!(xdp_attached(&topo, GW_CLIENT_IF));
+
+    // IPv4: exactly the echo requests cross the gateway's client-facing interface inbound.
+    let before = Counters::read(&loaded.ebpf).expect("counters");
+    ping(&topo, &topo.backends[0].v4.to_string(), 5);
+    let after = Counters::read(&loaded.ebpf).expect("counters");
+    assert_eq!(
+        after.get(Counter::PassIpv4) - before.get(Counter::PassIpv4),
+        5
+    );
+
+    // IPv6, and a TCP exchange with a server in the backend namespace: passed and counted.
+    ping(&topo, &topo.backends[0].v6.to_string(), 3);
+    let server = topo.backends[0].tcp_server(8080, "b0");
+    let target = SocketAddr::from((topo.backends[0].v4, 8080));
+    let answer = topo
+        .client
+        .run(|| tcp_request(target, "hello"))
+        .expect("tcp request");
+    assert_eq!(answer, "b0 hello");
+    assert_eq!(server.accepted(), 1);
+    let end = Counters::read(&loaded.ebpf).expect("counters");
+    assert!(
+        end.get(Counter::PassIpv6) - after.get(Counter::PassIpv6) >= 3,
+        "{end}"
+    );
+    // SYN, ACK, data, and at least one more (ACK of the answer or FIN).
+    assert!(
+        end.get(Counter::PassIpv4) - after.get(Counter::PassIpv4) >= 4,
+        "{end}"
+    );
+
+    drop(loaded);
+    assert!(
+        !xdp_attached(&topo, GW_CLIENT_IF),
+        "dropping the program detaches it"
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn xdplb_run_attaches_counts_and_detaches_on_sigterm() {
+    let topo = Topology::new(1).expect("topology");
+    let mut daemon = spawn_piped(
+        topo.gateway
+            .command(common::xdplb_bin().to_str().expect("utf-8 path"))
+            .args(["run", "--iface", GW_CLIENT_IF, "--xdp-mode", "auto"]),
+    )
+    .expect("start xdplb");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !xdp_attached(&topo, GW_CLIENT_IF) {
+        assert!(
+            daemon.try_wait().expect("wait").is_none(),
+            "xdplb exited early: {}",
+            read_all(daemon.stderr.take().expect("stderr"))
+        );
+        assert!(
+            Instant::now() < deadline,
+            "xdplb did not attach within 10 s"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    ping(&topo, &topo.backends[0].v4.to_string(), 3);
+
+    let status = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let output = daemon.wait_with_output().expect("xdplb output");
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "xdplb failed: {log}");
+    assert!(
+        !xdp_attached(&topo, GW_CLIENT_IF),
+        "xdplb left XDP attached"
+    );
+    assert!(log.contains("XDP attached in native mode"), "{log}");
+    let counted: u64 = log
+        .lines()
+        .rev()
+        .find_map(|line| line.trim().strip_prefix(Counter::PassIpv4.name()))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no final {} counter in the log: {log}",
+                Counter::PassIpv4.name()
+            )
+        });
+    assert_eq!(counted, 3, "the three echo requests");
+}
+
+#[test]
+#[ignore = "needs root"]
+fn xdplb_run_refuses_an_unknown_interface() {
+    let topo = Topology::new(1).expect("topology");
+    let output = topo
+        .gateway
+        .command(common::xdplb_bin().to_str().expect("utf-8 path"))
+        .args(["run", "--iface", "nosuchif0"])
+        .output()
+        .expect("run xdplb");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(r#"no interface named "nosuchif0""#),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.lines().filter(|l| l.contains("error")).count(),
+        1,
+        "{stderr}"
+    );
+}

@@ -1,0 +1,71 @@
+//! `cargo xtask test`: lints, host unit tests, packet fixtures and namespace tests.
+
+use std::time::Instant;
+
+use clap::Args;
+
+use crate::{cargo, run_step};
+
+#[derive(Args)]
+pub struct TestArgs {
+    /// Skip `cargo fmt --check` and `cargo clippy`.
+    #[arg(long)]
+    no_lint: bool,
+    /// Only tests whose name contains this (passed to the test harness).
+    filter: Option<String>,
+}
+
+pub fn run(args: &TestArgs) -> anyhow::Result<()> {
+    let start = Instant::now();
+    if !args.no_lint {
+        run_step(
+            "cargo fmt --check",
+            cargo().args(["fmt", "--all", "--", "--check"]),
+        )?;
+        run_step(
+            "cargo clippy -D warnings",
+            cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        )?;
+    }
+    // The namespace tests start the `xdplb` binary, so build it as well as the test targets.
+    run_step(
+        "build",
+        cargo().args([
+            "build",
+            "--workspace",
+            "--exclude",
+            "lb-ebpf",
+            "--all-targets",
+        ]),
+    )?;
+
+    let root = lb_tests::is_root();
+    let mut test = cargo();
+    test.args(["test", "--workspace", "--exclude", "lb-ebpf", "--"]);
+    if root {
+        // Tests that need root (BPF_PROG_TEST_RUN, XDP on veths, namespaces) are `#[ignore]`d
+        // so that a plain `cargo test` reports them as ignored rather than passed.
+        test.arg("--include-ignored");
+    }
+    if let Some(filter) = &args.filter {
+        test.arg(filter);
+    }
+    let tests = run_step("tests", &mut test);
+    if !root {
+        eprintln!();
+        eprintln!("xtask: ************************************************************");
+        eprintln!("xtask: SKIPPED: the packet-fixture and namespace tests need root.");
+        eprintln!("xtask: They are listed as `ignored` above; run as root to run them.");
+        eprintln!("xtask: ************************************************************");
+    }
+    tests?;
+    eprintln!("xtask: all tests passed in {:.1?}", start.elapsed());
+    Ok(())
+}
