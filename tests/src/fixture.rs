@@ -31,6 +31,9 @@ impl XdpAction {
     }
 }
 
+/// A check of an output frame: `Err` explains what is wrong with it.
+pub type FrameCheck = Box<dyn Fn(&[u8]) -> Result<(), String>>;
+
 /// What the output frame must be.
 pub enum Expect {
     /// Byte for byte the input.
@@ -38,7 +41,7 @@ pub enum Expect {
     /// Byte for byte this frame.
     Frame(Vec<u8>),
     /// Whatever this check accepts; it explains what is wrong otherwise.
-    Check(Box<dyn Fn(&[u8]) -> Result<(), String>>),
+    Check(FrameCheck),
 }
 
 /// One fixture.
