@@ -28,14 +28,76 @@ macro_rules! counters {
 }
 
 counters! {
-    /// An IPv4 packet, passed to the kernel.
-    PassIpv4 = 0 => "pass_ipv4",
-    /// An IPv6 packet, passed to the kernel.
-    PassIpv6 = 1 => "pass_ipv6",
-    /// Not IP (ARP, LLDP, ...), passed to the kernel.
-    PassNonIp = 2 => "pass_non_ip",
-    /// Too short for the headers it announces, passed to the kernel (not ours to judge).
-    PassTruncated = 3 => "pass_truncated",
+    /// Not IP (ARP, LLDP, ...): passed to the kernel.
+    PassNonIp = 0 => "pass_non_ip",
+    /// IP, but neither to a VIP nor a reply of a tracked flow: passed (normal routing).
+    PassNonVip = 1 => "pass_non_vip",
+    /// Not to a VIP, and too short or malformed to tell more: passed (not ours to judge).
+    PassMalformed = 2 => "pass_malformed",
+    /// To a VIP: sent to a backend with XDP_TX (back out of the interface it came in on).
+    FwdTx = 3 => "fwd_tx",
+    /// To a VIP: sent to a backend with XDP_REDIRECT (out of another interface).
+    FwdRedirect = 4 => "fwd_redirect",
+    /// Reply from a backend, translated to come from the VIP, sent with XDP_TX.
+    ReplyTx = 5 => "reply_tx",
+    /// Reply from a backend, translated, sent with XDP_REDIRECT.
+    ReplyRedirect = 6 => "reply_redirect",
+    /// Translated, but the next hop's MAC address is not resolved yet: passed to the kernel,
+    /// which resolves it (ARP/ND) and forwards the translated packet.
+    PassNoNeighbour = 7 => "pass_no_neighbour",
+    /// Translated, but the kernel's FIB had no forwarding answer (no route, forwarding off,
+    /// TTL/hop limit about to expire, ...): passed to the kernel to decide.
+    PassFib = 8 => "pass_fib",
+    /// Translated; its TCP/UDP checksum was a partial one (transmit offload of a local sender):
+    /// passed to the kernel, which completes the checksum on the way out.
+    PassPartialChecksum = 9 => "pass_partial_checksum",
+    /// To a VIP, cut short inside its IP or TCP/UDP header: dropped.
+    DropTruncated = 10 => "drop_truncated",
+    /// To a VIP, with an IPv4 header that is not well-formed (version, IHL, length): dropped.
+    DropBadHeader = 11 => "drop_bad_header",
+    /// To a VIP, with IPv4 options: dropped.
+    DropIpOptions = 12 => "drop_ip_options",
+    /// To a VIP, a fragment (IPv4 or IPv6): dropped.
+    DropFragment = 13 => "drop_fragment",
+    /// To a VIP, IPv6 with more extension headers than the parser follows: dropped.
+    DropExtHeaders = 14 => "drop_ext_headers",
+    /// To a VIP that has no backend taking new flows: dropped.
+    DropNoBackend = 15 => "drop_no_backend",
+    /// A map the program needs was missing an entry it should have (agent bug): dropped.
+    DropInternal = 16 => "drop_internal",
+}
+
+/// XDP return codes (`enum xdp_action`).
+pub mod xdp_action {
+    pub const ABORTED: u32 = 0;
+    pub const DROP: u32 = 1;
+    pub const PASS: u32 = 2;
+    pub const TX: u32 = 3;
+    pub const REDIRECT: u32 = 4;
+}
+
+impl Counter {
+    /// The XDP action that goes with this outcome: each outcome implies exactly one.
+    #[inline(always)]
+    pub const fn action(self) -> u32 {
+        match self {
+            Counter::FwdTx | Counter::ReplyTx => xdp_action::TX,
+            Counter::FwdRedirect | Counter::ReplyRedirect => xdp_action::REDIRECT,
+            Counter::DropTruncated
+            | Counter::DropBadHeader
+            | Counter::DropIpOptions
+            | Counter::DropFragment
+            | Counter::DropExtHeaders
+            | Counter::DropNoBackend
+            | Counter::DropInternal => xdp_action::DROP,
+            Counter::PassNonIp
+            | Counter::PassNonVip
+            | Counter::PassMalformed
+            | Counter::PassNoNeighbour
+            | Counter::PassFib
+            | Counter::PassPartialChecksum => xdp_action::PASS,
+        }
+    }
 }
 
 /// Number of entries in the [`COUNTERS_MAP`] array.
@@ -54,5 +116,19 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), Counter::ALL.len());
+    }
+
+    #[test]
+    fn names_say_what_the_action_does() {
+        for c in Counter::ALL {
+            let expected = match c.name().split('_').next() {
+                Some("drop") => xdp_action::DROP,
+                Some("pass") => xdp_action::PASS,
+                _ if c.name().ends_with("_tx") => xdp_action::TX,
+                _ if c.name().ends_with("_redirect") => xdp_action::REDIRECT,
+                _ => panic!("{c:?} has no action in its name"),
+            };
+            assert_eq!(c.action(), expected, "{c:?}");
+        }
     }
 }

@@ -2,8 +2,18 @@
 //! (`lb-user`): map names and layouts, and the pure decision logic both sides run unchanged.
 #![cfg_attr(not(test), no_std)]
 
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+pub mod conntrack;
 pub mod counters;
+pub mod csum;
 pub mod flow;
+pub mod hash;
+pub mod maglev;
+pub mod maps;
+pub mod nat;
+pub mod sched;
 
 pub use counters::Counter;
 pub use flow::FlowKey;

@@ -1,0 +1,323 @@
+//! The connection table's value ([`FlowState`]: which backend a flow is pinned to, in what TCP
+//! state, last seen when) and its pure state machine and expiry.
+//!
+//! The state machine is a load balancer's coarse view of TCP, in the spirit of IPVS: enough to
+//! give half-open, closing and reset flows short timeouts, and to notice a new connection on a
+//! reused 5-tuple. It never drops packets: every input leads to some state.
+
+/// No packet seen yet: a zeroed entry. Also what an expired entry counts as (see
+/// [`current_state`]).
+pub const STATE_NEW: u8 = 0;
+/// The client sent SYN; the handshake is not complete.
+pub const STATE_SYN_SENT: u8 = 1;
+/// The client acknowledged the handshake (or the flow was picked up mid-stream).
+pub const STATE_ESTABLISHED: u8 = 2;
+/// A FIN was seen in either direction: the connection is closing.
+pub const STATE_FIN: u8 = 3;
+/// A RST was seen in either direction: the connection is closed.
+pub const STATE_CLOSED: u8 = 4;
+/// A UDP flow (no states; the caller stores this for UDP and [`next_state`] keeps it).
+pub const STATE_UDP: u8 = 5;
+
+/// TCP flags byte: FIN.
+pub const TCP_FIN: u8 = 0x01;
+/// TCP flags byte: SYN.
+pub const TCP_SYN: u8 = 0x02;
+/// TCP flags byte: RST.
+pub const TCP_RST: u8 = 0x04;
+/// TCP flags byte: ACK.
+pub const TCP_ACK: u8 = 0x10;
+
+/// Value of the connection table, keyed by the flow's `FlowKey`.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    /// The backend the flow is pinned to.
+    pub backend_id: u32,
+    /// One of the `STATE_*` constants.
+    pub state: u8,
+    /// Explicit padding; always zero.
+    pub _pad: [u8; 3],
+    /// `bpf_ktime_get_ns()` of the last packet.
+    pub last_seen_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<FlowState>() == 16);
+
+#[cfg(feature = "user")]
+// SAFETY: `FlowState` is `repr(C)`, `Copy`, made only of integers and a byte array, with its
+// padding spelled out as `_pad` (the size assertion above checks there is no other), so every
+// bit pattern is valid.
+unsafe impl aya::Pod for FlowState {}
+
+/// How long an entry lives after its last packet, per state, in nanoseconds. `repr(C)` (five
+/// `u64`, no padding) so it can sit in a map value; `Default` is [`DEFAULT_TIMEOUTS`].
+#[repr(C)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// [`STATE_NEW`] and [`STATE_SYN_SENT`]: half-open connections.
+    pub tcp_syn_ns: u64,
+    /// [`STATE_ESTABLISHED`].
+    pub tcp_established_ns: u64,
+    /// [`STATE_FIN`]: closing, possibly half-closed with data still flowing one way.
+    pub tcp_fin_ns: u64,
+    /// [`STATE_CLOSED`]: reset; kept briefly for stray packets.
+    pub tcp_rst_ns: u64,
+    /// [`STATE_UDP`].
+    pub udp_ns: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<Timeouts>() == 40);
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        DEFAULT_TIMEOUTS
+    }
+}
+
+const SECOND_NS: u64 = 1_000_000_000;
+
+/// Defaults modelled on IPVS (`ip_vs_proto_tcp.c`, `ip_vs_proto_udp.c`): established 15 min
+/// and UDP 5 min as in IPVS; SYN 30 s (IPVS: 60 s SYN_RECV, 120 s SYN_SENT; shorter here so SYN
+/// floods age out faster); FIN 60 s (between IPVS's LAST_ACK 30 s and FIN_WAIT 120 s); RST 10 s
+/// (IPVS CLOSE). The table is an LRU map as well, so idle entries also go under pressure.
+pub const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
+    tcp_syn_ns: 30 * SECOND_NS,
+    tcp_established_ns: 900 * SECOND_NS,
+    tcp_fin_ns: 60 * SECOND_NS,
+    tcp_rst_ns: 10 * SECOND_NS,
+    udp_ns: 300 * SECOND_NS,
+};
+
+/// The TCP state after a packet with `tcp_flags` (the raw flags byte), from the client if
+/// `from_client`, else from the backend. [`STATE_UDP`] stays [`STATE_UDP`]; an unknown state
+/// counts as [`STATE_NEW`].
+///
+/// In order of precedence:
+/// - RST (either side) closes.
+/// - SYN with FIN is invalid and changes nothing.
+/// - SYN without ACK from the client starts over in [`STATE_SYN_SENT`], whatever came before
+///   (a new connection on a reused 5-tuple); from the backend it changes nothing.
+/// - SYN+ACK changes nothing (the backend's half of the handshake).
+/// - FIN (either side) moves an open flow to [`STATE_FIN`]; a closed flow stays closed.
+/// - A client ACK completes the handshake ([`STATE_SYN_SENT`] to [`STATE_ESTABLISHED`]) or picks
+///   up a flow seen mid-stream ([`STATE_NEW`] to [`STATE_ESTABLISHED`]); anything else stays.
+#[inline(always)]
+pub fn next_state(state: u8, tcp_flags: u8, from_client: bool) -> u8 {
+    let state = match state {
+        STATE_UDP => return STATE_UDP,
+        STATE_SYN_SENT | STATE_ESTABLISHED | STATE_FIN | STATE_CLOSED => state,
+        _ => STATE_NEW,
+    };
+    let (syn, ack, fin, rst) = (
+        tcp_flags & TCP_SYN != 0,
+        tcp_flags & TCP_ACK != 0,
+        tcp_flags & TCP_FIN != 0,
+        tcp_flags & TCP_RST != 0,
+    );
+    if rst {
+        STATE_CLOSED
+    } else if syn {
+        if !fin && !ack && from_client {
+            STATE_SYN_SENT
+        } else {
+            state
+        }
+    } else if fin {
+        if state == STATE_CLOSED {
+            STATE_CLOSED
+        } else {
+            STATE_FIN
+        }
+    } else if ack && from_client && (state == STATE_SYN_SENT || state == STATE_NEW) {
+        STATE_ESTABLISHED
+    } else {
+        state
+    }
+}
+
+/// The timeout of `state` under `timeouts`; an unknown state gets 0 (expires at once).
+#[inline(always)]
+pub fn timeout_ns(state: u8, timeouts: &Timeouts) -> u64 {
+    match state {
+        STATE_NEW | STATE_SYN_SENT => timeouts.tcp_syn_ns,
+        STATE_ESTABLISHED => timeouts.tcp_established_ns,
+        STATE_FIN => timeouts.tcp_fin_ns,
+        STATE_CLOSED => timeouts.tcp_rst_ns,
+        STATE_UDP => timeouts.udp_ns,
+        _ => 0,
+    }
+}
+
+/// Whether `entry` has been idle longer than its state's timeout at `now_ns`. A clock that
+/// went backwards (`now_ns < last_seen_ns`) counts as no idle time.
+#[inline(always)]
+pub fn is_expired(entry: &FlowState, now_ns: u64, timeouts: &Timeouts) -> bool {
+    now_ns.saturating_sub(entry.last_seen_ns) > timeout_ns(entry.state, timeouts)
+}
+
+/// The state to feed [`next_state`]: the entry's, or [`STATE_NEW`] if it has expired, so a
+/// packet on an expired flow is treated like the first of a new one.
+#[inline(always)]
+pub fn current_state(entry: &FlowState, now_ns: u64, timeouts: &Timeouts) -> u8 {
+    if is_expired(entry, now_ns, timeouts) {
+        STATE_NEW
+    } else {
+        entry.state
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SYN: u8 = TCP_SYN;
+    const SYN_ACK: u8 = TCP_SYN | TCP_ACK;
+    const ACK: u8 = TCP_ACK;
+    const FIN_ACK: u8 = TCP_FIN | TCP_ACK;
+    const RST: u8 = TCP_RST;
+    const PSH_ACK: u8 = 0x08 | TCP_ACK;
+
+    const CLIENT: bool = true;
+    const BACKEND: bool = false;
+
+    #[test]
+    fn transitions() {
+        #[rustfmt::skip]
+        let table: &[(&str, u8, u8, bool, u8)] = &[
+            ("client SYN opens", STATE_NEW, SYN, CLIENT, STATE_SYN_SENT),
+            ("backend SYN-ACK waits for the client", STATE_SYN_SENT, SYN_ACK, BACKEND, STATE_SYN_SENT),
+            ("client ACK establishes", STATE_SYN_SENT, ACK, CLIENT, STATE_ESTABLISHED),
+            ("backend ACK does not establish", STATE_SYN_SENT, ACK, BACKEND, STATE_SYN_SENT),
+            ("retransmitted SYN", STATE_SYN_SENT, SYN, CLIENT, STATE_SYN_SENT),
+            ("data keeps established", STATE_ESTABLISHED, PSH_ACK, CLIENT, STATE_ESTABLISHED),
+            ("backend data keeps established", STATE_ESTABLISHED, PSH_ACK, BACKEND, STATE_ESTABLISHED),
+            ("mid-stream pickup", STATE_NEW, PSH_ACK, CLIENT, STATE_ESTABLISHED),
+            ("backend packet on a new entry", STATE_NEW, ACK, BACKEND, STATE_NEW),
+            ("client FIN closes", STATE_ESTABLISHED, FIN_ACK, CLIENT, STATE_FIN),
+            ("backend FIN closes", STATE_ESTABLISHED, FIN_ACK, BACKEND, STATE_FIN),
+            ("ACK after FIN stays", STATE_FIN, ACK, CLIENT, STATE_FIN),
+            ("FIN during handshake", STATE_SYN_SENT, FIN_ACK, CLIENT, STATE_FIN),
+            ("RST during handshake", STATE_SYN_SENT, RST, BACKEND, STATE_CLOSED),
+            ("RST when established", STATE_ESTABLISHED, RST | TCP_ACK, CLIENT, STATE_CLOSED),
+            ("RST when closing", STATE_FIN, RST, BACKEND, STATE_CLOSED),
+            ("RST on a new entry", STATE_NEW, RST, CLIENT, STATE_CLOSED),
+            ("RST wins over SYN", STATE_ESTABLISHED, RST | SYN, CLIENT, STATE_CLOSED),
+            ("ACK after RST stays closed", STATE_CLOSED, ACK, CLIENT, STATE_CLOSED),
+            ("FIN after RST stays closed", STATE_CLOSED, FIN_ACK, CLIENT, STATE_CLOSED),
+            ("new SYN after RST starts over", STATE_CLOSED, SYN, CLIENT, STATE_SYN_SENT),
+            ("new SYN after FIN starts over", STATE_FIN, SYN, CLIENT, STATE_SYN_SENT),
+            ("new SYN on established starts over", STATE_ESTABLISHED, SYN, CLIENT, STATE_SYN_SENT),
+            ("backend SYN ignored", STATE_CLOSED, SYN, BACKEND, STATE_CLOSED),
+            ("SYN+FIN ignored", STATE_ESTABLISHED, SYN | TCP_FIN, CLIENT, STATE_ESTABLISHED),
+            ("no flags", STATE_SYN_SENT, 0, CLIENT, STATE_SYN_SENT),
+            ("UDP stays UDP", STATE_UDP, SYN, CLIENT, STATE_UDP),
+            ("unknown state counts as new", 200, SYN, CLIENT, STATE_SYN_SENT),
+            ("unknown state, ACK", 200, ACK, CLIENT, STATE_ESTABLISHED),
+        ];
+        for &(what, state, flags, from_client, want) in table {
+            assert_eq!(next_state(state, flags, from_client), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn timeouts_by_state() {
+        let t = Timeouts::default();
+        assert_eq!(t, DEFAULT_TIMEOUTS);
+        assert_eq!(timeout_ns(STATE_NEW, &t), 30 * SECOND_NS);
+        assert_eq!(timeout_ns(STATE_SYN_SENT, &t), 30 * SECOND_NS);
+        assert_eq!(timeout_ns(STATE_ESTABLISHED, &t), 900 * SECOND_NS);
+        assert_eq!(timeout_ns(STATE_FIN, &t), 60 * SECOND_NS);
+        assert_eq!(timeout_ns(STATE_CLOSED, &t), 10 * SECOND_NS);
+        assert_eq!(timeout_ns(STATE_UDP, &t), 300 * SECOND_NS);
+        assert_eq!(timeout_ns(99, &t), 0);
+    }
+
+    #[test]
+    fn expiry() {
+        let t = DEFAULT_TIMEOUTS;
+        let entry = FlowState {
+            backend_id: 3,
+            state: STATE_FIN,
+            last_seen_ns: 1_000 * SECOND_NS,
+            ..FlowState::default()
+        };
+        let limit = entry.last_seen_ns + t.tcp_fin_ns;
+        assert!(!is_expired(&entry, limit, &t));
+        assert!(is_expired(&entry, limit + 1, &t));
+        assert!(!is_expired(&entry, 0, &t), "clock went backwards");
+        assert!(is_expired(&entry, u64::MAX, &t));
+        let forever = Timeouts {
+            tcp_fin_ns: u64::MAX,
+            ..t
+        };
+        assert!(!is_expired(&entry, u64::MAX, &forever));
+    }
+
+    #[test]
+    fn new_syn_on_expired_entry_starts_over() {
+        let t = DEFAULT_TIMEOUTS;
+        let entry = FlowState {
+            backend_id: 7,
+            state: STATE_ESTABLISHED,
+            last_seen_ns: 5 * SECOND_NS,
+            ..FlowState::default()
+        };
+        let live = entry.last_seen_ns + 10 * SECOND_NS;
+        let dead = entry.last_seen_ns + t.tcp_established_ns + 1;
+        assert_eq!(current_state(&entry, live, &t), STATE_ESTABLISHED);
+        assert_eq!(current_state(&entry, dead, &t), STATE_NEW);
+        // A FIN on a live entry closes it; on an expired one it is a stray packet of a new
+        // flow, and a SYN starts over either way.
+        assert_eq!(
+            next_state(current_state(&entry, live, &t), FIN_ACK, CLIENT),
+            STATE_FIN
+        );
+        assert_eq!(
+            next_state(current_state(&entry, dead, &t), SYN, CLIENT),
+            STATE_SYN_SENT
+        );
+        let closed = FlowState {
+            state: STATE_CLOSED,
+            ..entry
+        };
+        let after_rst = entry.last_seen_ns + t.tcp_rst_ns + 1;
+        assert_eq!(current_state(&closed, after_rst, &t), STATE_NEW);
+        assert_eq!(
+            next_state(current_state(&closed, after_rst, &t), ACK, CLIENT),
+            STATE_ESTABLISHED
+        );
+    }
+
+    fn arb_timeouts() -> impl Strategy<Value = Timeouts> {
+        any::<[u64; 5]>().prop_map(|[a, b, c, d, e]| Timeouts {
+            tcp_syn_ns: a,
+            tcp_established_ns: b,
+            tcp_fin_ns: c,
+            tcp_rst_ns: d,
+            udp_ns: e,
+        })
+    }
+
+    proptest! {
+        /// Any input gives a known state, and expiry never un-expires as time goes on.
+        #[test]
+        fn no_panic_and_expiry_is_monotone(
+            state: u8, flags: u8, from_client: bool, backend_id: u32,
+            last_seen_ns: u64, now_a: u64, now_b: u64,
+            timeouts in prop_oneof![Just(DEFAULT_TIMEOUTS), arb_timeouts()],
+        ) {
+            let next = next_state(state, flags, from_client);
+            prop_assert!(next <= STATE_UDP);
+            let entry = FlowState { backend_id, state, _pad: [0; 3], last_seen_ns };
+            let (early, late) = (now_a.min(now_b), now_a.max(now_b));
+            if is_expired(&entry, early, &timeouts) {
+                prop_assert!(is_expired(&entry, late, &timeouts));
+            }
+            prop_assert!(!is_expired(&entry, last_seen_ns, &timeouts));
+            let state = current_state(&entry, late, &timeouts);
+            prop_assert!(state == entry.state || state == STATE_NEW);
+        }
+    }
+}

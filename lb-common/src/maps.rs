@@ -1,0 +1,239 @@
+//! The maps shared by the XDP program and the agent: names, capacities, key and value layouts.
+//!
+//! Vocabulary (after Katran): a *VIP* is (address, port, protocol), port 0 meaning every port;
+//! a *backend* (Katran's "real") is (address, port) with a weight and a state. Addresses are
+//! 16 bytes, IPv4 in the first 4 with the rest zero; ports are network byte order.
+//!
+//! Every type is `repr(C)` with explicit padding fields and a size assertion: padding the
+//! compiler invented would be uninitialised in map keys, and lookups would miss.
+
+use core::mem::size_of;
+
+/// VIP definitions: [`VipKey`] → [`VipMeta`].
+pub const VIPS_MAP: &str = "VIPS";
+/// Addresses that carry at least one VIP, per protocol: [`VipAddrKey`] → `u32` (VIP count).
+pub const VIP_ADDRS_MAP: &str = "VIP_ADDRS";
+/// Backends, indexed by [`backend_index`]: array of [`Backend`].
+pub const BACKENDS_MAP: &str = "BACKENDS";
+/// Backend ids of every VIP's scheduling table and backend list: array of `u32`, one region per
+/// VIP and table, allocated by the agent (see [`VipMeta`]).
+pub const SLOTS_MAP: &str = "SLOTS";
+/// Tracked flows (LRU): client-side [`crate::FlowKey`] → [`crate::conntrack::FlowState`].
+pub const CONNTRACK_MAP: &str = "CONNTRACK";
+/// Reply-direction translations (LRU): backend-side [`crate::FlowKey`] (backend → client) →
+/// [`ReverseNat`].
+pub const REVERSE_NAT_MAP: &str = "REVERSE_NAT";
+/// Per-CPU round-robin cursors, indexed by VIP id: per-CPU array of `u32`.
+pub const RR_CURSORS_MAP: &str = "RR_CURSORS";
+/// Active connections per backend, published by the agent: array of [`BackendLoad`].
+pub const BACKEND_LOAD_MAP: &str = "BACKEND_LOAD";
+/// Flows the data path opened per backend, ever (atomic adds): array of `u64`.
+pub const BACKEND_OPENED_MAP: &str = "BACKEND_OPENED";
+/// Per-VIP traffic, indexed by VIP id: per-CPU array of [`Stats`].
+pub const VIP_STATS_MAP: &str = "VIP_STATS";
+/// Per-backend traffic, indexed by [`backend_index`]: per-CPU array of [`Stats`].
+pub const BACKEND_STATS_MAP: &str = "BACKEND_STATS";
+/// Interfaces the program may redirect to: devmap keyed by ifindex.
+pub const TX_PORTS_MAP: &str = "TX_PORTS";
+/// Settings the agent writes once at start: array of one [`Settings`].
+pub const SETTINGS_MAP: &str = "SETTINGS";
+
+/// Most VIPs (VIP ids are below this).
+pub const MAX_VIPS: u32 = 4096;
+/// Backend slots; a backend id's low 16 bits index them.
+pub const MAX_BACKENDS: u32 = 1 << 16;
+/// Default number of entries in [`SLOTS_MAP`] (16 MiB).
+pub const DEFAULT_SLOTS: u32 = 1 << 22;
+/// Default capacity of the connection table.
+pub const DEFAULT_CONNTRACK_CAPACITY: u32 = 1_000_000;
+/// Most interfaces in [`TX_PORTS_MAP`].
+pub const MAX_TX_PORTS: u32 = 256;
+
+/// Mask of a backend id's slot index; the bits above are a generation that changes each time
+/// the slot is reused, so that a tracked flow never follows a recycled id to another server.
+pub const BACKEND_INDEX_MASK: u32 = MAX_BACKENDS - 1;
+
+/// The slot of a backend id in [`BACKENDS_MAP`] and the per-backend maps.
+#[inline(always)]
+pub const fn backend_index(id: u32) -> u32 {
+    id & BACKEND_INDEX_MASK
+}
+
+/// How a VIP picks a backend for a new flow ([`VipMeta::scheduler`]).
+pub mod scheduler {
+    /// Maglev consistent hashing over the 5-tuple, weighted (table: Maglev ring).
+    pub const MAGLEV: u8 = 0;
+    /// The Maglev ring keyed by client address only: affinity by client IP.
+    pub const SOURCE_HASH: u8 = 1;
+    /// Round-robin (table: every active backend once), per-CPU cursor.
+    pub const ROUND_ROBIN: u8 = 2;
+    /// Smooth weighted round-robin (table: one weighted cycle), per-CPU cursor.
+    pub const WEIGHTED_ROUND_ROBIN: u8 = 3;
+    /// Uniformly random over the active backends (list).
+    pub const RANDOM: u8 = 4;
+    /// Random, weighted (a random entry of the weighted cycle table).
+    pub const WEIGHTED_RANDOM: u8 = 5;
+    /// Weighted least connections by two random choices over the list.
+    pub const LEAST_CONN: u8 = 6;
+    /// Names, indexed by the constants above, as the CLI and config spell them.
+    pub const NAMES: [&str; 7] = [
+        "maglev",
+        "source-hash",
+        "round-robin",
+        "weighted-round-robin",
+        "random",
+        "weighted-random",
+        "least-conn",
+    ];
+}
+
+/// A VIP: the key of [`VIPS_MAP`].
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr: [u8; 16],
+    /// Network byte order; 0 is the wildcard "every port".
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub family: u8,
+}
+const _: () = assert!(size_of::<VipKey>() == 20);
+
+/// A VIP's settings and where its tables are: the value of [`VIPS_MAP`].
+///
+/// The agent writes a VIP's new tables into fresh regions of [`SLOTS_MAP`] and then replaces
+/// this value in one map update, so a packet sees either the old tables or the new ones.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct VipMeta {
+    /// Index into the per-VIP maps, below [`MAX_VIPS`].
+    pub vip_id: u32,
+    /// One of [`scheduler`].
+    pub scheduler: u8,
+    pub _pad: [u8; 3],
+    /// Scheduling table (Maglev ring or weighted cycle): `[table_off, table_off + table_len)`.
+    pub table_off: u32,
+    pub table_len: u32,
+    /// Backends that take new flows: `[list_off, list_off + list_len)`.
+    pub list_off: u32,
+    pub list_len: u32,
+}
+const _: () = assert!(size_of::<VipMeta>() == 24);
+
+/// Key of [`VIP_ADDRS_MAP`].
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipAddrKey {
+    pub addr: [u8; 16],
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(size_of::<VipAddrKey>() == 20);
+
+/// [`Backend::state`]: slot unused.
+pub const BACKEND_UNUSED: u8 = 0;
+/// [`Backend::state`]: takes new flows.
+pub const BACKEND_UP: u8 = 1;
+/// [`Backend::state`]: keeps its tracked flows, takes no new ones.
+pub const BACKEND_DRAINING: u8 = 2;
+/// [`Backend::state`]: failed; its tracked flows are re-scheduled.
+pub const BACKEND_DOWN: u8 = 3;
+
+/// A backend: an element of [`BACKENDS_MAP`].
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub addr: [u8; 16],
+    /// Network byte order.
+    pub port: [u8; 2],
+    pub family: u8,
+    /// One of the `BACKEND_*` states.
+    pub state: u8,
+    /// The full id (index and generation) of the backend in this slot.
+    pub id: u32,
+    pub weight: u32,
+    pub _pad: [u8; 4],
+}
+const _: () = assert!(size_of::<Backend>() == 32);
+
+impl Backend {
+    /// True if a flow tracked to `id` may keep using this backend.
+    #[inline(always)]
+    pub const fn keeps_flows_of(&self, id: u32) -> bool {
+        self.id == id && (self.state == BACKEND_UP || self.state == BACKEND_DRAINING)
+    }
+}
+
+/// Load the agent publishes for least-connections: an element of [`BACKEND_LOAD_MAP`].
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendLoad {
+    /// Active connections when the agent published.
+    pub active: u32,
+    pub _pad: [u8; 4],
+    /// [`BACKEND_OPENED_MAP`]'s value when the agent counted `active`: flows opened since are
+    /// added by the data path.
+    pub opened_base: u64,
+}
+const _: () = assert!(size_of::<BackendLoad>() == 16);
+
+/// The value of [`REVERSE_NAT_MAP`]: what the reply direction's source is rewritten to.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReverseNat {
+    pub vip_addr: [u8; 16],
+    /// Network byte order.
+    pub vip_port: [u8; 2],
+    pub _pad: [u8; 2],
+    pub vip_id: u32,
+    pub backend_id: u32,
+}
+const _: () = assert!(size_of::<ReverseNat>() == 28);
+
+/// Packets, bytes and new flows: elements of [`VIP_STATS_MAP`] and [`BACKEND_STATS_MAP`].
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+const _: () = assert!(size_of::<Stats>() == 24);
+
+/// Settings for the whole program: the one element of [`SETTINGS_MAP`].
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// Seed of the flow and address hashes (the same on every gateway of a cluster keeps
+    /// `maglev` and `source-hash` choices the same everywhere).
+    pub hash_seed: u32,
+    pub _pad: [u8; 4],
+    pub timeouts: crate::conntrack::Timeouts,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY (for every impl below): each type is `repr(C)`, `Copy`, made only of integers and
+    // byte arrays with every padding byte an explicit field (the size assertions above check
+    // there is no implicit padding), so every bit pattern is a valid value.
+    macro_rules! pod {
+        ($($t:ty),*) => {
+            $(
+                // SAFETY: see the module comment above.
+                unsafe impl aya::Pod for $t {}
+            )*
+        };
+    }
+    pod!(
+        VipKey,
+        VipMeta,
+        VipAddrKey,
+        Backend,
+        BackendLoad,
+        ReverseNat,
+        Stats,
+        Settings
+    );
+}
