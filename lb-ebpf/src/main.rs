@@ -1,35 +1,192 @@
-//! The xdplb XDP program: parse, count, pass. Stages live in their own modules; only `main`
-//! and `ptr` touch the `XdpContext`.
+//! The xdplb XDP program. One readable pipeline:
+//! parse → VIP? → L4 → VIP lookup (exact, then port 0) → connection table → pick a backend
+//! for new flows → record the reverse translation → count → rewrite → FIB → transmit;
+//! and for replies of tracked flows: reverse lookup → rewrite → FIB → transmit.
+//!
+//! Stages return `Result<_, Counter>`; every outcome counter implies its XDP action
+//! (`Counter::action`). Only `main` and `ptr` touch the `XdpContext`.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// The BPF atomic add, which core exposes only as an intrinsic on a target without CAS.
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+#![cfg_attr(target_arch = "bpf", allow(internal_features))]
+// Map keys and values are passed by reference: by value they would be copied onto the 512-byte
+// BPF stack, which is exactly what the scratch map exists to avoid.
+#![allow(clippy::needless_borrows_for_generic_args)]
 
+mod conntrack;
+mod fwd;
 mod maps;
+mod nat;
 mod parse;
 mod ptr;
+mod select;
 mod stats;
+mod vip;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::Counter;
+use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
+use lb_common::{
+    Counter, FlowKey,
+    maps::{ReverseNat, backend_index},
+    nat::L4Checksum,
+};
 
-use crate::{parse::L3, ptr::Packet};
+use crate::{
+    fwd::Direction,
+    maps::{REVERSE_NAT, SCRATCH, SETTINGS},
+    nat::Side,
+    parse::{L3, L4},
+    ptr::Packet,
+};
+
+/// Working memory of one program run, in a per-CPU map rather than on the 512-byte stack.
+///
+/// It also keeps verification short: the verifier does not track what a map value holds, so
+/// once the parse results are stored here, the paths through the parser (VLAN or not, TCP or
+/// UDP, IPv6 extension headers) meet in one state instead of each being verified again through
+/// the rest of the program.
+#[repr(C)]
+pub struct Scratch {
+    l3: L3,
+    l4: L4,
+    /// The packet's own flow.
+    key: FlowKey,
+    /// The same flow seen from the other side.
+    other: FlowKey,
+    reverse: ReverseNat,
+}
 
 #[xdp]
 pub fn lb(ctx: XdpContext) -> u32 {
-    let (counter, action) = match try_lb(&Packet::new(&ctx)) {
-        Ok(done) => done,
-        Err(counter) => (counter, xdp_action::XDP_PASS),
+    let pkt = Packet::new(&ctx);
+    let outcome = match SCRATCH.get_ptr_mut(0) {
+        // SAFETY: this CPU's element of a per-CPU array; XDP runs with preemption disabled, so
+        // only this run uses it until it returns.
+        Some(scratch) => match try_lb(&pkt, unsafe { &mut *scratch }) {
+            Ok(outcome) | Err(outcome) => outcome,
+        },
+        None => Counter::DropInternal,
     };
-    stats::count(counter);
-    action
+    stats::count(outcome);
+    outcome.action()
 }
 
 #[inline(always)]
-fn try_lb(pkt: &Packet) -> Result<(Counter, u32), Counter> {
-    let counter = match parse::parse_l3(pkt)? {
-        L3::Ipv4 => Counter::PassIpv4,
-        L3::Ipv6 => Counter::PassIpv6,
+fn try_lb(pkt: &Packet, s: &mut Scratch) -> Result<Counter, Counter> {
+    parse::parse_l3(pkt, &mut s.l3)?;
+    if vip::is_vip_addr(&s.l3) {
+        to_vip(pkt, s)
+    } else {
+        from_backend(pkt, s)
+    }
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    // SAFETY: a BPF helper without arguments or preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+fn flow_key(l3: &L3, l4: &L4) -> FlowKey {
+    FlowKey {
+        src_addr: l3.src,
+        dst_addr: l3.dst,
+        src_port: l4.src_port,
+        dst_port: l4.dst_port,
+        proto: l3.proto,
+        family: l3.family,
+        _pad: [0; 2],
+    }
+}
+
+/// A packet to a VIP address: balance it, or drop it if that cannot be done safely.
+///
+/// Not inlined: the request and reply paths are alternatives, and as separate BPF functions
+/// their stack frames do not add up against the 512-byte limit.
+#[inline(never)]
+fn to_vip(pkt: &Packet, s: &mut Scratch) -> Result<Counter, Counter> {
+    if let Some(problem) = s.l3.problem {
+        return Err(problem);
+    }
+    if !parse::parse_l4(pkt, &s.l3, &mut s.l4) {
+        return Err(Counter::DropTruncated);
+    }
+    let meta = vip::lookup(&s.l3, s.l4.dst_port).ok_or(Counter::PassNonVip)?;
+    let settings = SETTINGS.get(0).ok_or(Counter::DropInternal)?;
+    s.key = flow_key(&s.l3, &s.l4);
+    let (id, backend, new_flow) = conntrack::backend_for(
+        &s.key,
+        &meta,
+        s.l4.tcp_flags,
+        now(),
+        settings.hash_seed,
+        &settings.timeouts,
+    )?;
+    // Port 0 on a backend: keep the port the client asked for (wildcard VIPs).
+    let port = if backend.port == [0; 2] {
+        s.l4.dst_port
+    } else {
+        backend.port
     };
-    Ok((counter, xdp_action::XDP_PASS))
+    let index = backend_index(id);
+    if new_flow {
+        s.other = FlowKey {
+            src_addr: backend.addr,
+            dst_addr: s.l3.src,
+            src_port: port,
+            dst_port: s.l4.src_port,
+            ..s.key
+        };
+        s.reverse = ReverseNat {
+            vip_addr: s.l3.dst,
+            vip_port: s.l4.dst_port,
+            _pad: [0; 2],
+            vip_id: meta.vip_id,
+            backend_id: id,
+        };
+        REVERSE_NAT
+            .insert(&s.other, &s.reverse, 0)
+            .map_err(|_| Counter::DropInternal)?;
+        select::count_opened(index);
+    }
+    stats::count_traffic(meta.vip_id, index, pkt.len(), new_flow);
+    if nat::rewrite(pkt, &s.l3, &s.l4, Side::Dst, &backend.addr, port)? == L4Checksum::Partial {
+        return Ok(Counter::PassPartialChecksum);
+    }
+    Ok(fwd::forward(pkt, &s.l3, Direction::ToBackend))
+}
+
+/// Any other IP packet: a reply of a tracked flow is translated back to come from its VIP;
+/// everything else goes to the kernel untouched.
+#[inline(never)]
+fn from_backend(pkt: &Packet, s: &mut Scratch) -> Result<Counter, Counter> {
+    if s.l3.problem.is_some() || !parse::parse_l4(pkt, &s.l3, &mut s.l4) {
+        return Err(Counter::PassNonVip);
+    }
+    s.key = flow_key(&s.l3, &s.l4);
+    let reverse = REVERSE_NAT.get_ptr(&s.key).ok_or(Counter::PassNonVip)?;
+    // SAFETY: a pointer the lookup returned; copied at once.
+    s.reverse = unsafe { *reverse };
+    s.other = FlowKey {
+        src_addr: s.l3.dst,
+        dst_addr: s.reverse.vip_addr,
+        src_port: s.l4.dst_port,
+        dst_port: s.reverse.vip_port,
+        ..s.key
+    };
+    conntrack::saw_reply(&s.other, s.l4.tcp_flags, now());
+    stats::count_traffic(
+        s.reverse.vip_id,
+        backend_index(s.reverse.backend_id),
+        pkt.len(),
+        false,
+    );
+    let (vip_addr, vip_port) = (s.reverse.vip_addr, s.reverse.vip_port);
+    if nat::rewrite(pkt, &s.l3, &s.l4, Side::Src, &vip_addr, vip_port)? == L4Checksum::Partial {
+        return Ok(Counter::PassPartialChecksum);
+    }
+    Ok(fwd::forward(pkt, &s.l3, Direction::ToClient))
 }
 
 #[cfg(target_arch = "bpf")]

@@ -1,8 +1,68 @@
-//! The program's maps. Names and sizes come from `lb-common` so the agent finds them.
+//! The program's maps. Names, sizes and layouts come from `lb-common` so the agent finds them;
+//! the agent resizes `SLOTS`, `CONNTRACK` and `REVERSE_NAT` at load time.
 
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-use lb_common::counters::COUNTER_COUNT;
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    FlowKey,
+    conntrack::FlowState,
+    counters::COUNTER_COUNT,
+    maps::{
+        Backend, BackendLoad, DEFAULT_CONNTRACK_CAPACITY, DEFAULT_SLOTS, MAX_BACKENDS,
+        MAX_TX_PORTS, MAX_VIPS, ReverseNat, Settings, Stats, VipAddrKey, VipKey, VipMeta,
+    },
+};
 
 /// One `u64` per [`lb_common::Counter`], per CPU.
 #[map(name = "COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+/// Not preallocated, so that replacing a VIP's value frees the old one only after an RCU grace
+/// period: a packet reading it sees the old tables or the new ones, never a recycled element.
+#[map(name = "VIPS")]
+pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(MAX_VIPS, BPF_F_NO_PREALLOC);
+
+#[map(name = "VIP_ADDRS")]
+pub static VIP_ADDRS: HashMap<VipAddrKey, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
+
+#[map(name = "BACKENDS")]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+#[map(name = "SLOTS")]
+pub static SLOTS: Array<u32> = Array::with_max_entries(DEFAULT_SLOTS, 0);
+
+#[map(name = "CONNTRACK")]
+pub static CONNTRACK: LruHashMap<FlowKey, FlowState> =
+    LruHashMap::with_max_entries(DEFAULT_CONNTRACK_CAPACITY, 0);
+
+#[map(name = "REVERSE_NAT")]
+pub static REVERSE_NAT: LruHashMap<FlowKey, ReverseNat> =
+    LruHashMap::with_max_entries(DEFAULT_CONNTRACK_CAPACITY, 0);
+
+#[map(name = "RR_CURSORS")]
+pub static RR_CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+#[map(name = "BACKEND_LOAD")]
+pub static BACKEND_LOAD: Array<BackendLoad> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+#[map(name = "BACKEND_OPENED")]
+pub static BACKEND_OPENED: Array<u64> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+#[map(name = "VIP_STATS")]
+pub static VIP_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+#[map(name = "BACKEND_STATS")]
+pub static BACKEND_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+#[map(name = "TX_PORTS")]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
+
+/// Per-CPU working memory of one program run (see `main::Scratch`).
+#[map(name = "SCRATCH")]
+pub static SCRATCH: PerCpuArray<crate::Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "SETTINGS")]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);

@@ -1,11 +1,11 @@
-//! Parsing: Ethernet, one 802.1Q/802.1ad tag, then the IP version.
+//! Parsing: Ethernet, one 802.1Q/802.1ad tag, IPv4 or IPv6 (extension headers up to a bound),
+//! TCP or UDP. Stage helpers return `Err(Counter)` with the final outcome.
 
-use lb_common::Counter;
-use network_types::{
-    eth::EthHdr,
-    ip::{Ipv4Hdr, Ipv6Hdr},
-    vlan::VlanHdr,
+use lb_common::{
+    Counter,
+    flow::{FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP},
 };
+use network_types::{eth::EthHdr, vlan::VlanHdr};
 
 use crate::ptr::Packet;
 
@@ -14,32 +14,223 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 
-/// The network layer a frame carries.
-pub enum L3 {
-    Ipv4,
-    Ipv6,
+/// IPv6 extension headers the parser follows before the transport header.
+const MAX_EXT_HEADERS: usize = 4;
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+/// Fixed part of the IPv4 header, read as bytes.
+#[repr(C)]
+pub struct Ipv4Fixed {
+    pub vihl: u8,
+    pub tos: u8,
+    pub tot_len: [u8; 2],
+    pub id: [u8; 2],
+    pub frags: [u8; 2],
+    pub ttl: u8,
+    pub proto: u8,
+    pub check: [u8; 2],
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
 }
 
-/// Finds the IP header. `Err` carries the outcome for frames that are not IP we can read.
+/// The IPv6 header, read as bytes.
+#[repr(C)]
+pub struct Ipv6Fixed {
+    pub vcf: [u8; 4],
+    pub payload_len: [u8; 2],
+    pub next_hdr: u8,
+    pub hop_limit: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+
+/// The first two bytes of an IPv6 extension header.
+#[repr(C)]
+struct ExtHdr {
+    next_hdr: u8,
+    len: u8,
+}
+
+/// Where the IP header is and what it says.
+pub struct L3 {
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    /// Offset of the IP header; 14, or 18 behind a VLAN tag.
+    pub l3_off: usize,
+    /// The transport protocol (after IPv6 extension headers).
+    pub proto: u8,
+    /// Offset of the transport header.
+    pub l4_off: usize,
+    /// Length of transport header and payload, from the IP header.
+    pub l4_len: u32,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub vlan: bool,
+    /// Why a packet to a VIP could not be balanced safely, if it could not.
+    pub problem: Option<Counter>,
+}
+
+impl L3 {
+    pub fn v6(&self) -> bool {
+        self.family == FAMILY_IPV6
+    }
+}
+
+/// Finds and reads the IP header into `out`. `Err` is the outcome for frames that are not IP
+/// we can read addresses from.
 #[inline(always)]
-pub fn parse_l3(pkt: &Packet) -> Result<L3, Counter> {
-    let eth: &EthHdr = pkt.ref_at(0).ok_or(Counter::PassTruncated)?;
+pub fn parse_l3(pkt: &Packet, out: &mut L3) -> Result<(), Counter> {
+    let eth: &EthHdr = pkt.ref_at(0).ok_or(Counter::PassMalformed)?;
     let mut ether_type = u16::from_be(eth.ether_type);
-    let mut offset = EthHdr::LEN;
+    let mut l3_off = EthHdr::LEN;
+    let mut vlan = false;
     if ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD {
-        let vlan: &VlanHdr = pkt.ref_at(offset).ok_or(Counter::PassTruncated)?;
-        ether_type = u16::from_be(vlan.ether_type);
-        offset += VlanHdr::LEN;
+        let tag: &VlanHdr = pkt.ref_at(l3_off).ok_or(Counter::PassMalformed)?;
+        ether_type = u16::from_be(tag.ether_type);
+        l3_off += VlanHdr::LEN;
+        vlan = true;
     }
     match ether_type {
-        ETH_P_IP => {
-            let _: &Ipv4Hdr = pkt.ref_at(offset).ok_or(Counter::PassTruncated)?;
-            Ok(L3::Ipv4)
-        }
-        ETH_P_IPV6 => {
-            let _: &Ipv6Hdr = pkt.ref_at(offset).ok_or(Counter::PassTruncated)?;
-            Ok(L3::Ipv6)
-        }
+        ETH_P_IP => parse_ipv4(pkt, l3_off, vlan, out),
+        ETH_P_IPV6 => parse_ipv6(pkt, l3_off, vlan, out),
         _ => Err(Counter::PassNonIp),
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(pkt: &Packet, l3_off: usize, vlan: bool, l3: &mut L3) -> Result<(), Counter> {
+    let ip: &Ipv4Fixed = pkt.ref_at(l3_off).ok_or(Counter::PassMalformed)?;
+    let ihl = usize::from(ip.vihl & 0x0f) * 4;
+    let tot_len = u32::from(u16::from_be_bytes(ip.tot_len));
+    let frags = u16::from_be_bytes(ip.frags);
+    let problem = if ip.vihl >> 4 != 4 || ihl < 20 || tot_len < ihl as u32 {
+        Some(Counter::DropBadHeader)
+    } else if ihl > 20 {
+        Some(Counter::DropIpOptions)
+    } else if frags & 0x3fff != 0 {
+        // More-fragments set, or a non-zero offset.
+        Some(Counter::DropFragment)
+    } else {
+        None
+    };
+    l3.family = FAMILY_IPV4;
+    l3.l3_off = l3_off;
+    l3.proto = ip.proto;
+    l3.l4_off = l3_off + 20;
+    l3.l4_len = tot_len.saturating_sub(20);
+    l3.src = [0; 16];
+    l3.dst = [0; 16];
+    l3.src[..4].copy_from_slice(&ip.src);
+    l3.dst[..4].copy_from_slice(&ip.dst);
+    l3.vlan = vlan;
+    l3.problem = problem;
+    Ok(())
+}
+
+#[inline(always)]
+fn parse_ipv6(pkt: &Packet, l3_off: usize, vlan: bool, l3: &mut L3) -> Result<(), Counter> {
+    let ip: &Ipv6Fixed = pkt.ref_at(l3_off).ok_or(Counter::PassMalformed)?;
+    l3.family = FAMILY_IPV6;
+    l3.l3_off = l3_off;
+    l3.proto = ip.next_hdr;
+    l3.l4_off = l3_off + 40;
+    l3.l4_len = u32::from(u16::from_be_bytes(ip.payload_len));
+    l3.src = ip.src;
+    l3.dst = ip.dst;
+    l3.vlan = vlan;
+    l3.problem = None;
+    for _ in 0..MAX_EXT_HEADERS {
+        match l3.proto {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
+                let Some(ext) = pkt.ref_at::<ExtHdr>(l3.l4_off) else {
+                    l3.problem = Some(Counter::DropTruncated);
+                    return Ok(());
+                };
+                let len = (usize::from(ext.len) + 1) * 8;
+                l3.proto = ext.next_hdr;
+                l3.l4_off += len;
+                l3.l4_len = l3.l4_len.saturating_sub(len as u32);
+            }
+            IPPROTO_FRAGMENT => {
+                // The protocol it carries, so a fragment to a VIP is known as one.
+                if let Some(ext) = pkt.ref_at::<ExtHdr>(l3.l4_off) {
+                    l3.proto = ext.next_hdr;
+                }
+                l3.problem = Some(Counter::DropFragment);
+                return Ok(());
+            }
+            _ => return Ok(()),
+        }
+    }
+    if matches!(
+        l3.proto,
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT
+    ) {
+        l3.problem = Some(Counter::DropExtHeaders);
+    }
+    Ok(())
+}
+
+/// The ports and the fields of the transport header the balancer uses.
+pub struct L4 {
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
+    /// TCP flags byte; 0 for UDP.
+    pub tcp_flags: u8,
+    /// Offset of the checksum field.
+    pub check_off: usize,
+    pub check: u16,
+}
+
+/// The first 14 bytes of a TCP header (up to and including the flags), then the checksum.
+#[repr(C)]
+struct TcpStart {
+    ports: [[u8; 2]; 2],
+    seq_ack: [u8; 8],
+    data_off: u8,
+    flags: u8,
+    window: [u8; 2],
+    check: [u8; 2],
+    urg: [u8; 2],
+}
+
+#[repr(C)]
+struct UdpHdr {
+    ports: [[u8; 2]; 2],
+    len: [u8; 2],
+    check: [u8; 2],
+}
+
+/// Reads the TCP or UDP header into `out`; false if it is cut short or the protocol is
+/// another.
+#[inline(always)]
+pub fn parse_l4(pkt: &Packet, l3: &L3, out: &mut L4) -> bool {
+    match l3.proto {
+        PROTO_TCP => {
+            let Some(tcp) = pkt.ref_at::<TcpStart>(l3.l4_off) else {
+                return false;
+            };
+            out.src_port = tcp.ports[0];
+            out.dst_port = tcp.ports[1];
+            out.tcp_flags = tcp.flags;
+            out.check_off = l3.l4_off + 16;
+            out.check = u16::from_be_bytes(tcp.check);
+            true
+        }
+        PROTO_UDP => {
+            let Some(udp) = pkt.ref_at::<UdpHdr>(l3.l4_off) else {
+                return false;
+            };
+            out.src_port = udp.ports[0];
+            out.dst_port = udp.ports[1];
+            out.tcp_flags = 0;
+            out.check_off = l3.l4_off + 6;
+            out.check = u16::from_be_bytes(udp.check);
+            true
+        }
+        _ => false,
     }
 }

@@ -1,8 +1,8 @@
-//! Counting outcomes.
+//! Counting outcomes and traffic.
 
-use lb_common::Counter;
+use lb_common::{Counter, maps::Stats};
 
-use crate::maps::COUNTERS;
+use crate::maps::{BACKEND_STATS, COUNTERS, VIP_STATS};
 
 /// Adds one to `counter` on this CPU.
 #[inline(always)]
@@ -12,4 +12,22 @@ pub fn count(counter: Counter) {
         // with preemption disabled, so nothing else writes it concurrently.
         unsafe { *slot += 1 };
     }
+}
+
+#[inline(always)]
+fn add(slot: Option<*mut Stats>, bytes: u64, new_flow: bool) {
+    if let Some(stats) = slot {
+        // SAFETY: as in `count`: this CPU's slot of a per-CPU array, no concurrent writer.
+        let stats = unsafe { &mut *stats };
+        stats.packets += 1;
+        stats.bytes += bytes;
+        stats.new_flows += u64::from(new_flow);
+    }
+}
+
+/// Counts a packet of `bytes` for VIP `vip_id` and backend slot `backend_index`.
+#[inline(always)]
+pub fn count_traffic(vip_id: u32, backend_index: u32, bytes: u64, new_flow: bool) {
+    add(VIP_STATS.get_ptr_mut(vip_id), bytes, new_flow);
+    add(BACKEND_STATS.get_ptr_mut(backend_index), bytes, new_flow);
 }

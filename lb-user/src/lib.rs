@@ -3,5 +3,8 @@
 //! The `xdplb` binary (`main.rs`) is a thin CLI over this library; the test harness uses the
 //! library directly to run the real program through `BPF_PROG_TEST_RUN`.
 
+pub mod balancer;
 pub mod dataplane;
 pub mod loader;
+pub mod maps;
+pub mod regions;

@@ -4,9 +4,16 @@ use std::fmt;
 
 use anyhow::{Context as _, bail};
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
+    maps::xdp::DevMapHash,
     programs::{Xdp, XdpMode},
 };
+use lb_common::maps::{
+    CONNTRACK_MAP, DEFAULT_CONNTRACK_CAPACITY, DEFAULT_SLOTS, REVERSE_NAT_MAP, SLOTS_MAP, Settings,
+    TX_PORTS_MAP,
+};
+
+use crate::{balancer::Balancer, maps::BpfMaps};
 use log::{info, warn};
 
 /// The XDP program's object file, built by `build.rs`. Empty when built without bpf-linker.
@@ -40,28 +47,76 @@ impl fmt::Display for AttachedMode {
     }
 }
 
+/// Sizes fixed when the program is loaded.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Flows the connection table holds (and as many reverse translations).
+    pub conntrack_capacity: u32,
+    /// Entries of the slots array that holds every VIP's tables.
+    pub slots: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            conntrack_capacity: DEFAULT_CONNTRACK_CAPACITY,
+            slots: DEFAULT_SLOTS,
+        }
+    }
+}
+
 /// The loaded program and its maps. Dropping it detaches the program everywhere.
 pub struct Loaded {
     pub ebpf: Ebpf,
+    options: LoadOptions,
 }
 
 impl Loaded {
-    /// Loads the embedded object and the XDP program into the kernel (verifier included).
+    /// Loads the embedded object and the XDP program into the kernel (verifier included),
+    /// with the default sizes.
     pub fn load() -> anyhow::Result<Self> {
+        Self::load_with(LoadOptions::default())
+    }
+
+    /// Loads with the given sizes.
+    pub fn load_with(options: LoadOptions) -> anyhow::Result<Self> {
         if OBJECT.is_empty() {
             bail!(
                 "this xdplb binary was built without its XDP program (bpf-linker was not found \
                  at build time); run `cargo xtask build`"
             );
         }
-        let mut loaded = Self {
-            ebpf: Ebpf::load(OBJECT).context("loading the XDP object")?,
-        };
+        let ebpf = EbpfLoader::new()
+            .map_max_entries(CONNTRACK_MAP, options.conntrack_capacity)
+            .map_max_entries(REVERSE_NAT_MAP, options.conntrack_capacity)
+            .map_max_entries(SLOTS_MAP, options.slots)
+            .load(OBJECT)
+            .context("loading the XDP object")?;
+        let mut loaded = Self { ebpf, options };
         loaded
             .program()?
             .load()
             .context("loading the XDP program into the kernel")?;
         Ok(loaded)
+    }
+
+    /// A balancer over this program's maps (taking them out of `ebpf`), with `settings`.
+    pub fn balancer(&mut self, settings: Settings) -> anyhow::Result<Balancer<BpfMaps>> {
+        let maps = BpfMaps::new(&mut self.ebpf)?;
+        Ok(Balancer::new(maps, self.options.slots, settings)?)
+    }
+
+    /// Lets the program redirect packets out of `iface` (of the calling thread's namespace).
+    pub fn add_tx_port(&mut self, iface: &str) -> anyhow::Result<()> {
+        let ifindex = if_index(iface)?;
+        let mut tx_ports: DevMapHash<_> = self
+            .ebpf
+            .map_mut(TX_PORTS_MAP)
+            .with_context(|| format!("no map {TX_PORTS_MAP} in the XDP object"))?
+            .try_into()?;
+        tx_ports
+            .insert(ifindex, ifindex, None, 0)
+            .with_context(|| format!("adding {iface} to {TX_PORTS_MAP}"))
     }
 
     /// The XDP program.
@@ -75,7 +130,8 @@ impl Loaded {
 
     /// Attaches the program to `iface`. The attachment lasts as long as `self`.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> anyhow::Result<AttachedMode> {
-        if_index(iface)?;
+        // The program may redirect translated packets out of every interface it runs on.
+        self.add_tx_port(iface)?;
         let program = self.program()?;
         let attached = match mode {
             AttachMode::Native => attach_in(program, iface, AttachedMode::Native)?,

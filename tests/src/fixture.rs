@@ -32,7 +32,7 @@ impl XdpAction {
 }
 
 /// A check of an output frame: `Err` explains what is wrong with it.
-pub type FrameCheck = Box<dyn Fn(&[u8]) -> Result<(), String>>;
+pub type FrameCheck = Box<dyn Fn(&[u8]) -> Result<(), String> + Send + Sync>;
 
 /// What the output frame must be.
 pub enum Expect {
@@ -50,6 +50,8 @@ pub struct Case {
     pub input: Vec<u8>,
     pub action: XdpAction,
     pub output: Expect,
+    /// The outcome counter the program must count the packet under, if checked.
+    pub counter: Option<&'static str>,
 }
 
 impl Case {
@@ -59,7 +61,14 @@ impl Case {
             input,
             action,
             output,
+            counter: None,
         }
+    }
+
+    /// Also checks that the packet is counted under `counter`.
+    pub fn counter(mut self, counter: &'static str) -> Self {
+        self.counter = Some(counter);
+        self
     }
 }
 
@@ -69,6 +78,8 @@ pub struct Outcome {
     pub action: u32,
     /// The frame after the program ran.
     pub output: Vec<u8>,
+    /// The outcome counters that grew while it ran, by name.
+    pub counters: Vec<String>,
 }
 
 struct Failure<'a> {
@@ -98,6 +109,15 @@ pub fn run_cases(cases: &[Case], mut run: impl FnMut(&[u8]) -> anyhow::Result<Ou
                 continue;
             }
         };
+        if let Some(counter) = case.counter
+            && outcome.counters != [counter]
+        {
+            failures.push(Failure {
+                case,
+                what: format!("counted as {:?}, expected [{counter:?}]", outcome.counters),
+            });
+            continue;
+        }
         let action = XdpAction::from_u32(outcome.action);
         if action != Some(case.action) {
             failures.push(Failure {

@@ -115,6 +115,23 @@ impl Netns {
         run_ok(self.command(program).args(args))
     }
 
+    /// The MAC address of `iface` in this namespace.
+    pub fn mac(&self, iface: &str) -> anyhow::Result<[u8; 6]> {
+        let out =
+            run_ok(Command::new("ip").args(["-n", &self.name, "link", "show", "dev", iface]))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let hex = text
+            .split_whitespace()
+            .skip_while(|word| *word != "link/ether")
+            .nth(1)
+            .with_context(|| format!("no MAC address for {iface} in {text}"))?;
+        let mut mac = [0u8; 6];
+        for (byte, part) in mac.iter_mut().zip(hex.split(':')) {
+            *byte = u8::from_str_radix(part, 16).with_context(|| format!("bad MAC {hex}"))?;
+        }
+        Ok(mac)
+    }
+
     /// Starts a TCP server on `[::]:port` (IPv4 and IPv6) that answers each line it reads
     /// with `"{ident} {line}"`, so that clients see which server answered.
     pub fn tcp_server(&self, port: u16, ident: &str) -> Server {

@@ -30,17 +30,46 @@ pub enum L4 {
 }
 
 /// An Ethernet frame from `src` to `dst` (both IPv4 or both IPv6) carrying `l4` and `payload`,
-/// with correct lengths and checksums.
+/// with correct lengths and checksums, from [`CLIENT_MAC`] to [`GATEWAY_MAC`] with TTL 64.
 pub fn frame(src: SocketAddr, dst: SocketAddr, l4: L4, payload: &[u8]) -> Vec<u8> {
+    frame_with(Link::default(), src, dst, l4, payload)
+}
+
+/// The link-layer addresses and TTL (hop limit) of a test frame.
+#[derive(Copy, Clone, Debug)]
+pub struct Link {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub ttl: u8,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Self {
+            src_mac: CLIENT_MAC,
+            dst_mac: GATEWAY_MAC,
+            ttl: 64,
+        }
+    }
+}
+
+/// [`frame`] with the given MAC addresses and TTL.
+pub fn frame_with(link: Link, src: SocketAddr, dst: SocketAddr, l4: L4, payload: &[u8]) -> Vec<u8> {
     let ip = match (src, dst) {
         (SocketAddr::V4(s), SocketAddr::V4(d)) => IpHeaders::Ipv4(
-            Ipv4Header::new(0, 64, ip_number::TCP, s.ip().octets(), d.ip().octets())
-                .expect("valid IPv4 header"),
+            Ipv4Header::new(
+                0,
+                link.ttl,
+                ip_number::TCP,
+                s.ip().octets(),
+                d.ip().octets(),
+            )
+            .expect("valid IPv4 header"),
             Ipv4Extensions::default(),
         ),
         (SocketAddr::V6(s), SocketAddr::V6(d)) => IpHeaders::Ipv6(
             Ipv6Header {
-                hop_limit: 64,
+                hop_limit: link.ttl,
                 source: s.ip().octets(),
                 destination: d.ip().octets(),
                 ..Default::default()
@@ -49,7 +78,7 @@ pub fn frame(src: SocketAddr, dst: SocketAddr, l4: L4, payload: &[u8]) -> Vec<u8
         ),
         _ => panic!("mixed address families: {src} -> {dst}"),
     };
-    let builder = PacketBuilder::ethernet2(CLIENT_MAC, GATEWAY_MAC).ip(ip);
+    let builder = PacketBuilder::ethernet2(link.src_mac, link.dst_mac).ip(ip);
     let mut out = Vec::new();
     match l4 {
         L4::Tcp(flags) => {
@@ -171,4 +200,112 @@ pub fn hex_diff(expected: &[u8], actual: &[u8]) -> String {
         let _ = writeln!(out, "{mark} {:04x}  expected {e:<47}  actual {a}", row * 16);
     }
     out
+}
+
+/// Checks the IPv4 header checksum and the TCP/UDP checksum of `frame` with etherparse, an
+/// implementation independent of the code under test.
+pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let packet = SlicedPacket::from_ethernet(frame).map_err(|err| format!("unparsable: {err}"))?;
+    let payload = match &packet.transport {
+        Some(TransportSlice::Tcp(tcp)) => tcp.payload(),
+        Some(TransportSlice::Udp(udp)) => udp.payload(),
+        _ => return Err("no TCP/UDP header".into()),
+    };
+    let (computed, found) = match (&packet.net, &packet.transport) {
+        (Some(NetSlice::Ipv4(ip)), transport) => {
+            let header = ip.header().to_header();
+            if header.calc_header_checksum() != header.header_checksum {
+                return Err(format!(
+                    "bad IPv4 header checksum {:#06x}",
+                    header.header_checksum
+                ));
+            }
+            match transport {
+                Some(TransportSlice::Tcp(tcp)) => (
+                    tcp.to_header()
+                        .calc_checksum_ipv4(&header, payload)
+                        .map_err(|e| e.to_string())?,
+                    tcp.checksum(),
+                ),
+                Some(TransportSlice::Udp(udp)) if udp.checksum() == 0 => return Ok(()),
+                Some(TransportSlice::Udp(udp)) => (
+                    udp.to_header()
+                        .calc_checksum_ipv4(&header, payload)
+                        .map_err(|e| e.to_string())?,
+                    udp.checksum(),
+                ),
+                _ => unreachable!(),
+            }
+        }
+        (Some(NetSlice::Ipv6(ip)), transport) => {
+            let header = ip.header().to_header();
+            match transport {
+                Some(TransportSlice::Tcp(tcp)) => (
+                    tcp.to_header()
+                        .calc_checksum_ipv6(&header, payload)
+                        .map_err(|e| e.to_string())?,
+                    tcp.checksum(),
+                ),
+                Some(TransportSlice::Udp(udp)) => (
+                    udp.to_header()
+                        .calc_checksum_ipv6(&header, payload)
+                        .map_err(|e| e.to_string())?,
+                    udp.checksum(),
+                ),
+                _ => unreachable!(),
+            }
+        }
+        _ => return Err("not IP".into()),
+    };
+    if computed != found {
+        return Err(format!(
+            "bad TCP/UDP checksum {found:#06x}, expected {computed:#06x}"
+        ));
+    }
+    Ok(())
+}
+
+/// The partial checksum a sender with transmit offload puts in the TCP/UDP checksum field: the
+/// folded, uncomplemented sum of the pseudo-header. Written independently of the code under
+/// test.
+pub fn partial_checksum(
+    src: std::net::IpAddr,
+    dst: std::net::IpAddr,
+    proto: u8,
+    l4_len: usize,
+) -> u16 {
+    let mut bytes = Vec::new();
+    match (src, dst) {
+        (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) => {
+            bytes.extend_from_slice(&s.octets());
+            bytes.extend_from_slice(&d.octets());
+            bytes.extend_from_slice(&[0, proto]);
+            bytes.extend_from_slice(&(l4_len as u16).to_be_bytes());
+        }
+        (std::net::IpAddr::V6(s), std::net::IpAddr::V6(d)) => {
+            bytes.extend_from_slice(&s.octets());
+            bytes.extend_from_slice(&d.octets());
+            bytes.extend_from_slice(&(l4_len as u32).to_be_bytes());
+            bytes.extend_from_slice(&[0, 0, 0, proto]);
+        }
+        _ => panic!("mixed families"),
+    }
+    let mut sum: u64 = bytes
+        .chunks(2)
+        .map(|c| u64::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum as u16
+}
+
+/// Byte offset of the TCP/UDP checksum field in an untagged frame without IP options or
+/// extension headers.
+pub fn l4_checksum_offset(frame: &[u8]) -> usize {
+    let ipv6 = frame[12..14] == [0x86, 0xdd];
+    let l4 = if ipv6 { 14 + 40 } else { 14 + 20 };
+    let proto = if ipv6 { frame[14 + 6] } else { frame[14 + 9] };
+    l4 + if proto == 17 { 6 } else { 16 }
 }

@@ -45,17 +45,19 @@ fn attached_program_counts_real_traffic_through_the_gateway() {
     assert_eq!(mode, AttachedMode::Native);
     assert!(xdp_attached(&topo, GW_CLIENT_IF));
 
-    // IPv4: exactly the echo requests cross the gateway's client-facing interface inbound.
+    // The echo requests cross the gateway's client-facing interface inbound: not to a VIP,
+    // passed and counted (IPv6 neighbour discovery may add a few).
     let before = Counters::read(&loaded.ebpf).expect("counters");
     ping(&topo, &topo.backends[0].v4.to_string(), 5);
+    ping(&topo, &topo.backends[0].v6.to_string(), 3);
     let after = Counters::read(&loaded.ebpf).expect("counters");
-    assert_eq!(
-        after.get(Counter::PassIpv4) - before.get(Counter::PassIpv4),
-        5
+    let pings = after.get(Counter::PassNonVip) - before.get(Counter::PassNonVip);
+    assert!(
+        (8..=16).contains(&pings),
+        "{pings} packets counted for 8 pings"
     );
 
-    // IPv6, and a TCP exchange with a server in the backend namespace: passed and counted.
-    ping(&topo, &topo.backends[0].v6.to_string(), 3);
+    // A TCP exchange with a server in the backend namespace: passed and counted.
     let server = topo.backends[0].tcp_server(8080, "b0");
     let target = SocketAddr::from((topo.backends[0].v4, 8080));
     let answer = topo
@@ -65,15 +67,14 @@ fn attached_program_counts_real_traffic_through_the_gateway() {
     assert_eq!(answer, "b0 hello");
     assert_eq!(server.accepted(), 1);
     let end = Counters::read(&loaded.ebpf).expect("counters");
-    assert!(
-        end.get(Counter::PassIpv6) - after.get(Counter::PassIpv6) >= 3,
-        "{end}"
-    );
     // SYN, ACK, data, and at least one more (ACK of the answer or FIN).
     assert!(
-        end.get(Counter::PassIpv4) - after.get(Counter::PassIpv4) >= 4,
+        end.get(Counter::PassNonVip) - after.get(Counter::PassNonVip) >= 4,
         "{end}"
     );
+    // Nothing here is for a VIP: nothing but passes.
+    let passed = end.get(Counter::PassNonVip) + end.get(Counter::PassNonIp);
+    assert_eq!(end.total(), passed, "{end}");
 
     drop(loaded);
     assert!(
@@ -124,15 +125,15 @@ fn xdplb_run_attaches_counts_and_detaches_on_sigterm() {
     let counted: u64 = log
         .lines()
         .rev()
-        .find_map(|line| line.trim().strip_prefix(Counter::PassIpv4.name()))
+        .find_map(|line| line.trim().strip_prefix(Counter::PassNonVip.name()))
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or_else(|| {
             panic!(
                 "no final {} counter in the log: {log}",
-                Counter::PassIpv4.name()
+                Counter::PassNonVip.name()
             )
         });
-    assert_eq!(counted, 3, "the three echo requests");
+    assert!(counted >= 3, "the three echo requests, counted {counted}");
 }
 
 #[test]

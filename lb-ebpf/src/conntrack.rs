@@ -1,0 +1,75 @@
+//! The connection table: a flow keeps its backend while it is tracked, the backend keeps
+//! taking its flows (up or draining) and the entry has not expired. State transitions and
+//! expiry are `lb_common::conntrack`'s pure functions.
+
+use lb_common::{
+    Counter, FlowKey,
+    conntrack::{FlowState, STATE_NEW, STATE_UDP, Timeouts, is_expired, next_state},
+    flow::PROTO_TCP,
+    maps::{Backend, VipMeta},
+};
+
+use crate::{maps::CONNTRACK, select};
+
+/// The backend for a packet of flow `key` to the VIP `meta`, and whether the flow is new
+/// (picked now, rather than found in the table).
+#[inline(always)]
+pub fn backend_for(
+    key: &FlowKey,
+    meta: &VipMeta,
+    tcp_flags: u8,
+    now: u64,
+    seed: u32,
+    timeouts: &Timeouts,
+) -> Result<(u32, &'static Backend, bool), Counter> {
+    let initial = if key.proto == PROTO_TCP {
+        STATE_NEW
+    } else {
+        STATE_UDP
+    };
+    if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
+        // SAFETY: a pointer the lookup returned, valid for this run. Two CPUs may update one
+        // flow's entry at once; each writes whole, valid fields, and the worst outcome is a
+        // stale timestamp or state, which the next packet corrects.
+        let entry = unsafe { &mut *entry };
+        if !is_expired(entry, now, timeouts)
+            && let Some(backend) = select::backend(entry.backend_id)
+            && backend.keeps_flows_of(entry.backend_id)
+        {
+            entry.state = next_state(entry.state, tcp_flags, true);
+            entry.last_seen_ns = now;
+            return Ok((entry.backend_id, backend, false));
+        }
+        // Expired, or its backend is gone or down: schedule again, in place.
+        let (id, backend) = select::pick(meta, key, seed)?;
+        *entry = FlowState {
+            backend_id: id,
+            state: next_state(initial, tcp_flags, true),
+            _pad: [0; 3],
+            last_seen_ns: now,
+        };
+        return Ok((id, backend, true));
+    }
+    let (id, backend) = select::pick(meta, key, seed)?;
+    let entry = FlowState {
+        backend_id: id,
+        state: next_state(initial, tcp_flags, true),
+        _pad: [0; 3],
+        last_seen_ns: now,
+    };
+    // A full table evicts its least recently used entry; failure here only costs stickiness.
+    let _ = CONNTRACK.insert(key, &entry, 0);
+    Ok((id, backend, true))
+}
+
+/// Notes a reply packet of the client-side flow `key`: refreshes the entry and lets the
+/// backend's FIN/RST shorten its life.
+#[inline(always)]
+pub fn saw_reply(key: &FlowKey, tcp_flags: u8, now: u64) {
+    if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
+        // SAFETY: as in `backend_for`.
+        let entry = unsafe { &mut *entry };
+        entry.state = next_state(entry.state, tcp_flags, false);
+        entry.last_seen_ns = now;
+    }
+}

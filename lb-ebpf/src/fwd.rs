@@ -1,0 +1,136 @@
+//! Forwarding a translated packet: the kernel's FIB gives the next hop and the egress
+//! interface; the packet leaves by XDP_TX (same interface) or XDP_REDIRECT through the devmap.
+//! Anything the FIB cannot answer goes to the kernel, translated, to forward or resolve.
+
+use aya_ebpf::bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup};
+use lb_common::{Counter, csum::ChecksumUpdate};
+use network_types::eth::EthHdr;
+
+use crate::{
+    maps::TX_PORTS,
+    parse::{Ipv4Fixed, Ipv6Fixed, L3},
+    ptr::Packet,
+};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// Which way a translated packet goes.
+#[derive(Copy, Clone, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to backend.
+    ToBackend,
+    /// Backend to client.
+    ToClient,
+}
+
+/// Sends the translated packet towards its (new) destination. Returns the `*Tx` or
+/// `*Redirect` outcome of `direction` when the program transmits it, a `Pass*` one otherwise.
+///
+/// Not inlined, so its FIB parameters take stack only while it runs.
+#[inline(never)]
+pub fn forward(pkt: &Packet, l3: &L3, direction: Direction) -> Counter {
+    let (tx, redirect) = match direction {
+        Direction::ToBackend => (Counter::FwdTx, Counter::FwdRedirect),
+        Direction::ToClient => (Counter::ReplyTx, Counter::ReplyRedirect),
+    };
+    // Tagged frames would need the egress VLAN worked out: the kernel does that.
+    if l3.vlan {
+        return Counter::PassFib;
+    }
+    // SAFETY: an all-zero `bpf_fib_lookup` (integers, byte arrays and unions of them) is valid.
+    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    params.l4_protocol = l3.proto;
+    params.ifindex = pkt.ingress_ifindex;
+    let hop_limit = if l3.v6() {
+        let Some(ip) = pkt.ref_at::<Ipv6Fixed>(l3.l3_off) else {
+            return Counter::PassFib;
+        };
+        params.family = AF_INET6;
+        params.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.payload_len).saturating_add(40);
+        params.__bindgen_anon_3.ipv6_src = words(&ip.src);
+        params.__bindgen_anon_4.ipv6_dst = words(&ip.dst);
+        ip.hop_limit
+    } else {
+        let Some(ip) = pkt.ref_at::<Ipv4Fixed>(l3.l3_off) else {
+            return Counter::PassFib;
+        };
+        params.family = AF_INET;
+        params.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.tot_len);
+        params.__bindgen_anon_2.tos = ip.tos;
+        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src);
+        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst);
+        ip.ttl
+    };
+
+    match pkt.fib_lookup(&mut params) as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {}
+        BPF_FIB_LKUP_RET_NO_NEIGH => return Counter::PassNoNeighbour,
+        _ => return Counter::PassFib,
+    }
+    // The kernel answers an expiring packet with ICMP time exceeded.
+    if hop_limit <= 1 {
+        return Counter::PassFib;
+    }
+    let egress = params.ifindex;
+    let same_port = egress == pkt.ingress_ifindex;
+    if !same_port && TX_PORTS.get_ifindex(egress).is_none() {
+        return Counter::PassFib;
+    }
+    if !decrement_hop_limit(pkt, l3) || !set_macs(pkt, &params) {
+        return Counter::PassFib;
+    }
+    if same_port {
+        return tx;
+    }
+    match TX_PORTS.redirect(egress, 0) {
+        Ok(_) => redirect,
+        Err(_) => Counter::PassFib,
+    }
+}
+
+#[inline(always)]
+fn words(addr: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]),
+        u32::from_ne_bytes([addr[4], addr[5], addr[6], addr[7]]),
+        u32::from_ne_bytes([addr[8], addr[9], addr[10], addr[11]]),
+        u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]),
+    ]
+}
+
+#[inline(always)]
+fn decrement_hop_limit(pkt: &Packet, l3: &L3) -> bool {
+    if l3.v6() {
+        // SAFETY: no other reference into the packet is live while this one is.
+        let Some(ip) = (unsafe { pkt.ref_mut_at::<Ipv6Fixed>(l3.l3_off) }) else {
+            return false;
+        };
+        ip.hop_limit -= 1;
+    } else {
+        // SAFETY: as above.
+        let Some(ip) = (unsafe { pkt.ref_mut_at::<Ipv4Fixed>(l3.l3_off) }) else {
+            return false;
+        };
+        let old = u16::from_be_bytes([ip.ttl, ip.proto]);
+        ip.ttl -= 1;
+        let new = u16::from_be_bytes([ip.ttl, ip.proto]);
+        ip.check = ChecksumUpdate::new(u16::from_be_bytes(ip.check))
+            .remove_u16(old)
+            .add_u16(new)
+            .into_checksum()
+            .to_be_bytes();
+    }
+    true
+}
+
+#[inline(always)]
+fn set_macs(pkt: &Packet, params: &bpf_fib_lookup) -> bool {
+    // SAFETY: no other reference into the packet is live while this one is.
+    let Some(eth) = (unsafe { pkt.ref_mut_at::<EthHdr>(0) }) else {
+        return false;
+    };
+    eth.dst_addr = params.dmac;
+    eth.src_addr = params.smac;
+    true
+}

@@ -1,0 +1,1010 @@
+//! The balancer's desired state and the one place that turns it into map contents: VIPs,
+//! their backends (with weights and states), id allocation, and each VIP's scheduling tables.
+//!
+//! Every change is validated first and refused whole with an [`Error`] naming what is wrong;
+//! nothing is written for a refused change. A VIP's tables are rebuilt on every backend change,
+//! written into fresh regions of the slots array and switched to in one map update.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    fmt,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+};
+
+use lb_common::{
+    flow::{FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP},
+    maglev::{self, DEFAULT_RING_SIZE, MAX_WEIGHT, MaglevBackend},
+    maps::{
+        BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UNUSED, BACKEND_UP, Backend, BackendLoad,
+        MAX_BACKENDS, MAX_VIPS, Settings, Stats, VipAddrKey, VipKey, VipMeta, backend_index,
+        scheduler,
+    },
+    sched::smooth_wrr_sequence,
+};
+
+use crate::{
+    maps::Maps,
+    regions::{Region, Regions},
+};
+
+/// Longest weighted round-robin cycle; larger weight sums are scaled down to fit.
+pub const MAX_WRR_CYCLE: usize = 65_536;
+
+/// Transport protocol of a VIP.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+impl FromStr for Proto {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            _ => Err(Error::BadProto(s.to_owned())),
+        }
+    }
+}
+
+impl Proto {
+    fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => PROTO_TCP,
+            Proto::Udp => PROTO_UDP,
+        }
+    }
+}
+
+/// A VIP: address, port (0: every port) and protocol.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Vip {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+impl fmt::Display for Vip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}",
+            SocketAddr::new(self.addr, self.port),
+            self.proto
+        )
+    }
+}
+
+impl FromStr for Vip {
+    type Err = Error;
+    /// `ADDR:PORT/PROTO`, e.g. `198.19.0.1:80/tcp` or `[fd00::1]:0/udp`.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let (addr, proto) = s
+            .rsplit_once('/')
+            .ok_or_else(|| Error::BadVip(s.to_owned()))?;
+        let addr: SocketAddr = addr.parse().map_err(|_| Error::BadVip(s.to_owned()))?;
+        Ok(Vip {
+            addr: addr.ip(),
+            port: addr.port(),
+            proto: proto.parse()?,
+        })
+    }
+}
+
+fn family(addr: IpAddr) -> u8 {
+    match addr {
+        IpAddr::V4(_) => FAMILY_IPV4,
+        IpAddr::V6(_) => FAMILY_IPV6,
+    }
+}
+
+fn addr16(addr: IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(v4) => {
+            let mut out = [0; 16];
+            out[..4].copy_from_slice(&v4.octets());
+            out
+        }
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+impl Vip {
+    fn key(&self) -> VipKey {
+        VipKey {
+            addr: addr16(self.addr),
+            port: self.port.to_be_bytes(),
+            proto: self.proto.number(),
+            family: family(self.addr),
+        }
+    }
+
+    fn addr_key(&self) -> VipAddrKey {
+        VipAddrKey {
+            addr: addr16(self.addr),
+            proto: self.proto.number(),
+            family: family(self.addr),
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// How a VIP picks backends for new flows.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
+pub enum Scheduler {
+    /// Maglev consistent hashing over the 5-tuple (weighted).
+    #[default]
+    Maglev,
+    /// The Maglev table keyed by client address: affinity by client IP.
+    SourceHash,
+    RoundRobin,
+    /// Smooth weighted round-robin.
+    WeightedRoundRobin,
+    Random,
+    WeightedRandom,
+    /// Weighted least connections, by two random choices.
+    LeastConn,
+}
+
+impl Scheduler {
+    pub const ALL: [Scheduler; 7] = [
+        Scheduler::Maglev,
+        Scheduler::SourceHash,
+        Scheduler::RoundRobin,
+        Scheduler::WeightedRoundRobin,
+        Scheduler::Random,
+        Scheduler::WeightedRandom,
+        Scheduler::LeastConn,
+    ];
+
+    fn number(self) -> u8 {
+        match self {
+            Scheduler::Maglev => scheduler::MAGLEV,
+            Scheduler::SourceHash => scheduler::SOURCE_HASH,
+            Scheduler::RoundRobin => scheduler::ROUND_ROBIN,
+            Scheduler::WeightedRoundRobin => scheduler::WEIGHTED_ROUND_ROBIN,
+            Scheduler::Random => scheduler::RANDOM,
+            Scheduler::WeightedRandom => scheduler::WEIGHTED_RANDOM,
+            Scheduler::LeastConn => scheduler::LEAST_CONN,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        scheduler::NAMES[usize::from(self.number())]
+    }
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Scheduler {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Scheduler::ALL
+            .into_iter()
+            .find(|sched| sched.name() == s)
+            .ok_or_else(|| Error::UnknownScheduler(s.to_owned()))
+    }
+}
+
+/// A VIP's settings.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct VipOptions {
+    pub scheduler: Scheduler,
+    /// Size of the Maglev table (`maglev`, `source-hash`); a prime.
+    pub ring_size: u32,
+}
+
+impl Default for VipOptions {
+    fn default() -> Self {
+        Self {
+            scheduler: Scheduler::Maglev,
+            ring_size: DEFAULT_RING_SIZE,
+        }
+    }
+}
+
+/// A backend's state.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub enum BackendState {
+    /// Takes new flows.
+    #[default]
+    Up,
+    /// Keeps its flows, takes no new ones.
+    Draining,
+    /// Failed: takes nothing; its tracked flows move.
+    Down,
+}
+
+impl BackendState {
+    fn number(self) -> u8 {
+        match self {
+            BackendState::Up => BACKEND_UP,
+            BackendState::Draining => BACKEND_DRAINING,
+            BackendState::Down => BACKEND_DOWN,
+        }
+    }
+}
+
+impl fmt::Display for BackendState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendState::Up => "up",
+            BackendState::Draining => "draining",
+            BackendState::Down => "down",
+        })
+    }
+}
+
+/// Why a change was refused. Nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("VIP {0} already exists")]
+    VipExists(Vip),
+    #[error("no VIP {0}")]
+    UnknownVip(Vip),
+    #[error("backend {backend} of VIP {vip} already exists")]
+    BackendExists { vip: Vip, backend: SocketAddr },
+    #[error("no backend {backend} in VIP {vip}")]
+    UnknownBackend { vip: Vip, backend: SocketAddr },
+    #[error("backend {backend} is not of VIP {vip}'s address family")]
+    FamilyMismatch { vip: Vip, backend: SocketAddr },
+    #[error("weight {weight} of backend {backend} is out of range 0..={MAX_WEIGHT}")]
+    WeightOutOfRange { backend: SocketAddr, weight: u32 },
+    #[error("backend {backend} has port 0, which only a VIP with port 0 (every port) allows")]
+    BackendPortZero { backend: SocketAddr },
+    #[error("ring size {0} is not a prime between 3 and {max}", max = maglev::MAX_RING_SIZE)]
+    BadRingSize(u32),
+    #[error("VIP address {0} is unspecified, multicast or broadcast")]
+    BadVipAddress(IpAddr),
+    #[error("bad VIP {0:?}: expected ADDR:PORT/PROTO, e.g. 198.19.0.1:80/tcp")]
+    BadVip(String),
+    #[error("bad protocol {0:?}: expected tcp or udp")]
+    BadProto(String),
+    #[error("unknown scheduler {0:?}: expected one of {names}", names = scheduler::NAMES.join(", "))]
+    UnknownScheduler(String),
+    #[error("too many VIPs (at most {MAX_VIPS})")]
+    TooManyVips,
+    #[error("too many backends (at most {MAX_BACKENDS} in all)")]
+    TooManyBackends,
+    #[error("no room for {needed} more table entries (slots array has {available} free)")]
+    NoRoomInTables { needed: u64, available: u64 },
+    #[error("writing the data path's maps failed: {0}")]
+    Maps(String),
+}
+
+impl From<anyhow::Error> for Error {
+    fn from(err: anyhow::Error) -> Self {
+        Error::Maps(format!("{err:#}"))
+    }
+}
+
+/// A backend as configured.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub state: BackendState,
+}
+
+impl BackendSpec {
+    pub fn new(addr: SocketAddr, weight: u32) -> Self {
+        Self {
+            addr,
+            weight,
+            state: BackendState::Up,
+        }
+    }
+
+    fn takes_new_flows(&self) -> bool {
+        self.state == BackendState::Up && self.weight > 0
+    }
+}
+
+/// A backend of a VIP, with the id the data path knows it by.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct BackendInfo {
+    pub spec: BackendSpec,
+    pub id: u32,
+}
+
+#[derive(Debug)]
+struct VipState {
+    id: u32,
+    options: VipOptions,
+    backends: Vec<BackendInfo>,
+    table: Option<Region>,
+    list: Option<Region>,
+}
+
+/// A VIP as shown to operators.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VipInfo {
+    pub vip: Vip,
+    pub id: u32,
+    pub options: VipOptions,
+    pub backends: Vec<BackendInfo>,
+}
+
+/// Allocates backend ids: slot index in the low bits, a generation above that changes on every
+/// reuse of the slot; freed slots are reused last-in-last-out (FIFO) to make reuse rare.
+#[derive(Debug)]
+struct BackendIds {
+    free: VecDeque<u32>,
+    generation: Vec<u16>,
+}
+
+impl BackendIds {
+    fn new() -> Self {
+        Self {
+            free: (0..MAX_BACKENDS).collect(),
+            generation: vec![0; MAX_BACKENDS as usize],
+        }
+    }
+
+    fn alloc(&mut self) -> Option<u32> {
+        let index = self.free.pop_front()?;
+        let generation = &mut self.generation[index as usize];
+        *generation = generation.wrapping_add(1);
+        Some(u32::from(*generation) << 16 | index)
+    }
+
+    fn free(&mut self, id: u32) {
+        self.free.push_back(backend_index(id));
+    }
+}
+
+/// The balancer: desired state plus the maps it is written to.
+pub struct Balancer<M: Maps> {
+    maps: M,
+    vips: BTreeMap<Vip, VipState>,
+    vip_ids: Vec<u32>,
+    backend_ids: BackendIds,
+    regions: Regions,
+}
+
+impl<M: Maps> Balancer<M> {
+    /// A balancer with no VIPs over `maps`, whose slots array has `slots` entries.
+    pub fn new(mut maps: M, slots: u32, settings: Settings) -> Result<Self, Error> {
+        maps.set_settings(&settings)?;
+        Ok(Self {
+            maps,
+            vips: BTreeMap::new(),
+            vip_ids: (0..MAX_VIPS).rev().collect(),
+            backend_ids: BackendIds::new(),
+            regions: Regions::new(slots),
+        })
+    }
+
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+
+    pub fn maps_mut(&mut self) -> &mut M {
+        &mut self.maps
+    }
+
+    /// Adds a VIP with no backends (its packets are dropped until it has some).
+    pub fn add_vip(&mut self, vip: Vip, options: VipOptions) -> Result<(), Error> {
+        if self.vips.contains_key(&vip) {
+            return Err(Error::VipExists(vip));
+        }
+        check_vip(&vip, &options)?;
+        let id = *self.vip_ids.last().ok_or(Error::TooManyVips)?;
+        let state = VipState {
+            id,
+            options,
+            backends: Vec::new(),
+            table: None,
+            list: None,
+        };
+        self.maps.set_vip(&vip.key(), &meta(&state))?;
+        let addr_key = vip.addr_key();
+        let count = self.vips_on_addr(&vip) + 1;
+        self.maps.set_vip_addr(&addr_key, count)?;
+        self.vip_ids.pop();
+        self.vips.insert(vip, state);
+        Ok(())
+    }
+
+    fn vips_on_addr(&self, vip: &Vip) -> u32 {
+        self.vips
+            .keys()
+            .filter(|v| v.addr == vip.addr && v.proto == vip.proto)
+            .count() as u32
+    }
+
+    /// Removes a VIP and its backends. Its tracked flows end (their packets are passed).
+    pub fn remove_vip(&mut self, vip: &Vip) -> Result<(), Error> {
+        if !self.vips.contains_key(vip) {
+            return Err(Error::UnknownVip(*vip));
+        }
+        let remaining = self.vips_on_addr(vip) - 1;
+        self.maps.remove_vip(&vip.key())?;
+        self.maps.set_vip_addr(&vip.addr_key(), remaining)?;
+        let state = self.vips.remove(vip).expect("checked above");
+        for backend in &state.backends {
+            self.retire_backend(backend.id)?;
+        }
+        for region in [state.table, state.list].into_iter().flatten() {
+            self.regions.free(region);
+        }
+        self.vip_ids.push(state.id);
+        Ok(())
+    }
+
+    /// Changes a VIP's scheduler or ring size; its tables are rebuilt.
+    pub fn set_vip_options(&mut self, vip: &Vip, options: VipOptions) -> Result<(), Error> {
+        check_vip(vip, &options)?;
+        let state = self.vips.get(vip).ok_or(Error::UnknownVip(*vip))?;
+        let backends = state.backends.iter().map(|b| b.spec).collect::<Vec<_>>();
+        self.apply(vip, options, backends)
+    }
+
+    /// Replaces a VIP's backends: those already there keep their ids (and so their tracked
+    /// flows), new ones are added, missing ones removed.
+    pub fn set_backends(&mut self, vip: &Vip, backends: Vec<BackendSpec>) -> Result<(), Error> {
+        let options = self.vips.get(vip).ok_or(Error::UnknownVip(*vip))?.options;
+        let mut seen = std::collections::HashSet::new();
+        for b in &backends {
+            if !seen.insert(b.addr) {
+                return Err(Error::BackendExists {
+                    vip: *vip,
+                    backend: b.addr,
+                });
+            }
+        }
+        self.apply(vip, options, backends)
+    }
+
+    /// Adds one backend to a VIP.
+    pub fn add_backend(&mut self, vip: &Vip, backend: BackendSpec) -> Result<(), Error> {
+        let mut specs = self.specs(vip)?;
+        if specs.iter().any(|b| b.addr == backend.addr) {
+            return Err(Error::BackendExists {
+                vip: *vip,
+                backend: backend.addr,
+            });
+        }
+        specs.push(backend);
+        self.set_backends(vip, specs)
+    }
+
+    /// Removes one backend from a VIP; its tracked flows move to other backends.
+    pub fn remove_backend(&mut self, vip: &Vip, backend: SocketAddr) -> Result<(), Error> {
+        let mut specs = self.specs(vip)?;
+        let before = specs.len();
+        specs.retain(|b| b.addr != backend);
+        if specs.len() == before {
+            return Err(Error::UnknownBackend { vip: *vip, backend });
+        }
+        self.set_backends(vip, specs)
+    }
+
+    /// Changes one backend's weight and/or state.
+    pub fn update_backend(
+        &mut self,
+        vip: &Vip,
+        backend: SocketAddr,
+        weight: Option<u32>,
+        state: Option<BackendState>,
+    ) -> Result<(), Error> {
+        let mut specs = self.specs(vip)?;
+        let spec = specs
+            .iter_mut()
+            .find(|b| b.addr == backend)
+            .ok_or(Error::UnknownBackend { vip: *vip, backend })?;
+        if let Some(weight) = weight {
+            spec.weight = weight;
+        }
+        if let Some(state) = state {
+            spec.state = state;
+        }
+        self.set_backends(vip, specs)
+    }
+
+    fn specs(&self, vip: &Vip) -> Result<Vec<BackendSpec>, Error> {
+        Ok(self
+            .vips
+            .get(vip)
+            .ok_or(Error::UnknownVip(*vip))?
+            .backends
+            .iter()
+            .map(|b| b.spec)
+            .collect())
+    }
+
+    /// Validates, then writes backends and tables, then switches the VIP to them.
+    fn apply(
+        &mut self,
+        vip: &Vip,
+        options: VipOptions,
+        specs: Vec<BackendSpec>,
+    ) -> Result<(), Error> {
+        for spec in &specs {
+            check_backend(vip, spec)?;
+        }
+        let state = self.vips.get(vip).ok_or(Error::UnknownVip(*vip))?;
+        let new_count = specs
+            .iter()
+            .filter(|s| !state.backends.iter().any(|b| b.spec.addr == s.addr))
+            .count();
+        if new_count > self.backend_ids.free.len() {
+            return Err(Error::TooManyBackends);
+        }
+
+        // Ids: kept for backends already there, new for the others.
+        let mut backends = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let id = match state.backends.iter().find(|b| b.spec.addr == spec.addr) {
+                Some(existing) => existing.id,
+                None => self.backend_ids.alloc().ok_or(Error::TooManyBackends)?,
+            };
+            backends.push(BackendInfo { spec, id });
+        }
+        let (table, list) = match build_tables(&options, &backends) {
+            Ok(tables) => tables,
+            Err(err) => {
+                self.release_new_ids(vip, &backends);
+                return Err(err);
+            }
+        };
+        let needed = table.len() as u64 + list.len() as u64;
+        if needed > self.regions.available() {
+            self.release_new_ids(vip, &backends);
+            return Err(Error::NoRoomInTables {
+                needed,
+                available: self.regions.available(),
+            });
+        }
+
+        // Backends first (a table never names a backend the data path does not know).
+        for b in &backends {
+            self.maps
+                .set_backend(backend_index(b.id), &backend_value(b))?;
+        }
+        let table_region = self.write_region(&table)?;
+        let list_region = self.write_region(&list)?;
+        let state = self.vips.get_mut(vip).expect("checked above");
+        let old = std::mem::replace(
+            state,
+            VipState {
+                id: state.id,
+                options,
+                backends,
+                table: table_region,
+                list: list_region,
+            },
+        );
+        self.maps.set_vip(&vip.key(), &meta(&self.vips[vip]))?;
+        // Only now, with no table naming them, retire the removed backends and old regions.
+        let gone: Vec<u32> = old
+            .backends
+            .iter()
+            .map(|o| o.id)
+            .filter(|id| !self.vips[vip].backends.iter().any(|b| b.id == *id))
+            .collect();
+        for id in gone {
+            self.retire_backend(id)?;
+        }
+        for region in [old.table, old.list].into_iter().flatten() {
+            self.regions.free(region);
+        }
+        Ok(())
+    }
+
+    fn release_new_ids(&mut self, vip: &Vip, backends: &[BackendInfo]) {
+        let existing = &self.vips[vip].backends;
+        let new: Vec<u32> = backends
+            .iter()
+            .filter(|b| !existing.iter().any(|e| e.id == b.id))
+            .map(|b| b.id)
+            .collect();
+        for id in new {
+            self.backend_ids.free(id);
+        }
+    }
+
+    fn write_region(&mut self, ids: &[u32]) -> Result<Option<Region>, Error> {
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        let len = ids.len() as u32;
+        let region = self.regions.alloc(len).ok_or(Error::NoRoomInTables {
+            needed: u64::from(len),
+            available: self.regions.available(),
+        })?;
+        self.maps.write_slots(region.off, ids)?;
+        Ok(Some(region))
+    }
+
+    fn retire_backend(&mut self, id: u32) -> Result<(), Error> {
+        let unused = Backend {
+            state: BACKEND_UNUSED,
+            ..Backend::default()
+        };
+        self.maps.set_backend(backend_index(id), &unused)?;
+        self.backend_ids.free(id);
+        Ok(())
+    }
+
+    /// Publishes `active` connections of backend `id` for least-connections; the data path
+    /// adds the flows it opens from now on.
+    pub fn publish_load(&mut self, id: u32, active: u32) -> Result<(), Error> {
+        let index = backend_index(id);
+        let opened_base = self.maps.opened(index)?;
+        self.maps.set_backend_load(
+            index,
+            &BackendLoad {
+                active,
+                _pad: [0; 4],
+                opened_base,
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Every VIP, in order.
+    pub fn vips(&self) -> Vec<VipInfo> {
+        self.vips
+            .iter()
+            .map(|(vip, state)| VipInfo {
+                vip: *vip,
+                id: state.id,
+                options: state.options,
+                backends: state.backends.clone(),
+            })
+            .collect()
+    }
+
+    /// One VIP.
+    pub fn vip(&self, vip: &Vip) -> Result<VipInfo, Error> {
+        let state = self.vips.get(vip).ok_or(Error::UnknownVip(*vip))?;
+        Ok(VipInfo {
+            vip: *vip,
+            id: state.id,
+            options: state.options,
+            backends: state.backends.clone(),
+        })
+    }
+
+    /// Traffic of a VIP.
+    pub fn vip_stats(&self, vip: &Vip) -> Result<Stats, Error> {
+        let state = self.vips.get(vip).ok_or(Error::UnknownVip(*vip))?;
+        Ok(self.maps.vip_stats(state.id)?)
+    }
+
+    /// Traffic of a backend, by id.
+    pub fn backend_stats(&self, id: u32) -> Result<Stats, Error> {
+        Ok(self.maps.backend_stats(backend_index(id))?)
+    }
+}
+
+fn check_vip(vip: &Vip, options: &VipOptions) -> Result<(), Error> {
+    let bad = match vip.addr {
+        IpAddr::V4(a) => a.is_unspecified() || a.is_multicast() || a.is_broadcast(),
+        IpAddr::V6(a) => a.is_unspecified() || a.is_multicast(),
+    };
+    if bad {
+        return Err(Error::BadVipAddress(vip.addr));
+    }
+    let hashed = matches!(options.scheduler, Scheduler::Maglev | Scheduler::SourceHash);
+    if hashed
+        && (options.ring_size < 3
+            || !maglev::is_prime(options.ring_size)
+            || options.ring_size > maglev::MAX_RING_SIZE)
+    {
+        return Err(Error::BadRingSize(options.ring_size));
+    }
+    Ok(())
+}
+
+fn check_backend(vip: &Vip, spec: &BackendSpec) -> Result<(), Error> {
+    if family(spec.addr.ip()) != family(vip.addr) {
+        return Err(Error::FamilyMismatch {
+            vip: *vip,
+            backend: spec.addr,
+        });
+    }
+    if spec.weight > MAX_WEIGHT {
+        return Err(Error::WeightOutOfRange {
+            backend: spec.addr,
+            weight: spec.weight,
+        });
+    }
+    if spec.addr.port() == 0 && vip.port != 0 {
+        return Err(Error::BackendPortZero { backend: spec.addr });
+    }
+    Ok(())
+}
+
+fn backend_value(b: &BackendInfo) -> Backend {
+    Backend {
+        addr: addr16(b.spec.addr.ip()),
+        port: b.spec.addr.port().to_be_bytes(),
+        family: family(b.spec.addr.ip()),
+        state: b.spec.state.number(),
+        id: b.id,
+        weight: b.spec.weight,
+        _pad: [0; 4],
+    }
+}
+
+fn meta(state: &VipState) -> VipMeta {
+    let (table_off, table_len) = state.table.map_or((0, 0), |r| (r.off, r.len));
+    let (list_off, list_len) = state.list.map_or((0, 0), |r| (r.off, r.len));
+    VipMeta {
+        vip_id: state.id,
+        scheduler: state.options.scheduler.number(),
+        _pad: [0; 3],
+        table_off,
+        table_len,
+        list_off,
+        list_len,
+    }
+}
+
+/// The scheduling table and the list of backends taking new flows, as backend ids.
+fn build_tables(
+    options: &VipOptions,
+    backends: &[BackendInfo],
+) -> Result<(Vec<u32>, Vec<u32>), Error> {
+    let active: Vec<&BackendInfo> = backends
+        .iter()
+        .filter(|b| b.spec.takes_new_flows())
+        .collect();
+    let list: Vec<u32> = active.iter().map(|b| b.id).collect();
+    if active.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let cycle = |weights: Vec<u32>| -> Vec<u32> {
+        smooth_wrr_sequence(&weights, MAX_WRR_CYCLE)
+            .into_iter()
+            .map(|i| active[i as usize].id)
+            .collect()
+    };
+    let table = match options.scheduler {
+        Scheduler::Maglev | Scheduler::SourceHash => {
+            let members: Vec<MaglevBackend> = active
+                .iter()
+                .map(|b| {
+                    MaglevBackend::new(
+                        b.id,
+                        b.spec.weight,
+                        addr16(b.spec.addr.ip()),
+                        b.spec.addr.port().to_be_bytes(),
+                    )
+                })
+                .collect();
+            maglev::build_table(&members, options.ring_size)
+                .map_err(|_| Error::BadRingSize(options.ring_size))?
+        }
+        Scheduler::RoundRobin => cycle(vec![1; active.len()]),
+        Scheduler::WeightedRoundRobin | Scheduler::WeightedRandom => {
+            cycle(active.iter().map(|b| b.spec.weight).collect())
+        }
+        Scheduler::Random | Scheduler::LeastConn => Vec::new(),
+    };
+    Ok((table, list))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::maps::MemMaps;
+
+    fn balancer() -> Balancer<MemMaps> {
+        Balancer::new(MemMaps::default(), 1 << 20, Settings::default()).unwrap()
+    }
+
+    fn vip() -> Vip {
+        "198.19.0.1:80/tcp".parse().unwrap()
+    }
+
+    fn backend(i: u8, weight: u32) -> BackendSpec {
+        BackendSpec::new(SocketAddr::from(([198, 18, i, 2], 8080)), weight)
+    }
+
+    fn table(b: &Balancer<MemMaps>, vip: &Vip) -> Vec<u32> {
+        let meta = b.maps().vips[&vip.key()];
+        b.maps().region(meta.table_off, meta.table_len)
+    }
+
+    #[test]
+    fn parses_vips_and_schedulers() {
+        let v: Vip = "[fd00::1]:0/udp".parse().unwrap();
+        assert_eq!(v.port, 0);
+        assert_eq!(v.proto, Proto::Udp);
+        assert!(matches!(
+            "1.2.3.4:80/sctp".parse::<Vip>(),
+            Err(Error::BadProto(_))
+        ));
+        assert!(matches!(
+            "1.2.3.4/tcp".parse::<Vip>(),
+            Err(Error::BadVip(_))
+        ));
+        for s in Scheduler::ALL {
+            assert_eq!(s.name().parse::<Scheduler>().unwrap(), s);
+        }
+        assert_eq!(
+            "fastest".parse::<Scheduler>().unwrap_err().to_string(),
+            "unknown scheduler \"fastest\": expected one of maglev, source-hash, round-robin, \
+             weighted-round-robin, random, weighted-random, least-conn"
+        );
+    }
+
+    #[test]
+    fn refused_changes_change_nothing() {
+        let mut b = balancer();
+        b.add_vip(vip(), VipOptions::default()).unwrap();
+        b.set_backends(&vip(), vec![backend(1, 1), backend(2, 1)])
+            .unwrap();
+        let before = (b.vips(), b.maps().vips.clone(), b.maps().backends.clone());
+
+        let v6 = BackendSpec::new("[fd00::2]:80".parse().unwrap(), 1);
+        assert!(matches!(
+            b.add_backend(&vip(), v6),
+            Err(Error::FamilyMismatch { .. })
+        ));
+        assert!(matches!(
+            b.add_backend(&vip(), backend(3, MAX_WEIGHT + 1)),
+            Err(Error::WeightOutOfRange { .. })
+        ));
+        assert!(matches!(
+            b.add_backend(&vip(), backend(1, 5)),
+            Err(Error::BackendExists { .. })
+        ));
+        assert!(matches!(
+            b.set_backends(&vip(), vec![backend(3, 1), backend(3, 2)]),
+            Err(Error::BackendExists { .. })
+        ));
+        assert!(matches!(
+            b.add_vip(vip(), VipOptions::default()),
+            Err(Error::VipExists(_))
+        ));
+        let bad_ring = VipOptions {
+            scheduler: Scheduler::Maglev,
+            ring_size: 65536,
+        };
+        assert!(matches!(
+            b.set_vip_options(&vip(), bad_ring),
+            Err(Error::BadRingSize(65536))
+        ));
+        assert!(matches!(
+            b.remove_backend(&vip(), backend(9, 1).addr),
+            Err(Error::UnknownBackend { .. })
+        ));
+
+        assert_eq!(
+            (b.vips(), b.maps().vips.clone(), b.maps().backends.clone()),
+            before
+        );
+    }
+
+    #[test]
+    fn existing_backends_keep_their_ids_and_removed_ones_are_retired() {
+        let mut b = balancer();
+        b.add_vip(vip(), VipOptions::default()).unwrap();
+        b.set_backends(&vip(), vec![backend(1, 1), backend(2, 1)])
+            .unwrap();
+        let ids: Vec<u32> = b
+            .vip(&vip())
+            .unwrap()
+            .backends
+            .iter()
+            .map(|x| x.id)
+            .collect();
+        b.add_backend(&vip(), backend(3, 1)).unwrap();
+        b.remove_backend(&vip(), backend(1, 1).addr).unwrap();
+        let now: Vec<u32> = b
+            .vip(&vip())
+            .unwrap()
+            .backends
+            .iter()
+            .map(|x| x.id)
+            .collect();
+        assert_eq!(now[0], ids[1], "backend 2 kept its id");
+        assert_eq!(
+            b.maps().backends[&backend_index(ids[0])].state,
+            BACKEND_UNUSED
+        );
+        let t = table(&b, &vip());
+        assert_eq!(t.len(), DEFAULT_RING_SIZE as usize);
+        assert!(!t.contains(&ids[0]), "the removed backend is in no slot");
+    }
+
+    #[test]
+    fn tables_follow_the_scheduler_and_leave_out_draining_down_and_zero_weight() {
+        let mut b = balancer();
+        let opts = VipOptions {
+            scheduler: Scheduler::WeightedRoundRobin,
+            ring_size: DEFAULT_RING_SIZE,
+        };
+        b.add_vip(vip(), opts).unwrap();
+        b.set_backends(
+            &vip(),
+            vec![backend(1, 3), backend(2, 1), backend(3, 1), backend(4, 0)],
+        )
+        .unwrap();
+        let info = b.vip(&vip()).unwrap();
+        let id = |i: usize| info.backends[i].id;
+        let t = table(&b, &vip());
+        assert_eq!(t.len(), 5);
+        assert_eq!(t.iter().filter(|&&x| x == id(0)).count(), 3);
+        assert!(!t.contains(&id(3)), "weight 0 takes no new flows");
+
+        b.update_backend(
+            &vip(),
+            backend(1, 3).addr,
+            None,
+            Some(BackendState::Draining),
+        )
+        .unwrap();
+        b.update_backend(&vip(), backend(2, 1).addr, None, Some(BackendState::Down))
+            .unwrap();
+        assert_eq!(table(&b, &vip()), vec![id(2)]);
+        let info = b.vip(&vip()).unwrap();
+        assert_eq!(
+            b.maps().backends[&backend_index(info.backends[0].id)].state,
+            BACKEND_DRAINING
+        );
+
+        b.set_vip_options(
+            &vip(),
+            VipOptions {
+                scheduler: Scheduler::LeastConn,
+                ring_size: 3,
+            },
+        )
+        .unwrap();
+        let meta = b.maps().vips[&vip().key()];
+        assert_eq!(meta.table_len, 0);
+        assert_eq!(b.maps().region(meta.list_off, meta.list_len), vec![id(2)]);
+    }
+
+    #[test]
+    fn vip_addresses_are_counted_per_protocol() {
+        let mut b = balancer();
+        let a: Vip = "198.19.0.1:80/tcp".parse().unwrap();
+        let c: Vip = "198.19.0.1:443/tcp".parse().unwrap();
+        b.add_vip(a, VipOptions::default()).unwrap();
+        b.add_vip(c, VipOptions::default()).unwrap();
+        assert_eq!(b.maps().vip_addrs[&a.addr_key()], 2);
+        b.remove_vip(&a).unwrap();
+        assert_eq!(b.maps().vip_addrs[&a.addr_key()], 1);
+        b.remove_vip(&c).unwrap();
+        assert!(b.maps().vip_addrs.is_empty());
+        assert!(b.maps().vips.is_empty());
+    }
+
+    #[test]
+    fn reused_backend_slots_get_a_new_generation() {
+        let mut ids = BackendIds::new();
+        let first = ids.alloc().unwrap();
+        ids.free(first);
+        // FIFO: every other slot is used before this one comes back.
+        let mut again = None;
+        for _ in 0..MAX_BACKENDS {
+            let id = ids.alloc().unwrap();
+            if backend_index(id) == backend_index(first) {
+                again = Some(id);
+            }
+        }
+        let again = again.unwrap();
+        assert_ne!(again, first);
+    }
+}

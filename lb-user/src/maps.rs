@@ -1,0 +1,191 @@
+//! Typed access to the XDP program's maps, behind a trait so that the balancer's logic can be
+//! unit-tested against an in-memory twin ([`MemMaps`]) and run against the kernel ([`BpfMaps`]).
+
+use std::collections::HashMap;
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+};
+use lb_common::maps::{
+    BACKEND_LOAD_MAP, BACKEND_OPENED_MAP, BACKEND_STATS_MAP, BACKENDS_MAP, Backend, BackendLoad,
+    SETTINGS_MAP, SLOTS_MAP, Settings, Stats, VIP_ADDRS_MAP, VIP_STATS_MAP, VIPS_MAP, VipAddrKey,
+    VipKey, VipMeta,
+};
+
+/// What the balancer writes and reads in the data path's maps.
+pub trait Maps {
+    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> anyhow::Result<()>;
+    fn remove_vip(&mut self, key: &VipKey) -> anyhow::Result<()>;
+    /// Sets (count > 0) or removes (count 0) an address's VIP count.
+    fn set_vip_addr(&mut self, key: &VipAddrKey, count: u32) -> anyhow::Result<()>;
+    fn set_backend(&mut self, index: u32, backend: &Backend) -> anyhow::Result<()>;
+    fn write_slots(&mut self, off: u32, ids: &[u32]) -> anyhow::Result<()>;
+    fn set_backend_load(&mut self, index: u32, load: &BackendLoad) -> anyhow::Result<()>;
+    fn set_settings(&mut self, settings: &Settings) -> anyhow::Result<()>;
+    /// Flows the data path opened to backend slot `index`, ever.
+    fn opened(&self, index: u32) -> anyhow::Result<u64>;
+    fn vip_stats(&self, vip_id: u32) -> anyhow::Result<Stats>;
+    fn backend_stats(&self, index: u32) -> anyhow::Result<Stats>;
+}
+
+/// The kernel's maps of a loaded program.
+pub struct BpfMaps {
+    vips: BpfHashMap<MapData, VipKey, VipMeta>,
+    vip_addrs: BpfHashMap<MapData, VipAddrKey, u32>,
+    backends: Array<MapData, Backend>,
+    slots: Array<MapData, u32>,
+    backend_load: Array<MapData, BackendLoad>,
+    backend_opened: Array<MapData, u64>,
+    settings: Array<MapData, Settings>,
+    vip_stats: PerCpuArray<MapData, Stats>,
+    backend_stats: PerCpuArray<MapData, Stats>,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("no map {name} in the XDP object"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+impl BpfMaps {
+    /// Takes the maps out of a loaded program (the program keeps using them).
+    pub fn new(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
+        Ok(Self {
+            vips: take(ebpf, VIPS_MAP)?,
+            vip_addrs: take(ebpf, VIP_ADDRS_MAP)?,
+            backends: take(ebpf, BACKENDS_MAP)?,
+            slots: take(ebpf, SLOTS_MAP)?,
+            backend_load: take(ebpf, BACKEND_LOAD_MAP)?,
+            backend_opened: take(ebpf, BACKEND_OPENED_MAP)?,
+            settings: take(ebpf, SETTINGS_MAP)?,
+            vip_stats: take(ebpf, VIP_STATS_MAP)?,
+            backend_stats: take(ebpf, BACKEND_STATS_MAP)?,
+        })
+    }
+
+    /// The number of entries of the slots array.
+    pub fn slots_capacity(&self) -> u32 {
+        self.slots.len()
+    }
+}
+
+fn sum(per_cpu: aya::maps::PerCpuValues<Stats>) -> Stats {
+    per_cpu.iter().fold(Stats::default(), |a, s| Stats {
+        packets: a.packets + s.packets,
+        bytes: a.bytes + s.bytes,
+        new_flows: a.new_flows + s.new_flows,
+    })
+}
+
+impl Maps for BpfMaps {
+    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> anyhow::Result<()> {
+        Ok(self.vips.insert(key, meta, 0)?)
+    }
+    fn remove_vip(&mut self, key: &VipKey) -> anyhow::Result<()> {
+        Ok(self.vips.remove(key)?)
+    }
+    fn set_vip_addr(&mut self, key: &VipAddrKey, count: u32) -> anyhow::Result<()> {
+        if count == 0 {
+            Ok(self.vip_addrs.remove(key)?)
+        } else {
+            Ok(self.vip_addrs.insert(key, count, 0)?)
+        }
+    }
+    fn set_backend(&mut self, index: u32, backend: &Backend) -> anyhow::Result<()> {
+        Ok(self.backends.set(index, backend, 0)?)
+    }
+    fn write_slots(&mut self, off: u32, ids: &[u32]) -> anyhow::Result<()> {
+        for (i, id) in (off..).zip(ids) {
+            self.slots.set(i, id, 0)?;
+        }
+        Ok(())
+    }
+    fn set_backend_load(&mut self, index: u32, load: &BackendLoad) -> anyhow::Result<()> {
+        Ok(self.backend_load.set(index, load, 0)?)
+    }
+    fn set_settings(&mut self, settings: &Settings) -> anyhow::Result<()> {
+        Ok(self.settings.set(0, settings, 0)?)
+    }
+    fn opened(&self, index: u32) -> anyhow::Result<u64> {
+        Ok(self.backend_opened.get(&index, 0)?)
+    }
+    fn vip_stats(&self, vip_id: u32) -> anyhow::Result<Stats> {
+        Ok(sum(self.vip_stats.get(&vip_id, 0)?))
+    }
+    fn backend_stats(&self, index: u32) -> anyhow::Result<Stats> {
+        Ok(sum(self.backend_stats.get(&index, 0)?))
+    }
+}
+
+/// An in-memory twin of the maps, for unit tests of the balancer.
+#[derive(Debug, Default)]
+pub struct MemMaps {
+    pub vips: HashMap<VipKey, VipMeta>,
+    pub vip_addrs: HashMap<VipAddrKey, u32>,
+    pub backends: HashMap<u32, Backend>,
+    pub slots: HashMap<u32, u32>,
+    pub backend_load: HashMap<u32, BackendLoad>,
+    pub opened: HashMap<u32, u64>,
+    pub settings: Settings,
+}
+
+impl MemMaps {
+    /// The ids in the slots region `[off, off + len)`.
+    pub fn region(&self, off: u32, len: u32) -> Vec<u32> {
+        (off..off + len)
+            .map(|i| self.slots.get(&i).copied().unwrap_or(0))
+            .collect()
+    }
+}
+
+impl Maps for MemMaps {
+    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> anyhow::Result<()> {
+        self.vips.insert(*key, *meta);
+        Ok(())
+    }
+    fn remove_vip(&mut self, key: &VipKey) -> anyhow::Result<()> {
+        self.vips.remove(key);
+        Ok(())
+    }
+    fn set_vip_addr(&mut self, key: &VipAddrKey, count: u32) -> anyhow::Result<()> {
+        if count == 0 {
+            self.vip_addrs.remove(key);
+        } else {
+            self.vip_addrs.insert(*key, count);
+        }
+        Ok(())
+    }
+    fn set_backend(&mut self, index: u32, backend: &Backend) -> anyhow::Result<()> {
+        self.backends.insert(index, *backend);
+        Ok(())
+    }
+    fn write_slots(&mut self, off: u32, ids: &[u32]) -> anyhow::Result<()> {
+        for (i, id) in (off..).zip(ids) {
+            self.slots.insert(i, *id);
+        }
+        Ok(())
+    }
+    fn set_backend_load(&mut self, index: u32, load: &BackendLoad) -> anyhow::Result<()> {
+        self.backend_load.insert(index, *load);
+        Ok(())
+    }
+    fn set_settings(&mut self, settings: &Settings) -> anyhow::Result<()> {
+        self.settings = *settings;
+        Ok(())
+    }
+    fn opened(&self, index: u32) -> anyhow::Result<u64> {
+        Ok(self.opened.get(&index).copied().unwrap_or(0))
+    }
+    fn vip_stats(&self, _vip_id: u32) -> anyhow::Result<Stats> {
+        Ok(Stats::default())
+    }
+    fn backend_stats(&self, _index: u32) -> anyhow::Result<Stats> {
+        Ok(Stats::default())
+    }
+}

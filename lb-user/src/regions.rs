@@ -1,0 +1,141 @@
+//! Allocation of regions of the `SLOTS` array to VIP tables.
+//!
+//! A VIP's tables are replaced by writing new regions and then switching the VIP's meta to
+//! them; the old regions are freed only after a quarantine, so that a packet that read the old
+//! meta just before the switch still reads the old, intact table.
+
+use std::time::{Duration, Instant};
+
+/// How long a freed region waits before it can be reused. XDP runs in an RCU read section
+/// lasting microseconds; this is generous.
+pub const QUARANTINE: Duration = Duration::from_millis(200);
+
+/// A region `[off, off + len)` of the slots array.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Region {
+    pub off: u32,
+    pub len: u32,
+}
+
+/// First-fit allocator over `[0, capacity)`.
+#[derive(Debug)]
+pub struct Regions {
+    capacity: u32,
+    /// Free regions, sorted by offset, never adjacent (merged).
+    free: Vec<Region>,
+    quarantined: Vec<(Instant, Region)>,
+}
+
+impl Regions {
+    pub fn new(capacity: u32) -> Self {
+        Self {
+            capacity,
+            free: vec![Region {
+                off: 0,
+                len: capacity,
+            }],
+            quarantined: Vec::new(),
+        }
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
+
+    /// Entries free now or after quarantine.
+    pub fn available(&self) -> u64 {
+        self.free
+            .iter()
+            .chain(self.quarantined.iter().map(|(_, r)| r))
+            .map(|r| u64::from(r.len))
+            .sum()
+    }
+
+    /// A region of `len` entries (`len` > 0), or `None` if none is free. Waits out the
+    /// quarantine of freed regions if that is what it takes.
+    pub fn alloc(&mut self, len: u32) -> Option<Region> {
+        assert!(len > 0, "empty regions are not allocated");
+        self.release(Instant::now());
+        if let Some(region) = self.take(len) {
+            return Some(region);
+        }
+        if let Some(&(until, _)) = self.quarantined.iter().max_by_key(|(t, _)| *t)
+            && self.available() >= u64::from(len)
+        {
+            std::thread::sleep(until.saturating_duration_since(Instant::now()));
+            self.release(until);
+            return self.take(len);
+        }
+        None
+    }
+
+    /// Frees `region` after the quarantine.
+    pub fn free(&mut self, region: Region) {
+        self.quarantined.push((Instant::now() + QUARANTINE, region));
+    }
+
+    fn take(&mut self, len: u32) -> Option<Region> {
+        let i = self.free.iter().position(|r| r.len >= len)?;
+        let region = Region {
+            off: self.free[i].off,
+            len,
+        };
+        if self.free[i].len == len {
+            self.free.remove(i);
+        } else {
+            self.free[i].off += len;
+            self.free[i].len -= len;
+        }
+        Some(region)
+    }
+
+    fn release(&mut self, now: Instant) {
+        let (ready, waiting): (Vec<_>, Vec<_>) = self
+            .quarantined
+            .drain(..)
+            .partition(|(until, _)| *until <= now);
+        self.quarantined = waiting;
+        for (_, region) in ready {
+            let at = self.free.partition_point(|r| r.off < region.off);
+            self.free.insert(at, region);
+            if at + 1 < self.free.len()
+                && self.free[at].off + self.free[at].len == self.free[at + 1].off
+            {
+                self.free[at].len += self.free[at + 1].len;
+                self.free.remove(at + 1);
+            }
+            if at > 0 && self.free[at - 1].off + self.free[at - 1].len == self.free[at].off {
+                self.free[at - 1].len += self.free[at].len;
+                self.free.remove(at);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocates_frees_and_merges() {
+        let mut regions = Regions::new(100);
+        let a = regions.alloc(40).unwrap();
+        let b = regions.alloc(40).unwrap();
+        assert_eq!((a.off, b.off), (0, 40));
+        assert_eq!(regions.alloc(30), None, "only 20 left");
+        regions.free(a);
+        regions.free(b);
+        // Both are in quarantine; the allocator waits it out and merges them with the tail.
+        let c = regions.alloc(100).unwrap();
+        assert_eq!(c, Region { off: 0, len: 100 });
+    }
+
+    #[test]
+    fn a_freed_region_is_not_reused_during_quarantine_if_there_is_room_elsewhere() {
+        let mut regions = Regions::new(100);
+        let a = regions.alloc(10).unwrap();
+        regions.free(a);
+        let b = regions.alloc(10).unwrap();
+        assert_ne!(a.off, b.off);
+    }
+}
