@@ -16,6 +16,9 @@ use crate::{build, target_dir};
 
 const PORT: u16 = 8080;
 
+/// The demo's VIP address (the gateway does not own it; xdplb answers for it).
+const VIP: &str = "198.19.0.1";
+
 pub fn run() -> anyhow::Result<()> {
     if !lb_tests::is_root() {
         bail!("the demo needs root: it creates network namespaces and attaches XDP programs");
@@ -25,8 +28,13 @@ pub fn run() -> anyhow::Result<()> {
     let namespaces_before = harness_namespaces();
 
     let topo = Topology::new(2).context("creating the demo topology")?;
+    // Full checksums from the hosts, so that xdplb forwards in XDP rather than handing
+    // offloaded (partial-checksum) packets to the kernel.
+    for ns in std::iter::once(&topo.client).chain(&topo.backends) {
+        ns.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
+    }
     println!(
-        "\n== topology: client {} -> gateway -> backends {} and {}",
+        "\n== topology: client {} -> gateway -> backends {} and {}; VIP {VIP}",
         topo.client.v4, topo.backends[0].v4, topo.backends[1].v4
     );
     let servers: Vec<_> = topo
@@ -42,11 +50,26 @@ pub fn run() -> anyhow::Result<()> {
         .collect();
 
     let ifaces = topo.gateway_ifaces();
+    let tcp_vip = format!("{VIP}:80/tcp");
+    let udp_vip = format!("{VIP}:53/udp");
     println!("== starting xdplb on the gateway ({})", ifaces.join(", "));
     let mut daemon = topo
         .gateway
         .command(xdplb.to_str().context("non-UTF-8 path")?);
-    daemon.arg("run").arg("--stats-interval").arg("2");
+    daemon.arg("run").args(["--stats-interval", "3"]);
+    daemon.args([
+        "--vip",
+        &format!("{tcp_vip}=weighted-round-robin"),
+        "--vip",
+        &udp_vip,
+    ]);
+    for (backend, weight) in topo.backends.iter().zip([3, 1]) {
+        daemon.args([
+            "--backend",
+            &format!("{tcp_vip}={}:{PORT}@{weight}", backend.v4),
+        ]);
+        daemon.args(["--backend", &format!("{udp_vip}={}:{PORT}", backend.v4)]);
+    }
     for iface in &ifaces {
         daemon.args(["--iface", iface]);
     }
@@ -77,36 +100,43 @@ pub fn run() -> anyhow::Result<()> {
 
 fn traffic(topo: &Topology) -> anyhow::Result<()> {
     thread::sleep(Duration::from_secs(1));
-    for (i, backend) in topo.backends.iter().enumerate() {
-        for target in [
-            SocketAddr::from((backend.v4, PORT)),
-            SocketAddr::from((backend.v6, PORT)),
-        ] {
-            let answers = topo.client.run(|| {
-                (0..10)
-                    .map(|n| tcp_request(target, &format!("request {n}")))
-                    .collect::<anyhow::Result<Vec<_>>>()
-            })?;
-            let (udp, _) = topo.client.run(|| udp_request(target, "datagram"))?;
-            println!(
-                "   backend {i} at {target}: 10 TCP requests answered ({:?} ...), UDP: {udp:?}",
-                answers[0]
-            );
-        }
-    }
+    let vip: std::net::IpAddr = VIP.parse()?;
+    let tcp = SocketAddr::new(vip, 80);
+    let answers = topo.client.run(|| {
+        (0..40)
+            .map(|n| tcp_request(tcp, &format!("request {n}")))
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    let count = |who: &str| answers.iter().filter(|a| a.starts_with(who)).count();
+    println!(
+        "   40 TCP connections to {tcp} (weighted-round-robin 3:1): backend-0 answered {}, backend-1 {}",
+        count("backend-0 "),
+        count("backend-1 ")
+    );
+    let udp = SocketAddr::new(vip, 53);
+    let replies = topo.client.run(|| {
+        (0..10)
+            .map(|n| udp_request(udp, &format!("datagram {n}")))
+            .collect::<anyhow::Result<Vec<_>>>()
+    })?;
+    let from_vip = replies.iter().all(|(_, from)| *from == udp);
+    println!(
+        "   10 UDP datagrams to {udp} (maglev): {} replies, all from the VIP: {from_vip}",
+        replies.len()
+    );
     let out = topo.client.exec(
         "ping",
-        &["-c", "5", "-i", "0.2", &topo.backends[0].v4.to_string()],
+        &["-c", "3", "-i", "0.2", &topo.backends[0].v4.to_string()],
     )?;
     let summary = String::from_utf8_lossy(&out.stdout);
     println!(
-        "   ping: {}",
+        "   ping {} (not a VIP, routed by the gateway): {}",
+        topo.backends[0].v4,
         summary.lines().rev().nth(1).unwrap_or_default()
     );
-    thread::sleep(Duration::from_millis(2500));
+    thread::sleep(Duration::from_millis(3500));
     Ok(())
 }
-
 fn wait_for(
     child: &mut std::process::Child,
     limit: Duration,
