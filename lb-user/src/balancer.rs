@@ -32,7 +32,10 @@ use crate::{
 pub const MAX_WRR_CYCLE: usize = 65_536;
 
 /// Transport protocol of a VIP.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
     Udp,
@@ -68,7 +71,9 @@ impl Proto {
 }
 
 /// A VIP: address, port (0: every port) and protocol.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct Vip {
     pub addr: IpAddr,
     pub port: u16,
@@ -141,7 +146,19 @@ impl Vip {
 }
 
 /// How a VIP picks backends for new flows.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
+#[derive(
+    Copy,
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
 pub enum Scheduler {
     /// Maglev consistent hashing over the 5-tuple (weighted).
     #[default]
@@ -202,7 +219,7 @@ impl FromStr for Scheduler {
 }
 
 /// A VIP's settings.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VipOptions {
     pub scheduler: Scheduler,
     /// Size of the Maglev table (`maglev`, `source-hash`); a prime.
@@ -219,7 +236,8 @@ impl Default for VipOptions {
 }
 
 /// A backend's state.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BackendState {
     /// Takes new flows.
     #[default]
@@ -294,7 +312,7 @@ impl From<anyhow::Error> for Error {
 }
 
 /// A backend as configured.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BackendSpec {
     pub addr: SocketAddr,
     pub weight: u32,
@@ -316,13 +334,13 @@ impl BackendSpec {
 }
 
 /// A backend of a VIP, with the id the data path knows it by.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BackendInfo {
     pub spec: BackendSpec,
     pub id: u32,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct VipState {
     id: u32,
     options: VipOptions,
@@ -366,6 +384,31 @@ impl BackendIds {
     fn free(&mut self, id: u32) {
         self.free.push_back(backend_index(id));
     }
+
+    /// Takes `id` (index and generation) out of the free slots; false if it is not free.
+    fn reserve(&mut self, id: u32) -> bool {
+        let index = backend_index(id);
+        let Some(at) = self.free.iter().position(|&i| i == index) else {
+            return false;
+        };
+        self.free.remove(at);
+        self.generation[index as usize] = (id >> 16) as u16;
+        true
+    }
+}
+
+/// Everything the balancer needs to take over maps that a previous agent wrote: each VIP with
+/// its id, options, backends (with ids) and table regions.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Snapshot {
+    vips: Vec<(Vip, VipState)>,
+}
+
+impl Snapshot {
+    /// The VIPs it holds.
+    pub fn vips(&self) -> impl Iterator<Item = &Vip> {
+        self.vips.iter().map(|(vip, _)| vip)
+    }
 }
 
 /// The balancer: desired state plus the maps it is written to.
@@ -388,6 +431,70 @@ impl<M: Maps> Balancer<M> {
             backend_ids: BackendIds::new(),
             regions: Regions::new(slots),
         })
+    }
+
+    /// A balancer over maps that already hold `snapshot` (a restarted agent adopting the maps
+    /// of the previous one). Ids and table regions are taken over as they are; backends and
+    /// VIP entries are written again from the snapshot, which is idempotent and repairs what a
+    /// change interrupted before it was saved may have left.
+    pub fn restore(
+        maps: M,
+        slots: u32,
+        settings: Settings,
+        snapshot: Snapshot,
+    ) -> Result<Self, Error> {
+        let mut balancer = Self::new(maps, slots, settings)?;
+        for (vip, state) in snapshot.vips {
+            check_vip(&vip, &state.options)?;
+            if !balancer.vip_ids.contains(&state.id) {
+                return Err(Error::Maps(format!(
+                    "snapshot: VIP id {} used twice",
+                    state.id
+                )));
+            }
+            balancer.vip_ids.retain(|&id| id != state.id);
+            for region in [state.table, state.list].into_iter().flatten() {
+                if !balancer.regions.reserve(region) {
+                    return Err(Error::Maps(format!(
+                        "snapshot: table region {region:?} of {vip} overlaps another"
+                    )));
+                }
+            }
+            for b in &state.backends {
+                check_backend(&vip, &b.spec)?;
+                if !balancer.backend_ids.reserve(b.id) {
+                    return Err(Error::Maps(format!(
+                        "snapshot: backend id {:#x} used twice",
+                        b.id
+                    )));
+                }
+                balancer
+                    .maps
+                    .set_backend(backend_index(b.id), &backend_value(b))?;
+            }
+            balancer.maps.set_vip(&vip.key(), &meta(&state))?;
+            balancer.vips.insert(vip, state);
+        }
+        let mut counts: std::collections::HashMap<VipAddrKey, u32> =
+            std::collections::HashMap::new();
+        for vip in balancer.vips.keys() {
+            *counts.entry(vip.addr_key()).or_default() += 1;
+        }
+        for (key, count) in counts {
+            balancer.maps.set_vip_addr(&key, count)?;
+        }
+        Ok(balancer)
+    }
+
+    /// What [`Balancer::restore`] needs to take over.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            vips: self
+                .vips
+                .iter()
+                .map(|(vip, state)| (*vip, state.clone()))
+                .collect(),
+        }
     }
 
     pub fn maps(&self) -> &M {
@@ -989,6 +1096,49 @@ mod tests {
         b.remove_vip(&c).unwrap();
         assert!(b.maps().vip_addrs.is_empty());
         assert!(b.maps().vips.is_empty());
+    }
+
+    #[test]
+    fn a_restored_balancer_takes_over_ids_regions_and_maps() {
+        let mut b = balancer();
+        b.add_vip(vip(), VipOptions::default()).unwrap();
+        b.set_backends(&vip(), vec![backend(1, 1), backend(2, 2)])
+            .unwrap();
+        let udp: Vip = "198.19.0.1:53/udp".parse().unwrap();
+        b.add_vip(
+            udp,
+            VipOptions {
+                scheduler: Scheduler::RoundRobin,
+                ring_size: 3,
+            },
+        )
+        .unwrap();
+        b.set_backends(&udp, vec![backend(3, 1)]).unwrap();
+        let json = serde_json::to_string(&b.snapshot()).unwrap();
+        let before = b.vips();
+
+        // A new agent over the same maps, which lost their VIP entries meanwhile.
+        let mut maps = std::mem::take(b.maps_mut());
+        maps.vips.clear();
+        maps.vip_addrs.clear();
+        let snapshot: Snapshot = serde_json::from_str(&json).unwrap();
+        let mut restored = Balancer::restore(maps, 1 << 20, Settings::default(), snapshot).unwrap();
+        assert_eq!(restored.vips(), before);
+        assert_eq!(restored.maps().vips.len(), 2);
+        assert_eq!(restored.maps().vip_addrs[&vip().addr_key()], 1);
+        assert_eq!(restored.maps().vip_addrs[&udp.addr_key()], 1);
+        assert_eq!(table(&restored, &vip()).len(), DEFAULT_RING_SIZE as usize);
+
+        // Changes after the restore keep the old ids and use free regions and ids only.
+        restored.add_backend(&vip(), backend(4, 1)).unwrap();
+        let after = restored.vip(&vip()).unwrap();
+        assert_eq!(after.backends[..2], before[1].backends[..]);
+        let ids: std::collections::HashSet<u32> = restored
+            .vips()
+            .iter()
+            .flat_map(|v| v.backends.iter().map(|b| b.id))
+            .collect();
+        assert_eq!(ids.len(), 4, "no id handed out twice");
     }
 
     #[test]

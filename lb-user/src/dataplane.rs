@@ -16,7 +16,13 @@ impl Counters {
         let map = ebpf
             .map(COUNTERS_MAP)
             .with_context(|| format!("no map {COUNTERS_MAP} in the XDP object"))?;
-        let array: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        Self::from_map(&PerCpuArray::try_from(map)?)
+    }
+
+    /// Reads every counter from a `COUNTERS` map.
+    pub fn from_map<T: std::borrow::Borrow<aya::maps::MapData>>(
+        array: &PerCpuArray<T, u64>,
+    ) -> anyhow::Result<Self> {
         Counter::ALL
             .iter()
             .map(|&counter| {
@@ -35,6 +41,11 @@ impl Counters {
             .iter()
             .find_map(|&(c, value)| (c == counter).then_some(value))
             .unwrap_or(0)
+    }
+
+    /// Every counter with its value, in index order.
+    pub fn iter(&self) -> impl Iterator<Item = (Counter, u64)> + '_ {
+        self.0.iter().copied()
     }
 
     /// Packets seen in all.

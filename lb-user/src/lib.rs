@@ -3,8 +3,12 @@
 //! The `xdplb` binary (`main.rs`) is a thin CLI over this library; the test harness uses the
 //! library directly to run the real program through `BPF_PROG_TEST_RUN`.
 
+pub mod agent;
+pub mod api;
 pub mod balancer;
+pub mod client;
 pub mod dataplane;
 pub mod loader;
 pub mod maps;
+pub mod pin;
 pub mod regions;

@@ -1,30 +1,126 @@
-//! `xdplb`: the agent and its command line.
+//! `xdplb`: the agent (`xdplb run`) and the CLI that drives it over its API socket.
 
-use std::{process::ExitCode, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hyper::Method;
 use lb_common::maps::{DEFAULT_CONNTRACK_CAPACITY, Settings};
 use lb_user::{
+    agent::{self, Agent, DEFAULT_STATE_FILE},
+    api::{self, BackendView, DEFAULT_SOCKET, Shutdown, StatsView, StatusView, VipView},
     balancer::{BackendSpec, Balancer, Scheduler, Vip, VipOptions},
-    dataplane::Counters,
+    client::{call, segment},
     loader::{AttachMode, LoadOptions, Loaded},
     maps::BpfMaps,
+    pin::{DEFAULT_PIN_DIR, Pinned},
 };
-use log::info;
+use log::{info, warn};
+use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
 #[command(name = "xdplb", version, about = "A layer-4 load balancer on XDP")]
 struct Cli {
+    /// The agent's API socket.
+    #[arg(long, global = true, default_value = DEFAULT_SOCKET, value_name = "PATH")]
+    socket: PathBuf,
+    /// Output format of the CLI commands.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Load the XDP program, attach it and run until Ctrl-C or SIGTERM, then detach.
+    /// Run the agent: load (or adopt) and attach the program, serve the API until stopped.
     Run(RunArgs),
+    /// Add, remove, list and show VIPs.
+    #[command(subcommand)]
+    Vip(VipCommand),
+    /// Add, remove, change, drain and list a VIP's backends.
+    #[command(subcommand)]
+    Backend(BackendCommand),
+    /// Packet counters and traffic per VIP and backend.
+    Stats {
+        /// Print again every this many seconds until interrupted.
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<u64>,
+    },
+    /// What the agent runs.
+    Status,
+    /// Stop the agent. The program stays attached (traffic flows) unless --detach.
+    Stop {
+        /// Also detach the program from every interface and unpin everything.
+        #[arg(long)]
+        detach: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum VipCommand {
+    /// Add a VIP (`ADDR:PORT/PROTO`, port 0: every port).
+    Add {
+        vip: Vip,
+        #[arg(long, default_value = "maglev")]
+        scheduler: Scheduler,
+        /// Maglev table size (a prime).
+        #[arg(long)]
+        ring_size: Option<u32>,
+    },
+    /// Remove a VIP and its backends.
+    Del { vip: Vip },
+    /// Change a VIP's scheduler or ring size.
+    Set {
+        vip: Vip,
+        #[arg(long)]
+        scheduler: Option<Scheduler>,
+        #[arg(long)]
+        ring_size: Option<u32>,
+    },
+    /// List every VIP.
+    List,
+    /// One VIP and its backends.
+    Show { vip: Vip },
+}
+
+#[derive(Subcommand)]
+enum BackendCommand {
+    /// Add a backend to a VIP.
+    Add {
+        vip: Vip,
+        address: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+    },
+    /// Remove a backend; its tracked flows move to other backends.
+    Del { vip: Vip, address: SocketAddr },
+    /// Change a backend's weight and/or state.
+    Set {
+        vip: Vip,
+        address: SocketAddr,
+        #[arg(long)]
+        weight: Option<u32>,
+        #[arg(long, value_parser = ["up", "draining", "down"])]
+        state: Option<String>,
+    },
+    /// Stop new flows to a backend; its tracked flows continue (`list` shows when none are left).
+    Drain { vip: Vip, address: SocketAddr },
+    /// A VIP's backends with their state, active connections and traffic.
+    List { vip: Vip },
 }
 
 #[derive(Args)]
@@ -35,17 +131,25 @@ struct RunArgs {
     /// XDP attach mode: `auto` tries native and falls back to skb.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
     xdp_mode: AttachMode,
+    /// Where the program, maps and links are pinned; an agent finding them there adopts them.
+    #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
+    pin_dir: PathBuf,
+    /// Where the agent keeps its state (VIPs, backends, ids) across restarts.
+    #[arg(long, default_value = DEFAULT_STATE_FILE, value_name = "FILE")]
+    state_file: PathBuf,
+    /// Nothing outlives the agent: no state file, and the program is detached at exit.
+    #[arg(long)]
+    ephemeral: bool,
     /// Log the packet counters every this many seconds (0: only at exit).
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     stats_interval: u64,
-    /// A VIP to balance, `ADDR:PORT/PROTO[=SCHEDULER]` (port 0: every port; scheduler
-    /// maglev by default). Repeat for several.
+    /// A VIP to balance, `ADDR:PORT/PROTO[=SCHEDULER]` (used when there is no saved state).
     #[arg(long = "vip", value_name = "VIP[=SCHEDULER]", value_parser = parse_vip)]
     vips: Vec<(Vip, Scheduler)>,
-    /// A backend of a VIP, `VIP=ADDR:PORT[@WEIGHT]` (weight 1 by default). Repeat for several.
+    /// A backend of a VIP, `VIP=ADDR:PORT[@WEIGHT]` (used when there is no saved state).
     #[arg(long = "backend", value_name = "VIP=ADDR:PORT[@WEIGHT]", value_parser = parse_backend)]
     backends: Vec<(Vip, BackendSpec)>,
-    /// Flows the connection table holds.
+    /// Flows the connection table holds (fixed when the program is first loaded).
     #[arg(long, default_value_t = DEFAULT_CONNTRACK_CAPACITY, value_name = "FLOWS")]
     conntrack_capacity: u32,
 }
@@ -83,7 +187,12 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(args, &cli.socket),
+        command => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the runtime")
+            .and_then(|rt| rt.block_on(client_command(command, &cli.socket, cli.output))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,28 +203,170 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
-    let mut loaded = Loaded::load_with(LoadOptions {
-        conntrack_capacity: args.conntrack_capacity,
-        ..LoadOptions::default()
-    })?;
-    let mut balancer = loaded.balancer(Settings::default())?;
-    configure(&mut balancer, &args)?;
-    for iface in &args.ifaces {
-        loaded.attach(iface, args.xdp_mode)?;
+fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
+    let pin_dir = if args.ephemeral {
+        args.pin_dir.with_file_name(format!(
+            "{}-ephemeral-{}",
+            args.pin_dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("xdplb"),
+            std::process::id()
+        ))
+    } else {
+        args.pin_dir.clone()
+    };
+    let adopting = Pinned::exists(&pin_dir);
+    let mut pinned = if adopting {
+        info!("adopting the balancer pinned in {}", pin_dir.display());
+        Pinned::open(&pin_dir)?
+    } else {
+        let loaded = Loaded::load_with(LoadOptions {
+            conntrack_capacity: args.conntrack_capacity,
+            ..LoadOptions::default()
+        })?;
+        Pinned::create(loaded, &pin_dir)?
+    };
+    let result = serve(&args, socket, &mut pinned, adopting);
+    let detach = match &result {
+        Ok(detach) => *detach || args.ephemeral,
+        // A fresh program that never came up is not left behind.
+        Err(_) => args.ephemeral || !adopting,
+    };
+    if detach {
+        pinned.remove()?;
+        if !args.ephemeral {
+            let _ = std::fs::remove_file(&args.state_file);
+        }
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    result.map(|_| ())
+}
+
+/// Runs the agent until SIGTERM/SIGINT or `xdplb stop`; returns whether to detach.
+fn serve(
+    args: &RunArgs,
+    socket: &Path,
+    pinned: &mut Pinned,
+    adopting: bool,
+) -> anyhow::Result<bool> {
+    let maps = pinned.maps()?;
+    let slots = maps.slots_capacity();
+    let settings = if adopting {
+        maps.settings()?
+    } else {
+        Settings::default()
+    };
+    let saved = if args.ephemeral {
+        None
+    } else {
+        agent::load_state(&args.state_file)?
+    };
+    let balancer = match saved {
+        Some(saved) => {
+            if !args.vips.is_empty() || !args.backends.is_empty() {
+                warn!(
+                    "{} holds the agent's state: --vip/--backend are ignored (change VIPs with the CLI)",
+                    args.state_file.display()
+                );
+            }
+            info!(
+                "restoring {} from {}",
+                if adopting {
+                    "the adopted maps"
+                } else {
+                    "a fresh program"
+                },
+                args.state_file.display()
+            );
+            Balancer::restore(maps, slots, settings, saved.snapshot)?
+        }
+        None => {
+            let mut balancer = Balancer::new(maps, slots, settings)?;
+            configure(&mut balancer, args)?;
+            balancer
+        }
+    };
+    agent::log_vips(&balancer);
+    for iface in &args.ifaces {
+        pinned.attach(iface, args.xdp_mode)?;
+    }
+    let state_file = if args.ephemeral {
+        std::env::temp_dir().join(format!("xdplb-ephemeral-{}.state.json", std::process::id()))
+    } else {
+        args.state_file.clone()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(wait_for_shutdown(&loaded, &balancer, args.stats_interval))?;
-    info!(
-        "detaching; final counters:\n{}",
-        report(&loaded, &balancer)?
-    );
-    drop(loaded);
-    info!("detached");
-    Ok(())
+    // The agent owns the pinned handle only while it runs; it is handed back for detaching.
+    let handle = Pinned::open(pinned.dir())?;
+    let agent = Agent {
+        balancer,
+        pinned: handle,
+        state_file: state_file.clone(),
+        started: Instant::now(),
+        timeouts: settings.timeouts,
+        active: Default::default(),
+    };
+    agent.save()?;
+    let shared = api::share(agent);
+    let detach = runtime.block_on(run_agent(Arc::clone(&shared), socket, args.stats_interval))?;
+    if args.ephemeral {
+        let _ = std::fs::remove_file(&state_file);
+    }
+    let _ = std::fs::remove_file(socket);
+    Ok(detach)
+}
+
+async fn run_agent(
+    shared: agent::Shared,
+    socket: &Path,
+    stats_interval: u64,
+) -> anyhow::Result<bool> {
+    let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(Shutdown::Running);
+    let listener = api::bind(socket)?;
+    let app = api::router(Arc::clone(&shared), shutdown_tx);
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    tokio::spawn(agent::count_connections_every(
+        Arc::clone(&shared),
+        Duration::from_secs(2),
+    ));
+    info!("agent ready; API on {}", socket.display());
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let period = Duration::from_secs(stats_interval.max(1));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let detach = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break false,
+            _ = sigint.recv() => break false,
+            changed = shutdown_rx.changed() => {
+                if changed.is_err() { break false; }
+                if let Shutdown::Stop { detach } = *shutdown_rx.borrow() { break detach; }
+            }
+            _ = ticker.tick(), if stats_interval > 0 => {
+                match report(&shared.lock().expect("agent lock")) {
+                    Ok(report) => info!("counters:\n{report}"),
+                    Err(err) => warn!("reading counters: {err:#}"),
+                }
+            }
+        }
+    };
+    server.abort();
+    let agent = shared.lock().expect("agent lock");
+    info!("stopping; final counters:\n{}", report(&agent)?);
+    if detach {
+        info!("detaching");
+    } else {
+        info!(
+            "leaving the program attached (pinned in {}); a new agent adopts it",
+            agent.pinned.dir().display()
+        );
+    }
+    Ok(detach)
 }
 
 /// Applies the VIPs and backends given on the command line, all or nothing.
@@ -141,65 +392,244 @@ fn configure(balancer: &mut Balancer<BpfMaps>, args: &RunArgs) -> anyhow::Result
             .collect();
         balancer.set_backends(vip, backends)?;
     }
-    for info in balancer.vips() {
-        let backends: Vec<String> = info
-            .backends
-            .iter()
-            .map(|b| format!("{}@{}", b.spec.addr, b.spec.weight))
-            .collect();
-        info!(
-            "VIP {} ({}): {}",
-            info.vip,
-            info.options.scheduler,
-            backends.join(" ")
-        );
-    }
     Ok(())
 }
 
 /// The global counters, then packets, bytes and new flows per VIP and backend.
-fn report(loaded: &Loaded, balancer: &Balancer<BpfMaps>) -> anyhow::Result<String> {
-    let mut out = Counters::read(&loaded.ebpf)?.to_string();
-    for info in balancer.vips() {
-        let s = balancer.vip_stats(&info.vip)?;
-        out += &format!(
-            "VIP {:<28} packets {:>10} bytes {:>12} new flows {:>8}\n",
-            info.vip.to_string(),
-            s.packets,
-            s.bytes,
-            s.new_flows
-        );
-        for b in &info.backends {
-            let s = balancer.backend_stats(b.id)?;
-            out += &format!(
-                "  backend {:<24} packets {:>10} bytes {:>12} new flows {:>8}\n",
-                b.spec.addr.to_string(),
-                s.packets,
-                s.bytes,
-                s.new_flows
-            );
+fn report(agent: &Agent) -> anyhow::Result<String> {
+    let mut out = agent.pinned.counters()?.to_string();
+    for info in agent.balancer.vips() {
+        let view = api::vip_view(agent, &info).map_err(|e| anyhow::anyhow!(e.1))?;
+        out += &vip_line(&view);
+        for b in &view.backends {
+            out += &backend_line(b);
         }
     }
     Ok(out)
 }
 
-async fn wait_for_shutdown(
-    loaded: &Loaded,
-    balancer: &Balancer<BpfMaps>,
-    stats_interval: u64,
+fn vip_line(v: &VipView) -> String {
+    format!(
+        "VIP {:<28} {:<21} packets {:>10} bytes {:>12} new flows {:>8}\n",
+        v.vip,
+        v.scheduler.to_string(),
+        v.packets,
+        v.bytes,
+        v.new_flows
+    )
+}
+
+fn backend_line(b: &BackendView) -> String {
+    format!(
+        "  backend {:<24} w {:>5} {:<8} active {:>6}{} packets {:>10} bytes {:>12} new flows {:>8}\n",
+        b.address.to_string(),
+        b.weight,
+        b.state.to_string(),
+        b.active_connections,
+        if b.drained { " drained" } else { "        " },
+        b.packets,
+        b.bytes,
+        b.new_flows
+    )
+}
+
+fn vip_path(vip: &Vip) -> String {
+    let addr = SocketAddr::new(vip.addr, vip.port).to_string();
+    format!("/v1/vips/{}/{}", vip.proto, segment(&addr))
+}
+
+fn print<T: serde::Serialize>(
+    output: Output,
+    value: &T,
+    table: impl FnOnce() -> String,
 ) -> anyhow::Result<()> {
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let period = Duration::from_secs(stats_interval.max(1));
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    info!("running; Ctrl-C or SIGTERM detaches and exits");
-    loop {
-        tokio::select! {
-            _ = sigterm.recv() => return Ok(()),
-            _ = sigint.recv() => return Ok(()),
-            _ = ticker.tick(), if stats_interval > 0 => {
-                info!("counters:\n{}", report(loaded, balancer)?);
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Output::Table => print!("{}", table()),
+    }
+    Ok(())
+}
+
+async fn client_command(command: Command, socket: &Path, output: Output) -> anyhow::Result<()> {
+    match command {
+        Command::Run(_) => unreachable!("handled in main"),
+        Command::Vip(VipCommand::Add {
+            vip,
+            scheduler,
+            ring_size,
+        }) => {
+            let body = json!({ "vip": vip.to_string(), "scheduler": scheduler.name(), "ring_size": ring_size });
+            let view: VipView = call(socket, Method::POST, "/v1/vips", Some(body)).await?;
+            print(output, &view, || vip_line(&view))
+        }
+        Command::Vip(VipCommand::Del { vip }) => {
+            call::<serde_json::Value>(socket, Method::DELETE, &vip_path(&vip), None).await?;
+            print(output, &json!({ "removed": vip.to_string() }), || {
+                format!("removed VIP {vip}\n")
+            })
+        }
+        Command::Vip(VipCommand::Set {
+            vip,
+            scheduler,
+            ring_size,
+        }) => {
+            let body = json!({ "scheduler": scheduler.map(|s| s.name()), "ring_size": ring_size });
+            let view: VipView = call(socket, Method::PATCH, &vip_path(&vip), Some(body)).await?;
+            print(output, &view, || vip_line(&view))
+        }
+        Command::Vip(VipCommand::List) => {
+            let vips: Vec<VipView> = call(socket, Method::GET, "/v1/vips", None).await?;
+            print(output, &vips, || vips.iter().map(vip_line).collect())
+        }
+        Command::Vip(VipCommand::Show { vip }) => {
+            let view: VipView = call(socket, Method::GET, &vip_path(&vip), None).await?;
+            print(output, &view, || {
+                vip_line(&view) + &view.backends.iter().map(backend_line).collect::<String>()
+            })
+        }
+        Command::Backend(BackendCommand::Add {
+            vip,
+            address,
+            weight,
+        }) => {
+            let body = json!({ "address": address.to_string(), "weight": weight });
+            let view: VipView = call(
+                socket,
+                Method::POST,
+                &format!("{}/backends", vip_path(&vip)),
+                Some(body),
+            )
+            .await?;
+            print(output, &view, || {
+                vip_line(&view) + &view.backends.iter().map(backend_line).collect::<String>()
+            })
+        }
+        Command::Backend(BackendCommand::Del { vip, address }) => {
+            let path = format!(
+                "{}/backends/{}",
+                vip_path(&vip),
+                segment(&address.to_string())
+            );
+            call::<serde_json::Value>(socket, Method::DELETE, &path, None).await?;
+            print(output, &json!({ "removed": address }), || {
+                format!("removed backend {address} from {vip}\n")
+            })
+        }
+        Command::Backend(BackendCommand::Set {
+            vip,
+            address,
+            weight,
+            state,
+        }) => {
+            set_backend(
+                socket,
+                output,
+                &vip,
+                address,
+                json!({ "weight": weight, "state": state }),
+            )
+            .await
+        }
+        Command::Backend(BackendCommand::Drain { vip, address }) => {
+            set_backend(
+                socket,
+                output,
+                &vip,
+                address,
+                json!({ "state": "draining" }),
+            )
+            .await
+        }
+        Command::Backend(BackendCommand::List { vip }) => {
+            let backends: Vec<BackendView> = call(
+                socket,
+                Method::GET,
+                &format!("{}/backends", vip_path(&vip)),
+                None,
+            )
+            .await?;
+            print(output, &backends, || {
+                backends.iter().map(backend_line).collect()
+            })
+        }
+        Command::Stats { watch } => loop {
+            let stats: StatsView = call(socket, Method::GET, "/v1/stats", None).await?;
+            print(output, &stats, || {
+                let mut out: String = stats
+                    .counters
+                    .iter()
+                    .filter(|(_, v)| *v > 0)
+                    .map(|(name, v)| format!("{name:<24} {v:>14}\n"))
+                    .collect();
+                for v in &stats.vips {
+                    out += &vip_line(v);
+                    out += &v.backends.iter().map(backend_line).collect::<String>();
+                }
+                out
+            })?;
+            match watch {
+                Some(secs) => tokio::time::sleep(Duration::from_secs(secs.max(1))).await,
+                None => return Ok(()),
             }
+        },
+        Command::Status => {
+            let status: StatusView = call(socket, Method::GET, "/v1/status", None).await?;
+            print(output, &status, || {
+                format!(
+                    "version    {}\npinned in  {}\ninterfaces {}\nuptime     {} s\nVIPs       {}\nbackends   {}\n",
+                    status.version,
+                    status.pin_dir,
+                    status.interfaces.join(" "),
+                    status.uptime_secs,
+                    status.vips,
+                    status.backends
+                )
+            })
+        }
+        Command::Stop { detach } => {
+            call::<serde_json::Value>(
+                socket,
+                Method::POST,
+                "/v1/stop",
+                Some(json!({ "detach": detach })),
+            )
+            .await?;
+            // Wait until the agent has let go of its socket.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::os::unix::net::UnixStream::connect(socket).is_ok()
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            print(
+                output,
+                &json!({ "stopped": true, "detached": detach }),
+                || {
+                    if detach {
+                        "stopped and detached\n".into()
+                    } else {
+                        "stopped; the program stays attached\n".into()
+                    }
+                },
+            )
         }
     }
+}
+
+async fn set_backend(
+    socket: &Path,
+    output: Output,
+    vip: &Vip,
+    address: SocketAddr,
+    body: serde_json::Value,
+) -> anyhow::Result<()> {
+    let path = format!(
+        "{}/backends/{}",
+        vip_path(vip),
+        segment(&address.to_string())
+    );
+    let view: VipView = call(socket, Method::PATCH, &path, Some(body)).await?;
+    print(output, &view, || {
+        vip_line(&view) + &view.backends.iter().map(backend_line).collect::<String>()
+    })
 }

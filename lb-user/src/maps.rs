@@ -13,6 +13,11 @@ use lb_common::maps::{
     SETTINGS_MAP, SLOTS_MAP, Settings, Stats, VIP_ADDRS_MAP, VIP_STATS_MAP, VIPS_MAP, VipAddrKey,
     VipKey, VipMeta,
 };
+use lb_common::{
+    FlowKey,
+    conntrack::{FlowState, Timeouts, is_expired},
+    maps::CONNTRACK_MAP,
+};
 
 /// What the balancer writes and reads in the data path's maps.
 pub trait Maps {
@@ -41,6 +46,7 @@ pub struct BpfMaps {
     settings: Array<MapData, Settings>,
     vip_stats: PerCpuArray<MapData, Stats>,
     backend_stats: PerCpuArray<MapData, Stats>,
+    conntrack: BpfHashMap<MapData, FlowKey, FlowState>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
@@ -66,12 +72,53 @@ impl BpfMaps {
             settings: take(ebpf, SETTINGS_MAP)?,
             vip_stats: take(ebpf, VIP_STATS_MAP)?,
             backend_stats: take(ebpf, BACKEND_STATS_MAP)?,
+            conntrack: take(ebpf, CONNTRACK_MAP)?,
         })
+    }
+
+    /// Opens the maps pinned under `dir` (see [`crate::pin`]).
+    pub fn open(dir: &std::path::Path) -> anyhow::Result<Self> {
+        use crate::pin::open_map;
+        Ok(Self {
+            vips: open_map(dir, VIPS_MAP)?,
+            vip_addrs: open_map(dir, VIP_ADDRS_MAP)?,
+            backends: open_map(dir, BACKENDS_MAP)?,
+            slots: open_map(dir, SLOTS_MAP)?,
+            backend_load: open_map(dir, BACKEND_LOAD_MAP)?,
+            backend_opened: open_map(dir, BACKEND_OPENED_MAP)?,
+            settings: open_map(dir, SETTINGS_MAP)?,
+            vip_stats: open_map(dir, VIP_STATS_MAP)?,
+            backend_stats: open_map(dir, BACKEND_STATS_MAP)?,
+            conntrack: open_map(dir, CONNTRACK_MAP)?,
+        })
+    }
+
+    /// Tracked flows per backend id that have not expired at `now_ns` (the data path's
+    /// `CLOCK_MONOTONIC`), by walking the connection table, and the number of entries walked.
+    pub fn active_flows(&self, now_ns: u64, timeouts: &Timeouts) -> (HashMap<u32, u32>, usize) {
+        let mut active: HashMap<u32, u32> = HashMap::new();
+        let mut walked = 0;
+        for (_, state) in self.conntrack.iter().flatten() {
+            walked += 1;
+            let open = !matches!(
+                state.state,
+                lb_common::conntrack::STATE_CLOSED | lb_common::conntrack::STATE_FIN
+            );
+            if open && !is_expired(&state, now_ns, timeouts) {
+                *active.entry(state.backend_id).or_default() += 1;
+            }
+        }
+        (active, walked)
     }
 
     /// The number of entries of the slots array.
     pub fn slots_capacity(&self) -> u32 {
         self.slots.len()
+    }
+
+    /// The settings the data path uses.
+    pub fn settings(&self) -> anyhow::Result<Settings> {
+        Ok(self.settings.get(&0, 0)?)
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 pub const QUARANTINE: Duration = Duration::from_millis(200);
 
 /// A region `[off, off + len)` of the slots array.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Region {
     pub off: u32,
     pub len: u32,
@@ -67,6 +67,35 @@ impl Regions {
             return self.take(len);
         }
         None
+    }
+
+    /// Marks `region` as allocated (restoring a saved allocation); false if any of it is not
+    /// free.
+    pub fn reserve(&mut self, region: Region) -> bool {
+        let Some(i) = self
+            .free
+            .iter()
+            .position(|r| r.off <= region.off && region.off + region.len <= r.off + r.len)
+        else {
+            return false;
+        };
+        let r = self.free.remove(i);
+        let before = Region {
+            off: r.off,
+            len: region.off - r.off,
+        };
+        let after = Region {
+            off: region.off + region.len,
+            len: r.off + r.len - (region.off + region.len),
+        };
+        for (k, part) in [before, after]
+            .into_iter()
+            .filter(|p| p.len > 0)
+            .enumerate()
+        {
+            self.free.insert(i + k, part);
+        }
+        true
     }
 
     /// Frees `region` after the quarantine.
@@ -128,6 +157,16 @@ mod tests {
         // Both are in quarantine; the allocator waits it out and merges them with the tail.
         let c = regions.alloc(100).unwrap();
         assert_eq!(c, Region { off: 0, len: 100 });
+    }
+
+    #[test]
+    fn reserving_splits_the_free_region() {
+        let mut regions = Regions::new(100);
+        assert!(regions.reserve(Region { off: 10, len: 20 }));
+        assert!(!regions.reserve(Region { off: 25, len: 10 }), "overlaps");
+        assert_eq!(regions.alloc(10), Some(Region { off: 0, len: 10 }));
+        assert_eq!(regions.alloc(10), Some(Region { off: 30, len: 10 }));
+        assert_eq!(regions.available(), 60);
     }
 
     #[test]

@@ -103,10 +103,14 @@ impl Netns {
             .with_context(|| format!("entering namespace {}", self.name))
     }
 
-    /// A command that runs `program` inside this namespace (`ip netns exec`).
+    /// A command that runs `program` inside this network namespace. It enters the network
+    /// namespace only (`nsenter --net`), not a private mount namespace as `ip netns exec`
+    /// does, so that what it pins in bpffs is visible to, and outlives it for, the rest of the
+    /// system, as on a real gateway.
     pub fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]);
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/var/run/netns/{}", self.name))
+            .arg(program);
         cmd
     }
 

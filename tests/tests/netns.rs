@@ -90,7 +90,18 @@ fn xdplb_run_attaches_counts_and_detaches_on_sigterm() {
     let mut daemon = spawn_piped(
         topo.gateway
             .command(common::xdplb_bin().to_str().expect("utf-8 path"))
-            .args(["run", "--iface", GW_CLIENT_IF, "--xdp-mode", "auto"]),
+            .args([
+                "--socket",
+                &format!("/tmp/xdplb-test-{}.sock", std::process::id()),
+            ])
+            .args([
+                "run",
+                "--ephemeral",
+                "--iface",
+                GW_CLIENT_IF,
+                "--xdp-mode",
+                "auto",
+            ]),
     )
     .expect("start xdplb");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -143,7 +154,7 @@ fn xdplb_run_refuses_an_unknown_interface() {
     let output = topo
         .gateway
         .command(common::xdplb_bin().to_str().expect("utf-8 path"))
-        .args(["run", "--iface", "nosuchif0"])
+        .args(["run", "--ephemeral", "--iface", "nosuchif0"])
         .output()
         .expect("run xdplb");
     let stderr = String::from_utf8_lossy(&output.stderr);

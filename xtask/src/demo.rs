@@ -56,7 +56,9 @@ pub fn run() -> anyhow::Result<()> {
     let mut daemon = topo
         .gateway
         .command(xdplb.to_str().context("non-UTF-8 path")?);
-    daemon.arg("run").args(["--stats-interval", "3"]);
+    let socket = std::env::temp_dir().join(format!("xdplb-demo-{}.sock", std::process::id()));
+    daemon.arg("--socket").arg(&socket);
+    daemon.args(["run", "--ephemeral", "--stats-interval", "3"]);
     daemon.args([
         "--vip",
         &format!("{tcp_vip}=weighted-round-robin"),

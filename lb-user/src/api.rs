@@ -1,0 +1,475 @@
+//! The agent's HTTP/JSON API, versioned under `/v1`, served on a Unix socket (mode 0600: only
+//! root changes the balancer). Every change is validated first and applied all-or-nothing; a
+//! refused request gets a 4xx with `{"error": "..."}` naming what is wrong, and changes nothing.
+//!
+//! VIPs are addressed as `/v1/vips/{protocol}/{address:port}` (IPv6 as `[addr]:port`,
+//! percent-encoded by clients), backends as `.../backends/{address:port}`.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path as UrlPath, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::{
+    agent::{Agent, Shared},
+    balancer::{self, BackendSpec, BackendState, Proto, Scheduler, Vip, VipInfo, VipOptions},
+};
+
+/// Default API socket.
+pub const DEFAULT_SOCKET: &str = "/run/xdplb/xdplb.sock";
+
+/// An API error: status and message.
+#[derive(Debug)]
+pub struct ApiError(pub StatusCode, pub String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<balancer::Error> for ApiError {
+    fn from(err: balancer::Error) -> Self {
+        use balancer::Error as E;
+        let status = match &err {
+            E::UnknownVip(_) | E::UnknownBackend { .. } => StatusCode::NOT_FOUND,
+            E::VipExists(_) | E::BackendExists { .. } => StatusCode::CONFLICT,
+            E::Maps(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError(status, err.to_string())
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(err: anyhow::Error) -> Self {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{err:#}"))
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+/// Parses a JSON body, with serde's message (which names the field) on failure.
+fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> ApiResult<T> {
+    serde_json::from_slice(bytes).map_err(|err| bad(format!("bad request body: {err}")))
+}
+
+/// A VIP with its backends and traffic, as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VipView {
+    pub vip: String,
+    pub address: SocketAddr,
+    pub protocol: Proto,
+    pub scheduler: Scheduler,
+    pub ring_size: u32,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub backends: Vec<BackendView>,
+}
+
+/// A backend with its state, load and traffic.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BackendView {
+    pub address: SocketAddr,
+    pub weight: u32,
+    pub state: BackendState,
+    pub id: u32,
+    /// Open, unexpired tracked flows, as last counted.
+    pub active_connections: u32,
+    /// Draining (or weight 0) and no tracked flow left: safe to remove.
+    pub drained: bool,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// The global counters and every VIP.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatsView {
+    pub counters: Vec<(String, u64)>,
+    pub vips: Vec<VipView>,
+}
+
+/// What `/v1/status` says.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StatusView {
+    pub version: String,
+    pub pin_dir: String,
+    pub interfaces: Vec<String>,
+    pub uptime_secs: u64,
+    pub vips: usize,
+    pub backends: usize,
+}
+
+/// `POST /v1/vips`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddVip {
+    /// `ADDR:PORT/PROTO`.
+    pub vip: String,
+    pub scheduler: Option<String>,
+    pub ring_size: Option<u32>,
+}
+
+/// `PATCH /v1/vips/...`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetVip {
+    pub scheduler: Option<String>,
+    pub ring_size: Option<u32>,
+}
+
+/// `POST /v1/vips/.../backends`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddBackend {
+    pub address: String,
+    pub weight: Option<u32>,
+    pub state: Option<String>,
+}
+
+/// `PATCH /v1/vips/.../backends/...`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetBackend {
+    pub weight: Option<u32>,
+    pub state: Option<String>,
+}
+
+/// `POST /v1/stop`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stop {
+    /// Also detach the program and unpin everything.
+    pub detach: bool,
+}
+
+/// What the API asks of the daemon's main loop.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    Running,
+    Stop { detach: bool },
+}
+
+#[derive(Clone)]
+struct ApiState {
+    agent: Shared,
+    shutdown: watch::Sender<Shutdown>,
+}
+
+fn parse_state(s: &str) -> ApiResult<BackendState> {
+    match s {
+        "up" => Ok(BackendState::Up),
+        "draining" => Ok(BackendState::Draining),
+        "down" => Ok(BackendState::Down),
+        _ => Err(bad(format!(
+            "state: {s:?} is not one of up, draining, down"
+        ))),
+    }
+}
+
+fn parse_addr(field: &str, s: &str) -> ApiResult<SocketAddr> {
+    s.parse()
+        .map_err(|_| bad(format!("{field}: {s:?} is not an ADDR:PORT")))
+}
+
+fn vip_from_path(proto: &str, addr: &str) -> ApiResult<Vip> {
+    let proto: Proto = proto.parse()?;
+    let addr = parse_addr("vip", addr)?;
+    Ok(Vip {
+        addr: addr.ip(),
+        port: addr.port(),
+        proto,
+    })
+}
+
+/// The view of one VIP (locks nothing: the caller holds the agent).
+pub fn vip_view(agent: &Agent, info: &VipInfo) -> ApiResult<VipView> {
+    let stats = agent.balancer.vip_stats(&info.vip)?;
+    let backends = info
+        .backends
+        .iter()
+        .map(|b| {
+            let s = agent.balancer.backend_stats(b.id)?;
+            let active = agent.active.get(&b.id).copied().unwrap_or(0);
+            Ok(BackendView {
+                address: b.spec.addr,
+                weight: b.spec.weight,
+                state: b.spec.state,
+                id: b.id,
+                active_connections: active,
+                drained: (b.spec.state == BackendState::Draining || b.spec.weight == 0)
+                    && active == 0,
+                packets: s.packets,
+                bytes: s.bytes,
+                new_flows: s.new_flows,
+            })
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok(VipView {
+        vip: info.vip.to_string(),
+        address: SocketAddr::new(info.vip.addr, info.vip.port),
+        protocol: info.vip.proto,
+        scheduler: info.options.scheduler,
+        ring_size: info.options.ring_size,
+        packets: stats.packets,
+        bytes: stats.bytes,
+        new_flows: stats.new_flows,
+        backends,
+    })
+}
+
+fn lock(state: &ApiState) -> std::sync::MutexGuard<'_, Agent> {
+    state
+        .agent
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Applies `change` to the balancer and saves the state; refused changes change nothing.
+fn change<T>(state: &ApiState, change: impl FnOnce(&mut Agent) -> ApiResult<T>) -> ApiResult<T> {
+    let mut agent = lock(state);
+    let result = change(&mut agent)?;
+    agent.save()?;
+    Ok(result)
+}
+
+async fn status(State(state): State<ApiState>) -> ApiResult<Json<StatusView>> {
+    let agent = lock(&state);
+    let vips = agent.balancer.vips();
+    Ok(Json(StatusView {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        pin_dir: agent.pinned.dir().display().to_string(),
+        interfaces: agent.pinned.ifaces(),
+        uptime_secs: agent.started.elapsed().as_secs(),
+        vips: vips.len(),
+        backends: vips.iter().map(|v| v.backends.len()).sum(),
+    }))
+}
+
+async fn list_vips(State(state): State<ApiState>) -> ApiResult<Json<Vec<VipView>>> {
+    let agent = lock(&state);
+    let infos = agent.balancer.vips();
+    Ok(Json(
+        infos
+            .iter()
+            .map(|i| vip_view(&agent, i))
+            .collect::<ApiResult<_>>()?,
+    ))
+}
+
+async fn add_vip(
+    State(state): State<ApiState>,
+    bytes: Bytes,
+) -> ApiResult<(StatusCode, Json<VipView>)> {
+    let req: AddVip = body(&bytes)?;
+    let vip: Vip = req.vip.parse()?;
+    let mut options = VipOptions::default();
+    if let Some(s) = &req.scheduler {
+        options.scheduler = s.parse()?;
+    }
+    if let Some(r) = req.ring_size {
+        options.ring_size = r;
+    }
+    let view = change(&state, |agent| {
+        agent.balancer.add_vip(vip, options)?;
+        vip_view(agent, &agent.balancer.vip(&vip)?)
+    })?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+async fn show_vip(
+    State(state): State<ApiState>,
+    UrlPath((proto, addr)): UrlPath<(String, String)>,
+) -> ApiResult<Json<VipView>> {
+    let vip = vip_from_path(&proto, &addr)?;
+    let agent = lock(&state);
+    let info = agent.balancer.vip(&vip)?;
+    Ok(Json(vip_view(&agent, &info)?))
+}
+
+async fn set_vip(
+    State(state): State<ApiState>,
+    UrlPath((proto, addr)): UrlPath<(String, String)>,
+    bytes: Bytes,
+) -> ApiResult<Json<VipView>> {
+    let vip = vip_from_path(&proto, &addr)?;
+    let req: SetVip = body(&bytes)?;
+    let scheduler = req
+        .scheduler
+        .as_deref()
+        .map(str::parse::<Scheduler>)
+        .transpose()?;
+    Ok(Json(change(&state, |agent| {
+        let mut options = agent.balancer.vip(&vip)?.options;
+        if let Some(s) = scheduler {
+            options.scheduler = s;
+        }
+        if let Some(r) = req.ring_size {
+            options.ring_size = r;
+        }
+        agent.balancer.set_vip_options(&vip, options)?;
+        vip_view(agent, &agent.balancer.vip(&vip)?)
+    })?))
+}
+
+async fn del_vip(
+    State(state): State<ApiState>,
+    UrlPath((proto, addr)): UrlPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let vip = vip_from_path(&proto, &addr)?;
+    change(&state, |agent| Ok(agent.balancer.remove_vip(&vip)?))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_backends(
+    State(state): State<ApiState>,
+    UrlPath((proto, addr)): UrlPath<(String, String)>,
+) -> ApiResult<Json<Vec<BackendView>>> {
+    let vip = vip_from_path(&proto, &addr)?;
+    let agent = lock(&state);
+    let info = agent.balancer.vip(&vip)?;
+    Ok(Json(vip_view(&agent, &info)?.backends))
+}
+
+async fn add_backend(
+    State(state): State<ApiState>,
+    UrlPath((proto, addr)): UrlPath<(String, String)>,
+    bytes: Bytes,
+) -> ApiResult<(StatusCode, Json<VipView>)> {
+    let vip = vip_from_path(&proto, &addr)?;
+    let req: AddBackend = body(&bytes)?;
+    let mut spec = BackendSpec::new(
+        parse_addr("address", &req.address)?,
+        req.weight.unwrap_or(1),
+    );
+    if let Some(s) = &req.state {
+        spec.state = parse_state(s)?;
+    }
+    let view = change(&state, |agent| {
+        agent.balancer.add_backend(&vip, spec)?;
+        vip_view(agent, &agent.balancer.vip(&vip)?)
+    })?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+async fn set_backend(
+    State(state): State<ApiState>,
+    UrlPath((proto, addr, backend)): UrlPath<(String, String, String)>,
+    bytes: Bytes,
+) -> ApiResult<Json<VipView>> {
+    let vip = vip_from_path(&proto, &addr)?;
+    let backend = parse_addr("backend", &backend)?;
+    let req: SetBackend = body(&bytes)?;
+    let new_state = req.state.as_deref().map(parse_state).transpose()?;
+    if req.weight.is_none() && new_state.is_none() {
+        return Err(bad("nothing to change: give weight and/or state"));
+    }
+    Ok(Json(change(&state, |agent| {
+        agent
+            .balancer
+            .update_backend(&vip, backend, req.weight, new_state)?;
+        vip_view(agent, &agent.balancer.vip(&vip)?)
+    })?))
+}
+
+async fn del_backend(
+    State(state): State<ApiState>,
+    UrlPath((proto, addr, backend)): UrlPath<(String, String, String)>,
+) -> ApiResult<StatusCode> {
+    let vip = vip_from_path(&proto, &addr)?;
+    let backend = parse_addr("backend", &backend)?;
+    change(&state, |agent| {
+        Ok(agent.balancer.remove_backend(&vip, backend)?)
+    })?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn stats(State(state): State<ApiState>) -> ApiResult<Json<StatsView>> {
+    let agent = lock(&state);
+    let counters = agent
+        .pinned
+        .counters()?
+        .iter()
+        .map(|(c, v)| (c.name().to_owned(), v))
+        .collect();
+    let infos = agent.balancer.vips();
+    let vips = infos
+        .iter()
+        .map(|i| vip_view(&agent, i))
+        .collect::<ApiResult<_>>()?;
+    Ok(Json(StatsView { counters, vips }))
+}
+
+async fn stop(State(state): State<ApiState>, bytes: Bytes) -> ApiResult<StatusCode> {
+    let req: Stop = body(&bytes)?;
+    let _ = state.shutdown.send(Shutdown::Stop { detach: req.detach });
+    Ok(StatusCode::ACCEPTED)
+}
+
+async fn not_found() -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        "no such API path (see /v1/...)".into(),
+    )
+}
+
+/// The API's routes.
+pub fn router(agent: Shared, shutdown: watch::Sender<Shutdown>) -> Router {
+    let vip = "/v1/vips/{proto}/{addr}";
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/stats", get(stats))
+        .route("/v1/stop", post(stop))
+        .route("/v1/vips", get(list_vips).post(add_vip))
+        .route(vip, get(show_vip).patch(set_vip).delete(del_vip))
+        .route(
+            &format!("{vip}/backends"),
+            get(list_backends).post(add_backend),
+        )
+        .route(
+            &format!("{vip}/backends/{{backend}}"),
+            axum::routing::patch(set_backend).delete(del_backend),
+        )
+        .fallback(not_found)
+        .with_state(ApiState { agent, shutdown })
+}
+
+/// Binds the API socket at `path` with mode 0600, refusing if another agent answers there.
+pub fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use anyhow::Context as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        anyhow::bail!("another xdplb agent is listening on {}", path.display());
+    }
+    let _ = std::fs::remove_file(path);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Shared agent handle from an agent.
+pub fn share(agent: Agent) -> Shared {
+    Arc::new(Mutex::new(agent))
+}

@@ -1,0 +1,83 @@
+//! The CLI's side of the API: HTTP/1.1 over the agent's Unix socket.
+
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use axum::body::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+
+/// A path segment with the characters a URL path may not hold raw percent-encoded.
+pub fn segment(s: &str) -> String {
+    s.replace('%', "%25")
+        .replace('/', "%2F")
+        .replace('[', "%5B")
+        .replace(']', "%5D")
+        .replace(' ', "%20")
+}
+
+/// Sends one request; returns the status and the body. Fails if the agent cannot be reached.
+pub async fn request(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> anyhow::Result<(StatusCode, Bytes)> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach the xdplb agent at {} (is `xdplb run` running?)",
+                socket.display()
+            )
+        })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .context("talking to the agent")?;
+    tokio::spawn(conn);
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "xdplb")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .context("talking to the agent")?;
+    let status = response.status();
+    let bytes = response.into_body().collect().await?.to_bytes();
+    Ok((status, bytes))
+}
+
+/// Sends a request and decodes a successful JSON answer; an error answer becomes an error with
+/// the agent's message.
+pub async fn call<T: DeserializeOwned>(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<T> {
+    let body = body.map(|b| serde_json::to_vec(&b)).transpose()?;
+    let (status, bytes) = request(socket, method, path, body).await?;
+    if !status.is_success() {
+        let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+        bail!("{message}");
+    }
+    let bytes = if bytes.is_empty() {
+        Bytes::from_static(b"null")
+    } else {
+        bytes
+    };
+    serde_json::from_slice(&bytes).with_context(|| {
+        format!(
+            "unexpected answer from the agent: {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    })
+}

@@ -1,0 +1,213 @@
+//! The balancer's kernel objects pinned in bpffs, so that they outlive the agent: the program,
+//! every map and one link per interface. A restarted or upgraded agent adopts them instead of
+//! loading anew, and traffic never notices; `xdplb stop --detach` unpins them, which detaches.
+//!
+//! Layout under the pin directory (default `/sys/fs/bpf/xdplb`): `prog`, `maps/NAME`,
+//! `links/IFNAME`.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    maps::{Map, MapData, PerCpuArray, xdp::DevMapHash},
+    programs::{
+        Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+    },
+};
+use aya_obj::programs::XdpAttachType;
+use lb_common::{counters::COUNTERS_MAP, maps::TX_PORTS_MAP};
+use log::info;
+
+use crate::{
+    dataplane::Counters,
+    loader::{AttachMode, AttachedMode, Loaded, PROGRAM, if_index},
+    maps::BpfMaps,
+};
+
+/// Default pin directory.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xdplb";
+
+/// The pinned program, maps and links of a balancer.
+pub struct Pinned {
+    dir: PathBuf,
+    program: Xdp,
+    links: BTreeMap<String, PinnedLink>,
+}
+
+fn map_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join("maps").join(name)
+}
+
+/// Opens pinned map `name` under `dir` as a typed map.
+pub fn open_map<T>(dir: &Path, name: &str) -> anyhow::Result<T>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let path = map_path(dir, name);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    let map = Map::from_map_data(data)?;
+    T::try_from(map).with_context(|| format!("pinned map {name} has an unexpected type"))
+}
+
+/// Mounts bpffs on `/sys/fs/bpf` if `dir` is below it and it is not mounted yet.
+fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
+    const BPFFS: &str = "/sys/fs/bpf";
+    if !dir.starts_with(BPFFS) {
+        return Ok(());
+    }
+    let mounts = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    if mounts.lines().any(|l| {
+        l.split_whitespace().nth(1) == Some(BPFFS) && l.split_whitespace().nth(2) == Some("bpf")
+    }) {
+        return Ok(());
+    }
+    info!("mounting bpffs on {BPFFS}");
+    nix::mount::mount(
+        Some("bpf"),
+        BPFFS,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| format!("mounting bpffs on {BPFFS}"))
+}
+
+impl Pinned {
+    /// True if a balancer is pinned under `dir`.
+    pub fn exists(dir: &Path) -> bool {
+        dir.join("prog").exists()
+    }
+
+    /// Pins a freshly loaded program and all its maps under `dir`, then opens them from there.
+    pub fn create(mut loaded: Loaded, dir: &Path) -> anyhow::Result<Self> {
+        ensure_bpffs(dir)?;
+        if Self::exists(dir) {
+            bail!("{} already holds a pinned balancer", dir.display());
+        }
+        fs::create_dir_all(dir.join("maps"))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        fs::create_dir_all(dir.join("links"))?;
+        for (name, map) in loaded.ebpf.maps() {
+            map.pin(map_path(dir, name))
+                .with_context(|| format!("pinning map {name}"))?;
+        }
+        loaded
+            .program()?
+            .pin(dir.join("prog"))
+            .context("pinning the program")?;
+        drop(loaded);
+        Self::open(dir)
+    }
+
+    /// Opens the balancer pinned under `dir`, with the links it has.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        let program = Xdp::from_pin(dir.join("prog"), XdpAttachType::Interface)
+            .with_context(|| format!("opening the pinned program in {}", dir.display()))?;
+        let mut links = BTreeMap::new();
+        for entry in fs::read_dir(dir.join("links"))?.flatten() {
+            let iface = entry.file_name().to_string_lossy().into_owned();
+            let link = PinnedLink::from_pin(entry.path())
+                .with_context(|| format!("opening the pinned link of {iface}"))?;
+            links.insert(iface, link);
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+            program,
+            links,
+        })
+    }
+
+    /// The pin directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Interfaces the program is attached to.
+    pub fn ifaces(&self) -> Vec<String> {
+        self.links.keys().cloned().collect()
+    }
+
+    /// The typed maps the balancer writes.
+    pub fn maps(&self) -> anyhow::Result<BpfMaps> {
+        BpfMaps::open(&self.dir)
+    }
+
+    /// The outcome counters.
+    pub fn counters(&self) -> anyhow::Result<Counters> {
+        let map: PerCpuArray<MapData, u64> = open_map(&self.dir, COUNTERS_MAP)?;
+        Counters::from_map(&map)
+    }
+
+    /// Attaches to `iface` (of the calling thread's namespace) and pins the link; an interface
+    /// already attached by an earlier agent is kept as it is. Returns the mode, or `None` if it
+    /// was already attached.
+    pub fn attach(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+    ) -> anyhow::Result<Option<AttachedMode>> {
+        let ifindex = if_index(iface)?;
+        let mut tx_ports: DevMapHash<MapData> = open_map(&self.dir, TX_PORTS_MAP)?;
+        tx_ports
+            .insert(ifindex, ifindex, None, 0)
+            .with_context(|| format!("adding {iface} to {TX_PORTS_MAP}"))?;
+        if self.links.contains_key(iface) {
+            info!("{iface}: XDP already attached (adopted)");
+            return Ok(None);
+        }
+        let try_mode = |program: &mut Xdp, m: XdpMode| program.attach(iface, m);
+        let (id, attached) = match mode {
+            AttachMode::Native => (
+                try_mode(&mut self.program, XdpMode::Driver)?,
+                AttachedMode::Native,
+            ),
+            AttachMode::Skb => (
+                try_mode(&mut self.program, XdpMode::Skb)?,
+                AttachedMode::Skb,
+            ),
+            AttachMode::Auto => match try_mode(&mut self.program, XdpMode::Driver) {
+                Ok(id) => (id, AttachedMode::Native),
+                Err(err) => {
+                    log::warn!("{iface}: native XDP failed ({err}); falling back to skb mode");
+                    (
+                        try_mode(&mut self.program, XdpMode::Skb)?,
+                        AttachedMode::Skb,
+                    )
+                }
+            },
+        };
+        let link: FdLink = self
+            .program
+            .take_link(id)?
+            .try_into()
+            .context("XDP link is not a bpf_link (kernel too old to pin it)")?;
+        let pinned = link
+            .pin(self.dir.join("links").join(iface))
+            .with_context(|| format!("pinning the link of {iface}"))?;
+        self.links.insert(iface.to_owned(), pinned);
+        info!("{iface}: XDP attached in {attached} mode");
+        Ok(Some(attached))
+    }
+
+    /// Unpins everything: the program is detached from every interface and its maps are freed
+    /// once nothing else holds them.
+    pub fn remove(self) -> anyhow::Result<()> {
+        for (iface, link) in self.links {
+            link.unpin()
+                .with_context(|| format!("unpinning the link of {iface}"))?;
+        }
+        fs::remove_dir_all(&self.dir)
+            .with_context(|| format!("removing {}", self.dir.display()))?;
+        info!("detached and unpinned {}", self.dir.display());
+        Ok(())
+    }
+}
+
+/// Name of the program in the pin directory, for messages.
+pub const PROGRAM_NAME: &str = PROGRAM;
