@@ -39,9 +39,9 @@ pub fn pseudo_header_sum(v6: bool, src: &[u8; 16], dst: &[u8; 16], proto: u8, l4
 
 /// Classifies a checksum field, given the packet's [`pseudo_header_sum`].
 ///
-/// A full checksum equal to the pseudo-header sum is possible but rare (about one packet in
-/// 65536); it is then treated as partial, which is still delivered correctly (the kernel path
-/// recomputes what it must).
+/// A full checksum can equal the pseudo-header sum by chance (about one packet in 65536), so
+/// [`L4Checksum::Partial`] here means "partial, or a full one that collides": the caller must
+/// then sum the segment and ask [`full_checksum_verifies`] to tell the two apart.
 #[inline(always)]
 pub fn classify(check: u16, pseudo_sum: u16, is_udp: bool, v6: bool) -> L4Checksum {
     if is_udp && !v6 && check == 0 {
@@ -51,6 +51,24 @@ pub fn classify(check: u16, pseudo_sum: u16, is_udp: bool, v6: bool) -> L4Checks
     } else {
         L4Checksum::Full
     }
+}
+
+/// Folds a running one's-complement sum to 16 bits.
+#[inline(always)]
+pub const fn fold(mut sum: u64) -> u16 {
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// True if a segment whose 16-bit words (checksum field included) sum to `segment_sum` carries
+/// a full, correct checksum for a pseudo-header summing to `pseudo_sum`: the whole sum is
+/// all ones.
+#[inline(always)]
+pub const fn full_checksum_verifies(pseudo_sum: u16, segment_sum: u16) -> bool {
+    fold(pseudo_sum as u64 + segment_sum as u64) == 0xffff
 }
 
 /// One address and one port of a flow being replaced.
@@ -211,6 +229,28 @@ mod tests {
             let mut n16 = [0u8; 16]; n16[..4].copy_from_slice(&new);
             let rewrite = Rewrite { v6: false, old_addr: &o16, new_addr: &n16, old_port: [0; 2], new_port: [0; 2] };
             prop_assert_eq!(rewrite.ipv4_header_checksum(sum(&a)), sum(&b));
+        }
+    }
+
+    proptest! {
+        /// A segment with a correct full checksum verifies; the same segment carrying the
+        /// partial (pseudo-header) value instead does not, unless the two are equal.
+        #[test]
+        fn full_checksums_verify_and_partial_ones_do_not(
+            src: [u8; 4], dst: [u8; 4], ports: [u8; 4],
+            payload in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let (src, dst) = (addr(false, [src[0], src[1], src[2], src[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), addr(false, [dst[0], dst[1], dst[2], dst[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
+            let mut l4 = vec![0u8; 20];
+            l4[..4].copy_from_slice(&ports);
+            l4.extend_from_slice(&payload);
+            let check = full(false, &src, &dst, 6, &l4);
+            let pseudo = pseudo_header_sum(false, &src, &dst, 6, l4.len() as u32);
+            let words = |seg: &[u8]| fold(seg.chunks(2).map(|c| u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum());
+            l4[16..18].copy_from_slice(&check.to_be_bytes());
+            prop_assert!(full_checksum_verifies(pseudo, words(&l4)));
+            l4[16..18].copy_from_slice(&pseudo.to_be_bytes());
+            prop_assert_eq!(full_checksum_verifies(pseudo, words(&l4)), pseudo == check);
         }
     }
 

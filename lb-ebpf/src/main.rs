@@ -75,9 +75,9 @@ pub fn lb(ctx: XdpContext) -> u32 {
 fn try_lb(pkt: &Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     parse::parse_l3(pkt, &mut s.l3)?;
     if vip::is_vip_addr(&s.l3) {
-        to_vip(pkt, s)
+        Ok(to_vip(pkt, s))
     } else {
-        from_backend(pkt, s)
+        Ok(from_backend(pkt, s))
     }
 }
 
@@ -104,8 +104,17 @@ fn flow_key(l3: &L3, l4: &L4) -> FlowKey {
 ///
 /// Not inlined: the request and reply paths are alternatives, and as separate BPF functions
 /// their stack frames do not add up against the 512-byte limit.
+///
+/// BPF functions return one scalar in a register, so the result is the outcome itself.
 #[inline(never)]
-fn to_vip(pkt: &Packet, s: &mut Scratch) -> Result<Counter, Counter> {
+fn to_vip(pkt: &Packet, s: &mut Scratch) -> Counter {
+    match balance(pkt, s) {
+        Ok(outcome) | Err(outcome) => outcome,
+    }
+}
+
+#[inline(always)]
+fn balance(pkt: &Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     if let Some(problem) = s.l3.problem {
         return Err(problem);
     }
@@ -160,7 +169,14 @@ fn to_vip(pkt: &Packet, s: &mut Scratch) -> Result<Counter, Counter> {
 /// Any other IP packet: a reply of a tracked flow is translated back to come from its VIP;
 /// everything else goes to the kernel untouched.
 #[inline(never)]
-fn from_backend(pkt: &Packet, s: &mut Scratch) -> Result<Counter, Counter> {
+fn from_backend(pkt: &Packet, s: &mut Scratch) -> Counter {
+    match translate_reply(pkt, s) {
+        Ok(outcome) | Err(outcome) => outcome,
+    }
+}
+
+#[inline(always)]
+fn translate_reply(pkt: &Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     if s.l3.problem.is_some() || !parse::parse_l4(pkt, &s.l3, &mut s.l4) {
         return Err(Counter::PassNonVip);
     }

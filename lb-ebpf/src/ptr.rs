@@ -10,7 +10,7 @@ use aya_ebpf::{
 /// Largest offset at which the program reads a header. Offsets come back from the per-CPU
 /// scratch map as values the verifier knows nothing about; this bound is what lets it accept
 /// `start + offset`.
-pub const MAX_OFFSET: usize = 1024;
+pub const MAX_OFFSET: usize = 2048;
 
 /// The packet as the span `[start, end)` of kernel memory the program may read and write.
 pub struct Packet {
