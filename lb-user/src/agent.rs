@@ -15,7 +15,9 @@ use lb_common::conntrack::Timeouts;
 use log::{info, warn};
 
 use crate::{
-    balancer::{Balancer, Snapshot},
+    balancer::{BackendState, Balancer, Snapshot},
+    config::Config,
+    health::{HealthEvent, Monitor, WatchKey},
     maps::BpfMaps,
     pin::Pinned,
 };
@@ -27,6 +29,12 @@ pub const DEFAULT_STATE_FILE: &str = "/var/lib/xdplb/state.json";
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct SavedState {
     pub snapshot: Snapshot,
+    /// The last config applied (for what the balancer does not hold: health checks).
+    #[serde(default)]
+    pub config: Config,
+    /// Backends a failed health check took down, with the state to give back on recovery.
+    #[serde(default)]
+    pub held: Vec<(WatchKey, BackendState)>,
 }
 
 /// The agent's state, shared by the API handlers and the periodic tasks.
@@ -38,6 +46,12 @@ pub struct Agent {
     pub timeouts: Timeouts,
     /// Active (open, unexpired) tracked flows per backend id, as last counted.
     pub active: HashMap<u32, u32>,
+    /// The last config applied: health checks per VIP.
+    pub config: Config,
+    /// Health checks; `None` until the runtime runs.
+    pub monitor: Option<Monitor>,
+    /// Backends a failed health check took down, with the state to give back on recovery.
+    pub held: HashMap<WatchKey, BackendState>,
 }
 
 pub type Shared = Arc<Mutex<Agent>>;
@@ -47,8 +61,110 @@ impl Agent {
     pub fn save(&self) -> anyhow::Result<()> {
         let state = SavedState {
             snapshot: self.balancer.snapshot(),
+            config: self.config.clone(),
+            held: self.held.iter().map(|(k, v)| (*k, *v)).collect(),
         };
         write_atomically(&self.state_file, &serde_json::to_vec_pretty(&state)?)
+    }
+
+    /// Watches every backend of every VIP that has a health check, and nothing else.
+    pub fn sync_health(&mut self) {
+        let Some(monitor) = self.monitor.as_mut() else {
+            return;
+        };
+        let mut keep = std::collections::HashSet::new();
+        for info in self.balancer.vips() {
+            let Some(vip_config) = self.config.vip(&info.vip) else {
+                continue;
+            };
+            let check = vip_config.health();
+            for b in &info.backends {
+                let key = (info.vip, b.spec.addr);
+                monitor.watch(key, check.target(b.spec.addr), check.clone());
+                keep.insert(key);
+            }
+        }
+        monitor.unwatch_all_except(&keep);
+        self.held.retain(|key, _| keep.contains(key));
+    }
+
+    /// `desired` with every backend a failed health check holds down kept down: what to
+    /// apply so that a config never brings back a backend that is failing.
+    pub fn with_health(&self, desired: &Config) -> Config {
+        let mut effective = desired.clone();
+        for vip in &mut effective.vips {
+            let key_vip = vip.vip();
+            for backend in &mut vip.backends {
+                if self.held.contains_key(&(key_vip, backend.address)) {
+                    backend.state = BackendState::Down;
+                }
+            }
+        }
+        effective
+    }
+
+    /// After `desired` was applied: what each held backend goes back to on recovery is now
+    /// what the config says.
+    pub fn hold_after_apply(&mut self, desired: &Config) {
+        for vip in &desired.vips {
+            for backend in &vip.backends {
+                if let Some(state) = self.held.get_mut(&(vip.vip(), backend.address)) {
+                    *state = backend.state;
+                }
+            }
+        }
+    }
+
+    /// Sets a backend's weight and/or state as an operator asks. A backend that is down for a
+    /// failed health check stays down; the state is what it gets back on recovery.
+    pub fn set_backend(
+        &mut self,
+        vip: &crate::balancer::Vip,
+        addr: std::net::SocketAddr,
+        weight: Option<u32>,
+        state: Option<BackendState>,
+    ) -> Result<(), crate::balancer::Error> {
+        match (self.held.get_mut(&(*vip, addr)), state) {
+            (Some(held), Some(state)) => {
+                self.balancer.update_backend(vip, addr, weight, None)?;
+                *held = state;
+            }
+            (Some(_), None) => self.balancer.update_backend(vip, addr, weight, None)?,
+            (None, state) => self.balancer.update_backend(vip, addr, weight, state)?,
+        }
+        Ok(())
+    }
+
+    /// Takes a backend down when its health check fails and gives it back its state when it
+    /// recovers.
+    pub fn on_health(&mut self, event: &HealthEvent) -> anyhow::Result<()> {
+        let (vip, addr) = event.key;
+        let Ok(info) = self.balancer.vip(&vip) else {
+            return Ok(());
+        };
+        let Some(backend) = info.backends.iter().find(|b| b.spec.addr == addr) else {
+            return Ok(());
+        };
+        if event.healthy {
+            if let Some(state) = self.held.remove(&event.key) {
+                info!(
+                    "{addr} of {vip} is healthy again ({}): back to {state}",
+                    event.reason
+                );
+                self.balancer
+                    .update_backend(&vip, addr, None, Some(state))?;
+            }
+        } else if let std::collections::hash_map::Entry::Vacant(entry) = self.held.entry(event.key)
+        {
+            warn!(
+                "{addr} of {vip} failed its health check ({}): down",
+                event.reason
+            );
+            entry.insert(backend.spec.state);
+            self.balancer
+                .update_backend(&vip, addr, None, Some(BackendState::Down))?;
+        }
+        self.save()
     }
 
     /// Counts active flows per backend from the connection table and publishes them for
@@ -100,6 +216,19 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 pub fn monotonic_ns() -> anyhow::Result<u64> {
     let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
     Ok(now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64)
+}
+
+/// Applies health events until the channel closes.
+pub async fn apply_health_events(
+    agent: Shared,
+    mut events: tokio::sync::mpsc::UnboundedReceiver<HealthEvent>,
+) {
+    while let Some(event) = events.recv().await {
+        let mut agent = agent.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(err) = agent.on_health(&event) {
+            warn!("applying a health change of {}: {err:#}", event.key.1);
+        }
+    }
 }
 
 /// Counts connections every `period` until the runtime stops.

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 use crate::{
     agent::{Agent, Shared},
     balancer::{self, BackendSpec, BackendState, Proto, Scheduler, Vip, VipInfo, VipOptions},
+    config::Config,
 };
 
 /// Default API socket.
@@ -95,6 +96,8 @@ pub struct BackendView {
     pub active_connections: u32,
     /// Draining (or weight 0) and no tracked flow left: safe to remove.
     pub drained: bool,
+    /// What the health check says; `None` if the VIP has none.
+    pub healthy: Option<bool>,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -209,6 +212,11 @@ pub fn vip_view(agent: &Agent, info: &VipInfo) -> ApiResult<VipView> {
         .map(|b| {
             let s = agent.balancer.backend_stats(b.id)?;
             let active = agent.active.get(&b.id).copied().unwrap_or(0);
+            let healthy = agent
+                .monitor
+                .as_ref()
+                .and_then(|m| m.stats(&(info.vip, b.spec.addr)))
+                .map(|s| s.healthy);
             Ok(BackendView {
                 address: b.spec.addr,
                 weight: b.spec.weight,
@@ -217,6 +225,7 @@ pub fn vip_view(agent: &Agent, info: &VipInfo) -> ApiResult<VipView> {
                 active_connections: active,
                 drained: (b.spec.state == BackendState::Draining || b.spec.weight == 0)
                     && active == 0,
+                healthy,
                 packets: s.packets,
                 bytes: s.bytes,
                 new_flows: s.new_flows,
@@ -247,6 +256,7 @@ fn lock(state: &ApiState) -> std::sync::MutexGuard<'_, Agent> {
 fn change<T>(state: &ApiState, change: impl FnOnce(&mut Agent) -> ApiResult<T>) -> ApiResult<T> {
     let mut agent = lock(state);
     let result = change(&mut agent)?;
+    agent.sync_health();
     agent.save()?;
     Ok(result)
 }
@@ -383,9 +393,7 @@ async fn set_backend(
         return Err(bad("nothing to change: give weight and/or state"));
     }
     Ok(Json(change(&state, |agent| {
-        agent
-            .balancer
-            .update_backend(&vip, backend, req.weight, new_state)?;
+        agent.set_backend(&vip, backend, req.weight, new_state)?;
         vip_view(agent, &agent.balancer.vip(&vip)?)
     })?))
 }
@@ -418,6 +426,57 @@ async fn stats(State(state): State<ApiState>) -> ApiResult<Json<StatsView>> {
     Ok(Json(StatsView { counters, vips }))
 }
 
+/// What `POST /v1/apply` answers.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApplyView {
+    /// One line per change (`+ vip ...`, `~ backend ...`), empty if none.
+    pub plan: Vec<String>,
+    pub applied: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct ApplyQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// `POST /v1/apply[?dry_run=true]` with a config file (TOML) as the body: the plan from the
+/// running state to the file, applied all-or-nothing unless `dry_run`.
+async fn apply(
+    State(state): State<ApiState>,
+    axum::extract::Query(query): axum::extract::Query<ApplyQuery>,
+    bytes: Bytes,
+) -> ApiResult<Json<ApplyView>> {
+    let text = std::str::from_utf8(&bytes).map_err(|_| bad("the config is not UTF-8"))?;
+    let desired = Config::parse(text).map_err(|err| bad(err.to_string()))?;
+    let lines = |plan: &crate::config::Plan| {
+        if plan.is_empty() {
+            Vec::new()
+        } else {
+            plan.to_string().lines().map(str::to_owned).collect()
+        }
+    };
+    if query.dry_run {
+        let agent = lock(&state);
+        let plan = crate::config::plan(&agent.balancer.vips(), &agent.with_health(&desired));
+        return Ok(Json(ApplyView {
+            plan: lines(&plan),
+            applied: false,
+        }));
+    }
+    let plan = change(&state, |agent| {
+        let effective = agent.with_health(&desired);
+        let plan = crate::config::apply_plan(&mut agent.balancer, &effective)?;
+        agent.hold_after_apply(&desired);
+        agent.config = desired;
+        Ok(plan)
+    })?;
+    Ok(Json(ApplyView {
+        plan: lines(&plan),
+        applied: true,
+    }))
+}
+
 async fn stop(State(state): State<ApiState>, bytes: Bytes) -> ApiResult<StatusCode> {
     let req: Stop = body(&bytes)?;
     let _ = state.shutdown.send(Shutdown::Stop { detach: req.detach });
@@ -438,6 +497,7 @@ pub fn router(agent: Shared, shutdown: watch::Sender<Shutdown>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/stats", get(stats))
         .route("/v1/stop", post(stop))
+        .route("/v1/apply", post(apply))
         .route("/v1/vips", get(list_vips).post(add_vip))
         .route(vip, get(show_vip).patch(set_vip).delete(del_vip))
         .route(

@@ -12,5 +12,6 @@ pub mod dataplane;
 pub mod health;
 pub mod loader;
 pub mod maps;
+pub mod metrics;
 pub mod pin;
 pub mod regions;

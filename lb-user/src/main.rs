@@ -17,6 +17,8 @@ use lb_user::{
     api::{self, BackendView, DEFAULT_SOCKET, Shutdown, StatsView, StatusView, VipView},
     balancer::{BackendSpec, Balancer, Scheduler, Vip, VipOptions},
     client::{call, segment},
+    config::Config,
+    health::Monitor,
     loader::{AttachMode, LoadOptions, Loaded},
     maps::BpfMaps,
     pin::{DEFAULT_PIN_DIR, Pinned},
@@ -62,6 +64,15 @@ enum Command {
     },
     /// What the agent runs.
     Status,
+    /// Bring the running VIPs and backends to a config file: print the plan, apply it.
+    Apply {
+        /// The config file (TOML).
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+        /// Only print the plan.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Stop the agent. The program stays attached (traffic flows) unless --detach.
     Stop {
         /// Also detach the program from every interface and unpin everything.
@@ -149,9 +160,17 @@ struct RunArgs {
     /// A backend of a VIP, `VIP=ADDR:PORT[@WEIGHT]` (used when there is no saved state).
     #[arg(long = "backend", value_name = "VIP=ADDR:PORT[@WEIGHT]", value_parser = parse_backend)]
     backends: Vec<(Vip, BackendSpec)>,
-    /// Flows the connection table holds (fixed when the program is first loaded).
+    /// Flows the connection table holds (fixed when the program is first loaded; the
+    /// config's `conntrack.capacity` wins if given).
     #[arg(long, default_value_t = DEFAULT_CONNTRACK_CAPACITY, value_name = "FLOWS")]
     conntrack_capacity: u32,
+    /// Config file (TOML): VIPs, backends, health checks, conntrack settings. Used when there
+    /// is no saved state; afterwards, change it with `xdplb apply -f`.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (`/metrics`).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
 }
 
 fn parse_vip(s: &str) -> Result<(Vip, Scheduler), String> {
@@ -204,6 +223,12 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
+    let config = args
+        .config
+        .as_ref()
+        .map(Config::load)
+        .transpose()
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
     let pin_dir = if args.ephemeral {
         args.pin_dir.with_file_name(format!(
             "{}-ephemeral-{}",
@@ -221,13 +246,17 @@ fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
         info!("adopting the balancer pinned in {}", pin_dir.display());
         Pinned::open(&pin_dir)?
     } else {
+        let conntrack_capacity = config
+            .as_ref()
+            .filter(|_| args.conntrack_capacity == DEFAULT_CONNTRACK_CAPACITY)
+            .map_or(args.conntrack_capacity, |c| c.conntrack.capacity);
         let loaded = Loaded::load_with(LoadOptions {
-            conntrack_capacity: args.conntrack_capacity,
+            conntrack_capacity,
             ..LoadOptions::default()
         })?;
         Pinned::create(loaded, &pin_dir)?
     };
-    let result = serve(&args, socket, &mut pinned, adopting);
+    let result = serve(&args, config, socket, &mut pinned, adopting);
     let detach = match &result {
         Ok(detach) => *detach || args.ephemeral,
         // A fresh program that never came up is not left behind.
@@ -245,6 +274,7 @@ fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
 /// Runs the agent until SIGTERM/SIGINT or `xdplb stop`; returns whether to detach.
 fn serve(
     args: &RunArgs,
+    config: Option<Config>,
     socket: &Path,
     pinned: &mut Pinned,
     adopting: bool,
@@ -254,13 +284,21 @@ fn serve(
     let settings = if adopting {
         maps.settings()?
     } else {
-        Settings::default()
+        Settings {
+            timeouts: config
+                .as_ref()
+                .map(|c| c.conntrack.timeouts())
+                .unwrap_or_default(),
+            ..Settings::default()
+        }
     };
     let saved = if args.ephemeral {
         None
     } else {
         agent::load_state(&args.state_file)?
     };
+    let mut held = Default::default();
+    let mut applied_config = config.clone().unwrap_or_default();
     let balancer = match saved {
         Some(saved) => {
             if !args.vips.is_empty() || !args.backends.is_empty() {
@@ -278,10 +316,15 @@ fn serve(
                 },
                 args.state_file.display()
             );
+            held = saved.held.into_iter().collect();
+            applied_config = saved.config;
             Balancer::restore(maps, slots, settings, saved.snapshot)?
         }
         None => {
             let mut balancer = Balancer::new(maps, slots, settings)?;
+            if let Some(config) = &config {
+                lb_user::config::apply_plan(&mut balancer, config)?;
+            }
             configure(&mut balancer, args)?;
             balancer
         }
@@ -309,10 +352,18 @@ fn serve(
         started: Instant::now(),
         timeouts: settings.timeouts,
         active: Default::default(),
+        config: applied_config,
+        monitor: None,
+        held,
     };
     agent.save()?;
     let shared = api::share(agent);
-    let detach = runtime.block_on(run_agent(Arc::clone(&shared), socket, args.stats_interval))?;
+    let detach = runtime.block_on(run_agent(
+        Arc::clone(&shared),
+        socket,
+        args.stats_interval,
+        args.metrics,
+    ))?;
     if args.ephemeral {
         let _ = std::fs::remove_file(&state_file);
     }
@@ -324,6 +375,7 @@ async fn run_agent(
     shared: agent::Shared,
     socket: &Path,
     stats_interval: u64,
+    metrics: Option<SocketAddr>,
 ) -> anyhow::Result<bool> {
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(Shutdown::Running);
     let listener = api::bind(socket)?;
@@ -333,6 +385,16 @@ async fn run_agent(
         Arc::clone(&shared),
         Duration::from_secs(2),
     ));
+    let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();
+    {
+        let mut agent = shared.lock().expect("agent lock");
+        agent.monitor = Some(Monitor::new(health_tx));
+        agent.sync_health();
+    }
+    tokio::spawn(agent::apply_health_events(Arc::clone(&shared), health_rx));
+    if let Some(addr) = metrics {
+        serve_metrics(Arc::clone(&shared), addr).await?;
+    }
     info!("agent ready; API on {}", socket.display());
 
     let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -356,7 +418,8 @@ async fn run_agent(
         }
     };
     server.abort();
-    let agent = shared.lock().expect("agent lock");
+    let mut agent = shared.lock().expect("agent lock");
+    agent.monitor = None;
     info!("stopping; final counters:\n{}", report(&agent)?);
     if detach {
         info!("detaching");
@@ -367,6 +430,32 @@ async fn run_agent(
         );
     }
     Ok(detach)
+}
+
+/// Serves `/metrics` on `addr` in the background.
+async fn serve_metrics(shared: agent::Shared, addr: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics address {addr}"))?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let shared = Arc::clone(&shared);
+            async move {
+                let agent = shared.lock().unwrap_or_else(|p| p.into_inner());
+                match lb_user::metrics::render(&agent) {
+                    Ok(text) => (axum::http::StatusCode::OK, text),
+                    Err(err) => (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("{err:#}"),
+                    ),
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    info!("metrics on http://{addr}/metrics");
+    Ok(())
 }
 
 /// Applies the VIPs and backends given on the command line, all or nothing.
@@ -420,11 +509,17 @@ fn vip_line(v: &VipView) -> String {
 }
 
 fn backend_line(b: &BackendView) -> String {
+    let health = match b.healthy {
+        Some(true) => "ok",
+        Some(false) => "FAIL",
+        None => "-",
+    };
     format!(
-        "  backend {:<24} w {:>5} {:<8} active {:>6}{} packets {:>10} bytes {:>12} new flows {:>8}\n",
+        "  backend {:<24} w {:>5} {:<8} health {:<4} active {:>6}{} packets {:>10} bytes {:>12} new flows {:>8}\n",
         b.address.to_string(),
         b.weight,
         b.state.to_string(),
+        health,
         b.active_connections,
         if b.drained { " drained" } else { "        " },
         b.packets,
@@ -586,6 +681,37 @@ async fn client_command(command: Command, socket: &Path, output: Output) -> anyh
                 )
             })
         }
+        Command::Apply { file, dry_run } => {
+            let text =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let path = format!("/v1/apply?dry_run={dry_run}");
+            let (status, bytes) =
+                lb_user::client::request(socket, Method::POST, &path, Some(text)).await?;
+            let answer: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            if !status.is_success() {
+                let message = answer
+                    .get("error")
+                    .and_then(|e| e.as_str())
+                    .unwrap_or("refused");
+                anyhow::bail!("{}: {message}", file.display());
+            }
+            let view: api::ApplyView = serde_json::from_value(answer)?;
+            print(output, &view, || {
+                let mut out = if view.plan.is_empty() {
+                    "no changes\n".to_owned()
+                } else {
+                    view.plan.join("\n") + "\n"
+                };
+                out += if view.applied {
+                    "applied\n"
+                } else if view.plan.is_empty() {
+                    ""
+                } else {
+                    "(dry run: nothing changed)\n"
+                };
+                out
+            })
+        }
         Command::Stop { detach } => {
             call::<serde_json::Value>(
                 socket,
@@ -608,7 +734,7 @@ async fn client_command(command: Command, socket: &Path, output: Output) -> anyh
                     if detach {
                         "stopped and detached\n".into()
                     } else {
-                        "stopped; the program stays attached\n".into()
+                        "stopped\n".into()
                     }
                 },
             )

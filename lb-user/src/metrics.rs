@@ -1,0 +1,127 @@
+//! Prometheus metrics (text format), built from the maps at every scrape.
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::{agent::Agent, api::vip_view};
+
+type Labels = Vec<(&'static str, String)>;
+
+fn counter_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Counter> {
+    let family = Family::<Labels, Counter>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+fn gauge_family(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+    let family = Family::<Labels, Gauge>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+/// The metrics of the agent and its data path.
+pub fn render(agent: &Agent) -> anyhow::Result<String> {
+    let mut registry = Registry::with_prefix("xdplb");
+    let info = gauge_family(&mut registry, "agent_info", "The agent: version");
+    info.get_or_create(&vec![("version", env!("CARGO_PKG_VERSION").to_owned())])
+        .set(1);
+    let uptime = gauge_family(
+        &mut registry,
+        "agent_uptime_seconds",
+        "Seconds since the agent started",
+    );
+    uptime
+        .get_or_create(&vec![])
+        .set(agent.started.elapsed().as_secs() as i64);
+
+    let packets = counter_family(
+        &mut registry,
+        "packets",
+        "Packets by outcome (forwarded, passed, dropped by reason)",
+    );
+    for (counter, value) in agent.pinned.counters()?.iter() {
+        packets
+            .get_or_create(&vec![("outcome", counter.name().to_owned())])
+            .inc_by(value);
+    }
+
+    let vip_packets = counter_family(&mut registry, "vip_packets", "Packets per VIP");
+    let vip_bytes = counter_family(&mut registry, "vip_bytes", "Bytes per VIP");
+    let vip_flows = counter_family(&mut registry, "vip_new_flows", "New flows per VIP");
+    let be_packets = counter_family(
+        &mut registry,
+        "backend_packets",
+        "Packets per backend, both directions",
+    );
+    let be_bytes = counter_family(
+        &mut registry,
+        "backend_bytes",
+        "Bytes per backend, both directions",
+    );
+    let be_flows = counter_family(&mut registry, "backend_new_flows", "New flows per backend");
+    let be_active = gauge_family(
+        &mut registry,
+        "backend_active_connections",
+        "Open tracked flows per backend",
+    );
+    let be_weight = gauge_family(&mut registry, "backend_weight", "Weight per backend");
+    let be_up = gauge_family(
+        &mut registry,
+        "backend_up",
+        "1 if the backend takes new flows",
+    );
+    let be_healthy = gauge_family(
+        &mut registry,
+        "backend_healthy",
+        "Health check result (1 healthy), for checked backends",
+    );
+    let transitions = counter_family(
+        &mut registry,
+        "health_transitions",
+        "Health check flips per backend",
+    );
+    let checks = counter_family(
+        &mut registry,
+        "health_checks",
+        "Health checks run per backend",
+    );
+    for info in agent.balancer.vips() {
+        let view = vip_view(agent, &info).map_err(|e| anyhow::anyhow!(e.1))?;
+        let vip = vec![("vip", view.vip.clone())];
+        vip_packets.get_or_create(&vip).inc_by(view.packets);
+        vip_bytes.get_or_create(&vip).inc_by(view.bytes);
+        vip_flows.get_or_create(&vip).inc_by(view.new_flows);
+        for b in &view.backends {
+            let labels = vec![
+                ("vip", view.vip.clone()),
+                ("backend", b.address.to_string()),
+            ];
+            be_packets.get_or_create(&labels).inc_by(b.packets);
+            be_bytes.get_or_create(&labels).inc_by(b.bytes);
+            be_flows.get_or_create(&labels).inc_by(b.new_flows);
+            be_active
+                .get_or_create(&labels)
+                .set(i64::from(b.active_connections));
+            be_weight.get_or_create(&labels).set(i64::from(b.weight));
+            let up = b.state == crate::balancer::BackendState::Up && b.weight > 0;
+            be_up.get_or_create(&labels).set(i64::from(up));
+            if let Some(healthy) = b.healthy {
+                be_healthy.get_or_create(&labels).set(i64::from(healthy));
+            }
+            if let Some(stats) = agent
+                .monitor
+                .as_ref()
+                .and_then(|m| m.stats(&(info.vip, b.address)))
+            {
+                transitions.get_or_create(&labels).inc_by(stats.transitions);
+                checks.get_or_create(&labels).inc_by(stats.checks);
+            }
+        }
+    }
+    let mut out = String::new();
+    encode(&mut out, &registry)?;
+    Ok(out)
+}
