@@ -1,6 +1,6 @@
 //! Idempotent setup of what the eBPF build needs: a nightly toolchain with `rust-src` (for
 //! `-Z build-std=core`), bpf-linker built against the nightly's own LLVM, and the system tools
-//! the tests drive (iproute2, ethtool, ping).
+//! the tests drive (iproute2, ethtool, ping, curl, nsenter).
 
 use std::{
     fs,
@@ -20,6 +20,8 @@ const SYSTEM_TOOLS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ethtool", "ethtool"),
     ("ping", "iputils-ping"),
+    ("curl", "curl"),
+    ("nsenter", "util-linux"),
 ];
 
 /// Checks everything and installs what is missing, saying what it does.
