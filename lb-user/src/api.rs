@@ -512,6 +512,58 @@ pub fn router(agent: Shared, shutdown: watch::Sender<Shutdown>) -> Router {
         .with_state(ApiState { agent, shutdown })
 }
 
+/// The API's routes behind a bearer token: every request must carry
+/// `Authorization: Bearer TOKEN`, compared in constant time; anything else is 401.
+pub fn router_with_token(
+    agent: Shared,
+    shutdown: watch::Sender<Shutdown>,
+    token: String,
+) -> Router {
+    let token = Arc::new(token);
+    router(agent, shutdown).layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let token = Arc::clone(&token);
+            async move {
+                let given = request
+                    .headers()
+                    .get(axum::http::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .unwrap_or("");
+                if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+                    next.run(request).await
+                } else {
+                    ApiError(
+                        StatusCode::UNAUTHORIZED,
+                        "missing or wrong bearer token".into(),
+                    )
+                    .into_response()
+                }
+            }
+        },
+    ))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads the API token from `path`: one line, at least 16 characters.
+pub fn read_token(path: &Path) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    let token = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the API token file {}", path.display()))?
+        .trim()
+        .to_owned();
+    if token.len() < 16 {
+        anyhow::bail!(
+            "the API token in {} is shorter than 16 characters",
+            path.display()
+        );
+    }
+    Ok(token)
+}
+
 /// Binds the API socket at `path` with mode 0600, refusing if another agent answers there.
 pub fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     use anyhow::Context as _;

@@ -171,6 +171,12 @@ struct RunArgs {
     /// Serve Prometheus metrics on this address (`/metrics`).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<SocketAddr>,
+    /// Also serve the API on this TCP address; requires --api-token-file.
+    #[arg(long, value_name = "ADDR", requires = "api_token_file")]
+    api_tcp: Option<SocketAddr>,
+    /// File holding the bearer token that TCP API requests must carry.
+    #[arg(long, value_name = "FILE", requires = "api_tcp")]
+    api_token_file: Option<PathBuf>,
 }
 
 fn parse_vip(s: &str) -> Result<(Vip, Scheduler), String> {
@@ -338,6 +344,10 @@ fn serve(
     } else {
         args.state_file.clone()
     };
+    let api_tcp = match (&args.api_tcp, &args.api_token_file) {
+        (Some(addr), Some(file)) => Some((*addr, api::read_token(file)?)),
+        _ => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -363,6 +373,7 @@ fn serve(
         socket,
         args.stats_interval,
         args.metrics,
+        api_tcp,
     ))?;
     if args.ephemeral {
         let _ = std::fs::remove_file(&state_file);
@@ -376,9 +387,18 @@ async fn run_agent(
     socket: &Path,
     stats_interval: u64,
     metrics: Option<SocketAddr>,
+    api_tcp: Option<(SocketAddr, String)>,
 ) -> anyhow::Result<bool> {
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(Shutdown::Running);
     let listener = api::bind(socket)?;
+    if let Some((addr, token)) = api_tcp {
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the API address {addr}"))?;
+        let app = api::router_with_token(Arc::clone(&shared), shutdown_tx.clone(), token);
+        tokio::spawn(async move { axum::serve(tcp, app).await });
+        info!("API also on http://{addr} (bearer token required)");
+    }
     let app = api::router(Arc::clone(&shared), shutdown_tx);
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     tokio::spawn(agent::count_connections_every(
