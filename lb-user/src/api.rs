@@ -66,9 +66,18 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
-/// Parses a JSON body, with serde's message (which names the field) on failure.
+/// Parses a JSON body; a refusal names the field (`weight: invalid type: ...`).
 fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> ApiResult<T> {
-    serde_json::from_slice(bytes).map_err(|err| bad(format!("bad request body: {err}")))
+    let mut json = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut json).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if path.is_empty() || path == "." {
+            bad(format!("bad request body: {inner}"))
+        } else {
+            bad(format!("bad request body: {path}: {inner}"))
+        }
+    })
 }
 
 /// A VIP with its backends and traffic, as the API shows it.
@@ -434,20 +443,31 @@ pub struct ApplyView {
     pub applied: bool,
 }
 
-#[derive(Debug, Deserialize)]
-struct ApplyQuery {
-    #[serde(default)]
-    dry_run: bool,
+/// `dry_run` from the query string: absent, `true`/`1` or `false`/`0`.
+fn dry_run(query: Option<&str>) -> ApiResult<bool> {
+    let mut dry_run = false;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=').unwrap_or((pair, "true")) {
+            ("dry_run", "true" | "1") => dry_run = true,
+            ("dry_run", "false" | "0") => dry_run = false,
+            ("dry_run", other) => {
+                return Err(bad(format!("dry_run: {other:?} is not true or false")));
+            }
+            (other, _) => return Err(bad(format!("unknown query parameter {other:?}"))),
+        }
+    }
+    Ok(dry_run)
 }
 
 /// `POST /v1/apply[?dry_run=true]` with a config file (TOML) as the body: the plan from the
 /// running state to the file, applied all-or-nothing unless `dry_run`.
 async fn apply(
     State(state): State<ApiState>,
-    axum::extract::Query(query): axum::extract::Query<ApplyQuery>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
     bytes: Bytes,
 ) -> ApiResult<Json<ApplyView>> {
     let text = std::str::from_utf8(&bytes).map_err(|_| bad("the config is not UTF-8"))?;
+    let dry_run = dry_run(query.as_deref())?;
     let desired = Config::parse(text).map_err(|err| bad(err.to_string()))?;
     let lines = |plan: &crate::config::Plan| {
         if plan.is_empty() {
@@ -456,7 +476,7 @@ async fn apply(
             plan.to_string().lines().map(str::to_owned).collect()
         }
     };
-    if query.dry_run {
+    if dry_run {
         let agent = lock(&state);
         let plan = crate::config::plan(&agent.balancer.vips(), &agent.with_health(&desired));
         return Ok(Json(ApplyView {
@@ -490,6 +510,13 @@ async fn not_found() -> ApiError {
     )
 }
 
+async fn method_not_allowed() -> ApiError {
+    ApiError(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this path".into(),
+    )
+}
+
 /// The API's routes.
 pub fn router(agent: Shared, shutdown: watch::Sender<Shutdown>) -> Router {
     let vip = "/v1/vips/{proto}/{addr}";
@@ -509,6 +536,7 @@ pub fn router(agent: Shared, shutdown: watch::Sender<Shutdown>) -> Router {
             axum::routing::patch(set_backend).delete(del_backend),
         )
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(ApiState { agent, shutdown })
 }
 

@@ -186,11 +186,38 @@ impl ConntrackConfig {
     }
 }
 
+/// toml's message on one line, with where it is: `line 7, column 1: unknown field ...`.
+fn syntax_message(text: &str, err: &toml::de::Error) -> String {
+    let message = err
+        .message()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    match err.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
 impl Config {
     /// Parses and validates a config.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text)
-            .map_err(|err| ConfigError::Syntax(err.to_string().trim_end().to_owned()))?;
+        let syntax = |err: toml::de::Error| ConfigError::Syntax(syntax_message(text, &err));
+        let deserializer = toml::de::Deserializer::parse(text).map_err(syntax)?;
+        // serde_path_to_error names the field a type error is about (`vip[0].address`).
+        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let path = err.path().to_string();
+            let message = syntax_message(text, err.inner());
+            ConfigError::Syntax(match path.as_str() {
+                "" | "." => message,
+                _ => format!("{path}: {message}"),
+            })
+        })?;
         Config::try_from(raw)
     }
 
@@ -1830,8 +1857,10 @@ kind = "http"
             err.contains("invalid type: integer `1`, expected a string"),
             "{err}"
         );
+        assert!(err.contains("health.interval: "), "names the field: {err}");
         let err = error("[[vip]\naddress = \"198.19.0.1:80\"\n");
-        assert!(err.starts_with("TOML parse error at line 1"), "{err}");
+        assert!(err.starts_with("line 1, column "), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
         let err = error("[[vip]]\naddress = \"198.19.0.1:80\"\n");
         assert!(err.contains("missing field `protocol`"), "{err}");
     }

@@ -210,7 +210,14 @@ fn parse_backend(s: &str) -> Result<(Vip, BackendSpec), String> {
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => err.exit(), // --help, --version
+        Err(err) => {
+            eprintln!("xdplb: error: {}", one_line(&err.to_string()));
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match cli.command {
         Command::Run(args) => run(args, &cli.socket),
         command => tokio::runtime::Builder::new_current_thread()
@@ -228,7 +235,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// clap's message on one line: the error and, if it lists them, the values it accepts.
+fn one_line(message: &str) -> String {
+    let mut lines = message.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("bad arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    match lines.find(|l| l.starts_with("[possible values") || l.starts_with("tip:")) {
+        Some(more) => format!("{first} {more}"),
+        None => first.to_owned(),
+    }
+}
+
 fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
+    if let Some((vip, _)) = args
+        .backends
+        .iter()
+        .find(|(v, _)| !args.vips.iter().any(|(w, _)| w == v))
+    {
+        anyhow::bail!("--backend for {vip}, which is not a --vip");
+    }
     let config = args
         .config
         .as_ref()
@@ -722,10 +747,10 @@ async fn client_command(command: Command, socket: &Path, output: Output) -> anyh
                 } else {
                     view.plan.join("\n") + "\n"
                 };
-                out += if view.applied {
-                    "applied\n"
-                } else if view.plan.is_empty() {
+                out += if view.plan.is_empty() {
                     ""
+                } else if view.applied {
+                    "applied\n"
                 } else {
                     "(dry run: nothing changed)\n"
                 };
