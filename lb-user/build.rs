@@ -1,5 +1,6 @@
 //! Builds the XDP program (`lb-ebpf`) for `bpfel-unknown-none` with aya-build and leaves the
-//! object in `OUT_DIR/lb`, where `loader.rs` embeds it.
+//! object in `OUT_DIR/lb`, where `loader.rs` embeds it, next to the benchmark baselines
+//! (`OUT_DIR/bench_pass`, `OUT_DIR/bench_tx`; every binary of `lb-ebpf` lands there).
 //!
 //! `XDPLB_BUILD_EBPF` decides: `1` builds (and fails without bpf-linker), `0` writes an empty
 //! stub, unset builds when `bpf-linker` is on `PATH` and writes the stub otherwise, so that
@@ -11,6 +12,8 @@ use std::{env, fs, path::PathBuf};
 use anyhow::{Context as _, bail};
 
 const OBJECT: &str = "lb";
+/// The benchmark baselines, other binaries of `lb-ebpf`.
+const BASELINES: [&str; 2] = ["bench_pass", "bench_tx"];
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=XDPLB_BUILD_EBPF");
@@ -46,7 +49,10 @@ fn main() -> anyhow::Result<()> {
                 PathBuf::from(home).join("bin/bpf-linker").display()
             );
         }
-        fs::write(out_dir.join(OBJECT), []).context("writing the stub object")?;
+        for object in std::iter::once(OBJECT).chain(BASELINES) {
+            fs::write(out_dir.join(object), [])
+                .with_context(|| format!("writing the stub object {object}"))?;
+        }
         return Ok(());
     }
 

@@ -19,6 +19,34 @@ use log::{info, warn};
 /// The XDP program's object file, built by `build.rs`. Empty when built without bpf-linker.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
 
+/// Benchmark baseline: an XDP program `bench_pass` that returns `XDP_PASS`. Empty without
+/// bpf-linker, like the main object.
+pub static BASELINE_PASS: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_pass"));
+
+/// Benchmark baseline: an XDP program `bench_tx` that swaps the MAC addresses and returns
+/// `XDP_TX`. Empty without bpf-linker.
+pub static BASELINE_TX: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_tx"));
+
+/// Loads a benchmark baseline object ([`BASELINE_PASS`], [`BASELINE_TX`]) and its one XDP
+/// program, named `program`, into the kernel.
+pub fn load_baseline(object: &[u8], program: &str) -> anyhow::Result<Ebpf> {
+    if object.is_empty() {
+        bail!(
+            "the benchmark baselines were built as stubs (no bpf-linker); run `cargo xtask bench`"
+        );
+    }
+    let mut ebpf = Ebpf::load(object).context("loading a baseline object")?;
+    let xdp: &mut Xdp = ebpf
+        .program_mut(program)
+        .with_context(|| format!("no program {program:?} in the baseline object"))?
+        .try_into()
+        .context("baseline program is not XDP")?;
+    xdp.load()
+        .with_context(|| format!("loading the baseline {program} into the kernel"))?;
+    Ok(ebpf)
+}
+
 /// Name of the XDP program (the `#[xdp]` function) in the object.
 pub const PROGRAM: &str = "lb";
 

@@ -1,6 +1,7 @@
 //! `cargo xtask`: everything beyond plain cargo that building, testing and showing xdplb needs.
 //! Every command first runs the setup check, so a fresh clone needs nothing else.
 
+mod bench;
 mod demo;
 mod setup;
 mod test;
@@ -34,6 +35,8 @@ enum Task {
     Test(test::TestArgs),
     /// Run a self-contained demo in network namespaces, then clean up.
     Demo,
+    /// Run the benchmarks (as root) and write target/bench/results.json.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         Task::Build { release } => build(release),
         Task::Test(args) => test::run(&args),
         Task::Demo => demo::run(),
+        Task::Bench(args) => bench::run(&args),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
