@@ -284,6 +284,47 @@ pub fn udp_request(addr: SocketAddr, payload: &str) -> anyhow::Result<(String, S
     Ok((String::from_utf8_lossy(&buf[..len]).into_owned(), from))
 }
 
+/// Timeout of a test connection's connect and reads.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The ident of the server that answered `answer` to `line`, if the answer is well-formed.
+pub fn ident_of(answer: &str, line: &str) -> Option<String> {
+    answer
+        .strip_suffix(line)
+        .and_then(|rest| rest.strip_suffix(' '))
+        .filter(|ident| !ident.is_empty() && !ident.contains(' '))
+        .map(str::to_owned)
+}
+
+/// One TCP connection through which lines are exchanged.
+pub struct Conn {
+    pub stream: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    pub fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
+        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        let reader = BufReader::new(stream.try_clone()?);
+        Ok(Self { stream, reader })
+    }
+
+    /// Sends `line` and returns the ident of the server that answered it. An answer arriving
+    /// on this connection at all means it came from the address the client connected to.
+    pub fn ask(&mut self, line: &str) -> anyhow::Result<String> {
+        self.stream.write_all(format!("{line}\n").as_bytes())?;
+        let mut answer = String::new();
+        self.reader
+            .read_line(&mut answer)
+            .with_context(|| format!("reading the answer to {line:?}"))?;
+        let answer = answer.trim_end();
+        ident_of(answer, line)
+            .with_context(|| format!("answer {answer:?} to {line:?} is not \"IDENT {line}\""))
+    }
+}
+
 /// Client, gateway and backends, removed on drop.
 pub struct Topology {
     pub client: Netns,

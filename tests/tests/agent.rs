@@ -12,8 +12,7 @@ mod common;
 use std::{
     collections::BTreeMap,
     fs,
-    io::{BufRead as _, BufReader, Write as _},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -26,15 +25,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
 use lb_common::Counter;
-use lb_tests::netns::{GW_CLIENT_IF, Netns, Server, Topology};
+use lb_tests::netns::{Conn, GW_CLIENT_IF, Netns, Server, Topology};
 
 const VIP: &str = "198.19.0.1:80/tcp";
 const VIP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1)), 80);
 const BACKEND_PORT: u16 = 8080;
 const BACKENDS: usize = 3;
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest a CLI command may take.
 const CLI_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest the agent may take to start or to stop.
@@ -345,14 +342,6 @@ fn offload_off(topo: &Topology) {
     }
 }
 
-fn xdp_attached(topo: &Topology, iface: &str) -> bool {
-    let out = topo
-        .gateway
-        .exec("ip", &["link", "show", "dev", iface])
-        .expect("ip link show");
-    String::from_utf8_lossy(&out.stdout).contains(" xdp")
-}
-
 /// What `vip list -o json` says about the configuration, without the traffic: one line per
 /// VIP, for readable comparisons.
 fn configuration(vips: &Json) -> Vec<String> {
@@ -388,38 +377,6 @@ fn configuration(vips: &Json) -> Vec<String> {
 
 /// How many answers each backend gave, by ident.
 type Tally = BTreeMap<String, usize>;
-
-/// One TCP connection through which lines are exchanged.
-struct Conn {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
-}
-
-impl Conn {
-    fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
-            .with_context(|| format!("connecting to {addr}"))?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        let reader = BufReader::new(stream.try_clone()?);
-        Ok(Self { stream, reader })
-    }
-
-    /// Sends `line` and returns the ident of the server that answered it.
-    fn ask(&mut self, line: &str) -> anyhow::Result<String> {
-        self.stream.write_all(format!("{line}\n").as_bytes())?;
-        let mut answer = String::new();
-        self.reader
-            .read_line(&mut answer)
-            .with_context(|| format!("reading the answer to {line:?}"))?;
-        let answer = answer.trim_end();
-        answer
-            .strip_suffix(line)
-            .and_then(|rest| rest.strip_suffix(' '))
-            .filter(|ident| !ident.is_empty() && !ident.contains(' '))
-            .map(str::to_owned)
-            .with_context(|| format!("answer {answer:?} to {line:?} is not \"IDENT {line}\""))
-    }
-}
 
 /// Makes `n` new connections from `client` to the VIP, one exchange each, and counts which
 /// backend answered each. Panics if any fails.
@@ -904,7 +861,7 @@ fn cli_drives_a_running_agent() {
     );
 
     agent.stop(true);
-    assert!(!xdp_attached(&topo, GW_CLIENT_IF));
+    assert!(!common::xdp_attached(&topo, GW_CLIENT_IF));
     assert!(!agent.pin_dir.exists());
 }
 
@@ -1231,7 +1188,7 @@ fn restart_keeps_long_lived_connections() {
     );
     for iface in topo.gateway_ifaces() {
         assert!(
-            xdp_attached(&topo, &iface),
+            common::xdp_attached(&topo, &iface),
             "{iface}: detached by a plain stop"
         );
     }
@@ -1303,7 +1260,7 @@ fn restart_keeps_long_lived_connections() {
     agent.stop(true);
     for iface in topo.gateway_ifaces() {
         assert!(
-            !xdp_attached(&topo, &iface),
+            !common::xdp_attached(&topo, &iface),
             "{iface}: still attached after --detach"
         );
     }

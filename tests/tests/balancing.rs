@@ -7,14 +7,12 @@ mod common;
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
-    io::{BufRead as _, BufReader, Write as _},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     sync::atomic::{AtomicUsize, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
 use lb_common::{
     Counter, FlowKey,
     flow::{FAMILY_IPV4, PROTO_TCP},
@@ -22,7 +20,7 @@ use lb_common::{
     maglev::{self, MaglevBackend},
     maps::Settings,
 };
-use lb_tests::netns::{Netns, Server, Topology, tcp_request};
+use lb_tests::netns::{Conn, IO_TIMEOUT, Netns, Server, Topology, ident_of, tcp_request};
 use lb_user::{
     balancer::{BackendSpec, BackendState, Balancer, Proto, Scheduler, Vip, VipOptions},
     dataplane::Counters,
@@ -37,51 +35,12 @@ const BACKEND_PORT: u16 = 8080;
 const CLIENT_THREADS: usize = 8;
 /// A request loop gives up after this many failed requests, so a broken data path fails fast.
 const MAX_FAILURES: usize = 5;
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How many answers each backend gave, by its ident (`b0`, `b1`, ...).
 type Tally = BTreeMap<String, usize>;
 
 fn ident(i: usize) -> String {
     format!("b{i}")
-}
-
-/// The ident of the server that answered `answer` to `line`, if the answer is well-formed.
-fn ident_of(answer: &str, line: &str) -> Option<String> {
-    answer
-        .strip_suffix(line)
-        .and_then(|rest| rest.strip_suffix(' '))
-        .filter(|ident| !ident.is_empty() && !ident.contains(' '))
-        .map(str::to_owned)
-}
-
-/// One TCP connection through which lines are exchanged.
-struct Conn {
-    stream: TcpStream,
-    reader: BufReader<TcpStream>,
-}
-
-impl Conn {
-    fn connect(addr: SocketAddr) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
-            .with_context(|| format!("connecting to {addr}"))?;
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        let reader = BufReader::new(stream.try_clone()?);
-        Ok(Self { stream, reader })
-    }
-
-    /// Sends `line` and returns the ident of the server that answered it. An answer arriving
-    /// on this connection at all means it came from the address the client connected to.
-    fn ask(&mut self, line: &str) -> anyhow::Result<String> {
-        self.stream.write_all(format!("{line}\n").as_bytes())?;
-        let mut answer = String::new();
-        self.reader
-            .read_line(&mut answer)
-            .with_context(|| format!("reading the answer to {line:?}"))?;
-        let answer = answer.trim_end();
-        ident_of(answer, line)
-            .with_context(|| format!("answer {answer:?} to {line:?} is not \"IDENT {line}\""))
-    }
 }
 
 /// Collects failures across client threads, and says when to stop trying.
@@ -451,18 +410,22 @@ fn assert_path(what: &str, path: Path, before: &Counters, after: &Counters) {
                  partial-checksum; counters:\n{after}"
             );
             // A partial checksum is completed by the kernel on the way out: a frame the
-            // program transmitted itself would arrive with an incomplete checksum.
+            // program transmitted itself would arrive with an incomplete checksum. Packets the
+            // kernel builds whole (RSTs, TIME_WAIT ACKs) carry full checksums even with offload
+            // on and rightly take the fast path: allow a few, nothing systematic.
+            let partial = grown(Counter::PassPartialChecksum);
             for counter in [
                 Counter::FwdTx,
                 Counter::FwdRedirect,
                 Counter::ReplyTx,
                 Counter::ReplyRedirect,
             ] {
-                assert_eq!(
-                    grown(counter),
-                    0,
-                    "{what}: with partial checksums, {} grew; counters:\n{after}",
-                    counter.name()
+                assert!(
+                    grown(counter) * 50 <= partial,
+                    "{what}: with partial checksums, {} grew by {} ({partial} partial); \
+                     counters:\n{after}",
+                    counter.name(),
+                    grown(counter)
                 );
             }
         }

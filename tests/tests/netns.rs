@@ -25,14 +25,6 @@ fn ping(topo: &Topology, target: &str, count: u32) {
         .unwrap_or_else(|err| panic!("ping {target}: {err:#}"));
 }
 
-fn xdp_attached(topo: &Topology, iface: &str) -> bool {
-    let out = topo
-        .gateway
-        .exec("ip", &["link", "show", "dev", iface])
-        .expect("ip link show");
-    String::from_utf8_lossy(&out.stdout).contains(" xdp")
-}
-
 #[test]
 #[ignore = "needs root"]
 fn attached_program_counts_real_traffic_through_the_gateway() {
@@ -43,7 +35,7 @@ fn attached_program_counts_real_traffic_through_the_gateway() {
         .run(|| loaded.attach(GW_CLIENT_IF, AttachMode::Native))
         .expect("attach in native mode");
     assert_eq!(mode, AttachedMode::Native);
-    assert!(xdp_attached(&topo, GW_CLIENT_IF));
+    assert!(common::xdp_attached(&topo, GW_CLIENT_IF));
 
     // The echo requests cross the gateway's client-facing interface inbound: not to a VIP,
     // passed and counted (IPv6 neighbour discovery may add a few).
@@ -78,7 +70,7 @@ fn attached_program_counts_real_traffic_through_the_gateway() {
 
     drop(loaded);
     assert!(
-        !xdp_attached(&topo, GW_CLIENT_IF),
+        !common::xdp_attached(&topo, GW_CLIENT_IF),
         "dropping the program detaches it"
     );
 }
@@ -105,7 +97,7 @@ fn xdplb_run_attaches_counts_and_detaches_on_sigterm() {
     )
     .expect("start xdplb");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !xdp_attached(&topo, GW_CLIENT_IF) {
+    while !common::xdp_attached(&topo, GW_CLIENT_IF) {
         assert!(
             daemon.try_wait().expect("wait").is_none(),
             "xdplb exited early: {}",
@@ -129,7 +121,7 @@ fn xdplb_run_attaches_counts_and_detaches_on_sigterm() {
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "xdplb failed: {log}");
     assert!(
-        !xdp_attached(&topo, GW_CLIENT_IF),
+        !common::xdp_attached(&topo, GW_CLIENT_IF),
         "xdplb left XDP attached"
     );
     assert!(log.contains("XDP attached in native mode"), "{log}");

@@ -64,3 +64,12 @@ pub fn xdplb_bin() -> PathBuf {
     );
     bin
 }
+
+/// True if an XDP program is attached to `iface` of the topology's gateway.
+pub fn xdp_attached(topo: &lb_tests::netns::Topology, iface: &str) -> bool {
+    let out = topo
+        .gateway
+        .exec("ip", &["link", "show", "dev", iface])
+        .expect("ip link show");
+    String::from_utf8_lossy(&out.stdout).contains(" xdp")
+}
