@@ -63,6 +63,15 @@ pub const fn fold(mut sum: u64) -> u16 {
     sum as u16
 }
 
+/// The one's-complement sum of an odd-length segment's 16-bit words (the last byte padded with
+/// zero), from its first byte and the sum of the big-endian words that start at offset 1.
+/// Summing from offset 1 pairs every byte with the other half of a word, which only swaps the
+/// bytes of the sum (RFC 1071 §2(B)); the first byte is then the high half of word 0.
+#[inline(always)]
+pub const fn odd_segment_sum(first_byte: u8, sum_from_offset_1: u16) -> u16 {
+    fold(sum_from_offset_1.swap_bytes() as u64 + ((first_byte as u64) << 8))
+}
+
 /// True if a segment whose 16-bit words (checksum field included) sum to `segment_sum` carries
 /// a full, correct checksum for a pseudo-header summing to `pseudo_sum`: the whole sum is
 /// all ones.
@@ -251,6 +260,16 @@ mod tests {
             prop_assert!(full_checksum_verifies(pseudo, words(&l4)));
             l4[16..18].copy_from_slice(&pseudo.to_be_bytes());
             prop_assert_eq!(full_checksum_verifies(pseudo, words(&l4)), pseudo == check);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn odd_segments_sum_from_offset_one_like_from_zero(
+            bytes in proptest::collection::vec(any::<u8>(), 1..200).prop_filter("odd", |b| b.len() % 2 == 1),
+        ) {
+            let words = |seg: &[u8]| fold(seg.chunks(2).map(|c| u64::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum());
+            prop_assert_eq!(odd_segment_sum(bytes[0], words(&bytes[1..])), words(&bytes));
         }
     }
 

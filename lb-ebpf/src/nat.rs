@@ -4,7 +4,10 @@
 use lb_common::{
     Counter,
     flow::PROTO_UDP,
-    nat::{L4Checksum, Rewrite, classify, fold, full_checksum_verifies, pseudo_header_sum},
+    nat::{
+        L4Checksum, Rewrite, classify, fold, full_checksum_verifies, odd_segment_sum,
+        pseudo_header_sum,
+    },
 };
 
 use crate::{
@@ -94,9 +97,14 @@ const NO_SUM: u32 = u32::MAX;
 /// be partial.
 const MAX_SUMMED_SEGMENT: u32 = 1480;
 
-/// The one's-complement sum of the TCP/UDP segment's 16-bit words (checksum field included),
-/// or [`NO_SUM`] if it is longer than [`MAX_SUMMED_SEGMENT`], of odd length, or cut short. (A
-/// BPF function returns one scalar in a register, so no `Option`.)
+/// The one's-complement sum of the TCP/UDP segment's 16-bit words (checksum field included,
+/// an odd last byte padded with zero), or [`NO_SUM`] if it is longer than
+/// [`MAX_SUMMED_SEGMENT`] or cut short. (A BPF function returns one scalar in a register, so no
+/// `Option`.)
+///
+/// An odd-length segment is summed in words from offset 1 (`odd_segment_sum` turns that into
+/// the sum from offset 0): the verifier accepts 2-byte reads in the loop, but not the
+/// compiler's code for a lone last byte.
 ///
 /// Not inlined: the loop is verified once, and it runs for about one packet in 65536.
 #[inline(never)]
@@ -104,20 +112,31 @@ fn segment_sum(pkt: &Packet, l3: &L3) -> u32 {
     let len = l3.l4_len;
     // Bound the start on its own: the compiler adds it to the packet pointer outside the loop.
     let start = l3.l4_off;
-    // Odd lengths are left out: the verifier rejects the compiler's code for the last byte.
-    if len > MAX_SUMMED_SEGMENT || len % 2 == 1 || start > crate::ptr::MAX_OFFSET {
+    if !(2..=MAX_SUMMED_SEGMENT).contains(&len) || start > crate::ptr::MAX_OFFSET {
         return NO_SUM;
     }
+    let odd = len % 2 == 1;
+    let (base, count) = if odd {
+        (start + 1, len - 1)
+    } else {
+        (start, len)
+    };
     let mut sum: u64 = 0;
     for i in 0..MAX_SUMMED_SEGMENT / 2 {
         let at = 2 * i;
-        if at + 2 > len {
+        if at + 2 > count {
             break;
         }
-        let Some(word) = pkt.ref_at::<[u8; 2]>(start + at as usize) else {
+        let Some(word) = pkt.ref_at::<[u8; 2]>(base + at as usize) else {
             return NO_SUM;
         };
         sum += u64::from(u16::from_be_bytes(*word));
     }
-    u32::from(fold(sum))
+    if !odd {
+        return u32::from(fold(sum));
+    }
+    let Some(first) = pkt.ref_at::<[u8; 2]>(start) else {
+        return NO_SUM;
+    };
+    u32::from(odd_segment_sum(first[0], fold(sum)))
 }

@@ -260,6 +260,24 @@ fn to_one_of(backends: &'static [&'static str]) -> Expect {
     }))
 }
 
+/// A payload of `len` bytes that gives the TCP segment `src` → `dst` (ACK) a full checksum
+/// equal to its pseudo-header sum: the value a partial checksum would hold.
+fn colliding_payload(src: &str, dst: &str, len: usize) -> Vec<u8> {
+    (0..=u16::MAX)
+        .map(|n| {
+            let mut payload = n.to_be_bytes().to_vec();
+            payload.resize(len, 0x5a);
+            payload
+        })
+        .find(|payload| {
+            let f = frame(sa(src), sa(dst), ACK, payload);
+            let at = l4_checksum_offset(&f);
+            let check = u16::from_be_bytes([f[at], f[at + 1]]);
+            check == partial_checksum(sa(src).ip(), sa(dst).ip(), 6, 20 + len)
+        })
+        .expect("some payload collides")
+}
+
 /// Cuts `frame` to `len` bytes, fixing nothing.
 fn cut(frame: &[u8], len: usize) -> Vec<u8> {
     frame[..len].to_vec()
@@ -347,6 +365,8 @@ fn fixtures() {
         L4::Udp,
         b"query",
     );
+    let collide = colliding_payload("198.18.0.2:40010", "198.19.0.1:80", 2);
+    let collide_odd = colliding_payload("198.18.0.2:40011", "198.19.0.1:80", 3);
 
     // Requests, arriving from the client.
     let from_client = vec![
@@ -640,6 +660,25 @@ fn fixtures() {
                 "fd00:0:0:1::2".parse().unwrap(),
             )),
         ),
+        Case::new(
+            "a full checksum that equals the pseudo-header sum is told from a partial one",
+            frame(sa("198.18.0.2:40010"), sa("198.19.0.1:80"), ACK, &collide),
+            XdpAction::Redirect,
+            Expect::Frame(lab.to_b0("198.18.0.2:40010", "198.18.1.2:8080", ACK, &collide)),
+        )
+        .counter("fwd_redirect"),
+        Case::new(
+            "the same for an odd-length segment",
+            frame(
+                sa("198.18.0.2:40011"),
+                sa("198.19.0.1:80"),
+                ACK,
+                &collide_odd,
+            ),
+            XdpAction::Redirect,
+            Expect::Frame(lab.to_b0("198.18.0.2:40011", "198.18.1.2:8080", ACK, &collide_odd)),
+        )
+        .counter("fwd_redirect"),
         Case::new(
             "IPv6 with a hop-by-hop header to a VIP is balanced",
             with_ipv6_ext(
