@@ -167,11 +167,8 @@ impl Agent {
         self.save()
     }
 
-    /// Counts active flows per backend from the connection table and publishes them for
-    /// least-connections.
-    pub fn count_connections(&mut self) -> anyhow::Result<()> {
-        let now = monotonic_ns()?;
-        let (active, _walked) = self.balancer.maps().active_flows(now, &self.timeouts);
+    /// Publishes counted active flows per backend for least-connections.
+    pub fn publish_connections(&mut self, active: HashMap<u32, u32>) -> anyhow::Result<()> {
         let ids: Vec<u32> = self
             .balancer
             .vips()
@@ -231,20 +228,34 @@ pub async fn apply_health_events(
     }
 }
 
-/// Counts connections every `period` until the runtime stops.
-pub async fn count_connections_every(agent: Shared, period: Duration) {
+/// Counts connections every `period` until the runtime stops. The walk of the connection table
+/// (one syscall per entry) runs on its own map handle without the agent's lock, so the API
+/// stays responsive; the lock is taken only to publish.
+pub async fn count_connections_every(
+    agent: Shared,
+    conntrack: crate::maps::Conntrack,
+    period: Duration,
+) {
+    let conntrack = Arc::new(conntrack);
     let mut ticker = tokio::time::interval(period);
     loop {
         ticker.tick().await;
-        let agent = Arc::clone(&agent);
-        let result = tokio::task::spawn_blocking(move || {
-            agent.lock().expect("agent lock").count_connections()
+        let timeouts = agent.lock().unwrap_or_else(|p| p.into_inner()).timeouts;
+        let table = Arc::clone(&conntrack);
+        let counted = tokio::task::spawn_blocking(move || {
+            monotonic_ns().map(|now| crate::maps::active_flows(&table, now, &timeouts).0)
         })
         .await;
-        match result {
-            Ok(Ok(())) => {}
-            Ok(Err(err)) => warn!("counting connections: {err:#}"),
-            Err(err) => warn!("counting connections: {err}"),
+        let result = match counted {
+            Ok(Ok(active)) => agent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .publish_connections(active),
+            Ok(Err(err)) => Err(err),
+            Err(err) => Err(err.into()),
+        };
+        if let Err(err) = result {
+            warn!("counting connections: {err:#}");
         }
     }
 }

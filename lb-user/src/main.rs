@@ -426,8 +426,13 @@ async fn run_agent(
     }
     let app = api::router(Arc::clone(&shared), shutdown_tx);
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let conntrack = {
+        let agent = shared.lock().expect("agent lock");
+        lb_user::pin::open_map(agent.pinned.dir(), lb_common::maps::CONNTRACK_MAP)?
+    };
     tokio::spawn(agent::count_connections_every(
         Arc::clone(&shared),
+        conntrack,
         Duration::from_secs(2),
     ));
     let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -16,7 +16,6 @@ use lb_common::maps::{
 use lb_common::{
     FlowKey,
     conntrack::{FlowState, Timeouts, is_expired},
-    maps::CONNTRACK_MAP,
 };
 
 /// What the balancer writes and reads in the data path's maps.
@@ -46,7 +45,6 @@ pub struct BpfMaps {
     settings: Array<MapData, Settings>,
     vip_stats: PerCpuArray<MapData, Stats>,
     backend_stats: PerCpuArray<MapData, Stats>,
-    conntrack: BpfHashMap<MapData, FlowKey, FlowState>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
@@ -72,7 +70,6 @@ impl BpfMaps {
             settings: take(ebpf, SETTINGS_MAP)?,
             vip_stats: take(ebpf, VIP_STATS_MAP)?,
             backend_stats: take(ebpf, BACKEND_STATS_MAP)?,
-            conntrack: take(ebpf, CONNTRACK_MAP)?,
         })
     }
 
@@ -89,26 +86,7 @@ impl BpfMaps {
             settings: open_map(dir, SETTINGS_MAP)?,
             vip_stats: open_map(dir, VIP_STATS_MAP)?,
             backend_stats: open_map(dir, BACKEND_STATS_MAP)?,
-            conntrack: open_map(dir, CONNTRACK_MAP)?,
         })
-    }
-
-    /// Tracked flows per backend id that have not expired at `now_ns` (the data path's
-    /// `CLOCK_MONOTONIC`), by walking the connection table, and the number of entries walked.
-    pub fn active_flows(&self, now_ns: u64, timeouts: &Timeouts) -> (HashMap<u32, u32>, usize) {
-        let mut active: HashMap<u32, u32> = HashMap::new();
-        let mut walked = 0;
-        for (_, state) in self.conntrack.iter().flatten() {
-            walked += 1;
-            let open = !matches!(
-                state.state,
-                lb_common::conntrack::STATE_CLOSED | lb_common::conntrack::STATE_FIN
-            );
-            if open && !is_expired(&state, now_ns, timeouts) {
-                *active.entry(state.backend_id).or_default() += 1;
-            }
-        }
-        (active, walked)
     }
 
     /// The number of entries of the slots array.
@@ -168,6 +146,32 @@ impl Maps for BpfMaps {
     fn backend_stats(&self, index: u32) -> anyhow::Result<Stats> {
         Ok(sum(self.backend_stats.get(&index, 0)?))
     }
+}
+
+/// The connection table, for counting flows (a handle of its own, so that walking it needs
+/// nothing else).
+pub type Conntrack = BpfHashMap<MapData, FlowKey, FlowState>;
+
+/// Tracked flows per backend id that are open and have not expired at `now_ns` (the data path's
+/// `CLOCK_MONOTONIC`), by walking the connection table; and the number of entries walked.
+pub fn active_flows(
+    conntrack: &Conntrack,
+    now_ns: u64,
+    timeouts: &Timeouts,
+) -> (HashMap<u32, u32>, usize) {
+    let mut active: HashMap<u32, u32> = HashMap::new();
+    let mut walked = 0;
+    for (_, state) in conntrack.iter().flatten() {
+        walked += 1;
+        let open = !matches!(
+            state.state,
+            lb_common::conntrack::STATE_CLOSED | lb_common::conntrack::STATE_FIN
+        );
+        if open && !is_expired(&state, now_ns, timeouts) {
+            *active.entry(state.backend_id).or_default() += 1;
+        }
+    }
+    (active, walked)
 }
 
 /// An in-memory twin of the maps, for unit tests of the balancer.
