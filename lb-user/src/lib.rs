@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod autoscale;
 pub mod balancer;
 pub mod client;
 pub mod config;

@@ -79,6 +79,15 @@ enum Command {
         #[arg(long)]
         detach: bool,
     },
+    /// Autoscaling tools (offline; no agent needed).
+    #[command(subcommand)]
+    Autoscale(AutoscaleCommand),
+}
+
+#[derive(Subcommand)]
+enum AutoscaleCommand {
+    /// Replay a load trace against the scaling policies and report how each does.
+    Simulate(lb_user::autoscale::cli::SimulateArgs),
 }
 
 #[derive(Subcommand)]
@@ -220,6 +229,9 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => run(args, &cli.socket),
+        Command::Autoscale(AutoscaleCommand::Simulate(args)) => {
+            lb_user::autoscale::cli::simulate_command(&args)
+        }
         command => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -597,7 +609,7 @@ fn print<T: serde::Serialize>(
 
 async fn client_command(command: Command, socket: &Path, output: Output) -> anyhow::Result<()> {
     match command {
-        Command::Run(_) => unreachable!("handled in main"),
+        Command::Run(_) | Command::Autoscale(_) => unreachable!("handled in main"),
         Command::Vip(VipCommand::Add {
             vip,
             scheduler,

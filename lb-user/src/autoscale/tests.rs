@@ -1,0 +1,398 @@
+//! Acceptance tests: the policies on synthetic and shipped traces, the chart.
+
+use std::path::PathBuf;
+
+use super::{
+    cli::run_policies,
+    svg::{ChartOptions, chart, chart_points},
+    *,
+};
+
+fn repo_file(path: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(path)
+}
+
+fn limits(min: u32, max: u32) -> Limits {
+    Limits {
+        min,
+        max,
+        ..Limits::default()
+    }
+}
+
+/// Feeds `signal(t)` for `t` in `range` with a fixed pool of `current`; the seconds at which
+/// the policy asked for a change, with the count it asked for.
+fn fires(
+    policy: &mut dyn Policy,
+    range: std::ops::Range<u64>,
+    current: u32,
+    signal: impl Fn(u64) -> f64,
+) -> Vec<(u64, u32)> {
+    let mut history = History::new(3600);
+    range
+        .filter_map(|t| {
+            history.push(t, signal(t));
+            let d = policy.decide(t, &history, current);
+            (d.desired != current).then_some((t, d.desired))
+        })
+        .collect()
+}
+
+fn above_800_for_30s() -> RulesPolicy {
+    RulesPolicy::new(
+        vec![StepRule {
+            comparison: Comparison::Above,
+            threshold: 800.0,
+            duration_s: 30,
+            change: 2,
+        }],
+        Limits {
+            scale_out_cooldown_s: 120,
+            ..limits(1, 100)
+        },
+    )
+}
+
+#[test]
+fn step_rule_needs_its_whole_duration() {
+    // 10 backends; 9000 total (900 per backend) from t = 100 for 29 s, then 500.
+    let short = fires(&mut above_800_for_30s(), 0..400, 10, |t| {
+        if (100..129).contains(&t) {
+            9000.0
+        } else {
+            5000.0
+        }
+    });
+    assert_eq!(short, [], "29 s above the threshold must not fire");
+    // For 30 s exactly: fires at the 30th second, t = 129, once.
+    let exact = fires(&mut above_800_for_30s(), 0..400, 10, |t| {
+        if (100..130).contains(&t) {
+            9000.0
+        } else {
+            5000.0
+        }
+    });
+    assert_eq!(exact, [(129, 12)]);
+    // A one-second dip resets the run.
+    let dip = fires(&mut above_800_for_30s(), 0..200, 10, |t| {
+        if (100..160).contains(&t) && t != 120 {
+            9000.0
+        } else {
+            5000.0
+        }
+    });
+    assert_eq!(dip, [(150, 12)]);
+}
+
+#[test]
+fn step_rule_respects_its_cooldown() {
+    // Above the threshold throughout (the pool is not resized here): fires at 29, then every
+    // 120 s cooldown (the run restarts after each action, and 30 s < 120 s).
+    let fired = fires(&mut above_800_for_30s(), 0..400, 10, |_| 9000.0);
+    assert_eq!(fired, [(29, 12), (149, 12), (269, 12), (389, 12)]);
+    // A scale-in rule: below 200 for 300 s, remove 1, with the scale-in cooldown.
+    let mut rules = RulesPolicy::new(
+        vec![StepRule {
+            comparison: Comparison::Below,
+            threshold: 200.0,
+            duration_s: 300,
+            change: -1,
+        }],
+        Limits {
+            scale_in_cooldown_s: 600,
+            ..limits(1, 100)
+        },
+    );
+    let fired = fires(&mut rules, 0..1500, 10, |_| 1000.0);
+    assert_eq!(fired, [(299, 9), (899, 9), (1499, 9)]);
+}
+
+#[test]
+fn rules_policy_in_the_simulator_fires_at_the_expected_second() {
+    // 4 backends at 500 each: 1500 until t = 600 (375 per backend: no rule), then 4000 (1000
+    // per backend). The default rules: above 750 for 30 s: +5; above 450 for 60 s: +2.
+    let trace = Trace::new(vec![
+        (0, 1500.0),
+        (599, 1500.0),
+        (600, 4000.0),
+        (1800, 4000.0),
+    ])
+    .expect("trace");
+    let config = SimConfig {
+        initial: 4,
+        provisioning_delay_s: 60,
+        ..SimConfig::new(500.0)
+    };
+    let result = simulate(
+        &trace,
+        &mut RulesPolicy::for_target(500.0, limits(1, 100)),
+        &config,
+    );
+    // 1000 per backend > 750 (1.5 x 500) from t = 600: +5 at t = 629, serving at 689.
+    let changes: Vec<_> = result
+        .points
+        .windows(2)
+        .filter(|w| w[0].allocated != w[1].allocated)
+        .map(|w| (w[1].t, w[1].allocated))
+        .collect();
+    assert_eq!(result.scale_outs, 1, "{} {changes:?}", result.summary());
+    assert_eq!(result.time_above_target_s, 89);
+    let p = result.points.iter().find(|p| p.t == 660).expect("point");
+    assert_eq!((p.allocated, p.serving), (9, 4));
+    let p = result.points.iter().find(|p| p.t == 720).expect("point");
+    assert_eq!((p.allocated, p.serving), (9, 9));
+}
+
+#[test]
+fn target_tracking_converges_on_a_step() {
+    // 2000 then 10000 at 500 per backend: 4, then 20 backends; back to 2000: 4 again once the
+    // lower count held for the 300 s window (and the scale-in cooldown passed).
+    let trace = Trace::new(vec![
+        (0, 2000.0),
+        (1000, 2000.0),
+        (1001, 10_000.0),
+        (3000, 10_000.0),
+        (3001, 2000.0),
+        (5000, 2000.0),
+    ])
+    .expect("trace");
+    let config = SimConfig {
+        initial: 4,
+        provisioning_delay_s: 120,
+        ..SimConfig::new(500.0)
+    };
+    let mut policy = TargetTracking::new(TargetConfig::new(500.0), limits(1, 100));
+    let result = simulate(&trace, &mut policy, &config);
+    let at = |t| {
+        result
+            .points
+            .iter()
+            .find(|p| p.t == t)
+            .expect("point")
+            .allocated
+    };
+    assert_eq!(at(960), 4);
+    assert_eq!(at(2940), 20);
+    assert_eq!(at(4980), 4);
+    // The 30 s average crosses thresholds on the way up: a few steps, each at most 60 s apart.
+    assert!(result.scale_outs <= 3, "{}", result.summary());
+    // Down: not before the 300 s stabilisation window.
+    let first_down = result
+        .points
+        .iter()
+        .find(|p| p.t > 3000 && p.allocated < 20)
+        .expect("scaled in");
+    assert!(first_down.t >= 3300, "scaled in at {}", first_down.t);
+    // Above target only while the new backends provisioned: about 120 s + the averaging lag.
+    assert!(
+        (120..=200).contains(&result.time_above_target_s),
+        "{}",
+        result.summary()
+    );
+}
+
+#[test]
+fn target_tracking_does_not_flap_under_noise() {
+    // An hour of ±10% noise (a new value every 10 s) around 5000 at 500 per backend.
+    let mut rng = traces::Rng::new(3);
+    let trace = Trace::new(
+        (0..=360)
+            .map(|i| (i * 10, 5000.0 * (1.0 + 0.1 * (2.0 * rng.unit() - 1.0))))
+            .collect(),
+    )
+    .expect("trace");
+    let config = SimConfig {
+        initial: 10,
+        ..SimConfig::new(500.0)
+    };
+    let mut policy = TargetTracking::new(TargetConfig::new(500.0), limits(1, 100));
+    let result = simulate(&trace, &mut policy, &config);
+    assert!(result.actions <= 4, "{}", result.summary());
+    let last = result.points.last().expect("points").allocated;
+    assert!((10..=12).contains(&last), "{}", result.summary());
+}
+
+#[test]
+fn target_tracking_holds_min_max_and_step() {
+    let trace = Trace::new(vec![(0, 100.0), (10, 100_000.0), (600, 100_000.0)]).expect("trace");
+    let config = SimConfig {
+        initial: 3,
+        min: 3,
+        max: 40,
+        provisioning_delay_s: 0,
+        ..SimConfig::new(500.0)
+    };
+    let lim = Limits {
+        max_step: 10,
+        scale_out_cooldown_s: 30,
+        ..limits(3, 40)
+    };
+    let result = simulate(
+        &trace,
+        &mut TargetTracking::new(TargetConfig::new(500.0), lim),
+        &config,
+    );
+    assert_eq!(result.peak_allocated, 40);
+    assert_eq!(result.points[0].allocated, 3, "never below min");
+    // 3 -> 13 -> 23 -> 33 -> 40: four scale-outs, the cooldown between them.
+    assert_eq!(result.scale_outs, 4, "{}", result.summary());
+}
+
+#[test]
+fn predictive_falls_back_to_target_tracking_while_warming_up() {
+    // One day of a diurnal trace: the daily model needs two days, so it equals target tracking.
+    let trace = traces::diurnal_week();
+    let day: Vec<_> = trace
+        .samples()
+        .iter()
+        .copied()
+        .filter(|&(t, _)| t <= 86_400)
+        .collect();
+    let day = Trace::new(day).expect("trace");
+    let config = SimConfig::new(500.0);
+    let target = simulate(
+        &day,
+        &mut TargetTracking::new(TargetConfig::new(500.0), Limits::default()),
+        &config,
+    );
+    let predictive = simulate(
+        &day,
+        &mut Predictive::new(PredictiveConfig::daily(500.0, 300), Limits::default()),
+        &config,
+    );
+    assert_eq!(target.points, predictive.points);
+}
+
+#[test]
+fn trend_model_scales_ahead_of_a_ramp() {
+    // A steady climb from 2000 to 12000 over 2 h: the trend model asks for backends ahead.
+    let trace = Trace::new(vec![(0, 2000.0), (1800, 2000.0), (9000, 12_000.0)]).expect("trace");
+    let config = SimConfig {
+        initial: 4,
+        ..SimConfig::new(500.0)
+    };
+    let target = simulate(
+        &trace,
+        &mut TargetTracking::new(TargetConfig::new(500.0), Limits::default()),
+        &config,
+    );
+    let trend = simulate(
+        &trace,
+        &mut Predictive::new(PredictiveConfig::trend(500.0, 300), Limits::default()),
+        &config,
+    );
+    assert!(
+        trend.time_above_target_s * 2 < target.time_above_target_s,
+        "trend: {}\ntarget: {}",
+        trend.summary(),
+        target.summary()
+    );
+}
+
+fn diurnal_config() -> SimConfig {
+    SimConfig {
+        provisioning_delay_s: 300,
+        initial: 6,
+        ..SimConfig::new(500.0)
+    }
+}
+
+#[test]
+fn predictive_beats_target_on_the_diurnal_week() {
+    let trace = Trace::load(&repo_file("examples/traces/diurnal-week.csv")).expect("trace");
+    let results = run_policies(&trace, &PolicyKind::ALL, &diurnal_config());
+    for r in &results {
+        eprintln!("{}", r.summary());
+    }
+    let [target, _rules, predictive] = &results[..] else {
+        panic!("three results");
+    };
+    let above = predictive.time_above_target_s as f64 / target.time_above_target_s as f64;
+    let cost = predictive.backend_minutes / target.backend_minutes;
+    assert!(
+        above <= 0.7,
+        "predictive above target {:.0}% of target's",
+        above * 100.0
+    );
+    assert!(
+        cost <= 1.15,
+        "predictive uses {:.1}% more",
+        (cost - 1.0) * 100.0
+    );
+}
+
+#[test]
+fn flash_sale_report() {
+    let trace = Trace::load(&repo_file("examples/traces/flash-sale.csv")).expect("trace");
+    let results = run_policies(&trace, &PolicyKind::ALL, &diurnal_config());
+    for r in &results {
+        eprintln!("{}", r.summary());
+        // Every policy reaches the ~40 backends the sale needs, and gives them back after.
+        assert!(r.peak_allocated >= 38, "{}", r.summary());
+        let last = r.points.last().expect("points").allocated;
+        // Target tracking and predictive give them back within the trace; the default rules
+        // (-1 per 5 min) more slowly.
+        let back = if r.policy == "rules" { 30 } else { 8 };
+        assert!(last <= back, "{} (ends with {last})", r.summary());
+    }
+}
+
+#[test]
+fn shipped_traces_are_the_generated_ones() {
+    for (name, trace) in traces::all() {
+        let path = repo_file("examples/traces").join(name);
+        let csv = trace.to_csv();
+        if std::env::var_os("XDPLB_WRITE_TRACES").is_some() {
+            std::fs::write(&path, &csv).expect("writing the trace");
+        }
+        let shipped = std::fs::read_to_string(&path).expect("reading the trace");
+        assert!(shipped.len() < 1 << 20, "{name} is over 1 MB");
+        assert_eq!(shipped, csv, "{name} differs from its generator");
+        assert_eq!(Trace::parse_csv(&shipped).expect("parses"), trace);
+    }
+}
+
+#[test]
+fn diurnal_chart_renders() {
+    let trace = Trace::load(&repo_file("examples/traces/diurnal-week.csv")).expect("trace");
+    let kinds = [PolicyKind::Target, PolicyKind::Predictive];
+    let results = run_policies(&trace, &kinds, &diurnal_config());
+    let refs: Vec<&SimResult> = results.iter().collect();
+    let options = ChartOptions {
+        from: 4 * 86_400,
+        to: 6 * 86_400,
+        max_points: 1500,
+        ..ChartOptions::new(
+            "diurnal-week.csv, days 5-6: target tracking vs predictive (500/backend, 300 s provisioning)",
+        )
+    };
+    let svg = chart(&refs, &options);
+    if std::env::var_os("XDPLB_WRITE_CHART").is_some() {
+        std::fs::write(repo_file("docs/autoscale-diurnal.svg"), &svg).expect("writing the chart");
+    }
+    assert!(svg.starts_with("<svg"), "{}", &svg[..40]);
+    assert!(svg.trim_end().ends_with("</svg>"));
+    let n = chart_points(&results[0], &options).len();
+    assert_eq!(n, 24 * 60 + 1, "one point every two minutes over two days");
+    let counts: Vec<usize> = svg
+        .lines()
+        .filter(|l| l.starts_with("<polyline"))
+        .map(|l| {
+            let points = l
+                .split("points=\"")
+                .nth(1)
+                .expect("points")
+                .trim_end_matches("\"/>");
+            for pair in points.split(' ') {
+                let (x, y) = pair.split_once(',').expect("x,y");
+                let (x, y): (f64, f64) = (x.parse().expect("x"), y.parse().expect("y"));
+                assert!((0.0..=1200.0).contains(&x) && (0.0..=560.0).contains(&y));
+            }
+            points.split(' ').count()
+        })
+        .collect();
+    // Load, then per policy capacity and backends (a step line: two points per change).
+    assert_eq!(counts, [n, n, 2 * n - 1, n, 2 * n - 1]);
+    assert_eq!(svg.matches("<svg").count(), 1);
+    assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
+}
