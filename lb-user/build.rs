@@ -1,6 +1,7 @@
 //! Builds the XDP program (`lb-ebpf`) for `bpfel-unknown-none` with aya-build and leaves the
 //! object in `OUT_DIR/lb`, where `loader.rs` embeds it, next to the benchmark baselines
-//! (`OUT_DIR/bench_pass`, `OUT_DIR/bench_tx`; every binary of `lb-ebpf` lands there).
+//! (`OUT_DIR/bench_pass`, `OUT_DIR/bench_tx`) and the end-to-end benchmark's generator and
+//! sink (`OUT_DIR/bench_gen`, `OUT_DIR/bench_drop`; every binary of `lb-ebpf` lands there).
 //!
 //! `XDPLB_BUILD_EBPF` decides: `1` builds (and fails without bpf-linker), `0` writes an empty
 //! stub, unset builds when `bpf-linker` is on `PATH` and writes the stub otherwise, so that
@@ -12,8 +13,8 @@ use std::{env, fs, path::PathBuf};
 use anyhow::{Context as _, bail};
 
 const OBJECT: &str = "lb";
-/// The benchmark baselines, other binaries of `lb-ebpf`.
-const BASELINES: [&str; 2] = ["bench_pass", "bench_tx"];
+/// The benchmark baselines, generator and sink, other binaries of `lb-ebpf`.
+const BASELINES: [&str; 4] = ["bench_pass", "bench_tx", "bench_gen", "bench_drop"];
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=XDPLB_BUILD_EBPF");

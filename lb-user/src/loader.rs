@@ -28,8 +28,20 @@ pub static BASELINE_PASS: &[u8] =
 /// `XDP_TX`. Empty without bpf-linker.
 pub static BASELINE_TX: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_tx"));
 
-/// Loads a benchmark baseline object ([`BASELINE_PASS`], [`BASELINE_TX`]) and its one XDP
-/// program, named `program`, into the kernel.
+/// End-to-end benchmark generator: an XDP program `bench_gen` that writes the headers held in
+/// its map `BENCH_GEN_HEADERS` (Ethernet, IPv4, UDP: 42 bytes) into the frame with a random
+/// source port and returns `XDP_TX`, for `BPF_PROG_TEST_RUN` in live-frames mode. Empty without
+/// bpf-linker.
+pub static BASELINE_GEN: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_gen"));
+
+/// End-to-end benchmark sink: an XDP program `bench_drop` that drops every frame. Empty without
+/// bpf-linker.
+pub static BASELINE_DROP: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_drop"));
+
+/// Loads a benchmark baseline object ([`BASELINE_PASS`], [`BASELINE_TX`], [`BASELINE_GEN`],
+/// [`BASELINE_DROP`]) and its one XDP program, named `program`, into the kernel.
 pub fn load_baseline(object: &[u8], program: &str) -> anyhow::Result<Ebpf> {
     if object.is_empty() {
         bail!(

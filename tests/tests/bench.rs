@@ -12,6 +12,9 @@
 //! `XDP_TX` baseline is measured both ways, which checks the method. The first call of every
 //! case is checked (action, counter, rewritten addresses). The program runs without an ingress
 //! interface, so translated packets end in `pass_fib` (FIB lookup included, no transmit).
+//!
+//! **End to end over veth.** Forwarded packets per second of small UDP frames through a gateway
+//! namespace running xdplb, nftables DNAT or plain routing (see [`end_to_end`]).
 
 mod common;
 
@@ -19,12 +22,13 @@ use std::{
     hint::black_box,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     os::fd::{AsFd as _, AsRawFd as _},
-    time::Instant,
+    process::Command,
+    time::{Duration, Instant},
 };
 
 use aya::{
-    maps::{HashMap, Map, MapData, MapInfo},
-    programs::{TestRun as _, TestRunOptions, Xdp},
+    maps::{Array, HashMap, Map, MapData, MapInfo},
+    programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use lb_common::{
@@ -33,10 +37,16 @@ use lb_common::{
     maglev::{DEFAULT_RING_SIZE, MaglevBackend, build_table, changed_slots},
     maps::{CONNTRACK_MAP, REVERSE_NAT_MAP},
 };
-use lb_tests::packet::{L4, describe, frame, tcp_flags};
+use lb_tests::{
+    netns::{GW_CLIENT_IF, HOST_IF, Netns, Topology, gw_backend_if},
+    packet::{L4, Link, describe, frame, frame_with, tcp_flags},
+};
 use lb_user::{
     balancer::{BackendSpec, Balancer, Vip, VipOptions},
-    loader::{BASELINE_PASS, BASELINE_TX, Loaded, load_baseline},
+    loader::{
+        AttachMode, BASELINE_DROP, BASELINE_GEN, BASELINE_PASS, BASELINE_TX, Loaded, if_index,
+        load_baseline,
+    },
     maps::BpfMaps,
 };
 use serde_json::{Value, json};
@@ -109,6 +119,13 @@ fn xtask_bench_suite() {
     let scaling = scaling(&mut loaded, &mut balancer, pass, &params);
     eprintln!("bench: maglev");
     let maglev = maglev();
+    // Out of the way of the per-packet figures: the generator has a CPU, the gateway the other.
+    eprintln!("bench: end to end over veth");
+    let end_to_end = if quick {
+        end_to_end(3, 1)
+    } else {
+        end_to_end(5, 2)
+    };
 
     let results = json!({
         "quick": quick,
@@ -119,6 +136,7 @@ fn xtask_bench_suite() {
         "scaling": scaling,
         "maglev": maglev,
         "memory": memory,
+        "end_to_end": end_to_end,
         "seconds": start.elapsed().as_secs_f64(),
     });
     if let Some(dir) = std::path::Path::new(&out).parent() {
@@ -603,4 +621,396 @@ fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     s[s.len() / 2]
+}
+
+// ---------------------------------------------------------------------------------------------
+// End to end over veth.
+// ---------------------------------------------------------------------------------------------
+
+/// The VIP of the end-to-end runs, and the sink (backend 0 of the topology) behind it.
+const E2E_VIP: &str = "198.19.0.1:9";
+const E2E_SINK: &str = "198.18.1.2:9";
+/// 60 bytes: Ethernet, IPv4 and UDP headers and 18 bytes of payload, 64 on the wire with FCS.
+const E2E_PAYLOAD: usize = 18;
+/// Ethernet, IPv4 and UDP headers, which `bench_gen` writes into every frame.
+const GEN_HEADERS: usize = 14 + 20 + 8;
+/// Frames per live-frames batch (the kernel's default is 64, its maximum 256).
+const E2E_BATCH: u32 = 64;
+/// Runs (frames) per `BPF_PROG_TEST_RUN` call of the generator; it checks the clock between
+/// calls.
+const E2E_CHUNK: u32 = 100_000;
+
+/// Forwarded packets per second of small UDP frames, over veth: generator (the topology's
+/// client) → gateway → sink (backend 0), for xdplb (NAT, native XDP on `gc` and `gb0`), an
+/// nftables DNAT rule, and plain routing to the sink's address; plus the generator's ceiling
+/// (the same generator into an XDP program on `gc` that drops what it counts).
+///
+/// The generator is `bench_gen` run by `BPF_PROG_TEST_RUN` in XDP live-frames mode from a
+/// thread in the generator's namespace: every frame is transmitted out of its `eth0`, a 60-byte
+/// UDP frame from 198.18.0.2 with a random source port (many flows) to the VIP (or the sink).
+/// The sink runs `bench_drop` on its `eth0`, whose `rx_packets` counts every frame it got; the
+/// forwarded rate is that count over the generator's wall time. `gc` has GRO on (which
+/// gives a veth the NAPI context frames sent to it by XDP need) and threaded NAPI if the
+/// kernel lets us, so that the gateway's work runs in a kernel thread beside the generator.
+fn end_to_end(rounds: usize, secs: u64) -> Value {
+    let topo = Topology::new(1).unwrap_or_else(|err| panic!("topology: {err:#}"));
+    let (generator, gateway, sink) = (&topo.client, &topo.gateway, &topo.backends[0]);
+    let mac = |ns: &Netns, iface: &str| {
+        ns.mac(iface)
+            .unwrap_or_else(|err| panic!("MAC of {iface}: {err:#}"))
+    };
+    let (gen_mac, gc_mac, sink_mac) = (
+        mac(generator, HOST_IF),
+        mac(gateway, GW_CLIENT_IF),
+        mac(sink, HOST_IF),
+    );
+    let gb0 = gw_backend_if(0);
+    let sink_ip = sa(E2E_SINK).ip().to_string();
+    ns_ok(
+        gateway,
+        "ip",
+        &[
+            "neigh",
+            "replace",
+            &sink_ip,
+            "lladdr",
+            &mac_string(sink_mac),
+            "dev",
+            &gb0,
+            "nud",
+            "permanent",
+        ],
+    );
+    ns_ok(gateway, "ethtool", &["-K", GW_CLIENT_IF, "gro", "on"]);
+    let threaded = Command::new("ip")
+        .args(["netns", "exec", &gateway.name, "sh", "-c"])
+        .arg(format!("echo 1 > /sys/class/net/{GW_CLIENT_IF}/threaded"))
+        .status()
+        .is_ok_and(|status| status.success());
+    if !threaded {
+        eprintln!(
+            "bench: threaded NAPI on {GW_CLIENT_IF} refused; the gateway shares the generator's CPU"
+        );
+    }
+
+    let mut sink_drop = load_baseline(BASELINE_DROP, "bench_drop").expect("bench_drop");
+    sink.run(|| xdp(&mut sink_drop, "bench_drop").attach(HOST_IF, XdpMode::Driver))
+        .unwrap_or_else(|err| panic!("attaching bench_drop to the sink: {err}"));
+    let mut gen_ebpf = load_baseline(BASELINE_GEN, "bench_gen").expect("bench_gen");
+    let mut gen_headers: Array<MapData, [u8; GEN_HEADERS]> = gen_ebpf
+        .take_map("BENCH_GEN_HEADERS")
+        .expect("map BENCH_GEN_HEADERS")
+        .try_into()
+        .expect("BENCH_GEN_HEADERS type");
+    let gen_prog = xdp(&mut gen_ebpf, "bench_gen");
+
+    let link = Link {
+        src_mac: gen_mac,
+        dst_mac: gc_mac,
+        ttl: 64,
+    };
+    let source = SocketAddr::new(IpAddr::V4(generator.v4), 1024);
+    let payload = [0u8; E2E_PAYLOAD];
+    let to_vip = frame_with(link, source, sa(E2E_VIP), L4::Udp, &payload);
+    let to_sink = frame_with(link, source, sa(E2E_SINK), L4::Udp, &payload);
+    let duration = Duration::from_secs(secs);
+    let mut run = |frame: &[u8], counter: (&Netns, &str)| {
+        // Frames come back from the gateway rewritten: the generator writes these headers into
+        // every frame it sends.
+        let headers: [u8; GEN_HEADERS] = frame[..GEN_HEADERS].try_into().expect("headers");
+        gen_headers.set(0, headers, 0).expect("BENCH_GEN_HEADERS");
+        let runs: Vec<(Offered, u64)> = (0..rounds)
+            .map(|_| {
+                let before = rx_packets(counter.0, counter.1);
+                let offered = generate(generator, gen_prog, frame, duration);
+                // Let the rings drain.
+                std::thread::sleep(Duration::from_millis(100));
+                (offered, rx_packets(counter.0, counter.1) - before)
+            })
+            .collect();
+        Measured::new(runs)
+    };
+
+    // The generator's ceiling: everything it sends dropped (and counted) on arrival at `gc`.
+    let ceiling = {
+        let mut drop = load_baseline(BASELINE_DROP, "bench_drop").expect("bench_drop");
+        gateway
+            .run(|| xdp(&mut drop, "bench_drop").attach(GW_CLIENT_IF, XdpMode::Driver))
+            .unwrap_or_else(|err| panic!("attaching bench_drop to {GW_CLIENT_IF}: {err}"));
+        run(&to_sink, (gateway, GW_CLIENT_IF))
+        // `drop` detaches here.
+    };
+    eprintln!(
+        "bench: generator: offers {:.0} pps, {:.0} pps arrive at the gateway",
+        ceiling.offered_pps, ceiling.pps
+    );
+
+    let mut rows: Vec<(&str, &str, Option<Measured>, String)> = Vec::new();
+
+    // Plain routing, no balancer.
+    let plain = run(&to_sink, (sink, HOST_IF));
+    rows.push((
+        "plain_routing",
+        "kernel IPv4 forwarding to 198.18.1.2, no balancer, no netfilter rules",
+        Some(plain),
+        String::new(),
+    ));
+
+    // xdplb, NAT mode, native XDP on both gateway interfaces.
+    {
+        let mut loaded = common::load();
+        for iface in [GW_CLIENT_IF, gb0.as_str()] {
+            gateway
+                .run(|| loaded.attach(iface, AttachMode::Native))
+                .unwrap_or_else(|err| panic!("attaching xdplb to {iface}: {err:#}"));
+        }
+        let mut balancer = loaded.balancer(Default::default()).expect("balancer");
+        let vip_udp = vip(&format!("{E2E_VIP}/udp"));
+        balancer
+            .add_vip(vip_udp, VipOptions::default())
+            .expect("add vip");
+        balancer
+            .set_backends(&vip_udp, vec![BackendSpec::new(sa(E2E_SINK), 1)])
+            .expect("backends");
+        let measured = run(&to_vip, (sink, HOST_IF));
+        rows.push((
+            "xdplb",
+            "xdplb NAT to 198.18.1.2, native XDP on gc and gb0 (redirect through the devmap)",
+            Some(measured),
+            String::new(),
+        ));
+        // `loaded` detaches here.
+    }
+
+    // nftables DNAT in the gateway's prerouting hook (conntrack included).
+    let nft = nft_dnat(gateway);
+    match nft {
+        Ok(()) => {
+            let measured = run(&to_vip, (sink, HOST_IF));
+            let _ = gateway.exec("nft", &["delete", "table", "ip", "xlb_bench"]);
+            rows.push((
+                "nftables",
+                "nftables: prerouting nat chain, dnat to numgen inc mod 1 map { 0 : 198.18.1.2 }",
+                Some(measured),
+                String::new(),
+            ));
+        }
+        Err(err) => {
+            eprintln!("bench: nftables row skipped: {err:#}");
+            rows.push((
+                "nftables",
+                "nftables DNAT (skipped)",
+                None,
+                format!("skipped: {err:#}"),
+            ));
+        }
+    }
+
+    let pps_of = |name: &str| {
+        rows.iter()
+            .find(|row| row.0 == name)
+            .and_then(|row| row.2.as_ref().map(|m| m.pps))
+    };
+    let (nft_pps, plain_pps) = (pps_of("nftables"), pps_of("plain_routing"));
+    let mut out_rows = vec![ceiling.json(
+        "generator_ceiling",
+        "generator into bench_drop on the gateway's gc (no forwarding)",
+    )];
+    for (name, what, measured, note) in &rows {
+        let Some(measured) = measured else {
+            out_rows.push(json!({ "name": name, "what": what, "note": note }));
+            continue;
+        };
+        eprintln!(
+            "bench: {name}: {:.0} pps forwarded of {:.0} offered",
+            measured.pps, measured.offered_pps
+        );
+        let mut row = measured.json(name, what);
+        row["ratio_to_nftables"] = json!(nft_pps.map(|n| measured.pps / n));
+        row["ratio_to_plain"] = json!(plain_pps.map(|p| measured.pps / p));
+        row["ratio_to_ceiling"] = json!(measured.pps / ceiling.pps);
+        row["note"] = json!(note);
+        out_rows.push(row);
+    }
+    drop(topo);
+    json!({
+        "method": format!(
+            "generator: bench_gen in BPF_PROG_TEST_RUN XDP live-frames mode (batch {E2E_BATCH}) \
+             in the generator namespace, median of {rounds} runs of {secs} s per case, 60-byte UDP frames (64 on the \
+             wire), random source port 32768-65535 from one source address; sink: bench_drop \
+             on its eth0, forwarded pps = sink eth0 rx_packets / generator wall time; gateway \
+             gc: GRO on, threaded NAPI {}",
+            if threaded { "on" } else { "refused" }
+        ),
+        "seconds_per_case": secs,
+        "threaded_napi": threaded,
+        "rounds": rounds,
+        "generator_ceiling_pps": ceiling.pps,
+        "rows": out_rows,
+    })
+}
+
+/// One case of the end-to-end table: its runs and their medians.
+struct Measured {
+    runs: Vec<(Offered, u64)>,
+    /// Median received (forwarded) packets per second of wall time.
+    pps: f64,
+    /// Median of what the generator sent per second.
+    offered_pps: f64,
+}
+
+impl Measured {
+    fn new(runs: Vec<(Offered, u64)>) -> Self {
+        let pps: Vec<f64> = runs.iter().map(|(o, r)| o.rate(*r)).collect();
+        let offered: Vec<f64> = runs.iter().map(|(o, _)| o.pps()).collect();
+        Self {
+            pps: median(&pps),
+            offered_pps: median(&offered),
+            runs,
+        }
+    }
+
+    fn json(&self, name: &str, what: &str) -> Value {
+        let pps: Vec<f64> = self.runs.iter().map(|(o, r)| o.rate(*r)).collect();
+        json!({
+            "name": name,
+            "what": what,
+            "forwarded_pps": self.pps,
+            "forwarded_pps_min": min(&pps),
+            "forwarded_pps_max": pps.iter().copied().fold(0.0, f64::max),
+            "offered_pps": self.offered_pps,
+            "generator_kernel_pps": median(&self.runs.iter().map(|(o, _)| o.kernel_pps()).collect::<Vec<_>>()),
+            "packets": self.runs.iter().map(|(_, r)| r).sum::<u64>(),
+            "seconds": self.runs.iter().map(|(o, _)| o.seconds).sum::<f64>(),
+            "runs_pps": pps,
+        })
+    }
+}
+
+/// What the generator sent in one run.
+#[derive(Copy, Clone)]
+struct Offered {
+    frames: u64,
+    /// Wall time of the run.
+    seconds: f64,
+    /// The kernel's own time for the frames (`duration` is per frame in live-frames mode).
+    kernel_seconds: f64,
+}
+
+impl Offered {
+    fn pps(&self) -> f64 {
+        self.frames as f64 / self.seconds
+    }
+
+    fn kernel_pps(&self) -> f64 {
+        self.frames as f64 / self.kernel_seconds
+    }
+
+    /// `packets` over the run's wall time.
+    fn rate(&self, packets: u64) -> f64 {
+        packets as f64 / self.seconds
+    }
+}
+
+/// Sends `frame` (as changed by `bench_gen`) out of the generator's `eth0` for `duration`, from
+/// a thread in its namespace pinned to one CPU.
+fn generate(generator: &Netns, program: &mut Xdp, frame: &[u8], duration: Duration) -> Offered {
+    generator.run(|| {
+        let cpu = pin_to_last_cpu();
+        let ifindex = if_index(HOST_IF).expect("generator eth0");
+        // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
+        let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]
+            .iter()
+            .flat_map(|field| field.to_ne_bytes())
+            .collect();
+        let (mut frames, mut kernel) = (0u64, 0f64);
+        let start = Instant::now();
+        while start.elapsed() < duration {
+            let result = program
+                .test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    ctx_in: Some(&ctx),
+                    repeat: E2E_CHUNK,
+                    attrs: TestRunAttrs::new().xdp_live_frames(E2E_BATCH),
+                    ..TestRunOptions::new()
+                })
+                .unwrap_or_else(|err| panic!("live-frames test_run on CPU {cpu}: {err}"));
+            frames += u64::from(E2E_CHUNK);
+            kernel += result.duration.as_secs_f64() * f64::from(E2E_CHUNK);
+        }
+        Offered {
+            frames,
+            seconds: start.elapsed().as_secs_f64(),
+            kernel_seconds: kernel,
+        }
+    })
+}
+
+/// Adds the DNAT rule of the nftables row to the gateway, in a table of its own.
+fn nft_dnat(gateway: &Netns) -> anyhow::Result<()> {
+    let sink_ip = sa(E2E_SINK).ip().to_string();
+    let vip_ip = sa(E2E_VIP).ip().to_string();
+    gateway.exec("nft", &["add", "table", "ip", "xlb_bench"])?;
+    gateway.exec(
+        "nft",
+        &[
+            "add",
+            "chain",
+            "ip",
+            "xlb_bench",
+            "prerouting",
+            "{ type nat hook prerouting priority dstnat; policy accept; }",
+        ],
+    )?;
+    gateway.exec(
+        "nft",
+        &[
+            "add",
+            "rule",
+            "ip",
+            "xlb_bench",
+            "prerouting",
+            "ip",
+            "daddr",
+            &vip_ip,
+            "udp",
+            "dport",
+            "9",
+            "dnat",
+            "to",
+            "numgen",
+            "inc",
+            "mod",
+            "1",
+            "map",
+            &format!("{{ 0 : {sink_ip} }}"),
+        ],
+    )?;
+    Ok(())
+}
+
+/// The `rx_packets` counter of `iface` in `ns`.
+fn rx_packets(ns: &Netns, iface: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["-n", &ns.name, "-s", "-j", "link", "show", "dev", iface])
+        .output()
+        .expect("ip -s link");
+    let links: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|err| panic!("ip -s -j link show {iface}: {err}"));
+    links[0]["stats64"]["rx"]["packets"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no rx packets in {links}"))
+}
+
+/// Runs `program args…` in `ns`, or panics with its error.
+fn ns_ok(ns: &Netns, program: &str, args: &[&str]) {
+    ns.exec(program, args)
+        .unwrap_or_else(|err| panic!("{program} {args:?} in {}: {err:#}", ns.name));
+}
+
+fn mac_string(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }

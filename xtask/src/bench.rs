@@ -134,4 +134,40 @@ fn print_table(r: &Value) {
         );
     }
     println!("  {:<12} {:>48.1}", "per flow", total);
+    print_end_to_end(&r["end_to_end"]);
+}
+
+/// The section "End-to-end over veth (pps)".
+fn print_end_to_end(e: &Value) {
+    let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+    let s = |v: &Value| v.as_str().unwrap_or("").to_owned();
+    let ratio = |v: &Value| v.as_f64().map_or("-".to_owned(), |x| format!("{x:.2}"));
+    println!();
+    println!("End-to-end over veth (pps)");
+    if e.is_null() {
+        println!("  (not in the results)");
+        return;
+    }
+    println!("  method: {}", s(&e["method"]));
+    println!(
+        "  {:<18} {:>12} {:>12} {:>9} {:>9} {:>12}  what",
+        "case", "forwarded", "offered", "x nft", "x plain", "gen ceiling"
+    );
+    let ceiling = f(&e["generator_ceiling_pps"]);
+    for row in e["rows"].as_array().into_iter().flatten() {
+        if row["forwarded_pps"].is_null() {
+            println!("  {:<18} {:>12}  {}", s(&row["name"]), "-", s(&row["note"]));
+            continue;
+        }
+        println!(
+            "  {:<18} {:>12.0} {:>12.0} {:>9} {:>9} {:>12.0}  {}",
+            s(&row["name"]),
+            f(&row["forwarded_pps"]),
+            f(&row["offered_pps"]),
+            ratio(&row["ratio_to_nftables"]),
+            ratio(&row["ratio_to_plain"]),
+            ceiling,
+            s(&row["what"])
+        );
+    }
 }
