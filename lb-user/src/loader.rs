@@ -6,7 +6,7 @@ use anyhow::{Context as _, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::xdp::DevMapHash,
-    programs::{Xdp, XdpMode},
+    programs::{Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::maps::{
     CONNTRACK_MAP, DEFAULT_CONNTRACK_CAPACITY, DEFAULT_SLOTS, REVERSE_NAT_MAP, SLOTS_MAP, Settings,
@@ -172,32 +172,37 @@ impl Loaded {
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> anyhow::Result<AttachedMode> {
         // The program may redirect translated packets out of every interface it runs on.
         self.add_tx_port(iface)?;
-        let program = self.program()?;
-        let attached = match mode {
-            AttachMode::Native => attach_in(program, iface, AttachedMode::Native)?,
-            AttachMode::Skb => attach_in(program, iface, AttachedMode::Skb)?,
-            AttachMode::Auto => match attach_in(program, iface, AttachedMode::Native) {
-                Ok(native) => native,
-                Err(err) => {
-                    warn!("{err:#}; falling back to skb mode");
-                    attach_in(program, iface, AttachedMode::Skb)?
-                }
-            },
-        };
+        let (_, attached) = attach_program(self.program()?, iface, mode)?;
         info!("{iface}: XDP attached in {attached} mode");
         Ok(attached)
     }
 }
 
-fn attach_in(program: &mut Xdp, iface: &str, mode: AttachedMode) -> anyhow::Result<AttachedMode> {
-    let xdp_mode = match mode {
-        AttachedMode::Native => XdpMode::Driver,
-        AttachedMode::Skb => XdpMode::Skb,
+/// Attaches `program` to `iface` in `mode` (`Auto`: native, falling back to skb with a log
+/// line). Returns the link and the mode it got.
+pub fn attach_program(
+    program: &mut Xdp,
+    iface: &str,
+    mode: AttachMode,
+) -> anyhow::Result<(XdpLinkId, AttachedMode)> {
+    let attach_in = |program: &mut Xdp, mode: AttachedMode| {
+        let xdp_mode = match mode {
+            AttachedMode::Native => XdpMode::Driver,
+            AttachedMode::Skb => XdpMode::Skb,
+        };
+        program
+            .attach(iface, xdp_mode)
+            .map(|id| (id, mode))
+            .with_context(|| format!("attaching XDP to {iface} in {mode} mode"))
     };
-    program
-        .attach(iface, xdp_mode)
-        .with_context(|| format!("attaching XDP to {iface} in {mode} mode"))?;
-    Ok(mode)
+    match mode {
+        AttachMode::Native => attach_in(program, AttachedMode::Native),
+        AttachMode::Skb => attach_in(program, AttachedMode::Skb),
+        AttachMode::Auto => attach_in(program, AttachedMode::Native).or_else(|err| {
+            warn!("{err:#}; falling back to skb mode");
+            attach_in(program, AttachedMode::Skb)
+        }),
+    }
 }
 
 /// The index of interface `iface` in this network namespace.

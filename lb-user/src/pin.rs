@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail};
 use aya::{
     maps::{Map, MapData, PerCpuArray, xdp::DevMapHash},
     programs::{
-        Xdp, XdpMode,
+        Xdp,
         links::{FdLink, PinnedLink},
     },
 };
@@ -25,7 +25,7 @@ use log::info;
 
 use crate::{
     dataplane::Counters,
-    loader::{AttachMode, AttachedMode, Loaded, PROGRAM, if_index},
+    loader::{AttachMode, AttachedMode, Loaded, PROGRAM, attach_program, if_index},
     maps::BpfMaps,
 };
 
@@ -161,27 +161,7 @@ impl Pinned {
             info!("{iface}: XDP already attached (adopted)");
             return Ok(None);
         }
-        let try_mode = |program: &mut Xdp, m: XdpMode| program.attach(iface, m);
-        let (id, attached) = match mode {
-            AttachMode::Native => (
-                try_mode(&mut self.program, XdpMode::Driver)?,
-                AttachedMode::Native,
-            ),
-            AttachMode::Skb => (
-                try_mode(&mut self.program, XdpMode::Skb)?,
-                AttachedMode::Skb,
-            ),
-            AttachMode::Auto => match try_mode(&mut self.program, XdpMode::Driver) {
-                Ok(id) => (id, AttachedMode::Native),
-                Err(err) => {
-                    log::warn!("{iface}: native XDP failed ({err}); falling back to skb mode");
-                    (
-                        try_mode(&mut self.program, XdpMode::Skb)?,
-                        AttachedMode::Skb,
-                    )
-                }
-            },
-        };
+        let (id, attached) = attach_program(&mut self.program, iface, mode)?;
         let link: FdLink = self
             .program
             .take_link(id)?
