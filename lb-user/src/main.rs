@@ -373,6 +373,20 @@ fn serve(
         }
     };
     agent::log_vips(&balancer);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    // Catch SIGTERM/SIGINT before attaching: from here on they stop the agent in order (and an
+    // ephemeral one detaches) instead of killing it with its objects pinned.
+    let signals = {
+        let _runtime = runtime.enter();
+        (
+            signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+        )
+    };
     for iface in &args.ifaces {
         pinned.attach(iface, args.xdp_mode)?;
     }
@@ -385,11 +399,6 @@ fn serve(
         (Some(addr), Some(file)) => Some((*addr, api::read_token(file)?)),
         _ => None,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
     // The agent owns the pinned handle only while it runs; it is handed back for detaching.
     let handle = Pinned::open(pinned.dir())?;
     let agent = Agent {
@@ -411,6 +420,7 @@ fn serve(
         args.stats_interval,
         args.metrics,
         api_tcp,
+        signals,
     ))?;
     if args.ephemeral {
         let _ = std::fs::remove_file(&state_file);
@@ -425,6 +435,7 @@ async fn run_agent(
     stats_interval: u64,
     metrics: Option<SocketAddr>,
     api_tcp: Option<(SocketAddr, String)>,
+    (mut sigterm, mut sigint): (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
 ) -> anyhow::Result<bool> {
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(Shutdown::Running);
     let listener = api::bind(socket)?;
@@ -459,8 +470,6 @@ async fn run_agent(
     }
     info!("agent ready; API on {}", socket.display());
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let period = Duration::from_secs(stats_interval.max(1));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let detach = loop {
