@@ -205,19 +205,4 @@ fn translate_reply(pkt: &Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     Ok(fwd::forward(pkt, &s.l3, Direction::ToClient))
 }
 
-#[cfg(target_arch = "bpf")]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // Unreachable in a verified program: any reachable panic fails verification.
-    loop {}
-}
-
-#[cfg(not(target_arch = "bpf"))]
-fn main() {
-    panic!("lb-ebpf is an XDP program; it is built for bpfel-unknown-none by lb-user's build.rs");
-}
-
-#[cfg(target_arch = "bpf")]
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+lb_ebpf::program_boilerplate!("lb-ebpf");

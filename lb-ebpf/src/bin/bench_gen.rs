@@ -64,19 +64,4 @@ pub fn bench_gen(ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
-#[cfg(target_arch = "bpf")]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // Unreachable in a verified program: any reachable panic fails verification.
-    loop {}
-}
-
-#[cfg(not(target_arch = "bpf"))]
-fn main() {
-    panic!("bench_gen is an XDP program; it is built for bpfel-unknown-none by lb-user's build.rs");
-}
-
-#[cfg(target_arch = "bpf")]
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+lb_ebpf::program_boilerplate!("bench_gen");
