@@ -258,7 +258,24 @@ fn one_line(message: &str) -> String {
     }
 }
 
+/// SIGTERM and SIGINT, caught.
+type Signals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+
 fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    // Catch SIGTERM/SIGINT before loading anything: from here on they stop the agent in order
+    // (an ephemeral one detaching) instead of killing it with its objects pinned.
+    let signals = {
+        let _runtime = runtime.enter();
+        (
+            signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+        )
+    };
     if let Some((vip, _)) = args
         .backends
         .iter()
@@ -272,6 +289,9 @@ fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
         .map(Config::load)
         .transpose()
         .map_err(|err| anyhow::anyhow!("{err}"))?;
+    if args.ephemeral {
+        lb_user::pin::remove_stale_ephemeral(&args.pin_dir);
+    }
     let pin_dir = if args.ephemeral {
         args.pin_dir.with_file_name(format!(
             "{}-ephemeral-{}",
@@ -299,7 +319,14 @@ fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
         })?;
         Pinned::create(loaded, &pin_dir)?
     };
-    let result = serve(&args, config, socket, &mut pinned, adopting);
+    let result = serve(
+        &args,
+        config,
+        socket,
+        &mut pinned,
+        adopting,
+        (runtime, signals),
+    );
     let detach = match &result {
         Ok(detach) => *detach || args.ephemeral,
         // A fresh program that never came up is not left behind.
@@ -321,6 +348,7 @@ fn serve(
     socket: &Path,
     pinned: &mut Pinned,
     adopting: bool,
+    (runtime, signals): (tokio::runtime::Runtime, Signals),
 ) -> anyhow::Result<bool> {
     let maps = pinned.maps()?;
     let slots = maps.slots_capacity();
@@ -373,20 +401,6 @@ fn serve(
         }
     };
     agent::log_vips(&balancer);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    // Catch SIGTERM/SIGINT before attaching: from here on they stop the agent in order (and an
-    // ephemeral one detaches) instead of killing it with its objects pinned.
-    let signals = {
-        let _runtime = runtime.enter();
-        (
-            signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
-            signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
-        )
-    };
     for iface in &args.ifaces {
         pinned.attach(iface, args.xdp_mode)?;
     }
@@ -435,7 +449,7 @@ async fn run_agent(
     stats_interval: u64,
     metrics: Option<SocketAddr>,
     api_tcp: Option<(SocketAddr, String)>,
-    (mut sigterm, mut sigint): (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
+    (mut sigterm, mut sigint): Signals,
 ) -> anyhow::Result<bool> {
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(Shutdown::Running);
     let listener = api::bind(socket)?;

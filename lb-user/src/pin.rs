@@ -78,6 +78,37 @@ fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
     .with_context(|| format!("mounting bpffs on {BPFFS}"))
 }
 
+/// Removes the pin directories `{prefix}-ephemeral-{pid}` next to `dir` whose agent is gone
+/// (killed before it could detach): unpinning detaches their programs and frees their maps.
+pub fn remove_stale_ephemeral(dir: &Path) {
+    let (Some(parent), Some(name)) = (dir.parent(), dir.file_name().and_then(|n| n.to_str()))
+    else {
+        return;
+    };
+    let prefix = format!("{name}-ephemeral-");
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file_name
+            .strip_prefix(&prefix)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            match fs::remove_dir_all(entry.path()) {
+                Ok(()) => info!(
+                    "removed {}, left by an agent that is gone",
+                    entry.path().display()
+                ),
+                Err(err) => log::warn!("removing {}: {err}", entry.path().display()),
+            }
+        }
+    }
+}
+
 impl Pinned {
     /// True if a balancer is pinned under `dir`.
     pub fn exists(dir: &Path) -> bool {

@@ -79,7 +79,7 @@ pub fn run() -> anyhow::Result<()> {
         .stdin(Stdio::null())
         .spawn()
         .context("starting xdplb")?;
-    let result = traffic(&topo);
+    let result = wait_until_ready(&mut daemon, &socket).and_then(|()| traffic(&topo));
 
     println!("== stopping xdplb (SIGTERM); it prints its final counters");
     Command::new("kill")
@@ -100,8 +100,25 @@ pub fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits until the agent answers on its socket, which it binds once it has attached.
+fn wait_until_ready(
+    daemon: &mut std::process::Child,
+    socket: &std::path::Path,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        if let Some(status) = daemon.try_wait()? {
+            bail!("xdplb exited during start-up ({status})");
+        }
+        if Instant::now() > deadline {
+            bail!("xdplb did not come up within 60 s");
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 fn traffic(topo: &Topology) -> anyhow::Result<()> {
-    thread::sleep(Duration::from_secs(1));
     let vip: std::net::IpAddr = VIP.parse()?;
     let tcp = SocketAddr::new(vip, 80);
     let answers = topo.client.run(|| {
