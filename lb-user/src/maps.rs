@@ -47,45 +47,47 @@ pub struct BpfMaps {
     backend_stats: PerCpuArray<MapData, Stats>,
 }
 
-fn take<T>(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<T>
+/// Converts map `name` to its typed form.
+fn typed<T>(map: aya::maps::Map, name: &str) -> anyhow::Result<T>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf
-        .take_map(name)
-        .with_context(|| format!("no map {name} in the XDP object"))?;
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
 impl BpfMaps {
     /// Takes the maps out of a loaded program (the program keeps using them).
     pub fn new(ebpf: &mut Ebpf) -> anyhow::Result<Self> {
-        Ok(Self {
-            vips: take(ebpf, VIPS_MAP)?,
-            vip_addrs: take(ebpf, VIP_ADDRS_MAP)?,
-            backends: take(ebpf, BACKENDS_MAP)?,
-            slots: take(ebpf, SLOTS_MAP)?,
-            backend_load: take(ebpf, BACKEND_LOAD_MAP)?,
-            backend_opened: take(ebpf, BACKEND_OPENED_MAP)?,
-            settings: take(ebpf, SETTINGS_MAP)?,
-            vip_stats: take(ebpf, VIP_STATS_MAP)?,
-            backend_stats: take(ebpf, BACKEND_STATS_MAP)?,
+        Self::from_source(|name| {
+            ebpf.take_map(name)
+                .with_context(|| format!("no map {name} in the XDP object"))
         })
     }
 
     /// Opens the maps pinned under `dir` (see [`crate::pin`]).
     pub fn open(dir: &std::path::Path) -> anyhow::Result<Self> {
-        use crate::pin::open_map;
+        Self::from_source(|name| crate::pin::open_untyped(dir, name))
+    }
+
+    /// The maps, each got by name from `source`.
+    fn from_source(
+        mut source: impl FnMut(&str) -> anyhow::Result<aya::maps::Map>,
+    ) -> anyhow::Result<Self> {
+        macro_rules! field {
+            ($name:expr) => {
+                typed(source($name)?, $name)?
+            };
+        }
         Ok(Self {
-            vips: open_map(dir, VIPS_MAP)?,
-            vip_addrs: open_map(dir, VIP_ADDRS_MAP)?,
-            backends: open_map(dir, BACKENDS_MAP)?,
-            slots: open_map(dir, SLOTS_MAP)?,
-            backend_load: open_map(dir, BACKEND_LOAD_MAP)?,
-            backend_opened: open_map(dir, BACKEND_OPENED_MAP)?,
-            settings: open_map(dir, SETTINGS_MAP)?,
-            vip_stats: open_map(dir, VIP_STATS_MAP)?,
-            backend_stats: open_map(dir, BACKEND_STATS_MAP)?,
+            vips: field!(VIPS_MAP),
+            vip_addrs: field!(VIP_ADDRS_MAP),
+            backends: field!(BACKENDS_MAP),
+            slots: field!(SLOTS_MAP),
+            backend_load: field!(BACKEND_LOAD_MAP),
+            backend_opened: field!(BACKEND_OPENED_MAP),
+            settings: field!(SETTINGS_MAP),
+            vip_stats: field!(VIP_STATS_MAP),
+            backend_stats: field!(BACKEND_STATS_MAP),
         })
     }
 

@@ -43,16 +43,21 @@ fn map_path(dir: &Path, name: &str) -> PathBuf {
     dir.join("maps").join(name)
 }
 
+/// Opens pinned map `name` under `dir`.
+pub fn open_untyped(dir: &Path, name: &str) -> anyhow::Result<Map> {
+    let path = map_path(dir, name);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    Ok(Map::from_map_data(data)?)
+}
+
 /// Opens pinned map `name` under `dir` as a typed map.
 pub fn open_map<T>(dir: &Path, name: &str) -> anyhow::Result<T>
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
-    let path = map_path(dir, name);
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("opening pinned map {}", path.display()))?;
-    let map = Map::from_map_data(data)?;
-    T::try_from(map).with_context(|| format!("pinned map {name} has an unexpected type"))
+    T::try_from(open_untyped(dir, name)?)
+        .with_context(|| format!("pinned map {name} has an unexpected type"))
 }
 
 /// Mounts bpffs on `/sys/fs/bpf` if `dir` is below it and it is not mounted yet.
