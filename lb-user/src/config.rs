@@ -44,6 +44,10 @@
 //! [`plan`] compares the balancer's VIPs with a config, and [`apply_plan`] makes the balancer
 //! match it, all or nothing.
 
+mod autoscale;
+
+pub use autoscale::{AutoscaleConfig, ForecastModel, RuleConfig, Signal};
+
 use std::{
     collections::{HashMap, HashSet},
     fmt,
@@ -145,6 +149,8 @@ pub struct VipConfig {
     pub health: HealthCheck,
     /// The backends, in the file's order.
     pub backends: Vec<BackendConfig>,
+    /// `[vip.autoscale]`: the agent grows and shrinks the backend list.
+    pub autoscale: Option<AutoscaleConfig>,
 }
 
 /// A `[[vip.backend]]`.
@@ -292,6 +298,7 @@ impl VipConfig {
                     state: b.spec.state,
                 })
                 .collect(),
+            autoscale: None,
         }
     }
 }
@@ -396,6 +403,8 @@ struct RawVip {
     health: Option<RawHealth>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     backend: Vec<RawBackend>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    autoscale: Option<autoscale::RawAutoscale>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -671,6 +680,15 @@ fn vip_from_raw(raw: RawVip, prefix: &str, errors: &mut Errors) -> (Option<Vip>,
         }
         backends.push(backend);
     }
+    let autoscale = raw.autoscale.map(|a| {
+        autoscale::from_raw(
+            a,
+            &inside(prefix, vip, "autoscale"),
+            address,
+            &backends,
+            errors,
+        )
+    });
 
     let config = VipConfig {
         address: address.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
@@ -679,6 +697,7 @@ fn vip_from_raw(raw: RawVip, prefix: &str, errors: &mut Errors) -> (Option<Vip>,
         ring_size,
         health,
         backends,
+        autoscale,
     };
     (vip, config)
 }
@@ -963,6 +982,7 @@ impl From<VipConfig> for RawVip {
             ring_size: (config.ring_size != DEFAULT_RING_SIZE).then_some(config.ring_size.into()),
             health: (config.health != HealthCheck::default()).then(|| raw_health(config.health)),
             backend: config.backends.into_iter().map(RawBackend::from).collect(),
+            autoscale: config.autoscale.map(Into::into),
         }
     }
 }
