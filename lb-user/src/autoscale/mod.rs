@@ -21,6 +21,7 @@
 
 mod history;
 mod limits;
+pub mod live;
 mod predictive;
 mod rules;
 mod sim;
@@ -71,11 +72,15 @@ impl Decision {
 /// `current` is the number of allocated backends (serving or provisioning, not draining). The
 /// policy assumes its decision is carried out (it starts its cooldowns when `desired` differs
 /// from `current`).
-pub trait Policy {
+pub trait Policy: Send {
     /// The policy's short name (`rules`, `target`, `predictive`).
     fn name(&self) -> &str;
     /// The desired backend count at `now` (seconds).
     fn decide(&mut self, now: u64, history: &History, current: u32) -> Decision;
+    /// The load the policy expects to provision for, if it forecasts (shown in status).
+    fn forecast(&self) -> Option<f64> {
+        None
+    }
 }
 
 /// The policies by name, as the CLI and configs spell them.

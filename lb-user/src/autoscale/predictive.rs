@@ -315,4 +315,8 @@ impl Policy for Predictive {
         };
         self.limiter.apply(now, current, wanted, reason)
     }
+
+    fn forecast(&self) -> Option<f64> {
+        self.forecast_peak()
+    }
 }
