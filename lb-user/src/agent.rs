@@ -2,7 +2,7 @@
 //! (connection counts for least-connections).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     fs,
     io::Write as _,
     path::{Path, PathBuf},
@@ -15,7 +15,8 @@ use lb_common::conntrack::Timeouts;
 use log::{info, warn};
 
 use crate::{
-    balancer::{BackendState, Balancer, Snapshot},
+    autoscale::live::{Job, SavedPool, VipAutoscaler},
+    balancer::{BackendState, Balancer, Snapshot, Vip},
     config::Config,
     health::{HealthEvent, Monitor, WatchKey},
     maps::BpfMaps,
@@ -35,6 +36,9 @@ pub struct SavedState {
     /// Backends a failed health check took down, with the state to give back on recovery.
     #[serde(default)]
     pub held: Vec<(WatchKey, BackendState)>,
+    /// Autoscaled pools: where their backends came from, what is draining.
+    #[serde(default)]
+    pub autoscale: Vec<(Vip, SavedPool)>,
 }
 
 /// The agent's state, shared by the API handlers and the periodic tasks.
@@ -52,6 +56,10 @@ pub struct Agent {
     pub monitor: Option<Monitor>,
     /// Backends a failed health check took down, with the state to give back on recovery.
     pub held: HashMap<WatchKey, BackendState>,
+    /// The autoscaler of every VIP whose config has `[vip.autoscale]`.
+    pub autoscale: BTreeMap<Vip, VipAutoscaler>,
+    /// Autoscalers decide and report but change nothing (`run --autoscale-dry-run`).
+    pub autoscale_dry_run: bool,
 }
 
 pub type Shared = Arc<Mutex<Agent>>;
@@ -63,6 +71,11 @@ impl Agent {
             snapshot: self.balancer.snapshot(),
             config: self.config.clone(),
             held: self.held.iter().map(|(k, v)| (*k, *v)).collect(),
+            autoscale: self
+                .autoscale
+                .iter()
+                .map(|(vip, a)| (*vip, a.save()))
+                .collect(),
         };
         write_atomically(&self.state_file, &serde_json::to_vec_pretty(&state)?)
     }
@@ -86,6 +99,82 @@ impl Agent {
         }
         monitor.unwatch_all_except(&keep);
         self.held.retain(|key, _| keep.contains(key));
+    }
+
+    /// Seconds since the agent started: the autoscalers' clock.
+    pub fn now_s(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// Runs an autoscaler for every VIP whose config asks for one (a new one, or the running
+    /// one with the new config), and none for the others; `saved` holds what a previous agent
+    /// left.
+    pub fn sync_autoscale(&mut self, saved: &[(Vip, SavedPool)]) {
+        let now = self.now_s();
+        let mut keep = Vec::new();
+        for vip_config in &self.config.vips {
+            let (Some(config), Ok(info)) =
+                (&vip_config.autoscale, self.balancer.vip(&vip_config.vip()))
+            else {
+                continue;
+            };
+            let vip = info.vip;
+            keep.push(vip);
+            match self.autoscale.get_mut(&vip) {
+                Some(running) => running.reconfigure(config.clone(), &info),
+                None => {
+                    let mut scaler = VipAutoscaler::new(vip, config.clone(), &info);
+                    if let Some((_, pool)) = saved.iter().find(|(v, _)| *v == vip) {
+                        scaler.restore(pool, &info, now);
+                    }
+                    info!(
+                        "autoscaling {vip}: policy {}, {} per backend of {}, {}..={} backends",
+                        config.policy,
+                        config
+                            .target_per_backend
+                            .map_or("-".into(), |t| t.to_string()),
+                        config.signal,
+                        config.min,
+                        config.max
+                    );
+                    self.autoscale.insert(vip, scaler);
+                }
+            }
+        }
+        self.autoscale.retain(|vip, _| keep.contains(vip));
+    }
+
+    /// One autoscaling second for every autoscaled VIP; the slow work to run.
+    pub fn autoscale_tick(&mut self) -> Vec<Job> {
+        let now = self.now_s();
+        let mut jobs = Vec::new();
+        for (vip, scaler) in &mut self.autoscale {
+            let health = self.config.vip(vip).map(|v| v.health()).unwrap_or_default();
+            jobs.extend(scaler.tick(
+                now,
+                &mut self.balancer,
+                &self.active,
+                &health,
+                self.autoscale_dry_run,
+            ));
+        }
+        jobs
+    }
+
+    /// What `desired` comes to on this agent: an autoscaled VIP keeps the backends its
+    /// autoscaler gave it (the config's list only seeds a new VIP), and every backend a failed
+    /// health check holds down stays down.
+    pub fn effective(&self, desired: &Config) -> Config {
+        let mut effective = desired.clone();
+        for vip in &mut effective.vips {
+            if vip.autoscale.is_some()
+                && self.autoscale.contains_key(&vip.vip())
+                && let Ok(info) = self.balancer.vip(&vip.vip())
+            {
+                vip.backends = crate::config::VipConfig::from_info(&info).backends;
+            }
+        }
+        self.with_health(&effective)
     }
 
     /// `desired` with every backend a failed health check holds down kept down: what to
@@ -274,5 +363,51 @@ pub fn log_vips(balancer: &Balancer<BpfMaps>) {
             info.options.scheduler,
             backends.join(" ")
         );
+    }
+}
+
+/// Runs the autoscalers every second until the runtime stops: ticks under the lock, then runs
+/// the slow work (probes, hooks) in tasks of its own and feeds their results back.
+pub async fn autoscale_every(agent: Shared, period: Duration) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut ticker = tokio::time::interval(period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let jobs = {
+                    let mut agent = agent.lock().unwrap_or_else(|p| p.into_inner());
+                    if agent.autoscale.is_empty() {
+                        continue;
+                    }
+                    let jobs = agent.autoscale_tick();
+                    agent.sync_health();
+                    if let Err(err) = agent.save() {
+                        warn!("saving the state: {err:#}");
+                    }
+                    jobs
+                };
+                for job in jobs {
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let vip = job.vip();
+                        let result = crate::autoscale::live::run_job(job).await;
+                        let _ = tx.send((vip, result));
+                    });
+                }
+            }
+            Some((vip, result)) = rx.recv() => {
+                let mut agent = agent.lock().unwrap_or_else(|p| p.into_inner());
+                let now = agent.now_s();
+                let Agent { autoscale, balancer, .. } = &mut *agent;
+                if let Some(scaler) = autoscale.get_mut(&vip) {
+                    scaler.on_result(now, result, balancer);
+                    agent.sync_health();
+                    if let Err(err) = agent.save() {
+                        warn!("saving the state: {err:#}");
+                    }
+                }
+            }
+        }
     }
 }

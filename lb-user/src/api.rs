@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 use crate::{
     agent::{Agent, Shared},
+    autoscale::live::Status as AutoscaleStatus,
     balancer::{self, BackendSpec, BackendState, Proto, Scheduler, Vip, VipInfo, VipOptions},
     config::Config,
 };
@@ -265,6 +266,7 @@ fn lock(state: &ApiState) -> std::sync::MutexGuard<'_, Agent> {
 fn change<T>(state: &ApiState, change: impl FnOnce(&mut Agent) -> ApiResult<T>) -> ApiResult<T> {
     let mut agent = lock(state);
     let result = change(&mut agent)?;
+    agent.sync_autoscale(&[]);
     agent.sync_health();
     agent.save()?;
     Ok(result)
@@ -322,6 +324,35 @@ async fn show_vip(
     let agent = lock(&state);
     let info = agent.balancer.vip(&vip)?;
     Ok(Json(vip_view(&agent, &info)?))
+}
+
+/// `GET /v1/autoscale`: every autoscaled VIP's autoscaler.
+async fn list_autoscale(State(state): State<ApiState>) -> ApiResult<Json<Vec<AutoscaleStatus>>> {
+    let agent = lock(&state);
+    Ok(Json(
+        agent
+            .autoscale
+            .iter()
+            .map(|(vip, a)| a.status(agent.balancer.vip(vip).ok().as_ref()))
+            .collect(),
+    ))
+}
+
+/// `GET /v1/autoscale/{proto}/{addr}`: one VIP's autoscaler.
+async fn show_autoscale(
+    State(state): State<ApiState>,
+    UrlPath((proto, addr)): UrlPath<(String, String)>,
+) -> ApiResult<Json<AutoscaleStatus>> {
+    let vip = vip_from_path(&proto, &addr)?;
+    let agent = lock(&state);
+    let info = agent.balancer.vip(&vip)?;
+    let scaler = agent.autoscale.get(&vip).ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("VIP {vip} is not autoscaled (its config has no [vip.autoscale])"),
+        )
+    })?;
+    Ok(Json(scaler.status(Some(&info))))
 }
 
 async fn set_vip(
@@ -478,17 +509,18 @@ async fn apply(
     };
     if dry_run {
         let agent = lock(&state);
-        let plan = crate::config::plan(&agent.balancer.vips(), &agent.with_health(&desired));
+        let plan = crate::config::plan(&agent.balancer.vips(), &agent.effective(&desired));
         return Ok(Json(ApplyView {
             plan: lines(&plan),
             applied: false,
         }));
     }
     let plan = change(&state, |agent| {
-        let effective = agent.with_health(&desired);
+        let effective = agent.effective(&desired);
         let plan = crate::config::apply_plan(&mut agent.balancer, &effective)?;
         agent.hold_after_apply(&desired);
         agent.config = desired;
+        agent.sync_autoscale(&[]);
         Ok(plan)
     })?;
     Ok(Json(ApplyView {
@@ -525,6 +557,8 @@ pub fn router(agent: Shared, shutdown: watch::Sender<Shutdown>) -> Router {
         .route("/v1/stats", get(stats))
         .route("/v1/stop", post(stop))
         .route("/v1/apply", post(apply))
+        .route("/v1/autoscale", get(list_autoscale))
+        .route("/v1/autoscale/{proto}/{addr}", get(show_autoscale))
         .route("/v1/vips", get(list_vips).post(add_vip))
         .route(vip, get(show_vip).patch(set_vip).delete(del_vip))
         .route(

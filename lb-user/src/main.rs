@@ -15,6 +15,7 @@ use lb_common::maps::{DEFAULT_CONNTRACK_CAPACITY, Settings};
 use lb_user::{
     agent::{self, Agent, DEFAULT_STATE_FILE},
     api::{self, BackendView, DEFAULT_SOCKET, Shutdown, StatsView, StatusView, VipView},
+    autoscale::live::Status as AutoscaleStatus,
     balancer::{BackendSpec, Balancer, Scheduler, Vip, VipOptions},
     client::{call, segment},
     config::Config,
@@ -79,14 +80,21 @@ enum Command {
         #[arg(long)]
         detach: bool,
     },
-    /// Autoscaling tools (offline; no agent needed).
+    /// Autoscaling: what the agent's autoscalers see and decide, and an offline simulator.
     #[command(subcommand)]
     Autoscale(AutoscaleCommand),
 }
 
 #[derive(Subcommand)]
 enum AutoscaleCommand {
-    /// Replay a load trace against the scaling policies and report how each does.
+    /// Each autoscaled VIP (or one): signal, forecast, desired and actual backends, the last
+    /// decisions and their reasons.
+    Status {
+        /// Only this VIP (`ADDR:PORT/PROTO`).
+        vip: Option<Vip>,
+    },
+    /// Replay a load trace against the scaling policies and report how each does (offline; no
+    /// agent needed).
     Simulate(lb_user::autoscale::cli::SimulateArgs),
 }
 
@@ -186,6 +194,10 @@ struct RunArgs {
     /// File holding the bearer token that TCP API requests must carry.
     #[arg(long, value_name = "FILE", requires = "api_tcp")]
     api_token_file: Option<PathBuf>,
+    /// Autoscalers decide and report (`xdplb autoscale status`, logs, metrics) but change no
+    /// backend.
+    #[arg(long)]
+    autoscale_dry_run: bool,
 }
 
 fn parse_vip(s: &str) -> Result<(Vip, Scheduler), String> {
@@ -369,6 +381,7 @@ fn serve(
         agent::load_state(&args.state_file)?
     };
     let mut held = Default::default();
+    let mut saved_pools = Vec::new();
     let mut applied_config = config.clone().unwrap_or_default();
     let balancer = match saved {
         Some(saved) => {
@@ -388,6 +401,7 @@ fn serve(
                 args.state_file.display()
             );
             held = saved.held.into_iter().collect();
+            saved_pools = saved.autoscale;
             applied_config = saved.config;
             Balancer::restore(maps, slots, settings, saved.snapshot)?
         }
@@ -425,7 +439,11 @@ fn serve(
         config: applied_config,
         monitor: None,
         held,
+        autoscale: Default::default(),
+        autoscale_dry_run: args.autoscale_dry_run,
     };
+    let mut agent = agent;
+    agent.sync_autoscale(&saved_pools);
     agent.save()?;
     let shared = api::share(agent);
     let detach = runtime.block_on(run_agent(
@@ -470,7 +488,11 @@ async fn run_agent(
     tokio::spawn(agent::count_connections_every(
         Arc::clone(&shared),
         conntrack,
-        Duration::from_secs(2),
+        Duration::from_secs(1),
+    ));
+    tokio::spawn(agent::autoscale_every(
+        Arc::clone(&shared),
+        Duration::from_secs(1),
     ));
     let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();
     {
@@ -613,6 +635,76 @@ fn backend_line(b: &BackendView) -> String {
     )
 }
 
+/// `autoscale status` of one VIP, as text.
+fn autoscale_lines(s: &AutoscaleStatus) -> String {
+    let addrs = |v: &[SocketAddr]| {
+        if v.is_empty() {
+            "-".to_owned()
+        } else {
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+    };
+    let mut out = format!(
+        "{}  policy {} on {}{}, {}..={} backends{}\n",
+        s.vip,
+        s.policy,
+        s.signal,
+        s.target_per_backend
+            .map_or(String::new(), |t| format!(", target {t}/backend")),
+        s.min,
+        s.max,
+        if s.dry_run { " [dry run]" } else { "" }
+    );
+    let m = &s.sample;
+    out += &format!(
+        "  signal        active {:.0}  new/s {:.1}  packets/s {:.0}  bytes/s {:.0}\n",
+        m.active_connections, m.new_connections, m.packets, m.bytes
+    );
+    out += &format!(
+        "  forecast      {}\n",
+        s.forecast.map_or("-".to_owned(), |f| format!("{f:.0}"))
+    );
+    out += &format!(
+        "  backends      desired {}  allocated {}  in rotation {}\n",
+        s.desired, s.allocated, s.serving
+    );
+    out += &format!("  provisioning  {}\n", addrs(&s.provisioning));
+    out += &format!("  draining      {}\n", addrs(&s.draining));
+    out += &format!("  standby       {}\n", addrs(&s.standby));
+    out += &format!("  reason        {}\n", s.reason);
+    for (name, h) in [
+        ("scale-up", &s.scale_up_hook),
+        ("scale-down", &s.scale_down_hook),
+    ] {
+        if h.runs > 0 {
+            out += &format!(
+                "  {name:<13} runs {}  failures {}{}\n",
+                h.runs,
+                h.failures,
+                h.last_error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!("  last error: {e}"))
+            );
+        }
+    }
+    out += &format!("  decisions     {} out, {} in\n", s.scale_outs, s.scale_ins);
+    for d in &s.decisions {
+        out += &format!(
+            "    {:>6}s  {} -> {}  {}{}: {}\n",
+            d.at_s,
+            d.from,
+            d.to,
+            d.reason,
+            if d.dry_run { " [dry run]" } else { "" },
+            d.actions.join(", ")
+        );
+    }
+    out
+}
+
 fn vip_path(vip: &Vip) -> String {
     let addr = SocketAddr::new(vip.addr, vip.port).to_string();
     format!("/v1/vips/{}/{}", vip.proto, segment(&addr))
@@ -632,7 +724,27 @@ fn print<T: serde::Serialize>(
 
 async fn client_command(command: Command, socket: &Path, output: Output) -> anyhow::Result<()> {
     match command {
-        Command::Run(_) | Command::Autoscale(_) => unreachable!("handled in main"),
+        Command::Run(_) | Command::Autoscale(AutoscaleCommand::Simulate(_)) => {
+            unreachable!("handled in main")
+        }
+        Command::Autoscale(AutoscaleCommand::Status { vip }) => {
+            let views: Vec<AutoscaleStatus> = match vip {
+                Some(vip) => {
+                    let path = format!(
+                        "/v1/autoscale{}",
+                        vip_path(&vip).trim_start_matches("/v1/vips")
+                    );
+                    vec![call(socket, Method::GET, &path, None).await?]
+                }
+                None => call(socket, Method::GET, "/v1/autoscale", None).await?,
+            };
+            print(output, &views, || {
+                if views.is_empty() {
+                    return "no VIP is autoscaled\n".to_owned();
+                }
+                views.iter().map(autoscale_lines).collect()
+            })
+        }
         Command::Vip(VipCommand::Add {
             vip,
             scheduler,

@@ -121,7 +121,80 @@ pub fn render(agent: &Agent) -> anyhow::Result<String> {
             }
         }
     }
+    autoscale(agent, &mut registry);
     let mut out = String::new();
     encode(&mut out, &registry)?;
     Ok(out)
+}
+
+/// The autoscalers: signal, forecast, desired and actual backends, decisions and hook failures.
+fn autoscale(agent: &Agent, registry: &mut Registry) {
+    let signal = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    registry.register(
+        "autoscale_signal",
+        "The signal the VIP's policy scales on (total over its backends)",
+        signal.clone(),
+    );
+    let forecast = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    registry.register(
+        "autoscale_forecast",
+        "The predictive policy's forecast peak over its horizon",
+        forecast.clone(),
+    );
+    let desired = gauge_family(
+        registry,
+        "autoscale_desired_backends",
+        "Backends the policy wants",
+    );
+    let backends = gauge_family(
+        registry,
+        "autoscale_backends",
+        "Backends of the pool by state (in-rotation, provisioning, draining, standby)",
+    );
+    let decisions = counter_family(
+        registry,
+        "autoscale_decisions",
+        "Scaling decisions by direction (out, in)",
+    );
+    let hook_runs = counter_family(registry, "autoscale_hook_runs", "Hook runs by hook");
+    let hook_failures = counter_family(
+        registry,
+        "autoscale_hook_failures",
+        "Hook failures (non-zero exit, timeout, bad output) by hook",
+    );
+    for (vip, scaler) in &agent.autoscale {
+        let s = scaler.status(agent.balancer.vip(vip).ok().as_ref());
+        let labels = vec![("vip", s.vip.clone())];
+        let with = |k: &'static str, v: &str| vec![("vip", s.vip.clone()), (k, v.to_owned())];
+        signal
+            .get_or_create(&with("signal", &s.signal))
+            .set(s.sample.get(scaler.config().signal));
+        if let Some(f) = s.forecast {
+            forecast.get_or_create(&labels).set(f);
+        }
+        desired.get_or_create(&labels).set(i64::from(s.desired));
+        for (state, n) in [
+            ("in-rotation", s.serving as usize),
+            ("provisioning", s.provisioning.len()),
+            ("draining", s.draining.len()),
+            ("standby", s.standby.len()),
+        ] {
+            backends.get_or_create(&with("state", state)).set(n as i64);
+        }
+        decisions
+            .get_or_create(&with("direction", "out"))
+            .inc_by(s.scale_outs);
+        decisions
+            .get_or_create(&with("direction", "in"))
+            .inc_by(s.scale_ins);
+        for (hook, h) in [
+            ("scale-up", &s.scale_up_hook),
+            ("scale-down", &s.scale_down_hook),
+        ] {
+            hook_runs.get_or_create(&with("hook", hook)).inc_by(h.runs);
+            hook_failures
+                .get_or_create(&with("hook", hook))
+                .inc_by(h.failures);
+        }
+    }
 }
