@@ -619,15 +619,24 @@ impl VipAutoscaler {
             self.release(p.addr, p.origin);
             surplus -= 1;
         }
-        // Then drain the serving backends with the fewest open flows.
+        // Then drain the serving backends with the fewest open flows; among equals, those the
+        // hook made (they cost the most to keep), then standby ones, then the config's.
+        let rank = |addr: &SocketAddr| match self.origins.get(addr) {
+            Some(Origin::Hook) => 0,
+            Some(Origin::Standby) => 1,
+            Some(Origin::Config) | None => 2,
+        };
         let mut candidates: Vec<_> = info
             .backends
             .iter()
             .filter(|b| b.spec.state != BackendState::Draining)
-            .map(|b| (active.get(&b.id).copied().unwrap_or(0), b.spec.addr))
+            .map(|b| {
+                let flows = active.get(&b.id).copied().unwrap_or(0);
+                (flows, rank(&b.spec.addr), b.spec.addr)
+            })
             .collect();
         candidates.sort();
-        for (_, addr) in candidates.into_iter().take(surplus as usize) {
+        for (_, _, addr) in candidates.into_iter().take(surplus as usize) {
             match balancer.update_backend(&self.vip, addr, None, Some(BackendState::Draining)) {
                 Ok(()) => {
                     self.draining.insert(addr, now);
