@@ -1813,3 +1813,324 @@ fn metrics_and_api_over_curl() {
         "{answer}"
     );
 }
+
+// --- Autoscaling -----------------------------------------------------------------------------
+
+/// Longest an autoscaling step may take (decisions come every second; probes, drains and
+/// hooks add a few).
+const SCALE_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl Agent {
+    /// `xdplb -o json autoscale status VIP`: the VIP's autoscaler.
+    fn autoscale(&self) -> serde_json::Value {
+        let text = self.ok(&["-o", "json", "autoscale", "status", VIP]);
+        let mut views: Vec<serde_json::Value> = serde_json::from_str(&text)
+            .unwrap_or_else(|err| panic!("autoscale status: {err} in {text}"));
+        assert_eq!(views.len(), 1, "{text}");
+        views.remove(0)
+    }
+
+    /// The VIP's backends and their states.
+    fn backend_states(&self) -> BTreeMap<String, String> {
+        self.backends()
+            .into_iter()
+            .map(|(addr, b)| (addr, b.get("state").str().to_owned()))
+            .collect()
+    }
+
+    /// Polls until `done` holds for the backends' states, for at most [`SCALE_TIMEOUT`].
+    fn wait_for_pool(&self, what: &str, done: impl Fn(&BTreeMap<String, String>) -> bool) {
+        let deadline = Instant::now() + SCALE_TIMEOUT;
+        loop {
+            let states = self.backend_states();
+            if done(&states) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {SCALE_TIMEOUT:?}; backends {states:?}; autoscaler {:#}",
+                self.autoscale()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn count_state(states: &BTreeMap<String, String>, state: &str) -> usize {
+    states.values().filter(|s| *s == state).count()
+}
+
+/// A config: the VIP with backends `active`, a TCP health check, and `[vip.autoscale]` holding
+/// `autoscale` (target 4 connections per backend, quick windows for a test).
+fn autoscale_config(active: &[usize], autoscale: &str) -> String {
+    let backends: String = active
+        .iter()
+        .map(|&i| format!("[[vip.backend]]\naddress = \"{}\"\n", backend_addr(i)))
+        .collect();
+    format!(
+        r#"[[vip]]
+address = "{VIP_ADDR}"
+protocol = "tcp"
+[vip.health]
+kind = "tcp"
+interval = "1s"
+timeout = "500ms"
+{backends}[vip.autoscale]
+policy = "target"
+target-per-backend = 4
+min = 1
+max-step = 3
+scale-out-cooldown = "0s"
+scale-in-cooldown = "3s"
+metric-window = "1s"
+scale-in-window = "3s"
+drain-timeout = "60s"
+{autoscale}
+"#
+    )
+}
+
+#[test]
+#[ignore = "needs root"]
+fn autoscaling_brings_in_standby_backends_and_drains_them_when_load_falls() {
+    const STANDBY: usize = 3;
+    let topo = Topology::new(1 + STANDBY).expect("topology");
+    offload_off(&topo);
+    let _servers = serve(&topo);
+    let mut agent = Agent::new(&topo);
+    let standby: Vec<String> = (1..=STANDBY)
+        .map(|i| format!("\"{}\"", backend_addr(i)))
+        .collect();
+    let config = agent.file(
+        "autoscale.toml",
+        &autoscale_config(
+            &[0],
+            &format!("max = 4\nstandby = [{}]", standby.join(", ")),
+        ),
+    );
+    agent.start(&["--config", config.to_str().expect("UTF-8 path")]);
+    let status = agent.autoscale();
+    assert_eq!(status["serving"], 1, "{status:#}");
+    assert_eq!(status["standby"].as_array().map(Vec::len), Some(STANDBY));
+
+    // A bounded ramp of held connections: 2 fit one backend, 12 need three, 18 need the max, 4.
+    let mut held = hold(&topo.client, 2);
+    thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        count_state(&agent.backend_states(), "up"),
+        1,
+        "2 connections need 1 backend"
+    );
+    held.extend(hold(&topo.client, 10));
+    agent.wait_for_pool("scale-out to 3 for 12 connections", |s| {
+        count_state(s, "up") == 3
+    });
+    let tally = spread(&topo.client, 30, "new");
+    let b0 = ident(0);
+    let on_new = tally.keys().filter(|i| **i != b0).count();
+    assert!(
+        on_new >= 1,
+        "new connections land on the added backends: {tally:?}"
+    );
+    held.extend(hold(&topo.client, 6));
+    agent.wait_for_pool("scale-out to max = 4 for 18 connections", |s| {
+        count_state(s, "up") == 4
+    });
+    let status = agent.autoscale();
+    assert!(
+        status["standby"].as_array().is_some_and(Vec::is_empty),
+        "{status:#}"
+    );
+    assert!(
+        status["decisions"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("at 4/backend")),
+        "{status:#}"
+    );
+
+    // Load falls: keep one long-lived connection on each of two added backends, close the rest.
+    let mut survivors: Vec<(Conn, String)> = Vec::new();
+    for (conn, ident) in held {
+        if ident != b0 && !survivors.iter().any(|(_, i)| *i == ident) && survivors.len() < 2 {
+            survivors.push((conn, ident));
+        }
+    }
+    assert_eq!(survivors.len(), 2, "held connections on two added backends");
+    // One backend stays in rotation; the drained ones without flows leave, those holding a
+    // survivor stay (draining) while it is open.
+    let kept = survivors.len();
+    agent.wait_for_pool("scale-in to 1 backend in rotation", |s| {
+        count_state(s, "up") == 1
+            && count_state(s, "draining") + 1 == s.len()
+            && s.len() <= 1 + kept
+    });
+    for (conn, ident) in &mut survivors {
+        let answer = conn
+            .ask("still there?")
+            .unwrap_or_else(|err| panic!("a long-lived connection to {ident} broke: {err:#}"));
+        assert_eq!(&answer, ident, "a long-lived connection moved");
+    }
+    let status = agent.autoscale();
+    let drained = status["decisions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|d| d["actions"].to_string().contains("drain"));
+    assert!(drained, "a scale-in decision that drains: {status:#}");
+
+    // Their last connections close: the drained backends leave and are standby again.
+    drop(survivors);
+    agent.wait_for_pool("drained backends removed", |s| s.len() == 1);
+    let status = agent.autoscale();
+    assert_eq!(
+        status["standby"].as_array().map(Vec::len),
+        Some(STANDBY),
+        "{status:#}"
+    );
+    agent.stop(true);
+}
+
+/// A backend server as its own process: a Python line server answering `IDENT LINE`.
+const LINE_SERVER: &str = r#"
+import socket, sys, threading
+ident, port = sys.argv[1].encode(), int(sys.argv[2])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", port))
+s.listen(128)
+def serve(c):
+    with c, c.makefile("rb") as lines:
+        for line in lines:
+            c.sendall(ident + b" " + line)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// Kills the processes listed in a pid file on drop.
+struct Pids(PathBuf);
+
+impl Drop for Pids {
+    fn drop(&mut self) {
+        for pid in fs::read_to_string(&self.0)
+            .unwrap_or_default()
+            .split_whitespace()
+        {
+            if let Ok(pid) = pid.parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn autoscaling_hooks_start_and_release_backend_servers() {
+    let topo = Topology::new(3).expect("topology");
+    offload_off(&topo);
+    // Only b0 runs; the scale-up hook starts b1, then b2, in their namespaces.
+    let _b0 = topo.backends[0].tcp_server(BACKEND_PORT, &ident(0));
+    let mut agent = Agent::new(&topo);
+    let dir = agent.dir.clone();
+    let pids = Pids(dir.join("pids"));
+    agent.file("server.py", LINE_SERVER);
+    let pool: String = (1..3)
+        .map(|i| format!("{} {}\n", topo.backends[i].name, backend_addr(i)))
+        .collect();
+    agent.file("pool", &pool);
+    agent.file("next", "1\n");
+    let up = agent.file(
+        "scale-up.sh",
+        &format!(
+            r#"#!/bin/sh
+# Starts the next backend server of the pool in its namespace and prints its address.
+set -eu
+cd {dir}
+exec 9>lock
+flock 9
+n=$(cat next)
+echo $((n + 1)) > next
+line=$(sed -n "${{n}}p" pool)
+[ -n "$line" ] || {{ echo "the pool is used up" >&2; exit 1; }}
+ns=${{line% *}}
+addr=${{line#* }}
+nsenter --net=/run/netns/$ns python3 server.py hook-b$n {BACKEND_PORT} </dev/null >/dev/null 2>&1 9>&- &
+echo $! >> pids
+echo "$addr"
+"#,
+            dir = dir.display()
+        ),
+    );
+    let down = agent.file(
+        "scale-down.sh",
+        &format!(
+            "#!/bin/sh\n# Records the released backend.\necho \"$1\" >> {}/released\n",
+            dir.display()
+        ),
+    );
+    for script in [&up, &down] {
+        fs::set_permissions(script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod hook");
+    }
+    let config = agent.file(
+        "autoscale.toml",
+        &autoscale_config(
+            &[0],
+            &format!(
+                "max = 3\nscale-up = [\"{}\"]\nscale-down = [\"{}\"]\nhook-timeout = \"5s\"",
+                up.display(),
+                down.display()
+            ),
+        ),
+    );
+    agent.start(&["--config", config.to_str().expect("UTF-8 path")]);
+
+    let held = hold(&topo.client, 10);
+    agent.wait_for_pool("two hook backends join for 10 connections", |s| {
+        count_state(s, "up") == 3
+    });
+    let states = agent.backend_states();
+    for i in 1..3 {
+        assert!(
+            states.contains_key(&backend_addr(i).to_string()),
+            "{states:?}"
+        );
+    }
+    let tally = spread(&topo.client, 30, "new");
+    assert!(
+        tally.keys().any(|ident| ident.starts_with("hook-b")),
+        "new connections reach the servers the hook started: {tally:?}"
+    );
+    let status = agent.autoscale();
+    assert_eq!(status["scale_up_hook"]["runs"], 2, "{status:#}");
+    assert_eq!(status["scale_up_hook"]["failures"], 0, "{status:#}");
+
+    // Load falls: the hook backends drain, leave and go to scale-down; b0 stays.
+    drop(held);
+    agent.wait_for_pool("back to b0 alone", |s| s.len() == 1);
+    let states = agent.backend_states();
+    assert!(
+        states.contains_key(&backend_addr(0).to_string()),
+        "{states:?}"
+    );
+    let deadline = Instant::now() + SCALE_TIMEOUT;
+    let released = loop {
+        let released = fs::read_to_string(dir.join("released")).unwrap_or_default();
+        if released.lines().count() == 2 || Instant::now() > deadline {
+            break released;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let mut released: Vec<&str> = released.lines().collect();
+    released.sort();
+    assert_eq!(
+        released,
+        [backend_addr(1).to_string(), backend_addr(2).to_string()],
+        "scale-down gets each drained hook backend"
+    );
+    agent.stop(true);
+    drop(pids);
+}

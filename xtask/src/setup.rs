@@ -22,6 +22,9 @@ const SYSTEM_TOOLS: &[(&str, &str)] = &[
     ("ping", "iputils-ping"),
     ("curl", "curl"),
     ("nsenter", "util-linux"),
+    ("flock", "util-linux"),
+    // The autoscaling test's scale-up hook starts backend servers written in Python.
+    ("python3", "python3-minimal"),
 ];
 
 /// Checks everything and installs what is missing, saying what it does.
