@@ -2134,3 +2134,107 @@ echo "$addr"
     agent.stop(true);
     drop(pids);
 }
+
+#[test]
+#[ignore = "needs root"]
+fn autoscaling_dry_run_decides_reports_and_changes_nothing() {
+    const METRICS: &str = "127.0.0.1:9465";
+    let topo = Topology::new(3).expect("topology");
+    offload_off(&topo);
+    let _servers = serve(&topo);
+    let mut agent = Agent::new(&topo);
+    let config = agent.file(
+        "autoscale.toml",
+        &autoscale_config(
+            &[0],
+            &format!(
+                "max = 3\nstandby = [\"{}\", \"{}\"]",
+                backend_addr(1),
+                backend_addr(2)
+            ),
+        ),
+    );
+    agent.start(&[
+        "--config",
+        config.to_str().expect("UTF-8 path"),
+        "--autoscale-dry-run",
+        "--metrics",
+        METRICS,
+    ]);
+    let held = hold(&topo.client, 10);
+    let deadline = Instant::now() + SCALE_TIMEOUT;
+    let status = loop {
+        let status = agent.autoscale();
+        if status["desired"] == 3 {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no decision: {status:#}");
+        thread::sleep(Duration::from_millis(100));
+    };
+    let decision = &status["decisions"][0];
+    assert_eq!(decision["dry_run"], true, "{status:#}");
+    assert_eq!(decision["actions"][0], "would add 2", "{status:#}");
+    assert_eq!(status["sample"]["active_connections"], 10.0, "{status:#}");
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        agent.backend_states().len(),
+        1,
+        "a dry run changes no backend"
+    );
+
+    let text = agent.ok(&["autoscale", "status"]);
+    for expected in [
+        "policy target on active-connections, target 4/backend, 1..=3 backends",
+        "desired 3  allocated 1  in rotation 1",
+        "1 -> 3  load 10 at 4/backend [dry run]: would add 2",
+    ] {
+        assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+    }
+    let metrics = topo
+        .gateway
+        .exec(
+            "curl",
+            &[
+                "-sS",
+                "--max-time",
+                "5",
+                &format!("http://{METRICS}/metrics"),
+            ],
+        )
+        .unwrap_or_else(|err| panic!("scraping {METRICS}: {err:#}"));
+    let metrics = String::from_utf8(metrics.stdout).expect("UTF-8 metrics");
+    let vip = format!("vip=\"{VIP}\"");
+    assert_eq!(
+        sample(&metrics, "xdplb_autoscale_desired_backends", &vip),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "xdplb_autoscale_signal",
+            &format!("{vip},signal=\"active-connections\"")
+        ),
+        Some(10.0),
+        "{metrics}"
+    );
+    assert!(
+        sample(
+            &metrics,
+            "xdplb_autoscale_decisions_total",
+            &format!("{vip},direction=\"out\"")
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    // Unknown VIPs and VIPs without autoscaling are clear errors.
+    let out = agent.cli(&["autoscale", "status", "198.19.0.9:80/tcp"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("198.19.0.9:80/tcp"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(held);
+    agent.stop(true);
+}
