@@ -36,6 +36,8 @@
 //! state = "up"                # up | draining | down
 //! ```
 //!
+//! A VIP may also have an `[vip.autoscale]` table: see the `autoscale` submodule.
+//!
 //! Parsing is in two steps: the file's shape (TOML syntax, unknown keys and value types, with
 //! toml's line and column), then a semantic pass whose errors name the field by its path,
 //! e.g. `vip[1] (198.19.0.1:80/tcp) backend[0].weight: 20000 is out of range 0..=10000`. A

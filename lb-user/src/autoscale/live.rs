@@ -297,6 +297,11 @@ impl VipAutoscaler {
     /// Takes a changed config: a new policy (the history stays), the new standby list.
     pub fn reconfigure(&mut self, config: AutoscaleConfig, info: &VipInfo) {
         if config != self.config {
+            let dropped: Vec<_> = (self.config.standby.iter())
+                .filter(|a| !config.standby.contains(a))
+                .copied()
+                .collect();
+            self.spare.retain(|a| !dropped.contains(a));
             self.policy = config.policy();
             self.config = config;
         }
@@ -308,22 +313,17 @@ impl VipAutoscaler {
         &self.config
     }
 
-    /// Standby backends that are neither in the VIP nor on their way in, in the spare list.
+    /// Puts every configured standby backend that is neither in the VIP nor on its way in on
+    /// the spare list, and takes off it whatever is in the VIP now (an operator added it).
     fn refill_spare(&mut self, info: &VipInfo) {
-        let busy = |a: &SocketAddr, this: &Self| {
-            info.backends.iter().any(|b| b.spec.addr == *a)
-                || this.provisioning.iter().any(|p| p.addr == *a)
-        };
-        let standby = self.config.standby.clone();
-        self.spare
-            .retain(|a| standby.contains(a) || self.origins.get(a) == Some(&Origin::Config));
-        for addr in standby {
-            if !self.spare.contains(&addr) && !busy(&addr, self) {
+        let in_vip = |a: &SocketAddr| info.backends.iter().any(|b| b.spec.addr == *a);
+        self.spare.retain(|a| !in_vip(a));
+        for addr in self.config.standby.clone() {
+            let busy = in_vip(&addr) || self.provisioning.iter().any(|p| p.addr == addr);
+            if !busy && !self.spare.contains(&addr) {
                 self.spare.push_back(addr);
             }
         }
-        let spare: Vec<_> = self.spare.iter().copied().collect();
-        self.spare = spare.into_iter().filter(|a| !busy(a, self)).collect();
     }
 
     /// What a restart must keep.
@@ -1048,6 +1048,45 @@ standby = ["10.1.0.3:80", "10.1.0.4:80"]
             2,
             "drained backends are standby again"
         );
+    }
+
+    #[test]
+    fn a_restarted_autoscaler_keeps_origins_drains_and_spares() {
+        let mut rig = Rig::new(CONFIG);
+        rig.load(25);
+        rig.second(true);
+        assert_eq!(rig.states().len(), 3);
+        // Load falls; 2 flows stay on 10.1.0.3, so it stays (draining or up) while the config's
+        // 10.1.0.2 drains, leaves and becomes a spare.
+        rig.flows = HashMap::from([(addr("10.1.0.3:80"), 2)]);
+        while rig.states().len() == 3 {
+            assert!(rig.now < 20, "no scale-in: {:?}", rig.states());
+            rig.second(true);
+        }
+        let info = rig.balancer.vip(&rig.vip).unwrap();
+        let saved = rig.scaler.save();
+        assert!(saved.spare.contains(&addr("10.1.0.2:80")), "{saved:?}");
+
+        let config = rig.scaler.config().clone();
+        let mut restarted = VipAutoscaler::new(rig.vip, config.clone(), &info);
+        restarted.restore(&saved, &info, 100);
+        let mut again = restarted.save();
+        let mut want = saved.clone();
+        for pool in [&mut again, &mut want] {
+            pool.origins.sort_by_key(|(a, _)| *a);
+            pool.spare.sort();
+        }
+        assert_eq!(again, want);
+
+        // A config change keeps the spares it still lists (and those the pool gave back);
+        // a standby backend dropped from the config leaves the list.
+        let mut fewer = config.clone();
+        fewer.standby.retain(|a| *a != addr("10.1.0.4:80"));
+        fewer.max = 2;
+        restarted.reconfigure(fewer, &info);
+        let spare = restarted.status(Some(&info)).standby;
+        assert!(spare.contains(&addr("10.1.0.2:80")), "{spare:?}");
+        assert!(!spare.contains(&addr("10.1.0.4:80")), "{spare:?}");
     }
 
     #[test]
