@@ -67,6 +67,22 @@ pub type Shared = Arc<Mutex<Agent>>;
 impl Agent {
     /// Writes the state file atomically (a temporary file renamed over it).
     pub fn save(&self) -> anyhow::Result<()> {
+        write_atomically(&self.state_file, &self.state()?)
+    }
+
+    /// Writes the state file if the state differs from `last` (what this caller last wrote),
+    /// and updates `last`.
+    pub fn save_if_changed(&self, last: &mut Vec<u8>) -> anyhow::Result<()> {
+        let state = self.state()?;
+        if state != *last {
+            write_atomically(&self.state_file, &state)?;
+            *last = state;
+        }
+        Ok(())
+    }
+
+    /// The state file's content.
+    fn state(&self) -> anyhow::Result<Vec<u8>> {
         let state = SavedState {
             snapshot: self.balancer.snapshot(),
             config: self.config.clone(),
@@ -77,7 +93,7 @@ impl Agent {
                 .map(|(vip, a)| (*vip, a.save()))
                 .collect(),
         };
-        write_atomically(&self.state_file, &serde_json::to_vec_pretty(&state)?)
+        Ok(serde_json::to_vec_pretty(&state)?)
     }
 
     /// Watches every backend of every VIP that has a health check, and nothing else.
@@ -370,6 +386,8 @@ pub fn log_vips(balancer: &Balancer<BpfMaps>) {
 /// the slow work (probes, hooks) in tasks of its own and feeds their results back.
 pub async fn autoscale_every(agent: Shared, period: Duration) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // What this task last wrote: most seconds change nothing worth a write.
+    let mut saved = Vec::new();
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -382,7 +400,7 @@ pub async fn autoscale_every(agent: Shared, period: Duration) {
                     }
                     let jobs = agent.autoscale_tick();
                     agent.sync_health();
-                    if let Err(err) = agent.save() {
+                    if let Err(err) = agent.save_if_changed(&mut saved) {
                         warn!("saving the state: {err:#}");
                     }
                     jobs
@@ -403,7 +421,7 @@ pub async fn autoscale_every(agent: Shared, period: Duration) {
                 if let Some(scaler) = autoscale.get_mut(&vip) {
                     scaler.on_result(now, result, balancer);
                     agent.sync_health();
-                    if let Err(err) = agent.save() {
+                    if let Err(err) = agent.save_if_changed(&mut saved) {
                         warn!("saving the state: {err:#}");
                     }
                 }

@@ -328,8 +328,10 @@ impl VipAutoscaler {
 
     /// What a restart must keep.
     pub fn save(&self) -> SavedPool {
+        let mut origins: Vec<_> = self.origins.iter().map(|(a, o)| (*a, *o)).collect();
+        origins.sort_by_key(|(a, _)| *a);
         SavedPool {
-            origins: self.origins.iter().map(|(a, o)| (*a, *o)).collect(),
+            origins,
             draining: self.draining.keys().copied().collect(),
             spare: self.spare.iter().copied().collect(),
             releases: self.releases.clone(),
