@@ -755,6 +755,17 @@ impl JsonParser<'_> {
 // --- Prometheus text -----------------------------------------------------------------------
 
 /// The samples of metric `name`: its labels as written (`a="1",b="2"`) and its value.
+/// `/metrics` of the agent serving them on `addr` in `ns`, with curl.
+fn scrape_metrics(ns: &Netns, addr: &str) -> String {
+    let out = ns
+        .exec(
+            "curl",
+            &["-sS", "--max-time", "5", &format!("http://{addr}/metrics")],
+        )
+        .unwrap_or_else(|err| panic!("scraping {addr}: {err:#}"));
+    String::from_utf8(out.stdout).expect("UTF-8 metrics")
+}
+
 fn samples<'a>(text: &'a str, name: &str) -> Vec<(&'a str, f64)> {
     text.lines()
         .filter(|line| !line.starts_with('#'))
@@ -1678,21 +1689,7 @@ fn metrics_and_api_over_curl() {
         "--metrics",
         METRICS,
     ]);
-    let scrape = || {
-        let out = topo
-            .gateway
-            .exec(
-                "curl",
-                &[
-                    "-sS",
-                    "--max-time",
-                    "5",
-                    &format!("http://{METRICS}/metrics"),
-                ],
-            )
-            .unwrap_or_else(|err| panic!("scraping {METRICS}: {err:#}"));
-        String::from_utf8(out.stdout).expect("UTF-8 metrics")
-    };
+    let scrape = || scrape_metrics(&topo.gateway, METRICS);
 
     let tally = spread(&topo.client, FLOWS, "metrics");
     let held = hold(&topo.client, HELD);
@@ -2190,19 +2187,7 @@ fn autoscaling_dry_run_decides_reports_and_changes_nothing() {
     ] {
         assert!(text.contains(expected), "{expected:?} not in:\n{text}");
     }
-    let metrics = topo
-        .gateway
-        .exec(
-            "curl",
-            &[
-                "-sS",
-                "--max-time",
-                "5",
-                &format!("http://{METRICS}/metrics"),
-            ],
-        )
-        .unwrap_or_else(|err| panic!("scraping {METRICS}: {err:#}"));
-    let metrics = String::from_utf8(metrics.stdout).expect("UTF-8 metrics");
+    let metrics = scrape_metrics(&topo.gateway, METRICS);
     let vip = format!("vip=\"{VIP}\"");
     assert_eq!(
         sample(&metrics, "xdplb_autoscale_desired_backends", &vip),

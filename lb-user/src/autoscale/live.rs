@@ -977,6 +977,12 @@ standby = ["10.1.0.3:80", "10.1.0.4:80"]
             jobs
         }
 
+        /// The running scale-up hook fails.
+        fn hook_fails(&mut self) {
+            let failed = JobResult::ScaleUp(Err("exit 1".into()));
+            self.scaler.on_result(self.now, failed, &mut self.balancer);
+        }
+
         fn states(&self) -> Vec<(SocketAddr, BackendState)> {
             let info = self.balancer.vip(&self.vip).unwrap();
             info.backends
@@ -1135,21 +1141,13 @@ standby = ["10.1.0.3:80", "10.1.0.4:80"]
         let jobs = rig.second(true);
         assert!(matches!(&jobs[..], [Job::ScaleUp { argv, .. }] if argv == &["/bin/new"]));
         // Fails: retried after 1 s, then after 2 s.
-        rig.scaler.on_result(
-            rig.now,
-            JobResult::ScaleUp(Err("exit 1".into())),
-            &mut rig.balancer,
-        );
+        rig.hook_fails();
         assert_eq!(
             rig.scaler.status(None).scale_up_hook.retry_at_s,
             rig.now + 1
         );
         assert_eq!(rig.second(true).len(), 1, "retried");
-        rig.scaler.on_result(
-            rig.now,
-            JobResult::ScaleUp(Err("exit 1".into())),
-            &mut rig.balancer,
-        );
+        rig.hook_fails();
         assert_eq!(
             rig.scaler.status(None).scale_up_hook.retry_at_s,
             rig.now + 2
