@@ -631,7 +631,7 @@ impl VipAutoscaler {
         let mut candidates: Vec<_> = info
             .backends
             .iter()
-            .filter(|b| b.spec.state != BackendState::Draining)
+            .filter(|b| b.spec.state == BackendState::Up)
             .map(|b| {
                 let flows = active.get(&b.id).copied().unwrap_or(0);
                 (flows, rank(&b.spec.addr), b.spec.addr)
@@ -770,11 +770,13 @@ impl VipAutoscaler {
     }
 }
 
-/// Backends that are not draining (up, or down for a failed health check).
+/// Backends in rotation: up. Draining ones are on their way out, and one that is down (for a
+/// failed health check, or by an operator) is no capacity: the pool makes up for it, and
+/// scales in again if it comes back.
 fn serving(info: &VipInfo) -> u32 {
     info.backends
         .iter()
-        .filter(|b| b.spec.state != BackendState::Draining)
+        .filter(|b| b.spec.state == BackendState::Up)
         .count() as u32
 }
 
@@ -1095,6 +1097,35 @@ standby = ["10.1.0.3:80", "10.1.0.4:80"]
         let spare = restarted.status(Some(&info)).standby;
         assert!(spare.contains(&addr("10.1.0.2:80")), "{spare:?}");
         assert!(!spare.contains(&addr("10.1.0.4:80")), "{spare:?}");
+    }
+
+    #[test]
+    fn a_backend_that_goes_down_is_made_up_for() {
+        let mut rig = Rig::new(CONFIG);
+        rig.load(5);
+        rig.second(true);
+        let b0 = addr("10.1.0.2:80");
+        rig.balancer
+            .update_backend(&rig.vip, b0, None, Some(BackendState::Down))
+            .unwrap();
+        rig.second(true);
+        assert_eq!(
+            rig.states(),
+            [
+                (b0, BackendState::Down),
+                (addr("10.1.0.3:80"), BackendState::Up)
+            ],
+            "a standby backend replaces the one that is down"
+        );
+        // It comes back: one too many, so one drains once the scale-in window has passed.
+        rig.balancer
+            .update_backend(&rig.vip, b0, None, Some(BackendState::Up))
+            .unwrap();
+        rig.flows.clear();
+        for _ in 0..10 {
+            rig.second(true);
+        }
+        assert_eq!(rig.states().len(), 1, "{:?}", rig.states());
     }
 
     #[test]
