@@ -1,6 +1,7 @@
 //! Idempotent setup of what the eBPF build needs: a nightly toolchain with `rust-src` (for
 //! `-Z build-std=core`), bpf-linker built against the nightly's own LLVM, and the system tools
-//! the tests drive (iproute2, ethtool, ping, curl, nsenter).
+//! the tests drive (iproute2, ethtool, ping, curl, nsenter) and the benchmarks run (nft, nginx,
+//! wrk, iperf3).
 
 use std::{
     fs,
