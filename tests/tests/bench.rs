@@ -17,6 +17,12 @@
 //! namespace running xdplb, nftables DNAT or plain routing (see [`end_to_end`]).
 
 mod common;
+#[path = "bench/control.rs"]
+mod control;
+#[path = "bench/steps.rs"]
+mod steps;
+#[path = "bench/tcp.rs"]
+mod tcp;
 
 use std::{
     hint::black_box,
@@ -32,9 +38,9 @@ use aya::{
 };
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use lb_common::{
-    FlowKey,
+    Counter, FlowKey,
     conntrack::FlowState,
-    maglev::{DEFAULT_RING_SIZE, MaglevBackend, build_table, changed_slots},
+    maglev::{DEFAULT_RING_SIZE, MAX_RING_SIZE, MaglevBackend, build_table, changed_slots},
     maps::{CONNTRACK_MAP, REVERSE_NAT_MAP},
 };
 use lb_tests::{
@@ -43,9 +49,10 @@ use lb_tests::{
 };
 use lb_user::{
     balancer::{BackendSpec, Balancer, Vip, VipOptions},
+    dataplane::Counters,
     loader::{
-        AttachMode, BASELINE_DROP, BASELINE_GEN, BASELINE_PASS, BASELINE_TX, Loaded, if_index,
-        load_baseline,
+        AttachMode, BASELINE_DROP, BASELINE_GEN, BASELINE_PASS, BASELINE_TX, LoadOptions, Loaded,
+        if_index, load_baseline,
     },
     maps::BpfMaps,
 };
@@ -91,6 +98,7 @@ fn xtask_bench_suite() {
         }
     };
     let out = std::env::var("XDPLB_BENCH_OUT").unwrap_or_else(|_| "results.json".into());
+    let machine = machine();
     let cpu = pin_to_last_cpu();
     let start = Instant::now();
 
@@ -110,33 +118,77 @@ fn xtask_bench_suite() {
             .expect("backends");
     }
 
-    eprintln!(
-        "bench: per-packet cost ({} calls x {RUNS} runs)",
-        params.calls
-    );
-    let per_packet = per_packet(&mut loaded, pass, tx, &params);
-    eprintln!("bench: scaling");
-    let scaling = scaling(&mut loaded, &mut balancer, pass, &params);
-    eprintln!("bench: maglev");
-    let maglev = maglev();
+    // `XDPLB_BENCH_ONLY=tcp,end_to_end` runs only those groups (the others are null).
+    let only = std::env::var("XDPLB_BENCH_ONLY").unwrap_or_default();
+    let wanted = |group: &str| only.is_empty() || only.split(',').any(|g| g.trim() == group);
+
+    let (mut per_packet, mut scaling_rows, mut scaling_lines) =
+        (Vec::new(), Vec::new(), Vec::new());
+    if wanted("per_packet") {
+        eprintln!(
+            "bench: per-packet cost ({} calls x {RUNS} runs)",
+            params.calls
+        );
+        per_packet = per_packet_rows(&mut loaded, pass, tx, &params);
+        let tx_ns = per_packet
+            .iter()
+            .find(|row| row["name"] == "baseline_tx")
+            .and_then(|row| row["ns_min"].as_f64())
+            .expect("baseline_tx row");
+        per_packet.extend(hot_rows(&mut loaded, &mut balancer, &params, tx_ns));
+    }
+    if wanted("scaling") {
+        eprintln!("bench: scaling");
+        (scaling_rows, scaling_lines) = scaling(&mut loaded, &mut balancer, pass, &params, quick);
+    }
+    drop(balancer);
+    drop(loaded);
+    let maglev = wanted("maglev").then(|| {
+        eprintln!("bench: maglev");
+        maglev()
+    });
+    let control_plane = wanted("control_plane").then(|| {
+        eprintln!("bench: control plane (agent and CLI)");
+        control::control_plane(if quick { 6 } else { 20 })
+    });
+    let breakdown = wanted("breakdown").then(|| {
+        eprintln!("bench: cost breakdown (one program per step)");
+        steps::breakdown(&params)
+    });
     // Out of the way of the per-packet figures: the generator has a CPU, the gateway the other.
-    eprintln!("bench: end to end over veth");
-    let end_to_end = if quick {
-        end_to_end(3, 1)
-    } else {
-        end_to_end(5, 2)
-    };
+    let end_to_end = wanted("end_to_end").then(|| {
+        eprintln!("bench: end to end over veth");
+        if quick {
+            end_to_end(3, 1)
+        } else {
+            end_to_end(5, 2)
+        }
+    });
+    let tcp = wanted("tcp").then(|| {
+        eprintln!("bench: TCP connections and throughput");
+        if quick {
+            tcp::tcp(1, 2)
+        } else {
+            tcp::tcp(3, 3)
+        }
+    });
 
     let results = json!({
         "quick": quick,
         "cpu": cpu,
         "kernel": nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
+        "machine": machine,
         "method": "repeat=1 test_run per packet; ns = mean(kernel duration) - same for XDP_PASS baseline + XDP_PASS baseline at repeat=N; no ingress ifindex (translated packets end in pass_fib)",
         "per_packet": per_packet,
-        "scaling": scaling,
+        "only": only,
+        "scaling": scaling_rows,
+        "scaling_lines": scaling_lines,
         "maglev": maglev,
+        "control_plane": control_plane,
+        "breakdown": breakdown,
         "memory": memory,
         "end_to_end": end_to_end,
+        "tcp": tcp,
         "seconds": start.elapsed().as_secs_f64(),
     });
     if let Some(dir) = std::path::Path::new(&out).parent() {
@@ -166,7 +218,7 @@ enum Check {
     Untouched,
 }
 
-fn per_packet(loaded: &mut Loaded, pass: &mut Xdp, tx: &mut Xdp, p: &Params) -> Vec<Value> {
+fn per_packet_rows(loaded: &mut Loaded, pass: &mut Xdp, tx: &mut Xdp, p: &Params) -> Vec<Value> {
     let tcp_vip = sa("198.19.0.1:80");
     let udp_vip = sa("198.19.0.1:53");
     // A tracked TCP flow and a tracked UDP flow, and the backend the TCP flow went to.
@@ -323,61 +375,219 @@ fn per_packet(loaded: &mut Loaded, pass: &mut Xdp, tx: &mut Xdp, p: &Params) -> 
     rows
 }
 
-/// Established-flow cost against the number of backends behind the VIP, and against the
-/// number of flows in the connection table.
-fn scaling(
+/// Established-flow cost in a hot loop: one call with `repeat = N`, like the baselines.
+///
+/// A translated packet no longer goes to the VIP, so two VIPs are set up as each other's only
+/// backend: a packet to VIP A is translated to VIP B, and on the next run, as a packet to VIP B,
+/// back to VIP A. Every run is then a tracked TCP flow of a VIP (lookups, conntrack hit, NAT,
+/// checksums, FIB, counters), and the packet is the original again every second run. The runs'
+/// outcome counters are checked: exactly `repeat` translated packets, nothing else. Beside it,
+/// the non-VIP case, which leaves the packet as it was, the same way.
+fn hot_rows(
     loaded: &mut Loaded,
     balancer: &mut Balancer<BpfMaps>,
-    pass: &mut Xdp,
     p: &Params,
+    tx_ns: f64,
 ) -> Vec<Value> {
-    let tcp_vip = sa("198.19.0.1:80");
-    let pass_frame = frame(tcp_vip, tcp_vip, ACK, &[]);
+    let (a, b) = (sa("198.19.0.10:80"), sa("198.19.0.11:80"));
+    for (this, other) in [(a, b), (b, a)] {
+        let v = vip(&format!("{this}/tcp"));
+        balancer.add_vip(v, VipOptions::default()).expect("add vip");
+        balancer
+            .set_backends(&v, vec![BackendSpec::new(other, 1)])
+            .expect("backends");
+    }
+    let client = sa(&format!("{CLIENT}:43000"));
+    let program = loaded.program().expect("program");
+    let (action, to_b) = run_once(program, &frame(client, a, SYN, &[]));
+    assert_eq!(
+        (action, addrs(&to_b).1),
+        (XDP_PASS, b),
+        "VIP A goes to VIP B"
+    );
+    let (action, to_a) = run_once(program, &to_b);
+    assert_eq!(
+        (action, addrs(&to_a).1),
+        (XDP_PASS, a),
+        "VIP B goes to VIP A"
+    );
+    let ack = frame(client, a, ACK, &[]);
+    let non_vip = frame(client, sa("203.0.113.9:80"), ACK, &[]);
+    // Even, so that the packet ends as it started.
+    let repeat = p.repeat & !1;
     let mut rows = Vec::new();
-    let mut measure = |loaded: &mut Loaded, name: String, what: String, input: Vec<u8>| {
-        let packets = [input];
+    for (name, what, input, counter) in [
+        (
+            "tcp_ack_tracked_hot",
+            "TCP ACK of a tracked flow, hot loop (repeat=N; two VIPs that are each other's backend)",
+            &ack,
+            Counter::PassFib,
+        ),
+        (
+            "non_vip_hot",
+            "TCP to an address that is no VIP, hot loop (repeat=N)",
+            &non_vip,
+            Counter::PassNonVip,
+        ),
+    ] {
         let runs: Vec<f64> = (0..RUNS)
             .map(|_| {
-                let pass_loop = repeated(pass, &pass_frame, p.repeat);
-                let pass_call = per_call(pass, &packets[..1], p.calls);
-                let program = loaded.program().expect("program");
-                per_call(program, &packets, p.calls) - pass_call + pass_loop
+                let before = Counters::read(&loaded.ebpf).expect("counters");
+                let ns = repeated(loaded.program().expect("program"), input, repeat);
+                let after = Counters::read(&loaded.ebpf).expect("counters");
+                for &c in Counter::ALL {
+                    let expected = if c == counter { u64::from(repeat) } else { 0 };
+                    assert_eq!(
+                        after.get(c) - before.get(c),
+                        expected,
+                        "{name}: counter {} over {repeat} runs",
+                        c.name()
+                    );
+                }
+                ns
             })
             .collect();
         eprintln!("bench: {name}: {:.1} ns", min(&runs));
         rows.push(json!({
             "name": name,
             "what": what,
+            "method": "repeat=N",
+            "outcome": counter.name(),
             "ns_min": min(&runs),
             "ns_median": median(&runs),
+            "ratio_to_tx": min(&runs) / tx_ns,
             "runs": runs,
         }));
-    };
+    }
+    rows
+}
 
-    // A fresh flow after each change of the backend set (maglev, equal weights).
-    for (n, port) in [(2usize, 41_000u16), (100, 41_001), (1_000, 41_002)] {
-        balancer
-            .set_backends(&vip(TCP_VIP), backends(n))
-            .expect("backends");
-        let client = sa(&format!("{CLIENT}:{port}"));
+/// Established-flow cost (a tracked TCP ACK, the repeat=1 method) along three lines that
+/// should be flat: backends behind the VIP, VIPs, and flows in the connection table. Returns
+/// the rows and, per line, its spread (largest / smallest - 1, of the minimums and of the
+/// medians).
+fn scaling(
+    loaded: &mut Loaded,
+    balancer: &mut Balancer<BpfMaps>,
+    pass: &mut Xdp,
+    p: &Params,
+    quick: bool,
+) -> (Vec<Value>, Vec<Value>) {
+    let tcp_vip = sa("198.19.0.1:80");
+    let pass_frame = frame(tcp_vip, tcp_vip, ACK, &[]);
+    let mut rows = Vec::new();
+    let mut measure =
+        |loaded: &mut Loaded, line: &str, x: usize, name: String, what: String, input: Vec<u8>| {
+            let packets = [input];
+            let runs: Vec<f64> = (0..RUNS)
+                .map(|_| {
+                    let pass_loop = repeated(pass, &pass_frame, p.repeat);
+                    let pass_call = per_call(pass, &packets[..1], p.calls);
+                    let program = loaded.program().expect("program");
+                    per_call(program, &packets, p.calls) - pass_call + pass_loop
+                })
+                .collect();
+            eprintln!("bench: {name}: {:.1} ns", min(&runs));
+            rows.push(json!({
+                "line": line,
+                "x": x,
+                "name": name,
+                "what": what,
+                "ns_min": min(&runs),
+                "ns_median": median(&runs),
+                "runs": runs,
+            }));
+        };
+    // A tracked flow of `client` to the TCP VIP (its SYN through the program), checked.
+    let track = |loaded: &mut Loaded, client: SocketAddr| {
         let (action, out) = run_once(
             loaded.program().expect("program"),
             &frame(client, tcp_vip, SYN, &[]),
         );
         assert_eq!(action, XDP_PASS);
-        assert!(addrs(&out).1.ip().to_string().starts_with("10.1."));
+        assert!(
+            addrs(&out).1.ip().to_string().starts_with("10.1."),
+            "{}",
+            describe(&out)
+        );
+    };
+
+    // Backends: a fresh flow after each change of the backend set (maglev, equal weights).
+    for (n, port) in [
+        (2usize, 41_000u16),
+        (100, 41_001),
+        (1_000, 41_002),
+        (10_000, 41_003),
+    ] {
+        balancer
+            .set_backends(&vip(TCP_VIP), backends(n))
+            .expect("backends");
+        let client = sa(&format!("{CLIENT}:{port}"));
+        track(loaded, client);
         measure(
             loaded,
+            "backends",
+            n,
             format!("ack_{n}_backends"),
-            format!("TCP ACK of a tracked flow, {n} backends (maglev)"),
+            format!("TCP ACK of a tracked flow, {n} backends behind the VIP (maglev)"),
             frame(client, tcp_vip, ACK, &[]),
         );
     }
 
-    // The connection table holding 1,000, then 100,000 flows, in a freshly loaded program (the
-    // one above holds the new flows of the per-packet runs): fill it with SYNs of distinct
-    // 5-tuples (10.128.0.0/9) through test_run; the measured flow is one of them.
-    let mut fresh = common::load();
+    // VIPs: a freshly loaded program with the one TCP VIP (2 backends), then 999 more VIPs
+    // (other addresses, 2 backends each, Maglev rings of 257 so that 1,000 rings fit the
+    // slots array); the same tracked flow measured with 1 and with 1,000 VIPs.
+    {
+        let mut fresh = common::load();
+        let mut fresh_balancer = fresh.balancer(Default::default()).expect("balancer");
+        fresh_balancer
+            .add_vip(vip(TCP_VIP), VipOptions::default())
+            .expect("add vip");
+        fresh_balancer
+            .set_backends(&vip(TCP_VIP), backends(2))
+            .expect("backends");
+        let client = sa(&format!("{CLIENT}:42001"));
+        track(&mut fresh, client);
+        let ack = frame(client, tcp_vip, ACK, &[]);
+        measure(
+            &mut fresh,
+            "vips",
+            1,
+            "ack_1_vip".into(),
+            "TCP ACK of a tracked flow, 1 VIP".into(),
+            ack.clone(),
+        );
+        let small = VipOptions {
+            ring_size: 257,
+            ..VipOptions::default()
+        };
+        for i in 0..999u32 {
+            let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 4, 1)) + i);
+            let v = vip(&format!("{addr}:80/tcp"));
+            fresh_balancer.add_vip(v, small).expect("add vip");
+            fresh_balancer
+                .set_backends(&v, backends(2))
+                .expect("backends");
+        }
+        measure(
+            &mut fresh,
+            "vips",
+            1_000,
+            "ack_1000_vips".into(),
+            "TCP ACK of a tracked flow, 1,000 VIPs (999 more addresses)".into(),
+            ack,
+        );
+    }
+
+    // Flows: a freshly loaded program whose tables hold twice the largest fill (so nothing is
+    // evicted), filled with SYNs of distinct 5-tuples (10.128.0.0/9) through test_run; the
+    // measured flow is the first of them.
+    let largest = if quick { 100_000 } else { 1_000_000 };
+    let mut fresh = Loaded::load_with(LoadOptions {
+        conntrack_capacity: 2 * largest as u32,
+        ..LoadOptions::default()
+    })
+    .expect("loading the XDP program");
     let mut fresh_balancer = fresh.balancer(Default::default()).expect("balancer");
     fresh_balancer
         .add_vip(vip(TCP_VIP), VipOptions::default())
@@ -386,39 +596,104 @@ fn scaling(
         .set_backends(&vip(TCP_VIP), backends(2))
         .expect("backends");
     let client = sa(&format!("{CLIENT}:42000"));
-    run_once(
-        fresh.program().expect("program"),
-        &frame(client, tcp_vip, SYN, &[]),
-    );
+    track(&mut fresh, client);
     let mut next = 0u32;
-    for target in [1_000usize, 100_000] {
+    for target in [1_000usize, largest] {
+        let fill = Instant::now();
         let program = fresh.program().expect("program");
+        let mut syn = frame(client, tcp_vip, SYN, &[]);
         while (next as usize) + 1 < target {
-            let src = SocketAddr::new(
-                IpAddr::V4(Ipv4Addr::from(0x0a80_0000 + next)),
+            set_source(
+                &mut syn,
+                Ipv4Addr::from(0x0a80_0000 + next),
                 1024 + (next % 60_000) as u16,
             );
             next += 1;
-            run_once(program, &frame(src, tcp_vip, SYN, &[]));
+            let result = program
+                .test_run(TestRunOptions {
+                    data_in: Some(&syn),
+                    ..TestRunOptions::new()
+                })
+                .expect("test_run");
+            assert_eq!(result.return_value, XDP_PASS);
         }
         let counted = tracked_flows(&mut fresh);
         assert_eq!(counted, target, "flows in the connection table");
+        eprintln!(
+            "bench: {target} flows filled and counted in {:.1?}",
+            fill.elapsed()
+        );
+        let note = if quick && target == largest {
+            " (quick run: 100,000 instead of 1,000,000)"
+        } else {
+            ""
+        };
         measure(
             &mut fresh,
+            "flows",
+            target,
             format!("ack_{target}_flows"),
-            format!("TCP ACK of a tracked flow, connection table holding {counted} flows"),
+            format!("TCP ACK of a tracked flow, connection table holding {counted} flows{note}"),
             frame(client, tcp_vip, ACK, &[]),
         );
     }
-    rows
+
+    let mut lines = Vec::new();
+    for line in ["backends", "vips", "flows"] {
+        let of = |key: &str| -> Vec<f64> {
+            rows.iter()
+                .filter(|row| row["line"] == line)
+                .filter_map(|row| row[key].as_f64())
+                .collect()
+        };
+        let spread = |v: Vec<f64>| max(&v) / min(&v) - 1.0;
+        lines.push(json!({
+            "line": line,
+            "xs": rows.iter().filter(|row| row["line"] == line).map(|row| row["x"].clone()).collect::<Vec<_>>(),
+            "spread_min": spread(of("ns_min")),
+            "spread_median": spread(of("ns_median")),
+        }));
+    }
+    (rows, lines)
+}
+
+/// Sets the IPv4 source address and TCP/UDP source port of an Ethernet + IPv4 (no options)
+/// frame, updating both checksums incrementally (RFC 1624).
+fn set_source(frame: &mut [u8], addr: Ipv4Addr, port: u16) {
+    const IP: usize = 14;
+    const L4: usize = IP + 20;
+    let l4_check = if frame[IP + 9] == 6 { L4 + 16 } else { L4 + 6 };
+    let word = |f: &[u8], at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
+    let old: [u16; 3] = [word(frame, IP + 12), word(frame, IP + 14), word(frame, L4)];
+    frame[IP + 12..IP + 16].copy_from_slice(&addr.octets());
+    frame[L4..L4 + 2].copy_from_slice(&port.to_be_bytes());
+    let new: [u16; 3] = [word(frame, IP + 12), word(frame, IP + 14), word(frame, L4)];
+    let update = |check: u16, words: &[(u16, u16)]| {
+        let mut sum = u32::from(!check);
+        for &(o, n) in words {
+            sum += u32::from(!o) + u32::from(n);
+        }
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    };
+    let addr_words = [(old[0], new[0]), (old[1], new[1])];
+    let ip_check = update(word(frame, IP + 10), &addr_words);
+    frame[IP + 10..IP + 12].copy_from_slice(&ip_check.to_be_bytes());
+    let l4 = update(
+        word(frame, l4_check),
+        &[addr_words[0], addr_words[1], (old[2], new[2])],
+    );
+    frame[l4_check..l4_check + 2].copy_from_slice(&l4.to_be_bytes());
 }
 
 /// Maglev table build time and the share of the table that moves when one backend goes.
 fn maglev() -> Vec<Value> {
-    let ring = DEFAULT_RING_SIZE;
-    [10u32, 100, 1_000, 10_000]
+    [DEFAULT_RING_SIZE, MAX_RING_SIZE]
         .into_iter()
-        .map(|n| {
+        .flat_map(|ring| [10u32, 100, 1_000, 10_000].map(|n| (ring, n)))
+        .map(|(ring, n)| {
             let all: Vec<MaglevBackend> = (0..n)
                 .map(|i| {
                     let mut addr = [0; 16];
@@ -438,7 +713,10 @@ fn maglev() -> Vec<Value> {
             fewer.remove(n as usize / 2);
             let after = build_table(&fewer, ring).expect("table");
             let moved = changed_slots(&before, &after) as f64 / f64::from(ring);
-            eprintln!("bench: maglev {n} backends: {:.2} ms", min(&times));
+            eprintln!(
+                "bench: maglev M={ring}, {n} backends: {:.2} ms",
+                min(&times)
+            );
             json!({
                 "backends": n,
                 "ring_size": ring,
@@ -532,11 +810,17 @@ fn xdp<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> &'a mut Xdp {
 
 /// One call with `repeat = 1`: the action and the output frame.
 fn run_once(program: &mut Xdp, input: &[u8]) -> (u32, Vec<u8>) {
+    run_once_ctx(program, input, None)
+}
+
+/// [`run_once`] with an `xdp_md` context (see [`xdp_ctx`]).
+fn run_once_ctx(program: &mut Xdp, input: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>) {
     let mut output = vec![0u8; input.len() + 512];
     let result = program
         .test_run(TestRunOptions {
             data_in: Some(input),
             data_out: Some(&mut output),
+            ctx_in: ctx,
             ..TestRunOptions::new()
         })
         .expect("test_run");
@@ -544,13 +828,28 @@ fn run_once(program: &mut Xdp, input: &[u8]) -> (u32, Vec<u8>) {
     (result.return_value, output)
 }
 
+/// The `xdp_md` of a packet of `len` bytes that arrived on `ifindex`.
+fn xdp_ctx(ifindex: u32, len: usize) -> Vec<u8> {
+    // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
+    [0, len as u32, 0, ifindex, 0, 0]
+        .iter()
+        .flat_map(|field| field.to_ne_bytes())
+        .collect()
+}
+
 /// Mean kernel-measured ns of `calls` calls with `repeat = 1`, cycling through `packets`.
 fn per_call(program: &mut Xdp, packets: &[Vec<u8>], calls: usize) -> f64 {
+    per_call_ctx(program, packets, None, calls)
+}
+
+/// [`per_call`] with an `xdp_md` context for every call.
+fn per_call_ctx(program: &mut Xdp, packets: &[Vec<u8>], ctx: Option<&[u8]>, calls: usize) -> f64 {
     let mut total = 0u128;
     for call in 0..calls {
         let result = program
             .test_run(TestRunOptions {
                 data_in: Some(&packets[call % packets.len()]),
+                ctx_in: ctx,
                 ..TestRunOptions::new()
             })
             .expect("test_run");
@@ -562,9 +861,15 @@ fn per_call(program: &mut Xdp, packets: &[Vec<u8>], calls: usize) -> f64 {
 /// Kernel-measured ns per run of one call with `repeat` runs (only for programs whose path does
 /// not depend on what they wrote: the baselines).
 fn repeated(program: &mut Xdp, input: &[u8], repeat: u32) -> f64 {
+    repeated_ctx(program, input, None, repeat)
+}
+
+/// [`repeated`] with an `xdp_md` context.
+fn repeated_ctx(program: &mut Xdp, input: &[u8], ctx: Option<&[u8]>, repeat: u32) -> f64 {
     let result = program
         .test_run(TestRunOptions {
             data_in: Some(input),
+            ctx_in: ctx,
             repeat,
             ..TestRunOptions::new()
         })
@@ -611,6 +916,33 @@ fn sa(s: &str) -> SocketAddr {
 
 fn vip(s: &str) -> Vip {
     s.parse().unwrap_or_else(|err| panic!("bad VIP {s}: {err}"))
+}
+
+fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+}
+
+/// CPU model, CPU count and memory of this machine, for the results.
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_default();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kb: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    json!({
+        "cpu_model": model,
+        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "memory_gib": mem_kb as f64 / (1024.0 * 1024.0),
+        "loadavg_at_start": load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+    })
 }
 
 fn min(v: &[f64]) -> f64 {
@@ -776,6 +1108,15 @@ fn end_to_end(rounds: usize, secs: u64) -> Value {
         rows.push((
             "xdplb",
             "xdplb NAT to 198.18.1.2, native XDP on gc and gb0 (redirect through the devmap)",
+            Some(measured),
+            String::new(),
+        ));
+        // The same program passing everything to the kernel: frames to the sink's own address.
+        let measured = run(&to_sink, (sink, HOST_IF));
+        rows.push((
+            "xdp_pass_through",
+            "kernel forwarding to 198.18.1.2 with xdplb attached to gc and gb0, balancing \
+             nothing (every frame: pass_non_vip)",
             Some(measured),
             String::new(),
         ));

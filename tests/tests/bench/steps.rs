@@ -1,0 +1,383 @@
+//! Cost breakdown: the data path's steps timed one by one, each as its own XDP program
+//! (`lb-ebpf/src/bin/bench_steps.rs`, built from the balancer's own modules, with the same maps
+//! driven by the same [`Balancer`]), in a hot loop (`repeat = N`) and one call per packet (the
+//! method of the per-packet table), both as ns over the `XDP_PASS` baseline measured the same
+//! way. They run in a gateway namespace with the packet arriving on its client-facing veth, so
+//! that `bpf_fib_lookup` answers from real routes; `fib_forwarding_off` is the same lookup
+//! where the per-packet runs make it: in the host namespace, with no ingress interface given
+//! (so loopback) and IPv4 forwarding off, where it returns `BPF_FIB_LKUP_RET_FWD_DISABLED` at
+//! once.
+
+use std::{path::PathBuf, time::SystemTime};
+
+use aya::{Ebpf, programs::Xdp};
+use lb_tests::netns::{GW_CLIENT_IF, HOST_IF, Topology, gw_backend_if};
+use lb_user::{
+    balancer::{Balancer, VipOptions},
+    loader::{BASELINE_PASS, if_index, load_baseline},
+    maps::BpfMaps,
+};
+use serde_json::{Value, json};
+
+use super::{
+    ACK, CLIENT, Params, RUNS, TCP_VIP, backends, frame, mac_string, median, min, ns_ok, per_call,
+    per_call_ctx, pin_to_last_cpu, repeated, repeated_ctx, run_once_ctx, sa, vip,
+};
+
+const PASS: u32 = 2;
+const DROP: u32 = 1;
+/// Inserts per run of `step_new_flow` and `step_lru_insert` in the hot loop: with their calls
+/// they stay below the table's 1,000,000 entries, so that nothing is evicted.
+const NEW_FLOW_REPEAT: u32 = 40_000;
+/// Calls per run of those two steps (one per packet).
+const NEW_FLOW_CALLS: usize = 20_000;
+
+/// A step: its program, what it does, which packet, whether it gets the ingress interface,
+/// and the action that says it did its work.
+struct Step {
+    program: &'static str,
+    what: &'static str,
+    to_sink: bool,
+    ingress: bool,
+    expect: u32,
+}
+
+const STEPS: &[Step] = &[
+    Step {
+        program: "step_parse",
+        what: "parse Ethernet, IPv4, TCP into the per-CPU scratch",
+        to_sink: false,
+        ingress: true,
+        expect: PASS,
+    },
+    Step {
+        program: "step_scratch",
+        what: "per-CPU scratch lookup + copies (flow key, other-direction key, reverse entry)",
+        to_sink: false,
+        ingress: true,
+        expect: PASS,
+    },
+    Step {
+        program: "step_vip_addr",
+        what: "is the destination a VIP address: VIP_ADDRS hash lookup (20-byte key), hit",
+        to_sink: false,
+        ingress: true,
+        expect: PASS,
+    },
+    Step {
+        program: "step_vip",
+        what: "which VIP: VIPS hash lookup (no prealloc, 20-byte key), hit",
+        to_sink: false,
+        ingress: true,
+        expect: PASS,
+    },
+    Step {
+        program: "step_ktime",
+        what: "bpf_ktime_get_ns",
+        to_sink: false,
+        ingress: true,
+        expect: PASS,
+    },
+    Step {
+        program: "step_conntrack",
+        what: "VIPS lookup + CONNTRACK LRU hash lookup (40-byte key) of a tracked flow, backend, state update",
+        to_sink: false,
+        ingress: true,
+        expect: PASS,
+    },
+    Step {
+        program: "step_new_flow",
+        what: "VIPS lookup + new flow: CONNTRACK miss, Maglev pick, CONNTRACK and REVERSE_NAT inserts, atomic count",
+        to_sink: false,
+        ingress: true,
+        expect: PASS,
+    },
+    Step {
+        program: "step_lru_insert",
+        what: "one insert of a new flow into CONNTRACK (LRU hash, 40-byte key, random source)",
+        to_sink: false,
+        ingress: true,
+        expect: PASS,
+    },
+    Step {
+        program: "step_counters",
+        what: "outcome counter + VIP and backend traffic (3 per-CPU arrays)",
+        to_sink: false,
+        ingress: true,
+        expect: PASS,
+    },
+    Step {
+        program: "step_rewrite",
+        what: "NAT rewrite: checksum kind, IPv4 header and TCP checksum updates",
+        to_sink: false,
+        ingress: true,
+        expect: PASS,
+    },
+    Step {
+        program: "step_fib",
+        what: "bpf_fib_lookup, real route and neighbour (packet to the sink, arrived on gc)",
+        to_sink: true,
+        ingress: true,
+        expect: PASS,
+    },
+    Step {
+        program: "step_fib",
+        what: "bpf_fib_lookup in the host namespace, ingress lo, forwarding off: returns at once (as in the per-packet runs)",
+        to_sink: true,
+        ingress: false,
+        expect: DROP,
+    },
+];
+
+/// Which steps make up the balancer's established path and its new-flow path (as sums).
+const ESTABLISHED: &[&str] = &[
+    "step_parse",
+    "step_scratch",
+    "step_vip_addr",
+    "step_conntrack",
+    "step_ktime",
+    "step_counters",
+    "step_rewrite",
+];
+const NEW_FLOW: &[&str] = &[
+    "step_parse",
+    "step_scratch",
+    "step_vip_addr",
+    "step_new_flow",
+    "step_ktime",
+    "step_counters",
+    "step_rewrite",
+];
+
+/// Rows of the breakdown and the sums of the established and new-flow paths.
+pub fn breakdown(p: &Params) -> Value {
+    let path = object("bench_steps");
+    let mut ebpf =
+        Ebpf::load_file(&path).unwrap_or_else(|err| panic!("loading {}: {err}", path.display()));
+    for name in ["step_parse"]
+        .into_iter()
+        .chain(STEPS.iter().map(|s| s.program))
+    {
+        let prog: &mut Xdp = ebpf
+            .program_mut(name)
+            .and_then(|p| p.try_into().ok())
+            .unwrap_or_else(|| panic!("no XDP program {name} in bench_steps"));
+        if prog.fd().is_err() {
+            prog.load()
+                .unwrap_or_else(|err| panic!("loading {name}: {err}"));
+        }
+    }
+    let maps = BpfMaps::new(&mut ebpf).expect("bench_steps maps");
+    let mut balancer = Balancer::new(
+        maps,
+        lb_common::maps::DEFAULT_SLOTS,
+        lb_common::maps::Settings::default(),
+    )
+    .expect("balancer over bench_steps");
+    balancer
+        .add_vip(vip(TCP_VIP), VipOptions::default())
+        .expect("add vip");
+    balancer
+        .set_backends(&vip(TCP_VIP), backends(2))
+        .expect("backends");
+    let mut pass_obj = load_baseline(BASELINE_PASS, "bench_pass").expect("baseline pass");
+
+    let topo = Topology::new(1).unwrap_or_else(|err| panic!("topology: {err:#}"));
+    let sink = &topo.backends[0];
+    let sink_mac = sink
+        .mac(HOST_IF)
+        .unwrap_or_else(|err| panic!("sink MAC: {err:#}"));
+    ns_ok(
+        &topo.gateway,
+        "ip",
+        &[
+            "neigh",
+            "replace",
+            &sink.v4.to_string(),
+            "lladdr",
+            &mac_string(sink_mac),
+            "dev",
+            &gw_backend_if(0),
+            "nud",
+            "permanent",
+        ],
+    );
+    let client = sa(&format!("{CLIENT}:40000"));
+    let to_vip = frame(client, sa("198.19.0.1:80"), ACK, &[]);
+    let to_sink = frame(client, sa(&format!("{}:80", sink.v4)), ACK, &[]);
+
+    let mut rows: Vec<Value> = topo.gateway.run(|| {
+        pin_to_last_cpu();
+        let ifindex = if_index(GW_CLIENT_IF).expect("gc");
+        let ctx = super::xdp_ctx(ifindex, to_vip.len());
+        // The scratch of this CPU, which every other step reads.
+        let (action, _) = run_once_ctx(xdp(&mut ebpf, "step_parse"), &to_vip, Some(&ctx));
+        assert_eq!(action, PASS, "step_parse");
+        let base = Base::new(xdp(&mut pass_obj, "bench_pass"), &to_vip, p);
+        STEPS
+            .iter()
+            .filter(|step| step.ingress)
+            .map(|step| {
+                let input = if step.to_sink { &to_sink } else { &to_vip };
+                measure(&mut ebpf, step, input, Some(&ctx), &base, p)
+            })
+            .collect()
+    });
+    // The same CPU as above (the benchmark thread is pinned to it), so the same scratch.
+    let base = Base::new(xdp(&mut pass_obj, "bench_pass"), &to_vip, p);
+    for step in STEPS.iter().filter(|step| !step.ingress) {
+        let input = if step.to_sink { &to_sink } else { &to_vip };
+        rows.push(measure(&mut ebpf, step, input, None, &base, p));
+    }
+    drop(topo);
+
+    let sum = |steps: &[&str], key: &str| -> f64 {
+        steps
+            .iter()
+            .map(|program| {
+                rows.iter()
+                    .find(|row| row["program"] == *program && row["name"] != "fib_forwarding_off")
+                    .and_then(|row| row[key].as_f64())
+                    .unwrap_or(f64::NAN)
+            })
+            .sum()
+    };
+    let fib = |name: &str, key: &str| -> f64 {
+        rows.iter()
+            .find(|row| row["name"] == name)
+            .and_then(|row| row[key].as_f64())
+            .unwrap_or(f64::NAN)
+    };
+    json!({
+        "method": "one XDP program per step (bench_steps: the balancer's own modules and maps), \
+                   ns over the XDP_PASS baseline measured the same way; hot = one call with \
+                   repeat=N (steps that insert flows: 40,000, and 20,000 calls), call = one repeat=1 call per packet (the \
+                   per-packet table's method); run in a gateway namespace, packet arriving on gc",
+        "rows": rows,
+        "sums": [
+            {
+                "name": "established",
+                "steps": ESTABLISHED,
+                "ns_hot": sum(ESTABLISHED, "ns_hot_min"),
+                "ns_hot_with_fib": sum(ESTABLISHED, "ns_hot_min") + fib("fib", "ns_hot_min"),
+                "ns_call": sum(ESTABLISHED, "ns_call_min"),
+            },
+            {
+                "name": "new_flow",
+                "steps": NEW_FLOW,
+                "ns_hot": sum(NEW_FLOW, "ns_hot_min"),
+                "ns_hot_with_fib": sum(NEW_FLOW, "ns_hot_min") + fib("fib", "ns_hot_min"),
+                "ns_call": sum(NEW_FLOW, "ns_call_min"),
+            },
+        ],
+    })
+}
+
+/// The `XDP_PASS` baseline, hot and per call, which every step's time is taken over.
+struct Base {
+    hot: f64,
+    call: f64,
+}
+
+impl Base {
+    fn new(pass: &mut Xdp, input: &[u8], p: &Params) -> Self {
+        let hot: Vec<f64> = (0..RUNS).map(|_| repeated(pass, input, p.repeat)).collect();
+        let call: Vec<f64> = (0..RUNS)
+            .map(|_| per_call(pass, std::slice::from_ref(&input.to_vec()), p.calls))
+            .collect();
+        Self {
+            hot: min(&hot),
+            call: min(&call),
+        }
+    }
+}
+
+/// Times one step (its program checked first), hot and per call.
+fn measure(
+    ebpf: &mut Ebpf,
+    step: &Step,
+    input: &Vec<u8>,
+    ctx: Option<&[u8]>,
+    base: &Base,
+    p: &Params,
+) -> Value {
+    let program = xdp(ebpf, step.program);
+    // The first call may set things up (tracking the flow of `step_conntrack`).
+    run_once_ctx(program, input, ctx);
+    let (action, output) = run_once_ctx(program, input, ctx);
+    assert_eq!(action, step.expect, "{} ({})", step.program, step.what);
+    assert_eq!(
+        &output, input,
+        "{} leaves the packet as it was",
+        step.program
+    );
+    let inserts = matches!(step.program, "step_new_flow" | "step_lru_insert");
+    let repeat = if inserts {
+        NEW_FLOW_REPEAT.min(p.repeat)
+    } else {
+        p.repeat
+    };
+    let hot: Vec<f64> = (0..RUNS)
+        .map(|_| repeated_ctx(program, input, ctx, repeat) - base.hot)
+        .collect();
+    let calls = if inserts {
+        NEW_FLOW_CALLS.min(p.calls)
+    } else {
+        p.calls
+    };
+    let call: Vec<f64> = (0..RUNS)
+        .map(|_| per_call_ctx(program, std::slice::from_ref(input), ctx, calls) - base.call)
+        .collect();
+    let name = if step.ingress {
+        step.program.trim_start_matches("step_").to_owned()
+    } else {
+        "fib_forwarding_off".to_owned()
+    };
+    eprintln!(
+        "bench: step {name}: {:.1} ns hot, {:.1} ns per call",
+        min(&hot),
+        min(&call)
+    );
+    json!({
+        "name": name,
+        "program": step.program,
+        "what": step.what,
+        "ns_hot_min": min(&hot),
+        "ns_hot_median": median(&hot),
+        "ns_call_min": min(&call),
+        "ns_call_median": median(&call),
+    })
+}
+
+fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut Xdp {
+    ebpf.program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .unwrap_or_else(|| panic!("no XDP program {name}"))
+}
+
+/// The benchmark-only eBPF object `name`, which lb-user's build script leaves in its `OUT_DIR`
+/// (`target/<profile>/build/lb-user-*/out/`) with the others: the newest one there.
+fn object(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let build = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("build"))
+        .expect("target directory");
+    let newest = std::fs::read_dir(&build)
+        .unwrap_or_else(|err| panic!("{}: {err}", build.display()))
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("lb-user-"))
+        .map(|entry| entry.path().join("out").join(name))
+        .filter_map(|path| {
+            let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
+            (std::fs::metadata(&path).ok()?.len() > 0).then_some((modified, path))
+        })
+        .max_by_key(|(modified, _): &(SystemTime, PathBuf)| *modified);
+    newest.map(|(_, path)| path).unwrap_or_else(|| {
+        panic!(
+            "no {name} object under {}/lb-user-*/out: build with `cargo xtask bench`",
+            build.display()
+        )
+    })
+}

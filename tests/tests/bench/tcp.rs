@@ -1,0 +1,521 @@
+//! TCP with real clients and servers: connections per second (wrk with `Connection: close`
+//! against nginx, one request per connection) and bulk throughput (iperf3, one stream), from
+//! the client namespace through the gateway to the sink namespace, for xdplb (NAT, native XDP
+//! on both gateway veths), nftables DNAT and plain routing, on one topology; and plain routing
+//! with xdplb attached but balancing nothing, which tells the cost of XDP on veth itself from
+//! the balancer's.
+//!
+//! Client and sink compute their checksums (`ethtool -K eth0 tx off`, which also turns TSO
+//! off), the same for all three, so that xdplb sees full checksums and takes its own fast path
+//! rather than handing partial ones to the kernel.
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use lb_tests::netns::{GW_CLIENT_IF, HOST_IF, Netns, Topology, gw_backend_if};
+use lb_user::{
+    balancer::{BackendSpec, VipOptions},
+    dataplane::Counters,
+    loader::AttachMode,
+};
+use serde_json::{Value, json};
+
+use lb_common::Counter;
+
+use super::{median, min, ns_ok, vip};
+
+const VIP_IP: &str = "198.19.0.1";
+/// The paths, in the order they run; path `k` (from 0) uses HTTP port `HTTP_PORT + k` and
+/// iperf3 port `IPERF_PORT + k`, on the VIP and on the sink. Without that, a path would reuse
+/// 4-tuples the sink still holds in TIME-WAIT from the path before, and through a NAT the
+/// client's TCP timestamps for them (offset per destination address) are older than the sink
+/// remembers: PAWS drops the SYN, and the client retries a second later.
+const PATHS: [&str; 4] = ["plain_routing", "xdp_pass_through", "xdplb", "nftables"];
+const HTTP_PORT: u16 = 8000;
+const IPERF_PORT: u16 = 5200;
+
+/// The HTTP and iperf3 ports of `path`.
+fn ports(path: &str) -> (u16, u16) {
+    let k = PATHS.iter().position(|p| *p == path).expect("a path") as u16;
+    (HTTP_PORT + k, IPERF_PORT + k)
+}
+/// wrk connections (and so connections in flight).
+const WRK_CONNECTIONS: u32 = 32;
+
+/// `rounds` runs of `secs` seconds of each tool through each path.
+pub fn tcp(rounds: usize, secs: u64) -> Value {
+    for tool in ["nginx", "wrk", "iperf3"] {
+        assert!(
+            Command::new(tool)
+                .arg(if tool == "nginx" { "-v" } else { "--version" })
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok(),
+            "{tool} is missing: `cargo xtask setup` (as root) installs it with apt \
+             (packages nginx-light, wrk, iperf3)"
+        );
+    }
+    let topo = Topology::new(1).unwrap_or_else(|err| panic!("topology: {err:#}"));
+    let (client, gateway, sink) = (&topo.client, &topo.gateway, &topo.backends[0]);
+    for ns in [client, sink] {
+        ns_ok(ns, "ethtool", &["-K", HOST_IF, "tx", "off"]);
+    }
+    for setting in [
+        "net.ipv4.ip_local_port_range=1024 65535",
+        "net.ipv4.tcp_tw_reuse=1",
+    ] {
+        ns_ok(client, "sysctl", &["-qw", setting]);
+    }
+    let nginx = Daemon::nginx(sink);
+    let iperf: Vec<Daemon> = PATHS
+        .iter()
+        .map(|path| {
+            let port = ports(path).1.to_string();
+            Daemon::spawn(
+                sink,
+                "iperf3",
+                &["-s", "-B", &sink.v4.to_string(), "-p", &port],
+                None,
+            )
+        })
+        .collect();
+    for path in PATHS {
+        let (http, iperf) = ports(path);
+        wait_listening(sink, SocketAddr::new(sink.v4.into(), http));
+        wait_listening(sink, SocketAddr::new(sink.v4.into(), iperf));
+    }
+
+    let mut rows = Vec::new();
+    let sink_ip = sink.v4.to_string();
+    rows.push(measure(
+        client,
+        "plain_routing",
+        "kernel forwarding to the sink's address, no balancer",
+        &sink_ip,
+        rounds,
+        secs,
+    ));
+    {
+        let mut loaded = super::common::load();
+        let gb0 = gw_backend_if(0);
+        for iface in [GW_CLIENT_IF, gb0.as_str()] {
+            gateway
+                .run(|| loaded.attach(iface, AttachMode::Native))
+                .unwrap_or_else(|err| panic!("attaching xdplb to {iface}: {err:#}"));
+        }
+        // First with no VIP: every packet goes through the program and on to the kernel.
+        let before = Counters::read(&loaded.ebpf).expect("counters");
+        let mut row = measure(
+            client,
+            "xdp_pass_through",
+            "kernel forwarding to the sink's address with xdplb attached to gc and gb0 but \
+             balancing nothing (every packet: pass_non_vip)",
+            &sink_ip,
+            rounds,
+            secs,
+        );
+        let after = Counters::read(&loaded.ebpf).expect("counters");
+        let passed = after.get(Counter::PassNonVip) - before.get(Counter::PassNonVip);
+        assert!(passed > 0, "nothing went through the program");
+        row["xdplb_counters"] = json!({ "pass_non_vip": passed });
+        rows.push(row);
+        let mut balancer = loaded.balancer(Default::default()).expect("balancer");
+        let (http, iperf) = ports("xdplb");
+        for port in [http, iperf] {
+            let v = vip(&format!("{VIP_IP}:{port}/tcp"));
+            balancer.add_vip(v, VipOptions::default()).expect("add vip");
+            balancer
+                .set_backends(
+                    &v,
+                    vec![BackendSpec::new(SocketAddr::new(sink.v4.into(), port), 1)],
+                )
+                .expect("backends");
+        }
+        let before = Counters::read(&loaded.ebpf).expect("counters");
+        let mut row = measure(
+            client,
+            "xdplb",
+            "xdplb NAT to the sink, native XDP on gc and gb0",
+            VIP_IP,
+            rounds,
+            secs,
+        );
+        let after = Counters::read(&loaded.ebpf).expect("counters");
+        let counters: serde_json::Map<String, Value> = Counter::ALL
+            .iter()
+            .filter(|&&c| after.get(c) > before.get(c))
+            .map(|&c| (c.name().to_owned(), json!(after.get(c) - before.get(c))))
+            .collect();
+        let by_xdp = [
+            Counter::FwdTx,
+            Counter::FwdRedirect,
+            Counter::ReplyTx,
+            Counter::ReplyRedirect,
+        ]
+        .iter()
+        .map(|&c| after.get(c) - before.get(c))
+        .sum::<u64>();
+        assert!(by_xdp > 0, "xdplb forwarded nothing itself: {counters:?}");
+        row["xdplb_counters"] = Value::Object(counters);
+        rows.push(row);
+        // `loaded` detaches here.
+    }
+    let nft = nft_dnat(gateway, &sink_ip, ports("nftables"));
+    match nft {
+        Ok(()) => {
+            rows.push(measure(
+                client,
+                "nftables",
+                "nftables DNAT (prerouting, numgen inc mod 1 map) to the sink",
+                VIP_IP,
+                rounds,
+                secs,
+            ));
+            let _ = gateway.exec("nft", &["delete", "table", "ip", "xlb_bench_tcp"]);
+        }
+        Err(err) => panic!("nftables DNAT rule: {err:#}"),
+    }
+    drop(iperf);
+    drop(nginx);
+
+    let get = |name: &str, key: &str| {
+        rows.iter()
+            .find(|row| row["name"] == name)
+            .and_then(|row| row[key].as_f64())
+    };
+    let mut ratios = Vec::new();
+    for row in &rows {
+        for key in ["conn_per_s", "gbit_per_s"] {
+            let value = row[key].as_f64();
+            for (other, suffix) in [("nftables", "nftables"), ("plain_routing", "plain")] {
+                let ratio = value.zip(get(other, key)).map(|(v, o)| v / o);
+                ratios.push((
+                    row["name"].clone(),
+                    format!("{key}_ratio_to_{suffix}"),
+                    ratio,
+                ));
+            }
+        }
+    }
+    for (name, key, ratio) in ratios {
+        if let Some(row) = rows.iter_mut().find(|row| row["name"] == name) {
+            row[key] = json!(ratio);
+        }
+    }
+    json!({
+        "method": format!(
+            "client → gateway → sink namespaces over veth; client and sink eth0 tx checksum \
+             offload off (so no TSO); conn/s: wrk -t1 -c{WRK_CONNECTIONS} -d{secs}s -H \
+             'Connection: close' against nginx (1 worker, `return 200`), one request per \
+             connection; throughput: iperf3 -t {secs}, one stream, received bits/s; median of \
+             {rounds} round(s); all processes share the machine's CPUs"
+        ),
+        "rounds": rounds,
+        "seconds": secs,
+        "rows": rows,
+    })
+}
+
+/// `rounds` wrk and iperf3 runs against `addr`.
+fn measure(client: &Netns, name: &str, what: &str, addr: &str, rounds: usize, secs: u64) -> Value {
+    let mut conns = Vec::new();
+    let mut errors = 0u64;
+    let mut latencies = Vec::new();
+    let mut gbits = Vec::new();
+    let mut retransmits = 0u64;
+    let (http, iperf_port) = ports(name);
+    let before = tcp_counters(client);
+    for _ in 0..rounds {
+        let (rate, errs, latency) = wrk(client, addr, http, secs);
+        conns.push(rate);
+        errors += errs;
+        latencies.push(latency);
+        let (bits, retr) = iperf(client, addr, iperf_port, secs);
+        gbits.push(bits / 1e9);
+        retransmits += retr;
+    }
+    let after = tcp_counters(client);
+    let client_counters: serde_json::Map<String, Value> = after
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v - before.get(k).copied().unwrap_or(0))))
+        .collect();
+    eprintln!(
+        "bench: {name}: {:.0} conn/s, {:.2} Gbit/s; client {}",
+        median(&conns),
+        median(&gbits),
+        Value::Object(client_counters.clone())
+    );
+    json!({
+        "name": name,
+        "what": what,
+        "conn_per_s": median(&conns),
+        "conn_per_s_min": min(&conns),
+        "conn_per_s_runs": conns,
+        "wrk_errors": errors,
+        "wrk_latency_avg_stdev_max": latencies,
+        "gbit_per_s": median(&gbits),
+        "gbit_per_s_min": min(&gbits),
+        "gbit_per_s_runs": gbits,
+        "iperf_retransmits": retransmits,
+        "client_tcp_counters": client_counters,
+    })
+}
+
+/// The client's TCP counters that tell lost handshakes and retransmissions (`nstat`).
+fn tcp_counters(client: &Netns) -> std::collections::BTreeMap<String, u64> {
+    const NAMES: [&str; 5] = [
+        "TcpActiveOpens",
+        "TcpRetransSegs",
+        "TcpExtTCPSynRetrans",
+        "TcpOutRsts",
+        "TcpAttemptFails",
+    ];
+    let out = client
+        .exec("nstat", &["-asz"])
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_default();
+    out.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let name = fields.next()?;
+            let value = fields.next()?.parse().ok()?;
+            NAMES.contains(&name).then(|| (name.to_owned(), value))
+        })
+        .collect()
+}
+
+/// wrk from the client: requests (= connections) per second and socket errors.
+fn wrk(client: &Netns, addr: &str, port: u16, secs: u64) -> (f64, u64, String) {
+    let out = bounded(
+        client
+            .command("wrk")
+            .args(["-t1", &format!("-c{WRK_CONNECTIONS}")])
+            .arg(format!("-d{secs}s"))
+            .args(["--timeout", "2s", "-H", "Connection: close"])
+            .arg(format!("http://{addr}:{port}/")),
+        Duration::from_secs(secs + 15),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "wrk failed: {text}");
+    let rate: f64 = text
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Requests/sec in wrk's output:\n{text}"));
+    // "Socket errors: connect 0, read 0, write 0, timeout 0" (only when there are some).
+    let errors = text
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Socket errors:"))
+        .map_or(0, |rest| {
+            rest.split(',')
+                .filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok())
+                .sum()
+        });
+    let non_2xx = text
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    assert_eq!(non_2xx, 0, "wrk got error responses:\n{text}");
+    assert!(rate > 0.0, "no requests completed:\n{text}");
+    // "    Latency   1.23ms  456.00us  12.34ms   89.00%": average, deviation, maximum.
+    let latency = text
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Latency"))
+        .map(|rest| {
+            rest.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    (rate, errors, latency)
+}
+
+/// iperf3 from the client: received bits per second and retransmits.
+fn iperf(client: &Netns, addr: &str, port: u16, secs: u64) -> (f64, u64) {
+    let out = bounded(
+        client
+            .command("iperf3")
+            .args(["-c", addr, "-p", &port.to_string(), "-J"])
+            .args(["-t", &secs.to_string(), "--connect-timeout", "3000"]),
+        Duration::from_secs(secs + 15),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let report: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|err| panic!("iperf3 -J output ({err}):\n{text}"));
+    assert!(
+        out.status.success() && report["error"].is_null(),
+        "iperf3 failed: {}",
+        report["error"]
+    );
+    let bits = report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no received rate in iperf3's report:\n{text}"));
+    assert!(bits > 0.0, "iperf3 moved nothing");
+    let retransmits = report["end"]["sum_sent"]["retransmits"]
+        .as_u64()
+        .unwrap_or(0);
+    (bits, retransmits)
+}
+
+/// Runs `cmd` to the end or kills it after `limit`; its output.
+fn bounded(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("starting {cmd:?}: {err}"));
+    let start = Instant::now();
+    while child.try_wait().expect("waiting").is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// Waits (bounded) until `addr` accepts connections from inside `ns`.
+fn wait_listening(ns: &Netns, addr: SocketAddr) {
+    let start = Instant::now();
+    while ns
+        .run(|| TcpStream::connect_timeout(&addr, Duration::from_millis(200)))
+        .is_err()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "nothing listens on {addr} in {}",
+            ns.name
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A server process in a namespace, ended (SIGTERM, then SIGKILL) on drop, with its files.
+struct Daemon {
+    child: Child,
+    dir: Option<PathBuf>,
+}
+
+impl Daemon {
+    fn spawn(ns: &Netns, program: &str, args: &[&str], dir: Option<PathBuf>) -> Self {
+        let child = ns
+            .command(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("starting {program}: {err}"));
+        Self { child, dir }
+    }
+
+    /// nginx in the foreground (master and one worker), `return 200` on every request.
+    fn nginx(ns: &Netns) -> Self {
+        let listen: String = PATHS
+            .iter()
+            .map(|path| format!("    listen {}:{} backlog=4096;\n", ns.v4, ports(path).0))
+            .collect();
+        let dir = std::env::temp_dir().join(format!("xdplb-bench-nginx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("nginx directory");
+        let conf = dir.join("nginx.conf");
+        let d = dir.display();
+        std::fs::write(
+            &conf,
+            format!(
+                "worker_processes 1;\n\
+                 daemon off;\n\
+                 pid {d}/nginx.pid;\n\
+                 error_log {d}/error.log warn;\n\
+                 events {{ worker_connections 4096; }}\n\
+                 http {{\n\
+                 \x20 access_log off;\n\
+                 \x20 client_body_temp_path {d}/body;\n\
+                 \x20 server {{\n{listen}\
+                 \x20   keepalive_timeout 0;\n\
+                 \x20   location / {{ return 200 \"ok\\n\"; }}\n\
+                 \x20 }}\n\
+                 }}\n"
+            ),
+        )
+        .expect("nginx.conf");
+        let conf = conf.to_string_lossy().into_owned();
+        let error_log = format!("{d}/error.log");
+        Self::spawn(
+            ns,
+            "nginx",
+            &["-c", &conf, "-e", &error_log],
+            Some(dir.clone()),
+        )
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // nsenter execs the server, so the child's pid is the server's.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() {
+            if start.elapsed() > Duration::from_secs(5) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// DNAT of TCP to the VIP's two ports to the sink, in a table of its own.
+fn nft_dnat(gateway: &Netns, sink_ip: &str, (http, iperf): (u16, u16)) -> anyhow::Result<()> {
+    gateway.exec("nft", &["add", "table", "ip", "xlb_bench_tcp"])?;
+    gateway.exec(
+        "nft",
+        &[
+            "add",
+            "chain",
+            "ip",
+            "xlb_bench_tcp",
+            "prerouting",
+            "{ type nat hook prerouting priority dstnat; policy accept; }",
+        ],
+    )?;
+    gateway.exec(
+        "nft",
+        &[
+            "add",
+            "rule",
+            "ip",
+            "xlb_bench_tcp",
+            "prerouting",
+            "ip",
+            "daddr",
+            VIP_IP,
+            "tcp",
+            "dport",
+            &format!("{{ {http}, {iperf} }}"),
+            "dnat",
+            "to",
+            "numgen",
+            "inc",
+            "mod",
+            "1",
+            "map",
+            &format!("{{ 0 : {sink_ip} }}"),
+        ],
+    )?;
+    Ok(())
+}
