@@ -235,7 +235,7 @@ fn print_breakdown(b: &Value) {
     println!("  {:<16} {:>9} {:>9}  what", "step", "hot", "per call");
     for row in rows(&b["rows"]) {
         println!(
-            "  {:<16} {:>9.1} {:>9.1}  {}",
+            "  {:<22} {:>9.1} {:>9.1}  {}",
             s(&row["name"]),
             f(&row["ns_hot_min"]),
             f(&row["ns_call_min"]),
@@ -244,7 +244,7 @@ fn print_breakdown(b: &Value) {
     }
     for sum in rows(&b["sums"]) {
         println!(
-            "  sum {:<12} {:>9.1} {:>9.1}  (hot with a real FIB lookup: {:.1})",
+            "  sum {:<18} {:>9.1} {:>9.1}  (hot with a real FIB lookup: {:.1})",
             s(&sum["name"]),
             f(&sum["ns_hot"]),
             f(&sum["ns_call"]),
@@ -295,12 +295,12 @@ fn print_tcp(t: &Value) {
     }
     println!("  method: {}", s(&t["method"]));
     println!(
-        "  {:<14} {:>10} {:>7} {:>7} {:>7} {:>9} {:>7} {:>7}",
+        "  {:<18} {:>10} {:>7} {:>7} {:>7} {:>9} {:>7} {:>7}",
         "path", "conn/s", "x nft", "x plain", "errors", "Gbit/s", "x nft", "x plain"
     );
     for row in rows(&t["rows"]) {
         println!(
-            "  {:<14} {:>10.0} {:>7} {:>7} {:>7} {:>9.2} {:>7} {:>7}",
+            "  {:<18} {:>10.0} {:>7} {:>7} {:>7} {:>9.2} {:>7} {:>7}",
             s(&row["name"]),
             f(&row["conn_per_s"]),
             ratio(&row["conn_per_s_ratio_to_nftables"]),

@@ -37,15 +37,16 @@ mod stats;
 mod vip;
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
+    bindings::{BPF_F_NO_COMMON_LRU, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
-    macros::xdp,
+    macros::{map, xdp},
+    maps::{HashMap, LruHashMap},
     programs::XdpContext,
 };
 use lb_common::{
     Counter, FlowKey,
     conntrack::FlowState,
-    maps::{ReverseNat, VipMeta, backend_index},
+    maps::{DEFAULT_CONNTRACK_CAPACITY, ReverseNat, VipMeta, backend_index},
     nat::L4Checksum,
 };
 
@@ -228,17 +229,49 @@ pub fn step_new_flow(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn step_lru_insert(_ctx: XdpContext) -> u32 {
     let Some(s) = scratch() else { return MISS };
+    let entry = random_flow(s);
+    pass_if(CONNTRACK.insert(&s.key, &entry, 0).is_ok())
+}
+
+/// Candidates for the connection table, same key and value, same capacity: an LRU hash with
+/// per-CPU LRU lists, and a plain preallocated hash (no eviction).
+#[map(name = "BENCH_LRU_PERCPU")]
+static BENCH_LRU_PERCPU: LruHashMap<FlowKey, FlowState> =
+    LruHashMap::with_max_entries(DEFAULT_CONNTRACK_CAPACITY, BPF_F_NO_COMMON_LRU);
+
+#[map(name = "BENCH_HASH")]
+static BENCH_HASH: HashMap<FlowKey, FlowState> =
+    HashMap::with_max_entries(DEFAULT_CONNTRACK_CAPACITY, 0);
+
+/// A new flow's key (random source address) and entry, in the scratch.
+#[inline(always)]
+fn random_flow(s: &mut Scratch) -> FlowState {
     s.key = flow_key(&s.l3, &s.l4);
     // SAFETY: a BPF helper without arguments or preconditions.
     let random = unsafe { bpf_get_prandom_u32() };
     s.key.src_addr[..4].copy_from_slice(&random.to_ne_bytes());
-    let entry = FlowState {
+    FlowState {
         backend_id: 0,
         state: 0,
         _pad: [0; 3],
         last_seen_ns: 1,
-    };
-    pass_if(CONNTRACK.insert(&s.key, &entry, 0).is_ok())
+    }
+}
+
+/// As `step_lru_insert`, into an LRU hash with per-CPU lists (`BPF_F_NO_COMMON_LRU`).
+#[xdp]
+pub fn step_lru_percpu_insert(_ctx: XdpContext) -> u32 {
+    let Some(s) = scratch() else { return MISS };
+    let entry = random_flow(s);
+    pass_if(BENCH_LRU_PERCPU.insert(&s.key, &entry, 0).is_ok())
+}
+
+/// As `step_lru_insert`, into a plain preallocated hash map.
+#[xdp]
+pub fn step_hash_insert(_ctx: XdpContext) -> u32 {
+    let Some(s) = scratch() else { return MISS };
+    let entry = random_flow(s);
+    pass_if(BENCH_HASH.insert(&s.key, &entry, 0).is_ok())
 }
 
 /// The counters of one packet: its outcome, its VIP's and its backend's traffic (three

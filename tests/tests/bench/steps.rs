@@ -100,6 +100,20 @@ const STEPS: &[Step] = &[
         expect: PASS,
     },
     Step {
+        program: "step_lru_percpu_insert",
+        what: "the same insert into an LRU hash with per-CPU lists (BPF_F_NO_COMMON_LRU), same size",
+        to_sink: false,
+        ingress: true,
+        expect: PASS,
+    },
+    Step {
+        program: "step_hash_insert",
+        what: "the same insert into a plain preallocated hash (no LRU), same size",
+        to_sink: false,
+        ingress: true,
+        expect: PASS,
+    },
+    Step {
         program: "step_counters",
         what: "outcome counter + VIP and backend traffic (3 per-CPU arrays)",
         to_sink: false,
@@ -311,7 +325,10 @@ fn measure(
         "{} leaves the packet as it was",
         step.program
     );
-    let inserts = matches!(step.program, "step_new_flow" | "step_lru_insert");
+    let inserts = matches!(
+        step.program,
+        "step_new_flow" | "step_lru_insert" | "step_lru_percpu_insert" | "step_hash_insert"
+    );
     let repeat = if inserts {
         NEW_FLOW_REPEAT.min(p.repeat)
     } else {
