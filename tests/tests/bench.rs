@@ -476,33 +476,30 @@ fn scaling(
     let tcp_vip = sa("198.19.0.1:80");
     let pass_frame = frame(tcp_vip, tcp_vip, ACK, &[]);
     let mut rows = Vec::new();
-    let mut measure =
-        |loaded: &mut Loaded, line: &str, x: usize, name: String, what: String, input: Vec<u8>| {
-            let packets = [input];
-            let runs: Vec<f64> = (0..RUNS)
-                .map(|_| {
-                    let pass_loop = repeated(pass, &pass_frame, p.repeat);
-                    let pass_call = per_call(pass, &packets[..1], p.calls);
-                    let program = loaded.program().expect("program");
-                    per_call(program, &packets, p.calls) - pass_call + pass_loop
-                })
-                .collect();
-            eprintln!("bench: {name}: {:.1} ns", min(&runs));
-            rows.push(json!({
-                "line": line,
-                "x": x,
-                "name": name,
-                "what": what,
-                "ns_min": min(&runs),
-                "ns_median": median(&runs),
-                "runs": runs,
-            }));
-        };
+    // One run: the mean cost of `p.calls` calls cycling through `packets`.
+    let mut sample = |loaded: &mut Loaded, packets: &[Vec<u8>]| -> f64 {
+        let pass_loop = repeated(pass, &pass_frame, p.repeat);
+        let pass_call = per_call(pass, &packets[..1], p.calls);
+        let program = loaded.program().expect("program");
+        per_call(program, packets, p.calls) - pass_call + pass_loop
+    };
+    let row = |line: &str, x: usize, name: String, what: String, runs: Vec<f64>| {
+        eprintln!("bench: {name}: {:.1} ns", min(&runs));
+        json!({
+            "line": line,
+            "x": x,
+            "name": name,
+            "what": what,
+            "ns_min": min(&runs),
+            "ns_median": median(&runs),
+            "runs": runs,
+        })
+    };
     // A tracked flow of `client` to the TCP VIP (its SYN through the program), checked.
-    let track = |loaded: &mut Loaded, client: SocketAddr| {
+    let track = |loaded: &mut Loaded, client: SocketAddr, to: SocketAddr| {
         let (action, out) = run_once(
             loaded.program().expect("program"),
-            &frame(client, tcp_vip, SYN, &[]),
+            &frame(client, to, SYN, &[]),
         );
         assert_eq!(action, XDP_PASS);
         assert!(
@@ -512,33 +509,122 @@ fn scaling(
         );
     };
 
-    // Backends: a fresh flow after each change of the backend set (maglev, equal weights).
-    for (n, port) in [
-        (2usize, 41_000u16),
-        (100, 41_001),
-        (1_000, 41_002),
-        (10_000, 41_003),
-    ] {
-        balancer
-            .set_backends(&vip(TCP_VIP), backends(n))
-            .expect("backends");
-        let client = sa(&format!("{CLIENT}:{port}"));
-        track(loaded, client);
-        measure(
-            loaded,
+    // Backends: one VIP per backend count (2, 100, 1,000, 10,000 equal backends, maglev), a
+    // tracked flow to each, measured in turns (run 1 of every case, then run 2, ...), so that
+    // a burst of other work on the machine spreads over the cases instead of hitting one.
+    let sizes = [2usize, 100, 1_000, 10_000];
+    let cases: Vec<(usize, Vec<u8>)> = sizes
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| {
+            let addr = sa(&format!("198.19.1.{}:80", k + 1));
+            let v = vip(&format!("{addr}/tcp"));
+            balancer.add_vip(v, VipOptions::default()).expect("add vip");
+            balancer.set_backends(&v, backends(n)).expect("backends");
+            let client = sa(&format!("{CLIENT}:{}", 41_000 + k));
+            track(loaded, client, addr);
+            (n, frame(client, addr, ACK, &[]))
+        })
+        .collect();
+    let mut runs = vec![Vec::new(); cases.len()];
+    for _ in 0..RUNS {
+        for (i, (_, packet)) in cases.iter().enumerate() {
+            runs[i].push(sample(loaded, std::slice::from_ref(packet)));
+        }
+    }
+    for ((n, _), runs) in cases.iter().zip(runs) {
+        rows.push(row(
             "backends",
-            n,
+            *n,
             format!("ack_{n}_backends"),
             format!("TCP ACK of a tracked flow, {n} backends behind the VIP (maglev)"),
-            frame(client, tcp_vip, ACK, &[]),
-        );
+            runs,
+        ));
     }
 
-    // VIPs: a freshly loaded program with the one TCP VIP (2 backends), then 999 more VIPs
-    // (other addresses, 2 backends each, Maglev rings of 257 so that 1,000 rings fit the
-    // slots array); the same tracked flow measured with 1 and with 1,000 VIPs.
+    // VIPs: two freshly loaded programs, one with the one TCP VIP (2 backends), one with it and
+    // 999 more VIPs (other addresses, 2 backends each, Maglev rings of 257 so that 1,000 rings
+    // fit the slots array); the same tracked flow in each, measured in turns.
     {
-        let mut fresh = common::load();
+        let small = VipOptions {
+            ring_size: 257,
+            ..VipOptions::default()
+        };
+        let client = sa(&format!("{CLIENT}:42001"));
+        let ack = frame(client, tcp_vip, ACK, &[]);
+        let mut programs: Vec<(usize, Loaded, Balancer<BpfMaps>)> = [1usize, 1_000]
+            .into_iter()
+            .map(|count| {
+                let mut fresh = common::load();
+                let mut fresh_balancer = fresh.balancer(Default::default()).expect("balancer");
+                fresh_balancer
+                    .add_vip(vip(TCP_VIP), VipOptions::default())
+                    .expect("add vip");
+                fresh_balancer
+                    .set_backends(&vip(TCP_VIP), backends(2))
+                    .expect("backends");
+                for i in 0..count as u32 - 1 {
+                    let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 4, 1)) + i);
+                    let v = vip(&format!("{addr}:80/tcp"));
+                    fresh_balancer.add_vip(v, small).expect("add vip");
+                    fresh_balancer
+                        .set_backends(&v, backends(2))
+                        .expect("backends");
+                }
+                track(&mut fresh, client, tcp_vip);
+                (count, fresh, fresh_balancer)
+            })
+            .collect();
+        let mut runs = vec![Vec::new(); programs.len()];
+        for _ in 0..RUNS {
+            for (i, (_, fresh, _)) in programs.iter_mut().enumerate() {
+                runs[i].push(sample(fresh, std::slice::from_ref(&ack)));
+            }
+        }
+        for ((count, _, _), runs) in programs.iter().zip(runs) {
+            let (name, what) = if *count == 1 {
+                (
+                    "ack_1_vip".to_owned(),
+                    "TCP ACK of a tracked flow, 1 VIP".to_owned(),
+                )
+            } else {
+                (
+                    format!("ack_{count}_vips"),
+                    format!(
+                        "TCP ACK of a tracked flow, {count} VIPs ({} more addresses)",
+                        count - 1
+                    ),
+                )
+            };
+            rows.push(row("vips", *count, name, what, runs));
+        }
+    }
+
+    // Flows: one freshly loaded program per table fill (1,000, and 1,000,000 or in a quick run
+    // 100,000), its tables twice that size (so nothing is evicted), filled with SYNs of
+    // distinct 5-tuples (10.128.0.0/9) through test_run. Measured in turns: a tracked flow
+    // (the first), and ACKs of up to `p.calls` different flows spread over the table, one per
+    // call, as when many flows are active and their entries are not in the cache.
+    let largest = if quick { 100_000 } else { 1_000_000 };
+    let note = |target: usize| {
+        if quick && target == largest {
+            " (quick run: 100,000 instead of 1,000,000)"
+        } else {
+            ""
+        }
+    };
+    let client = sa(&format!("{CLIENT}:42000"));
+    let mut tables: Vec<(usize, Loaded, Balancer<BpfMaps>)> = Vec::new();
+    // Table, flows in it, line, name, what, packets.
+    type FlowCase = (usize, usize, &'static str, String, String, Vec<Vec<u8>>);
+    let mut cases: Vec<FlowCase> = Vec::new();
+    for target in [1_000usize, largest] {
+        let fill = Instant::now();
+        let mut fresh = Loaded::load_with(LoadOptions {
+            conntrack_capacity: 2 * target as u32,
+            ..LoadOptions::default()
+        })
+        .expect("loading the XDP program");
         let mut fresh_balancer = fresh.balancer(Default::default()).expect("balancer");
         fresh_balancer
             .add_vip(vip(TCP_VIP), VipOptions::default())
@@ -546,69 +632,15 @@ fn scaling(
         fresh_balancer
             .set_backends(&vip(TCP_VIP), backends(2))
             .expect("backends");
-        let client = sa(&format!("{CLIENT}:42001"));
-        track(&mut fresh, client);
-        let ack = frame(client, tcp_vip, ACK, &[]);
-        measure(
-            &mut fresh,
-            "vips",
-            1,
-            "ack_1_vip".into(),
-            "TCP ACK of a tracked flow, 1 VIP".into(),
-            ack.clone(),
-        );
-        let small = VipOptions {
-            ring_size: 257,
-            ..VipOptions::default()
-        };
-        for i in 0..999u32 {
-            let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 4, 1)) + i);
-            let v = vip(&format!("{addr}:80/tcp"));
-            fresh_balancer.add_vip(v, small).expect("add vip");
-            fresh_balancer
-                .set_backends(&v, backends(2))
-                .expect("backends");
-        }
-        measure(
-            &mut fresh,
-            "vips",
-            1_000,
-            "ack_1000_vips".into(),
-            "TCP ACK of a tracked flow, 1,000 VIPs (999 more addresses)".into(),
-            ack,
-        );
-    }
-
-    // Flows: a freshly loaded program whose tables hold twice the largest fill (so nothing is
-    // evicted), filled with SYNs of distinct 5-tuples (10.128.0.0/9) through test_run; the
-    // measured flow is the first of them.
-    let largest = if quick { 100_000 } else { 1_000_000 };
-    let mut fresh = Loaded::load_with(LoadOptions {
-        conntrack_capacity: 2 * largest as u32,
-        ..LoadOptions::default()
-    })
-    .expect("loading the XDP program");
-    let mut fresh_balancer = fresh.balancer(Default::default()).expect("balancer");
-    fresh_balancer
-        .add_vip(vip(TCP_VIP), VipOptions::default())
-        .expect("add vip");
-    fresh_balancer
-        .set_backends(&vip(TCP_VIP), backends(2))
-        .expect("backends");
-    let client = sa(&format!("{CLIENT}:42000"));
-    track(&mut fresh, client);
-    let mut next = 0u32;
-    for target in [1_000usize, largest] {
-        let fill = Instant::now();
+        track(&mut fresh, client, tcp_vip);
         let program = fresh.program().expect("program");
         let mut syn = frame(client, tcp_vip, SYN, &[]);
-        while (next as usize) + 1 < target {
+        for next in 0..target as u32 - 1 {
             set_source(
                 &mut syn,
                 Ipv4Addr::from(0x0a80_0000 + next),
                 1024 + (next % 60_000) as u16,
             );
-            next += 1;
             let result = program
                 .test_run(TestRunOptions {
                     data_in: Some(&syn),
@@ -623,23 +655,58 @@ fn scaling(
             "bench: {target} flows filled and counted in {:.1?}",
             fill.elapsed()
         );
-        let note = if quick && target == largest {
-            " (quick run: 100,000 instead of 1,000,000)"
-        } else {
-            ""
-        };
-        measure(
-            &mut fresh,
-            "flows",
+        let spread_over = p.calls.min(target - 1);
+        let acks: Vec<Vec<u8>> = (0..spread_over)
+            .map(|k| {
+                let i = (k * (target - 1) / spread_over) as u32;
+                let mut ack = frame(client, tcp_vip, ACK, &[]);
+                set_source(
+                    &mut ack,
+                    Ipv4Addr::from(0x0a80_0000 + i),
+                    1024 + (i % 60_000) as u16,
+                );
+                ack
+            })
+            .collect();
+        let (action, out) = run_once(fresh.program().expect("program"), &acks[acks.len() / 2]);
+        assert_eq!(action, XDP_PASS);
+        assert!(addrs(&out).1.ip().to_string().starts_with("10.1."));
+        let table = tables.len();
+        let note = note(target);
+        cases.push((
+            table,
             target,
+            "flows",
             format!("ack_{target}_flows"),
             format!("TCP ACK of a tracked flow, connection table holding {counted} flows{note}"),
-            frame(client, tcp_vip, ACK, &[]),
-        );
+            vec![frame(client, tcp_vip, ACK, &[])],
+        ));
+        cases.push((
+            table,
+            target,
+            "flows_many_active",
+            format!("ack_{target}_flows_many_active"),
+            format!(
+                "TCP ACKs of {spread_over} different tracked flows in turn, table holding \
+                 {counted} flows{note}"
+            ),
+            acks,
+        ));
+        tables.push((target, fresh, fresh_balancer));
     }
+    let mut runs = vec![Vec::new(); cases.len()];
+    for _ in 0..RUNS {
+        for (i, case) in cases.iter().enumerate() {
+            runs[i].push(sample(&mut tables[case.0].1, &case.5));
+        }
+    }
+    for (case, runs) in cases.into_iter().zip(runs) {
+        rows.push(row(case.2, case.1, case.3, case.4, runs));
+    }
+    drop(tables);
 
     let mut lines = Vec::new();
-    for line in ["backends", "vips", "flows"] {
+    for line in ["backends", "vips", "flows", "flows_many_active"] {
         let of = |key: &str| -> Vec<f64> {
             rows.iter()
                 .filter(|row| row["line"] == line)

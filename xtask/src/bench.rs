@@ -385,7 +385,7 @@ fn charts(r: &Value) -> Vec<(&'static str, String)> {
         );
         for row in rows(&r["scaling"]).filter(|row| row["line"] == line["line"]) {
             panel = panel.bar(Bar::new(
-                format!("{} {name}", row["x"]),
+                format!("{} {}", row["x"], name.replace('_', " ")),
                 f(&row["ns_min"]),
                 format!(
                     "{:.0} ns (median {:.0})",
