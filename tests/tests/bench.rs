@@ -169,7 +169,7 @@ fn xtask_bench_suite() {
         if quick {
             tcp::tcp(1, 2)
         } else {
-            tcp::tcp(3, 3)
+            tcp::tcp(5, 3)
         }
     });
 

@@ -90,95 +90,92 @@ pub fn tcp(rounds: usize, secs: u64) -> Value {
         wait_listening(sink, SocketAddr::new(sink.v4.into(), iperf));
     }
 
-    let mut rows = Vec::new();
+    // Rounds go through every path in turn (set up, measured, taken down), so that a burst of
+    // other work on the machine spreads over the paths.
     let sink_ip = sink.v4.to_string();
-    rows.push(measure(
-        client,
-        "plain_routing",
-        "kernel forwarding to the sink's address, no balancer",
-        &sink_ip,
-        rounds,
-        secs,
-    ));
-    {
-        let mut loaded = super::common::load();
-        let gb0 = gw_backend_if(0);
-        for iface in [GW_CLIENT_IF, gb0.as_str()] {
-            gateway
-                .run(|| loaded.attach(iface, AttachMode::Native))
-                .unwrap_or_else(|err| panic!("attaching xdplb to {iface}: {err:#}"));
+    let mut samples: Vec<Samples> = PATHS.iter().map(|_| Samples::default()).collect();
+    for _ in 0..rounds {
+        for (k, path) in PATHS.iter().enumerate() {
+            let s = &mut samples[k];
+            match *path {
+                "plain_routing" => s.round(client, path, &sink_ip, secs),
+                "nftables" => {
+                    nft_dnat(gateway, &sink_ip, ports(path))
+                        .unwrap_or_else(|err| panic!("nftables DNAT rule: {err:#}"));
+                    s.round(client, path, VIP_IP, secs);
+                    gateway
+                        .exec("nft", &["delete", "table", "ip", "xlb_bench_tcp"])
+                        .unwrap_or_else(|err| panic!("removing the nftables table: {err:#}"));
+                }
+                _ => {
+                    let mut loaded = super::common::load();
+                    let gb0 = gw_backend_if(0);
+                    for iface in [GW_CLIENT_IF, gb0.as_str()] {
+                        gateway
+                            .run(|| loaded.attach(iface, AttachMode::Native))
+                            .unwrap_or_else(|err| panic!("attaching xdplb to {iface}: {err:#}"));
+                    }
+                    // Pass-through: no VIP, every packet goes through the program and on to
+                    // the kernel. xdplb: the VIP's ports to the sink's.
+                    let balancing = *path == "xdplb";
+                    let mut balancer = loaded.balancer(Default::default()).expect("balancer");
+                    if balancing {
+                        let (http, iperf) = ports(path);
+                        for port in [http, iperf] {
+                            let v = vip(&format!("{VIP_IP}:{port}/tcp"));
+                            balancer.add_vip(v, VipOptions::default()).expect("add vip");
+                            balancer
+                                .set_backends(
+                                    &v,
+                                    vec![BackendSpec::new(
+                                        SocketAddr::new(sink.v4.into(), port),
+                                        1,
+                                    )],
+                                )
+                                .expect("backends");
+                        }
+                    }
+                    let before = Counters::read(&loaded.ebpf).expect("counters");
+                    s.round(
+                        client,
+                        path,
+                        if balancing { VIP_IP } else { &sink_ip },
+                        secs,
+                    );
+                    let after = Counters::read(&loaded.ebpf).expect("counters");
+                    for &c in Counter::ALL {
+                        *s.program_counters.entry(c.name()).or_default() +=
+                            after.get(c) - before.get(c);
+                    }
+                    // `loaded` detaches here.
+                }
+            }
         }
-        // First with no VIP: every packet goes through the program and on to the kernel.
-        let before = Counters::read(&loaded.ebpf).expect("counters");
-        let mut row = measure(
-            client,
-            "xdp_pass_through",
-            "kernel forwarding to the sink's address with xdplb attached to gc and gb0 but \
-             balancing nothing (every packet: pass_non_vip)",
-            &sink_ip,
-            rounds,
-            secs,
-        );
-        let after = Counters::read(&loaded.ebpf).expect("counters");
-        let passed = after.get(Counter::PassNonVip) - before.get(Counter::PassNonVip);
-        assert!(passed > 0, "nothing went through the program");
-        row["xdplb_counters"] = json!({ "pass_non_vip": passed });
-        rows.push(row);
-        let mut balancer = loaded.balancer(Default::default()).expect("balancer");
-        let (http, iperf) = ports("xdplb");
-        for port in [http, iperf] {
-            let v = vip(&format!("{VIP_IP}:{port}/tcp"));
-            balancer.add_vip(v, VipOptions::default()).expect("add vip");
-            balancer
-                .set_backends(
-                    &v,
-                    vec![BackendSpec::new(SocketAddr::new(sink.v4.into(), port), 1)],
-                )
-                .expect("backends");
-        }
-        let before = Counters::read(&loaded.ebpf).expect("counters");
-        let mut row = measure(
-            client,
-            "xdplb",
-            "xdplb NAT to the sink, native XDP on gc and gb0",
-            VIP_IP,
-            rounds,
-            secs,
-        );
-        let after = Counters::read(&loaded.ebpf).expect("counters");
-        let counters: serde_json::Map<String, Value> = Counter::ALL
-            .iter()
-            .filter(|&&c| after.get(c) > before.get(c))
-            .map(|&c| (c.name().to_owned(), json!(after.get(c) - before.get(c))))
-            .collect();
-        let by_xdp = [
-            Counter::FwdTx,
-            Counter::FwdRedirect,
-            Counter::ReplyTx,
-            Counter::ReplyRedirect,
-        ]
-        .iter()
-        .map(|&c| after.get(c) - before.get(c))
-        .sum::<u64>();
-        assert!(by_xdp > 0, "xdplb forwarded nothing itself: {counters:?}");
-        row["xdplb_counters"] = Value::Object(counters);
-        rows.push(row);
-        // `loaded` detaches here.
     }
-    let nft = nft_dnat(gateway, &sink_ip, ports("nftables"));
-    match nft {
-        Ok(()) => {
-            rows.push(measure(
-                client,
-                "nftables",
-                "nftables DNAT (prerouting, numgen inc mod 1 map) to the sink",
-                VIP_IP,
-                rounds,
-                secs,
-            ));
-            let _ = gateway.exec("nft", &["delete", "table", "ip", "xlb_bench_tcp"]);
+    let mut rows = Vec::new();
+    for (path, s) in PATHS.iter().zip(samples) {
+        let counter = |name: &str| s.program_counters.get(name).copied().unwrap_or(0);
+        match *path {
+            "xdplb" => {
+                let by_xdp: u64 = ["fwd_tx", "fwd_redirect", "reply_tx", "reply_redirect"]
+                    .iter()
+                    .map(|name| counter(name))
+                    .sum();
+                assert!(
+                    by_xdp > 0,
+                    "xdplb forwarded nothing itself: {:?}",
+                    s.program_counters
+                );
+            }
+            "xdp_pass_through" => {
+                assert!(
+                    counter("pass_non_vip") > 0,
+                    "nothing went through the program"
+                );
+            }
+            _ => {}
         }
-        Err(err) => panic!("nftables DNAT rule: {err:#}"),
+        rows.push(s.json(path));
     }
     drop(iperf);
     drop(nginx);
@@ -213,7 +210,8 @@ pub fn tcp(rounds: usize, secs: u64) -> Value {
              offload off (so no TSO); conn/s: wrk -t1 -c{WRK_CONNECTIONS} -d{secs}s -H \
              'Connection: close' against nginx (1 worker, `return 200`), one request per \
              connection; throughput: iperf3 -t {secs}, one stream, received bits/s; median of \
-             {rounds} round(s); all processes share the machine's CPUs"
+             {rounds} round(s), each round through every path in turn; all processes share \
+             the machine's CPUs"
         ),
         "rounds": rounds,
         "seconds": secs,
@@ -221,49 +219,72 @@ pub fn tcp(rounds: usize, secs: u64) -> Value {
     })
 }
 
-/// `rounds` wrk and iperf3 runs against `addr`.
-fn measure(client: &Netns, name: &str, what: &str, addr: &str, rounds: usize, secs: u64) -> Value {
-    let mut conns = Vec::new();
-    let mut errors = 0u64;
-    let mut latencies = Vec::new();
-    let mut gbits = Vec::new();
-    let mut retransmits = 0u64;
-    let (http, iperf_port) = ports(name);
-    let before = tcp_counters(client);
-    for _ in 0..rounds {
-        let (rate, errs, latency) = wrk(client, addr, http, secs);
-        conns.push(rate);
-        errors += errs;
-        latencies.push(latency);
-        let (bits, retr) = iperf(client, addr, iperf_port, secs);
-        gbits.push(bits / 1e9);
-        retransmits += retr;
+/// What one path's rounds measured.
+#[derive(Default)]
+struct Samples {
+    conns: Vec<f64>,
+    errors: u64,
+    latencies: Vec<String>,
+    gbits: Vec<f64>,
+    retransmits: u64,
+    /// The client's TCP counters, summed over the rounds.
+    client_counters: std::collections::BTreeMap<String, u64>,
+    /// xdplb's outcome counters (paths with the program attached), summed over the rounds.
+    program_counters: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl Samples {
+    /// One wrk and one iperf3 run of `path` against `addr`.
+    fn round(&mut self, client: &Netns, path: &str, addr: &str, secs: u64) {
+        let (http, iperf_port) = ports(path);
+        let before = tcp_counters(client);
+        let (rate, errors, latency) = wrk(client, addr, http, secs);
+        let (bits, retransmits) = iperf(client, addr, iperf_port, secs);
+        let after = tcp_counters(client);
+        for (name, value) in after {
+            *self.client_counters.entry(name.clone()).or_default() +=
+                value - before.get(&name).copied().unwrap_or(0);
+        }
+        self.conns.push(rate);
+        self.errors += errors;
+        self.latencies.push(latency);
+        self.gbits.push(bits / 1e9);
+        self.retransmits += retransmits;
+        eprintln!("bench: {path}: {rate:.0} conn/s, {:.2} Gbit/s", bits / 1e9);
     }
-    let after = tcp_counters(client);
-    let client_counters: serde_json::Map<String, Value> = after
-        .iter()
-        .map(|(k, v)| (k.clone(), json!(v - before.get(k).copied().unwrap_or(0))))
-        .collect();
-    eprintln!(
-        "bench: {name}: {:.0} conn/s, {:.2} Gbit/s; client {}",
-        median(&conns),
-        median(&gbits),
-        Value::Object(client_counters.clone())
-    );
-    json!({
-        "name": name,
-        "what": what,
-        "conn_per_s": median(&conns),
-        "conn_per_s_min": min(&conns),
-        "conn_per_s_runs": conns,
-        "wrk_errors": errors,
-        "wrk_latency_avg_stdev_max": latencies,
-        "gbit_per_s": median(&gbits),
-        "gbit_per_s_min": min(&gbits),
-        "gbit_per_s_runs": gbits,
-        "iperf_retransmits": retransmits,
-        "client_tcp_counters": client_counters,
-    })
+
+    fn json(&self, path: &str) -> Value {
+        let what = match path {
+            "plain_routing" => "kernel forwarding to the sink's address, no balancer",
+            "xdp_pass_through" => {
+                "kernel forwarding to the sink's address with xdplb attached to gc and gb0 but \
+                 balancing nothing (every packet: pass_non_vip)"
+            }
+            "xdplb" => "xdplb NAT to the sink, native XDP on gc and gb0",
+            _ => "nftables DNAT (prerouting, numgen inc mod 1 map) to the sink",
+        };
+        let program_counters: serde_json::Map<String, Value> = self
+            .program_counters
+            .iter()
+            .filter(|(_, v)| **v > 0)
+            .map(|(k, v)| ((*k).to_owned(), json!(v)))
+            .collect();
+        json!({
+            "name": path,
+            "what": what,
+            "conn_per_s": median(&self.conns),
+            "conn_per_s_min": min(&self.conns),
+            "conn_per_s_runs": self.conns,
+            "wrk_errors": self.errors,
+            "wrk_latency_avg_stdev_max": self.latencies,
+            "gbit_per_s": median(&self.gbits),
+            "gbit_per_s_min": min(&self.gbits),
+            "gbit_per_s_runs": self.gbits,
+            "iperf_retransmits": self.retransmits,
+            "client_tcp_counters": self.client_counters,
+            "xdplb_counters": program_counters,
+        })
+    }
 }
 
 /// The client's TCP counters that tell lost handshakes and retransmissions (`nstat`).
