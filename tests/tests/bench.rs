@@ -149,7 +149,9 @@ fn xtask_bench_suite() {
     });
     let control_plane = wanted("control_plane").then(|| {
         eprintln!("bench: control plane (agent and CLI)");
-        control::control_plane(if quick { 6 } else { 20 })
+        let mut cp = control::control_plane(if quick { 6 } else { 20 });
+        cp["slots_write"] = slots_write();
+        cp
     });
     let breakdown = wanted("breakdown").then(|| {
         eprintln!("bench: cost breakdown (one program per step)");
@@ -795,6 +797,30 @@ fn maglev() -> Vec<Value> {
             })
         })
         .collect()
+}
+
+/// Time to write a Maglev ring into the slots array the way the agent does
+/// (`Maps::write_slots`, one map update per slot), at M = 65537 and at the largest M.
+fn slots_write() -> Value {
+    use lb_user::maps::Maps as _;
+    let mut loaded = common::load();
+    let mut maps = BpfMaps::new(&mut loaded.ebpf).expect("maps");
+    let rows: Vec<Value> = [DEFAULT_RING_SIZE, MAX_RING_SIZE]
+        .into_iter()
+        .map(|ring| {
+            let ids: Vec<u32> = (0..ring).map(|i| i % 100).collect();
+            let times: Vec<f64> = (0..3)
+                .map(|_| {
+                    let start = Instant::now();
+                    maps.write_slots(0, &ids).expect("write_slots");
+                    start.elapsed().as_secs_f64() * 1e3
+                })
+                .collect();
+            eprintln!("bench: writing {ring} slots: {:.1} ms", min(&times));
+            json!({ "ring_size": ring, "ms_min": min(&times), "ms_median": median(&times) })
+        })
+        .collect();
+    json!(rows)
 }
 
 /// Bytes per tracked flow of the connection and reverse tables: the kernel's `memlock` of each

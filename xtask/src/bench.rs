@@ -198,6 +198,14 @@ fn print_table(r: &Value) {
         f(&cp["cli_ms_min"]),
         f(&cp["cli_ms_median"])
     );
+    for row in rows(&cp["slots_write"]) {
+        println!(
+            "  writing a ring of {:>7} slots (one map update each): {:>8.1} ms min {:>8.1} ms median",
+            row["ring_size"],
+            f(&row["ms_min"]),
+            f(&row["ms_median"])
+        );
+    }
     print_breakdown(&r["breakdown"]);
     println!();
     println!("Memory (kernel memlock of the map / capacity)");
@@ -442,6 +450,14 @@ fn charts(r: &Value) -> Vec<(&'static str, String)> {
                     f(&cp["live_ms_min"])
                 ),
             ))
+            .bars(rows(&cp["slots_write"]).map(|row| {
+                Bar::new(
+                    format!("writing {} slots", row["ring_size"]),
+                    f(&row["ms_min"]),
+                    format!("{:.1} ms (min), one map update per slot", f(&row["ms_min"])),
+                )
+                .color(OTHER)
+            }))
             .bar(
                 Bar::new(
                     "CLI process exited",

@@ -70,6 +70,11 @@ impl Panel {
         self
     }
 
+    pub fn bars(mut self, bars: impl IntoIterator<Item = Bar>) -> Self {
+        self.bars.extend(bars);
+        self
+    }
+
     pub fn marker(mut self, label: impl Into<String>, value: f64) -> Self {
         self.markers.push((label.into(), value));
         self
