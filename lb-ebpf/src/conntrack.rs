@@ -9,7 +9,9 @@ use lb_common::{
     maps::{Backend, VipMeta},
 };
 
-use crate::{maps::CONNTRACK, select};
+use core::mem::MaybeUninit;
+
+use crate::{maps::CONNTRACK, ptr::zeroed_in_place, select};
 
 /// The backend for a packet of flow `key` to the VIP `meta`, and whether the flow is new
 /// (picked now, rather than found in the table).
@@ -40,25 +42,24 @@ pub fn backend_for(
             entry.last_seen_ns = now;
             return Ok((entry.backend_id, backend, false));
         }
-        // Expired, or its backend is gone or down: schedule again, in place.
+        // Expired, or its backend is gone or down: schedule again, in place (field by field:
+        // a whole `FlowState` written at once zeroes its padding with a `memset` call).
         let (id, backend) = select::pick(meta, key, seed)?;
-        *entry = FlowState {
-            backend_id: id,
-            state: next_state(initial, tcp_flags, true),
-            _pad: [0; 3],
-            last_seen_ns: now,
-        };
+        entry.backend_id = id;
+        entry.state = next_state(initial, tcp_flags, true);
+        entry.last_seen_ns = now;
         return Ok((id, backend, true));
     }
     let (id, backend) = select::pick(meta, key, seed)?;
-    let entry = FlowState {
-        backend_id: id,
-        state: next_state(initial, tcp_flags, true),
-        _pad: [0; 3],
-        last_seen_ns: now,
-    };
+    // Zeroed in place, then field by field: a `FlowState { .. }` literal zeroes its 3 bytes of
+    // padding with a call of the byte-at-a-time `memset` (see `ptr::set_v4`).
+    let mut entry = MaybeUninit::<FlowState>::uninit();
+    let entry = zeroed_in_place(&mut entry);
+    entry.backend_id = id;
+    entry.state = next_state(initial, tcp_flags, true);
+    entry.last_seen_ns = now;
     // A full table evicts its least recently used entry; failure here only costs stickiness.
-    let _ = CONNTRACK.insert(key, &entry, 0);
+    let _ = CONNTRACK.insert(key, entry, 0);
     Ok((id, backend, true))
 }
 

@@ -6,10 +6,12 @@ use aya_ebpf::bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bp
 use lb_common::{Counter, csum::ChecksumUpdate};
 use network_types::eth::EthHdr;
 
+use core::mem::MaybeUninit;
+
 use crate::{
     maps::TX_PORTS,
     parse::{Ipv4Fixed, Ipv6Fixed, L3},
-    ptr::Packet,
+    ptr::{Packet, copy6, zeroed_in_place},
 };
 
 const AF_INET: u8 = 2;
@@ -38,8 +40,10 @@ pub fn forward(pkt: &Packet, l3: &L3, direction: Direction) -> Counter {
     if l3.vlan {
         return Counter::PassFib;
     }
-    // SAFETY: an all-zero `bpf_fib_lookup` (integers, byte arrays and unions of them) is valid.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    let mut params = MaybeUninit::<bpf_fib_lookup>::uninit();
+    // Not `mem::zeroed()`: that is a call of the byte-at-a-time `memset` (see `ptr::set_v4`).
+    // An all-zero `bpf_fib_lookup` (integers, byte arrays and unions of them) is valid.
+    let params = zeroed_in_place(&mut params);
     params.l4_protocol = l3.proto;
     params.ifindex = pkt.ingress_ifindex;
     let hop_limit = if l3.v6() {
@@ -63,7 +67,7 @@ pub fn forward(pkt: &Packet, l3: &L3, direction: Direction) -> Counter {
         ip.ttl
     };
 
-    match pkt.fib_lookup(&mut params) as u32 {
+    match pkt.fib_lookup(params) as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {}
         BPF_FIB_LKUP_RET_NO_NEIGH => return Counter::PassNoNeighbour,
         _ => return Counter::PassFib,
@@ -77,7 +81,7 @@ pub fn forward(pkt: &Packet, l3: &L3, direction: Direction) -> Counter {
     if !same_port && TX_PORTS.get_ifindex(egress).is_none() {
         return Counter::PassFib;
     }
-    if !decrement_hop_limit(pkt, l3) || !set_macs(pkt, &params) {
+    if !decrement_hop_limit(pkt, l3) || !set_macs(pkt, params) {
         return Counter::PassFib;
     }
     if same_port {
@@ -130,7 +134,7 @@ fn set_macs(pkt: &Packet, params: &bpf_fib_lookup) -> bool {
     let Some(eth) = (unsafe { pkt.ref_mut_at::<EthHdr>(0) }) else {
         return false;
     };
-    eth.dst_addr = params.dmac;
-    eth.src_addr = params.smac;
+    copy6(&mut eth.dst_addr, &params.dmac);
+    copy6(&mut eth.src_addr, &params.smac);
     true
 }

@@ -5,6 +5,9 @@
 //!
 //! Stages return `Result<_, Counter>`; every outcome counter implies its XDP action
 //! (`Counter::action`). Only `main` and `ptr` touch the `XdpContext`.
+//!
+//! Addresses move field by field through `ptr::copy16` and friends: whole-array moves and
+//! zero fills compile to calls of byte-at-a-time `memmove`/`memset` loops (see `ptr`).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 // The BPF atomic add, which core exposes only as an intrinsic on a target without CAS.
@@ -36,7 +39,7 @@ use crate::{
     maps::{REVERSE_NAT, SCRATCH, SETTINGS},
     nat::Side,
     parse::{L3, L4},
-    ptr::Packet,
+    ptr::{Packet, copy16},
 };
 
 /// Working memory of one program run, in a per-CPU map rather than on the 512-byte stack.
@@ -87,17 +90,34 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_ns() }
 }
 
+/// Sets `key` to the flow `src`:`src_port` → `dst`:`dst_port` with `like`'s protocol and
+/// family, field by field (whole-struct moves of addresses are `memmove` calls: see
+/// `ptr::copy16`).
 #[inline(always)]
-fn flow_key(l3: &L3, l4: &L4) -> FlowKey {
-    FlowKey {
-        src_addr: l3.src,
-        dst_addr: l3.dst,
-        src_port: l4.src_port,
-        dst_port: l4.dst_port,
-        proto: l3.proto,
-        family: l3.family,
-        _pad: [0; 2],
-    }
+fn set_key(
+    key: &mut FlowKey,
+    (src, src_port): (&[u8; 16], [u8; 2]),
+    (dst, dst_port): (&[u8; 16], [u8; 2]),
+    (proto, family): (u8, u8),
+) {
+    copy16(&mut key.src_addr, src);
+    copy16(&mut key.dst_addr, dst);
+    key.src_port = src_port;
+    key.dst_port = dst_port;
+    key.proto = proto;
+    key.family = family;
+    key._pad = [0; 2];
+}
+
+/// Sets `s.key` to the packet's own flow.
+#[inline(always)]
+fn set_packet_key(s: &mut Scratch) {
+    set_key(
+        &mut s.key,
+        (&s.l3.src, s.l4.src_port),
+        (&s.l3.dst, s.l4.dst_port),
+        (s.l3.proto, s.l3.family),
+    );
 }
 
 /// A packet to a VIP address: balance it, or drop it if that cannot be done safely.
@@ -123,7 +143,7 @@ fn balance(pkt: &Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     }
     let meta = vip::lookup(&s.l3, s.l4.dst_port).ok_or(Counter::PassNonVip)?;
     let settings = SETTINGS.get(0).ok_or(Counter::DropInternal)?;
-    s.key = flow_key(&s.l3, &s.l4);
+    set_packet_key(s);
     let (id, backend, new_flow) = conntrack::backend_for(
         &s.key,
         &meta,
@@ -140,20 +160,17 @@ fn balance(pkt: &Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     };
     let index = backend_index(id);
     if new_flow {
-        s.other = FlowKey {
-            src_addr: backend.addr,
-            dst_addr: s.l3.src,
-            src_port: port,
-            dst_port: s.l4.src_port,
-            ..s.key
-        };
-        s.reverse = ReverseNat {
-            vip_addr: s.l3.dst,
-            vip_port: s.l4.dst_port,
-            _pad: [0; 2],
-            vip_id: meta.vip_id,
-            backend_id: id,
-        };
+        set_key(
+            &mut s.other,
+            (&backend.addr, port),
+            (&s.l3.src, s.l4.src_port),
+            (s.l3.proto, s.l3.family),
+        );
+        copy16(&mut s.reverse.vip_addr, &s.l3.dst);
+        s.reverse.vip_port = s.l4.dst_port;
+        s.reverse._pad = [0; 2];
+        s.reverse.vip_id = meta.vip_id;
+        s.reverse.backend_id = id;
         REVERSE_NAT
             .insert(&s.other, &s.reverse, 0)
             .map_err(|_| Counter::DropInternal)?;
@@ -180,17 +197,20 @@ fn translate_reply(pkt: &Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     if s.l3.problem.is_some() || !parse::parse_l4(pkt, &s.l3, &mut s.l4) {
         return Err(Counter::PassNonVip);
     }
-    s.key = flow_key(&s.l3, &s.l4);
+    set_packet_key(s);
     let reverse = REVERSE_NAT.get_ptr(&s.key).ok_or(Counter::PassNonVip)?;
     // SAFETY: a pointer the lookup returned; copied at once.
-    s.reverse = unsafe { *reverse };
-    s.other = FlowKey {
-        src_addr: s.l3.dst,
-        dst_addr: s.reverse.vip_addr,
-        src_port: s.l4.dst_port,
-        dst_port: s.reverse.vip_port,
-        ..s.key
-    };
+    let reverse = unsafe { &*reverse };
+    copy16(&mut s.reverse.vip_addr, &reverse.vip_addr);
+    s.reverse.vip_port = reverse.vip_port;
+    s.reverse.vip_id = reverse.vip_id;
+    s.reverse.backend_id = reverse.backend_id;
+    set_key(
+        &mut s.other,
+        (&s.l3.dst, s.l4.dst_port),
+        (&s.reverse.vip_addr, s.reverse.vip_port),
+        (s.l3.proto, s.l3.family),
+    );
     conntrack::saw_reply(&s.other, s.l4.tcp_flags, now());
     stats::count_traffic(
         s.reverse.vip_id,

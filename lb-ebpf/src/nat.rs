@@ -12,7 +12,7 @@ use lb_common::{
 
 use crate::{
     parse::{Ipv4Fixed, Ipv6Fixed, L3, L4},
-    ptr::Packet,
+    ptr::{Packet, copy16},
 };
 
 /// Which side of the packet to rewrite.
@@ -63,8 +63,8 @@ pub fn rewrite(
         let ip: &mut Ipv6Fixed =
             unsafe { pkt.ref_mut_at(l3.l3_off) }.ok_or(Counter::DropTruncated)?;
         match side {
-            Side::Src => ip.src = *addr,
-            Side::Dst => ip.dst = *addr,
+            Side::Src => copy16(&mut ip.src, addr),
+            Side::Dst => copy16(&mut ip.dst, addr),
         }
     } else {
         // SAFETY: as above.

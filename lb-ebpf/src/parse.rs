@@ -7,7 +7,7 @@ use lb_common::{
 };
 use network_types::{eth::EthHdr, vlan::VlanHdr};
 
-use crate::ptr::Packet;
+use crate::ptr::{Packet, copy16, set_v4};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -121,10 +121,8 @@ fn parse_ipv4(pkt: &Packet, l3_off: usize, vlan: bool, l3: &mut L3) -> Result<()
     l3.proto = ip.proto;
     l3.l4_off = l3_off + 20;
     l3.l4_len = tot_len.saturating_sub(20);
-    l3.src = [0; 16];
-    l3.dst = [0; 16];
-    l3.src[..4].copy_from_slice(&ip.src);
-    l3.dst[..4].copy_from_slice(&ip.dst);
+    set_v4(&mut l3.src, &ip.src);
+    set_v4(&mut l3.dst, &ip.dst);
     l3.vlan = vlan;
     l3.problem = problem;
     Ok(())
@@ -138,8 +136,8 @@ fn parse_ipv6(pkt: &Packet, l3_off: usize, vlan: bool, l3: &mut L3) -> Result<()
     l3.proto = ip.next_hdr;
     l3.l4_off = l3_off + 40;
     l3.l4_len = u32::from(u16::from_be_bytes(ip.payload_len));
-    l3.src = ip.src;
-    l3.dst = ip.dst;
+    copy16(&mut l3.src, &ip.src);
+    copy16(&mut l3.dst, &ip.dst);
     l3.vlan = vlan;
     l3.problem = None;
     for _ in 0..MAX_EXT_HEADERS {
