@@ -38,7 +38,7 @@ pub struct FlowState {
     pub state: u8,
     /// Explicit padding; always zero.
     pub _pad: [u8; 3],
-    /// `bpf_ktime_get_ns()` of the last packet.
+    /// `bpf_ktime_get_coarse_ns()` (`CLOCK_MONOTONIC`, to a tick) of the last packet.
     pub last_seen_ns: u64,
 }
 

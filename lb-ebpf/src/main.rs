@@ -27,7 +27,7 @@ mod select;
 mod stats;
 mod vip;
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, macros::xdp, programs::XdpContext};
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
 use lb_common::{
     Counter, FlowKey,
     maps::{ReverseNat, backend_index},
@@ -87,7 +87,7 @@ fn try_lb(pkt: &Packet, s: &mut Scratch) -> Result<Counter, Counter> {
 #[inline(always)]
 fn now() -> u64 {
     // SAFETY: a BPF helper without arguments or preconditions.
-    unsafe { bpf_ktime_get_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 /// Sets `key` to the flow `src`:`src_port` → `dst`:`dst_port` with `like`'s protocol and
