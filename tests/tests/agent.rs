@@ -1945,6 +1945,17 @@ fn autoscaling_brings_in_standby_backends_and_drains_them_when_load_falls() {
         "{status:#}"
     );
 
+    // Connections opened before the scale-out all went to b0: hold a few more (bounded) until
+    // two added backends hold some.
+    for _ in 0..5 {
+        let added: std::collections::BTreeSet<&String> =
+            held.iter().map(|(_, i)| i).filter(|i| **i != b0).collect();
+        if added.len() >= 2 {
+            break;
+        }
+        held.extend(hold(&topo.client, 4));
+    }
+
     // Load falls: keep one long-lived connection on each of two added backends, close the rest.
     let mut survivors: Vec<(Conn, String)> = Vec::new();
     for (conn, ident) in held {
