@@ -38,7 +38,7 @@ mod vip;
 
 use aya_ebpf::{
     bindings::{BPF_F_NO_COMMON_LRU, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns},
     macros::{map, xdp},
     maps::{HashMap, LruHashMap},
     programs::XdpContext,
@@ -54,7 +54,7 @@ use crate::{
     maps::{CONNTRACK, REVERSE_NAT, SCRATCH, SETTINGS},
     nat::Side,
     parse::{Ipv4Fixed, L3, L4},
-    ptr::Packet,
+    ptr::{Packet, copy16, zeroed_in_place},
 };
 
 /// The balancer's per-CPU working memory, laid out as in `main.rs`.
@@ -78,17 +78,34 @@ fn scratch() -> Option<&'static mut Scratch> {
     SCRATCH.get_ptr_mut(0).map(|s| unsafe { &mut *s })
 }
 
+/// Sets `key` to `src`:`src_port` → `dst`:`dst_port`, field by field as the balancer does
+/// (whole-array moves of addresses compile to byte-at-a-time `memmove` calls: see
+/// `ptr::copy16`).
 #[inline(always)]
-fn flow_key(l3: &L3, l4: &L4) -> FlowKey {
-    FlowKey {
-        src_addr: l3.src,
-        dst_addr: l3.dst,
-        src_port: l4.src_port,
-        dst_port: l4.dst_port,
-        proto: l3.proto,
-        family: l3.family,
-        _pad: [0; 2],
-    }
+fn set_key(
+    key: &mut FlowKey,
+    (src, src_port): (&[u8; 16], [u8; 2]),
+    (dst, dst_port): (&[u8; 16], [u8; 2]),
+    (proto, family): (u8, u8),
+) {
+    copy16(&mut key.src_addr, src);
+    copy16(&mut key.dst_addr, dst);
+    key.src_port = src_port;
+    key.dst_port = dst_port;
+    key.proto = proto;
+    key.family = family;
+    key._pad = [0; 2];
+}
+
+/// Sets `s.key` to the packet's own flow.
+#[inline(always)]
+fn set_packet_key(s: &mut Scratch) {
+    set_key(
+        &mut s.key,
+        (&s.l3.src, s.l4.src_port),
+        (&s.l3.dst, s.l4.dst_port),
+        (s.l3.proto, s.l3.family),
+    );
 }
 
 #[inline(always)]
@@ -109,21 +126,18 @@ pub fn step_parse(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn step_scratch(_ctx: XdpContext) -> u32 {
     let Some(s) = scratch() else { return MISS };
-    s.key = flow_key(&s.l3, &s.l4);
-    s.other = FlowKey {
-        src_addr: s.l3.dst,
-        dst_addr: s.l3.src,
-        src_port: s.l4.dst_port,
-        dst_port: s.l4.src_port,
-        ..s.key
-    };
-    s.reverse = ReverseNat {
-        vip_addr: s.l3.dst,
-        vip_port: s.l4.dst_port,
-        _pad: [0; 2],
-        vip_id: 0,
-        backend_id: 0,
-    };
+    set_packet_key(s);
+    set_key(
+        &mut s.other,
+        (&s.l3.dst, s.l4.dst_port),
+        (&s.l3.src, s.l4.src_port),
+        (s.l3.proto, s.l3.family),
+    );
+    copy16(&mut s.reverse.vip_addr, &s.l3.dst);
+    s.reverse.vip_port = s.l4.dst_port;
+    s.reverse._pad = [0; 2];
+    s.reverse.vip_id = 0;
+    s.reverse.backend_id = 0;
     PASS
 }
 
@@ -141,9 +155,19 @@ pub fn step_vip(_ctx: XdpContext) -> u32 {
     pass_if(vip::lookup(&s.l3, s.l4.dst_port).is_some())
 }
 
-/// One `bpf_ktime_get_ns`.
+/// One `bpf_ktime_get_coarse_ns`, the clock the balancer stamps flows with.
 #[xdp]
 pub fn step_ktime(_ctx: XdpContext) -> u32 {
+    let Some(s) = scratch() else { return MISS };
+    // SAFETY: a BPF helper without arguments or preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    s.reverse.vip_id = now as u32;
+    PASS
+}
+
+/// One `bpf_ktime_get_ns`, the precise clock, for comparison.
+#[xdp]
+pub fn step_ktime_precise(_ctx: XdpContext) -> u32 {
     let Some(s) = scratch() else { return MISS };
     // SAFETY: a BPF helper without arguments or preconditions.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -163,7 +187,7 @@ pub fn step_conntrack(_ctx: XdpContext) -> u32 {
     let Some(settings) = SETTINGS.get(0) else {
         return MISS;
     };
-    s.key = flow_key(&s.l3, &s.l4);
+    set_packet_key(s);
     match conntrack::backend_for(
         &s.key,
         &meta,
@@ -189,7 +213,7 @@ pub fn step_new_flow(_ctx: XdpContext) -> u32 {
     let Some(settings) = SETTINGS.get(0) else {
         return MISS;
     };
-    s.key = flow_key(&s.l3, &s.l4);
+    set_packet_key(s);
     // SAFETY: a BPF helper without arguments or preconditions.
     let random = unsafe { bpf_get_prandom_u32() };
     s.key.src_addr[..4].copy_from_slice(&random.to_ne_bytes());
@@ -203,20 +227,18 @@ pub fn step_new_flow(_ctx: XdpContext) -> u32 {
     ) else {
         return MISS;
     };
-    s.other = FlowKey {
-        src_addr: backend.addr,
-        dst_addr: s.key.src_addr,
-        src_port: backend.port,
-        dst_port: s.l4.src_port,
-        ..s.key
-    };
-    s.reverse = ReverseNat {
-        vip_addr: s.l3.dst,
-        vip_port: s.l4.dst_port,
-        _pad: [0; 2],
-        vip_id: meta.vip_id,
-        backend_id: id,
-    };
+    let client = s.key.src_addr;
+    set_key(
+        &mut s.other,
+        (&backend.addr, backend.port),
+        (&client, s.l4.src_port),
+        (s.l3.proto, s.l3.family),
+    );
+    copy16(&mut s.reverse.vip_addr, &s.l3.dst);
+    s.reverse.vip_port = s.l4.dst_port;
+    s.reverse._pad = [0; 2];
+    s.reverse.vip_id = meta.vip_id;
+    s.reverse.backend_id = id;
     if REVERSE_NAT.insert(&s.other, &s.reverse, 0).is_err() {
         return MISS;
     }
@@ -246,7 +268,7 @@ static BENCH_HASH: HashMap<FlowKey, FlowState> =
 /// A new flow's key (random source address) and entry, in the scratch.
 #[inline(always)]
 fn random_flow(s: &mut Scratch) -> FlowState {
-    s.key = flow_key(&s.l3, &s.l4);
+    set_packet_key(s);
     // SAFETY: a BPF helper without arguments or preconditions.
     let random = unsafe { bpf_get_prandom_u32() };
     s.key.src_addr[..4].copy_from_slice(&random.to_ne_bytes());
@@ -303,8 +325,10 @@ pub fn step_rewrite(ctx: XdpContext) -> u32 {
 pub fn step_fib(ctx: XdpContext) -> u32 {
     let pkt = Packet::new(&ctx);
     let Some(s) = scratch() else { return MISS };
-    // SAFETY: an all-zero `bpf_fib_lookup` (integers, byte arrays and unions of them) is valid.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    let mut params = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
+    // As in `fwd::forward`: zeroed without a `memset` call. An all-zero `bpf_fib_lookup`
+    // (integers, byte arrays and unions of them) is valid.
+    let params = zeroed_in_place(&mut params);
     params.l4_protocol = s.l3.proto;
     params.ifindex = pkt.ingress_ifindex;
     let Some(ip) = pkt.ref_at::<Ipv4Fixed>(s.l3.l3_off) else {
@@ -315,7 +339,7 @@ pub fn step_fib(ctx: XdpContext) -> u32 {
     params.__bindgen_anon_2.tos = ip.tos;
     params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src);
     params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst);
-    pass_if(pkt.fib_lookup(&mut params) == i64::from(BPF_FIB_LKUP_RET_SUCCESS))
+    pass_if(pkt.fib_lookup(params) == i64::from(BPF_FIB_LKUP_RET_SUCCESS))
 }
 
 lb_ebpf::program_boilerplate!("bench_steps");

@@ -73,7 +73,14 @@ const STEPS: &[Step] = &[
     },
     Step {
         program: "step_ktime",
-        what: "bpf_ktime_get_ns",
+        what: "bpf_ktime_get_coarse_ns (the clock flows are stamped with)",
+        to_sink: false,
+        ingress: true,
+        expect: PASS,
+    },
+    Step {
+        program: "step_ktime_precise",
+        what: "bpf_ktime_get_ns, the precise clock, for comparison",
         to_sink: false,
         ingress: true,
         expect: PASS,
