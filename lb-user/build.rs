@@ -1,7 +1,8 @@
 //! Builds the XDP program (`lb-ebpf`) for `bpfel-unknown-none` with aya-build and leaves the
 //! object in `OUT_DIR/lb`, where `loader.rs` embeds it, next to the benchmark baselines
 //! (`OUT_DIR/bench_pass`, `OUT_DIR/bench_tx`) and the end-to-end benchmark's generator and
-//! sink (`OUT_DIR/bench_gen`, `OUT_DIR/bench_drop`; every binary of `lb-ebpf` lands there).
+//! sink (`OUT_DIR/bench_gen`, `OUT_DIR/bench_drop`) and the per-step cost breakdown
+//! (`OUT_DIR/bench_steps`); every binary of `lb-ebpf` lands there.
 //!
 //! `XDPLB_BUILD_EBPF` decides: `1` builds (and fails without bpf-linker), `0` writes an empty
 //! stub, unset builds when `bpf-linker` is on `PATH` and writes the stub otherwise, so that
@@ -13,8 +14,14 @@ use std::{env, fs, path::PathBuf};
 use anyhow::{Context as _, bail};
 
 const OBJECT: &str = "lb";
-/// The benchmark baselines, generator and sink, other binaries of `lb-ebpf`.
-const BASELINES: [&str; 4] = ["bench_pass", "bench_tx", "bench_gen", "bench_drop"];
+/// The benchmark baselines, generator, sink and step programs, other binaries of `lb-ebpf`.
+const BASELINES: [&str; 5] = [
+    "bench_pass",
+    "bench_tx",
+    "bench_gen",
+    "bench_drop",
+    "bench_steps",
+];
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=XDPLB_BUILD_EBPF");

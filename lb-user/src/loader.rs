@@ -40,6 +40,11 @@ pub static BASELINE_GEN: &[u8] =
 pub static BASELINE_DROP: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_drop"));
 
+/// Benchmark cost breakdown: an object `bench_steps` with one XDP program per step of the data
+/// path, over the balancer's maps. Empty without `XDPLB_BUILD_EBPF=1`.
+pub static BENCH_STEPS: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_steps"));
+
 /// Loads a benchmark baseline object ([`BASELINE_PASS`], [`BASELINE_TX`], [`BASELINE_GEN`],
 /// [`BASELINE_DROP`]) and its one XDP program, named `program`, into the kernel.
 pub fn load_baseline(object: &[u8], program: &str) -> anyhow::Result<Ebpf> {

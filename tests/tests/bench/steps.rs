@@ -8,13 +8,11 @@
 //! (so loopback) and IPv4 forwarding off, where it returns `BPF_FIB_LKUP_RET_FWD_DISABLED` at
 //! once.
 
-use std::{path::PathBuf, time::SystemTime};
-
 use aya::{Ebpf, programs::Xdp};
 use lb_tests::netns::{GW_CLIENT_IF, HOST_IF, Topology, gw_backend_if};
 use lb_user::{
     balancer::{Balancer, VipOptions},
-    loader::{BASELINE_PASS, if_index, load_baseline},
+    loader::{BASELINE_PASS, BENCH_STEPS, if_index, load_baseline},
     maps::BpfMaps,
 };
 use serde_json::{Value, json};
@@ -172,9 +170,12 @@ const NEW_FLOW: &[&str] = &[
 
 /// Rows of the breakdown and the sums of the established and new-flow paths.
 pub fn breakdown(p: &Params) -> Value {
-    let path = object("bench_steps");
+    assert!(
+        !BENCH_STEPS.is_empty(),
+        "bench_steps was built as a stub (no bpf-linker): run `cargo xtask bench`"
+    );
     let mut ebpf =
-        Ebpf::load_file(&path).unwrap_or_else(|err| panic!("loading {}: {err}", path.display()));
+        Ebpf::load(BENCH_STEPS).unwrap_or_else(|err| panic!("loading bench_steps: {err}"));
     for name in ["step_parse"]
         .into_iter()
         .chain(STEPS.iter().map(|s| s.program))
@@ -377,31 +378,4 @@ fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut Xdp {
     ebpf.program_mut(name)
         .and_then(|p| p.try_into().ok())
         .unwrap_or_else(|| panic!("no XDP program {name}"))
-}
-
-/// The benchmark-only eBPF object `name`, which lb-user's build script leaves in its `OUT_DIR`
-/// (`target/<profile>/build/lb-user-*/out/`) with the others: the newest one there.
-fn object(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let build = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("build"))
-        .expect("target directory");
-    let newest = std::fs::read_dir(&build)
-        .unwrap_or_else(|err| panic!("{}: {err}", build.display()))
-        .flatten()
-        .filter(|entry| entry.file_name().to_string_lossy().starts_with("lb-user-"))
-        .map(|entry| entry.path().join("out").join(name))
-        .filter_map(|path| {
-            let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok()?;
-            (std::fs::metadata(&path).ok()?.len() > 0).then_some((modified, path))
-        })
-        .max_by_key(|(modified, _): &(SystemTime, PathBuf)| *modified);
-    newest.map(|(_, path)| path).unwrap_or_else(|| {
-        panic!(
-            "no {name} object under {}/lb-user-*/out: build with `cargo xtask bench`",
-            build.display()
-        )
-    })
 }
