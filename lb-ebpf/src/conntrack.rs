@@ -11,7 +11,12 @@ use lb_common::{
 
 use core::mem::MaybeUninit;
 
-use crate::{maps::CONNTRACK, ptr::zeroed_in_place, select};
+use crate::{
+    maps::CONNTRACK,
+    parse::{L3, L4},
+    ptr::{copy16, zeroed_in_place},
+    select,
+};
 
 /// The backend for a packet of flow `key` to the VIP `meta`, and whether the flow is new
 /// (picked now, rather than found in the table).
@@ -73,4 +78,34 @@ pub fn saw_reply(key: &FlowKey, tcp_flags: u8, now: u64) {
         entry.state = next_state(entry.state, tcp_flags, false);
         entry.last_seen_ns = now;
     }
+}
+
+/// Sets `key` to the flow `src`:`src_port` → `dst`:`dst_port` with `proto` and `family`,
+/// field by field (whole-array moves of addresses compile to byte-at-a-time `memmove` calls:
+/// see `ptr::copy16`).
+#[inline(always)]
+pub fn set_key(
+    key: &mut FlowKey,
+    (src, src_port): (&[u8; 16], [u8; 2]),
+    (dst, dst_port): (&[u8; 16], [u8; 2]),
+    (proto, family): (u8, u8),
+) {
+    copy16(&mut key.src_addr, src);
+    copy16(&mut key.dst_addr, dst);
+    key.src_port = src_port;
+    key.dst_port = dst_port;
+    key.proto = proto;
+    key.family = family;
+    key._pad = [0; 2];
+}
+
+/// Sets `key` to the flow of the packet with these headers.
+#[inline(always)]
+pub fn set_packet_key(key: &mut FlowKey, l3: &L3, l4: &L4) {
+    set_key(
+        key,
+        (&l3.src, l4.src_port),
+        (&l3.dst, l4.dst_port),
+        (l3.proto, l3.family),
+    );
 }

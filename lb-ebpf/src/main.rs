@@ -90,36 +90,6 @@ fn now() -> u64 {
     unsafe { bpf_ktime_get_coarse_ns() }
 }
 
-/// Sets `key` to the flow `src`:`src_port` → `dst`:`dst_port` with `like`'s protocol and
-/// family, field by field (whole-struct moves of addresses are `memmove` calls: see
-/// `ptr::copy16`).
-#[inline(always)]
-fn set_key(
-    key: &mut FlowKey,
-    (src, src_port): (&[u8; 16], [u8; 2]),
-    (dst, dst_port): (&[u8; 16], [u8; 2]),
-    (proto, family): (u8, u8),
-) {
-    copy16(&mut key.src_addr, src);
-    copy16(&mut key.dst_addr, dst);
-    key.src_port = src_port;
-    key.dst_port = dst_port;
-    key.proto = proto;
-    key.family = family;
-    key._pad = [0; 2];
-}
-
-/// Sets `s.key` to the packet's own flow.
-#[inline(always)]
-fn set_packet_key(s: &mut Scratch) {
-    set_key(
-        &mut s.key,
-        (&s.l3.src, s.l4.src_port),
-        (&s.l3.dst, s.l4.dst_port),
-        (s.l3.proto, s.l3.family),
-    );
-}
-
 /// A packet to a VIP address: balance it, or drop it if that cannot be done safely.
 ///
 /// Not inlined: the request and reply paths are alternatives, and as separate BPF functions
@@ -143,7 +113,7 @@ fn balance(pkt: &Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     }
     let meta = vip::lookup(&s.l3, s.l4.dst_port).ok_or(Counter::PassNonVip)?;
     let settings = SETTINGS.get(0).ok_or(Counter::DropInternal)?;
-    set_packet_key(s);
+    conntrack::set_packet_key(&mut s.key, &s.l3, &s.l4);
     let (id, backend, new_flow) = conntrack::backend_for(
         &s.key,
         &meta,
@@ -160,7 +130,7 @@ fn balance(pkt: &Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     };
     let index = backend_index(id);
     if new_flow {
-        set_key(
+        conntrack::set_key(
             &mut s.other,
             (&backend.addr, port),
             (&s.l3.src, s.l4.src_port),
@@ -197,7 +167,7 @@ fn translate_reply(pkt: &Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     if s.l3.problem.is_some() || !parse::parse_l4(pkt, &s.l3, &mut s.l4) {
         return Err(Counter::PassNonVip);
     }
-    set_packet_key(s);
+    conntrack::set_packet_key(&mut s.key, &s.l3, &s.l4);
     let reverse = REVERSE_NAT.get_ptr(&s.key).ok_or(Counter::PassNonVip)?;
     // SAFETY: a pointer the lookup returned; copied at once.
     let reverse = unsafe { &*reverse };
@@ -205,7 +175,7 @@ fn translate_reply(pkt: &Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     s.reverse.vip_port = reverse.vip_port;
     s.reverse.vip_id = reverse.vip_id;
     s.reverse.backend_id = reverse.backend_id;
-    set_key(
+    conntrack::set_key(
         &mut s.other,
         (&s.l3.dst, s.l4.dst_port),
         (&s.reverse.vip_addr, s.reverse.vip_port),

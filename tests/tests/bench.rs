@@ -1217,7 +1217,8 @@ fn end_to_end(rounds: usize, secs: u64) -> Value {
     }
 
     // nftables DNAT in the gateway's prerouting hook (conntrack included).
-    let nft = nft_dnat(gateway);
+    let (vip_ip, sink_ip) = (sa(E2E_VIP).ip().to_string(), sa(E2E_SINK).ip().to_string());
+    let nft = nft_dnat(gateway, "xlb_bench", (&vip_ip, "udp", "9"), &sink_ip);
     match nft {
         Ok(()) => {
             let measured = run(&to_vip, (sink, HOST_IF));
@@ -1380,36 +1381,33 @@ fn generate(generator: &Netns, program: &mut Xdp, frame: &[u8], duration: Durati
     })
 }
 
-/// Adds the DNAT rule of the nftables row to the gateway, in a table of its own.
-fn nft_dnat(gateway: &Netns) -> anyhow::Result<()> {
-    let sink_ip = sa(E2E_SINK).ip().to_string();
-    let vip_ip = sa(E2E_VIP).ip().to_string();
-    gateway.exec("nft", &["add", "table", "ip", "xlb_bench"])?;
-    gateway.exec(
-        "nft",
-        &[
-            "add",
-            "chain",
-            "ip",
-            "xlb_bench",
-            "prerouting",
-            "{ type nat hook prerouting priority dstnat; policy accept; }",
-        ],
-    )?;
+/// nftables DNAT load balancing in `gateway`: a table `table` whose prerouting chain sends
+/// packets to `vip_ip` for `proto` port(s) `dports` (nft syntax: `9`, `{ 80, 5201 }`) to
+/// `sink_ip` through a `numgen` map (one entry: the benchmarks have one sink).
+fn nft_dnat(
+    gateway: &Netns,
+    table: &str,
+    (vip_ip, proto, dports): (&str, &str, &str),
+    sink_ip: &str,
+) -> anyhow::Result<()> {
+    gateway.exec("nft", &["add", "table", "ip", table])?;
+    let chain = "{ type nat hook prerouting priority dstnat; policy accept; }";
+    gateway.exec("nft", &["add", "chain", "ip", table, "prerouting", chain])?;
+    let map = format!("{{ 0 : {sink_ip} }}");
     gateway.exec(
         "nft",
         &[
             "add",
             "rule",
             "ip",
-            "xlb_bench",
+            table,
             "prerouting",
             "ip",
             "daddr",
-            &vip_ip,
-            "udp",
+            vip_ip,
+            proto,
             "dport",
-            "9",
+            dports,
             "dnat",
             "to",
             "numgen",
@@ -1417,7 +1415,7 @@ fn nft_dnat(gateway: &Netns) -> anyhow::Result<()> {
             "mod",
             "1",
             "map",
-            &format!("{{ 0 : {sink_ip} }}"),
+            &map,
         ],
     )?;
     Ok(())

@@ -78,36 +78,6 @@ fn scratch() -> Option<&'static mut Scratch> {
     SCRATCH.get_ptr_mut(0).map(|s| unsafe { &mut *s })
 }
 
-/// Sets `key` to `src`:`src_port` → `dst`:`dst_port`, field by field as the balancer does
-/// (whole-array moves of addresses compile to byte-at-a-time `memmove` calls: see
-/// `ptr::copy16`).
-#[inline(always)]
-fn set_key(
-    key: &mut FlowKey,
-    (src, src_port): (&[u8; 16], [u8; 2]),
-    (dst, dst_port): (&[u8; 16], [u8; 2]),
-    (proto, family): (u8, u8),
-) {
-    copy16(&mut key.src_addr, src);
-    copy16(&mut key.dst_addr, dst);
-    key.src_port = src_port;
-    key.dst_port = dst_port;
-    key.proto = proto;
-    key.family = family;
-    key._pad = [0; 2];
-}
-
-/// Sets `s.key` to the packet's own flow.
-#[inline(always)]
-fn set_packet_key(s: &mut Scratch) {
-    set_key(
-        &mut s.key,
-        (&s.l3.src, s.l4.src_port),
-        (&s.l3.dst, s.l4.dst_port),
-        (s.l3.proto, s.l3.family),
-    );
-}
-
 #[inline(always)]
 fn pass_if(hit: bool) -> u32 {
     if hit { PASS } else { MISS }
@@ -126,8 +96,8 @@ pub fn step_parse(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn step_scratch(_ctx: XdpContext) -> u32 {
     let Some(s) = scratch() else { return MISS };
-    set_packet_key(s);
-    set_key(
+    conntrack::set_packet_key(&mut s.key, &s.l3, &s.l4);
+    conntrack::set_key(
         &mut s.other,
         (&s.l3.dst, s.l4.dst_port),
         (&s.l3.src, s.l4.src_port),
@@ -187,7 +157,7 @@ pub fn step_conntrack(_ctx: XdpContext) -> u32 {
     let Some(settings) = SETTINGS.get(0) else {
         return MISS;
     };
-    set_packet_key(s);
+    conntrack::set_packet_key(&mut s.key, &s.l3, &s.l4);
     match conntrack::backend_for(
         &s.key,
         &meta,
@@ -213,7 +183,7 @@ pub fn step_new_flow(_ctx: XdpContext) -> u32 {
     let Some(settings) = SETTINGS.get(0) else {
         return MISS;
     };
-    set_packet_key(s);
+    conntrack::set_packet_key(&mut s.key, &s.l3, &s.l4);
     // SAFETY: a BPF helper without arguments or preconditions.
     let random = unsafe { bpf_get_prandom_u32() };
     s.key.src_addr[..4].copy_from_slice(&random.to_ne_bytes());
@@ -228,7 +198,7 @@ pub fn step_new_flow(_ctx: XdpContext) -> u32 {
         return MISS;
     };
     let client = s.key.src_addr;
-    set_key(
+    conntrack::set_key(
         &mut s.other,
         (&backend.addr, backend.port),
         (&client, s.l4.src_port),
@@ -268,7 +238,7 @@ static BENCH_HASH: HashMap<FlowKey, FlowState> =
 /// A new flow's key (random source address) and entry, in the scratch.
 #[inline(always)]
 fn random_flow(s: &mut Scratch) -> FlowState {
-    set_packet_key(s);
+    conntrack::set_packet_key(&mut s.key, &s.l3, &s.l4);
     // SAFETY: a BPF helper without arguments or preconditions.
     let random = unsafe { bpf_get_prandom_u32() };
     s.key.src_addr[..4].copy_from_slice(&random.to_ne_bytes());

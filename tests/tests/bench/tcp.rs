@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 
 use lb_common::Counter;
 
-use super::{median, min, ns_ok, vip};
+use super::{median, min, nft_dnat, ns_ok, vip};
 
 const VIP_IP: &str = "198.19.0.1";
 /// The paths, in the order they run; path `k` (from 0) uses HTTP port `HTTP_PORT + k` and
@@ -100,7 +100,9 @@ pub fn tcp(rounds: usize, secs: u64) -> Value {
             match *path {
                 "plain_routing" => s.round(client, path, &sink_ip, secs),
                 "nftables" => {
-                    nft_dnat(gateway, &sink_ip, ports(path))
+                    let (http, iperf) = ports(path);
+                    let dports = format!("{{ {http}, {iperf} }}");
+                    nft_dnat(gateway, "xlb_bench_tcp", (VIP_IP, "tcp", &dports), &sink_ip)
                         .unwrap_or_else(|err| panic!("nftables DNAT rule: {err:#}"));
                     s.round(client, path, VIP_IP, secs);
                     gateway
@@ -498,45 +500,4 @@ impl Drop for Daemon {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
-}
-
-/// DNAT of TCP to the VIP's two ports to the sink, in a table of its own.
-fn nft_dnat(gateway: &Netns, sink_ip: &str, (http, iperf): (u16, u16)) -> anyhow::Result<()> {
-    gateway.exec("nft", &["add", "table", "ip", "xlb_bench_tcp"])?;
-    gateway.exec(
-        "nft",
-        &[
-            "add",
-            "chain",
-            "ip",
-            "xlb_bench_tcp",
-            "prerouting",
-            "{ type nat hook prerouting priority dstnat; policy accept; }",
-        ],
-    )?;
-    gateway.exec(
-        "nft",
-        &[
-            "add",
-            "rule",
-            "ip",
-            "xlb_bench_tcp",
-            "prerouting",
-            "ip",
-            "daddr",
-            VIP_IP,
-            "tcp",
-            "dport",
-            &format!("{{ {http}, {iperf} }}"),
-            "dnat",
-            "to",
-            "numgen",
-            "inc",
-            "mod",
-            "1",
-            "map",
-            &format!("{{ 0 : {sink_ip} }}"),
-        ],
-    )?;
-    Ok(())
 }
