@@ -8,6 +8,7 @@ extern crate alloc;
 pub mod conntrack;
 pub mod counters;
 pub mod csum;
+pub mod filter;
 pub mod flow;
 pub mod hash;
 pub mod maglev;

@@ -37,6 +37,8 @@ pub const BACKEND_STATS_MAP: &str = "BACKEND_STATS";
 pub const TX_PORTS_MAP: &str = "TX_PORTS";
 /// Settings the agent writes once at start: array of one [`Settings`].
 pub const SETTINGS_MAP: &str = "SETTINGS";
+/// The address filter (see [`crate::filter`]): array of `u64`.
+pub const ADDR_FILTER_MAP: &str = "ADDR_FILTER";
 
 /// Most VIPs (VIP ids are below this).
 pub const MAX_VIPS: u32 = 4096;

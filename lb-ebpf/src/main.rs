@@ -1,5 +1,5 @@
 //! The xdplb XDP program. One readable pipeline:
-//! parse → VIP? → L4 → VIP lookup (exact, then port 0) → connection table → pick a backend
+//! parse → VIP? (address filter, then `VIP_ADDRS`) → L4 → VIP lookup (exact, then port 0) → connection table → pick a backend
 //! for new flows → record the reverse translation → count → rewrite → FIB → transmit;
 //! and for replies of tracked flows: reverse lookup → rewrite → FIB → transmit.
 //!
@@ -77,7 +77,7 @@ pub fn lb(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_lb(pkt: &Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     parse::parse_l3(pkt, &mut s.l3)?;
-    if vip::is_vip_addr(&s.l3) {
+    if vip::may_be_vip_addr(&s.l3) && vip::is_vip_addr(&s.l3) {
         Ok(to_vip(pkt, s))
     } else {
         Ok(from_backend(pkt, s))
@@ -164,7 +164,10 @@ fn from_backend(pkt: &Packet, s: &mut Scratch) -> Counter {
 
 #[inline(always)]
 fn translate_reply(pkt: &Packet, s: &mut Scratch) -> Result<Counter, Counter> {
-    if s.l3.problem.is_some() || !parse::parse_l4(pkt, &s.l3, &mut s.l4) {
+    if !vip::may_be_from_backend(&s.l3)
+        || s.l3.problem.is_some()
+        || !parse::parse_l4(pkt, &s.l3, &mut s.l4)
+    {
         return Err(Counter::PassNonVip);
     }
     conntrack::set_packet_key(&mut s.key, &s.l3, &s.l4);

@@ -10,6 +10,7 @@ use lb_common::{
     FlowKey,
     conntrack::FlowState,
     counters::COUNTER_COUNT,
+    filter::FILTER_MAP_WORDS,
     maps::{
         Backend, BackendLoad, DEFAULT_CONNTRACK_CAPACITY, DEFAULT_SLOTS, MAX_BACKENDS,
         MAX_TX_PORTS, MAX_VIPS, ReverseNat, Settings, Stats, VipAddrKey, VipKey, VipMeta,
@@ -66,3 +67,7 @@ pub static SCRATCH: PerCpuArray<crate::Scratch> = PerCpuArray::with_max_entries(
 
 #[map(name = "SETTINGS")]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// The address filter (`lb_common::filter`): VIP addresses, then backend addresses.
+#[map(name = "ADDR_FILTER")]
+pub static ADDR_FILTER: Array<u64> = Array::with_max_entries(FILTER_MAP_WORDS, 0);

@@ -1,11 +1,35 @@
-//! VIP lookup: is the destination a VIP address, and which VIP (exact port, then port 0).
+//! VIP lookup: is the destination a VIP address, and which VIP (exact port, then port 0); and
+//! the address filter's quick "certainly not" for VIP destinations and backend sources.
 
-use lb_common::maps::{VipAddrKey, VipKey, VipMeta};
+use lb_common::{
+    filter::{FilterKind, filter_slot},
+    maps::{VipAddrKey, VipKey, VipMeta},
+};
 
 use crate::{
-    maps::{VIP_ADDRS, VIPS},
+    maps::{ADDR_FILTER, VIP_ADDRS, VIPS},
     parse::L3,
 };
+
+/// False if `addr` is certainly not in the `kind` half of the address filter (one array load;
+/// true may still be a miss).
+#[inline(always)]
+fn in_filter(kind: FilterKind, addr: &[u8; 16]) -> bool {
+    let (word, mask) = filter_slot(kind, addr);
+    ADDR_FILTER.get(word).is_some_and(|w| w & mask != 0)
+}
+
+/// False if the destination is certainly no VIP address.
+#[inline(always)]
+pub fn may_be_vip_addr(l3: &L3) -> bool {
+    in_filter(FilterKind::Vip, &l3.dst)
+}
+
+/// False if the source is certainly no backend (so the packet is no reply to translate).
+#[inline(always)]
+pub fn may_be_from_backend(l3: &L3) -> bool {
+    in_filter(FilterKind::Backend, &l3.src)
+}
 
 /// True if some VIP has the packet's destination address and protocol.
 #[inline(always)]

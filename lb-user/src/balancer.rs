@@ -13,6 +13,7 @@ use std::{
 };
 
 use lb_common::{
+    filter::{FILTER_MAP_WORDS, FilterKind, filter_slot},
     flow::{FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP},
     maglev::{self, DEFAULT_RING_SIZE, MAX_WEIGHT, MaglevBackend},
     maps::{
@@ -418,19 +419,58 @@ pub struct Balancer<M: Maps> {
     vip_ids: Vec<u32>,
     backend_ids: BackendIds,
     regions: Regions,
+    /// The address filter as last written to the maps; `None` until written (what adopted maps
+    /// hold is unknown).
+    filter: Option<Vec<u64>>,
 }
 
 impl<M: Maps> Balancer<M> {
     /// A balancer with no VIPs over `maps`, whose slots array has `slots` entries.
     pub fn new(mut maps: M, slots: u32, settings: Settings) -> Result<Self, Error> {
         maps.set_settings(&settings)?;
+        // The address filter is written with the first change (or at the end of `restore`):
+        // writing it empty now would cut off the flows of maps being adopted.
         Ok(Self {
             maps,
             vips: BTreeMap::new(),
             vip_ids: (0..MAX_VIPS).rev().collect(),
             backend_ids: BackendIds::new(),
             regions: Regions::new(slots),
+            filter: None,
         })
+    }
+
+    /// The address filter's words for every VIP address and backend address, and `extra`.
+    fn filter_words(&self, extra: &[(FilterKind, IpAddr)]) -> Vec<u64> {
+        let mut words = vec![0u64; FILTER_MAP_WORDS as usize];
+        let mut set = |kind, addr: IpAddr| {
+            let (word, mask) = filter_slot(kind, &addr16(addr));
+            words[word as usize] |= mask;
+        };
+        for (vip, state) in &self.vips {
+            set(FilterKind::Vip, vip.addr);
+            for b in &state.backends {
+                set(FilterKind::Backend, b.spec.addr.ip());
+            }
+        }
+        for &(kind, addr) in extra {
+            set(kind, addr);
+        }
+        words
+    }
+
+    /// Writes the address filter for the VIPs and backends now, and `extra` addresses that
+    /// must stay (or already be) in it while a change is under way; only the words that differ
+    /// from what was last written.
+    fn publish_filter(&mut self, extra: &[(FilterKind, IpAddr)]) -> Result<(), Error> {
+        let words = self.filter_words(extra);
+        for (i, &word) in words.iter().enumerate() {
+            if self.filter.as_ref().is_none_or(|old| old[i] != word) {
+                self.maps.set_filter_word(i as u32, word)?;
+            }
+        }
+        self.filter = Some(words);
+        Ok(())
     }
 
     /// A balancer over maps that already hold `snapshot` (a restarted agent adopting the maps
@@ -483,6 +523,7 @@ impl<M: Maps> Balancer<M> {
         for (key, count) in counts {
             balancer.maps.set_vip_addr(&key, count)?;
         }
+        balancer.publish_filter(&[])?;
         Ok(balancer)
     }
 
@@ -519,6 +560,8 @@ impl<M: Maps> Balancer<M> {
             table: None,
             list: None,
         };
+        // The filter lets the VIP's packets through before the VIP exists.
+        self.publish_filter(&[(FilterKind::Vip, vip.addr)])?;
         self.maps.set_vip(&vip.key(), &meta(&state))?;
         let addr_key = vip.addr_key();
         let count = self.vips_on_addr(&vip) + 1;
@@ -551,7 +594,7 @@ impl<M: Maps> Balancer<M> {
             self.regions.free(region);
         }
         self.vip_ids.push(state.id);
-        Ok(())
+        self.publish_filter(&[])
     }
 
     /// Changes a VIP's scheduler or ring size; its tables are rebuilt.
@@ -697,6 +740,14 @@ impl<M: Maps> Balancer<M> {
                 list: list_region,
             },
         );
+        // New backends' replies are let through the filter before the VIP sends them flows;
+        // the old ones' until the VIP has switched.
+        let old_addrs: Vec<(FilterKind, IpAddr)> = old
+            .backends
+            .iter()
+            .map(|b| (FilterKind::Backend, b.spec.addr.ip()))
+            .collect();
+        self.publish_filter(&old_addrs)?;
         self.maps.set_vip(&vip.key(), &meta(&self.vips[vip]))?;
         // Only now, with no table naming them, retire the removed backends and old regions.
         let gone: Vec<u32> = old
@@ -711,7 +762,7 @@ impl<M: Maps> Balancer<M> {
         for region in [old.table, old.list].into_iter().flatten() {
             self.regions.free(region);
         }
-        Ok(())
+        self.publish_filter(&[])
     }
 
     fn release_new_ids(&mut self, vip: &Vip, backends: &[BackendInfo]) {
@@ -1081,6 +1132,36 @@ mod tests {
         let meta = b.maps().vips[&vip().key()];
         assert_eq!(meta.table_len, 0);
         assert_eq!(b.maps().region(meta.list_off, meta.list_len), vec![id(2)]);
+    }
+
+    #[test]
+    fn the_address_filter_holds_every_vip_and_backend_address() {
+        let in_filter = |b: &Balancer<MemMaps>, kind, addr: IpAddr| {
+            let (word, mask) = filter_slot(kind, &addr16(addr));
+            b.maps().filter.get(&word).is_some_and(|w| w & mask != 0)
+        };
+        let mut b = balancer();
+        assert!(b.maps().filter.is_empty());
+        let v = vip();
+        b.add_vip(v, VipOptions::default()).unwrap();
+        assert!(in_filter(&b, FilterKind::Vip, v.addr));
+        assert!(!in_filter(&b, FilterKind::Backend, v.addr));
+        b.set_backends(&v, vec![backend(1, 1), backend(2, 1)])
+            .unwrap();
+        for i in [1, 2] {
+            assert!(in_filter(&b, FilterKind::Backend, backend(i, 1).addr.ip()));
+        }
+        b.set_backends(&v, vec![backend(2, 1)]).unwrap();
+        assert!(!in_filter(&b, FilterKind::Backend, backend(1, 1).addr.ip()));
+        assert!(in_filter(&b, FilterKind::Backend, backend(2, 1).addr.ip()));
+        // A restored balancer writes the whole filter again.
+        let snapshot = b.snapshot();
+        let mut maps = MemMaps::default();
+        maps.filter.insert(7, u64::MAX);
+        let restored = Balancer::restore(maps, 1 << 20, Settings::default(), snapshot).unwrap();
+        assert_eq!(restored.maps().filter, b.maps().filter);
+        b.remove_vip(&v).unwrap();
+        assert!(b.maps().filter.is_empty(), "{:?}", b.maps().filter);
     }
 
     #[test]

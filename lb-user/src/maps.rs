@@ -9,9 +9,9 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
 };
 use lb_common::maps::{
-    BACKEND_LOAD_MAP, BACKEND_OPENED_MAP, BACKEND_STATS_MAP, BACKENDS_MAP, Backend, BackendLoad,
-    SETTINGS_MAP, SLOTS_MAP, Settings, Stats, VIP_ADDRS_MAP, VIP_STATS_MAP, VIPS_MAP, VipAddrKey,
-    VipKey, VipMeta,
+    ADDR_FILTER_MAP, BACKEND_LOAD_MAP, BACKEND_OPENED_MAP, BACKEND_STATS_MAP, BACKENDS_MAP,
+    Backend, BackendLoad, SETTINGS_MAP, SLOTS_MAP, Settings, Stats, VIP_ADDRS_MAP, VIP_STATS_MAP,
+    VIPS_MAP, VipAddrKey, VipKey, VipMeta,
 };
 use lb_common::{
     FlowKey,
@@ -28,6 +28,8 @@ pub trait Maps {
     fn write_slots(&mut self, off: u32, ids: &[u32]) -> anyhow::Result<()>;
     fn set_backend_load(&mut self, index: u32, load: &BackendLoad) -> anyhow::Result<()>;
     fn set_settings(&mut self, settings: &Settings) -> anyhow::Result<()>;
+    /// Sets word `index` of the address filter (`lb_common::filter`).
+    fn set_filter_word(&mut self, index: u32, word: u64) -> anyhow::Result<()>;
     /// Flows the data path opened to backend slot `index`, ever.
     fn opened(&self, index: u32) -> anyhow::Result<u64>;
     fn vip_stats(&self, vip_id: u32) -> anyhow::Result<Stats>;
@@ -43,6 +45,7 @@ pub struct BpfMaps {
     backend_load: Array<MapData, BackendLoad>,
     backend_opened: Array<MapData, u64>,
     settings: Array<MapData, Settings>,
+    addr_filter: Array<MapData, u64>,
     vip_stats: PerCpuArray<MapData, Stats>,
     backend_stats: PerCpuArray<MapData, Stats>,
 }
@@ -86,6 +89,7 @@ impl BpfMaps {
             backend_load: field!(BACKEND_LOAD_MAP),
             backend_opened: field!(BACKEND_OPENED_MAP),
             settings: field!(SETTINGS_MAP),
+            addr_filter: field!(ADDR_FILTER_MAP),
             vip_stats: field!(VIP_STATS_MAP),
             backend_stats: field!(BACKEND_STATS_MAP),
         })
@@ -139,6 +143,9 @@ impl Maps for BpfMaps {
     fn set_settings(&mut self, settings: &Settings) -> anyhow::Result<()> {
         Ok(self.settings.set(0, settings, 0)?)
     }
+    fn set_filter_word(&mut self, index: u32, word: u64) -> anyhow::Result<()> {
+        Ok(self.addr_filter.set(index, word, 0)?)
+    }
     fn opened(&self, index: u32) -> anyhow::Result<u64> {
         Ok(self.backend_opened.get(&index, 0)?)
     }
@@ -186,6 +193,8 @@ pub struct MemMaps {
     pub backend_load: HashMap<u32, BackendLoad>,
     pub opened: HashMap<u32, u64>,
     pub settings: Settings,
+    /// Non-zero words of the address filter.
+    pub filter: HashMap<u32, u64>,
 }
 
 impl MemMaps {
@@ -230,6 +239,14 @@ impl Maps for MemMaps {
     }
     fn set_settings(&mut self, settings: &Settings) -> anyhow::Result<()> {
         self.settings = *settings;
+        Ok(())
+    }
+    fn set_filter_word(&mut self, index: u32, word: u64) -> anyhow::Result<()> {
+        if word == 0 {
+            self.filter.remove(&index);
+        } else {
+            self.filter.insert(index, word);
+        }
         Ok(())
     }
     fn opened(&self, index: u32) -> anyhow::Result<u64> {
