@@ -559,12 +559,7 @@ fn scaling(
             .map(|count| {
                 let mut fresh = common::load();
                 let mut fresh_balancer = fresh.balancer(Default::default()).expect("balancer");
-                fresh_balancer
-                    .add_vip(vip(TCP_VIP), VipOptions::default())
-                    .expect("add vip");
-                fresh_balancer
-                    .set_backends(&vip(TCP_VIP), backends(2))
-                    .expect("backends");
+                add_tcp_vip(&mut fresh_balancer);
                 for i in 0..count as u32 - 1 {
                     let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 4, 1)) + i);
                     let v = vip(&format!("{addr}:80/tcp"));
@@ -628,12 +623,7 @@ fn scaling(
         })
         .expect("loading the XDP program");
         let mut fresh_balancer = fresh.balancer(Default::default()).expect("balancer");
-        fresh_balancer
-            .add_vip(vip(TCP_VIP), VipOptions::default())
-            .expect("add vip");
-        fresh_balancer
-            .set_backends(&vip(TCP_VIP), backends(2))
-            .expect("backends");
+        add_tcp_vip(&mut fresh_balancer);
         track(&mut fresh, client, tcp_vip);
         let program = fresh.program().expect("program");
         let mut syn = frame(client, tcp_vip, SYN, &[]);
@@ -990,6 +980,16 @@ fn addrs(frame: &[u8]) -> (SocketAddr, SocketAddr) {
         _ => panic!("no TCP/UDP header"),
     };
     (SocketAddr::new(src, sp), SocketAddr::new(dst, dp))
+}
+
+/// Adds [`TCP_VIP`] with two backends.
+fn add_tcp_vip(balancer: &mut Balancer<BpfMaps>) {
+    balancer
+        .add_vip(vip(TCP_VIP), VipOptions::default())
+        .expect("add vip");
+    balancer
+        .set_backends(&vip(TCP_VIP), backends(2))
+        .expect("backends");
 }
 
 /// `n` equal backends 10.1.x.y:8080.

@@ -11,15 +11,15 @@
 use aya::{Ebpf, programs::Xdp};
 use lb_tests::netns::{GW_CLIENT_IF, HOST_IF, Topology, gw_backend_if};
 use lb_user::{
-    balancer::{Balancer, VipOptions},
+    balancer::Balancer,
     loader::{BASELINE_PASS, BENCH_STEPS, if_index, load_baseline},
     maps::BpfMaps,
 };
 use serde_json::{Value, json};
 
 use super::{
-    ACK, CLIENT, Params, RUNS, TCP_VIP, backends, frame, mac_string, median, min, ns_ok, per_call,
-    per_call_ctx, pin_to_last_cpu, repeated, repeated_ctx, run_once_ctx, sa, vip,
+    ACK, CLIENT, Params, RUNS, add_tcp_vip, frame, mac_string, median, min, ns_ok, per_call,
+    per_call_ctx, pin_to_last_cpu, repeated, repeated_ctx, run_once_ctx, sa,
 };
 
 const PASS: u32 = 2;
@@ -196,12 +196,7 @@ pub fn breakdown(p: &Params) -> Value {
         lb_common::maps::Settings::default(),
     )
     .expect("balancer over bench_steps");
-    balancer
-        .add_vip(vip(TCP_VIP), VipOptions::default())
-        .expect("add vip");
-    balancer
-        .set_backends(&vip(TCP_VIP), backends(2))
-        .expect("backends");
+    add_tcp_vip(&mut balancer);
     let mut pass_obj = load_baseline(BASELINE_PASS, "bench_pass").expect("baseline pass");
 
     let topo = Topology::new(1).unwrap_or_else(|err| panic!("topology: {err:#}"));
