@@ -28,36 +28,14 @@ mod stats;
 mod vip;
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
-use lb_common::{
-    Counter, FlowKey,
-    maps::{ReverseNat, backend_index},
-    nat::L4Checksum,
-};
+use lb_common::{Counter, maps::backend_index, nat::L4Checksum};
 
 use crate::{
     fwd::Direction,
-    maps::{REVERSE_NAT, SCRATCH, SETTINGS},
+    maps::{REVERSE_NAT, SCRATCH, SETTINGS, Scratch},
     nat::Side,
-    parse::{L3, L4},
     ptr::{Packet, copy16},
 };
-
-/// Working memory of one program run, in a per-CPU map rather than on the 512-byte stack.
-///
-/// It also keeps verification short: the verifier does not track what a map value holds, so
-/// once the parse results are stored here, the paths through the parser (VLAN or not, TCP or
-/// UDP, IPv6 extension headers) meet in one state instead of each being verified again through
-/// the rest of the program.
-#[repr(C)]
-pub struct Scratch {
-    l3: L3,
-    l4: L4,
-    /// The packet's own flow.
-    key: FlowKey,
-    /// The same flow seen from the other side.
-    other: FlowKey,
-    reverse: ReverseNat,
-}
 
 #[xdp]
 pub fn lb(ctx: XdpContext) -> u32 {

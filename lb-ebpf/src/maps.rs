@@ -1,6 +1,7 @@
 //! The program's maps. Names, sizes and layouts come from `lb-common` so the agent finds them;
 //! the agent resizes `SLOTS`, `CONNTRACK` and `REVERSE_NAT` at load time.
 
+use crate::parse::{L3, L4};
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
@@ -61,9 +62,26 @@ pub static BACKEND_STATS: PerCpuArray<Stats> = PerCpuArray::with_max_entries(MAX
 #[map(name = "TX_PORTS")]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
 
-/// Per-CPU working memory of one program run (see `main::Scratch`).
+/// Working memory of one program run, in a per-CPU map rather than on the 512-byte stack.
+///
+/// It also keeps verification short: the verifier does not track what a map value holds, so
+/// once the parse results are stored here, the paths through the parser (VLAN or not, TCP or
+/// UDP, IPv6 extension headers) meet in one state instead of each being verified again through
+/// the rest of the program.
+#[repr(C)]
+pub struct Scratch {
+    pub l3: L3,
+    pub l4: L4,
+    /// The packet's own flow.
+    pub key: FlowKey,
+    /// The same flow seen from the other side.
+    pub other: FlowKey,
+    pub reverse: ReverseNat,
+}
+
+/// This CPU's [`Scratch`].
 #[map(name = "SCRATCH")]
-pub static SCRATCH: PerCpuArray<crate::Scratch> = PerCpuArray::with_max_entries(1, 0);
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "SETTINGS")]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);

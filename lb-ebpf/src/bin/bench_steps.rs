@@ -51,21 +51,11 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{CONNTRACK, REVERSE_NAT, SCRATCH, SETTINGS},
+    maps::{CONNTRACK, REVERSE_NAT, SCRATCH, SETTINGS, Scratch},
     nat::Side,
     parse::{Ipv4Fixed, L3, L4},
     ptr::{Packet, copy16, zeroed_in_place},
 };
-
-/// The balancer's per-CPU working memory, laid out as in `main.rs`.
-#[repr(C)]
-pub struct Scratch {
-    l3: L3,
-    l4: L4,
-    key: FlowKey,
-    other: FlowKey,
-    reverse: ReverseNat,
-}
 
 const PASS: u32 = xdp_action::XDP_PASS;
 const MISS: u32 = xdp_action::XDP_DROP;
