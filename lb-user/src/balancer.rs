@@ -25,7 +25,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::Maps,
+    maps::{Maps, Staged},
     regions::{Region, Regions},
 };
 
@@ -361,7 +361,7 @@ pub struct VipInfo {
 
 /// Allocates backend ids: slot index in the low bits, a generation above that changes on every
 /// reuse of the slot; freed slots are reused last-in-last-out (FIFO) to make reuse rare.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct BackendIds {
     free: VecDeque<u32>,
     generation: Vec<u16>,
@@ -398,6 +398,16 @@ impl BackendIds {
     }
 }
 
+/// The balancer as it was when a change began ([`Balancer::begin`]).
+#[derive(Debug)]
+pub struct Checkpoint {
+    vips: BTreeMap<Vip, VipState>,
+    vip_ids: Vec<u32>,
+    backend_ids: BackendIds,
+    regions: Regions,
+    filter: Option<Vec<u64>>,
+}
+
 /// Everything the balancer needs to take over maps that a previous agent wrote: each VIP with
 /// its id, options, backends (with ids) and table regions.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -414,7 +424,7 @@ impl Snapshot {
 
 /// The balancer: desired state plus the maps it is written to.
 pub struct Balancer<M: Maps> {
-    maps: M,
+    maps: Staged<M>,
     vips: BTreeMap<Vip, VipState>,
     vip_ids: Vec<u32>,
     backend_ids: BackendIds,
@@ -431,7 +441,7 @@ impl<M: Maps> Balancer<M> {
         // The address filter is written with the first change (or at the end of `restore`):
         // writing it empty now would cut off the flows of maps being adopted.
         Ok(Self {
-            maps,
+            maps: Staged::new(maps),
             vips: BTreeMap::new(),
             vip_ids: (0..MAX_VIPS).rev().collect(),
             backend_ids: BackendIds::new(),
@@ -473,10 +483,10 @@ impl<M: Maps> Balancer<M> {
         Ok(())
     }
 
-    /// A balancer over maps that already hold `snapshot` (a restarted agent adopting the maps
-    /// of the previous one). Ids and table regions are taken over as they are; backends and
-    /// VIP entries are written again from the snapshot, which is idempotent and repairs what a
-    /// change interrupted before it was saved may have left.
+    /// A balancer over maps that hold `snapshot`, or a part of it, or nothing at all: a
+    /// restarted agent adopting the maps of the previous one, or a saved state restored onto a
+    /// fresh program. Ids and table regions are taken over as they are, and the maps are then
+    /// brought to exactly the snapshot ([`Balancer::reconcile`]).
     pub fn restore(
         maps: M,
         slots: u32,
@@ -508,23 +518,136 @@ impl<M: Maps> Balancer<M> {
                         b.id
                     )));
                 }
-                balancer
-                    .maps
-                    .set_backend(backend_index(b.id), &backend_value(b))?;
             }
-            balancer.maps.set_vip(&vip.key(), &meta(&state))?;
             balancer.vips.insert(vip, state);
         }
+        balancer.reconcile()?;
+        Ok(balancer)
+    }
+
+    /// Writes the maps to hold exactly what the balancer holds: every backend, table, VIP and
+    /// filter word is written again, and the VIPs, VIP addresses and backends it does not hold
+    /// are removed (left by a change that was interrupted before it was saved). Idempotent, and
+    /// in an order that keeps the flows of what it holds going: backends, tables, filter and
+    /// VIPs first, removals last.
+    pub fn reconcile(&mut self) -> Result<(), Error> {
+        let names: Vec<Vip> = self.vips.keys().copied().collect();
+        for vip in &names {
+            let state = self.vips[vip].clone();
+            for b in &state.backends {
+                self.maps
+                    .set_backend(backend_index(b.id), &backend_value(b))?;
+            }
+            let (table, list) = build_tables(&state.options, &state.backends)?;
+            let table = self.rewrite_region(vip, state.table, &table)?;
+            let list = self.rewrite_region(vip, state.list, &list)?;
+            let state = self.vips.get_mut(vip).expect("listed above");
+            (state.table, state.list) = (table, list);
+        }
+        self.filter = None;
+        self.publish_filter(&[])?;
         let mut counts: std::collections::HashMap<VipAddrKey, u32> =
             std::collections::HashMap::new();
-        for vip in balancer.vips.keys() {
+        for (vip, state) in &self.vips {
+            self.maps.set_vip(&vip.key(), &meta(state))?;
             *counts.entry(vip.addr_key()).or_default() += 1;
         }
-        for (key, count) in counts {
-            balancer.maps.set_vip_addr(&key, count)?;
+        for (key, count) in &counts {
+            self.maps.set_vip_addr(key, *count)?;
         }
-        balancer.publish_filter(&[])?;
-        Ok(balancer)
+        let keys: std::collections::HashSet<VipKey> = self.vips.keys().map(Vip::key).collect();
+        for key in self.maps.vip_keys()? {
+            if !keys.contains(&key) {
+                self.maps.remove_vip(&key)?;
+            }
+        }
+        for key in self.maps.vip_addr_keys()? {
+            if !counts.contains_key(&key) {
+                self.maps.set_vip_addr(&key, 0)?;
+            }
+        }
+        let used: std::collections::HashSet<u32> = self
+            .vips
+            .values()
+            .flat_map(|s| s.backends.iter().map(|b| backend_index(b.id)))
+            .collect();
+        let unused = Backend {
+            state: BACKEND_UNUSED,
+            ..Backend::default()
+        };
+        for index in self.maps.used_backends()? {
+            if !used.contains(&index) {
+                self.maps.set_backend(index, &unused)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `ids` into `region` again, or into a new region if their lengths differ (tables
+    /// built by another version of the agent).
+    fn rewrite_region(
+        &mut self,
+        vip: &Vip,
+        region: Option<Region>,
+        ids: &[u32],
+    ) -> Result<Option<Region>, Error> {
+        match region {
+            Some(region) if region.len as usize == ids.len() => {
+                self.maps.write_slots(region.off, ids)?;
+                Ok(Some(region))
+            }
+            old => {
+                if old.is_some() {
+                    log::info!("{vip}: its table changed size; written to a new region");
+                }
+                let new = self.write_region(ids)?;
+                if let Some(old) = old {
+                    self.regions.free(old);
+                }
+                Ok(new)
+            }
+        }
+    }
+
+    /// Starts a change whose map writes are held back until [`Balancer::commit`] (or dropped
+    /// by [`Balancer::abort`] with the returned checkpoint), so that the change can be saved
+    /// before the data path sees it.
+    pub fn begin(&mut self) -> Checkpoint {
+        let checkpoint = Checkpoint {
+            vips: self.vips.clone(),
+            vip_ids: self.vip_ids.clone(),
+            backend_ids: self.backend_ids.clone(),
+            regions: self.regions.clone(),
+            filter: self.filter.clone(),
+        };
+        self.maps.hold();
+        self.regions.defer_frees();
+        checkpoint
+    }
+
+    /// Makes the held map writes, in the order the change made them.
+    pub fn commit(&mut self) -> Result<(), Error> {
+        let result = self.maps.release();
+        self.regions.end_deferral();
+        Ok(result?)
+    }
+
+    /// Drops the held map writes and goes back to `checkpoint`: as if the change was never
+    /// made.
+    pub fn abort(&mut self, checkpoint: Checkpoint) {
+        self.maps.discard();
+        let Checkpoint {
+            vips,
+            vip_ids,
+            backend_ids,
+            regions,
+            filter,
+        } = checkpoint;
+        self.vips = vips;
+        self.vip_ids = vip_ids;
+        self.backend_ids = backend_ids;
+        self.regions = regions;
+        self.filter = filter;
     }
 
     /// What [`Balancer::restore`] needs to take over.
@@ -539,11 +662,11 @@ impl<M: Maps> Balancer<M> {
     }
 
     pub fn maps(&self) -> &M {
-        &self.maps
+        self.maps.inner()
     }
 
     pub fn maps_mut(&mut self) -> &mut M {
-        &mut self.maps
+        self.maps.inner_mut()
     }
 
     /// Adds a VIP with no backends (its packets are dropped until it has some).
@@ -1220,6 +1343,124 @@ mod tests {
             .flat_map(|v| v.backends.iter().map(|b| b.id))
             .collect();
         assert_eq!(ids.len(), 4, "no id handed out twice");
+    }
+
+    /// The maps as the data path sees them: VIP entries, address counts, backends in use, the
+    /// tables every VIP entry points to, the filter.
+    type Seen = (
+        Vec<(VipKey, VipMeta, Vec<u32>, Vec<u32>)>,
+        Vec<(VipAddrKey, u32)>,
+        Vec<(u32, Backend)>,
+        Vec<(u32, u64)>,
+    );
+
+    fn seen(maps: &MemMaps) -> Seen {
+        let mut vips: Vec<_> = maps
+            .vips
+            .iter()
+            .map(|(k, m)| {
+                (
+                    *k,
+                    *m,
+                    maps.region(m.table_off, m.table_len),
+                    maps.region(m.list_off, m.list_len),
+                )
+            })
+            .collect();
+        vips.sort_by_key(|v| (v.0.addr, v.0.port, v.0.proto));
+        let mut addrs: Vec<_> = maps.vip_addrs.iter().map(|(k, c)| (*k, *c)).collect();
+        addrs.sort_by_key(|a| a.0.addr.to_vec());
+        let mut backends: Vec<_> = maps
+            .backends
+            .iter()
+            .filter(|(_, b)| b.state != BACKEND_UNUSED)
+            .map(|(i, b)| (*i, *b))
+            .collect();
+        backends.sort_by_key(|b| b.0);
+        let mut filter: Vec<_> = maps.filter.iter().map(|(i, w)| (*i, *w)).collect();
+        filter.sort_unstable();
+        (vips, addrs, backends, filter)
+    }
+
+    fn two_vips() -> (Balancer<MemMaps>, Vip) {
+        let mut b = balancer();
+        b.add_vip(vip(), VipOptions::default()).unwrap();
+        b.set_backends(&vip(), vec![backend(1, 1), backend(2, 3), backend(3, 1)])
+            .unwrap();
+        let udp: Vip = "198.19.0.2:53/udp".parse().unwrap();
+        let options = VipOptions {
+            scheduler: Scheduler::WeightedRoundRobin,
+            ring_size: 3,
+        };
+        b.add_vip(udp, options).unwrap();
+        b.set_backends(&udp, vec![backend(4, 2), backend(5, 1)])
+            .unwrap();
+        (b, udp)
+    }
+
+    #[test]
+    fn a_snapshot_restored_onto_empty_maps_gives_the_data_path_everything() {
+        let (b, _) = two_vips();
+        let snapshot = b.snapshot();
+        let restored =
+            Balancer::restore(MemMaps::default(), 1 << 20, Settings::default(), snapshot).unwrap();
+        assert_eq!(restored.vips(), b.vips());
+        assert_eq!(seen(restored.maps()), seen(b.maps()));
+        assert!(!table(&restored, &vip()).is_empty());
+    }
+
+    #[test]
+    fn restoring_removes_what_an_unsaved_change_left_in_the_maps() {
+        let (mut b, udp) = two_vips();
+        let snapshot = b.snapshot();
+        let expected = seen(b.maps());
+        // Changes made to the maps but never saved: a VIP on a new address, a VIP on a known
+        // address, a backend, a removed VIP.
+        let ghost: Vip = "198.19.0.9:80/tcp".parse().unwrap();
+        b.add_vip(ghost, VipOptions::default()).unwrap();
+        b.set_backends(&ghost, vec![backend(9, 1)]).unwrap();
+        b.add_vip("198.19.0.1:443/tcp".parse().unwrap(), VipOptions::default())
+            .unwrap();
+        b.add_backend(&vip(), backend(8, 1)).unwrap();
+        b.remove_vip(&udp).unwrap();
+        let maps = std::mem::take(b.maps_mut());
+        let restored = Balancer::restore(maps, 1 << 20, Settings::default(), snapshot).unwrap();
+        assert_eq!(seen(restored.maps()), expected);
+    }
+
+    #[test]
+    fn an_aborted_change_leaves_maps_and_state_as_they_were() {
+        let (mut b, udp) = two_vips();
+        let before = (b.vips(), b.snapshot().vips.len(), seen(b.maps()));
+        let checkpoint = b.begin();
+        b.add_backend(&vip(), backend(7, 2)).unwrap();
+        b.remove_vip(&udp).unwrap();
+        b.add_vip("198.19.0.3:80/tcp".parse().unwrap(), VipOptions::default())
+            .unwrap();
+        assert_eq!(seen(b.maps()), before.2, "writes are held back");
+        b.abort(checkpoint);
+        assert_eq!((b.vips(), b.snapshot().vips.len(), seen(b.maps())), before);
+        // Ids and regions are as they were: the same change again gives the same result as on
+        // a balancer that never saw the aborted one.
+        let (mut twin, _) = two_vips();
+        b.add_backend(&vip(), backend(7, 2)).unwrap();
+        twin.add_backend(&vip(), backend(7, 2)).unwrap();
+        assert_eq!(b.vips(), twin.vips());
+        assert_eq!(seen(b.maps()), seen(twin.maps()));
+    }
+
+    #[test]
+    fn a_committed_change_reaches_the_maps_as_if_made_directly() {
+        let (mut b, udp) = two_vips();
+        let (mut direct, _) = two_vips();
+        let _checkpoint = b.begin();
+        b.add_backend(&vip(), backend(7, 2)).unwrap();
+        b.remove_vip(&udp).unwrap();
+        b.commit().unwrap();
+        direct.add_backend(&vip(), backend(7, 2)).unwrap();
+        direct.remove_vip(&udp).unwrap();
+        assert_eq!(b.vips(), direct.vips());
+        assert_eq!(seen(b.maps()), seen(direct.maps()));
     }
 
     #[test]

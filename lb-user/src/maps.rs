@@ -9,9 +9,9 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
 };
 use lb_common::maps::{
-    ADDR_FILTER_MAP, BACKEND_LOAD_MAP, BACKEND_OPENED_MAP, BACKEND_STATS_MAP, BACKENDS_MAP,
-    Backend, BackendLoad, SETTINGS_MAP, SLOTS_MAP, Settings, Stats, VIP_ADDRS_MAP, VIP_STATS_MAP,
-    VIPS_MAP, VipAddrKey, VipKey, VipMeta,
+    ADDR_FILTER_MAP, BACKEND_LOAD_MAP, BACKEND_OPENED_MAP, BACKEND_STATS_MAP, BACKEND_UNUSED,
+    BACKENDS_MAP, Backend, BackendLoad, SETTINGS_MAP, SLOTS_MAP, Settings, Stats, VIP_ADDRS_MAP,
+    VIP_STATS_MAP, VIPS_MAP, VipAddrKey, VipKey, VipMeta,
 };
 use lb_common::{
     FlowKey,
@@ -34,6 +34,137 @@ pub trait Maps {
     fn opened(&self, index: u32) -> anyhow::Result<u64>;
     fn vip_stats(&self, vip_id: u32) -> anyhow::Result<Stats>;
     fn backend_stats(&self, index: u32) -> anyhow::Result<Stats>;
+    /// The keys of every VIP entry.
+    fn vip_keys(&self) -> anyhow::Result<Vec<VipKey>>;
+    /// The keys of every VIP-address entry.
+    fn vip_addr_keys(&self) -> anyhow::Result<Vec<VipAddrKey>>;
+    /// The indexes of the backend slots that are not [`BACKEND_UNUSED`].
+    fn used_backends(&self) -> anyhow::Result<Vec<u32>>;
+}
+
+/// One write the balancer makes to the maps.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MapWrite {
+    Vip(VipKey, VipMeta),
+    RemoveVip(VipKey),
+    VipAddr(VipAddrKey, u32),
+    Backend(u32, Backend),
+    Slots(u32, Vec<u32>),
+    BackendLoad(u32, BackendLoad),
+    Settings(Settings),
+    FilterWord(u32, u64),
+}
+
+impl MapWrite {
+    /// Makes this write to `maps`.
+    pub fn apply_to(&self, maps: &mut impl Maps) -> anyhow::Result<()> {
+        match self {
+            MapWrite::Vip(key, meta) => maps.set_vip(key, meta),
+            MapWrite::RemoveVip(key) => maps.remove_vip(key),
+            MapWrite::VipAddr(key, count) => maps.set_vip_addr(key, *count),
+            MapWrite::Backend(index, backend) => maps.set_backend(*index, backend),
+            MapWrite::Slots(off, ids) => maps.write_slots(*off, ids),
+            MapWrite::BackendLoad(index, load) => maps.set_backend_load(*index, load),
+            MapWrite::Settings(settings) => maps.set_settings(settings),
+            MapWrite::FilterWord(index, word) => maps.set_filter_word(*index, *word),
+        }
+    }
+}
+
+/// Maps whose writes can be held back: while held, writes are recorded instead of made, and
+/// then made in order ([`Staged::release`]) or dropped ([`Staged::discard`]). This is how a
+/// change is saved before the data path sees it. Reads always go to the maps.
+#[derive(Debug)]
+pub struct Staged<M> {
+    inner: M,
+    held: Option<Vec<MapWrite>>,
+}
+
+impl<M: Maps> Staged<M> {
+    pub fn new(inner: M) -> Self {
+        Self { inner, held: None }
+    }
+
+    pub fn inner(&self) -> &M {
+        &self.inner
+    }
+
+    pub fn inner_mut(&mut self) -> &mut M {
+        &mut self.inner
+    }
+
+    /// From now on, records writes instead of making them.
+    pub fn hold(&mut self) {
+        self.held.get_or_insert_with(Vec::new);
+    }
+
+    /// Makes the recorded writes, in order, and stops holding.
+    pub fn release(&mut self) -> anyhow::Result<()> {
+        for write in self.held.take().unwrap_or_default() {
+            write.apply_to(&mut self.inner)?;
+        }
+        Ok(())
+    }
+
+    /// Drops the recorded writes and stops holding.
+    pub fn discard(&mut self) {
+        self.held = None;
+    }
+
+    fn write(&mut self, write: MapWrite) -> anyhow::Result<()> {
+        match &mut self.held {
+            Some(held) => {
+                held.push(write);
+                Ok(())
+            }
+            None => write.apply_to(&mut self.inner),
+        }
+    }
+}
+
+impl<M: Maps> Maps for Staged<M> {
+    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> anyhow::Result<()> {
+        self.write(MapWrite::Vip(*key, *meta))
+    }
+    fn remove_vip(&mut self, key: &VipKey) -> anyhow::Result<()> {
+        self.write(MapWrite::RemoveVip(*key))
+    }
+    fn set_vip_addr(&mut self, key: &VipAddrKey, count: u32) -> anyhow::Result<()> {
+        self.write(MapWrite::VipAddr(*key, count))
+    }
+    fn set_backend(&mut self, index: u32, backend: &Backend) -> anyhow::Result<()> {
+        self.write(MapWrite::Backend(index, *backend))
+    }
+    fn write_slots(&mut self, off: u32, ids: &[u32]) -> anyhow::Result<()> {
+        self.write(MapWrite::Slots(off, ids.to_vec()))
+    }
+    fn set_backend_load(&mut self, index: u32, load: &BackendLoad) -> anyhow::Result<()> {
+        self.write(MapWrite::BackendLoad(index, *load))
+    }
+    fn set_settings(&mut self, settings: &Settings) -> anyhow::Result<()> {
+        self.write(MapWrite::Settings(*settings))
+    }
+    fn set_filter_word(&mut self, index: u32, word: u64) -> anyhow::Result<()> {
+        self.write(MapWrite::FilterWord(index, word))
+    }
+    fn opened(&self, index: u32) -> anyhow::Result<u64> {
+        self.inner.opened(index)
+    }
+    fn vip_stats(&self, vip_id: u32) -> anyhow::Result<Stats> {
+        self.inner.vip_stats(vip_id)
+    }
+    fn backend_stats(&self, index: u32) -> anyhow::Result<Stats> {
+        self.inner.backend_stats(index)
+    }
+    fn vip_keys(&self) -> anyhow::Result<Vec<VipKey>> {
+        self.inner.vip_keys()
+    }
+    fn vip_addr_keys(&self) -> anyhow::Result<Vec<VipAddrKey>> {
+        self.inner.vip_addr_keys()
+    }
+    fn used_backends(&self) -> anyhow::Result<Vec<u32>> {
+        self.inner.used_backends()
+    }
 }
 
 /// The kernel's maps of a loaded program.
@@ -155,6 +286,21 @@ impl Maps for BpfMaps {
     fn backend_stats(&self, index: u32) -> anyhow::Result<Stats> {
         Ok(sum(self.backend_stats.get(&index, 0)?))
     }
+    fn vip_keys(&self) -> anyhow::Result<Vec<VipKey>> {
+        Ok(self.vips.keys().collect::<Result<_, _>>()?)
+    }
+    fn vip_addr_keys(&self) -> anyhow::Result<Vec<VipAddrKey>> {
+        Ok(self.vip_addrs.keys().collect::<Result<_, _>>()?)
+    }
+    fn used_backends(&self) -> anyhow::Result<Vec<u32>> {
+        let mut used = Vec::new();
+        for (index, backend) in self.backends.iter().enumerate() {
+            if backend?.state != BACKEND_UNUSED {
+                used.push(index as u32);
+            }
+        }
+        Ok(used)
+    }
 }
 
 /// The connection table, for counting flows (a handle of its own, so that walking it needs
@@ -257,5 +403,21 @@ impl Maps for MemMaps {
     }
     fn backend_stats(&self, _index: u32) -> anyhow::Result<Stats> {
         Ok(Stats::default())
+    }
+    fn vip_keys(&self) -> anyhow::Result<Vec<VipKey>> {
+        Ok(self.vips.keys().copied().collect())
+    }
+    fn vip_addr_keys(&self) -> anyhow::Result<Vec<VipAddrKey>> {
+        Ok(self.vip_addrs.keys().copied().collect())
+    }
+    fn used_backends(&self) -> anyhow::Result<Vec<u32>> {
+        let mut used: Vec<u32> = self
+            .backends
+            .iter()
+            .filter(|(_, b)| b.state != BACKEND_UNUSED)
+            .map(|(&index, _)| index)
+            .collect();
+        used.sort_unstable();
+        Ok(used)
     }
 }

@@ -18,12 +18,15 @@ pub struct Region {
 }
 
 /// First-fit allocator over `[0, capacity)`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Regions {
     capacity: u32,
     /// Free regions, sorted by offset, never adjacent (merged).
     free: Vec<Region>,
     quarantined: Vec<(Instant, Region)>,
+    /// While a change's map writes are held back ([`Regions::defer_frees`]): the regions it
+    /// freed, which the data path may still read until the change is made.
+    deferred: Option<Vec<Region>>,
 }
 
 impl Regions {
@@ -35,6 +38,7 @@ impl Regions {
                 len: capacity,
             }],
             quarantined: Vec::new(),
+            deferred: None,
         }
     }
 
@@ -100,7 +104,23 @@ impl Regions {
 
     /// Frees `region` after the quarantine.
     pub fn free(&mut self, region: Region) {
-        self.quarantined.push((Instant::now() + QUARANTINE, region));
+        match &mut self.deferred {
+            Some(deferred) => deferred.push(region),
+            None => self.quarantined.push((Instant::now() + QUARANTINE, region)),
+        }
+    }
+
+    /// From now on, freed regions are not reused (nor counted as available) until
+    /// [`Regions::end_deferral`]: the change that frees them has not reached the data path yet.
+    pub fn defer_frees(&mut self) {
+        self.deferred.get_or_insert_with(Vec::new);
+    }
+
+    /// The change has reached the data path: the regions it freed go into quarantine now.
+    pub fn end_deferral(&mut self) {
+        for region in self.deferred.take().unwrap_or_default() {
+            self.free(region);
+        }
     }
 
     fn take(&mut self, len: u32) -> Option<Region> {
@@ -167,6 +187,25 @@ mod tests {
         assert_eq!(regions.alloc(10), Some(Region { off: 0, len: 10 }));
         assert_eq!(regions.alloc(10), Some(Region { off: 30, len: 10 }));
         assert_eq!(regions.available(), 60);
+    }
+
+    #[test]
+    fn regions_freed_by_a_held_change_wait_until_it_is_made() {
+        let mut regions = Regions::new(20);
+        let a = regions.alloc(10).unwrap();
+        regions.defer_frees();
+        regions.free(a);
+        assert_eq!(
+            regions.available(),
+            10,
+            "a deferred region is not available"
+        );
+        assert_eq!(regions.alloc(20), None);
+        let b = regions.alloc(10).unwrap();
+        assert_ne!(a.off, b.off);
+        regions.end_deferral();
+        regions.free(b);
+        assert_eq!(regions.alloc(20), Some(Region { off: 0, len: 20 }));
     }
 
     #[test]
