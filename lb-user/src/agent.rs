@@ -60,25 +60,72 @@ pub struct Agent {
     pub autoscale: BTreeMap<Vip, VipAutoscaler>,
     /// Autoscalers decide and report but change nothing (`run --autoscale-dry-run`).
     pub autoscale_dry_run: bool,
+    /// The state file's content as last written.
+    pub saved: Vec<u8>,
 }
 
 pub type Shared = Arc<Mutex<Agent>>;
 
 impl Agent {
     /// Writes the state file atomically (a temporary file renamed over it).
-    pub fn save(&self) -> anyhow::Result<()> {
-        write_atomically(&self.state_file, &self.state()?)
+    pub fn save(&mut self) -> anyhow::Result<()> {
+        let state = self.state()?;
+        write_atomically(&self.state_file, &state)?;
+        self.saved = state;
+        Ok(())
     }
 
-    /// Writes the state file if the state differs from `last` (what this caller last wrote),
-    /// and updates `last`.
-    pub fn save_if_changed(&self, last: &mut Vec<u8>) -> anyhow::Result<()> {
+    /// Writes the state file if the state differs from what was last written.
+    pub fn save_if_changed(&mut self) -> anyhow::Result<()> {
         let state = self.state()?;
-        if state != *last {
+        if state != self.saved {
             write_atomically(&self.state_file, &state)?;
-            *last = state;
+            self.saved = state;
         }
         Ok(())
+    }
+
+    /// Makes an operator's change all or nothing, and durable before it is live: `change` runs
+    /// with the balancer's map writes held back, the state it leads to is saved, and only then
+    /// do the writes reach the data path. A change that fails, or whose state cannot be saved
+    /// (a full disk), is undone: the maps, the agent and the state file stay as they were.
+    pub fn change<T, E: From<anyhow::Error>>(
+        &mut self,
+        change: impl FnOnce(&mut Self) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let checkpoint = self.balancer.begin();
+        let (config, held) = (self.config.clone(), self.held.clone());
+        let result = change(self).and_then(|value| {
+            self.save()
+                .context("saving the state (the change was not made)")?;
+            Ok(value)
+        });
+        let value = match result {
+            Ok(value) => value,
+            Err(err) => {
+                self.balancer.abort(checkpoint);
+                (self.config, self.held) = (config, held);
+                return Err(err);
+            }
+        };
+        if let Err(err) = self.balancer.commit() {
+            // Saved, but the data path took only part of it: write it all again.
+            let repaired = self.balancer.reconcile();
+            return Err(anyhow::anyhow!(
+                "the change was saved, but writing it to the data path failed ({err}); {}",
+                match repaired {
+                    Ok(()) => "rewrote the data path from the saved state".to_owned(),
+                    Err(again) => format!("rewriting it failed too ({again})"),
+                }
+            )
+            .into());
+        }
+        self.sync_autoscale(&[]);
+        self.sync_health();
+        if let Err(err) = self.save_if_changed() {
+            warn!("saving the autoscalers' state: {err:#}");
+        }
+        Ok(value)
     }
 
     /// The state file's content.
@@ -302,16 +349,29 @@ pub fn load_state(path: &Path) -> anyhow::Result<Option<SavedState>> {
     }
 }
 
-/// Writes `bytes` to `path` so that readers see the old or the new content, never a mix.
+/// Writes `bytes` to `path` so that readers see the old or the new content, never a mix, and
+/// the new content survives a crash once this returns. On failure `path` is as it was.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let tmp = path.with_extension("tmp");
-    let mut file = fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+    let written = (|| -> std::io::Result<()> {
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(err) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(err).with_context(|| format!("writing {}", path.display()));
+    }
+    // The rename itself is durable once the directory is.
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: the clock of the data path's `bpf_ktime_get_coarse_ns`
@@ -387,8 +447,6 @@ pub fn log_vips(balancer: &Balancer<BpfMaps>) {
 /// the slow work (probes, hooks) in tasks of its own and feeds their results back.
 pub async fn autoscale_every(agent: Shared, period: Duration) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    // What this task last wrote: most seconds change nothing worth a write.
-    let mut saved = Vec::new();
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -401,7 +459,7 @@ pub async fn autoscale_every(agent: Shared, period: Duration) {
                     }
                     let jobs = agent.autoscale_tick();
                     agent.sync_health();
-                    if let Err(err) = agent.save_if_changed(&mut saved) {
+                    if let Err(err) = agent.save_if_changed() {
                         warn!("saving the state: {err:#}");
                     }
                     jobs
@@ -422,7 +480,7 @@ pub async fn autoscale_every(agent: Shared, period: Duration) {
                 if let Some(scaler) = autoscale.get_mut(&vip) {
                     scaler.on_result(now, result, balancer);
                     agent.sync_health();
-                    if let Err(err) = agent.save_if_changed(&mut saved) {
+                    if let Err(err) = agent.save_if_changed() {
                         warn!("saving the state: {err:#}");
                     }
                 }

@@ -262,14 +262,10 @@ fn lock(state: &ApiState) -> std::sync::MutexGuard<'_, Agent> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Applies `change` to the balancer and saves the state; refused changes change nothing.
+/// Applies `change` and saves the state before the data path sees it ([`Agent::change`]);
+/// refused changes, and changes that cannot be saved, change nothing.
 fn change<T>(state: &ApiState, change: impl FnOnce(&mut Agent) -> ApiResult<T>) -> ApiResult<T> {
-    let mut agent = lock(state);
-    let result = change(&mut agent)?;
-    agent.sync_autoscale(&[]);
-    agent.sync_health();
-    agent.save()?;
-    Ok(result)
+    lock(state).change(change)
 }
 
 async fn status(State(state): State<ApiState>) -> ApiResult<Json<StatusView>> {
@@ -520,7 +516,6 @@ async fn apply(
         let plan = crate::config::apply_plan(&mut agent.balancer, &effective)?;
         agent.hold_after_apply(&desired);
         agent.config = desired;
-        agent.sync_autoscale(&[]);
         Ok(plan)
     })?;
     Ok(Json(ApplyView {
@@ -626,21 +621,54 @@ pub fn read_token(path: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
-/// Binds the API socket at `path` with mode 0600, refusing if another agent answers there.
-pub fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+/// Binds the API socket at `path` with mode 0600. A socket left there by an agent that is gone
+/// is replaced; a live agent's socket, or anything that is not a socket, is refused.
+pub fn bind(path: &Path) -> anyhow::Result<(tokio::net::UnixListener, BoundSocket)> {
     use anyhow::Context as _;
-    use std::os::unix::fs::PermissionsExt as _;
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        anyhow::bail!("another xdplb agent is listening on {}", path.display());
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!("another xdplb agent is listening on {}", path.display());
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing the stale socket {}", path.display()))?;
+        }
+        Ok(_) => anyhow::bail!(
+            "{} exists and is not a socket; refusing to replace it (give --socket another path)",
+            path.display()
+        ),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| format!("checking {}", path.display())),
     }
-    let _ = std::fs::remove_file(path);
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let listener = tokio::net::UnixListener::bind(path)
         .with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let meta = std::fs::symlink_metadata(path)?;
+    let bound = BoundSocket {
+        path: path.to_owned(),
+        id: (meta.dev(), meta.ino()),
+    };
+    Ok((listener, bound))
+}
+
+/// The API socket this agent bound; dropping it removes the socket if it is still this one.
+#[derive(Debug)]
+pub struct BoundSocket {
+    path: std::path::PathBuf,
+    id: (u64, u64),
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt as _;
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.id) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// Shared agent handle from an agent.

@@ -270,8 +270,23 @@ fn one_line(message: &str) -> String {
     }
 }
 
-/// SIGTERM and SIGINT, caught.
-type Signals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+/// SIGTERM, SIGINT and SIGHUP, caught.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+/// What happens to the program when the agent stops.
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum AtExit {
+    /// Stays attached and pinned; a new agent adopts it.
+    Stays,
+    /// Detached and unpinned by the agent (`stop --detach`, `--ephemeral`, a failed start).
+    Detach,
+    /// Goes away with the agent's private mount namespace, whatever the agent does.
+    GoesWithMountNamespace,
+}
 
 fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -279,15 +294,19 @@ fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    // Catch SIGTERM/SIGINT before loading anything: from here on they stop the agent in order
-    // (an ephemeral one detaching) instead of killing it with its objects pinned.
+    // Catch the signals before loading anything: from here on SIGTERM/SIGINT stop the agent in
+    // order (an ephemeral one detaching) instead of killing it with its objects pinned, and
+    // SIGHUP does not kill it at all.
     let signals = {
         let _runtime = runtime.enter();
-        (
-            signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
-            signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
-        )
+        Signals {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+        }
     };
+    // Everything that can be checked is checked before anything is touched: a start that fails
+    // leaves the state file, the pins and the interfaces as they were.
     if let Some((vip, _)) = args
         .backends
         .iter()
@@ -295,12 +314,26 @@ fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
     {
         anyhow::bail!("--backend for {vip}, which is not a --vip");
     }
+    for iface in &args.ifaces {
+        lb_user::loader::if_index(iface).context("--iface")?;
+    }
     let config = args
         .config
         .as_ref()
         .map(Config::load)
         .transpose()
         .map_err(|err| anyhow::anyhow!("{err}"))?;
+    // One agent per state file and per pin directory.
+    let (state_lock, saved) = if args.ephemeral {
+        (None, None)
+    } else {
+        let lock = lock_state_file(&args.state_file)?;
+        (Some(lock), agent::load_state(&args.state_file)?)
+    };
+    let api_socket = {
+        let _runtime = runtime.enter();
+        api::bind(socket)?
+    };
     if args.ephemeral {
         lb_user::pin::remove_stale_ephemeral(&args.pin_dir);
     }
@@ -316,48 +349,115 @@ fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
     } else {
         args.pin_dir.clone()
     };
+    let mounted_here = lb_user::pin::ensure_bpffs(&pin_dir)?;
+    let private = lb_user::pin::is_private_mount(&pin_dir, mounted_here);
+    if private {
+        warn!(
+            "{} is on a bpffs private to this mount namespace (as `ip netns exec` makes): the \
+             program is detached when the agent exits, and no restart can adopt it; start the \
+             agent with `nsenter --net=/var/run/netns/NS xdplb run ...` (or give it the host's \
+             bpffs) to keep traffic flowing across restarts",
+            pin_dir.display()
+        );
+    }
+    let created_dir = !pin_dir.exists();
+    std::fs::create_dir_all(&pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
+    let pin_lock = match lb_user::pin::Lock::take(&pin_dir, "the pin directory") {
+        Ok(lock) => lock,
+        Err(err) => {
+            if created_dir {
+                let _ = std::fs::remove_dir(&pin_dir);
+            }
+            return Err(err);
+        }
+    };
     let adopting = Pinned::exists(&pin_dir);
-    let mut pinned = if adopting {
+    let pinned = if adopting {
         info!("adopting the balancer pinned in {}", pin_dir.display());
-        Pinned::open(&pin_dir)?
+        Pinned::open(&pin_dir)
     } else {
         let conntrack_capacity = config
             .as_ref()
             .filter(|_| args.conntrack_capacity == DEFAULT_CONNTRACK_CAPACITY)
             .map_or(args.conntrack_capacity, |c| c.conntrack.capacity);
-        let loaded = Loaded::load_with(LoadOptions {
+        Loaded::load_with(LoadOptions {
             conntrack_capacity,
             ..LoadOptions::default()
-        })?;
-        Pinned::create(loaded, &pin_dir)?
+        })
+        .and_then(|loaded| Pinned::create(loaded, &pin_dir))
+    };
+    let mut pinned = match pinned {
+        Ok(pinned) => pinned,
+        Err(err) => {
+            if !adopting {
+                let _ = std::fs::remove_dir_all(&pin_dir);
+            }
+            return Err(err);
+        }
     };
     let result = serve(
         &args,
         config,
-        socket,
+        saved,
+        (socket, api_socket.0),
         &mut pinned,
         adopting,
         (runtime, signals),
     );
-    let detach = match &result {
-        Ok(detach) => *detach || args.ephemeral,
+    let at_exit = match &result {
+        Ok(true) => AtExit::Detach,
+        _ if args.ephemeral => AtExit::Detach,
         // A fresh program that never came up is not left behind.
-        Err(_) => args.ephemeral || !adopting,
+        Err(_) if !adopting => AtExit::Detach,
+        _ if private => AtExit::GoesWithMountNamespace,
+        _ => AtExit::Stays,
     };
-    if detach {
-        pinned.remove()?;
-        if !args.ephemeral {
-            let _ = std::fs::remove_file(&args.state_file);
+    let dir = pin_dir.display();
+    match at_exit {
+        AtExit::Detach => {
+            pinned.remove()?;
+            info!("stopped: detached the program and removed its pins in {dir}");
+            // `stop --detach` is the operator's uninstall; a failed start keeps the state.
+            if matches!(result, Ok(true)) && !args.ephemeral {
+                let _ = std::fs::remove_file(&args.state_file);
+            }
         }
+        AtExit::GoesWithMountNamespace => info!(
+            "stopped: the program is detached as the agent exits, with its pins in {dir}, which \
+             are private to this mount namespace"
+        ),
+        AtExit::Stays if result.is_ok() => {
+            info!("stopped, leaving the program attached (pinned in {dir}): a new agent adopts it")
+        }
+        AtExit::Stays => {}
     }
+    drop((api_socket.1, pin_lock, state_lock));
     result.map(|_| ())
+}
+
+/// Locks `state_file` (through `STATE_FILE.lock` next to it, since the file itself is replaced
+/// on every save) for this agent alone.
+fn lock_state_file(state_file: &Path) -> anyhow::Result<lb_user::pin::Lock> {
+    let mut name = state_file.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    lb_user::pin::Lock::take(&path, "the state file's lock")
 }
 
 /// Runs the agent until SIGTERM/SIGINT or `xdplb stop`; returns whether to detach.
 fn serve(
     args: &RunArgs,
     config: Option<Config>,
-    socket: &Path,
+    saved: Option<agent::SavedState>,
+    (socket, listener): (&Path, tokio::net::UnixListener),
     pinned: &mut Pinned,
     adopting: bool,
     (runtime, signals): (tokio::runtime::Runtime, Signals),
@@ -367,18 +467,16 @@ fn serve(
     let settings = if adopting {
         maps.settings()?
     } else {
+        // A fresh program: the timeouts of the config given, else of the one last applied.
+        let timeouts = config
+            .as_ref()
+            .or(saved.as_ref().map(|s| &s.config))
+            .map(|c| c.conntrack.timeouts())
+            .unwrap_or_default();
         Settings {
-            timeouts: config
-                .as_ref()
-                .map(|c| c.conntrack.timeouts())
-                .unwrap_or_default(),
+            timeouts,
             ..Settings::default()
         }
-    };
-    let saved = if args.ephemeral {
-        None
-    } else {
-        agent::load_state(&args.state_file)?
     };
     let mut held = Default::default();
     let mut saved_pools = Vec::new();
@@ -441,14 +539,19 @@ fn serve(
         held,
         autoscale: Default::default(),
         autoscale_dry_run: args.autoscale_dry_run,
+        saved: Vec::new(),
     };
     let mut agent = agent;
     agent.sync_autoscale(&saved_pools);
-    agent.save()?;
+    if let Err(err) = agent.save() {
+        // The data path runs what was restored or configured; changes are refused until the
+        // state can be saved.
+        warn!("saving the state: {err:#}");
+    }
     let shared = api::share(agent);
     let detach = runtime.block_on(run_agent(
         Arc::clone(&shared),
-        socket,
+        (socket, listener),
         args.stats_interval,
         args.metrics,
         api_tcp,
@@ -457,20 +560,18 @@ fn serve(
     if args.ephemeral {
         let _ = std::fs::remove_file(&state_file);
     }
-    let _ = std::fs::remove_file(socket);
     Ok(detach)
 }
 
 async fn run_agent(
     shared: agent::Shared,
-    socket: &Path,
+    (socket, listener): (&Path, tokio::net::UnixListener),
     stats_interval: u64,
     metrics: Option<SocketAddr>,
     api_tcp: Option<(SocketAddr, String)>,
-    (mut sigterm, mut sigint): Signals,
+    mut signals: Signals,
 ) -> anyhow::Result<bool> {
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(Shutdown::Running);
-    let listener = api::bind(socket)?;
     if let Some((addr, token)) = api_tcp {
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
@@ -510,8 +611,11 @@ async fn run_agent(
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     let detach = loop {
         tokio::select! {
-            _ = sigterm.recv() => break false,
-            _ = sigint.recv() => break false,
+            _ = signals.term.recv() => break false,
+            _ = signals.int.recv() => break false,
+            _ = signals.hup.recv() => {
+                warn!("SIGHUP: reloading is not supported yet; ignored (the agent runs on)");
+            }
             changed = shutdown_rx.changed() => {
                 if changed.is_err() { break false; }
                 if let Shutdown::Stop { detach } = *shutdown_rx.borrow() { break detach; }
@@ -528,14 +632,6 @@ async fn run_agent(
     let mut agent = shared.lock().expect("agent lock");
     agent.monitor = None;
     info!("stopping; final counters:\n{}", report(&agent)?);
-    if detach {
-        info!("detaching");
-    } else {
-        info!(
-            "leaving the program attached (pinned in {}); a new agent adopts it",
-            agent.pinned.dir().display()
-        );
-    }
     Ok(detach)
 }
 

@@ -60,17 +60,18 @@ where
         .with_context(|| format!("pinned map {name} has an unexpected type"))
 }
 
-/// Mounts bpffs on `/sys/fs/bpf` if `dir` is below it and it is not mounted yet.
-fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
+/// Mounts bpffs on `/sys/fs/bpf` if `dir` is below it and it is not mounted yet; true if it
+/// mounted it.
+pub fn ensure_bpffs(dir: &Path) -> anyhow::Result<bool> {
     const BPFFS: &str = "/sys/fs/bpf";
     if !dir.starts_with(BPFFS) {
-        return Ok(());
+        return Ok(false);
     }
     let mounts = fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
     if mounts.lines().any(|l| {
         l.split_whitespace().nth(1) == Some(BPFFS) && l.split_whitespace().nth(2) == Some("bpf")
     }) {
-        return Ok(());
+        return Ok(false);
     }
     info!("mounting bpffs on {BPFFS}");
     nix::mount::mount(
@@ -80,7 +81,94 @@ fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
         nix::mount::MsFlags::empty(),
         None::<&str>,
     )
-    .with_context(|| format!("mounting bpffs on {BPFFS}"))
+    .with_context(|| format!("mounting bpffs on {BPFFS}"))?;
+    Ok(true)
+}
+
+/// True if the pins under `dir` will not outlive the agent: this process runs in a mount
+/// namespace of its own (as `ip netns exec` makes one), and the bpffs holding `dir` is one that
+/// the rest of the system does not see (the agent mounted it there, `mounted_here`, or it is
+/// another filesystem than the one the other side sees at that path). The other side is
+/// init's mount namespace, or where init's cannot be read, the parent process's. False when
+/// it cannot tell.
+pub fn is_private_mount(dir: &Path, mounted_here: bool) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let ours = fs::read_link("/proc/self/ns/mnt");
+    let (reference, theirs) = match fs::read_link("/proc/1/ns/mnt") {
+        Ok(theirs) => (1, theirs),
+        Err(_) => {
+            let parent = nix::unistd::getppid().as_raw();
+            match fs::read_link(format!("/proc/{parent}/ns/mnt")) {
+                Ok(theirs) => (parent, theirs),
+                Err(_) => return false,
+            }
+        }
+    };
+    if ours.ok().is_none_or(|ours| ours == theirs) {
+        return false;
+    }
+    if mounted_here {
+        return true;
+    }
+    let Some(existing) = dir.ancestors().find(|d| d.exists()) else {
+        return false;
+    };
+    let (Ok(here), Ok(absolute)) = (fs::metadata(existing), existing.canonicalize()) else {
+        return false;
+    };
+    let there = Path::new(&format!("/proc/{reference}/root"))
+        .join(absolute.strip_prefix("/").unwrap_or(&absolute));
+    match fs::metadata(there) {
+        Ok(there) => (there.dev(), there.ino()) != (here.dev(), here.ino()),
+        Err(err) => err.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
+/// An exclusive lock on a file or directory, held until dropped (or the process exits).
+#[derive(Debug)]
+pub struct Lock {
+    _locked: nix::fcntl::Flock<fs::File>,
+}
+
+impl Lock {
+    /// Takes an exclusive lock on `path` (which must exist) without waiting; `what` names it
+    /// in the refusal, which names the process holding it.
+    pub fn take(path: &Path, what: &str) -> anyhow::Result<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => Ok(Self { _locked: locked }),
+            Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
+                let holder = file
+                    .metadata()
+                    .ok()
+                    .and_then(|m| flock_holder(m.dev(), m.ino()))
+                    .map_or_else(|| "another process".to_owned(), |pid| format!("pid {pid}"));
+                bail!(
+                    "{what} {} is in use by another xdplb agent ({holder}); stop it first \
+                     (`xdplb stop`) or give this one its own",
+                    path.display()
+                )
+            }
+            Err((_, err)) => Err(err).with_context(|| format!("locking {}", path.display())),
+        }
+    }
+}
+
+/// The pid holding a `flock` on the file `(dev, ino)`, from `/proc/locks`.
+fn flock_holder(dev: u64, ino: u64) -> Option<u32> {
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    let wanted = format!("{major:02x}:{minor:02x}:{ino}");
+    fs::read_to_string("/proc/locks")
+        .ok()?
+        .lines()
+        .find_map(|line| {
+            // `1: FLOCK  ADVISORY  WRITE 1234 00:2a:5678 0 EOF`
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let at = fields.iter().position(|f| *f == "FLOCK")?;
+            let pid = fields.get(at + 3)?;
+            (fields.get(at + 4)? == &wanted).then(|| pid.parse().ok())?
+        })
 }
 
 /// Removes the pin directories `{prefix}-ephemeral-{pid}` next to `dir` whose agent is gone
@@ -218,10 +306,7 @@ impl Pinned {
             link.unpin()
                 .with_context(|| format!("unpinning the link of {iface}"))?;
         }
-        fs::remove_dir_all(&self.dir)
-            .with_context(|| format!("removing {}", self.dir.display()))?;
-        info!("detached and unpinned {}", self.dir.display());
-        Ok(())
+        fs::remove_dir_all(&self.dir).with_context(|| format!("removing {}", self.dir.display()))
     }
 }
 
