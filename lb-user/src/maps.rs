@@ -231,6 +231,11 @@ impl BpfMaps {
         self.slots.len()
     }
 
+    /// Entry `index` of the slots array.
+    pub fn slot(&self, index: u32) -> anyhow::Result<u32> {
+        Ok(self.slots.get(&index, 0)?)
+    }
+
     /// The settings the data path uses.
     pub fn settings(&self) -> anyhow::Result<Settings> {
         Ok(self.settings.get(&0, 0)?)
@@ -263,8 +268,29 @@ impl Maps for BpfMaps {
         Ok(self.backends.set(index, backend, 0)?)
     }
     fn write_slots(&mut self, off: u32, ids: &[u32]) -> anyhow::Result<()> {
-        for (i, id) in (off..).zip(ids) {
-            self.slots.set(i, id, 0)?;
+        use aya::maps::IterableMap as _;
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let end = u64::from(off) + ids.len() as u64;
+        if end > u64::from(self.slots.len()) {
+            anyhow::bail!("slots {off}..{end} are past the end of {SLOTS_MAP}");
+        }
+        let fd = self.slots.map().fd().as_fd().as_raw_fd();
+        // One syscall per batch instead of one per slot: a table of 65,537 slots is written in
+        // milliseconds. Kernels without batch updates for arrays (before 5.6) get one a slot.
+        for (at, chunk) in (off..).step_by(BATCH).zip(ids.chunks(BATCH)) {
+            let keys: Vec<u32> = (at..).take(chunk.len()).collect();
+            match update_batch(fd, &keys, chunk) {
+                Ok(()) => {}
+                Err(err) if err.raw_os_error() == Some(libc::EINVAL) && at == off => {
+                    for (i, id) in (off..).zip(ids) {
+                        self.slots.set(i, id, 0)?;
+                    }
+                    return Ok(());
+                }
+                Err(err) => {
+                    return Err(err).with_context(|| format!("writing {SLOTS_MAP} at {at}"));
+                }
+            }
         }
         Ok(())
     }
@@ -301,6 +327,51 @@ impl Maps for BpfMaps {
         }
         Ok(used)
     }
+}
+
+/// Slots written by one batch update.
+const BATCH: usize = 1 << 16;
+
+/// `BPF_MAP_UPDATE_BATCH`: sets `keys[i]` to `values[i]` in the map `fd` (of `u32` keys and
+/// values) in one syscall.
+fn update_batch(fd: i32, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
+    /// The `batch` member of the kernel's `union bpf_attr`.
+    #[repr(C)]
+    #[derive(Default)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    assert_eq!(keys.len(), values.len());
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd: fd as u32,
+        ..BatchAttr::default()
+    };
+    // SAFETY: `attr` is a valid `bpf_attr` prefix of the size passed; `keys` and `values` hold
+    // `count` u32 each (the map's key and value size) and outlive the call, which only reads
+    // them; the kernel writes back only `count`, inside `attr`.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_BATCH,
+            &mut attr as *mut BatchAttr,
+            size_of::<BatchAttr>() as u32,
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// The connection table, for counting flows (a handle of its own, so that walking it needs
