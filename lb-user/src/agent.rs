@@ -11,13 +11,12 @@ use std::{
 };
 
 use anyhow::Context as _;
-use lb_common::conntrack::Timeouts;
 use log::{info, warn};
 
 use crate::{
     autoscale::live::{Job, SavedPool, VipAutoscaler},
     balancer::{BackendState, Balancer, Snapshot, Vip},
-    config::Config,
+    config::{self, Config, Plan, VipConfig},
     health::{HealthEvent, Monitor, WatchKey},
     maps::BpfMaps,
     pin::Pinned,
@@ -41,13 +40,28 @@ pub struct SavedState {
     pub autoscale: Vec<(Vip, SavedPool)>,
 }
 
+/// Why a config was not applied. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The config asks for what a running agent cannot do.
+    #[error("{0}")]
+    Refused(String),
+    /// The balancer refused a change.
+    #[error(transparent)]
+    Balancer(#[from] crate::balancer::Error),
+    /// Applying or saving failed.
+    #[error("{0:#}")]
+    Failed(#[from] anyhow::Error),
+}
+
 /// The agent's state, shared by the API handlers and the periodic tasks.
 pub struct Agent {
     pub balancer: Balancer<BpfMaps>,
     pub pinned: Pinned,
     pub state_file: PathBuf,
     pub started: Instant,
-    pub timeouts: Timeouts,
+    /// Flows the connection table holds, fixed when the program was loaded.
+    pub capacity: u32,
     /// Active (open, unexpired) tracked flows per backend id, as last counted.
     pub active: HashMap<u32, u32>,
     /// The last config applied: health checks per VIP.
@@ -141,6 +155,71 @@ impl Agent {
                 .collect(),
         };
         Ok(serde_json::to_vec_pretty(&state)?)
+    }
+
+    /// What applying `desired` changes, in order: VIPs and backends, then health checks,
+    /// autoscaling and timeouts. Refused if it asks for what cannot change on a running
+    /// program.
+    pub fn plan_config(&self, desired: &Config) -> Result<Plan, ApplyError> {
+        let capacity = desired.conntrack.capacity;
+        // The default is what a file that leaves the capacity out has: that keeps the table.
+        if capacity != self.capacity && capacity != lb_common::maps::DEFAULT_CONNTRACK_CAPACITY {
+            return Err(ApplyError::Refused(format!(
+                "conntrack.capacity: the connection table holds {} flows, fixed when the program \
+                 was loaded; {capacity} takes a new program (`xdplb stop --detach`, then \
+                 `xdplb run`), and tracked connections are lost",
+                self.capacity
+            )));
+        }
+        config::check_rules(desired)?;
+        let mut plan = config::plan(&self.balancer.vips(), &self.effective(desired));
+        // Capacity is not a change here: it is the same, or left out.
+        let mut now = self.config.clone();
+        now.conntrack.capacity = capacity;
+        plan.changes.extend(config::settings_changes(&now, desired));
+        Ok(plan)
+    }
+
+    /// Applies `desired` as `xdplb apply -f` does: all or nothing, saved before it is live;
+    /// backends the agent keeps keep their ids and tracked flows. Returns what changed.
+    pub fn apply_config(&mut self, desired: Config) -> Result<Plan, ApplyError> {
+        let plan = self.plan_config(&desired)?;
+        self.change(|agent| {
+            let effective = agent.effective(&desired);
+            config::apply_plan(&mut agent.balancer, &effective)?;
+            let timeouts = desired.conntrack.timeouts();
+            if timeouts != agent.balancer.timeouts() {
+                agent.balancer.set_timeouts(timeouts)?;
+            }
+            agent.hold_after_apply(&desired);
+            agent.config = desired;
+            Ok(plan)
+        })
+    }
+
+    /// The configuration the agent runs, as a config file would give it: VIPs and backends as
+    /// the balancer has them (a backend held down by its health check with the state it goes
+    /// back to), health checks, autoscaling and the connection table as last applied.
+    pub fn running_config(&self) -> Config {
+        let mut running = Config {
+            conntrack: self.config.conntrack.clone(),
+            vips: Vec::new(),
+        };
+        running.conntrack.capacity = self.capacity;
+        for info in self.balancer.vips() {
+            let mut vip = VipConfig::from_info(&info);
+            if let Some(applied) = self.config.vip(&info.vip) {
+                vip.health = applied.health.clone();
+                vip.autoscale = applied.autoscale.clone();
+            }
+            for backend in &mut vip.backends {
+                if let Some(state) = self.held.get(&(info.vip, backend.address)) {
+                    backend.state = *state;
+                }
+            }
+            running.vips.push(vip);
+        }
+        running
     }
 
     /// Watches every backend of every VIP that has a health check, and nothing else.
@@ -406,7 +485,11 @@ pub async fn count_connections_every(
     let mut ticker = tokio::time::interval(period);
     loop {
         ticker.tick().await;
-        let timeouts = agent.lock().unwrap_or_else(|p| p.into_inner()).timeouts;
+        let timeouts = agent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .balancer
+            .timeouts();
         let table = Arc::clone(&conntrack);
         let counted = tokio::task::spawn_blocking(move || {
             monotonic_ns().map(|now| crate::maps::active_flows(&table, now, &timeouts).0)

@@ -13,6 +13,7 @@ use std::{
 };
 
 use lb_common::{
+    conntrack::Timeouts,
     filter::{FILTER_MAP_WORDS, FilterKind, filter_slot},
     flow::{FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP},
     maglev::{self, DEFAULT_RING_SIZE, MAX_WEIGHT, MaglevBackend},
@@ -406,6 +407,7 @@ pub struct Checkpoint {
     backend_ids: BackendIds,
     regions: Regions,
     filter: Option<Vec<u64>>,
+    settings: Settings,
 }
 
 /// Everything the balancer needs to take over maps that a previous agent wrote: each VIP with
@@ -432,6 +434,8 @@ pub struct Balancer<M: Maps> {
     /// The address filter as last written to the maps; `None` until written (what adopted maps
     /// hold is unknown).
     filter: Option<Vec<u64>>,
+    /// What the data path's settings map holds.
+    settings: Settings,
 }
 
 impl<M: Maps> Balancer<M> {
@@ -447,7 +451,24 @@ impl<M: Maps> Balancer<M> {
             backend_ids: BackendIds::new(),
             regions: Regions::new(slots),
             filter: None,
+            settings,
         })
+    }
+
+    /// The connection-table timeouts the data path uses.
+    pub fn timeouts(&self) -> Timeouts {
+        self.settings.timeouts
+    }
+
+    /// Changes the connection-table timeouts; tracked flows get them from their next packet.
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) -> Result<(), Error> {
+        let settings = Settings {
+            timeouts,
+            ..self.settings
+        };
+        self.maps.set_settings(&settings)?;
+        self.settings = settings;
+        Ok(())
     }
 
     /// The address filter's words for every VIP address and backend address, and `extra`.
@@ -619,6 +640,7 @@ impl<M: Maps> Balancer<M> {
             backend_ids: self.backend_ids.clone(),
             regions: self.regions.clone(),
             filter: self.filter.clone(),
+            settings: self.settings,
         };
         self.maps.hold();
         self.regions.defer_frees();
@@ -642,7 +664,9 @@ impl<M: Maps> Balancer<M> {
             backend_ids,
             regions,
             filter,
+            settings,
         } = checkpoint;
+        self.settings = settings;
         self.vips = vips;
         self.vip_ids = vip_ids;
         self.backend_ids = backend_ids;

@@ -959,19 +959,25 @@ impl From<Config> for RawConfig {
 
 impl From<ConntrackConfig> for RawConntrack {
     fn from(config: ConntrackConfig) -> Self {
-        let default = ConntrackConfig::default();
-        let duration = |d: Duration, default: Duration| (d != default).then(|| format_duration(d));
-        RawConntrack {
-            capacity: (config.capacity != default.capacity).then_some(config.capacity.into()),
-            tcp_syn_timeout: duration(config.tcp_syn_timeout, default.tcp_syn_timeout),
-            tcp_established_timeout: duration(
-                config.tcp_established_timeout,
-                default.tcp_established_timeout,
-            ),
-            tcp_fin_timeout: duration(config.tcp_fin_timeout, default.tcp_fin_timeout),
-            tcp_rst_timeout: duration(config.tcp_rst_timeout, default.tcp_rst_timeout),
-            udp_timeout: duration(config.udp_timeout, default.udp_timeout),
-        }
+        raw_conntrack(config, false)
+    }
+}
+
+/// The `[conntrack]` table; with `full`, defaults are written out too.
+fn raw_conntrack(config: ConntrackConfig, full: bool) -> RawConntrack {
+    let default = ConntrackConfig::default();
+    let duration =
+        |d: Duration, default: Duration| (full || d != default).then(|| format_duration(d));
+    RawConntrack {
+        capacity: (full || config.capacity != default.capacity).then_some(config.capacity.into()),
+        tcp_syn_timeout: duration(config.tcp_syn_timeout, default.tcp_syn_timeout),
+        tcp_established_timeout: duration(
+            config.tcp_established_timeout,
+            default.tcp_established_timeout,
+        ),
+        tcp_fin_timeout: duration(config.tcp_fin_timeout, default.tcp_fin_timeout),
+        tcp_rst_timeout: duration(config.tcp_rst_timeout, default.tcp_rst_timeout),
+        udp_timeout: duration(config.udp_timeout, default.udp_timeout),
     }
 }
 
@@ -990,13 +996,19 @@ impl From<VipConfig> for RawVip {
 }
 
 fn raw_health(check: HealthCheck) -> RawHealth {
+    raw_health_with(check, false)
+}
+
+/// The `[vip.health]` table; with `full`, defaults are written out too.
+fn raw_health_with(check: HealthCheck, full: bool) -> RawHealth {
     let default = HealthCheck::default();
     let mut raw = RawHealth {
         kind: Some(check.kind.name().to_owned()),
-        interval: (check.interval != default.interval).then(|| format_duration(check.interval)),
-        timeout: (check.timeout != default.timeout).then(|| format_duration(check.timeout)),
-        rise: (check.rise != default.rise).then_some(check.rise.into()),
-        fall: (check.fall != default.fall).then_some(check.fall.into()),
+        interval: (full || check.interval != default.interval)
+            .then(|| format_duration(check.interval)),
+        timeout: (full || check.timeout != default.timeout).then(|| format_duration(check.timeout)),
+        rise: (full || check.rise != default.rise).then_some(check.rise.into()),
+        fall: (full || check.fall != default.fall).then_some(check.fall.into()),
         port: check.port.map(i64::from),
         ..RawHealth::default()
     };
@@ -1077,6 +1089,14 @@ pub enum Change {
         /// `(now, new)` if the state changes.
         state: Option<(BackendState, BackendState)>,
     },
+    /// Settings the balancer does not hold: a VIP's health check or autoscaling, the
+    /// connection table's timeouts.
+    Settings {
+        /// `health of VIP`, `autoscale of VIP`, `conntrack`.
+        subject: String,
+        /// One `field now -> new` per field that changes.
+        fields: Vec<String>,
+    },
 }
 
 /// `maglev`, or `maglev, ring-size 31` when the ring size is not the default.
@@ -1129,8 +1149,70 @@ impl fmt::Display for Change {
                 }
                 Ok(())
             }
+            Change::Settings { subject, fields } => {
+                write!(f, "~ {subject}: {}", fields.join(", "))
+            }
         }
     }
+}
+
+/// The fields of two tables that differ, as `field now -> new` (`-` for a field not set).
+fn field_changes<T: Serialize>(now: T, new: T) -> Vec<String> {
+    let table = |value: T| match toml::Value::try_from(value) {
+        Ok(toml::Value::Table(table)) => table,
+        _ => toml::Table::new(),
+    };
+    let (now, new) = (table(now), table(new));
+    let show = |value: Option<&toml::Value>| match value {
+        None => "-".to_owned(),
+        Some(toml::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    let mut keys: Vec<&String> = now.keys().chain(new.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|key| now.get(*key) != new.get(*key))
+        .map(|key| format!("{key} {} -> {}", show(now.get(key)), show(new.get(key))))
+        .collect()
+}
+
+/// The changes of health checks, autoscaling and connection-table timeouts that take the
+/// settings of `now` to those of `new` (VIPs that `new` removes are left out: their removal
+/// says it all).
+pub fn settings_changes(now: &Config, new: &Config) -> Vec<Change> {
+    let mut changes = Vec::new();
+    let mut push = |subject: String, fields: Vec<String>| {
+        if !fields.is_empty() {
+            changes.push(Change::Settings { subject, fields });
+        }
+    };
+    push(
+        "conntrack".to_owned(),
+        field_changes(
+            raw_conntrack(now.conntrack.clone(), true),
+            raw_conntrack(new.conntrack.clone(), true),
+        ),
+    );
+    for vip in &new.vips {
+        let before = now.vip(&vip.vip());
+        let health = |v: Option<&VipConfig>| {
+            raw_health_with(v.map(|v| v.health.clone()).unwrap_or_default(), true)
+        };
+        push(
+            format!("health of {}", vip.vip()),
+            field_changes(health(before), health(Some(vip))),
+        );
+        let autoscale = |v: Option<&VipConfig>| {
+            v.and_then(|v| v.autoscale.clone())
+                .map(autoscale::RawAutoscale::from)
+        };
+        push(
+            format!("autoscale of {}", vip.vip()),
+            field_changes(autoscale(before), autoscale(Some(vip))),
+        );
+    }
+    changes
 }
 
 /// What [`apply_plan`] changes to make the balancer match a config: VIPs removed first, then,
@@ -1342,7 +1424,7 @@ fn converge<M: Maps>(
 
 /// The balancer's own checks of a whole config, so that a [`Config`] built by hand is refused
 /// before anything changes. A parsed [`Config`] always passes.
-fn check_rules(config: &Config) -> Result<(), Error> {
+pub fn check_rules(config: &Config) -> Result<(), Error> {
     if config.vips.len() > MAX_VIPS as usize {
         return Err(Error::TooManyVips);
     }
@@ -1391,6 +1473,34 @@ mod tests {
 
     use super::*;
     use crate::maps::MemMaps;
+
+    #[test]
+    fn settings_changes_name_each_changed_field_with_defaults_written_out() {
+        let now = Config::parse(
+            "[[vip]]\naddress = \"198.19.0.1:80\"\nprotocol = \"tcp\"\n\
+             [vip.health]\nkind = \"tcp\"\n",
+        )
+        .unwrap();
+        let new = Config::parse(
+            "[conntrack]\nudp-timeout = \"30s\"\n\
+             [[vip]]\naddress = \"198.19.0.1:80\"\nprotocol = \"tcp\"\n\
+             [vip.health]\nkind = \"tcp\"\ninterval = \"2s\"\n\
+             [[vip]]\naddress = \"198.19.0.2:80\"\nprotocol = \"tcp\"\n",
+        )
+        .unwrap();
+        let lines: Vec<String> = settings_changes(&now, &new)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "~ conntrack: udp-timeout 5m -> 30s",
+                "~ health of 198.19.0.1:80/tcp: interval 1s -> 2s",
+            ]
+        );
+        assert!(settings_changes(&new, &new).is_empty());
+    }
 
     const FULL: &str = r#"
 [conntrack]
