@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::{
-    agent::{Agent, Shared},
+    agent::{Agent, ApplyError, Shared},
     autoscale::live::Status as AutoscaleStatus,
     balancer::{self, BackendSpec, BackendState, Proto, Scheduler, Vip, VipInfo, VipOptions},
     config::Config,
@@ -52,6 +52,16 @@ impl From<balancer::Error> for ApiError {
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError(status, err.to_string())
+    }
+}
+
+impl From<ApplyError> for ApiError {
+    fn from(err: ApplyError) -> Self {
+        match err {
+            ApplyError::Refused(message) => bad(message),
+            ApplyError::Balancer(err) => err.into(),
+            ApplyError::Failed(err) => err.into(),
+        }
     }
 }
 
@@ -129,6 +139,15 @@ pub struct StatusView {
     pub uptime_secs: u64,
     pub vips: usize,
     pub backends: usize,
+}
+
+/// `POST /v1/interfaces`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachIface {
+    pub name: String,
+    /// `auto` (default), `native` or `skb`.
+    pub xdp_mode: Option<String>,
 }
 
 /// `POST /v1/vips`.
@@ -503,25 +522,69 @@ async fn apply(
             plan.to_string().lines().map(str::to_owned).collect()
         }
     };
-    if dry_run {
-        let agent = lock(&state);
-        let plan = crate::config::plan(&agent.balancer.vips(), &agent.effective(&desired));
-        return Ok(Json(ApplyView {
-            plan: lines(&plan),
-            applied: false,
-        }));
-    }
-    let plan = change(&state, |agent| {
-        let effective = agent.effective(&desired);
-        let plan = crate::config::apply_plan(&mut agent.balancer, &effective)?;
-        agent.hold_after_apply(&desired);
-        agent.config = desired;
-        Ok(plan)
-    })?;
+    let mut agent = lock(&state);
+    let plan = if dry_run {
+        agent.plan_config(&desired)?
+    } else {
+        agent.apply_config(desired)?
+    };
     Ok(Json(ApplyView {
         plan: lines(&plan),
-        applied: true,
+        applied: !dry_run,
     }))
+}
+
+/// `GET /v1/interfaces`: the interfaces the program is attached to.
+async fn list_ifaces(State(state): State<ApiState>) -> Json<Vec<String>> {
+    Json(lock(&state).pinned.ifaces())
+}
+
+/// `POST /v1/interfaces`: attaches the program to one more interface (until the agent is
+/// restarted without it).
+async fn attach_iface(
+    State(state): State<ApiState>,
+    bytes: Bytes,
+) -> ApiResult<(StatusCode, Json<Vec<String>>)> {
+    use clap::ValueEnum as _;
+    let req: AttachIface = body(&bytes)?;
+    let mode = match req.xdp_mode.as_deref() {
+        None => crate::loader::AttachMode::Auto,
+        Some(mode) => crate::loader::AttachMode::from_str(mode, false)
+            .map_err(|_| bad(format!("xdp_mode: {mode:?} is not auto, native or skb")))?,
+    };
+    let mut agent = lock(&state);
+    if agent.pinned.ifaces().contains(&req.name) {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("the program is already attached to {}", req.name),
+        ));
+    }
+    crate::loader::if_index(&req.name)
+        .map_err(|err| ApiError(StatusCode::NOT_FOUND, format!("{err:#}")))?;
+    agent.pinned.attach(&req.name, mode)?;
+    Ok((StatusCode::CREATED, Json(agent.pinned.ifaces())))
+}
+
+/// `DELETE /v1/interfaces/{name}`: detaches the program from an interface.
+async fn detach_iface(
+    State(state): State<ApiState>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    let mut agent = lock(&state);
+    if !agent.pinned.ifaces().contains(&name) {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("the program is not attached to {name}"),
+        ));
+    }
+    agent.pinned.detach(&name)?;
+    log::info!("{name}: detached (API)");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /v1/config`: the running configuration as a config file (TOML).
+async fn running_config(State(state): State<ApiState>) -> String {
+    lock(&state).running_config().to_toml()
 }
 
 async fn stop(State(state): State<ApiState>, bytes: Bytes) -> ApiResult<StatusCode> {
@@ -552,6 +615,9 @@ pub fn router(agent: Shared, shutdown: watch::Sender<Shutdown>) -> Router {
         .route("/v1/stats", get(stats))
         .route("/v1/stop", post(stop))
         .route("/v1/apply", post(apply))
+        .route("/v1/config", get(running_config))
+        .route("/v1/interfaces", get(list_ifaces).post(attach_iface))
+        .route("/v1/interfaces/{name}", axum::routing::delete(detach_iface))
         .route("/v1/autoscale", get(list_autoscale))
         .route("/v1/autoscale/{proto}/{addr}", get(show_autoscale))
         .route("/v1/vips", get(list_vips).post(add_vip))
@@ -621,11 +687,12 @@ pub fn read_token(path: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
-/// Binds the API socket at `path` with mode 0600. A socket left there by an agent that is gone
-/// is replaced; a live agent's socket, or anything that is not a socket, is refused.
-pub fn bind(path: &Path) -> anyhow::Result<(tokio::net::UnixListener, BoundSocket)> {
+/// Checks that the API socket can be bound at `path`: nothing is there, or a socket that no
+/// agent answers on (left by one that is gone). A live agent's socket, or anything that is not
+/// a socket, is refused. Removes the stale socket.
+pub fn check_socket(path: &Path) -> anyhow::Result<()> {
     use anyhow::Context as _;
-    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
+    use std::os::unix::fs::FileTypeExt as _;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -641,6 +708,14 @@ pub fn bind(path: &Path) -> anyhow::Result<(tokio::net::UnixListener, BoundSocke
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => return Err(err).with_context(|| format!("checking {}", path.display())),
     }
+    Ok(())
+}
+
+/// Binds the API socket at `path` with mode 0600, after [`check_socket`].
+pub fn bind(path: &Path) -> anyhow::Result<(tokio::net::UnixListener, BoundSocket)> {
+    use anyhow::Context as _;
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    check_socket(path)?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

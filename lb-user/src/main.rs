@@ -24,7 +24,7 @@ use lb_user::{
     maps::BpfMaps,
     pin::{DEFAULT_PIN_DIR, Pinned},
 };
-use log::{info, warn};
+use log::{error, info, warn};
 use serde_json::json;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -74,6 +74,19 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Check a config file without an agent: exit 0 if it is good, 1 with every error on a line
+    /// of its own.
+    Check {
+        /// The config file (TOML).
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// The running configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// The interfaces the program runs on: list, attach one more, detach one.
+    #[command(subcommand)]
+    Iface(IfaceCommand),
     /// Stop the agent. The program stays attached (traffic flows) unless --detach.
     Stop {
         /// Also detach the program from every interface and unpin everything.
@@ -83,6 +96,28 @@ enum Command {
     /// Autoscaling: what the agent's autoscalers see and decide, and an offline simulator.
     #[command(subcommand)]
     Autoscale(AutoscaleCommand),
+}
+
+#[derive(Subcommand)]
+enum IfaceCommand {
+    /// The interfaces the program is attached to.
+    List,
+    /// Attach the program to an interface of the agent's network namespace (until the agent
+    /// restarts without it in --iface).
+    Attach {
+        name: String,
+        #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+        xdp_mode: AttachMode,
+    },
+    /// Detach the program from an interface.
+    Detach { name: String },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the running configuration as a config file (VIPs and backends as they are now,
+    /// health checks, autoscaling, connection table), to keep changes made with the CLI.
+    Export,
 }
 
 #[derive(Subcommand)]
@@ -241,6 +276,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => run(args, &cli.socket),
+        Command::Check { file } => return check(&file),
         Command::Autoscale(AutoscaleCommand::Simulate(args)) => {
             lb_user::autoscale::cli::simulate_command(&args)
         }
@@ -254,6 +290,36 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("xdplb: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `xdplb check -f FILE`: the config's errors, one line each, or what it holds.
+fn check(file: &Path) -> ExitCode {
+    let checked = Config::load(file).and_then(|config| {
+        lb_user::config::check_rules(&config)
+            .map_err(|err| lb_user::config::ConfigError::Invalid(vec![err.to_string()]))?;
+        Ok(config)
+    });
+    match checked {
+        Ok(config) => {
+            let backends: usize = config.vips.iter().map(|v| v.backends.len()).sum();
+            println!(
+                "{}: ok ({} VIPs, {backends} backends)",
+                file.display(),
+                config.vips.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            let message = match err {
+                lb_user::config::ConfigError::InFile { error, .. } => error.to_string(),
+                other => other.to_string(),
+            };
+            for line in message.lines() {
+                eprintln!("xdplb: error: {}: {line}", file.display());
+            }
             ExitCode::FAILURE
         }
     }
@@ -330,10 +396,7 @@ fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
         let lock = lock_state_file(&args.state_file)?;
         (Some(lock), agent::load_state(&args.state_file)?)
     };
-    let api_socket = {
-        let _runtime = runtime.enter();
-        api::bind(socket)?
-    };
+    api::check_socket(socket)?;
     if args.ephemeral {
         lb_user::pin::remove_stale_ephemeral(&args.pin_dir);
     }
@@ -386,7 +449,7 @@ fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
         })
         .and_then(|loaded| Pinned::create(loaded, &pin_dir))
     };
-    let mut pinned = match pinned {
+    let pinned = match pinned {
         Ok(pinned) => pinned,
         Err(err) => {
             if !adopting {
@@ -399,8 +462,8 @@ fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
         &args,
         config,
         saved,
-        (socket, api_socket.0),
-        &mut pinned,
+        socket,
+        pinned,
         adopting,
         (runtime, signals),
     );
@@ -415,7 +478,8 @@ fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
     let dir = pin_dir.display();
     match at_exit {
         AtExit::Detach => {
-            pinned.remove()?;
+            // The agent's handle is gone with it; the pins say what there is to remove.
+            Pinned::open(&pin_dir)?.remove()?;
             info!("stopped: detached the program and removed its pins in {dir}");
             // `stop --detach` is the operator's uninstall; a failed start keeps the state.
             if matches!(result, Ok(true)) && !args.ephemeral {
@@ -431,7 +495,7 @@ fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
         }
         AtExit::Stays => {}
     }
-    drop((api_socket.1, pin_lock, state_lock));
+    drop((pin_lock, state_lock));
     result.map(|_| ())
 }
 
@@ -457,8 +521,8 @@ fn serve(
     args: &RunArgs,
     config: Option<Config>,
     saved: Option<agent::SavedState>,
-    (socket, listener): (&Path, tokio::net::UnixListener),
-    pinned: &mut Pinned,
+    socket: &Path,
+    pinned: Pinned,
     adopting: bool,
     (runtime, signals): (tokio::runtime::Runtime, Signals),
 ) -> anyhow::Result<bool> {
@@ -480,7 +544,8 @@ fn serve(
     };
     let mut held = Default::default();
     let mut saved_pools = Vec::new();
-    let mut applied_config = config.clone().unwrap_or_default();
+    let mut applied_config = Config::default();
+    let restored = saved.is_some();
     let balancer = match saved {
         Some(saved) => {
             if !args.vips.is_empty() || !args.backends.is_empty() {
@@ -503,19 +568,8 @@ fn serve(
             applied_config = saved.config;
             Balancer::restore(maps, slots, settings, saved.snapshot)?
         }
-        None => {
-            let mut balancer = Balancer::new(maps, slots, settings)?;
-            if let Some(config) = &config {
-                lb_user::config::apply_plan(&mut balancer, config)?;
-            }
-            configure(&mut balancer, args)?;
-            balancer
-        }
+        None => Balancer::new(maps, slots, settings)?,
     };
-    agent::log_vips(&balancer);
-    for iface in &args.ifaces {
-        pinned.attach(iface, args.xdp_mode)?;
-    }
     let state_file = if args.ephemeral {
         std::env::temp_dir().join(format!("xdplb-ephemeral-{}.state.json", std::process::id()))
     } else {
@@ -525,14 +579,12 @@ fn serve(
         (Some(addr), Some(file)) => Some((*addr, api::read_token(file)?)),
         _ => None,
     };
-    // The agent owns the pinned handle only while it runs; it is handed back for detaching.
-    let handle = Pinned::open(pinned.dir())?;
-    let agent = Agent {
+    let mut agent = Agent {
         balancer,
-        pinned: handle,
+        capacity: pinned.conntrack_capacity()?,
+        pinned,
         state_file: state_file.clone(),
         started: Instant::now(),
-        timeouts: settings.timeouts,
         active: Default::default(),
         config: applied_config,
         monitor: None,
@@ -541,9 +593,30 @@ fn serve(
         autoscale_dry_run: args.autoscale_dry_run,
         saved: Vec::new(),
     };
-    let mut agent = agent;
     agent.sync_autoscale(&saved_pools);
-    if let Err(err) = agent.save() {
+    // The config file, when there is one, wins over the saved state.
+    if let (Some(config), Some(path)) = (config, &args.config) {
+        let plan = agent
+            .apply_config(config)
+            .with_context(|| format!("applying {}", path.display()))?;
+        log_plan(path, &plan);
+    }
+    if !restored {
+        configure(&mut agent.balancer, args)?;
+    }
+    agent::log_vips(&agent.balancer);
+    for iface in &args.ifaces {
+        agent.pinned.attach(iface, args.xdp_mode)?;
+    }
+    // The interfaces are the command line's: those an earlier agent attached and this one is
+    // not given are detached.
+    for iface in agent.pinned.ifaces() {
+        if !args.ifaces.contains(&iface) {
+            agent.pinned.detach(&iface)?;
+            info!("{iface}: detached (not given with --iface)");
+        }
+    }
+    if let Err(err) = agent.save_if_changed() {
         // The data path runs what was restored or configured; changes are refused until the
         // state can be saved.
         warn!("saving the state: {err:#}");
@@ -551,11 +624,12 @@ fn serve(
     let shared = api::share(agent);
     let detach = runtime.block_on(run_agent(
         Arc::clone(&shared),
-        (socket, listener),
+        socket,
         args.stats_interval,
         args.metrics,
         api_tcp,
         signals,
+        args.config.clone(),
     ))?;
     if args.ephemeral {
         let _ = std::fs::remove_file(&state_file);
@@ -565,13 +639,16 @@ fn serve(
 
 async fn run_agent(
     shared: agent::Shared,
-    (socket, listener): (&Path, tokio::net::UnixListener),
+    socket: &Path,
     stats_interval: u64,
     metrics: Option<SocketAddr>,
     api_tcp: Option<(SocketAddr, String)>,
     mut signals: Signals,
+    config: Option<PathBuf>,
 ) -> anyhow::Result<bool> {
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(Shutdown::Running);
+    // Removes the socket at exit, if it is still this agent's.
+    let (listener, _bound) = api::bind(socket)?;
     if let Some((addr, token)) = api_tcp {
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
@@ -613,26 +690,54 @@ async fn run_agent(
         tokio::select! {
             _ = signals.term.recv() => break false,
             _ = signals.int.recv() => break false,
-            _ = signals.hup.recv() => {
-                warn!("SIGHUP: reloading is not supported yet; ignored (the agent runs on)");
-            }
+            _ = signals.hup.recv() => match &config {
+                Some(path) => reload(&shared, path),
+                None => warn!("SIGHUP: the agent runs without --config, so there is nothing to reload"),
+            },
             changed = shutdown_rx.changed() => {
                 if changed.is_err() { break false; }
                 if let Shutdown::Stop { detach } = *shutdown_rx.borrow() { break detach; }
             }
             _ = ticker.tick(), if stats_interval > 0 => {
-                match report(&shared.lock().expect("agent lock")) {
-                    Ok(report) => info!("counters:\n{report}"),
-                    Err(err) => warn!("reading counters: {err:#}"),
-                }
+                log_counters(&shared.lock().expect("agent lock"), "counters");
             }
         }
     };
     server.abort();
     let mut agent = shared.lock().expect("agent lock");
     agent.monitor = None;
-    info!("stopping; final counters:\n{}", report(&agent)?);
+    log_counters(&agent, "stopping; counters");
     Ok(detach)
+}
+
+/// Logs what applying the config file `path` changed, one line per change.
+fn log_plan(path: &Path, plan: &lb_user::config::Plan) {
+    if plan.is_empty() {
+        info!("config {}: no changes", path.display());
+    }
+    for change in &plan.changes {
+        info!("config {}: {change}", path.display());
+    }
+}
+
+/// Reloads the config file `path` (SIGHUP): applied as `xdplb apply -f` would, or refused with
+/// the reason and nothing changed.
+fn reload(shared: &agent::Shared, path: &Path) {
+    info!("SIGHUP: reloading {}", path.display());
+    let applied = Config::load(path)
+        .map_err(|err| err.to_string())
+        .and_then(|config| {
+            let mut agent = shared.lock().unwrap_or_else(|p| p.into_inner());
+            agent.apply_config(config).map_err(|err| err.to_string())
+        });
+    match applied {
+        Ok(plan) => log_plan(path, &plan),
+        Err(err) => {
+            for line in err.lines() {
+                error!("reload refused, nothing changed: {line}");
+            }
+        }
+    }
 }
 
 /// Serves `/metrics` on `addr` in the background.
@@ -685,6 +790,34 @@ fn configure(balancer: &mut Balancer<BpfMaps>, args: &RunArgs) -> anyhow::Result
         balancer.set_backends(vip, backends)?;
     }
     Ok(())
+}
+
+/// Logs the counters that are not zero on one line, and per VIP and backend at debug level.
+fn log_counters(agent: &Agent, what: &str) {
+    match agent.pinned.counters() {
+        Ok(counters) => {
+            let nonzero: Vec<String> = counters
+                .iter()
+                .filter(|(_, v)| *v > 0)
+                .map(|(c, v)| format!("{}={v}", c.name()))
+                .collect();
+            info!(
+                "{what}: {}",
+                if nonzero.is_empty() {
+                    "all zero".to_owned()
+                } else {
+                    nonzero.join(" ")
+                }
+            );
+        }
+        Err(err) => warn!("reading counters: {err:#}"),
+    }
+    if log::log_enabled!(log::Level::Debug) {
+        match report(agent) {
+            Ok(report) => report.lines().for_each(|line| log::debug!("{line}")),
+            Err(err) => warn!("reading counters: {err:#}"),
+        }
+    }
 }
 
 /// The global counters, then packets, bytes and new flows per VIP and backend.
@@ -820,8 +953,43 @@ fn print<T: serde::Serialize>(
 
 async fn client_command(command: Command, socket: &Path, output: Output) -> anyhow::Result<()> {
     match command {
-        Command::Run(_) | Command::Autoscale(AutoscaleCommand::Simulate(_)) => {
+        Command::Run(_)
+        | Command::Check { .. }
+        | Command::Autoscale(AutoscaleCommand::Simulate(_)) => {
             unreachable!("handled in main")
+        }
+        Command::Iface(IfaceCommand::List) => {
+            let ifaces: Vec<String> = call(socket, Method::GET, "/v1/interfaces", None).await?;
+            print(output, &ifaces, || {
+                ifaces.iter().map(|i| format!("{i}\n")).collect()
+            })
+        }
+        Command::Iface(IfaceCommand::Attach { name, xdp_mode }) => {
+            let mode = match xdp_mode {
+                AttachMode::Auto => "auto",
+                AttachMode::Native => "native",
+                AttachMode::Skb => "skb",
+            };
+            let body = json!({ "name": name, "xdp_mode": mode });
+            let ifaces: Vec<String> =
+                call(socket, Method::POST, "/v1/interfaces", Some(body)).await?;
+            print(output, &ifaces, || format!("attached to {name}\n"))
+        }
+        Command::Iface(IfaceCommand::Detach { name }) => {
+            let path = format!("/v1/interfaces/{}", segment(&name));
+            call::<serde_json::Value>(socket, Method::DELETE, &path, None).await?;
+            print(output, &json!({ "detached": name }), || {
+                format!("detached from {name}\n")
+            })
+        }
+        Command::Config(ConfigCommand::Export) => {
+            let (status, bytes) =
+                lb_user::client::request(socket, Method::GET, "/v1/config", None).await?;
+            if !status.is_success() {
+                anyhow::bail!("{}", String::from_utf8_lossy(&bytes));
+            }
+            print!("{}", String::from_utf8_lossy(&bytes));
+            Ok(())
         }
         Command::Autoscale(AutoscaleCommand::Status { vip }) => {
             let views: Vec<AutoscaleStatus> = match vip {

@@ -262,6 +262,14 @@ impl Pinned {
         BpfMaps::open(&self.dir)
     }
 
+    /// Flows the connection table holds.
+    pub fn conntrack_capacity(&self) -> anyhow::Result<u32> {
+        let path = map_path(&self.dir, lb_common::maps::CONNTRACK_MAP);
+        let map = MapData::from_pin(&path)
+            .with_context(|| format!("opening pinned map {}", path.display()))?;
+        Ok(map.info()?.max_entries())
+    }
+
     /// The outcome counters.
     pub fn counters(&self) -> anyhow::Result<Counters> {
         let map: PerCpuArray<MapData, u64> = open_map(&self.dir, COUNTERS_MAP)?;
@@ -297,6 +305,25 @@ impl Pinned {
         self.links.insert(iface.to_owned(), pinned);
         info!("{iface}: XDP attached in {attached} mode");
         Ok(Some(attached))
+    }
+
+    /// Detaches the program from `iface`: its link is unpinned and closed, and the program no
+    /// longer redirects packets out of it.
+    pub fn detach(&mut self, iface: &str) -> anyhow::Result<()> {
+        let link = self
+            .links
+            .remove(iface)
+            .with_context(|| format!("the program is not attached to {iface}"))?;
+        // Closing the last handle of an unpinned link detaches it.
+        drop(
+            link.unpin()
+                .with_context(|| format!("unpinning the link of {iface}"))?,
+        );
+        if let Ok(ifindex) = if_index(iface) {
+            let mut tx_ports: DevMapHash<MapData> = open_map(&self.dir, TX_PORTS_MAP)?;
+            let _ = tx_ports.remove(ifindex);
+        }
+        Ok(())
     }
 
     /// Unpins everything: the program is detached from every interface and its maps are freed

@@ -2419,35 +2419,6 @@ fn a_private_mount_namespace_is_warned_about_and_stop_messages_are_true() {
     }
 }
 
-/// SIGHUP does not kill the agent (until it reloads, it is logged and ignored).
-#[test]
-#[ignore = "needs root"]
-fn sighup_does_not_kill_the_agent() {
-    let topo = Topology::new(BACKENDS).expect("topology");
-    let _servers = serve(&topo);
-    let mut agent = Agent::new(&topo);
-    agent.start(&strs(&vip_args()));
-    let pid = nix::unistd::Pid::from_raw(agent.pid() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
-    let deadline = Instant::now() + AGENT_TIMEOUT;
-    while !agent.log().contains("SIGHUP") {
-        assert!(
-            Instant::now() < deadline,
-            "no SIGHUP line:\n{}",
-            agent.log()
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
-    let exited = agent
-        .daemon
-        .as_mut()
-        .and_then(|d| d.try_wait().expect("waiting for xdplb"));
-    assert!(exited.is_none(), "SIGHUP killed the agent: {exited:?}");
-    agent.ok(&["status"]);
-    spread(&topo.client, 10, "after-hup");
-    agent.stop(true);
-}
-
 /// A start that fails (a mistyped interface, a corrupt state file, a second agent on the same
 /// state file) leaves the state file as it was, so the next good start has everything.
 #[test]
@@ -2748,4 +2719,322 @@ fn kill_9_during_apply_leaves_no_ghosts() {
     }
     assert_eq!(pinned_maps(&agent.pin_dir), (BTreeMap::new(), 0));
     agent.stop(true);
+}
+
+// --- Lifecycle: reload, config as source of truth, check, export, interfaces --------------
+
+/// A config file with the VIP and backends `b0..` at `weights` (and `extra` TOML after each
+/// backend list).
+fn weights_config(weights: &[u32], extra: &str) -> String {
+    let mut text = format!("[[vip]]\naddress = \"{VIP_ADDR}\"\nprotocol = \"tcp\"\n{extra}\n");
+    for (i, w) in weights.iter().enumerate() {
+        text += &format!(
+            "[[vip.backend]]\naddress = \"{}\"\nweight = {w}\n",
+            backend_addr(i)
+        );
+    }
+    text
+}
+
+/// Waits (bounded) until the agent's log has `count` lines containing `what`.
+fn wait_for_log(agent: &Agent, what: &str, count: usize) {
+    let deadline = Instant::now() + AGENT_TIMEOUT;
+    while agent.log().matches(what).count() < count {
+        assert!(
+            Instant::now() < deadline,
+            "no {what:?} in the log:\n{}",
+            agent.log()
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn sighup(agent: &Agent) {
+    let pid = nix::unistd::Pid::from_raw(agent.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).expect("SIGHUP");
+}
+
+/// SIGHUP reloads `--config`: the plan is logged line by line and the new weights are live; a
+/// bad file is refused with the field named, and nothing changes. Without `--config`, SIGHUP
+/// is logged and the agent runs on.
+#[test]
+#[ignore = "needs root"]
+fn sighup_reloads_the_config_file() {
+    let topo = Topology::new(BACKENDS).expect("topology");
+    let _servers = serve(&topo);
+    let mut agent = Agent::new(&topo);
+    let file = agent.file("xdplb.toml", &weights_config(&[1, 1, 1], ""));
+    agent.start(&["--config", &path_str(&file)]);
+    assert!(agent.log().contains("config"), "{}", agent.log());
+
+    agent.file("xdplb.toml", &weights_config(&[3, 1, 0], ""));
+    sighup(&agent);
+    wait_for_log(&agent, "SIGHUP: reloading", 1);
+    let b0 = format!("~ backend {} of {VIP}: weight 1 -> 3", backend_addr(0));
+    let b2 = format!("~ backend {} of {VIP}: weight 1 -> 0", backend_addr(2));
+    wait_for_log(&agent, &b2, 1);
+    assert!(agent.log().contains(&b0), "{}", agent.log());
+    let weights: Vec<u64> = agent
+        .backends()
+        .values()
+        .map(|b| b.get("weight").u64())
+        .collect();
+    assert_eq!(weights, [3, 1, 0]);
+    let tally = spread(&topo.client, 100, "reloaded");
+    assert!(
+        !tally.contains_key(&ident(2)),
+        "weight 0 took flows: {tally:?}"
+    );
+    assert!(
+        tally[&ident(0)] > tally[&ident(1)],
+        "weights 3:1: {tally:?}"
+    );
+    let before = configuration(&agent.json(&["vip", "list"]));
+
+    agent.file("xdplb.toml", &weights_config(&[2, 99_999, 1], ""));
+    sighup(&agent);
+    wait_for_log(&agent, "reload refused, nothing changed", 1);
+    assert!(agent.log().contains("backend[1].weight"), "{}", agent.log());
+    assert_eq!(configuration(&agent.json(&["vip", "list"])), before);
+    agent.stop(false);
+
+    agent.start(&strs(&vip_args()));
+    sighup(&agent);
+    wait_for_log(&agent, "nothing to reload", 1);
+    let exited = agent
+        .daemon
+        .as_mut()
+        .and_then(|d| d.try_wait().expect("wait"));
+    assert!(exited.is_none(), "SIGHUP killed the agent: {exited:?}");
+    spread(&topo.client, 10, "after-hup");
+    agent.stop(true);
+}
+
+/// With `--config`, the file wins over the saved state at start: changes made with the CLI
+/// are undone (the plan is logged), unless kept with `xdplb config export`, which gives a file
+/// that `xdplb check` accepts and `apply` finds nothing to change in.
+#[test]
+#[ignore = "needs root"]
+fn the_config_file_wins_over_saved_state_at_start() {
+    let topo = Topology::new(BACKENDS).expect("topology");
+    let _servers = serve(&topo);
+    let mut agent = Agent::new(&topo);
+    let file = agent.file(
+        "xdplb.toml",
+        &weights_config(
+            &[1, 1],
+            "[vip.health]\nkind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\n",
+        ),
+    );
+    let file = path_str(&file);
+    agent.start(&["--config", &file]);
+    let from_file = configuration(&agent.json(&["vip", "list"]));
+    agent.ok(&["backend", "add", VIP, &backend_addr(2).to_string()]);
+    agent.ok(&[
+        "backend",
+        "set",
+        VIP,
+        &backend_addr(0).to_string(),
+        "--weight",
+        "5",
+    ]);
+    let changed = configuration(&agent.json(&["vip", "list"]));
+
+    let exported = agent.ok(&["config", "export"]);
+    let export = agent.file("export.toml", &exported);
+    let check = agent.ok(&["check", "-f", &path_str(&export)]);
+    assert!(check.contains("ok (1 VIPs, 3 backends)"), "{check}");
+    assert!(
+        exported.contains("kind = \"tcp\""),
+        "health kept: {exported}"
+    );
+    assert_eq!(
+        agent.ok(&["apply", "-f", &path_str(&export), "--dry-run"]),
+        "no changes\n"
+    );
+
+    agent.stop(false);
+    agent.start(&["--config", &file]);
+    let log = agent.log();
+    assert!(
+        log.contains(&format!("- backend {} from {VIP}", backend_addr(2))),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "~ backend {} of {VIP}: weight 5 -> 1",
+            backend_addr(0)
+        )),
+        "{log}"
+    );
+    assert_eq!(configuration(&agent.json(&["vip", "list"])), from_file);
+    agent.stop(false);
+    // The exported file keeps the CLI's changes.
+    agent.start(&["--config", &path_str(&export)]);
+    assert_eq!(configuration(&agent.json(&["vip", "list"])), changed);
+    agent.stop(true);
+}
+
+/// `apply` shows health, autoscaling and timeout changes in its plan and applies timeouts
+/// live; a capacity change is refused with what it takes.
+#[test]
+#[ignore = "needs root"]
+fn apply_plans_settings_and_applies_timeouts_live() {
+    use aya::maps::{Array, Map, MapData};
+    use lb_common::maps::{SETTINGS_MAP, Settings};
+    let topo = Topology::new(BACKENDS).expect("topology");
+    let _servers = serve(&topo);
+    let mut agent = Agent::new(&topo);
+    let file = agent.file("a.toml", &weights_config(&[1, 1, 1], ""));
+    agent.start(&["--config", &path_str(&file)]);
+    let settings = || -> Settings {
+        let path = agent.pin_dir.join("maps").join(SETTINGS_MAP);
+        let map: Array<MapData, Settings> =
+            Map::from_map_data(MapData::from_pin(&path).expect("pinned settings"))
+                .expect("map")
+                .try_into()
+                .expect("array");
+        map.get(&0, 0).expect("settings")
+    };
+    let text = format!(
+        "[conntrack]\ntcp-established-timeout = \"5m\"\n\n{}",
+        weights_config(
+            &[1, 1, 1],
+            "[vip.health]\nkind = \"http\"\nhttp-path = \"/up\"\nrise = 1\n"
+        )
+    );
+    let b = agent.file("b.toml", &text);
+    let dry = agent.ok(&["apply", "-f", &path_str(&b), "--dry-run"]);
+    assert!(
+        dry.contains("~ conntrack: tcp-established-timeout 15m -> 5m"),
+        "{dry}"
+    );
+    assert!(dry.contains(&format!("~ health of {VIP}: ")), "{dry}");
+    assert!(dry.contains("http-path - -> /up"), "{dry}");
+    assert!(dry.contains("kind none -> http"), "{dry}");
+    assert!(dry.contains("rise 2 -> 1"), "{dry}");
+    assert_eq!(
+        settings().timeouts.tcp_established_ns,
+        15 * 60 * 1_000_000_000,
+        "a dry run changed the timeouts"
+    );
+    agent.ok(&["apply", "-f", &path_str(&b)]);
+    assert_eq!(
+        settings().timeouts.tcp_established_ns,
+        5 * 60 * 1_000_000_000
+    );
+
+    let c = agent.file(
+        "c.toml",
+        &text.replace("[conntrack]\n", "[conntrack]\ncapacity = 5000\n"),
+    );
+    let out = agent.cli(&["apply", "-f", &path_str(&c)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("conntrack.capacity"), "{stderr}");
+    assert!(
+        stderr.contains("xdplb stop --detach"),
+        "says what it takes: {stderr}"
+    );
+    agent.stop(true);
+}
+
+/// The interfaces follow the command line: restarted with fewer `--iface`, the agent
+/// detaches the others and says so; `xdplb iface attach/detach` change them live.
+#[test]
+#[ignore = "needs root"]
+fn interfaces_follow_the_command_line() {
+    let topo = Topology::new(BACKENDS).expect("topology");
+    let _servers = serve(&topo);
+    let mut agent = Agent::new(&topo);
+    agent.start(&strs(&vip_args()));
+    agent.stop(false);
+    let all = topo.gateway_ifaces();
+    let (kept, dropped) = all.split_at(2);
+    agent.ifaces = kept.to_vec();
+    agent.start(&[]);
+    for iface in dropped {
+        assert!(
+            agent
+                .log()
+                .contains(&format!("{iface}: detached (not given with --iface)")),
+            "{}",
+            agent.log()
+        );
+        assert!(
+            !common::xdp_attached(&topo, iface),
+            "{iface} still attached"
+        );
+    }
+    for iface in kept {
+        assert!(common::xdp_attached(&topo, iface), "{iface} detached");
+    }
+    let mut listed: Vec<String> = agent
+        .ok(&["iface", "list"])
+        .lines()
+        .map(String::from)
+        .collect();
+    listed.sort();
+    let mut expected = kept.to_vec();
+    expected.sort();
+    assert_eq!(listed, expected);
+
+    agent.ok(&["iface", "attach", &dropped[0]]);
+    assert!(common::xdp_attached(&topo, &dropped[0]));
+    let out = agent.cli(&["iface", "attach", "nosuch0"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch0"));
+    agent.ok(&["iface", "detach", &dropped[0]]);
+    assert!(!common::xdp_attached(&topo, &dropped[0]));
+    let out = agent.cli(&["iface", "detach", &dropped[0]]);
+    assert_eq!(out.status.code(), Some(1));
+    agent.stop(true);
+}
+
+/// `xdplb check -f FILE` needs no agent: exit 0 for a good file, 1 with every error on a line
+/// of its own.
+#[test]
+fn check_validates_a_config_without_an_agent() {
+    let dir = std::env::temp_dir().join(format!("xdplb-check-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("dir");
+    let good = dir.join("good.toml");
+    fs::write(&good, weights_config(&[1, 2], "")).expect("write");
+    let out = run_bounded(
+        Command::new(bin()).args(["check", "-f"]).arg(&good),
+        CLI_TIMEOUT,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (1 VIPs, 2 backends)"));
+    let bad = dir.join("bad.toml");
+    fs::write(
+        &bad,
+        weights_config(
+            &[99_999, 1],
+            "ring-size = 10\n[vip.health]\nkind = \"tcp\"\ninterval = \"fast\"\n",
+        ),
+    )
+    .expect("write");
+    let out = run_bounded(
+        Command::new(bin()).args(["check", "-f"]).arg(&bad),
+        CLI_TIMEOUT,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let _ = fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 3, "one line per error: {stderr}");
+    assert!(
+        lines.iter().all(|l| l.starts_with("xdplb: error: ")),
+        "{stderr}"
+    );
+    for field in ["ring-size", "health.interval", "backend[0].weight"] {
+        assert!(
+            lines.iter().any(|l| l.contains(field)),
+            "no line names {field}: {stderr}"
+        );
+    }
 }
