@@ -42,6 +42,9 @@ pub const ADDR_FILTER_MAP: &str = "ADDR_FILTER";
 
 /// Most VIPs (VIP ids are below this).
 pub const MAX_VIPS: u32 = 4096;
+/// Version of the pin layout (which maps there are, under what names, what they hold). An
+/// agent adopts the pins of its own layout, carries older ones over and refuses newer ones.
+pub const PIN_LAYOUT: u32 = 1;
 /// Backend slots; a backend id's low 16 bits index them.
 pub const MAX_BACKENDS: u32 = 1 << 16;
 /// Default number of entries in [`SLOTS_MAP`] (16 MiB).

@@ -125,24 +125,7 @@ impl Loaded {
 
     /// Loads with the given sizes.
     pub fn load_with(options: LoadOptions) -> anyhow::Result<Self> {
-        if OBJECT.is_empty() {
-            bail!(
-                "this xdplb binary was built without its XDP program (bpf-linker was not found \
-                 at build time); run `cargo xtask build`"
-            );
-        }
-        let ebpf = EbpfLoader::new()
-            .map_max_entries(CONNTRACK_MAP, options.conntrack_capacity)
-            .map_max_entries(REVERSE_NAT_MAP, options.conntrack_capacity)
-            .map_max_entries(SLOTS_MAP, options.slots)
-            .load(OBJECT)
-            .context("loading the XDP object")?;
-        let mut loaded = Self { ebpf, options };
-        loaded
-            .program()?
-            .load()
-            .context("loading the XDP program into the kernel")?;
-        Ok(loaded)
+        Self::load_reusing(options, &[])
     }
 
     /// A balancer over this program's maps (taking them out of `ebpf`), with `settings`.
@@ -218,5 +201,121 @@ pub fn if_index(iface: &str) -> anyhow::Result<u32> {
     match unsafe { libc::if_nametoindex(name.as_ptr()) } {
         0 => bail!("no interface named {iface:?}"),
         index => Ok(index),
+    }
+}
+
+/// A map as declared by an object or as pinned: what decides whether a pinned map can serve a
+/// new program unchanged.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapSpec {
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub flags: u32,
+}
+
+impl std::fmt::Display for MapSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "type {}, key {} B, value {} B, {} entries, flags {:#x}",
+            self.map_type, self.key_size, self.value_size, self.max_entries, self.flags
+        )
+    }
+}
+
+impl MapSpec {
+    /// Whether a map of this spec can serve as one declared `declared`. The loader adds
+    /// `BPF_F_RDONLY_PROG` to device maps when it creates them; that is no difference.
+    pub fn fits(&self, declared: &MapSpec) -> bool {
+        const BPF_F_RDONLY_PROG: u32 = 1 << 7;
+        MapSpec {
+            flags: self.flags & !BPF_F_RDONLY_PROG,
+            ..self.clone()
+        } == MapSpec {
+            flags: declared.flags & !BPF_F_RDONLY_PROG,
+            ..declared.clone()
+        }
+    }
+
+    /// The spec of a map pinned at `path`.
+    pub fn pinned(path: &std::path::Path) -> anyhow::Result<Self> {
+        let info = aya::maps::MapInfo::from_pin(path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok(Self {
+            map_type: info.map_type()? as u32,
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+            flags: info.map_flags(),
+        })
+    }
+}
+
+/// The maps the embedded object declares, by name, with the sizes of `options`. Global data
+/// sections (`.rodata` and the like) belong to one program and are left out.
+pub fn declared_maps(options: &LoadOptions) -> anyhow::Result<Vec<(String, MapSpec)>> {
+    if OBJECT.is_empty() {
+        bail!("this xdplb binary was built without its XDP program; run `cargo xtask build`");
+    }
+    let object = aya_obj::Object::parse(OBJECT).context("parsing the XDP object")?;
+    let mut maps: Vec<(String, MapSpec)> = object
+        .maps
+        .iter()
+        .filter(|(name, _)| !name.starts_with('.'))
+        .map(|(name, map)| {
+            let max_entries = match name.as_str() {
+                CONNTRACK_MAP | REVERSE_NAT_MAP => options.conntrack_capacity,
+                SLOTS_MAP => options.slots,
+                _ => map.max_entries(),
+            };
+            let spec = MapSpec {
+                map_type: map.map_type(),
+                key_size: map.key_size(),
+                value_size: map.value_size(),
+                max_entries,
+                flags: map.map_flags(),
+            };
+            (name.clone(), spec)
+        })
+        .collect();
+    maps.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(maps)
+}
+
+/// A short fingerprint of the embedded object (FNV-1a): a new build of the program has another.
+pub fn object_fingerprint() -> String {
+    let hash = OBJECT.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    format!("{hash:016x}")
+}
+
+impl Loaded {
+    /// Loads the embedded object like [`Loaded::load_with`], with the maps named in `reuse`
+    /// taken from their pins instead of created.
+    pub fn load_reusing(
+        options: LoadOptions,
+        reuse: &[(String, std::path::PathBuf)],
+    ) -> anyhow::Result<Self> {
+        if OBJECT.is_empty() {
+            bail!("this xdplb binary was built without its XDP program; run `cargo xtask build`");
+        }
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(CONNTRACK_MAP, options.conntrack_capacity)
+            .map_max_entries(REVERSE_NAT_MAP, options.conntrack_capacity)
+            .map_max_entries(SLOTS_MAP, options.slots);
+        for (name, path) in reuse {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader.load(OBJECT).context("loading the XDP object")?;
+        let mut loaded = Self { ebpf, options };
+        loaded
+            .program()?
+            .load()
+            .context("loading the XDP program into the kernel")?;
+        Ok(loaded)
     }
 }

@@ -11,7 +11,7 @@ use std::{
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hyper::Method;
-use lb_common::maps::{DEFAULT_CONNTRACK_CAPACITY, Settings};
+use lb_common::maps::{DEFAULT_CONNTRACK_CAPACITY, PIN_LAYOUT, Settings};
 use lb_user::{
     agent::{self, Agent, DEFAULT_STATE_FILE},
     api::{self, BackendView, DEFAULT_SOCKET, Shutdown, StatsView, StatusView, VipView},
@@ -22,7 +22,7 @@ use lb_user::{
     health::Monitor,
     loader::{AttachMode, LoadOptions, Loaded},
     maps::BpfMaps,
-    pin::{DEFAULT_PIN_DIR, Pinned},
+    pin::{DEFAULT_PIN_DIR, Pinned, PinnedVersion},
 };
 use log::{error, info, warn};
 use serde_json::json;
@@ -233,6 +233,10 @@ struct RunArgs {
     /// backend.
     #[arg(long)]
     autoscale_dry_run: bool,
+    /// Replace the pinned program with this binary's even if it is the same build: pinned maps
+    /// that fit are kept (tracked connections survive), the interfaces switch atomically.
+    #[arg(long)]
+    replace_program: bool,
 }
 
 fn parse_vip(s: &str) -> Result<(Vip, Scheduler), String> {
@@ -435,9 +439,20 @@ fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
         }
     };
     let adopting = Pinned::exists(&pin_dir);
+    let version = PinnedVersion::read(&pin_dir);
+    if adopting && version.layout > PIN_LAYOUT {
+        anyhow::bail!(
+            "{} holds a balancer of pin layout {}, newer than this xdplb's {PIN_LAYOUT}: run \
+             the newer xdplb, or remove it with `xdplb stop --detach` (tracked connections are \
+             lost)",
+            pin_dir.display(),
+            version.layout
+        );
+    }
+    let replace = adopting && (args.replace_program || version != PinnedVersion::ours());
     let pinned = if adopting {
         info!("adopting the balancer pinned in {}", pin_dir.display());
-        Pinned::open(&pin_dir)
+        Pinned::open(&pin_dir).inspect(|pinned| pinned.remove_staged())
     } else {
         let conntrack_capacity = config
             .as_ref()
@@ -464,7 +479,7 @@ fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
         saved,
         socket,
         pinned,
-        adopting,
+        (adopting, replace.then_some(version)),
         (runtime, signals),
     );
     let at_exit = match &result {
@@ -522,14 +537,42 @@ fn serve(
     config: Option<Config>,
     saved: Option<agent::SavedState>,
     socket: &Path,
-    pinned: Pinned,
-    adopting: bool,
+    mut pinned: Pinned,
+    (adopting, replace): (bool, Option<PinnedVersion>),
     (runtime, signals): (tokio::runtime::Runtime, Signals),
 ) -> anyhow::Result<bool> {
+    // Settings come from the running program, before a replacement stages new maps.
+    let adopted_settings = adopting.then(|| pinned.maps()?.settings()).transpose()?;
+    if let Some(from) = &replace {
+        let current = pinned.conntrack_capacity()?;
+        let asked = config
+            .as_ref()
+            .map(|c| c.conntrack.capacity)
+            .filter(|&c| c != DEFAULT_CONNTRACK_CAPACITY)
+            .unwrap_or(args.conntrack_capacity);
+        let conntrack_capacity = if asked == DEFAULT_CONNTRACK_CAPACITY {
+            current
+        } else {
+            asked
+        };
+        info!(
+            "replacing the pinned program ({from}) with this one ({}){}",
+            PinnedVersion::ours(),
+            if args.replace_program {
+                ": --replace-program"
+            } else {
+                ""
+            }
+        );
+        pinned.stage_replacement(LoadOptions {
+            conntrack_capacity,
+            slots: pinned.maps()?.slots_capacity(),
+        })?;
+    }
     let maps = pinned.maps()?;
     let slots = maps.slots_capacity();
-    let settings = if adopting {
-        maps.settings()?
+    let settings = if let Some(settings) = adopted_settings {
+        settings
     } else {
         // A fresh program: the timeouts of the config given, else of the one last applied.
         let timeouts = config
@@ -605,6 +648,10 @@ fn serve(
         configure(&mut agent.balancer, args)?;
     }
     agent::log_vips(&agent.balancer);
+    if replace.is_some() {
+        agent.pinned.finish_replacement()?;
+        info!("the new program runs; the old one is freed");
+    }
     for iface in &args.ifaces {
         agent.pinned.attach(iface, args.xdp_mode)?;
     }

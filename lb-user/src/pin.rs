@@ -20,17 +20,86 @@ use aya::{
     },
 };
 use aya_obj::programs::XdpAttachType;
-use lb_common::{counters::COUNTERS_MAP, maps::TX_PORTS_MAP};
+use lb_common::{
+    counters::COUNTERS_MAP,
+    maps::{PIN_LAYOUT, TX_PORTS_MAP},
+};
 use log::info;
 
 use crate::{
     dataplane::Counters,
-    loader::{AttachMode, AttachedMode, Loaded, PROGRAM, attach_program, if_index},
+    loader::{AttachMode, AttachedMode, LoadOptions, Loaded, PROGRAM, attach_program, if_index},
     maps::BpfMaps,
 };
 
 /// Default pin directory.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xdplb";
+
+/// Suffix of the pins of a replacement program and its new maps until it takes over (bpffs
+/// refuses names with a dot).
+const NEXT: &str = "-next";
+
+/// What a pin directory says it holds: the pin layout and the program's fingerprint, from
+/// the empty directories `layout-N` and `object-HASH` in it (bpffs holds no plain files).
+/// Pins from before the layout was versioned have neither: layout 0.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinnedVersion {
+    pub layout: u32,
+    pub object: Option<String>,
+}
+
+impl PinnedVersion {
+    /// Reads the markers in `dir`.
+    pub fn read(dir: &Path) -> Self {
+        let mut version = Self {
+            layout: 0,
+            object: None,
+        };
+        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(layout) = name.strip_prefix("layout-").and_then(|n| n.parse().ok()) {
+                version.layout = version.layout.max(layout);
+            } else if let Some(object) = name.strip_prefix("object-") {
+                version.object = Some(object.to_owned());
+            }
+        }
+        version
+    }
+
+    /// This agent's: [`PIN_LAYOUT`] and the embedded program.
+    pub fn ours() -> Self {
+        Self {
+            layout: PIN_LAYOUT,
+            object: Some(crate::loader::object_fingerprint()),
+        }
+    }
+
+    /// Makes `dir`'s markers say `self`.
+    fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        for entry in fs::read_dir(dir)?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("layout-") || name.starts_with("object-") {
+                fs::remove_dir(entry.path())?;
+            }
+        }
+        fs::create_dir(dir.join(format!("layout-{}", self.layout)))?;
+        if let Some(object) = &self.object {
+            fs::create_dir(dir.join(format!("object-{object}")))?;
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for PinnedVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "pin layout {}, program {}",
+            self.layout,
+            self.object.as_deref().unwrap_or("unknown")
+        )
+    }
+}
 
 /// The pinned program, maps and links of a balancer.
 pub struct Pinned {
@@ -43,9 +112,21 @@ fn map_path(dir: &Path, name: &str) -> PathBuf {
     dir.join("maps").join(name)
 }
 
-/// Opens pinned map `name` under `dir`.
+/// Where map `name` is pinned under `dir`: the staged one of a replacement in progress if
+/// there is one.
+fn current_map_path(dir: &Path, name: &str) -> PathBuf {
+    let staged = map_path(dir, &format!("{name}{NEXT}"));
+    if staged.exists() {
+        staged
+    } else {
+        map_path(dir, name)
+    }
+}
+
+/// Opens pinned map `name` under `dir`: the staged one of a replacement in progress if there
+/// is one (see [`Pinned::stage_replacement`]).
 pub fn open_untyped(dir: &Path, name: &str) -> anyhow::Result<Map> {
-    let path = map_path(dir, name);
+    let path = current_map_path(dir, name);
     let data = MapData::from_pin(&path)
         .with_context(|| format!("opening pinned map {}", path.display()))?;
     Ok(Map::from_map_data(data)?)
@@ -226,7 +307,93 @@ impl Pinned {
             .pin(dir.join("prog"))
             .context("pinning the program")?;
         drop(loaded);
+        PinnedVersion::ours().write(dir)?;
         Self::open(dir)
+    }
+
+    /// The first half of replacing the pinned program with the embedded one (an upgrade, or
+    /// `--replace-program`): loads it with every pinned map whose type, key, value, capacity
+    /// and flags it declares alike (so the connection table and the reverse translations
+    /// survive), and pins it and the maps it creates next to the old ones, as `prog-next` and
+    /// `maps/NAME-next` (each map made anew is logged, with why). Traffic still runs the old
+    /// program. [`Pinned::maps`] opens the new program's maps from here on, for filling.
+    pub fn stage_replacement(&mut self, options: LoadOptions) -> anyhow::Result<()> {
+        self.remove_staged();
+        let mut reuse = Vec::new();
+        let mut created = Vec::new();
+        for (name, spec) in crate::loader::declared_maps(&options)? {
+            let path = map_path(&self.dir, &name);
+            let why = match crate::loader::MapSpec::pinned(&path) {
+                Ok(pinned) if pinned.fits(&spec) => {
+                    reuse.push((name, path));
+                    continue;
+                }
+                Ok(pinned) => format!("pinned as {pinned}, now {spec}"),
+                Err(_) => "not pinned".to_owned(),
+            };
+            created.push((name, why));
+        }
+        for (name, why) in &created {
+            log::warn!("map {name} is made anew ({why}): what it held is lost");
+        }
+        let mut loaded = Loaded::load_reusing(options, &reuse)?;
+        for (name, _) in &created {
+            let map = loaded
+                .ebpf
+                .map(name)
+                .with_context(|| format!("no map {name} in the XDP object"))?;
+            map.pin(map_path(&self.dir, &format!("{name}{NEXT}")))
+                .with_context(|| format!("pinning map {name}"))?;
+        }
+        loaded
+            .program()?
+            .pin(self.dir.join(format!("prog{NEXT}")))
+            .context("pinning the new program")
+    }
+
+    /// The second half: every interface's link switches to the staged program atomically
+    /// (`bpf_link_update`), and its pins take the place of the old ones, which are freed.
+    pub fn finish_replacement(&mut self) -> anyhow::Result<()> {
+        let next = self.dir.join(format!("prog{NEXT}"));
+        let mut program =
+            Xdp::from_pin(&next, XdpAttachType::Interface).context("opening the staged program")?;
+        for iface in self.links.keys() {
+            let link = PinnedLink::from_pin(self.dir.join("links").join(iface))
+                .with_context(|| format!("opening the link of {iface}"))?;
+            let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(link))
+                .with_context(|| format!("the link of {iface} is not an XDP link"))?;
+            let id = program
+                .attach_to_link(link)
+                .with_context(|| format!("switching {iface} to the new program"))?;
+            // The link lives on through its pin; this handle goes.
+            drop(program.take_link(id)?);
+            info!("{iface}: switched to the new program");
+        }
+        for entry in fs::read_dir(self.dir.join("maps"))?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(map) = name.strip_suffix(NEXT) {
+                fs::rename(entry.path(), map_path(&self.dir, map))
+                    .with_context(|| format!("replacing the pin of map {map}"))?;
+            }
+        }
+        fs::rename(&next, self.dir.join("prog")).context("replacing the program's pin")?;
+        PinnedVersion::ours().write(&self.dir)?;
+        *self = Self::open(&self.dir)?;
+        Ok(())
+    }
+
+    /// Removes what a replacement that did not finish left: `-next` pins.
+    pub fn remove_staged(&self) {
+        let _ = fs::remove_file(self.dir.join(format!("prog{NEXT}")));
+        for entry in fs::read_dir(self.dir.join("maps"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if entry.file_name().to_string_lossy().ends_with(NEXT) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Opens the balancer pinned under `dir`, with the links it has.
@@ -264,7 +431,7 @@ impl Pinned {
 
     /// Flows the connection table holds.
     pub fn conntrack_capacity(&self) -> anyhow::Result<u32> {
-        let path = map_path(&self.dir, lb_common::maps::CONNTRACK_MAP);
+        let path = current_map_path(&self.dir, lb_common::maps::CONNTRACK_MAP);
         let map = MapData::from_pin(&path)
             .with_context(|| format!("opening pinned map {}", path.display()))?;
         Ok(map.info()?.max_entries())

@@ -3038,3 +3038,98 @@ fn check_validates_a_config_without_an_agent() {
         );
     }
 }
+
+/// The ids of the pinned program and connection table.
+fn pinned_ids(pin_dir: &Path) -> (u32, u32) {
+    use aya::{maps::MapInfo, programs::Xdp};
+    let program = Xdp::from_pin(
+        pin_dir.join("prog"),
+        aya_obj::programs::XdpAttachType::Interface,
+    )
+    .expect("pinned program");
+    let conntrack = MapInfo::from_pin(pin_dir.join("maps").join(lb_common::maps::CONNTRACK_MAP))
+        .expect("pinned conntrack");
+    (program.info().expect("program info").id(), conntrack.id())
+}
+
+/// An upgrade in place under load: 50 long-lived connections and a new one every 20 ms go on
+/// without a failed exchange while a new agent replaces the pinned program (forced with
+/// `--replace-program`, then because the pins are of an older layout), keeping the connection
+/// table. Pins of a newer layout are refused in one line.
+#[test]
+#[ignore = "needs root"]
+fn replacing_the_program_under_load_fails_no_exchange() {
+    const HELD: usize = 50;
+    let topo = Topology::new(BACKENDS).expect("topology");
+    offload_off(&topo);
+    let _servers = serve(&topo);
+    let mut agent = Agent::new(&topo);
+    agent.start(&strs(&vip_args()));
+    let epoch = Instant::now();
+    let chats = chatter(hold(&topo.client, HELD), epoch);
+    let dials = dialer(&topo.client, Duration::from_millis(20), epoch);
+    thread::sleep(Duration::from_millis(500));
+
+    let (program, conntrack) = pinned_ids(&agent.pin_dir);
+    agent.stop(false);
+    agent.start(&["--replace-program"]);
+    let log = agent.log();
+    assert!(log.contains("replacing the pinned program"), "{log}");
+    assert!(!log.contains("is made anew"), "every map fits: {log}");
+    let (replaced, kept) = pinned_ids(&agent.pin_dir);
+    assert_ne!(replaced, program, "the program was not replaced");
+    assert_eq!(kept, conntrack, "the connection table was not kept");
+    thread::sleep(Duration::from_millis(1000));
+
+    // Pins from before the layout was versioned: an upgrade replaces the program by itself.
+    agent.stop(false);
+    for entry in fs::read_dir(&agent.pin_dir).expect("pin dir").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("layout-") || name.starts_with("object-") {
+            fs::remove_dir(entry.path()).expect("removing a marker");
+        }
+    }
+    agent.start(&[]);
+    assert!(
+        agent
+            .log()
+            .contains("replacing the pinned program (pin layout 0"),
+        "{}",
+        agent.log()
+    );
+    let (upgraded, kept) = pinned_ids(&agent.pin_dir);
+    assert_ne!(upgraded, replaced);
+    assert_eq!(kept, conntrack);
+    thread::sleep(Duration::from_millis(1000));
+    let chats = chats.finish();
+    let dials = dials.finish().remove(0);
+
+    let failures: Vec<&String> = chats.iter().filter_map(|c| c.failure.as_ref()).collect();
+    assert!(failures.is_empty(), "held connections failed: {failures:?}");
+    assert!(
+        dials.failures.is_empty(),
+        "new connections failed: {:?}",
+        dials.failures
+    );
+    assert!(
+        dials.answered.len() > 50,
+        "{} new connections",
+        dials.answered.len()
+    );
+    for iface in topo.gateway_ifaces() {
+        assert!(common::xdp_attached(&topo, &iface), "{iface}: detached");
+    }
+
+    // A newer layout than this agent knows is refused, and left as it is.
+    agent.stop(false);
+    fs::create_dir(agent.pin_dir.join("layout-99")).expect("marker");
+    let out = agent.start_fails(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("pin layout 99"), "{stderr}");
+    assert_eq!(pinned_ids(&agent.pin_dir).0, upgraded);
+    fs::remove_dir(agent.pin_dir.join("layout-99")).expect("marker");
+    agent.start(&[]);
+    agent.stop(true);
+}
