@@ -37,6 +37,10 @@ struct Cli {
     /// Output format of the CLI commands.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
+    /// Log at debug level (the verifier's whole log if the kernel refuses the program, the
+    /// counters per VIP and backend at stop). RUST_LOG overrides it.
+    #[arg(short = 'v', long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -269,7 +273,6 @@ fn parse_backend(s: &str) -> Result<(Vip, BackendSpec), String> {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) if !err.use_stderr() => err.exit(), // --help, --version
@@ -278,6 +281,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let level = if cli.verbose { "debug" } else { "info" };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let result = match cli.command {
         Command::Run(args) => run(args, &cli.socket),
         Command::Check { file } => return check(&file),
@@ -387,6 +392,7 @@ fn run(args: RunArgs, socket: &Path) -> anyhow::Result<()> {
     for iface in &args.ifaces {
         lb_user::loader::if_index(iface).context("--iface")?;
     }
+    lb_user::caps::check()?;
     let config = args
         .config
         .as_ref()
@@ -730,6 +736,7 @@ async fn run_agent(
         serve_metrics(Arc::clone(&shared), addr).await?;
     }
     info!("agent ready; API on {}", socket.display());
+    notify(&[sd_notify::NotifyState::Ready]);
 
     let period = Duration::from_secs(stats_interval.max(1));
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
@@ -750,6 +757,7 @@ async fn run_agent(
             }
         }
     };
+    notify(&[sd_notify::NotifyState::Stopping]);
     server.abort();
     let mut agent = shared.lock().expect("agent lock");
     agent.monitor = None;
@@ -771,6 +779,9 @@ fn log_plan(path: &Path, plan: &lb_user::config::Plan) {
 /// the reason and nothing changed.
 fn reload(shared: &agent::Shared, path: &Path) {
     info!("SIGHUP: reloading {}", path.display());
+    let mut reloading = vec![sd_notify::NotifyState::Reloading];
+    reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+    notify(&reloading);
     let applied = Config::load(path)
         .map_err(|err| err.to_string())
         .and_then(|config| {
@@ -784,6 +795,14 @@ fn reload(shared: &agent::Shared, path: &Path) {
                 error!("reload refused, nothing changed: {line}");
             }
         }
+    }
+    notify(&[sd_notify::NotifyState::Ready]);
+}
+
+/// Tells systemd (a `Type=notify` unit) how the agent is; nothing without `NOTIFY_SOCKET`.
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(err) = sd_notify::notify(state) {
+        warn!("notifying systemd: {err}");
     }
 }
 

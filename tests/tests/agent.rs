@@ -3133,3 +3133,104 @@ fn replacing_the_program_under_load_fails_no_exchange() {
     agent.start(&[]);
     agent.stop(true);
 }
+
+/// A non-root user holding exactly the documented capabilities (CAP_BPF, CAP_NET_ADMIN,
+/// CAP_PERFMON) runs the agent; with one of them missing, the start fails with one line that
+/// names it.
+#[test]
+#[ignore = "needs root"]
+fn a_non_root_user_with_the_documented_capabilities_runs_the_agent() {
+    const NOBODY: u32 = 65_534;
+    let topo = Topology::new(BACKENDS).expect("topology");
+    let _servers = serve(&topo);
+    let mut agent = Agent::new(&topo);
+    // What a package sets up for its user: its own state, socket and pin directories.
+    fs::create_dir_all(&agent.pin_dir).expect("pin dir");
+    for path in [&agent.dir, &agent.pin_dir] {
+        let owner = Some(nix::unistd::Uid::from_raw(NOBODY));
+        let group = Some(nix::unistd::Gid::from_raw(NOBODY));
+        nix::unistd::chown(path, owner, group).expect("chown");
+    }
+    let as_nobody = |caps: &str| {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/var/run/netns/{}", topo.gateway.name))
+            .arg("setpriv")
+            .args([
+                "--reuid",
+                &NOBODY.to_string(),
+                "--regid",
+                &NOBODY.to_string(),
+            ])
+            .args(["--clear-groups", "--inh-caps", &format!("-all,{caps}")])
+            .args(["--ambient-caps", &format!("-all,{caps}")])
+            .args(["--bounding-set", &format!("-all,{caps}")])
+            .arg("--")
+            .arg(bin());
+        cmd
+    };
+    let run_args = agent.run_args(&strs(&vip_args()));
+    let out = run_bounded(as_nobody("+bpf,+net_admin").args(&run_args), AGENT_TIMEOUT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("CAP_PERFMON"), "{stderr}");
+
+    agent.start_in(as_nobody("+bpf,+net_admin,+perfmon"), &strs(&vip_args()));
+    let status = fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("status");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains(&NOBODY.to_string())),
+        "{status}"
+    );
+    let tally = spread(&topo.client, 30, "nobody");
+    assert_eq!(tally.len(), BACKENDS, "{tally:?}");
+    agent.ok(&[
+        "backend",
+        "set",
+        VIP,
+        &backend_addr(0).to_string(),
+        "--weight",
+        "2",
+    ]);
+    agent.stop(false);
+    agent.start_in(as_nobody("+bpf,+net_admin,+perfmon"), &[]);
+    assert!(agent.log().contains("adopting"), "{}", agent.log());
+    agent.stop(true);
+}
+
+/// Under systemd (`Type=notify`), the agent says READY=1 once it serves, RELOADING=1 and then
+/// READY=1 around a reload, STOPPING=1 when it stops.
+#[test]
+#[ignore = "needs root"]
+fn the_agent_notifies_systemd() {
+    use std::os::unix::net::UnixDatagram;
+    let topo = Topology::new(BACKENDS).expect("topology");
+    let mut agent = Agent::new(&topo);
+    let notify_path = agent.dir.join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify
+        .set_read_timeout(Some(AGENT_TIMEOUT))
+        .expect("timeout");
+    let next = || {
+        let mut buf = [0u8; 512];
+        let n = notify.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let file = agent.file("xdplb.toml", &weights_config(&[1, 1, 1], ""));
+    let mut cmd = topo.gateway.command(&bin());
+    cmd.env("NOTIFY_SOCKET", &notify_path);
+    agent.start_in(cmd, &["--config", &path_str(&file)]);
+    assert_eq!(next(), "READY=1\n");
+    sighup(&agent);
+    let reloading = next();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert_eq!(next(), "READY=1\n");
+    agent.stop(false);
+    assert_eq!(next(), "STOPPING=1\n");
+    agent.start(&[]);
+    agent.stop(true);
+}

@@ -26,6 +26,10 @@ const SYSTEM_TOOLS: &[(&str, &str)] = &[
     ("flock", "util-linux"),
     // The autoscaling test's scale-up hook starts backend servers written in Python.
     ("python3", "python3-minimal"),
+    // The packaging test checks the systemd unit with `systemd-analyze verify`; the privileges
+    // test drops to a user with `setpriv`.
+    ("systemd-analyze", "systemd"),
+    ("setpriv", "util-linux"),
 ];
 
 /// Checks everything and installs what is missing, saying what it does.
