@@ -22,7 +22,7 @@ use aya::{
 use aya_obj::programs::XdpAttachType;
 use lb_common::{
     counters::COUNTERS_MAP,
-    maps::{PIN_LAYOUT, TX_PORTS_MAP},
+    maps::{CONNTRACK_MAP, PIN_LAYOUT, REVERSE_NAT_MAP, TX_PORTS_MAP},
 };
 use log::info;
 
@@ -34,6 +34,11 @@ use crate::{
 
 /// Default pin directory.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xdplb";
+
+/// Maps whose contents only the data path has (tracked connections): a replacement program
+/// must take them as they are pinned, or not at all. Every other map is rebuilt from the state
+/// or only counts.
+const CARRIED: [&str; 2] = [CONNTRACK_MAP, REVERSE_NAT_MAP];
 
 /// Suffix of the pins of a replacement program and its new maps until it takes over (bpffs
 /// refuses names with a dot).
@@ -314,7 +319,8 @@ impl Pinned {
     /// The first half of replacing the pinned program with the embedded one (an upgrade, or
     /// `--replace-program`): loads it with every pinned map whose type, key, value, capacity
     /// and flags it declares alike (so the connection table and the reverse translations
-    /// survive), and pins it and the maps it creates next to the old ones, as `prog-next` and
+    /// survive; a pinned one of those that does not fit is refused), and pins it and the maps it
+    /// creates next to the old ones, as `prog-next` and
     /// `maps/NAME-next` (each map made anew is logged, with why). Traffic still runs the old
     /// program. [`Pinned::maps`] opens the new program's maps from here on, for filling.
     pub fn stage_replacement(&mut self, options: LoadOptions) -> anyhow::Result<()> {
@@ -328,6 +334,11 @@ impl Pinned {
                     reuse.push((name, path));
                     continue;
                 }
+                Ok(pinned) if CARRIED.contains(&name.as_str()) => bail!(
+                    "map {name} is pinned as {pinned}, this program's is {spec}: the tracked \
+                     connections it holds cannot be carried over; `xdplb stop --detach`, then \
+                     start, makes it anew (they are lost)"
+                ),
                 Ok(pinned) => format!("pinned as {pinned}, now {spec}"),
                 Err(_) => "not pinned".to_owned(),
             };

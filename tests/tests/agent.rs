@@ -2343,7 +2343,7 @@ fn restore_onto_a_fresh_program_carries_traffic() {
     fs::remove_dir_all(&agent.pin_dir).expect("removing the pins");
     for iface in topo.gateway_ifaces() {
         assert!(
-            !common::xdp_attached(&topo, &iface),
+            common::xdp_detached_soon(&topo, &iface),
             "{iface}: still attached"
         );
     }
@@ -2400,7 +2400,7 @@ fn a_private_mount_namespace_is_warned_about_and_stop_messages_are_true() {
     assert!(!log.contains("leaving the program attached"), "{log}");
     for iface in topo.gateway_ifaces() {
         assert!(
-            !common::xdp_attached(&topo, &iface),
+            common::xdp_detached_soon(&topo, &iface),
             "{iface}: attached after the private-namespace agent exited"
         );
     }
@@ -3120,8 +3120,23 @@ fn replacing_the_program_under_load_fails_no_exchange() {
         assert!(common::xdp_attached(&topo, &iface), "{iface}: detached");
     }
 
-    // A newer layout than this agent knows is refused, and left as it is.
+    // A connection table that does not fit the new program cannot be carried over: refused in
+    // one line that names it, and nothing changes.
     agent.stop(false);
+    let out = agent.start_fails(&["--replace-program", "--conntrack-capacity", "5000"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.lines().filter(|l| l.contains("error")).count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("map CONNTRACK") && stderr.contains("xdplb stop --detach"),
+        "{stderr}"
+    );
+    assert_eq!(pinned_ids(&agent.pin_dir), (upgraded, conntrack));
+
+    // A newer layout than this agent knows is refused, and left as it is.
     fs::create_dir(agent.pin_dir.join("layout-99")).expect("marker");
     let out = agent.start_fails(&[]);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -73,3 +73,17 @@ pub fn xdp_attached(topo: &lb_tests::netns::Topology, iface: &str) -> bool {
         .expect("ip link show");
     String::from_utf8_lossy(&out.stdout).contains(" xdp")
 }
+
+/// True once no XDP program is attached to `iface` of the topology's gateway, waiting up to
+/// two seconds: a link whose last reference was a pin (removed, or in a mount namespace that
+/// ended) is released by the kernel in the background.
+pub fn xdp_detached_soon(topo: &lb_tests::netns::Topology, iface: &str) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while xdp_attached(topo, iface) {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    true
+}
