@@ -4,14 +4,25 @@
 //! sink (`OUT_DIR/bench_gen`, `OUT_DIR/bench_drop`) and the per-step cost breakdown
 //! (`OUT_DIR/bench_steps`); every binary of `lb-ebpf` lands there.
 //!
-//! `XDPLB_BUILD_EBPF` decides: `1` builds (and fails without bpf-linker), `0` writes an empty
-//! stub, unset builds when `bpf-linker` is on `PATH` and writes the stub otherwise, so that
-//! `cargo check` and `cargo clippy` work on a machine without the BPF toolchain. A binary with
-//! the stub refuses to load and says how to get the real object.
+//! It builds with the nightly pinned in `lb-ebpf/rust-toolchain.toml` (never the floating
+//! `nightly`), and tells the loader which one (`XDPLB_EBPF_BUILT_WITH`), for its error messages.
+//!
+//! `XDPLB_BUILD_EBPF` decides: `1` builds (and fails without bpf-linker or the pinned nightly),
+//! `0` writes an empty stub, unset builds when `bpf-linker` is on `PATH` and the pinned nightly
+//! is installed and writes the stub otherwise, so that `cargo check` and `cargo clippy` work on
+//! a machine without the BPF toolchain. A binary with the stub refuses to load and says how to
+//! get the real object.
 
-use std::{env, fs, path::PathBuf};
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context as _, bail};
+
+#[path = "../xtask/src/toolchain.rs"]
+mod toolchain;
 
 const OBJECT: &str = "lb";
 /// The benchmark baselines, generator, sink and step programs, other binaries of `lb-ebpf`.
@@ -32,37 +43,63 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .context("lb-user has no parent directory")?;
 
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join(toolchain::FILE).display()
+    );
+    let nightly = toolchain::pinned(workspace)?;
+    // `rustup run` fails, rather than installing, when the toolchain is missing.
+    let rustc_vv = output("rustup", &["run", &nightly, "rustc", "-vV"]);
     let linker = find_on_path("bpf-linker");
     let build = match env::var("XDPLB_BUILD_EBPF").as_deref() {
-        Ok("1") => match &linker {
-            Some(_) => true,
-            None => {
-                bail!("XDPLB_BUILD_EBPF=1 but bpf-linker is not on PATH: run `cargo xtask setup`")
+        Ok("1") => {
+            if linker.is_none() {
+                bail!("XDPLB_BUILD_EBPF=1 but bpf-linker is not on PATH: run `cargo xtask setup`");
             }
-        },
+            if rustc_vv.is_none() {
+                bail!(
+                    "XDPLB_BUILD_EBPF=1 but {nightly}, pinned in {}, is not installed: run \
+                     `cargo xtask setup`",
+                    toolchain::FILE
+                );
+            }
+            true
+        }
         Ok("0") => false,
         Ok(other) => bail!("XDPLB_BUILD_EBPF must be 0 or 1, not {other:?}"),
-        Err(_) => linker.is_some(),
+        Err(_) => linker.is_some() && rustc_vv.is_some(),
     };
 
     if !build {
         println!(
             "cargo:warning=building xdplb without its XDP program (stub object); \
-             `cargo xtask build` builds the real one"
+             `cargo xtask build` installs bpf-linker and {nightly} and builds the real one"
         );
-        // Until bpf-linker shows up, look again on every build.
+        // Until bpf-linker and the pinned nightly show up, look again on every build.
         if let Some(home) = env::var_os("CARGO_HOME").or_else(|| env::var_os("HOME")) {
             println!(
                 "cargo:rerun-if-changed={}",
                 PathBuf::from(home).join("bin/bpf-linker").display()
             );
         }
+        if rustc_vv.is_none()
+            && let Some(dir) = toolchain_dir(&nightly)
+        {
+            println!("cargo:rerun-if-changed={}", dir.display());
+        }
+        println!("cargo:rustc-env=XDPLB_EBPF_BUILT_WITH=");
         for object in std::iter::once(OBJECT).chain(BASELINES) {
             fs::write(out_dir.join(object), [])
                 .with_context(|| format!("writing the stub object {object}"))?;
         }
         return Ok(());
     }
+
+    let llvm = rustc_vv
+        .as_deref()
+        .and_then(toolchain::llvm_version)
+        .unwrap_or("unknown");
+    println!("cargo:rustc-env=XDPLB_EBPF_BUILT_WITH={nightly} (LLVM {llvm})");
 
     if let Some(linker) = linker {
         println!("cargo:rerun-if-changed={}", linker.display());
@@ -80,8 +117,24 @@ fn main() -> anyhow::Result<()> {
             root_dir: ebpf_dir,
             ..Default::default()
         }],
-        aya_build::Toolchain::default(),
+        aya_build::Toolchain::Custom(&nightly),
     )
+}
+
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Where rustup keeps `toolchain` for this host, if it can be told.
+fn toolchain_dir(toolchain: &str) -> Option<PathBuf> {
+    let rustup_home = env::var_os("RUSTUP_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|home| Path::new(&home).join(".rustup")))?;
+    let host = env::var("HOST").ok()?;
+    Some(rustup_home.join(format!("toolchains/{toolchain}-{host}")))
 }
 
 fn find_on_path(name: &str) -> Option<PathBuf> {

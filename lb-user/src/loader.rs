@@ -1,12 +1,12 @@
 //! Loading the embedded XDP program and attaching it to interfaces.
 
-use std::fmt;
+use std::{fmt, io};
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::xdp::DevMapHash,
-    programs::{Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::maps::{
     CONNTRACK_MAP, DEFAULT_CONNTRACK_CAPACITY, DEFAULT_SLOTS, REVERSE_NAT_MAP, SLOTS_MAP, Settings,
@@ -14,7 +14,7 @@ use lb_common::maps::{
 };
 
 use crate::{balancer::Balancer, maps::BpfMaps};
-use log::{info, warn};
+use log::{debug, info, warn};
 
 /// The XDP program's object file, built by `build.rs`. Empty when built without bpf-linker.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
@@ -45,6 +45,10 @@ pub static BASELINE_DROP: &[u8] =
 pub static BENCH_STEPS: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_steps"));
 
+/// The toolchain that built the objects (`nightly-2026-05-20 (LLVM 22.1.4)`), from `build.rs`;
+/// empty for the stubs.
+const BUILT_WITH: &str = env!("XDPLB_EBPF_BUILT_WITH");
+
 /// Loads a benchmark baseline object ([`BASELINE_PASS`], [`BASELINE_TX`], [`BASELINE_GEN`],
 /// [`BASELINE_DROP`]) and its one XDP program, named `program`, into the kernel.
 pub fn load_baseline(object: &[u8], program: &str) -> anyhow::Result<Ebpf> {
@@ -53,14 +57,16 @@ pub fn load_baseline(object: &[u8], program: &str) -> anyhow::Result<Ebpf> {
             "the benchmark baselines were built as stubs (no bpf-linker); run `cargo xtask bench`"
         );
     }
-    let mut ebpf = Ebpf::load(object).context("loading a baseline object")?;
+    let mut ebpf = Ebpf::load(object)
+        .context("loading a baseline object")
+        .map_err(capability_hint)?;
     let xdp: &mut Xdp = ebpf
         .program_mut(program)
         .with_context(|| format!("no program {program:?} in the baseline object"))?
         .try_into()
         .context("baseline program is not XDP")?;
     xdp.load()
-        .with_context(|| format!("loading the baseline {program} into the kernel"))?;
+        .map_err(|err| refused(err, &format!("the baseline {program}")))?;
     Ok(ebpf)
 }
 
@@ -163,6 +169,131 @@ impl Loaded {
         let (_, attached) = attach_program(self.program()?, iface, mode)?;
         info!("{iface}: XDP attached in {attached} mode");
         Ok(attached)
+    }
+}
+
+/// One line for a program the kernel did not load: missing capabilities for `EPERM`, otherwise
+/// what the verifier said, where, and which toolchain built the program (a new LLVM can emit
+/// code the verifier refuses). The verifier's full log goes to the debug log.
+fn refused(err: ProgramError, what: &str) -> anyhow::Error {
+    let (io_error, log) = match err {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => (io_error, verifier_log.to_string()),
+        err => {
+            return capability_hint(
+                anyhow!(err).context(format!("loading {what} into the kernel")),
+            );
+        }
+    };
+    debug!("the verifier's log for {what}:\n{log}");
+    if io_error.raw_os_error() == Some(libc::EPERM) {
+        return capability_hint(
+            anyhow!(io_error).context(format!("the kernel did not load {what}")),
+        );
+    }
+    let cause = match verifier_cause(&log) {
+        Some(cause) => cause.to_string(),
+        None => "no verifier message".to_owned(),
+    };
+    // EACCES: the verifier refuses what it allows only to CAP_PERFMON (pointer arithmetic, ...).
+    let why = if io_error.raw_os_error() == Some(libc::EACCES) {
+        CAPABILITIES.to_owned()
+    } else {
+        format!("built with {BUILT_WITH}")
+    };
+    anyhow!(
+        "the kernel refused {what} ({io_error}): {cause}; {why}; RUST_LOG=debug shows the \
+         verifier's full log"
+    )
+}
+
+/// What loading the program takes, said when the kernel answers `EPERM` or `EACCES`.
+const CAPABILITIES: &str = "xdplb needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON";
+
+/// Prefixes an error whose cause is `EPERM` with the capabilities xdplb needs.
+fn capability_hint(err: anyhow::Error) -> anyhow::Error {
+    let eperm = err.chain().any(|cause| {
+        cause
+            .downcast_ref::<io::Error>()
+            .is_some_and(|err| err.raw_os_error() == Some(libc::EPERM))
+    });
+    if eperm {
+        err.context(format!("not permitted: {CAPABILITIES}"))
+    } else {
+        err
+    }
+}
+
+/// What a verifier log says went wrong: its closing message, the instruction it stopped at and
+/// that instruction's source line, when the log has them.
+#[derive(Debug, PartialEq, Eq)]
+pub struct VerifierCause<'a> {
+    pub message: Vec<&'a str>,
+    pub instruction: Option<&'a str>,
+    pub source: Option<&'a str>,
+}
+
+/// Reads the cause from a verifier log: the message lines after the last instruction (at most
+/// two, without the statistics the kernel appends), that instruction (`3833: (5f) r9 &= r1`)
+/// and the last source line before it (`conntrack.rs:69`). `None` if the log has no message.
+pub fn verifier_cause(log: &str) -> Option<VerifierCause<'_>> {
+    const STATISTICS: [&str; 3] = ["verification time", "stack depth", "processed "];
+    let lines: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .filter(|line| !STATISTICS.iter().any(|prefix| line.starts_with(prefix)))
+        .collect();
+    // Instructions and register states start with an instruction index: `3833: (5f) r9 &= r1`.
+    let numbered = |line: &str| {
+        line.split_once(':').is_some_and(|(index, _)| {
+            !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit())
+        })
+    };
+    let last_numbered = lines.iter().rposition(|line| numbered(line));
+    let after = last_numbered.map_or(0, |index| index + 1);
+    let message: Vec<&str> = lines[after..]
+        .iter()
+        .copied()
+        .filter(|line| !line.starts_with(';'))
+        .collect();
+    if message.is_empty() {
+        return None;
+    }
+    let message = message[message.len().saturating_sub(2)..].to_vec();
+    let instruction = last_numbered
+        .map(|index| lines[index])
+        .filter(|line| line.contains(": ("))
+        .map(|line| {
+            line.split_once(" ;")
+                .map_or(line, |(insn, _)| insn)
+                .trim_end()
+        });
+    let source = last_numbered.and_then(|index| {
+        lines[..index]
+            .iter()
+            .rev()
+            .find(|line| line.starts_with(';'))
+            .and_then(|line| line.rsplit_once(" @ "))
+            .map(|(_, source)| source)
+    });
+    Some(VerifierCause {
+        message,
+        instruction,
+        source,
+    })
+}
+
+impl fmt::Display for VerifierCause<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message.join("; "))?;
+        match (self.instruction, self.source) {
+            (Some(insn), Some(source)) => write!(f, ", at instruction {insn} ({source})"),
+            (Some(insn), None) => write!(f, ", at instruction {insn}"),
+            (None, _) => Ok(()),
+        }
     }
 }
 
@@ -310,12 +441,93 @@ impl Loaded {
         for (name, path) in reuse {
             loader.map_pin_path(name, path.as_path());
         }
-        let ebpf = loader.load(OBJECT).context("loading the XDP object")?;
+        let ebpf = loader
+            .load(OBJECT)
+            .context("loading the XDP object")
+            .map_err(capability_hint)?;
         let mut loaded = Self { ebpf, options };
         loaded
             .program()?
             .load()
-            .context("loading the XDP program into the kernel")?;
+            .map_err(|err| refused(err, "the XDP program"))?;
         Ok(loaded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{VerifierCause, verifier_cause};
+
+    /// The end of the log with which the kernel refused the program built by LLVM 23.
+    const LLVM_23_LOG: &str = "\
+0: R1=ctx() R10=fp0
+; unsafe { (*self.ctx).data as usize } @ xdp.rs:16
+0: (61) r7 = *(u32 *)(r1 +0)          ; R1=ctx() R7=pkt(r=0)
+; } @ conntrack.rs:69
+3830: (18) r1 = 0xffffffff00000000    ; frame1: R1=0xffffffff00000000
+3832: (bf) r9 = r0                    ; frame1: R0=map_value(map=BACKENDS,ks=4,vs=32) R9=map_value(map=BACKENDS,ks=4,vs=32)
+3833: (5f) r9 &= r1
+math between map_value pointer and -4294967296 is not allowed
+verification time 1518061 usec
+stack depth 144+104+16+104+128
+processed 178994 insns (limit 1000000) max_states_per_insn 5 total_states 4758 peak_states 180 mark_read 0
+";
+
+    #[test]
+    fn names_the_verifiers_message_instruction_and_source_line() {
+        let cause = verifier_cause(LLVM_23_LOG).expect("a cause");
+        assert_eq!(
+            cause,
+            VerifierCause {
+                message: vec!["math between map_value pointer and -4294967296 is not allowed"],
+                instruction: Some("3833: (5f) r9 &= r1"),
+                source: Some("conntrack.rs:69"),
+            }
+        );
+        assert_eq!(
+            cause.to_string(),
+            "math between map_value pointer and -4294967296 is not allowed, \
+             at instruction 3833: (5f) r9 &= r1 (conntrack.rs:69)"
+        );
+    }
+
+    #[test]
+    fn keeps_the_last_two_message_lines_and_drops_register_states() {
+        let log = "\
+395: (85) call bpf_cpumask_and#65708
+invalid access to map value, value_size=1320 off=1280 size=1024
+R3 max value is outside of the allowed memory range
+processed 365 insns (limit 1000000) max_states_per_insn 1 total_states 35 peak_states 35 mark_read 19
+";
+        let cause = verifier_cause(log).expect("a cause");
+        assert_eq!(
+            cause.message,
+            [
+                "invalid access to map value, value_size=1320 off=1280 size=1024",
+                "R3 max value is outside of the allowed memory range"
+            ]
+        );
+        assert_eq!(
+            cause.instruction,
+            Some("395: (85) call bpf_cpumask_and#65708")
+        );
+        assert_eq!(cause.source, None);
+    }
+
+    #[test]
+    fn reads_a_message_without_instructions() {
+        let cause =
+            verifier_cause("back-edge from insn 12 to 4\nprocessed 0 insns\n").expect("a cause");
+        assert_eq!(cause.to_string(), "back-edge from insn 12 to 4");
+    }
+
+    #[test]
+    fn has_no_cause_without_a_message() {
+        assert_eq!(verifier_cause(""), None);
+        assert_eq!(verifier_cause("0: R1=ctx() R10=fp0\n"), None);
+        assert_eq!(
+            verifier_cause("3: (95) exit\nverification time 5 usec\n"),
+            None
+        );
     }
 }

@@ -5,6 +5,7 @@ mod bench;
 mod demo;
 mod setup;
 mod test;
+mod toolchain;
 
 use std::{
     path::{Path, PathBuf},
