@@ -3,11 +3,19 @@
 //! - [`fixture`]: Katran-style tables of packet cases (description, input packet, expected XDP
 //!   action, expected output packet) run through `BPF_PROG_TEST_RUN`;
 //! - [`packet`]: test packets built with etherparse, and readable summaries of them;
-//! - [`netns`]: client / gateway / backend topologies in network namespaces.
+//! - [`netns`]: client / gateway / backend topologies in network namespaces;
+//! - [`program`] (feature `xdplb`): the real XDP program, loaded and run once per packet.
+//!
+//! Without the `xdplb` feature (as xtask uses it), nothing here links the agent: the fixture
+//! runner takes the program as a closure.
+
+use std::path::PathBuf;
 
 pub mod fixture;
 pub mod netns;
 pub mod packet;
+#[cfg(feature = "xdplb")]
+pub mod program;
 
 /// True when running as root, which the BPF and namespace tests need.
 pub fn is_root() -> bool {
@@ -18,3 +26,20 @@ pub fn is_root() -> bool {
 /// reports them as ignored rather than passed when they cannot run, and `cargo xtask test`
 /// runs them (`--include-ignored`) when it is root and says loudly that it skipped them when not.
 pub const NEEDS_ROOT: &str = "needs root";
+
+/// The `xdplb` binary built next to the running test binary (in the target directory of its
+/// profile), or a panic that says to build it.
+pub fn xdplb_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join("xdplb"))
+        .expect("target directory");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first (`cargo xtask test` does)",
+        bin.display()
+    );
+    bin
+}

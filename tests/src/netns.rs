@@ -24,7 +24,7 @@ use std::{
         atomic::{AtomicBool, AtomicU32, Ordering},
     },
     thread::{self, JoinHandle},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
@@ -389,6 +389,29 @@ impl Topology {
         std::iter::once(GW_CLIENT_IF.to_owned())
             .chain((0..self.backends.len()).map(gw_backend_if))
             .collect()
+    }
+
+    /// True if an XDP program is attached to the gateway's interface `iface`.
+    pub fn xdp_attached(&self, iface: &str) -> bool {
+        let out = self
+            .gateway
+            .exec("ip", &["link", "show", "dev", iface])
+            .expect("ip link show");
+        String::from_utf8_lossy(&out.stdout).contains(" xdp")
+    }
+
+    /// True once no XDP program is attached to the gateway's interface `iface`, waiting up to
+    /// two seconds: a link whose last reference was a pin (removed, or in a mount namespace
+    /// that ended) is released by the kernel in the background.
+    pub fn xdp_detached_soon(&self, iface: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.xdp_attached(iface) {
+            if Instant::now() > deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        true
     }
 }
 

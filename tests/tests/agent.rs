@@ -7,8 +7,6 @@
 //! file; an [`Agent`] guard stops the daemon with `xdplb stop --detach` (or kills it) and removes
 //! what it left, also when the test fails. Every wait has a deadline.
 
-mod common;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
@@ -309,7 +307,7 @@ fn path_str(path: &Path) -> String {
 }
 
 fn bin() -> String {
-    common::xdplb_bin()
+    lb_tests::xdplb_bin()
         .to_str()
         .expect("UTF-8 binary path")
         .to_owned()
@@ -906,7 +904,7 @@ fn cli_drives_a_running_agent() {
     );
 
     agent.stop(true);
-    assert!(!common::xdp_attached(&topo, GW_CLIENT_IF));
+    assert!(!topo.xdp_attached(GW_CLIENT_IF));
     assert!(!agent.pin_dir.exists());
 }
 
@@ -1233,7 +1231,7 @@ fn restart_keeps_long_lived_connections() {
     );
     for iface in topo.gateway_ifaces() {
         assert!(
-            common::xdp_attached(&topo, &iface),
+            topo.xdp_attached(&iface),
             "{iface}: detached by a plain stop"
         );
     }
@@ -1305,7 +1303,7 @@ fn restart_keeps_long_lived_connections() {
     agent.stop(true);
     for iface in topo.gateway_ifaces() {
         assert!(
-            !common::xdp_attached(&topo, &iface),
+            !topo.xdp_attached(&iface),
             "{iface}: still attached after --detach"
         );
     }
@@ -2342,10 +2340,7 @@ fn restore_onto_a_fresh_program_carries_traffic() {
     // As a reboot does: the pins, and with them the program and its maps, are gone.
     fs::remove_dir_all(&agent.pin_dir).expect("removing the pins");
     for iface in topo.gateway_ifaces() {
-        assert!(
-            common::xdp_detached_soon(&topo, &iface),
-            "{iface}: still attached"
-        );
+        assert!(topo.xdp_detached_soon(&iface), "{iface}: still attached");
     }
     agent.start(&[]);
     assert!(
@@ -2400,7 +2395,7 @@ fn a_private_mount_namespace_is_warned_about_and_stop_messages_are_true() {
     assert!(!log.contains("leaving the program attached"), "{log}");
     for iface in topo.gateway_ifaces() {
         assert!(
-            common::xdp_detached_soon(&topo, &iface),
+            topo.xdp_detached_soon(&iface),
             "{iface}: attached after the private-namespace agent exited"
         );
     }
@@ -2415,7 +2410,7 @@ fn a_private_mount_namespace_is_warned_about_and_stop_messages_are_true() {
     assert!(stops[0].contains("detached the program"), "{log}");
     assert!(!log.contains("leaving the program attached"), "{log}");
     for iface in topo.gateway_ifaces() {
-        assert!(!common::xdp_attached(&topo, &iface), "{iface}: attached");
+        assert!(!topo.xdp_attached(&iface), "{iface}: attached");
     }
 }
 
@@ -2961,13 +2956,10 @@ fn interfaces_follow_the_command_line() {
             "{}",
             agent.log()
         );
-        assert!(
-            !common::xdp_attached(&topo, iface),
-            "{iface} still attached"
-        );
+        assert!(!topo.xdp_attached(iface), "{iface} still attached");
     }
     for iface in kept {
-        assert!(common::xdp_attached(&topo, iface), "{iface} detached");
+        assert!(topo.xdp_attached(iface), "{iface} detached");
     }
     let mut listed: Vec<String> = agent
         .ok(&["iface", "list"])
@@ -2980,12 +2972,12 @@ fn interfaces_follow_the_command_line() {
     assert_eq!(listed, expected);
 
     agent.ok(&["iface", "attach", &dropped[0]]);
-    assert!(common::xdp_attached(&topo, &dropped[0]));
+    assert!(topo.xdp_attached(&dropped[0]));
     let out = agent.cli(&["iface", "attach", "nosuch0"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch0"));
     agent.ok(&["iface", "detach", &dropped[0]]);
-    assert!(!common::xdp_attached(&topo, &dropped[0]));
+    assert!(!topo.xdp_attached(&dropped[0]));
     let out = agent.cli(&["iface", "detach", &dropped[0]]);
     assert_eq!(out.status.code(), Some(1));
     agent.stop(true);
@@ -3117,7 +3109,7 @@ fn replacing_the_program_under_load_fails_no_exchange() {
         dials.answered.len()
     );
     for iface in topo.gateway_ifaces() {
-        assert!(common::xdp_attached(&topo, &iface), "{iface}: detached");
+        assert!(topo.xdp_attached(&iface), "{iface}: detached");
     }
 
     // A connection table that does not fit the new program cannot be carried over: refused in

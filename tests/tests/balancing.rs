@@ -2,8 +2,6 @@
 //! every interface and N backends, each in its own network namespace, with real TCP and UDP
 //! sockets. Backend `i` answers as `b{i}` on port 8080, so every answer names its server.
 
-mod common;
-
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
@@ -277,7 +275,7 @@ impl Lab {
     fn new(backends: usize) -> Self {
         let topo =
             Topology::new(backends).unwrap_or_else(|err| panic!("building the topology: {err:#}"));
-        let mut loaded = common::load();
+        let mut loaded = lb_tests::program::load();
         for iface in topo.gateway_ifaces() {
             topo.gateway
                 .run(|| loaded.attach(&iface, AttachMode::Native))

@@ -16,7 +16,6 @@
 //! **End to end over veth.** Forwarded packets per second of small UDP frames through a gateway
 //! namespace running xdplb, nftables DNAT or plain routing (see [`end_to_end`]).
 
-mod common;
 #[path = "bench/control.rs"]
 mod control;
 #[path = "bench/steps.rs"]
@@ -106,7 +105,7 @@ fn xtask_bench_suite() {
     let mut tx = load_baseline(BASELINE_TX, "bench_tx").expect("baseline tx");
     let pass = xdp(&mut pass, "bench_pass");
     let tx = xdp(&mut tx, "bench_tx");
-    let mut loaded = common::load();
+    let mut loaded = lb_tests::program::load();
     let memory = memory(&mut loaded);
     let mut balancer = loaded.balancer(Default::default()).expect("balancer");
     for v in [TCP_VIP, UDP_VIP] {
@@ -286,7 +285,7 @@ fn per_packet_rows(loaded: &mut Loaded, pass: &mut Xdp, tx: &mut Xdp, p: &Params
     let mut outcomes = Vec::new();
     for case in &cases {
         let input = (case.packet)(check_index);
-        let outcome = common::test_run(loaded, &input, None).expect("test_run");
+        let outcome = lb_tests::program::test_run(loaded, &input, None).expect("test_run");
         let shown = format!(
             "action {}, counters {:?}, {}",
             outcome.action,
@@ -557,7 +556,7 @@ fn scaling(
         let mut programs: Vec<(usize, Loaded, Balancer<BpfMaps>)> = [1usize, 1_000]
             .into_iter()
             .map(|count| {
-                let mut fresh = common::load();
+                let mut fresh = lb_tests::program::load();
                 let mut fresh_balancer = fresh.balancer(Default::default()).expect("balancer");
                 add_tcp_vip(&mut fresh_balancer);
                 for i in 0..count as u32 - 1 {
@@ -793,7 +792,7 @@ fn maglev() -> Vec<Value> {
 /// (`Maps::write_slots`, one map update per slot), at M = 65537 and at the largest M.
 fn slots_write() -> Value {
     use lb_user::maps::Maps as _;
-    let mut loaded = common::load();
+    let mut loaded = lb_tests::program::load();
     let mut maps = BpfMaps::new(&mut loaded.ebpf).expect("maps");
     let rows: Vec<Value> = [DEFAULT_RING_SIZE, MAX_RING_SIZE]
         .into_iter()
@@ -1183,7 +1182,7 @@ fn end_to_end(rounds: usize, secs: u64) -> Value {
 
     // xdplb, NAT mode, native XDP on both gateway interfaces.
     {
-        let mut loaded = common::load();
+        let mut loaded = lb_tests::program::load();
         for iface in [GW_CLIENT_IF, gb0.as_str()] {
             gateway
                 .run(|| loaded.attach(iface, AttachMode::Native))

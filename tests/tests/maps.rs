@@ -1,8 +1,6 @@
 //! The balancer over the kernel's maps writes what it writes over the in-memory twin that its
 //! unit tests use: the tables in the slots array (written in batches), entry for entry.
 
-mod common;
-
 use lb_common::maps::Settings;
 use lb_user::{
     balancer::{BackendSpec, Balancer, Scheduler, Vip, VipOptions},
@@ -30,7 +28,7 @@ fn changes<M: Maps>(b: &mut Balancer<M>) {
 #[test]
 #[ignore = "needs root"]
 fn kernel_slots_hold_what_the_twin_holds() {
-    let mut loaded = common::load();
+    let mut loaded = lb_tests::program::load();
     let mut kernel = loaded.balancer(Settings::default()).expect("balancer");
     let slots = kernel.maps().slots_capacity();
     let mut twin = Balancer::new(MemMaps::default(), slots, Settings::default()).unwrap();

@@ -1,7 +1,5 @@
 //! End-to-end tests in network namespaces: the program attached to a real veth, real sockets.
 
-mod common;
-
 use std::{
     net::SocketAddr,
     process::{Command, Stdio},
@@ -29,13 +27,13 @@ fn ping(topo: &Topology, target: &str, count: u32) {
 #[ignore = "needs root"]
 fn attached_program_counts_real_traffic_through_the_gateway() {
     let topo = Topology::new(1).expect("topology");
-    let mut loaded = common::load();
+    let mut loaded = lb_tests::program::load();
     let mode = topo
         .gateway
         .run(|| loaded.attach(GW_CLIENT_IF, AttachMode::Native))
         .expect("attach in native mode");
     assert_eq!(mode, AttachedMode::Native);
-    assert!(common::xdp_attached(&topo, GW_CLIENT_IF));
+    assert!(topo.xdp_attached(GW_CLIENT_IF));
 
     // The echo requests cross the gateway's client-facing interface inbound: not to a VIP,
     // passed and counted (IPv6 neighbour discovery may add a few).
@@ -70,7 +68,7 @@ fn attached_program_counts_real_traffic_through_the_gateway() {
 
     drop(loaded);
     assert!(
-        !common::xdp_attached(&topo, GW_CLIENT_IF),
+        !topo.xdp_attached(GW_CLIENT_IF),
         "dropping the program detaches it"
     );
 }
@@ -81,7 +79,7 @@ fn xdplb_run_attaches_counts_and_detaches_on_sigterm() {
     let topo = Topology::new(1).expect("topology");
     let mut daemon = spawn_piped(
         topo.gateway
-            .command(common::xdplb_bin().to_str().expect("utf-8 path"))
+            .command(lb_tests::xdplb_bin().to_str().expect("utf-8 path"))
             .args([
                 "--socket",
                 &format!("/tmp/xdplb-test-{}.sock", std::process::id()),
@@ -97,7 +95,7 @@ fn xdplb_run_attaches_counts_and_detaches_on_sigterm() {
     )
     .expect("start xdplb");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !common::xdp_attached(&topo, GW_CLIENT_IF) {
+    while !topo.xdp_attached(GW_CLIENT_IF) {
         assert!(
             daemon.try_wait().expect("wait").is_none(),
             "xdplb exited early: {}",
@@ -120,10 +118,7 @@ fn xdplb_run_attaches_counts_and_detaches_on_sigterm() {
     let output = daemon.wait_with_output().expect("xdplb output");
     let log = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "xdplb failed: {log}");
-    assert!(
-        !common::xdp_attached(&topo, GW_CLIENT_IF),
-        "xdplb left XDP attached"
-    );
+    assert!(!topo.xdp_attached(GW_CLIENT_IF), "xdplb left XDP attached");
     assert!(log.contains("XDP attached in native mode"), "{log}");
     let counted: u64 = log
         .lines()
@@ -145,7 +140,7 @@ fn xdplb_run_refuses_an_unknown_interface() {
     let topo = Topology::new(1).expect("topology");
     let output = topo
         .gateway
-        .command(common::xdplb_bin().to_str().expect("utf-8 path"))
+        .command(lb_tests::xdplb_bin().to_str().expect("utf-8 path"))
         .args(["run", "--ephemeral", "--iface", "nosuchif0"])
         .output()
         .expect("run xdplb");

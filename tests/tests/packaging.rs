@@ -1,8 +1,6 @@
 //! The systemd unit: systemd accepts it, and it grants exactly the capabilities the agent
 //! checks for.
 
-mod common;
-
 use std::{fs, process::Command};
 
 const UNIT: &str = include_str!("../../packaging/systemd/xdplb.service");
@@ -12,7 +10,7 @@ fn systemd_analyze_verify_accepts_the_unit() {
     let dir = std::env::temp_dir().join(format!("xdplb-unit-{}", std::process::id()));
     fs::create_dir_all(&dir).expect("dir");
     // The unit names the installed binary; verify checks that it is there.
-    let bin = common::xdplb_bin();
+    let bin = lb_tests::xdplb_bin();
     let unit = UNIT.replace("/usr/bin/xdplb", bin.to_str().expect("UTF-8 path"));
     let path = dir.join("xdplb.service");
     fs::write(&path, unit).expect("writing the unit");

@@ -6,8 +6,6 @@
 //! real MAC addresses. Expected frames are built with etherparse, so their checksums come from
 //! an implementation independent of the program's incremental updates.
 
-mod common;
-
 use std::net::{IpAddr, SocketAddr};
 
 use lb_tests::{
@@ -95,7 +93,7 @@ impl Lab {
             )
             .expect("neighbour entry");
         }
-        let mut loaded = common::load();
+        let mut loaded = lb_tests::program::load();
         let (gc, gb0) = gw.run(|| {
             for iface in [GW_CLIENT_IF, "gb0", gb1.as_str()] {
                 loaded.add_tx_port(iface).expect("tx port");
@@ -175,7 +173,7 @@ impl Lab {
         let loaded = &mut self.loaded;
         self.topo.gateway.run(|| {
             run_cases(cases, |input| {
-                common::test_run(loaded, input, Some(ingress))
+                lb_tests::program::test_run(loaded, input, Some(ingress))
             })
         })
     }
@@ -985,7 +983,7 @@ fn weighted_round_robin_over_test_run_follows_the_weights() {
                 SYN,
                 b"",
             );
-            let out = common::test_run(loaded, &input, Some(gc)).expect("test run");
+            let out = lb_tests::program::test_run(loaded, &input, Some(gc)).expect("test run");
             assert_eq!(out.action, XdpAction::Redirect as u32);
             verify_checksums(&out.output).expect("checksums");
             if out.output[30..34] == [198, 18, 1, 2] {

@@ -242,7 +242,7 @@ impl Drop for Agent {
 
 /// The `xdplb` binary built next to the benchmark (`cargo xtask bench` builds it).
 fn bin() -> PathBuf {
-    let bin = super::common::xdplb_bin();
+    let bin = lb_tests::xdplb_bin();
     assert!(Path::new(&bin).is_file());
     bin
 }

@@ -110,7 +110,7 @@ pub fn tcp(rounds: usize, secs: u64) -> Value {
                         .unwrap_or_else(|err| panic!("removing the nftables table: {err:#}"));
                 }
                 _ => {
-                    let mut loaded = super::common::load();
+                    let mut loaded = lb_tests::program::load();
                     let gb0 = gw_backend_if(0);
                     for iface in [GW_CLIENT_IF, gb0.as_str()] {
                         gateway

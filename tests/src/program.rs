@@ -1,13 +1,11 @@
-//! Shared by the integration tests: the real XDP program, run through `BPF_PROG_TEST_RUN`.
-
-#![allow(dead_code, reason = "each test binary uses a different part")]
-
-use std::path::PathBuf;
+//! The real XDP program, loaded (verifier included) and run once per packet through
+//! `BPF_PROG_TEST_RUN`.
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::Counter;
-use lb_tests::fixture::Outcome;
 use lb_user::{dataplane::Counters, loader::Loaded};
+
+use crate::fixture::Outcome;
 
 /// Loads the embedded XDP program (verifier included), or panics with the reason.
 pub fn load() -> Loaded {
@@ -47,43 +45,4 @@ pub fn test_run(
         output,
         counters,
     })
-}
-
-/// The `xdplb` binary built next to this test binary.
-pub fn xdplb_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|dir| dir.join("xdplb"))
-        .expect("target directory");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it first (`cargo xtask test` does)",
-        bin.display()
-    );
-    bin
-}
-
-/// True if an XDP program is attached to `iface` of the topology's gateway.
-pub fn xdp_attached(topo: &lb_tests::netns::Topology, iface: &str) -> bool {
-    let out = topo
-        .gateway
-        .exec("ip", &["link", "show", "dev", iface])
-        .expect("ip link show");
-    String::from_utf8_lossy(&out.stdout).contains(" xdp")
-}
-
-/// True once no XDP program is attached to `iface` of the topology's gateway, waiting up to
-/// two seconds: a link whose last reference was a pin (removed, or in a mount namespace that
-/// ended) is released by the kernel in the background.
-pub fn xdp_detached_soon(topo: &lb_tests::netns::Topology, iface: &str) -> bool {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    while xdp_attached(topo, iface) {
-        if std::time::Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    true
 }
