@@ -43,6 +43,7 @@ use lb_common::{
     maps::{CONNTRACK_MAP, REVERSE_NAT_MAP},
 };
 use lb_tests::{
+    fixture::XdpAction,
     netns::{GW_CLIENT_IF, HOST_IF, Netns, Topology, gw_backend_if},
     packet::{L4, Link, describe, frame, frame_with, tcp_flags},
 };
@@ -59,8 +60,6 @@ use serde_json::{Value, json};
 
 const SYN: L4 = L4::Tcp(tcp_flags::SYN);
 const ACK: L4 = L4::Tcp(tcp_flags::ACK);
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
 /// Measurement runs per figure; min and median are reported.
 const RUNS: usize = 5;
 
@@ -292,7 +291,12 @@ fn per_packet_rows(loaded: &mut Loaded, pass: &mut Xdp, tx: &mut Xdp, p: &Params
             outcome.counters,
             describe(&outcome.output)
         );
-        assert_eq!(outcome.action, XDP_PASS, "{}: {shown}", case.name);
+        assert_eq!(
+            outcome.action,
+            XdpAction::Pass as u32,
+            "{}: {shown}",
+            case.name
+        );
         let (src, dst) = addrs(&outcome.output);
         match case.check {
             Check::ToBackend => assert!(
@@ -306,9 +310,9 @@ fn per_packet_rows(loaded: &mut Loaded, pass: &mut Xdp, tx: &mut Xdp, p: &Params
         outcomes.push(outcome.counters.join(","));
     }
     let pass_frame = frame(client, tcp_vip, ACK, &[]);
-    assert_eq!(run_once(pass, &pass_frame).0, XDP_PASS);
+    assert_eq!(run_once(pass, &pass_frame).0, XdpAction::Pass as u32);
     let (action, swapped) = run_once(tx, &pass_frame);
-    assert_eq!(action, XDP_TX);
+    assert_eq!(action, XdpAction::Tx as u32);
     assert_eq!(swapped[..6], pass_frame[6..12], "bench_tx swaps MACs");
 
     // ns per packet of each run: [pass, tx, tx by the repeat=1 method, cases...]
@@ -403,13 +407,13 @@ fn hot_rows(
     let (action, to_b) = run_once(program, &frame(client, a, SYN, &[]));
     assert_eq!(
         (action, addrs(&to_b).1),
-        (XDP_PASS, b),
+        (XdpAction::Pass as u32, b),
         "VIP A goes to VIP B"
     );
     let (action, to_a) = run_once(program, &to_b);
     assert_eq!(
         (action, addrs(&to_a).1),
-        (XDP_PASS, a),
+        (XdpAction::Pass as u32, a),
         "VIP B goes to VIP A"
     );
     let ack = frame(client, a, ACK, &[]);
@@ -502,7 +506,7 @@ fn scaling(
             loaded.program().expect("program"),
             &frame(client, to, SYN, &[]),
         );
-        assert_eq!(action, XDP_PASS);
+        assert_eq!(action, XdpAction::Pass as u32);
         assert!(
             addrs(&out).1.ip().to_string().starts_with("10.1."),
             "{}",
@@ -638,7 +642,7 @@ fn scaling(
                     ..TestRunOptions::new()
                 })
                 .expect("test_run");
-            assert_eq!(result.return_value, XDP_PASS);
+            assert_eq!(result.return_value, XdpAction::Pass as u32);
         }
         let counted = tracked_flows(&mut fresh);
         assert_eq!(counted, target, "flows in the connection table");
@@ -660,7 +664,7 @@ fn scaling(
             })
             .collect();
         let (action, out) = run_once(fresh.program().expect("program"), &acks[acks.len() / 2]);
-        assert_eq!(action, XDP_PASS);
+        assert_eq!(action, XdpAction::Pass as u32);
         assert!(addrs(&out).1.ip().to_string().starts_with("10.1."));
         let table = tables.len();
         let note = note(target);

@@ -9,7 +9,10 @@
 //! once.
 
 use aya::{Ebpf, programs::Xdp};
-use lb_tests::netns::{GW_CLIENT_IF, HOST_IF, Topology, gw_backend_if};
+use lb_tests::{
+    fixture::XdpAction,
+    netns::{GW_CLIENT_IF, HOST_IF, Topology, gw_backend_if},
+};
 use lb_user::{
     balancer::Balancer,
     loader::{BASELINE_PASS, BENCH_STEPS, if_index, load_baseline},
@@ -22,8 +25,6 @@ use super::{
     per_call_ctx, pin_to_last_cpu, repeated, repeated_ctx, run_once_ctx, sa,
 };
 
-const PASS: u32 = 2;
-const DROP: u32 = 1;
 /// Inserts per run of `step_new_flow` and `step_lru_insert` in the hot loop: with their calls
 /// they stay below the table's 1,000,000 entries, so that nothing is evicted.
 const NEW_FLOW_REPEAT: u32 = 40_000;
@@ -37,7 +38,7 @@ struct Step {
     what: &'static str,
     to_sink: bool,
     ingress: bool,
-    expect: u32,
+    expect: XdpAction,
 }
 
 const STEPS: &[Step] = &[
@@ -46,105 +47,105 @@ const STEPS: &[Step] = &[
         what: "parse Ethernet, IPv4, TCP into the per-CPU scratch",
         to_sink: false,
         ingress: true,
-        expect: PASS,
+        expect: XdpAction::Pass,
     },
     Step {
         program: "step_scratch",
         what: "per-CPU scratch lookup + copies (flow key, other-direction key, reverse entry)",
         to_sink: false,
         ingress: true,
-        expect: PASS,
+        expect: XdpAction::Pass,
     },
     Step {
         program: "step_vip_addr",
         what: "is the destination a VIP address: VIP_ADDRS hash lookup (20-byte key), hit",
         to_sink: false,
         ingress: true,
-        expect: PASS,
+        expect: XdpAction::Pass,
     },
     Step {
         program: "step_vip",
         what: "which VIP: VIPS hash lookup (no prealloc, 20-byte key), hit",
         to_sink: false,
         ingress: true,
-        expect: PASS,
+        expect: XdpAction::Pass,
     },
     Step {
         program: "step_ktime",
         what: "bpf_ktime_get_coarse_ns (the clock flows are stamped with)",
         to_sink: false,
         ingress: true,
-        expect: PASS,
+        expect: XdpAction::Pass,
     },
     Step {
         program: "step_ktime_precise",
         what: "bpf_ktime_get_ns, the precise clock, for comparison",
         to_sink: false,
         ingress: true,
-        expect: PASS,
+        expect: XdpAction::Pass,
     },
     Step {
         program: "step_conntrack",
         what: "VIPS lookup + CONNTRACK LRU hash lookup (40-byte key) of a tracked flow, backend, state update",
         to_sink: false,
         ingress: true,
-        expect: PASS,
+        expect: XdpAction::Pass,
     },
     Step {
         program: "step_new_flow",
         what: "VIPS lookup + new flow: CONNTRACK miss, Maglev pick, CONNTRACK and REVERSE_NAT inserts, atomic count",
         to_sink: false,
         ingress: true,
-        expect: PASS,
+        expect: XdpAction::Pass,
     },
     Step {
         program: "step_lru_insert",
         what: "one insert of a new flow into CONNTRACK (LRU hash, 40-byte key, random source)",
         to_sink: false,
         ingress: true,
-        expect: PASS,
+        expect: XdpAction::Pass,
     },
     Step {
         program: "step_lru_percpu_insert",
         what: "the same insert into an LRU hash with per-CPU lists (BPF_F_NO_COMMON_LRU), same size",
         to_sink: false,
         ingress: true,
-        expect: PASS,
+        expect: XdpAction::Pass,
     },
     Step {
         program: "step_hash_insert",
         what: "the same insert into a plain preallocated hash (no LRU), same size",
         to_sink: false,
         ingress: true,
-        expect: PASS,
+        expect: XdpAction::Pass,
     },
     Step {
         program: "step_counters",
         what: "outcome counter + VIP and backend traffic (3 per-CPU arrays)",
         to_sink: false,
         ingress: true,
-        expect: PASS,
+        expect: XdpAction::Pass,
     },
     Step {
         program: "step_rewrite",
         what: "NAT rewrite: checksum kind, IPv4 header and TCP checksum updates",
         to_sink: false,
         ingress: true,
-        expect: PASS,
+        expect: XdpAction::Pass,
     },
     Step {
         program: "step_fib",
         what: "bpf_fib_lookup, real route and neighbour (packet to the sink, arrived on gc)",
         to_sink: true,
         ingress: true,
-        expect: PASS,
+        expect: XdpAction::Pass,
     },
     Step {
         program: "step_fib",
         what: "bpf_fib_lookup in the host namespace, ingress lo, forwarding off: returns at once (as in the per-packet runs)",
         to_sink: true,
         ingress: false,
-        expect: DROP,
+        expect: XdpAction::Drop,
     },
 ];
 
@@ -229,7 +230,7 @@ pub fn breakdown(p: &Params) -> Value {
         let ctx = super::xdp_ctx(ifindex, to_vip.len());
         // The scratch of this CPU, which every other step reads.
         let (action, _) = run_once_ctx(xdp(&mut ebpf, "step_parse"), &to_vip, Some(&ctx));
-        assert_eq!(action, PASS, "step_parse");
+        assert_eq!(action, XdpAction::Pass as u32, "step_parse");
         let base = Base::new(xdp(&mut pass_obj, "bench_pass"), &to_vip, p);
         STEPS
             .iter()
@@ -322,7 +323,11 @@ fn measure(
     // The first call may set things up (tracking the flow of `step_conntrack`).
     run_once_ctx(program, input, ctx);
     let (action, output) = run_once_ctx(program, input, ctx);
-    assert_eq!(action, step.expect, "{} ({})", step.program, step.what);
+    assert_eq!(
+        action, step.expect as u32,
+        "{} ({})",
+        step.program, step.what
+    );
     assert_eq!(
         &output, input,
         "{} leaves the packet as it was",
