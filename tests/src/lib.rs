@@ -9,7 +9,7 @@
 //! Without the `xdplb` feature (as xtask uses it), nothing here links the agent: the fixture
 //! runner takes the program as a closure.
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf};
 
 pub mod fixture;
 pub mod netns;
@@ -42,4 +42,16 @@ pub fn xdplb_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// `s` as a socket address (`198.19.0.1:80`, `[fd00::1]:80`), or a panic that names it.
+pub fn sa(s: &str) -> SocketAddr {
+    s.parse()
+        .unwrap_or_else(|_| panic!("bad socket address {s}"))
+}
+
+/// `s` as a VIP (`198.19.0.1:80/tcp`), or a panic that says why not.
+#[cfg(feature = "xdplb")]
+pub fn vip(s: &str) -> lb_user::balancer::Vip {
+    s.parse().unwrap_or_else(|err| panic!("bad VIP {s}: {err}"))
 }

@@ -54,6 +54,11 @@ pub fn net_v6(net: usize, host: u8) -> Ipv6Addr {
     Ipv6Addr::new(0xfd00, 0, 0, net, 0, 0, 0, u16::from(host))
 }
 
+/// The ident the tests' servers on backend `i` answer with: `b{i}`.
+pub fn ident(i: usize) -> String {
+    format!("b{i}")
+}
+
 /// A network namespace made by this harness, and its one host address.
 #[derive(Debug, Clone)]
 pub struct Netns {

@@ -24,7 +24,7 @@ use std::{
 };
 
 use lb_common::Counter;
-use lb_tests::netns::{Conn, GW_CLIENT_IF, Netns, Server, Topology};
+use lb_tests::netns::{Conn, GW_CLIENT_IF, Netns, Server, Topology, ident};
 
 const VIP: &str = "198.19.0.1:80/tcp";
 const VIP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1)), 80);
@@ -352,10 +352,6 @@ fn strs(args: &[String]) -> Vec<&str> {
 /// Backend `i`'s address and port.
 fn backend_addr(i: usize) -> SocketAddr {
     SocketAddr::new(lb_tests::netns::net_v4(i + 1, 2).into(), BACKEND_PORT)
-}
-
-fn ident(i: usize) -> String {
-    format!("b{i}")
 }
 
 /// The backend servers, `b{i}` on port 8080 of backend `i`.
@@ -1295,7 +1291,7 @@ fn restart_keeps_long_lived_connections() {
         dials
             .answered
             .iter()
-            .all(|(_, ident)| (0..BACKENDS).any(|i| *ident == self::ident(i))),
+            .all(|(_, ident)| (0..BACKENDS).any(|i| *ident == lb_tests::netns::ident(i))),
         "unexpected answers: {:?}",
         dials.answered
     );

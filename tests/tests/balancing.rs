@@ -18,7 +18,7 @@ use lb_common::{
     maglev::{self, MaglevBackend},
     maps::Settings,
 };
-use lb_tests::netns::{Conn, IO_TIMEOUT, Netns, Server, Topology, ident_of, tcp_request};
+use lb_tests::netns::{Conn, IO_TIMEOUT, Netns, Server, Topology, ident, ident_of, tcp_request};
 use lb_user::{
     balancer::{BackendSpec, BackendState, Balancer, Proto, Scheduler, Vip, VipOptions},
     dataplane::Counters,
@@ -36,10 +36,6 @@ const MAX_FAILURES: usize = 5;
 
 /// How many answers each backend gave, by its ident (`b0`, `b1`, ...).
 type Tally = BTreeMap<String, usize>;
-
-fn ident(i: usize) -> String {
-    format!("b{i}")
-}
 
 /// Collects failures across client threads, and says when to stop trying.
 #[derive(Default)]
@@ -212,7 +208,7 @@ fn assert_shares(what: &str, tally: &Tally, expected: &[f64], tolerance: f64) {
     eprintln!("{what}: {}", shares(tally));
     let strangers: Vec<&String> = tally
         .keys()
-        .filter(|ident| !(0..expected.len()).any(|i| **ident == self::ident(i)))
+        .filter(|ident| !(0..expected.len()).any(|i| **ident == lb_tests::netns::ident(i)))
         .collect();
     assert!(
         strangers.is_empty(),

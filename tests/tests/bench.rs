@@ -46,9 +46,10 @@ use lb_tests::{
     fixture::XdpAction,
     netns::{GW_CLIENT_IF, HOST_IF, Netns, Topology, gw_backend_if},
     packet::{L4, Link, describe, frame, frame_with, tcp_flags},
+    sa, vip,
 };
 use lb_user::{
-    balancer::{BackendSpec, Balancer, Vip, VipOptions},
+    balancer::{BackendSpec, Balancer, VipOptions},
     dataplane::Counters,
     loader::{
         AttachMode, BASELINE_DROP, BASELINE_GEN, BASELINE_PASS, BASELINE_TX, LoadOptions, Loaded,
@@ -1003,15 +1004,6 @@ fn backends(n: usize) -> Vec<BackendSpec> {
             BackendSpec::new(SocketAddr::new(addr.into(), 8080), 1)
         })
         .collect()
-}
-
-fn sa(s: &str) -> SocketAddr {
-    s.parse()
-        .unwrap_or_else(|_| panic!("bad socket address {s}"))
-}
-
-fn vip(s: &str) -> Vip {
-    s.parse().unwrap_or_else(|err| panic!("bad VIP {s}: {err}"))
 }
 
 fn max(v: &[f64]) -> f64 {

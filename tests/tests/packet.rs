@@ -15,24 +15,16 @@ use lb_tests::{
         L4, Link, frame, frame_with, l4_checksum_offset, partial_checksum, tcp_flags,
         verify_checksums, with_vlan,
     },
+    sa, vip,
 };
 use lb_user::{
-    balancer::{BackendSpec, Balancer, Scheduler, Vip, VipOptions},
+    balancer::{BackendSpec, Balancer, Scheduler, VipOptions},
     loader::{Loaded, if_index},
     maps::BpfMaps,
 };
 
 const SYN: L4 = L4::Tcp(tcp_flags::SYN);
 const ACK: L4 = L4::Tcp(tcp_flags::ACK);
-
-fn sa(s: &str) -> SocketAddr {
-    s.parse()
-        .unwrap_or_else(|_| panic!("bad socket address {s}"))
-}
-
-fn vip(s: &str) -> Vip {
-    s.parse().unwrap_or_else(|err| panic!("bad VIP {s}: {err}"))
-}
 
 /// The gateway of a 2-backend topology with the program loaded, VIPs configured and the MAC
 /// addresses the expected frames need.

@@ -12,6 +12,7 @@ use aya::{Ebpf, programs::Xdp};
 use lb_tests::{
     fixture::XdpAction,
     netns::{GW_CLIENT_IF, HOST_IF, Topology, gw_backend_if},
+    sa,
 };
 use lb_user::{
     balancer::Balancer,
@@ -22,7 +23,7 @@ use serde_json::{Value, json};
 
 use super::{
     ACK, CLIENT, Params, RUNS, add_tcp_vip, frame, mac_string, median, min, ns_ok, per_call,
-    per_call_ctx, pin_to_last_cpu, repeated, repeated_ctx, run_once_ctx, sa,
+    per_call_ctx, pin_to_last_cpu, repeated, repeated_ctx, run_once_ctx,
 };
 
 /// Inserts per run of `step_new_flow` and `step_lru_insert` in the hot loop: with their calls

@@ -16,7 +16,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_tests::netns::{GW_CLIENT_IF, HOST_IF, Netns, Topology, gw_backend_if};
+use lb_tests::{
+    netns::{GW_CLIENT_IF, HOST_IF, Netns, Topology, gw_backend_if},
+    vip,
+};
 use lb_user::{
     balancer::{BackendSpec, VipOptions},
     dataplane::Counters,
@@ -26,7 +29,7 @@ use serde_json::{Value, json};
 
 use lb_common::Counter;
 
-use super::{median, min, nft_dnat, ns_ok, vip};
+use super::{median, min, nft_dnat, ns_ok};
 
 const VIP_IP: &str = "198.19.0.1";
 /// The paths, in the order they run; path `k` (from 0) uses HTTP port `HTTP_PORT + k` and
