@@ -22,6 +22,7 @@ use std::{
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU32, Ordering},
+        mpsc,
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
@@ -546,6 +547,29 @@ pub fn run_ok(cmd: &mut Command) -> anyhow::Result<Output> {
         );
     }
     Ok(output)
+}
+
+/// Runs `cmd` to completion (stdin empty, output captured), killing it and panicking if it
+/// takes longer than `limit`.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|err| panic!("starting {cmd:?}: {err}"));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(output) => output.unwrap_or_else(|err| panic!("running {cmd:?}: {err}")),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+    }
 }
 
 /// Starts `cmd` with piped stdout and stderr.

@@ -17,14 +17,13 @@ use std::{
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
-        mpsc,
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
 
 use lb_common::Counter;
-use lb_tests::netns::{Conn, GW_CLIENT_IF, Netns, Server, Topology, ident};
+use lb_tests::netns::{Conn, GW_CLIENT_IF, Netns, Server, Topology, ident, run_bounded};
 
 const VIP: &str = "198.19.0.1:80/tcp";
 const VIP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1)), 80);
@@ -311,28 +310,6 @@ fn bin() -> String {
         .to_str()
         .expect("UTF-8 binary path")
         .to_owned()
-}
-
-/// Runs `cmd` to completion, killing it and failing if it takes longer than `limit`.
-fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|err| panic!("starting {cmd:?}: {err}"));
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(output) => output.unwrap_or_else(|err| panic!("running {cmd:?}: {err}")),
-        Err(_) => {
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            panic!("{cmd:?} did not finish within {limit:?}");
-        }
-    }
 }
 
 /// `--vip VIP --backend VIP=b0 ...`: the VIP and the topology's backends, weight 1.

@@ -12,12 +12,12 @@
 use std::{
     net::{SocketAddr, TcpStream},
     path::PathBuf,
-    process::{Child, Command, Output, Stdio},
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use lb_tests::{
-    netns::{GW_CLIENT_IF, HOST_IF, Netns, Topology, gw_backend_if},
+    netns::{GW_CLIENT_IF, HOST_IF, Netns, Topology, gw_backend_if, run_bounded},
     vip,
 };
 use lb_user::{
@@ -317,7 +317,7 @@ fn tcp_counters(client: &Netns) -> std::collections::BTreeMap<String, u64> {
 
 /// wrk from the client: requests (= connections) per second and socket errors.
 fn wrk(client: &Netns, addr: &str, port: u16, secs: u64) -> (f64, u64, String) {
-    let out = bounded(
+    let out = run_bounded(
         client
             .command("wrk")
             .args(["-t1", &format!("-c{WRK_CONNECTIONS}")])
@@ -365,7 +365,7 @@ fn wrk(client: &Netns, addr: &str, port: u16, secs: u64) -> (f64, u64, String) {
 
 /// iperf3 from the client: received bits per second and retransmits.
 fn iperf(client: &Netns, addr: &str, port: u16, secs: u64) -> (f64, u64) {
-    let out = bounded(
+    let out = run_bounded(
         client
             .command("iperf3")
             .args(["-c", addr, "-p", &port.to_string(), "-J"])
@@ -388,26 +388,6 @@ fn iperf(client: &Netns, addr: &str, port: u16, secs: u64) -> (f64, u64) {
         .as_u64()
         .unwrap_or(0);
     (bits, retransmits)
-}
-
-/// Runs `cmd` to the end or kills it after `limit`; its output.
-fn bounded(cmd: &mut Command, limit: Duration) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|err| panic!("starting {cmd:?}: {err}"));
-    let start = Instant::now();
-    while child.try_wait().expect("waiting").is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child.wait_with_output().expect("output")
 }
 
 /// Waits (bounded) until `addr` accepts connections from inside `ns`.
