@@ -4,6 +4,7 @@
 //!   action, expected output packet) run through `BPF_PROG_TEST_RUN`;
 //! - [`packet`]: test packets built with etherparse, and readable summaries of them;
 //! - [`netns`]: client / gateway / backend topologies in network namespaces;
+//! - [`traffic`]: connections through a VIP, counted by backend, held, or kept busy;
 //! - [`program`] (feature `xdplb`): the real XDP program, loaded and run once per packet.
 //!
 //! Without the `xdplb` feature (as xtask uses it), nothing here links the agent: the fixture
@@ -16,6 +17,7 @@ pub mod netns;
 pub mod packet;
 #[cfg(feature = "xdplb")]
 pub mod program;
+pub mod traffic;
 
 /// True when running as root, which the BPF and namespace tests need.
 pub fn is_root() -> bool {

@@ -14,16 +14,16 @@ use std::{
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
-    thread::{self, JoinHandle},
+    sync::atomic::{AtomicUsize, Ordering},
+    thread,
     time::{Duration, Instant},
 };
 
 use lb_common::Counter;
-use lb_tests::netns::{Conn, GW_CLIENT_IF, Netns, Server, Topology, ident, run_bounded};
+use lb_tests::{
+    netns::{Conn, GW_CLIENT_IF, Netns, Server, Topology, ident, run_bounded},
+    traffic::{Tally, chatter, dialer, hold, spread},
+};
 
 const VIP: &str = "198.19.0.1:80/tcp";
 const VIP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1)), 80);
@@ -33,8 +33,6 @@ const BACKENDS: usize = 3;
 const CLI_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest the agent may take to start or to stop.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Time between two exchanges on a held connection.
-const CHAT_PERIOD: Duration = Duration::from_millis(50);
 
 // --- The agent -----------------------------------------------------------------------------
 
@@ -378,175 +376,6 @@ fn configuration(vips: &Json) -> Vec<String> {
         .collect()
 }
 
-// --- Traffic -------------------------------------------------------------------------------
-
-/// How many answers each backend gave, by ident.
-type Tally = BTreeMap<String, usize>;
-
-/// Makes `n` new connections from `client` to the VIP, one exchange each, and counts which
-/// backend answered each. Panics if any fails.
-fn spread(client: &Netns, n: usize, tag: &str) -> Tally {
-    let (tally, failures) = client.run(|| {
-        let mut tally = Tally::new();
-        let mut failures = Vec::new();
-        for i in 0..n {
-            let line = format!("{tag}{i}");
-            match Conn::connect(VIP_ADDR).and_then(|mut c| c.ask(&line)) {
-                Ok(ident) => *tally.entry(ident).or_default() += 1,
-                Err(err) => failures.push(format!("{err:#}")),
-            }
-            if failures.len() >= 5 {
-                break;
-            }
-        }
-        (tally, failures)
-    });
-    assert!(
-        failures.is_empty(),
-        "{tag}: new connections to {VIP_ADDR} failed: {failures:?} (answered: {tally:?})"
-    );
-    tally
-}
-
-/// Opens `n` connections from `client` to the VIP, one exchange each, and keeps them open.
-fn hold(client: &Netns, n: usize) -> Vec<(Conn, String)> {
-    client.run(|| {
-        (0..n)
-            .map(|i| {
-                let mut conn = Conn::connect(VIP_ADDR)
-                    .unwrap_or_else(|err| panic!("held connection {i}: {err:#}"));
-                let ident = conn
-                    .ask(&format!("hold{i}"))
-                    .unwrap_or_else(|err| panic!("held connection {i}: {err:#}"));
-                (conn, ident)
-            })
-            .collect()
-    })
-}
-
-/// Threads working in the background until [`Background::finish`] (or drop), counting their
-/// successful exchanges as they go.
-struct Background<R> {
-    stop: Arc<AtomicBool>,
-    progress: Arc<AtomicUsize>,
-    threads: Vec<JoinHandle<R>>,
-}
-
-impl<R> Background<R> {
-    fn new() -> Self {
-        Self {
-            stop: Arc::default(),
-            progress: Arc::default(),
-            threads: Vec::new(),
-        }
-    }
-
-    /// Successful exchanges so far.
-    fn progress(&self) -> usize {
-        self.progress.load(Ordering::Relaxed)
-    }
-
-    fn finish(mut self) -> Vec<R> {
-        self.stop.store(true, Ordering::Relaxed);
-        std::mem::take(&mut self.threads)
-            .into_iter()
-            .map(|t| {
-                t.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
-    }
-}
-
-impl<R> Drop for Background<R> {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// What happened on one held connection.
-struct Chat {
-    ident: String,
-    exchanges: usize,
-    /// The first failure (the connection is given up then), with when it happened.
-    failure: Option<String>,
-}
-
-/// Exchanges a line on each held connection every [`CHAT_PERIOD`], one thread each, until
-/// finished; the connections are closed then. An answer from another backend is a failure.
-fn chatter(conns: Vec<(Conn, String)>, epoch: Instant) -> Background<Chat> {
-    let mut bg = Background::new();
-    for (i, (mut conn, ident)) in conns.into_iter().enumerate() {
-        let (stop, progress) = (Arc::clone(&bg.stop), Arc::clone(&bg.progress));
-        bg.threads.push(thread::spawn(move || {
-            let mut chat = Chat {
-                ident,
-                exchanges: 0,
-                failure: None,
-            };
-            while !stop.load(Ordering::Relaxed) {
-                let line = format!("conn{i}-{}", chat.exchanges);
-                match conn.ask(&line) {
-                    Ok(now) if now == chat.ident => {
-                        chat.exchanges += 1;
-                        progress.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(now) => {
-                        chat.failure = Some(format!(
-                            "at {:?}: {line:?} answered by {now}, not {}",
-                            epoch.elapsed(),
-                            chat.ident
-                        ));
-                        break;
-                    }
-                    Err(err) => {
-                        chat.failure = Some(format!("at {:?}: {err:#}", epoch.elapsed()));
-                        break;
-                    }
-                }
-                thread::sleep(CHAT_PERIOD);
-            }
-            chat
-        }));
-    }
-    bg
-}
-
-/// New connections made in the background, and when each succeeded.
-struct Dialed {
-    answered: Vec<(Instant, String)>,
-    failures: Vec<String>,
-}
-
-/// Makes a new connection to the VIP (one exchange) every `period` until finished.
-fn dialer(client: &Netns, period: Duration, epoch: Instant) -> Background<Dialed> {
-    let mut bg = Background::new();
-    let (stop, progress) = (Arc::clone(&bg.stop), Arc::clone(&bg.progress));
-    bg.threads.push(client.spawn(move || {
-        let mut dialed = Dialed {
-            answered: Vec::new(),
-            failures: Vec::new(),
-        };
-        let mut i = 0;
-        while !stop.load(Ordering::Relaxed) {
-            let line = format!("dial{i}");
-            match Conn::connect(VIP_ADDR).and_then(|mut c| c.ask(&line)) {
-                Ok(ident) => {
-                    dialed.answered.push((Instant::now(), ident));
-                    progress.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(err) => dialed
-                    .failures
-                    .push(format!("at {:?}: {err:#}", epoch.elapsed())),
-            }
-            i += 1;
-            thread::sleep(period);
-        }
-        dialed
-    }));
-    bg
-}
-
 // --- JSON ----------------------------------------------------------------------------------
 
 /// A JSON value, parsed just enough to read the agent's answers (numbers are kept as text).
@@ -817,7 +646,7 @@ fn cli_drives_a_running_agent() {
         assert!(shown.contains(&addr), "{shown}");
     }
 
-    let tally = spread(&topo.client, FLOWS, "cli");
+    let tally = spread(&topo.client, VIP_ADDR, FLOWS, "cli");
     eprintln!("{FLOWS} connections through {VIP}: {tally:?}");
     assert_eq!(tally.values().sum::<usize>(), FLOWS);
     for i in 0..BACKENDS {
@@ -915,7 +744,7 @@ fn health_check_removes_a_failed_backend() {
             })
             .unwrap_or_else(|b| panic!("{} never checked healthy: {b:?}", ident(i)));
     }
-    let tally = spread(&topo.client, 30, "before");
+    let tally = spread(&topo.client, VIP_ADDR, 30, "before");
     assert_eq!(tally.len(), BACKENDS, "{tally:?}");
 
     // The server stops: the backend is down within fall × interval + one interval.
@@ -936,7 +765,7 @@ fn health_check_removes_a_failed_backend() {
 
     // From then on, no new connection fails, and none reaches it.
     let flows_before = agent.backends()[&victim.to_string()].get("new_flows").u64();
-    let tally = spread(&topo.client, 60, "without");
+    let tally = spread(&topo.client, VIP_ADDR, 60, "without");
     eprintln!("60 connections with {} down: {tally:?}", ident(VICTIM));
     assert!(!tally.contains_key(&ident(VICTIM)), "{tally:?}");
     assert_eq!(tally.len(), BACKENDS - 1, "{tally:?}");
@@ -960,7 +789,7 @@ fn health_check_removes_a_failed_backend() {
         up <= up_limit,
         "{victim} came back after {up:?}, more than {up_limit:?}"
     );
-    let tally = spread(&topo.client, 60, "after");
+    let tally = spread(&topo.client, VIP_ADDR, 60, "after");
     assert!(
         tally.get(&ident(VICTIM)).is_some_and(|&n| n > 0),
         "no new connection reached {} after it came back: {tally:?}",
@@ -984,7 +813,7 @@ fn drain_keeps_existing_connections_and_avoids_new_ones() {
     agent.start(&strs(&vip_args()));
 
     let epoch = Instant::now();
-    let held = hold(&topo.client, HELD);
+    let held = hold(&topo.client, VIP_ADDR, HELD);
     let mut per_backend = Tally::new();
     for (_, ident) in &held {
         *per_backend.entry(ident.clone()).or_default() += 1;
@@ -1013,7 +842,7 @@ fn drain_keeps_existing_connections_and_avoids_new_ones() {
     );
 
     // New connections avoid it, while the held ones go on.
-    let tally = spread(&topo.client, NEW, "new");
+    let tally = spread(&topo.client, VIP_ADDR, NEW, "new");
     eprintln!("{NEW} new connections while {target} drains: {tally:?}");
     assert!(!tally.contains_key(&target), "{tally:?}");
     assert_eq!(tally.len(), BACKENDS - 1, "{tally:?}");
@@ -1145,7 +974,7 @@ fn apply_file_prints_the_plan_and_applies_it() {
     assert!(udp.contains(&format!("{u1} weight 2 draining")), "{udp}");
 
     // Applied to the data path too: new connections reach b0 and b2, never b1.
-    let tally = spread(&topo.client, 40, "applied");
+    let tally = spread(&topo.client, VIP_ADDR, 40, "applied");
     eprintln!("40 connections after the apply: {tally:?}");
     assert_eq!(tally.keys().collect::<Vec<_>>(), ["b0", "b2"], "{tally:?}");
 
@@ -1188,9 +1017,9 @@ fn restart_keeps_long_lived_connections() {
     let before = configuration(&agent.json(&["vip", "list"]));
 
     let epoch = Instant::now();
-    let held = hold(&topo.client, HELD);
+    let held = hold(&topo.client, VIP_ADDR, HELD);
     let chats = chatter(held, epoch);
-    let dials = dialer(&topo.client, Duration::from_millis(20), epoch);
+    let dials = dialer(&topo.client, VIP_ADDR, Duration::from_millis(20), epoch);
     thread::sleep(Duration::from_millis(500));
 
     let packets = agent.json(&["vip", "list"]).arr()[0].get("packets").u64();
@@ -1696,8 +1525,8 @@ fn metrics_and_api_over_curl() {
     ]);
     let scrape = || scrape_metrics(&topo.gateway, METRICS);
 
-    let tally = spread(&topo.client, FLOWS, "metrics");
-    let held = hold(&topo.client, HELD);
+    let tally = spread(&topo.client, VIP_ADDR, FLOWS, "metrics");
+    let held = hold(&topo.client, VIP_ADDR, HELD);
     let mut held_on = Tally::new();
     for (_, ident) in &held {
         *held_on.entry(ident.clone()).or_default() += 1;
@@ -1916,25 +1745,25 @@ fn autoscaling_brings_in_standby_backends_and_drains_them_when_load_falls() {
     assert_eq!(status["standby"].as_array().map(Vec::len), Some(STANDBY));
 
     // A bounded ramp of held connections: 2 fit one backend, 12 need three, 18 need the max, 4.
-    let mut held = hold(&topo.client, 2);
+    let mut held = hold(&topo.client, VIP_ADDR, 2);
     thread::sleep(Duration::from_secs(3));
     assert_eq!(
         count_state(&agent.backend_states(), "up"),
         1,
         "2 connections need 1 backend"
     );
-    held.extend(hold(&topo.client, 10));
+    held.extend(hold(&topo.client, VIP_ADDR, 10));
     agent.wait_for_pool("scale-out to 3 for 12 connections", |s| {
         count_state(s, "up") == 3
     });
-    let tally = spread(&topo.client, 30, "new");
+    let tally = spread(&topo.client, VIP_ADDR, 30, "new");
     let b0 = ident(0);
     let on_new = tally.keys().filter(|i| **i != b0).count();
     assert!(
         on_new >= 1,
         "new connections land on the added backends: {tally:?}"
     );
-    held.extend(hold(&topo.client, 6));
+    held.extend(hold(&topo.client, VIP_ADDR, 6));
     agent.wait_for_pool("scale-out to max = 4 for 18 connections", |s| {
         count_state(s, "up") == 4
     });
@@ -1958,7 +1787,7 @@ fn autoscaling_brings_in_standby_backends_and_drains_them_when_load_falls() {
         if added.len() >= 2 {
             break;
         }
-        held.extend(hold(&topo.client, 4));
+        held.extend(hold(&topo.client, VIP_ADDR, 4));
     }
 
     // Load falls: keep one long-lived connection on each of two added backends, close the rest.
@@ -2101,7 +1930,7 @@ echo "$addr"
     );
     agent.start(&["--config", config.to_str().expect("UTF-8 path")]);
 
-    let held = hold(&topo.client, 10);
+    let held = hold(&topo.client, VIP_ADDR, 10);
     agent.wait_for_pool("two hook backends join for 10 connections", |s| {
         count_state(s, "up") == 3
     });
@@ -2112,7 +1941,7 @@ echo "$addr"
             "{states:?}"
         );
     }
-    let tally = spread(&topo.client, 30, "new");
+    let tally = spread(&topo.client, VIP_ADDR, 30, "new");
     assert!(
         tally.keys().any(|ident| ident.starts_with("hook-b")),
         "new connections reach the servers the hook started: {tally:?}"
@@ -2174,7 +2003,7 @@ fn autoscaling_dry_run_decides_reports_and_changes_nothing() {
         "--metrics",
         METRICS,
     ]);
-    let held = hold(&topo.client, 10);
+    let held = hold(&topo.client, VIP_ADDR, 10);
     let deadline = Instant::now() + SCALE_TIMEOUT;
     let status = loop {
         let status = agent.autoscale();
@@ -2308,7 +2137,7 @@ fn restore_onto_a_fresh_program_carries_traffic() {
     let mut agent = Agent::new(&topo);
     agent.start(&strs(&vip_args()));
     let before = configuration(&agent.json(&["vip", "list"]));
-    spread(&topo.client, 10, "before");
+    spread(&topo.client, VIP_ADDR, 10, "before");
     agent.stop(false);
     // As a reboot does: the pins, and with them the program and its maps, are gone.
     fs::remove_dir_all(&agent.pin_dir).expect("removing the pins");
@@ -2322,7 +2151,7 @@ fn restore_onto_a_fresh_program_carries_traffic() {
         agent.log()
     );
     assert_eq!(configuration(&agent.json(&["vip", "list"])), before);
-    let tally = spread(&topo.client, 90, "after");
+    let tally = spread(&topo.client, VIP_ADDR, 90, "after");
     assert_eq!(tally.values().sum::<usize>(), 90, "{tally:?}");
     assert_eq!(
         tally.len(),
@@ -2358,7 +2187,7 @@ fn a_private_mount_namespace_is_warned_about_and_stop_messages_are_true() {
         log.contains("nsenter --net="),
         "the warning says how: {log}"
     );
-    spread(&topo.client, 10, "private");
+    spread(&topo.client, VIP_ADDR, 10, "private");
     agent.stop(false);
     let log = agent.log();
     assert!(
@@ -2452,7 +2281,7 @@ fn a_failed_start_keeps_the_state_file() {
         "the second agent removed the state file"
     );
     assert_eq!(configuration(&agent.json(&["vip", "list"])), before);
-    spread(&topo.client, 30, "first");
+    spread(&topo.client, VIP_ADDR, 30, "first");
     agent.stop(true);
 }
 
@@ -2488,7 +2317,7 @@ fn a_second_agent_on_the_same_pins_is_refused() {
     assert!(!other.join("state.json").exists());
     let (pinned, _) = pinned_maps(&agent.pin_dir);
     assert_eq!(pinned.keys().collect::<Vec<_>>(), ["198.19.0.1:80"]);
-    let tally = spread(&topo.client, 60, "first");
+    let tally = spread(&topo.client, VIP_ADDR, 60, "first");
     assert_eq!(tally.len(), BACKENDS, "{tally:?}");
     agent.stop(true);
 }
@@ -2590,7 +2419,7 @@ fn a_change_that_cannot_be_saved_changes_nothing() {
         before,
         "a refused change changed the agent or the data path"
     );
-    let tally = spread(&topo.client, 60, "full");
+    let tally = spread(&topo.client, VIP_ADDR, 60, "full");
     assert!(!tally.contains_key(&ident(2)), "b2 took flows: {tally:?}");
     assert!(
         !disk.0.join("state.tmp").exists(),
@@ -2604,7 +2433,7 @@ fn a_change_that_cannot_be_saved_changes_nothing() {
     agent.stop(false);
     agent.start(&[]);
     assert_eq!(configuration(&agent.json(&["vip", "list"])), after);
-    let tally = spread(&topo.client, 90, "room");
+    let tally = spread(&topo.client, VIP_ADDR, 90, "room");
     assert_eq!(tally.len(), BACKENDS, "{tally:?}");
     agent.stop(true);
 }
@@ -2679,7 +2508,7 @@ fn kill_9_during_apply_leaves_no_ghosts() {
         pinned.values().all(|&len| len > 0),
         "every VIP has its table: {pinned:?}"
     );
-    let tally = spread(&topo.client, 60, "after");
+    let tally = spread(&topo.client, VIP_ADDR, 60, "after");
     assert_eq!(tally.len(), BACKENDS, "{tally:?}");
     // Whatever the kill left, the agent can remove it all.
     for vip in &vips {
@@ -2748,7 +2577,7 @@ fn sighup_reloads_the_config_file() {
         .map(|b| b.get("weight").u64())
         .collect();
     assert_eq!(weights, [3, 1, 0]);
-    let tally = spread(&topo.client, 100, "reloaded");
+    let tally = spread(&topo.client, VIP_ADDR, 100, "reloaded");
     assert!(
         !tally.contains_key(&ident(2)),
         "weight 0 took flows: {tally:?}"
@@ -2774,7 +2603,7 @@ fn sighup_reloads_the_config_file() {
         .as_mut()
         .and_then(|d| d.try_wait().expect("wait"));
     assert!(exited.is_none(), "SIGHUP killed the agent: {exited:?}");
-    spread(&topo.client, 10, "after-hup");
+    spread(&topo.client, VIP_ADDR, 10, "after-hup");
     agent.stop(true);
 }
 
@@ -3031,8 +2860,8 @@ fn replacing_the_program_under_load_fails_no_exchange() {
     let mut agent = Agent::new(&topo);
     agent.start(&strs(&vip_args()));
     let epoch = Instant::now();
-    let chats = chatter(hold(&topo.client, HELD), epoch);
-    let dials = dialer(&topo.client, Duration::from_millis(20), epoch);
+    let chats = chatter(hold(&topo.client, VIP_ADDR, HELD), epoch);
+    let dials = dialer(&topo.client, VIP_ADDR, Duration::from_millis(20), epoch);
     thread::sleep(Duration::from_millis(500));
 
     let (program, conntrack) = pinned_ids(&agent.pin_dir);
@@ -3163,7 +2992,7 @@ fn a_non_root_user_with_the_documented_capabilities_runs_the_agent() {
             .any(|l| l.starts_with("Uid:") && l.contains(&NOBODY.to_string())),
         "{status}"
     );
-    let tally = spread(&topo.client, 30, "nobody");
+    let tally = spread(&topo.client, VIP_ADDR, 30, "nobody");
     assert_eq!(tally.len(), BACKENDS, "{tally:?}");
     agent.ok(&[
         "backend",

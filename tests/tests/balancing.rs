@@ -18,7 +18,10 @@ use lb_common::{
     maglev::{self, MaglevBackend},
     maps::Settings,
 };
-use lb_tests::netns::{Conn, IO_TIMEOUT, Netns, Server, Topology, ident, ident_of, tcp_request};
+use lb_tests::{
+    netns::{Conn, IO_TIMEOUT, Netns, Server, Topology, ident, ident_of, tcp_request},
+    traffic::Tally,
+};
 use lb_user::{
     balancer::{BackendSpec, BackendState, Balancer, Proto, Scheduler, Vip, VipOptions},
     dataplane::Counters,
@@ -33,9 +36,6 @@ const BACKEND_PORT: u16 = 8080;
 const CLIENT_THREADS: usize = 8;
 /// A request loop gives up after this many failed requests, so a broken data path fails fast.
 const MAX_FAILURES: usize = 5;
-
-/// How many answers each backend gave, by its ident (`b0`, `b1`, ...).
-type Tally = BTreeMap<String, usize>;
 
 /// Collects failures across client threads, and says when to stop trying.
 #[derive(Default)]
