@@ -24,6 +24,12 @@ use lb_tests::{
     netns::{Conn, GW_CLIENT_IF, Netns, Server, Topology, ident, run_bounded},
     traffic::{Tally, chatter, dialer, hold, spread},
 };
+use lb_user::{
+    api::{BackendView, StatsView, StatusView, VipView},
+    autoscale::live::Status as AutoscaleStatus,
+    balancer::BackendState,
+};
+use serde::de::DeserializeOwned;
 
 const VIP: &str = "198.19.0.1:80/tcp";
 const VIP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1)), 80);
@@ -194,18 +200,22 @@ impl Agent {
         String::from_utf8(output.stdout).expect("UTF-8 output")
     }
 
-    /// Runs a CLI command with `-o json` that must succeed, and parses its output.
-    fn json(&self, args: &[&str]) -> Json {
+    /// Runs a CLI command with `-o json` that must succeed, and reads its output as a `T`.
+    fn json<T: DeserializeOwned>(&self, args: &[&str]) -> T {
         let text = self.ok(&[&["-o", "json"], args].concat());
-        Json::parse(&text).unwrap_or_else(|err| panic!("xdplb {args:?}: {err} in {text}"))
+        serde_json::from_str(&text).unwrap_or_else(|err| panic!("xdplb {args:?}: {err} in {text}"))
+    }
+
+    /// `xdplb vip list -o json`.
+    fn vips(&self) -> Vec<VipView> {
+        self.json(&["vip", "list"])
     }
 
     /// `xdplb backend list VIP -o json`, by backend address.
-    fn backends(&self) -> BTreeMap<String, Json> {
-        self.json(&["backend", "list", VIP])
-            .arr()
-            .iter()
-            .map(|b| (b.get("address").str().to_owned(), b.clone()))
+    fn backends(&self) -> BTreeMap<String, BackendView> {
+        self.json::<Vec<BackendView>>(&["backend", "list", VIP])
+            .into_iter()
+            .map(|b| (b.address.to_string(), b))
             .collect()
     }
 
@@ -216,8 +226,8 @@ impl Agent {
         addr: SocketAddr,
         since: Instant,
         limit: Duration,
-        ready: impl Fn(&Json) -> bool,
-    ) -> Result<Duration, Json> {
+        ready: impl Fn(&BackendView) -> bool,
+    ) -> Result<Duration, BackendView> {
         let key = addr.to_string();
         loop {
             let backends = self.backends();
@@ -347,243 +357,23 @@ fn offload_off(topo: &Topology) {
 
 /// What `vip list -o json` says about the configuration, without the traffic: one line per
 /// VIP, for readable comparisons.
-fn configuration(vips: &Json) -> Vec<String> {
-    vips.arr()
-        .iter()
+fn configuration(vips: &[VipView]) -> Vec<String> {
+    vips.iter()
         .map(|v| {
             let backends: Vec<String> = v
-                .get("backends")
-                .arr()
+                .backends
                 .iter()
-                .map(|b| {
-                    format!(
-                        "{} weight {} {} id {}",
-                        b.get("address").str(),
-                        b.get("weight").u64(),
-                        b.get("state").str(),
-                        b.get("id").u64()
-                    )
-                })
+                .map(|b| format!("{} weight {} {} id {}", b.address, b.weight, b.state, b.id))
                 .collect();
             format!(
                 "{} {} ring {}: {}",
-                v.get("vip").str(),
-                v.get("scheduler").str(),
-                v.get("ring_size").u64(),
+                v.vip,
+                v.scheduler,
+                v.ring_size,
                 backends.join(", ")
             )
         })
         .collect()
-}
-
-// --- JSON ----------------------------------------------------------------------------------
-
-/// A JSON value, parsed just enough to read the agent's answers (numbers are kept as text).
-#[derive(Clone, Debug, PartialEq)]
-enum Json {
-    Null,
-    Bool(bool),
-    Num(String),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
-}
-
-impl Json {
-    fn parse(text: &str) -> Result<Json, String> {
-        let mut parser = JsonParser {
-            text: text.as_bytes(),
-            pos: 0,
-        };
-        let value = parser.value()?;
-        parser.space();
-        if parser.pos != text.len() {
-            return Err(format!("trailing text at byte {}", parser.pos));
-        }
-        Ok(value)
-    }
-
-    fn get(&self, key: &str) -> &Json {
-        match self {
-            Json::Obj(fields) => fields
-                .iter()
-                .find(|(k, _)| k == key)
-                .map(|(_, v)| v)
-                .unwrap_or_else(|| panic!("no {key:?} in {self:?}")),
-            _ => panic!("{self:?} is not an object (looking for {key:?})"),
-        }
-    }
-
-    fn str(&self) -> &str {
-        match self {
-            Json::Str(s) => s,
-            _ => panic!("{self:?} is not a string"),
-        }
-    }
-
-    fn u64(&self) -> u64 {
-        match self {
-            Json::Num(n) => n
-                .parse()
-                .unwrap_or_else(|_| panic!("{n} is not a whole number")),
-            _ => panic!("{self:?} is not a number"),
-        }
-    }
-
-    /// A boolean, or `None` for `null`.
-    fn opt_bool(&self) -> Option<bool> {
-        match self {
-            Json::Bool(b) => Some(*b),
-            Json::Null => None,
-            _ => panic!("{self:?} is not a boolean or null"),
-        }
-    }
-
-    fn arr(&self) -> &[Json] {
-        match self {
-            Json::Arr(items) => items,
-            _ => panic!("{self:?} is not an array"),
-        }
-    }
-}
-
-struct JsonParser<'a> {
-    text: &'a [u8],
-    pos: usize,
-}
-
-impl JsonParser<'_> {
-    fn peek(&self) -> Option<u8> {
-        self.text.get(self.pos).copied()
-    }
-
-    fn next(&mut self) -> Result<u8, String> {
-        let byte = self.peek().ok_or("unexpected end")?;
-        self.pos += 1;
-        Ok(byte)
-    }
-
-    fn space(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\n' | b'\r' | b'\t')) {
-            self.pos += 1;
-        }
-    }
-
-    fn expect(&mut self, byte: u8) -> Result<(), String> {
-        self.space();
-        match self.next()? {
-            b if b == byte => Ok(()),
-            b => Err(format!(
-                "expected {:?}, found {:?} at byte {}",
-                byte as char,
-                b as char,
-                self.pos - 1
-            )),
-        }
-    }
-
-    /// Consumes `byte` if it comes next (after spaces).
-    fn eat(&mut self, byte: u8) -> bool {
-        self.space();
-        let found = self.peek() == Some(byte);
-        if found {
-            self.pos += 1;
-        }
-        found
-    }
-
-    fn literal(&mut self, word: &str, value: Json) -> Result<Json, String> {
-        if self.text[self.pos..].starts_with(word.as_bytes()) {
-            self.pos += word.len();
-            Ok(value)
-        } else {
-            Err(format!("bad literal at byte {}", self.pos))
-        }
-    }
-
-    fn value(&mut self) -> Result<Json, String> {
-        self.space();
-        match self.peek().ok_or("unexpected end")? {
-            b'{' => {
-                self.pos += 1;
-                let mut fields = Vec::new();
-                if self.eat(b'}') {
-                    return Ok(Json::Obj(fields));
-                }
-                loop {
-                    self.space();
-                    let key = self.string()?;
-                    self.expect(b':')?;
-                    fields.push((key, self.value()?));
-                    if !self.eat(b',') {
-                        self.expect(b'}')?;
-                        return Ok(Json::Obj(fields));
-                    }
-                }
-            }
-            b'[' => {
-                self.pos += 1;
-                let mut items = Vec::new();
-                if self.eat(b']') {
-                    return Ok(Json::Arr(items));
-                }
-                loop {
-                    items.push(self.value()?);
-                    if !self.eat(b',') {
-                        self.expect(b']')?;
-                        return Ok(Json::Arr(items));
-                    }
-                }
-            }
-            b'"' => Ok(Json::Str(self.string()?)),
-            b't' => self.literal("true", Json::Bool(true)),
-            b'f' => self.literal("false", Json::Bool(false)),
-            b'n' => self.literal("null", Json::Null),
-            b'-' | b'0'..=b'9' => {
-                let start = self.pos;
-                while matches!(
-                    self.peek(),
-                    Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
-                ) {
-                    self.pos += 1;
-                }
-                let number = std::str::from_utf8(&self.text[start..self.pos]).expect("ASCII");
-                Ok(Json::Num(number.to_owned()))
-            }
-            b => Err(format!("unexpected {:?} at byte {}", b as char, self.pos)),
-        }
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        self.expect(b'"')?;
-        let mut out = Vec::new();
-        loop {
-            match self.next()? {
-                b'"' => break,
-                b'\\' => match self.next()? {
-                    b'n' => out.push(b'\n'),
-                    b't' => out.push(b'\t'),
-                    b'r' => out.push(b'\r'),
-                    b'b' => out.push(0x08),
-                    b'f' => out.push(0x0c),
-                    b'u' => {
-                        let hex = self
-                            .text
-                            .get(self.pos..self.pos + 4)
-                            .ok_or("short \\u escape")?;
-                        self.pos += 4;
-                        let code = u32::from_str_radix(std::str::from_utf8(hex).unwrap_or(""), 16)
-                            .map_err(|_| "bad \\u escape")?;
-                        let c = char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER);
-                        out.extend_from_slice(c.to_string().as_bytes());
-                    }
-                    other => out.push(other),
-                },
-                b => out.push(b),
-            }
-        }
-        String::from_utf8(out).map_err(|err| err.to_string())
-    }
 }
 
 // --- Prometheus text -----------------------------------------------------------------------
@@ -636,7 +426,7 @@ fn cli_drives_a_running_agent() {
     let _servers = serve(&topo);
     let mut agent = Agent::new(&topo);
     agent.start(&[]);
-    assert_eq!(agent.json(&["vip", "list"]), Json::Arr(Vec::new()));
+    assert_eq!(agent.vips(), Vec::new());
 
     let added = agent.ok(&["vip", "add", VIP, "--scheduler", "maglev"]);
     assert!(added.contains(VIP), "{added}");
@@ -663,19 +453,19 @@ fn cli_drives_a_running_agent() {
             .any(|l| l.contains(VIP) && l.contains("maglev")),
         "{list}"
     );
-    let vips = agent.json(&["vip", "list"]);
-    assert_eq!(vips.arr().len(), 1, "{vips:?}");
-    assert_eq!(vips.arr()[0].get("new_flows").u64(), FLOWS as u64);
+    let vips = agent.vips();
+    assert_eq!(vips.len(), 1, "{vips:?}");
+    assert_eq!(vips[0].new_flows, FLOWS as u64);
 
     let backends = agent.backends();
     assert_eq!(backends.len(), BACKENDS, "{backends:?}");
     for i in 0..BACKENDS {
         let b = &backends[&backend_addr(i).to_string()];
-        assert_eq!(b.get("weight").u64(), 1, "{b:?}");
-        assert_eq!(b.get("state").str(), "up", "{b:?}");
-        assert_eq!(b.get("healthy").opt_bool(), None, "no health check: {b:?}");
+        assert_eq!(b.weight, 1, "{b:?}");
+        assert_eq!(b.state, BackendState::Up, "{b:?}");
+        assert_eq!(b.healthy, None, "no health check: {b:?}");
         assert_eq!(
-            b.get("new_flows").u64(),
+            b.new_flows,
             tally[&ident(i)] as u64,
             "new flows of {}: {b:?}",
             ident(i)
@@ -740,7 +530,7 @@ fn health_check_removes_a_failed_backend() {
     for i in 0..BACKENDS {
         agent
             .wait_for_backend(backend_addr(i), started, Duration::from_secs(3), |b| {
-                b.get("healthy").opt_bool() == Some(true) && b.get("state").str() == "up"
+                b.healthy == Some(true) && b.state == BackendState::Up
             })
             .unwrap_or_else(|b| panic!("{} never checked healthy: {b:?}", ident(i)));
     }
@@ -754,7 +544,7 @@ fn health_check_removes_a_failed_backend() {
     let down_limit = INTERVAL * (FALL + 1) + SLACK;
     let down = agent
         .wait_for_backend(victim, stopped, Duration::from_secs(5), |b| {
-            b.get("state").str() == "down" && b.get("healthy").opt_bool() == Some(false)
+            b.state == BackendState::Down && b.healthy == Some(false)
         })
         .unwrap_or_else(|b| panic!("{victim} not down 5 s after its server stopped: {b:?}"));
     eprintln!("{victim} down {down:?} after its server stopped (limit {down_limit:?})");
@@ -764,12 +554,12 @@ fn health_check_removes_a_failed_backend() {
     );
 
     // From then on, no new connection fails, and none reaches it.
-    let flows_before = agent.backends()[&victim.to_string()].get("new_flows").u64();
+    let flows_before = agent.backends()[&victim.to_string()].new_flows;
     let tally = spread(&topo.client, VIP_ADDR, 60, "without");
     eprintln!("60 connections with {} down: {tally:?}", ident(VICTIM));
     assert!(!tally.contains_key(&ident(VICTIM)), "{tally:?}");
     assert_eq!(tally.len(), BACKENDS - 1, "{tally:?}");
-    let flows_after = agent.backends()[&victim.to_string()].get("new_flows").u64();
+    let flows_after = agent.backends()[&victim.to_string()].new_flows;
     assert_eq!(
         flows_after, flows_before,
         "new flows were sent to the backend that is down"
@@ -781,7 +571,7 @@ fn health_check_removes_a_failed_backend() {
     let up_limit = INTERVAL * RISE + SLACK;
     let up = agent
         .wait_for_backend(victim, restarted, Duration::from_secs(5), |b| {
-            b.get("state").str() == "up" && b.get("healthy").opt_bool() == Some(true)
+            b.state == BackendState::Up && b.healthy == Some(true)
         })
         .unwrap_or_else(|b| panic!("{victim} not up 5 s after its server restarted: {b:?}"));
     eprintln!("{victim} up {up:?} after its server restarted (limit {up_limit:?})");
@@ -832,7 +622,7 @@ fn drain_keeps_existing_connections_and_avoids_new_ones() {
     let drained_at = Instant::now();
     agent.ok(&["backend", "drain", VIP, &target_addr.to_string()]);
     let view = &agent.backends()[&target_addr.to_string()];
-    assert_eq!(view.get("state").str(), "draining", "{view:?}");
+    assert_eq!(view.state, BackendState::Draining, "{view:?}");
     let table = agent.ok(&["backend", "list", VIP]);
     assert!(
         table
@@ -854,13 +644,13 @@ fn drain_keeps_existing_connections_and_avoids_new_ones() {
     );
     assert!(chats.progress() > progress, "the held connections stalled");
     let view = &agent.backends()[&target_addr.to_string()];
-    assert_eq!(view.get("state").str(), "draining", "{view:?}");
+    assert_eq!(view.state, BackendState::Draining, "{view:?}");
     assert_eq!(
-        view.get("active_connections").u64(),
+        u64::from(view.active_connections),
         on_target as u64,
         "{view:?}"
     );
-    assert_eq!(view.get("drained").opt_bool(), Some(false), "{view:?}");
+    assert!(!view.drained, "{view:?}");
 
     // Every held connection kept its backend and never failed, 2 s and more after the drain.
     let chats = chats.finish();
@@ -881,9 +671,7 @@ fn drain_keeps_existing_connections_and_avoids_new_ones() {
     // Closed: it shows as drained at the next count.
     let closed = Instant::now();
     let drained = agent
-        .wait_for_backend(target_addr, closed, Duration::from_secs(5), |b| {
-            b.get("drained").opt_bool() == Some(true)
-        })
+        .wait_for_backend(target_addr, closed, Duration::from_secs(5), |b| b.drained)
         .unwrap_or_else(|b| panic!("{target} not drained 5 s after its connections closed: {b:?}"));
     eprintln!("{target} drained {drained:?} after its connections closed");
     let table = agent.ok(&["backend", "list", VIP]);
@@ -928,7 +716,7 @@ fn apply_file_prints_the_plan_and_applies_it() {
     agent.start(&["--config", config_a.to_str().expect("UTF-8 path")]);
     let before = agent.ok(&["-o", "json", "vip", "list"]);
     assert_eq!(
-        configuration(&Json::parse(&before).expect("JSON")),
+        configuration(&serde_json::from_str::<Vec<VipView>>(&before).expect("JSON")),
         [format!(
             "{VIP} maglev ring 65537: {b0} weight 1 up id 65536, {b1} weight 1 up id 65537"
         )]
@@ -957,7 +745,7 @@ fn apply_file_prints_the_plan_and_applies_it() {
 
     let applied = agent.ok(&["apply", "-f", config_b]);
     assert_eq!(applied, format!("{}\napplied\n", plan.join("\n")));
-    let after = configuration(&agent.json(&["vip", "list"]));
+    let after = configuration(&agent.vips());
     assert_eq!(after.len(), 2, "{after:#?}");
     let line = |prefix: &str| {
         after
@@ -995,8 +783,8 @@ fn apply_file_prints_the_plan_and_applies_it() {
         );
     }
     assert_eq!(
-        configuration(&Json::parse(&unchanged).expect("JSON")),
-        configuration(&agent.json(&["vip", "list"]))
+        configuration(&serde_json::from_str::<Vec<VipView>>(&unchanged).expect("JSON")),
+        configuration(&agent.vips())
     );
 }
 
@@ -1014,7 +802,7 @@ fn restart_keeps_long_lived_connections() {
     let _servers = serve(&topo);
     let mut agent = Agent::new(&topo);
     agent.start(&strs(&vip_args()));
-    let before = configuration(&agent.json(&["vip", "list"]));
+    let before = configuration(&agent.vips());
 
     let epoch = Instant::now();
     let held = hold(&topo.client, VIP_ADDR, HELD);
@@ -1022,7 +810,7 @@ fn restart_keeps_long_lived_connections() {
     let dials = dialer(&topo.client, VIP_ADDR, Duration::from_millis(20), epoch);
     thread::sleep(Duration::from_millis(500));
 
-    let packets = agent.json(&["vip", "list"]).arr()[0].get("packets").u64();
+    let packets = agent.vips()[0].packets;
     let stop_at = Instant::now();
     agent.stop(false);
     let exited = stop_at.elapsed();
@@ -1048,12 +836,12 @@ fn restart_keeps_long_lived_connections() {
     let log = agent.log();
     assert!(log.contains("adopting"), "{log}");
     assert_eq!(
-        configuration(&agent.json(&["vip", "list"])),
+        configuration(&agent.vips()),
         before,
         "the restarted agent's VIPs"
     );
     // The adopted maps, not fresh ones: the counters went on.
-    let adopted = agent.json(&["vip", "list"]).arr()[0].get("packets").u64();
+    let adopted = agent.vips()[0].packets;
     assert!(
         adopted > packets,
         "the VIP counted {packets} packets before the restart, {adopted} after"
@@ -1436,10 +1224,9 @@ fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
     ];
     for (method, path, body, status, names) in api_cases {
         let (got, answer) = curl(&agent.socket(), method, path, body);
-        let message = Json::parse(&answer)
+        let message = serde_json::from_str::<serde_json::Value>(&answer)
             .ok()
-            .filter(|json| matches!(json, Json::Obj(_)))
-            .map(|json| json.get("error").str().to_owned());
+            .and_then(|json| Some(json.get("error")?.as_str()?.to_owned()));
         let ok = got == *status && message.as_ref().is_some_and(|m| m.contains(names));
         if !ok {
             mismatches.push(format!(
@@ -1597,7 +1384,7 @@ fn metrics_and_api_over_curl() {
         Some(flows),
         "{text}"
     );
-    let api_packets = agent.json(&["vip", "list"]).arr()[0].get("packets").u64();
+    let api_packets = agent.vips()[0].packets;
     assert!(
         api_packets as f64 >= vip_packets,
         "the API counts {api_packets} packets, the metrics {vip_packets}"
@@ -1629,17 +1416,18 @@ fn metrics_and_api_over_curl() {
 
     let (status, answer) = curl(&agent.socket(), "GET", "/v1/status", "");
     assert_eq!(status, 200, "{answer}");
-    let json = Json::parse(&answer).unwrap_or_else(|err| panic!("{err}: {answer}"));
-    let mut ifaces: Vec<&str> = json.get("interfaces").arr().iter().map(Json::str).collect();
+    let status: StatusView =
+        serde_json::from_str(&answer).unwrap_or_else(|err| panic!("{err}: {answer}"));
+    let mut ifaces = status.interfaces.clone();
     ifaces.sort_unstable();
     let mut expected = topo.gateway_ifaces();
     expected.sort_unstable();
     assert_eq!(ifaces, expected, "{answer}");
-    assert_eq!(json.get("vips").u64(), 1, "{answer}");
-    assert_eq!(json.get("backends").u64(), BACKENDS as u64, "{answer}");
-    assert_eq!(json.get("version").str(), version, "{answer}");
+    assert_eq!(status.vips, 1, "{answer}");
+    assert_eq!(status.backends, BACKENDS, "{answer}");
+    assert_eq!(status.version, version, "{answer}");
     assert_eq!(
-        json.get("pin_dir").str(),
+        status.pin_dir,
         agent.pin_dir.to_str().expect("UTF-8 path"),
         "{answer}"
     );
@@ -1653,11 +1441,9 @@ const SCALE_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Agent {
     /// `xdplb -o json autoscale status VIP`: the VIP's autoscaler.
-    fn autoscale(&self) -> serde_json::Value {
-        let text = self.ok(&["-o", "json", "autoscale", "status", VIP]);
-        let mut views: Vec<serde_json::Value> = serde_json::from_str(&text)
-            .unwrap_or_else(|err| panic!("autoscale status: {err} in {text}"));
-        assert_eq!(views.len(), 1, "{text}");
+    fn autoscale(&self) -> AutoscaleStatus {
+        let mut views: Vec<AutoscaleStatus> = self.json(&["autoscale", "status", VIP]);
+        assert_eq!(views.len(), 1, "{views:#?}");
         views.remove(0)
     }
 
@@ -1665,7 +1451,7 @@ impl Agent {
     fn backend_states(&self) -> BTreeMap<String, String> {
         self.backends()
             .into_iter()
-            .map(|(addr, b)| (addr, b.get("state").str().to_owned()))
+            .map(|(addr, b)| (addr, b.state.to_string()))
             .collect()
     }
 
@@ -1679,7 +1465,7 @@ impl Agent {
             }
             assert!(
                 Instant::now() < deadline,
-                "{what}: not within {SCALE_TIMEOUT:?}; backends {states:?}; autoscaler {:#}",
+                "{what}: not within {SCALE_TIMEOUT:?}; backends {states:?}; autoscaler {:#?}",
                 self.autoscale()
             );
             thread::sleep(Duration::from_millis(100));
@@ -1741,8 +1527,8 @@ fn autoscaling_brings_in_standby_backends_and_drains_them_when_load_falls() {
     );
     agent.start(&["--config", config.to_str().expect("UTF-8 path")]);
     let status = agent.autoscale();
-    assert_eq!(status["serving"], 1, "{status:#}");
-    assert_eq!(status["standby"].as_array().map(Vec::len), Some(STANDBY));
+    assert_eq!(status.serving, 1, "{status:#?}");
+    assert_eq!(status.standby.len(), STANDBY);
 
     // A bounded ramp of held connections: 2 fit one backend, 12 need three, 18 need the max, 4.
     let mut held = hold(&topo.client, VIP_ADDR, 2);
@@ -1768,15 +1554,13 @@ fn autoscaling_brings_in_standby_backends_and_drains_them_when_load_falls() {
         count_state(s, "up") == 4
     });
     let status = agent.autoscale();
+    assert!(status.standby.is_empty(), "{status:#?}");
     assert!(
-        status["standby"].as_array().is_some_and(Vec::is_empty),
-        "{status:#}"
-    );
-    assert!(
-        status["decisions"][0]["reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("at 4/backend")),
-        "{status:#}"
+        status
+            .decisions
+            .first()
+            .is_some_and(|d| d.reason.contains("at 4/backend")),
+        "{status:#?}"
     );
 
     // Connections opened before the scale-out all went to b0: hold a few more (bounded) until
@@ -1813,22 +1597,17 @@ fn autoscaling_brings_in_standby_backends_and_drains_them_when_load_falls() {
         assert_eq!(&answer, ident, "a long-lived connection moved");
     }
     let status = agent.autoscale();
-    let drained = status["decisions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|d| d["actions"].to_string().contains("drain"));
-    assert!(drained, "a scale-in decision that drains: {status:#}");
+    let drained = status
+        .decisions
+        .iter()
+        .any(|d| d.actions.iter().any(|a| a.contains("drain")));
+    assert!(drained, "a scale-in decision that drains: {status:#?}");
 
     // Their last connections close: the drained backends leave and are standby again.
     drop(survivors);
     agent.wait_for_pool("drained backends removed", |s| s.len() == 1);
     let status = agent.autoscale();
-    assert_eq!(
-        status["standby"].as_array().map(Vec::len),
-        Some(STANDBY),
-        "{status:#}"
-    );
+    assert_eq!(status.standby.len(), STANDBY, "{status:#?}");
     agent.stop(true);
 }
 
@@ -1947,8 +1726,8 @@ echo "$addr"
         "new connections reach the servers the hook started: {tally:?}"
     );
     let status = agent.autoscale();
-    assert_eq!(status["scale_up_hook"]["runs"], 2, "{status:#}");
-    assert_eq!(status["scale_up_hook"]["failures"], 0, "{status:#}");
+    assert_eq!(status.scale_up_hook.runs, 2, "{status:#?}");
+    assert_eq!(status.scale_up_hook.failures, 0, "{status:#?}");
 
     // Load falls: the hook backends drain, leave and go to scale-down; b0 stays.
     drop(held);
@@ -2007,16 +1786,23 @@ fn autoscaling_dry_run_decides_reports_and_changes_nothing() {
     let deadline = Instant::now() + SCALE_TIMEOUT;
     let status = loop {
         let status = agent.autoscale();
-        if status["desired"] == 3 {
+        if status.desired == 3 {
             break status;
         }
-        assert!(Instant::now() < deadline, "no decision: {status:#}");
+        assert!(Instant::now() < deadline, "no decision: {status:#?}");
         thread::sleep(Duration::from_millis(100));
     };
-    let decision = &status["decisions"][0];
-    assert_eq!(decision["dry_run"], true, "{status:#}");
-    assert_eq!(decision["actions"][0], "would add 2", "{status:#}");
-    assert_eq!(status["sample"]["active_connections"], 10.0, "{status:#}");
+    let decision = status
+        .decisions
+        .first()
+        .unwrap_or_else(|| panic!("no decision recorded: {status:#?}"));
+    assert!(decision.dry_run, "{status:#?}");
+    assert_eq!(
+        decision.actions.first().map(String::as_str),
+        Some("would add 2"),
+        "{status:#?}"
+    );
+    assert_eq!(status.sample.active_connections, 10.0, "{status:#?}");
     thread::sleep(Duration::from_secs(2));
     assert_eq!(
         agent.backend_states().len(),
@@ -2107,23 +1893,17 @@ fn pinned_maps(pin_dir: &Path) -> (BTreeMap<String, u32>, usize) {
 /// from the data path's point of view: non-zero if it has backends taking flows), and the
 /// number of backends.
 fn listed(agent: &Agent) -> (BTreeSet<String>, usize) {
-    let vips = agent.json(&["vip", "list"]);
+    let vips = agent.vips();
     let names = vips
-        .arr()
         .iter()
         .map(|v| {
-            v.get("vip")
-                .str()
+            v.vip
                 .trim_end_matches("/tcp")
                 .trim_end_matches("/udp")
                 .to_owned()
         })
         .collect();
-    let backends = vips
-        .arr()
-        .iter()
-        .map(|v| v.get("backends").arr().len())
-        .sum();
+    let backends = vips.iter().map(|v| v.backends.len()).sum();
     (names, backends)
 }
 
@@ -2136,7 +1916,7 @@ fn restore_onto_a_fresh_program_carries_traffic() {
     let _servers = serve(&topo);
     let mut agent = Agent::new(&topo);
     agent.start(&strs(&vip_args()));
-    let before = configuration(&agent.json(&["vip", "list"]));
+    let before = configuration(&agent.vips());
     spread(&topo.client, VIP_ADDR, 10, "before");
     agent.stop(false);
     // As a reboot does: the pins, and with them the program and its maps, are gone.
@@ -2150,7 +1930,7 @@ fn restore_onto_a_fresh_program_carries_traffic() {
         "{}",
         agent.log()
     );
-    assert_eq!(configuration(&agent.json(&["vip", "list"])), before);
+    assert_eq!(configuration(&agent.vips()), before);
     let tally = spread(&topo.client, VIP_ADDR, 90, "after");
     assert_eq!(tally.values().sum::<usize>(), 90, "{tally:?}");
     assert_eq!(
@@ -2158,13 +1938,12 @@ fn restore_onto_a_fresh_program_carries_traffic() {
         BACKENDS,
         "every backend takes flows: {tally:?}"
     );
-    let stats = agent.json(&["stats"]);
+    let stats: StatsView = agent.json(&["stats"]);
     let dropped = stats
-        .get("counters")
-        .arr()
+        .counters
         .iter()
-        .find(|pair| pair.arr()[0].str() == "drop_no_backend")
-        .map(|pair| pair.arr()[1].u64());
+        .find(|(name, _)| name == "drop_no_backend")
+        .map(|&(_, count)| count);
     assert_eq!(dropped, Some(0), "dropped as if the VIP had no backend");
     agent.stop(true);
 }
@@ -2225,7 +2004,7 @@ fn a_failed_start_keeps_the_state_file() {
     let _servers = serve(&topo);
     let mut agent = Agent::new(&topo);
     agent.start(&strs(&vip_args()));
-    let before = configuration(&agent.json(&["vip", "list"]));
+    let before = configuration(&agent.vips());
     agent.stop(false);
     // With no pins, a failed start used to remove what it had made, the state file included.
     fs::remove_dir_all(&agent.pin_dir).expect("removing the pins");
@@ -2254,7 +2033,7 @@ fn a_failed_start_keeps_the_state_file() {
     fs::write(agent.state_file(), &saved).expect("repairing");
 
     agent.start(&[]);
-    assert_eq!(configuration(&agent.json(&["vip", "list"])), before);
+    assert_eq!(configuration(&agent.vips()), before);
     // A second agent on the same state file, with pins and a socket of its own.
     let other = agent.dir.join("other");
     fs::create_dir_all(&other).expect("dir");
@@ -2280,7 +2059,7 @@ fn a_failed_start_keeps_the_state_file() {
         agent.state_file().exists(),
         "the second agent removed the state file"
     );
-    assert_eq!(configuration(&agent.json(&["vip", "list"])), before);
+    assert_eq!(configuration(&agent.vips()), before);
     spread(&topo.client, VIP_ADDR, 30, "first");
     agent.stop(true);
 }
@@ -2400,10 +2179,7 @@ fn a_change_that_cannot_be_saved_changes_nothing() {
         &format!("{VIP}={}", backend_addr(0)),
         &two,
     ]);
-    let before = (
-        configuration(&agent.json(&["vip", "list"])),
-        pinned_maps(&agent.pin_dir),
-    );
+    let before = (configuration(&agent.vips()), pinned_maps(&agent.pin_dir));
     let third = backend_addr(2).to_string();
 
     disk.fill("filler");
@@ -2412,10 +2188,7 @@ fn a_change_that_cannot_be_saved_changes_nothing() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("No space left on device"), "{stderr}");
     assert_eq!(
-        (
-            configuration(&agent.json(&["vip", "list"])),
-            pinned_maps(&agent.pin_dir)
-        ),
+        (configuration(&agent.vips()), pinned_maps(&agent.pin_dir)),
         before,
         "a refused change changed the agent or the data path"
     );
@@ -2428,11 +2201,11 @@ fn a_change_that_cannot_be_saved_changes_nothing() {
 
     fs::remove_file(disk.0.join("filler")).expect("freeing space");
     agent.ok(&["backend", "add", VIP, &third]);
-    let after = configuration(&agent.json(&["vip", "list"]));
+    let after = configuration(&agent.vips());
     assert_ne!(after, before.0);
     agent.stop(false);
     agent.start(&[]);
-    assert_eq!(configuration(&agent.json(&["vip", "list"])), after);
+    assert_eq!(configuration(&agent.vips()), after);
     let tally = spread(&topo.client, VIP_ADDR, 90, "room");
     assert_eq!(tally.len(), BACKENDS, "{tally:?}");
     agent.stop(true);
@@ -2571,11 +2344,7 @@ fn sighup_reloads_the_config_file() {
     let b2 = format!("~ backend {} of {VIP}: weight 1 -> 0", backend_addr(2));
     wait_for_log(&agent, &b2, 1);
     assert!(agent.log().contains(&b0), "{}", agent.log());
-    let weights: Vec<u64> = agent
-        .backends()
-        .values()
-        .map(|b| b.get("weight").u64())
-        .collect();
+    let weights: Vec<u32> = agent.backends().values().map(|b| b.weight).collect();
     assert_eq!(weights, [3, 1, 0]);
     let tally = spread(&topo.client, VIP_ADDR, 100, "reloaded");
     assert!(
@@ -2586,13 +2355,13 @@ fn sighup_reloads_the_config_file() {
         tally[&ident(0)] > tally[&ident(1)],
         "weights 3:1: {tally:?}"
     );
-    let before = configuration(&agent.json(&["vip", "list"]));
+    let before = configuration(&agent.vips());
 
     agent.file("xdplb.toml", &weights_config(&[2, 99_999, 1], ""));
     sighup(&agent);
     wait_for_log(&agent, "reload refused, nothing changed", 1);
     assert!(agent.log().contains("backend[1].weight"), "{}", agent.log());
-    assert_eq!(configuration(&agent.json(&["vip", "list"])), before);
+    assert_eq!(configuration(&agent.vips()), before);
     agent.stop(false);
 
     agent.start(&strs(&vip_args()));
@@ -2625,7 +2394,7 @@ fn the_config_file_wins_over_saved_state_at_start() {
     );
     let file = path_str(&file);
     agent.start(&["--config", &file]);
-    let from_file = configuration(&agent.json(&["vip", "list"]));
+    let from_file = configuration(&agent.vips());
     agent.ok(&["backend", "add", VIP, &backend_addr(2).to_string()]);
     agent.ok(&[
         "backend",
@@ -2635,7 +2404,7 @@ fn the_config_file_wins_over_saved_state_at_start() {
         "--weight",
         "5",
     ]);
-    let changed = configuration(&agent.json(&["vip", "list"]));
+    let changed = configuration(&agent.vips());
 
     let exported = agent.ok(&["config", "export"]);
     let export = agent.file("export.toml", &exported);
@@ -2664,11 +2433,11 @@ fn the_config_file_wins_over_saved_state_at_start() {
         )),
         "{log}"
     );
-    assert_eq!(configuration(&agent.json(&["vip", "list"])), from_file);
+    assert_eq!(configuration(&agent.vips()), from_file);
     agent.stop(false);
     // The exported file keeps the CLI's changes.
     agent.start(&["--config", &path_str(&export)]);
-    assert_eq!(configuration(&agent.json(&["vip", "list"])), changed);
+    assert_eq!(configuration(&agent.vips()), changed);
     agent.stop(true);
 }
 
