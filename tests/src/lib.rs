@@ -5,13 +5,16 @@
 //! - [`packet`]: test packets built with etherparse, and readable summaries of them;
 //! - [`netns`]: client / gateway / backend topologies in network namespaces;
 //! - [`traffic`]: connections through a VIP, counted by backend, held, or kept busy;
-//! - [`program`] (feature `xdplb`): the real XDP program, loaded and run once per packet.
+//! - [`program`] (feature `xdplb`): the real XDP program, loaded and run once per packet;
+//! - [`agent`] (feature `xdplb`): `xdplb run` in a topology's gateway, driven by its CLI.
 //!
 //! Without the `xdplb` feature (as xtask uses it), nothing here links the agent: the fixture
 //! runner takes the program as a closure.
 
 use std::{net::SocketAddr, path::PathBuf};
 
+#[cfg(feature = "xdplb")]
+pub mod agent;
 pub mod fixture;
 pub mod netns;
 pub mod packet;

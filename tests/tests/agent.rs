@@ -3,416 +3,33 @@
 //! driven by `xdplb` commands and by `curl` on its API socket, with real TCP connections
 //! through the VIP 198.19.0.1:80/tcp.
 //!
-//! Each test has its own topology, API socket, pin dir (`/sys/fs/bpf/xdplb-test-*`) and state
-//! file; an [`Agent`] guard stops the daemon with `xdplb stop --detach` (or kills it) and removes
-//! what it left, also when the test fails. Every wait has a deadline.
+//! Each test has its own topology and [`Agent`] guard (its own socket, pin dir and state file),
+//! which cleans up also when the test fails. Every wait has a deadline.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
-    os::unix::net::UnixStream,
+    net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
-    process::{Child, Command, Output, Stdio},
-    sync::atomic::{AtomicUsize, Ordering},
+    process::{Command, Output, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use lb_common::Counter;
 use lb_tests::{
-    netns::{Conn, GW_CLIENT_IF, Netns, Server, Topology, ident, run_bounded},
+    agent::{
+        AGENT_TIMEOUT, Agent, BACKEND_PORT, BACKENDS, CLI_TIMEOUT, VIP, VIP_ADDR, backend_addr,
+        bin, configuration, offload_off, path_str, sample, samples, scrape_metrics, serve, strs,
+        vip_args,
+    },
+    netns::{Conn, GW_CLIENT_IF, Topology, ident, run_bounded},
     traffic::{Tally, chatter, dialer, hold, spread},
 };
 use lb_user::{
-    api::{BackendView, StatsView, StatusView, VipView},
-    autoscale::live::Status as AutoscaleStatus,
+    api::{StatsView, StatusView, VipView},
     balancer::BackendState,
 };
-use serde::de::DeserializeOwned;
-
-const VIP: &str = "198.19.0.1:80/tcp";
-const VIP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 19, 0, 1)), 80);
-const BACKEND_PORT: u16 = 8080;
-const BACKENDS: usize = 3;
-/// Longest a CLI command may take.
-const CLI_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest the agent may take to start or to stop.
-const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
-
-// --- The agent -----------------------------------------------------------------------------
-
-static NEXT_AGENT: AtomicUsize = AtomicUsize::new(0);
-
-/// One test's agent: its socket, pin dir, state file, logs and config files, and the daemon
-/// (`xdplb run` in the gateway namespace) while it runs. Dropping it stops the daemon with
-/// `xdplb stop --detach` (killing it if that fails) and removes the pins and files.
-struct Agent {
-    gateway: Netns,
-    ifaces: Vec<String>,
-    /// Socket, state file, logs and config files.
-    dir: PathBuf,
-    pin_dir: PathBuf,
-    state_file: PathBuf,
-    daemon: Option<Child>,
-    /// Daemons started so far; the log of the `n`th is `run{n}.log`.
-    runs: usize,
-}
-
-impl Agent {
-    fn new(topo: &Topology) -> Self {
-        let id = format!(
-            "{}-{}",
-            std::process::id(),
-            NEXT_AGENT.fetch_add(1, Ordering::Relaxed)
-        );
-        let dir = std::env::temp_dir().join(format!("xdplb-agent-test-{id}"));
-        fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("{}: {err}", dir.display()));
-        Self {
-            gateway: topo.gateway.clone(),
-            ifaces: topo.gateway_ifaces(),
-            state_file: dir.join("state.json"),
-            dir,
-            pin_dir: PathBuf::from(format!("/sys/fs/bpf/xdplb-test-{id}")),
-            daemon: None,
-            runs: 0,
-        }
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("xdplb.sock")
-    }
-
-    fn state_file(&self) -> PathBuf {
-        self.state_file.clone()
-    }
-
-    /// Writes `text` to the file `name` in the test's directory.
-    fn file(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.dir.join(name);
-        fs::write(&path, text).unwrap_or_else(|err| panic!("{}: {err}", path.display()));
-        path
-    }
-
-    fn log_path(&self, run: usize) -> PathBuf {
-        self.dir.join(format!("run{run}.log"))
-    }
-
-    /// What the current (or last) daemon logged.
-    fn log(&self) -> String {
-        fs::read_to_string(self.log_path(self.runs)).unwrap_or_default()
-    }
-
-    /// Starts `xdplb run` on every gateway interface, with this agent's socket, pin dir and
-    /// state file and `extra` arguments, and waits until it says it is ready.
-    fn start(&mut self, extra: &[&str]) {
-        self.start_in(self.gateway.command(&bin()), extra);
-    }
-
-    /// The arguments of `xdplb run` with this agent's socket, pin dir, state file and every
-    /// gateway interface, then `extra`.
-    fn run_args(&self, extra: &[&str]) -> Vec<String> {
-        let mut args: Vec<String> = vec!["--socket".into(), path_str(&self.socket()), "run".into()];
-        args.extend(["--pin-dir".into(), path_str(&self.pin_dir)]);
-        args.extend(["--state-file".into(), path_str(&self.state_file)]);
-        for iface in &self.ifaces {
-            args.extend(["--iface".into(), iface.clone()]);
-        }
-        args.extend(extra.iter().map(|a| (*a).to_owned()));
-        args
-    }
-
-    /// [`Agent::start`] with `cmd` (which runs the binary in the gateway namespace).
-    fn start_in(&mut self, mut cmd: Command, extra: &[&str]) {
-        assert!(self.daemon.is_none(), "an agent is already running");
-        self.runs += 1;
-        let log_path = self.log_path(self.runs);
-        let log = fs::File::create(&log_path)
-            .unwrap_or_else(|err| panic!("{}: {err}", log_path.display()));
-        cmd.args(self.run_args(extra))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log);
-        self.daemon = Some(cmd.spawn().expect("starting xdplb run"));
-        let deadline = Instant::now() + AGENT_TIMEOUT;
-        while !(self.log().contains("agent ready") && UnixStream::connect(self.socket()).is_ok()) {
-            let exited = self
-                .daemon
-                .as_mut()
-                .and_then(|d| d.try_wait().expect("waiting for xdplb"));
-            if let Some(status) = exited {
-                self.daemon = None;
-                panic!(
-                    "xdplb run exited ({status}) before it was ready:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "xdplb run was not ready within {AGENT_TIMEOUT:?}:\n{}",
-                self.log()
-            );
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// Runs `xdplb run` with this agent's arguments and `extra` in the gateway namespace,
-    /// expecting it to fail at start; returns its output.
-    fn start_fails(&self, extra: &[&str]) -> Output {
-        let output = run_bounded(
-            self.gateway.command(&bin()).args(self.run_args(extra)),
-            AGENT_TIMEOUT,
-        );
-        assert!(
-            !output.status.success(),
-            "xdplb run {extra:?} did not fail: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output
-    }
-
-    /// The daemon's pid.
-    fn pid(&self) -> u32 {
-        self.daemon.as_ref().expect("a running agent").id()
-    }
-
-    /// Runs `xdplb --socket SOCKET args...` (on the host: the socket is a file).
-    fn cli(&self, args: &[&str]) -> Output {
-        run_bounded(
-            Command::new(bin())
-                .arg("--socket")
-                .arg(self.socket())
-                .args(args),
-            CLI_TIMEOUT,
-        )
-    }
-
-    /// Runs a CLI command that must succeed, and returns its output.
-    fn ok(&self, args: &[&str]) -> String {
-        let output = self.cli(args);
-        assert!(
-            output.status.success(),
-            "xdplb {} failed ({}): {}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).expect("UTF-8 output")
-    }
-
-    /// Runs a CLI command with `-o json` that must succeed, and reads its output as a `T`.
-    fn json<T: DeserializeOwned>(&self, args: &[&str]) -> T {
-        let text = self.ok(&[&["-o", "json"], args].concat());
-        serde_json::from_str(&text).unwrap_or_else(|err| panic!("xdplb {args:?}: {err} in {text}"))
-    }
-
-    /// `xdplb vip list -o json`.
-    fn vips(&self) -> Vec<VipView> {
-        self.json(&["vip", "list"])
-    }
-
-    /// `xdplb backend list VIP -o json`, by backend address.
-    fn backends(&self) -> BTreeMap<String, BackendView> {
-        self.json::<Vec<BackendView>>(&["backend", "list", VIP])
-            .into_iter()
-            .map(|b| (b.address.to_string(), b))
-            .collect()
-    }
-
-    /// Polls `backend list` until `ready` holds for backend `addr`, until `limit` after
-    /// `since`; returns when it did, measured from `since`, or the last view if it never did.
-    fn wait_for_backend(
-        &self,
-        addr: SocketAddr,
-        since: Instant,
-        limit: Duration,
-        ready: impl Fn(&BackendView) -> bool,
-    ) -> Result<Duration, BackendView> {
-        let key = addr.to_string();
-        loop {
-            let backends = self.backends();
-            let view = backends
-                .get(&key)
-                .unwrap_or_else(|| panic!("no backend {key} in {backends:?}"));
-            if ready(view) {
-                return Ok(since.elapsed());
-            }
-            if since.elapsed() > limit {
-                return Err(view.clone());
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// `xdplb stop [--detach]`, then waits until the daemon has exited, successfully.
-    fn stop(&mut self, detach: bool) {
-        let args: &[&str] = if detach {
-            &["stop", "--detach"]
-        } else {
-            &["stop"]
-        };
-        self.ok(args);
-        let status = self.wait_for_exit();
-        assert!(
-            status.success(),
-            "xdplb run failed: {status}\n{}",
-            self.log()
-        );
-    }
-
-    /// Waits (bounded) for the daemon to exit; kills it if it does not.
-    fn wait_for_exit(&mut self) -> std::process::ExitStatus {
-        let mut daemon = self.daemon.take().expect("a running agent");
-        let deadline = Instant::now() + AGENT_TIMEOUT;
-        loop {
-            if let Some(status) = daemon.try_wait().expect("waiting for xdplb") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = daemon.kill();
-                let _ = daemon.wait();
-                panic!(
-                    "xdplb run did not exit within {AGENT_TIMEOUT:?}:\n{}",
-                    self.log()
-                );
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if thread::panicking() {
-            for run in 1..=self.runs {
-                let log = fs::read_to_string(self.log_path(run)).unwrap_or_default();
-                eprintln!("--- log of xdplb run #{run} ---\n{log}");
-            }
-        }
-        if let Some(mut daemon) = self.daemon.take() {
-            if matches!(daemon.try_wait(), Ok(None)) {
-                let _ = self.cli(&["stop", "--detach"]);
-                let deadline = Instant::now() + AGENT_TIMEOUT;
-                while matches!(daemon.try_wait(), Ok(None)) && Instant::now() < deadline {
-                    thread::sleep(Duration::from_millis(10));
-                }
-            }
-            let _ = daemon.kill();
-            let _ = daemon.wait();
-        }
-        // Left by an agent stopped without --detach, or killed: unpinning the links detaches
-        // the program (nothing else holds them).
-        if self.pin_dir.exists() {
-            let _ = fs::remove_dir_all(&self.pin_dir);
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn path_str(path: &Path) -> String {
-    path.to_str().expect("UTF-8 path").to_owned()
-}
-
-fn bin() -> String {
-    lb_tests::xdplb_bin()
-        .to_str()
-        .expect("UTF-8 binary path")
-        .to_owned()
-}
-
-/// `--vip VIP --backend VIP=b0 ...`: the VIP and the topology's backends, weight 1.
-fn vip_args() -> Vec<String> {
-    let mut args = vec!["--vip".to_owned(), VIP.to_owned()];
-    for i in 0..BACKENDS {
-        args.push("--backend".to_owned());
-        args.push(format!("{VIP}={}", backend_addr(i)));
-    }
-    args
-}
-
-fn strs(args: &[String]) -> Vec<&str> {
-    args.iter().map(String::as_str).collect()
-}
-
-/// Backend `i`'s address and port.
-fn backend_addr(i: usize) -> SocketAddr {
-    SocketAddr::new(lb_tests::netns::net_v4(i + 1, 2).into(), BACKEND_PORT)
-}
-
-/// The backend servers, `b{i}` on port 8080 of backend `i`.
-fn serve(topo: &Topology) -> Vec<Option<Server>> {
-    (0..topo.backends.len())
-        .map(|i| Some(topo.backends[i].tcp_server(BACKEND_PORT, &ident(i))))
-        .collect()
-}
-
-/// Turns transmit checksum offload off in the client and the backends, so that the program
-/// forwards translated packets itself (the fast path) instead of handing them to the kernel.
-fn offload_off(topo: &Topology) {
-    for ns in std::iter::once(&topo.client).chain(&topo.backends) {
-        ns.exec("ethtool", &["-K", "eth0", "tx", "off"])
-            .unwrap_or_else(|err| panic!("{}: ethtool: {err:#}", ns.name));
-    }
-}
-
-/// What `vip list -o json` says about the configuration, without the traffic: one line per
-/// VIP, for readable comparisons.
-fn configuration(vips: &[VipView]) -> Vec<String> {
-    vips.iter()
-        .map(|v| {
-            let backends: Vec<String> = v
-                .backends
-                .iter()
-                .map(|b| format!("{} weight {} {} id {}", b.address, b.weight, b.state, b.id))
-                .collect();
-            format!(
-                "{} {} ring {}: {}",
-                v.vip,
-                v.scheduler,
-                v.ring_size,
-                backends.join(", ")
-            )
-        })
-        .collect()
-}
-
-// --- Prometheus text -----------------------------------------------------------------------
-
-/// The samples of metric `name`: its labels as written (`a="1",b="2"`) and its value.
-/// `/metrics` of the agent serving them on `addr` in `ns`, with curl.
-fn scrape_metrics(ns: &Netns, addr: &str) -> String {
-    let out = ns
-        .exec(
-            "curl",
-            &["-sS", "--max-time", "5", &format!("http://{addr}/metrics")],
-        )
-        .unwrap_or_else(|err| panic!("scraping {addr}: {err:#}"));
-    String::from_utf8(out.stdout).expect("UTF-8 metrics")
-}
-
-fn samples<'a>(text: &'a str, name: &str) -> Vec<(&'a str, f64)> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let labels = series.strip_prefix(name)?;
-            let labels = if labels.is_empty() {
-                labels
-            } else {
-                labels.strip_prefix('{')?.strip_suffix('}')?
-            };
-            Some((labels, value.parse().ok()?))
-        })
-        .collect()
-}
-
-/// The value of `name` with exactly `labels`, if there is such a sample.
-fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
-    samples(text, name)
-        .into_iter()
-        .find(|(l, _)| *l == labels)
-        .map(|(_, v)| v)
-}
 
 // --- Tests ---------------------------------------------------------------------------------
 
@@ -1439,37 +1056,29 @@ fn metrics_and_api_over_curl() {
 /// hooks add a few).
 const SCALE_TIMEOUT: Duration = Duration::from_secs(20);
 
-impl Agent {
-    /// `xdplb -o json autoscale status VIP`: the VIP's autoscaler.
-    fn autoscale(&self) -> AutoscaleStatus {
-        let mut views: Vec<AutoscaleStatus> = self.json(&["autoscale", "status", VIP]);
-        assert_eq!(views.len(), 1, "{views:#?}");
-        views.remove(0)
-    }
+/// The VIP's backends and their states.
+fn backend_states(agent: &Agent) -> BTreeMap<String, String> {
+    agent
+        .backends()
+        .into_iter()
+        .map(|(addr, b)| (addr, b.state.to_string()))
+        .collect()
+}
 
-    /// The VIP's backends and their states.
-    fn backend_states(&self) -> BTreeMap<String, String> {
-        self.backends()
-            .into_iter()
-            .map(|(addr, b)| (addr, b.state.to_string()))
-            .collect()
-    }
-
-    /// Polls until `done` holds for the backends' states, for at most [`SCALE_TIMEOUT`].
-    fn wait_for_pool(&self, what: &str, done: impl Fn(&BTreeMap<String, String>) -> bool) {
-        let deadline = Instant::now() + SCALE_TIMEOUT;
-        loop {
-            let states = self.backend_states();
-            if done(&states) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: not within {SCALE_TIMEOUT:?}; backends {states:?}; autoscaler {:#?}",
-                self.autoscale()
-            );
-            thread::sleep(Duration::from_millis(100));
+/// Polls until `done` holds for the backends' states, for at most [`SCALE_TIMEOUT`].
+fn wait_for_pool(agent: &Agent, what: &str, done: impl Fn(&BTreeMap<String, String>) -> bool) {
+    let deadline = Instant::now() + SCALE_TIMEOUT;
+    loop {
+        let states = backend_states(agent);
+        if done(&states) {
+            return;
         }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {SCALE_TIMEOUT:?}; backends {states:?}; autoscaler {:#?}",
+            agent.autoscale()
+        );
+        thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -1534,12 +1143,12 @@ fn autoscaling_brings_in_standby_backends_and_drains_them_when_load_falls() {
     let mut held = hold(&topo.client, VIP_ADDR, 2);
     thread::sleep(Duration::from_secs(3));
     assert_eq!(
-        count_state(&agent.backend_states(), "up"),
+        count_state(&backend_states(&agent), "up"),
         1,
         "2 connections need 1 backend"
     );
     held.extend(hold(&topo.client, VIP_ADDR, 10));
-    agent.wait_for_pool("scale-out to 3 for 12 connections", |s| {
+    wait_for_pool(&agent, "scale-out to 3 for 12 connections", |s| {
         count_state(s, "up") == 3
     });
     let tally = spread(&topo.client, VIP_ADDR, 30, "new");
@@ -1550,7 +1159,7 @@ fn autoscaling_brings_in_standby_backends_and_drains_them_when_load_falls() {
         "new connections land on the added backends: {tally:?}"
     );
     held.extend(hold(&topo.client, VIP_ADDR, 6));
-    agent.wait_for_pool("scale-out to max = 4 for 18 connections", |s| {
+    wait_for_pool(&agent, "scale-out to max = 4 for 18 connections", |s| {
         count_state(s, "up") == 4
     });
     let status = agent.autoscale();
@@ -1585,7 +1194,7 @@ fn autoscaling_brings_in_standby_backends_and_drains_them_when_load_falls() {
     // One backend stays in rotation; the drained ones without flows leave, those holding a
     // survivor stay (draining) while it is open.
     let kept = survivors.len();
-    agent.wait_for_pool("scale-in to 1 backend in rotation", |s| {
+    wait_for_pool(&agent, "scale-in to 1 backend in rotation", |s| {
         count_state(s, "up") == 1
             && count_state(s, "draining") + 1 == s.len()
             && s.len() <= 1 + kept
@@ -1605,7 +1214,7 @@ fn autoscaling_brings_in_standby_backends_and_drains_them_when_load_falls() {
 
     // Their last connections close: the drained backends leave and are standby again.
     drop(survivors);
-    agent.wait_for_pool("drained backends removed", |s| s.len() == 1);
+    wait_for_pool(&agent, "drained backends removed", |s| s.len() == 1);
     let status = agent.autoscale();
     assert_eq!(status.standby.len(), STANDBY, "{status:#?}");
     agent.stop(true);
@@ -1710,10 +1319,10 @@ echo "$addr"
     agent.start(&["--config", config.to_str().expect("UTF-8 path")]);
 
     let held = hold(&topo.client, VIP_ADDR, 10);
-    agent.wait_for_pool("two hook backends join for 10 connections", |s| {
+    wait_for_pool(&agent, "two hook backends join for 10 connections", |s| {
         count_state(s, "up") == 3
     });
-    let states = agent.backend_states();
+    let states = backend_states(&agent);
     for i in 1..3 {
         assert!(
             states.contains_key(&backend_addr(i).to_string()),
@@ -1731,8 +1340,8 @@ echo "$addr"
 
     // Load falls: the hook backends drain, leave and go to scale-down; b0 stays.
     drop(held);
-    agent.wait_for_pool("back to b0 alone", |s| s.len() == 1);
-    let states = agent.backend_states();
+    wait_for_pool(&agent, "back to b0 alone", |s| s.len() == 1);
+    let states = backend_states(&agent);
     assert!(
         states.contains_key(&backend_addr(0).to_string()),
         "{states:?}"
@@ -1805,7 +1414,7 @@ fn autoscaling_dry_run_decides_reports_and_changes_nothing() {
     assert_eq!(status.sample.active_connections, 10.0, "{status:#?}");
     thread::sleep(Duration::from_secs(2));
     assert_eq!(
-        agent.backend_states().len(),
+        backend_states(&agent).len(),
         1,
         "a dry run changes no backend"
     );

@@ -10,21 +10,21 @@
 
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Child,
     time::{Duration, Instant},
 };
 
 use aya::maps::{HashMap, MapData};
 use lb_common::maps::{VIPS_MAP, VipKey, VipMeta};
-use lb_tests::netns::{Server, Topology, ident_of, tcp_request};
+use lb_tests::{
+    agent::{Agent, VIP, VIP_ADDR},
+    netns::{Server, Topology, ident_of, tcp_request},
+};
 use serde_json::{Value, json};
 
 use super::{median, min};
 
-const VIP: &str = "198.19.0.1:80/tcp";
-const VIP_ADDR: &str = "198.19.0.1:80";
-/// How long the agent may take to start, a CLI command to finish, a change to show.
+/// How long a CLI command may take to finish, a change to show.
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// `changes` CLI changes, alternately taking backend 0 down and up again.
@@ -37,7 +37,8 @@ pub fn control_plane(changes: usize) -> Value {
         .map(|(i, ns)| ns.tcp_server(80, &format!("b{i}")))
         .collect();
     let backend = |i: usize| SocketAddr::new(topo.backends[i].v4.into(), 80).to_string();
-    let mut agent = Agent::start(&topo);
+    let mut agent = Agent::new(&topo);
+    agent.start(&[]);
     agent.ok(&["vip", "add", VIP]);
     for i in 0..2 {
         agent.ok(&["backend", "add", VIP, &backend(i)]);
@@ -49,7 +50,6 @@ pub fn control_plane(changes: usize) -> Value {
         assert_eq!(entries.len(), 1, "one VIP");
         entries[0].1.table_off
     };
-    let vip_addr: SocketAddr = VIP_ADDR.parse().expect("VIP address");
 
     let (mut live_ms, mut cli_ms, mut polls) = (Vec::new(), Vec::new(), 0u64);
     for change in 0..changes {
@@ -79,7 +79,7 @@ pub fn control_plane(changes: usize) -> Value {
                 let line = format!("after change {change}, connection {n}");
                 let answer = topo
                     .client
-                    .run(|| tcp_request(vip_addr, &line))
+                    .run(|| tcp_request(VIP_ADDR, &line))
                     .unwrap_or_else(|err| panic!("{line}: {err:#}"));
                 assert_eq!(ident_of(&answer, &line).as_deref(), Some("b1"), "{line}");
             }
@@ -90,7 +90,7 @@ pub fn control_plane(changes: usize) -> Value {
         median(&live_ms),
         median(&cli_ms)
     );
-    agent.stop();
+    agent.stop(true);
     json!({
         "method": format!(
             "xdplb run in a gateway namespace; {changes} changes `xdplb backend set VIP B0 \
@@ -123,126 +123,4 @@ fn wait_bounded(child: &mut Child, start: Instant) -> bool {
         }
         std::thread::sleep(Duration::from_micros(200));
     }
-}
-
-/// `xdplb run` in the gateway namespace, stopped (and its pins removed) on drop.
-struct Agent {
-    dir: PathBuf,
-    pin_dir: PathBuf,
-    daemon: Option<Child>,
-}
-
-impl Agent {
-    fn start(topo: &Topology) -> Self {
-        let id = std::process::id();
-        let dir = std::env::temp_dir().join(format!("xdplb-bench-{id}"));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("{}: {err}", dir.display()));
-        let log = std::fs::File::create(dir.join("agent.log")).expect("agent log");
-        let mut agent = Self {
-            pin_dir: PathBuf::from(format!("/sys/fs/bpf/xdplb-bench-{id}")),
-            dir,
-            daemon: None,
-        };
-        let mut cmd = topo.gateway.command(&bin().to_string_lossy());
-        cmd.arg("--socket")
-            .arg(agent.socket())
-            .args(["run", "--pin-dir"])
-            .arg(&agent.pin_dir)
-            .arg("--state-file")
-            .arg(agent.dir.join("state.json"));
-        for iface in topo.gateway_ifaces() {
-            cmd.args(["--iface", &iface]);
-        }
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
-        agent.daemon = Some(cmd.spawn().expect("starting xdplb run"));
-        let start = Instant::now();
-        while !(agent.log().contains("agent ready")
-            && std::os::unix::net::UnixStream::connect(agent.socket()).is_ok())
-        {
-            if let Some(status) = agent
-                .daemon
-                .as_mut()
-                .and_then(|d| d.try_wait().expect("waiting for xdplb"))
-            {
-                agent.daemon = None;
-                panic!("xdplb run exited ({status}):\n{}", agent.log());
-            }
-            assert!(
-                start.elapsed() < TIMEOUT,
-                "xdplb run not ready within {TIMEOUT:?}:\n{}",
-                agent.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        agent
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("xdplb.sock")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
-    }
-
-    fn spawn_cli(&self, args: &[&str]) -> Child {
-        Command::new(bin())
-            .arg("--socket")
-            .arg(self.socket())
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting the xdplb CLI")
-    }
-
-    /// Runs a CLI command that must succeed.
-    fn ok(&self, args: &[&str]) {
-        let start = Instant::now();
-        let mut child = self.spawn_cli(args);
-        assert!(
-            wait_bounded(&mut child, start),
-            "xdplb {args:?} failed:\n{}",
-            self.log()
-        );
-    }
-
-    /// `xdplb stop --detach`, bounded; the daemon is killed if it does not exit.
-    fn stop(&mut self) {
-        let start = Instant::now();
-        let mut cli = self.spawn_cli(&["stop", "--detach"]);
-        let stopped = wait_bounded(&mut cli, start);
-        if let Some(mut daemon) = self.daemon.take() {
-            while daemon.try_wait().ok().flatten().is_none() {
-                if start.elapsed() > TIMEOUT {
-                    let _ = daemon.kill();
-                    let _ = daemon.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        assert!(stopped, "xdplb stop --detach failed:\n{}", self.log());
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        if let Some(mut daemon) = self.daemon.take() {
-            let _ = daemon.kill();
-            let _ = daemon.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// The `xdplb` binary built next to the benchmark (`cargo xtask bench` builds it).
-fn bin() -> PathBuf {
-    let bin = lb_tests::xdplb_bin();
-    assert!(Path::new(&bin).is_file());
-    bin
 }
