@@ -1,0 +1,433 @@
+//! Autoscaling end to end: the agent with `[vip.autoscale]` in its config brings in standby
+//! backends or starts them with its scale-up hook as held connections ramp up, drains and
+//! releases them as the load falls, and in dry-run mode decides and reports without changing
+//! anything. Backends answer as `b0`, `b1`, ... (or `hook-b1`, ...) on port 8080.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::PathBuf,
+    thread,
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    agent::{
+        Agent, BACKEND_PORT, VIP, VIP_ADDR, backend_addr, offload_off, sample, scrape_metrics,
+        serve,
+    },
+    netns::{Conn, Topology, ident},
+    traffic::{hold, spread},
+};
+
+/// Longest an autoscaling step may take (decisions come every second; probes, drains and
+/// hooks add a few).
+const SCALE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The VIP's backends and their states.
+fn backend_states(agent: &Agent) -> BTreeMap<String, String> {
+    agent
+        .backends()
+        .into_iter()
+        .map(|(addr, b)| (addr, b.state.to_string()))
+        .collect()
+}
+
+/// Polls until `done` holds for the backends' states, for at most [`SCALE_TIMEOUT`].
+fn wait_for_pool(agent: &Agent, what: &str, done: impl Fn(&BTreeMap<String, String>) -> bool) {
+    let deadline = Instant::now() + SCALE_TIMEOUT;
+    loop {
+        let states = backend_states(agent);
+        if done(&states) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {SCALE_TIMEOUT:?}; backends {states:?}; autoscaler {:#?}",
+            agent.autoscale()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn count_state(states: &BTreeMap<String, String>, state: &str) -> usize {
+    states.values().filter(|s| *s == state).count()
+}
+
+/// A config: the VIP with backends `active`, a TCP health check, and `[vip.autoscale]` holding
+/// `autoscale` (target 4 connections per backend, quick windows for a test).
+fn autoscale_config(active: &[usize], autoscale: &str) -> String {
+    let backends: String = active
+        .iter()
+        .map(|&i| format!("[[vip.backend]]\naddress = \"{}\"\n", backend_addr(i)))
+        .collect();
+    format!(
+        r#"[[vip]]
+address = "{VIP_ADDR}"
+protocol = "tcp"
+[vip.health]
+kind = "tcp"
+interval = "1s"
+timeout = "500ms"
+{backends}[vip.autoscale]
+policy = "target"
+target-per-backend = 4
+min = 1
+max-step = 3
+scale-out-cooldown = "0s"
+scale-in-cooldown = "3s"
+metric-window = "1s"
+scale-in-window = "3s"
+drain-timeout = "60s"
+{autoscale}
+"#
+    )
+}
+
+#[test]
+#[ignore = "needs root"]
+fn autoscaling_brings_in_standby_backends_and_drains_them_when_load_falls() {
+    const STANDBY: usize = 3;
+    let topo = Topology::new(1 + STANDBY).expect("topology");
+    offload_off(&topo);
+    let _servers = serve(&topo);
+    let mut agent = Agent::new(&topo);
+    let standby: Vec<String> = (1..=STANDBY)
+        .map(|i| format!("\"{}\"", backend_addr(i)))
+        .collect();
+    let config = agent.file(
+        "autoscale.toml",
+        &autoscale_config(
+            &[0],
+            &format!("max = 4\nstandby = [{}]", standby.join(", ")),
+        ),
+    );
+    agent.start(&["--config", config.to_str().expect("UTF-8 path")]);
+    let status = agent.autoscale();
+    assert_eq!(status.serving, 1, "{status:#?}");
+    assert_eq!(status.standby.len(), STANDBY);
+
+    // A bounded ramp of held connections: 2 fit one backend, 12 need three, 18 need the max, 4.
+    let mut held = hold(&topo.client, VIP_ADDR, 2);
+    thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        count_state(&backend_states(&agent), "up"),
+        1,
+        "2 connections need 1 backend"
+    );
+    held.extend(hold(&topo.client, VIP_ADDR, 10));
+    wait_for_pool(&agent, "scale-out to 3 for 12 connections", |s| {
+        count_state(s, "up") == 3
+    });
+    let tally = spread(&topo.client, VIP_ADDR, 30, "new");
+    let b0 = ident(0);
+    let on_new = tally.keys().filter(|i| **i != b0).count();
+    assert!(
+        on_new >= 1,
+        "new connections land on the added backends: {tally:?}"
+    );
+    held.extend(hold(&topo.client, VIP_ADDR, 6));
+    wait_for_pool(&agent, "scale-out to max = 4 for 18 connections", |s| {
+        count_state(s, "up") == 4
+    });
+    let status = agent.autoscale();
+    assert!(status.standby.is_empty(), "{status:#?}");
+    assert!(
+        status
+            .decisions
+            .first()
+            .is_some_and(|d| d.reason.contains("at 4/backend")),
+        "{status:#?}"
+    );
+
+    // Connections opened before the scale-out all went to b0: hold a few more (bounded) until
+    // two added backends hold some.
+    for _ in 0..5 {
+        let added: std::collections::BTreeSet<&String> =
+            held.iter().map(|(_, i)| i).filter(|i| **i != b0).collect();
+        if added.len() >= 2 {
+            break;
+        }
+        held.extend(hold(&topo.client, VIP_ADDR, 4));
+    }
+
+    // Load falls: keep one long-lived connection on each of two added backends, close the rest.
+    let mut survivors: Vec<(Conn, String)> = Vec::new();
+    for (conn, ident) in held {
+        if ident != b0 && !survivors.iter().any(|(_, i)| *i == ident) && survivors.len() < 2 {
+            survivors.push((conn, ident));
+        }
+    }
+    assert_eq!(survivors.len(), 2, "held connections on two added backends");
+    // One backend stays in rotation; the drained ones without flows leave, those holding a
+    // survivor stay (draining) while it is open.
+    let kept = survivors.len();
+    wait_for_pool(&agent, "scale-in to 1 backend in rotation", |s| {
+        count_state(s, "up") == 1
+            && count_state(s, "draining") + 1 == s.len()
+            && s.len() <= 1 + kept
+    });
+    for (conn, ident) in &mut survivors {
+        let answer = conn
+            .ask("still there?")
+            .unwrap_or_else(|err| panic!("a long-lived connection to {ident} broke: {err:#}"));
+        assert_eq!(&answer, ident, "a long-lived connection moved");
+    }
+    let status = agent.autoscale();
+    let drained = status
+        .decisions
+        .iter()
+        .any(|d| d.actions.iter().any(|a| a.contains("drain")));
+    assert!(drained, "a scale-in decision that drains: {status:#?}");
+
+    // Their last connections close: the drained backends leave and are standby again.
+    drop(survivors);
+    wait_for_pool(&agent, "drained backends removed", |s| s.len() == 1);
+    let status = agent.autoscale();
+    assert_eq!(status.standby.len(), STANDBY, "{status:#?}");
+    agent.stop(true);
+}
+
+/// A backend server as its own process: a Python line server answering `IDENT LINE`.
+const LINE_SERVER: &str = r#"
+import socket, sys, threading
+ident, port = sys.argv[1].encode(), int(sys.argv[2])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", port))
+s.listen(128)
+def serve(c):
+    with c, c.makefile("rb") as lines:
+        for line in lines:
+            c.sendall(ident + b" " + line)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// Kills the processes listed in a pid file on drop.
+struct Pids(PathBuf);
+
+impl Drop for Pids {
+    fn drop(&mut self) {
+        for pid in fs::read_to_string(&self.0)
+            .unwrap_or_default()
+            .split_whitespace()
+        {
+            if let Ok(pid) = pid.parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn autoscaling_hooks_start_and_release_backend_servers() {
+    let topo = Topology::new(3).expect("topology");
+    offload_off(&topo);
+    // Only b0 runs; the scale-up hook starts b1, then b2, in their namespaces.
+    let _b0 = topo.backends[0].tcp_server(BACKEND_PORT, &ident(0));
+    let mut agent = Agent::new(&topo);
+    let dir = agent.dir.clone();
+    let pids = Pids(dir.join("pids"));
+    agent.file("server.py", LINE_SERVER);
+    let pool: String = (1..3)
+        .map(|i| format!("{} {}\n", topo.backends[i].name, backend_addr(i)))
+        .collect();
+    agent.file("pool", &pool);
+    agent.file("next", "1\n");
+    let up = agent.file(
+        "scale-up.sh",
+        &format!(
+            r#"#!/bin/sh
+# Starts the next backend server of the pool in its namespace and prints its address.
+set -eu
+cd {dir}
+exec 9>lock
+flock 9
+n=$(cat next)
+echo $((n + 1)) > next
+line=$(sed -n "${{n}}p" pool)
+[ -n "$line" ] || {{ echo "the pool is used up" >&2; exit 1; }}
+ns=${{line% *}}
+addr=${{line#* }}
+nsenter --net=/run/netns/$ns python3 server.py hook-b$n {BACKEND_PORT} </dev/null >/dev/null 2>&1 9>&- &
+echo $! >> pids
+echo "$addr"
+"#,
+            dir = dir.display()
+        ),
+    );
+    let down = agent.file(
+        "scale-down.sh",
+        &format!(
+            "#!/bin/sh\n# Records the released backend.\necho \"$1\" >> {}/released\n",
+            dir.display()
+        ),
+    );
+    for script in [&up, &down] {
+        fs::set_permissions(script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod hook");
+    }
+    let config = agent.file(
+        "autoscale.toml",
+        &autoscale_config(
+            &[0],
+            &format!(
+                "max = 3\nscale-up = [\"{}\"]\nscale-down = [\"{}\"]\nhook-timeout = \"5s\"",
+                up.display(),
+                down.display()
+            ),
+        ),
+    );
+    agent.start(&["--config", config.to_str().expect("UTF-8 path")]);
+
+    let held = hold(&topo.client, VIP_ADDR, 10);
+    wait_for_pool(&agent, "two hook backends join for 10 connections", |s| {
+        count_state(s, "up") == 3
+    });
+    let states = backend_states(&agent);
+    for i in 1..3 {
+        assert!(
+            states.contains_key(&backend_addr(i).to_string()),
+            "{states:?}"
+        );
+    }
+    let tally = spread(&topo.client, VIP_ADDR, 30, "new");
+    assert!(
+        tally.keys().any(|ident| ident.starts_with("hook-b")),
+        "new connections reach the servers the hook started: {tally:?}"
+    );
+    let status = agent.autoscale();
+    assert_eq!(status.scale_up_hook.runs, 2, "{status:#?}");
+    assert_eq!(status.scale_up_hook.failures, 0, "{status:#?}");
+
+    // Load falls: the hook backends drain, leave and go to scale-down; b0 stays.
+    drop(held);
+    wait_for_pool(&agent, "back to b0 alone", |s| s.len() == 1);
+    let states = backend_states(&agent);
+    assert!(
+        states.contains_key(&backend_addr(0).to_string()),
+        "{states:?}"
+    );
+    let deadline = Instant::now() + SCALE_TIMEOUT;
+    let released = loop {
+        let released = fs::read_to_string(dir.join("released")).unwrap_or_default();
+        if released.lines().count() == 2 || Instant::now() > deadline {
+            break released;
+        }
+        thread::sleep(Duration::from_millis(100));
+    };
+    let mut released: Vec<&str> = released.lines().collect();
+    released.sort();
+    assert_eq!(
+        released,
+        [backend_addr(1).to_string(), backend_addr(2).to_string()],
+        "scale-down gets each drained hook backend"
+    );
+    agent.stop(true);
+    drop(pids);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn autoscaling_dry_run_decides_reports_and_changes_nothing() {
+    const METRICS: &str = "127.0.0.1:9465";
+    let topo = Topology::new(3).expect("topology");
+    offload_off(&topo);
+    let _servers = serve(&topo);
+    let mut agent = Agent::new(&topo);
+    let config = agent.file(
+        "autoscale.toml",
+        &autoscale_config(
+            &[0],
+            &format!(
+                "max = 3\nstandby = [\"{}\", \"{}\"]",
+                backend_addr(1),
+                backend_addr(2)
+            ),
+        ),
+    );
+    agent.start(&[
+        "--config",
+        config.to_str().expect("UTF-8 path"),
+        "--autoscale-dry-run",
+        "--metrics",
+        METRICS,
+    ]);
+    let held = hold(&topo.client, VIP_ADDR, 10);
+    let deadline = Instant::now() + SCALE_TIMEOUT;
+    let status = loop {
+        let status = agent.autoscale();
+        if status.desired == 3 {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no decision: {status:#?}");
+        thread::sleep(Duration::from_millis(100));
+    };
+    let decision = status
+        .decisions
+        .first()
+        .unwrap_or_else(|| panic!("no decision recorded: {status:#?}"));
+    assert!(decision.dry_run, "{status:#?}");
+    assert_eq!(
+        decision.actions.first().map(String::as_str),
+        Some("would add 2"),
+        "{status:#?}"
+    );
+    assert_eq!(status.sample.active_connections, 10.0, "{status:#?}");
+    thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        backend_states(&agent).len(),
+        1,
+        "a dry run changes no backend"
+    );
+
+    let text = agent.ok(&["autoscale", "status"]);
+    for expected in [
+        "policy target on active-connections, target 4/backend, 1..=3 backends",
+        "desired 3  allocated 1  in rotation 1",
+        "1 -> 3  load 10 at 4/backend [dry run]: would add 2",
+    ] {
+        assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+    }
+    let metrics = scrape_metrics(&topo.gateway, METRICS);
+    let vip = format!("vip=\"{VIP}\"");
+    assert_eq!(
+        sample(&metrics, "xdplb_autoscale_desired_backends", &vip),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "xdplb_autoscale_signal",
+            &format!("{vip},signal=\"active-connections\"")
+        ),
+        Some(10.0),
+        "{metrics}"
+    );
+    assert!(
+        sample(
+            &metrics,
+            "xdplb_autoscale_decisions_total",
+            &format!("{vip},direction=\"out\"")
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    // Unknown VIPs and VIPs without autoscaling are clear errors.
+    let out = agent.cli(&["autoscale", "status", "198.19.0.9:80/tcp"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("198.19.0.9:80/tcp"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(held);
+    agent.stop(true);
+}
