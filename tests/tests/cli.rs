@@ -1,10 +1,13 @@
-//! End-to-end tests of the agent and its CLI: `xdplb run` in the gateway namespace of a
-//! topology (client, gateway, three backends answering as `b0`, `b1`, `b2` on port 8080),
-//! driven by `xdplb` commands and by `curl` on its API socket, with real TCP connections
-//! through the VIP 198.19.0.1:80/tcp.
+//! The agent's CLI and API, end to end: `xdplb run` in the gateway namespace of a topology
+//! (client, gateway, three backends answering as `b0`, `b1`, `b2` on port 8080), driven by
+//! `xdplb` commands and by `curl` on its API socket, with real TCP connections through the VIP
+//! 198.19.0.1:80/tcp: VIPs and backends added, `apply` with its plan, bad input refused, and
+//! `/metrics` and `/v1/status`.
 //!
-//! Each test has its own topology and [`Agent`] guard (its own socket, pin dir and state file),
-//! which cleans up also when the test fails. Every wait has a deadline.
+//! The agent's other tests, by theme: `backends.rs` (health checks, drains), `lifecycle.rs`,
+//! `outages.rs`, `autoscale.rs`. Each test has its own topology and
+//! [`Agent`](lb_tests::agent::Agent) guard (its own socket, pin dir and state file), which
+//! cleans up also when the test fails. Every wait has a deadline.
 
 use std::{
     fs,
@@ -28,8 +31,6 @@ use lb_user::{
     api::{StatusView, VipView},
     balancer::BackendState,
 };
-
-// --- Tests ---------------------------------------------------------------------------------
 
 /// An agent started with no VIPs takes a VIP and three backends from the CLI; connections
 /// through the VIP reach all three; `vip list`, `backend list -o json` and `status` show it.
