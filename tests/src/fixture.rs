@@ -3,7 +3,7 @@
 //!
 //! The runner takes the program as a closure, so this crate does not depend on the agent.
 
-use std::fmt;
+use std::{fmt, net::SocketAddr};
 
 use crate::packet::{describe, hex_diff};
 
@@ -42,6 +42,31 @@ pub enum Expect {
     Frame(Vec<u8>),
     /// Whatever this check accepts; it explains what is wrong otherwise.
     Check(FrameCheck),
+}
+
+/// Output goes to one of `backends` (by destination address and port) with valid checksums.
+pub fn to_one_of(backends: &'static [&'static str]) -> Expect {
+    Expect::Check(Box::new(move |out| {
+        crate::packet::verify_checksums(out)?;
+        let headers =
+            etherparse::PacketHeaders::from_ethernet_slice(out).map_err(|e| e.to_string())?;
+        let dst = match (&headers.net, &headers.transport) {
+            (
+                Some(etherparse::NetHeaders::Ipv4(ip, _)),
+                Some(etherparse::TransportHeader::Tcp(tcp)),
+            ) => SocketAddr::from((ip.destination, tcp.destination_port)),
+            (
+                Some(etherparse::NetHeaders::Ipv6(ip, _)),
+                Some(etherparse::TransportHeader::Tcp(tcp)),
+            ) => SocketAddr::from((ip.destination, tcp.destination_port)),
+            _ => return Err("not TCP/IP".into()),
+        };
+        if backends.iter().any(|b| crate::sa(b) == dst) {
+            Ok(())
+        } else {
+            Err(format!("sent to {dst}, not one of {backends:?}"))
+        }
+    }))
 }
 
 /// One fixture.

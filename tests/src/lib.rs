@@ -6,6 +6,7 @@
 //! - [`netns`]: client / gateway / backend topologies in network namespaces;
 //! - [`traffic`]: connections through a VIP, counted by backend, held, or kept busy;
 //! - [`program`] (feature `xdplb`): the real XDP program, loaded and run once per packet;
+//! - [`lab`] (feature `xdplb`): the gateway the packet fixtures run in;
 //! - [`agent`] (feature `xdplb`): `xdplb run` in a topology's gateway, driven by its CLI.
 //!
 //! Without the `xdplb` feature (as xtask uses it), nothing here links the agent: the fixture
@@ -16,6 +17,8 @@ use std::{net::SocketAddr, path::PathBuf};
 #[cfg(feature = "xdplb")]
 pub mod agent;
 pub mod fixture;
+#[cfg(feature = "xdplb")]
+pub mod lab;
 pub mod netns;
 pub mod packet;
 #[cfg(feature = "xdplb")]

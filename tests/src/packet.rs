@@ -1,11 +1,16 @@
 //! Test packets, built with etherparse, and readable one-line summaries of frames.
 
-use std::{fmt::Write as _, net::SocketAddr};
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+};
 
 use etherparse::{
     IpHeaders, Ipv4Extensions, Ipv4Header, Ipv6Extensions, Ipv6Header, LaxPacketHeaders,
     LinkHeader, NetHeaders, PacketBuilder, TransportHeader, ip_number,
 };
+
+use crate::sa;
 
 /// MAC address of the client side in fixtures.
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -308,4 +313,114 @@ pub fn l4_checksum_offset(frame: &[u8]) -> usize {
     let l4 = if ipv6 { 14 + 40 } else { 14 + 20 };
     let proto = if ipv6 { frame[14 + 6] } else { frame[14 + 9] };
     l4 + if proto == 17 { 6 } else { 16 }
+}
+
+// --- Frames altered after they were built, and frames that are not TCP or UDP ------------
+
+/// The frame with its L4 checksum set to `check`, nothing else fixed.
+pub fn set_checksum(mut frame: Vec<u8>, check: u16) -> Vec<u8> {
+    let at = l4_checksum_offset(&frame);
+    frame[at..at + 2].copy_from_slice(&check.to_be_bytes());
+    frame
+}
+
+/// The frame with the L4 checksum replaced by a partial one for its addresses (transmit offload).
+pub fn partial(frame: Vec<u8>, src: IpAddr, dst: IpAddr) -> Vec<u8> {
+    let ipv6 = frame[12..14] == [0x86, 0xdd];
+    let (proto, l4_len) = if ipv6 {
+        (
+            frame[20],
+            usize::from(u16::from_be_bytes([frame[18], frame[19]])),
+        )
+    } else {
+        (
+            frame[23],
+            usize::from(u16::from_be_bytes([frame[16], frame[17]])) - 20,
+        )
+    };
+    let check = partial_checksum(src, dst, proto, l4_len);
+    set_checksum(frame, check)
+}
+
+/// A payload of `len` bytes that gives the TCP segment `src` → `dst` (ACK) a full checksum
+/// equal to its pseudo-header sum: the value a partial checksum would hold.
+pub fn colliding_payload(src: &str, dst: &str, len: usize) -> Vec<u8> {
+    (0..=u16::MAX)
+        .map(|n| {
+            let mut payload = n.to_be_bytes().to_vec();
+            payload.resize(len, 0x5a);
+            payload
+        })
+        .find(|payload| {
+            let f = frame(sa(src), sa(dst), L4::Tcp(tcp_flags::ACK), payload);
+            let at = l4_checksum_offset(&f);
+            let check = u16::from_be_bytes([f[at], f[at + 1]]);
+            check == partial_checksum(sa(src).ip(), sa(dst).ip(), 6, 20 + len)
+        })
+        .expect("some payload collides")
+}
+
+/// Cuts `frame` to `len` bytes, fixing nothing.
+pub fn cut(frame: &[u8], len: usize) -> Vec<u8> {
+    frame[..len].to_vec()
+}
+
+/// Sets byte `at` of an IPv4 `frame` to `value` and repairs the IPv4 header checksum.
+pub fn patch_ipv4(mut frame: Vec<u8>, at: usize, value: u8) -> Vec<u8> {
+    frame[at] = value;
+    frame[24] = 0;
+    frame[25] = 0;
+    let ihl = usize::from(frame[14] & 0x0f).max(5) * 4;
+    let mut sum: u32 = frame[14..14 + ihl]
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    frame[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    frame
+}
+
+/// IPv4 frame with 4 bytes of options (IHL 6) before the TCP header.
+pub fn with_ipv4_options(frame: &[u8]) -> Vec<u8> {
+    let mut out = frame[..34].to_vec();
+    out.extend_from_slice(&[1, 1, 1, 0]); // NOP NOP NOP EOL
+    out.extend_from_slice(&frame[34..]);
+    let tot_len = u16::from_be_bytes([out[16], out[17]]) + 4;
+    out[16..18].copy_from_slice(&tot_len.to_be_bytes());
+    patch_ipv4(out, 14, 0x46)
+}
+
+/// IPv6 frame with one extension header (`next_hdr`, 8 bytes) before the transport header.
+pub fn with_ipv6_ext(frame: &[u8], next_hdr: u8) -> Vec<u8> {
+    let proto = frame[20];
+    let mut out = frame[..54].to_vec();
+    out[20] = next_hdr;
+    let plen = u16::from_be_bytes([out[18], out[19]]) + 8;
+    out[18..20].copy_from_slice(&plen.to_be_bytes());
+    out.extend_from_slice(&[proto, 0, 0, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&frame[54..]);
+    out
+}
+
+/// An ARP request from the client for the gateway.
+pub fn arp_request() -> Vec<u8> {
+    let mut out = vec![0xff; 6];
+    out.extend_from_slice(&CLIENT_MAC);
+    out.extend_from_slice(&[0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    out.extend_from_slice(&CLIENT_MAC);
+    out.extend_from_slice(&[198, 18, 0, 2, 0, 0, 0, 0, 0, 0, 198, 18, 0, 1]);
+    out
+}
+
+/// An ICMP echo request from the client to `dst`.
+pub fn icmp_echo(dst: [u8; 4]) -> Vec<u8> {
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(CLIENT_MAC, GATEWAY_MAC)
+        .ipv4([198, 18, 0, 2], dst, 64)
+        .icmpv4_echo_request(1, 1)
+        .write(&mut out, b"ping")
+        .expect("icmp");
+    out
 }
