@@ -1,6 +1,6 @@
-//! `cargo xtask bench [--quick]`: builds in release, runs the benchmarks (the `bench` test of
-//! `lb-tests`, which needs root), prints a table and leaves `target/bench/results.json` and an
-//! SVG chart per group next to it.
+//! `cargo xtask bench [--quick]`: builds in release, runs the benchmarks (the `xdplb` bench
+//! target of `lb-tests`, which needs root), prints a table and leaves
+//! `target/bench/results.json` and an SVG chart per group next to it.
 
 mod chart;
 
@@ -42,29 +42,24 @@ fn measure(args: &BenchArgs, out: &std::path::Path) -> anyhow::Result<()> {
         "build xdplb (release)",
         cargo().args(["build", "--release", "-p", "lb-user", "--bin", "xdplb"]),
     )?;
+    let mut bench = cargo();
+    bench
+        .args(["bench", "-p", "lb-tests", "--bench", "xdplb", "--"])
+        .arg("--out")
+        .arg(out);
+    if args.quick {
+        bench.arg("--quick");
+    }
+    if let Some(only) = &args.only {
+        bench.args(["--only", only]);
+    }
     run_step(
         if args.quick {
             "benchmarks (quick)"
         } else {
             "benchmarks"
         },
-        cargo()
-            .args([
-                "test",
-                "--release",
-                "-p",
-                "lb-tests",
-                "--test",
-                "bench",
-                "--",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("XDPLB_BENCH", "1")
-            .env("XDPLB_BENCH_QUICK", if args.quick { "1" } else { "0" })
-            .env("XDPLB_BENCH_OUT", out)
-            .env("XDPLB_BENCH_ONLY", args.only.as_deref().unwrap_or("")),
+        &mut bench,
     )
 }
 

@@ -54,8 +54,6 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         // so that a plain `cargo test` reports them as ignored rather than passed.
         test.arg("--include-ignored");
     }
-    // The benchmarks are `cargo xtask bench`'s, not tests.
-    test.args(["--skip", "xtask_bench_suite"]);
     if let Some(filter) = &args.filter {
         test.arg(filter);
     }

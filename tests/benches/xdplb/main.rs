@@ -1,7 +1,8 @@
-//! Benchmarks, run by `cargo xtask bench [--quick]` (which sets `XDPLB_BENCH=1`); every other
-//! run of this test, `cargo xtask test` included, returns at once.
+//! The benchmarks, a bench target of its own (`harness = false`), run by
+//! `cargo xtask bench [--quick] [--only GROUPS]`, which builds in release and runs, as root,
+//! `cargo bench -p lb-tests --bench xdplb -- [--quick] [--only GROUPS] --out PATH`.
 //!
-//! Results go to `$XDPLB_BENCH_OUT` as JSON; xtask prints them as a table.
+//! Results go to `PATH` as JSON; xtask prints them as a table.
 //!
 //! **Per-packet cost.** `BPF_PROG_TEST_RUN` with `repeat = N` runs the program again on the
 //! buffer it already rewrote, so after the first run a translated packet no longer goes to the
@@ -16,11 +17,8 @@
 //! **End to end over veth.** Forwarded packets per second of small UDP frames through a gateway
 //! namespace running xdplb, nftables DNAT or plain routing (see [`end_to_end`]).
 
-#[path = "bench/control.rs"]
 mod control;
-#[path = "bench/steps.rs"]
 mod steps;
-#[path = "bench/tcp.rs"]
 mod tcp;
 
 use std::{
@@ -75,14 +73,46 @@ struct Params {
     repeat: u32,
 }
 
-#[test]
-#[ignore = "benchmark: needs root; run by `cargo xtask bench`"]
-fn xtask_bench_suite() {
-    if std::env::var("XDPLB_BENCH").as_deref() != Ok("1") {
-        eprintln!("bench: skipped (only `cargo xtask bench` runs it, with XDPLB_BENCH=1)");
-        return;
+/// The command line: `--quick`, `--only GROUPS` (comma-separated), `--out PATH`; and `--bench`,
+/// which `cargo bench` adds.
+struct Args {
+    quick: bool,
+    /// Groups to run; empty: all.
+    only: String,
+    out: String,
+}
+
+impl Args {
+    fn parse() -> Self {
+        let mut args = Self {
+            quick: false,
+            only: String::new(),
+            out: "results.json".to_owned(),
+        };
+        let mut given = std::env::args().skip(1);
+        while let Some(arg) = given.next() {
+            let mut value = |name: &str| {
+                given
+                    .next()
+                    .unwrap_or_else(|| panic!("{name} needs a value"))
+            };
+            match arg.as_str() {
+                "--quick" => args.quick = true,
+                "--only" => args.only = value("--only"),
+                "--out" => args.out = value("--out"),
+                "--bench" => {}
+                other => panic!("unknown argument {other:?} (--quick, --only GROUPS, --out PATH)"),
+            }
+        }
+        args
     }
-    let quick = std::env::var("XDPLB_BENCH_QUICK").as_deref() == Ok("1");
+}
+
+fn main() {
+    let Args { quick, only, out } = Args::parse();
+    if !lb_tests::is_root() {
+        panic!("the benchmarks run the XDP program through BPF_PROG_TEST_RUN: run as root");
+    }
     let params = if quick {
         Params {
             calls: 10_000,
@@ -96,7 +126,6 @@ fn xtask_bench_suite() {
             repeat: 5_000_000,
         }
     };
-    let out = std::env::var("XDPLB_BENCH_OUT").unwrap_or_else(|_| "results.json".into());
     let machine = machine();
     let cpu = pin_to_last_cpu();
     let start = Instant::now();
@@ -117,8 +146,7 @@ fn xtask_bench_suite() {
             .expect("backends");
     }
 
-    // `XDPLB_BENCH_ONLY=tcp,end_to_end` runs only those groups (the others are null).
-    let only = std::env::var("XDPLB_BENCH_ONLY").unwrap_or_default();
+    // `--only tcp,end_to_end` runs only those groups (the others are null).
     let wanted = |group: &str| only.is_empty() || only.split(',').any(|g| g.trim() == group);
 
     let (mut per_packet, mut scaling_rows, mut scaling_lines) =
