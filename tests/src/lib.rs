@@ -1,5 +1,6 @@
-//! Test harnesses for xdplb, shared by every test and by `cargo xtask demo`:
+//! Test harnesses for xdplb, shared by every test, the benchmarks and `cargo xtask` (demo, bench):
 //!
+//! - [`bench`]: the benchmarks' results, as the benchmark writes them and xtask reads them;
 //! - [`fixture`]: Katran-style tables of packet cases (description, input packet, expected XDP
 //!   action, expected output packet) run through `BPF_PROG_TEST_RUN`;
 //! - [`packet`]: test packets built with etherparse, and readable summaries of them;
@@ -16,6 +17,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 #[cfg(feature = "xdplb")]
 pub mod agent;
+pub mod bench;
 pub mod fixture;
 #[cfg(feature = "xdplb")]
 pub mod lab;

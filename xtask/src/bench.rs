@@ -5,7 +5,7 @@
 mod chart;
 
 use clap::Args;
-use serde_json::Value;
+use lb_tests::bench::{Breakdown, ControlPlane, EndToEnd, Results, Tcp};
 
 use crate::{cargo, run_step, target_dir};
 
@@ -67,7 +67,13 @@ fn measure(args: &BenchArgs, out: &std::path::Path) -> anyhow::Result<()> {
 fn report(out: &std::path::Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(out)
         .map_err(|err| anyhow::anyhow!("reading {}: {err}", out.display()))?;
-    let results: Value = serde_json::from_str(&text)?;
+    let results: Results = serde_json::from_str(&text).map_err(|err| {
+        anyhow::anyhow!(
+            "reading {}: {err} (written by another version of the benchmarks? \
+             `cargo xtask bench` writes it again)",
+            out.display()
+        )
+    })?;
     print_table(&results);
     let dir = out.parent().expect("results in a directory");
     let charts = charts(&results);
@@ -89,77 +95,52 @@ fn report(out: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn f(v: &Value) -> f64 {
-    v.as_f64().unwrap_or(f64::NAN)
+/// A ratio with two decimals, or `-` if there is none.
+fn ratio(v: Option<f64>) -> String {
+    v.map_or("-".to_owned(), |x| format!("{x:.2}"))
 }
 
-fn s(v: &Value) -> String {
-    v.as_str().unwrap_or("").to_owned()
-}
-
-fn rows(v: &Value) -> impl Iterator<Item = &Value> {
-    v.as_array().into_iter().flatten()
-}
-
-fn ratio(v: &Value) -> String {
-    v.as_f64().map_or("-".to_owned(), |x| format!("{x:.2}"))
-}
-
-fn print_table(r: &Value) {
-    let u = |v: &Value| v.as_u64().unwrap_or(0);
+fn print_table(r: &Results) {
     println!();
     println!(
         "xdplb benchmarks{} on CPU {} (kernel {}; {} × {}, {:.0} GiB; load average at start {}) in {:.0} s",
-        if r["quick"].as_bool() == Some(true) {
-            " (quick)"
-        } else {
-            ""
-        },
-        r["cpu"],
-        s(&r["kernel"]),
-        r["machine"]["cpus"],
-        s(&r["machine"]["cpu_model"]),
-        f(&r["machine"]["memory_gib"]),
-        s(&r["machine"]["loadavg_at_start"]),
-        f(&r["seconds"]),
+        if r.quick { " (quick)" } else { "" },
+        r.cpu,
+        r.kernel,
+        r.machine.cpus,
+        r.machine.cpu_model,
+        r.machine.memory_gib,
+        r.machine.loadavg_at_start,
+        r.seconds,
     );
-    println!("method: {}", s(&r["method"]));
+    println!("method: {}", r.method);
     println!();
     println!("Per-packet cost (BPF_PROG_TEST_RUN, 5 runs)");
     println!(
         "  {:<20} {:>9} {:>9} {:>7}  {:<9} {:<22} what",
         "case", "ns min", "ns med", "x TX", "method", "outcome"
     );
-    for row in rows(&r["per_packet"]) {
+    for row in &r.per_packet {
         println!(
             "  {:<20} {:>9.1} {:>9.1} {:>7.2}  {:<9} {:<22} {}",
-            s(&row["name"]),
-            f(&row["ns_min"]),
-            f(&row["ns_median"]),
-            f(&row["ratio_to_tx"]),
-            s(&row["method"]),
-            s(&row["outcome"]),
-            s(&row["what"])
+            row.name, row.ns_min, row.ns_median, row.ratio_to_tx, row.method, row.outcome, row.what
         );
     }
     println!();
     println!("Scaling (established flow, repeat=1 method)");
     println!("  {:<20} {:>9} {:>9}  what", "case", "ns min", "ns med");
-    for row in rows(&r["scaling"]) {
+    for row in &r.scaling {
         println!(
             "  {:<20} {:>9.1} {:>9.1}  {}",
-            s(&row["name"]),
-            f(&row["ns_min"]),
-            f(&row["ns_median"]),
-            s(&row["what"])
+            row.name, row.ns_min, row.ns_median, row.what
         );
     }
-    for line in rows(&r["scaling_lines"]) {
+    for line in &r.scaling_lines {
         println!(
             "  spread over {:<9} {:>+8.1}% (minimums) {:>+8.1}% (medians)   target: within ±10%",
-            s(&line["line"]),
-            100.0 * f(&line["spread_min"]),
-            100.0 * f(&line["spread_median"])
+            line.line,
+            100.0 * line.spread_min,
+            100.0 * line.spread_median
         );
     }
     println!();
@@ -168,40 +149,19 @@ fn print_table(r: &Value) {
         "  {:>8} {:>7} {:>10} {:>10} {:>10} {:>10}",
         "backends", "M", "ms min", "ms med", "remapped", "ideal 1/N"
     );
-    for row in rows(&r["maglev"]) {
+    for row in r.maglev.iter().flatten() {
         println!(
             "  {:>8} {:>7} {:>10.2} {:>10.2} {:>9.3}% {:>9.3}%",
-            u(&row["backends"]),
-            u(&row["ring_size"]),
-            f(&row["build_ms_min"]),
-            f(&row["build_ms_median"]),
-            100.0 * f(&row["remapped_share"]),
-            100.0 * f(&row["ideal_share"])
+            row.backends,
+            row.ring_size,
+            row.build_ms_min,
+            row.build_ms_median,
+            100.0 * row.remapped_share,
+            100.0 * row.ideal_share
         );
     }
-    let cp = &r["control_plane"];
-    println!();
-    println!("Control plane: CLI change to the new table live in the data path");
-    println!("  method: {}", s(&cp["method"]));
-    println!(
-        "  live after   {:>8.1} ms min {:>8.1} ms median",
-        f(&cp["live_ms_min"]),
-        f(&cp["live_ms_median"])
-    );
-    println!(
-        "  CLI exited   {:>8.1} ms min {:>8.1} ms median",
-        f(&cp["cli_ms_min"]),
-        f(&cp["cli_ms_median"])
-    );
-    for row in rows(&cp["slots_write"]) {
-        println!(
-            "  writing a ring of {:>7} slots (one map update each): {:>8.1} ms min {:>8.1} ms median",
-            row["ring_size"],
-            f(&row["ms_min"]),
-            f(&row["ms_median"])
-        );
-    }
-    print_breakdown(&r["breakdown"]);
+    print_control_plane(r.control_plane.as_ref());
+    print_breakdown(r.breakdown.as_ref());
     println!();
     println!("Memory (kernel memlock of the map / capacity)");
     println!(
@@ -209,133 +169,147 @@ fn print_table(r: &Value) {
         "map", "capacity", "key", "value", "memlock bytes", "B/flow"
     );
     let mut total = 0.0;
-    for row in rows(&r["memory"]) {
-        total += f(&row["bytes_per_flow"]);
+    for row in &r.memory {
+        total += row.bytes_per_flow;
         println!(
             "  {:<12} {:>9} {:>5} {:>6} {:>14} {:>10.1}",
-            s(&row["map"]),
-            u(&row["capacity"]),
-            u(&row["key_size"]),
-            u(&row["value_size"]),
-            u(&row["memlock_bytes"]),
-            f(&row["bytes_per_flow"])
+            row.map,
+            row.capacity,
+            row.key_size,
+            row.value_size,
+            row.memlock_bytes,
+            row.bytes_per_flow
         );
     }
     println!("  {:<12} {:>48.1}", "per flow", total);
-    print_end_to_end(&r["end_to_end"]);
-    print_tcp(&r["tcp"]);
+    print_end_to_end(r.end_to_end.as_ref());
+    print_tcp(r.tcp.as_ref());
+}
+
+/// The section "Control plane".
+fn print_control_plane(cp: Option<&ControlPlane>) {
+    println!();
+    println!("Control plane: CLI change to the new table live in the data path");
+    let Some(cp) = cp else {
+        println!("  (not in the results)");
+        return;
+    };
+    println!("  method: {}", cp.method);
+    println!(
+        "  live after   {:>8.1} ms min {:>8.1} ms median",
+        cp.live_ms_min, cp.live_ms_median
+    );
+    println!(
+        "  CLI exited   {:>8.1} ms min {:>8.1} ms median",
+        cp.cli_ms_min, cp.cli_ms_median
+    );
+    for row in &cp.slots_write {
+        println!(
+            "  writing a ring of {:>7} slots (one map update each): {:>8.1} ms min {:>8.1} ms median",
+            row.ring_size, row.ms_min, row.ms_median
+        );
+    }
 }
 
 /// The section "Cost breakdown".
-fn print_breakdown(b: &Value) {
+fn print_breakdown(b: Option<&Breakdown>) {
     println!();
     println!("Cost breakdown (ns over XDP_PASS, one program per step)");
-    if b.is_null() {
+    let Some(b) = b else {
         println!("  (not in the results)");
         return;
-    }
-    println!("  method: {}", s(&b["method"]));
+    };
+    println!("  method: {}", b.method);
     println!("  {:<16} {:>9} {:>9}  what", "step", "hot", "per call");
-    for row in rows(&b["rows"]) {
+    for row in &b.rows {
         println!(
             "  {:<22} {:>9.1} {:>9.1}  {}",
-            s(&row["name"]),
-            f(&row["ns_hot_min"]),
-            f(&row["ns_call_min"]),
-            s(&row["what"])
+            row.name, row.ns_hot_min, row.ns_call_min, row.what
         );
     }
-    for sum in rows(&b["sums"]) {
+    for sum in &b.sums {
         println!(
             "  sum {:<18} {:>9.1} {:>9.1}  (hot with a real FIB lookup: {:.1})",
-            s(&sum["name"]),
-            f(&sum["ns_hot"]),
-            f(&sum["ns_call"]),
-            f(&sum["ns_hot_with_fib"])
+            sum.name, sum.ns_hot, sum.ns_call, sum.ns_hot_with_fib
         );
     }
 }
 
 /// The section "End-to-end over veth (pps)".
-fn print_end_to_end(e: &Value) {
+fn print_end_to_end(e: Option<&EndToEnd>) {
     println!();
     println!("End-to-end over veth (pps)");
-    if e.is_null() {
+    let Some(e) = e else {
         println!("  (not in the results)");
         return;
-    }
-    println!("  method: {}", s(&e["method"]));
+    };
+    println!("  method: {}", e.method);
     println!(
         "  {:<18} {:>12} {:>12} {:>9} {:>9} {:>12}  what",
         "case", "forwarded", "offered", "x nft", "x plain", "gen ceiling"
     );
-    let ceiling = f(&e["generator_ceiling_pps"]);
-    for row in rows(&e["rows"]) {
-        if row["forwarded_pps"].is_null() {
-            println!("  {:<18} {:>12}  {}", s(&row["name"]), "-", s(&row["note"]));
+    for row in &e.rows {
+        let Some(forwarded) = &row.forwarded else {
+            println!("  {:<18} {:>12}  {}", row.name, "-", row.note);
             continue;
-        }
+        };
         println!(
             "  {:<18} {:>12.0} {:>12.0} {:>9} {:>9} {:>12.0}  {}",
-            s(&row["name"]),
-            f(&row["forwarded_pps"]),
-            f(&row["offered_pps"]),
-            ratio(&row["ratio_to_nftables"]),
-            ratio(&row["ratio_to_plain"]),
-            ceiling,
-            s(&row["what"])
+            row.name,
+            forwarded.forwarded_pps,
+            forwarded.offered_pps,
+            ratio(row.ratio_to_nftables),
+            ratio(row.ratio_to_plain),
+            e.generator_ceiling_pps,
+            row.what
         );
     }
 }
 
 /// The section "TCP with real clients and servers".
-fn print_tcp(t: &Value) {
+fn print_tcp(t: Option<&Tcp>) {
     println!();
     println!("TCP with real clients and servers (wrk + nginx, iperf3)");
-    if t.is_null() {
+    let Some(t) = t else {
         println!("  (not in the results)");
         return;
-    }
-    println!("  method: {}", s(&t["method"]));
+    };
+    println!("  method: {}", t.method);
     println!(
         "  {:<18} {:>10} {:>7} {:>7} {:>7} {:>9} {:>7} {:>7}",
         "path", "conn/s", "x nft", "x plain", "errors", "Gbit/s", "x nft", "x plain"
     );
-    for row in rows(&t["rows"]) {
+    for row in &t.rows {
         println!(
             "  {:<18} {:>10.0} {:>7} {:>7} {:>7} {:>9.2} {:>7} {:>7}",
-            s(&row["name"]),
-            f(&row["conn_per_s"]),
-            ratio(&row["conn_per_s_ratio_to_nftables"]),
-            ratio(&row["conn_per_s_ratio_to_plain"]),
-            row["wrk_errors"].as_u64().unwrap_or(0),
-            f(&row["gbit_per_s"]),
-            ratio(&row["gbit_per_s_ratio_to_nftables"]),
-            ratio(&row["gbit_per_s_ratio_to_plain"]),
+            row.name,
+            row.conn_per_s,
+            ratio(row.conn_per_s_ratio_to_nftables),
+            ratio(row.conn_per_s_ratio_to_plain),
+            row.wrk_errors,
+            row.gbit_per_s,
+            ratio(row.gbit_per_s_ratio_to_nftables),
+            ratio(row.gbit_per_s_ratio_to_plain),
         );
     }
 }
 
 /// One SVG per group: file name and text.
-fn charts(r: &Value) -> Vec<(&'static str, String)> {
+fn charts(r: &Results) -> Vec<(&'static str, String)> {
     use chart::{BASELINE, Bar, OTHER, PLAIN, Panel, XDPLB, svg};
-    let quick = if r["quick"].as_bool() == Some(true) {
-        " (quick run)"
-    } else {
-        ""
-    };
+    let quick = if r.quick { " (quick run)" } else { "" };
     let machine = format!(
         "kernel {}, {} × {}{quick}",
-        s(&r["kernel"]),
-        r["machine"]["cpus"],
-        s(&r["machine"]["cpu_model"])
+        r.kernel, r.machine.cpus, r.machine.cpu_model
     );
     let mut out = Vec::new();
 
     // Per-packet cost.
-    let tx = rows(&r["per_packet"])
-        .find(|row| row["name"] == "baseline_tx")
-        .map_or(f64::NAN, |row| f(&row["ns_min"]));
+    let tx = r
+        .per_packet
+        .iter()
+        .find(|row| row.name == "baseline_tx")
+        .map_or(f64::NAN, |row| row.ns_min);
     let mut panel = Panel::new("ns per packet (minimum of 5 runs)", "ns per packet")
         .marker(
             format!("4× XDP_TX (established target) {:.0} ns", 4.0 * tx),
@@ -345,22 +319,17 @@ fn charts(r: &Value) -> Vec<(&'static str, String)> {
             format!("8× XDP_TX (new-flow target) {:.0} ns", 8.0 * tx),
             8.0 * tx,
         );
-    for row in rows(&r["per_packet"]) {
-        let name = s(&row["name"]);
-        let color = if name.starts_with("baseline") {
+    for row in &r.per_packet {
+        let color = if row.name.starts_with("baseline") {
             BASELINE
         } else {
             XDPLB
         };
         panel = panel.bar(
             Bar::new(
-                format!("{name} ({})", s(&row["method"])),
-                f(&row["ns_min"]),
-                format!(
-                    "{:.0} ns, {:.1}× TX",
-                    f(&row["ns_min"]),
-                    f(&row["ratio_to_tx"])
-                ),
+                format!("{} ({})", row.name, row.method),
+                row.ns_min,
+                format!("{:.0} ns, {:.1}× TX", row.ns_min, row.ratio_to_tx),
             )
             .color(color),
         );
@@ -376,25 +345,21 @@ fn charts(r: &Value) -> Vec<(&'static str, String)> {
 
     // Scaling: one panel per line, with its spread.
     let mut panels = Vec::new();
-    for line in rows(&r["scaling_lines"]) {
-        let name = s(&line["line"]);
+    for line in &r.scaling_lines {
+        let name = &line.line;
         let mut panel = Panel::new(
             format!(
                 "by {name}: spread {:+.1}% (minimums), {:+.1}% (medians); target ±10%",
-                100.0 * f(&line["spread_min"]),
-                100.0 * f(&line["spread_median"])
+                100.0 * line.spread_min,
+                100.0 * line.spread_median
             ),
             "ns per packet (tracked TCP ACK, repeat=1 method)",
         );
-        for row in rows(&r["scaling"]).filter(|row| row["line"] == line["line"]) {
+        for row in r.scaling.iter().filter(|row| row.line == line.line) {
             panel = panel.bar(Bar::new(
-                format!("{} {}", row["x"], name.replace('_', " ")),
-                f(&row["ns_min"]),
-                format!(
-                    "{:.0} ns (median {:.0})",
-                    f(&row["ns_min"]),
-                    f(&row["ns_median"])
-                ),
+                format!("{} {}", row.x, name.replace('_', " ")),
+                row.ns_min,
+                format!("{:.0} ns (median {:.0})", row.ns_min, row.ns_median),
             ));
         }
         panels.push(panel);
@@ -409,63 +374,60 @@ fn charts(r: &Value) -> Vec<(&'static str, String)> {
     ));
 
     // Maglev builds, one panel per ring size.
-    let mut rings: Vec<u64> = rows(&r["maglev"])
-        .filter_map(|row| row["ring_size"].as_u64())
-        .collect();
+    let maglev = r.maglev.as_deref().unwrap_or_default();
+    let mut rings: Vec<u32> = maglev.iter().map(|row| row.ring_size).collect();
     rings.dedup();
-    let panels: Vec<Panel> = rings
+    let mut panels: Vec<Panel> = rings
         .iter()
         .map(|&ring| {
             let mut panel = Panel::new(format!("M = {ring}"), "ms to build the table (minimum)");
-            for row in rows(&r["maglev"]).filter(|row| row["ring_size"] == ring) {
+            for row in maglev.iter().filter(|row| row.ring_size == ring) {
                 panel = panel.bar(Bar::new(
-                    format!("{} backends", row["backends"]),
-                    f(&row["build_ms_min"]),
+                    format!("{} backends", row.backends),
+                    row.build_ms_min,
                     format!(
                         "{:.1} ms; one removed remaps {:.2}% (ideal {:.2}%)",
-                        f(&row["build_ms_min"]),
-                        100.0 * f(&row["remapped_share"]),
-                        100.0 * f(&row["ideal_share"])
+                        row.build_ms_min,
+                        100.0 * row.remapped_share,
+                        100.0 * row.ideal_share
                     ),
                 ));
             }
             panel
         })
         .collect();
-    let cp = &r["control_plane"];
-    let mut panels = panels;
-    panels.push(
-        Panel::new("CLI change (`xdplb backend set`) to new table live", "ms")
-            .bar(Bar::new(
-                "live in the data path",
-                f(&cp["live_ms_median"]),
-                format!(
-                    "{:.1} ms median (min {:.1})",
-                    f(&cp["live_ms_median"]),
-                    f(&cp["live_ms_min"])
-                ),
-            ))
-            .bars(rows(&cp["slots_write"]).map(|row| {
-                Bar::new(
-                    format!("writing {} slots", row["ring_size"]),
-                    f(&row["ms_min"]),
-                    format!("{:.1} ms (min), one map update per slot", f(&row["ms_min"])),
-                )
-                .color(OTHER)
-            }))
-            .bar(
-                Bar::new(
-                    "CLI process exited",
-                    f(&cp["cli_ms_median"]),
+    if let Some(cp) = &r.control_plane {
+        panels.push(
+            Panel::new("CLI change (`xdplb backend set`) to new table live", "ms")
+                .bar(Bar::new(
+                    "live in the data path",
+                    cp.live_ms_median,
                     format!(
                         "{:.1} ms median (min {:.1})",
-                        f(&cp["cli_ms_median"]),
-                        f(&cp["cli_ms_min"])
+                        cp.live_ms_median, cp.live_ms_min
                     ),
-                )
-                .color(BASELINE),
-            ),
-    );
+                ))
+                .bars(cp.slots_write.iter().map(|row| {
+                    Bar::new(
+                        format!("writing {} slots", row.ring_size),
+                        row.ms_min,
+                        format!("{:.1} ms (min), one map update per slot", row.ms_min),
+                    )
+                    .color(OTHER)
+                }))
+                .bar(
+                    Bar::new(
+                        "CLI process exited",
+                        cp.cli_ms_median,
+                        format!(
+                            "{:.1} ms median (min {:.1})",
+                            cp.cli_ms_median, cp.cli_ms_min
+                        ),
+                    )
+                    .color(BASELINE),
+                ),
+        );
+    }
     out.push((
         "control_plane.svg",
         svg(
@@ -476,41 +438,42 @@ fn charts(r: &Value) -> Vec<(&'static str, String)> {
     ));
 
     // Cost breakdown.
-    let b = &r["breakdown"];
     let mut hot = Panel::new("hot loop (repeat=N), ns over XDP_PASS", "ns");
     let mut call = Panel::new("one call per packet (repeat=1), ns over XDP_PASS", "ns");
-    for row in rows(&b["rows"]) {
-        hot = hot.bar(Bar::new(
-            s(&row["name"]),
-            f(&row["ns_hot_min"]),
-            format!("{:.1} ns", f(&row["ns_hot_min"])),
-        ));
-        call = call.bar(
-            Bar::new(
-                s(&row["name"]),
-                f(&row["ns_call_min"]),
-                format!("{:.1} ns", f(&row["ns_call_min"])),
-            )
-            .color(OTHER),
-        );
-    }
-    for sum in rows(&b["sums"]) {
-        hot = hot.bar(
-            Bar::new(
-                format!("sum: {}", s(&sum["name"])),
-                f(&sum["ns_hot"]),
-                format!("{:.1} ns", f(&sum["ns_hot"])),
-            )
-            .color(BASELINE),
-        );
-        call = call.bar(
-            Bar::new(
-                format!("sum: {}", s(&sum["name"])),
-                f(&sum["ns_call"]),
-                format!("{:.1} ns", f(&sum["ns_call"])),
-            )
-            .color(BASELINE),
-        );
+    if let Some(b) = &r.breakdown {
+        for row in &b.rows {
+            hot = hot.bar(Bar::new(
+                row.name.clone(),
+                row.ns_hot_min,
+                format!("{:.1} ns", row.ns_hot_min),
+            ));
+            call = call.bar(
+                Bar::new(
+                    row.name.clone(),
+                    row.ns_call_min,
+                    format!("{:.1} ns", row.ns_call_min),
+                )
+                .color(OTHER),
+            );
+        }
+        for sum in &b.sums {
+            hot = hot.bar(
+                Bar::new(
+                    format!("sum: {}", sum.name),
+                    sum.ns_hot,
+                    format!("{:.1} ns", sum.ns_hot),
+                )
+                .color(BASELINE),
+            );
+            call = call.bar(
+                Bar::new(
+                    format!("sum: {}", sum.name),
+                    sum.ns_call,
+                    format!("{:.1} ns", sum.ns_call),
+                )
+                .color(BASELINE),
+            );
+        }
     }
     out.push((
         "breakdown.svg",
@@ -522,7 +485,6 @@ fn charts(r: &Value) -> Vec<(&'static str, String)> {
     ));
 
     // End to end and TCP.
-    let e = &r["end_to_end"];
     let color_of = |name: &str| match name {
         "xdplb" => XDPLB,
         "nftables" => OTHER,
@@ -534,55 +496,53 @@ fn charts(r: &Value) -> Vec<(&'static str, String)> {
         "64-byte UDP frames forwarded per second (median)",
         "packets/s",
     );
-    for row in rows(&e["rows"]) {
-        let name = s(&row["name"]);
+    for row in r.end_to_end.iter().flat_map(|e| &e.rows) {
+        let forwarded = row.forwarded.as_ref().map_or(f64::NAN, |f| f.forwarded_pps);
         pps = pps.bar(
             Bar::new(
-                name.clone(),
-                f(&row["forwarded_pps"]),
+                row.name.clone(),
+                forwarded,
                 format!(
                     "{:.0}k pps; × nft {}, × plain {}",
-                    f(&row["forwarded_pps"]) / 1e3,
-                    ratio(&row["ratio_to_nftables"]),
-                    ratio(&row["ratio_to_plain"])
+                    forwarded / 1e3,
+                    ratio(row.ratio_to_nftables),
+                    ratio(row.ratio_to_plain)
                 ),
             )
-            .color(color_of(&name)),
+            .color(color_of(&row.name)),
         );
     }
-    let t = &r["tcp"];
     let mut conns = Panel::new(
         "TCP connections per second (wrk, Connection: close, nginx)",
         "connections/s",
     );
     let mut gbits = Panel::new("TCP throughput (iperf3, one stream)", "Gbit/s");
-    for row in rows(&t["rows"]) {
-        let name = s(&row["name"]);
+    for row in r.tcp.iter().flat_map(|t| &t.rows) {
         conns = conns.bar(
             Bar::new(
-                name.clone(),
-                f(&row["conn_per_s"]),
+                row.name.clone(),
+                row.conn_per_s,
                 format!(
                     "{:.0}/s; × nft {}, × plain {}",
-                    f(&row["conn_per_s"]),
-                    ratio(&row["conn_per_s_ratio_to_nftables"]),
-                    ratio(&row["conn_per_s_ratio_to_plain"])
+                    row.conn_per_s,
+                    ratio(row.conn_per_s_ratio_to_nftables),
+                    ratio(row.conn_per_s_ratio_to_plain)
                 ),
             )
-            .color(color_of(&name)),
+            .color(color_of(&row.name)),
         );
         gbits = gbits.bar(
             Bar::new(
-                name.clone(),
-                f(&row["gbit_per_s"]),
+                row.name.clone(),
+                row.gbit_per_s,
                 format!(
                     "{:.2} Gbit/s; × nft {}, × plain {}",
-                    f(&row["gbit_per_s"]),
-                    ratio(&row["gbit_per_s_ratio_to_nftables"]),
-                    ratio(&row["gbit_per_s_ratio_to_plain"])
+                    row.gbit_per_s,
+                    ratio(row.gbit_per_s_ratio_to_nftables),
+                    ratio(row.gbit_per_s_ratio_to_plain)
                 ),
             )
-            .color(color_of(&name)),
+            .color(color_of(&row.name)),
         );
     }
     out.push((
@@ -597,15 +557,15 @@ fn charts(r: &Value) -> Vec<(&'static str, String)> {
     // Memory.
     let mut mem = Panel::new("bytes per tracked flow, from the kernel's memlock", "bytes");
     let mut total = 0.0;
-    for row in rows(&r["memory"]) {
-        total += f(&row["bytes_per_flow"]);
+    for row in &r.memory {
+        total += row.bytes_per_flow;
         mem = mem.bar(Bar::new(
-            format!("{} ({} entries)", s(&row["map"]), row["capacity"]),
-            f(&row["bytes_per_flow"]),
+            format!("{} ({} entries)", row.map, row.capacity),
+            row.bytes_per_flow,
             format!(
                 "{:.1} B per flow, {:.1} MB",
-                f(&row["bytes_per_flow"]),
-                f(&row["memlock_bytes"]) / 1e6
+                row.bytes_per_flow,
+                row.memlock_bytes as f64 / 1e6
             ),
         ));
     }

@@ -16,11 +16,11 @@ use std::{
 
 use aya::maps::{HashMap, MapData};
 use lb_common::maps::{VIPS_MAP, VipKey, VipMeta};
+use lb_tests::bench::ControlPlane;
 use lb_tests::{
     agent::{Agent, VIP, VIP_ADDR},
     netns::{Server, Topology, ident_of, tcp_request},
 };
-use serde_json::{Value, json};
 
 use super::{median, min};
 
@@ -28,7 +28,8 @@ use super::{median, min};
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// `changes` CLI changes, alternately taking backend 0 down and up again.
-pub fn control_plane(changes: usize) -> Value {
+/// Without the slots array's write times (`slots_write`), which the caller measures.
+pub fn control_plane(changes: usize) -> ControlPlane {
     let topo = Topology::new(2).unwrap_or_else(|err| panic!("topology: {err:#}"));
     let _servers: Vec<Server> = topo
         .backends
@@ -91,23 +92,24 @@ pub fn control_plane(changes: usize) -> Value {
         median(&cli_ms)
     );
     agent.stop(true);
-    json!({
-        "method": format!(
+    ControlPlane {
+        method: format!(
             "xdplb run in a gateway namespace; {changes} changes `xdplb backend set VIP B0 \
              --state down|up` (Maglev M=65537, 2 backends); live = from starting the CLI \
              process to the VIP's entry in the pinned VIPS map pointing at the new table \
              (polled); cli = until the CLI exited; after every down, 4 new TCP connections \
              land on the other backend"
         ),
-        "changes": changes,
-        "polls": polls,
-        "live_ms_min": min(&live_ms),
-        "live_ms_median": median(&live_ms),
-        "cli_ms_min": min(&cli_ms),
-        "cli_ms_median": median(&cli_ms),
-        "live_ms": live_ms,
-        "cli_ms": cli_ms,
-    })
+        changes,
+        polls,
+        live_ms_min: min(&live_ms),
+        live_ms_median: median(&live_ms),
+        cli_ms_min: min(&cli_ms),
+        cli_ms_median: median(&cli_ms),
+        live_ms,
+        cli_ms,
+        slots_write: Vec::new(),
+    }
 }
 
 /// Waits for `child` until [`TIMEOUT`] after `start`; kills it past that. True if it succeeded.

@@ -40,6 +40,10 @@ use lb_common::{
     maglev::{DEFAULT_RING_SIZE, MAX_RING_SIZE, MaglevBackend, build_table, changed_slots},
     maps::{CONNTRACK_MAP, REVERSE_NAT_MAP},
 };
+use lb_tests::bench::{
+    EndToEnd, EndToEndRow, Forwarded, Machine, MaglevRow, MemoryRow, PacketRow, Results,
+    ScalingLine, ScalingRow, SlotsWrite,
+};
 use lb_tests::{
     fixture::XdpAction,
     netns::{GW_CLIENT_IF, HOST_IF, Netns, Topology, gw_backend_if},
@@ -55,7 +59,7 @@ use lb_user::{
     },
     maps::BpfMaps,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const SYN: L4 = L4::Tcp(tcp_flags::SYN);
 const ACK: L4 = L4::Tcp(tcp_flags::ACK);
@@ -159,8 +163,8 @@ fn main() {
         per_packet = per_packet_rows(&mut loaded, pass, tx, &params);
         let tx_ns = per_packet
             .iter()
-            .find(|row| row["name"] == "baseline_tx")
-            .and_then(|row| row["ns_min"].as_f64())
+            .find(|row| row.name == "baseline_tx")
+            .map(|row| row.ns_min)
             .expect("baseline_tx row");
         per_packet.extend(hot_rows(&mut loaded, &mut balancer, &params, tx_ns));
     }
@@ -177,7 +181,7 @@ fn main() {
     let control_plane = wanted("control_plane").then(|| {
         eprintln!("bench: control plane (agent and CLI)");
         let mut cp = control::control_plane(if quick { 6 } else { 20 });
-        cp["slots_write"] = slots_write();
+        cp.slots_write = slots_write();
         cp
     });
     let breakdown = wanted("breakdown").then(|| {
@@ -202,24 +206,29 @@ fn main() {
         }
     });
 
-    let results = json!({
-        "quick": quick,
-        "cpu": cpu,
-        "kernel": nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default(),
-        "machine": machine,
-        "method": "repeat=1 test_run per packet; ns = mean(kernel duration) - same for XDP_PASS baseline + XDP_PASS baseline at repeat=N; no ingress ifindex (translated packets end in pass_fib)",
-        "per_packet": per_packet,
-        "only": only,
-        "scaling": scaling_rows,
-        "scaling_lines": scaling_lines,
-        "maglev": maglev,
-        "control_plane": control_plane,
-        "breakdown": breakdown,
-        "memory": memory,
-        "end_to_end": end_to_end,
-        "tcp": tcp,
-        "seconds": start.elapsed().as_secs_f64(),
-    });
+    let results = Results {
+        quick,
+        cpu,
+        kernel: nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        machine,
+        method: "repeat=1 test_run per packet; ns = mean(kernel duration) - same for XDP_PASS \
+                 baseline + XDP_PASS baseline at repeat=N; no ingress ifindex (translated \
+                 packets end in pass_fib)"
+            .to_owned(),
+        per_packet,
+        only,
+        scaling: scaling_rows,
+        scaling_lines,
+        maglev,
+        control_plane,
+        breakdown,
+        memory,
+        end_to_end,
+        tcp,
+        seconds: start.elapsed().as_secs_f64(),
+    };
     if let Some(dir) = std::path::Path::new(&out).parent() {
         std::fs::create_dir_all(dir).expect("results directory");
     }
@@ -247,7 +256,12 @@ enum Check {
     Untouched,
 }
 
-fn per_packet_rows(loaded: &mut Loaded, pass: &mut Xdp, tx: &mut Xdp, p: &Params) -> Vec<Value> {
+fn per_packet_rows(
+    loaded: &mut Loaded,
+    pass: &mut Xdp,
+    tx: &mut Xdp,
+    p: &Params,
+) -> Vec<PacketRow> {
     let tcp_vip = sa("198.19.0.1:80");
     let udp_vip = sa("198.19.0.1:53");
     // A tracked TCP flow and a tracked UDP flow, and the backend the TCP flow went to.
@@ -362,17 +376,15 @@ fn per_packet_rows(loaded: &mut Loaded, pass: &mut Xdp, tx: &mut Xdp, p: &Params
         }
     }
     let tx_ns = min(&samples[1]);
-    let row = |name: &str, what: &str, method: &str, outcome: &str, runs: &[f64]| {
-        json!({
-            "name": name,
-            "what": what,
-            "method": method,
-            "outcome": outcome,
-            "ns_min": min(runs),
-            "ns_median": median(runs),
-            "ratio_to_tx": min(runs) / tx_ns,
-            "runs": runs,
-        })
+    let row = |name: &str, what: &str, method: &str, outcome: &str, runs: &[f64]| PacketRow {
+        name: name.to_owned(),
+        what: what.to_owned(),
+        method: method.to_owned(),
+        outcome: outcome.to_owned(),
+        ns_min: min(runs),
+        ns_median: median(runs),
+        ratio_to_tx: min(runs) / tx_ns,
+        runs: runs.to_vec(),
     };
     let mut rows = vec![
         row(
@@ -422,7 +434,7 @@ fn hot_rows(
     balancer: &mut Balancer<BpfMaps>,
     p: &Params,
     tx_ns: f64,
-) -> Vec<Value> {
+) -> Vec<PacketRow> {
     let (a, b) = (sa("198.19.0.10:80"), sa("198.19.0.11:80"));
     for (this, other) in [(a, b), (b, a)] {
         let v = vip(&format!("{this}/tcp"));
@@ -482,16 +494,16 @@ fn hot_rows(
             })
             .collect();
         eprintln!("bench: {name}: {:.1} ns", min(&runs));
-        rows.push(json!({
-            "name": name,
-            "what": what,
-            "method": "repeat=N",
-            "outcome": counter.name(),
-            "ns_min": min(&runs),
-            "ns_median": median(&runs),
-            "ratio_to_tx": min(&runs) / tx_ns,
-            "runs": runs,
-        }));
+        rows.push(PacketRow {
+            name: name.to_owned(),
+            what: what.to_owned(),
+            method: "repeat=N".to_owned(),
+            outcome: counter.name().to_owned(),
+            ns_min: min(&runs),
+            ns_median: median(&runs),
+            ratio_to_tx: min(&runs) / tx_ns,
+            runs,
+        });
     }
     rows
 }
@@ -506,7 +518,7 @@ fn scaling(
     pass: &mut Xdp,
     p: &Params,
     quick: bool,
-) -> (Vec<Value>, Vec<Value>) {
+) -> (Vec<ScalingRow>, Vec<ScalingLine>) {
     let tcp_vip = sa("198.19.0.1:80");
     let pass_frame = frame(tcp_vip, tcp_vip, ACK, &[]);
     let mut rows = Vec::new();
@@ -519,15 +531,15 @@ fn scaling(
     };
     let row = |line: &str, x: usize, name: String, what: String, runs: Vec<f64>| {
         eprintln!("bench: {name}: {:.1} ns", min(&runs));
-        json!({
-            "line": line,
-            "x": x,
-            "name": name,
-            "what": what,
-            "ns_min": min(&runs),
-            "ns_median": median(&runs),
-            "runs": runs,
-        })
+        ScalingRow {
+            line: line.to_owned(),
+            x,
+            name,
+            what,
+            ns_min: min(&runs),
+            ns_median: median(&runs),
+            runs,
+        }
     };
     // A tracked flow of `client` to the TCP VIP (its SYN through the program), checked.
     let track = |loaded: &mut Loaded, client: SocketAddr, to: SocketAddr| {
@@ -731,19 +743,14 @@ fn scaling(
 
     let mut lines = Vec::new();
     for line in ["backends", "vips", "flows", "flows_many_active"] {
-        let of = |key: &str| -> Vec<f64> {
-            rows.iter()
-                .filter(|row| row["line"] == line)
-                .filter_map(|row| row[key].as_f64())
-                .collect()
-        };
+        let on_line = || rows.iter().filter(|row| row.line == line);
         let spread = |v: Vec<f64>| max(&v) / min(&v) - 1.0;
-        lines.push(json!({
-            "line": line,
-            "xs": rows.iter().filter(|row| row["line"] == line).map(|row| row["x"].clone()).collect::<Vec<_>>(),
-            "spread_min": spread(of("ns_min")),
-            "spread_median": spread(of("ns_median")),
-        }));
+        lines.push(ScalingLine {
+            line: line.to_owned(),
+            xs: on_line().map(|row| row.x).collect(),
+            spread_min: spread(on_line().map(|row| row.ns_min).collect()),
+            spread_median: spread(on_line().map(|row| row.ns_median).collect()),
+        });
     }
     (rows, lines)
 }
@@ -780,7 +787,7 @@ fn set_source(frame: &mut [u8], addr: Ipv4Addr, port: u16) {
 }
 
 /// Maglev table build time and the share of the table that moves when one backend goes.
-fn maglev() -> Vec<Value> {
+fn maglev() -> Vec<MaglevRow> {
     [DEFAULT_RING_SIZE, MAX_RING_SIZE]
         .into_iter()
         .flat_map(|ring| [10u32, 100, 1_000, 10_000].map(|n| (ring, n)))
@@ -808,26 +815,26 @@ fn maglev() -> Vec<Value> {
                 "bench: maglev M={ring}, {n} backends: {:.2} ms",
                 min(&times)
             );
-            json!({
-                "backends": n,
-                "ring_size": ring,
-                "build_ms_min": min(&times),
-                "build_ms_median": median(&times),
-                "remapped_share": moved,
-                "ideal_share": 1.0 / f64::from(n),
-                "runs": times,
-            })
+            MaglevRow {
+                backends: n,
+                ring_size: ring,
+                build_ms_min: min(&times),
+                build_ms_median: median(&times),
+                remapped_share: moved,
+                ideal_share: 1.0 / f64::from(n),
+                runs: times,
+            }
         })
         .collect()
 }
 
 /// Time to write a Maglev ring into the slots array the way the agent does
 /// (`Maps::write_slots`, one map update per slot), at M = 65537 and at the largest M.
-fn slots_write() -> Value {
+fn slots_write() -> Vec<SlotsWrite> {
     use lb_user::maps::Maps as _;
     let mut loaded = lb_tests::program::load();
     let mut maps = BpfMaps::new(&mut loaded.ebpf).expect("maps");
-    let rows: Vec<Value> = [DEFAULT_RING_SIZE, MAX_RING_SIZE]
+    [DEFAULT_RING_SIZE, MAX_RING_SIZE]
         .into_iter()
         .map(|ring| {
             let ids: Vec<u32> = (0..ring).map(|i| i % 100).collect();
@@ -839,15 +846,18 @@ fn slots_write() -> Value {
                 })
                 .collect();
             eprintln!("bench: writing {ring} slots: {:.1} ms", min(&times));
-            json!({ "ring_size": ring, "ms_min": min(&times), "ms_median": median(&times) })
+            SlotsWrite {
+                ring_size: ring,
+                ms_min: min(&times),
+                ms_median: median(&times),
+            }
         })
-        .collect();
-    json!(rows)
+        .collect()
 }
 
 /// Bytes per tracked flow of the connection and reverse tables: the kernel's `memlock` of each
 /// map (`/proc/self/fdinfo`) at its loaded capacity, divided by the capacity.
-fn memory(loaded: &mut Loaded) -> Vec<Value> {
+fn memory(loaded: &mut Loaded) -> Vec<MemoryRow> {
     let mut rows = Vec::new();
     for id in map_ids(loaded) {
         let info = MapInfo::from_id(id).expect("map info");
@@ -864,14 +874,14 @@ fn memory(loaded: &mut Loaded) -> Vec<Value> {
             .find_map(|line| line.strip_prefix("memlock:"))
             .and_then(|v| v.trim().parse().ok())
             .expect("memlock in fdinfo");
-        rows.push(json!({
-            "map": name,
-            "capacity": info.max_entries(),
-            "key_size": info.key_size(),
-            "value_size": info.value_size(),
-            "memlock_bytes": memlock,
-            "bytes_per_flow": memlock as f64 / f64::from(info.max_entries()),
-        }));
+        rows.push(MemoryRow {
+            map: name,
+            capacity: info.max_entries(),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            memlock_bytes: memlock,
+            bytes_per_flow: memlock as f64 / f64::from(info.max_entries()),
+        });
     }
     assert_eq!(rows.len(), 2, "both flow tables found");
     rows
@@ -1039,7 +1049,7 @@ fn max(v: &[f64]) -> f64 {
 }
 
 /// CPU model, CPU count and memory of this machine, for the results.
-fn machine() -> Value {
+fn machine() -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -1053,12 +1063,16 @@ fn machine() -> Value {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    json!({
-        "cpu_model": model,
-        "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
-        "memory_gib": mem_kb as f64 / (1024.0 * 1024.0),
-        "loadavg_at_start": load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-    })
+    Machine {
+        cpu_model: model,
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        memory_gib: mem_kb as f64 / (1024.0 * 1024.0),
+        loadavg_at_start: load
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
 }
 
 fn min(v: &[f64]) -> f64 {
@@ -1100,7 +1114,7 @@ const E2E_CHUNK: u32 = 100_000;
 /// forwarded rate is that count over the generator's wall time. `gc` has GRO on (which
 /// gives a veth the NAPI context frames sent to it by XDP need) and threaded NAPI if the
 /// kernel lets us, so that the gateway's work runs in a kernel thread beside the generator.
-fn end_to_end(rounds: usize, secs: u64) -> Value {
+fn end_to_end(rounds: usize, secs: u64) -> EndToEnd {
     let topo = Topology::new(1).unwrap_or_else(|err| panic!("topology: {err:#}"));
     let (generator, gateway, sink) = (&topo.client, &topo.gateway, &topo.backends[0]);
     let mac = |ns: &Netns, iface: &str| {
@@ -1270,29 +1284,38 @@ fn end_to_end(rounds: usize, secs: u64) -> Value {
             .and_then(|row| row.2.as_ref().map(|m| m.pps))
     };
     let (nft_pps, plain_pps) = (pps_of("nftables"), pps_of("plain_routing"));
-    let mut out_rows = vec![ceiling.json(
+    let mut out_rows = vec![ceiling.row(
         "generator_ceiling",
         "generator into bench_drop on the gateway's gc (no forwarding)",
     )];
-    for (name, what, measured, note) in &rows {
+    for (name, what, measured, note) in rows {
         let Some(measured) = measured else {
-            out_rows.push(json!({ "name": name, "what": what, "note": note }));
+            out_rows.push(EndToEndRow {
+                name: name.to_owned(),
+                what: what.to_owned(),
+                forwarded: None,
+                ratio_to_nftables: None,
+                ratio_to_plain: None,
+                ratio_to_ceiling: None,
+                note,
+            });
             continue;
         };
         eprintln!(
             "bench: {name}: {:.0} pps forwarded of {:.0} offered",
             measured.pps, measured.offered_pps
         );
-        let mut row = measured.json(name, what);
-        row["ratio_to_nftables"] = json!(nft_pps.map(|n| measured.pps / n));
-        row["ratio_to_plain"] = json!(plain_pps.map(|p| measured.pps / p));
-        row["ratio_to_ceiling"] = json!(measured.pps / ceiling.pps);
-        row["note"] = json!(note);
-        out_rows.push(row);
+        out_rows.push(EndToEndRow {
+            ratio_to_nftables: nft_pps.map(|n| measured.pps / n),
+            ratio_to_plain: plain_pps.map(|p| measured.pps / p),
+            ratio_to_ceiling: Some(measured.pps / ceiling.pps),
+            note,
+            ..measured.row(name, what)
+        });
     }
     drop(topo);
-    json!({
-        "method": format!(
+    EndToEnd {
+        method: format!(
             "generator: bench_gen in BPF_PROG_TEST_RUN XDP live-frames mode (batch {E2E_BATCH}) \
              in the generator namespace, median of {rounds} runs of {secs} s per case, 60-byte UDP frames (64 on the \
              wire), random source port 32768-65535 from one source address; sink: bench_drop \
@@ -1300,12 +1323,12 @@ fn end_to_end(rounds: usize, secs: u64) -> Value {
              gc: GRO on, threaded NAPI {}",
             if threaded { "on" } else { "refused" }
         ),
-        "seconds_per_case": secs,
-        "threaded_napi": threaded,
-        "rounds": rounds,
-        "generator_ceiling_pps": ceiling.pps,
-        "rows": out_rows,
-    })
+        seconds_per_case: secs,
+        threaded_napi: threaded,
+        rounds,
+        generator_ceiling_pps: ceiling.pps,
+        rows: out_rows,
+    }
 }
 
 /// One case of the end-to-end table: its runs and their medians.
@@ -1328,20 +1351,28 @@ impl Measured {
         }
     }
 
-    fn json(&self, name: &str, what: &str) -> Value {
+    /// Its row of the table, with nothing to compare it with yet.
+    fn row(&self, name: &str, what: &str) -> EndToEndRow {
         let pps: Vec<f64> = self.runs.iter().map(|(o, r)| o.rate(*r)).collect();
-        json!({
-            "name": name,
-            "what": what,
-            "forwarded_pps": self.pps,
-            "forwarded_pps_min": min(&pps),
-            "forwarded_pps_max": pps.iter().copied().fold(0.0, f64::max),
-            "offered_pps": self.offered_pps,
-            "generator_kernel_pps": median(&self.runs.iter().map(|(o, _)| o.kernel_pps()).collect::<Vec<_>>()),
-            "packets": self.runs.iter().map(|(_, r)| r).sum::<u64>(),
-            "seconds": self.runs.iter().map(|(o, _)| o.seconds).sum::<f64>(),
-            "runs_pps": pps,
-        })
+        let kernel_pps: Vec<f64> = self.runs.iter().map(|(o, _)| o.kernel_pps()).collect();
+        EndToEndRow {
+            name: name.to_owned(),
+            what: what.to_owned(),
+            forwarded: Some(Forwarded {
+                forwarded_pps: self.pps,
+                forwarded_pps_min: min(&pps),
+                forwarded_pps_max: pps.iter().copied().fold(0.0, f64::max),
+                offered_pps: self.offered_pps,
+                generator_kernel_pps: median(&kernel_pps),
+                packets: self.runs.iter().map(|(_, r)| r).sum::<u64>(),
+                seconds: self.runs.iter().map(|(o, _)| o.seconds).sum::<f64>(),
+                runs_pps: pps,
+            }),
+            ratio_to_nftables: None,
+            ratio_to_plain: None,
+            ratio_to_ceiling: None,
+            note: String::new(),
+        }
     }
 }
 

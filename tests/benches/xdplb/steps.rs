@@ -9,6 +9,7 @@
 //! once.
 
 use aya::{Ebpf, programs::Xdp};
+use lb_tests::bench::{Breakdown, StepRow, StepSum};
 use lb_tests::{
     fixture::XdpAction,
     netns::{GW_CLIENT_IF, HOST_IF, Topology, gw_backend_if},
@@ -19,7 +20,6 @@ use lb_user::{
     loader::{BASELINE_PASS, BENCH_STEPS, if_index, load_baseline},
     maps::BpfMaps,
 };
-use serde_json::{Value, json};
 
 use super::{
     ACK, CLIENT, Params, RUNS, add_tcp_vip, frame, mac_string, median, min, ns_ok, per_call,
@@ -171,7 +171,7 @@ const NEW_FLOW: &[&str] = &[
 ];
 
 /// Rows of the breakdown and the sums of the established and new-flow paths.
-pub fn breakdown(p: &Params) -> Value {
+pub fn breakdown(p: &Params) -> Breakdown {
     assert!(
         !BENCH_STEPS.is_empty(),
         "bench_steps was built as a stub (no bpf-linker): run `cargo xtask bench`"
@@ -225,7 +225,7 @@ pub fn breakdown(p: &Params) -> Value {
     let to_vip = frame(client, sa("198.19.0.1:80"), ACK, &[]);
     let to_sink = frame(client, sa(&format!("{}:80", sink.v4)), ACK, &[]);
 
-    let mut rows: Vec<Value> = topo.gateway.run(|| {
+    let mut rows: Vec<StepRow> = topo.gateway.run(|| {
         pin_to_last_cpu();
         let ifindex = if_index(GW_CLIENT_IF).expect("gc");
         let ctx = super::xdp_ctx(ifindex, to_vip.len());
@@ -250,46 +250,34 @@ pub fn breakdown(p: &Params) -> Value {
     }
     drop(topo);
 
-    let sum = |steps: &[&str], key: &str| -> f64 {
-        steps
-            .iter()
-            .map(|program| {
-                rows.iter()
-                    .find(|row| row["program"] == *program && row["name"] != "fib_forwarding_off")
-                    .and_then(|row| row[key].as_f64())
-                    .unwrap_or(f64::NAN)
-            })
-            .sum()
-    };
-    let fib = |name: &str, key: &str| -> f64 {
+    // The row of a step's program (the real FIB lookup, not the one with forwarding off).
+    let step = |program: &str| {
         rows.iter()
-            .find(|row| row["name"] == name)
-            .and_then(|row| row[key].as_f64())
-            .unwrap_or(f64::NAN)
+            .find(|row| row.program == program && row.name != "fib_forwarding_off")
+            .unwrap_or_else(|| panic!("no row of {program}"))
     };
-    json!({
-        "method": "one XDP program per step (bench_steps: the balancer's own modules and maps), \
-                   ns over the XDP_PASS baseline measured the same way; hot = one call with \
-                   repeat=N (steps that insert flows: 40,000, and 20,000 calls), call = one repeat=1 call per packet (the \
-                   per-packet table's method); run in a gateway namespace, packet arriving on gc",
-        "rows": rows,
-        "sums": [
-            {
-                "name": "established",
-                "steps": ESTABLISHED,
-                "ns_hot": sum(ESTABLISHED, "ns_hot_min"),
-                "ns_hot_with_fib": sum(ESTABLISHED, "ns_hot_min") + fib("fib", "ns_hot_min"),
-                "ns_call": sum(ESTABLISHED, "ns_call_min"),
-            },
-            {
-                "name": "new_flow",
-                "steps": NEW_FLOW,
-                "ns_hot": sum(NEW_FLOW, "ns_hot_min"),
-                "ns_hot_with_fib": sum(NEW_FLOW, "ns_hot_min") + fib("fib", "ns_hot_min"),
-                "ns_call": sum(NEW_FLOW, "ns_call_min"),
-            },
-        ],
-    })
+    let fib = step("step_fib").ns_hot_min;
+    let sum = |name: &str, steps: &[&str]| {
+        let of = |key: fn(&StepRow) -> f64| steps.iter().map(|program| key(step(program))).sum();
+        let ns_hot: f64 = of(|row| row.ns_hot_min);
+        StepSum {
+            name: name.to_owned(),
+            steps: steps.iter().map(|program| (*program).to_owned()).collect(),
+            ns_hot,
+            ns_hot_with_fib: ns_hot + fib,
+            ns_call: of(|row| row.ns_call_min),
+        }
+    };
+    let sums = vec![sum("established", ESTABLISHED), sum("new_flow", NEW_FLOW)];
+    Breakdown {
+        method: "one XDP program per step (bench_steps: the balancer's own modules and maps), \
+                 ns over the XDP_PASS baseline measured the same way; hot = one call with \
+                 repeat=N (steps that insert flows: 40,000, and 20,000 calls), call = one repeat=1 call per packet (the \
+                 per-packet table's method); run in a gateway namespace, packet arriving on gc"
+            .to_owned(),
+        rows,
+        sums,
+    }
 }
 
 /// The `XDP_PASS` baseline, hot and per call, which every step's time is taken over.
@@ -319,7 +307,7 @@ fn measure(
     ctx: Option<&[u8]>,
     base: &Base,
     p: &Params,
-) -> Value {
+) -> StepRow {
     let program = xdp(ebpf, step.program);
     // The first call may set things up (tracking the flow of `step_conntrack`).
     run_once_ctx(program, input, ctx);
@@ -364,15 +352,15 @@ fn measure(
         min(&hot),
         min(&call)
     );
-    json!({
-        "name": name,
-        "program": step.program,
-        "what": step.what,
-        "ns_hot_min": min(&hot),
-        "ns_hot_median": median(&hot),
-        "ns_call_min": min(&call),
-        "ns_call_median": median(&call),
-    })
+    StepRow {
+        name,
+        program: step.program.to_owned(),
+        what: step.what.to_owned(),
+        ns_hot_min: min(&hot),
+        ns_hot_median: median(&hot),
+        ns_call_min: min(&call),
+        ns_call_median: median(&call),
+    }
 }
 
 fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut Xdp {

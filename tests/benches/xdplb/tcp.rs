@@ -16,6 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use lb_tests::bench::{Tcp, TcpRow};
 use lb_tests::{
     netns::{GW_CLIENT_IF, HOST_IF, Netns, Topology, gw_backend_if, run_bounded},
     vip,
@@ -25,7 +26,7 @@ use lb_user::{
     dataplane::Counters,
     loader::AttachMode,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use lb_common::Counter;
 
@@ -50,7 +51,7 @@ fn ports(path: &str) -> (u16, u16) {
 const WRK_CONNECTIONS: u32 = 32;
 
 /// `rounds` runs of `secs` seconds of each tool through each path.
-pub fn tcp(rounds: usize, secs: u64) -> Value {
+pub fn tcp(rounds: usize, secs: u64) -> Tcp {
     for tool in ["nginx", "wrk", "iperf3"] {
         assert!(
             Command::new(tool)
@@ -180,37 +181,26 @@ pub fn tcp(rounds: usize, secs: u64) -> Value {
             }
             _ => {}
         }
-        rows.push(s.json(path));
+        rows.push(s.row(path));
     }
     drop(iperf);
     drop(nginx);
 
-    let get = |name: &str, key: &str| {
+    // Each path's rates over nftables' and plain routing's.
+    let rates = |name: &str| {
         rows.iter()
-            .find(|row| row["name"] == name)
-            .and_then(|row| row[key].as_f64())
+            .find(|row| row.name == name)
+            .map(|row| (row.conn_per_s, row.gbit_per_s))
     };
-    let mut ratios = Vec::new();
-    for row in &rows {
-        for key in ["conn_per_s", "gbit_per_s"] {
-            let value = row[key].as_f64();
-            for (other, suffix) in [("nftables", "nftables"), ("plain_routing", "plain")] {
-                let ratio = value.zip(get(other, key)).map(|(v, o)| v / o);
-                ratios.push((
-                    row["name"].clone(),
-                    format!("{key}_ratio_to_{suffix}"),
-                    ratio,
-                ));
-            }
-        }
+    let (nftables, plain) = (rates("nftables"), rates("plain_routing"));
+    for row in &mut rows {
+        row.conn_per_s_ratio_to_nftables = nftables.map(|(conns, _)| row.conn_per_s / conns);
+        row.conn_per_s_ratio_to_plain = plain.map(|(conns, _)| row.conn_per_s / conns);
+        row.gbit_per_s_ratio_to_nftables = nftables.map(|(_, gbits)| row.gbit_per_s / gbits);
+        row.gbit_per_s_ratio_to_plain = plain.map(|(_, gbits)| row.gbit_per_s / gbits);
     }
-    for (name, key, ratio) in ratios {
-        if let Some(row) = rows.iter_mut().find(|row| row["name"] == name) {
-            row[key] = json!(ratio);
-        }
-    }
-    json!({
-        "method": format!(
+    Tcp {
+        method: format!(
             "client → gateway → sink namespaces over veth; client and sink eth0 tx checksum \
              offload off (so no TSO); conn/s: wrk -t1 -c{WRK_CONNECTIONS} -d{secs}s -H \
              'Connection: close' against nginx (1 worker, `return 200`), one request per \
@@ -218,10 +208,10 @@ pub fn tcp(rounds: usize, secs: u64) -> Value {
              {rounds} round(s), each round through every path in turn; all processes share \
              the machine's CPUs"
         ),
-        "rounds": rounds,
-        "seconds": secs,
-        "rows": rows,
-    })
+        rounds,
+        seconds: secs,
+        rows,
+    }
 }
 
 /// What one path's rounds measured.
@@ -258,7 +248,8 @@ impl Samples {
         eprintln!("bench: {path}: {rate:.0} conn/s, {:.2} Gbit/s", bits / 1e9);
     }
 
-    fn json(&self, path: &str) -> Value {
+    /// Its row of the table, with nothing to compare it with yet.
+    fn row(&self, path: &str) -> TcpRow {
         let what = match path {
             "plain_routing" => "kernel forwarding to the sink's address, no balancer",
             "xdp_pass_through" => {
@@ -268,27 +259,30 @@ impl Samples {
             "xdplb" => "xdplb NAT to the sink, native XDP on gc and gb0",
             _ => "nftables DNAT (prerouting, numgen inc mod 1 map) to the sink",
         };
-        let program_counters: serde_json::Map<String, Value> = self
-            .program_counters
-            .iter()
-            .filter(|(_, v)| **v > 0)
-            .map(|(k, v)| ((*k).to_owned(), json!(v)))
-            .collect();
-        json!({
-            "name": path,
-            "what": what,
-            "conn_per_s": median(&self.conns),
-            "conn_per_s_min": min(&self.conns),
-            "conn_per_s_runs": self.conns,
-            "wrk_errors": self.errors,
-            "wrk_latency_avg_stdev_max": self.latencies,
-            "gbit_per_s": median(&self.gbits),
-            "gbit_per_s_min": min(&self.gbits),
-            "gbit_per_s_runs": self.gbits,
-            "iperf_retransmits": self.retransmits,
-            "client_tcp_counters": self.client_counters,
-            "xdplb_counters": program_counters,
-        })
+        TcpRow {
+            name: path.to_owned(),
+            what: what.to_owned(),
+            conn_per_s: median(&self.conns),
+            conn_per_s_min: min(&self.conns),
+            conn_per_s_runs: self.conns.clone(),
+            wrk_errors: self.errors,
+            wrk_latency_avg_stdev_max: self.latencies.clone(),
+            gbit_per_s: median(&self.gbits),
+            gbit_per_s_min: min(&self.gbits),
+            gbit_per_s_runs: self.gbits.clone(),
+            iperf_retransmits: self.retransmits,
+            client_tcp_counters: self.client_counters.clone(),
+            xdplb_counters: self
+                .program_counters
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
+            conn_per_s_ratio_to_nftables: None,
+            conn_per_s_ratio_to_plain: None,
+            gbit_per_s_ratio_to_nftables: None,
+            gbit_per_s_ratio_to_plain: None,
+        }
     }
 }
 
