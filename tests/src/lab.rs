@@ -32,7 +32,7 @@ pub struct PacketLab {
 
 /// A host on the client net that is not there, reached through the interface packets arrive on.
 pub const SAME_PORT_HOST: &str = "198.18.0.3";
-pub const SAME_PORT_MAC: &str = "02:00:00:00:00:33";
+pub const SAME_PORT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x33];
 /// An address on backend 0's net with a route but no neighbour entry.
 pub const UNRESOLVED_HOST: &str = "198.18.1.3";
 
@@ -48,35 +48,17 @@ impl PacketLab {
         let client_mac = topo.client.mac("eth0").expect("client mac");
         let b0_mac = topo.backends[0].mac("eth0").expect("b0 mac");
         let b1_mac = topo.backends[1].mac("eth0").expect("b1 mac");
-        let fmt = |m: [u8; 6]| m.map(|b| format!("{b:02x}")).join(":");
         let gb1 = gw_backend_if(1);
         for (addr, mac, dev) in [
-            (topo.client.v4.to_string(), fmt(client_mac), GW_CLIENT_IF),
-            (topo.client.v6.to_string(), fmt(client_mac), GW_CLIENT_IF),
-            (topo.backends[0].v4.to_string(), fmt(b0_mac), "gb0"),
-            (topo.backends[0].v6.to_string(), fmt(b0_mac), "gb0"),
-            (topo.backends[1].v4.to_string(), fmt(b1_mac), gb1.as_str()),
-            (
-                SAME_PORT_HOST.to_owned(),
-                SAME_PORT_MAC.to_owned(),
-                GW_CLIENT_IF,
-            ),
+            (topo.client.v4.to_string(), client_mac, GW_CLIENT_IF),
+            (topo.client.v6.to_string(), client_mac, GW_CLIENT_IF),
+            (topo.backends[0].v4.to_string(), b0_mac, "gb0"),
+            (topo.backends[0].v6.to_string(), b0_mac, "gb0"),
+            (topo.backends[1].v4.to_string(), b1_mac, gb1.as_str()),
+            (SAME_PORT_HOST.to_owned(), SAME_PORT_MAC, GW_CLIENT_IF),
         ] {
-            gw.exec(
-                "ip",
-                &[
-                    "neigh",
-                    "replace",
-                    &addr,
-                    "lladdr",
-                    &mac,
-                    "dev",
-                    dev,
-                    "nud",
-                    "permanent",
-                ],
-            )
-            .expect("neighbour entry");
+            gw.permanent_neighbour(&addr, mac, dev)
+                .expect("neighbour entry");
         }
         let mut loaded = crate::program::load();
         let (gc, gb0) = gw.run(|| {

@@ -55,6 +55,11 @@ pub fn net_v6(net: usize, host: u8) -> Ipv6Addr {
     Ipv6Addr::new(0xfd00, 0, 0, net, 0, 0, 0, u16::from(host))
 }
 
+/// `mac` as `ip` writes it: `02:00:00:00:00:01`.
+pub fn mac_string(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
 /// The ident the tests' servers on backend `i` answer with: `b{i}`.
 pub fn ident(i: usize) -> String {
     format!("b{i}")
@@ -123,6 +128,25 @@ impl Netns {
     /// Runs `program args…` in this namespace and returns its output; fails if it fails.
     pub fn exec(&self, program: &str, args: &[&str]) -> anyhow::Result<Output> {
         run_ok(self.command(program).args(args))
+    }
+
+    /// A permanent neighbour entry: `ip` is at `mac` on `dev`, so that nothing waits for ARP
+    /// or neighbour discovery.
+    pub fn permanent_neighbour(&self, ip: &str, mac: [u8; 6], dev: &str) -> anyhow::Result<()> {
+        let mac = mac_string(mac);
+        let args = [
+            "neigh",
+            "replace",
+            ip,
+            "lladdr",
+            &mac,
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ];
+        self.exec("ip", &args)?;
+        Ok(())
     }
 
     /// The MAC address of `iface` in this namespace.

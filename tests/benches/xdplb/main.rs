@@ -1128,21 +1128,9 @@ fn end_to_end(rounds: usize, secs: u64) -> EndToEnd {
     );
     let gb0 = gw_backend_if(0);
     let sink_ip = sa(E2E_SINK).ip().to_string();
-    ns_ok(
-        gateway,
-        "ip",
-        &[
-            "neigh",
-            "replace",
-            &sink_ip,
-            "lladdr",
-            &mac_string(sink_mac),
-            "dev",
-            &gb0,
-            "nud",
-            "permanent",
-        ],
-    );
+    gateway
+        .permanent_neighbour(&sink_ip, sink_mac, &gb0)
+        .unwrap_or_else(|err| panic!("the sink's neighbour entry: {err:#}"));
     ns_ok(gateway, "ethtool", &["-K", GW_CLIENT_IF, "gro", "on"]);
     let threaded = Command::new("ip")
         .args(["netns", "exec", &gateway.name, "sh", "-c"])
@@ -1492,11 +1480,4 @@ fn rx_packets(ns: &Netns, iface: &str) -> u64 {
 fn ns_ok(ns: &Netns, program: &str, args: &[&str]) {
     ns.exec(program, args)
         .unwrap_or_else(|err| panic!("{program} {args:?} in {}: {err:#}", ns.name));
-}
-
-fn mac_string(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }

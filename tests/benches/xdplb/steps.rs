@@ -22,8 +22,8 @@ use lb_user::{
 };
 
 use super::{
-    ACK, CLIENT, Params, RUNS, add_tcp_vip, frame, mac_string, median, min, ns_ok, per_call,
-    per_call_ctx, pin_to_last_cpu, repeated, repeated_ctx, run_once_ctx,
+    ACK, CLIENT, Params, RUNS, add_tcp_vip, frame, median, min, per_call, per_call_ctx,
+    pin_to_last_cpu, repeated, repeated_ctx, run_once_ctx,
 };
 
 /// Inserts per run of `step_new_flow` and `step_lru_insert` in the hot loop: with their calls
@@ -206,21 +206,9 @@ pub fn breakdown(p: &Params) -> Breakdown {
     let sink_mac = sink
         .mac(HOST_IF)
         .unwrap_or_else(|err| panic!("sink MAC: {err:#}"));
-    ns_ok(
-        &topo.gateway,
-        "ip",
-        &[
-            "neigh",
-            "replace",
-            &sink.v4.to_string(),
-            "lladdr",
-            &mac_string(sink_mac),
-            "dev",
-            &gw_backend_if(0),
-            "nud",
-            "permanent",
-        ],
-    );
+    topo.gateway
+        .permanent_neighbour(&sink.v4.to_string(), sink_mac, &gw_backend_if(0))
+        .unwrap_or_else(|err| panic!("the sink's neighbour entry: {err:#}"));
     let client = sa(&format!("{CLIENT}:40000"));
     let to_vip = frame(client, sa("198.19.0.1:80"), ACK, &[]);
     let to_sink = frame(client, sa(&format!("{}:80", sink.v4)), ACK, &[]);

@@ -3,7 +3,7 @@
 
 use lb_tests::{
     fixture::{Case, Expect, XdpAction, to_one_of},
-    lab::{PacketLab, SAME_PORT_HOST, UNRESOLVED_HOST},
+    lab::{PacketLab, SAME_PORT_HOST, SAME_PORT_MAC, UNRESOLVED_HOST},
     packet::{
         L4, Link, arp_request, colliding_payload, frame, frame_with, icmp_echo, partial,
         patch_ipv4, set_checksum, tcp_flags, with_ipv4_options, with_ipv6_ext, with_vlan,
@@ -131,7 +131,7 @@ pub fn cases(lab: &PacketLab) -> Vec<Case> {
             Expect::Frame(frame_with(
                 Link {
                     src_mac: lab.gc_mac,
-                    dst_mac: [2, 0, 0, 0, 0, 0x33],
+                    dst_mac: SAME_PORT_MAC,
                     ttl: 63,
                 },
                 sa(client),
