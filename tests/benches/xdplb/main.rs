@@ -926,7 +926,7 @@ fn pin_to_last_cpu() -> usize {
     cpu
 }
 
-/// The one XDP program of a baseline object.
+/// The XDP program `name` of an object (a baseline's, `bench_steps`').
 fn xdp<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> &'a mut Xdp {
     ebpf.program_mut(name)
         .and_then(|p| p.try_into().ok())

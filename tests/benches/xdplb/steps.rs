@@ -23,7 +23,7 @@ use lb_user::{
 
 use super::{
     ACK, CLIENT, Params, RUNS, add_tcp_vip, frame, median, min, per_call, per_call_ctx,
-    pin_to_last_cpu, repeated, repeated_ctx, run_once_ctx,
+    pin_to_last_cpu, repeated, repeated_ctx, run_once_ctx, xdp,
 };
 
 /// Inserts per run of `step_new_flow` and `step_lru_insert` in the hot loop: with their calls
@@ -349,10 +349,4 @@ fn measure(
         ns_call_min: min(&call),
         ns_call_median: median(&call),
     }
-}
-
-fn xdp<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut Xdp {
-    ebpf.program_mut(name)
-        .and_then(|p| p.try_into().ok())
-        .unwrap_or_else(|| panic!("no XDP program {name}"))
 }
