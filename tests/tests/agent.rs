@@ -34,8 +34,11 @@ const BACKEND_PORT: u16 = 8080;
 const BACKENDS: usize = 3;
 /// Longest a CLI command may take.
 const CLI_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest the agent may take to start or to stop.
+/// Longest the agent may take to stop, or to answer.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest the agent may take to start: the kernel verifies the program at every fresh load
+/// (a second or two alone, far more while other tests load theirs on the same two cores).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time between two exchanges on a held connection.
 const CHAT_PERIOD: Duration = Duration::from_millis(50);
 
@@ -133,7 +136,7 @@ impl Agent {
             .stdout(log.try_clone().expect("log file"))
             .stderr(log);
         self.daemon = Some(cmd.spawn().expect("starting xdplb run"));
-        let deadline = Instant::now() + AGENT_TIMEOUT;
+        let deadline = Instant::now() + START_TIMEOUT;
         while !(self.log().contains("agent ready") && UnixStream::connect(self.socket()).is_ok()) {
             let exited = self
                 .daemon
@@ -148,7 +151,7 @@ impl Agent {
             }
             assert!(
                 Instant::now() < deadline,
-                "xdplb run was not ready within {AGENT_TIMEOUT:?}:\n{}",
+                "xdplb run was not ready within {START_TIMEOUT:?}:\n{}",
                 self.log()
             );
             thread::sleep(Duration::from_millis(10));
@@ -160,7 +163,7 @@ impl Agent {
     fn start_fails(&self, extra: &[&str]) -> Output {
         let output = run_bounded(
             self.gateway.command(&bin()).args(self.run_args(extra)),
-            AGENT_TIMEOUT,
+            START_TIMEOUT,
         );
         assert!(
             !output.status.success(),
@@ -1534,7 +1537,7 @@ fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
                 .arg("--state-file")
                 .arg(&bad_state)
                 .args(*args),
-            AGENT_TIMEOUT,
+            START_TIMEOUT,
         );
         if let Err(why) = check_refusal(&output, names, true) {
             mismatches.push(format!("xdplb run {}: {why}", args.join(" ")));
@@ -2471,7 +2474,7 @@ fn a_failed_start_keeps_the_state_file() {
             .arg("--state-file")
             .arg(agent.state_file())
             .args(["--iface", GW_CLIENT_IF]),
-        AGENT_TIMEOUT,
+        START_TIMEOUT,
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "a second agent started: {stderr}");
@@ -2509,7 +2512,7 @@ fn a_second_agent_on_the_same_pins_is_refused() {
             .arg("--state-file")
             .arg(other.join("state.json"))
             .args(["--iface", GW_CLIENT_IF, "--vip", "198.19.0.7:80/tcp"]),
-        AGENT_TIMEOUT,
+        START_TIMEOUT,
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
@@ -3184,7 +3187,7 @@ fn a_non_root_user_with_the_documented_capabilities_runs_the_agent() {
         cmd
     };
     let run_args = agent.run_args(&strs(&vip_args()));
-    let out = run_bounded(as_nobody("+bpf,+net_admin").args(&run_args), AGENT_TIMEOUT);
+    let out = run_bounded(as_nobody("+bpf,+net_admin").args(&run_args), START_TIMEOUT);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
