@@ -473,7 +473,7 @@ async fn run_agent(
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let conntrack = {
         let agent = shared.lock().expect("agent lock");
-        crate::pin::open_map(agent.pinned.dir(), lb_common::maps::CONNTRACK_MAP)?
+        crate::maps::open_map(agent.pinned.dir(), lb_common::maps::CONNTRACK_MAP)?
     };
     tokio::spawn(agent::count_connections_every(
         Arc::clone(&shared),
