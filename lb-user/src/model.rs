@@ -185,6 +185,11 @@ impl Scheduler {
     pub fn name(self) -> &'static str {
         scheduler::NAMES[usize::from(self.number())]
     }
+
+    /// Whether it picks from a Maglev table (and so has a ring size).
+    pub fn is_hashed(self) -> bool {
+        matches!(self, Scheduler::Maglev | Scheduler::SourceHash)
+    }
 }
 
 impl fmt::Display for Scheduler {
@@ -239,6 +244,20 @@ impl BackendState {
             BackendState::Up => BACKEND_UP,
             BackendState::Draining => BACKEND_DRAINING,
             BackendState::Down => BACKEND_DOWN,
+        }
+    }
+}
+
+impl FromStr for BackendState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "up" => Ok(BackendState::Up),
+            "draining" => Ok(BackendState::Draining),
+            "down" => Ok(BackendState::Down),
+            _ => Err(format!(
+                "unknown state {s:?}: expected up, draining or down"
+            )),
         }
     }
 }
@@ -318,22 +337,26 @@ impl BackendSpec {
     }
 }
 
+/// An address that cannot be a VIP: unspecified, multicast or broadcast.
+pub fn is_bad_vip_addr(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => a.is_unspecified() || a.is_multicast() || a.is_broadcast(),
+        IpAddr::V6(a) => a.is_unspecified() || a.is_multicast(),
+    }
+}
+
+/// A Maglev table size the balancer takes: a prime in `3..=MAX_RING_SIZE`.
+pub fn is_good_ring_size(size: u32) -> bool {
+    (3..=maglev::MAX_RING_SIZE).contains(&size) && maglev::is_prime(size)
+}
+
 /// The one copy of a VIP's validation: an address that can be a VIP, a ring size that is a
 /// prime in range for the hashed schedulers.
 pub fn check_vip(vip: &Vip, options: &VipOptions) -> Result<(), Error> {
-    let bad = match vip.addr {
-        IpAddr::V4(a) => a.is_unspecified() || a.is_multicast() || a.is_broadcast(),
-        IpAddr::V6(a) => a.is_unspecified() || a.is_multicast(),
-    };
-    if bad {
+    if is_bad_vip_addr(vip.addr) {
         return Err(Error::BadVipAddress(vip.addr));
     }
-    let hashed = matches!(options.scheduler, Scheduler::Maglev | Scheduler::SourceHash);
-    if hashed
-        && (options.ring_size < 3
-            || !maglev::is_prime(options.ring_size)
-            || options.ring_size > maglev::MAX_RING_SIZE)
-    {
+    if options.scheduler.is_hashed() && !is_good_ring_size(options.ring_size) {
         return Err(Error::BadRingSize(options.ring_size));
     }
     Ok(())

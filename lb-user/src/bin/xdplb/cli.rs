@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_user::{
     api::DEFAULT_SOCKET,
-    balancer::{Scheduler, Vip},
+    balancer::{BackendState, Scheduler, Vip},
     daemon::DaemonOptions,
     loader::AttachMode,
 };
@@ -163,8 +163,8 @@ pub enum BackendCommand {
         address: SocketAddr,
         #[arg(long)]
         weight: Option<u32>,
-        #[arg(long, value_parser = ["up", "draining", "down"])]
-        state: Option<String>,
+        #[arg(long)]
+        state: Option<BackendState>,
     },
     /// Stop new flows to a backend; its tracked flows continue (`list` shows when none are left).
     Drain { vip: Vip, address: SocketAddr },

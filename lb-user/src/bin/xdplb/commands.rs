@@ -189,7 +189,10 @@ pub async fn client_command(command: Command, socket: &Path, output: Output) -> 
                 output,
                 &vip,
                 address,
-                api::SetBackend { weight, state },
+                api::SetBackend {
+                    weight,
+                    state: state.map(|s| s.to_string()),
+                },
             )
             .await
         }
