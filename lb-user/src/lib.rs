@@ -10,8 +10,9 @@ pub mod balancer;
 pub mod caps;
 pub mod client;
 pub mod config;
+pub mod counters;
 pub mod daemon;
-pub mod dataplane;
+
 pub mod duration;
 pub mod health;
 pub mod loader;

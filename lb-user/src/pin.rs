@@ -27,7 +27,7 @@ use lb_common::{
 use log::info;
 
 use crate::{
-    dataplane::Counters,
+    counters::Counters,
     loader::{AttachMode, AttachedMode, LoadOptions, Loaded, PROGRAM, attach_program, if_index},
     maps::BpfMaps,
     maps::{NEXT, current_map_path, map_path},

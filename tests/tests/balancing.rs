@@ -23,7 +23,7 @@ use lb_common::{
 use lb_tests::netns::{Conn, IO_TIMEOUT, Netns, Server, Topology, ident_of, tcp_request};
 use lb_user::{
     balancer::{BackendSpec, BackendState, Balancer, Proto, Scheduler, Vip, VipOptions},
-    dataplane::Counters,
+    counters::Counters,
     loader::{AttachMode, Loaded},
     maps::BpfMaps,
 };

@@ -19,7 +19,7 @@ use std::{
 use lb_tests::netns::{GW_CLIENT_IF, HOST_IF, Netns, Topology, gw_backend_if};
 use lb_user::{
     balancer::{BackendSpec, VipOptions},
-    dataplane::Counters,
+    counters::Counters,
     loader::AttachMode,
 };
 use serde_json::{Value, json};

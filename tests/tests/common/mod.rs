@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::Counter;
 use lb_tests::fixture::Outcome;
-use lb_user::{dataplane::Counters, loader::Loaded};
+use lb_user::{counters::Counters, loader::Loaded};
 
 /// Loads the embedded XDP program (verifier included), or panics with the reason.
 pub fn load() -> Loaded {
