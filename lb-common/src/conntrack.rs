@@ -167,6 +167,26 @@ pub fn current_state(entry: &FlowState, now_ns: u64, timeouts: &Timeouts) -> u8 
     }
 }
 
+/// Which backend a packet of a new flow goes to, and whether this CPU opened the flow, once
+/// it has tried to record the flow with the backend it `picked`: `inserted` if its entry went
+/// in (the map update refuses to replace an existing one), else `recorded`, the usable backend
+/// the table holds for the flow now, if any.
+///
+/// A flow's first packets can run on two CPUs at once (a retransmitted SYN moved to another
+/// receive queue, traffic of one flow on two interfaces). Both miss the table and pick; if
+/// each sent its packet to its own pick, the client's handshake would end at one backend and
+/// its next packet at another, which answers with a reset. The entry that went in first
+/// decides for everyone: the CPU that lost the race follows it, and leaves recording the
+/// reverse translation and counting the flow to the winner. If nothing usable was recorded
+/// (the update failed), the packet still goes to this CPU's pick.
+#[inline(always)]
+pub fn settle_new_flow(picked: u32, inserted: bool, recorded: Option<u32>) -> (u32, bool) {
+    match (inserted, recorded) {
+        (false, Some(winner)) => (winner, false),
+        _ => (picked, true),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +310,24 @@ mod tests {
         );
     }
 
+    /// What happened, picked, inserted, recorded, and the expected backend and "opened".
+    type SettleCase = (&'static str, u32, bool, Option<u32>, (u32, bool));
+
+    #[test]
+    fn new_flow_follows_the_cpu_that_recorded_it_first() {
+        #[rustfmt::skip]
+        let table: &[SettleCase] = &[
+            ("this CPU recorded it", 7, true, None, (7, true)),
+            ("this CPU recorded it (table read back)", 7, true, Some(7), (7, true)),
+            ("another CPU recorded another backend first", 7, false, Some(9), (9, false)),
+            ("another CPU recorded the same backend first", 7, false, Some(7), (7, false)),
+            ("nothing recorded: the update failed", 7, false, None, (7, true)),
+        ];
+        for &(what, picked, inserted, recorded, want) in table {
+            assert_eq!(settle_new_flow(picked, inserted, recorded), want, "{what}");
+        }
+    }
+
     fn arb_timeouts() -> impl Strategy<Value = Timeouts> {
         any::<[u64; 5]>().prop_map(|[a, b, c, d, e]| Timeouts {
             tcp_syn_ns: a,
@@ -318,6 +356,18 @@ mod tests {
             prop_assert!(!is_expired(&entry, last_seen_ns, &timeouts));
             let state = current_state(&entry, late, &timeouts);
             prop_assert!(state == entry.state || state == STATE_NEW);
+        }
+
+        /// Two CPUs that picked for one new flow at once send it to one backend, and exactly
+        /// one of them opens it: the one whose entry went in.
+        #[test]
+        fn racing_cpus_agree_and_one_opens(a: u32, b: u32, a_first: bool) {
+            let first = if a_first { a } else { b };
+            let (a_id, a_new) = settle_new_flow(a, a_first, Some(first));
+            let (b_id, b_new) = settle_new_flow(b, !a_first, Some(first));
+            prop_assert_eq!(a_id, first);
+            prop_assert_eq!(b_id, first);
+            prop_assert!(a_new != b_new);
         }
     }
 }

@@ -2,9 +2,12 @@
 //! taking its flows (up or draining) and the entry has not expired. State transitions and
 //! expiry are `lb_common::conntrack`'s pure functions.
 
+use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
     Counter, FlowKey,
-    conntrack::{FlowState, STATE_NEW, STATE_UDP, Timeouts, is_expired, next_state},
+    conntrack::{
+        FlowState, STATE_NEW, STATE_UDP, Timeouts, is_expired, next_state, settle_new_flow,
+    },
     flow::PROTO_TCP,
     maps::{Backend, VipMeta},
 };
@@ -19,7 +22,7 @@ use crate::{
 };
 
 /// The backend for a packet of flow `key` to the VIP `meta`, and whether the flow is new
-/// (picked now, rather than found in the table).
+/// (picked now by this CPU, rather than found in the table or recorded by another CPU).
 #[inline(always)]
 pub fn backend_for(
     key: &FlowKey,
@@ -63,9 +66,42 @@ pub fn backend_for(
     entry.backend_id = id;
     entry.state = next_state(initial, tcp_flags, true);
     entry.last_seen_ns = now;
-    // A full table evicts its least recently used entry; failure here only costs stickiness.
-    let _ = CONNTRACK.insert(key, entry, 0);
-    Ok((id, backend, true))
+    // Only if no other CPU recorded the flow since the lookup above: the first entry decides
+    // (`settle_new_flow`). A full table evicts its least recently used entry instead of failing.
+    let inserted = CONNTRACK.insert(key, entry, u64::from(BPF_NOEXIST)).is_ok();
+    let recorded = if inserted {
+        None
+    } else {
+        recorded_backend(key, tcp_flags, now, timeouts)
+    };
+    let (id, new_flow) = settle_new_flow(id, inserted, recorded.map(|(id, _)| id));
+    let backend = match recorded {
+        Some((_, winner)) if !new_flow => winner,
+        _ => backend,
+    };
+    Ok((id, backend, new_flow))
+}
+
+/// The live entry another CPU recorded for flow `key` (the packet's state change applied), and
+/// its backend, if it keeps taking the flow's packets.
+#[inline(always)]
+fn recorded_backend(
+    key: &FlowKey,
+    tcp_flags: u8,
+    now: u64,
+    timeouts: &Timeouts,
+) -> Option<(u32, &'static Backend)> {
+    let entry = CONNTRACK.get_ptr_mut(key)?;
+    // SAFETY: as in `backend_for`.
+    let entry = unsafe { &mut *entry };
+    let id = entry.backend_id;
+    let backend = select::backend(id)?;
+    if is_expired(entry, now, timeouts) || !backend.keeps_flows_of(id) {
+        return None;
+    }
+    entry.state = next_state(entry.state, tcp_flags, true);
+    entry.last_seen_ns = now;
+    Some((id, backend))
 }
 
 /// Notes a reply packet of the client-side flow `key`: refreshes the entry and lets the

@@ -81,6 +81,29 @@ pub struct Agent {
 pub type Shared = Arc<Mutex<Agent>>;
 
 impl Agent {
+    /// An agent running `balancer` over the program pinned in `pinned`, saving to
+    /// `state_file`; no config applied, no backend held down, autoscalers acting.
+    pub fn new(
+        balancer: Balancer<BpfMaps>,
+        pinned: Pinned,
+        state_file: PathBuf,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            balancer,
+            capacity: pinned.conntrack_capacity()?,
+            pinned,
+            state_file,
+            started: Instant::now(),
+            active: HashMap::new(),
+            config: Config::default(),
+            monitor: None,
+            held: HashMap::new(),
+            autoscale: BTreeMap::new(),
+            autoscale_dry_run: false,
+            saved: Vec::new(),
+        })
+    }
+
     /// Writes the state file atomically (a temporary file renamed over it).
     pub fn save(&mut self) -> anyhow::Result<()> {
         let state = self.state()?;

@@ -207,14 +207,8 @@ struct ApiState {
 }
 
 fn parse_state(s: &str) -> ApiResult<BackendState> {
-    match s {
-        "up" => Ok(BackendState::Up),
-        "draining" => Ok(BackendState::Draining),
-        "down" => Ok(BackendState::Down),
-        _ => Err(bad(format!(
-            "state: {s:?} is not one of up, draining, down"
-        ))),
-    }
+    s.parse()
+        .map_err(|err: String| bad(format!("state: {err}")))
 }
 
 fn parse_addr(field: &str, s: &str) -> ApiResult<SocketAddr> {

@@ -48,7 +48,10 @@
 
 mod autoscale;
 
-pub use autoscale::{AutoscaleConfig, ForecastModel, RuleConfig, Signal};
+pub use crate::{
+    autoscale::config::{AutoscaleConfig, ForecastModel, RuleConfig, Signal},
+    duration::{format_duration, parse_duration},
+};
 
 use std::{
     collections::{HashMap, HashSet},
@@ -61,7 +64,7 @@ use std::{
 
 use lb_common::{
     conntrack::{DEFAULT_TIMEOUTS, Timeouts},
-    maglev::{self, DEFAULT_RING_SIZE, MAX_WEIGHT},
+    maglev::{DEFAULT_RING_SIZE, MAX_WEIGHT},
     maps::{DEFAULT_CONNTRACK_CAPACITY, MAX_BACKENDS, MAX_VIPS},
 };
 use serde::{Deserialize, Serialize};
@@ -316,53 +319,6 @@ impl BackendConfig {
     }
 }
 
-// --- Durations ---------------------------------------------------------------------------
-
-const DURATION_UNITS: [(&str, u64); 6] = [
-    ("h", 3_600_000_000_000),
-    ("m", 60_000_000_000),
-    ("s", 1_000_000_000),
-    ("ms", 1_000_000),
-    ("us", 1_000),
-    ("ns", 1),
-];
-
-/// Parses a duration: a whole number and a unit (`ns`, `us`, `ms`, `s`, `m`, `h`), e.g. `30s`,
-/// `900ms`, `15m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let bad = || {
-        format!(
-            "bad duration {text:?}: expected a whole number and a unit (ms, s, m, h), e.g. \"30s\""
-        )
-    };
-    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| bad())?;
-    let (_, scale) = DURATION_UNITS
-        .iter()
-        .find(|(name, _)| *name == unit)
-        .ok_or_else(bad)?;
-    let ns = number
-        .checked_mul(*scale)
-        .ok_or_else(|| format!("duration {text:?} is too long"))?;
-    Ok(Duration::from_nanos(ns))
-}
-
-/// Formats a duration in the largest unit that represents it exactly (`90s` is `90s`, `120s`
-/// is `2m`); [`parse_duration`] gives it back.
-pub fn format_duration(duration: Duration) -> String {
-    let ns = duration.as_nanos();
-    if ns == 0 {
-        return "0s".to_owned();
-    }
-    for (unit, scale) in DURATION_UNITS {
-        if ns.is_multiple_of(u128::from(scale)) {
-            return format!("{}{unit}", ns / u128::from(scale));
-        }
-    }
-    format!("{ns}ns")
-}
-
 // --- The file's shape ----------------------------------------------------------------------
 
 /// The file as written: strings and integers, checked by the semantic pass.
@@ -533,35 +489,8 @@ fn inside(prefix: &str, vip: Option<Vip>, name: &str) -> String {
     }
 }
 
-fn is_bad_vip_addr(addr: IpAddr) -> bool {
-    match addr {
-        IpAddr::V4(a) => a.is_unspecified() || a.is_multicast() || a.is_broadcast(),
-        IpAddr::V6(a) => a.is_unspecified() || a.is_multicast(),
-    }
-}
-
-fn is_hashed(scheduler: Scheduler) -> bool {
-    matches!(scheduler, Scheduler::Maglev | Scheduler::SourceHash)
-}
-
-/// The balancer's rule for Maglev table sizes.
-fn is_good_ring_size(size: u32) -> bool {
-    (3..=maglev::MAX_RING_SIZE).contains(&size) && maglev::is_prime(size)
-}
-
 fn family_name(addr: IpAddr) -> &'static str {
     if addr.is_ipv4() { "IPv4" } else { "IPv6" }
-}
-
-fn parse_state(text: &str) -> Result<BackendState, String> {
-    match text {
-        "up" => Ok(BackendState::Up),
-        "draining" => Ok(BackendState::Draining),
-        "down" => Ok(BackendState::Down),
-        _ => Err(format!(
-            "unknown state {text:?}: expected up, draining or down"
-        )),
-    }
 }
 
 /// An HTTP method: a token (RFC 9110), so that it cannot break the request line.
@@ -626,7 +555,7 @@ fn vip_from_raw(raw: RawVip, prefix: &str, errors: &mut Errors) -> (Option<Vip>,
     let addr_path = field(prefix, "address");
     let address = errors.socket_addr(&addr_path, &raw.address);
     if let Some(a) = address
-        && is_bad_vip_addr(a.ip())
+        && crate::model::is_bad_vip_addr(a.ip())
     {
         errors.add(&addr_path, Error::BadVipAddress(a.ip()));
     }
@@ -654,7 +583,7 @@ fn vip_from_raw(raw: RawVip, prefix: &str, errors: &mut Errors) -> (Option<Vip>,
             .int(&ring_path, n, 0..=i64::from(u32::MAX))
             .unwrap_or(DEFAULT_RING_SIZE),
     };
-    if scheduler.is_some_and(is_hashed) && !is_good_ring_size(ring_size) {
+    if scheduler.is_some_and(Scheduler::is_hashed) && !crate::model::is_good_ring_size(ring_size) {
         errors.add(&ring_path, Error::BadRingSize(ring_size));
     }
     let health = health_from_raw(raw.health, &inside(prefix, vip, "health"), errors);
@@ -738,7 +667,8 @@ fn backend_from_raw(raw: RawBackend, prefix: &str, errors: &mut Errors) -> (bool
     };
     let state = match raw.state {
         None => BackendState::Up,
-        Some(s) => parse_state(&s)
+        Some(s) => s
+            .parse::<BackendState>()
             .map_err(|err| errors.add(field(prefix, "state"), err))
             .unwrap_or_default(),
     };
@@ -1438,30 +1368,14 @@ pub fn check_rules(config: &Config) -> Result<(), Error> {
         if !vips.insert(vip) {
             return Err(Error::VipExists(vip));
         }
-        if is_bad_vip_addr(vip.addr) {
-            return Err(Error::BadVipAddress(vip.addr));
-        }
-        if is_hashed(v.scheduler) && !is_good_ring_size(v.ring_size) {
-            return Err(Error::BadRingSize(v.ring_size));
-        }
+        crate::model::check_vip(&vip, &v.options())?;
         let mut addrs = HashSet::new();
         for b in &v.backends {
             let backend = b.address;
             if !addrs.insert(backend) {
                 return Err(Error::BackendExists { vip, backend });
             }
-            if backend.is_ipv4() != vip.addr.is_ipv4() {
-                return Err(Error::FamilyMismatch { vip, backend });
-            }
-            if b.weight > MAX_WEIGHT {
-                return Err(Error::WeightOutOfRange {
-                    backend,
-                    weight: b.weight,
-                });
-            }
-            if backend.port() == 0 && vip.port != 0 {
-                return Err(Error::BackendPortZero { backend });
-            }
+            crate::model::check_backend(&vip, &b.spec())?;
         }
     }
     Ok(())

@@ -10,10 +10,15 @@ pub mod balancer;
 pub mod caps;
 pub mod client;
 pub mod config;
-pub mod dataplane;
+pub mod counters;
+pub mod daemon;
+
+pub mod duration;
 pub mod health;
 pub mod loader;
 pub mod maps;
 pub mod metrics;
+pub mod model;
 pub mod pin;
 pub mod regions;
+pub mod render;

@@ -9,11 +9,10 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::maps::{
-    CONNTRACK_MAP, DEFAULT_CONNTRACK_CAPACITY, DEFAULT_SLOTS, REVERSE_NAT_MAP, SLOTS_MAP, Settings,
+    CONNTRACK_MAP, DEFAULT_CONNTRACK_CAPACITY, DEFAULT_SLOTS, REVERSE_NAT_MAP, SLOTS_MAP,
     TX_PORTS_MAP,
 };
 
-use crate::{balancer::Balancer, maps::BpfMaps};
 use log::{debug, info, warn};
 
 /// The XDP program's object file, built by `build.rs`. Empty when built without bpf-linker.
@@ -134,10 +133,9 @@ impl Loaded {
         Self::load_reusing(options, &[])
     }
 
-    /// A balancer over this program's maps (taking them out of `ebpf`), with `settings`.
-    pub fn balancer(&mut self, settings: Settings) -> anyhow::Result<Balancer<BpfMaps>> {
-        let maps = BpfMaps::new(&mut self.ebpf)?;
-        Ok(Balancer::new(maps, self.options.slots, settings)?)
+    /// The sizes it was loaded with.
+    pub fn options(&self) -> LoadOptions {
+        self.options
     }
 
     /// Lets the program redirect packets out of `iface` (of the calling thread's namespace).

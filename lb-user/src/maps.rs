@@ -1,12 +1,15 @@
 //! Typed access to the XDP program's maps, behind a trait so that the balancer's logic can be
 //! unit-tested against an in-memory twin ([`MemMaps`]) and run against the kernel ([`BpfMaps`]).
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray},
 };
 use lb_common::maps::{
     ADDR_FILTER_MAP, BACKEND_LOAD_MAP, BACKEND_OPENED_MAP, BACKEND_STATS_MAP, BACKEND_UNUSED,
@@ -198,9 +201,9 @@ impl BpfMaps {
         })
     }
 
-    /// Opens the maps pinned under `dir` (see [`crate::pin`]).
+    /// Opens the maps pinned under `dir` (see `crate::pin`).
     pub fn open(dir: &std::path::Path) -> anyhow::Result<Self> {
-        Self::from_source(|name| crate::pin::open_untyped(dir, name))
+        Self::from_source(|name| open_untyped(dir, name))
     }
 
     /// The maps, each got by name from `source`.
@@ -372,6 +375,49 @@ fn update_batch(fd: i32, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+// --- Pinned maps ---------------------------------------------------------------------------
+//
+// Layout under a pin directory (see `crate::pin`): `maps/NAME`, and `maps/NAME-next` for the
+// maps of a replacement program until it takes over.
+
+/// Suffix of the pins of a replacement program and its new maps until it takes over (bpffs
+/// refuses names with a dot).
+pub const NEXT: &str = "-next";
+
+/// Where map `name` is pinned under the pin directory `dir`.
+pub fn map_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join("maps").join(name)
+}
+
+/// Where map `name` is pinned under `dir`: the staged one of a replacement in progress if
+/// there is one.
+pub fn current_map_path(dir: &Path, name: &str) -> PathBuf {
+    let staged = map_path(dir, &format!("{name}{NEXT}"));
+    if staged.exists() {
+        staged
+    } else {
+        map_path(dir, name)
+    }
+}
+
+/// Opens pinned map `name` under `dir`: the staged one of a replacement in progress if there
+/// is one (see `Pinned::stage_replacement`).
+pub fn open_untyped(dir: &Path, name: &str) -> anyhow::Result<Map> {
+    let path = current_map_path(dir, name);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {}", path.display()))?;
+    Ok(Map::from_map_data(data)?)
+}
+
+/// Opens pinned map `name` under `dir` as a typed map.
+pub fn open_map<T>(dir: &Path, name: &str) -> anyhow::Result<T>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    T::try_from(open_untyped(dir, name)?)
+        .with_context(|| format!("pinned map {name} has an unexpected type"))
 }
 
 /// The connection table, for counting flows (a handle of its own, so that walking it needs

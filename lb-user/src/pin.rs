@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use aya::{
-    maps::{Map, MapData, PerCpuArray, xdp::DevMapHash},
+    maps::{MapData, PerCpuArray, xdp::DevMapHash},
     programs::{
         Xdp,
         links::{FdLink, PinnedLink},
@@ -27,10 +27,13 @@ use lb_common::{
 use log::info;
 
 use crate::{
-    dataplane::Counters,
+    counters::Counters,
     loader::{AttachMode, AttachedMode, LoadOptions, Loaded, PROGRAM, attach_program, if_index},
     maps::BpfMaps,
+    maps::{NEXT, current_map_path, map_path},
 };
+
+pub use crate::maps::{open_map, open_untyped};
 
 /// Default pin directory.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xdplb";
@@ -39,10 +42,6 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xdplb";
 /// must take them as they are pinned, or not at all. Every other map is rebuilt from the state
 /// or only counts.
 const CARRIED: [&str; 2] = [CONNTRACK_MAP, REVERSE_NAT_MAP];
-
-/// Suffix of the pins of a replacement program and its new maps until it takes over (bpffs
-/// refuses names with a dot).
-const NEXT: &str = "-next";
 
 /// What a pin directory says it holds: the pin layout and the program's fingerprint, from
 /// the empty directories `layout-N` and `object-HASH` in it (bpffs holds no plain files).
@@ -111,39 +110,6 @@ pub struct Pinned {
     dir: PathBuf,
     program: Xdp,
     links: BTreeMap<String, PinnedLink>,
-}
-
-fn map_path(dir: &Path, name: &str) -> PathBuf {
-    dir.join("maps").join(name)
-}
-
-/// Where map `name` is pinned under `dir`: the staged one of a replacement in progress if
-/// there is one.
-fn current_map_path(dir: &Path, name: &str) -> PathBuf {
-    let staged = map_path(dir, &format!("{name}{NEXT}"));
-    if staged.exists() {
-        staged
-    } else {
-        map_path(dir, name)
-    }
-}
-
-/// Opens pinned map `name` under `dir`: the staged one of a replacement in progress if there
-/// is one (see [`Pinned::stage_replacement`]).
-pub fn open_untyped(dir: &Path, name: &str) -> anyhow::Result<Map> {
-    let path = current_map_path(dir, name);
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("opening pinned map {}", path.display()))?;
-    Ok(Map::from_map_data(data)?)
-}
-
-/// Opens pinned map `name` under `dir` as a typed map.
-pub fn open_map<T>(dir: &Path, name: &str) -> anyhow::Result<T>
-where
-    T: TryFrom<Map, Error = aya::maps::MapError>,
-{
-    T::try_from(open_untyped(dir, name)?)
-        .with_context(|| format!("pinned map {name} has an unexpected type"))
 }
 
 /// Mounts bpffs on `/sys/fs/bpf` if `dir` is below it and it is not mounted yet; true if it

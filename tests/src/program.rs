@@ -3,7 +3,7 @@
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::Counter;
-use lb_user::{dataplane::Counters, loader::Loaded};
+use lb_user::{counters::Counters, loader::Loaded};
 
 use crate::fixture::Outcome;
 

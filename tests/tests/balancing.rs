@@ -24,7 +24,7 @@ use lb_tests::{
 };
 use lb_user::{
     balancer::{BackendSpec, BackendState, Balancer, Proto, Scheduler, Vip, VipOptions},
-    dataplane::Counters,
+    counters::Counters,
     loader::{AttachMode, Loaded},
     maps::BpfMaps,
 };

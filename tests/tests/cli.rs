@@ -21,7 +21,7 @@ use std::{
 use lb_common::Counter;
 use lb_tests::{
     agent::{
-        AGENT_TIMEOUT, Agent, BACKENDS, CLI_TIMEOUT, VIP, VIP_ADDR, backend_addr, bin,
+        Agent, BACKENDS, CLI_TIMEOUT, START_TIMEOUT, VIP, VIP_ADDR, backend_addr, bin,
         configuration, sample, samples, scrape_metrics, serve, strs, vip_args,
     },
     netns::{GW_CLIENT_IF, Topology, ident, run_bounded},
@@ -434,7 +434,7 @@ fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
                 .arg("--state-file")
                 .arg(&bad_state)
                 .args(*args),
-            AGENT_TIMEOUT,
+            START_TIMEOUT,
         );
         if let Err(why) = check_refusal(&output, names, true) {
             mismatches.push(format!("xdplb run {}: {why}", args.join(" ")));

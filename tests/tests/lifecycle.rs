@@ -14,8 +14,8 @@ use std::{
 
 use lb_tests::{
     agent::{
-        AGENT_TIMEOUT, Agent, BACKENDS, CLI_TIMEOUT, VIP, VIP_ADDR, backend_addr, bin,
-        configuration, offload_off, path_str, serve, strs, vip_args,
+        AGENT_TIMEOUT, Agent, BACKENDS, CLI_TIMEOUT, START_TIMEOUT, VIP, VIP_ADDR, backend_addr,
+        bin, configuration, offload_off, path_str, serve, strs, vip_args,
     },
     netns::{Topology, ident, run_bounded},
     traffic::{chatter, dialer, hold, spread},
@@ -596,7 +596,7 @@ fn a_non_root_user_with_the_documented_capabilities_runs_the_agent() {
         cmd
     };
     let run_args = agent.run_args(&strs(&vip_args()));
-    let out = run_bounded(as_nobody("+bpf,+net_admin").args(&run_args), AGENT_TIMEOUT);
+    let out = run_bounded(as_nobody("+bpf,+net_admin").args(&run_args), START_TIMEOUT);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");

@@ -10,7 +10,7 @@ use std::{
 use lb_common::Counter;
 use lb_tests::netns::{GW_CLIENT_IF, Topology, read_all, spawn_piped, tcp_request};
 use lb_user::{
-    dataplane::Counters,
+    counters::Counters,
     loader::{AttachMode, AttachedMode},
 };
 

@@ -15,7 +15,7 @@ use std::{
 
 use lb_tests::{
     agent::{
-        AGENT_TIMEOUT, Agent, BACKENDS, VIP, VIP_ADDR, backend_addr, bin, configuration, serve,
+        Agent, BACKENDS, START_TIMEOUT, VIP, VIP_ADDR, backend_addr, bin, configuration, serve,
         strs, vip_args,
     },
     netns::{GW_CLIENT_IF, Topology, ident, run_bounded},
@@ -213,7 +213,7 @@ fn a_failed_start_keeps_the_state_file() {
             .arg("--state-file")
             .arg(agent.state_file())
             .args(["--iface", GW_CLIENT_IF]),
-        AGENT_TIMEOUT,
+        START_TIMEOUT,
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "a second agent started: {stderr}");
@@ -251,7 +251,7 @@ fn a_second_agent_on_the_same_pins_is_refused() {
             .arg("--state-file")
             .arg(other.join("state.json"))
             .args(["--iface", GW_CLIENT_IF, "--vip", "198.19.0.7:80/tcp"]),
-        AGENT_TIMEOUT,
+        START_TIMEOUT,
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");

@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{History, Policy};
 use crate::{
+    autoscale::config::{AutoscaleConfig, Signal},
     balancer::{BackendSpec, BackendState, Balancer, Vip, VipInfo},
-    config::{AutoscaleConfig, Signal},
     health::{CheckKind, HealthCheck},
     maps::Maps,
 };
@@ -853,7 +853,7 @@ async fn run_hook(
         .map_err(|_| {
             format!(
                 "{program} timed out after {}",
-                crate::config::format_duration(timeout)
+                crate::duration::format_duration(timeout)
             )
         })?
         .map_err(|err| format!("running {program}: {err}"))?;

@@ -29,6 +29,7 @@ mod target;
 mod trace;
 
 pub mod cli;
+pub mod config;
 pub mod svg;
 pub mod traces;
 

@@ -52,7 +52,7 @@ use lb_tests::{
 };
 use lb_user::{
     balancer::{BackendSpec, Balancer, VipOptions},
-    dataplane::Counters,
+    counters::Counters,
     loader::{
         AttachMode, BASELINE_DROP, BASELINE_GEN, BASELINE_PASS, BASELINE_TX, LoadOptions, Loaded,
         if_index, load_baseline,

@@ -23,7 +23,7 @@ use lb_tests::{
 };
 use lb_user::{
     balancer::{BackendSpec, VipOptions},
-    dataplane::Counters,
+    counters::Counters,
     loader::AttachMode,
 };
 use serde_json::Value;

@@ -1,0 +1,173 @@
+//! The command line: `xdplb run` and the commands that drive a running agent.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use lb_user::{
+    api::DEFAULT_SOCKET,
+    balancer::{BackendState, Scheduler, Vip},
+    daemon::DaemonOptions,
+    loader::AttachMode,
+};
+
+#[derive(Parser)]
+#[command(name = "xdplb", version, about = "A layer-4 load balancer on XDP")]
+pub struct Cli {
+    /// The agent's API socket.
+    #[arg(long, global = true, default_value = DEFAULT_SOCKET, value_name = "PATH")]
+    pub socket: PathBuf,
+    /// Output format of the CLI commands.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Log at debug level (the verifier's whole log if the kernel refuses the program, the
+    /// counters per VIP and backend at stop). RUST_LOG overrides it.
+    #[arg(short = 'v', long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Copy, Clone, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the agent: load (or adopt) and attach the program, serve the API until stopped.
+    Run(DaemonOptions),
+    /// Add, remove, list and show VIPs.
+    #[command(subcommand)]
+    Vip(VipCommand),
+    /// Add, remove, change, drain and list a VIP's backends.
+    #[command(subcommand)]
+    Backend(BackendCommand),
+    /// Packet counters and traffic per VIP and backend.
+    Stats {
+        /// Print again every this many seconds until interrupted.
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<u64>,
+    },
+    /// What the agent runs.
+    Status,
+    /// Bring the running VIPs and backends to a config file: print the plan, apply it.
+    Apply {
+        /// The config file (TOML).
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+        /// Only print the plan.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check a config file without an agent: exit 0 if it is good, 1 with every error on a line
+    /// of its own.
+    Check {
+        /// The config file (TOML).
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// The running configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// The interfaces the program runs on: list, attach one more, detach one.
+    #[command(subcommand)]
+    Iface(IfaceCommand),
+    /// Stop the agent. The program stays attached (traffic flows) unless --detach.
+    Stop {
+        /// Also detach the program from every interface and unpin everything.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Autoscaling: what the agent's autoscalers see and decide, and an offline simulator.
+    #[command(subcommand)]
+    Autoscale(AutoscaleCommand),
+}
+
+#[derive(Subcommand)]
+pub enum IfaceCommand {
+    /// The interfaces the program is attached to.
+    List,
+    /// Attach the program to an interface of the agent's network namespace (until the agent
+    /// restarts without it in --iface).
+    Attach {
+        name: String,
+        #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+        xdp_mode: AttachMode,
+    },
+    /// Detach the program from an interface.
+    Detach { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Print the running configuration as a config file (VIPs and backends as they are now,
+    /// health checks, autoscaling, connection table), to keep changes made with the CLI.
+    Export,
+}
+
+#[derive(Subcommand)]
+pub enum AutoscaleCommand {
+    /// Each autoscaled VIP (or one): signal, forecast, desired and actual backends, the last
+    /// decisions and their reasons.
+    Status {
+        /// Only this VIP (`ADDR:PORT/PROTO`).
+        vip: Option<Vip>,
+    },
+    /// Replay a load trace against the scaling policies and report how each does (offline; no
+    /// agent needed).
+    Simulate(lb_user::autoscale::cli::SimulateArgs),
+}
+
+#[derive(Subcommand)]
+pub enum VipCommand {
+    /// Add a VIP (`ADDR:PORT/PROTO`, port 0: every port).
+    Add {
+        vip: Vip,
+        #[arg(long, default_value = "maglev")]
+        scheduler: Scheduler,
+        /// Maglev table size (a prime).
+        #[arg(long)]
+        ring_size: Option<u32>,
+    },
+    /// Remove a VIP and its backends.
+    Del { vip: Vip },
+    /// Change a VIP's scheduler or ring size.
+    Set {
+        vip: Vip,
+        #[arg(long)]
+        scheduler: Option<Scheduler>,
+        #[arg(long)]
+        ring_size: Option<u32>,
+    },
+    /// List every VIP.
+    List,
+    /// One VIP and its backends.
+    Show { vip: Vip },
+}
+
+#[derive(Subcommand)]
+pub enum BackendCommand {
+    /// Add a backend to a VIP.
+    Add {
+        vip: Vip,
+        address: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+    },
+    /// Remove a backend; its tracked flows move to other backends.
+    Del { vip: Vip, address: SocketAddr },
+    /// Change a backend's weight and/or state.
+    Set {
+        vip: Vip,
+        address: SocketAddr,
+        #[arg(long)]
+        weight: Option<u32>,
+        #[arg(long)]
+        state: Option<BackendState>,
+    },
+    /// Stop new flows to a backend; its tracked flows continue (`list` shows when none are left).
+    Drain { vip: Vip, address: SocketAddr },
+    /// A VIP's backends with their state, active connections and traffic.
+    List { vip: Vip },
+}

@@ -1,0 +1,335 @@
+//! The CLI's commands: each one request to the agent's API over its socket, and the answer
+//! printed as a table or JSON.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use hyper::Method;
+use lb_user::{
+    api::{self, BackendView, StatsView, StatusView, VipView},
+    autoscale::live::Status as AutoscaleStatus,
+    balancer::Vip,
+    client::{call, segment},
+    loader::AttachMode,
+    render::{autoscale_lines, backend_line, vip_line},
+};
+use serde_json::json;
+
+use crate::cli::{
+    AutoscaleCommand, BackendCommand, Command, ConfigCommand, IfaceCommand, Output, VipCommand,
+};
+
+/// A request type of the API as a request body.
+fn request(body: &impl serde::Serialize) -> Option<serde_json::Value> {
+    Some(serde_json::to_value(body).expect("API requests serialize to JSON"))
+}
+
+fn vip_path(vip: &Vip) -> String {
+    let addr = SocketAddr::new(vip.addr, vip.port).to_string();
+    format!("/v1/vips/{}/{}", vip.proto, segment(&addr))
+}
+
+fn print<T: serde::Serialize>(
+    output: Output,
+    value: &T,
+    table: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Output::Table => print!("{}", table()),
+    }
+    Ok(())
+}
+
+pub async fn client_command(command: Command, socket: &Path, output: Output) -> anyhow::Result<()> {
+    match command {
+        Command::Run(_)
+        | Command::Check { .. }
+        | Command::Autoscale(AutoscaleCommand::Simulate(_)) => {
+            unreachable!("handled in main")
+        }
+        Command::Iface(IfaceCommand::List) => {
+            let ifaces: Vec<String> = call(socket, Method::GET, "/v1/interfaces", None).await?;
+            print(output, &ifaces, || {
+                ifaces.iter().map(|i| format!("{i}\n")).collect()
+            })
+        }
+        Command::Iface(IfaceCommand::Attach { name, xdp_mode }) => {
+            let mode = match xdp_mode {
+                AttachMode::Auto => "auto",
+                AttachMode::Native => "native",
+                AttachMode::Skb => "skb",
+            };
+            let body = request(&api::AttachIface {
+                name: name.clone(),
+                xdp_mode: Some(mode.to_owned()),
+            });
+            let ifaces: Vec<String> = call(socket, Method::POST, "/v1/interfaces", body).await?;
+            print(output, &ifaces, || format!("attached to {name}\n"))
+        }
+        Command::Iface(IfaceCommand::Detach { name }) => {
+            let path = format!("/v1/interfaces/{}", segment(&name));
+            call::<serde_json::Value>(socket, Method::DELETE, &path, None).await?;
+            print(output, &json!({ "detached": name }), || {
+                format!("detached from {name}\n")
+            })
+        }
+        Command::Config(ConfigCommand::Export) => {
+            let (status, bytes) =
+                lb_user::client::request(socket, Method::GET, "/v1/config", None).await?;
+            if !status.is_success() {
+                anyhow::bail!("{}", String::from_utf8_lossy(&bytes));
+            }
+            print!("{}", String::from_utf8_lossy(&bytes));
+            Ok(())
+        }
+        Command::Autoscale(AutoscaleCommand::Status { vip }) => {
+            let views: Vec<AutoscaleStatus> = match vip {
+                Some(vip) => {
+                    let path = format!(
+                        "/v1/autoscale{}",
+                        vip_path(&vip).trim_start_matches("/v1/vips")
+                    );
+                    vec![call(socket, Method::GET, &path, None).await?]
+                }
+                None => call(socket, Method::GET, "/v1/autoscale", None).await?,
+            };
+            print(output, &views, || {
+                if views.is_empty() {
+                    return "no VIP is autoscaled\n".to_owned();
+                }
+                views.iter().map(autoscale_lines).collect()
+            })
+        }
+        Command::Vip(VipCommand::Add {
+            vip,
+            scheduler,
+            ring_size,
+        }) => {
+            let body = request(&api::AddVip {
+                vip: vip.to_string(),
+                scheduler: Some(scheduler.name().to_owned()),
+                ring_size,
+            });
+            let view: VipView = call(socket, Method::POST, "/v1/vips", body).await?;
+            print(output, &view, || vip_line(&view))
+        }
+        Command::Vip(VipCommand::Del { vip }) => {
+            call::<serde_json::Value>(socket, Method::DELETE, &vip_path(&vip), None).await?;
+            print(output, &json!({ "removed": vip.to_string() }), || {
+                format!("removed VIP {vip}\n")
+            })
+        }
+        Command::Vip(VipCommand::Set {
+            vip,
+            scheduler,
+            ring_size,
+        }) => {
+            let body = request(&api::SetVip {
+                scheduler: scheduler.map(|s| s.name().to_owned()),
+                ring_size,
+            });
+            let view: VipView = call(socket, Method::PATCH, &vip_path(&vip), body).await?;
+            print(output, &view, || vip_line(&view))
+        }
+        Command::Vip(VipCommand::List) => {
+            let vips: Vec<VipView> = call(socket, Method::GET, "/v1/vips", None).await?;
+            print(output, &vips, || vips.iter().map(vip_line).collect())
+        }
+        Command::Vip(VipCommand::Show { vip }) => {
+            let view: VipView = call(socket, Method::GET, &vip_path(&vip), None).await?;
+            print(output, &view, || {
+                vip_line(&view) + &view.backends.iter().map(backend_line).collect::<String>()
+            })
+        }
+        Command::Backend(BackendCommand::Add {
+            vip,
+            address,
+            weight,
+        }) => {
+            let body = request(&api::AddBackend {
+                address: address.to_string(),
+                weight: Some(weight),
+                state: None,
+            });
+            let view: VipView = call(
+                socket,
+                Method::POST,
+                &format!("{}/backends", vip_path(&vip)),
+                body,
+            )
+            .await?;
+            print(output, &view, || {
+                vip_line(&view) + &view.backends.iter().map(backend_line).collect::<String>()
+            })
+        }
+        Command::Backend(BackendCommand::Del { vip, address }) => {
+            let path = format!(
+                "{}/backends/{}",
+                vip_path(&vip),
+                segment(&address.to_string())
+            );
+            call::<serde_json::Value>(socket, Method::DELETE, &path, None).await?;
+            print(output, &json!({ "removed": address }), || {
+                format!("removed backend {address} from {vip}\n")
+            })
+        }
+        Command::Backend(BackendCommand::Set {
+            vip,
+            address,
+            weight,
+            state,
+        }) => {
+            set_backend(
+                socket,
+                output,
+                &vip,
+                address,
+                api::SetBackend {
+                    weight,
+                    state: state.map(|s| s.to_string()),
+                },
+            )
+            .await
+        }
+        Command::Backend(BackendCommand::Drain { vip, address }) => {
+            set_backend(
+                socket,
+                output,
+                &vip,
+                address,
+                api::SetBackend {
+                    weight: None,
+                    state: Some("draining".to_owned()),
+                },
+            )
+            .await
+        }
+        Command::Backend(BackendCommand::List { vip }) => {
+            let backends: Vec<BackendView> = call(
+                socket,
+                Method::GET,
+                &format!("{}/backends", vip_path(&vip)),
+                None,
+            )
+            .await?;
+            print(output, &backends, || {
+                backends.iter().map(backend_line).collect()
+            })
+        }
+        Command::Stats { watch } => loop {
+            let stats: StatsView = call(socket, Method::GET, "/v1/stats", None).await?;
+            print(output, &stats, || {
+                let mut out: String = stats
+                    .counters
+                    .iter()
+                    .filter(|(_, v)| *v > 0)
+                    .map(|(name, v)| format!("{name:<24} {v:>14}\n"))
+                    .collect();
+                for v in &stats.vips {
+                    out += &vip_line(v);
+                    out += &v.backends.iter().map(backend_line).collect::<String>();
+                }
+                out
+            })?;
+            match watch {
+                Some(secs) => tokio::time::sleep(Duration::from_secs(secs.max(1))).await,
+                None => return Ok(()),
+            }
+        },
+        Command::Status => {
+            let status: StatusView = call(socket, Method::GET, "/v1/status", None).await?;
+            print(output, &status, || {
+                format!(
+                    "version    {}\npinned in  {}\ninterfaces {}\nuptime     {} s\nVIPs       {}\nbackends   {}\n",
+                    status.version,
+                    status.pin_dir,
+                    status.interfaces.join(" "),
+                    status.uptime_secs,
+                    status.vips,
+                    status.backends
+                )
+            })
+        }
+        Command::Apply { file, dry_run } => {
+            let text =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let path = format!("/v1/apply?dry_run={dry_run}");
+            let (status, bytes) =
+                lb_user::client::request(socket, Method::POST, &path, Some(text)).await?;
+            let answer: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            if !status.is_success() {
+                let message = answer
+                    .get("error")
+                    .and_then(|e| e.as_str())
+                    .unwrap_or("refused");
+                anyhow::bail!("{}: {message}", file.display());
+            }
+            let view: api::ApplyView = serde_json::from_value(answer)?;
+            print(output, &view, || {
+                let mut out = if view.plan.is_empty() {
+                    "no changes\n".to_owned()
+                } else {
+                    view.plan.join("\n") + "\n"
+                };
+                out += if view.plan.is_empty() {
+                    ""
+                } else if view.applied {
+                    "applied\n"
+                } else {
+                    "(dry run: nothing changed)\n"
+                };
+                out
+            })
+        }
+        Command::Stop { detach } => {
+            call::<serde_json::Value>(
+                socket,
+                Method::POST,
+                "/v1/stop",
+                request(&api::Stop { detach }),
+            )
+            .await?;
+            // Wait until the agent has let go of its socket.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::os::unix::net::UnixStream::connect(socket).is_ok()
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            print(
+                output,
+                &json!({ "stopped": true, "detached": detach }),
+                || {
+                    if detach {
+                        "stopped and detached\n".into()
+                    } else {
+                        "stopped\n".into()
+                    }
+                },
+            )
+        }
+    }
+}
+
+async fn set_backend(
+    socket: &Path,
+    output: Output,
+    vip: &Vip,
+    address: SocketAddr,
+    body: api::SetBackend,
+) -> anyhow::Result<()> {
+    let path = format!(
+        "{}/backends/{}",
+        vip_path(vip),
+        segment(&address.to_string())
+    );
+    let view: VipView = call(socket, Method::PATCH, &path, request(&body)).await?;
+    print(output, &view, || {
+        vip_line(&view) + &view.backends.iter().map(backend_line).collect::<String>()
+    })
+}

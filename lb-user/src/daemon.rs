@@ -1,0 +1,653 @@
+//! The daemon, `xdplb run`: from the checks at start to the last log line at stop. The agent
+//! it runs lives in [`crate::agent`], its API in [`crate::api`].
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use lb_common::maps::{DEFAULT_CONNTRACK_CAPACITY, PIN_LAYOUT, Settings};
+use log::{error, info, warn};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    agent::{self, Agent, DEFAULT_STATE_FILE},
+    api::{self, Shutdown},
+    balancer::{BackendSpec, Balancer, Scheduler, Vip, VipOptions},
+    config::Config,
+    health::Monitor,
+    loader::{AttachMode, LoadOptions, Loaded},
+    maps::BpfMaps,
+    pin::{DEFAULT_PIN_DIR, Pinned, PinnedVersion},
+    render::{backend_line, vip_line},
+};
+
+/// What `xdplb run` is given.
+#[derive(Clone, Debug, clap::Args)]
+pub struct DaemonOptions {
+    /// Interface to attach to (repeat for several).
+    #[arg(long = "iface", required = true, value_name = "IF")]
+    pub ifaces: Vec<String>,
+    /// XDP attach mode: `auto` tries native and falls back to skb.
+    #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
+    pub xdp_mode: AttachMode,
+    /// Where the program, maps and links are pinned; an agent finding them there adopts them.
+    #[arg(long, default_value = DEFAULT_PIN_DIR, value_name = "DIR")]
+    pub pin_dir: PathBuf,
+    /// Where the agent keeps its state (VIPs, backends, ids) across restarts.
+    #[arg(long, default_value = DEFAULT_STATE_FILE, value_name = "FILE")]
+    pub state_file: PathBuf,
+    /// Nothing outlives the agent: no state file, and the program is detached at exit.
+    #[arg(long)]
+    pub ephemeral: bool,
+    /// Log the packet counters every this many seconds (0: only at exit).
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    pub stats_interval: u64,
+    /// A VIP to balance, `ADDR:PORT/PROTO[=SCHEDULER]` (used when there is no saved state).
+    #[arg(long = "vip", value_name = "VIP[=SCHEDULER]", value_parser = parse_vip)]
+    pub vips: Vec<(Vip, Scheduler)>,
+    /// A backend of a VIP, `VIP=ADDR:PORT[@WEIGHT]` (used when there is no saved state).
+    #[arg(long = "backend", value_name = "VIP=ADDR:PORT[@WEIGHT]", value_parser = parse_backend)]
+    pub backends: Vec<(Vip, BackendSpec)>,
+    /// Flows the connection table holds (fixed when the program is first loaded; the
+    /// config's `conntrack.capacity` wins if given).
+    #[arg(long, default_value_t = DEFAULT_CONNTRACK_CAPACITY, value_name = "FLOWS")]
+    pub conntrack_capacity: u32,
+    /// Config file (TOML): VIPs, backends, health checks, autoscaling, the connection table.
+    /// The source of truth: applied over the saved state at start and again on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (`/metrics`).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// Also serve the API on this TCP address; requires --api-token-file.
+    #[arg(long, value_name = "ADDR", requires = "api_token_file")]
+    pub api_tcp: Option<SocketAddr>,
+    /// File holding the bearer token that TCP API requests must carry.
+    #[arg(long, value_name = "FILE", requires = "api_tcp")]
+    pub api_token_file: Option<PathBuf>,
+    /// Autoscalers decide and report (`xdplb autoscale status`, logs, metrics) but change no
+    /// backend.
+    #[arg(long)]
+    pub autoscale_dry_run: bool,
+    /// Replace the pinned program with this binary's even if it is the same build: pinned maps
+    /// that fit are kept (tracked connections survive), the interfaces switch atomically.
+    #[arg(long)]
+    pub replace_program: bool,
+    /// The API socket (the CLI's global `--socket`).
+    #[arg(skip)]
+    pub socket: PathBuf,
+}
+
+pub fn parse_vip(s: &str) -> Result<(Vip, Scheduler), String> {
+    let (vip, scheduler) = s.split_once('=').unwrap_or((s, "maglev"));
+    Ok((
+        vip.parse()
+            .map_err(|e: crate::balancer::Error| e.to_string())?,
+        scheduler
+            .parse()
+            .map_err(|e: crate::balancer::Error| e.to_string())?,
+    ))
+}
+
+pub fn parse_backend(s: &str) -> Result<(Vip, BackendSpec), String> {
+    let (vip, backend) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected VIP=ADDR:PORT[@WEIGHT]"))?;
+    let (addr, weight) = backend.split_once('@').unwrap_or((backend, "1"));
+    let addr = addr
+        .parse()
+        .map_err(|_| format!("{addr:?} is not an ADDR:PORT"))?;
+    let weight = weight
+        .parse()
+        .map_err(|_| format!("weight {weight:?} is not a whole number"))?;
+    Ok((
+        vip.parse()
+            .map_err(|e: crate::balancer::Error| e.to_string())?,
+        BackendSpec::new(addr, weight),
+    ))
+}
+
+/// SIGTERM, SIGINT and SIGHUP, caught.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+/// What happens to the program when the agent stops.
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum AtExit {
+    /// Stays attached and pinned; a new agent adopts it.
+    Stays,
+    /// Detached and unpinned by the agent (`stop --detach`, `--ephemeral`, a failed start).
+    Detach,
+    /// Goes away with the agent's private mount namespace, whatever the agent does.
+    GoesWithMountNamespace,
+}
+
+/// Runs the agent until it is stopped: checks, locks, loads or adopts the program, restores
+/// and applies its state and config, attaches, serves the API.
+pub fn run(args: DaemonOptions) -> anyhow::Result<()> {
+    let socket = args.socket.as_path();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    // Catch the signals before loading anything: from here on SIGTERM/SIGINT stop the agent in
+    // order (an ephemeral one detaching) instead of killing it with its objects pinned, and
+    // SIGHUP does not kill it at all.
+    let signals = {
+        let _runtime = runtime.enter();
+        Signals {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+        }
+    };
+    // Everything that can be checked is checked before anything is touched: a start that fails
+    // leaves the state file, the pins and the interfaces as they were.
+    if let Some((vip, _)) = args
+        .backends
+        .iter()
+        .find(|(v, _)| !args.vips.iter().any(|(w, _)| w == v))
+    {
+        anyhow::bail!("--backend for {vip}, which is not a --vip");
+    }
+    for iface in &args.ifaces {
+        crate::loader::if_index(iface).context("--iface")?;
+    }
+    crate::caps::check()?;
+    let config = args
+        .config
+        .as_ref()
+        .map(Config::load)
+        .transpose()
+        .map_err(|err| anyhow::anyhow!("{err}"))?;
+    // One agent per state file and per pin directory.
+    let (state_lock, saved) = if args.ephemeral {
+        (None, None)
+    } else {
+        let lock = lock_state_file(&args.state_file)?;
+        (Some(lock), agent::load_state(&args.state_file)?)
+    };
+    api::check_socket(socket)?;
+    if args.ephemeral {
+        crate::pin::remove_stale_ephemeral(&args.pin_dir);
+    }
+    let pin_dir = if args.ephemeral {
+        args.pin_dir.with_file_name(format!(
+            "{}-ephemeral-{}",
+            args.pin_dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("xdplb"),
+            std::process::id()
+        ))
+    } else {
+        args.pin_dir.clone()
+    };
+    let mounted_here = crate::pin::ensure_bpffs(&pin_dir)?;
+    let private = crate::pin::is_private_mount(&pin_dir, mounted_here);
+    if private {
+        warn!(
+            "{} is on a bpffs private to this mount namespace (as `ip netns exec` makes): the \
+             program is detached when the agent exits, and no restart can adopt it; start the \
+             agent with `nsenter --net=/var/run/netns/NS xdplb run ...` (or give it the host's \
+             bpffs) to keep traffic flowing across restarts",
+            pin_dir.display()
+        );
+    }
+    let created_dir = !pin_dir.exists();
+    std::fs::create_dir_all(&pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
+    let pin_lock = match crate::pin::Lock::take(&pin_dir, "the pin directory") {
+        Ok(lock) => lock,
+        Err(err) => {
+            if created_dir {
+                let _ = std::fs::remove_dir(&pin_dir);
+            }
+            return Err(err);
+        }
+    };
+    let adopting = Pinned::exists(&pin_dir);
+    let version = PinnedVersion::read(&pin_dir);
+    if adopting && version.layout > PIN_LAYOUT {
+        anyhow::bail!(
+            "{} holds a balancer of pin layout {}, newer than this xdplb's {PIN_LAYOUT}: run \
+             the newer xdplb, or remove it with `xdplb stop --detach` (tracked connections are \
+             lost)",
+            pin_dir.display(),
+            version.layout
+        );
+    }
+    let replace = adopting && (args.replace_program || version != PinnedVersion::ours());
+    let pinned = if adopting {
+        info!("adopting the balancer pinned in {}", pin_dir.display());
+        Pinned::open(&pin_dir).inspect(|pinned| pinned.remove_staged())
+    } else {
+        let conntrack_capacity = config
+            .as_ref()
+            .filter(|_| args.conntrack_capacity == DEFAULT_CONNTRACK_CAPACITY)
+            .map_or(args.conntrack_capacity, |c| c.conntrack.capacity);
+        Loaded::load_with(LoadOptions {
+            conntrack_capacity,
+            ..LoadOptions::default()
+        })
+        .and_then(|loaded| Pinned::create(loaded, &pin_dir))
+    };
+    let pinned = match pinned {
+        Ok(pinned) => pinned,
+        Err(err) => {
+            if !adopting {
+                let _ = std::fs::remove_dir_all(&pin_dir);
+            }
+            return Err(err);
+        }
+    };
+    let result = serve(
+        &args,
+        config,
+        saved,
+        socket,
+        pinned,
+        (adopting, replace.then_some(version)),
+        (runtime, signals),
+    );
+    let at_exit = match &result {
+        Ok(true) => AtExit::Detach,
+        _ if args.ephemeral => AtExit::Detach,
+        // A fresh program that never came up is not left behind.
+        Err(_) if !adopting => AtExit::Detach,
+        _ if private => AtExit::GoesWithMountNamespace,
+        _ => AtExit::Stays,
+    };
+    let dir = pin_dir.display();
+    match at_exit {
+        AtExit::Detach => {
+            // The agent's handle is gone with it; the pins say what there is to remove.
+            Pinned::open(&pin_dir)?.remove()?;
+            info!("stopped: detached the program and removed its pins in {dir}");
+            // `stop --detach` is the operator's uninstall; a failed start keeps the state.
+            if matches!(result, Ok(true)) && !args.ephemeral {
+                let _ = std::fs::remove_file(&args.state_file);
+            }
+        }
+        AtExit::GoesWithMountNamespace => info!(
+            "stopped: the program is detached as the agent exits, with its pins in {dir}, which \
+             are private to this mount namespace"
+        ),
+        AtExit::Stays if result.is_ok() => {
+            info!("stopped, leaving the program attached (pinned in {dir}): a new agent adopts it")
+        }
+        AtExit::Stays => {}
+    }
+    drop((pin_lock, state_lock));
+    result.map(|_| ())
+}
+
+/// Locks `state_file` (through `STATE_FILE.lock` next to it, since the file itself is replaced
+/// on every save) for this agent alone.
+fn lock_state_file(state_file: &Path) -> anyhow::Result<crate::pin::Lock> {
+    let mut name = state_file.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    crate::pin::Lock::take(&path, "the state file's lock")
+}
+
+/// Runs the agent until SIGTERM/SIGINT or `xdplb stop`; returns whether to detach.
+fn serve(
+    args: &DaemonOptions,
+    config: Option<Config>,
+    saved: Option<agent::SavedState>,
+    socket: &Path,
+    mut pinned: Pinned,
+    (adopting, replace): (bool, Option<PinnedVersion>),
+    (runtime, signals): (tokio::runtime::Runtime, Signals),
+) -> anyhow::Result<bool> {
+    // Settings come from the running program, before a replacement stages new maps.
+    let adopted_settings = adopting.then(|| pinned.maps()?.settings()).transpose()?;
+    if let Some(from) = &replace {
+        let current = pinned.conntrack_capacity()?;
+        let asked = config
+            .as_ref()
+            .map(|c| c.conntrack.capacity)
+            .filter(|&c| c != DEFAULT_CONNTRACK_CAPACITY)
+            .unwrap_or(args.conntrack_capacity);
+        let conntrack_capacity = if asked == DEFAULT_CONNTRACK_CAPACITY {
+            current
+        } else {
+            asked
+        };
+        info!(
+            "replacing the pinned program ({from}) with this one ({}){}",
+            PinnedVersion::ours(),
+            if args.replace_program {
+                ": --replace-program"
+            } else {
+                ""
+            }
+        );
+        pinned.stage_replacement(LoadOptions {
+            conntrack_capacity,
+            slots: pinned.maps()?.slots_capacity(),
+        })?;
+    }
+    let maps = pinned.maps()?;
+    let slots = maps.slots_capacity();
+    let settings = if let Some(settings) = adopted_settings {
+        settings
+    } else {
+        // A fresh program: the timeouts of the config given, else of the one last applied.
+        let timeouts = config
+            .as_ref()
+            .or(saved.as_ref().map(|s| &s.config))
+            .map(|c| c.conntrack.timeouts())
+            .unwrap_or_default();
+        Settings {
+            timeouts,
+            ..Settings::default()
+        }
+    };
+    let mut held = Default::default();
+    let mut saved_pools = Vec::new();
+    let mut applied_config = Config::default();
+    let restored = saved.is_some();
+    let balancer = match saved {
+        Some(saved) => {
+            if !args.vips.is_empty() || !args.backends.is_empty() {
+                warn!(
+                    "{} holds the agent's state: --vip/--backend are ignored (change VIPs with the CLI)",
+                    args.state_file.display()
+                );
+            }
+            info!(
+                "restoring {} from {}",
+                if adopting {
+                    "the adopted maps"
+                } else {
+                    "a fresh program"
+                },
+                args.state_file.display()
+            );
+            held = saved.held.into_iter().collect();
+            saved_pools = saved.autoscale;
+            applied_config = saved.config;
+            Balancer::restore(maps, slots, settings, saved.snapshot)?
+        }
+        None => Balancer::new(maps, slots, settings)?,
+    };
+    let state_file = if args.ephemeral {
+        std::env::temp_dir().join(format!("xdplb-ephemeral-{}.state.json", std::process::id()))
+    } else {
+        args.state_file.clone()
+    };
+    let api_tcp = match (&args.api_tcp, &args.api_token_file) {
+        (Some(addr), Some(file)) => Some((*addr, api::read_token(file)?)),
+        _ => None,
+    };
+    let mut agent = Agent::new(balancer, pinned, state_file.clone())?;
+    agent.config = applied_config;
+    agent.held = held;
+    agent.autoscale_dry_run = args.autoscale_dry_run;
+    agent.sync_autoscale(&saved_pools);
+    // The config file, when there is one, wins over the saved state.
+    if let (Some(config), Some(path)) = (config, &args.config) {
+        let plan = agent
+            .apply_config(config)
+            .with_context(|| format!("applying {}", path.display()))?;
+        log_plan(path, &plan);
+    }
+    if !restored {
+        configure(&mut agent.balancer, args)?;
+    }
+    agent::log_vips(&agent.balancer);
+    if replace.is_some() {
+        agent.pinned.finish_replacement()?;
+        info!("the new program runs; the old one is freed");
+    }
+    for iface in &args.ifaces {
+        agent.pinned.attach(iface, args.xdp_mode)?;
+    }
+    // The interfaces are the command line's: those an earlier agent attached and this one is
+    // not given are detached.
+    for iface in agent.pinned.ifaces() {
+        if !args.ifaces.contains(&iface) {
+            agent.pinned.detach(&iface)?;
+            info!("{iface}: detached (not given with --iface)");
+        }
+    }
+    if let Err(err) = agent.save_if_changed() {
+        // The data path runs what was restored or configured; changes are refused until the
+        // state can be saved.
+        warn!("saving the state: {err:#}");
+    }
+    let shared = api::share(agent);
+    let detach = runtime.block_on(run_agent(
+        Arc::clone(&shared),
+        socket,
+        args.stats_interval,
+        args.metrics,
+        api_tcp,
+        signals,
+        args.config.clone(),
+    ))?;
+    if args.ephemeral {
+        let _ = std::fs::remove_file(&state_file);
+    }
+    Ok(detach)
+}
+
+async fn run_agent(
+    shared: agent::Shared,
+    socket: &Path,
+    stats_interval: u64,
+    metrics: Option<SocketAddr>,
+    api_tcp: Option<(SocketAddr, String)>,
+    mut signals: Signals,
+    config: Option<PathBuf>,
+) -> anyhow::Result<bool> {
+    let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(Shutdown::Running);
+    // Removes the socket at exit, if it is still this agent's.
+    let (listener, _bound) = api::bind(socket)?;
+    if let Some((addr, token)) = api_tcp {
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the API address {addr}"))?;
+        let app = api::router_with_token(Arc::clone(&shared), shutdown_tx.clone(), token);
+        tokio::spawn(async move { axum::serve(tcp, app).await });
+        info!("API also on http://{addr} (bearer token required)");
+    }
+    let app = api::router(Arc::clone(&shared), shutdown_tx);
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let conntrack = {
+        let agent = shared.lock().expect("agent lock");
+        crate::maps::open_map(agent.pinned.dir(), lb_common::maps::CONNTRACK_MAP)?
+    };
+    tokio::spawn(agent::count_connections_every(
+        Arc::clone(&shared),
+        conntrack,
+        Duration::from_secs(1),
+    ));
+    tokio::spawn(agent::autoscale_every(
+        Arc::clone(&shared),
+        Duration::from_secs(1),
+    ));
+    let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();
+    {
+        let mut agent = shared.lock().expect("agent lock");
+        agent.monitor = Some(Monitor::new(health_tx));
+        agent.sync_health();
+    }
+    tokio::spawn(agent::apply_health_events(Arc::clone(&shared), health_rx));
+    if let Some(addr) = metrics {
+        serve_metrics(Arc::clone(&shared), addr).await?;
+    }
+    info!("agent ready; API on {}", socket.display());
+    notify(&[sd_notify::NotifyState::Ready]);
+
+    let period = Duration::from_secs(stats_interval.max(1));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let detach = loop {
+        tokio::select! {
+            _ = signals.term.recv() => break false,
+            _ = signals.int.recv() => break false,
+            _ = signals.hup.recv() => match &config {
+                Some(path) => reload(&shared, path),
+                None => warn!("SIGHUP: the agent runs without --config, so there is nothing to reload"),
+            },
+            changed = shutdown_rx.changed() => {
+                if changed.is_err() { break false; }
+                if let Shutdown::Stop { detach } = *shutdown_rx.borrow() { break detach; }
+            }
+            _ = ticker.tick(), if stats_interval > 0 => {
+                log_counters(&shared.lock().expect("agent lock"), "counters");
+            }
+        }
+    };
+    notify(&[sd_notify::NotifyState::Stopping]);
+    server.abort();
+    let mut agent = shared.lock().expect("agent lock");
+    agent.monitor = None;
+    log_counters(&agent, "stopping; counters");
+    Ok(detach)
+}
+
+/// Logs what applying the config file `path` changed, one line per change.
+fn log_plan(path: &Path, plan: &crate::config::Plan) {
+    if plan.is_empty() {
+        info!("config {}: no changes", path.display());
+    }
+    for change in &plan.changes {
+        info!("config {}: {change}", path.display());
+    }
+}
+
+/// Reloads the config file `path` (SIGHUP): applied as `xdplb apply -f` would, or refused with
+/// the reason and nothing changed.
+fn reload(shared: &agent::Shared, path: &Path) {
+    info!("SIGHUP: reloading {}", path.display());
+    let mut reloading = vec![sd_notify::NotifyState::Reloading];
+    reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+    notify(&reloading);
+    let applied = Config::load(path)
+        .map_err(|err| err.to_string())
+        .and_then(|config| {
+            let mut agent = shared.lock().unwrap_or_else(|p| p.into_inner());
+            agent.apply_config(config).map_err(|err| err.to_string())
+        });
+    match applied {
+        Ok(plan) => log_plan(path, &plan),
+        Err(err) => {
+            for line in err.lines() {
+                error!("reload refused, nothing changed: {line}");
+            }
+        }
+    }
+    notify(&[sd_notify::NotifyState::Ready]);
+}
+
+/// Tells systemd (a `Type=notify` unit) how the agent is; nothing without `NOTIFY_SOCKET`.
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(err) = sd_notify::notify(state) {
+        warn!("notifying systemd: {err}");
+    }
+}
+
+/// Serves `/metrics` on `addr` in the background.
+async fn serve_metrics(shared: agent::Shared, addr: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics address {addr}"))?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let shared = Arc::clone(&shared);
+            async move {
+                let agent = shared.lock().unwrap_or_else(|p| p.into_inner());
+                match crate::metrics::render(&agent) {
+                    Ok(text) => (axum::http::StatusCode::OK, text),
+                    Err(err) => (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("{err:#}"),
+                    ),
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    info!("metrics on http://{addr}/metrics");
+    Ok(())
+}
+
+/// Applies the VIPs and backends given on the command line, all or nothing.
+/// (`run` has checked that every `--backend` is of a `--vip`.)
+fn configure(balancer: &mut Balancer<BpfMaps>, args: &DaemonOptions) -> anyhow::Result<()> {
+    for (vip, scheduler) in &args.vips {
+        let options = VipOptions {
+            scheduler: *scheduler,
+            ..VipOptions::default()
+        };
+        balancer.add_vip(*vip, options)?;
+        let backends: Vec<BackendSpec> = args
+            .backends
+            .iter()
+            .filter(|(v, _)| v == vip)
+            .map(|(_, b)| *b)
+            .collect();
+        balancer.set_backends(vip, backends)?;
+    }
+    Ok(())
+}
+
+/// Logs the counters that are not zero on one line, and per VIP and backend at debug level.
+fn log_counters(agent: &Agent, what: &str) {
+    match agent.pinned.counters() {
+        Ok(counters) => {
+            let nonzero: Vec<String> = counters
+                .iter()
+                .filter(|(_, v)| *v > 0)
+                .map(|(c, v)| format!("{}={v}", c.name()))
+                .collect();
+            info!(
+                "{what}: {}",
+                if nonzero.is_empty() {
+                    "all zero".to_owned()
+                } else {
+                    nonzero.join(" ")
+                }
+            );
+        }
+        Err(err) => warn!("reading counters: {err:#}"),
+    }
+    if log::log_enabled!(log::Level::Debug) {
+        match report(agent) {
+            Ok(report) => report.lines().for_each(|line| log::debug!("{line}")),
+            Err(err) => warn!("reading counters: {err:#}"),
+        }
+    }
+}
+
+/// The global counters, then packets, bytes and new flows per VIP and backend.
+fn report(agent: &Agent) -> anyhow::Result<String> {
+    let mut out = agent.pinned.counters()?.to_string();
+    for info in agent.balancer.vips() {
+        let view = api::vip_view(agent, &info).map_err(|e| anyhow::anyhow!(e.1))?;
+        out += &vip_line(&view);
+        for b in &view.backends {
+            out += &backend_line(b);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,383 @@
+//! The balancer's vocabulary: VIPs, protocols, schedulers, backends and their states, with
+//! their parsing, display, map key encoding and the one copy of their validation.
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+};
+
+use lb_common::{
+    flow::{FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP},
+    maglev::{self, DEFAULT_RING_SIZE, MAX_WEIGHT},
+    maps::{
+        BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, MAX_BACKENDS, MAX_VIPS, VipAddrKey, VipKey,
+        scheduler,
+    },
+};
+
+/// Transport protocol of a VIP.
+#[derive(
+    Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+impl FromStr for Proto {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            _ => Err(Error::BadProto(s.to_owned())),
+        }
+    }
+}
+
+impl Proto {
+    pub(crate) fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => PROTO_TCP,
+            Proto::Udp => PROTO_UDP,
+        }
+    }
+}
+
+/// A VIP: address, port (0: every port) and protocol.
+#[derive(
+    Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct Vip {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+impl fmt::Display for Vip {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}",
+            SocketAddr::new(self.addr, self.port),
+            self.proto
+        )
+    }
+}
+
+impl FromStr for Vip {
+    type Err = Error;
+    /// `ADDR:PORT/PROTO`, e.g. `198.19.0.1:80/tcp` or `[fd00::1]:0/udp`.
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let (addr, proto) = s
+            .rsplit_once('/')
+            .ok_or_else(|| Error::BadVip(s.to_owned()))?;
+        let addr: SocketAddr = addr.parse().map_err(|_| Error::BadVip(s.to_owned()))?;
+        Ok(Vip {
+            addr: addr.ip(),
+            port: addr.port(),
+            proto: proto.parse()?,
+        })
+    }
+}
+
+pub(crate) fn family(addr: IpAddr) -> u8 {
+    match addr {
+        IpAddr::V4(_) => FAMILY_IPV4,
+        IpAddr::V6(_) => FAMILY_IPV6,
+    }
+}
+
+pub(crate) fn addr16(addr: IpAddr) -> [u8; 16] {
+    match addr {
+        IpAddr::V4(v4) => {
+            let mut out = [0; 16];
+            out[..4].copy_from_slice(&v4.octets());
+            out
+        }
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+impl Vip {
+    pub(crate) fn key(&self) -> VipKey {
+        VipKey {
+            addr: addr16(self.addr),
+            port: self.port.to_be_bytes(),
+            proto: self.proto.number(),
+            family: family(self.addr),
+        }
+    }
+
+    pub(crate) fn addr_key(&self) -> VipAddrKey {
+        VipAddrKey {
+            addr: addr16(self.addr),
+            proto: self.proto.number(),
+            family: family(self.addr),
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// How a VIP picks backends for new flows.
+#[derive(
+    Copy,
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheduler {
+    /// Maglev consistent hashing over the 5-tuple (weighted).
+    #[default]
+    Maglev,
+    /// The Maglev table keyed by client address: affinity by client IP.
+    SourceHash,
+    RoundRobin,
+    /// Smooth weighted round-robin.
+    WeightedRoundRobin,
+    Random,
+    WeightedRandom,
+    /// Weighted least connections, by two random choices.
+    LeastConn,
+}
+
+impl Scheduler {
+    pub const ALL: [Scheduler; 7] = [
+        Scheduler::Maglev,
+        Scheduler::SourceHash,
+        Scheduler::RoundRobin,
+        Scheduler::WeightedRoundRobin,
+        Scheduler::Random,
+        Scheduler::WeightedRandom,
+        Scheduler::LeastConn,
+    ];
+
+    pub(crate) fn number(self) -> u8 {
+        match self {
+            Scheduler::Maglev => scheduler::MAGLEV,
+            Scheduler::SourceHash => scheduler::SOURCE_HASH,
+            Scheduler::RoundRobin => scheduler::ROUND_ROBIN,
+            Scheduler::WeightedRoundRobin => scheduler::WEIGHTED_ROUND_ROBIN,
+            Scheduler::Random => scheduler::RANDOM,
+            Scheduler::WeightedRandom => scheduler::WEIGHTED_RANDOM,
+            Scheduler::LeastConn => scheduler::LEAST_CONN,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        scheduler::NAMES[usize::from(self.number())]
+    }
+
+    /// Whether it picks from a Maglev table (and so has a ring size).
+    pub fn is_hashed(self) -> bool {
+        matches!(self, Scheduler::Maglev | Scheduler::SourceHash)
+    }
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Scheduler {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Scheduler::ALL
+            .into_iter()
+            .find(|sched| sched.name() == s)
+            .ok_or_else(|| Error::UnknownScheduler(s.to_owned()))
+    }
+}
+
+/// A VIP's settings.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VipOptions {
+    pub scheduler: Scheduler,
+    /// Size of the Maglev table (`maglev`, `source-hash`); a prime.
+    pub ring_size: u32,
+}
+
+impl Default for VipOptions {
+    fn default() -> Self {
+        Self {
+            scheduler: Scheduler::Maglev,
+            ring_size: DEFAULT_RING_SIZE,
+        }
+    }
+}
+
+/// A backend's state.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    /// Takes new flows.
+    #[default]
+    Up,
+    /// Keeps its flows, takes no new ones.
+    Draining,
+    /// Failed: takes nothing; its tracked flows move.
+    Down,
+}
+
+impl BackendState {
+    pub(crate) fn number(self) -> u8 {
+        match self {
+            BackendState::Up => BACKEND_UP,
+            BackendState::Draining => BACKEND_DRAINING,
+            BackendState::Down => BACKEND_DOWN,
+        }
+    }
+}
+
+impl FromStr for BackendState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "up" => Ok(BackendState::Up),
+            "draining" => Ok(BackendState::Draining),
+            "down" => Ok(BackendState::Down),
+            _ => Err(format!(
+                "unknown state {s:?}: expected up, draining or down"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for BackendState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendState::Up => "up",
+            BackendState::Draining => "draining",
+            BackendState::Down => "down",
+        })
+    }
+}
+
+/// Why a change was refused. Nothing was changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("VIP {0} already exists")]
+    VipExists(Vip),
+    #[error("no VIP {0}")]
+    UnknownVip(Vip),
+    #[error("backend {backend} of VIP {vip} already exists")]
+    BackendExists { vip: Vip, backend: SocketAddr },
+    #[error("no backend {backend} in VIP {vip}")]
+    UnknownBackend { vip: Vip, backend: SocketAddr },
+    #[error("backend {backend} is not of VIP {vip}'s address family")]
+    FamilyMismatch { vip: Vip, backend: SocketAddr },
+    #[error("weight {weight} of backend {backend} is out of range 0..={MAX_WEIGHT}")]
+    WeightOutOfRange { backend: SocketAddr, weight: u32 },
+    #[error("backend {backend} has port 0, which only a VIP with port 0 (every port) allows")]
+    BackendPortZero { backend: SocketAddr },
+    #[error("ring size {0} is not a prime between 3 and {max}", max = maglev::MAX_RING_SIZE)]
+    BadRingSize(u32),
+    #[error("VIP address {0} is unspecified, multicast or broadcast")]
+    BadVipAddress(IpAddr),
+    #[error("bad VIP {0:?}: expected ADDR:PORT/PROTO, e.g. 198.19.0.1:80/tcp")]
+    BadVip(String),
+    #[error("bad protocol {0:?}: expected tcp or udp")]
+    BadProto(String),
+    #[error("unknown scheduler {0:?}: expected one of {names}", names = scheduler::NAMES.join(", "))]
+    UnknownScheduler(String),
+    #[error("too many VIPs (at most {MAX_VIPS})")]
+    TooManyVips,
+    #[error("too many backends (at most {MAX_BACKENDS} in all)")]
+    TooManyBackends,
+    #[error("no room for {needed} more table entries (slots array has {available} free)")]
+    NoRoomInTables { needed: u64, available: u64 },
+    #[error("writing the data path's maps failed: {0}")]
+    Maps(String),
+}
+
+impl From<anyhow::Error> for Error {
+    fn from(err: anyhow::Error) -> Self {
+        Error::Maps(format!("{err:#}"))
+    }
+}
+
+/// A backend as configured.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BackendSpec {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    pub state: BackendState,
+}
+
+impl BackendSpec {
+    pub fn new(addr: SocketAddr, weight: u32) -> Self {
+        Self {
+            addr,
+            weight,
+            state: BackendState::Up,
+        }
+    }
+
+    pub(crate) fn takes_new_flows(&self) -> bool {
+        self.state == BackendState::Up && self.weight > 0
+    }
+}
+
+/// An address that cannot be a VIP: unspecified, multicast or broadcast.
+pub fn is_bad_vip_addr(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(a) => a.is_unspecified() || a.is_multicast() || a.is_broadcast(),
+        IpAddr::V6(a) => a.is_unspecified() || a.is_multicast(),
+    }
+}
+
+/// A Maglev table size the balancer takes: a prime in `3..=MAX_RING_SIZE`.
+pub fn is_good_ring_size(size: u32) -> bool {
+    (3..=maglev::MAX_RING_SIZE).contains(&size) && maglev::is_prime(size)
+}
+
+/// The one copy of a VIP's validation: an address that can be a VIP, a ring size that is a
+/// prime in range for the hashed schedulers.
+pub fn check_vip(vip: &Vip, options: &VipOptions) -> Result<(), Error> {
+    if is_bad_vip_addr(vip.addr) {
+        return Err(Error::BadVipAddress(vip.addr));
+    }
+    if options.scheduler.is_hashed() && !is_good_ring_size(options.ring_size) {
+        return Err(Error::BadRingSize(options.ring_size));
+    }
+    Ok(())
+}
+
+/// The one copy of a backend's validation against its VIP: family, weight, port.
+pub fn check_backend(vip: &Vip, spec: &BackendSpec) -> Result<(), Error> {
+    if family(spec.addr.ip()) != family(vip.addr) {
+        return Err(Error::FamilyMismatch {
+            vip: *vip,
+            backend: spec.addr,
+        });
+    }
+    if spec.weight > MAX_WEIGHT {
+        return Err(Error::WeightOutOfRange {
+            backend: spec.addr,
+            weight: spec.weight,
+        });
+    }
+    if spec.addr.port() == 0 && vip.port != 0 {
+        return Err(Error::BackendPortZero { backend: spec.addr });
+    }
+    Ok(())
+}

@@ -1,0 +1,110 @@
+//! Text for people: one line per VIP and backend, `autoscale status`, as the CLI prints them
+//! and the agent logs them.
+
+use std::net::SocketAddr;
+
+use crate::{
+    api::{BackendView, VipView},
+    autoscale::live::Status as AutoscaleStatus,
+};
+
+pub fn vip_line(v: &VipView) -> String {
+    format!(
+        "VIP {:<28} {:<21} packets {:>10} bytes {:>12} new flows {:>8}\n",
+        v.vip,
+        v.scheduler.to_string(),
+        v.packets,
+        v.bytes,
+        v.new_flows
+    )
+}
+
+pub fn backend_line(b: &BackendView) -> String {
+    let health = match b.healthy {
+        Some(true) => "ok",
+        Some(false) => "FAIL",
+        None => "-",
+    };
+    format!(
+        "  backend {:<24} w {:>5} {:<8} health {:<4} active {:>6}{} packets {:>10} bytes {:>12} new flows {:>8}\n",
+        b.address.to_string(),
+        b.weight,
+        b.state.to_string(),
+        health,
+        b.active_connections,
+        if b.drained { " drained" } else { "        " },
+        b.packets,
+        b.bytes,
+        b.new_flows
+    )
+}
+
+/// `autoscale status` of one VIP, as text.
+pub fn autoscale_lines(s: &AutoscaleStatus) -> String {
+    let addrs = |v: &[SocketAddr]| {
+        if v.is_empty() {
+            "-".to_owned()
+        } else {
+            v.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+    };
+    let mut out = format!(
+        "{}  policy {} on {}{}, {}..={} backends{}\n",
+        s.vip,
+        s.policy,
+        s.signal,
+        s.target_per_backend
+            .map_or(String::new(), |t| format!(", target {t}/backend")),
+        s.min,
+        s.max,
+        if s.dry_run { " [dry run]" } else { "" }
+    );
+    let m = &s.sample;
+    out += &format!(
+        "  signal        active {:.0}  new/s {:.1}  packets/s {:.0}  bytes/s {:.0}\n",
+        m.active_connections, m.new_connections, m.packets, m.bytes
+    );
+    out += &format!(
+        "  forecast      {}\n",
+        s.forecast.map_or("-".to_owned(), |f| format!("{f:.0}"))
+    );
+    out += &format!(
+        "  backends      desired {}  allocated {}  in rotation {}\n",
+        s.desired, s.allocated, s.serving
+    );
+    out += &format!("  provisioning  {}\n", addrs(&s.provisioning));
+    out += &format!("  draining      {}\n", addrs(&s.draining));
+    out += &format!("  standby       {}\n", addrs(&s.standby));
+    out += &format!("  reason        {}\n", s.reason);
+    for (name, h) in [
+        ("scale-up", &s.scale_up_hook),
+        ("scale-down", &s.scale_down_hook),
+    ] {
+        if h.runs > 0 {
+            out += &format!(
+                "  {name:<13} runs {}  failures {}{}\n",
+                h.runs,
+                h.failures,
+                h.last_error
+                    .as_ref()
+                    .map_or(String::new(), |e| format!("  last error: {e}"))
+            );
+        }
+    }
+    out += &format!("  decisions     {} out, {} in\n", s.scale_outs, s.scale_ins);
+    for d in &s.decisions {
+        out += &format!(
+            "    {:>6}s  {} -> {}  {}{}: {}\n",
+            d.at_s,
+            d.from,
+            d.to,
+            d.reason,
+            if d.dry_run { " [dry run]" } else { "" },
+            d.actions.join(", ")
+        );
+    }
+    out
+}
