@@ -22,6 +22,7 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+pub use crate::agent::{BackendView, VipView};
 use crate::{
     agent::{Agent, ApplyError, Shared},
     autoscale::live::Status as AutoscaleStatus,
@@ -89,38 +90,6 @@ fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> ApiResult<T> {
             bad(format!("bad request body: {path}: {inner}"))
         }
     })
-}
-
-/// A VIP with its backends and traffic, as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct VipView {
-    pub vip: String,
-    pub address: SocketAddr,
-    pub protocol: Proto,
-    pub scheduler: Scheduler,
-    pub ring_size: u32,
-    pub packets: u64,
-    pub bytes: u64,
-    pub new_flows: u64,
-    pub backends: Vec<BackendView>,
-}
-
-/// A backend with its state, load and traffic.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct BackendView {
-    pub address: SocketAddr,
-    pub weight: u32,
-    pub state: BackendState,
-    pub id: u32,
-    /// Open, unexpired tracked flows, as last counted.
-    pub active_connections: u32,
-    /// Draining (or weight 0) and no tracked flow left: safe to remove.
-    pub drained: bool,
-    /// What the health check says; `None` if the VIP has none.
-    pub healthy: Option<bool>,
-    pub packets: u64,
-    pub bytes: u64,
-    pub new_flows: u64,
 }
 
 /// The global counters and every VIP.
@@ -228,44 +197,7 @@ fn vip_from_path(proto: &str, addr: &str) -> ApiResult<Vip> {
 
 /// The view of one VIP (locks nothing: the caller holds the agent).
 pub fn vip_view(agent: &Agent, info: &VipInfo) -> ApiResult<VipView> {
-    let stats = agent.balancer.vip_stats(&info.vip)?;
-    let backends = info
-        .backends
-        .iter()
-        .map(|b| {
-            let s = agent.balancer.backend_stats(b.id)?;
-            let active = agent.active.get(&b.id).copied().unwrap_or(0);
-            let healthy = agent
-                .monitor
-                .as_ref()
-                .and_then(|m| m.stats(&(info.vip, b.spec.addr)))
-                .map(|s| s.healthy);
-            Ok(BackendView {
-                address: b.spec.addr,
-                weight: b.spec.weight,
-                state: b.spec.state,
-                id: b.id,
-                active_connections: active,
-                drained: (b.spec.state == BackendState::Draining || b.spec.weight == 0)
-                    && active == 0,
-                healthy,
-                packets: s.packets,
-                bytes: s.bytes,
-                new_flows: s.new_flows,
-            })
-        })
-        .collect::<ApiResult<Vec<_>>>()?;
-    Ok(VipView {
-        vip: info.vip.to_string(),
-        address: SocketAddr::new(info.vip.addr, info.vip.port),
-        protocol: info.vip.proto,
-        scheduler: info.options.scheduler,
-        ring_size: info.options.ring_size,
-        packets: stats.packets,
-        bytes: stats.bytes,
-        new_flows: stats.new_flows,
-        backends,
-    })
+    Ok(agent.vip_view(info)?)
 }
 
 fn lock(state: &ApiState) -> std::sync::MutexGuard<'_, Agent> {
