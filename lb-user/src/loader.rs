@@ -202,8 +202,8 @@ fn refused(err: ProgramError, what: &str) -> anyhow::Error {
         format!("built with {BUILT_WITH}")
     };
     anyhow!(
-        "the kernel refused {what} ({io_error}): {cause}; {why}; RUST_LOG=debug shows the \
-         verifier's full log"
+        "the kernel refused {what} ({io_error}): {cause}; {why}; `xdplb -v` (RUST_LOG=debug) \
+         shows the verifier's full log"
     )
 }
 
