@@ -19,10 +19,13 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::watch;
 
 pub use crate::agent::{BackendView, VipView};
+pub use types::*;
+
+mod types;
 use crate::{
     agent::{Agent, ApplyError, Shared},
     autoscale::live::Status as AutoscaleStatus,
@@ -90,76 +93,6 @@ fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> ApiResult<T> {
             bad(format!("bad request body: {path}: {inner}"))
         }
     })
-}
-
-/// The global counters and every VIP.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct StatsView {
-    pub counters: Vec<(String, u64)>,
-    pub vips: Vec<VipView>,
-}
-
-/// What `/v1/status` says.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct StatusView {
-    pub version: String,
-    pub pin_dir: String,
-    pub interfaces: Vec<String>,
-    pub uptime_secs: u64,
-    pub vips: usize,
-    pub backends: usize,
-}
-
-/// `POST /v1/interfaces`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AttachIface {
-    pub name: String,
-    /// `auto` (default), `native` or `skb`.
-    pub xdp_mode: Option<String>,
-}
-
-/// `POST /v1/vips`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AddVip {
-    /// `ADDR:PORT/PROTO`.
-    pub vip: String,
-    pub scheduler: Option<String>,
-    pub ring_size: Option<u32>,
-}
-
-/// `PATCH /v1/vips/...`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SetVip {
-    pub scheduler: Option<String>,
-    pub ring_size: Option<u32>,
-}
-
-/// `POST /v1/vips/.../backends`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AddBackend {
-    pub address: String,
-    pub weight: Option<u32>,
-    pub state: Option<String>,
-}
-
-/// `PATCH /v1/vips/.../backends/...`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SetBackend {
-    pub weight: Option<u32>,
-    pub state: Option<String>,
-}
-
-/// `POST /v1/stop`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Stop {
-    /// Also detach the program and unpin everything.
-    pub detach: bool,
 }
 
 /// What the API asks of the daemon's main loop.
@@ -405,14 +338,6 @@ async fn stats(State(state): State<ApiState>) -> ApiResult<Json<StatsView>> {
         .map(|i| vip_view(&agent, i))
         .collect::<ApiResult<_>>()?;
     Ok(Json(StatsView { counters, vips }))
-}
-
-/// What `POST /v1/apply` answers.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ApplyView {
-    /// One line per change (`+ vip ...`, `~ backend ...`), empty if none.
-    pub plan: Vec<String>,
-    pub applied: bool,
 }
 
 /// `dry_run` from the query string: absent, `true`/`1` or `false`/`0`.
