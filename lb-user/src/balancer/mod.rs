@@ -6,29 +6,32 @@
 //! written into fresh regions of the slots array and switched to in one map update.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::BTreeMap,
     net::{IpAddr, SocketAddr},
 };
 
 use lb_common::{
     conntrack::Timeouts,
     filter::{FILTER_MAP_WORDS, FilterKind, filter_slot},
-    maglev::{self, MaglevBackend},
     maps::{
-        BACKEND_UNUSED, Backend, BackendLoad, MAX_BACKENDS, MAX_VIPS, Settings, Stats, VipAddrKey,
-        VipKey, VipMeta, backend_index,
+        BACKEND_UNUSED, Backend, BackendLoad, MAX_VIPS, Settings, Stats, VipAddrKey, VipKey,
+        backend_index,
     },
-    sched::smooth_wrr_sequence,
 };
 
+mod ids;
 pub mod plan;
+mod tables;
+
+use ids::BackendIds;
+use tables::{backend_value, build_tables, meta};
 
 pub use crate::model::{
     BackendSpec, BackendState, Error, Proto, Scheduler, Vip, VipOptions, check_backend, check_vip,
 };
 use crate::{
     maps::{Maps, Staged},
-    model::{addr16, family},
+    model::addr16,
     regions::{Region, Regions},
 };
 
@@ -58,45 +61,6 @@ pub struct VipInfo {
     pub id: u32,
     pub options: VipOptions,
     pub backends: Vec<BackendInfo>,
-}
-
-/// Allocates backend ids: slot index in the low bits, a generation above that changes on every
-/// reuse of the slot; freed slots are reused last-in-last-out (FIFO) to make reuse rare.
-#[derive(Debug, Clone)]
-struct BackendIds {
-    free: VecDeque<u32>,
-    generation: Vec<u16>,
-}
-
-impl BackendIds {
-    fn new() -> Self {
-        Self {
-            free: (0..MAX_BACKENDS).collect(),
-            generation: vec![0; MAX_BACKENDS as usize],
-        }
-    }
-
-    fn alloc(&mut self) -> Option<u32> {
-        let index = self.free.pop_front()?;
-        let generation = &mut self.generation[index as usize];
-        *generation = generation.wrapping_add(1);
-        Some(u32::from(*generation) << 16 | index)
-    }
-
-    fn free(&mut self, id: u32) {
-        self.free.push_back(backend_index(id));
-    }
-
-    /// Takes `id` (index and generation) out of the free slots; false if it is not free.
-    fn reserve(&mut self, id: u32) -> bool {
-        let index = backend_index(id);
-        let Some(at) = self.free.iter().position(|&i| i == index) else {
-            return false;
-        };
-        self.free.remove(at);
-        self.generation[index as usize] = (id >> 16) as u16;
-        true
-    }
 }
 
 /// The balancer as it was when a change began ([`Balancer::begin`]).
@@ -708,76 +672,6 @@ impl crate::loader::Loaded {
         let maps = crate::maps::BpfMaps::new(&mut self.ebpf)?;
         Ok(Balancer::new(maps, self.options().slots, settings)?)
     }
-}
-
-fn backend_value(b: &BackendInfo) -> Backend {
-    Backend {
-        addr: addr16(b.spec.addr.ip()),
-        port: b.spec.addr.port().to_be_bytes(),
-        family: family(b.spec.addr.ip()),
-        state: b.spec.state.number(),
-        id: b.id,
-        weight: b.spec.weight,
-        _pad: [0; 4],
-    }
-}
-
-fn meta(state: &VipState) -> VipMeta {
-    let (table_off, table_len) = state.table.map_or((0, 0), |r| (r.off, r.len));
-    let (list_off, list_len) = state.list.map_or((0, 0), |r| (r.off, r.len));
-    VipMeta {
-        vip_id: state.id,
-        scheduler: state.options.scheduler.number(),
-        _pad: [0; 3],
-        table_off,
-        table_len,
-        list_off,
-        list_len,
-    }
-}
-
-/// The scheduling table and the list of backends taking new flows, as backend ids.
-fn build_tables(
-    options: &VipOptions,
-    backends: &[BackendInfo],
-) -> Result<(Vec<u32>, Vec<u32>), Error> {
-    let active: Vec<&BackendInfo> = backends
-        .iter()
-        .filter(|b| b.spec.takes_new_flows())
-        .collect();
-    let list: Vec<u32> = active.iter().map(|b| b.id).collect();
-    if active.is_empty() {
-        return Ok((Vec::new(), Vec::new()));
-    }
-    let cycle = |weights: Vec<u32>| -> Vec<u32> {
-        smooth_wrr_sequence(&weights, MAX_WRR_CYCLE)
-            .into_iter()
-            .map(|i| active[i as usize].id)
-            .collect()
-    };
-    let table = match options.scheduler {
-        Scheduler::Maglev | Scheduler::SourceHash => {
-            let members: Vec<MaglevBackend> = active
-                .iter()
-                .map(|b| {
-                    MaglevBackend::new(
-                        b.id,
-                        b.spec.weight,
-                        addr16(b.spec.addr.ip()),
-                        b.spec.addr.port().to_be_bytes(),
-                    )
-                })
-                .collect();
-            maglev::build_table(&members, options.ring_size)
-                .map_err(|_| Error::BadRingSize(options.ring_size))?
-        }
-        Scheduler::RoundRobin => cycle(vec![1; active.len()]),
-        Scheduler::WeightedRoundRobin | Scheduler::WeightedRandom => {
-            cycle(active.iter().map(|b| b.spec.weight).collect())
-        }
-        Scheduler::Random | Scheduler::LeastConn => Vec::new(),
-    };
-    Ok((table, list))
 }
 
 #[cfg(test)]
