@@ -108,20 +108,13 @@ fn balance(pkt: &Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     };
     let index = backend_index(id);
     if new_flow {
-        conntrack::set_key(
-            &mut s.other,
+        conntrack::record_reverse(
+            &s.key,
             (&backend.addr, port),
-            (&s.l3.src, s.l4.src_port),
-            (s.l3.proto, s.l3.family),
-        );
-        copy16(&mut s.reverse.vip_addr, &s.l3.dst);
-        s.reverse.vip_port = s.l4.dst_port;
-        s.reverse._pad = [0; 2];
-        s.reverse.vip_id = meta.vip_id;
-        s.reverse.backend_id = id;
-        REVERSE_NAT
-            .insert(&s.other, &s.reverse, 0)
-            .map_err(|_| Counter::DropInternal)?;
+            (meta.vip_id, id),
+            &mut s.other,
+            &mut s.reverse,
+        )?;
         select::count_opened(index);
     }
     stats::count_traffic(meta.vip_id, index, pkt.len(), new_flow);

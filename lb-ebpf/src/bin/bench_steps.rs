@@ -51,7 +51,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{CONNTRACK, REVERSE_NAT, SCRATCH, SETTINGS, Scratch},
+    maps::{CONNTRACK, SCRATCH, SETTINGS, Scratch},
     nat::Side,
     parse::{Ipv4Fixed, L3, L4},
     ptr::{Packet, copy16, zeroed_in_place},
@@ -187,19 +187,15 @@ pub fn step_new_flow(_ctx: XdpContext) -> u32 {
     ) else {
         return MISS;
     };
-    let client = s.key.src_addr;
-    conntrack::set_key(
-        &mut s.other,
+    if conntrack::record_reverse(
+        &s.key,
         (&backend.addr, backend.port),
-        (&client, s.l4.src_port),
-        (s.l3.proto, s.l3.family),
-    );
-    copy16(&mut s.reverse.vip_addr, &s.l3.dst);
-    s.reverse.vip_port = s.l4.dst_port;
-    s.reverse._pad = [0; 2];
-    s.reverse.vip_id = meta.vip_id;
-    s.reverse.backend_id = id;
-    if REVERSE_NAT.insert(&s.other, &s.reverse, 0).is_err() {
+        (meta.vip_id, id),
+        &mut s.other,
+        &mut s.reverse,
+    )
+    .is_err()
+    {
         return MISS;
     }
     select::count_opened(backend_index(id));
