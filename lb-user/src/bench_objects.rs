@@ -1,5 +1,6 @@
-//! The benchmark programs, `lb-ebpf`'s binaries other than the balancer, which `build.rs`
-//! builds next to it: kept apart from `loader`, which loads the balancer.
+//! The benchmark programs, `lb-ebpf`'s binaries other than the balancer, embedded only with
+//! the `bench` feature, which lb-tests enables: `build.rs` builds them only then, and the
+//! agent's library goes without them.
 
 use anyhow::{Context as _, bail};
 use aya::{Ebpf, programs::Xdp};
