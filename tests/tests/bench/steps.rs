@@ -12,7 +12,8 @@ use aya::{Ebpf, programs::Xdp};
 use lb_tests::netns::{GW_CLIENT_IF, HOST_IF, Topology, gw_backend_if};
 use lb_user::{
     balancer::Balancer,
-    loader::{BASELINE_PASS, BENCH_STEPS, if_index, load_baseline},
+    bench_objects::{BASELINE_PASS, BENCH_STEPS, load_baseline},
+    loader::if_index,
     maps::BpfMaps,
 };
 use serde_json::{Value, json};
