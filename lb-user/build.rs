@@ -1,8 +1,9 @@
 //! Builds the XDP program (`lb-ebpf`) for `bpfel-unknown-none` with aya-build and leaves the
-//! object in `OUT_DIR/lb`, where `loader.rs` embeds it, next to the benchmark baselines
-//! (`OUT_DIR/bench_pass`, `OUT_DIR/bench_tx`) and the end-to-end benchmark's generator and
-//! sink (`OUT_DIR/bench_gen`, `OUT_DIR/bench_drop`) and the per-step cost breakdown
-//! (`OUT_DIR/bench_steps`); every binary of `lb-ebpf` lands there.
+//! object in `OUT_DIR/lb`, where `loader.rs` embeds it. With this crate's `bench` feature it
+//! builds the benchmark programs too, `lb-ebpf`'s other binaries, which `bench_objects.rs`
+//! embeds: the baselines (`OUT_DIR/bench_pass`, `OUT_DIR/bench_tx`), the end-to-end benchmark's
+//! generator and sink (`OUT_DIR/bench_gen`, `OUT_DIR/bench_drop`) and the per-step cost
+//! breakdown (`OUT_DIR/bench_steps`).
 //!
 //! It builds with the nightly pinned in `lb-ebpf/rust-toolchain.toml` (never the floating
 //! `nightly`), and tells the loader which one (`XDPLB_EBPF_BUILT_WITH`), for its error messages.
@@ -25,8 +26,9 @@ use anyhow::{Context as _, bail};
 mod toolchain;
 
 const OBJECT: &str = "lb";
-/// The benchmark baselines, generator, sink and step programs, other binaries of `lb-ebpf`.
-const BASELINES: [&str; 5] = [
+/// The benchmark baselines, generator, sink and step programs: the binaries of `lb-ebpf`'s
+/// `bench` feature, built with this crate's.
+const BENCH_OBJECTS: [&str; 5] = [
     "bench_pass",
     "bench_tx",
     "bench_gen",
@@ -36,6 +38,8 @@ const BASELINES: [&str; 5] = [
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=XDPLB_BUILD_EBPF");
+    let bench = env::var_os("CARGO_FEATURE_BENCH").is_some();
+    let bench_objects: &[&str] = if bench { &BENCH_OBJECTS } else { &[] };
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
     let manifest_dir =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?);
@@ -88,7 +92,7 @@ fn main() -> anyhow::Result<()> {
             println!("cargo:rerun-if-changed={}", dir.display());
         }
         println!("cargo:rustc-env=XDPLB_EBPF_BUILT_WITH=");
-        for object in std::iter::once(OBJECT).chain(BASELINES) {
+        for object in std::iter::once(OBJECT).chain(bench_objects.iter().copied()) {
             fs::write(out_dir.join(object), [])
                 .with_context(|| format!("writing the stub object {object}"))?;
         }
@@ -115,7 +119,8 @@ fn main() -> anyhow::Result<()> {
         [aya_build::Package {
             name: "lb-ebpf",
             root_dir: ebpf_dir,
-            ..Default::default()
+            no_default_features: true,
+            features: if bench { &["bench"] } else { &[] },
         }],
         aya_build::Toolchain::Custom(&nightly),
     )

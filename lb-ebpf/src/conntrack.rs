@@ -9,13 +9,13 @@ use lb_common::{
         FlowState, STATE_NEW, STATE_UDP, Timeouts, is_expired, next_state, settle_new_flow,
     },
     flow::PROTO_TCP,
-    maps::{Backend, VipMeta},
+    maps::{Backend, ReverseNat, VipMeta},
 };
 
 use core::mem::MaybeUninit;
 
 use crate::{
-    maps::CONNTRACK,
+    maps::{CONNTRACK, REVERSE_NAT},
     parse::{L3, L4},
     ptr::{copy16, zeroed_in_place},
     select,
@@ -114,6 +114,34 @@ pub fn saw_reply(key: &FlowKey, tcp_flags: u8, now: u64) {
         entry.state = next_state(entry.state, tcp_flags, false);
         entry.last_seen_ns = now;
     }
+}
+
+/// Records the reverse translation of the new flow `key` (client → VIP), sent to
+/// `backend`:`port`, the backend `backend_id` of the VIP `vip_id`: its replies, the flow
+/// backend → client, are to come from the VIP again. The entry's key and value are built in
+/// `other` and `reverse`, working memory outside the stack (the scratch's).
+#[inline(always)]
+pub fn record_reverse(
+    key: &FlowKey,
+    (backend, port): (&[u8; 16], [u8; 2]),
+    (vip_id, backend_id): (u32, u32),
+    other: &mut FlowKey,
+    reverse: &mut ReverseNat,
+) -> Result<(), Counter> {
+    set_key(
+        other,
+        (backend, port),
+        (&key.src_addr, key.src_port),
+        (key.proto, key.family),
+    );
+    copy16(&mut reverse.vip_addr, &key.dst_addr);
+    reverse.vip_port = key.dst_port;
+    reverse._pad = [0; 2];
+    reverse.vip_id = vip_id;
+    reverse.backend_id = backend_id;
+    REVERSE_NAT
+        .insert(other, reverse, 0)
+        .map_err(|_| Counter::DropInternal)
 }
 
 /// Sets `key` to the flow `src`:`src_port` → `dst`:`dst_port` with `proto` and `family`,

@@ -31,7 +31,7 @@ pub enum Direction {
 ///
 /// Not inlined, so its FIB parameters take stack only while it runs.
 #[inline(never)]
-pub fn forward(pkt: &Packet, l3: &L3, direction: Direction) -> Counter {
+pub fn forward(pkt: &mut Packet, l3: &L3, direction: Direction) -> Counter {
     let (tx, redirect) = match direction {
         Direction::ToBackend => (Counter::FwdTx, Counter::FwdRedirect),
         Direction::ToClient => (Counter::ReplyTx, Counter::ReplyRedirect),
@@ -104,16 +104,14 @@ fn words(addr: &[u8; 16]) -> [u32; 4] {
 }
 
 #[inline(always)]
-fn decrement_hop_limit(pkt: &Packet, l3: &L3) -> bool {
+fn decrement_hop_limit(pkt: &mut Packet, l3: &L3) -> bool {
     if l3.v6() {
-        // SAFETY: no other reference into the packet is live while this one is.
-        let Some(ip) = (unsafe { pkt.ref_mut_at::<Ipv6Fixed>(l3.l3_off) }) else {
+        let Some(ip) = pkt.ref_mut_at::<Ipv6Fixed>(l3.l3_off) else {
             return false;
         };
         ip.hop_limit -= 1;
     } else {
-        // SAFETY: as above.
-        let Some(ip) = (unsafe { pkt.ref_mut_at::<Ipv4Fixed>(l3.l3_off) }) else {
+        let Some(ip) = pkt.ref_mut_at::<Ipv4Fixed>(l3.l3_off) else {
             return false;
         };
         let old = u16::from_be_bytes([ip.ttl, ip.proto]);
@@ -129,9 +127,8 @@ fn decrement_hop_limit(pkt: &Packet, l3: &L3) -> bool {
 }
 
 #[inline(always)]
-fn set_macs(pkt: &Packet, params: &bpf_fib_lookup) -> bool {
-    // SAFETY: no other reference into the packet is live while this one is.
-    let Some(eth) = (unsafe { pkt.ref_mut_at::<EthHdr>(0) }) else {
+fn set_macs(pkt: &mut Packet, params: &bpf_fib_lookup) -> bool {
+    let Some(eth) = pkt.ref_mut_at::<EthHdr>(0) else {
         return false;
     };
     copy6(&mut eth.dst_addr, &params.dmac);

@@ -38,12 +38,12 @@ use crate::{
 };
 
 #[xdp]
-pub fn lb(ctx: XdpContext) -> u32 {
-    let pkt = Packet::new(&ctx);
+pub fn lb(mut ctx: XdpContext) -> u32 {
+    let mut pkt = Packet::new(&mut ctx);
     let outcome = match SCRATCH.get_ptr_mut(0) {
         // SAFETY: this CPU's element of a per-CPU array; XDP runs with preemption disabled, so
         // only this run uses it until it returns.
-        Some(scratch) => match try_lb(&pkt, unsafe { &mut *scratch }) {
+        Some(scratch) => match try_lb(&mut pkt, unsafe { &mut *scratch }) {
             Ok(outcome) | Err(outcome) => outcome,
         },
         None => Counter::DropInternal,
@@ -53,7 +53,7 @@ pub fn lb(ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn try_lb(pkt: &Packet, s: &mut Scratch) -> Result<Counter, Counter> {
+fn try_lb(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     parse::parse_l3(pkt, &mut s.l3)?;
     if vip::may_be_vip_addr(&s.l3) && vip::is_vip_addr(&s.l3) {
         Ok(to_vip(pkt, s))
@@ -75,14 +75,14 @@ fn now() -> u64 {
 ///
 /// BPF functions return one scalar in a register, so the result is the outcome itself.
 #[inline(never)]
-fn to_vip(pkt: &Packet, s: &mut Scratch) -> Counter {
+fn to_vip(pkt: &mut Packet, s: &mut Scratch) -> Counter {
     match balance(pkt, s) {
         Ok(outcome) | Err(outcome) => outcome,
     }
 }
 
 #[inline(always)]
-fn balance(pkt: &Packet, s: &mut Scratch) -> Result<Counter, Counter> {
+fn balance(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     if let Some(problem) = s.l3.problem {
         return Err(problem);
     }
@@ -108,20 +108,13 @@ fn balance(pkt: &Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     };
     let index = backend_index(id);
     if new_flow {
-        conntrack::set_key(
-            &mut s.other,
+        conntrack::record_reverse(
+            &s.key,
             (&backend.addr, port),
-            (&s.l3.src, s.l4.src_port),
-            (s.l3.proto, s.l3.family),
-        );
-        copy16(&mut s.reverse.vip_addr, &s.l3.dst);
-        s.reverse.vip_port = s.l4.dst_port;
-        s.reverse._pad = [0; 2];
-        s.reverse.vip_id = meta.vip_id;
-        s.reverse.backend_id = id;
-        REVERSE_NAT
-            .insert(&s.other, &s.reverse, 0)
-            .map_err(|_| Counter::DropInternal)?;
+            (meta.vip_id, id),
+            &mut s.other,
+            &mut s.reverse,
+        )?;
         select::count_opened(index);
     }
     stats::count_traffic(meta.vip_id, index, pkt.len(), new_flow);
@@ -134,14 +127,14 @@ fn balance(pkt: &Packet, s: &mut Scratch) -> Result<Counter, Counter> {
 /// Any other IP packet: a reply of a tracked flow is translated back to come from its VIP;
 /// everything else goes to the kernel untouched.
 #[inline(never)]
-fn from_backend(pkt: &Packet, s: &mut Scratch) -> Counter {
+fn from_backend(pkt: &mut Packet, s: &mut Scratch) -> Counter {
     match translate_reply(pkt, s) {
         Ok(outcome) | Err(outcome) => outcome,
     }
 }
 
 #[inline(always)]
-fn translate_reply(pkt: &Packet, s: &mut Scratch) -> Result<Counter, Counter> {
+fn translate_reply(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     if !vip::may_be_from_backend(&s.l3)
         || s.l3.problem.is_some()
         || !parse::parse_l4(pkt, &s.l3, &mut s.l4)

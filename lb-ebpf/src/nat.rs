@@ -28,7 +28,7 @@ pub enum Side {
 /// Returns the kind of TCP/UDP checksum the packet carries.
 #[inline(always)]
 pub fn rewrite(
-    pkt: &Packet,
+    pkt: &mut Packet,
     l3: &L3,
     l4: &L4,
     side: Side,
@@ -59,17 +59,13 @@ pub fn rewrite(
     };
 
     if v6 {
-        // SAFETY: no other reference into the packet is live while this one is.
-        let ip: &mut Ipv6Fixed =
-            unsafe { pkt.ref_mut_at(l3.l3_off) }.ok_or(Counter::DropTruncated)?;
+        let ip: &mut Ipv6Fixed = pkt.ref_mut_at(l3.l3_off).ok_or(Counter::DropTruncated)?;
         match side {
             Side::Src => copy16(&mut ip.src, addr),
             Side::Dst => copy16(&mut ip.dst, addr),
         }
     } else {
-        // SAFETY: as above.
-        let ip: &mut Ipv4Fixed =
-            unsafe { pkt.ref_mut_at(l3.l3_off) }.ok_or(Counter::DropTruncated)?;
+        let ip: &mut Ipv4Fixed = pkt.ref_mut_at(l3.l3_off).ok_or(Counter::DropTruncated)?;
         let new = [addr[0], addr[1], addr[2], addr[3]];
         match side {
             Side::Src => ip.src = new,
@@ -79,13 +75,11 @@ pub fn rewrite(
             .ipv4_header_checksum(u16::from_be_bytes(ip.check))
             .to_be_bytes();
     }
-    // SAFETY: as above.
-    let port_field: &mut [u8; 2] =
-        unsafe { pkt.ref_mut_at(l3.l4_off + port_off) }.ok_or(Counter::DropTruncated)?;
+    let port_field: &mut [u8; 2] = pkt
+        .ref_mut_at(l3.l4_off + port_off)
+        .ok_or(Counter::DropTruncated)?;
     *port_field = port;
-    // SAFETY: as above.
-    let check: &mut [u8; 2] =
-        unsafe { pkt.ref_mut_at(l4.check_off) }.ok_or(Counter::DropTruncated)?;
+    let check: &mut [u8; 2] = pkt.ref_mut_at(l4.check_off).ok_or(Counter::DropTruncated)?;
     *check = change.l4_checksum(l4.check, kind, is_udp).to_be_bytes();
     Ok(kind)
 }

@@ -3,6 +3,7 @@
 
 use core::{
     ffi::c_void,
+    marker::PhantomData,
     mem::{align_of, size_of},
 };
 
@@ -16,22 +17,30 @@ use aya_ebpf::{
 pub const MAX_OFFSET: usize = 2048;
 
 /// The packet as the span `[start, end)` of kernel memory the program may read and write.
-pub struct Packet {
+///
+/// References into the packet come only from here, and borrow the `Packet`: shared ones
+/// ([`Packet::ref_at`]) from `&self`, a mutable one ([`Packet::ref_mut_at`]) from `&mut self`,
+/// so the borrow checker sees that a mutable one overlaps no other. That holds because there
+/// is one `Packet` per run: it keeps the run's `XdpContext` (the one the `#[xdp]` entry
+/// point makes) borrowed mutably while it lives.
+pub struct Packet<'ctx> {
     ctx: *mut c_void,
     start: usize,
     end: usize,
     /// The interface the packet arrived on.
     pub ingress_ifindex: u32,
+    _ctx: PhantomData<&'ctx mut XdpContext>,
 }
 
-impl Packet {
+impl<'ctx> Packet<'ctx> {
     #[inline(always)]
-    pub fn new(ctx: &XdpContext) -> Self {
+    pub fn new(ctx: &'ctx mut XdpContext) -> Self {
         Self {
             ctx: ctx.ctx as *mut c_void,
             start: ctx.data(),
             end: ctx.data_end(),
             ingress_ifindex: ctx.ingress_ifindex() as u32,
+            _ctx: PhantomData,
         }
     }
 
@@ -61,14 +70,9 @@ impl Packet {
 
     /// A mutable `T` at `offset` bytes into the packet, or `None` if the packet is too short.
     ///
-    /// # Safety
-    /// The caller must not hold another reference overlapping the returned one while it lives.
+    /// The bounds check sits right before the returned reference is made, as the verifier needs.
     #[inline(always)]
-    #[allow(
-        clippy::mut_from_ref,
-        reason = "the packet memory is not owned by `self`"
-    )]
-    pub unsafe fn ref_mut_at<T>(&self, offset: usize) -> Option<&mut T> {
+    pub fn ref_mut_at<T>(&mut self, offset: usize) -> Option<&mut T> {
         if offset > MAX_OFFSET {
             return None;
         }
@@ -76,7 +80,11 @@ impl Packet {
         if ptr + size_of::<T>() > self.end {
             return None;
         }
-        // SAFETY: in bounds as checked above; exclusivity is the caller's promise.
+        // SAFETY: `[ptr, ptr + size_of::<T>())` lies inside the packet, which stays valid for
+        // the whole program run, and header types are plain integers and byte arrays (see
+        // `ref_at`). The reference is exclusive: it borrows `self` mutably, so no other
+        // reference made by this `Packet` lives as long as it does, and this `Packet` is the
+        // run's only one (see [`Packet`]).
         Some(unsafe { &mut *(ptr as *mut T) })
     }
 

@@ -15,7 +15,7 @@ use log::{info, warn};
 
 use crate::{
     autoscale::live::{Job, SavedPool, VipAutoscaler},
-    balancer::{BackendState, Balancer, Snapshot, Vip},
+    balancer::{BackendState, Balancer, Proto, Scheduler, Snapshot, Vip, VipInfo},
     config::{self, Config, Plan, VipConfig},
     health::{HealthEvent, Monitor, WatchKey},
     maps::BpfMaps,
@@ -38,6 +38,38 @@ pub struct SavedState {
     /// Autoscaled pools: where their backends came from, what is draining.
     #[serde(default)]
     pub autoscale: Vec<(Vip, SavedPool)>,
+}
+
+/// A VIP with its backends and traffic, as the API and the CLI show it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct VipView {
+    pub vip: String,
+    pub address: std::net::SocketAddr,
+    pub protocol: Proto,
+    pub scheduler: Scheduler,
+    pub ring_size: u32,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub backends: Vec<BackendView>,
+}
+
+/// A backend with its state, load and traffic.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct BackendView {
+    pub address: std::net::SocketAddr,
+    pub weight: u32,
+    pub state: BackendState,
+    pub id: u32,
+    /// Open, unexpired tracked flows, as last counted.
+    pub active_connections: u32,
+    /// Draining (or weight 0) and no tracked flow left: safe to remove.
+    pub drained: bool,
+    /// What the health check says; `None` if the VIP has none.
+    pub healthy: Option<bool>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
 }
 
 /// Why a config was not applied. Nothing was changed.
@@ -243,6 +275,48 @@ impl Agent {
             running.vips.push(vip);
         }
         running
+    }
+
+    /// A VIP with its backends, their health, load and traffic.
+    pub fn vip_view(&self, info: &VipInfo) -> Result<VipView, crate::balancer::Error> {
+        let stats = self.balancer.vip_stats(&info.vip)?;
+        let backends = info
+            .backends
+            .iter()
+            .map(|b| {
+                let s = self.balancer.backend_stats(b.id)?;
+                let active = self.active.get(&b.id).copied().unwrap_or(0);
+                let healthy = self
+                    .monitor
+                    .as_ref()
+                    .and_then(|m| m.stats(&(info.vip, b.spec.addr)))
+                    .map(|s| s.healthy);
+                Ok(BackendView {
+                    address: b.spec.addr,
+                    weight: b.spec.weight,
+                    state: b.spec.state,
+                    id: b.id,
+                    active_connections: active,
+                    drained: (b.spec.state == BackendState::Draining || b.spec.weight == 0)
+                        && active == 0,
+                    healthy,
+                    packets: s.packets,
+                    bytes: s.bytes,
+                    new_flows: s.new_flows,
+                })
+            })
+            .collect::<Result<Vec<_>, crate::balancer::Error>>()?;
+        Ok(VipView {
+            vip: info.vip.to_string(),
+            address: std::net::SocketAddr::new(info.vip.addr, info.vip.port),
+            protocol: info.vip.proto,
+            scheduler: info.options.scheduler,
+            ring_size: info.options.ring_size,
+            packets: stats.packets,
+            bytes: stats.bytes,
+            new_flows: stats.new_flows,
+            backends,
+        })
     }
 
     /// Watches every backend of every VIP that has a health check, and nothing else.

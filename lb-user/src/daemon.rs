@@ -643,7 +643,7 @@ fn log_counters(agent: &Agent, what: &str) {
 fn report(agent: &Agent) -> anyhow::Result<String> {
     let mut out = agent.pinned.counters()?.to_string();
     for info in agent.balancer.vips() {
-        let view = api::vip_view(agent, &info).map_err(|e| anyhow::anyhow!(e.1))?;
+        let view = agent.vip_view(&info)?;
         out += &vip_line(&view);
         for b in &view.backends {
             out += &backend_line(b);

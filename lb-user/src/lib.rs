@@ -7,6 +7,8 @@ pub mod agent;
 pub mod api;
 pub mod autoscale;
 pub mod balancer;
+#[cfg(feature = "bench")]
+pub mod bench_objects;
 pub mod caps;
 pub mod client;
 pub mod config;

@@ -18,56 +18,9 @@ use log::{debug, info, warn};
 /// The XDP program's object file, built by `build.rs`. Empty when built without bpf-linker.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb"));
 
-/// Benchmark baseline: an XDP program `bench_pass` that returns `XDP_PASS`. Empty without
-/// bpf-linker, like the main object.
-pub static BASELINE_PASS: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_pass"));
-
-/// Benchmark baseline: an XDP program `bench_tx` that swaps the MAC addresses and returns
-/// `XDP_TX`. Empty without bpf-linker.
-pub static BASELINE_TX: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_tx"));
-
-/// End-to-end benchmark generator: an XDP program `bench_gen` that writes the headers held in
-/// its map `BENCH_GEN_HEADERS` (Ethernet, IPv4, UDP: 42 bytes) into the frame with a random
-/// source port and returns `XDP_TX`, for `BPF_PROG_TEST_RUN` in live-frames mode. Empty without
-/// bpf-linker.
-pub static BASELINE_GEN: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_gen"));
-
-/// End-to-end benchmark sink: an XDP program `bench_drop` that drops every frame. Empty without
-/// bpf-linker.
-pub static BASELINE_DROP: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_drop"));
-
-/// Benchmark cost breakdown: an object `bench_steps` with one XDP program per step of the data
-/// path, over the balancer's maps. Empty without `XDPLB_BUILD_EBPF=1`.
-pub static BENCH_STEPS: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench_steps"));
-
 /// The toolchain that built the objects (`nightly-2026-05-20 (LLVM 22.1.4)`), from `build.rs`;
 /// empty for the stubs.
 const BUILT_WITH: &str = env!("XDPLB_EBPF_BUILT_WITH");
-
-/// Loads a benchmark baseline object ([`BASELINE_PASS`], [`BASELINE_TX`], [`BASELINE_GEN`],
-/// [`BASELINE_DROP`]) and its one XDP program, named `program`, into the kernel.
-pub fn load_baseline(object: &[u8], program: &str) -> anyhow::Result<Ebpf> {
-    if object.is_empty() {
-        bail!(
-            "the benchmark baselines were built as stubs (no bpf-linker); run `cargo xtask bench`"
-        );
-    }
-    let mut ebpf = Ebpf::load(object)
-        .context("loading a baseline object")
-        .map_err(capability_hint)?;
-    let xdp: &mut Xdp = ebpf
-        .program_mut(program)
-        .with_context(|| format!("no program {program:?} in the baseline object"))?
-        .try_into()
-        .context("baseline program is not XDP")?;
-    xdp.load()
-        .map_err(|err| refused(err, &format!("the baseline {program}")))?;
-    Ok(ebpf)
-}
 
 /// Name of the XDP program (the `#[xdp]` function) in the object.
 pub const PROGRAM: &str = "lb";
@@ -173,7 +126,7 @@ impl Loaded {
 /// One line for a program the kernel did not load: missing capabilities for `EPERM`, otherwise
 /// what the verifier said, where, and which toolchain built the program (a new LLVM can emit
 /// code the verifier refuses). The verifier's full log goes to the debug log.
-fn refused(err: ProgramError, what: &str) -> anyhow::Error {
+pub(crate) fn refused(err: ProgramError, what: &str) -> anyhow::Error {
     let (io_error, log) = match err {
         ProgramError::LoadError {
             io_error,
@@ -202,8 +155,8 @@ fn refused(err: ProgramError, what: &str) -> anyhow::Error {
         format!("built with {BUILT_WITH}")
     };
     anyhow!(
-        "the kernel refused {what} ({io_error}): {cause}; {why}; RUST_LOG=debug shows the \
-         verifier's full log"
+        "the kernel refused {what} ({io_error}): {cause}; {why}; `xdplb -v` (RUST_LOG=debug) \
+         shows the verifier's full log"
     )
 }
 
@@ -211,7 +164,7 @@ fn refused(err: ProgramError, what: &str) -> anyhow::Error {
 const CAPABILITIES: &str = "xdplb needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON";
 
 /// Prefixes an error whose cause is `EPERM` with the capabilities xdplb needs.
-fn capability_hint(err: anyhow::Error) -> anyhow::Error {
+pub(crate) fn capability_hint(err: anyhow::Error) -> anyhow::Error {
     let eperm = err.chain().any(|cause| {
         cause
             .downcast_ref::<io::Error>()

@@ -6,7 +6,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{agent::Agent, api::vip_view};
+use crate::agent::Agent;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -89,7 +89,7 @@ pub fn render(agent: &Agent) -> anyhow::Result<String> {
         "Health checks run per backend",
     );
     for info in agent.balancer.vips() {
-        let view = vip_view(agent, &info).map_err(|e| anyhow::anyhow!(e.1))?;
+        let view = agent.vip_view(&info)?;
         let vip = vec![("vip", view.vip.clone())];
         vip_packets.get_or_create(&vip).inc_by(view.packets);
         vip_bytes.get_or_create(&vip).inc_by(view.bytes);

@@ -120,11 +120,14 @@ fn xdplb_run_attaches_counts_and_detaches_on_sigterm() {
     assert!(output.status.success(), "xdplb failed: {log}");
     assert!(!topo.xdp_attached(GW_CLIENT_IF), "xdplb left XDP attached");
     assert!(log.contains("XDP attached in native mode"), "{log}");
+    // The last counters line: `stopping; counters: pass_non_ip=1 pass_non_vip=3`.
     let counted: u64 = log
         .lines()
         .rev()
-        .find_map(|line| line.trim().strip_prefix(Counter::PassNonVip.name()))
-        .and_then(|value| value.trim().parse().ok())
+        .filter(|line| line.contains("counters: "))
+        .flat_map(str::split_whitespace)
+        .find_map(|field| field.strip_prefix(&format!("{}=", Counter::PassNonVip.name())))
+        .and_then(|value| value.parse().ok())
         .unwrap_or_else(|| {
             panic!(
                 "no final {} counter in the log: {log}",

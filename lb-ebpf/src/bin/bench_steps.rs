@@ -51,7 +51,7 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{CONNTRACK, REVERSE_NAT, SCRATCH, SETTINGS, Scratch},
+    maps::{CONNTRACK, SCRATCH, SETTINGS, Scratch},
     nat::Side,
     parse::{Ipv4Fixed, L3, L4},
     ptr::{Packet, copy16, zeroed_in_place},
@@ -75,8 +75,8 @@ fn pass_if(hit: bool) -> u32 {
 
 /// Parse Ethernet, IP and TCP/UDP into the scratch.
 #[xdp]
-pub fn step_parse(ctx: XdpContext) -> u32 {
-    let pkt = Packet::new(&ctx);
+pub fn step_parse(mut ctx: XdpContext) -> u32 {
+    let pkt = Packet::new(&mut ctx);
     let Some(s) = scratch() else { return MISS };
     pass_if(parse::parse_l3(&pkt, &mut s.l3).is_ok() && parse::parse_l4(&pkt, &s.l3, &mut s.l4))
 }
@@ -187,19 +187,15 @@ pub fn step_new_flow(_ctx: XdpContext) -> u32 {
     ) else {
         return MISS;
     };
-    let client = s.key.src_addr;
-    conntrack::set_key(
-        &mut s.other,
+    if conntrack::record_reverse(
+        &s.key,
         (&backend.addr, backend.port),
-        (&client, s.l4.src_port),
-        (s.l3.proto, s.l3.family),
-    );
-    copy16(&mut s.reverse.vip_addr, &s.l3.dst);
-    s.reverse.vip_port = s.l4.dst_port;
-    s.reverse._pad = [0; 2];
-    s.reverse.vip_id = meta.vip_id;
-    s.reverse.backend_id = id;
-    if REVERSE_NAT.insert(&s.other, &s.reverse, 0).is_err() {
+        (meta.vip_id, id),
+        &mut s.other,
+        &mut s.reverse,
+    )
+    .is_err()
+    {
         return MISS;
     }
     select::count_opened(backend_index(id));
@@ -259,8 +255,8 @@ pub fn step_hash_insert(_ctx: XdpContext) -> u32 {
 /// The counters of one packet: its outcome, its VIP's and its backend's traffic (three
 /// per-CPU arrays).
 #[xdp]
-pub fn step_counters(ctx: XdpContext) -> u32 {
-    let pkt = Packet::new(&ctx);
+pub fn step_counters(mut ctx: XdpContext) -> u32 {
+    let pkt = Packet::new(&mut ctx);
     stats::count(Counter::PassFib);
     stats::count_traffic(0, 0, pkt.len(), false);
     PASS
@@ -269,11 +265,11 @@ pub fn step_counters(ctx: XdpContext) -> u32 {
 /// The NAT rewrite with its checksum updates (IPv4 header, TCP/UDP with the pseudo-header),
 /// here to the packet's own destination, so that the packet stays as it was.
 #[xdp]
-pub fn step_rewrite(ctx: XdpContext) -> u32 {
-    let pkt = Packet::new(&ctx);
+pub fn step_rewrite(mut ctx: XdpContext) -> u32 {
+    let mut pkt = Packet::new(&mut ctx);
     let Some(s) = scratch() else { return MISS };
     let (addr, port) = (s.l3.dst, s.l4.dst_port);
-    match nat::rewrite(&pkt, &s.l3, &s.l4, Side::Dst, &addr, port) {
+    match nat::rewrite(&mut pkt, &s.l3, &s.l4, Side::Dst, &addr, port) {
         Ok(kind) => pass_if(kind == L4Checksum::Full),
         Err(_) => MISS,
     }
@@ -282,8 +278,8 @@ pub fn step_rewrite(ctx: XdpContext) -> u32 {
 /// `bpf_fib_lookup` for the packet's IPv4 addresses, its parameters filled as the balancer's
 /// `fwd::forward` fills them. Without an ingress interface it fails at once.
 #[xdp]
-pub fn step_fib(ctx: XdpContext) -> u32 {
-    let pkt = Packet::new(&ctx);
+pub fn step_fib(mut ctx: XdpContext) -> u32 {
+    let pkt = Packet::new(&mut ctx);
     let Some(s) = scratch() else { return MISS };
     let mut params = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
     // As in `fwd::forward`: zeroed without a `memset` call. An all-zero `bpf_fib_lookup`

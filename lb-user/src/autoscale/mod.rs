@@ -20,6 +20,7 @@
 //! result.
 
 mod history;
+mod jobs;
 mod limits;
 pub mod live;
 mod predictive;

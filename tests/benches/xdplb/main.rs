@@ -52,11 +52,9 @@ use lb_tests::{
 };
 use lb_user::{
     balancer::{BackendSpec, Balancer, VipOptions},
+    bench_objects::{BASELINE_DROP, BASELINE_GEN, BASELINE_PASS, BASELINE_TX, load_baseline},
     counters::Counters,
-    loader::{
-        AttachMode, BASELINE_DROP, BASELINE_GEN, BASELINE_PASS, BASELINE_TX, LoadOptions, Loaded,
-        if_index, load_baseline,
-    },
+    loader::{AttachMode, LoadOptions, Loaded, if_index},
     maps::BpfMaps,
 };
 use serde_json::Value;

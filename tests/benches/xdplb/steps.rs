@@ -17,7 +17,8 @@ use lb_tests::{
 };
 use lb_user::{
     balancer::Balancer,
-    loader::{BASELINE_PASS, BENCH_STEPS, if_index, load_baseline},
+    bench_objects::{BASELINE_PASS, BENCH_STEPS, load_baseline},
+    loader::if_index,
     maps::BpfMaps,
 };
 

@@ -19,9 +19,13 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::sync::watch;
 
+pub use crate::agent::{BackendView, VipView};
+pub use types::*;
+
+mod types;
 use crate::{
     agent::{Agent, ApplyError, Shared},
     autoscale::live::Status as AutoscaleStatus,
@@ -91,108 +95,6 @@ fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> ApiResult<T> {
     })
 }
 
-/// A VIP with its backends and traffic, as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct VipView {
-    pub vip: String,
-    pub address: SocketAddr,
-    pub protocol: Proto,
-    pub scheduler: Scheduler,
-    pub ring_size: u32,
-    pub packets: u64,
-    pub bytes: u64,
-    pub new_flows: u64,
-    pub backends: Vec<BackendView>,
-}
-
-/// A backend with its state, load and traffic.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct BackendView {
-    pub address: SocketAddr,
-    pub weight: u32,
-    pub state: BackendState,
-    pub id: u32,
-    /// Open, unexpired tracked flows, as last counted.
-    pub active_connections: u32,
-    /// Draining (or weight 0) and no tracked flow left: safe to remove.
-    pub drained: bool,
-    /// What the health check says; `None` if the VIP has none.
-    pub healthy: Option<bool>,
-    pub packets: u64,
-    pub bytes: u64,
-    pub new_flows: u64,
-}
-
-/// The global counters and every VIP.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct StatsView {
-    pub counters: Vec<(String, u64)>,
-    pub vips: Vec<VipView>,
-}
-
-/// What `/v1/status` says.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct StatusView {
-    pub version: String,
-    pub pin_dir: String,
-    pub interfaces: Vec<String>,
-    pub uptime_secs: u64,
-    pub vips: usize,
-    pub backends: usize,
-}
-
-/// `POST /v1/interfaces`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AttachIface {
-    pub name: String,
-    /// `auto` (default), `native` or `skb`.
-    pub xdp_mode: Option<String>,
-}
-
-/// `POST /v1/vips`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AddVip {
-    /// `ADDR:PORT/PROTO`.
-    pub vip: String,
-    pub scheduler: Option<String>,
-    pub ring_size: Option<u32>,
-}
-
-/// `PATCH /v1/vips/...`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SetVip {
-    pub scheduler: Option<String>,
-    pub ring_size: Option<u32>,
-}
-
-/// `POST /v1/vips/.../backends`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AddBackend {
-    pub address: String,
-    pub weight: Option<u32>,
-    pub state: Option<String>,
-}
-
-/// `PATCH /v1/vips/.../backends/...`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SetBackend {
-    pub weight: Option<u32>,
-    pub state: Option<String>,
-}
-
-/// `POST /v1/stop`.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Stop {
-    /// Also detach the program and unpin everything.
-    pub detach: bool,
-}
-
 /// What the API asks of the daemon's main loop.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Shutdown {
@@ -228,44 +130,7 @@ fn vip_from_path(proto: &str, addr: &str) -> ApiResult<Vip> {
 
 /// The view of one VIP (locks nothing: the caller holds the agent).
 pub fn vip_view(agent: &Agent, info: &VipInfo) -> ApiResult<VipView> {
-    let stats = agent.balancer.vip_stats(&info.vip)?;
-    let backends = info
-        .backends
-        .iter()
-        .map(|b| {
-            let s = agent.balancer.backend_stats(b.id)?;
-            let active = agent.active.get(&b.id).copied().unwrap_or(0);
-            let healthy = agent
-                .monitor
-                .as_ref()
-                .and_then(|m| m.stats(&(info.vip, b.spec.addr)))
-                .map(|s| s.healthy);
-            Ok(BackendView {
-                address: b.spec.addr,
-                weight: b.spec.weight,
-                state: b.spec.state,
-                id: b.id,
-                active_connections: active,
-                drained: (b.spec.state == BackendState::Draining || b.spec.weight == 0)
-                    && active == 0,
-                healthy,
-                packets: s.packets,
-                bytes: s.bytes,
-                new_flows: s.new_flows,
-            })
-        })
-        .collect::<ApiResult<Vec<_>>>()?;
-    Ok(VipView {
-        vip: info.vip.to_string(),
-        address: SocketAddr::new(info.vip.addr, info.vip.port),
-        protocol: info.vip.proto,
-        scheduler: info.options.scheduler,
-        ring_size: info.options.ring_size,
-        packets: stats.packets,
-        bytes: stats.bytes,
-        new_flows: stats.new_flows,
-        backends,
-    })
+    Ok(agent.vip_view(info)?)
 }
 
 fn lock(state: &ApiState) -> std::sync::MutexGuard<'_, Agent> {
@@ -473,14 +338,6 @@ async fn stats(State(state): State<ApiState>) -> ApiResult<Json<StatsView>> {
         .map(|i| vip_view(&agent, i))
         .collect::<ApiResult<_>>()?;
     Ok(Json(StatsView { counters, vips }))
-}
-
-/// What `POST /v1/apply` answers.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ApplyView {
-    /// One line per change (`+ vip ...`, `~ backend ...`), empty if none.
-    pub plan: Vec<String>,
-    pub applied: bool,
 }
 
 /// `dry_run` from the query string: absent, `true`/`1` or `false`/`0`.

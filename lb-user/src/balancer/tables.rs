@@ -1,0 +1,81 @@
+//! What the data path reads for a VIP: its meta, its backends' entries and its scheduling
+//! tables (the Maglev ring, the weighted round-robin cycle, the list of backends taking flows).
+
+use lb_common::{
+    maglev::{self, MaglevBackend},
+    maps::{Backend, VipMeta},
+    sched::smooth_wrr_sequence,
+};
+
+use super::{BackendInfo, Error, MAX_WRR_CYCLE, Scheduler, VipOptions, VipState};
+use crate::model::{addr16, family};
+
+pub(super) fn backend_value(b: &BackendInfo) -> Backend {
+    Backend {
+        addr: addr16(b.spec.addr.ip()),
+        port: b.spec.addr.port().to_be_bytes(),
+        family: family(b.spec.addr.ip()),
+        state: b.spec.state.number(),
+        id: b.id,
+        weight: b.spec.weight,
+        _pad: [0; 4],
+    }
+}
+
+pub(super) fn meta(state: &VipState) -> VipMeta {
+    let (table_off, table_len) = state.table.map_or((0, 0), |r| (r.off, r.len));
+    let (list_off, list_len) = state.list.map_or((0, 0), |r| (r.off, r.len));
+    VipMeta {
+        vip_id: state.id,
+        scheduler: state.options.scheduler.number(),
+        _pad: [0; 3],
+        table_off,
+        table_len,
+        list_off,
+        list_len,
+    }
+}
+
+/// The scheduling table and the list of backends taking new flows, as backend ids.
+pub(super) fn build_tables(
+    options: &VipOptions,
+    backends: &[BackendInfo],
+) -> Result<(Vec<u32>, Vec<u32>), Error> {
+    let active: Vec<&BackendInfo> = backends
+        .iter()
+        .filter(|b| b.spec.takes_new_flows())
+        .collect();
+    let list: Vec<u32> = active.iter().map(|b| b.id).collect();
+    if active.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let cycle = |weights: Vec<u32>| -> Vec<u32> {
+        smooth_wrr_sequence(&weights, MAX_WRR_CYCLE)
+            .into_iter()
+            .map(|i| active[i as usize].id)
+            .collect()
+    };
+    let table = match options.scheduler {
+        Scheduler::Maglev | Scheduler::SourceHash => {
+            let members: Vec<MaglevBackend> = active
+                .iter()
+                .map(|b| {
+                    MaglevBackend::new(
+                        b.id,
+                        b.spec.weight,
+                        addr16(b.spec.addr.ip()),
+                        b.spec.addr.port().to_be_bytes(),
+                    )
+                })
+                .collect();
+            maglev::build_table(&members, options.ring_size)
+                .map_err(|_| Error::BadRingSize(options.ring_size))?
+        }
+        Scheduler::RoundRobin => cycle(vec![1; active.len()]),
+        Scheduler::WeightedRoundRobin | Scheduler::WeightedRandom => {
+            cycle(active.iter().map(|b| b.spec.weight).collect())
+        }
+        Scheduler::Random | Scheduler::LeastConn => Vec::new(),
+    };
+    Ok((table, list))
+}

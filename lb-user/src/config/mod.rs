@@ -1,0 +1,446 @@
+//! The config file (TOML): connection tracking, VIPs, their backends and health checks. It is
+//! the daemon's config, the input of the declarative `xdplb apply -f FILE`, and the format the
+//! agent writes its state back in.
+//!
+//! ```toml
+//! [conntrack]                 # optional
+//! capacity = 1000000          # flows, 1..=100_000_000
+//! tcp-syn-timeout = "30s"     # durations: a whole number and ns, us, ms, s, m or h
+//! tcp-established-timeout = "15m"
+//! tcp-fin-timeout = "60s"
+//! tcp-rst-timeout = "10s"
+//! udp-timeout = "5m"
+//!
+//! [[vip]]
+//! address = "198.19.0.1:80"   # ADDR:PORT, IPv6 as "[fd00::1]:80"; port 0 = every port
+//! protocol = "tcp"            # tcp | udp
+//! scheduler = "maglev"        # optional, default maglev
+//! ring-size = 65537           # optional; a prime, checked for maglev and source-hash
+//!
+//! [vip.health]                # optional; default kind none
+//! kind = "http"               # none | tcp | http | udp
+//! interval = "1s"
+//! timeout = "500ms"           # <= interval
+//! rise = 2
+//! fall = 3
+//! port = 8081                 # optional: check this port instead of the backend's
+//! http-method = "GET"         # http only
+//! http-path = "/healthz"      # http only
+//! http-expect-status = 200    # http only
+//! udp-payload = "ping"        # udp only
+//! udp-expect = "pong"         # udp only; the reply must start with this
+//!
+//! [[vip.backend]]
+//! address = "198.18.1.2:8080"
+//! weight = 1                  # 0..=10000
+//! state = "up"                # up | draining | down
+//! ```
+//!
+//! A VIP may also have an `[vip.autoscale]` table: see the `autoscale` submodule.
+//!
+//! Parsing is in two steps: the file's shape (TOML syntax, unknown keys and value types, with
+//! toml's line and column), then a semantic pass whose errors name the field by its path,
+//! e.g. `vip[1] (198.19.0.1:80/tcp) backend[0].weight: 20000 is out of range 0..=10000`. A
+//! [`Config`] is therefore always valid; its serde implementations go through the same steps.
+//!
+//! [`plan`] compares the balancer's VIPs with a config, and [`apply_plan`] makes the balancer
+//! match it, all or nothing.
+
+mod autoscale;
+mod raw;
+mod semantic;
+
+pub use crate::balancer::plan::{Change, Plan};
+use raw::*;
+use semantic::*;
+
+pub use crate::{
+    autoscale::config::{AutoscaleConfig, ForecastModel, RuleConfig, Signal},
+    duration::{format_duration, parse_duration},
+};
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    net::{IpAddr, SocketAddr},
+    ops::RangeInclusive,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use lb_common::{
+    conntrack::{DEFAULT_TIMEOUTS, Timeouts},
+    maglev::{DEFAULT_RING_SIZE, MAX_WEIGHT},
+    maps::{DEFAULT_CONNTRACK_CAPACITY, MAX_BACKENDS, MAX_VIPS},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    balancer::{
+        BackendSpec, BackendState, Balancer, Error, Proto, Scheduler, Vip, VipInfo, VipOptions,
+        plan::Target,
+    },
+    health::{CheckKind, HealthCheck},
+    maps::Maps,
+};
+
+/// Largest connection table a config may ask for.
+pub const MAX_CONNTRACK_CAPACITY: u32 = 100_000_000;
+/// Largest health check `rise` or `fall`.
+pub const MAX_RISE_FALL: u32 = 100;
+
+/// Why a config was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// An error in a file, with its path.
+    #[error("{}: {error}", path.display())]
+    InFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong in it.
+        error: Box<ConfigError>,
+    },
+    /// Not TOML, or not the config's shape (unknown key, wrong type): toml's message, with
+    /// line and column.
+    #[error("{0}")]
+    Syntax(String),
+    /// Semantic errors, one line each, each starting with the path of its field.
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// A whole config: what the balancer should be.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawConfig", into = "RawConfig")]
+pub struct Config {
+    /// `[conntrack]`; defaults if the table is left out.
+    pub conntrack: ConntrackConfig,
+    /// Every `[[vip]]`, in the file's order.
+    pub vips: Vec<VipConfig>,
+}
+
+/// The `[conntrack]` table: size of the connection table and its timeouts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawConntrack", into = "RawConntrack")]
+pub struct ConntrackConfig {
+    /// Flows, `1..=MAX_CONNTRACK_CAPACITY`.
+    pub capacity: u32,
+    /// Idle timeout of half-open TCP flows.
+    pub tcp_syn_timeout: Duration,
+    /// Idle timeout of established TCP flows.
+    pub tcp_established_timeout: Duration,
+    /// Idle timeout of closing TCP flows (a FIN was seen).
+    pub tcp_fin_timeout: Duration,
+    /// How long a reset TCP flow is kept.
+    pub tcp_rst_timeout: Duration,
+    /// Idle timeout of UDP flows.
+    pub udp_timeout: Duration,
+}
+
+/// A `[[vip]]`: the VIP, its settings, health check and backends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawVip", into = "RawVip")]
+pub struct VipConfig {
+    /// Address and port (0: every port).
+    pub address: SocketAddr,
+    /// Transport protocol.
+    pub protocol: Proto,
+    /// How new flows pick a backend.
+    pub scheduler: Scheduler,
+    /// Size of the Maglev table (used by `maglev` and `source-hash`).
+    pub ring_size: u32,
+    /// The check of each backend ([`CheckKind::None`] if the table is left out).
+    pub health: HealthCheck,
+    /// The backends, in the file's order.
+    pub backends: Vec<BackendConfig>,
+    /// `[vip.autoscale]`: the agent grows and shrinks the backend list.
+    pub autoscale: Option<AutoscaleConfig>,
+}
+
+/// A `[[vip.backend]]`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawBackend", into = "RawBackend")]
+pub struct BackendConfig {
+    /// Address and port (0 only for a VIP on every port: the client's port is kept).
+    pub address: SocketAddr,
+    /// `0..=MAX_WEIGHT`; 0 takes no new flows.
+    pub weight: u32,
+    /// Up unless set.
+    pub state: BackendState,
+}
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        Self {
+            capacity: DEFAULT_CONNTRACK_CAPACITY,
+            tcp_syn_timeout: Duration::from_nanos(DEFAULT_TIMEOUTS.tcp_syn_ns),
+            tcp_established_timeout: Duration::from_nanos(DEFAULT_TIMEOUTS.tcp_established_ns),
+            tcp_fin_timeout: Duration::from_nanos(DEFAULT_TIMEOUTS.tcp_fin_ns),
+            tcp_rst_timeout: Duration::from_nanos(DEFAULT_TIMEOUTS.tcp_rst_ns),
+            udp_timeout: Duration::from_nanos(DEFAULT_TIMEOUTS.udp_ns),
+        }
+    }
+}
+
+impl ConntrackConfig {
+    /// The timeouts as the data path takes them.
+    pub fn timeouts(&self) -> Timeouts {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Timeouts {
+            tcp_syn_ns: ns(self.tcp_syn_timeout),
+            tcp_established_ns: ns(self.tcp_established_timeout),
+            tcp_fin_ns: ns(self.tcp_fin_timeout),
+            tcp_rst_ns: ns(self.tcp_rst_timeout),
+            udp_ns: ns(self.udp_timeout),
+        }
+    }
+}
+
+/// toml's message on one line, with where it is: `line 7, column 1: unknown field ...`.
+fn syntax_message(text: &str, err: &toml::de::Error) -> String {
+    let message = err
+        .message()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    match err.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+impl Config {
+    /// Parses and validates a config.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let syntax = |err: toml::de::Error| ConfigError::Syntax(syntax_message(text, &err));
+        let deserializer = toml::de::Deserializer::parse(text).map_err(syntax)?;
+        // serde_path_to_error names the field a type error is about (`vip[0].address`).
+        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|err| {
+            let path = err.path().to_string();
+            let message = syntax_message(text, err.inner());
+            ConfigError::Syntax(match path.as_str() {
+                "" | "." => message,
+                _ => format!("{path}: {message}"),
+            })
+        })?;
+        Config::try_from(raw)
+    }
+
+    /// Reads, parses and validates the config file at `path`; errors name the file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|error| ConfigError::InFile {
+            path: path.to_owned(),
+            error: Box::new(error),
+        })
+    }
+
+    /// The config as TOML, leaving out what is at its default; [`Config::parse`] gives it back.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(&RawConfig::from(self.clone()))
+            // The raw form is strings, integers, tables and arrays of tables only.
+            .expect("a config always serializes to TOML")
+    }
+
+    /// The config of `vip`, if it has one.
+    pub fn vip(&self, vip: &Vip) -> Option<&VipConfig> {
+        self.vips.iter().find(|v| v.vip() == *vip)
+    }
+}
+
+impl VipConfig {
+    /// The VIP.
+    pub fn vip(&self) -> Vip {
+        Vip {
+            addr: self.address.ip(),
+            port: self.address.port(),
+            proto: self.protocol,
+        }
+    }
+
+    /// The VIP's settings.
+    pub fn options(&self) -> VipOptions {
+        VipOptions {
+            scheduler: self.scheduler,
+            ring_size: self.ring_size,
+        }
+    }
+
+    /// The backends, in the config's order.
+    pub fn backends(&self) -> Vec<BackendSpec> {
+        self.backends.iter().map(BackendConfig::spec).collect()
+    }
+
+    /// The health check of each backend.
+    pub fn health(&self) -> HealthCheck {
+        self.health.clone()
+    }
+
+    /// The config of a VIP as the balancer has it, with no health check.
+    pub fn from_info(info: &VipInfo) -> Self {
+        Self {
+            address: SocketAddr::new(info.vip.addr, info.vip.port),
+            protocol: info.vip.proto,
+            scheduler: info.options.scheduler,
+            ring_size: info.options.ring_size,
+            health: HealthCheck::default(),
+            backends: info
+                .backends
+                .iter()
+                .map(|b| BackendConfig {
+                    address: b.spec.addr,
+                    weight: b.spec.weight,
+                    state: b.spec.state,
+                })
+                .collect(),
+            autoscale: None,
+        }
+    }
+}
+
+impl BackendConfig {
+    /// The backend as the balancer takes it.
+    pub fn spec(&self) -> BackendSpec {
+        BackendSpec {
+            addr: self.address,
+            weight: self.weight,
+            state: self.state,
+        }
+    }
+}
+
+// --- Plan and apply ------------------------------------------------------------------------
+
+/// The fields of two tables that differ, as `field now -> new` (`-` for a field not set).
+fn field_changes<T: Serialize>(now: T, new: T) -> Vec<String> {
+    let table = |value: T| match toml::Value::try_from(value) {
+        Ok(toml::Value::Table(table)) => table,
+        _ => toml::Table::new(),
+    };
+    let (now, new) = (table(now), table(new));
+    let show = |value: Option<&toml::Value>| match value {
+        None => "-".to_owned(),
+        Some(toml::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    let mut keys: Vec<&String> = now.keys().chain(new.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|key| now.get(*key) != new.get(*key))
+        .map(|key| format!("{key} {} -> {}", show(now.get(key)), show(new.get(key))))
+        .collect()
+}
+
+/// The changes of health checks, autoscaling and connection-table timeouts that take the
+/// settings of `now` to those of `new` (VIPs that `new` removes are left out: their removal
+/// says it all).
+pub fn settings_changes(now: &Config, new: &Config) -> Vec<Change> {
+    let mut changes = Vec::new();
+    let mut push = |subject: String, fields: Vec<String>| {
+        if !fields.is_empty() {
+            changes.push(Change::Settings { subject, fields });
+        }
+    };
+    push(
+        "conntrack".to_owned(),
+        field_changes(
+            raw_conntrack(now.conntrack.clone(), true),
+            raw_conntrack(new.conntrack.clone(), true),
+        ),
+    );
+    for vip in &new.vips {
+        let before = now.vip(&vip.vip());
+        let health = |v: Option<&VipConfig>| {
+            raw_health_with(v.map(|v| v.health.clone()).unwrap_or_default(), true)
+        };
+        push(
+            format!("health of {}", vip.vip()),
+            field_changes(health(before), health(Some(vip))),
+        );
+        let autoscale = |v: Option<&VipConfig>| {
+            v.and_then(|v| v.autoscale.clone())
+                .map(autoscale::RawAutoscale::from)
+        };
+        push(
+            format!("autoscale of {}", vip.vip()),
+            field_changes(autoscale(before), autoscale(Some(vip))),
+        );
+    }
+    changes
+}
+
+/// The targets a config asks for: its VIPs, in its order.
+pub fn targets(config: &Config) -> Vec<Target> {
+    config
+        .vips
+        .iter()
+        .map(|v| Target {
+            vip: v.vip(),
+            options: v.options(),
+            backends: v.backends(),
+        })
+        .collect()
+}
+
+/// The changes that take a balancer with VIPs `current` (as [`Balancer::vips`] gives them) to
+/// `desired`. Backends are compared as sets: their order in the config does not matter.
+pub fn plan(current: &[VipInfo], desired: &Config) -> Plan {
+    crate::balancer::plan::plan(current, &targets(desired))
+}
+
+/// Makes `balancer` match `desired` exactly, all or nothing, and returns what changed: the
+/// config is checked against the balancer's rules first (see [`crate::balancer::plan::apply`]).
+pub fn apply_plan<M: Maps>(balancer: &mut Balancer<M>, desired: &Config) -> Result<Plan, Error> {
+    check_rules(desired)?;
+    crate::balancer::plan::apply(balancer, &targets(desired))
+}
+
+/// The balancer's own checks of a whole config, so that a [`Config`] built by hand is refused
+/// before anything changes. A parsed [`Config`] always passes.
+pub fn check_rules(config: &Config) -> Result<(), Error> {
+    if config.vips.len() > MAX_VIPS as usize {
+        return Err(Error::TooManyVips);
+    }
+    let backends: usize = config.vips.iter().map(|v| v.backends.len()).sum();
+    if backends > MAX_BACKENDS as usize {
+        return Err(Error::TooManyBackends);
+    }
+    let mut vips = HashSet::new();
+    for v in &config.vips {
+        let vip = v.vip();
+        if !vips.insert(vip) {
+            return Err(Error::VipExists(vip));
+        }
+        crate::model::check_vip(&vip, &v.options())?;
+        let mut addrs = HashSet::new();
+        for b in &v.backends {
+            let backend = b.address;
+            if !addrs.insert(backend) {
+                return Err(Error::BackendExists { vip, backend });
+            }
+            crate::model::check_backend(&vip, &b.spec())?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

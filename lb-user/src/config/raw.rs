@@ -1,0 +1,185 @@
+//! The config file's shape: what TOML and serde check (syntax, keys, value types), and the
+//! way back from a [`super::Config`] to it.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// The file as written: strings and integers, checked by the semantic pass.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) conntrack: Option<RawConntrack>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) vip: Vec<RawVip>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawConntrack {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) capacity: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) tcp_syn_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) tcp_established_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) tcp_fin_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) tcp_rst_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) udp_timeout: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawVip {
+    pub(super) address: String,
+    pub(super) protocol: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) scheduler: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) ring_size: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) health: Option<RawHealth>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) backend: Vec<RawBackend>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) autoscale: Option<autoscale::RawAutoscale>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawHealth {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) interval: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) rise: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) fall: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) port: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) http_method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) http_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) http_expect_status: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) udp_payload: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) udp_expect: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawBackend {
+    pub(super) address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) weight: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) state: Option<String>,
+}
+
+// --- Back to the file's shape --------------------------------------------------------------
+
+impl From<Config> for RawConfig {
+    fn from(config: Config) -> Self {
+        RawConfig {
+            conntrack: (config.conntrack != ConntrackConfig::default())
+                .then(|| config.conntrack.into()),
+            vip: config.vips.into_iter().map(RawVip::from).collect(),
+        }
+    }
+}
+
+impl From<ConntrackConfig> for RawConntrack {
+    fn from(config: ConntrackConfig) -> Self {
+        raw_conntrack(config, false)
+    }
+}
+
+/// The `[conntrack]` table; with `full`, defaults are written out too.
+pub(super) fn raw_conntrack(config: ConntrackConfig, full: bool) -> RawConntrack {
+    let default = ConntrackConfig::default();
+    let duration =
+        |d: Duration, default: Duration| (full || d != default).then(|| format_duration(d));
+    RawConntrack {
+        capacity: (full || config.capacity != default.capacity).then_some(config.capacity.into()),
+        tcp_syn_timeout: duration(config.tcp_syn_timeout, default.tcp_syn_timeout),
+        tcp_established_timeout: duration(
+            config.tcp_established_timeout,
+            default.tcp_established_timeout,
+        ),
+        tcp_fin_timeout: duration(config.tcp_fin_timeout, default.tcp_fin_timeout),
+        tcp_rst_timeout: duration(config.tcp_rst_timeout, default.tcp_rst_timeout),
+        udp_timeout: duration(config.udp_timeout, default.udp_timeout),
+    }
+}
+
+impl From<VipConfig> for RawVip {
+    fn from(config: VipConfig) -> Self {
+        RawVip {
+            address: config.address.to_string(),
+            protocol: config.protocol.to_string(),
+            scheduler: Some(config.scheduler.name().to_owned()),
+            ring_size: (config.ring_size != DEFAULT_RING_SIZE).then_some(config.ring_size.into()),
+            health: (config.health != HealthCheck::default()).then(|| raw_health(config.health)),
+            backend: config.backends.into_iter().map(RawBackend::from).collect(),
+            autoscale: config.autoscale.map(Into::into),
+        }
+    }
+}
+
+pub(super) fn raw_health(check: HealthCheck) -> RawHealth {
+    raw_health_with(check, false)
+}
+
+/// The `[vip.health]` table; with `full`, defaults are written out too.
+pub(super) fn raw_health_with(check: HealthCheck, full: bool) -> RawHealth {
+    let default = HealthCheck::default();
+    let mut raw = RawHealth {
+        kind: Some(check.kind.name().to_owned()),
+        interval: (full || check.interval != default.interval)
+            .then(|| format_duration(check.interval)),
+        timeout: (full || check.timeout != default.timeout).then(|| format_duration(check.timeout)),
+        rise: (full || check.rise != default.rise).then_some(check.rise.into()),
+        fall: (full || check.fall != default.fall).then_some(check.fall.into()),
+        port: check.port.map(i64::from),
+        ..RawHealth::default()
+    };
+    match check.kind {
+        CheckKind::None | CheckKind::Tcp => {}
+        CheckKind::Http {
+            method,
+            path,
+            expect_status,
+        } => {
+            raw.http_method = Some(method);
+            raw.http_path = Some(path);
+            raw.http_expect_status = Some(expect_status.into());
+        }
+        CheckKind::Udp { payload, expect } => {
+            raw.udp_payload = Some(String::from_utf8_lossy(&payload).into_owned());
+            raw.udp_expect = expect.map(|e| String::from_utf8_lossy(&e).into_owned());
+        }
+    }
+    raw
+}
+
+impl From<BackendConfig> for RawBackend {
+    fn from(config: BackendConfig) -> Self {
+        RawBackend {
+            address: config.address.to_string(),
+            weight: Some(config.weight.into()),
+            state: (config.state != BackendState::Up).then(|| config.state.to_string()),
+        }
+    }
+}

@@ -1,0 +1,492 @@
+//! The semantic pass: from the file's shape to a valid [`super::Config`], every error named by
+//! the path of its field.
+
+use super::*;
+
+/// Errors found so far, each `path: message`.
+#[derive(Default)]
+pub(super) struct Errors(pub(super) Vec<String>);
+
+impl Errors {
+    pub(super) fn add(&mut self, path: impl fmt::Display, message: impl fmt::Display) {
+        self.0.push(format!("{path}: {message}"));
+    }
+
+    pub(super) fn finish<T>(self, value: T) -> Result<T, ConfigError> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(ConfigError::Invalid(self.0))
+        }
+    }
+
+    /// `value` if it is in `range` and fits `T`, else an error at `path`.
+    pub(super) fn int<T: TryFrom<i64>>(
+        &mut self,
+        path: &str,
+        value: i64,
+        range: RangeInclusive<i64>,
+    ) -> Option<T> {
+        match T::try_from(value) {
+            Ok(v) if range.contains(&value) => Some(v),
+            _ => {
+                self.add(
+                    path,
+                    format!(
+                        "{value} is out of range {}..={}",
+                        range.start(),
+                        range.end()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// A positive duration, else an error at `path`.
+    pub(super) fn duration(&mut self, path: &str, text: &str) -> Option<Duration> {
+        match parse_duration(text) {
+            Ok(d) if d.is_zero() => {
+                self.add(path, format!("{text:?} must be more than 0"));
+                None
+            }
+            Ok(d) => Some(d),
+            Err(err) => {
+                self.add(path, err);
+                None
+            }
+        }
+    }
+
+    pub(super) fn socket_addr(&mut self, path: &str, text: &str) -> Option<SocketAddr> {
+        let parsed = text.parse();
+        if parsed.is_err() {
+            self.add(
+                path,
+                format!("{text:?} is not ADDR:PORT, e.g. 198.19.0.1:80 or [fd00::1]:80"),
+            );
+        }
+        parsed.ok()
+    }
+}
+
+/// `prefix.name`, or `name` alone at the top.
+pub(super) fn field(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// A table inside a VIP: `vip[0] (198.19.0.1:80/tcp) backend[1]`.
+pub(super) fn inside(prefix: &str, vip: Option<Vip>, name: &str) -> String {
+    match (prefix.is_empty(), vip) {
+        (true, _) => name.to_owned(),
+        (false, Some(vip)) => format!("{prefix} ({vip}) {name}"),
+        (false, None) => format!("{prefix} {name}"),
+    }
+}
+
+pub(super) fn family_name(addr: IpAddr) -> &'static str {
+    if addr.is_ipv4() { "IPv4" } else { "IPv6" }
+}
+
+/// An HTTP method: a token (RFC 9110), so that it cannot break the request line.
+pub(super) fn is_http_method(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+pub(super) fn is_http_path(text: &str) -> bool {
+    text.starts_with('/') && !text.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+pub(super) fn conntrack_from_raw(raw: RawConntrack, errors: &mut Errors) -> ConntrackConfig {
+    let mut config = ConntrackConfig::default();
+    let max = i64::from(MAX_CONNTRACK_CAPACITY);
+    if let Some(c) = raw
+        .capacity
+        .and_then(|c| errors.int("conntrack.capacity", c, 1..=max))
+    {
+        config.capacity = c;
+    }
+    let timeouts = [
+        (
+            "conntrack.tcp-syn-timeout",
+            raw.tcp_syn_timeout,
+            &mut config.tcp_syn_timeout,
+        ),
+        (
+            "conntrack.tcp-established-timeout",
+            raw.tcp_established_timeout,
+            &mut config.tcp_established_timeout,
+        ),
+        (
+            "conntrack.tcp-fin-timeout",
+            raw.tcp_fin_timeout,
+            &mut config.tcp_fin_timeout,
+        ),
+        (
+            "conntrack.tcp-rst-timeout",
+            raw.tcp_rst_timeout,
+            &mut config.tcp_rst_timeout,
+        ),
+        (
+            "conntrack.udp-timeout",
+            raw.udp_timeout,
+            &mut config.udp_timeout,
+        ),
+    ];
+    for (path, text, slot) in timeouts {
+        if let Some(d) = text.and_then(|t| errors.duration(path, &t)) {
+            *slot = d;
+        }
+    }
+    config
+}
+
+/// A VIP's config (with placeholders where there were errors) and the VIP if its address and
+/// protocol are valid.
+pub(super) fn vip_from_raw(
+    raw: RawVip,
+    prefix: &str,
+    errors: &mut Errors,
+) -> (Option<Vip>, VipConfig) {
+    let addr_path = field(prefix, "address");
+    let address = errors.socket_addr(&addr_path, &raw.address);
+    if let Some(a) = address
+        && crate::model::is_bad_vip_addr(a.ip())
+    {
+        errors.add(&addr_path, Error::BadVipAddress(a.ip()));
+    }
+    let protocol = raw
+        .protocol
+        .parse::<Proto>()
+        .map_err(|err| errors.add(field(prefix, "protocol"), err))
+        .ok();
+    let vip = address.zip(protocol).map(|(a, proto)| Vip {
+        addr: a.ip(),
+        port: a.port(),
+        proto,
+    });
+    let scheduler = match raw.scheduler {
+        None => Some(Scheduler::default()),
+        Some(name) => name
+            .parse::<Scheduler>()
+            .map_err(|err| errors.add(field(prefix, "scheduler"), err))
+            .ok(),
+    };
+    let ring_path = field(prefix, "ring-size");
+    let ring_size = match raw.ring_size {
+        None => DEFAULT_RING_SIZE,
+        Some(n) => errors
+            .int(&ring_path, n, 0..=i64::from(u32::MAX))
+            .unwrap_or(DEFAULT_RING_SIZE),
+    };
+    if scheduler.is_some_and(Scheduler::is_hashed) && !crate::model::is_good_ring_size(ring_size) {
+        errors.add(&ring_path, Error::BadRingSize(ring_size));
+    }
+    let health = health_from_raw(raw.health, &inside(prefix, vip, "health"), errors);
+
+    let mut backends = Vec::with_capacity(raw.backend.len());
+    let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+    for (j, b) in raw.backend.into_iter().enumerate() {
+        let path = inside(prefix, vip, &format!("backend[{j}]"));
+        let (valid, backend) = backend_from_raw(b, &path, errors);
+        if valid && let Some(a) = address {
+            check_backend_of(a, &backend, &path, errors);
+        }
+        if valid {
+            if let Some(first) = seen.get(&backend.address) {
+                errors.add(
+                    field(&path, "address"),
+                    format!(
+                        "duplicate backend {}, first at backend[{first}]",
+                        backend.address
+                    ),
+                );
+            } else {
+                seen.insert(backend.address, j);
+            }
+        }
+        backends.push(backend);
+    }
+    let autoscale = raw.autoscale.map(|a| {
+        autoscale::from_raw(
+            a,
+            &inside(prefix, vip, "autoscale"),
+            address,
+            &backends,
+            errors,
+        )
+    });
+
+    let config = VipConfig {
+        address: address.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+        protocol: protocol.unwrap_or(Proto::Tcp),
+        scheduler: scheduler.unwrap_or_default(),
+        ring_size,
+        health,
+        backends,
+        autoscale,
+    };
+    (vip, config)
+}
+
+/// Whether `backend` may belong to the VIP at `vip`.
+pub(super) fn check_backend_of(
+    vip: SocketAddr,
+    backend: &BackendConfig,
+    path: &str,
+    errors: &mut Errors,
+) {
+    let (v, b) = (vip.ip(), backend.address.ip());
+    if v.is_ipv4() != b.is_ipv4() {
+        errors.add(
+            field(path, "address"),
+            format!(
+                "{} is {} but the VIP is {}",
+                backend.address,
+                family_name(b),
+                family_name(v)
+            ),
+        );
+    } else if backend.address.port() == 0 && vip.port() != 0 {
+        errors.add(
+            field(path, "address"),
+            Error::BackendPortZero {
+                backend: backend.address,
+            },
+        );
+    }
+}
+
+/// A backend's config, and whether its address is valid.
+pub(super) fn backend_from_raw(
+    raw: RawBackend,
+    prefix: &str,
+    errors: &mut Errors,
+) -> (bool, BackendConfig) {
+    let address = errors.socket_addr(&field(prefix, "address"), &raw.address);
+    let weight = match raw.weight {
+        None => 1,
+        Some(w) => errors
+            .int(&field(prefix, "weight"), w, 0..=i64::from(MAX_WEIGHT))
+            .unwrap_or(1),
+    };
+    let state = match raw.state {
+        None => BackendState::Up,
+        Some(s) => s
+            .parse::<BackendState>()
+            .map_err(|err| errors.add(field(prefix, "state"), err))
+            .unwrap_or_default(),
+    };
+    let config = BackendConfig {
+        address: address.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+        weight,
+        state,
+    };
+    (address.is_some(), config)
+}
+
+pub(super) fn health_from_raw(
+    raw: Option<RawHealth>,
+    prefix: &str,
+    errors: &mut Errors,
+) -> HealthCheck {
+    let mut check = HealthCheck::default();
+    let Some(raw) = raw else {
+        return check;
+    };
+    let path = |name: &str| field(prefix, name);
+
+    let before = errors.0.len();
+    if let Some(d) = raw
+        .interval
+        .as_deref()
+        .and_then(|t| errors.duration(&path("interval"), t))
+    {
+        check.interval = d;
+    }
+    if let Some(d) = raw
+        .timeout
+        .as_deref()
+        .and_then(|t| errors.duration(&path("timeout"), t))
+    {
+        check.timeout = d;
+    }
+    // Compared only if both are valid.
+    if errors.0.len() == before && check.timeout > check.interval {
+        errors.add(
+            path("timeout"),
+            format!(
+                "{} is longer than the interval ({})",
+                format_duration(check.timeout),
+                format_duration(check.interval)
+            ),
+        );
+    }
+    let counts = 1..=i64::from(MAX_RISE_FALL);
+    if let Some(n) = raw
+        .rise
+        .and_then(|n| errors.int(&path("rise"), n, counts.clone()))
+    {
+        check.rise = n;
+    }
+    if let Some(n) = raw
+        .fall
+        .and_then(|n| errors.int(&path("fall"), n, counts.clone()))
+    {
+        check.fall = n;
+    }
+    if let Some(port) = raw.port {
+        check.port = errors.int(&path("port"), port, 1..=i64::from(u16::MAX));
+    }
+
+    let kind = raw.kind.as_deref().unwrap_or("none");
+    if !matches!(kind, "none" | "tcp" | "http" | "udp") {
+        errors.add(
+            path("kind"),
+            format!("unknown kind {kind:?}: expected none, tcp, http or udp"),
+        );
+        return check;
+    }
+    let only_for = [
+        ("http", "http-method", raw.http_method.is_some()),
+        ("http", "http-path", raw.http_path.is_some()),
+        (
+            "http",
+            "http-expect-status",
+            raw.http_expect_status.is_some(),
+        ),
+        ("udp", "udp-payload", raw.udp_payload.is_some()),
+        ("udp", "udp-expect", raw.udp_expect.is_some()),
+    ];
+    for (owner, name, set) in only_for {
+        if set && kind != owner {
+            errors.add(
+                path(name),
+                format!("only allowed with kind {owner:?}, not {kind:?}"),
+            );
+        }
+    }
+
+    check.kind = match kind {
+        "tcp" => CheckKind::Tcp,
+        "http" => {
+            let method = raw.http_method.unwrap_or_else(|| "GET".to_owned());
+            if !is_http_method(&method) {
+                errors.add(
+                    path("http-method"),
+                    format!("{method:?} is not an HTTP method"),
+                );
+            }
+            let http_path = raw.http_path.unwrap_or_else(|| "/".to_owned());
+            if !is_http_path(&http_path) {
+                errors.add(
+                    path("http-path"),
+                    format!(
+                        "{http_path:?} must start with \"/\" and have no spaces or control \
+                         characters"
+                    ),
+                );
+            }
+            let expect_status = match raw.http_expect_status {
+                None => 200,
+                Some(s) => errors
+                    .int(&path("http-expect-status"), s, 100..=599)
+                    .unwrap_or(200),
+            };
+            CheckKind::Http {
+                method,
+                path: http_path,
+                expect_status,
+            }
+        }
+        "udp" => {
+            let payload = raw.udp_payload.unwrap_or_else(|| "ping".to_owned());
+            if payload.is_empty() {
+                errors.add(path("udp-payload"), "must not be empty");
+            }
+            CheckKind::Udp {
+                payload: payload.into_bytes(),
+                expect: raw.udp_expect.map(String::into_bytes),
+            }
+        }
+        _ => CheckKind::None,
+    };
+    check
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Self, ConfigError> {
+        let mut errors = Errors::default();
+        let conntrack = raw
+            .conntrack
+            .map(|c| conntrack_from_raw(c, &mut errors))
+            .unwrap_or_default();
+        if raw.vip.len() > MAX_VIPS as usize {
+            errors.add("vip", format!("{} VIPs, at most {MAX_VIPS}", raw.vip.len()));
+        }
+        let backends: usize = raw.vip.iter().map(|v| v.backend.len()).sum();
+        if backends > MAX_BACKENDS as usize {
+            errors.add(
+                "vip[*].backend",
+                format!("{backends} backends in all, at most {MAX_BACKENDS}"),
+            );
+        }
+        let mut vips = Vec::with_capacity(raw.vip.len());
+        let mut seen: HashMap<Vip, usize> = HashMap::new();
+        for (i, v) in raw.vip.into_iter().enumerate() {
+            let prefix = format!("vip[{i}]");
+            let (vip, config) = vip_from_raw(v, &prefix, &mut errors);
+            if let Some(vip) = vip {
+                if let Some(first) = seen.get(&vip) {
+                    errors.add(
+                        field(&prefix, "address"),
+                        format!("duplicate VIP {vip}, first at vip[{first}]"),
+                    );
+                } else {
+                    seen.insert(vip, i);
+                }
+            }
+            vips.push(config);
+        }
+        errors.finish(Config { conntrack, vips })
+    }
+}
+
+impl TryFrom<RawConntrack> for ConntrackConfig {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConntrack) -> Result<Self, ConfigError> {
+        let mut errors = Errors::default();
+        let config = conntrack_from_raw(raw, &mut errors);
+        errors.finish(config)
+    }
+}
+
+impl TryFrom<RawVip> for VipConfig {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawVip) -> Result<Self, ConfigError> {
+        let mut errors = Errors::default();
+        let (_, config) = vip_from_raw(raw, "", &mut errors);
+        errors.finish(config)
+    }
+}
+
+impl TryFrom<RawBackend> for BackendConfig {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawBackend) -> Result<Self, ConfigError> {
+        let mut errors = Errors::default();
+        let (_, config) = backend_from_raw(raw, "", &mut errors);
+        errors.finish(config)
+    }
+}

@@ -1,0 +1,798 @@
+use lb_common::maps::Settings;
+
+use super::*;
+use crate::maps::MemMaps;
+
+#[test]
+fn settings_changes_name_each_changed_field_with_defaults_written_out() {
+    let now = Config::parse(
+        "[[vip]]\naddress = \"198.19.0.1:80\"\nprotocol = \"tcp\"\n\
+         [vip.health]\nkind = \"tcp\"\n",
+    )
+    .unwrap();
+    let new = Config::parse(
+        "[conntrack]\nudp-timeout = \"30s\"\n\
+         [[vip]]\naddress = \"198.19.0.1:80\"\nprotocol = \"tcp\"\n\
+         [vip.health]\nkind = \"tcp\"\ninterval = \"2s\"\n\
+         [[vip]]\naddress = \"198.19.0.2:80\"\nprotocol = \"tcp\"\n",
+    )
+    .unwrap();
+    let lines: Vec<String> = settings_changes(&now, &new)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            "~ conntrack: udp-timeout 5m -> 30s",
+            "~ health of 198.19.0.1:80/tcp: interval 1s -> 2s",
+        ]
+    );
+    assert!(settings_changes(&new, &new).is_empty());
+}
+
+const FULL: &str = r#"
+[conntrack]
+capacity = 2000000
+tcp-syn-timeout = "20s"
+tcp-established-timeout = "1h"
+tcp-fin-timeout = "60s"
+tcp-rst-timeout = "5s"
+udp-timeout = "90s"
+
+[[vip]]
+address = "198.19.0.1:80"
+protocol = "tcp"
+scheduler = "maglev"
+ring-size = 31
+
+[vip.health]
+kind = "http"
+interval = "2s"
+timeout = "900ms"
+rise = 1
+fall = 5
+port = 8081
+http-method = "HEAD"
+http-path = "/healthz"
+http-expect-status = 204
+
+[[vip.backend]]
+address = "198.18.1.2:8080"
+weight = 3
+
+[[vip.backend]]
+address = "198.18.2.2:8080"
+state = "draining"
+
+[[vip]]
+address = "[fd00::1]:0"
+protocol = "udp"
+scheduler = "round-robin"
+
+[vip.health]
+kind = "udp"
+udp-payload = "hello"
+udp-expect = "olleh"
+
+[[vip.backend]]
+address = "[fd00::2]:0"
+weight = 0
+state = "down"
+"#;
+
+fn parse(text: &str) -> Config {
+    Config::parse(text).unwrap_or_else(|err| panic!("{err}"))
+}
+
+fn error(text: &str) -> String {
+    match Config::parse(text) {
+        Ok(config) => panic!("accepted: {config:?}"),
+        Err(err) => err.to_string(),
+    }
+}
+
+#[test]
+fn parses_the_full_example() {
+    let config = parse(FULL);
+    assert_eq!(config.conntrack.capacity, 2_000_000);
+    let t = config.conntrack.timeouts();
+    assert_eq!(t.tcp_syn_ns, 20_000_000_000);
+    assert_eq!(t.tcp_established_ns, 3_600_000_000_000);
+    assert_eq!(t.tcp_rst_ns, 5_000_000_000);
+    assert_eq!(t.udp_ns, 90_000_000_000);
+
+    let v = &config.vips[0];
+    assert_eq!(v.vip(), "198.19.0.1:80/tcp".parse().unwrap());
+    assert_eq!(
+        v.options(),
+        VipOptions {
+            scheduler: Scheduler::Maglev,
+            ring_size: 31
+        }
+    );
+    assert_eq!(
+        v.backends(),
+        vec![
+            BackendSpec::new("198.18.1.2:8080".parse().unwrap(), 3),
+            BackendSpec {
+                addr: "198.18.2.2:8080".parse().unwrap(),
+                weight: 1,
+                state: BackendState::Draining,
+            },
+        ]
+    );
+    assert_eq!(
+        v.health(),
+        HealthCheck {
+            kind: CheckKind::Http {
+                method: "HEAD".to_owned(),
+                path: "/healthz".to_owned(),
+                expect_status: 204,
+            },
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_millis(900),
+            rise: 1,
+            fall: 5,
+            port: Some(8081),
+        }
+    );
+    let v = &config.vips[1];
+    assert_eq!(v.vip(), "[fd00::1]:0/udp".parse().unwrap());
+    assert_eq!(v.options().scheduler, Scheduler::RoundRobin);
+    assert_eq!(v.options().ring_size, DEFAULT_RING_SIZE);
+    assert_eq!(
+        v.health().kind,
+        CheckKind::Udp {
+            payload: b"hello".to_vec(),
+            expect: Some(b"olleh".to_vec())
+        }
+    );
+    assert_eq!(v.backends()[0].state, BackendState::Down);
+}
+
+#[test]
+fn defaults() {
+    let config = parse(
+        r#"
+[[vip]]
+address = "198.19.0.1:80"
+protocol = "tcp"
+[[vip.backend]]
+address = "198.18.1.2:8080"
+"#,
+    );
+    assert_eq!(config.conntrack, ConntrackConfig::default());
+    assert_eq!(config.conntrack.timeouts(), DEFAULT_TIMEOUTS);
+    assert_eq!(config.vips[0].options(), VipOptions::default());
+    assert_eq!(config.vips[0].health(), HealthCheck::default());
+    assert_eq!(
+        config.vips[0].backends(),
+        vec![BackendSpec::new("198.18.1.2:8080".parse().unwrap(), 1)]
+    );
+    assert_eq!(parse(""), Config::default());
+
+    let http = parse(
+        r#"
+[[vip]]
+address = "198.19.0.1:80"
+protocol = "tcp"
+[vip.health]
+kind = "http"
+"#,
+    );
+    assert_eq!(
+        http.vips[0].health().kind,
+        CheckKind::Http {
+            method: "GET".to_owned(),
+            path: "/".to_owned(),
+            expect_status: 200
+        }
+    );
+}
+
+#[test]
+fn round_trips() {
+    let config = parse(FULL);
+    let text = config.to_toml();
+    assert_eq!(parse(&text), config, "{text}");
+    assert_eq!(parse(&text).to_toml(), text);
+    // Through serde too (the state file could as well be JSON).
+    let json = serde_json::to_string(&config).unwrap();
+    assert_eq!(serde_json::from_str::<Config>(&json).unwrap(), config);
+    // Defaults are left out.
+    let small = parse(
+        "[[vip]]\naddress = \"198.19.0.1:80\"\nprotocol = \"tcp\"\n\
+         [[vip.backend]]\naddress = \"198.18.1.2:8080\"\n",
+    );
+    assert_eq!(
+        small.to_toml(),
+        "[[vip]]\naddress = \"198.19.0.1:80\"\nprotocol = \"tcp\"\nscheduler = \"maglev\"\n\n\
+         [[vip.backend]]\naddress = \"198.18.1.2:8080\"\nweight = 1\n"
+    );
+    assert_eq!(Config::default().to_toml(), "");
+}
+
+#[test]
+fn serde_validates_too() {
+    let err = serde_json::from_str::<VipConfig>(
+        r#"{"address": "198.19.0.1:80", "protocol": "tcp", "scheduler": "fastest"}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.starts_with("scheduler: unknown scheduler \"fastest\""),
+        "{err}"
+    );
+    let err = serde_json::from_str::<BackendConfig>(r#"{"address": "x", "weight": 1}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("address: \"x\" is not ADDR:PORT"), "{err}");
+}
+
+#[test]
+fn durations() {
+    for (text, want) in [
+        ("30s", Duration::from_secs(30)),
+        ("5m", Duration::from_secs(300)),
+        ("900ms", Duration::from_millis(900)),
+        ("1h", Duration::from_secs(3600)),
+        ("250us", Duration::from_micros(250)),
+        ("7ns", Duration::from_nanos(7)),
+        ("0s", Duration::ZERO),
+    ] {
+        assert_eq!(parse_duration(text), Ok(want), "{text}");
+        assert_eq!(parse_duration(&format_duration(want)), Ok(want), "{text}");
+    }
+    assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+    assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+    assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+    for bad in ["", "30", "s", "1.5s", "-1s", "30 s", "30sec", "5M", " 5m"] {
+        assert!(parse_duration(bad).is_err(), "{bad:?}");
+    }
+    assert_eq!(
+        parse_duration("99999999999h"),
+        Err("duration \"99999999999h\" is too long".to_owned())
+    );
+}
+
+/// A one-VIP config with `vip` added to the VIP table, `health` as its health table and
+/// `backend` as its one backend's table.
+fn one(vip: &str, health: &str, backend: &str) -> String {
+    let health = if health.is_empty() {
+        String::new()
+    } else {
+        format!("[vip.health]\n{health}\n")
+    };
+    format!(
+        "[[vip]]\naddress = \"198.19.0.1:80\"\nprotocol = \"tcp\"\n{vip}\n{health}\
+         [[vip.backend]]\naddress = \"198.18.1.2:8080\"\n{backend}\n"
+    )
+}
+
+const V: &str = "vip[0] (198.19.0.1:80/tcp)";
+
+#[test]
+fn bad_input_names_the_field() {
+    let vip_line = |address: &str, protocol: &str| {
+        format!("[[vip]]\naddress = \"{address}\"\nprotocol = \"{protocol}\"\n")
+    };
+    let cases: Vec<(String, String)> = vec![
+        (
+            one("scheduler = \"fastest\"", "", ""),
+            "vip[0].scheduler: unknown scheduler \"fastest\": expected one of maglev, \
+             source-hash, round-robin, weighted-round-robin, random, weighted-random, \
+             least-conn"
+                .to_owned(),
+        ),
+        (
+            format!(
+                "{}{}[[vip.backend]]\naddress = \"198.18.1.2:8080\"\nweight = 20000\n",
+                vip_line("198.19.0.1:80", "tcp"),
+                vip_line("198.19.0.2:80", "tcp")
+            ),
+            "vip[1] (198.19.0.2:80/tcp) backend[0].weight: 20000 is out of range 0..=10000"
+                .to_owned(),
+        ),
+        (
+            one("", "", "weight = -1"),
+            format!("{V} backend[0].weight: -1 is out of range 0..=10000"),
+        ),
+        (
+            format!(
+                "{}{}{}",
+                vip_line("198.19.0.1:80", "tcp"),
+                vip_line("198.19.0.1:80", "udp"),
+                vip_line("198.19.0.1:80", "tcp")
+            ),
+            "vip[2].address: duplicate VIP 198.19.0.1:80/tcp, first at vip[0]".to_owned(),
+        ),
+        (
+            vip_line("198.19.0.1", "tcp"),
+            "vip[0].address: \"198.19.0.1\" is not ADDR:PORT, e.g. 198.19.0.1:80 or \
+             [fd00::1]:80"
+                .to_owned(),
+        ),
+        (
+            vip_line("224.0.0.1:80", "tcp"),
+            "vip[0].address: VIP address 224.0.0.1 is unspecified, multicast or broadcast"
+                .to_owned(),
+        ),
+        (
+            vip_line("198.19.0.1:80", "sctp"),
+            "vip[0].protocol: bad protocol \"sctp\": expected tcp or udp".to_owned(),
+        ),
+        (
+            one("ring-size = 65536", "", ""),
+            "vip[0].ring-size: ring size 65536 is not a prime between 3 and 1048573".to_owned(),
+        ),
+        (
+            one("scheduler = \"source-hash\"\nring-size = 2", "", ""),
+            "vip[0].ring-size: ring size 2 is not a prime between 3 and 1048573".to_owned(),
+        ),
+        (
+            format!(
+                "{}[[vip.backend]]\naddress = \"[fd00::2]:80\"\n",
+                vip_line("198.19.0.1:80", "tcp")
+            ),
+            format!("{V} backend[0].address: [fd00::2]:80 is IPv6 but the VIP is IPv4"),
+        ),
+        (
+            format!(
+                "{}[[vip.backend]]\naddress = \"198.18.1.2:8080\"\n\
+                 [[vip.backend]]\naddress = \"198.18.1.2:8080\"\nweight = 2\n",
+                vip_line("198.19.0.1:80", "tcp")
+            ),
+            format!(
+                "{V} backend[1].address: duplicate backend 198.18.1.2:8080, first at \
+                 backend[0]"
+            ),
+        ),
+        (
+            format!(
+                "{}[[vip.backend]]\naddress = \"198.18.1.2:0\"\n",
+                vip_line("198.19.0.1:80", "tcp")
+            ),
+            format!(
+                "{V} backend[0].address: backend 198.18.1.2:0 has port 0, which only a VIP \
+                 with port 0 (every port) allows"
+            ),
+        ),
+        (
+            format!(
+                "{}[[vip.backend]]\naddress = \"198.18.1.2\"\n",
+                vip_line("198.19.0.1:80", "tcp")
+            ),
+            format!(
+                "{V} backend[0].address: \"198.18.1.2\" is not ADDR:PORT, e.g. \
+                 198.19.0.1:80 or [fd00::1]:80"
+            ),
+        ),
+        (
+            one("", "", "state = \"dead\""),
+            format!("{V} backend[0].state: unknown state \"dead\": expected up, draining or down"),
+        ),
+        (
+            one("", "kind = \"tcp\"\ntimeout = \"2s\"", ""),
+            format!("{V} health.timeout: 2s is longer than the interval (1s)"),
+        ),
+        (
+            one("", "kind = \"tcp\"\ninterval = \"100ms\"", ""),
+            format!("{V} health.timeout: 500ms is longer than the interval (100ms)"),
+        ),
+        (
+            one("", "kind = \"tcp\"\nhttp-path = \"/healthz\"", ""),
+            format!("{V} health.http-path: only allowed with kind \"http\", not \"tcp\""),
+        ),
+        (
+            one("", "kind = \"http\"\nudp-expect = \"pong\"", ""),
+            format!("{V} health.udp-expect: only allowed with kind \"udp\", not \"http\""),
+        ),
+        (
+            one("", "http-expect-status = 200", ""),
+            format!("{V} health.http-expect-status: only allowed with kind \"http\", not \"none\""),
+        ),
+        (
+            one("", "kind = \"icmp\"", ""),
+            format!("{V} health.kind: unknown kind \"icmp\": expected none, tcp, http or udp"),
+        ),
+        (
+            one("", "kind = \"tcp\"\nrise = 0", ""),
+            format!("{V} health.rise: 0 is out of range 1..=100"),
+        ),
+        (
+            one("", "kind = \"tcp\"\nfall = 101", ""),
+            format!("{V} health.fall: 101 is out of range 1..=100"),
+        ),
+        (
+            one("", "kind = \"tcp\"\nport = 70000", ""),
+            format!("{V} health.port: 70000 is out of range 1..=65535"),
+        ),
+        (
+            one("", "kind = \"tcp\"\ninterval = \"0s\"", ""),
+            format!("{V} health.interval: \"0s\" must be more than 0"),
+        ),
+        (
+            one("", "kind = \"tcp\"\ninterval = \"1 second\"", ""),
+            format!(
+                "{V} health.interval: bad duration \"1 second\": expected a whole number \
+                 and a unit (ms, s, m, h), e.g. \"30s\""
+            ),
+        ),
+        (
+            one("", "kind = \"http\"\nhttp-method = \"GET /x\"", ""),
+            format!("{V} health.http-method: \"GET /x\" is not an HTTP method"),
+        ),
+        (
+            one("", "kind = \"http\"\nhttp-path = \"healthz\"", ""),
+            format!(
+                "{V} health.http-path: \"healthz\" must start with \"/\" and have no spaces \
+                 or control characters"
+            ),
+        ),
+        (
+            one("", "kind = \"http\"\nhttp-expect-status = 99", ""),
+            format!("{V} health.http-expect-status: 99 is out of range 100..=599"),
+        ),
+        (
+            one("", "kind = \"udp\"\nudp-payload = \"\"", ""),
+            format!("{V} health.udp-payload: must not be empty"),
+        ),
+        (
+            "[conntrack]\ncapacity = 0\n".to_owned(),
+            "conntrack.capacity: 0 is out of range 1..=100000000".to_owned(),
+        ),
+        (
+            "[conntrack]\nudp-timeout = \"5 minutes\"\n".to_owned(),
+            "conntrack.udp-timeout: bad duration \"5 minutes\": expected a whole number and \
+             a unit (ms, s, m, h), e.g. \"30s\""
+                .to_owned(),
+        ),
+    ];
+    assert!(cases.len() >= 15);
+    for (text, want) in cases {
+        assert_eq!(error(&text), want, "for:\n{text}");
+    }
+}
+
+#[test]
+fn every_error_is_reported_and_typed_errors_are_invalid() {
+    let text = format!(
+        "[conntrack]\ncapacity = 0\n{}",
+        one(
+            "scheduler = \"fastest\"",
+            "kind = \"tcp\"\nrise = 0",
+            "weight = 20000"
+        )
+    );
+    match Config::parse(&text) {
+        Err(ConfigError::Invalid(errors)) => assert_eq!(
+            errors,
+            vec![
+                "conntrack.capacity: 0 is out of range 1..=100000000".to_owned(),
+                "vip[0].scheduler: unknown scheduler \"fastest\": expected one of maglev, \
+                 source-hash, round-robin, weighted-round-robin, random, weighted-random, \
+                 least-conn"
+                    .to_owned(),
+                format!("{V} health.rise: 0 is out of range 1..=100"),
+                format!("{V} backend[0].weight: 20000 is out of range 0..=10000"),
+            ]
+        ),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn too_many_vips() {
+    let text: String = (0..=MAX_VIPS)
+        .map(|i| {
+            format!(
+                "[[vip]]\naddress = \"198.19.{}.{}:80\"\nprotocol = \"tcp\"\n",
+                i / 250,
+                i % 250 + 1
+            )
+        })
+        .collect();
+    assert_eq!(error(&text), "vip: 4097 VIPs, at most 4096");
+}
+
+#[test]
+fn syntax_and_shape_errors_keep_tomls_message() {
+    // Typos in keys are errors, wherever they are.
+    let err = error(&one("sheduler = \"maglev\"", "", ""));
+    assert!(err.contains("line 4"), "{err}");
+    assert!(err.contains("unknown field `sheduler`"), "{err}");
+    let err = error(&one("", "", "wieght = 2"));
+    assert!(err.contains("unknown field `wieght`"), "{err}");
+    let err = error(&one("", "kind = \"tcp\"\nintervall = \"1s\"", ""));
+    assert!(err.contains("unknown field `intervall`"), "{err}");
+    let err = error("[conntrak]\ncapacity = 1\n");
+    assert!(err.contains("unknown field `conntrak`"), "{err}");
+    // Wrong types and bad TOML.
+    let err = error(&one("", "kind = \"tcp\"\ninterval = 1", ""));
+    assert!(
+        err.contains("invalid type: integer `1`, expected a string"),
+        "{err}"
+    );
+    assert!(err.contains("health.interval: "), "names the field: {err}");
+    let err = error("[[vip]\naddress = \"198.19.0.1:80\"\n");
+    assert!(err.starts_with("line 1, column "), "{err}");
+    assert!(!err.contains('\n'), "one line: {err}");
+    let err = error("[[vip]]\naddress = \"198.19.0.1:80\"\n");
+    assert!(err.contains("missing field `protocol`"), "{err}");
+}
+
+#[test]
+fn load_names_the_file() {
+    let dir = std::env::temp_dir().join(format!("xdplb-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("xdplb.toml");
+    std::fs::write(&path, one("scheduler = \"fastest\"", "", "")).unwrap();
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!("{}: vip[0].scheduler: unknown", path.display())),
+        "{err}"
+    );
+    std::fs::write(&path, FULL).unwrap();
+    assert_eq!(Config::load(&path).unwrap(), parse(FULL));
+    std::fs::remove_dir_all(&dir).unwrap();
+    let err = Config::load(&path).unwrap_err().to_string();
+    assert!(err.starts_with("reading "), "{err}");
+}
+
+fn balancer(slots: u32) -> Balancer<MemMaps> {
+    Balancer::new(MemMaps::default(), slots, Settings::default()).unwrap()
+}
+
+/// A balancer's VIPs without ids, backends sorted by address.
+fn state(b: &Balancer<MemMaps>) -> Vec<(Vip, VipOptions, Vec<BackendSpec>)> {
+    b.vips()
+        .into_iter()
+        .map(|info| {
+            let mut specs: Vec<BackendSpec> = info.backends.iter().map(|b| b.spec).collect();
+            specs.sort_by_key(|s| s.addr);
+            (info.vip, info.options, specs)
+        })
+        .collect()
+}
+
+/// A config's VIPs the same way, sorted by VIP like [`Balancer::vips`].
+fn wanted(config: &Config) -> Vec<(Vip, VipOptions, Vec<BackendSpec>)> {
+    let mut out: Vec<_> = config
+        .vips
+        .iter()
+        .map(|v| {
+            let mut specs = v.backends();
+            specs.sort_by_key(|s| s.addr);
+            (v.vip(), v.options(), specs)
+        })
+        .collect();
+    out.sort_by_key(|(vip, _, _)| *vip);
+    out
+}
+
+const BEFORE: &str = r#"
+[[vip]]
+address = "198.19.0.1:80"
+protocol = "tcp"
+[[vip.backend]]
+address = "198.18.1.2:8080"
+[[vip.backend]]
+address = "198.18.2.2:8080"
+[[vip.backend]]
+address = "198.18.3.2:8080"
+
+[[vip]]
+address = "198.19.0.2:53"
+protocol = "udp"
+scheduler = "round-robin"
+[[vip.backend]]
+address = "198.18.1.2:53"
+"#;
+
+const AFTER: &str = r#"
+[[vip]]
+address = "198.19.0.1:80"
+protocol = "tcp"
+scheduler = "weighted-round-robin"
+[[vip.backend]]
+address = "198.18.4.2:8080"
+[[vip.backend]]
+address = "198.18.2.2:8080"
+weight = 3
+[[vip.backend]]
+address = "198.18.1.2:8080"
+state = "draining"
+
+[[vip]]
+address = "[fd00::1]:443"
+protocol = "tcp"
+ring-size = 31
+[[vip.backend]]
+address = "[fd00::2]:443"
+weight = 2
+state = "down"
+"#;
+
+#[test]
+fn plan_of_a_changed_file() {
+    let mut b = balancer(1 << 20);
+    apply_plan(&mut b, &parse(BEFORE)).unwrap();
+    let plan = plan(&b.vips(), &parse(AFTER));
+    assert_eq!(
+        plan.to_string(),
+        "- vip 198.19.0.2:53/udp\n\
+         ~ vip 198.19.0.1:80/tcp: maglev -> weighted-round-robin\n\
+         - backend 198.18.3.2:8080 from 198.19.0.1:80/tcp\n\
+         + backend 198.18.4.2:8080 to 198.19.0.1:80/tcp (weight 1)\n\
+         ~ backend 198.18.2.2:8080 of 198.19.0.1:80/tcp: weight 1 -> 3\n\
+         ~ backend 198.18.1.2:8080 of 198.19.0.1:80/tcp: state up -> draining\n\
+         + vip [fd00::1]:443/tcp (maglev, ring-size 31)\n\
+         + backend [fd00::2]:443 to [fd00::1]:443/tcp (weight 2, down)"
+    );
+    assert_eq!(plan.len(), 8);
+    assert_eq!(
+        plan.changes[4],
+        Change::UpdateBackend {
+            vip: "198.19.0.1:80/tcp".parse().unwrap(),
+            addr: "198.18.2.2:8080".parse().unwrap(),
+            weight: Some((1, 3)),
+            state: None,
+        }
+    );
+    let both = Change::UpdateBackend {
+        vip: "198.19.0.1:80/tcp".parse().unwrap(),
+        addr: "198.18.2.2:8080".parse().unwrap(),
+        weight: Some((1, 3)),
+        state: Some((BackendState::Up, BackendState::Down)),
+    };
+    assert_eq!(
+        both.to_string(),
+        "~ backend 198.18.2.2:8080 of 198.19.0.1:80/tcp: weight 1 -> 3, state up -> down"
+    );
+    assert_eq!(Plan::default().to_string(), "no changes");
+}
+
+#[test]
+fn apply_brings_the_balancer_to_the_config() {
+    let mut b = balancer(1 << 20);
+    let before = parse(BEFORE);
+    let plan = apply_plan(&mut b, &before).unwrap();
+    assert_eq!(plan.len(), 6);
+    assert_eq!(state(&b), wanted(&before));
+    assert!(
+        apply_plan(&mut b, &before).unwrap().is_empty(),
+        "idempotent"
+    );
+
+    let vip: Vip = "198.19.0.1:80/tcp".parse().unwrap();
+    let id_of = |b: &Balancer<MemMaps>, addr: &str| {
+        let addr: SocketAddr = addr.parse().unwrap();
+        b.vip(&vip)
+            .unwrap()
+            .backends
+            .iter()
+            .find(|x| x.spec.addr == addr)
+            .map(|x| x.id)
+    };
+    let kept = id_of(&b, "198.18.2.2:8080");
+
+    let after = parse(AFTER);
+    apply_plan(&mut b, &after).unwrap();
+    assert_eq!(state(&b), wanted(&after));
+    assert_eq!(
+        id_of(&b, "198.18.2.2:8080"),
+        kept,
+        "kept backends keep their ids"
+    );
+    assert_eq!(id_of(&b, "198.18.3.2:8080"), None);
+    assert!(super::plan(&b.vips(), &after).is_empty());
+
+    // Order of backends in the file does not matter; an empty config removes everything.
+    let mut reordered = after.clone();
+    reordered.vips[0].backends.reverse();
+    assert!(apply_plan(&mut b, &reordered).unwrap().is_empty());
+    apply_plan(&mut b, &Config::default()).unwrap();
+    assert!(b.vips().is_empty());
+    assert!(b.maps().vips.is_empty());
+}
+
+#[test]
+fn a_failed_apply_is_rolled_back() {
+    // 100 slots: VIP A (maglev, ring 31: 31 + 2 list entries) and C (round-robin, 2 + 2)
+    // fit; B with a ring of 97 does not fit next to A.
+    let mut b = balancer(100);
+    let before = parse(
+        r#"
+[[vip]]
+address = "198.19.0.1:80"
+protocol = "tcp"
+ring-size = 31
+[[vip.backend]]
+address = "198.18.1.2:8080"
+[[vip.backend]]
+address = "198.18.2.2:8080"
+
+[[vip]]
+address = "198.19.0.3:80"
+protocol = "tcp"
+scheduler = "round-robin"
+[[vip.backend]]
+address = "198.18.1.2:8080"
+[[vip.backend]]
+address = "198.18.2.2:8080"
+"#,
+    );
+    apply_plan(&mut b, &before).unwrap();
+    let vip_a: Vip = "198.19.0.1:80/tcp".parse().unwrap();
+    let ids_a = b.vip(&vip_a).unwrap().backends;
+    let desired = parse(
+        r#"
+[[vip]]
+address = "198.19.0.1:80"
+protocol = "tcp"
+ring-size = 31
+[[vip.backend]]
+address = "198.18.1.2:8080"
+weight = 5
+[[vip.backend]]
+address = "198.18.2.2:8080"
+
+[[vip]]
+address = "198.19.0.2:80"
+protocol = "tcp"
+ring-size = 97
+[[vip.backend]]
+address = "198.18.3.2:8080"
+[[vip.backend]]
+address = "198.18.4.2:8080"
+"#,
+    );
+    let err = apply_plan(&mut b, &desired).unwrap_err();
+    assert!(matches!(err, Error::NoRoomInTables { .. }), "{err}");
+    assert_eq!(state(&b), wanted(&before), "rolled back");
+    let after_a = b.vip(&vip_a).unwrap().backends;
+    assert_eq!(after_a, ids_a, "A's backends kept their ids and weights");
+    // The balancer still works: a config that fits (the 100 slots are fragmented by
+    // now) applies.
+    let mut fits = desired.clone();
+    fits.vips[1].ring_size = 29;
+    apply_plan(&mut b, &fits).unwrap();
+    assert_eq!(state(&b), wanted(&fits));
+}
+
+#[test]
+fn hand_built_configs_are_checked_before_anything_changes() {
+    let mut b = balancer(1 << 20);
+    apply_plan(&mut b, &parse(BEFORE)).unwrap();
+    let before = state(&b);
+    let mut bad = parse(AFTER);
+    bad.vips[1].backends[0].weight = MAX_WEIGHT + 1;
+    assert!(matches!(
+        apply_plan(&mut b, &bad),
+        Err(Error::WeightOutOfRange { .. })
+    ));
+    let mut bad = parse(AFTER);
+    bad.vips[1].backends[0].address = "198.18.9.9:443".parse().unwrap();
+    assert!(matches!(
+        apply_plan(&mut b, &bad),
+        Err(Error::FamilyMismatch { .. })
+    ));
+    let mut bad = parse(AFTER);
+    bad.vips.push(bad.vips[0].clone());
+    assert!(matches!(apply_plan(&mut b, &bad), Err(Error::VipExists(_))));
+    assert_eq!(state(&b), before);
+}
+
+#[test]
+fn from_info_gives_the_balancers_state_back() {
+    let mut b = balancer(1 << 20);
+    let after = parse(AFTER);
+    apply_plan(&mut b, &after).unwrap();
+    let config = Config {
+        conntrack: ConntrackConfig::default(),
+        vips: b.vips().iter().map(VipConfig::from_info).collect(),
+    };
+    assert_eq!(wanted(&config), wanted(&after));
+    assert!(plan(&b.vips(), &parse(&config.to_toml())).is_empty());
+}
