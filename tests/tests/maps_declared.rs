@@ -13,7 +13,6 @@ use lb_common::{
         VIP_ADDRS_MAP, VIP_STATS_MAP, VIPS_MAP,
     },
 };
-use lb_user::loader::Loaded;
 
 /// Every map name `lb-common` declares.
 const DECLARED: [&str; 15] = [
@@ -40,7 +39,7 @@ const PRIVATE: [&str; 1] = ["SCRATCH"];
 #[test]
 #[ignore = "needs root"]
 fn the_program_has_exactly_the_maps_lb_common_declares() {
-    let loaded = Loaded::load().unwrap_or_else(|err| panic!("loading the XDP program: {err:#}"));
+    let loaded = lb_tests::program::load();
     for name in DECLARED {
         assert!(
             loaded.ebpf.map(name).is_some(),
