@@ -18,7 +18,7 @@ use crate::{
     balancer::{BackendState, Balancer, Proto, Scheduler, Snapshot, Vip, VipInfo},
     config::{self, Config, Plan, VipConfig},
     health::{HealthEvent, Monitor, WatchKey},
-    maps::BpfMaps,
+    maps::DynMaps,
     pin::Pinned,
 };
 
@@ -88,8 +88,9 @@ pub enum ApplyError {
 
 /// The agent's state, shared by the API handlers and the periodic tasks.
 pub struct Agent {
-    pub balancer: Balancer<BpfMaps>,
-    pub pinned: Pinned,
+    pub balancer: Balancer<DynMaps>,
+    /// The program the agent runs: pinned, or a stand-in in tests.
+    pub pinned: Box<dyn Dataplane>,
     pub state_file: PathBuf,
     pub started: Instant,
     /// Flows the connection table holds, fixed when the program was loaded.
@@ -112,12 +113,55 @@ pub struct Agent {
 
 pub type Shared = Arc<Mutex<Agent>>;
 
+/// The program an agent runs, as the agent uses it: where it is pinned, its interfaces, its
+/// counters. [`Pinned`] is the real one.
+pub trait Dataplane: Send {
+    /// The pin directory.
+    fn dir(&self) -> &Path;
+    /// Interfaces the program is attached to.
+    fn ifaces(&self) -> Vec<String>;
+    /// Attaches the program to `iface` (kept if it already is).
+    fn attach(&mut self, iface: &str, mode: crate::loader::AttachMode) -> anyhow::Result<()>;
+    /// Detaches the program from `iface`.
+    fn detach(&mut self, iface: &str) -> anyhow::Result<()>;
+    /// The outcome counters.
+    fn counters(&self) -> anyhow::Result<crate::counters::Counters>;
+    /// Flows the connection table holds.
+    fn conntrack_capacity(&self) -> anyhow::Result<u32>;
+    /// Switches the interfaces to a staged replacement program ([`Pinned::stage_replacement`]).
+    fn finish_replacement(&mut self) -> anyhow::Result<()>;
+}
+
+impl Dataplane for Pinned {
+    fn dir(&self) -> &Path {
+        Pinned::dir(self)
+    }
+    fn ifaces(&self) -> Vec<String> {
+        Pinned::ifaces(self)
+    }
+    fn attach(&mut self, iface: &str, mode: crate::loader::AttachMode) -> anyhow::Result<()> {
+        Pinned::attach(self, iface, mode).map(drop)
+    }
+    fn detach(&mut self, iface: &str) -> anyhow::Result<()> {
+        Pinned::detach(self, iface)
+    }
+    fn counters(&self) -> anyhow::Result<crate::counters::Counters> {
+        Pinned::counters(self)
+    }
+    fn conntrack_capacity(&self) -> anyhow::Result<u32> {
+        Pinned::conntrack_capacity(self)
+    }
+    fn finish_replacement(&mut self) -> anyhow::Result<()> {
+        Pinned::finish_replacement(self)
+    }
+}
+
 impl Agent {
-    /// An agent running `balancer` over the program pinned in `pinned`, saving to
-    /// `state_file`; no config applied, no backend held down, autoscalers acting.
+    /// An agent running `balancer` over the program `pinned`, saving to `state_file`; no
+    /// config applied, no backend held down, autoscalers acting.
     pub fn new(
-        balancer: Balancer<BpfMaps>,
-        pinned: Pinned,
+        balancer: Balancer<DynMaps>,
+        pinned: Box<dyn Dataplane>,
         state_file: PathBuf,
     ) -> anyhow::Result<Self> {
         Ok(Self {
@@ -607,7 +651,7 @@ pub async fn count_connections_every(
 }
 
 /// Logs what the agent restored or built at start.
-pub fn log_vips(balancer: &Balancer<BpfMaps>) {
+pub fn log_vips<M: crate::maps::Maps>(balancer: &Balancer<M>) {
     for info in balancer.vips() {
         let backends: Vec<String> = info
             .backends

@@ -20,7 +20,7 @@ use crate::{
     config::Config,
     health::Monitor,
     loader::{AttachMode, LoadOptions, Loaded},
-    maps::BpfMaps,
+    maps::DynMaps,
     pin::{DEFAULT_PIN_DIR, Pinned, PinnedVersion},
     render::{backend_line, vip_line},
 };
@@ -346,6 +346,7 @@ fn serve(
     }
     let maps = pinned.maps()?;
     let slots = maps.slots_capacity();
+    let maps: DynMaps = Box::new(maps);
     let settings = if let Some(settings) = adopted_settings {
         settings
     } else {
@@ -397,7 +398,7 @@ fn serve(
         (Some(addr), Some(file)) => Some((*addr, api::read_token(file)?)),
         _ => None,
     };
-    let mut agent = Agent::new(balancer, pinned, state_file.clone())?;
+    let mut agent = Agent::new(balancer, Box::new(pinned), state_file.clone())?;
     agent.config = applied_config;
     agent.held = held;
     agent.autoscale_dry_run = args.autoscale_dry_run;
@@ -593,7 +594,7 @@ async fn serve_metrics(shared: agent::Shared, addr: SocketAddr) -> anyhow::Resul
 
 /// Applies the VIPs and backends given on the command line, all or nothing.
 /// (`run` has checked that every `--backend` is of a `--vip`.)
-fn configure(balancer: &mut Balancer<BpfMaps>, args: &DaemonOptions) -> anyhow::Result<()> {
+fn configure(balancer: &mut Balancer<DynMaps>, args: &DaemonOptions) -> anyhow::Result<()> {
     for (vip, scheduler) in &args.vips {
         let options = VipOptions {
             scheduler: *scheduler,

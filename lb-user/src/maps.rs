@@ -45,6 +45,55 @@ pub trait Maps {
     fn used_backends(&self) -> anyhow::Result<Vec<u32>>;
 }
 
+/// Maps behind a pointer: the agent's balancer works over the kernel's maps or, in tests, the
+/// in-memory twin, through one type.
+pub type DynMaps = Box<dyn Maps + Send>;
+
+impl<T: Maps + ?Sized> Maps for Box<T> {
+    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> anyhow::Result<()> {
+        (**self).set_vip(key, meta)
+    }
+    fn remove_vip(&mut self, key: &VipKey) -> anyhow::Result<()> {
+        (**self).remove_vip(key)
+    }
+    fn set_vip_addr(&mut self, key: &VipAddrKey, count: u32) -> anyhow::Result<()> {
+        (**self).set_vip_addr(key, count)
+    }
+    fn set_backend(&mut self, index: u32, backend: &Backend) -> anyhow::Result<()> {
+        (**self).set_backend(index, backend)
+    }
+    fn write_slots(&mut self, off: u32, ids: &[u32]) -> anyhow::Result<()> {
+        (**self).write_slots(off, ids)
+    }
+    fn set_backend_load(&mut self, index: u32, load: &BackendLoad) -> anyhow::Result<()> {
+        (**self).set_backend_load(index, load)
+    }
+    fn set_settings(&mut self, settings: &Settings) -> anyhow::Result<()> {
+        (**self).set_settings(settings)
+    }
+    fn set_filter_word(&mut self, index: u32, word: u64) -> anyhow::Result<()> {
+        (**self).set_filter_word(index, word)
+    }
+    fn opened(&self, index: u32) -> anyhow::Result<u64> {
+        (**self).opened(index)
+    }
+    fn vip_stats(&self, vip_id: u32) -> anyhow::Result<Stats> {
+        (**self).vip_stats(vip_id)
+    }
+    fn backend_stats(&self, index: u32) -> anyhow::Result<Stats> {
+        (**self).backend_stats(index)
+    }
+    fn vip_keys(&self) -> anyhow::Result<Vec<VipKey>> {
+        (**self).vip_keys()
+    }
+    fn vip_addr_keys(&self) -> anyhow::Result<Vec<VipAddrKey>> {
+        (**self).vip_addr_keys()
+    }
+    fn used_backends(&self) -> anyhow::Result<Vec<u32>> {
+        (**self).used_backends()
+    }
+}
+
 /// One write the balancer makes to the maps.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MapWrite {

@@ -601,3 +601,6 @@ impl Drop for BoundSocket {
 pub fn share(agent: Agent) -> Shared {
     Arc::new(Mutex::new(agent))
 }
+
+#[cfg(test)]
+mod tests;
