@@ -9,13 +9,26 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 
+/// What a URL path segment may not hold raw (RFC 3986 `pchar` keeps `:` and `@`), as the
+/// WHATWG URL standard's path-segment set, plus the brackets of IPv6 addresses.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'/')
+    .add(b'%')
+    .add(b'[')
+    .add(b']');
+
 /// A path segment with the characters a URL path may not hold raw percent-encoded.
 pub fn segment(s: &str) -> String {
-    s.replace('%', "%25")
-        .replace('/', "%2F")
-        .replace('[', "%5B")
-        .replace(']', "%5D")
-        .replace(' ', "%20")
+    percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
 /// Sends one request; returns the status and the body. Fails if the agent cannot be reached.
@@ -80,4 +93,16 @@ pub async fn call<T: DeserializeOwned>(
             String::from_utf8_lossy(&bytes)
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::segment;
+
+    #[test]
+    fn segments_keep_what_a_path_may_hold_and_encode_the_rest() {
+        assert_eq!(segment("198.19.0.1:80"), "198.19.0.1:80");
+        assert_eq!(segment("[fd00::1]:80"), "%5Bfd00::1%5D:80");
+        assert_eq!(segment("a/b c%?#"), "a%2Fb%20c%25%3F%23");
+    }
 }
