@@ -63,16 +63,24 @@ pub struct VipInfo {
     pub backends: Vec<BackendInfo>,
 }
 
-/// The balancer as it was when a change began ([`Balancer::begin`]).
-#[derive(Debug)]
-pub struct Checkpoint {
+/// What the balancer holds besides its maps: everything a change may touch, so that a
+/// checkpoint is a copy of it.
+#[derive(Debug, Clone)]
+struct State {
     vips: BTreeMap<Vip, VipState>,
     vip_ids: Vec<u32>,
     backend_ids: BackendIds,
     regions: Regions,
+    /// The address filter as last written to the maps; `None` until written (what adopted maps
+    /// hold is unknown).
     filter: Option<Vec<u64>>,
+    /// What the data path's settings map holds.
     settings: Settings,
 }
+
+/// The balancer as it was when a change began ([`Balancer::begin`]).
+#[derive(Debug)]
+pub struct Checkpoint(State);
 
 /// Everything the balancer needs to take over maps that a previous agent wrote: each VIP with
 /// its id, options, backends (with ids) and table regions.
@@ -91,15 +99,7 @@ impl Snapshot {
 /// The balancer: desired state plus the maps it is written to.
 pub struct Balancer<M: Maps> {
     maps: Staged<M>,
-    vips: BTreeMap<Vip, VipState>,
-    vip_ids: Vec<u32>,
-    backend_ids: BackendIds,
-    regions: Regions,
-    /// The address filter as last written to the maps; `None` until written (what adopted maps
-    /// hold is unknown).
-    filter: Option<Vec<u64>>,
-    /// What the data path's settings map holds.
-    settings: Settings,
+    state: State,
 }
 
 impl<M: Maps> Balancer<M> {
@@ -110,28 +110,30 @@ impl<M: Maps> Balancer<M> {
         // writing it empty now would cut off the flows of maps being adopted.
         Ok(Self {
             maps: Staged::new(maps),
-            vips: BTreeMap::new(),
-            vip_ids: (0..MAX_VIPS).rev().collect(),
-            backend_ids: BackendIds::new(),
-            regions: Regions::new(slots),
-            filter: None,
-            settings,
+            state: State {
+                vips: BTreeMap::new(),
+                vip_ids: (0..MAX_VIPS).rev().collect(),
+                backend_ids: BackendIds::new(),
+                regions: Regions::new(slots),
+                filter: None,
+                settings,
+            },
         })
     }
 
     /// The connection-table timeouts the data path uses.
     pub fn timeouts(&self) -> Timeouts {
-        self.settings.timeouts
+        self.state.settings.timeouts
     }
 
     /// Changes the connection-table timeouts; tracked flows get them from their next packet.
     pub fn set_timeouts(&mut self, timeouts: Timeouts) -> Result<(), Error> {
         let settings = Settings {
             timeouts,
-            ..self.settings
+            ..self.state.settings
         };
         self.maps.set_settings(&settings)?;
-        self.settings = settings;
+        self.state.settings = settings;
         Ok(())
     }
 
@@ -142,7 +144,7 @@ impl<M: Maps> Balancer<M> {
             let (word, mask) = filter_slot(kind, &addr16(addr));
             words[word as usize] |= mask;
         };
-        for (vip, state) in &self.vips {
+        for (vip, state) in &self.state.vips {
             set(FilterKind::Vip, vip.addr);
             for b in &state.backends {
                 set(FilterKind::Backend, b.spec.addr.ip());
@@ -160,11 +162,11 @@ impl<M: Maps> Balancer<M> {
     fn publish_filter(&mut self, extra: &[(FilterKind, IpAddr)]) -> Result<(), Error> {
         let words = self.filter_words(extra);
         for (i, &word) in words.iter().enumerate() {
-            if self.filter.as_ref().is_none_or(|old| old[i] != word) {
+            if self.state.filter.as_ref().is_none_or(|old| old[i] != word) {
                 self.maps.set_filter_word(i as u32, word)?;
             }
         }
-        self.filter = Some(words);
+        self.state.filter = Some(words);
         Ok(())
     }
 
@@ -181,15 +183,15 @@ impl<M: Maps> Balancer<M> {
         let mut balancer = Self::new(maps, slots, settings)?;
         for (vip, state) in snapshot.vips {
             check_vip(&vip, &state.options)?;
-            if !balancer.vip_ids.contains(&state.id) {
+            if !balancer.state.vip_ids.contains(&state.id) {
                 return Err(Error::Maps(format!(
                     "snapshot: VIP id {} used twice",
                     state.id
                 )));
             }
-            balancer.vip_ids.retain(|&id| id != state.id);
+            balancer.state.vip_ids.retain(|&id| id != state.id);
             for region in [state.table, state.list].into_iter().flatten() {
-                if !balancer.regions.reserve(region) {
+                if !balancer.state.regions.reserve(region) {
                     return Err(Error::Maps(format!(
                         "snapshot: table region {region:?} of {vip} overlaps another"
                     )));
@@ -197,14 +199,14 @@ impl<M: Maps> Balancer<M> {
             }
             for b in &state.backends {
                 check_backend(&vip, &b.spec)?;
-                if !balancer.backend_ids.reserve(b.id) {
+                if !balancer.state.backend_ids.reserve(b.id) {
                     return Err(Error::Maps(format!(
                         "snapshot: backend id {:#x} used twice",
                         b.id
                     )));
                 }
             }
-            balancer.vips.insert(vip, state);
+            balancer.state.vips.insert(vip, state);
         }
         balancer.reconcile()?;
         Ok(balancer)
@@ -216,9 +218,9 @@ impl<M: Maps> Balancer<M> {
     /// in an order that keeps the flows of what it holds going: backends, tables, filter and
     /// VIPs first, removals last.
     pub fn reconcile(&mut self) -> Result<(), Error> {
-        let names: Vec<Vip> = self.vips.keys().copied().collect();
+        let names: Vec<Vip> = self.state.vips.keys().copied().collect();
         for vip in &names {
-            let state = self.vips[vip].clone();
+            let state = self.state.vips[vip].clone();
             for b in &state.backends {
                 self.maps
                     .set_backend(backend_index(b.id), &backend_value(b))?;
@@ -226,21 +228,22 @@ impl<M: Maps> Balancer<M> {
             let (table, list) = build_tables(&state.options, &state.backends)?;
             let table = self.rewrite_region(vip, state.table, &table)?;
             let list = self.rewrite_region(vip, state.list, &list)?;
-            let state = self.vips.get_mut(vip).expect("listed above");
+            let state = self.state.vips.get_mut(vip).expect("listed above");
             (state.table, state.list) = (table, list);
         }
-        self.filter = None;
+        self.state.filter = None;
         self.publish_filter(&[])?;
         let mut counts: std::collections::HashMap<VipAddrKey, u32> =
             std::collections::HashMap::new();
-        for (vip, state) in &self.vips {
+        for (vip, state) in &self.state.vips {
             self.maps.set_vip(&vip.key(), &meta(state))?;
             *counts.entry(vip.addr_key()).or_default() += 1;
         }
         for (key, count) in &counts {
             self.maps.set_vip_addr(key, *count)?;
         }
-        let keys: std::collections::HashSet<VipKey> = self.vips.keys().map(Vip::key).collect();
+        let keys: std::collections::HashSet<VipKey> =
+            self.state.vips.keys().map(Vip::key).collect();
         for key in self.maps.vip_keys()? {
             if !keys.contains(&key) {
                 self.maps.remove_vip(&key)?;
@@ -252,6 +255,7 @@ impl<M: Maps> Balancer<M> {
             }
         }
         let used: std::collections::HashSet<u32> = self
+            .state
             .vips
             .values()
             .flat_map(|s| s.backends.iter().map(|b| backend_index(b.id)))
@@ -287,7 +291,7 @@ impl<M: Maps> Balancer<M> {
                 }
                 let new = self.write_region(ids)?;
                 if let Some(old) = old {
-                    self.regions.free(old);
+                    self.state.regions.free(old);
                 }
                 Ok(new)
             }
@@ -298,23 +302,16 @@ impl<M: Maps> Balancer<M> {
     /// by [`Balancer::abort`] with the returned checkpoint), so that the change can be saved
     /// before the data path sees it.
     pub fn begin(&mut self) -> Checkpoint {
-        let checkpoint = Checkpoint {
-            vips: self.vips.clone(),
-            vip_ids: self.vip_ids.clone(),
-            backend_ids: self.backend_ids.clone(),
-            regions: self.regions.clone(),
-            filter: self.filter.clone(),
-            settings: self.settings,
-        };
+        let checkpoint = Checkpoint(self.state.clone());
         self.maps.hold();
-        self.regions.defer_frees();
+        self.state.regions.defer_frees();
         checkpoint
     }
 
     /// Makes the held map writes, in the order the change made them.
     pub fn commit(&mut self) -> Result<(), Error> {
         let result = self.maps.release();
-        self.regions.end_deferral();
+        self.state.regions.end_deferral();
         Ok(result?)
     }
 
@@ -322,26 +319,14 @@ impl<M: Maps> Balancer<M> {
     /// made.
     pub fn abort(&mut self, checkpoint: Checkpoint) {
         self.maps.discard();
-        let Checkpoint {
-            vips,
-            vip_ids,
-            backend_ids,
-            regions,
-            filter,
-            settings,
-        } = checkpoint;
-        self.settings = settings;
-        self.vips = vips;
-        self.vip_ids = vip_ids;
-        self.backend_ids = backend_ids;
-        self.regions = regions;
-        self.filter = filter;
+        self.state = checkpoint.0;
     }
 
     /// What [`Balancer::restore`] needs to take over.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             vips: self
+                .state
                 .vips
                 .iter()
                 .map(|(vip, state)| (*vip, state.clone()))
@@ -359,11 +344,11 @@ impl<M: Maps> Balancer<M> {
 
     /// Adds a VIP with no backends (its packets are dropped until it has some).
     pub fn add_vip(&mut self, vip: Vip, options: VipOptions) -> Result<(), Error> {
-        if self.vips.contains_key(&vip) {
+        if self.state.vips.contains_key(&vip) {
             return Err(Error::VipExists(vip));
         }
         check_vip(&vip, &options)?;
-        let id = *self.vip_ids.last().ok_or(Error::TooManyVips)?;
+        let id = *self.state.vip_ids.last().ok_or(Error::TooManyVips)?;
         let state = VipState {
             id,
             options,
@@ -377,13 +362,14 @@ impl<M: Maps> Balancer<M> {
         let addr_key = vip.addr_key();
         let count = self.vips_on_addr(&vip) + 1;
         self.maps.set_vip_addr(&addr_key, count)?;
-        self.vip_ids.pop();
-        self.vips.insert(vip, state);
+        self.state.vip_ids.pop();
+        self.state.vips.insert(vip, state);
         Ok(())
     }
 
     fn vips_on_addr(&self, vip: &Vip) -> u32 {
-        self.vips
+        self.state
+            .vips
             .keys()
             .filter(|v| v.addr == vip.addr && v.proto == vip.proto)
             .count() as u32
@@ -391,27 +377,27 @@ impl<M: Maps> Balancer<M> {
 
     /// Removes a VIP and its backends. Its tracked flows end (their packets are passed).
     pub fn remove_vip(&mut self, vip: &Vip) -> Result<(), Error> {
-        if !self.vips.contains_key(vip) {
+        if !self.state.vips.contains_key(vip) {
             return Err(Error::UnknownVip(*vip));
         }
         let remaining = self.vips_on_addr(vip) - 1;
         self.maps.remove_vip(&vip.key())?;
         self.maps.set_vip_addr(&vip.addr_key(), remaining)?;
-        let state = self.vips.remove(vip).expect("checked above");
+        let state = self.state.vips.remove(vip).expect("checked above");
         for backend in &state.backends {
             self.retire_backend(backend.id)?;
         }
         for region in [state.table, state.list].into_iter().flatten() {
-            self.regions.free(region);
+            self.state.regions.free(region);
         }
-        self.vip_ids.push(state.id);
+        self.state.vip_ids.push(state.id);
         self.publish_filter(&[])
     }
 
     /// Changes a VIP's scheduler or ring size; its tables are rebuilt.
     pub fn set_vip_options(&mut self, vip: &Vip, options: VipOptions) -> Result<(), Error> {
         check_vip(vip, &options)?;
-        let state = self.vips.get(vip).ok_or(Error::UnknownVip(*vip))?;
+        let state = self.state.vips.get(vip).ok_or(Error::UnknownVip(*vip))?;
         let backends = state.backends.iter().map(|b| b.spec).collect::<Vec<_>>();
         self.apply(vip, options, backends)
     }
@@ -419,7 +405,12 @@ impl<M: Maps> Balancer<M> {
     /// Replaces a VIP's backends: those already there keep their ids (and so their tracked
     /// flows), new ones are added, missing ones removed.
     pub fn set_backends(&mut self, vip: &Vip, backends: Vec<BackendSpec>) -> Result<(), Error> {
-        let options = self.vips.get(vip).ok_or(Error::UnknownVip(*vip))?.options;
+        let options = self
+            .state
+            .vips
+            .get(vip)
+            .ok_or(Error::UnknownVip(*vip))?
+            .options;
         let mut seen = std::collections::HashSet::new();
         for b in &backends {
             if !seen.insert(b.addr) {
@@ -480,6 +471,7 @@ impl<M: Maps> Balancer<M> {
 
     fn specs(&self, vip: &Vip) -> Result<Vec<BackendSpec>, Error> {
         Ok(self
+            .state
             .vips
             .get(vip)
             .ok_or(Error::UnknownVip(*vip))?
@@ -499,12 +491,12 @@ impl<M: Maps> Balancer<M> {
         for spec in &specs {
             check_backend(vip, spec)?;
         }
-        let state = self.vips.get(vip).ok_or(Error::UnknownVip(*vip))?;
+        let state = self.state.vips.get(vip).ok_or(Error::UnknownVip(*vip))?;
         let new_count = specs
             .iter()
             .filter(|s| !state.backends.iter().any(|b| b.spec.addr == s.addr))
             .count();
-        if new_count > self.backend_ids.free.len() {
+        if new_count > self.state.backend_ids.free.len() {
             return Err(Error::TooManyBackends);
         }
 
@@ -513,7 +505,11 @@ impl<M: Maps> Balancer<M> {
         for spec in specs {
             let id = match state.backends.iter().find(|b| b.spec.addr == spec.addr) {
                 Some(existing) => existing.id,
-                None => self.backend_ids.alloc().ok_or(Error::TooManyBackends)?,
+                None => self
+                    .state
+                    .backend_ids
+                    .alloc()
+                    .ok_or(Error::TooManyBackends)?,
             };
             backends.push(BackendInfo { spec, id });
         }
@@ -525,11 +521,11 @@ impl<M: Maps> Balancer<M> {
             }
         };
         let needed = table.len() as u64 + list.len() as u64;
-        if needed > self.regions.available() {
+        if needed > self.state.regions.available() {
             self.release_new_ids(vip, &backends);
             return Err(Error::NoRoomInTables {
                 needed,
-                available: self.regions.available(),
+                available: self.state.regions.available(),
             });
         }
 
@@ -540,7 +536,7 @@ impl<M: Maps> Balancer<M> {
         }
         let table_region = self.write_region(&table)?;
         let list_region = self.write_region(&list)?;
-        let state = self.vips.get_mut(vip).expect("checked above");
+        let state = self.state.vips.get_mut(vip).expect("checked above");
         let old = std::mem::replace(
             state,
             VipState {
@@ -559,32 +555,33 @@ impl<M: Maps> Balancer<M> {
             .map(|b| (FilterKind::Backend, b.spec.addr.ip()))
             .collect();
         self.publish_filter(&old_addrs)?;
-        self.maps.set_vip(&vip.key(), &meta(&self.vips[vip]))?;
+        self.maps
+            .set_vip(&vip.key(), &meta(&self.state.vips[vip]))?;
         // Only now, with no table naming them, retire the removed backends and old regions.
         let gone: Vec<u32> = old
             .backends
             .iter()
             .map(|o| o.id)
-            .filter(|id| !self.vips[vip].backends.iter().any(|b| b.id == *id))
+            .filter(|id| !self.state.vips[vip].backends.iter().any(|b| b.id == *id))
             .collect();
         for id in gone {
             self.retire_backend(id)?;
         }
         for region in [old.table, old.list].into_iter().flatten() {
-            self.regions.free(region);
+            self.state.regions.free(region);
         }
         self.publish_filter(&[])
     }
 
     fn release_new_ids(&mut self, vip: &Vip, backends: &[BackendInfo]) {
-        let existing = &self.vips[vip].backends;
+        let existing = &self.state.vips[vip].backends;
         let new: Vec<u32> = backends
             .iter()
             .filter(|b| !existing.iter().any(|e| e.id == b.id))
             .map(|b| b.id)
             .collect();
         for id in new {
-            self.backend_ids.free(id);
+            self.state.backend_ids.free(id);
         }
     }
 
@@ -593,9 +590,9 @@ impl<M: Maps> Balancer<M> {
             return Ok(None);
         }
         let len = ids.len() as u32;
-        let region = self.regions.alloc(len).ok_or(Error::NoRoomInTables {
+        let region = self.state.regions.alloc(len).ok_or(Error::NoRoomInTables {
             needed: u64::from(len),
-            available: self.regions.available(),
+            available: self.state.regions.available(),
         })?;
         self.maps.write_slots(region.off, ids)?;
         Ok(Some(region))
@@ -607,7 +604,7 @@ impl<M: Maps> Balancer<M> {
             ..Backend::default()
         };
         self.maps.set_backend(backend_index(id), &unused)?;
-        self.backend_ids.free(id);
+        self.state.backend_ids.free(id);
         Ok(())
     }
 
@@ -629,7 +626,8 @@ impl<M: Maps> Balancer<M> {
 
     /// Every VIP, in order.
     pub fn vips(&self) -> Vec<VipInfo> {
-        self.vips
+        self.state
+            .vips
             .iter()
             .map(|(vip, state)| VipInfo {
                 vip: *vip,
@@ -642,7 +640,7 @@ impl<M: Maps> Balancer<M> {
 
     /// One VIP.
     pub fn vip(&self, vip: &Vip) -> Result<VipInfo, Error> {
-        let state = self.vips.get(vip).ok_or(Error::UnknownVip(*vip))?;
+        let state = self.state.vips.get(vip).ok_or(Error::UnknownVip(*vip))?;
         Ok(VipInfo {
             vip: *vip,
             id: state.id,
@@ -653,7 +651,7 @@ impl<M: Maps> Balancer<M> {
 
     /// Traffic of a VIP.
     pub fn vip_stats(&self, vip: &Vip) -> Result<Stats, Error> {
-        let state = self.vips.get(vip).ok_or(Error::UnknownVip(*vip))?;
+        let state = self.state.vips.get(vip).ok_or(Error::UnknownVip(*vip))?;
         Ok(self.maps.vip_stats(state.id)?)
     }
 
