@@ -3,11 +3,9 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    fs,
-    io::Write as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::Context as _;
@@ -21,6 +19,12 @@ use crate::{
     maps::DynMaps,
     pin::Pinned,
 };
+
+pub use state_file::{load_state, monotonic_ns, write_atomically};
+pub use tasks::{apply_health_events, autoscale_every, count_connections_every, log_vips};
+
+mod state_file;
+mod tasks;
 
 /// Default state file.
 pub const DEFAULT_STATE_FILE: &str = "/var/lib/xdplb/state.json";
@@ -553,162 +557,5 @@ impl Agent {
         }
         self.active = active;
         Ok(())
-    }
-}
-
-/// Reads a state file; `None` if there is none.
-pub fn load_state(path: &Path) -> anyhow::Result<Option<SavedState>> {
-    match fs::read(path) {
-        Ok(bytes) => {
-            Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
-                format!("reading state file {}", path.display())
-            })?))
-        }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(err).with_context(|| format!("reading state file {}", path.display())),
-    }
-}
-
-/// Writes `bytes` to `path` so that readers see the old or the new content, never a mix, and
-/// the new content survives a crash once this returns. On failure `path` is as it was.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension("tmp");
-    let written = (|| -> std::io::Result<()> {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(err) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(err).with_context(|| format!("writing {}", path.display()));
-    }
-    // The rename itself is durable once the directory is.
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("syncing {}", dir.display()))
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: the clock of the data path's `bpf_ktime_get_coarse_ns`
-/// (which lags it by at most a tick, nothing against timeouts of seconds).
-pub fn monotonic_ns() -> anyhow::Result<u64> {
-    let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)?;
-    Ok(now.tv_sec() as u64 * 1_000_000_000 + now.tv_nsec() as u64)
-}
-
-/// Applies health events until the channel closes.
-pub async fn apply_health_events(
-    agent: Shared,
-    mut events: tokio::sync::mpsc::UnboundedReceiver<HealthEvent>,
-) {
-    while let Some(event) = events.recv().await {
-        let mut agent = agent.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(err) = agent.on_health(&event) {
-            warn!("applying a health change of {}: {err:#}", event.key.1);
-        }
-    }
-}
-
-/// Counts connections every `period` until the runtime stops. The walk of the connection table
-/// (one syscall per entry) runs on its own map handle without the agent's lock, so the API
-/// stays responsive; the lock is taken only to publish.
-pub async fn count_connections_every(
-    agent: Shared,
-    conntrack: crate::maps::Conntrack,
-    period: Duration,
-) {
-    let conntrack = Arc::new(conntrack);
-    let mut ticker = tokio::time::interval(period);
-    loop {
-        ticker.tick().await;
-        let timeouts = agent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .balancer
-            .timeouts();
-        let table = Arc::clone(&conntrack);
-        let counted = tokio::task::spawn_blocking(move || {
-            monotonic_ns().map(|now| crate::maps::active_flows(&table, now, &timeouts).0)
-        })
-        .await;
-        let result = match counted {
-            Ok(Ok(active)) => agent
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .publish_connections(active),
-            Ok(Err(err)) => Err(err),
-            Err(err) => Err(err.into()),
-        };
-        if let Err(err) = result {
-            warn!("counting connections: {err:#}");
-        }
-    }
-}
-
-/// Logs what the agent restored or built at start.
-pub fn log_vips<M: crate::maps::Maps>(balancer: &Balancer<M>) {
-    for info in balancer.vips() {
-        let backends: Vec<String> = info
-            .backends
-            .iter()
-            .map(|b| format!("{}@{}({})", b.spec.addr, b.spec.weight, b.spec.state))
-            .collect();
-        info!(
-            "VIP {} ({}): {}",
-            info.vip,
-            info.options.scheduler,
-            backends.join(" ")
-        );
-    }
-}
-
-/// Runs the autoscalers every second until the runtime stops: ticks under the lock, then runs
-/// the slow work (probes, hooks) in tasks of its own and feeds their results back.
-pub async fn autoscale_every(agent: Shared, period: Duration) {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut ticker = tokio::time::interval(period);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                let jobs = {
-                    let mut agent = agent.lock().unwrap_or_else(|p| p.into_inner());
-                    if agent.autoscale.is_empty() {
-                        continue;
-                    }
-                    let jobs = agent.autoscale_tick();
-                    agent.sync_health();
-                    if let Err(err) = agent.save_if_changed() {
-                        warn!("saving the state: {err:#}");
-                    }
-                    jobs
-                };
-                for job in jobs {
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        let vip = job.vip();
-                        let result = crate::autoscale::live::run_job(job).await;
-                        let _ = tx.send((vip, result));
-                    });
-                }
-            }
-            Some((vip, result)) = rx.recv() => {
-                let mut agent = agent.lock().unwrap_or_else(|p| p.into_inner());
-                let now = agent.now_s();
-                let Agent { autoscale, balancer, .. } = &mut *agent;
-                if let Some(scaler) = autoscale.get_mut(&vip) {
-                    scaler.on_result(now, result, balancer);
-                    agent.sync_health();
-                    if let Err(err) = agent.save_if_changed() {
-                        warn!("saving the state: {err:#}");
-                    }
-                }
-            }
-        }
     }
 }

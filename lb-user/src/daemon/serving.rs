@@ -1,0 +1,204 @@
+//! The agent serving: API, metrics, periodic tasks, signals (SIGHUP reloads), systemd
+//! notifications, the counters logged, until it is stopped.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use log::{error, info, warn};
+
+use super::Signals;
+use crate::{
+    agent::{self, Agent},
+    api::{self, Shutdown},
+    config::Config,
+    health::Monitor,
+    render::{backend_line, vip_line},
+};
+
+pub(super) async fn run_agent(
+    shared: agent::Shared,
+    socket: &Path,
+    stats_interval: u64,
+    metrics: Option<SocketAddr>,
+    api_tcp: Option<(SocketAddr, String)>,
+    mut signals: Signals,
+    config: Option<PathBuf>,
+) -> anyhow::Result<bool> {
+    let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(Shutdown::Running);
+    // Removes the socket at exit, if it is still this agent's.
+    let (listener, _bound) = api::bind(socket)?;
+    if let Some((addr, token)) = api_tcp {
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the API address {addr}"))?;
+        let app = api::router_with_token(Arc::clone(&shared), shutdown_tx.clone(), token);
+        tokio::spawn(async move { axum::serve(tcp, app).await });
+        info!("API also on http://{addr} (bearer token required)");
+    }
+    let app = api::router(Arc::clone(&shared), shutdown_tx);
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let conntrack = {
+        let agent = shared.lock().expect("agent lock");
+        crate::maps::open_map(agent.pinned.dir(), lb_common::maps::CONNTRACK_MAP)?
+    };
+    tokio::spawn(agent::count_connections_every(
+        Arc::clone(&shared),
+        conntrack,
+        Duration::from_secs(1),
+    ));
+    tokio::spawn(agent::autoscale_every(
+        Arc::clone(&shared),
+        Duration::from_secs(1),
+    ));
+    let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();
+    {
+        let mut agent = shared.lock().expect("agent lock");
+        agent.monitor = Some(Monitor::new(health_tx));
+        agent.sync_health();
+    }
+    tokio::spawn(agent::apply_health_events(Arc::clone(&shared), health_rx));
+    if let Some(addr) = metrics {
+        serve_metrics(Arc::clone(&shared), addr).await?;
+    }
+    info!("agent ready; API on {}", socket.display());
+    notify(&[sd_notify::NotifyState::Ready]);
+
+    let period = Duration::from_secs(stats_interval.max(1));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let detach = loop {
+        tokio::select! {
+            _ = signals.term.recv() => break false,
+            _ = signals.int.recv() => break false,
+            _ = signals.hup.recv() => match &config {
+                Some(path) => reload(&shared, path),
+                None => warn!("SIGHUP: the agent runs without --config, so there is nothing to reload"),
+            },
+            changed = shutdown_rx.changed() => {
+                if changed.is_err() { break false; }
+                if let Shutdown::Stop { detach } = *shutdown_rx.borrow() { break detach; }
+            }
+            _ = ticker.tick(), if stats_interval > 0 => {
+                log_counters(&shared.lock().expect("agent lock"), "counters");
+            }
+        }
+    };
+    notify(&[sd_notify::NotifyState::Stopping]);
+    server.abort();
+    let mut agent = shared.lock().expect("agent lock");
+    agent.monitor = None;
+    log_counters(&agent, "stopping; counters");
+    Ok(detach)
+}
+
+/// Logs what applying the config file `path` changed, one line per change.
+pub(super) fn log_plan(path: &Path, plan: &crate::config::Plan) {
+    if plan.is_empty() {
+        info!("config {}: no changes", path.display());
+    }
+    for change in &plan.changes {
+        info!("config {}: {change}", path.display());
+    }
+}
+
+/// Reloads the config file `path` (SIGHUP): applied as `xdplb apply -f` would, or refused with
+/// the reason and nothing changed.
+fn reload(shared: &agent::Shared, path: &Path) {
+    info!("SIGHUP: reloading {}", path.display());
+    let mut reloading = vec![sd_notify::NotifyState::Reloading];
+    reloading.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+    notify(&reloading);
+    let applied = Config::load(path)
+        .map_err(|err| err.to_string())
+        .and_then(|config| {
+            let mut agent = shared.lock().unwrap_or_else(|p| p.into_inner());
+            agent.apply_config(config).map_err(|err| err.to_string())
+        });
+    match applied {
+        Ok(plan) => log_plan(path, &plan),
+        Err(err) => {
+            for line in err.lines() {
+                error!("reload refused, nothing changed: {line}");
+            }
+        }
+    }
+    notify(&[sd_notify::NotifyState::Ready]);
+}
+
+/// Tells systemd (a `Type=notify` unit) how the agent is; nothing without `NOTIFY_SOCKET`.
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(err) = sd_notify::notify(state) {
+        warn!("notifying systemd: {err}");
+    }
+}
+
+/// Serves `/metrics` on `addr` in the background.
+async fn serve_metrics(shared: agent::Shared, addr: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics address {addr}"))?;
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let shared = Arc::clone(&shared);
+            async move {
+                let agent = shared.lock().unwrap_or_else(|p| p.into_inner());
+                match crate::metrics::render(&agent) {
+                    Ok(text) => (axum::http::StatusCode::OK, text),
+                    Err(err) => (
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("{err:#}"),
+                    ),
+                }
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    info!("metrics on http://{addr}/metrics");
+    Ok(())
+}
+
+/// Logs the counters that are not zero on one line, and per VIP and backend at debug level.
+fn log_counters(agent: &Agent, what: &str) {
+    match agent.pinned.counters() {
+        Ok(counters) => {
+            let nonzero: Vec<String> = counters
+                .iter()
+                .filter(|(_, v)| *v > 0)
+                .map(|(c, v)| format!("{}={v}", c.name()))
+                .collect();
+            info!(
+                "{what}: {}",
+                if nonzero.is_empty() {
+                    "all zero".to_owned()
+                } else {
+                    nonzero.join(" ")
+                }
+            );
+        }
+        Err(err) => warn!("reading counters: {err:#}"),
+    }
+    if log::log_enabled!(log::Level::Debug) {
+        match report(agent) {
+            Ok(report) => report.lines().for_each(|line| log::debug!("{line}")),
+            Err(err) => warn!("reading counters: {err:#}"),
+        }
+    }
+}
+
+/// The global counters, then packets, bytes and new flows per VIP and backend.
+fn report(agent: &Agent) -> anyhow::Result<String> {
+    let mut out = agent.pinned.counters()?.to_string();
+    for info in agent.balancer.vips() {
+        let view = agent.vip_view(&info)?;
+        out += &vip_line(&view);
+        for b in &view.backends {
+            out += &backend_line(b);
+        }
+    }
+    Ok(out)
+}
