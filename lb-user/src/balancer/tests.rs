@@ -2,7 +2,7 @@ use super::*;
 use crate::maps::MemMaps;
 use lb_common::{
     maglev::{DEFAULT_RING_SIZE, MAX_WEIGHT},
-    maps::{BACKEND_DRAINING, MAX_BACKENDS, VipMeta},
+    maps::{BACKEND_DRAINING, MAX_BACKENDS, VipAddrKey, VipKey, VipMeta},
 };
 
 fn balancer() -> Balancer<MemMaps> {
