@@ -360,8 +360,14 @@ fn a_change_that_cannot_be_saved_changes_nothing() {
     );
     let tally = spread(&topo.client, VIP_ADDR, 60, "full");
     assert!(!tally.contains_key(&ident(2)), "b2 took flows: {tally:?}");
-    assert!(
-        !disk.0.join("state.tmp").exists(),
+    let mut left: Vec<String> = fs::read_dir(&disk.0)
+        .expect("state dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["filler", "state.json", "state.json.lock"],
         "a partial state file was left"
     );
 

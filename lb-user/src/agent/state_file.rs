@@ -27,17 +27,15 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         _ => Path::new("."),
     };
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = path.with_extension("tmp");
+    // A temporary file next to it (removed if anything fails), synced, renamed over it.
     let written = (|| -> std::io::Result<()> {
-        let mut file = fs::File::create(&tmp)?;
+        let mut file = tempfile::NamedTempFile::new_in(dir)?;
         file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
+        file.as_file().sync_all()?;
+        file.persist(path).map_err(|err| err.error)?;
+        Ok(())
     })();
-    if let Err(err) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(err).with_context(|| format!("writing {}", path.display()));
-    }
+    written.with_context(|| format!("writing {}", path.display()))?;
     // The rename itself is durable once the directory is.
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
