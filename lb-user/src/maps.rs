@@ -21,28 +21,41 @@ use lb_common::{
     conntrack::{FlowState, Timeouts, is_expired},
 };
 
+pub use crate::model::{MapsError, MapsResult};
+
+/// Names the map and the operation of an aya error.
+trait On<T> {
+    fn on(self, map: &'static str, op: &'static str) -> MapsResult<T>;
+}
+
+impl<T> On<T> for Result<T, aya::maps::MapError> {
+    fn on(self, map: &'static str, op: &'static str) -> MapsResult<T> {
+        self.map_err(|err| MapsError::new(map, op, err.to_string()))
+    }
+}
+
 /// What the balancer writes and reads in the data path's maps.
 pub trait Maps {
-    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> anyhow::Result<()>;
-    fn remove_vip(&mut self, key: &VipKey) -> anyhow::Result<()>;
+    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> MapsResult<()>;
+    fn remove_vip(&mut self, key: &VipKey) -> MapsResult<()>;
     /// Sets (count > 0) or removes (count 0) an address's VIP count.
-    fn set_vip_addr(&mut self, key: &VipAddrKey, count: u32) -> anyhow::Result<()>;
-    fn set_backend(&mut self, index: u32, backend: &Backend) -> anyhow::Result<()>;
-    fn write_slots(&mut self, off: u32, ids: &[u32]) -> anyhow::Result<()>;
-    fn set_backend_load(&mut self, index: u32, load: &BackendLoad) -> anyhow::Result<()>;
-    fn set_settings(&mut self, settings: &Settings) -> anyhow::Result<()>;
+    fn set_vip_addr(&mut self, key: &VipAddrKey, count: u32) -> MapsResult<()>;
+    fn set_backend(&mut self, index: u32, backend: &Backend) -> MapsResult<()>;
+    fn write_slots(&mut self, off: u32, ids: &[u32]) -> MapsResult<()>;
+    fn set_backend_load(&mut self, index: u32, load: &BackendLoad) -> MapsResult<()>;
+    fn set_settings(&mut self, settings: &Settings) -> MapsResult<()>;
     /// Sets word `index` of the address filter (`lb_common::filter`).
-    fn set_filter_word(&mut self, index: u32, word: u64) -> anyhow::Result<()>;
+    fn set_filter_word(&mut self, index: u32, word: u64) -> MapsResult<()>;
     /// Flows the data path opened to backend slot `index`, ever.
-    fn opened(&self, index: u32) -> anyhow::Result<u64>;
-    fn vip_stats(&self, vip_id: u32) -> anyhow::Result<Stats>;
-    fn backend_stats(&self, index: u32) -> anyhow::Result<Stats>;
+    fn opened(&self, index: u32) -> MapsResult<u64>;
+    fn vip_stats(&self, vip_id: u32) -> MapsResult<Stats>;
+    fn backend_stats(&self, index: u32) -> MapsResult<Stats>;
     /// The keys of every VIP entry.
-    fn vip_keys(&self) -> anyhow::Result<Vec<VipKey>>;
+    fn vip_keys(&self) -> MapsResult<Vec<VipKey>>;
     /// The keys of every VIP-address entry.
-    fn vip_addr_keys(&self) -> anyhow::Result<Vec<VipAddrKey>>;
+    fn vip_addr_keys(&self) -> MapsResult<Vec<VipAddrKey>>;
     /// The indexes of the backend slots that are not [`BACKEND_UNUSED`].
-    fn used_backends(&self) -> anyhow::Result<Vec<u32>>;
+    fn used_backends(&self) -> MapsResult<Vec<u32>>;
 }
 
 /// Maps behind a pointer: the agent's balancer works over the kernel's maps or, in tests, the
@@ -50,46 +63,46 @@ pub trait Maps {
 pub type DynMaps = Box<dyn Maps + Send>;
 
 impl<T: Maps + ?Sized> Maps for Box<T> {
-    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> anyhow::Result<()> {
+    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> MapsResult<()> {
         (**self).set_vip(key, meta)
     }
-    fn remove_vip(&mut self, key: &VipKey) -> anyhow::Result<()> {
+    fn remove_vip(&mut self, key: &VipKey) -> MapsResult<()> {
         (**self).remove_vip(key)
     }
-    fn set_vip_addr(&mut self, key: &VipAddrKey, count: u32) -> anyhow::Result<()> {
+    fn set_vip_addr(&mut self, key: &VipAddrKey, count: u32) -> MapsResult<()> {
         (**self).set_vip_addr(key, count)
     }
-    fn set_backend(&mut self, index: u32, backend: &Backend) -> anyhow::Result<()> {
+    fn set_backend(&mut self, index: u32, backend: &Backend) -> MapsResult<()> {
         (**self).set_backend(index, backend)
     }
-    fn write_slots(&mut self, off: u32, ids: &[u32]) -> anyhow::Result<()> {
+    fn write_slots(&mut self, off: u32, ids: &[u32]) -> MapsResult<()> {
         (**self).write_slots(off, ids)
     }
-    fn set_backend_load(&mut self, index: u32, load: &BackendLoad) -> anyhow::Result<()> {
+    fn set_backend_load(&mut self, index: u32, load: &BackendLoad) -> MapsResult<()> {
         (**self).set_backend_load(index, load)
     }
-    fn set_settings(&mut self, settings: &Settings) -> anyhow::Result<()> {
+    fn set_settings(&mut self, settings: &Settings) -> MapsResult<()> {
         (**self).set_settings(settings)
     }
-    fn set_filter_word(&mut self, index: u32, word: u64) -> anyhow::Result<()> {
+    fn set_filter_word(&mut self, index: u32, word: u64) -> MapsResult<()> {
         (**self).set_filter_word(index, word)
     }
-    fn opened(&self, index: u32) -> anyhow::Result<u64> {
+    fn opened(&self, index: u32) -> MapsResult<u64> {
         (**self).opened(index)
     }
-    fn vip_stats(&self, vip_id: u32) -> anyhow::Result<Stats> {
+    fn vip_stats(&self, vip_id: u32) -> MapsResult<Stats> {
         (**self).vip_stats(vip_id)
     }
-    fn backend_stats(&self, index: u32) -> anyhow::Result<Stats> {
+    fn backend_stats(&self, index: u32) -> MapsResult<Stats> {
         (**self).backend_stats(index)
     }
-    fn vip_keys(&self) -> anyhow::Result<Vec<VipKey>> {
+    fn vip_keys(&self) -> MapsResult<Vec<VipKey>> {
         (**self).vip_keys()
     }
-    fn vip_addr_keys(&self) -> anyhow::Result<Vec<VipAddrKey>> {
+    fn vip_addr_keys(&self) -> MapsResult<Vec<VipAddrKey>> {
         (**self).vip_addr_keys()
     }
-    fn used_backends(&self) -> anyhow::Result<Vec<u32>> {
+    fn used_backends(&self) -> MapsResult<Vec<u32>> {
         (**self).used_backends()
     }
 }
@@ -109,7 +122,7 @@ pub enum MapWrite {
 
 impl MapWrite {
     /// Makes this write to `maps`.
-    pub fn apply_to(&self, maps: &mut impl Maps) -> anyhow::Result<()> {
+    pub fn apply_to(&self, maps: &mut impl Maps) -> MapsResult<()> {
         match self {
             MapWrite::Vip(key, meta) => maps.set_vip(key, meta),
             MapWrite::RemoveVip(key) => maps.remove_vip(key),
@@ -151,7 +164,7 @@ impl<M: Maps> Staged<M> {
     }
 
     /// Makes the recorded writes, in order, and stops holding.
-    pub fn release(&mut self) -> anyhow::Result<()> {
+    pub fn release(&mut self) -> MapsResult<()> {
         for write in self.held.take().unwrap_or_default() {
             write.apply_to(&mut self.inner)?;
         }
@@ -163,7 +176,7 @@ impl<M: Maps> Staged<M> {
         self.held = None;
     }
 
-    fn write(&mut self, write: MapWrite) -> anyhow::Result<()> {
+    fn write(&mut self, write: MapWrite) -> MapsResult<()> {
         match &mut self.held {
             Some(held) => {
                 held.push(write);
@@ -175,46 +188,46 @@ impl<M: Maps> Staged<M> {
 }
 
 impl<M: Maps> Maps for Staged<M> {
-    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> anyhow::Result<()> {
+    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> MapsResult<()> {
         self.write(MapWrite::Vip(*key, *meta))
     }
-    fn remove_vip(&mut self, key: &VipKey) -> anyhow::Result<()> {
+    fn remove_vip(&mut self, key: &VipKey) -> MapsResult<()> {
         self.write(MapWrite::RemoveVip(*key))
     }
-    fn set_vip_addr(&mut self, key: &VipAddrKey, count: u32) -> anyhow::Result<()> {
+    fn set_vip_addr(&mut self, key: &VipAddrKey, count: u32) -> MapsResult<()> {
         self.write(MapWrite::VipAddr(*key, count))
     }
-    fn set_backend(&mut self, index: u32, backend: &Backend) -> anyhow::Result<()> {
+    fn set_backend(&mut self, index: u32, backend: &Backend) -> MapsResult<()> {
         self.write(MapWrite::Backend(index, *backend))
     }
-    fn write_slots(&mut self, off: u32, ids: &[u32]) -> anyhow::Result<()> {
+    fn write_slots(&mut self, off: u32, ids: &[u32]) -> MapsResult<()> {
         self.write(MapWrite::Slots(off, ids.to_vec()))
     }
-    fn set_backend_load(&mut self, index: u32, load: &BackendLoad) -> anyhow::Result<()> {
+    fn set_backend_load(&mut self, index: u32, load: &BackendLoad) -> MapsResult<()> {
         self.write(MapWrite::BackendLoad(index, *load))
     }
-    fn set_settings(&mut self, settings: &Settings) -> anyhow::Result<()> {
+    fn set_settings(&mut self, settings: &Settings) -> MapsResult<()> {
         self.write(MapWrite::Settings(*settings))
     }
-    fn set_filter_word(&mut self, index: u32, word: u64) -> anyhow::Result<()> {
+    fn set_filter_word(&mut self, index: u32, word: u64) -> MapsResult<()> {
         self.write(MapWrite::FilterWord(index, word))
     }
-    fn opened(&self, index: u32) -> anyhow::Result<u64> {
+    fn opened(&self, index: u32) -> MapsResult<u64> {
         self.inner.opened(index)
     }
-    fn vip_stats(&self, vip_id: u32) -> anyhow::Result<Stats> {
+    fn vip_stats(&self, vip_id: u32) -> MapsResult<Stats> {
         self.inner.vip_stats(vip_id)
     }
-    fn backend_stats(&self, index: u32) -> anyhow::Result<Stats> {
+    fn backend_stats(&self, index: u32) -> MapsResult<Stats> {
         self.inner.backend_stats(index)
     }
-    fn vip_keys(&self) -> anyhow::Result<Vec<VipKey>> {
+    fn vip_keys(&self) -> MapsResult<Vec<VipKey>> {
         self.inner.vip_keys()
     }
-    fn vip_addr_keys(&self) -> anyhow::Result<Vec<VipAddrKey>> {
+    fn vip_addr_keys(&self) -> MapsResult<Vec<VipAddrKey>> {
         self.inner.vip_addr_keys()
     }
-    fn used_backends(&self) -> anyhow::Result<Vec<u32>> {
+    fn used_backends(&self) -> MapsResult<Vec<u32>> {
         self.inner.used_backends()
     }
 }
@@ -303,28 +316,38 @@ fn sum(per_cpu: aya::maps::PerCpuValues<Stats>) -> Stats {
 }
 
 impl Maps for BpfMaps {
-    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> anyhow::Result<()> {
-        Ok(self.vips.insert(key, meta, 0)?)
+    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> MapsResult<()> {
+        self.vips.insert(key, meta, 0).on(VIPS_MAP, "updating")
     }
-    fn remove_vip(&mut self, key: &VipKey) -> anyhow::Result<()> {
-        Ok(self.vips.remove(key)?)
+    fn remove_vip(&mut self, key: &VipKey) -> MapsResult<()> {
+        self.vips.remove(key).on(VIPS_MAP, "deleting from")
     }
-    fn set_vip_addr(&mut self, key: &VipAddrKey, count: u32) -> anyhow::Result<()> {
+    fn set_vip_addr(&mut self, key: &VipAddrKey, count: u32) -> MapsResult<()> {
         if count == 0 {
-            Ok(self.vip_addrs.remove(key)?)
+            self.vip_addrs
+                .remove(key)
+                .on(VIP_ADDRS_MAP, "deleting from")
         } else {
-            Ok(self.vip_addrs.insert(key, count, 0)?)
+            self.vip_addrs
+                .insert(key, count, 0)
+                .on(VIP_ADDRS_MAP, "updating")
         }
     }
-    fn set_backend(&mut self, index: u32, backend: &Backend) -> anyhow::Result<()> {
-        Ok(self.backends.set(index, backend, 0)?)
+    fn set_backend(&mut self, index: u32, backend: &Backend) -> MapsResult<()> {
+        self.backends
+            .set(index, backend, 0)
+            .on(BACKENDS_MAP, "updating")
     }
-    fn write_slots(&mut self, off: u32, ids: &[u32]) -> anyhow::Result<()> {
+    fn write_slots(&mut self, off: u32, ids: &[u32]) -> MapsResult<()> {
         use aya::maps::IterableMap as _;
         use std::os::fd::{AsFd as _, AsRawFd as _};
         let end = u64::from(off) + ids.len() as u64;
         if end > u64::from(self.slots.len()) {
-            anyhow::bail!("slots {off}..{end} are past the end of {SLOTS_MAP}");
+            return Err(MapsError::new(
+                SLOTS_MAP,
+                "writing",
+                format!("slots {off}..{end} are past its end"),
+            ));
         }
         let fd = self.slots.map().fd().as_fd().as_raw_fd();
         // One syscall per batch instead of one per slot: a table of 65,537 slots is written in
@@ -335,45 +358,65 @@ impl Maps for BpfMaps {
                 Ok(()) => {}
                 Err(err) if err.raw_os_error() == Some(libc::EINVAL) && at == off => {
                     for (i, id) in (off..).zip(ids) {
-                        self.slots.set(i, id, 0)?;
+                        self.slots.set(i, id, 0).on(SLOTS_MAP, "updating")?;
                     }
                     return Ok(());
                 }
                 Err(err) => {
-                    return Err(err).with_context(|| format!("writing {SLOTS_MAP} at {at}"));
+                    return Err(MapsError::new(SLOTS_MAP, "batch-updating", err.to_string()));
                 }
             }
         }
         Ok(())
     }
-    fn set_backend_load(&mut self, index: u32, load: &BackendLoad) -> anyhow::Result<()> {
-        Ok(self.backend_load.set(index, load, 0)?)
+    fn set_backend_load(&mut self, index: u32, load: &BackendLoad) -> MapsResult<()> {
+        self.backend_load
+            .set(index, load, 0)
+            .on(BACKEND_LOAD_MAP, "updating")
     }
-    fn set_settings(&mut self, settings: &Settings) -> anyhow::Result<()> {
-        Ok(self.settings.set(0, settings, 0)?)
+    fn set_settings(&mut self, settings: &Settings) -> MapsResult<()> {
+        self.settings
+            .set(0, settings, 0)
+            .on(SETTINGS_MAP, "updating")
     }
-    fn set_filter_word(&mut self, index: u32, word: u64) -> anyhow::Result<()> {
-        Ok(self.addr_filter.set(index, word, 0)?)
+    fn set_filter_word(&mut self, index: u32, word: u64) -> MapsResult<()> {
+        self.addr_filter
+            .set(index, word, 0)
+            .on(ADDR_FILTER_MAP, "updating")
     }
-    fn opened(&self, index: u32) -> anyhow::Result<u64> {
-        Ok(self.backend_opened.get(&index, 0)?)
+    fn opened(&self, index: u32) -> MapsResult<u64> {
+        self.backend_opened
+            .get(&index, 0)
+            .on(BACKEND_OPENED_MAP, "reading")
     }
-    fn vip_stats(&self, vip_id: u32) -> anyhow::Result<Stats> {
-        Ok(sum(self.vip_stats.get(&vip_id, 0)?))
+    fn vip_stats(&self, vip_id: u32) -> MapsResult<Stats> {
+        self.vip_stats
+            .get(&vip_id, 0)
+            .map(sum)
+            .on(VIP_STATS_MAP, "reading")
     }
-    fn backend_stats(&self, index: u32) -> anyhow::Result<Stats> {
-        Ok(sum(self.backend_stats.get(&index, 0)?))
+    fn backend_stats(&self, index: u32) -> MapsResult<Stats> {
+        self.backend_stats
+            .get(&index, 0)
+            .map(sum)
+            .on(BACKEND_STATS_MAP, "reading")
     }
-    fn vip_keys(&self) -> anyhow::Result<Vec<VipKey>> {
-        Ok(self.vips.keys().collect::<Result<_, _>>()?)
+    fn vip_keys(&self) -> MapsResult<Vec<VipKey>> {
+        self.vips
+            .keys()
+            .collect::<Result<_, _>>()
+            .on(VIPS_MAP, "listing")
     }
-    fn vip_addr_keys(&self) -> anyhow::Result<Vec<VipAddrKey>> {
-        Ok(self.vip_addrs.keys().collect::<Result<_, _>>()?)
+    fn vip_addr_keys(&self) -> MapsResult<Vec<VipAddrKey>> {
+        self.vip_addrs
+            .keys()
+            .collect::<Result<_, _>>()
+            .on(VIP_ADDRS_MAP, "listing")
     }
-    fn used_backends(&self) -> anyhow::Result<Vec<u32>> {
+    fn used_backends(&self) -> MapsResult<Vec<u32>> {
         let mut used = Vec::new();
         for (index, backend) in self.backends.iter().enumerate() {
-            if backend?.state != BACKEND_UNUSED {
+            if backend.on(BACKENDS_MAP, "reading")?.state != BACKEND_UNUSED {
                 used.push(index as u32);
             }
         }
@@ -519,15 +562,15 @@ impl MemMaps {
 }
 
 impl Maps for MemMaps {
-    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> anyhow::Result<()> {
+    fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> MapsResult<()> {
         self.vips.insert(*key, *meta);
         Ok(())
     }
-    fn remove_vip(&mut self, key: &VipKey) -> anyhow::Result<()> {
+    fn remove_vip(&mut self, key: &VipKey) -> MapsResult<()> {
         self.vips.remove(key);
         Ok(())
     }
-    fn set_vip_addr(&mut self, key: &VipAddrKey, count: u32) -> anyhow::Result<()> {
+    fn set_vip_addr(&mut self, key: &VipAddrKey, count: u32) -> MapsResult<()> {
         if count == 0 {
             self.vip_addrs.remove(key);
         } else {
@@ -535,25 +578,25 @@ impl Maps for MemMaps {
         }
         Ok(())
     }
-    fn set_backend(&mut self, index: u32, backend: &Backend) -> anyhow::Result<()> {
+    fn set_backend(&mut self, index: u32, backend: &Backend) -> MapsResult<()> {
         self.backends.insert(index, *backend);
         Ok(())
     }
-    fn write_slots(&mut self, off: u32, ids: &[u32]) -> anyhow::Result<()> {
+    fn write_slots(&mut self, off: u32, ids: &[u32]) -> MapsResult<()> {
         for (i, id) in (off..).zip(ids) {
             self.slots.insert(i, *id);
         }
         Ok(())
     }
-    fn set_backend_load(&mut self, index: u32, load: &BackendLoad) -> anyhow::Result<()> {
+    fn set_backend_load(&mut self, index: u32, load: &BackendLoad) -> MapsResult<()> {
         self.backend_load.insert(index, *load);
         Ok(())
     }
-    fn set_settings(&mut self, settings: &Settings) -> anyhow::Result<()> {
+    fn set_settings(&mut self, settings: &Settings) -> MapsResult<()> {
         self.settings = *settings;
         Ok(())
     }
-    fn set_filter_word(&mut self, index: u32, word: u64) -> anyhow::Result<()> {
+    fn set_filter_word(&mut self, index: u32, word: u64) -> MapsResult<()> {
         if word == 0 {
             self.filter.remove(&index);
         } else {
@@ -561,22 +604,22 @@ impl Maps for MemMaps {
         }
         Ok(())
     }
-    fn opened(&self, index: u32) -> anyhow::Result<u64> {
+    fn opened(&self, index: u32) -> MapsResult<u64> {
         Ok(self.opened.get(&index).copied().unwrap_or(0))
     }
-    fn vip_stats(&self, _vip_id: u32) -> anyhow::Result<Stats> {
+    fn vip_stats(&self, _vip_id: u32) -> MapsResult<Stats> {
         Ok(Stats::default())
     }
-    fn backend_stats(&self, _index: u32) -> anyhow::Result<Stats> {
+    fn backend_stats(&self, _index: u32) -> MapsResult<Stats> {
         Ok(Stats::default())
     }
-    fn vip_keys(&self) -> anyhow::Result<Vec<VipKey>> {
+    fn vip_keys(&self) -> MapsResult<Vec<VipKey>> {
         Ok(self.vips.keys().copied().collect())
     }
-    fn vip_addr_keys(&self) -> anyhow::Result<Vec<VipAddrKey>> {
+    fn vip_addr_keys(&self) -> MapsResult<Vec<VipAddrKey>> {
         Ok(self.vip_addrs.keys().copied().collect())
     }
-    fn used_backends(&self) -> anyhow::Result<Vec<u32>> {
+    fn used_backends(&self) -> MapsResult<Vec<u32>> {
         let mut used: Vec<u32> = self
             .backends
             .iter()

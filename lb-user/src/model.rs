@@ -305,15 +305,32 @@ pub enum Error {
     TooManyBackends,
     #[error("no room for {needed} more table entries (slots array has {available} free)")]
     NoRoomInTables { needed: u64, available: u64 },
+    #[error("a saved snapshot cannot be taken over: {0}")]
+    BadSnapshot(String),
     #[error("writing the data path's maps failed: {0}")]
-    Maps(String),
+    Maps(#[from] MapsError),
 }
 
-impl From<anyhow::Error> for Error {
-    fn from(err: anyhow::Error) -> Self {
-        Error::Maps(format!("{err:#}"))
+/// Why a map operation failed: the map, what was done to it, and the kernel's answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{op} {map}: {message}")]
+pub struct MapsError {
+    pub map: &'static str,
+    pub op: &'static str,
+    pub message: String,
+}
+
+impl MapsError {
+    pub fn new(map: &'static str, op: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            map,
+            op,
+            message: message.into(),
+        }
     }
 }
+
+pub type MapsResult<T> = Result<T, MapsError>;
 
 /// A backend as configured.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

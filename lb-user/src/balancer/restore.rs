@@ -23,24 +23,24 @@ impl<M: Maps> Balancer<M> {
         for (vip, state) in snapshot.vips {
             check_vip(&vip, &state.options)?;
             if !balancer.state.vip_ids.contains(&state.id) {
-                return Err(Error::Maps(format!(
-                    "snapshot: VIP id {} used twice",
+                return Err(Error::BadSnapshot(format!(
+                    "VIP id {} used twice",
                     state.id
                 )));
             }
             balancer.state.vip_ids.retain(|&id| id != state.id);
             for region in [state.table, state.list].into_iter().flatten() {
                 if !balancer.state.regions.reserve(region) {
-                    return Err(Error::Maps(format!(
-                        "snapshot: table region {region:?} of {vip} overlaps another"
+                    return Err(Error::BadSnapshot(format!(
+                        "table region {region:?} of {vip} overlaps another"
                     )));
                 }
             }
             for b in &state.backends {
                 check_backend(&vip, &b.spec)?;
                 if !balancer.state.backend_ids.reserve(b.id) {
-                    return Err(Error::Maps(format!(
-                        "snapshot: backend id {:#x} used twice",
+                    return Err(Error::BadSnapshot(format!(
+                        "backend id {:#x} used twice",
                         b.id
                     )));
                 }
