@@ -201,20 +201,8 @@ fn a_failed_start_keeps_the_state_file() {
     agent.start(&[]);
     assert_eq!(configuration(&agent.vips()), before);
     // A second agent on the same state file, with pins and a socket of its own.
-    let other = agent.dir.join("other");
-    fs::create_dir_all(&other).expect("dir");
-    let output = run_bounded(
-        topo.gateway
-            .command(&bin())
-            .arg("--socket")
-            .arg(other.join("xdplb.sock"))
-            .args(["run", "--pin-dir"])
-            .arg(format!("{}-second", agent.pin_dir.display()))
-            .arg("--state-file")
-            .arg(agent.state_file())
-            .args(["--iface", GW_CLIENT_IF]),
-        START_TIMEOUT,
-    );
+    let second_pins = PathBuf::from(format!("{}-second", agent.pin_dir.display()));
+    let output = second_agent(&topo, &agent, &second_pins, &agent.state_file(), &[]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "a second agent started: {stderr}");
     assert!(
@@ -240,18 +228,12 @@ fn a_second_agent_on_the_same_pins_is_refused() {
     let mut agent = Agent::new(&topo);
     agent.start(&strs(&vip_args()));
     let other = agent.dir.join("other");
-    fs::create_dir_all(&other).expect("dir");
-    let output = run_bounded(
-        topo.gateway
-            .command(&bin())
-            .arg("--socket")
-            .arg(other.join("xdplb.sock"))
-            .args(["run", "--pin-dir"])
-            .arg(&agent.pin_dir)
-            .arg("--state-file")
-            .arg(other.join("state.json"))
-            .args(["--iface", GW_CLIENT_IF, "--vip", "198.19.0.7:80/tcp"]),
-        START_TIMEOUT,
+    let output = second_agent(
+        &topo,
+        &agent,
+        &agent.pin_dir,
+        &other.join("state.json"),
+        &["--vip", "198.19.0.7:80/tcp"],
     );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
@@ -461,4 +443,30 @@ fn kill_9_during_apply_leaves_no_ghosts() {
     }
     assert_eq!(pinned_maps(&agent.pin_dir), (BTreeMap::new(), 0));
     agent.stop(true);
+}
+
+/// Runs a second `xdplb run` beside `agent`, with a socket of its own, the pin directory
+/// `pin_dir` and the state file `state_file`, on the client-facing interface; its output.
+fn second_agent(
+    topo: &Topology,
+    agent: &Agent,
+    pin_dir: &Path,
+    state_file: &Path,
+    extra: &[&str],
+) -> std::process::Output {
+    let other = agent.dir.join("other");
+    fs::create_dir_all(&other).expect("dir");
+    run_bounded(
+        topo.gateway
+            .command(&bin())
+            .arg("--socket")
+            .arg(other.join("xdplb.sock"))
+            .args(["run", "--pin-dir"])
+            .arg(pin_dir)
+            .arg("--state-file")
+            .arg(state_file)
+            .args(["--iface", GW_CLIENT_IF])
+            .args(extra),
+        START_TIMEOUT,
+    )
 }
