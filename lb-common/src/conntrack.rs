@@ -136,6 +136,35 @@ pub fn next_state(state: u8, tcp_flags: u8, from_client: bool) -> u8 {
     }
 }
 
+/// How far a packet's time must be past an entry's `last_seen_ns` before the data path writes
+/// it again: not every packet dirties the entry's cache line. Expiry is early by at most this.
+pub const REFRESH_NS: u64 = SECOND_NS;
+
+/// True if an entry last stamped at `last_seen_ns` should be stamped `now_ns`.
+#[inline(always)]
+pub const fn needs_refresh(last_seen_ns: u64, now_ns: u64) -> bool {
+    now_ns.wrapping_sub(last_seen_ns) >= REFRESH_NS
+}
+
+/// Applies a packet (`tcp_flags`, from the client if `from_client`) seen at `now_ns` to a live
+/// entry: the state moves by [`next_state`], and the timestamp is written when the state
+/// changed or [`needs_refresh`] says so. Fields that do not change are not written, so most
+/// packets of a flow only read its entry. Returns true if the entry was written.
+#[inline(always)]
+pub fn touch(entry: &mut FlowState, tcp_flags: u8, from_client: bool, now_ns: u64) -> bool {
+    let state = next_state(entry.state, tcp_flags, from_client);
+    if state != entry.state {
+        entry.state = state;
+        entry.last_seen_ns = now_ns;
+        true
+    } else if needs_refresh(entry.last_seen_ns, now_ns) {
+        entry.last_seen_ns = now_ns;
+        true
+    } else {
+        false
+    }
+}
+
 /// The timeout of `state` under `timeouts`; an unknown state gets 0 (expires at once).
 #[inline(always)]
 pub fn timeout_ns(state: u8, timeouts: &Timeouts) -> u64 {
@@ -201,6 +230,30 @@ mod tests {
 
     const CLIENT: bool = true;
     const BACKEND: bool = false;
+
+    proptest! {
+        /// `touch` leaves the entry as if every packet had stamped it, give or take
+        /// `REFRESH_NS`: the same state, a timestamp at most `REFRESH_NS` behind, and a write
+        /// only when something changed.
+        #[test]
+        fn touch_is_a_lazy_stamp(
+            state in 0u8..6,
+            flags: u8,
+            from_client: bool,
+            last in 0u64..1 << 40,
+            gap in 0u64..3 * REFRESH_NS,
+        ) {
+            let now = last + gap;
+            let before = FlowState { backend_id: 7, state, _pad: [0; 3], last_seen_ns: last };
+            let mut entry = before;
+            let wrote = touch(&mut entry, flags, from_client, now);
+            prop_assert_eq!(entry.state, next_state(state, flags, from_client));
+            prop_assert!(now - entry.last_seen_ns < REFRESH_NS);
+            prop_assert_eq!(wrote, entry != before);
+            prop_assert_eq!(wrote, entry.state != state || gap >= REFRESH_NS);
+            prop_assert_eq!(entry.backend_id, 7);
+        }
+    }
 
     #[test]
     fn transitions() {

@@ -35,16 +35,24 @@ pub const VIP_STATS_MAP: &str = "VIP_STATS";
 pub const BACKEND_STATS_MAP: &str = "BACKEND_STATS";
 /// Interfaces the program may redirect to: devmap keyed by ifindex.
 pub const TX_PORTS_MAP: &str = "TX_PORTS";
+/// Reply translations without per-flow state (see [`ReverseNat`]): [`BackendKey`] (the
+/// backend's address, port and protocol) → [`ReverseNat`] (its VIP). One entry per backend
+/// address:port of a VIP with a port; [`REPLY_SHARED`] marks one that several VIPs use.
+pub const BACKEND_VIPS_MAP: &str = "BACKEND_VIPS";
+/// Next hops towards each backend as the data path last looked them up, per CPU, indexed by
+/// [`backend_index`]: per-CPU array of [`NextHop`].
+pub const NEXT_HOPS_MAP: &str = "NEXT_HOPS";
 /// Settings the agent writes once at start: array of one [`Settings`].
 pub const SETTINGS_MAP: &str = "SETTINGS";
 /// The address filter (see [`crate::filter`]): array of `u64`.
 pub const ADDR_FILTER_MAP: &str = "ADDR_FILTER";
 
-/// Most VIPs (VIP ids are below this).
+/// Most VIPs (VIP ids are below this; they fit [`Backend::vip_id`]).
 pub const MAX_VIPS: u32 = 4096;
 /// Version of the pin layout (which maps there are, under what names, what they hold). An
 /// agent adopts the pins of its own layout, carries older ones over and refuses newer ones.
-pub const PIN_LAYOUT: u32 = 1;
+/// Layout 2 added `BACKEND_VIPS` and `NEXT_HOPS`, and `Backend::{flags, vip_id}`.
+pub const PIN_LAYOUT: u32 = 2;
 /// Backend slots; a backend id's low 16 bits index them.
 pub const MAX_BACKENDS: u32 = 1 << 16;
 /// Default number of entries in [`SLOTS_MAP`] (16 MiB).
@@ -145,6 +153,11 @@ pub const BACKEND_DRAINING: u8 = 2;
 /// [`Backend::state`]: failed; its tracked flows are re-scheduled.
 pub const BACKEND_DOWN: u8 = 3;
 
+/// [`Backend::flags`]: the backend's replies are translated by its [`BACKEND_VIPS_MAP`] entry,
+/// so its new flows record no per-flow reverse translation. Set by the agent only for a backend
+/// address:port that belongs to this backend's VIP alone, once that entry is written.
+pub const BACKEND_FLAG_STATELESS_REPLY: u8 = 1;
+
 /// A backend: an element of [`BACKENDS_MAP`].
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -158,7 +171,12 @@ pub struct Backend {
     /// The full id (index and generation) of the backend in this slot.
     pub id: u32,
     pub weight: u32,
-    pub _pad: [u8; 4],
+    /// `BACKEND_FLAG_*` bits.
+    pub flags: u8,
+    pub _pad: u8,
+    /// The VIP the backend belongs to (its id; below [`MAX_VIPS`]): a tracked flow's packets
+    /// are counted to it without a VIP lookup.
+    pub vip_id: u16,
 }
 const _: () = assert!(size_of::<Backend>() == 32);
 
@@ -183,18 +201,82 @@ pub struct BackendLoad {
 }
 const _: () = assert!(size_of::<BackendLoad>() == 16);
 
-/// The value of [`REVERSE_NAT_MAP`]: what the reply direction's source is rewritten to.
+/// The value of [`REVERSE_NAT_MAP`] (per flow) and of [`BACKEND_VIPS_MAP`] (per backend): what
+/// the reply direction's source is rewritten to.
+///
+/// A reply (a packet from a backend address:port) is looked up in [`BACKEND_VIPS_MAP`] first:
+/// - an entry without [`REPLY_SHARED`] translates it, with no per-flow state: the backend
+///   belongs to that VIP alone;
+/// - an entry with [`REPLY_SHARED`] (several VIPs use the backend) defers to the flow's own
+///   [`REVERSE_NAT_MAP`] entry, which every flow to a shared backend records; a flow without
+///   one was opened while the backend was the entry's VIP's alone, so the entry translates it;
+/// - no entry (a backend of a wildcard-port VIP): the flow's [`REVERSE_NAT_MAP`] entry.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReverseNat {
     pub vip_addr: [u8; 16],
     /// Network byte order.
     pub vip_port: [u8; 2],
-    pub _pad: [u8; 2],
+    /// `REPLY_*` bits ([`BACKEND_VIPS_MAP`] entries only; zero in [`REVERSE_NAT_MAP`]).
+    pub flags: u8,
+    pub _pad: u8,
     pub vip_id: u32,
     pub backend_id: u32,
 }
 const _: () = assert!(size_of::<ReverseNat>() == 28);
+
+/// [`ReverseNat::flags`] of a [`BACKEND_VIPS_MAP`] entry: several VIPs use this backend
+/// address:port.
+pub const REPLY_SHARED: u8 = 1;
+
+/// Key of [`BACKEND_VIPS_MAP`]: a backend address:port as a reply's source.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BackendKey {
+    pub addr: [u8; 16],
+    /// Network byte order.
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub family: u8,
+}
+const _: () = assert!(size_of::<BackendKey>() == 20);
+
+/// An element of [`NEXT_HOPS_MAP`]: where packets to a backend leave, as `bpf_fib_lookup`
+/// answered for one of them. Used while [`NextHop::is_fresh`]; then looked up again.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// Destination MAC: the next hop's.
+    pub dmac: [u8; 6],
+    /// Source MAC: the egress interface's.
+    pub smac: [u8; 6],
+    /// Egress interface.
+    pub ifindex: u32,
+    /// The route's MTU: a longer packet takes the full lookup (which reports it too big).
+    pub mtu: u16,
+    pub _pad: [u8; 2],
+    /// [`Settings::next_hop_generation`] when looked up; 0 never.
+    pub generation: u32,
+    /// `bpf_ktime_get_coarse_ns()` when looked up.
+    pub looked_up_ns: u64,
+}
+const _: () = assert!(size_of::<NextHop>() == 32);
+
+/// How long a kept next hop is used before the FIB is asked again, even without a change the
+/// agent saw (it bumps [`Settings::next_hop_generation`] on route, neighbour and link changes).
+pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+
+impl NextHop {
+    /// True if this next hop may be used at `now_ns` for a packet of IP length `len` while the
+    /// agent's generation is `generation`.
+    #[inline(always)]
+    pub const fn is_fresh(&self, generation: u32, now_ns: u64, len: u16) -> bool {
+        self.generation != 0
+            && self.generation == generation
+            && now_ns.wrapping_sub(self.looked_up_ns) < NEXT_HOP_TTL_NS
+            && len <= self.mtu
+    }
+}
 
 /// Packets, bytes and new flows: elements of [`VIP_STATS_MAP`] and [`BACKEND_STATS_MAP`].
 #[repr(C)]
@@ -213,7 +295,9 @@ pub struct Settings {
     /// Seed of the flow and address hashes (the same on every gateway of a cluster keeps
     /// `maglev` and `source-hash` choices the same everywhere).
     pub hash_seed: u32,
-    pub _pad: [u8; 4],
+    /// Bumped by the agent when routes, neighbours or links change: next hops kept from an
+    /// older generation are looked up again ([`NextHop`]). Never 0.
+    pub next_hop_generation: u32,
     pub timeouts: crate::conntrack::Timeouts,
 }
 
@@ -238,6 +322,8 @@ mod pod {
         Backend,
         BackendLoad,
         ReverseNat,
+        BackendKey,
+        NextHop,
         Stats,
         Settings
     );

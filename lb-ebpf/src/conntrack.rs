@@ -6,20 +6,46 @@ use aya_ebpf::bindings::BPF_NOEXIST;
 use lb_common::{
     Counter, FlowKey,
     conntrack::{
-        FlowState, STATE_NEW, STATE_UDP, Timeouts, is_expired, next_state, settle_new_flow,
+        FlowState, STATE_NEW, STATE_UDP, Timeouts, is_expired, next_state, settle_new_flow, touch,
     },
     flow::PROTO_TCP,
-    maps::{Backend, ReverseNat, VipMeta},
+    maps::{Backend, BackendKey, REPLY_SHARED, ReverseNat, VipMeta},
 };
 
 use core::mem::MaybeUninit;
 
 use crate::{
-    maps::{CONNTRACK, REVERSE_NAT},
+    maps::{BACKEND_VIPS, CONNTRACK, REVERSE_NAT},
     parse::{L3, L4},
     ptr::{copy16, zeroed_in_place},
     select,
 };
+
+/// The backend of the tracked flow `key`, if it has a live entry whose backend keeps taking
+/// its packets (up or draining): the whole lookup of an established flow's packet. The flow
+/// key holds the VIP address and port, so a hit also proves the packet is for a VIP; a miss,
+/// an expired entry or a backend gone or down is left to [`backend_for`] after the VIP lookup.
+#[inline(always)]
+pub fn tracked(
+    key: &FlowKey,
+    tcp_flags: u8,
+    now: u64,
+    timeouts: &Timeouts,
+) -> Option<(u32, &'static Backend)> {
+    let entry = CONNTRACK.get_ptr_mut(key)?;
+    // SAFETY: as in `backend_for`.
+    let entry = unsafe { &mut *entry };
+    let id = entry.backend_id;
+    if is_expired(entry, now, timeouts) {
+        return None;
+    }
+    let backend = select::backend(id)?;
+    if !backend.keeps_flows_of(id) {
+        return None;
+    }
+    touch(entry, tcp_flags, true, now);
+    Some((id, backend))
+}
 
 /// The backend for a packet of flow `key` to the VIP `meta`, and whether the flow is new
 /// (picked now by this CPU, rather than found in the table or recorded by another CPU).
@@ -46,8 +72,7 @@ pub fn backend_for(
             && let Some(backend) = select::backend(entry.backend_id)
             && backend.keeps_flows_of(entry.backend_id)
         {
-            entry.state = next_state(entry.state, tcp_flags, true);
-            entry.last_seen_ns = now;
+            touch(entry, tcp_flags, true, now);
             return Ok((entry.backend_id, backend, false));
         }
         // Expired, or its backend is gone or down: schedule again, in place (field by field:
@@ -99,8 +124,7 @@ fn recorded_backend(
     if is_expired(entry, now, timeouts) || !backend.keeps_flows_of(id) {
         return None;
     }
-    entry.state = next_state(entry.state, tcp_flags, true);
-    entry.last_seen_ns = now;
+    touch(entry, tcp_flags, true, now);
     Some((id, backend))
 }
 
@@ -111,8 +135,7 @@ pub fn saw_reply(key: &FlowKey, tcp_flags: u8, now: u64) {
     if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: as in `backend_for`.
         let entry = unsafe { &mut *entry };
-        entry.state = next_state(entry.state, tcp_flags, false);
-        entry.last_seen_ns = now;
+        touch(entry, tcp_flags, false, now);
     }
 }
 
@@ -136,12 +159,52 @@ pub fn record_reverse(
     );
     copy16(&mut reverse.vip_addr, &key.dst_addr);
     reverse.vip_port = key.dst_port;
-    reverse._pad = [0; 2];
+    reverse.flags = 0;
+    reverse._pad = 0;
     reverse.vip_id = vip_id;
     reverse.backend_id = backend_id;
     REVERSE_NAT
         .insert(other, reverse, 0)
         .map_err(|_| Counter::DropInternal)
+}
+
+/// The translation of a reply: the packet's flow is `key` (backend → client) and its source
+/// `backend`. Copied into `out`; false if the packet is no reply of a flow xdplb translated.
+/// See [`ReverseNat`] for the order of the lookups: a backend that belongs to one VIP needs
+/// no per-flow state.
+#[inline(always)]
+pub fn reply_translation(key: &FlowKey, backend: &BackendKey, out: &mut ReverseNat) -> bool {
+    let stateless = BACKEND_VIPS.get_ptr(backend);
+    if let Some(entry) = stateless {
+        // SAFETY: a pointer the lookup returned; BACKEND_VIPS is not preallocated, so the
+        // element stays valid for this RCU read section even if the agent replaces it.
+        let entry = unsafe { &*entry };
+        if entry.flags & REPLY_SHARED == 0 {
+            copy_reverse(out, entry);
+            return true;
+        }
+    }
+    if let Some(entry) = REVERSE_NAT.get_ptr(key) {
+        // SAFETY: a pointer the lookup returned; copied at once.
+        copy_reverse(out, unsafe { &*entry });
+        return true;
+    }
+    match stateless {
+        Some(entry) => {
+            // SAFETY: as above.
+            copy_reverse(out, unsafe { &*entry });
+            true
+        }
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn copy_reverse(out: &mut ReverseNat, entry: &ReverseNat) {
+    copy16(&mut out.vip_addr, &entry.vip_addr);
+    out.vip_port = entry.vip_port;
+    out.vip_id = entry.vip_id;
+    out.backend_id = entry.backend_id;
 }
 
 /// Sets `key` to the flow `src`:`src_port` → `dst`:`dst_port` with `proto` and `family`,

@@ -1,18 +1,90 @@
 //! Forwarding a translated packet: the kernel's FIB gives the next hop and the egress
 //! interface; the packet leaves by XDP_TX (same interface) or XDP_REDIRECT through the devmap.
 //! Anything the FIB cannot answer goes to the kernel, translated, to forward or resolve.
+//!
+//! Packets to a backend use the next hop this CPU kept for the backend (`NEXT_HOPS`) while it
+//! is fresh (`NextHop::is_fresh`: looked up less than a second ago, in the agent's current
+//! generation, and the packet fits its MTU), and look it up again otherwise.
 
 use aya_ebpf::bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup};
-use lb_common::{Counter, csum::ChecksumUpdate};
+use lb_common::{Counter, csum::ChecksumUpdate, maps::NextHop};
 use network_types::eth::EthHdr;
 
 use core::mem::MaybeUninit;
 
 use crate::{
-    maps::TX_PORTS,
+    maps::{NEXT_HOPS, TX_PORTS},
     parse::{Ipv4Fixed, Ipv6Fixed, L3},
     ptr::{Packet, copy6, zeroed_in_place},
 };
+
+/// Sends a packet translated towards backend slot `index` to it: by the next hop this CPU kept
+/// for the backend if it is fresh under the agent's `generation` at `now`, else as [`forward`]
+/// does, keeping what the FIB answered.
+///
+/// Not inlined, like [`forward`].
+#[inline(never)]
+pub fn to_backend(pkt: &mut Packet, l3: &L3, index: u32, generation: u32, now: u64) -> Counter {
+    if l3.vlan {
+        return Counter::PassFib;
+    }
+    let Some(hop) = NEXT_HOPS.get_ptr_mut(index) else {
+        return Counter::DropInternal;
+    };
+    // SAFETY: this CPU's element of a per-CPU array; XDP runs with preemption disabled, so
+    // only this run uses it until it returns.
+    let hop = unsafe { &mut *hop };
+    let Some((len, hop_limit)) = ip_len_and_hop_limit(pkt, l3) else {
+        return Counter::PassFib;
+    };
+    if !hop.is_fresh(generation, now, len) {
+        let keep = Keep {
+            hop,
+            generation,
+            now,
+        };
+        return lookup_and_send(pkt, l3, Direction::ToBackend, Some(keep));
+    }
+    // The kernel answers an expiring packet with ICMP time exceeded.
+    if hop_limit <= 1 {
+        return Counter::PassFib;
+    }
+    if !decrement_hop_limit(pkt, l3) || !set_macs(pkt, &hop.dmac, &hop.smac) {
+        return Counter::PassFib;
+    }
+    if hop.ifindex == pkt.ingress_ifindex {
+        return Counter::FwdTx;
+    }
+    // The egress was in `TX_PORTS` when the hop was kept, and the agent starts a new generation
+    // when it changes `TX_PORTS`; a packet that races that change, with its MACs already
+    // rewritten, would be dropped by the kernel too.
+    match TX_PORTS.redirect(hop.ifindex, 0) {
+        Ok(_) => Counter::FwdRedirect,
+        Err(_) => Counter::DropInternal,
+    }
+}
+
+/// Where to keep the answer of a next-hop lookup for a backend.
+struct Keep<'a> {
+    hop: &'a mut NextHop,
+    generation: u32,
+    now: u64,
+}
+
+/// The IP length (header included) and the TTL or hop limit of the packet.
+#[inline(always)]
+fn ip_len_and_hop_limit(pkt: &Packet, l3: &L3) -> Option<(u16, u8)> {
+    if l3.v6() {
+        let ip = pkt.ref_at::<Ipv6Fixed>(l3.l3_off)?;
+        Some((
+            u16::from_be_bytes(ip.payload_len).saturating_add(40),
+            ip.hop_limit,
+        ))
+    } else {
+        let ip = pkt.ref_at::<Ipv4Fixed>(l3.l3_off)?;
+        Some((u16::from_be_bytes(ip.tot_len), ip.ttl))
+    }
+}
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -32,6 +104,17 @@ pub enum Direction {
 /// Not inlined, so its FIB parameters take stack only while it runs.
 #[inline(never)]
 pub fn forward(pkt: &mut Packet, l3: &L3, direction: Direction) -> Counter {
+    lookup_and_send(pkt, l3, direction, None)
+}
+
+/// [`forward`], keeping a successful answer in `keep`.
+#[inline(always)]
+fn lookup_and_send(
+    pkt: &mut Packet,
+    l3: &L3,
+    direction: Direction,
+    keep: Option<Keep<'_>>,
+) -> Counter {
     let (tx, redirect) = match direction {
         Direction::ToBackend => (Counter::FwdTx, Counter::FwdRedirect),
         Direction::ToClient => (Counter::ReplyTx, Counter::ReplyRedirect),
@@ -81,8 +164,23 @@ pub fn forward(pkt: &mut Packet, l3: &L3, direction: Direction) -> Counter {
     if !same_port && TX_PORTS.get_ifindex(egress).is_none() {
         return Counter::PassFib;
     }
-    if !decrement_hop_limit(pkt, l3) || !set_macs(pkt, params) {
+    if !decrement_hop_limit(pkt, l3) || !set_macs(pkt, &params.dmac, &params.smac) {
         return Counter::PassFib;
+    }
+    if let Some(Keep {
+        hop,
+        generation,
+        now,
+    }) = keep
+    {
+        copy6(&mut hop.dmac, &params.dmac);
+        copy6(&mut hop.smac, &params.smac);
+        hop.ifindex = egress;
+        // SAFETY: a union of two `u16`s; after a successful lookup the kernel has set
+        // `mtu_result` (the route's MTU).
+        hop.mtu = unsafe { params.__bindgen_anon_1.mtu_result };
+        hop.generation = generation;
+        hop.looked_up_ns = now;
     }
     if same_port {
         return tx;
@@ -127,11 +225,11 @@ fn decrement_hop_limit(pkt: &mut Packet, l3: &L3) -> bool {
 }
 
 #[inline(always)]
-fn set_macs(pkt: &mut Packet, params: &bpf_fib_lookup) -> bool {
+fn set_macs(pkt: &mut Packet, dmac: &[u8; 6], smac: &[u8; 6]) -> bool {
     let Some(eth) = pkt.ref_mut_at::<EthHdr>(0) else {
         return false;
     };
-    copy6(&mut eth.dst_addr, &params.dmac);
-    copy6(&mut eth.src_addr, &params.smac);
+    copy6(&mut eth.dst_addr, dmac);
+    copy6(&mut eth.src_addr, smac);
     true
 }

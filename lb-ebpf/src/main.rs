@@ -1,7 +1,10 @@
 //! The xdplb XDP program. One readable pipeline:
-//! parse → VIP? (address filter, then `VIP_ADDRS`) → L4 → VIP lookup (exact, then port 0) → connection table → pick a backend
-//! for new flows → record the reverse translation → count → rewrite → FIB → transmit;
-//! and for replies of tracked flows: reverse lookup → rewrite → FIB → transmit.
+//! parse → VIP address? (address filter) → L4 → connection table: a tracked flow's packet goes
+//! straight to rewrite → next hop → transmit;
+//! otherwise `VIP_ADDRS` → VIP lookup (exact, then port 0) → pick a backend → record the flow
+//! (and its reverse translation if its backend is shared by several VIPs) → count → rewrite →
+//! next hop → transmit;
+//! and for replies: the backend's VIP (or the flow's reverse entry) → rewrite → FIB → transmit.
 //!
 //! Stages return `Result<_, Counter>`; every outcome counter implies its XDP action
 //! (`Counter::action`). Only `main` and `ptr` touch the `XdpContext`.
@@ -28,11 +31,15 @@ mod stats;
 mod vip;
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
-use lb_common::{Counter, maps::backend_index, nat::L4Checksum};
+use lb_common::{
+    Counter,
+    maps::{BACKEND_FLAG_STATELESS_REPLY, Backend, Settings, backend_index},
+    nat::L4Checksum,
+};
 
 use crate::{
     fwd::Direction,
-    maps::{REVERSE_NAT, SCRATCH, SETTINGS, Scratch},
+    maps::{SCRATCH, SETTINGS, Scratch},
     nat::Side,
     ptr::{Packet, copy16},
 };
@@ -55,11 +62,35 @@ pub fn lb(mut ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_lb(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     parse::parse_l3(pkt, &mut s.l3)?;
-    if vip::may_be_vip_addr(&s.l3) && vip::is_vip_addr(&s.l3) {
-        Ok(to_vip(pkt, s))
-    } else {
-        Ok(from_backend(pkt, s))
+    if vip::may_be_vip_addr(&s.l3) {
+        if let Some(outcome) = tracked(pkt, s) {
+            return Ok(outcome);
+        }
+        if vip::is_vip_addr(&s.l3) {
+            return Ok(to_vip(pkt, s));
+        }
     }
+    Ok(from_backend(pkt, s))
+}
+
+/// A packet of a tracked flow, sent on to its backend; `None` if the packet is no such thing
+/// (then the VIP lookup decides).
+///
+/// Not inlined, like [`to_vip`]: BPF functions return one scalar, here an outcome or none.
+#[inline(never)]
+fn tracked(pkt: &mut Packet, s: &mut Scratch) -> Option<Counter> {
+    if s.l3.problem.is_some() || !parse::parse_l4(pkt, &s.l3, &mut s.l4) {
+        return None;
+    }
+    let settings = SETTINGS.get(0)?;
+    conntrack::set_packet_key(&mut s.key, &s.l3, &s.l4);
+    let now = now();
+    let (id, backend) = conntrack::tracked(&s.key, s.l4.tcp_flags, now, &settings.timeouts)?;
+    Some(
+        match send_to_backend(pkt, s, settings, (id, backend), false, now) {
+            Ok(outcome) | Err(outcome) => outcome,
+        },
+    )
 }
 
 #[inline(always)]
@@ -92,14 +123,29 @@ fn balance(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     let meta = vip::lookup(&s.l3, s.l4.dst_port).ok_or(Counter::PassNonVip)?;
     let settings = SETTINGS.get(0).ok_or(Counter::DropInternal)?;
     conntrack::set_packet_key(&mut s.key, &s.l3, &s.l4);
+    let now = now();
     let (id, backend, new_flow) = conntrack::backend_for(
         &s.key,
         &meta,
         s.l4.tcp_flags,
-        now(),
+        now,
         settings.hash_seed,
         &settings.timeouts,
     )?;
+    send_to_backend(pkt, s, settings, (id, backend), new_flow, now)
+}
+
+/// The rest of a VIP packet's way once its backend is known: the new flow's bookkeeping,
+/// counting, rewrite and next hop.
+#[inline(always)]
+fn send_to_backend(
+    pkt: &mut Packet,
+    s: &mut Scratch,
+    settings: &Settings,
+    (id, backend): (u32, &Backend),
+    new_flow: bool,
+    now: u64,
+) -> Result<Counter, Counter> {
     // Port 0 on a backend: keep the port the client asked for (wildcard VIPs).
     let port = if backend.port == [0; 2] {
         s.l4.dst_port
@@ -108,20 +154,28 @@ fn balance(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     };
     let index = backend_index(id);
     if new_flow {
-        conntrack::record_reverse(
-            &s.key,
-            (&backend.addr, port),
-            (meta.vip_id, id),
-            &mut s.other,
-            &mut s.reverse,
-        )?;
+        if backend.flags & BACKEND_FLAG_STATELESS_REPLY == 0 {
+            conntrack::record_reverse(
+                &s.key,
+                (&backend.addr, port),
+                (u32::from(backend.vip_id), id),
+                &mut s.other,
+                &mut s.reverse,
+            )?;
+        }
         select::count_opened(index);
     }
-    stats::count_traffic(meta.vip_id, index, pkt.len(), new_flow);
+    stats::count_traffic(u32::from(backend.vip_id), index, pkt.len(), new_flow);
     if nat::rewrite(pkt, &s.l3, &s.l4, Side::Dst, &backend.addr, port)? == L4Checksum::Partial {
         return Ok(Counter::PassPartialChecksum);
     }
-    Ok(fwd::forward(pkt, &s.l3, Direction::ToBackend))
+    Ok(fwd::to_backend(
+        pkt,
+        &s.l3,
+        index,
+        settings.next_hop_generation,
+        now,
+    ))
 }
 
 /// Any other IP packet: a reply of a tracked flow is translated back to come from its VIP;
@@ -142,13 +196,13 @@ fn translate_reply(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter
         return Err(Counter::PassNonVip);
     }
     conntrack::set_packet_key(&mut s.key, &s.l3, &s.l4);
-    let reverse = REVERSE_NAT.get_ptr(&s.key).ok_or(Counter::PassNonVip)?;
-    // SAFETY: a pointer the lookup returned; copied at once.
-    let reverse = unsafe { &*reverse };
-    copy16(&mut s.reverse.vip_addr, &reverse.vip_addr);
-    s.reverse.vip_port = reverse.vip_port;
-    s.reverse.vip_id = reverse.vip_id;
-    s.reverse.backend_id = reverse.backend_id;
+    copy16(&mut s.source.addr, &s.l3.src);
+    s.source.port = s.l4.src_port;
+    s.source.proto = s.l3.proto;
+    s.source.family = s.l3.family;
+    if !conntrack::reply_translation(&s.key, &s.source, &mut s.reverse) {
+        return Err(Counter::PassNonVip);
+    }
     conntrack::set_key(
         &mut s.other,
         (&s.l3.dst, s.l4.dst_port),

@@ -13,8 +13,8 @@ use lb_common::{
     counters::COUNTER_COUNT,
     filter::FILTER_MAP_WORDS,
     maps::{
-        Backend, BackendLoad, DEFAULT_CONNTRACK_CAPACITY, DEFAULT_SLOTS, MAX_BACKENDS,
-        MAX_TX_PORTS, MAX_VIPS, ReverseNat, Settings, Stats, VipAddrKey, VipKey, VipMeta,
+        Backend, BackendKey, BackendLoad, DEFAULT_CONNTRACK_CAPACITY, DEFAULT_SLOTS, MAX_BACKENDS,
+        MAX_TX_PORTS, MAX_VIPS, NextHop, ReverseNat, Settings, Stats, VipAddrKey, VipKey, VipMeta,
     },
 };
 
@@ -43,6 +43,18 @@ pub static CONNTRACK: LruHashMap<FlowKey, FlowState> =
 #[map(name = "REVERSE_NAT")]
 pub static REVERSE_NAT: LruHashMap<FlowKey, ReverseNat> =
     LruHashMap::with_max_entries(DEFAULT_CONNTRACK_CAPACITY, 0);
+
+/// Written by the agent only, one entry per backend address:port at most. Not preallocated,
+/// like `VIPS`: a replaced value is freed after an RCU grace period, so a reply reading it sees
+/// the old entry or the new one, never a recycled element.
+#[map(name = "BACKEND_VIPS")]
+pub static BACKEND_VIPS: HashMap<BackendKey, ReverseNat> =
+    HashMap::with_max_entries(MAX_BACKENDS, BPF_F_NO_PREALLOC);
+
+/// Per CPU: each CPU looks its next hops up itself and reads only its own, so a refresh never
+/// makes another CPU's copy of the line stale and a reader never sees half an update.
+#[map(name = "NEXT_HOPS")]
+pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 #[map(name = "RR_CURSORS")]
 pub static RR_CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
@@ -77,6 +89,8 @@ pub struct Scratch {
     /// The same flow seen from the other side.
     pub other: FlowKey,
     pub reverse: ReverseNat,
+    /// A reply's source, as a backend.
+    pub source: BackendKey,
 }
 
 /// This CPU's [`Scratch`].

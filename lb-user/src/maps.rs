@@ -13,8 +13,9 @@ use aya::{
 };
 use lb_common::maps::{
     ADDR_FILTER_MAP, BACKEND_LOAD_MAP, BACKEND_OPENED_MAP, BACKEND_STATS_MAP, BACKEND_UNUSED,
-    BACKENDS_MAP, Backend, BackendLoad, SETTINGS_MAP, SLOTS_MAP, Settings, Stats, VIP_ADDRS_MAP,
-    VIP_STATS_MAP, VIPS_MAP, VipAddrKey, VipKey, VipMeta,
+    BACKEND_VIPS_MAP, BACKENDS_MAP, Backend, BackendKey, BackendLoad, ReverseNat, SETTINGS_MAP,
+    SLOTS_MAP, Settings, Stats, VIP_ADDRS_MAP, VIP_STATS_MAP, VIPS_MAP, VipAddrKey, VipKey,
+    VipMeta,
 };
 use lb_common::{
     FlowKey,
@@ -56,6 +57,11 @@ pub trait Maps {
     fn vip_addr_keys(&self) -> MapsResult<Vec<VipAddrKey>>;
     /// The indexes of the backend slots that are not [`BACKEND_UNUSED`].
     fn used_backends(&self) -> MapsResult<Vec<u32>>;
+    /// Sets (`Some`) or removes (`None`) the stateless reply translation of a backend
+    /// address:port (`lb_common::maps::BACKEND_VIPS_MAP`).
+    fn set_backend_vip(&mut self, key: &BackendKey, entry: Option<&ReverseNat>) -> MapsResult<()>;
+    /// Every stateless reply translation.
+    fn backend_vips(&self) -> MapsResult<Vec<(BackendKey, ReverseNat)>>;
 }
 
 /// Maps behind a pointer: the agent's balancer works over the kernel's maps or, in tests, the
@@ -105,6 +111,12 @@ impl<T: Maps + ?Sized> Maps for Box<T> {
     fn used_backends(&self) -> MapsResult<Vec<u32>> {
         (**self).used_backends()
     }
+    fn set_backend_vip(&mut self, key: &BackendKey, entry: Option<&ReverseNat>) -> MapsResult<()> {
+        (**self).set_backend_vip(key, entry)
+    }
+    fn backend_vips(&self) -> MapsResult<Vec<(BackendKey, ReverseNat)>> {
+        (**self).backend_vips()
+    }
 }
 
 /// One write the balancer makes to the maps.
@@ -118,6 +130,7 @@ pub enum MapWrite {
     BackendLoad(u32, BackendLoad),
     Settings(Settings),
     FilterWord(u32, u64),
+    BackendVip(BackendKey, Option<ReverseNat>),
 }
 
 impl MapWrite {
@@ -132,6 +145,7 @@ impl MapWrite {
             MapWrite::BackendLoad(index, load) => maps.set_backend_load(*index, load),
             MapWrite::Settings(settings) => maps.set_settings(settings),
             MapWrite::FilterWord(index, word) => maps.set_filter_word(*index, *word),
+            MapWrite::BackendVip(key, entry) => maps.set_backend_vip(key, entry.as_ref()),
         }
     }
 }
@@ -230,6 +244,12 @@ impl<M: Maps> Maps for Staged<M> {
     fn used_backends(&self) -> MapsResult<Vec<u32>> {
         self.inner.used_backends()
     }
+    fn set_backend_vip(&mut self, key: &BackendKey, entry: Option<&ReverseNat>) -> MapsResult<()> {
+        self.write(MapWrite::BackendVip(*key, entry.copied()))
+    }
+    fn backend_vips(&self) -> MapsResult<Vec<(BackendKey, ReverseNat)>> {
+        self.inner.backend_vips()
+    }
 }
 
 /// The kernel's maps of a loaded program.
@@ -237,6 +257,7 @@ pub struct BpfMaps {
     vips: BpfHashMap<MapData, VipKey, VipMeta>,
     vip_addrs: BpfHashMap<MapData, VipAddrKey, u32>,
     backends: Array<MapData, Backend>,
+    backend_vips: BpfHashMap<MapData, BackendKey, ReverseNat>,
     slots: Array<MapData, u32>,
     backend_load: Array<MapData, BackendLoad>,
     backend_opened: Array<MapData, u64>,
@@ -281,6 +302,7 @@ impl BpfMaps {
             vips: field!(VIPS_MAP),
             vip_addrs: field!(VIP_ADDRS_MAP),
             backends: field!(BACKENDS_MAP),
+            backend_vips: field!(BACKEND_VIPS_MAP),
             slots: field!(SLOTS_MAP),
             backend_load: field!(BACKEND_LOAD_MAP),
             backend_opened: field!(BACKEND_OPENED_MAP),
@@ -422,6 +444,24 @@ impl Maps for BpfMaps {
         }
         Ok(used)
     }
+    fn set_backend_vip(&mut self, key: &BackendKey, entry: Option<&ReverseNat>) -> MapsResult<()> {
+        match entry {
+            Some(entry) => self
+                .backend_vips
+                .insert(key, entry, 0)
+                .on(BACKEND_VIPS_MAP, "updating"),
+            None => self
+                .backend_vips
+                .remove(key)
+                .on(BACKEND_VIPS_MAP, "deleting from"),
+        }
+    }
+    fn backend_vips(&self) -> MapsResult<Vec<(BackendKey, ReverseNat)>> {
+        self.backend_vips
+            .iter()
+            .collect::<Result<_, _>>()
+            .on(BACKEND_VIPS_MAP, "listing")
+    }
 }
 
 /// Slots written by one batch update.
@@ -550,6 +590,7 @@ pub struct MemMaps {
     pub settings: Settings,
     /// Non-zero words of the address filter.
     pub filter: HashMap<u32, u64>,
+    pub backend_vips: HashMap<BackendKey, ReverseNat>,
 }
 
 impl MemMaps {
@@ -628,5 +669,15 @@ impl Maps for MemMaps {
             .collect();
         used.sort_unstable();
         Ok(used)
+    }
+    fn set_backend_vip(&mut self, key: &BackendKey, entry: Option<&ReverseNat>) -> MapsResult<()> {
+        match entry {
+            Some(entry) => self.backend_vips.insert(*key, *entry),
+            None => self.backend_vips.remove(key),
+        };
+        Ok(())
+    }
+    fn backend_vips(&self) -> MapsResult<Vec<(BackendKey, ReverseNat)>> {
+        Ok(self.backend_vips.iter().map(|(k, v)| (*k, *v)).collect())
     }
 }

@@ -95,7 +95,8 @@ pub fn step_scratch(_ctx: XdpContext) -> u32 {
     );
     copy16(&mut s.reverse.vip_addr, &s.l3.dst);
     s.reverse.vip_port = s.l4.dst_port;
-    s.reverse._pad = [0; 2];
+    s.reverse.flags = 0;
+    s.reverse._pad = 0;
     s.reverse.vip_id = 0;
     s.reverse.backend_id = 0;
     PASS

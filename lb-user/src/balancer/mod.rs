@@ -6,18 +6,22 @@
 //! written into fresh regions of the slots array and switched to in one map update.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
 };
 
 use lb_common::{
     conntrack::Timeouts,
     filter::{FILTER_MAP_WORDS, FilterKind, filter_slot},
-    maps::{BACKEND_UNUSED, Backend, BackendLoad, MAX_VIPS, Settings, Stats, backend_index},
+    maps::{
+        BACKEND_FLAG_STATELESS_REPLY, BACKEND_UNUSED, Backend, BackendKey, BackendLoad, MAX_VIPS,
+        ReverseNat, Settings, Stats, backend_index,
+    },
 };
 
 mod ids;
 pub mod plan;
+mod replies;
 mod restore;
 mod tables;
 
@@ -74,6 +78,11 @@ struct State {
     filter: Option<Vec<u64>>,
     /// What the data path's settings map holds.
     settings: Settings,
+    /// The stateless reply translations as last written (`replies::plan`); `None` until
+    /// written (what adopted maps hold is read back then).
+    replies: Option<BTreeMap<BackendKey, ReverseNat>>,
+    /// Backends written with `BACKEND_FLAG_STATELESS_REPLY`.
+    stateless: BTreeSet<u32>,
 }
 
 /// The balancer as it was when a change began ([`Balancer::begin`]).
@@ -102,7 +111,9 @@ pub struct Balancer<M: Maps> {
 
 impl<M: Maps> Balancer<M> {
     /// A balancer with no VIPs over `maps`, whose slots array has `slots` entries.
-    pub fn new(mut maps: M, slots: u32, settings: Settings) -> Result<Self, Error> {
+    pub fn new(mut maps: M, slots: u32, mut settings: Settings) -> Result<Self, Error> {
+        // 0 is what a never-filled next hop holds: the data path's generation never is.
+        settings.next_hop_generation = settings.next_hop_generation.max(1);
         maps.set_settings(&settings)?;
         // The address filter is written with the first change (or at the end of `restore`):
         // writing it empty now would cut off the flows of maps being adopted.
@@ -115,8 +126,75 @@ impl<M: Maps> Balancer<M> {
                 regions: Regions::new(slots),
                 filter: None,
                 settings,
+                replies: None,
+                stateless: BTreeSet::new(),
             },
         })
+    }
+
+    /// Starts a new generation of next hops: every next hop the data path kept is looked up
+    /// again at its next packet (routes, neighbours or interfaces changed).
+    pub fn refresh_next_hops(&mut self) -> Result<(), Error> {
+        let mut settings = self.state.settings;
+        settings.next_hop_generation = match settings.next_hop_generation.wrapping_add(1) {
+            0 => 1,
+            next => next,
+        };
+        self.maps.set_settings(&settings)?;
+        self.state.settings = settings;
+        Ok(())
+    }
+
+    /// The data path's entry of backend `b` of the VIP with id `vip_id`, with the flags last
+    /// published for it.
+    fn backend_entry(&self, b: &BackendInfo, vip_id: u32) -> Backend {
+        let flags = if self.state.stateless.contains(&b.id) {
+            BACKEND_FLAG_STATELESS_REPLY
+        } else {
+            0
+        };
+        backend_value(b, vip_id, flags)
+    }
+
+    /// Writes the stateless reply translations the VIPs call for now (`replies::plan`) and the
+    /// backends whose flag changes: new and changed entries first, so that a backend becoming
+    /// shared is marked so before its flows record reverse entries or stop doing so; flags
+    /// next; entries no longer called for last.
+    fn publish_replies(&mut self) -> Result<(), Error> {
+        let known = self.state.replies.is_some();
+        let written = match &self.state.replies {
+            Some(replies) => replies.clone(),
+            None => self.maps.backend_vips()?.into_iter().collect(),
+        };
+        let (entries, stateless) = replies::plan(&self.state.vips, &written);
+        for (key, entry) in &entries {
+            if !known || written.get(key) != Some(entry) {
+                self.maps.set_backend_vip(key, Some(entry))?;
+            }
+        }
+        let old = std::mem::replace(&mut self.state.stateless, stateless);
+        let changed: Vec<Backend> = self
+            .state
+            .vips
+            .values()
+            .flat_map(|state| {
+                state
+                    .backends
+                    .iter()
+                    .filter(|b| old.contains(&b.id) != self.state.stateless.contains(&b.id))
+                    .map(|b| self.backend_entry(b, state.id))
+            })
+            .collect();
+        for backend in changed {
+            self.maps.set_backend(backend_index(backend.id), &backend)?;
+        }
+        for key in written.keys() {
+            if !entries.contains_key(key) {
+                self.maps.set_backend_vip(key, None)?;
+            }
+        }
+        self.state.replies = Some(entries);
+        Ok(())
     }
 
     /// The connection-table timeouts the data path uses.
@@ -254,6 +332,7 @@ impl<M: Maps> Balancer<M> {
         self.maps.remove_vip(&vip.key())?;
         self.maps.set_vip_addr(&vip.addr_key(), remaining)?;
         let state = self.state.vips.remove(vip).expect("checked above");
+        self.publish_replies()?;
         for backend in &state.backends {
             self.retire_backend(backend.id)?;
         }
@@ -400,9 +479,10 @@ impl<M: Maps> Balancer<M> {
         }
 
         // Backends first (a table never names a backend the data path does not know).
+        let vip_id = state.id;
         for b in &backends {
-            self.maps
-                .set_backend(backend_index(b.id), &backend_value(b))?;
+            let entry = self.backend_entry(b, vip_id);
+            self.maps.set_backend(backend_index(b.id), &entry)?;
         }
         let table_region = self.write_region(&table)?;
         let list_region = self.write_region(&list)?;
@@ -425,6 +505,7 @@ impl<M: Maps> Balancer<M> {
             .map(|b| (FilterKind::Backend, b.spec.addr.ip()))
             .collect();
         self.publish_filter(&old_addrs)?;
+        self.publish_replies()?;
         self.maps
             .set_vip(&vip.key(), &meta(&self.state.vips[vip]))?;
         // Only now, with no table naming them, retire the removed backends and old regions.

@@ -3,9 +3,7 @@
 
 use lb_common::maps::{BACKEND_UNUSED, Backend, Settings, VipAddrKey, VipKey, backend_index};
 
-use super::{
-    Balancer, Error, Snapshot, Vip, backend_value, build_tables, check_backend, check_vip, meta,
-};
+use super::{Balancer, Error, Snapshot, Vip, build_tables, check_backend, check_vip, meta};
 use crate::{maps::Maps, regions::Region};
 
 impl<M: Maps> Balancer<M> {
@@ -61,8 +59,8 @@ impl<M: Maps> Balancer<M> {
         for vip in &names {
             let state = self.state.vips[vip].clone();
             for b in &state.backends {
-                self.maps
-                    .set_backend(backend_index(b.id), &backend_value(b))?;
+                let entry = self.backend_entry(b, state.id);
+                self.maps.set_backend(backend_index(b.id), &entry)?;
             }
             let (table, list) = build_tables(&state.options, &state.backends)?;
             let table = self.rewrite_region(vip, state.table, &table)?;
@@ -72,6 +70,8 @@ impl<M: Maps> Balancer<M> {
         }
         self.state.filter = None;
         self.publish_filter(&[])?;
+        self.state.replies = None;
+        self.publish_replies()?;
         let mut counts: std::collections::HashMap<VipAddrKey, u32> =
             std::collections::HashMap::new();
         for (vip, state) in &self.state.vips {

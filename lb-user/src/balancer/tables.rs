@@ -10,7 +10,9 @@ use lb_common::{
 use super::{BackendInfo, Error, MAX_WRR_CYCLE, Scheduler, VipOptions, VipState};
 use crate::model::{addr16, family};
 
-pub(super) fn backend_value(b: &BackendInfo) -> Backend {
+/// The data path's entry for backend `b` of the VIP with id `vip_id`; `flags` are
+/// `BACKEND_FLAG_*` bits.
+pub(super) fn backend_value(b: &BackendInfo, vip_id: u32, flags: u8) -> Backend {
     Backend {
         addr: addr16(b.spec.addr.ip()),
         port: b.spec.addr.port().to_be_bytes(),
@@ -18,7 +20,9 @@ pub(super) fn backend_value(b: &BackendInfo) -> Backend {
         state: b.spec.state.number(),
         id: b.id,
         weight: b.spec.weight,
-        _pad: [0; 4],
+        flags,
+        _pad: 0,
+        vip_id: vip_id as u16,
     }
 }
 

@@ -396,3 +396,107 @@ fn reused_backend_slots_get_a_new_generation() {
     let again = again.unwrap();
     assert_ne!(again, first);
 }
+
+fn backend_key(addr: &str, proto: u8) -> BackendKey {
+    let addr: SocketAddr = addr.parse().unwrap();
+    BackendKey {
+        addr: addr16(addr.ip()),
+        port: addr.port().to_be_bytes(),
+        proto,
+        family: crate::model::family(addr.ip()),
+    }
+}
+
+fn stateless_flag(b: &Balancer<MemMaps>, id: u32) -> bool {
+    b.maps().backends[&backend_index(id)].flags & BACKEND_FLAG_STATELESS_REPLY != 0
+}
+
+#[test]
+fn a_backend_of_one_vip_is_translated_statelessly_and_a_shared_one_keeps_its_first_owner() {
+    use lb_common::{flow::PROTO_TCP, maps::REPLY_SHARED};
+    let mut b = balancer();
+    let (a, other): (Vip, Vip) = (
+        "198.19.0.1:80/tcp".parse().unwrap(),
+        "198.19.0.9:443/tcp".parse().unwrap(),
+    );
+    // `other` takes the lower VIP id: ids are handed out from 0 up.
+    b.add_vip(other, VipOptions::default()).unwrap();
+    b.add_vip(a, VipOptions::default()).unwrap();
+    b.set_backends(&a, vec![backend(1, 1), backend(2, 1)])
+        .unwrap();
+    let key = backend_key("198.18.1.2:8080", PROTO_TCP);
+    let entry = b.maps().backend_vips[&key];
+    assert_eq!(entry.flags, 0);
+    assert_eq!(
+        (entry.vip_addr, entry.vip_port),
+        (addr16(a.addr), 80u16.to_be_bytes())
+    );
+    let a_ids: Vec<u32> = b.vip(&a).unwrap().backends.iter().map(|x| x.id).collect();
+    assert_eq!(entry.backend_id, a_ids[0]);
+    assert!(a_ids.iter().all(|&id| stateless_flag(&b, id)));
+    assert_eq!(b.maps().backend_vips.len(), 2);
+
+    // Shared with `other` (lower id): marked shared, owner still `a`, whose flows now record
+    // reverse entries too.
+    b.set_backends(&other, vec![backend(1, 1)]).unwrap();
+    let entry = b.maps().backend_vips[&key];
+    assert_eq!(entry.flags, REPLY_SHARED);
+    assert_eq!(entry.vip_addr, addr16(a.addr), "the first owner stays");
+    assert!(!stateless_flag(&b, a_ids[0]));
+    assert!(
+        stateless_flag(&b, a_ids[1]),
+        "the other backend is still a's alone"
+    );
+    let other_id = b.vip(&other).unwrap().backends[0].id;
+    assert!(!stateless_flag(&b, other_id));
+
+    // A restarted agent keeps the owner it finds in the maps.
+    let restored = Balancer::restore(
+        std::mem::take(b.maps_mut()),
+        1 << 20,
+        Settings::default(),
+        b.snapshot(),
+    )
+    .unwrap();
+    assert_eq!(restored.maps().backend_vips[&key].vip_addr, addr16(a.addr));
+    let mut b = restored;
+
+    // `a` lets it go: `other` has it alone again, statelessly.
+    b.set_backends(&a, vec![backend(2, 1)]).unwrap();
+    let entry = b.maps().backend_vips[&key];
+    assert_eq!(entry.flags, 0);
+    assert_eq!(
+        (entry.vip_addr, entry.vip_id),
+        (addr16(other.addr), b.vip(&other).unwrap().id)
+    );
+    assert!(stateless_flag(&b, other_id));
+
+    // Removing the VIPs removes their entries.
+    b.remove_vip(&other).unwrap();
+    b.remove_vip(&a).unwrap();
+    assert!(b.maps().backend_vips.is_empty());
+}
+
+#[test]
+fn wildcard_port_vips_need_per_flow_reverse_entries() {
+    use lb_common::{flow::PROTO_TCP, maps::REPLY_SHARED};
+    let mut b = balancer();
+    let wild: Vip = "198.19.0.2:0/tcp".parse().unwrap();
+    b.add_vip(wild, VipOptions::default()).unwrap();
+    b.set_backends(
+        &wild,
+        vec![BackendSpec::new("198.18.1.2:0".parse().unwrap(), 1)],
+    )
+    .unwrap();
+    assert!(
+        b.maps().backend_vips.is_empty(),
+        "no port to key a reply by"
+    );
+    assert!(!stateless_flag(&b, b.vip(&wild).unwrap().backends[0].id));
+    // A VIP with a port on the same address: its replies may come from the wildcard's flows.
+    b.add_vip(vip(), VipOptions::default()).unwrap();
+    b.set_backends(&vip(), vec![backend(1, 1)]).unwrap();
+    let entry = b.maps().backend_vips[&backend_key("198.18.1.2:8080", PROTO_TCP)];
+    assert_eq!(entry.flags, REPLY_SHARED);
+    assert!(!stateless_flag(&b, b.vip(&vip()).unwrap().backends[0].id));
+}

@@ -76,8 +76,9 @@ pub fn cases(lab: &PacketLab) -> Vec<Case> {
         )
         .counter("pass_partial_checksum"),
         Case::new(
-            "a backend's packet to a client port with no tracked flow is passed untouched",
-            lab.sent_by_b0("198.18.1.2:8080", "198.18.0.2:49999", ACK, b""),
+            "a packet from a backend port that only a wildcard-port VIP uses, with no tracked \
+             flow, is passed untouched",
+            lab.sent_by_b0("198.18.1.2:7777", "198.18.0.2:49999", ACK, b""),
             XdpAction::Pass,
             Expect::Unchanged,
         )
