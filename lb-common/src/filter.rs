@@ -1,21 +1,22 @@
 //! The address filter: a bitmap that tells the data path, with one array load, that a packet
-//! is certainly not to a VIP address or certainly not from a backend, before it pays for the
-//! exact hash lookups (`VIP_ADDRS`, `REVERSE_NAT`).
+//! is certainly not to a VIP address, certainly not from a backend or certainly not to the
+//! gateway itself, before it pays for the exact hash lookups (`VIP_ADDRS`, `BACKEND_VIPS`,
+//! `LOCAL_ADDRS`).
 //!
 //! [`ADDR_FILTER_MAP`](crate::maps::ADDR_FILTER_MAP) is an array of `u64` words: the first
 //! [`FILTER_WORDS`] hold one bit per hash of a VIP address, the next [`FILTER_WORDS`] one bit per
-//! hash of a backend address. A set bit means "maybe" (other addresses share it), a clear bit
+//! hash of a backend address, the last one bit per hash of a local address. A set bit means "maybe" (other addresses share it), a clear bit
 //! "no". The agent sets the bits of every VIP and backend address before the data path needs
 //! them, and clears them once nothing uses them.
 
-/// Bits per half of the filter.
+/// Bits per part of the filter.
 pub const FILTER_BITS: u32 = 1 << 16;
-/// `u64` words per half.
+/// `u64` words per part.
 pub const FILTER_WORDS: u32 = FILTER_BITS / 64;
-/// Entries of the filter map: the VIP half, then the backend half.
-pub const FILTER_MAP_WORDS: u32 = 2 * FILTER_WORDS;
+/// Entries of the filter map: the VIP part, the backend part, the local part.
+pub const FILTER_MAP_WORDS: u32 = 3 * FILTER_WORDS;
 
-/// Which half of the filter.
+/// Which part of the filter.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum FilterKind {
@@ -23,6 +24,8 @@ pub enum FilterKind {
     Vip = 0,
     /// Source addresses of backends (their replies).
     Backend = 1,
+    /// The gateway's own addresses (replies to its health probes are not a VIP's).
+    Local = 2,
 }
 
 /// The bit of `addr` (16 bytes, IPv4 in the first 4 and zeros after) in the `kind` half: its

@@ -42,6 +42,11 @@ pub const BACKEND_VIPS_MAP: &str = "BACKEND_VIPS";
 /// Next hops towards each backend as the data path last looked them up, per CPU, indexed by
 /// [`backend_index`]: per-CPU array of [`NextHop`].
 pub const NEXT_HOPS_MAP: &str = "NEXT_HOPS";
+/// The gateway's own addresses: [`AddrKey`] → `u32` (unused). A packet from a backend to one of
+/// them answers the gateway (a health probe), not a VIP's client, and is never translated.
+pub const LOCAL_ADDRS_MAP: &str = "LOCAL_ADDRS";
+/// Most entries of [`LOCAL_ADDRS_MAP`].
+pub const MAX_LOCAL_ADDRS: u32 = 1024;
 /// Settings the agent writes once at start: array of one [`Settings`].
 pub const SETTINGS_MAP: &str = "SETTINGS";
 /// The address filter (see [`crate::filter`]): array of `u64`.
@@ -51,7 +56,8 @@ pub const ADDR_FILTER_MAP: &str = "ADDR_FILTER";
 pub const MAX_VIPS: u32 = 4096;
 /// Version of the pin layout (which maps there are, under what names, what they hold). An
 /// agent adopts the pins of its own layout, carries older ones over and refuses newer ones.
-/// Layout 2 added `BACKEND_VIPS` and `NEXT_HOPS`, and `Backend::{flags, vip_id}`.
+/// Layout 2 added `BACKEND_VIPS`, `NEXT_HOPS` and `LOCAL_ADDRS`, `Backend::{flags, vip_id}`
+/// and the address filter's local part.
 pub const PIN_LAYOUT: u32 = 2;
 /// Backend slots; a backend id's low 16 bits index them.
 pub const MAX_BACKENDS: u32 = 1 << 16;
@@ -229,6 +235,16 @@ const _: () = assert!(size_of::<ReverseNat>() == 28);
 /// address:port.
 pub const REPLY_SHARED: u8 = 1;
 
+/// Key of [`LOCAL_ADDRS_MAP`]: an address.
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AddrKey {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<AddrKey>() == 20);
+
 /// Key of [`BACKEND_VIPS_MAP`]: a backend address:port as a reply's source.
 #[repr(C)]
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -323,6 +339,7 @@ mod pod {
         BackendLoad,
         ReverseNat,
         BackendKey,
+        AddrKey,
         NextHop,
         Stats,
         Settings

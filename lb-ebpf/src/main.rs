@@ -189,8 +189,11 @@ fn from_backend(pkt: &mut Packet, s: &mut Scratch) -> Counter {
 
 #[inline(always)]
 fn translate_reply(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter> {
+    // A backend's answer to the gateway itself (a health probe) is no VIP's reply, whatever
+    // its source port.
     if !vip::may_be_from_backend(&s.l3)
         || s.l3.problem.is_some()
+        || vip::is_to_gateway(&s.l3)
         || !parse::parse_l4(pkt, &s.l3, &mut s.l4)
     {
         return Err(Counter::PassNonVip);

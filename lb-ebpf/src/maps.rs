@@ -13,8 +13,9 @@ use lb_common::{
     counters::COUNTER_COUNT,
     filter::FILTER_MAP_WORDS,
     maps::{
-        Backend, BackendKey, BackendLoad, DEFAULT_CONNTRACK_CAPACITY, DEFAULT_SLOTS, MAX_BACKENDS,
-        MAX_TX_PORTS, MAX_VIPS, NextHop, ReverseNat, Settings, Stats, VipAddrKey, VipKey, VipMeta,
+        AddrKey, Backend, BackendKey, BackendLoad, DEFAULT_CONNTRACK_CAPACITY, DEFAULT_SLOTS,
+        MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_TX_PORTS, MAX_VIPS, NextHop, ReverseNat, Settings,
+        Stats, VipAddrKey, VipKey, VipMeta,
     },
 };
 
@@ -50,6 +51,9 @@ pub static REVERSE_NAT: LruHashMap<FlowKey, ReverseNat> =
 #[map(name = "BACKEND_VIPS")]
 pub static BACKEND_VIPS: HashMap<BackendKey, ReverseNat> =
     HashMap::with_max_entries(MAX_BACKENDS, BPF_F_NO_PREALLOC);
+
+#[map(name = "LOCAL_ADDRS")]
+pub static LOCAL_ADDRS: HashMap<AddrKey, u32> = HashMap::with_max_entries(MAX_LOCAL_ADDRS, 0);
 
 /// Per CPU: each CPU looks its next hops up itself and reads only its own, so a refresh never
 /// makes another CPU's copy of the line stale and a reader never sees half an update.

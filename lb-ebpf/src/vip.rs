@@ -3,11 +3,11 @@
 
 use lb_common::{
     filter::{FilterKind, filter_slot},
-    maps::{VipAddrKey, VipKey, VipMeta},
+    maps::{AddrKey, VipAddrKey, VipKey, VipMeta},
 };
 
 use crate::{
-    maps::{ADDR_FILTER, VIP_ADDRS, VIPS},
+    maps::{ADDR_FILTER, LOCAL_ADDRS, VIP_ADDRS, VIPS},
     parse::L3,
 };
 
@@ -29,6 +29,21 @@ pub fn may_be_vip_addr(l3: &L3) -> bool {
 #[inline(always)]
 pub fn may_be_from_backend(l3: &L3) -> bool {
     in_filter(FilterKind::Backend, &l3.src)
+}
+
+/// True if the packet is to one of the gateway's own addresses (the filter first, then the
+/// exact set).
+#[inline(always)]
+pub fn is_to_gateway(l3: &L3) -> bool {
+    if !in_filter(FilterKind::Local, &l3.dst) {
+        return false;
+    }
+    let key = AddrKey {
+        addr: l3.dst,
+        family: l3.family,
+        _pad: [0; 3],
+    };
+    LOCAL_ADDRS.get_ptr(&key).is_some()
 }
 
 /// True if some VIP has the packet's destination address and protocol.

@@ -12,10 +12,10 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray},
 };
 use lb_common::maps::{
-    ADDR_FILTER_MAP, BACKEND_LOAD_MAP, BACKEND_OPENED_MAP, BACKEND_STATS_MAP, BACKEND_UNUSED,
-    BACKEND_VIPS_MAP, BACKENDS_MAP, Backend, BackendKey, BackendLoad, ReverseNat, SETTINGS_MAP,
-    SLOTS_MAP, Settings, Stats, VIP_ADDRS_MAP, VIP_STATS_MAP, VIPS_MAP, VipAddrKey, VipKey,
-    VipMeta,
+    ADDR_FILTER_MAP, AddrKey, BACKEND_LOAD_MAP, BACKEND_OPENED_MAP, BACKEND_STATS_MAP,
+    BACKEND_UNUSED, BACKEND_VIPS_MAP, BACKENDS_MAP, Backend, BackendKey, BackendLoad,
+    LOCAL_ADDRS_MAP, ReverseNat, SETTINGS_MAP, SLOTS_MAP, Settings, Stats, VIP_ADDRS_MAP,
+    VIP_STATS_MAP, VIPS_MAP, VipAddrKey, VipKey, VipMeta,
 };
 use lb_common::{
     FlowKey,
@@ -62,6 +62,11 @@ pub trait Maps {
     fn set_backend_vip(&mut self, key: &BackendKey, entry: Option<&ReverseNat>) -> MapsResult<()>;
     /// Every stateless reply translation.
     fn backend_vips(&self) -> MapsResult<Vec<(BackendKey, ReverseNat)>>;
+    /// Adds (`true`) or removes (`false`) one of the gateway's own addresses
+    /// (`lb_common::maps::LOCAL_ADDRS_MAP`).
+    fn set_local_addr(&mut self, key: &AddrKey, present: bool) -> MapsResult<()>;
+    /// Every address in `LOCAL_ADDRS_MAP`.
+    fn local_addrs(&self) -> MapsResult<Vec<AddrKey>>;
 }
 
 /// Maps behind a pointer: the agent's balancer works over the kernel's maps or, in tests, the
@@ -117,6 +122,12 @@ impl<T: Maps + ?Sized> Maps for Box<T> {
     fn backend_vips(&self) -> MapsResult<Vec<(BackendKey, ReverseNat)>> {
         (**self).backend_vips()
     }
+    fn set_local_addr(&mut self, key: &AddrKey, present: bool) -> MapsResult<()> {
+        (**self).set_local_addr(key, present)
+    }
+    fn local_addrs(&self) -> MapsResult<Vec<AddrKey>> {
+        (**self).local_addrs()
+    }
 }
 
 /// One write the balancer makes to the maps.
@@ -131,6 +142,7 @@ pub enum MapWrite {
     Settings(Settings),
     FilterWord(u32, u64),
     BackendVip(BackendKey, Option<ReverseNat>),
+    LocalAddr(AddrKey, bool),
 }
 
 impl MapWrite {
@@ -146,6 +158,7 @@ impl MapWrite {
             MapWrite::Settings(settings) => maps.set_settings(settings),
             MapWrite::FilterWord(index, word) => maps.set_filter_word(*index, *word),
             MapWrite::BackendVip(key, entry) => maps.set_backend_vip(key, entry.as_ref()),
+            MapWrite::LocalAddr(key, present) => maps.set_local_addr(key, *present),
         }
     }
 }
@@ -250,6 +263,12 @@ impl<M: Maps> Maps for Staged<M> {
     fn backend_vips(&self) -> MapsResult<Vec<(BackendKey, ReverseNat)>> {
         self.inner.backend_vips()
     }
+    fn set_local_addr(&mut self, key: &AddrKey, present: bool) -> MapsResult<()> {
+        self.write(MapWrite::LocalAddr(*key, present))
+    }
+    fn local_addrs(&self) -> MapsResult<Vec<AddrKey>> {
+        self.inner.local_addrs()
+    }
 }
 
 /// The kernel's maps of a loaded program.
@@ -258,6 +277,7 @@ pub struct BpfMaps {
     vip_addrs: BpfHashMap<MapData, VipAddrKey, u32>,
     backends: Array<MapData, Backend>,
     backend_vips: BpfHashMap<MapData, BackendKey, ReverseNat>,
+    local_addrs: BpfHashMap<MapData, AddrKey, u32>,
     slots: Array<MapData, u32>,
     backend_load: Array<MapData, BackendLoad>,
     backend_opened: Array<MapData, u64>,
@@ -303,6 +323,7 @@ impl BpfMaps {
             vip_addrs: field!(VIP_ADDRS_MAP),
             backends: field!(BACKENDS_MAP),
             backend_vips: field!(BACKEND_VIPS_MAP),
+            local_addrs: field!(LOCAL_ADDRS_MAP),
             slots: field!(SLOTS_MAP),
             backend_load: field!(BACKEND_LOAD_MAP),
             backend_opened: field!(BACKEND_OPENED_MAP),
@@ -462,6 +483,23 @@ impl Maps for BpfMaps {
             .collect::<Result<_, _>>()
             .on(BACKEND_VIPS_MAP, "listing")
     }
+    fn set_local_addr(&mut self, key: &AddrKey, present: bool) -> MapsResult<()> {
+        if present {
+            self.local_addrs
+                .insert(key, 1, 0)
+                .on(LOCAL_ADDRS_MAP, "updating")
+        } else {
+            self.local_addrs
+                .remove(key)
+                .on(LOCAL_ADDRS_MAP, "deleting from")
+        }
+    }
+    fn local_addrs(&self) -> MapsResult<Vec<AddrKey>> {
+        self.local_addrs
+            .keys()
+            .collect::<Result<_, _>>()
+            .on(LOCAL_ADDRS_MAP, "listing")
+    }
 }
 
 /// Slots written by one batch update.
@@ -591,6 +629,7 @@ pub struct MemMaps {
     /// Non-zero words of the address filter.
     pub filter: HashMap<u32, u64>,
     pub backend_vips: HashMap<BackendKey, ReverseNat>,
+    pub local_addrs: std::collections::HashSet<AddrKey>,
 }
 
 impl MemMaps {
@@ -679,5 +718,16 @@ impl Maps for MemMaps {
     }
     fn backend_vips(&self) -> MapsResult<Vec<(BackendKey, ReverseNat)>> {
         Ok(self.backend_vips.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+    fn set_local_addr(&mut self, key: &AddrKey, present: bool) -> MapsResult<()> {
+        if present {
+            self.local_addrs.insert(*key);
+        } else {
+            self.local_addrs.remove(key);
+        }
+        Ok(())
+    }
+    fn local_addrs(&self) -> MapsResult<Vec<AddrKey>> {
+        Ok(self.local_addrs.iter().copied().collect())
     }
 }

@@ -413,6 +413,8 @@ async fn attach_iface(
     crate::loader::if_index(&req.name)
         .map_err(|err| ApiError(StatusCode::NOT_FOUND, format!("{err:#}")))?;
     agent.pinned.attach(&req.name, mode)?;
+    // The program may now redirect to it: next hops through it are worth looking up again.
+    agent.balancer.refresh_next_hops()?;
     Ok((StatusCode::CREATED, Json(agent.pinned.ifaces())))
 }
 
@@ -429,6 +431,8 @@ async fn detach_iface(
         ));
     }
     agent.pinned.detach(&name)?;
+    // Kept next hops through it must not be used to redirect there any more.
+    agent.balancer.refresh_next_hops()?;
     log::info!("{name}: detached (API)");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -83,6 +83,8 @@ struct State {
     replies: Option<BTreeMap<BackendKey, ReverseNat>>,
     /// Backends written with `BACKEND_FLAG_STATELESS_REPLY`.
     stateless: BTreeSet<u32>,
+    /// The gateway's own addresses, as last written to `LOCAL_ADDRS` and the filter.
+    locals: BTreeSet<IpAddr>,
 }
 
 /// The balancer as it was when a change began ([`Balancer::begin`]).
@@ -128,8 +130,33 @@ impl<M: Maps> Balancer<M> {
                 settings,
                 replies: None,
                 stateless: BTreeSet::new(),
+                locals: BTreeSet::new(),
             },
         })
+    }
+
+    /// Tells the data path the gateway's own addresses: a backend's packet to one of them (an
+    /// answer to a health probe) is not translated as a VIP's reply. New ones are written
+    /// before the filter lets the data path look them up, gone ones after.
+    pub fn set_local_addrs(
+        &mut self,
+        addrs: impl IntoIterator<Item = IpAddr>,
+    ) -> Result<(), Error> {
+        let new: BTreeSet<IpAddr> = addrs.into_iter().collect();
+        for addr in new.difference(&self.state.locals) {
+            self.maps.set_local_addr(&local_key(*addr), true)?;
+        }
+        let old = std::mem::replace(&mut self.state.locals, new);
+        self.publish_filter(&[])?;
+        for addr in old.difference(&self.state.locals) {
+            self.maps.set_local_addr(&local_key(*addr), false)?;
+        }
+        Ok(())
+    }
+
+    /// The gateway's own addresses, as the data path knows them.
+    pub fn local_addrs(&self) -> Vec<IpAddr> {
+        self.state.locals.iter().copied().collect()
     }
 
     /// Starts a new generation of next hops: every next hop the data path kept is looked up
@@ -225,6 +252,9 @@ impl<M: Maps> Balancer<M> {
             for b in &state.backends {
                 set(FilterKind::Backend, b.spec.addr.ip());
             }
+        }
+        for &addr in &self.state.locals {
+            set(FilterKind::Local, addr);
         }
         for &(kind, addr) in extra {
             set(kind, addr);
@@ -609,6 +639,14 @@ impl<M: Maps> Balancer<M> {
     /// Traffic of a backend, by id.
     pub fn backend_stats(&self, id: u32) -> Result<Stats, Error> {
         Ok(self.maps.backend_stats(backend_index(id))?)
+    }
+}
+
+fn local_key(addr: IpAddr) -> lb_common::maps::AddrKey {
+    lb_common::maps::AddrKey {
+        addr: addr16(addr),
+        family: crate::model::family(addr),
+        _pad: [0; 3],
     }
 }
 

@@ -72,6 +72,20 @@ impl<M: Maps> Balancer<M> {
         self.publish_filter(&[])?;
         self.state.replies = None;
         self.publish_replies()?;
+        let locals: std::collections::HashSet<_> = self
+            .state
+            .locals
+            .iter()
+            .map(|a| super::local_key(*a))
+            .collect();
+        for key in &locals {
+            self.maps.set_local_addr(key, true)?;
+        }
+        for key in self.maps.local_addrs()? {
+            if !locals.contains(&key) {
+                self.maps.set_local_addr(&key, false)?;
+            }
+        }
         let mut counts: std::collections::HashMap<VipAddrKey, u32> =
             std::collections::HashMap::new();
         for (vip, state) in &self.state.vips {

@@ -119,6 +119,31 @@ fn stateless_replies_shared_backends_and_next_hops() {
     ];
     lab.run(lab.gb0, &replies);
 
+    // ...but not its answers to the gateway itself (health probes), whatever their port.
+    lab.balancer
+        .set_local_addrs([
+            "198.18.1.1".parse().unwrap(),
+            "fd00:0:0:1::1".parse().unwrap(),
+        ])
+        .expect("local addresses");
+    let to_gateway = [
+        Case::new(
+            "a backend's answer to the gateway's own address (a health probe) is not translated",
+            lab.sent_by_b0(BACKEND, "[fd00:0:0:1::1]:50000", syn_ack, b""),
+            XdpAction::Pass,
+            Expect::Unchanged,
+        )
+        .counter("pass_non_vip"),
+        Case::new(
+            "nor is an IPv4 one from a backend port VIPs share",
+            lab.sent_by_b0("198.18.1.2:8080", "198.18.1.1:50001", syn_ack, b""),
+            XdpAction::Pass,
+            Expect::Unchanged,
+        )
+        .counter("pass_non_vip"),
+    ];
+    lab.run(lab.gb0, &to_gateway);
+
     // 2. A second VIP shares the backend: its flows record reverse entries, and the flows the
     //    first VIP opened before keep coming from the first VIP.
     lab.balancer
