@@ -65,6 +65,9 @@ counters! {
     DropNoBackend = 15 => "drop_no_backend",
     /// A map the program needs was missing an entry it should have (agent bug): dropped.
     DropInternal = 16 => "drop_internal",
+    /// A reply of a backend that arrived on an interface that does not lead to that backend
+    /// (spoofed from the client side): dropped.
+    DropSpoofedReply = 17 => "drop_spoofed_reply",
 }
 
 /// XDP return codes (`enum xdp_action`).
@@ -89,7 +92,8 @@ impl Counter {
             | Counter::DropFragment
             | Counter::DropExtHeaders
             | Counter::DropNoBackend
-            | Counter::DropInternal => xdp_action::DROP,
+            | Counter::DropInternal
+            | Counter::DropSpoofedReply => xdp_action::DROP,
             Counter::PassNonIp
             | Counter::PassNonVip
             | Counter::PassMalformed

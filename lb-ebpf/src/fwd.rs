@@ -64,6 +64,57 @@ pub fn to_backend(pkt: &mut Packet, l3: &L3, index: u32, generation: u32, now: u
     }
 }
 
+/// The interface that leads to backend slot `index`, whose address is the source of the reply
+/// `l3`: from the next hop this CPU kept for the backend while it is fresh, else from a FIB
+/// lookup towards the backend (kept when complete). 0 if the FIB cannot tell (no route,
+/// forwarding off): the caller then has nothing to check against.
+///
+/// Not inlined, so its FIB parameters take stack only while it runs.
+#[inline(never)]
+pub fn backend_ifindex(pkt: &Packet, l3: &L3, index: u32, generation: u32, now: u64) -> u32 {
+    let Some(hop) = NEXT_HOPS.get_ptr_mut(index) else {
+        return 0;
+    };
+    // SAFETY: as in `to_backend`.
+    let hop = unsafe { &mut *hop };
+    let Some((len, _)) = ip_len_and_hop_limit(pkt, l3) else {
+        return 0;
+    };
+    if hop.is_fresh(generation, now, len) {
+        return hop.ifindex;
+    }
+    let mut params = MaybeUninit::<bpf_fib_lookup>::uninit();
+    // As in `lookup_and_send`.
+    let params = zeroed_in_place(&mut params);
+    params.l4_protocol = l3.proto;
+    params.ifindex = pkt.ingress_ifindex;
+    params.__bindgen_anon_1.tot_len = len;
+    if l3.v6() {
+        params.family = AF_INET6;
+        params.__bindgen_anon_3.ipv6_src = words(&l3.dst);
+        params.__bindgen_anon_4.ipv6_dst = words(&l3.src);
+    } else {
+        params.family = AF_INET;
+        params.__bindgen_anon_3.ipv4_src = words(&l3.dst)[0];
+        params.__bindgen_anon_4.ipv4_dst = words(&l3.src)[0];
+    }
+    match pkt.fib_lookup(params) as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            copy6(&mut hop.dmac, &params.dmac);
+            copy6(&mut hop.smac, &params.smac);
+            hop.ifindex = params.ifindex;
+            // SAFETY: as in `lookup_and_send`.
+            hop.mtu = unsafe { params.__bindgen_anon_1.mtu_result };
+            hop.generation = generation;
+            hop.looked_up_ns = now;
+            params.ifindex
+        }
+        // The route is known, the neighbour not yet: the egress is still the answer.
+        BPF_FIB_LKUP_RET_NO_NEIGH => params.ifindex,
+        _ => 0,
+    }
+}
+
 /// Where to keep the answer of a next-hop lookup for a backend.
 struct Keep<'a> {
     hop: &'a mut NextHop,

@@ -206,13 +206,27 @@ fn translate_reply(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter
     if !conntrack::reply_translation(&s.key, &s.source, &mut s.reverse) {
         return Err(Counter::PassNonVip);
     }
+    // Replies come from where the backend is: one spoofed from the client side with a
+    // backend's address would otherwise end or shorten the flow it names.
+    let settings = SETTINGS.get(0).ok_or(Counter::DropInternal)?;
+    let now = now();
+    let egress = fwd::backend_ifindex(
+        pkt,
+        &s.l3,
+        backend_index(s.reverse.backend_id),
+        settings.next_hop_generation,
+        now,
+    );
+    if egress != 0 && egress != pkt.ingress_ifindex {
+        return Err(Counter::DropSpoofedReply);
+    }
     conntrack::set_key(
         &mut s.other,
         (&s.l3.dst, s.l4.dst_port),
         (&s.reverse.vip_addr, s.reverse.vip_port),
         (s.l3.proto, s.l3.family),
     );
-    conntrack::saw_reply(&s.other, s.l4.tcp_flags, now());
+    conntrack::saw_reply(&s.other, s.l4.tcp_flags, now);
     stats::count_traffic(
         s.reverse.vip_id,
         backend_index(s.reverse.backend_id),

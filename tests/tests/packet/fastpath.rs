@@ -1,5 +1,6 @@
-//! The fast paths and what they keep: replies translated without per-flow state, the fallback
-//! of a backend shared by several VIPs, the next hops the program keeps per backend (fresh,
+//! The fast paths and what they keep: replies translated without per-flow state (but not the
+//! backends' answers to the gateway itself, nor replies spoofed from the client side), the
+//! fallback of a backend shared by several VIPs, the next hops the program keeps per backend (fresh,
 //! stale by generation or by age), and a backend set down while its flow is tracked.
 //!
 //! Each step is a fixture table run through the real program; between steps the test changes
@@ -45,6 +46,13 @@ fn tracked_backend(lab: &PacketLab, client: &str, vip: &str) -> Option<u32> {
         HashMap::try_from(lab.loaded.ebpf.map(CONNTRACK_MAP).expect("map")).expect("typed");
     let key = lb_tests::flow_key(sa(client), sa(vip), PROTO_TCP);
     map.get(&key, 0).ok().map(|state| state.backend_id)
+}
+
+fn tracked_state(lab: &PacketLab, client: &str, vip: &str) -> Option<u8> {
+    let map: HashMap<&MapData, FlowKey, FlowState> =
+        HashMap::try_from(lab.loaded.ebpf.map(CONNTRACK_MAP).expect("map")).expect("typed");
+    let key = lb_tests::flow_key(sa(client), sa(vip), PROTO_TCP);
+    map.get(&key, 0).ok().map(|state| state.state)
 }
 
 fn next_hops(lab: &mut PacketLab) -> PerCpuArray<&mut MapData, NextHop> {
@@ -143,6 +151,22 @@ fn stateless_replies_shared_backends_and_next_hops() {
         .counter("pass_non_vip"),
     ];
     lab.run(lab.gb0, &to_gateway);
+
+    // ...nor a "reply" that arrives from the client side: spoofed, it would end the flow.
+    let rst = L4::Tcp(tcp_flags::RST);
+    let spoofed = [Case::new(
+        "a reply spoofed from the client side with a backend's address is dropped",
+        frame(sa(BACKEND), sa(CLIENT_A), rst, b""),
+        XdpAction::Drop,
+        Expect::Unchanged,
+    )
+    .counter("drop_spoofed_reply")];
+    lab.run(lab.gc, &spoofed);
+    assert_ne!(
+        tracked_state(&lab, CLIENT_A, VIP_A),
+        Some(lb_common::conntrack::STATE_CLOSED),
+        "the spoofed RST left the flow alone"
+    );
 
     // 2. A second VIP shares the backend: its flows record reverse entries, and the flows the
     //    first VIP opened before keep coming from the first VIP.
