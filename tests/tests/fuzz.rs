@@ -163,11 +163,10 @@ const MAYBE_REPLY: [Counter; 6] = [
 impl Fate {
     fn counters(self) -> &'static [Counter] {
         match self {
-            Fate::Untouched(c) | Fate::Dropped(c) => Counter::ALL
-                .iter()
-                .find(|x| **x == c)
-                .map(std::slice::from_ref)
-                .unwrap(),
+            // `Counter::ALL` is in index order.
+            Fate::Untouched(c) | Fate::Dropped(c) => {
+                std::slice::from_ref(&Counter::ALL[c as usize])
+            }
             Fate::Balanced => &BALANCED,
             Fate::MaybeReply => &MAYBE_REPLY,
         }
@@ -839,7 +838,7 @@ fn translated(
 #[ignore = "needs root"]
 fn mutation_fuzz() {
     let packets: u64 = env_or("XDPLB_FUZZ_PACKETS", DEFAULT_PACKETS);
-    let batch: usize = env_or("XDPLB_FUZZ_BATCH", DEFAULT_BATCH).max(1);
+    let batch_size: usize = env_or("XDPLB_FUZZ_BATCH", DEFAULT_BATCH).max(1);
     let seed: u64 = env_or("XDPLB_FUZZ_SEED", fastrand::u64(..));
     println!("mutation fuzz: {packets} packets, seed {seed} (XDPLB_FUZZ_SEED={seed} repeats it)");
 
@@ -854,20 +853,18 @@ fn mutation_fuzz() {
         };
         let mut oracle = Oracle::default();
         let mut failures = Vec::new();
-        let ctx: Vec<u8> = [0, 0, 0, ingress, 0, 0]
+        // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, .. }
+        let mut ctx: Vec<u8> = [0, 0, 0, ingress, 0, 0]
             .iter()
             .flat_map(|field| field.to_ne_bytes())
             .collect();
         let mut output = vec![0u8; 4096];
         let start = Instant::now();
         let mut before = Counters::read(&loaded.ebpf).expect("counters");
+        let mut batch = Batch::default();
         let mut sent = 0u64;
-        // Per batch: packets by action, by single allowed counter, by allowed counter.
-        let mut by_action = [0u64; 5];
-        let mut must = HashMap::<Counter, u64>::new();
-        let mut may = HashMap::<Counter, u64>::new();
         let mut last = String::new();
-        while sent < packets {
+        while sent < packets && failures.len() < MAX_FAILURES {
             assert!(
                 start.elapsed() < TIME_LIMIT,
                 "{sent} packets in {:?}: too slow (seed {seed})",
@@ -881,7 +878,6 @@ fn mutation_fuzz() {
                 repair_checksums(&mut input);
             }
             let (fate, ip) = fate(&input, &config);
-            let mut ctx = ctx.clone();
             ctx[4..8].copy_from_slice(&(input.len() as u32).to_ne_bytes());
             let result = loaded
                 .program()
@@ -894,80 +890,42 @@ fn mutation_fuzz() {
                 })
                 .unwrap_or_else(|err| panic!("test run of {}: {err}", describe(&input)));
             sent += 1;
-            let out = &output[..result.data_size_out as usize];
-            if let Err(what) =
-                oracle.judge(&input, result.return_value, out, fate, ip.as_ref(), &config)
-            {
+            let (action, out) = (
+                result.return_value,
+                &output[..result.data_size_out as usize],
+            );
+            if let Err(what) = oracle.judge(&input, action, out, fate, ip.as_ref(), &config) {
                 failures.push(format!(
                     "packet {sent}: {what}\n  input:  {}\n          {}\n  output: {}",
                     describe(&input),
                     hex(&input),
                     describe(out)
                 ));
-                if failures.len() >= MAX_FAILURES {
-                    break;
-                }
             }
-            by_action[result.return_value.min(4) as usize] += 1;
-            let allowed = fate.counters();
-            if let [only] = allowed {
-                *must.entry(*only).or_default() += 1;
+            batch.add(fate, action);
+            if batch_size == 1 {
+                last = format!(
+                    "\n  packet: {fate:?}: {} ({})",
+                    describe(&input),
+                    hex(&input)
+                );
             }
-            for c in allowed {
-                *may.entry(*c).or_default() += 1;
-            }
-            if batch == 1 {
-                last = format!("{fate:?}: {} ({})", describe(&input), hex(&input));
-            }
-            if sent % batch as u64 == 0 || sent == packets {
+            if sent.is_multiple_of(batch_size as u64) || sent == packets {
                 let after = Counters::read(&loaded.ebpf).expect("counters");
-                let delta = |c: Counter| after.get(c) - before.get(c);
-                let n: u64 = by_action.iter().sum();
-                let mut wrong = Vec::new();
-                if Counter::ALL.iter().map(|c| delta(*c)).sum::<u64>() != n {
-                    wrong.push(format!("counters grew by other than the {n} packets"));
-                }
-                for (action, count) in by_action.iter().enumerate() {
-                    let counted: u64 = Counter::ALL
-                        .iter()
-                        .filter(|c| c.action() == action as u32)
-                        .map(|c| delta(*c))
-                        .sum();
-                    if counted != *count {
-                        wrong.push(format!(
-                            "action {action}: {count} packets, its counters grew by {counted}"
-                        ));
-                    }
-                }
-                for c in Counter::ALL {
-                    let (lo, hi) = (
-                        must.get(c).copied().unwrap_or(0),
-                        may.get(c).copied().unwrap_or(0),
-                    );
-                    if !(lo..=hi).contains(&delta(*c)) {
-                        wrong.push(format!(
-                            "{} grew by {}, not {lo}..={hi}",
-                            c.name(),
-                            delta(*c)
-                        ));
-                    }
-                }
+                let wrong = batch.check(&before, &after);
                 if !wrong.is_empty() {
                     failures.push(format!(
                         "batch ending at packet {sent}: {}{}",
                         wrong.join("; "),
-                        if batch == 1 {
-                            format!("\n  packet: {last}")
+                        if batch_size == 1 {
+                            &last
                         } else {
-                            " (XDPLB_FUZZ_BATCH=1 names the packet)".into()
+                            " (XDPLB_FUZZ_BATCH=1 names the packet)"
                         }
                     ));
                     break;
                 }
-                before = after;
-                by_action = [0; 5];
-                must.clear();
-                may.clear();
+                (before, batch) = (after, Batch::default());
             }
         }
         assert!(
@@ -993,6 +951,66 @@ fn mutation_fuzz() {
         oracle.translated > packets / 20,
         "too few packets translated to judge"
     );
+}
+
+/// One batch's expectations of the outcome counters.
+#[derive(Default)]
+struct Batch {
+    /// Packets by the action they got.
+    by_action: [u64; 5],
+    /// By counter: packets whose fate allows only it, and packets whose fate allows it.
+    must: HashMap<Counter, u64>,
+    may: HashMap<Counter, u64>,
+}
+
+impl Batch {
+    fn add(&mut self, fate: Fate, action: u32) {
+        self.by_action[action.min(4) as usize] += 1;
+        let allowed = fate.counters();
+        if let [only] = allowed {
+            *self.must.entry(*only).or_default() += 1;
+        }
+        for c in allowed {
+            *self.may.entry(*c).or_default() += 1;
+        }
+    }
+
+    /// What is wrong with the counters' growth from `before` to `after` over the batch: each
+    /// packet counted once, each action's counters grown by the packets that got it, each
+    /// counter within what the packets' fates allow.
+    fn check(&self, before: &Counters, after: &Counters) -> Vec<String> {
+        let delta = |c: Counter| after.get(c) - before.get(c);
+        let n: u64 = self.by_action.iter().sum();
+        let mut wrong = Vec::new();
+        let counted: u64 = Counter::ALL.iter().map(|c| delta(*c)).sum();
+        if counted != n {
+            wrong.push(format!("{n} packets, {counted} counted"));
+        }
+        for (action, count) in self.by_action.iter().enumerate() {
+            let counted: u64 = Counter::ALL
+                .iter()
+                .filter(|c| c.action() == action as u32)
+                .map(|c| delta(*c))
+                .sum();
+            if counted != *count {
+                wrong.push(format!(
+                    "action {action}: {count} packets, its counters grew by {counted}"
+                ));
+            }
+        }
+        for c in Counter::ALL {
+            let lo = self.must.get(c).copied().unwrap_or(0);
+            let hi = self.may.get(c).copied().unwrap_or(0);
+            if !(lo..=hi).contains(&delta(*c)) {
+                wrong.push(format!(
+                    "{} grew by {}, not {lo}..={hi}",
+                    c.name(),
+                    delta(*c)
+                ));
+            }
+        }
+        wrong
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
