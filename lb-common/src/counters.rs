@@ -55,7 +55,8 @@ counters! {
     /// its IP header gives (IPv4 total length, IPv6 payload length): dropped.
     DropTruncated = 10 => "drop_truncated",
     /// To a VIP, with an IP header that is not well-formed (IPv4 version, IHL or a total length
-    /// shorter than the header; IPv6 version, extension headers longer than the payload): dropped.
+    /// shorter than the header; IPv6 version, extension headers longer than the payload):
+    /// dropped.
     DropBadHeader = 11 => "drop_bad_header",
     /// To a VIP, with IPv4 options: dropped.
     DropIpOptions = 12 => "drop_ip_options",

@@ -181,8 +181,10 @@ mod tests {
         #[test]
         fn padding_is_fine(payload in 0u16..1480, padding in 0u64..64) {
             let tot_len = 20 + payload;
-            prop_assert_eq!(ipv4_problem(0x45, tot_len, 0x4000, u64::from(tot_len) + padding), None);
-            prop_assert_eq!(ipv6_problem(0x6f, payload, 40 + u64::from(payload) + padding), None);
+            let frame_v4 = u64::from(tot_len) + padding;
+            let frame_v6 = 40 + u64::from(payload) + padding;
+            prop_assert_eq!(ipv4_problem(0x45, tot_len, 0x4000, frame_v4), None);
+            prop_assert_eq!(ipv6_problem(0x6f, payload, frame_v6), None);
         }
 
         #[test]
