@@ -83,9 +83,7 @@ fn to_vip(pkt: &mut Packet, s: &mut Scratch) -> Counter {
 
 #[inline(always)]
 fn balance(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter> {
-    if let Some(problem) = s.l3.problem {
-        return Err(problem);
-    }
+    parse::strict(pkt, &mut s.l3)?;
     if !parse::parse_l4(pkt, &s.l3, &mut s.l4) {
         return Err(Counter::DropTruncated);
     }
@@ -136,7 +134,7 @@ fn from_backend(pkt: &mut Packet, s: &mut Scratch) -> Counter {
 #[inline(always)]
 fn translate_reply(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     if !vip::may_be_from_backend(&s.l3)
-        || s.l3.problem.is_some()
+        || parse::strict(pkt, &mut s.l3).is_err()
         || !parse::parse_l4(pkt, &s.l3, &mut s.l4)
     {
         return Err(Counter::PassNonVip);

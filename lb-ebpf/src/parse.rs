@@ -78,6 +78,8 @@ pub struct L3 {
     pub src: [u8; 16],
     pub dst: [u8; 16],
     pub vlan: bool,
+    /// TTL (IPv4) or hop limit (IPv6).
+    pub ttl: u8,
     /// Why a packet to a VIP is not balanced, if it is not: it cannot be safely (lengths,
     /// options, fragments, ...), or must not be (TTL about to expire).
     pub problem: Option<Counter>,
@@ -105,8 +107,8 @@ fn is_ext_header(proto: u8) -> bool {
 /// Finds and reads the IP header into `out`. `Err` is the outcome for frames that are not IP
 /// we can read addresses from.
 ///
-/// Strict parsing (`lb_common::parse`): `out.problem` is the first of the IP header's problems,
-/// then the TCP/UDP header's lengths, then the TTL; the packet is balanced only without one.
+/// Strict parsing (`lb_common::parse`): `out.problem` is the first of the IP header's problems;
+/// [`strict`] adds the TCP/UDP header's and the TTL's.
 #[inline(always)]
 pub fn parse_l3(pkt: &Packet, out: &mut L3) -> Result<(), Counter> {
     let eth: &EthHdr = pkt.ref_at(0).ok_or(Counter::PassMalformed)?;
@@ -119,20 +121,31 @@ pub fn parse_l3(pkt: &Packet, out: &mut L3) -> Result<(), Counter> {
         l3_off += VlanHdr::LEN;
         vlan = true;
     }
-    let ttl = match ether_type {
-        ETH_P_IP => parse_ipv4(pkt, l3_off, vlan, out)?,
-        ETH_P_IPV6 => parse_ipv6(pkt, l3_off, vlan, out)?,
-        _ => return Err(Counter::PassNonIp),
-    };
-    if out.problem.is_none() {
-        out.problem = transport_problem(pkt, out).or(ttl_problem(ttl));
+    match ether_type {
+        ETH_P_IP => parse_ipv4(pkt, l3_off, vlan, out),
+        ETH_P_IPV6 => parse_ipv6(pkt, l3_off, vlan, out),
+        _ => Err(Counter::PassNonIp),
     }
-    Ok(())
 }
 
-/// Reads the IPv4 header into `l3`; returns its TTL.
+/// The rest of strict parsing, for a packet the program may translate (to a VIP, or from a
+/// backend): `Err` is the first problem of its IP header (from [`parse_l3`]), TCP/UDP header
+/// lengths or TTL, also kept in `l3.problem`. Apart from [`parse_l3`] so that the packets
+/// passed as neither (most of them, on a busy router) do not pay for it.
 #[inline(always)]
-fn parse_ipv4(pkt: &Packet, l3_off: usize, vlan: bool, l3: &mut L3) -> Result<u8, Counter> {
+pub fn strict(pkt: &Packet, l3: &mut L3) -> Result<(), Counter> {
+    if l3.problem.is_none() {
+        l3.problem = transport_problem(pkt, l3).or(ttl_problem(l3.ttl));
+    }
+    match l3.problem {
+        Some(problem) => Err(problem),
+        None => Ok(()),
+    }
+}
+
+/// Reads the IPv4 header into `l3`.
+#[inline(always)]
+fn parse_ipv4(pkt: &Packet, l3_off: usize, vlan: bool, l3: &mut L3) -> Result<(), Counter> {
     let ip: &Ipv4Fixed = pkt.ref_at(l3_off).ok_or(Counter::PassMalformed)?;
     let tot_len = u16::from_be_bytes(ip.tot_len);
     let avail = pkt.len() - l3_off as u64;
@@ -145,12 +158,13 @@ fn parse_ipv4(pkt: &Packet, l3_off: usize, vlan: bool, l3: &mut L3) -> Result<u8
     set_v4(&mut l3.src, &ip.src);
     set_v4(&mut l3.dst, &ip.dst);
     l3.vlan = vlan;
-    Ok(ip.ttl)
+    l3.ttl = ip.ttl;
+    Ok(())
 }
 
-/// Reads the IPv6 header into `l3` and follows its extension headers; returns its hop limit.
+/// Reads the IPv6 header into `l3` and follows its extension headers.
 #[inline(always)]
-fn parse_ipv6(pkt: &Packet, l3_off: usize, vlan: bool, l3: &mut L3) -> Result<u8, Counter> {
+fn parse_ipv6(pkt: &Packet, l3_off: usize, vlan: bool, l3: &mut L3) -> Result<(), Counter> {
     let ip: &Ipv6Fixed = pkt.ref_at(l3_off).ok_or(Counter::PassMalformed)?;
     let payload_len = u16::from_be_bytes(ip.payload_len);
     l3.family = FAMILY_IPV6;
@@ -161,24 +175,24 @@ fn parse_ipv6(pkt: &Packet, l3_off: usize, vlan: bool, l3: &mut L3) -> Result<u8
     copy16(&mut l3.src, &ip.src);
     copy16(&mut l3.dst, &ip.dst);
     l3.vlan = vlan;
-    let hop_limit = ip.hop_limit;
+    l3.ttl = ip.hop_limit;
     l3.problem = ipv6_problem(ip.vcf[0], payload_len, pkt.len() - l3_off as u64);
     if l3.problem.is_some() {
-        return Ok(hop_limit);
+        return Ok(());
     }
     for _ in 0..MAX_EXT_HEADERS {
         match l3.proto {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
                 let Some(ext) = pkt.ref_at::<ExtHdr>(l3.l4_off) else {
                     l3.problem = Some(Counter::DropTruncated);
-                    return Ok(hop_limit);
+                    return Ok(());
                 };
                 let len = (usize::from(ext.len) + 1) * 8;
                 match after_ext_header(l3.l4_len, len as u32) {
                     Ok(left) => l3.l4_len = left,
                     Err(problem) => {
                         l3.problem = Some(problem);
-                        return Ok(hop_limit);
+                        return Ok(());
                     }
                 }
                 l3.proto = ext.next_hdr;
@@ -190,15 +204,15 @@ fn parse_ipv6(pkt: &Packet, l3_off: usize, vlan: bool, l3: &mut L3) -> Result<u8
                     l3.proto = ext.next_hdr;
                 }
                 l3.problem = Some(Counter::DropFragment);
-                return Ok(hop_limit);
+                return Ok(());
             }
-            _ => return Ok(hop_limit),
+            _ => return Ok(()),
         }
     }
     if is_ext_header(l3.proto) {
         l3.problem = Some(Counter::DropExtHeaders);
     }
-    Ok(hop_limit)
+    Ok(())
 }
 
 /// The TCP data offset or UDP length against the segment's length from the IP header; a
