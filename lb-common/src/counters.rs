@@ -51,9 +51,12 @@ counters! {
     /// Translated; its TCP/UDP checksum was a partial one (transmit offload of a local sender):
     /// passed to the kernel, which completes the checksum on the way out.
     PassPartialChecksum = 9 => "pass_partial_checksum",
-    /// To a VIP, cut short inside its IP or TCP/UDP header: dropped.
+    /// To a VIP, cut short: the frame ends inside its IP or TCP/UDP header, or before the end
+    /// its IP header gives (IPv4 total length, IPv6 payload length): dropped.
     DropTruncated = 10 => "drop_truncated",
-    /// To a VIP, with an IPv4 header that is not well-formed (version, IHL, length): dropped.
+    /// To a VIP, with an IP header that is not well-formed (IPv4 version, IHL or a total length
+    /// shorter than the header; IPv6 version, extension headers longer than the payload):
+    /// dropped.
     DropBadHeader = 11 => "drop_bad_header",
     /// To a VIP, with IPv4 options: dropped.
     DropIpOptions = 12 => "drop_ip_options",
@@ -65,9 +68,15 @@ counters! {
     DropNoBackend = 15 => "drop_no_backend",
     /// A map the program needs was missing an entry it should have (agent bug): dropped.
     DropInternal = 16 => "drop_internal",
+    /// To a VIP, with a TCP data offset under 5 words or beyond the segment, or a UDP length
+    /// under 8 or other than the IP payload's: dropped.
+    DropBadL4Header = 17 => "drop_bad_l4_header",
+    /// To a VIP, with TTL (hop limit) 1 or 0: passed untranslated, so that the kernel's ICMP
+    /// time exceeded names the VIP the client sent to, not a backend.
+    PassTtlExpired = 18 => "pass_ttl_expired",
     /// A reply of a backend that arrived on an interface that does not lead to that backend
     /// (spoofed from the client side): dropped.
-    DropSpoofedReply = 17 => "drop_spoofed_reply",
+    DropSpoofedReply = 19 => "drop_spoofed_reply",
 }
 
 /// XDP return codes (`enum xdp_action`).
@@ -93,13 +102,15 @@ impl Counter {
             | Counter::DropExtHeaders
             | Counter::DropNoBackend
             | Counter::DropInternal
+            | Counter::DropBadL4Header
             | Counter::DropSpoofedReply => xdp_action::DROP,
             Counter::PassNonIp
             | Counter::PassNonVip
             | Counter::PassMalformed
             | Counter::PassNoNeighbour
             | Counter::PassFib
-            | Counter::PassPartialChecksum => xdp_action::PASS,
+            | Counter::PassPartialChecksum
+            | Counter::PassTtlExpired => xdp_action::PASS,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod hash;
 pub mod maglev;
 pub mod maps;
 pub mod nat;
+pub mod parse;
 pub mod sched;
 
 pub use counters::Counter;

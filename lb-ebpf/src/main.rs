@@ -79,7 +79,9 @@ fn try_lb(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter> {
 /// Not inlined, like [`to_vip`]: BPF functions return one scalar, here an outcome or none.
 #[inline(never)]
 fn tracked(pkt: &mut Packet, s: &mut Scratch) -> Option<Counter> {
-    if s.l3.problem.is_some() || !parse::parse_l4(pkt, &s.l3, &mut s.l4) {
+    // A packet that cannot be balanced safely (malformed, TTL expiring) is left to the VIP
+    // path, which drops or passes it untranslated with its counter.
+    if parse::strict(pkt, &mut s.l3).is_err() || !parse::parse_l4(pkt, &s.l3, &mut s.l4) {
         return None;
     }
     let settings = SETTINGS.get(0)?;
@@ -114,9 +116,7 @@ fn to_vip(pkt: &mut Packet, s: &mut Scratch) -> Counter {
 
 #[inline(always)]
 fn balance(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter> {
-    if let Some(problem) = s.l3.problem {
-        return Err(problem);
-    }
+    parse::strict(pkt, &mut s.l3)?;
     if !parse::parse_l4(pkt, &s.l3, &mut s.l4) {
         return Err(Counter::DropTruncated);
     }
@@ -194,6 +194,7 @@ fn translate_reply(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter
     if !vip::may_be_from_backend(&s.l3)
         || s.l3.problem.is_some()
         || vip::is_to_gateway(&s.l3)
+        || parse::strict(pkt, &mut s.l3).is_err()
         || !parse::parse_l4(pkt, &s.l3, &mut s.l4)
     {
         return Err(Counter::PassNonVip);

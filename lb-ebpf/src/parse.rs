@@ -1,9 +1,17 @@
 //! Parsing: Ethernet, one 802.1Q/802.1ad tag, IPv4 or IPv6 (extension headers up to a bound),
 //! TCP or UDP. Stage helpers return `Err(Counter)` with the final outcome.
+//!
+//! Parsing is strict for packets to a VIP: lengths and offsets must agree with each other and
+//! with the frame (the checks are `lb_common::parse`'s), and an expiring TTL is not translated.
+//! Anything else keeps passing untouched whatever its headers say: the kernel judges it.
 
 use lb_common::{
     Counter,
     flow::{FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP},
+    parse::{
+        IPV4_HEADER_LEN, after_ext_header, ipv4_problem, ipv6_problem, tcp_problem, ttl_problem,
+        udp_problem,
+    },
 };
 use network_types::{eth::EthHdr, vlan::VlanHdr};
 
@@ -60,7 +68,8 @@ pub struct L3 {
     pub family: u8,
     /// Offset of the IP header; 14, or 18 behind a VLAN tag.
     pub l3_off: usize,
-    /// The transport protocol (after IPv6 extension headers).
+    /// The transport protocol (after IPv6 extension headers); an extension header's number if
+    /// the chain was not followed to its end (see [`L3::transport_unknown`]).
     pub proto: u8,
     /// Offset of the transport header.
     pub l4_off: usize,
@@ -69,7 +78,10 @@ pub struct L3 {
     pub src: [u8; 16],
     pub dst: [u8; 16],
     pub vlan: bool,
-    /// Why a packet to a VIP could not be balanced safely, if it could not.
+    /// TTL (IPv4) or hop limit (IPv6).
+    pub ttl: u8,
+    /// Why a packet to a VIP is not balanced, if it is not: it cannot be safely (lengths,
+    /// options, fragments, ...), or must not be (TTL about to expire).
     pub problem: Option<Counter>,
 }
 
@@ -77,10 +89,26 @@ impl L3 {
     pub fn v6(&self) -> bool {
         self.family == FAMILY_IPV6
     }
+
+    /// True if the parser stopped inside the IPv6 extension header chain, so the transport
+    /// protocol is not known.
+    pub fn transport_unknown(&self) -> bool {
+        self.v6() && is_ext_header(self.proto)
+    }
+}
+
+fn is_ext_header(proto: u8) -> bool {
+    matches!(
+        proto,
+        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT
+    )
 }
 
 /// Finds and reads the IP header into `out`. `Err` is the outcome for frames that are not IP
 /// we can read addresses from.
+///
+/// Strict parsing (`lb_common::parse`): `out.problem` is the first of the IP header's problems;
+/// [`strict`] adds the TCP/UDP header's and the TTL's.
 #[inline(always)]
 pub fn parse_l3(pkt: &Packet, out: &mut L3) -> Result<(), Counter> {
     let eth: &EthHdr = pkt.ref_at(0).ok_or(Counter::PassMalformed)?;
@@ -100,46 +128,58 @@ pub fn parse_l3(pkt: &Packet, out: &mut L3) -> Result<(), Counter> {
     }
 }
 
+/// The rest of strict parsing, for a packet the program may translate (to a VIP, or from a
+/// backend): `Err` is the first problem of its IP header (from [`parse_l3`]), TCP/UDP header
+/// lengths or TTL, also kept in `l3.problem`. Apart from [`parse_l3`] so that the packets
+/// passed as neither (most of them, on a busy router) do not pay for it.
+#[inline(always)]
+pub fn strict(pkt: &Packet, l3: &mut L3) -> Result<(), Counter> {
+    if l3.problem.is_none() {
+        l3.problem = transport_problem(pkt, l3).or(ttl_problem(l3.ttl));
+    }
+    match l3.problem {
+        Some(problem) => Err(problem),
+        None => Ok(()),
+    }
+}
+
+/// Reads the IPv4 header into `l3`.
 #[inline(always)]
 fn parse_ipv4(pkt: &Packet, l3_off: usize, vlan: bool, l3: &mut L3) -> Result<(), Counter> {
     let ip: &Ipv4Fixed = pkt.ref_at(l3_off).ok_or(Counter::PassMalformed)?;
-    let ihl = usize::from(ip.vihl & 0x0f) * 4;
-    let tot_len = u32::from(u16::from_be_bytes(ip.tot_len));
-    let frags = u16::from_be_bytes(ip.frags);
-    let problem = if ip.vihl >> 4 != 4 || ihl < 20 || tot_len < ihl as u32 {
-        Some(Counter::DropBadHeader)
-    } else if ihl > 20 {
-        Some(Counter::DropIpOptions)
-    } else if frags & 0x3fff != 0 {
-        // More-fragments set, or a non-zero offset.
-        Some(Counter::DropFragment)
-    } else {
-        None
-    };
+    let tot_len = u16::from_be_bytes(ip.tot_len);
+    let avail = pkt.len() - l3_off as u64;
+    l3.problem = ipv4_problem(ip.vihl, tot_len, u16::from_be_bytes(ip.frags), avail);
     l3.family = FAMILY_IPV4;
     l3.l3_off = l3_off;
     l3.proto = ip.proto;
     l3.l4_off = l3_off + 20;
-    l3.l4_len = tot_len.saturating_sub(20);
+    l3.l4_len = u32::from(tot_len).saturating_sub(IPV4_HEADER_LEN);
     set_v4(&mut l3.src, &ip.src);
     set_v4(&mut l3.dst, &ip.dst);
     l3.vlan = vlan;
-    l3.problem = problem;
+    l3.ttl = ip.ttl;
     Ok(())
 }
 
+/// Reads the IPv6 header into `l3` and follows its extension headers.
 #[inline(always)]
 fn parse_ipv6(pkt: &Packet, l3_off: usize, vlan: bool, l3: &mut L3) -> Result<(), Counter> {
     let ip: &Ipv6Fixed = pkt.ref_at(l3_off).ok_or(Counter::PassMalformed)?;
+    let payload_len = u16::from_be_bytes(ip.payload_len);
     l3.family = FAMILY_IPV6;
     l3.l3_off = l3_off;
     l3.proto = ip.next_hdr;
     l3.l4_off = l3_off + 40;
-    l3.l4_len = u32::from(u16::from_be_bytes(ip.payload_len));
+    l3.l4_len = u32::from(payload_len);
     copy16(&mut l3.src, &ip.src);
     copy16(&mut l3.dst, &ip.dst);
     l3.vlan = vlan;
-    l3.problem = None;
+    l3.ttl = ip.hop_limit;
+    l3.problem = ipv6_problem(ip.vcf[0], payload_len, pkt.len() - l3_off as u64);
+    if l3.problem.is_some() {
+        return Ok(());
+    }
     for _ in 0..MAX_EXT_HEADERS {
         match l3.proto {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => {
@@ -148,9 +188,15 @@ fn parse_ipv6(pkt: &Packet, l3_off: usize, vlan: bool, l3: &mut L3) -> Result<()
                     return Ok(());
                 };
                 let len = (usize::from(ext.len) + 1) * 8;
+                match after_ext_header(l3.l4_len, len as u32) {
+                    Ok(left) => l3.l4_len = left,
+                    Err(problem) => {
+                        l3.problem = Some(problem);
+                        return Ok(());
+                    }
+                }
                 l3.proto = ext.next_hdr;
                 l3.l4_off += len;
-                l3.l4_len = l3.l4_len.saturating_sub(len as u32);
             }
             IPPROTO_FRAGMENT => {
                 // The protocol it carries, so a fragment to a VIP is known as one.
@@ -163,13 +209,27 @@ fn parse_ipv6(pkt: &Packet, l3_off: usize, vlan: bool, l3: &mut L3) -> Result<()
             _ => return Ok(()),
         }
     }
-    if matches!(
-        l3.proto,
-        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_FRAGMENT
-    ) {
+    if is_ext_header(l3.proto) {
         l3.problem = Some(Counter::DropExtHeaders);
     }
     Ok(())
+}
+
+/// The TCP data offset or UDP length against the segment's length from the IP header; a
+/// header cut short by the frame is a truncated packet. Other protocols have no problem here.
+#[inline(always)]
+fn transport_problem(pkt: &Packet, l3: &L3) -> Option<Counter> {
+    match l3.proto {
+        PROTO_TCP => match pkt.ref_at::<TcpStart>(l3.l4_off) {
+            Some(tcp) => tcp_problem(tcp.data_off, l3.l4_len),
+            None => Some(Counter::DropTruncated),
+        },
+        PROTO_UDP => match pkt.ref_at::<UdpHdr>(l3.l4_off) {
+            Some(udp) => udp_problem(u16::from_be_bytes(udp.len), l3.l4_len),
+            None => Some(Counter::DropTruncated),
+        },
+        _ => None,
+    }
 }
 
 /// The ports and the fields of the transport header the balancer uses.

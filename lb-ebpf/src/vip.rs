@@ -3,6 +3,7 @@
 
 use lb_common::{
     filter::{FilterKind, filter_slot},
+    flow::{PROTO_TCP, PROTO_UDP},
     maps::{AddrKey, VipAddrKey, VipKey, VipMeta},
 };
 
@@ -46,12 +47,23 @@ pub fn is_to_gateway(l3: &L3) -> bool {
     LOCAL_ADDRS.get_ptr(&key).is_some()
 }
 
-/// True if some VIP has the packet's destination address and protocol.
+/// True if some VIP has the packet's destination address and protocol; for an IPv6 packet
+/// whose extension headers were not followed to the transport header, either protocol, so that
+/// it is dropped as VIP traffic rather than passed as some other.
 #[inline(always)]
 pub fn is_vip_addr(l3: &L3) -> bool {
+    if l3.transport_unknown() {
+        has_vip_addr(l3, PROTO_TCP) || has_vip_addr(l3, PROTO_UDP)
+    } else {
+        has_vip_addr(l3, l3.proto)
+    }
+}
+
+#[inline(always)]
+fn has_vip_addr(l3: &L3, proto: u8) -> bool {
     let key = VipAddrKey {
         addr: l3.dst,
-        proto: l3.proto,
+        proto,
         family: l3.family,
         _pad: [0; 2],
     };

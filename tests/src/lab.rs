@@ -1,6 +1,7 @@
 //! The packet fixtures' lab: the real program in the gateway namespace of a real topology, with
 //! permanent neighbour entries, so that `bpf_fib_lookup` answers as it would on a gateway.
 
+use lb_common::{FlowKey, conntrack::FlowState, maps::CONNTRACK_MAP};
 use lb_user::{
     balancer::{BackendSpec, Balancer, Scheduler, VipOptions},
     loader::{Loaded, if_index},
@@ -143,6 +144,16 @@ impl PacketLab {
                 crate::program::test_run(loaded, input, Some(ingress))
             })
         })
+    }
+
+    /// True if the connection table has an entry for the flow `src` → `dst` over `proto`.
+    pub fn tracked(&self, src: &str, dst: &str, proto: u8) -> bool {
+        let map = self.loaded.ebpf.map(CONNTRACK_MAP).expect("CONNTRACK map");
+        let conntrack: aya::maps::HashMap<_, FlowKey, FlowState> =
+            aya::maps::HashMap::try_from(map).expect("CONNTRACK is a hash map");
+        conntrack
+            .get(&crate::flow_key(sa(src), sa(dst), proto), 0)
+            .is_ok()
     }
 
     /// The frame the gateway sends to backend 0.

@@ -91,3 +91,31 @@ pub fn flow_key(src: SocketAddr, dst: SocketAddr, proto: u8) -> lb_common::FlowK
 pub fn vip(s: &str) -> lb_user::balancer::Vip {
     s.parse().unwrap_or_else(|err| panic!("bad VIP {s}: {err}"))
 }
+
+/// The connection table's key for the flow `src` → `dst` over `proto` (6 or 17), as the XDP
+/// program writes it.
+#[cfg(feature = "xdplb")]
+pub fn flow_key(src: SocketAddr, dst: SocketAddr, proto: u8) -> lb_common::FlowKey {
+    use lb_common::flow::{FAMILY_IPV4, FAMILY_IPV6};
+    let addr16 = |addr: std::net::IpAddr| match addr {
+        std::net::IpAddr::V4(v4) => {
+            let mut out = [0; 16];
+            out[..4].copy_from_slice(&v4.octets());
+            out
+        }
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    };
+    lb_common::FlowKey {
+        src_addr: addr16(src.ip()),
+        dst_addr: addr16(dst.ip()),
+        src_port: src.port().to_be_bytes(),
+        dst_port: dst.port().to_be_bytes(),
+        proto,
+        family: if src.is_ipv4() {
+            FAMILY_IPV4
+        } else {
+            FAMILY_IPV6
+        },
+        _pad: [0; 2],
+    }
+}

@@ -424,3 +424,63 @@ pub fn icmp_echo(dst: [u8; 4]) -> Vec<u8> {
         .expect("icmp");
     out
 }
+
+// --- Lengths, offsets and TTLs that disagree with the frame -------------------------------
+
+/// Byte offset of the TCP/UDP header in an untagged frame without IP options or extension
+/// headers.
+pub fn l4_offset(frame: &[u8]) -> usize {
+    if frame[12..14] == [0x86, 0xdd] {
+        14 + 40
+    } else {
+        14 + 20
+    }
+}
+
+/// The frame with its TCP data offset set to `words` (0–15), nothing else fixed.
+pub fn with_tcp_data_offset(mut frame: Vec<u8>, words: u8) -> Vec<u8> {
+    let at = l4_offset(&frame) + 12;
+    frame[at] = (words << 4) | (frame[at] & 0x0f);
+    frame
+}
+
+/// The frame with its UDP length field set to `len`, nothing else fixed.
+pub fn with_udp_length(mut frame: Vec<u8>, len: u16) -> Vec<u8> {
+    let at = l4_offset(&frame) + 4;
+    frame[at..at + 2].copy_from_slice(&len.to_be_bytes());
+    frame
+}
+
+/// The frame with the IP header's length (IPv4 total length, repairing the header checksum;
+/// IPv6 payload length) changed by `delta` bytes, nothing else fixed.
+pub fn with_ip_length_off_by(frame: Vec<u8>, delta: i32) -> Vec<u8> {
+    let ipv6 = frame[12..14] == [0x86, 0xdd];
+    let at = if ipv6 { 18 } else { 16 };
+    let len = i32::from(u16::from_be_bytes([frame[at], frame[at + 1]])) + delta;
+    let [hi, lo] = u16::try_from(len).expect("a length").to_be_bytes();
+    if ipv6 {
+        let mut frame = frame;
+        frame[at] = hi;
+        frame[at + 1] = lo;
+        frame
+    } else {
+        patch_ipv4(patch_ipv4(frame, at, hi), at + 1, lo)
+    }
+}
+
+/// The frame with TTL (hop limit) `ttl`, the IPv4 header checksum repaired.
+pub fn with_ttl(mut frame: Vec<u8>, ttl: u8) -> Vec<u8> {
+    if frame[12..14] == [0x86, 0xdd] {
+        frame[21] = ttl;
+        frame
+    } else {
+        patch_ipv4(frame, 22, ttl)
+    }
+}
+
+/// The frame followed by `len` bytes of Ethernet padding (zeros the IP header does not count).
+pub fn padded(frame: &[u8], len: usize) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    out.resize(frame.len() + len, 0);
+    out
+}

@@ -857,6 +857,120 @@ fn removed_backend_flows_move_and_new_flows_avoid_it() {
     );
 }
 
+/// Sets the integer socket option `level`/`name` of `socket` to `value`, or panics.
+fn set_int_option(socket: &UdpSocket, level: i32, name: i32, value: i32) {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: the descriptor is the open socket's, borrowed for the call; the option value is a
+    // live `i32` of the length passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setsockopt({level}, {name}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// A datagram to a VIP whose TTL (hop limit) expires at the gateway is not translated: the
+/// kernel's ICMP time exceeded quotes the VIP the client sent to, so it reaches the client's
+/// socket connected to the VIP (quoting a backend, it would match no socket). No flow is
+/// recorded for it.
+#[test]
+#[ignore = "needs root"]
+fn an_expiring_datagram_to_a_vip_gets_time_exceeded_naming_the_vip() {
+    let mut lab = Lab::new(1);
+    wait_for_ipv6(&lab.topo);
+    let v4 = lab.add_vip(
+        "198.19.0.1:53/udp",
+        Scheduler::Maglev,
+        vec![BackendSpec::new(lab.backend_v4(0), 1)],
+    );
+    let v6 = lab.add_vip(
+        "[fd00:ffff::1]:53/udp",
+        Scheduler::Maglev,
+        vec![BackendSpec::new(lab.backend_v6(0), 1)],
+    );
+    // The gateway routes the VIPs onward, so that what the program passes untranslated is
+    // forwarded, and an expiring packet answered with time exceeded (without a route the
+    // kernel would answer "network unreachable" instead).
+    let b0 = &lab.topo.backends[0];
+    for (family, route, via) in [
+        ("-4", "198.19.0.1/32", b0.v4.to_string()),
+        ("-6", "fd00:ffff::1/128", b0.v6.to_string()),
+    ] {
+        lab.topo
+            .gateway
+            .exec("ip", &[family, "route", "add", route, "via", &via])
+            .unwrap_or_else(|err| panic!("route to {route}: {err:#}"));
+    }
+    let cases = [
+        (
+            v4,
+            SocketAddr::from((VIP_V4, 53)),
+            libc::IPPROTO_IP,
+            libc::IP_TTL,
+            libc::IP_RECVERR,
+        ),
+        (
+            v6,
+            SocketAddr::from((VIP_V6, 53)),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_UNICAST_HOPS,
+            libc::IPV6_RECVERR,
+        ),
+    ];
+    for (vip, addr, level, ttl_option, recverr_option) in cases {
+        let before = lab.counters();
+        let flows_before = lab.new_flows(&vip);
+        let error = lab.client().run(|| {
+            let any: SocketAddr = if addr.is_ipv4() {
+                (Ipv4Addr::UNSPECIFIED, 0).into()
+            } else {
+                (Ipv6Addr::UNSPECIFIED, 0).into()
+            };
+            // At the usual TTL the backend answers through the VIP.
+            let socket = UdpSocket::bind(any).expect("bind");
+            socket.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+            let answered = udp_exchange(&socket, addr, "full-ttl-", 1);
+            assert_eq!(answered, ["b0"], "{addr}");
+            // At TTL 1, time exceeded comes back instead, as an error on the socket.
+            let socket = UdpSocket::bind(any).expect("bind");
+            socket.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+            socket.connect(addr).expect("connect");
+            set_int_option(&socket, level, recverr_option, 1);
+            set_int_option(&socket, level, ttl_option, 1);
+            socket.send(b"ttl-1").expect("send");
+            let mut buf = [0u8; 2048];
+            socket.recv(&mut buf)
+        });
+        match error {
+            Err(err) if err.raw_os_error() == Some(libc::EHOSTUNREACH) => {}
+            other => {
+                panic!("{addr}: expected time exceeded (EHOSTUNREACH) on the socket, got {other:?}")
+            }
+        }
+        let after = lab.counters();
+        assert_eq!(
+            grew(&before, &after, Counter::PassTtlExpired),
+            1,
+            "{addr}:\n{after}"
+        );
+        assert_eq!(
+            lab.new_flows(&vip) - flows_before,
+            1,
+            "{addr}: only the full-TTL exchange opens a flow"
+        );
+    }
+}
+
 /// Traffic to a backend's own address passes through the gateway untranslated.
 #[test]
 #[ignore = "needs root"]

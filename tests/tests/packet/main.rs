@@ -67,11 +67,18 @@ fn fixtures() {
         requests::cases(&lab),
         schedulers::cases(),
         malformed::cases(),
+        malformed::strict_cases(&lab),
     ] {
         ran += lab.run(lab.gc, &table);
     }
+    for (src, dst, proto) in malformed::EXPIRING {
+        assert!(
+            !lab.tracked(src, dst, proto),
+            "a packet with an expiring TTL created the flow {src} -> {dst}"
+        );
+    }
     ran += lab.run(lab.gb0, &replies::cases(&lab));
-    assert!(ran >= 40, "{ran} fixtures");
+    assert!(ran >= 80, "{ran} fixtures");
 
     // The flows and their traffic were counted for the VIP and its backend.
     let v = vip("198.19.0.1:80/tcp");

@@ -4,7 +4,7 @@
 use lb_tests::{
     fixture::{Case, Expect, XdpAction},
     lab::PacketLab,
-    packet::{L4, Link, frame_with, partial, tcp_flags},
+    packet::{L4, Link, frame_with, partial, tcp_flags, with_ttl, with_udp_length},
     sa,
 };
 
@@ -75,6 +75,24 @@ pub fn cases(lab: &PacketLab) -> Vec<Case> {
             )),
         )
         .counter("pass_partial_checksum"),
+        Case::new(
+            "a reply of a tracked flow with TTL 1 is passed untranslated (the kernel answers \
+             the backend)",
+            with_ttl(lab.sent_by_b0("198.18.1.2:8080", client, ACK, b"late"), 1),
+            XdpAction::Pass,
+            Expect::Unchanged,
+        )
+        .counter("pass_non_vip"),
+        Case::new(
+            "a reply of a tracked flow with a bad UDP length is passed untouched",
+            with_udp_length(
+                lab.sent_by_b0("198.18.1.2:8080", "198.18.0.2:5353", L4::Udp, b"answer"),
+                1000,
+            ),
+            XdpAction::Pass,
+            Expect::Unchanged,
+        )
+        .counter("pass_non_vip"),
         Case::new(
             "a packet from a backend port that only a wildcard-port VIP uses, with no tracked \
              flow, is passed untouched",
