@@ -236,8 +236,15 @@ pub struct Profile {
     pub samples: u64,
     /// Share of the samples per category of symbol (BPF program, veth/NAPI/XDP frames, ...).
     pub categories: Vec<Share>,
+    /// The same, of the benchmark's and the gateway's samples only (not idle, not other
+    /// processes sharing the machine).
+    #[serde(default)]
+    pub categories_ours: Vec<Share>,
     /// Share of the samples per command (the generator thread, NAPI threads, ksoftirqd, idle).
     pub commands: Vec<Share>,
+    /// Share of the samples per command and category (the largest).
+    #[serde(default)]
+    pub by_command: Vec<Share>,
     /// The symbols with the most samples.
     pub symbols: Vec<Share>,
     /// The full summary, written next to results.json.

@@ -367,6 +367,10 @@ fn print_end_to_end(e: Option<&EndToEnd>) {
         for share in &p.categories {
             println!("    {:>6.2}%  {}", 100.0 * share.share, share.name);
         }
+        println!("    of the benchmark's and the gateway's samples only:");
+        for share in &p.categories_ours {
+            println!("    {:>6.2}%  {}", 100.0 * share.share, share.name);
+        }
         println!("    by command:");
         for share in &p.commands {
             println!("    {:>6.2}%  {}", 100.0 * share.share, share.name);

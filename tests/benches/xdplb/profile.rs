@@ -64,8 +64,11 @@ impl Recording {
         loop {
             match self.child.try_wait().expect("waiting for perf") {
                 Some(status) => {
+                    use std::os::unix::process::ExitStatusExt as _;
+                    // perf writes its file, then ends the way SIGINT ends a process.
+                    let interrupted = status.signal() == Some(libc::SIGINT);
                     assert!(
-                        status.success() || status.code() == Some(130),
+                        status.success() || status.code() == Some(130) || interrupted,
                         "perf record: {status}"
                     );
                     break;
@@ -114,23 +117,40 @@ pub fn summarize(data: &Path, summary: &Path, forwarded_pps: f64) -> Profile {
         .trim()
         .to_owned();
 
-    let shares = |by: &dyn Fn(&Line) -> String| -> Vec<Share> {
+    // The benchmark's threads and the gateway's: not idle, not another process.
+    let ours = |l: &Line| {
+        !matches!(
+            category(&l.comm, &l.symbol, &own),
+            "idle" | "other processes sharing the machine"
+        )
+    };
+    let shares_of = |only_ours: bool, by: &dyn Fn(&Line) -> String| -> Vec<Share> {
         let mut sums: BTreeMap<String, u64> = BTreeMap::new();
-        for line in &lines {
+        for line in lines.iter().filter(|l| !only_ours || ours(l)) {
             *sums.entry(by(line)).or_default() += line.samples;
         }
+        let of: u64 = sums.values().sum();
         let mut v: Vec<Share> = sums
             .into_iter()
             .map(|(name, n)| Share {
                 name,
-                share: n as f64 / total as f64,
+                share: n as f64 / of.max(1) as f64,
             })
             .collect();
         v.sort_by(|a, b| b.share.total_cmp(&a.share));
         v
     };
+    let shares = |by: &dyn Fn(&Line) -> String| shares_of(false, by);
     let commands = shares(&|l| command_kind(&l.comm, &own));
     let categories = shares(&|l| category(&l.comm, &l.symbol, &own).to_owned());
+    let categories_ours = shares_of(true, &|l| category(&l.comm, &l.symbol, &own).to_owned());
+    let by_command = shares(&|l| {
+        format!(
+            "{}: {}",
+            command_kind(&l.comm, &own),
+            category(&l.comm, &l.symbol, &own)
+        )
+    });
     let symbols = shares(&|l| format!("{} ({})", l.symbol, command_kind(&l.comm, &own)));
 
     let mut text = String::new();
@@ -138,12 +158,18 @@ pub fn summarize(data: &Path, summary: &Path, forwarded_pps: f64) -> Profile {
         text,
         "perf record -a -g -e cpu-clock -F {FREQUENCY}: one round of the xdplb end-to-end \
          case, {forwarded_pps:.0} packets/s forwarded while recording; {total} samples \
-         ({})",
+         ({}); this process: {own}",
         data.display()
     );
     for (title, list, n) in [
         ("by category", &categories, usize::MAX),
+        (
+            "by category, of the benchmark's and the gateway's samples only",
+            &categories_ours,
+            usize::MAX,
+        ),
         ("by command", &commands, usize::MAX),
+        ("by command and category", &by_command, 40),
         ("top symbols", &symbols, 60),
     ] {
         let _ = writeln!(text, "\n{title}:");
@@ -162,7 +188,9 @@ pub fn summarize(data: &Path, summary: &Path, forwarded_pps: f64) -> Profile {
         forwarded_pps,
         samples: total,
         categories,
+        categories_ours,
         commands,
+        by_command: by_command.into_iter().take(TOP).collect(),
         symbols: symbols.into_iter().take(TOP).collect(),
         summary_path: summary.display().to_string(),
     }
@@ -196,7 +224,9 @@ fn command_kind(comm: &str, own: &str) -> String {
     } else if comm.starts_with("swapper") {
         "idle (swapper)".to_owned()
     } else {
-        format!("other: {comm}")
+        // Compiler jobs are called `opt HASH`: one line for all of them.
+        let name = comm.split([' ', '/']).next().unwrap_or(comm);
+        format!("other: {name}")
     }
 }
 
@@ -208,18 +238,41 @@ fn category(comm: &str, symbol: &str, own: &str) -> &'static str {
         || comm.starts_with("swapper");
     let any = |prefixes: &[&str]| prefixes.iter().any(|p| symbol.starts_with(p));
     let has = |parts: &[&str]| parts.iter().any(|p| symbol.contains(p));
-    if has(&["idle", "halt", "mwait"]) && !has(&["bpf_prog"]) {
-        "idle"
-    } else if !ours {
+    if !ours {
+        // Idle threads are `swapper`, which is ours: anything else is another process (which
+        // may run BPF programs of its own, xdplb's included).
         "other processes sharing the machine"
-    } else if symbol.starts_with("bpf_prog_") && symbol.ends_with("_lb") {
-        "xdplb's BPF program"
-    } else if symbol.starts_with("bpf_prog_") && symbol.ends_with("_bench_gen") {
-        "generator: its BPF program"
     } else if symbol.starts_with("bpf_prog_") {
-        "other BPF programs (sink's bench_drop)"
-    } else if has(&["test_run", "bpf_test_"]) {
-        "generator: test_run live frames"
+        // A JIT-ed program or subprogram: `bpf_prog_TAG_NAME`.
+        if symbol.ends_with("_bench_gen") {
+            "generator: its BPF program"
+        } else if symbol.ends_with("_bench_drop") {
+            "sink: its BPF program (bench_drop)"
+        } else {
+            "xdplb's BPF program and subprograms"
+        }
+    } else if has(&["idle", "halt", "mwait"]) {
+        "idle"
+    } else if has(&["test_run", "bpf_test_"]) || any(&["bpf_user_rnd", "prandom_"]) {
+        "generator: test_run live frames, random ports"
+    } else if any(&[
+        "htab_",
+        "__htab",
+        "lookup_nulls_elem",
+        "bpf_lru",
+        "__bpf_lru",
+        "bpf_map_",
+        "bpf_xdp_fib_lookup",
+        "bpf_ipv4_fib_lookup",
+        "bpf_fib",
+        "fib_table_lookup",
+        "fib_lookup",
+        "__fib_lookup",
+        "bpf_ktime",
+        "ktime_get",
+        "jhash",
+    ]) {
+        "BPF helpers and maps (hash lookups, FIB lookup, clock)"
     } else if has(&["build_skb", "skb_from_frame", "xdp_convert", "frame_to_skb"]) {
         "XDP frame to skb conversion"
     } else if any(&[
@@ -229,14 +282,15 @@ fn category(comm: &str, symbol: &str, own: &str) -> &'static str {
         "net_rx_action",
         "bq_",
         "dev_map",
+        "__dev_map",
         "__dev_flush",
+        "dev_xdp_enqueue",
     ]) || has(&["xdp", "page_pool", "ptr_ring"])
     {
-        "veth, NAPI, XDP redirect"
+        "veth, NAPI, XDP redirect and frame return"
     } else if any(&[
         "ip_",
         "ip6_",
-        "fib_",
         "__netif",
         "netif_",
         "dev_",
