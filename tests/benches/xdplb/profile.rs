@@ -248,8 +248,12 @@ fn category(comm: &str, symbol: &str, own: &str) -> &'static str {
             "generator: its BPF program"
         } else if symbol.ends_with("_bench_drop") {
             "sink: its BPF program (bench_drop)"
+        } else if symbol.ends_with("_lb") {
+            "xdplb's BPF program"
         } else {
-            "xdplb's BPF program and subprograms"
+            // Subprograms are named after their function, not their program: `memmove` may be
+            // the generator's (it copies headers into every frame) or xdplb's.
+            "BPF subprograms (memmove, forward, ...: xdplb's or the generator's)"
         }
     } else if has(&["idle", "halt", "mwait"]) {
         "idle"
