@@ -33,6 +33,12 @@ pub struct Results {
     pub memory: Vec<MemoryRow>,
     pub end_to_end: Option<EndToEnd>,
     pub tcp: Option<Tcp>,
+    /// The agent's walk of a full connection table.
+    #[serde(default)]
+    pub agent_walk: Option<AgentWalk>,
+    /// Each goal of the performance issue against what this run measured ([`goals`]).
+    #[serde(default)]
+    pub goals: Vec<Goal>,
     /// Wall time of the whole run.
     pub seconds: f64,
 }
@@ -47,20 +53,61 @@ pub struct Machine {
     pub loadavg_at_start: String,
 }
 
-/// A case of the per-packet table.
+/// A case of the per-packet table, in its two columns.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PacketRow {
     pub name: String,
     pub what: String,
     /// `repeat=1` (one call per packet) or `repeat=N` (a hot loop).
     pub method: String,
-    /// The outcome counters the case's packet is counted under.
+    /// On the forwarding path: in a gateway namespace with forwarding on, routes and resolved
+    /// neighbours, the packet arriving on an interface (`xdp_md.ingress_ifindex`), so that a
+    /// translated packet leaves by `XDP_TX` or `XDP_REDIRECT`. `None`: not measured there.
+    pub forwarding: Option<PacketCost>,
+    /// In the host namespace, forwarding off, no ingress interface: `bpf_fib_lookup` answers
+    /// "forwarding disabled" and translated packets end in `pass_fib`. `None`: not measured
+    /// there.
+    pub forwarding_off: Option<PacketCost>,
+}
+
+/// What a case of the per-packet table cost in one column.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PacketCost {
+    /// The outcome counters the case's packet is counted under (checked on its first call).
     pub outcome: String,
     pub ns_min: f64,
     pub ns_median: f64,
-    /// `ns_min` over the `XDP_TX` baseline's.
+    /// `ns_min` over the `XDP_TX` baseline's, measured in the same column.
     pub ratio_to_tx: f64,
     pub runs: Vec<f64>,
+}
+
+/// The two columns of the per-packet table.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Path {
+    Forwarding,
+    ForwardingOff,
+}
+
+impl Path {
+    pub const ALL: [Path; 2] = [Path::Forwarding, Path::ForwardingOff];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Path::Forwarding => "forwarding path",
+            Path::ForwardingOff => "forwarding off",
+        }
+    }
+}
+
+impl PacketRow {
+    /// Its cost in column `path`, if measured there.
+    pub fn on(&self, path: Path) -> Option<&PacketCost> {
+        match path {
+            Path::Forwarding => self.forwarding.as_ref(),
+            Path::ForwardingOff => self.forwarding_off.as_ref(),
+        }
+    }
 }
 
 /// A case of the scaling table: one point `x` of a line (backends, VIPs, flows).
@@ -174,6 +221,60 @@ pub struct EndToEnd {
     /// What reaches the gateway when it forwards nothing.
     pub generator_ceiling_pps: f64,
     pub rows: Vec<EndToEndRow>,
+    /// A `perf record` of one more round of the xdplb case (`--profile`).
+    #[serde(default)]
+    pub profile: Option<Profile>,
+}
+
+/// Where the CPUs' time went during one round of the xdplb end-to-end case: `perf record -a -g`
+/// with the software `cpu-clock` event, summarized from `perf report`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Profile {
+    pub method: String,
+    /// Forwarded packets per second of the profiled round (perf's own cost included).
+    pub forwarded_pps: f64,
+    pub samples: u64,
+    /// Share of the samples per category of symbol (BPF program, veth/NAPI/XDP frames, ...).
+    pub categories: Vec<Share>,
+    /// The same, of the benchmark's and the gateway's samples only (not idle, not other
+    /// processes sharing the machine).
+    #[serde(default)]
+    pub categories_ours: Vec<Share>,
+    /// Share of the samples per command (the generator thread, NAPI threads, ksoftirqd, idle).
+    pub commands: Vec<Share>,
+    /// Share of the samples per command and category (the largest).
+    #[serde(default)]
+    pub by_command: Vec<Share>,
+    /// The symbols with the most samples.
+    pub symbols: Vec<Share>,
+    /// The full summary, written next to results.json.
+    pub summary_path: String,
+}
+
+/// A name and its share of the samples (0 to 1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Share {
+    pub name: String,
+    pub share: f64,
+}
+
+/// CPU time of one pass of the agent's count of active flows
+/// (`lb_user::maps::active_flows`) over a full connection table.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentWalk {
+    pub method: String,
+    /// Entries written into the table, and entries one pass walked.
+    pub entries: usize,
+    pub walked: usize,
+    /// Seconds to fill the table.
+    pub fill_seconds: f64,
+    /// CPU time (user + system) of the walking thread, per pass.
+    pub cpu_ms_min: f64,
+    pub cpu_ms_median: f64,
+    /// Of the median pass, the time in the kernel (the map syscalls).
+    pub system_ms_median: f64,
+    pub wall_ms_median: f64,
+    pub cpu_ms_runs: Vec<f64>,
 }
 
 /// A case of the end-to-end table.
@@ -247,6 +348,266 @@ pub struct TcpRow {
     pub gbit_per_s_ratio_to_plain: Option<f64>,
 }
 
+/// Which side of its target a goal wants the figure on.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Bound {
+    AtMost,
+    AtLeast,
+}
+
+impl Bound {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Bound::AtMost => "≤",
+            Bound::AtLeast => "≥",
+        }
+    }
+
+    fn holds(self, value: f64, target: f64) -> bool {
+        match self {
+            Bound::AtMost => value <= target,
+            Bound::AtLeast => value >= target,
+        }
+    }
+}
+
+/// A goal of the performance issue and what this run measured for it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Goal {
+    pub name: String,
+    pub what: String,
+    /// The figure, in `unit`; `None`: not measured in this run.
+    pub measured: Option<f64>,
+    pub unit: String,
+    /// For a goal that is a ratio: what it is a ratio to (`XDP_TX baseline`), and that
+    /// figure in `unit`.
+    pub reference: Option<String>,
+    pub reference_value: Option<f64>,
+    /// `measured` over `reference_value`.
+    pub ratio: Option<f64>,
+    pub bound: Bound,
+    /// The target: of `ratio` if the goal has a reference, else of `measured`.
+    pub target: f64,
+    /// `None`: not measured.
+    pub met: Option<bool>,
+    /// How this run measured it, where that differs from the goal (a quick run's smaller
+    /// table).
+    pub note: String,
+}
+
+impl Goal {
+    /// A goal on the figure itself.
+    fn absolute(
+        name: &str,
+        what: &str,
+        unit: &str,
+        measured: Option<f64>,
+        bound: Bound,
+        target: f64,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            what: what.to_owned(),
+            measured,
+            unit: unit.to_owned(),
+            reference: None,
+            reference_value: None,
+            ratio: None,
+            bound,
+            target,
+            met: measured.map(|m| bound.holds(m, target)),
+            note: String::new(),
+        }
+    }
+
+    /// A goal on the figure's ratio to `reference`.
+    fn ratio(
+        name: &str,
+        what: &str,
+        unit: &str,
+        measured: Option<f64>,
+        (reference, reference_value): (&str, Option<f64>),
+        bound: Bound,
+        target: f64,
+    ) -> Self {
+        let ratio = measured.zip(reference_value).map(|(m, r)| m / r);
+        Self {
+            reference: Some(reference.to_owned()),
+            reference_value,
+            ratio,
+            met: ratio.map(|r| bound.holds(r, target)),
+            ..Self::absolute(name, what, unit, measured, bound, target)
+        }
+    }
+
+    fn note(mut self, note: String) -> Self {
+        self.note = note;
+        self
+    }
+
+    /// The target as the table prints it: `≤ 6× XDP_TX baseline`, `≤ 10 ms`.
+    pub fn target_text(&self) -> String {
+        match &self.reference {
+            Some(reference) => format!("{} {}× {reference}", self.bound.symbol(), self.target),
+            None => format!("{} {} {}", self.bound.symbol(), self.target, self.unit),
+        }
+    }
+
+    /// `met`, `NOT met` or `not measured`.
+    pub fn verdict(&self) -> &'static str {
+        match self.met {
+            Some(true) => "met",
+            Some(false) => "NOT met",
+            None => "not measured",
+        }
+    }
+}
+
+/// The goals of the performance issue, each with what `r` measured for it (per-packet costs
+/// on the forwarding path, as minimums; times as medians).
+pub fn goals(r: &Results) -> Vec<Goal> {
+    use Bound::{AtLeast, AtMost};
+    let fwd_ns = |name: &str| {
+        r.per_packet
+            .iter()
+            .find(|row| row.name == name)
+            .and_then(|row| row.on(Path::Forwarding))
+            .map(|cost| cost.ns_min)
+    };
+    let tx = ("XDP_TX baseline", fwd_ns("baseline_tx"));
+    let per_packet = |name: &str, what: &str, case: &str, target: f64| {
+        Goal::ratio(name, what, "ns", fwd_ns(case), tx, AtMost, target)
+    };
+
+    // The largest table of the forwarding path's flows lines: its flows in turn and its one flow.
+    let on_line = |line: &str| {
+        r.scaling
+            .iter()
+            .filter(|row| row.line == line)
+            .max_by_key(|row| row.x)
+    };
+    let many = on_line("flows_many_active_forwarding");
+    let single = on_line("flows_forwarding");
+    let flows = many.map_or(0, |row| row.x);
+    let many_goal = Goal::ratio(
+        "many_active_flows",
+        "1,000,000 flows in the table, 50,000 active in turn (forwarding path)",
+        "ns",
+        many.map(|row| row.ns_min),
+        (
+            "one tracked flow in the same table",
+            single.map(|row| row.ns_min),
+        ),
+        AtMost,
+        2.0,
+    );
+    let many_goal = if many.is_some() && flows != 1_000_000 {
+        many_goal.note(format!("measured with {flows} flows in the table"))
+    } else {
+        many_goal
+    };
+
+    // Control plane: `xdplb backend set` to the new table live, median.
+    let cp = r.control_plane.as_ref();
+    // M = 65537: what control.rs measures as `live_ms_*`.
+    let live_default_ring = cp.map(|cp| cp.live_ms_median);
+    // M = 1,048,573: not measured yet.
+    let live_largest_ring: Option<f64> = None;
+
+    let e2e_pps = |name: &str| {
+        r.end_to_end
+            .as_ref()
+            .and_then(|e| e.rows.iter().find(|row| row.name == name))
+            .and_then(|row| row.forwarded.as_ref())
+            .map(|f| f.forwarded_pps)
+    };
+    let xdplb_pps = e2e_pps("xdplb");
+    let walk = r.agent_walk.as_ref();
+    let walk_goal = Goal::absolute(
+        "agent_walk",
+        "agent's pass over a 1,000,000-flow connection table, CPU time (median)",
+        "ms",
+        walk.map(|w| w.cpu_ms_median),
+        AtMost,
+        100.0,
+    );
+    let walk_goal = match walk {
+        Some(w) if w.walked != 1_000_000 => {
+            walk_goal.note(format!("the pass walked {} entries", w.walked))
+        }
+        _ => walk_goal,
+    };
+
+    vec![
+        per_packet(
+            "tracked_tcp",
+            "TCP ACK of a tracked flow (forwarding path)",
+            "tcp_ack_tracked",
+            6.0,
+        ),
+        per_packet(
+            "tracked_udp",
+            "UDP of a tracked flow (forwarding path)",
+            "udp_tracked",
+            6.0,
+        ),
+        per_packet(
+            "new_flow_tcp",
+            "TCP SYN, new flow (forwarding path)",
+            "tcp_syn_new_flow",
+            25.0,
+        ),
+        per_packet(
+            "new_flow_udp",
+            "UDP, new flow (forwarding path)",
+            "udp_new_flow",
+            25.0,
+        ),
+        per_packet(
+            "non_vip",
+            "packet to an address that is no VIP (forwarding path)",
+            "non_vip",
+            2.5,
+        ),
+        many_goal,
+        Goal::absolute(
+            "control_plane_65537",
+            "CLI change to the new table live, M = 65537 (median)",
+            "ms",
+            live_default_ring,
+            AtMost,
+            10.0,
+        ),
+        Goal::absolute(
+            "control_plane_1048573",
+            "CLI change to the new table live, M = 1,048,573 (median)",
+            "ms",
+            live_largest_ring,
+            AtMost,
+            100.0,
+        ),
+        walk_goal,
+        Goal::ratio(
+            "end_to_end_vs_routing",
+            "end to end over veth, forwarded packets/s (median)",
+            "pps",
+            xdplb_pps,
+            ("plain kernel routing", e2e_pps("plain_routing")),
+            AtLeast,
+            1.0,
+        ),
+        Goal::ratio(
+            "end_to_end_vs_nftables",
+            "end to end over veth, forwarded packets/s (median)",
+            "pps",
+            xdplb_pps,
+            ("nftables DNAT", e2e_pps("nftables")),
+            AtLeast,
+            3.0,
+        ),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,5 +650,186 @@ mod tests {
                 .expect("an old skipped row");
         assert_eq!(old.forwarded, None);
         assert_eq!(old.note, "skipped: no nft");
+    }
+
+    fn empty() -> Results {
+        Results {
+            quick: false,
+            cpu: 1,
+            kernel: String::new(),
+            machine: Machine {
+                cpu_model: String::new(),
+                cpus: 2,
+                memory_gib: 1.0,
+                loadavg_at_start: String::new(),
+            },
+            method: String::new(),
+            only: String::new(),
+            per_packet: Vec::new(),
+            scaling: Vec::new(),
+            scaling_lines: Vec::new(),
+            maglev: None,
+            control_plane: None,
+            breakdown: None,
+            memory: Vec::new(),
+            end_to_end: None,
+            tcp: None,
+            agent_walk: None,
+            goals: Vec::new(),
+            seconds: 0.0,
+        }
+    }
+
+    fn cost(ns: f64) -> PacketCost {
+        PacketCost {
+            outcome: "fwd_redirect".to_owned(),
+            ns_min: ns,
+            ns_median: ns,
+            ratio_to_tx: f64::NAN,
+            runs: vec![ns],
+        }
+    }
+
+    fn packet(name: &str, forwarding: Option<f64>, forwarding_off: Option<f64>) -> PacketRow {
+        PacketRow {
+            name: name.to_owned(),
+            what: String::new(),
+            method: "repeat=1".to_owned(),
+            forwarding: forwarding.map(cost),
+            forwarding_off: forwarding_off.map(cost),
+        }
+    }
+
+    fn scaling(line: &str, x: usize, ns: f64) -> ScalingRow {
+        ScalingRow {
+            line: line.to_owned(),
+            x,
+            name: format!("{line}_{x}"),
+            what: String::new(),
+            ns_min: ns,
+            ns_median: ns,
+            runs: vec![ns],
+        }
+    }
+
+    fn goal<'a>(goals: &'a [Goal], name: &str) -> &'a Goal {
+        goals
+            .iter()
+            .find(|g| g.name == name)
+            .unwrap_or_else(|| panic!("no goal {name}"))
+    }
+
+    #[test]
+    fn every_goal_is_listed_and_not_measured_without_figures() {
+        let goals = goals(&empty());
+        assert_eq!(goals.len(), 11);
+        for g in &goals {
+            assert_eq!((g.met, g.measured, g.ratio), (None, None, None), "{g:?}");
+            assert_eq!(g.verdict(), "not measured");
+        }
+    }
+
+    #[test]
+    fn per_packet_goals_are_ratios_to_the_forwarding_paths_tx_baseline() {
+        let mut r = empty();
+        r.per_packet = vec![
+            packet("baseline_tx", Some(10.0), Some(5.0)),
+            packet("tcp_ack_tracked", Some(60.0), Some(20.0)),
+            packet("udp_tracked", Some(61.0), Some(20.0)),
+            packet("tcp_syn_new_flow", None, Some(20.0)),
+            packet("udp_new_flow", Some(240.0), None),
+            packet("non_vip", Some(26.0), Some(1.0)),
+        ];
+        let goals = goals(&r);
+        let tcp = goal(&goals, "tracked_tcp");
+        assert_eq!((tcp.ratio, tcp.met), (Some(6.0), Some(true)));
+        assert_eq!(tcp.target_text(), "≤ 6× XDP_TX baseline");
+        assert_eq!(goal(&goals, "tracked_udp").met, Some(false));
+        // Measured with forwarding off only: not a figure of the forwarding path.
+        assert_eq!(goal(&goals, "new_flow_tcp").met, None);
+        assert_eq!(goal(&goals, "new_flow_udp").ratio, Some(24.0));
+        assert_eq!(goal(&goals, "non_vip").met, Some(false));
+    }
+
+    #[test]
+    fn many_active_flows_compare_with_one_flow_of_the_largest_table() {
+        let mut r = empty();
+        r.scaling = vec![
+            scaling("flows_forwarding", 1_000, 100.0),
+            scaling("flows_forwarding", 100_000, 150.0),
+            scaling("flows_many_active_forwarding", 1_000, 100.0),
+            scaling("flows_many_active_forwarding", 100_000, 450.0),
+            // Forwarding off is not the goal's line.
+            scaling("flows_many_active", 100_000, 150.0),
+        ];
+        let goals = goals(&r);
+        let many = goal(&goals, "many_active_flows");
+        assert_eq!((many.ratio, many.met), (Some(3.0), Some(false)));
+        assert_eq!(many.note, "measured with 100000 flows in the table");
+    }
+
+    #[test]
+    fn control_plane_walk_and_end_to_end_goals() {
+        let mut r = empty();
+        r.control_plane = Some(ControlPlane {
+            method: String::new(),
+            changes: 2,
+            polls: 0,
+            live_ms_min: 5.0,
+            live_ms_median: 12.0,
+            cli_ms_min: 0.0,
+            cli_ms_median: 0.0,
+            live_ms: Vec::new(),
+            cli_ms: Vec::new(),
+            slots_write: Vec::new(),
+        });
+        r.agent_walk = Some(AgentWalk {
+            method: String::new(),
+            entries: 1_000_000,
+            walked: 1_000_000,
+            fill_seconds: 1.0,
+            cpu_ms_min: 90.0,
+            cpu_ms_median: 99.0,
+            system_ms_median: 80.0,
+            wall_ms_median: 100.0,
+            cpu_ms_runs: vec![90.0, 99.0, 120.0],
+        });
+        let e2e = |name: &str, pps: f64| EndToEndRow {
+            forwarded: Some(Forwarded {
+                forwarded_pps: pps,
+                forwarded_pps_min: pps,
+                forwarded_pps_max: pps,
+                offered_pps: pps,
+                generator_kernel_pps: pps,
+                packets: 1,
+                seconds: 1.0,
+                runs_pps: vec![pps],
+            }),
+            ..row(name, None, "")
+        };
+        r.end_to_end = Some(EndToEnd {
+            method: String::new(),
+            seconds_per_case: 1,
+            threaded_napi: true,
+            rounds: 1,
+            generator_ceiling_pps: 1e6,
+            rows: vec![
+                e2e("plain_routing", 500e3),
+                e2e("xdplb", 600e3),
+                e2e("nftables", 250e3),
+            ],
+            profile: None,
+        });
+        let goals = goals(&r);
+        let cp = goal(&goals, "control_plane_65537");
+        assert_eq!((cp.measured, cp.met), (Some(12.0), Some(false)));
+        assert_eq!(cp.target_text(), "≤ 10 ms");
+        assert_eq!(goal(&goals, "control_plane_1048573").met, None);
+        assert_eq!(goal(&goals, "agent_walk").met, Some(true));
+        let routing = goal(&goals, "end_to_end_vs_routing");
+        assert_eq!((routing.ratio, routing.met), (Some(1.2), Some(true)));
+        assert_eq!(routing.target_text(), "≥ 1× plain kernel routing");
+        let nft = goal(&goals, "end_to_end_vs_nftables");
+        assert_eq!((nft.ratio, nft.met), (Some(2.4), Some(false)));
     }
 }

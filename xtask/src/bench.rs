@@ -5,7 +5,7 @@
 mod chart;
 
 use clap::Args;
-use lb_tests::bench::{Breakdown, ControlPlane, EndToEnd, Results, Tcp};
+use lb_tests::bench::{AgentWalk, Breakdown, ControlPlane, EndToEnd, Goal, Path, Results, Tcp};
 
 use crate::{cargo, run_step, target_dir};
 
@@ -18,9 +18,13 @@ pub struct BenchArgs {
     #[arg(long)]
     report: bool,
     /// Run only these groups (comma-separated: per_packet, scaling, maglev, control_plane,
-    /// breakdown, end_to_end, tcp).
+    /// breakdown, end_to_end, tcp, agent_walk).
     #[arg(long, value_name = "GROUPS")]
     only: Option<String>,
+    /// Profile one more round of the end-to-end xdplb case with `perf record -a -g`; the
+    /// data and a summary go to target/bench/ (perf-xdplb.data, profile-xdplb.txt).
+    #[arg(long)]
+    profile: bool,
 }
 
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -52,6 +56,9 @@ fn measure(args: &BenchArgs, out: &std::path::Path) -> anyhow::Result<()> {
     }
     if let Some(only) = &args.only {
         bench.args(["--only", only]);
+    }
+    if args.profile {
+        bench.arg("--profile");
     }
     run_step(
         if args.quick {
@@ -115,15 +122,40 @@ fn print_table(r: &Results) {
     );
     println!("method: {}", r.method);
     println!();
-    println!("Per-packet cost (BPF_PROG_TEST_RUN, 5 runs)");
+    print_goals(&r.goals);
+    println!();
     println!(
-        "  {:<20} {:>9} {:>9} {:>7}  {:<9} {:<22} what",
-        "case", "ns min", "ns med", "x TX", "method", "outcome"
+        "Per-packet cost (BPF_PROG_TEST_RUN, 5 runs): forwarding path | forwarding off \
+         (each column × its own XDP_TX baseline)"
+    );
+    println!(
+        "  {:<20} {:>8} {:>8} {:>7} {:<15} | {:>8} {:>8} {:>7} {:<13} {:<9} what",
+        "case",
+        "ns min",
+        "ns med",
+        "x TX",
+        "outcome",
+        "ns min",
+        "ns med",
+        "x TX",
+        "outcome",
+        "method"
     );
     for row in &r.per_packet {
+        let column = |path: Path, width: usize| match row.on(path) {
+            Some(c) => format!(
+                "{:>8.1} {:>8.1} {:>7.2} {:<width$}",
+                c.ns_min, c.ns_median, c.ratio_to_tx, c.outcome
+            ),
+            None => format!("{:>8} {:>8} {:>7} {:<width$}", "-", "-", "-", ""),
+        };
         println!(
-            "  {:<20} {:>9.1} {:>9.1} {:>7.2}  {:<9} {:<22} {}",
-            row.name, row.ns_min, row.ns_median, row.ratio_to_tx, row.method, row.outcome, row.what
+            "  {:<20} {} | {} {:<9} {}",
+            row.name,
+            column(Path::Forwarding, 15),
+            column(Path::ForwardingOff, 13),
+            row.method,
+            row.what
         );
     }
     println!();
@@ -184,6 +216,69 @@ fn print_table(r: &Results) {
     println!("  {:<12} {:>48.1}", "per flow", total);
     print_end_to_end(r.end_to_end.as_ref());
     print_tcp(r.tcp.as_ref());
+    print_agent_walk(r.agent_walk.as_ref());
+}
+
+/// A goal's figure in its unit: `12.3 ns`, `540k pps`.
+fn figure(value: Option<f64>, unit: &str) -> String {
+    match value {
+        None => "-".to_owned(),
+        Some(v) if unit == "pps" => format!("{:.0}k pps", v / 1e3),
+        Some(v) => format!("{v:.1} {unit}"),
+    }
+}
+
+/// The section "Goals": one row per goal of the performance issue.
+fn print_goals(goals: &[Goal]) {
+    println!();
+    println!("Goals (per-packet: forwarding path, minimums; times: medians)");
+    if goals.is_empty() {
+        println!("  (not in the results)");
+        return;
+    }
+    println!(
+        "  {:<24} {:>12} {:>8} {:>12}  {:<42} {:<12} what",
+        "goal", "measured", "ratio", "reference", "target", "verdict"
+    );
+    for goal in goals {
+        println!(
+            "  {:<24} {:>12} {:>8} {:>12}  {:<42} {:<12} {}{}",
+            goal.name,
+            figure(goal.measured, &goal.unit),
+            goal.ratio.map_or("-".to_owned(), |r| format!("{r:.2}×")),
+            figure(goal.reference_value, &goal.unit),
+            goal.target_text(),
+            goal.verdict(),
+            goal.what,
+            if goal.note.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", goal.note)
+            }
+        );
+    }
+}
+
+/// The section "Agent walk".
+fn print_agent_walk(w: Option<&AgentWalk>) {
+    println!();
+    println!("Agent walk: CPU time of one pass of active_flows over the connection table");
+    let Some(w) = w else {
+        println!("  (not in the results)");
+        return;
+    };
+    println!("  method: {}", w.method);
+    println!(
+        "  {} entries walked (of {} written in {:.2} s): {:.1} ms CPU min, {:.1} ms median \
+         ({:.1} ms of it in the kernel), {:.1} ms wall median",
+        w.walked,
+        w.entries,
+        w.fill_seconds,
+        w.cpu_ms_min,
+        w.cpu_ms_median,
+        w.system_ms_median,
+        w.wall_ms_median
+    );
 }
 
 /// The section "Control plane".
@@ -264,6 +359,23 @@ fn print_end_to_end(e: Option<&EndToEnd>) {
             row.what
         );
     }
+    if let Some(p) = &e.profile {
+        println!(
+            "  profile of one more xdplb round ({:.0} pps while recording, {} samples; {}):",
+            p.forwarded_pps, p.samples, p.summary_path
+        );
+        for share in &p.categories {
+            println!("    {:>6.2}%  {}", 100.0 * share.share, share.name);
+        }
+        println!("    of the benchmark's and the gateway's samples only:");
+        for share in &p.categories_ours {
+            println!("    {:>6.2}%  {}", 100.0 * share.share, share.name);
+        }
+        println!("    by command:");
+        for share in &p.commands {
+            println!("    {:>6.2}%  {}", 100.0 * share.share, share.name);
+        }
+    }
 }
 
 /// The section "TCP with real clients and servers".
@@ -304,42 +416,100 @@ fn charts(r: &Results) -> Vec<(&'static str, String)> {
     );
     let mut out = Vec::new();
 
-    // Per-packet cost.
-    let tx = r
-        .per_packet
-        .iter()
-        .find(|row| row.name == "baseline_tx")
-        .map_or(f64::NAN, |row| row.ns_min);
-    let mut panel = Panel::new("ns per packet (minimum of 5 runs)", "ns per packet")
-        .marker(
-            format!("4× XDP_TX (established target) {:.0} ns", 4.0 * tx),
-            4.0 * tx,
+    // Goals: each figure over its target, so that 1 is the target on every row (for a "≥"
+    // goal, the target over the figure).
+    let mut goals = Panel::new(
+        "each goal: how far from its target (≤ 1: met)",
+        "figure / target (for ≥ goals: target / figure)",
+    )
+    .marker("target", 1.0);
+    for goal in &r.goals {
+        let value = goal.ratio.or(goal.measured).map(|v| match goal.bound {
+            lb_tests::bench::Bound::AtMost => v / goal.target,
+            lb_tests::bench::Bound::AtLeast => goal.target / v,
+        });
+        let text = match (goal.measured, goal.ratio) {
+            (None, _) => format!("not measured; target {}", goal.target_text()),
+            (Some(m), Some(ratio)) => format!(
+                "{}: {}, {ratio:.2}× (target {})",
+                goal.verdict(),
+                figure(Some(m), &goal.unit),
+                goal.target_text()
+            ),
+            (Some(m), None) => format!(
+                "{}: {} (target {})",
+                goal.verdict(),
+                figure(Some(m), &goal.unit),
+                goal.target_text()
+            ),
+        };
+        let color = match goal.met {
+            Some(true) => PLAIN,
+            Some(false) => OTHER,
+            None => BASELINE,
+        };
+        goals =
+            goals.bar(Bar::new(goal.name.clone(), value.unwrap_or(f64::NAN), text).color(color));
+    }
+    out.push((
+        "goals.svg",
+        svg(
+            "xdplb: the performance goals, met or not",
+            &format!("per-packet goals on the forwarding path; {machine}"),
+            &[goals],
+        ),
+    ));
+
+    // Per-packet cost: one panel per column, each with its own XDP_TX baseline's targets.
+    let mut panels = Vec::new();
+    for path in Path::ALL {
+        let tx = r
+            .per_packet
+            .iter()
+            .find(|row| row.name == "baseline_tx")
+            .and_then(|row| row.on(path))
+            .map_or(f64::NAN, |cost| cost.ns_min);
+        let mut panel = Panel::new(
+            format!("{}: ns per packet (minimum of 5 runs)", path.name()),
+            "ns per packet",
         )
         .marker(
-            format!("8× XDP_TX (new-flow target) {:.0} ns", 8.0 * tx),
-            8.0 * tx,
+            format!("6× XDP_TX (tracked-flow target) {:.0} ns", 6.0 * tx),
+            6.0 * tx,
+        )
+        .marker(
+            format!("25× XDP_TX (new-flow target) {:.0} ns", 25.0 * tx),
+            25.0 * tx,
         );
-    for row in &r.per_packet {
-        let color = if row.name.starts_with("baseline") {
-            BASELINE
-        } else {
-            XDPLB
-        };
-        panel = panel.bar(
-            Bar::new(
-                format!("{} ({})", row.name, row.method),
-                row.ns_min,
-                format!("{:.0} ns, {:.1}× TX", row.ns_min, row.ratio_to_tx),
-            )
-            .color(color),
-        );
+        for row in &r.per_packet {
+            let Some(cost) = row.on(path) else {
+                continue;
+            };
+            let color = if row.name.starts_with("baseline") {
+                BASELINE
+            } else {
+                XDPLB
+            };
+            panel = panel.bar(
+                Bar::new(
+                    format!("{} ({})", row.name, row.method),
+                    cost.ns_min,
+                    format!(
+                        "{:.0} ns, {:.1}× TX, {}",
+                        cost.ns_min, cost.ratio_to_tx, cost.outcome
+                    ),
+                )
+                .color(color),
+            );
+        }
+        panels.push(panel);
     }
     out.push((
         "per_packet.svg",
         svg(
-            "xdplb: per-packet cost (BPF_PROG_TEST_RUN)",
+            "xdplb: per-packet cost (BPF_PROG_TEST_RUN), forwarding path and forwarding off",
             &format!("repeat=1: one call per packet, call overhead subtracted; repeat=N: hot loop; {machine}"),
-            &[panel],
+            &panels,
         ),
     ));
 

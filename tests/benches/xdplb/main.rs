@@ -18,8 +18,10 @@
 //! namespace running xdplb, nftables DNAT or plain routing (see [`end_to_end`]).
 
 mod control;
+mod profile;
 mod steps;
 mod tcp;
+mod walk;
 
 use std::{
     hint::black_box,
@@ -41,8 +43,8 @@ use lb_common::{
     maps::{CONNTRACK_MAP, REVERSE_NAT_MAP},
 };
 use lb_tests::bench::{
-    EndToEnd, EndToEndRow, Forwarded, Machine, MaglevRow, MemoryRow, PacketRow, Results,
-    ScalingLine, ScalingRow, SlotsWrite,
+    EndToEnd, EndToEndRow, Forwarded, Machine, MaglevRow, MemoryRow, PacketCost, PacketRow, Path,
+    Results, ScalingLine, ScalingRow, SlotsWrite,
 };
 use lb_tests::{
     fixture::XdpAction,
@@ -75,13 +77,15 @@ struct Params {
     repeat: u32,
 }
 
-/// The command line: `--quick`, `--only GROUPS` (comma-separated), `--out PATH`; and `--bench`,
-/// which `cargo bench` adds.
+/// The command line: `--quick`, `--only GROUPS` (comma-separated), `--out PATH`, `--profile`;
+/// and `--bench`, which `cargo bench` adds.
 struct Args {
     quick: bool,
     /// Groups to run; empty: all.
     only: String,
     out: String,
+    /// Profile one more round of the end-to-end xdplb case with `perf record`.
+    profile: bool,
 }
 
 impl Args {
@@ -90,6 +94,7 @@ impl Args {
             quick: false,
             only: String::new(),
             out: "results.json".to_owned(),
+            profile: false,
         };
         let mut given = std::env::args().skip(1);
         while let Some(arg) = given.next() {
@@ -102,8 +107,11 @@ impl Args {
                 "--quick" => args.quick = true,
                 "--only" => args.only = value("--only"),
                 "--out" => args.out = value("--out"),
+                "--profile" => args.profile = true,
                 "--bench" => {}
-                other => panic!("unknown argument {other:?} (--quick, --only GROUPS, --out PATH)"),
+                other => panic!(
+                    "unknown argument {other:?} (--quick, --only GROUPS, --out PATH, --profile)"
+                ),
             }
         }
         args
@@ -111,7 +119,16 @@ impl Args {
 }
 
 fn main() {
-    let Args { quick, only, out } = Args::parse();
+    let Args {
+        quick,
+        only,
+        out,
+        profile,
+    } = Args::parse();
+    let out_dir = std::path::Path::new(&out)
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .to_owned();
     if !lb_tests::is_root() {
         panic!("the benchmarks run the XDP program through BPF_PROG_TEST_RUN: run as root");
     }
@@ -139,17 +156,11 @@ fn main() {
     let mut loaded = lb_tests::program::load();
     let memory = memory(&mut loaded);
     let mut balancer = loaded.balancer(Default::default()).expect("balancer");
-    for v in [TCP_VIP, UDP_VIP] {
-        balancer
-            .add_vip(vip(v), VipOptions::default())
-            .expect("add vip");
-        balancer
-            .set_backends(&vip(v), backends(2))
-            .expect("backends");
-    }
+    add_case_vips(&mut balancer);
 
     // `--only tcp,end_to_end` runs only those groups (the others are null).
     let wanted = |group: &str| only.is_empty() || only.split(',').any(|g| g.trim() == group);
+    let fwd = (wanted("per_packet") || wanted("scaling")).then(Forwarding::new);
 
     let (mut per_packet, mut scaling_rows, mut scaling_lines) =
         (Vec::new(), Vec::new(), Vec::new());
@@ -158,20 +169,54 @@ fn main() {
             "bench: per-packet cost ({} calls x {RUNS} runs)",
             params.calls
         );
-        per_packet = per_packet_rows(&mut loaded, pass, tx, &params);
+        // The forwarding path's column has a program of its own: its new flows do not fill the
+        // other's connection table.
+        let fwd = fwd.as_ref().expect("forwarding gateway");
+        let mut fwd_loaded = lb_tests::program::load();
+        let mut fwd_balancer = fwd_loaded.balancer(Default::default()).expect("balancer");
+        add_case_vips(&mut fwd_balancer);
+        fwd.add_tx_ports(&mut fwd_loaded);
+        per_packet = per_packet_rows(
+            &mut [
+                Column {
+                    path: Path::Forwarding,
+                    fwd: Some(fwd),
+                    loaded: &mut fwd_loaded,
+                },
+                Column {
+                    path: Path::ForwardingOff,
+                    fwd: None,
+                    loaded: &mut loaded,
+                },
+            ],
+            pass,
+            tx,
+            &params,
+        );
+        drop(fwd_balancer);
+        drop(fwd_loaded);
         let tx_ns = per_packet
             .iter()
             .find(|row| row.name == "baseline_tx")
-            .map(|row| row.ns_min)
+            .and_then(|row| row.forwarding_off.as_ref())
+            .map(|cost| cost.ns_min)
             .expect("baseline_tx row");
         per_packet.extend(hot_rows(&mut loaded, &mut balancer, &params, tx_ns));
     }
     if wanted("scaling") {
         eprintln!("bench: scaling");
-        (scaling_rows, scaling_lines) = scaling(&mut loaded, &mut balancer, pass, &params, quick);
+        (scaling_rows, scaling_lines) = scaling(
+            &mut loaded,
+            &mut balancer,
+            pass,
+            fwd.as_ref().expect("forwarding gateway"),
+            &params,
+            quick,
+        );
     }
     drop(balancer);
     drop(loaded);
+    drop(fwd);
     let maglev = wanted("maglev").then(|| {
         eprintln!("bench: maglev");
         maglev()
@@ -189,10 +234,11 @@ fn main() {
     // Out of the way of the per-packet figures: the generator has a CPU, the gateway the other.
     let end_to_end = wanted("end_to_end").then(|| {
         eprintln!("bench: end to end over veth");
+        let profile = profile.then_some(out_dir.as_path());
         if quick {
-            end_to_end(3, 1)
+            end_to_end(3, 1, profile)
         } else {
-            end_to_end(5, 2)
+            end_to_end(5, 2, profile)
         }
     });
     let tcp = wanted("tcp").then(|| {
@@ -204,7 +250,12 @@ fn main() {
         }
     });
 
-    let results = Results {
+    let agent_walk = wanted("agent_walk").then(|| {
+        eprintln!("bench: the agent's walk of a full connection table");
+        walk::agent_walk(if quick { 3 } else { 5 })
+    });
+
+    let mut results = Results {
         quick,
         cpu,
         kernel: nix::sys::utsname::uname()
@@ -212,8 +263,11 @@ fn main() {
             .unwrap_or_default(),
         machine,
         method: "repeat=1 test_run per packet; ns = mean(kernel duration) - same for XDP_PASS \
-                 baseline + XDP_PASS baseline at repeat=N; no ingress ifindex (translated \
-                 packets end in pass_fib)"
+                 baseline + XDP_PASS baseline at repeat=N, per column; forwarding path: in a \
+                 gateway namespace with forwarding on, routes and permanent neighbours, \
+                 ingress_ifindex gc (replies gb0), egress in TX_PORTS (translated packets end \
+                 in fwd_redirect / reply_redirect); forwarding off: host namespace, no ingress \
+                 ifindex (translated packets end in pass_fib)"
             .to_owned(),
         per_packet,
         only,
@@ -225,8 +279,11 @@ fn main() {
         memory,
         end_to_end,
         tcp,
+        agent_walk,
+        goals: Vec::new(),
         seconds: start.elapsed().as_secs_f64(),
     };
+    results.goals = lb_tests::bench::goals(&results);
     if let Some(dir) = std::path::Path::new(&out).parent() {
         std::fs::create_dir_all(dir).expect("results directory");
     }
@@ -240,39 +297,146 @@ struct Case {
     name: &'static str,
     what: &'static str,
     /// The packet of call `i` (distinct per call for new flows).
-    packet: Box<dyn Fn(usize) -> Vec<u8>>,
+    packet: Box<dyn Fn(usize) -> Vec<u8> + Send + Sync>,
     check: Check,
 }
 
-#[derive(Copy, Clone)]
+#[derive(Copy, Clone, PartialEq, Eq)]
 enum Check {
-    /// Passed translated: destination is one of the backends.
+    /// Translated: destination is one of the backends.
     ToBackend,
-    /// Passed translated: source is the VIP.
+    /// A reply, translated: source is the VIP.
     FromVip,
     /// Passed unchanged.
     Untouched,
 }
 
-fn per_packet_rows(
-    loaded: &mut Loaded,
-    pass: &mut Xdp,
-    tx: &mut Xdp,
-    p: &Params,
-) -> Vec<PacketRow> {
+/// The benchmark's backends ([`backends`]), which the forwarding gateway routes via backend 0.
+const BACKENDS_NET: &str = "10.1.0.0/16";
+
+/// A gateway namespace on the forwarding path: IPv4 forwarding on, the client net on `gc`,
+/// backend 0's net on `gb0`, the benchmark's backends ([`BACKENDS_NET`]) routed via backend
+/// 0's address, and the client's and backend 0's MAC addresses resolved (permanent neighbour
+/// entries), so that `bpf_fib_lookup` succeeds and a translated packet leaves by
+/// `XDP_REDIRECT` (or `XDP_TX` when its egress is the interface it came in on).
+struct Forwarding {
+    topo: Topology,
+    /// ifindexes of `gc` and `gb0` in the gateway.
+    gc: u32,
+    gb0: u32,
+    client_mac: [u8; 6],
+    b0_mac: [u8; 6],
+}
+
+impl Forwarding {
+    fn new() -> Self {
+        let topo = Topology::new(1).unwrap_or_else(|err| panic!("topology: {err:#}"));
+        let gw = &topo.gateway;
+        let mac = |ns: &Netns| {
+            ns.mac(HOST_IF)
+                .unwrap_or_else(|err| panic!("MAC of {}: {err:#}", ns.name))
+        };
+        let (client_mac, b0_mac) = (mac(&topo.client), mac(&topo.backends[0]));
+        let gb0 = gw_backend_if(0);
+        let b0 = topo.backends[0].v4.to_string();
+        for (ip, mac, dev) in [
+            (topo.client.v4.to_string(), client_mac, GW_CLIENT_IF),
+            (b0.clone(), b0_mac, gb0.as_str()),
+        ] {
+            gw.permanent_neighbour(&ip, mac, dev)
+                .unwrap_or_else(|err| panic!("neighbour entry of {ip}: {err:#}"));
+        }
+        ns_ok(
+            gw,
+            "ip",
+            &["route", "add", BACKENDS_NET, "via", &b0, "dev", &gb0],
+        );
+        let (gc, gb0) = gw.run(|| {
+            (
+                if_index(GW_CLIENT_IF).expect("gc"),
+                if_index(&gb0).expect("gb0"),
+            )
+        });
+        Self {
+            topo,
+            gc,
+            gb0,
+            client_mac,
+            b0_mac,
+        }
+    }
+
+    /// Runs `f` in the gateway namespace, on the benchmark's CPU.
+    fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.topo.gateway.run(|| {
+            pin_to_last_cpu();
+            f()
+        })
+    }
+
+    /// Lets `loaded` redirect packets out of `gc` and `gb0`.
+    fn add_tx_ports(&self, loaded: &mut Loaded) {
+        self.run(|| {
+            for iface in [GW_CLIENT_IF, "gb0"] {
+                loaded
+                    .add_tx_port(iface)
+                    .unwrap_or_else(|err| panic!("TX_PORTS: {err:#}"));
+            }
+        });
+    }
+
+    /// The `xdp_md` of a packet of `len` bytes arriving on `gc` (or on `gb0`, a reply).
+    fn ctx(&self, len: usize, reply: bool) -> Vec<u8> {
+        xdp_ctx(if reply { self.gb0 } else { self.gc }, len)
+    }
+}
+
+/// Runs `f` where a column is measured: in the forwarding gateway, or on this thread (the host
+/// namespace, forwarding off).
+fn at<R: Send>(fwd: Option<&Forwarding>, f: impl FnOnce() -> R + Send) -> R {
+    match fwd {
+        Some(fwd) => fwd.run(f),
+        None => f(),
+    }
+}
+
+/// A column of the per-packet table: a loaded program with the cases' VIPs
+/// ([`add_case_vips`]), and the forwarding gateway it runs in (`None`: forwarding off).
+struct Column<'a> {
+    path: Path,
+    fwd: Option<&'a Forwarding>,
+    loaded: &'a mut Loaded,
+}
+
+/// [`TCP_VIP`] and [`UDP_VIP`], two backends each.
+fn add_case_vips(balancer: &mut Balancer<BpfMaps>) {
+    for v in [TCP_VIP, UDP_VIP] {
+        balancer
+            .add_vip(vip(v), VipOptions::default())
+            .expect("add vip");
+        balancer
+            .set_backends(&vip(v), backends(2))
+            .expect("backends");
+    }
+}
+
+/// The per-packet cases, with the tracked flows they need set up in `column`'s program.
+fn cases(column: &mut Column) -> Vec<Case> {
     let tcp_vip = sa("198.19.0.1:80");
     let udp_vip = sa("198.19.0.1:53");
     // A tracked TCP flow and a tracked UDP flow, and the backend the TCP flow went to.
     let client = sa(&format!("{CLIENT}:40000"));
-    let first = run_once(
-        loaded.program().expect("program"),
-        &frame(client, tcp_vip, SYN, &[]),
-    );
-    let backend = addrs(&first.1).1;
-    run_once(
-        loaded.program().expect("program"),
-        &frame(client, udp_vip, L4::Udp, b"x"),
-    );
+    let syn = frame(client, tcp_vip, SYN, &[]);
+    let udp = frame(client, udp_vip, L4::Udp, b"x");
+    let ctx = |len: usize| column.fwd.map(|fwd| fwd.ctx(len, false));
+    let (syn_ctx, udp_ctx) = (ctx(syn.len()), ctx(udp.len()));
+    let loaded = &mut *column.loaded;
+    let backend = at(column.fwd, || {
+        let program = loaded.program().expect("program");
+        let first = run_once_ctx(program, &syn, syn_ctx.as_deref());
+        run_once_ctx(program, &udp, udp_ctx.as_deref());
+        addrs(&first.1).1
+    });
     // New flows: distinct sources (10.0.0.0/8 and ports) for every call of every run.
     let new_source = |i: usize| {
         let i = u32::try_from(i).expect("call index");
@@ -281,7 +445,7 @@ fn per_packet_rows(
             1024 + (i % 60_000) as u16,
         )
     };
-    let cases = vec![
+    vec![
         Case {
             name: "tcp_syn_new_flow",
             what: "TCP SYN to a VIP, new flow (schedule + create conntrack and reverse entries)",
@@ -308,7 +472,7 @@ fn per_packet_rows(
         },
         Case {
             name: "tcp_reply",
-            what: "reply direction (backend to client) of a tracked TCP flow",
+            what: "reply direction (backend to client) of a tracked TCP flow (arrives on gb0)",
             packet: Box::new(move |_| frame(backend, client, ACK, &[])),
             check: Check::FromVip,
         },
@@ -318,103 +482,165 @@ fn per_packet_rows(
             packet: Box::new(move |_| frame(client, sa("203.0.113.9:80"), ACK, &[])),
             check: Check::Untouched,
         },
-    ];
+    ]
+}
 
-    // Check the first call of every case (new flows: a tuple the runs below do not use).
-    let check_index = RUNS * p.calls + 1;
-    let mut outcomes = Vec::new();
-    for case in &cases {
-        let input = (case.packet)(check_index);
-        let outcome = lb_tests::program::test_run(loaded, &input, None).expect("test_run");
-        let shown = format!(
-            "action {}, counters {:?}, {}",
-            outcome.action,
-            outcome.counters,
-            describe(&outcome.output)
-        );
-        assert_eq!(
-            outcome.action,
-            XdpAction::Pass as u32,
-            "{}: {shown}",
-            case.name
-        );
-        let (src, dst) = addrs(&outcome.output);
-        match case.check {
-            Check::ToBackend => assert!(
-                dst.ip().to_string().starts_with("10.1."),
-                "{}: not translated to a backend: {shown}",
-                case.name
-            ),
-            Check::FromVip => assert_eq!(src, tcp_vip, "{}: {shown}", case.name),
-            Check::Untouched => assert_eq!(outcome.output, input, "{}", case.name),
-        }
-        outcomes.push(outcome.counters.join(","));
+/// Checks the first call of `case` in `column` (new flows: a tuple the runs do not use):
+/// action, outcome counter, rewritten addresses and, on the forwarding path, MAC addresses.
+/// Returns the outcome counter.
+fn check_case(column: &mut Column, case: &Case, index: usize) -> String {
+    let tcp_vip = sa("198.19.0.1:80");
+    let input = (case.packet)(index);
+    let reply = case.check == Check::FromVip;
+    let ingress = column.fwd.map(|fwd| if reply { fwd.gb0 } else { fwd.gc });
+    let loaded = &mut *column.loaded;
+    let outcome = at(column.fwd, || {
+        lb_tests::program::test_run(loaded, &input, ingress).expect("test_run")
+    });
+    let shown = format!(
+        "{} ({}): action {}, counters {:?}, {}",
+        case.name,
+        column.path.name(),
+        outcome.action,
+        outcome.counters,
+        describe(&outcome.output)
+    );
+    let forwarding = column.fwd.is_some();
+    let (action, counter) = match (case.check, forwarding) {
+        (Check::Untouched, _) => (XdpAction::Pass, Counter::PassNonVip),
+        (Check::ToBackend, true) => (XdpAction::Redirect, Counter::FwdRedirect),
+        (Check::FromVip, true) => (XdpAction::Redirect, Counter::ReplyRedirect),
+        (_, false) => (XdpAction::Pass, Counter::PassFib),
+    };
+    assert_eq!(outcome.action, action as u32, "{shown}");
+    assert_eq!(outcome.counters, [counter.name()], "{shown}");
+    let (src, dst) = addrs(&outcome.output);
+    match case.check {
+        Check::ToBackend => assert!(
+            dst.ip().to_string().starts_with("10.1."),
+            "not translated to a backend: {shown}"
+        ),
+        Check::FromVip => assert_eq!(src, tcp_vip, "{shown}"),
+        Check::Untouched => assert_eq!(outcome.output, input, "{shown}"),
     }
-    let pass_frame = frame(client, tcp_vip, ACK, &[]);
+    if let (Some(fwd), Check::ToBackend | Check::FromVip) = (column.fwd, case.check) {
+        let next_hop = if reply { fwd.client_mac } else { fwd.b0_mac };
+        assert_eq!(outcome.output[..6], next_hop, "next hop's MAC: {shown}");
+    }
+    counter.name().to_owned()
+}
+
+/// The per-packet table: the baselines and every case in each column, the columns measured in
+/// turns (run 1 of every column, then run 2, ...).
+fn per_packet_rows(
+    columns: &mut [Column],
+    pass: &mut Xdp,
+    tx: &mut Xdp,
+    p: &Params,
+) -> Vec<PacketRow> {
+    let client = sa(&format!("{CLIENT}:40000"));
+    let pass_frame = frame(client, sa("198.19.0.1:80"), ACK, &[]);
     assert_eq!(run_once(pass, &pass_frame).0, XdpAction::Pass as u32);
     let (action, swapped) = run_once(tx, &pass_frame);
     assert_eq!(action, XdpAction::Tx as u32);
     assert_eq!(swapped[..6], pass_frame[6..12], "bench_tx swaps MACs");
 
-    // ns per packet of each run: [pass, tx, tx by the repeat=1 method, cases...]
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); cases.len() + 3];
+    let check_index = RUNS * p.calls + 1;
+    let cases: Vec<Vec<Case>> = columns.iter_mut().map(cases).collect();
+    let outcomes: Vec<Vec<String>> = columns
+        .iter_mut()
+        .zip(&cases)
+        .map(|(column, cases)| {
+            cases
+                .iter()
+                .map(|case| check_case(column, case, check_index))
+                .collect()
+        })
+        .collect();
+
+    // ns per packet of each column and run: [pass, tx, tx by the repeat=1 method, cases...]
+    let mut samples: Vec<Vec<Vec<f64>>> = vec![vec![Vec::new(); 3 + cases[0].len()]; columns.len()];
     for run in 0..RUNS {
-        let one = std::slice::from_ref(&pass_frame);
-        let pass_loop = repeated(pass, &pass_frame, p.repeat);
-        let pass_call = per_call(pass, one, p.calls);
-        samples[0].push(pass_loop);
-        samples[1].push(repeated(tx, &pass_frame, p.repeat));
-        samples[2].push(per_call(tx, one, p.calls) - pass_call + pass_loop);
-        for (i, case) in cases.iter().enumerate() {
-            let packets: Vec<Vec<u8>> = (0..p.calls)
-                .map(|call| (case.packet)(run * p.calls + call))
-                .collect();
-            let program = loaded.program().expect("program");
-            samples[3 + i].push(per_call(program, &packets, p.calls) - pass_call + pass_loop);
+        for ((column, cases), samples) in columns.iter_mut().zip(&cases).zip(&mut samples) {
+            let fwd = column.fwd;
+            let ctx_of = |packet: &[u8], reply: bool| fwd.map(|fwd| fwd.ctx(packet.len(), reply));
+            let pass_ctx = ctx_of(&pass_frame, false);
+            let loaded = &mut *column.loaded;
+            let (pass, tx, pass_frame) = (&mut *pass, &mut *tx, &pass_frame);
+            at(fwd, || {
+                let one = std::slice::from_ref(pass_frame);
+                let ctx = pass_ctx.as_deref();
+                let pass_loop = repeated_ctx(pass, pass_frame, ctx, p.repeat);
+                let pass_call = per_call_ctx(pass, one, ctx, p.calls);
+                samples[0].push(pass_loop);
+                samples[1].push(repeated_ctx(tx, pass_frame, ctx, p.repeat));
+                samples[2].push(per_call_ctx(tx, one, ctx, p.calls) - pass_call + pass_loop);
+                for (i, case) in cases.iter().enumerate() {
+                    let packets: Vec<Vec<u8>> = (0..p.calls)
+                        .map(|call| (case.packet)(run * p.calls + call))
+                        .collect();
+                    let ctx = ctx_of(&packets[0], case.check == Check::FromVip);
+                    let program = loaded.program().expect("program");
+                    let ns = per_call_ctx(program, &packets, ctx.as_deref(), p.calls);
+                    samples[3 + i].push(ns - pass_call + pass_loop);
+                }
+            });
         }
     }
-    let tx_ns = min(&samples[1]);
-    let row = |name: &str, what: &str, method: &str, outcome: &str, runs: &[f64]| PacketRow {
-        name: name.to_owned(),
-        what: what.to_owned(),
-        method: method.to_owned(),
-        outcome: outcome.to_owned(),
-        ns_min: min(runs),
-        ns_median: median(runs),
-        ratio_to_tx: min(runs) / tx_ns,
-        runs: runs.to_vec(),
-    };
-    let mut rows = vec![
-        row(
-            "baseline_pass",
-            "XDP_PASS baseline",
-            "repeat=N",
-            "XDP_PASS",
-            &samples[0],
-        ),
-        row(
-            "baseline_tx",
-            "swap MACs + XDP_TX baseline",
-            "repeat=N",
-            "XDP_TX",
-            &samples[1],
-        ),
-        row(
+
+    let names: Vec<(&str, &str, &str)> = [
+        ("baseline_pass", "XDP_PASS baseline", "repeat=N"),
+        ("baseline_tx", "swap MACs + XDP_TX baseline", "repeat=N"),
+        (
             "baseline_tx_check",
             "the XDP_TX baseline measured like the cases (method check)",
             "repeat=1",
-            "XDP_TX",
-            &samples[2],
         ),
-    ];
-    for (i, case) in cases.iter().enumerate() {
-        rows.push(row(
-            case.name,
-            case.what,
-            "repeat=1",
-            &outcomes[i],
-            &samples[3 + i],
-        ));
+    ]
+    .into_iter()
+    .chain(
+        cases[0]
+            .iter()
+            .map(|case| (case.name, case.what, "repeat=1")),
+    )
+    .collect();
+    let mut rows: Vec<PacketRow> = names
+        .iter()
+        .map(|(name, what, method)| PacketRow {
+            name: (*name).to_owned(),
+            what: (*what).to_owned(),
+            method: (*method).to_owned(),
+            forwarding: None,
+            forwarding_off: None,
+        })
+        .collect();
+    for (c, column) in columns.iter().enumerate() {
+        let tx_ns = min(&samples[c][1]);
+        for (k, row) in rows.iter_mut().enumerate() {
+            let runs = &samples[c][k];
+            let outcome = match k {
+                0 => "XDP_PASS".to_owned(),
+                1 | 2 => "XDP_TX".to_owned(),
+                _ => outcomes[c][k - 3].clone(),
+            };
+            let cost = PacketCost {
+                outcome,
+                ns_min: min(runs),
+                ns_median: median(runs),
+                ratio_to_tx: min(runs) / tx_ns,
+                runs: runs.clone(),
+            };
+            eprintln!(
+                "bench: {} ({}): {:.1} ns",
+                row.name,
+                column.path.name(),
+                cost.ns_min
+            );
+            match column.path {
+                Path::Forwarding => row.forwarding = Some(cost),
+                Path::ForwardingOff => row.forwarding_off = Some(cost),
+            }
+        }
     }
     rows
 }
@@ -492,15 +718,20 @@ fn hot_rows(
             })
             .collect();
         eprintln!("bench: {name}: {:.1} ns", min(&runs));
+        // Forwarding off only: on the forwarding path every run would decrement the TTL of
+        // the packet it runs on again.
         rows.push(PacketRow {
             name: name.to_owned(),
             what: what.to_owned(),
             method: "repeat=N".to_owned(),
-            outcome: counter.name().to_owned(),
-            ns_min: min(&runs),
-            ns_median: median(&runs),
-            ratio_to_tx: min(&runs) / tx_ns,
-            runs,
+            forwarding: None,
+            forwarding_off: Some(PacketCost {
+                outcome: counter.name().to_owned(),
+                ns_min: min(&runs),
+                ns_median: median(&runs),
+                ratio_to_tx: min(&runs) / tx_ns,
+                runs,
+            }),
         });
     }
     rows
@@ -514,18 +745,24 @@ fn scaling(
     loaded: &mut Loaded,
     balancer: &mut Balancer<BpfMaps>,
     pass: &mut Xdp,
+    fwd: &Forwarding,
     p: &Params,
     quick: bool,
 ) -> (Vec<ScalingRow>, Vec<ScalingLine>) {
     let tcp_vip = sa("198.19.0.1:80");
-    let pass_frame = frame(tcp_vip, tcp_vip, ACK, &[]);
     let mut rows = Vec::new();
-    // One run: the mean cost of `p.calls` calls cycling through `packets`.
-    let mut sample = |loaded: &mut Loaded, packets: &[Vec<u8>]| -> f64 {
-        let pass_loop = repeated(pass, &pass_frame, p.repeat);
-        let pass_call = per_call(pass, &packets[..1], p.calls);
-        let program = loaded.program().expect("program");
-        per_call(program, packets, p.calls) - pass_call + pass_loop
+    // One run: the mean cost of `p.calls` calls cycling through `packets` (all of one length),
+    // forwarding off or, with `on`, on the forwarding path (arriving on `gc`).
+    let mut sample = |loaded: &mut Loaded, packets: &[Vec<u8>], on: Option<&Forwarding>| -> f64 {
+        let ctx = on.map(|fwd| fwd.ctx(packets[0].len(), false));
+        let ctx = ctx.as_deref();
+        let pass = &mut *pass;
+        at(on, || {
+            let pass_loop = repeated_ctx(pass, &packets[0], ctx, p.repeat);
+            let pass_call = per_call_ctx(pass, &packets[..1], ctx, p.calls);
+            let program = loaded.program().expect("program");
+            per_call_ctx(program, packets, ctx, p.calls) - pass_call + pass_loop
+        })
     };
     let row = |line: &str, x: usize, name: String, what: String, runs: Vec<f64>| {
         eprintln!("bench: {name}: {:.1} ns", min(&runs));
@@ -573,7 +810,7 @@ fn scaling(
     let mut runs = vec![Vec::new(); cases.len()];
     for _ in 0..RUNS {
         for (i, (_, packet)) in cases.iter().enumerate() {
-            runs[i].push(sample(loaded, std::slice::from_ref(packet)));
+            runs[i].push(sample(loaded, std::slice::from_ref(packet), None));
         }
     }
     for ((n, _), runs) in cases.iter().zip(runs) {
@@ -617,7 +854,7 @@ fn scaling(
         let mut runs = vec![Vec::new(); programs.len()];
         for _ in 0..RUNS {
             for (i, (_, fresh, _)) in programs.iter_mut().enumerate() {
-                runs[i].push(sample(fresh, std::slice::from_ref(&ack)));
+                runs[i].push(sample(fresh, std::slice::from_ref(&ack), None));
             }
         }
         for ((count, _, _), runs) in programs.iter().zip(runs) {
@@ -654,8 +891,16 @@ fn scaling(
     };
     let client = sa(&format!("{CLIENT}:42000"));
     let mut tables: Vec<(usize, Loaded, Balancer<BpfMaps>)> = Vec::new();
-    // Table, flows in it, line, name, what, packets.
-    type FlowCase = (usize, usize, &'static str, String, String, Vec<Vec<u8>>);
+    // Table, flows in it, line, name, what, packets, forwarding path or not.
+    type FlowCase<'a> = (
+        usize,
+        usize,
+        String,
+        String,
+        String,
+        Vec<Vec<u8>>,
+        Option<&'a Forwarding>,
+    );
     let mut cases: Vec<FlowCase> = Vec::new();
     for target in [1_000usize, largest] {
         let fill = Instant::now();
@@ -702,45 +947,71 @@ fn scaling(
                 ack
             })
             .collect();
-        let (action, out) = run_once(fresh.program().expect("program"), &acks[acks.len() / 2]);
+        let middle = &acks[acks.len() / 2];
+        let (action, out) = run_once(fresh.program().expect("program"), middle);
         assert_eq!(action, XdpAction::Pass as u32);
         assert!(addrs(&out).1.ip().to_string().starts_with("10.1."));
+        // The same on the forwarding path: it leaves by XDP_REDIRECT towards backend 0's net.
+        fwd.add_tx_ports(&mut fresh);
+        let ctx = fwd.ctx(middle.len(), false);
+        let program = fresh.program().expect("program");
+        let (action, out) = fwd.run(|| run_once_ctx(program, middle, Some(&ctx)));
+        assert_eq!(action, XdpAction::Redirect as u32, "{}", describe(&out));
+        assert!(addrs(&out).1.ip().to_string().starts_with("10.1."));
+        assert_eq!(out[..6], fwd.b0_mac, "next hop's MAC");
         let table = tables.len();
         let note = note(target);
-        cases.push((
-            table,
-            target,
-            "flows",
-            format!("ack_{target}_flows"),
-            format!("TCP ACK of a tracked flow, connection table holding {counted} flows{note}"),
-            vec![frame(client, tcp_vip, ACK, &[])],
-        ));
-        cases.push((
-            table,
-            target,
-            "flows_many_active",
-            format!("ack_{target}_flows_many_active"),
-            format!(
-                "TCP ACKs of {spread_over} different tracked flows in turn, table holding \
-                 {counted} flows{note}"
-            ),
-            acks,
-        ));
+        for (on, suffix, path) in [
+            (None, "", "forwarding off"),
+            (Some(fwd), "_forwarding", "forwarding path"),
+        ] {
+            cases.push((
+                table,
+                target,
+                format!("flows{suffix}"),
+                format!("ack_{target}_flows{suffix}"),
+                format!(
+                    "TCP ACK of a tracked flow, connection table holding {counted} \
+                     flows{note}, {path}"
+                ),
+                vec![frame(client, tcp_vip, ACK, &[])],
+                on,
+            ));
+            cases.push((
+                table,
+                target,
+                format!("flows_many_active{suffix}"),
+                format!("ack_{target}_flows_many_active{suffix}"),
+                format!(
+                    "TCP ACKs of {spread_over} different tracked flows in turn, table holding \
+                     {counted} flows{note}, {path}"
+                ),
+                acks.clone(),
+                on,
+            ));
+        }
         tables.push((target, fresh, fresh_balancer));
     }
     let mut runs = vec![Vec::new(); cases.len()];
     for _ in 0..RUNS {
         for (i, case) in cases.iter().enumerate() {
-            runs[i].push(sample(&mut tables[case.0].1, &case.5));
+            runs[i].push(sample(&mut tables[case.0].1, &case.5, case.6));
         }
     }
     for (case, runs) in cases.into_iter().zip(runs) {
-        rows.push(row(case.2, case.1, case.3, case.4, runs));
+        rows.push(row(&case.2, case.1, case.3, case.4, runs));
     }
     drop(tables);
 
     let mut lines = Vec::new();
-    for line in ["backends", "vips", "flows", "flows_many_active"] {
+    for line in [
+        "backends",
+        "vips",
+        "flows",
+        "flows_many_active",
+        "flows_forwarding",
+        "flows_many_active_forwarding",
+    ] {
         let on_line = || rows.iter().filter(|row| row.line == line);
         let spread = |v: Vec<f64>| max(&v) / min(&v) - 1.0;
         lines.push(ScalingLine {
@@ -1112,7 +1383,10 @@ const E2E_CHUNK: u32 = 100_000;
 /// forwarded rate is that count over the generator's wall time. `gc` has GRO on (which
 /// gives a veth the NAPI context frames sent to it by XDP need) and threaded NAPI if the
 /// kernel lets us, so that the gateway's work runs in a kernel thread beside the generator.
-fn end_to_end(rounds: usize, secs: u64) -> EndToEnd {
+///
+/// With `profile` (a directory), one more round of the xdplb case runs under `perf record`
+/// (see [`profile`]); its data and summary go to that directory.
+fn end_to_end(rounds: usize, secs: u64, profile: Option<&std::path::Path>) -> EndToEnd {
     let topo = Topology::new(1).unwrap_or_else(|err| panic!("topology: {err:#}"));
     let (generator, gateway, sink) = (&topo.client, &topo.gateway, &topo.backends[0]);
     let mac = |ns: &Netns, iface: &str| {
@@ -1162,7 +1436,7 @@ fn end_to_end(rounds: usize, secs: u64) -> EndToEnd {
     let to_vip = frame_with(link, source, sa(E2E_VIP), L4::Udp, &payload);
     let to_sink = frame_with(link, source, sa(E2E_SINK), L4::Udp, &payload);
     let duration = Duration::from_secs(secs);
-    let mut run = |frame: &[u8], counter: (&Netns, &str)| {
+    let mut run = |frame: &[u8], counter: (&Netns, &str), rounds: usize| {
         // Frames come back from the gateway rewritten: the generator writes these headers into
         // every frame it sends.
         let headers: [u8; GEN_HEADERS] = frame[..GEN_HEADERS].try_into().expect("headers");
@@ -1185,7 +1459,7 @@ fn end_to_end(rounds: usize, secs: u64) -> EndToEnd {
         gateway
             .run(|| xdp(&mut drop, "bench_drop").attach(GW_CLIENT_IF, XdpMode::Driver))
             .unwrap_or_else(|err| panic!("attaching bench_drop to {GW_CLIENT_IF}: {err}"));
-        run(&to_sink, (gateway, GW_CLIENT_IF))
+        run(&to_sink, (gateway, GW_CLIENT_IF), rounds)
         // `drop` detaches here.
     };
     eprintln!(
@@ -1194,9 +1468,10 @@ fn end_to_end(rounds: usize, secs: u64) -> EndToEnd {
     );
 
     let mut rows: Vec<(&str, &str, Option<Measured>, String)> = Vec::new();
+    let mut profiled = None;
 
     // Plain routing, no balancer.
-    let plain = run(&to_sink, (sink, HOST_IF));
+    let plain = run(&to_sink, (sink, HOST_IF), rounds);
     rows.push((
         "plain_routing",
         "kernel IPv4 forwarding to 198.18.1.2, no balancer, no netfilter rules",
@@ -1220,7 +1495,18 @@ fn end_to_end(rounds: usize, secs: u64) -> EndToEnd {
         balancer
             .set_backends(&vip_udp, vec![BackendSpec::new(sa(E2E_SINK), 1)])
             .expect("backends");
-        let measured = run(&to_vip, (sink, HOST_IF));
+        let measured = run(&to_vip, (sink, HOST_IF), rounds);
+        if let Some(dir) = profile {
+            std::fs::create_dir_all(dir).expect("results directory");
+            let recording = profile::Recording::start(&dir.join("perf-xdplb.data"));
+            let pps = run(&to_vip, (sink, HOST_IF), 1).pps;
+            let data = recording.stop();
+            profiled = Some(profile::summarize(
+                &data,
+                &dir.join("profile-xdplb.txt"),
+                pps,
+            ));
+        }
         rows.push((
             "xdplb",
             "xdplb NAT to 198.18.1.2, native XDP on gc and gb0 (redirect through the devmap)",
@@ -1228,7 +1514,7 @@ fn end_to_end(rounds: usize, secs: u64) -> EndToEnd {
             String::new(),
         ));
         // The same program passing everything to the kernel: frames to the sink's own address.
-        let measured = run(&to_sink, (sink, HOST_IF));
+        let measured = run(&to_sink, (sink, HOST_IF), rounds);
         rows.push((
             "xdp_pass_through",
             "kernel forwarding to 198.18.1.2 with xdplb attached to gc and gb0, balancing \
@@ -1244,7 +1530,7 @@ fn end_to_end(rounds: usize, secs: u64) -> EndToEnd {
     let nft = nft_dnat(gateway, "xlb_bench", (&vip_ip, "udp", "9"), &sink_ip);
     match nft {
         Ok(()) => {
-            let measured = run(&to_vip, (sink, HOST_IF));
+            let measured = run(&to_vip, (sink, HOST_IF), rounds);
             let _ = gateway.exec("nft", &["delete", "table", "ip", "xlb_bench"]);
             rows.push((
                 "nftables",
@@ -1314,6 +1600,7 @@ fn end_to_end(rounds: usize, secs: u64) -> EndToEnd {
         rounds,
         generator_ceiling_pps: ceiling.pps,
         rows: out_rows,
+        profile: profiled,
     }
 }
 
