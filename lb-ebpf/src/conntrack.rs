@@ -129,15 +129,22 @@ fn recorded_backend(
 }
 
 /// Notes a reply packet of the client-side flow `key`: refreshes the entry and lets the
-/// backend's FIN/RST shorten its life.
+/// backend's FIN/RST shorten its life. False if the flow has no entry.
 #[inline(always)]
-pub fn saw_reply(key: &FlowKey, tcp_flags: u8, now: u64) {
-    if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
-        // SAFETY: as in `backend_for`.
-        let entry = unsafe { &mut *entry };
-        touch(entry, tcp_flags, false, now);
-    }
+pub fn saw_reply(key: &FlowKey, tcp_flags: u8, now: u64) -> bool {
+    let Some(entry) = CONNTRACK.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: as in `backend_for`.
+    let entry = unsafe { &mut *entry };
+    touch(entry, tcp_flags, false, now);
+    true
 }
+
+/// [`reply_translation`]: the flow's own reverse entry translates the packet.
+pub const BY_FLOW: u32 = 1;
+/// [`reply_translation`]: the backend's VIP translates the packet, if the flow is tracked.
+pub const BY_BACKEND: u32 = 2;
 
 /// Records the reverse translation of the new flow `key` (client → VIP), sent to
 /// `backend`:`port`, the backend `backend_id` of the VIP `vip_id`: its replies, the flow
@@ -169,11 +176,16 @@ pub fn record_reverse(
 }
 
 /// The translation of a reply: the packet's flow is `key` (backend → client) and its source
-/// `backend`. Copied into `out`; false if the packet is no reply of a flow xdplb translated.
-/// See [`ReverseNat`] for the order of the lookups: a backend that belongs to one VIP needs
-/// no per-flow state.
+/// `backend`. Copied into `out`; [`BY_FLOW`] or [`BY_BACKEND`] says by what, 0 that the
+/// packet is no reply of a flow xdplb translates. See [`ReverseNat`] for the order of the
+/// lookups: a backend that belongs to one VIP needs no per-flow reverse state. A translation
+/// [`BY_BACKEND`] holds only for a tracked flow (the caller checks the connection entry it
+/// names): the backend's answers to anything else (its own clients through the gateway, the
+/// gateway's probes) are not the VIP's.
+///
+/// BPF functions return one scalar in a register, so the result is a plain number.
 #[inline(always)]
-pub fn reply_translation(key: &FlowKey, backend: &BackendKey, out: &mut ReverseNat) -> bool {
+pub fn reply_translation(key: &FlowKey, backend: &BackendKey, out: &mut ReverseNat) -> u32 {
     let stateless = BACKEND_VIPS.get_ptr(backend);
     if let Some(entry) = stateless {
         // SAFETY: a pointer the lookup returned; BACKEND_VIPS is not preallocated, so the
@@ -181,21 +193,21 @@ pub fn reply_translation(key: &FlowKey, backend: &BackendKey, out: &mut ReverseN
         let entry = unsafe { &*entry };
         if entry.flags & REPLY_SHARED == 0 {
             copy_reverse(out, entry);
-            return true;
+            return BY_BACKEND;
         }
     }
     if let Some(entry) = REVERSE_NAT.get_ptr(key) {
         // SAFETY: a pointer the lookup returned; copied at once.
         copy_reverse(out, unsafe { &*entry });
-        return true;
+        return BY_FLOW;
     }
     match stateless {
         Some(entry) => {
             // SAFETY: as above.
             copy_reverse(out, unsafe { &*entry });
-            true
+            BY_BACKEND
         }
-        None => false,
+        None => 0,
     }
 }
 

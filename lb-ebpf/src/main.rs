@@ -204,7 +204,8 @@ fn translate_reply(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter
     s.source.port = s.l4.src_port;
     s.source.proto = s.l3.proto;
     s.source.family = s.l3.family;
-    if !conntrack::reply_translation(&s.key, &s.source, &mut s.reverse) {
+    let by = conntrack::reply_translation(&s.key, &s.source, &mut s.reverse);
+    if by == 0 {
         return Err(Counter::PassNonVip);
     }
     // Replies come from where the backend is: one spoofed from the client side with a
@@ -227,7 +228,9 @@ fn translate_reply(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter
         (&s.reverse.vip_addr, s.reverse.vip_port),
         (s.l3.proto, s.l3.family),
     );
-    conntrack::saw_reply(&s.other, s.l4.tcp_flags, now);
+    if !conntrack::saw_reply(&s.other, s.l4.tcp_flags, now) && by == conntrack::BY_BACKEND {
+        return Err(Counter::PassNonVip);
+    }
     stats::count_traffic(
         s.reverse.vip_id,
         backend_index(s.reverse.backend_id),

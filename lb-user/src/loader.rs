@@ -374,6 +374,9 @@ pub fn object_fingerprint() -> String {
     format!("{hash:016x}")
 }
 
+/// Times the program load is tried when the verifier is interrupted.
+const LOAD_ATTEMPTS: u32 = 5;
+
 impl Loaded {
     /// Loads the embedded object like [`Loaded::load_with`], with the maps named in `reuse`
     /// taken from their pins instead of created.
@@ -397,10 +400,22 @@ impl Loaded {
             .context("loading the XDP object")
             .map_err(capability_hint)?;
         let mut loaded = Self { ebpf, options };
-        loaded
-            .program()?
-            .load()
-            .map_err(|err| refused(err, "the XDP program"))?;
+        // The verifier gives up with EAGAIN when a signal arrives while it works (a second or
+        // more for this program on a busy machine); like libbpf, try again a few times.
+        let mut attempts = 1;
+        loop {
+            match loaded.program()?.load() {
+                Ok(()) => break,
+                Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                    if io_error.raw_os_error() == Some(libc::EAGAIN)
+                        && attempts < LOAD_ATTEMPTS =>
+                {
+                    attempts += 1;
+                    log::debug!("the verifier was interrupted (EAGAIN); loading again");
+                }
+                Err(err) => return Err(refused(err, "the XDP program")),
+            }
+        }
         Ok(loaded)
     }
 }

@@ -60,32 +60,6 @@ pub fn sa(s: &str) -> SocketAddr {
         .unwrap_or_else(|_| panic!("bad socket address {s}"))
 }
 
-/// The data path's key of the flow `src` → `dst` of protocol `proto` (`lb_common::flow`).
-#[cfg(feature = "xdplb")]
-pub fn flow_key(src: SocketAddr, dst: SocketAddr, proto: u8) -> lb_common::FlowKey {
-    let addr = |a: SocketAddr| match a.ip() {
-        std::net::IpAddr::V4(v4) => {
-            let mut out = [0; 16];
-            out[..4].copy_from_slice(&v4.octets());
-            out
-        }
-        std::net::IpAddr::V6(v6) => v6.octets(),
-    };
-    lb_common::FlowKey {
-        src_addr: addr(src),
-        dst_addr: addr(dst),
-        src_port: src.port().to_be_bytes(),
-        dst_port: dst.port().to_be_bytes(),
-        proto,
-        family: if src.is_ipv4() {
-            lb_common::flow::FAMILY_IPV4
-        } else {
-            lb_common::flow::FAMILY_IPV6
-        },
-        _pad: [0; 2],
-    }
-}
-
 /// `s` as a VIP (`198.19.0.1:80/tcp`), or a panic that says why not.
 #[cfg(feature = "xdplb")]
 pub fn vip(s: &str) -> lb_user::balancer::Vip {
