@@ -25,7 +25,7 @@ pub(super) async fn run_agent(
     socket: &Path,
     stats_interval: u64,
     metrics: Option<SocketAddr>,
-    api_tcp: Option<(SocketAddr, String)>,
+    (api_tcp, limits): (Option<(SocketAddr, String)>, api::Limits),
     mut signals: Signals,
     config: Option<PathBuf>,
 ) -> anyhow::Result<bool> {
@@ -36,12 +36,17 @@ pub(super) async fn run_agent(
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the API address {addr}"))?;
-        let app = api::router_with_token(Arc::clone(&shared), shutdown_tx.clone(), token);
-        tokio::spawn(async move { axum::serve(tcp, app).await });
+        let app = api::router_with_token(Arc::clone(&shared), shutdown_tx.clone(), token, &limits);
+        tokio::spawn(api::serve(tcp, app, limits, format!("http://{addr}")));
         info!("API also on http://{addr} (bearer token required)");
     }
-    let app = api::router(Arc::clone(&shared), shutdown_tx);
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let app = api::router(Arc::clone(&shared), shutdown_tx, &limits);
+    let server = tokio::spawn(api::serve(
+        listener,
+        app,
+        limits,
+        socket.display().to_string(),
+    ));
     let conntrack = {
         let agent = shared.lock().expect("agent lock");
         crate::maps::open_map(agent.pinned.dir(), lb_common::maps::CONNTRACK_MAP)?
@@ -58,14 +63,19 @@ pub(super) async fn run_agent(
     let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();
     {
         let mut agent = shared.lock().expect("agent lock");
-        agent.monitor = Some(Monitor::new(health_tx));
+        agent.monitor = Some(Monitor::new(health_tx).context("starting the health checks")?);
         agent.sync_health();
     }
     tokio::spawn(agent::apply_health_events(Arc::clone(&shared), health_rx));
     if let Some(addr) = metrics {
         serve_metrics(Arc::clone(&shared), addr).await?;
     }
-    info!("agent ready; API on {}", socket.display());
+    info!(
+        "agent ready; API on {} (at most {} connections per listener, {:?} to send a request)",
+        socket.display(),
+        limits.max_connections,
+        limits.header_timeout
+    );
     notify(&[sd_notify::NotifyState::Ready]);
 
     let period = Duration::from_secs(stats_interval.max(1));
