@@ -148,9 +148,60 @@ pub enum Shutdown {
 struct ApiState {
     agent: Shared,
     shutdown: watch::Sender<Shutdown>,
-    /// Held by the one change that waits for (or holds) the agent: the others queue here,
-    /// without a thread each.
-    writes: Arc<tokio::sync::Mutex<()>>,
+    /// Who waits for the agent: one change at a time, after the reads.
+    queue: Arc<Queue>,
+}
+
+/// The order in which API requests get the agent: changes one at a time (the others wait here,
+/// without a thread each), and reads before the next change, so that a read waits for at most
+/// the change in progress however many are queued.
+#[derive(Default)]
+struct Queue {
+    writes: tokio::sync::Mutex<()>,
+    reads: std::sync::atomic::AtomicUsize,
+    reads_done: tokio::sync::Notify,
+}
+
+/// A read waiting for or holding the agent.
+struct Reading<'a>(&'a Queue);
+
+impl<'a> Reading<'a> {
+    fn new(queue: &'a Queue) -> Self {
+        queue
+            .reads
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(queue)
+    }
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        if self
+            .0
+            .reads
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.reads_done.notify_waiters();
+        }
+    }
+}
+
+impl Queue {
+    /// Waits for this change's turn: the changes before it done, and no read waiting.
+    async fn write_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        let turn = self.writes.lock().await;
+        loop {
+            let done = self.reads_done.notified();
+            tokio::pin!(done);
+            // Registered before the check, so that the last read's notification is not missed.
+            done.as_mut().enable();
+            if self.reads.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return turn;
+            }
+            done.await;
+        }
+    }
 }
 
 fn parse_state(s: &str) -> ApiResult<BackendState> {
@@ -191,6 +242,15 @@ async fn with_agent<T: Send + 'static>(
     state: &ApiState,
     work: impl FnOnce(&mut Agent) -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
+    let _reading = Reading::new(&state.queue);
+    on_agent(state, work).await
+}
+
+/// [`with_agent`] for a change, which has waited for its turn.
+async fn on_agent<T: Send + 'static>(
+    state: &ApiState,
+    work: impl FnOnce(&mut Agent) -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
     let agent = Arc::clone(&state.agent);
     tokio::task::spawn_blocking(move || work(&mut lock(&agent)))
         .await
@@ -204,8 +264,8 @@ async fn change<T: Send + 'static>(
     state: &ApiState,
     change: impl FnOnce(&mut Agent) -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
-    let _turn = state.writes.lock().await;
-    with_agent(state, move |agent| agent.change(change)).await
+    let _turn = state.queue.write_turn().await;
+    on_agent(state, move |agent| agent.change(change)).await
 }
 
 async fn status(State(state): State<ApiState>) -> ApiResult<Json<StatusView>> {
@@ -459,8 +519,8 @@ async fn apply(
     let plan = if dry_run {
         with_agent(&state, move |agent| Ok(agent.plan_config(&desired)?)).await?
     } else {
-        let _turn = state.writes.lock().await;
-        with_agent(&state, move |agent| Ok(agent.apply_config(desired)?)).await?
+        let _turn = state.queue.write_turn().await;
+        on_agent(&state, move |agent| Ok(agent.apply_config(desired)?)).await?
     };
     Ok(Json(ApplyView {
         plan: lines(&plan),
@@ -551,7 +611,7 @@ pub fn router(agent: Shared, shutdown: watch::Sender<Shutdown>, limits: &Limits)
     let state = ApiState {
         agent,
         shutdown,
-        writes: Arc::default(),
+        queue: Arc::default(),
     };
     let bodies = (limits.max_body, limits.body_timeout);
     Router::new()

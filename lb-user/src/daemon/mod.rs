@@ -470,15 +470,24 @@ fn serve(
         body_timeout: timeout,
         ..api::Limits::default()
     };
+    let api_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("xdplb-api")
+        .enable_all()
+        .build()
+        .context("starting the API's runtime")?;
     let detach = runtime.block_on(run_agent(
         Arc::clone(&shared),
         socket,
         args.stats_interval,
         args.metrics,
-        (api_tcp, limits),
+        (api_runtime.handle(), api_tcp, limits),
         signals,
         args.config.clone(),
-    ))?;
+    ));
+    // Requests still being answered are cut short: the agent is stopping.
+    api_runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    let detach = detach?;
     if args.ephemeral {
         let _ = std::fs::remove_file(&state_file);
     }

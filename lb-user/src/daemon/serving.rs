@@ -25,23 +25,42 @@ pub(super) async fn run_agent(
     socket: &Path,
     stats_interval: u64,
     metrics: Option<SocketAddr>,
-    (api_tcp, limits): (Option<(SocketAddr, String)>, api::Limits),
+    (api_runtime, api_tcp, limits): (
+        &tokio::runtime::Handle,
+        Option<(SocketAddr, String)>,
+        api::Limits,
+    ),
     mut signals: Signals,
     config: Option<PathBuf>,
 ) -> anyhow::Result<bool> {
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(Shutdown::Running);
-    // Removes the socket at exit, if it is still this agent's.
-    let (listener, _bound) = api::bind(socket)?;
-    if let Some((addr, token)) = api_tcp {
-        let tcp = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the API address {addr}"))?;
+    // The API has a runtime of its own: the periodic tasks wait for the agent's lock on this
+    // one's workers, and the API must answer meanwhile. Its listeners are registered with its
+    // own reactor, so that nothing here has to run for it to accept.
+    let (listener, tcp, _bound) = {
+        let _api = api_runtime.enter();
+        // Removes the socket at exit, if it is still this agent's.
+        let (listener, bound) = api::bind(socket)?;
+        let tcp = match &api_tcp {
+            Some((addr, _)) => Some(
+                std::net::TcpListener::bind(addr)
+                    .and_then(|tcp| {
+                        tcp.set_nonblocking(true)?;
+                        tokio::net::TcpListener::from_std(tcp)
+                    })
+                    .with_context(|| format!("binding the API address {addr}"))?,
+            ),
+            None => None,
+        };
+        (listener, tcp, bound)
+    };
+    if let (Some(tcp), Some((addr, token))) = (tcp, api_tcp) {
         let app = api::router_with_token(Arc::clone(&shared), shutdown_tx.clone(), token, &limits);
-        tokio::spawn(api::serve(tcp, app, limits, format!("http://{addr}")));
+        api_runtime.spawn(api::serve(tcp, app, limits, format!("http://{addr}")));
         info!("API also on http://{addr} (bearer token required)");
     }
     let app = api::router(Arc::clone(&shared), shutdown_tx, &limits);
-    let server = tokio::spawn(api::serve(
+    let server = api_runtime.spawn(api::serve(
         listener,
         app,
         limits,
