@@ -104,7 +104,13 @@ pub(super) async fn run_agent(
             _ = signals.term.recv() => break false,
             _ = signals.int.recv() => break false,
             _ = signals.hup.recv() => match &config {
-                Some(path) => reload(&shared, path),
+                Some(path) => {
+                    // A reload may rebuild large tables: off the async workers.
+                    let (shared, path) = (Arc::clone(&shared), path.clone());
+                    if let Err(err) = tokio::task::spawn_blocking(move || reload(&shared, &path)).await {
+                        error!("SIGHUP: the reload failed: {err}");
+                    }
+                }
                 None => warn!("SIGHUP: the agent runs without --config, so there is nothing to reload"),
             },
             changed = shutdown_rx.changed() => {
