@@ -104,18 +104,62 @@ pub(super) async fn buffer_body(
         .await
 }
 
+/// A listener the API is served on: the Unix socket or a TCP port.
+pub trait Accept: Send + 'static {
+    type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    fn accept(&mut self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept(&mut self) -> std::io::Result<Self::Io> {
+        tokio::net::UnixListener::accept(self)
+            .await
+            .map(|(io, _)| io)
+    }
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept(&mut self) -> std::io::Result<Self::Io> {
+        tokio::net::TcpListener::accept(self)
+            .await
+            .map(|(io, _)| io)
+    }
+}
+
+/// Whether an accept error concerns only the connection that was being accepted.
+fn is_connection_error(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        err.kind(),
+        K::ConnectionRefused | K::ConnectionAborted | K::ConnectionReset
+    )
+}
+
 /// Serves `app` on `listener` within `limits` until the task is dropped. `name` says which
 /// listener in the logs.
-pub async fn serve<L>(mut listener: L, app: Router, limits: Limits, name: String)
-where
-    L: axum::serve::Listener,
-{
+pub async fn serve<L: Accept>(mut listener: L, app: Router, limits: Limits, name: String) {
     let open = Arc::new(Connections::new(limits.max_connections));
     let mut refusals = Throttled::new(Duration::from_secs(10));
     let mut evictions = Throttled::new(Duration::from_secs(10));
+    let mut failures = Throttled::new(Duration::from_secs(10));
     loop {
-        // Accept errors (out of file descriptors, say) are retried by the listener itself.
-        let (io, _) = listener.accept().await;
+        // A connection closed for room closes before the next is accepted: the listener holds
+        // at most so many descriptors, even in a burst.
+        open.closed_all().await;
+        let io = match listener.accept().await {
+            Ok(io) => io,
+            Err(err) if is_connection_error(&err) => continue,
+            Err(err) => {
+                // Out of file descriptors, say: the agent's other work needs some too.
+                if let Some(n) = failures.count() {
+                    log::warn!("API {name}: accepting a connection failed ({n} times): {err}");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let (admitted, evicted) = open.admit();
         let Some(conn) = admitted else {
             if let Some(n) = refusals.count() {
@@ -214,6 +258,9 @@ struct Connections {
     max: usize,
     next: AtomicU64,
     open: Mutex<BTreeMap<u64, Entry>>,
+    /// Connections told to close for room that have not closed yet.
+    closing: AtomicUsize,
+    closed: Notify,
 }
 
 /// An admitted connection; dropping it forgets it.
@@ -226,7 +273,11 @@ struct Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        self.open.table().remove(&self.id);
+        if self.open.table().remove(&self.id).is_none() {
+            // It was closed for room.
+            self.open.closing.fetch_sub(1, Ordering::SeqCst);
+            self.open.closed.notify_waiters();
+        }
     }
 }
 
@@ -236,6 +287,22 @@ impl Connections {
             max: max.max(1),
             next: AtomicU64::new(0),
             open: Mutex::new(BTreeMap::new()),
+            closing: AtomicUsize::new(0),
+            closed: Notify::new(),
+        }
+    }
+
+    /// Waits until every connection told to close for room has closed.
+    async fn closed_all(&self) {
+        loop {
+            let closed = self.closed.notified();
+            tokio::pin!(closed);
+            // Registered before the check, so that the last close is not missed.
+            closed.as_mut().enable();
+            if self.closing.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            closed.await;
         }
     }
 
@@ -257,6 +324,7 @@ impl Connections {
                 return (None, false);
             };
             // A stored permit: the connection's task ends even if it is not waiting yet.
+            self.closing.fetch_add(1, Ordering::SeqCst);
             entry.evict.notify_one();
             evicted = true;
         }
@@ -305,9 +373,13 @@ mod tests {
         let (c, evicted) = open.admit();
         assert!(evicted);
         assert!(c.is_some());
-        // b was idle: it is told to close (a stored permit) and forgotten.
+        // b was idle: it is told to close (a stored permit) and forgotten; the next accept
+        // waits until it has closed.
         assert!(!open.table().contains_key(&b.id));
         assert!(open.table().contains_key(&a.id));
+        assert_eq!(open.closing.load(Ordering::SeqCst), 1);
+        drop(b);
+        assert_eq!(open.closing.load(Ordering::SeqCst), 0);
         let c = c.unwrap();
         let _busy_c = Busy::new(Arc::clone(&c.in_flight));
         // Everything busy: the new one is refused.

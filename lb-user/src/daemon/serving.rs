@@ -42,14 +42,9 @@ pub(super) async fn run_agent(
         // Removes the socket at exit, if it is still this agent's.
         let (listener, bound) = api::bind(socket)?;
         let tcp = match &api_tcp {
-            Some((addr, _)) => Some(
-                std::net::TcpListener::bind(addr)
-                    .and_then(|tcp| {
-                        tcp.set_nonblocking(true)?;
-                        tokio::net::TcpListener::from_std(tcp)
-                    })
-                    .with_context(|| format!("binding the API address {addr}"))?,
-            ),
+            Some((addr, _)) => {
+                Some(bind_tcp(*addr).with_context(|| format!("binding the API address {addr}"))?)
+            }
             None => None,
         };
         (listener, tcp, bound)
@@ -128,6 +123,19 @@ pub(super) async fn run_agent(
     agent.monitor = None;
     log_counters(&agent, "stopping; counters");
     Ok(detach)
+}
+
+/// A TCP listener on `addr` with a backlog as long as tokio's own `bind` gives, so that a burst
+/// of connections waits to be accepted instead of having its SYNs dropped.
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// Logs what applying the config file `path` changed, one line per change.
