@@ -1,6 +1,6 @@
 //! The CLI's side of the API: HTTP/1.1 over the agent's Unix socket.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, bail};
 use axum::body::Bytes;
@@ -31,8 +31,32 @@ pub fn segment(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
-/// Sends one request; returns the status and the body. Fails if the agent cannot be reached.
+/// The agent's API socket, and how long one request may take.
+#[derive(Copy, Clone, Debug)]
+pub struct Endpoint<'a> {
+    pub socket: &'a Path,
+    pub timeout: Duration,
+}
+
+/// Sends one request; returns the status and the body. Fails if the agent cannot be reached or
+/// has not answered within the endpoint's timeout.
 pub async fn request(
+    endpoint: Endpoint<'_>,
+    method: Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> anyhow::Result<(StatusCode, Bytes)> {
+    let Endpoint { socket, timeout } = endpoint;
+    match tokio::time::timeout(timeout, exchange(socket, method, path, body)).await {
+        Ok(answer) => answer,
+        Err(_) => bail!(
+            "the xdplb agent at {} did not answer within {timeout:?} (--timeout)",
+            socket.display()
+        ),
+    }
+}
+
+async fn exchange(
     socket: &Path,
     method: Method,
     path: &str,
@@ -68,13 +92,13 @@ pub async fn request(
 /// Sends a request and decodes a successful JSON answer; an error answer becomes an error with
 /// the agent's message.
 pub async fn call<T: DeserializeOwned>(
-    socket: &Path,
+    endpoint: Endpoint<'_>,
     method: Method,
     path: &str,
     body: Option<serde_json::Value>,
 ) -> anyhow::Result<T> {
     let body = body.map(|b| serde_json::to_vec(&b)).transpose()?;
-    let (status, bytes) = request(socket, method, path, body).await?;
+    let (status, bytes) = request(endpoint, method, path, body).await?;
     if !status.is_success() {
         let message = serde_json::from_slice::<serde_json::Value>(&bytes)
             .ok()

@@ -291,8 +291,13 @@ pub enum Error {
     BackendPortZero { backend: SocketAddr },
     #[error("ring size {0} is not a prime between 3 and {max}", max = maglev::MAX_RING_SIZE)]
     BadRingSize(u32),
-    #[error("VIP address {0} is unspecified, multicast or broadcast")]
+    #[error("VIP address {0} is {why}", why = problem_name(.0))]
     BadVipAddress(IpAddr),
+    #[error("backend {backend} cannot be a backend: its address is {why}")]
+    BadBackendAddress {
+        backend: SocketAddr,
+        why: &'static str,
+    },
     #[error("bad VIP {0:?}: expected ADDR:PORT/PROTO, e.g. 198.19.0.1:80/tcp")]
     BadVip(String),
     #[error("bad protocol {0:?}: expected tcp or udp")]
@@ -354,12 +359,55 @@ impl BackendSpec {
     }
 }
 
-/// An address that cannot be a VIP: unspecified, multicast or broadcast.
-pub fn is_bad_vip_addr(addr: IpAddr) -> bool {
-    match addr {
-        IpAddr::V4(a) => a.is_unspecified() || a.is_multicast() || a.is_broadcast(),
-        IpAddr::V6(a) => a.is_unspecified() || a.is_multicast(),
+/// Why an address cannot be a VIP or a backend: traffic to it never leaves the host, or is
+/// not for one host.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum AddrProblem {
+    /// `0.0.0.0` or `::`.
+    Unspecified,
+    /// `127.0.0.0/8` or `::1`.
+    Loopback,
+    /// `224.0.0.0/4` or `ff00::/8`.
+    Multicast,
+    /// `255.255.255.255`.
+    Broadcast,
+}
+
+impl AddrProblem {
+    /// What is wrong with `addr`, if anything. An IPv4-mapped IPv6 address is judged as the
+    /// IPv4 address it maps.
+    pub fn of(addr: IpAddr) -> Option<Self> {
+        let addr = addr.to_canonical();
+        if addr.is_unspecified() {
+            Some(Self::Unspecified)
+        } else if addr.is_loopback() {
+            Some(Self::Loopback)
+        } else if addr.is_multicast() {
+            Some(Self::Multicast)
+        } else if matches!(addr, IpAddr::V4(a) if a.is_broadcast()) {
+            Some(Self::Broadcast)
+        } else {
+            None
+        }
     }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unspecified => "unspecified",
+            Self::Loopback => "loopback",
+            Self::Multicast => "multicast",
+            Self::Broadcast => "broadcast",
+        }
+    }
+}
+
+fn problem_name(addr: &IpAddr) -> &'static str {
+    AddrProblem::of(*addr).map_or("refused", AddrProblem::name)
+}
+
+/// An address that cannot be a VIP: unspecified, loopback, multicast or broadcast.
+pub fn is_bad_vip_addr(addr: IpAddr) -> bool {
+    AddrProblem::of(addr).is_some()
 }
 
 /// A Maglev table size the balancer takes: a prime in `3..=MAX_RING_SIZE`.
@@ -367,8 +415,9 @@ pub fn is_good_ring_size(size: u32) -> bool {
     (3..=maglev::MAX_RING_SIZE).contains(&size) && maglev::is_prime(size)
 }
 
-/// The one copy of a VIP's validation: an address that can be a VIP, a ring size that is a
-/// prime in range for the hashed schedulers.
+/// The one copy of a VIP's validation: an address that can be a VIP (not unspecified,
+/// loopback, multicast or broadcast), a ring size that is a prime in range for the hashed
+/// schedulers.
 pub fn check_vip(vip: &Vip, options: &VipOptions) -> Result<(), Error> {
     if is_bad_vip_addr(vip.addr) {
         return Err(Error::BadVipAddress(vip.addr));
@@ -379,22 +428,128 @@ pub fn check_vip(vip: &Vip, options: &VipOptions) -> Result<(), Error> {
     Ok(())
 }
 
-/// The one copy of a backend's validation against its VIP: family, weight, port.
+/// The one copy of a backend's validation against its VIP: an address that can be a backend
+/// (not unspecified, loopback, multicast, broadcast, nor the VIP's own), family, weight, port.
 pub fn check_backend(vip: &Vip, spec: &BackendSpec) -> Result<(), Error> {
-    if family(spec.addr.ip()) != family(vip.addr) {
-        return Err(Error::FamilyMismatch {
-            vip: *vip,
-            backend: spec.addr,
-        });
-    }
+    check_backend_addr(vip, spec.addr)?;
     if spec.weight > MAX_WEIGHT {
         return Err(Error::WeightOutOfRange {
             backend: spec.addr,
             weight: spec.weight,
         });
     }
-    if spec.addr.port() == 0 && vip.port != 0 {
-        return Err(Error::BackendPortZero { backend: spec.addr });
+    Ok(())
+}
+
+/// Whether `backend` can be a backend of `vip`: an address of one host that is not the VIP's
+/// own, of the VIP's family, with a port unless the VIP takes every port. (The weight is the
+/// spec's; see [`check_backend`].)
+pub fn check_backend_addr(vip: &Vip, backend: SocketAddr) -> Result<(), Error> {
+    if let Some(problem) = AddrProblem::of(backend.ip()) {
+        return Err(Error::BadBackendAddress {
+            backend,
+            why: problem.name(),
+        });
+    }
+    if backend.ip().to_canonical() == vip.addr.to_canonical() {
+        return Err(Error::BadBackendAddress {
+            backend,
+            why: "the VIP's own",
+        });
+    }
+    if family(backend.ip()) != family(vip.addr) {
+        return Err(Error::FamilyMismatch { vip: *vip, backend });
+    }
+    if backend.port() == 0 && vip.port != 0 {
+        return Err(Error::BackendPortZero { backend });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vip(s: &str) -> Vip {
+        s.parse().unwrap()
+    }
+
+    fn backend(s: &str) -> BackendSpec {
+        BackendSpec::new(s.parse().unwrap(), 1)
+    }
+
+    #[test]
+    fn vips_of_no_single_host_are_refused() {
+        for (addr, why) in [
+            ("0.0.0.0:80/tcp", "unspecified"),
+            ("[::]:80/tcp", "unspecified"),
+            ("127.0.0.1:80/tcp", "loopback"),
+            ("127.9.9.9:80/tcp", "loopback"),
+            ("[::1]:80/tcp", "loopback"),
+            ("[::ffff:127.0.0.1]:80/tcp", "loopback"),
+            ("224.0.0.1:80/udp", "multicast"),
+            ("[ff02::1]:80/udp", "multicast"),
+            ("255.255.255.255:80/udp", "broadcast"),
+        ] {
+            let v = vip(addr);
+            let err = check_vip(&v, &VipOptions::default()).unwrap_err();
+            assert_eq!(err, Error::BadVipAddress(v.addr), "{addr}");
+            assert_eq!(err.to_string(), format!("VIP address {} is {why}", v.addr));
+        }
+        check_vip(&vip("198.19.0.1:80/tcp"), &VipOptions::default()).unwrap();
+        check_vip(&vip("[fd00::1]:80/tcp"), &VipOptions::default()).unwrap();
+    }
+
+    #[test]
+    fn backends_of_no_single_host_or_at_the_vip_are_refused() {
+        let v4 = vip("198.19.0.1:80/tcp");
+        let v6 = vip("[fd00::1]:80/tcp");
+        for (v, addr, why) in [
+            (v4, "0.0.0.0:8080", "unspecified"),
+            (v6, "[::]:8080", "unspecified"),
+            (v4, "255.255.255.255:8080", "broadcast"),
+            (v4, "239.1.2.3:8080", "multicast"),
+            (v6, "[ff05::2]:8080", "multicast"),
+            (v4, "127.0.0.1:8080", "loopback"),
+            (v6, "[::1]:8080", "loopback"),
+            (v4, "198.19.0.1:8080", "the VIP's own"),
+            (v4, "198.19.0.1:80", "the VIP's own"),
+            (v6, "[fd00::1]:8080", "the VIP's own"),
+        ] {
+            let spec = backend(addr);
+            let err = check_backend(&v, &spec).unwrap_err();
+            assert_eq!(
+                err,
+                Error::BadBackendAddress {
+                    backend: spec.addr,
+                    why
+                },
+                "{addr}"
+            );
+            assert_eq!(
+                err.to_string(),
+                format!("backend {addr} cannot be a backend: its address is {why}")
+            );
+        }
+        check_backend(&v4, &backend("198.18.1.2:8080")).unwrap();
+        check_backend(&v6, &backend("[fd00::2]:8080")).unwrap();
+    }
+
+    #[test]
+    fn backend_checks_keep_family_weight_and_port() {
+        let v = vip("198.19.0.1:80/tcp");
+        assert!(matches!(
+            check_backend(&v, &backend("[fd00::2]:80")),
+            Err(Error::FamilyMismatch { .. })
+        ));
+        assert!(matches!(
+            check_backend(&v, &backend("198.18.1.2:0")),
+            Err(Error::BackendPortZero { .. })
+        ));
+        let heavy = BackendSpec::new("198.18.1.2:80".parse().unwrap(), MAX_WEIGHT + 1);
+        assert!(matches!(
+            check_backend(&v, &heavy),
+            Err(Error::WeightOutOfRange { .. })
+        ));
+    }
 }

@@ -23,8 +23,10 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 pub use crate::agent::{BackendView, VipView};
+pub use serve::{Limits, serve};
 pub use types::*;
 
+mod serve;
 mod types;
 use crate::{
     agent::{Agent, ApplyError, Shared},
@@ -81,8 +83,48 @@ fn bad(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
+/// Deepest nesting of arrays and objects a JSON body may have (the requests are flat; serde_json
+/// alone would recurse 128 levels).
+pub const MAX_JSON_DEPTH: usize = 16;
+
+/// How deeply the arrays and objects of a JSON text nest (brackets inside strings do not
+/// count). Stops counting past `limit`.
+fn json_depth(bytes: &[u8], limit: usize) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+                if deepest > limit {
+                    break;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// Parses a JSON body; a refusal names the field (`weight: invalid type: ...`).
 fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> ApiResult<T> {
+    if json_depth(bytes, MAX_JSON_DEPTH) > MAX_JSON_DEPTH {
+        return Err(bad(format!(
+            "bad request body: nested deeper than {MAX_JSON_DEPTH} levels"
+        )));
+    }
     let mut json = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut json).map_err(|err| {
         let path = err.path().to_string();
@@ -106,6 +148,60 @@ pub enum Shutdown {
 struct ApiState {
     agent: Shared,
     shutdown: watch::Sender<Shutdown>,
+    /// Who waits for the agent: one change at a time, after the reads.
+    queue: Arc<Queue>,
+}
+
+/// The order in which API requests get the agent: changes one at a time (the others wait here,
+/// without a thread each), and reads before the next change, so that a read waits for at most
+/// the change in progress however many are queued.
+#[derive(Default)]
+struct Queue {
+    writes: tokio::sync::Mutex<()>,
+    reads: std::sync::atomic::AtomicUsize,
+    reads_done: tokio::sync::Notify,
+}
+
+/// A read waiting for or holding the agent.
+struct Reading<'a>(&'a Queue);
+
+impl<'a> Reading<'a> {
+    fn new(queue: &'a Queue) -> Self {
+        queue
+            .reads
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Self(queue)
+    }
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        if self
+            .0
+            .reads
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.reads_done.notify_waiters();
+        }
+    }
+}
+
+impl Queue {
+    /// Waits for this change's turn: the changes before it done, and no read waiting.
+    async fn write_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        let turn = self.writes.lock().await;
+        loop {
+            let done = self.reads_done.notified();
+            tokio::pin!(done);
+            // Registered before the check, so that the last read's notification is not missed.
+            done.as_mut().enable();
+            if self.reads.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return turn;
+            }
+            done.await;
+        }
+    }
 }
 
 fn parse_state(s: &str) -> ApiResult<BackendState> {
@@ -133,41 +229,71 @@ pub fn vip_view(agent: &Agent, info: &VipInfo) -> ApiResult<VipView> {
     Ok(agent.vip_view(info)?)
 }
 
-fn lock(state: &ApiState) -> std::sync::MutexGuard<'_, Agent> {
-    state
-        .agent
+fn lock(agent: &Shared) -> std::sync::MutexGuard<'_, Agent> {
+    agent
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Runs `work` on the agent in a blocking thread: waiting for the agent's lock, and the work
+/// itself (a change rebuilds and writes Maglev tables of up to a million slots), never hold
+/// up the async workers that serve the API and run the periodic tasks.
+async fn with_agent<T: Send + 'static>(
+    state: &ApiState,
+    work: impl FnOnce(&mut Agent) -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    let _reading = Reading::new(&state.queue);
+    on_agent(state, work).await
+}
+
+/// [`with_agent`] for a change, which has waited for its turn.
+async fn on_agent<T: Send + 'static>(
+    state: &ApiState,
+    work: impl FnOnce(&mut Agent) -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    let agent = Arc::clone(&state.agent);
+    tokio::task::spawn_blocking(move || work(&mut lock(&agent)))
+        .await
+        .map_err(|err| ApiError(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?
+}
+
 /// Applies `change` and saves the state before the data path sees it ([`Agent::change`]);
-/// refused changes, and changes that cannot be saved, change nothing.
-fn change<T>(state: &ApiState, change: impl FnOnce(&mut Agent) -> ApiResult<T>) -> ApiResult<T> {
-    lock(state).change(change)
+/// refused changes, and changes that cannot be saved, change nothing. Changes run one at a
+/// time, off the async workers ([`with_agent`]).
+async fn change<T: Send + 'static>(
+    state: &ApiState,
+    change: impl FnOnce(&mut Agent) -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    let _turn = state.queue.write_turn().await;
+    on_agent(state, move |agent| agent.change(change)).await
 }
 
 async fn status(State(state): State<ApiState>) -> ApiResult<Json<StatusView>> {
-    let agent = lock(&state);
-    let vips = agent.balancer.vips();
-    Ok(Json(StatusView {
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        pin_dir: agent.pinned.dir().display().to_string(),
-        interfaces: agent.pinned.ifaces(),
-        uptime_secs: agent.started.elapsed().as_secs(),
-        vips: vips.len(),
-        backends: vips.iter().map(|v| v.backends.len()).sum(),
-    }))
+    with_agent(&state, |agent| {
+        let vips = agent.balancer.vips();
+        Ok(Json(StatusView {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pin_dir: agent.pinned.dir().display().to_string(),
+            interfaces: agent.pinned.ifaces(),
+            uptime_secs: agent.started.elapsed().as_secs(),
+            vips: vips.len(),
+            backends: vips.iter().map(|v| v.backends.len()).sum(),
+        }))
+    })
+    .await
+}
+
+fn vip_views(agent: &Agent) -> ApiResult<Vec<VipView>> {
+    agent
+        .balancer
+        .vips()
+        .iter()
+        .map(|i| vip_view(agent, i))
+        .collect()
 }
 
 async fn list_vips(State(state): State<ApiState>) -> ApiResult<Json<Vec<VipView>>> {
-    let agent = lock(&state);
-    let infos = agent.balancer.vips();
-    Ok(Json(
-        infos
-            .iter()
-            .map(|i| vip_view(&agent, i))
-            .collect::<ApiResult<_>>()?,
-    ))
+    with_agent(&state, |agent| vip_views(agent).map(Json)).await
 }
 
 async fn add_vip(
@@ -183,10 +309,11 @@ async fn add_vip(
     if let Some(r) = req.ring_size {
         options.ring_size = r;
     }
-    let view = change(&state, |agent| {
+    let view = change(&state, move |agent| {
         agent.balancer.add_vip(vip, options)?;
         vip_view(agent, &agent.balancer.vip(&vip)?)
-    })?;
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -195,21 +322,25 @@ async fn show_vip(
     UrlPath((proto, addr)): UrlPath<(String, String)>,
 ) -> ApiResult<Json<VipView>> {
     let vip = vip_from_path(&proto, &addr)?;
-    let agent = lock(&state);
-    let info = agent.balancer.vip(&vip)?;
-    Ok(Json(vip_view(&agent, &info)?))
+    with_agent(&state, move |agent| {
+        let info = agent.balancer.vip(&vip)?;
+        Ok(Json(vip_view(agent, &info)?))
+    })
+    .await
 }
 
 /// `GET /v1/autoscale`: every autoscaled VIP's autoscaler.
 async fn list_autoscale(State(state): State<ApiState>) -> ApiResult<Json<Vec<AutoscaleStatus>>> {
-    let agent = lock(&state);
-    Ok(Json(
-        agent
-            .autoscale
-            .iter()
-            .map(|(vip, a)| a.status(agent.balancer.vip(vip).ok().as_ref()))
-            .collect(),
-    ))
+    with_agent(&state, |agent| {
+        Ok(Json(
+            agent
+                .autoscale
+                .iter()
+                .map(|(vip, a)| a.status(agent.balancer.vip(vip).ok().as_ref()))
+                .collect(),
+        ))
+    })
+    .await
 }
 
 /// `GET /v1/autoscale/{proto}/{addr}`: one VIP's autoscaler.
@@ -218,15 +349,17 @@ async fn show_autoscale(
     UrlPath((proto, addr)): UrlPath<(String, String)>,
 ) -> ApiResult<Json<AutoscaleStatus>> {
     let vip = vip_from_path(&proto, &addr)?;
-    let agent = lock(&state);
-    let info = agent.balancer.vip(&vip)?;
-    let scaler = agent.autoscale.get(&vip).ok_or_else(|| {
-        ApiError(
-            StatusCode::NOT_FOUND,
-            format!("VIP {vip} is not autoscaled (its config has no [vip.autoscale])"),
-        )
-    })?;
-    Ok(Json(scaler.status(Some(&info))))
+    with_agent(&state, move |agent| {
+        let info = agent.balancer.vip(&vip)?;
+        let scaler = agent.autoscale.get(&vip).ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_FOUND,
+                format!("VIP {vip} is not autoscaled (its config has no [vip.autoscale])"),
+            )
+        })?;
+        Ok(Json(scaler.status(Some(&info))))
+    })
+    .await
 }
 
 async fn set_vip(
@@ -241,17 +374,21 @@ async fn set_vip(
         .as_deref()
         .map(str::parse::<Scheduler>)
         .transpose()?;
-    Ok(Json(change(&state, |agent| {
-        let mut options = agent.balancer.vip(&vip)?.options;
-        if let Some(s) = scheduler {
-            options.scheduler = s;
-        }
-        if let Some(r) = req.ring_size {
-            options.ring_size = r;
-        }
-        agent.balancer.set_vip_options(&vip, options)?;
-        vip_view(agent, &agent.balancer.vip(&vip)?)
-    })?))
+    let ring_size = req.ring_size;
+    Ok(Json(
+        change(&state, move |agent| {
+            let mut options = agent.balancer.vip(&vip)?.options;
+            if let Some(s) = scheduler {
+                options.scheduler = s;
+            }
+            if let Some(r) = ring_size {
+                options.ring_size = r;
+            }
+            agent.balancer.set_vip_options(&vip, options)?;
+            vip_view(agent, &agent.balancer.vip(&vip)?)
+        })
+        .await?,
+    ))
 }
 
 async fn del_vip(
@@ -259,7 +396,7 @@ async fn del_vip(
     UrlPath((proto, addr)): UrlPath<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let vip = vip_from_path(&proto, &addr)?;
-    change(&state, |agent| Ok(agent.balancer.remove_vip(&vip)?))?;
+    change(&state, move |agent| Ok(agent.balancer.remove_vip(&vip)?)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -268,9 +405,11 @@ async fn list_backends(
     UrlPath((proto, addr)): UrlPath<(String, String)>,
 ) -> ApiResult<Json<Vec<BackendView>>> {
     let vip = vip_from_path(&proto, &addr)?;
-    let agent = lock(&state);
-    let info = agent.balancer.vip(&vip)?;
-    Ok(Json(vip_view(&agent, &info)?.backends))
+    with_agent(&state, move |agent| {
+        let info = agent.balancer.vip(&vip)?;
+        Ok(Json(vip_view(agent, &info)?.backends))
+    })
+    .await
 }
 
 async fn add_backend(
@@ -287,10 +426,11 @@ async fn add_backend(
     if let Some(s) = &req.state {
         spec.state = parse_state(s)?;
     }
-    let view = change(&state, |agent| {
+    let view = change(&state, move |agent| {
         agent.balancer.add_backend(&vip, spec)?;
         vip_view(agent, &agent.balancer.vip(&vip)?)
-    })?;
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -306,10 +446,14 @@ async fn set_backend(
     if req.weight.is_none() && new_state.is_none() {
         return Err(bad("nothing to change: give weight and/or state"));
     }
-    Ok(Json(change(&state, |agent| {
-        agent.set_backend(&vip, backend, req.weight, new_state)?;
-        vip_view(agent, &agent.balancer.vip(&vip)?)
-    })?))
+    let weight = req.weight;
+    Ok(Json(
+        change(&state, move |agent| {
+            agent.set_backend(&vip, backend, weight, new_state)?;
+            vip_view(agent, &agent.balancer.vip(&vip)?)
+        })
+        .await?,
+    ))
 }
 
 async fn del_backend(
@@ -318,26 +462,25 @@ async fn del_backend(
 ) -> ApiResult<StatusCode> {
     let vip = vip_from_path(&proto, &addr)?;
     let backend = parse_addr("backend", &backend)?;
-    change(&state, |agent| {
+    change(&state, move |agent| {
         Ok(agent.balancer.remove_backend(&vip, backend)?)
-    })?;
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn stats(State(state): State<ApiState>) -> ApiResult<Json<StatsView>> {
-    let agent = lock(&state);
-    let counters = agent
-        .pinned
-        .counters()?
-        .iter()
-        .map(|(c, v)| (c.name().to_owned(), v))
-        .collect();
-    let infos = agent.balancer.vips();
-    let vips = infos
-        .iter()
-        .map(|i| vip_view(&agent, i))
-        .collect::<ApiResult<_>>()?;
-    Ok(Json(StatsView { counters, vips }))
+    with_agent(&state, |agent| {
+        let counters = agent
+            .pinned
+            .counters()?
+            .iter()
+            .map(|(c, v)| (c.name().to_owned(), v))
+            .collect();
+        let vips = vip_views(agent)?;
+        Ok(Json(StatsView { counters, vips }))
+    })
+    .await
 }
 
 /// `dry_run` from the query string: absent, `true`/`1` or `false`/`0`.
@@ -373,11 +516,11 @@ async fn apply(
             plan.to_string().lines().map(str::to_owned).collect()
         }
     };
-    let mut agent = lock(&state);
     let plan = if dry_run {
-        agent.plan_config(&desired)?
+        with_agent(&state, move |agent| Ok(agent.plan_config(&desired)?)).await?
     } else {
-        agent.apply_config(desired)?
+        let _turn = state.queue.write_turn().await;
+        on_agent(&state, move |agent| Ok(agent.apply_config(desired)?)).await?
     };
     Ok(Json(ApplyView {
         plan: lines(&plan),
@@ -386,8 +529,8 @@ async fn apply(
 }
 
 /// `GET /v1/interfaces`: the interfaces the program is attached to.
-async fn list_ifaces(State(state): State<ApiState>) -> Json<Vec<String>> {
-    Json(lock(&state).pinned.ifaces())
+async fn list_ifaces(State(state): State<ApiState>) -> ApiResult<Json<Vec<String>>> {
+    with_agent(&state, |agent| Ok(Json(agent.pinned.ifaces()))).await
 }
 
 /// `POST /v1/interfaces`: attaches the program to one more interface (until the agent is
@@ -403,19 +546,21 @@ async fn attach_iface(
         Some(mode) => crate::loader::AttachMode::from_str(mode, false)
             .map_err(|_| bad(format!("xdp_mode: {mode:?} is not auto, native or skb")))?,
     };
-    let mut agent = lock(&state);
-    if agent.pinned.ifaces().contains(&req.name) {
-        return Err(ApiError(
-            StatusCode::CONFLICT,
-            format!("the program is already attached to {}", req.name),
-        ));
-    }
-    crate::loader::if_index(&req.name)
-        .map_err(|err| ApiError(StatusCode::NOT_FOUND, format!("{err:#}")))?;
-    agent.pinned.attach(&req.name, mode)?;
-    // The program may now redirect to it: next hops through it are worth looking up again.
-    agent.balancer.refresh_next_hops()?;
-    Ok((StatusCode::CREATED, Json(agent.pinned.ifaces())))
+    with_agent(&state, move |agent| {
+        if agent.pinned.ifaces().contains(&req.name) {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!("the program is already attached to {}", req.name),
+            ));
+        }
+        crate::loader::if_index(&req.name)
+            .map_err(|err| ApiError(StatusCode::NOT_FOUND, format!("{err:#}")))?;
+        agent.pinned.attach(&req.name, mode)?;
+        // The program may now redirect to it: next hops through it are worth looking up again.
+        agent.balancer.refresh_next_hops()?;
+        Ok((StatusCode::CREATED, Json(agent.pinned.ifaces())))
+    })
+    .await
 }
 
 /// `DELETE /v1/interfaces/{name}`: detaches the program from an interface.
@@ -423,23 +568,25 @@ async fn detach_iface(
     State(state): State<ApiState>,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<StatusCode> {
-    let mut agent = lock(&state);
-    if !agent.pinned.ifaces().contains(&name) {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("the program is not attached to {name}"),
-        ));
-    }
-    agent.pinned.detach(&name)?;
-    // Kept next hops through it must not be used to redirect there any more.
-    agent.balancer.refresh_next_hops()?;
-    log::info!("{name}: detached (API)");
-    Ok(StatusCode::NO_CONTENT)
+    with_agent(&state, move |agent| {
+        if !agent.pinned.ifaces().contains(&name) {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("the program is not attached to {name}"),
+            ));
+        }
+        agent.pinned.detach(&name)?;
+        // Kept next hops through it must not be used to redirect there any more.
+        agent.balancer.refresh_next_hops()?;
+        log::info!("{name}: detached (API)");
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
 }
 
 /// `GET /v1/config`: the running configuration as a config file (TOML).
-async fn running_config(State(state): State<ApiState>) -> String {
-    lock(&state).running_config().to_toml()
+async fn running_config(State(state): State<ApiState>) -> ApiResult<String> {
+    with_agent(&state, |agent| Ok(agent.running_config().to_toml())).await
 }
 
 async fn stop(State(state): State<ApiState>, bytes: Bytes) -> ApiResult<StatusCode> {
@@ -462,9 +609,15 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// The API's routes.
-pub fn router(agent: Shared, shutdown: watch::Sender<Shutdown>) -> Router {
+/// The API's routes, with the request bodies bounded by `limits` ([`serve::buffer_body`]).
+pub fn router(agent: Shared, shutdown: watch::Sender<Shutdown>, limits: &Limits) -> Router {
     let vip = "/v1/vips/{proto}/{addr}";
+    let state = ApiState {
+        agent,
+        shutdown,
+        queue: Arc::default(),
+    };
+    let bodies = (limits.max_body, limits.body_timeout);
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/stats", get(stats))
@@ -487,18 +640,25 @@ pub fn router(agent: Shared, shutdown: watch::Sender<Shutdown>) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(ApiState { agent, shutdown })
+        .with_state(state)
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                serve::buffer_body(bodies, request, next)
+            },
+        ))
 }
 
 /// The API's routes behind a bearer token: every request must carry
-/// `Authorization: Bearer TOKEN`, compared in constant time; anything else is 401.
+/// `Authorization: Bearer TOKEN` (the scheme in any case, RFC 7235), compared in constant time;
+/// anything else is 401, before any of its body is read.
 pub fn router_with_token(
     agent: Shared,
     shutdown: watch::Sender<Shutdown>,
     token: String,
+    limits: &Limits,
 ) -> Router {
     let token = Arc::new(token);
-    router(agent, shutdown).layer(axum::middleware::from_fn(
+    router(agent, shutdown, limits).layer(axum::middleware::from_fn(
         move |request: axum::extract::Request, next: axum::middleware::Next| {
             let token = Arc::clone(&token);
             async move {
@@ -506,7 +666,7 @@ pub fn router_with_token(
                     .headers()
                     .get(axum::http::header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .and_then(bearer_token)
                     .unwrap_or("");
                 if constant_time_eq(given.as_bytes(), token.as_bytes()) {
                     next.run(request).await
@@ -522,13 +682,35 @@ pub fn router_with_token(
     ))
 }
 
+/// The token of an `Authorization` header of the `Bearer` scheme, whose name is
+/// case-insensitive (RFC 7235 section 2.1).
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_matches(' '))
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Reads the API token from `path`: one line, at least 16 characters.
+/// Reads the API token from `path`: one line, at least 16 characters, in a file that only its
+/// owner may read or write (anyone else who can read it can drive the balancer).
 pub fn read_token(path: &Path) -> anyhow::Result<String> {
     use anyhow::Context as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("reading the API token file {}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "the API token file {} has mode {mode:o}: group and others may not read or write it \
+             (chmod 600 {})",
+            path.display(),
+            path.display()
+        );
+    }
     let token = std::fs::read_to_string(path)
         .with_context(|| format!("reading the API token file {}", path.display()))?
         .trim()

@@ -2,7 +2,10 @@
 //! and that a refusal changes nothing (neither the balancer nor the state file). No root
 //! needed.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use axum::{
     body::Body,
@@ -102,8 +105,12 @@ fn seen(shared: &Shared, dir: &Path) -> (Vec<VipInfo>, Vec<String>, Vec<u8>) {
 async fn refusals_name_the_problem_and_change_nothing() {
     let (shared, dir) = agent("refusals");
     let (shutdown, _) = watch::channel(Shutdown::Running);
-    let app = router(std::sync::Arc::clone(&shared), shutdown);
+    let app = router(std::sync::Arc::clone(&shared), shutdown, &Limits::default());
     let vip = "/v1/vips/tcp/198.19.0.1:80";
+    let deep_json = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let deep_toml = format!("x = {}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let loopback_backend = "[[vip]]\naddress = \"198.19.0.1:80\"\nprotocol = \"tcp\"\n\
+        [[vip.backend]]\naddress = \"127.0.0.1:8080\"\n";
     let capacity = "[conntrack]\ncapacity = 5000\n\n[[vip]]\naddress = \"198.19.0.1:80\"\nprotocol = \"tcp\"\n";
     let cases: &[(&str, &str, &str, StatusCode, &str)] = &[
         (
@@ -140,6 +147,55 @@ async fn refusals_name_the_problem_and_change_nothing() {
             r#"{"vip": "224.0.0.1:80/tcp"}"#,
             StatusCode::BAD_REQUEST,
             "multicast",
+        ),
+        (
+            "POST",
+            "/v1/vips",
+            r#"{"vip": "127.0.0.1:80/tcp"}"#,
+            StatusCode::BAD_REQUEST,
+            "VIP address 127.0.0.1 is loopback",
+        ),
+        (
+            "POST",
+            "/v1/vips",
+            r#"{"vip": "[::1]:80/tcp"}"#,
+            StatusCode::BAD_REQUEST,
+            "VIP address ::1 is loopback",
+        ),
+        (
+            "POST",
+            "/v1/vips",
+            r#"{"vip": "0.0.0.0:80/tcp"}"#,
+            StatusCode::BAD_REQUEST,
+            "VIP address 0.0.0.0 is unspecified",
+        ),
+        (
+            "POST",
+            "/v1/vips",
+            r#"{"vip": "[::]:80/udp"}"#,
+            StatusCode::BAD_REQUEST,
+            "VIP address :: is unspecified",
+        ),
+        (
+            "POST",
+            "/v1/vips",
+            r#"{"vip": "[ff02::1]:80/udp"}"#,
+            StatusCode::BAD_REQUEST,
+            "VIP address ff02::1 is multicast",
+        ),
+        (
+            "POST",
+            "/v1/vips",
+            r#"{"vip": "255.255.255.255:80/udp"}"#,
+            StatusCode::BAD_REQUEST,
+            "VIP address 255.255.255.255 is broadcast",
+        ),
+        (
+            "POST",
+            "/v1/vips",
+            &deep_json,
+            StatusCode::BAD_REQUEST,
+            "nested deeper than 16 levels",
         ),
         (
             "POST",
@@ -196,6 +252,55 @@ async fn refusals_name_the_problem_and_change_nothing() {
             r#"{"address": "198.18.3.2:0"}"#,
             StatusCode::BAD_REQUEST,
             "port 0",
+        ),
+        (
+            "POST",
+            "/v1/vips/tcp/198.19.0.1:80/backends",
+            r#"{"address": "0.0.0.0:8080"}"#,
+            StatusCode::BAD_REQUEST,
+            "backend 0.0.0.0:8080 cannot be a backend: its address is unspecified",
+        ),
+        (
+            "POST",
+            "/v1/vips/tcp/198.19.0.1:80/backends",
+            r#"{"address": "255.255.255.255:8080"}"#,
+            StatusCode::BAD_REQUEST,
+            "its address is broadcast",
+        ),
+        (
+            "POST",
+            "/v1/vips/tcp/198.19.0.1:80/backends",
+            r#"{"address": "224.0.0.5:8080"}"#,
+            StatusCode::BAD_REQUEST,
+            "its address is multicast",
+        ),
+        (
+            "POST",
+            "/v1/vips/tcp/198.19.0.1:80/backends",
+            r#"{"address": "127.0.0.1:8080"}"#,
+            StatusCode::BAD_REQUEST,
+            "its address is loopback",
+        ),
+        (
+            "POST",
+            "/v1/vips/tcp/198.19.0.1:80/backends",
+            r#"{"address": "198.19.0.1:8080"}"#,
+            StatusCode::BAD_REQUEST,
+            "its address is the VIP's own",
+        ),
+        (
+            "POST",
+            "/v1/apply",
+            loopback_backend,
+            StatusCode::BAD_REQUEST,
+            "127.0.0.1:8080 cannot be a backend: its address is loopback",
+        ),
+        (
+            "POST",
+            "/v1/apply",
+            &deep_toml,
+            StatusCode::BAD_REQUEST,
+            "recursion",
         ),
         (
             "POST",
@@ -311,4 +416,179 @@ async fn refusals_name_the_problem_and_change_nothing() {
     assert_ne!(seen(&shared, &dir), before, "an accepted change is seen");
     let _ = std::fs::remove_dir_all(&dir);
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// A request with `body` and, if given, an `Authorization` header.
+fn request_with(method: &str, path: &str, auth: Option<&str>, body: Body) -> Request<Body> {
+    let mut builder = Request::builder().method(method).uri(path);
+    if let Some(auth) = auth {
+        builder = builder.header("authorization", auth);
+    }
+    builder.body(body).unwrap()
+}
+
+const TOKEN: &str = "0123456789abcdef-token";
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_and_the_token_exact() {
+    let (shared, dir) = agent("bearer");
+    let (shutdown, _) = watch::channel(Shutdown::Running);
+    let app = router_with_token(shared, shutdown, TOKEN.to_owned(), &Limits::default());
+    for (auth, want) in [
+        (Some(format!("Bearer {TOKEN}")), StatusCode::OK),
+        (Some(format!("bearer {TOKEN}")), StatusCode::OK),
+        (Some(format!("BEARER {TOKEN}")), StatusCode::OK),
+        (Some(format!("bEaReR  {TOKEN}")), StatusCode::OK),
+        (Some(format!("Bearer {TOKEN}x")), StatusCode::UNAUTHORIZED),
+        (Some(format!("Basic {TOKEN}")), StatusCode::UNAUTHORIZED),
+        (Some(format!("Bearer{TOKEN}")), StatusCode::UNAUTHORIZED),
+        (Some(TOKEN.to_owned()), StatusCode::UNAUTHORIZED),
+        (None, StatusCode::UNAUTHORIZED),
+    ] {
+        let request = request_with("GET", "/v1/status", auth.as_deref(), Body::empty());
+        let got = app.clone().oneshot(request).await.unwrap().status();
+        assert_eq!(got, want, "{auth:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An API on a Unix socket of its own, served by [`serve`] within `limits`, behind [`TOKEN`]
+/// if `token`.
+async fn served(name: &str, limits: Limits, token: bool) -> (PathBuf, PathBuf) {
+    let (shared, dir) = agent(name);
+    let (shutdown, _) = watch::channel(Shutdown::Running);
+    let app = if token {
+        router_with_token(shared, shutdown, TOKEN.to_owned(), &limits)
+    } else {
+        router(shared, shutdown, &limits)
+    };
+    let socket = dir.join("api.sock");
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    tokio::spawn(serve(listener, app, limits, name.to_owned()));
+    (socket, dir)
+}
+
+/// Sends `head` (and no more), then reads what comes back until the server closes, within
+/// `within`; the answer and how long it took.
+async fn exchange(socket: &Path, head: &str, within: Duration) -> (String, Duration) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let started = std::time::Instant::now();
+    let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(within, stream.read_to_end(&mut answer))
+        .await
+        .unwrap_or_else(|_| panic!("no answer to {head:?} within {within:?}"))
+        .unwrap();
+    (
+        String::from_utf8_lossy(&answer).into_owned(),
+        started.elapsed(),
+    )
+}
+
+fn quick(limits: Limits) -> Limits {
+    Limits {
+        header_timeout: Duration::from_millis(400),
+        body_timeout: Duration::from_millis(400),
+        ..limits
+    }
+}
+
+#[tokio::test]
+async fn the_token_is_checked_before_the_body_is_read_and_a_slow_body_times_out() {
+    let (socket, dir) = served("slow-body", quick(Limits::default()), true).await;
+    let head = "POST /v1/vips HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+                Content-Length: 100\r\n";
+    // No token: refused at once, with 99 bytes of the body never sent.
+    let (answer, took) = exchange(&socket, &format!("{head}\r\n{{"), Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(took < Duration::from_millis(400), "{took:?}");
+    // The token: the body is waited for, up to the body timeout.
+    let authorized = format!("{head}Authorization: Bearer {TOKEN}\r\n\r\n{{");
+    let (answer, took) = exchange(&socket, &authorized, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 400ms"), "{answer}");
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn bodies_past_the_limit_are_refused_unread() {
+    let (socket, dir) = served("big-body", quick(Limits::default()), false).await;
+    let head = format!(
+        "POST /v1/apply HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        Limits::default().max_body + 1
+    );
+    let (answer, _) = exchange(&socket, &head, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("larger than 1048576 bytes"), "{answer}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn idle_and_slow_connections_are_closed_after_the_header_timeout() {
+    let (socket, dir) = served("idle", quick(Limits::default()), false).await;
+    for head in ["", "GET /v1/status HTTP/1.1\r\nHost: x\r\n"] {
+        let (answer, took) = exchange(&socket, head, Duration::from_secs(5)).await;
+        assert!(!answer.contains("200 OK"), "{answer}");
+        assert!(took >= Duration::from_millis(400), "{head:?}: {took:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_client_is_served_while_idle_connections_hold_the_limit() {
+    use tokio::io::AsyncReadExt as _;
+    let limits = Limits {
+        max_connections: 4,
+        ..Limits::default()
+    };
+    let (socket, dir) = served("crowded", limits, false).await;
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        idle.push(tokio::net::UnixStream::connect(&socket).await.unwrap());
+    }
+    let (answer, took) = exchange(
+        &socket,
+        "GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    // The oldest idle connections were closed to make room.
+    let mut buf = [0u8; 1];
+    let first = tokio::time::timeout(Duration::from_secs(5), idle[0].read(&mut buf)).await;
+    assert!(matches!(first, Ok(Ok(0))), "{first:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn token_files_others_may_read_are_refused() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("xdplb-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("token");
+    std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+    for mode in [0o644, 0o640, 0o604, 0o660, 0o602] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        let err = read_token(&path).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("has mode {mode:o}")) && err.contains("chmod 600"),
+            "{mode:o}: {err}"
+        );
+    }
+    for mode in [0o600, 0o400] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        assert_eq!(read_token(&path).unwrap(), TOKEN, "{mode:o}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn json_depth_counts_brackets_outside_strings() {
+    assert_eq!(json_depth(br#"{"a": [1, {"b": 2}]}"#, 16), 3);
+    assert_eq!(json_depth(br#"{"a": "[[[[\"{{{"}"#, 16), 1);
+    assert_eq!(json_depth(b"[[[[[[", 3), 4);
+    assert_eq!(json_depth(b"42", 16), 0);
 }

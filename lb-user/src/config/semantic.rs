@@ -236,31 +236,35 @@ pub(super) fn vip_from_raw(
     (vip, config)
 }
 
-/// Whether `backend` may belong to the VIP at `vip`.
+/// Whether `backend` may belong to the VIP at `vip`, by the balancer's own rules
+/// ([`crate::model::check_backend_addr`]).
 pub(super) fn check_backend_of(
     vip: SocketAddr,
     backend: &BackendConfig,
     path: &str,
     errors: &mut Errors,
 ) {
-    let (v, b) = (vip.ip(), backend.address.ip());
-    if v.is_ipv4() != b.is_ipv4() {
-        errors.add(
-            field(path, "address"),
-            format!(
-                "{} is {} but the VIP is {}",
-                backend.address,
-                family_name(b),
-                family_name(v)
-            ),
-        );
-    } else if backend.address.port() == 0 && vip.port() != 0 {
-        errors.add(
-            field(path, "address"),
-            Error::BackendPortZero {
-                backend: backend.address,
-            },
-        );
+    // The protocol plays no part in which addresses may be backends.
+    let at = Vip {
+        addr: vip.ip(),
+        port: vip.port(),
+        proto: Proto::Tcp,
+    };
+    match crate::model::check_backend_addr(&at, backend.address) {
+        Ok(()) => {}
+        Err(Error::FamilyMismatch { .. }) => {
+            let (v, b) = (vip.ip(), backend.address.ip());
+            errors.add(
+                field(path, "address"),
+                format!(
+                    "{} is {} but the VIP is {}",
+                    backend.address,
+                    family_name(b),
+                    family_name(v)
+                ),
+            );
+        }
+        Err(err) => errors.add(field(path, "address"), err),
     }
 }
 

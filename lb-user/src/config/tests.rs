@@ -315,8 +315,31 @@ fn bad_input_names_the_field() {
         ),
         (
             vip_line("224.0.0.1:80", "tcp"),
-            "vip[0].address: VIP address 224.0.0.1 is unspecified, multicast or broadcast"
-                .to_owned(),
+            "vip[0].address: VIP address 224.0.0.1 is multicast".to_owned(),
+        ),
+        (
+            vip_line("127.0.0.1:80", "tcp"),
+            "vip[0].address: VIP address 127.0.0.1 is loopback".to_owned(),
+        ),
+        (
+            format!(
+                "{}[[vip.backend]]\naddress = \"127.0.0.1:8080\"\n",
+                vip_line("198.19.0.1:80", "tcp")
+            ),
+            format!(
+                "{V} backend[0].address: backend 127.0.0.1:8080 cannot be a backend: its \
+                 address is loopback"
+            ),
+        ),
+        (
+            format!(
+                "{}[[vip.backend]]\naddress = \"198.19.0.1:8080\"\n",
+                vip_line("198.19.0.1:80", "tcp")
+            ),
+            format!(
+                "{V} backend[0].address: backend 198.19.0.1:8080 cannot be a backend: its \
+                 address is the VIP's own"
+            ),
         ),
         (
             vip_line("198.19.0.1:80", "sctp"),

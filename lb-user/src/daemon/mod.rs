@@ -63,9 +63,20 @@ pub struct DaemonOptions {
     /// Also serve the API on this TCP address; requires --api-token-file.
     #[arg(long, value_name = "ADDR", requires = "api_token_file")]
     pub api_tcp: Option<SocketAddr>,
-    /// File holding the bearer token that TCP API requests must carry.
+    /// File holding the bearer token that TCP API requests must carry; only its owner may
+    /// read it (mode 600).
     #[arg(long, value_name = "FILE", requires = "api_tcp")]
     pub api_token_file: Option<PathBuf>,
+    /// API connections open at once, per listener (the Unix socket, --api-tcp); past it the
+    /// oldest idle one is closed for a new one.
+    #[arg(long, default_value_t = 256, value_name = "N",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    pub api_max_connections: u16,
+    /// Seconds an API client has to send a request's head (from connecting, or from the end of
+    /// its last answer: so also how long a connection may stay idle), and again its body.
+    #[arg(long, default_value_t = api::Limits::default().header_timeout.as_secs(),
+          value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub api_timeout: u64,
     /// Autoscalers decide and report (`xdplb autoscale status`, logs, metrics) but change no
     /// backend.
     #[arg(long)]
@@ -134,6 +145,7 @@ enum AtExit {
 /// and applies its state and config, attaches, serves the API.
 pub fn run(args: DaemonOptions) -> anyhow::Result<()> {
     let socket = args.socket.as_path();
+    raise_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -290,6 +302,21 @@ pub fn run(args: DaemonOptions) -> anyhow::Result<()> {
     result.map(|_| ())
 }
 
+/// Raises the soft limit on open files to the hard one: every API connection, health check and
+/// map takes a file descriptor, and running out of them fails health checks along with
+/// everything else.
+fn raise_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!("open files limit raised from {soft} to {hard}"),
+            Err(err) => warn!("raising the open files limit from {soft} to {hard}: {err}"),
+        },
+        Ok(_) => {}
+        Err(err) => warn!("reading the open files limit: {err}"),
+    }
+}
+
 /// Locks `state_file` (through `STATE_FILE.lock` next to it, since the file itself is replaced
 /// on every save) for this agent alone.
 fn lock_state_file(state_file: &Path) -> anyhow::Result<crate::pin::Lock> {
@@ -436,15 +463,31 @@ fn serve(
         warn!("saving the state: {err:#}");
     }
     let shared = api::share(agent);
+    let timeout = std::time::Duration::from_secs(args.api_timeout);
+    let limits = api::Limits {
+        max_connections: usize::from(args.api_max_connections),
+        header_timeout: timeout,
+        body_timeout: timeout,
+        ..api::Limits::default()
+    };
+    let api_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("xdplb-api")
+        .enable_all()
+        .build()
+        .context("starting the API's runtime")?;
     let detach = runtime.block_on(run_agent(
         Arc::clone(&shared),
         socket,
         args.stats_interval,
         args.metrics,
-        api_tcp,
+        (api_runtime.handle(), api_tcp, limits),
         signals,
         args.config.clone(),
-    ))?;
+    ));
+    // Requests still being answered are cut short: the agent is stopping.
+    api_runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    let detach = detach?;
     if args.ephemeral {
         let _ = std::fs::remove_file(&state_file);
     }

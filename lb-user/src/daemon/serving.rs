@@ -25,23 +25,42 @@ pub(super) async fn run_agent(
     socket: &Path,
     stats_interval: u64,
     metrics: Option<SocketAddr>,
-    api_tcp: Option<(SocketAddr, String)>,
+    (api_runtime, api_tcp, limits): (
+        &tokio::runtime::Handle,
+        Option<(SocketAddr, String)>,
+        api::Limits,
+    ),
     mut signals: Signals,
     config: Option<PathBuf>,
 ) -> anyhow::Result<bool> {
     let (shutdown_tx, mut shutdown_rx) = tokio::sync::watch::channel(Shutdown::Running);
-    // Removes the socket at exit, if it is still this agent's.
-    let (listener, _bound) = api::bind(socket)?;
-    if let Some((addr, token)) = api_tcp {
-        let tcp = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the API address {addr}"))?;
-        let app = api::router_with_token(Arc::clone(&shared), shutdown_tx.clone(), token);
-        tokio::spawn(async move { axum::serve(tcp, app).await });
+    // The API has a runtime of its own: the periodic tasks wait for the agent's lock on this
+    // one's workers, and the API must answer meanwhile. Its listeners are registered with its
+    // own reactor, so that nothing here has to run for it to accept.
+    let (listener, tcp, _bound) = {
+        let _api = api_runtime.enter();
+        // Removes the socket at exit, if it is still this agent's.
+        let (listener, bound) = api::bind(socket)?;
+        let tcp = match &api_tcp {
+            Some((addr, _)) => {
+                Some(bind_tcp(*addr).with_context(|| format!("binding the API address {addr}"))?)
+            }
+            None => None,
+        };
+        (listener, tcp, bound)
+    };
+    if let (Some(tcp), Some((addr, token))) = (tcp, api_tcp) {
+        let app = api::router_with_token(Arc::clone(&shared), shutdown_tx.clone(), token, &limits);
+        api_runtime.spawn(api::serve(tcp, app, limits, format!("http://{addr}")));
         info!("API also on http://{addr} (bearer token required)");
     }
-    let app = api::router(Arc::clone(&shared), shutdown_tx);
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let app = api::router(Arc::clone(&shared), shutdown_tx, &limits);
+    let server = api_runtime.spawn(api::serve(
+        listener,
+        app,
+        limits,
+        socket.display().to_string(),
+    ));
     let conntrack = {
         let agent = shared.lock().expect("agent lock");
         crate::maps::open_map(agent.pinned.dir(), lb_common::maps::CONNTRACK_MAP)?
@@ -61,14 +80,19 @@ pub(super) async fn run_agent(
     let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();
     {
         let mut agent = shared.lock().expect("agent lock");
-        agent.monitor = Some(Monitor::new(health_tx));
+        agent.monitor = Some(Monitor::new(health_tx).context("starting the health checks")?);
         agent.sync_health();
     }
     tokio::spawn(agent::apply_health_events(Arc::clone(&shared), health_rx));
     if let Some(addr) = metrics {
         serve_metrics(Arc::clone(&shared), addr).await?;
     }
-    info!("agent ready; API on {}", socket.display());
+    info!(
+        "agent ready; API on {} (at most {} connections per listener, {:?} to send a request)",
+        socket.display(),
+        limits.max_connections,
+        limits.header_timeout
+    );
     notify(&[sd_notify::NotifyState::Ready]);
 
     let period = Duration::from_secs(stats_interval.max(1));
@@ -78,7 +102,13 @@ pub(super) async fn run_agent(
             _ = signals.term.recv() => break false,
             _ = signals.int.recv() => break false,
             _ = signals.hup.recv() => match &config {
-                Some(path) => reload(&shared, path),
+                Some(path) => {
+                    // A reload may rebuild large tables: off the async workers.
+                    let (shared, path) = (Arc::clone(&shared), path.clone());
+                    if let Err(err) = tokio::task::spawn_blocking(move || reload(&shared, &path)).await {
+                        error!("SIGHUP: the reload failed: {err}");
+                    }
+                }
                 None => warn!("SIGHUP: the agent runs without --config, so there is nothing to reload"),
             },
             changed = shutdown_rx.changed() => {
@@ -96,6 +126,19 @@ pub(super) async fn run_agent(
     agent.monitor = None;
     log_counters(&agent, "stopping; counters");
     Ok(detach)
+}
+
+/// A TCP listener on `addr` with a backlog as long as tokio's own `bind` gives, so that a burst
+/// of connections waits to be accepted instead of having its SYNs dropped.
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// Logs what applying the config file `path` changed, one line per change.

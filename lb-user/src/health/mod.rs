@@ -3,6 +3,11 @@
 //! ([`Tracker`]), and the [`Monitor`] that runs a probe loop per watched backend in tokio tasks
 //! and reports each change of health as a [`HealthEvent`].
 //!
+//! The checks judge the backends, not the agent: they run on a runtime of their own (its own
+//! thread), so that no API load can hold them up, and a check that fails for a reason of the
+//! agent's own (out of file descriptors or buffers, or a timeout that fired late because the
+//! agent's thread did not run) is logged and counted but not held against the backend.
+//!
 //! Backends start healthy: a check only ever takes a backend out after `fall` consecutive
 //! failures, and puts it back after `rise` consecutive successes.
 
@@ -112,10 +117,50 @@ impl HealthCheck {
     }
 }
 
+/// Why a check failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// What happened: `connection refused`, `timed out after 500ms`, `status 503, ...`.
+    pub reason: String,
+    /// The failure is the agent's, not the backend's: out of file descriptors, of buffers, of
+    /// memory or of local ports, or a timeout that fired well after its deadline.
+    pub local: bool,
+}
+
+impl Failure {
+    fn backend(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            local: false,
+        }
+    }
+}
+
+/// How late past its deadline a check's timeout may fire and still count against the backend:
+/// later, the agent's own thread did not run in time, and nothing says the backend was slow.
+pub fn late_allowance(timeout: Duration) -> Duration {
+    (timeout / 2).max(Duration::from_millis(100))
+}
+
+/// Whether an error number says the agent, not the backend, failed: out of file descriptors
+/// (`EMFILE`, `ENFILE`), buffers (`ENOBUFS`), memory (`ENOMEM`) or local ports
+/// (`EADDRNOTAVAIL`).
+pub fn is_local_errno(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL
+    )
+}
+
 /// Runs one check of `kind` against `target`, all of it within `timeout`. `Err` says why it
 /// failed (`connection refused`, `timed out after 500ms`, `status 503, expected 200`, ...).
 /// [`CheckKind::None`] always succeeds.
 pub async fn probe(kind: &CheckKind, target: SocketAddr, timeout: Duration) -> Result<(), String> {
+    check(kind, target, timeout).await.map_err(|f| f.reason)
+}
+
+/// [`probe`], saying also whether a failure is the agent's own ([`Failure::local`]).
+pub async fn check(kind: &CheckKind, target: SocketAddr, timeout: Duration) -> Result<(), Failure> {
     let check = async {
         match kind {
             CheckKind::None => Ok(()),
@@ -133,17 +178,34 @@ pub async fn probe(kind: &CheckKind, target: SocketAddr, timeout: Duration) -> R
             }
         }
     };
+    let started = tokio::time::Instant::now();
     match tokio::time::timeout(timeout, check).await {
         Ok(result) => result,
-        Err(_) => Err(format!("timed out after {timeout:?}")),
+        Err(_) => {
+            let late = started.elapsed().saturating_sub(timeout);
+            if late > late_allowance(timeout) {
+                Err(Failure {
+                    reason: format!(
+                        "timed out after {timeout:?}, noticed {late:?} late (the agent was busy)"
+                    ),
+                    local: true,
+                })
+            } else {
+                Err(Failure::backend(format!("timed out after {timeout:?}")))
+            }
+        }
     }
 }
 
-fn io_error(what: &str, err: &io::Error) -> String {
-    match err.kind() {
+fn io_error(what: &str, err: &io::Error) -> Failure {
+    let reason = match err.kind() {
         io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
         io::ErrorKind::ConnectionReset => format!("{what}: connection reset"),
         _ => format!("{what}: {err}"),
+    };
+    Failure {
+        reason,
+        local: err.raw_os_error().is_some_and(is_local_errno),
     }
 }
 
@@ -152,7 +214,7 @@ async fn probe_http(
     method: &str,
     path: &str,
     expect_status: u16,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let mut stream = TcpStream::connect(target)
         .await
         .map_err(|err| io_error("connect", &err))?;
@@ -169,24 +231,26 @@ async fn probe_http(
             break &response[..end];
         }
         if response.len() > MAX_STATUS_LINE {
-            return Err(format!(
+            return Err(Failure::backend(format!(
                 "no status line in the first {MAX_STATUS_LINE} bytes"
-            ));
+            )));
         }
         let n = stream
             .read(&mut chunk)
             .await
             .map_err(|err| io_error("reading the response", &err))?;
         if n == 0 {
-            return Err("connection closed before the status line".to_owned());
+            return Err(Failure::backend("connection closed before the status line"));
         }
         response.extend_from_slice(&chunk[..n]);
     };
-    let status = parse_status_line(line)?;
+    let status = parse_status_line(line).map_err(Failure::backend)?;
     if status == expect_status {
         Ok(())
     } else {
-        Err(format!("status {status}, expected {expect_status}"))
+        Err(Failure::backend(format!(
+            "status {status}, expected {expect_status}"
+        )))
     }
 }
 
@@ -208,7 +272,7 @@ async fn probe_udp(
     target: SocketAddr,
     payload: &[u8],
     expect: Option<&[u8]>,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let local: SocketAddr = match target {
         SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
         SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -233,10 +297,10 @@ async fn probe_udp(
         .map_err(|err| io_error("receive", &err))?;
     let reply = &reply[..n];
     match expect {
-        Some(expect) if !reply.starts_with(expect) => Err(format!(
+        Some(expect) if !reply.starts_with(expect) => Err(Failure::backend(format!(
             "unexpected reply {:?}",
             String::from_utf8_lossy(&reply[..n.min(64)])
-        )),
+        ))),
         _ => Ok(()),
     }
 }
@@ -305,8 +369,11 @@ pub struct HealthEvent {
 pub struct CheckStats {
     /// Checks run.
     pub checks: u64,
-    /// Checks that failed.
+    /// Checks that failed (for the backend's reasons).
     pub failures: u64,
+    /// Checks that failed for the agent's own reasons ([`Failure::local`]), not counted
+    /// against the backend.
+    pub local_failures: u64,
     /// Changes of health.
     pub transitions: u64,
     /// The current health.
@@ -317,6 +384,7 @@ pub struct CheckStats {
 struct Counters {
     checks: AtomicU64,
     failures: AtomicU64,
+    local_failures: AtomicU64,
     transitions: AtomicU64,
     healthy: AtomicBool,
 }
@@ -326,6 +394,7 @@ impl Counters {
         Self {
             checks: AtomicU64::new(from.checks),
             failures: AtomicU64::new(from.failures),
+            local_failures: AtomicU64::new(from.local_failures),
             transitions: AtomicU64::new(from.transitions),
             healthy: AtomicBool::new(from.healthy),
         }
@@ -335,6 +404,7 @@ impl Counters {
         CheckStats {
             checks: self.checks.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
+            local_failures: self.local_failures.load(Ordering::Relaxed),
             transitions: self.transitions.load(Ordering::Relaxed),
             healthy: self.healthy.load(Ordering::Relaxed),
         }
@@ -349,22 +419,31 @@ struct Watch {
     task: JoinHandle<()>,
 }
 
-/// Runs the health checks of watched backends, one tokio task each, and sends a
-/// [`HealthEvent`] on every change of health. Must be used within a tokio runtime. Dropping it
-/// stops every check.
+/// Runs the health checks of watched backends, one tokio task each on a runtime of its own
+/// (one thread, `xdplb-health`), and sends a [`HealthEvent`] on every change of health.
+/// Dropping it stops every check.
 #[derive(Debug)]
 pub struct Monitor {
     events: UnboundedSender<HealthEvent>,
     watches: HashMap<WatchKey, Watch>,
+    /// Always `Some` but in `drop`.
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Monitor {
-    /// A monitor watching nothing yet, reporting to `events`.
-    pub fn new(events: UnboundedSender<HealthEvent>) -> Self {
-        Self {
+    /// A monitor watching nothing yet, reporting to `events`; fails if its thread cannot be
+    /// started.
+    pub fn new(events: UnboundedSender<HealthEvent>) -> io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("xdplb-health")
+            .enable_all()
+            .build()?;
+        Ok(Self {
             events,
             watches: HashMap::new(),
-        }
+            runtime: Some(runtime),
+        })
     }
 
     /// Checks `target` with `check` every `check.interval`, the first check at once, and
@@ -400,7 +479,8 @@ impl Monitor {
             healthy: true,
             ..CheckStats::default()
         })));
-        let task = tokio::spawn(run(
+        let runtime = self.runtime.as_ref().expect("the runtime lives until drop");
+        let task = runtime.spawn(run(
             key,
             target,
             check.clone(),
@@ -452,6 +532,10 @@ impl Drop for Monitor {
         for watch in self.watches.values() {
             watch.task.abort();
         }
+        // Without waiting: the monitor may be dropped on an async worker.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
@@ -473,13 +557,27 @@ async fn run(
     let mut last_error = String::new();
     loop {
         ticker.tick().await;
-        let result = probe(&check.kind, target, check.timeout).await;
+        let result = self::check(&check.kind, target, check.timeout).await;
         counters.checks.fetch_add(1, Ordering::Relaxed);
-        let ok = result.is_ok();
-        if let Err(err) = result {
-            counters.failures.fetch_add(1, Ordering::Relaxed);
-            last_error = err;
-        }
+        let ok = match result {
+            Ok(()) => true,
+            Err(failure) if failure.local => {
+                counters.local_failures.fetch_add(1, Ordering::Relaxed);
+                log::warn!(
+                    "backend {} of {}: check not counted, it failed for the agent's own reason: \
+                     {}",
+                    key.1,
+                    key.0,
+                    failure.reason
+                );
+                continue;
+            }
+            Err(failure) => {
+                counters.failures.fetch_add(1, Ordering::Relaxed);
+                last_error = failure.reason;
+                false
+            }
+        };
         let Some(healthy) = tracker.record(ok) else {
             continue;
         };

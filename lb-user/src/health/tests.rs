@@ -215,7 +215,7 @@ async fn monitor_reports_a_backend_going_down_and_coming_back() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut monitor = Monitor::new(tx);
+    let mut monitor = Monitor::new(tx).unwrap();
     monitor.watch(key(addr), addr, check.clone());
 
     // Healthy from the start: a few checks and no event.
@@ -268,7 +268,7 @@ async fn monitor_replaces_unwatches_and_stops_on_drop() {
     };
     let closed = closed_tcp_port().await;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut monitor = Monitor::new(tx);
+    let mut monitor = Monitor::new(tx).unwrap();
     monitor.watch(key(closed), closed, check.clone());
     let event = tokio::time::timeout(Duration::from_secs(1), rx.recv())
         .await
@@ -310,4 +310,67 @@ async fn monitor_replaces_unwatches_and_stops_on_drop() {
     })
     .await
     .expect("channel closed after drop");
+}
+
+#[test]
+fn running_out_of_local_resources_is_the_agents_failure() {
+    for errno in [
+        libc::EMFILE,
+        libc::ENFILE,
+        libc::ENOBUFS,
+        libc::ENOMEM,
+        libc::EADDRNOTAVAIL,
+    ] {
+        assert!(is_local_errno(errno), "{errno}");
+        let failure = io_error("connect", &io::Error::from_raw_os_error(errno));
+        assert!(failure.local, "{failure:?}");
+    }
+    for errno in [
+        libc::ECONNREFUSED,
+        libc::ECONNRESET,
+        libc::EHOSTUNREACH,
+        libc::ENETUNREACH,
+        libc::ETIMEDOUT,
+    ] {
+        assert!(!is_local_errno(errno), "{errno}");
+        assert!(!io_error("connect", &io::Error::from_raw_os_error(errno)).local);
+    }
+}
+
+/// A TCP server that accepts and never answers: an HTTP check of it times out.
+async fn silent_http_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    (addr, server)
+}
+
+#[tokio::test]
+async fn a_timeout_on_time_is_the_backends_failure() {
+    let (addr, _server) = silent_http_server().await;
+    let timeout = Duration::from_millis(300);
+    let failure = check(&http("/", 200), addr, timeout).await.unwrap_err();
+    assert!(!failure.local, "{failure:?}");
+    assert_eq!(failure.reason, "timed out after 300ms");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_timeout_noticed_late_is_the_agents_failure() {
+    let (addr, _server) = silent_http_server().await;
+    let timeout = Duration::from_millis(100);
+    let probe = tokio::spawn(async move { check(&http("/", 200), addr, timeout).await });
+    // Let the check start (connect and send), then hold the runtime's only thread well past
+    // the check's deadline, as a busy agent would.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    std::thread::sleep(timeout + late_allowance(timeout) + Duration::from_millis(400));
+    let failure = probe.await.unwrap().unwrap_err();
+    assert!(failure.local, "{failure:?}");
+    assert!(failure.reason.contains("late"), "{failure:?}");
 }

@@ -16,6 +16,10 @@ pub struct Cli {
     /// The agent's API socket.
     #[arg(long, global = true, default_value = DEFAULT_SOCKET, value_name = "PATH")]
     pub socket: PathBuf,
+    /// Seconds the CLI waits for each answer of the agent before giving up.
+    #[arg(long, global = true, default_value_t = 10.0, value_name = "SECONDS",
+          value_parser = parse_timeout)]
+    pub timeout: f64,
     /// Output format of the CLI commands.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -170,4 +174,14 @@ pub enum BackendCommand {
     Drain { vip: Vip, address: SocketAddr },
     /// A VIP's backends with their state, active connections and traffic.
     List { vip: Vip },
+}
+
+/// A timeout in seconds: a number above 0, at most a day.
+fn parse_timeout(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if secs > 0.0 && secs <= 86_400.0 => Ok(secs),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds above 0 and at most 86400"
+        )),
+    }
 }

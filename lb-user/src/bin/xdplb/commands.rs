@@ -3,7 +3,6 @@
 
 use std::{
     net::SocketAddr,
-    path::Path,
     time::{Duration, Instant},
 };
 
@@ -13,7 +12,7 @@ use lb_user::{
     api::{self, BackendView, StatsView, StatusView, VipView},
     autoscale::live::Status as AutoscaleStatus,
     balancer::Vip,
-    client::{call, segment},
+    client::{Endpoint, call, segment},
     loader::AttachMode,
     render::{autoscale_lines, backend_line, vip_line},
 };
@@ -45,7 +44,11 @@ fn print<T: serde::Serialize>(
     Ok(())
 }
 
-pub async fn client_command(command: Command, socket: &Path, output: Output) -> anyhow::Result<()> {
+pub async fn client_command(
+    command: Command,
+    endpoint: Endpoint<'_>,
+    output: Output,
+) -> anyhow::Result<()> {
     match command {
         Command::Run(_)
         | Command::Check { .. }
@@ -53,7 +56,7 @@ pub async fn client_command(command: Command, socket: &Path, output: Output) -> 
             unreachable!("handled in main")
         }
         Command::Iface(IfaceCommand::List) => {
-            let ifaces: Vec<String> = call(socket, Method::GET, "/v1/interfaces", None).await?;
+            let ifaces: Vec<String> = call(endpoint, Method::GET, "/v1/interfaces", None).await?;
             print(output, &ifaces, || {
                 ifaces.iter().map(|i| format!("{i}\n")).collect()
             })
@@ -68,19 +71,19 @@ pub async fn client_command(command: Command, socket: &Path, output: Output) -> 
                 name: name.clone(),
                 xdp_mode: Some(mode.to_owned()),
             });
-            let ifaces: Vec<String> = call(socket, Method::POST, "/v1/interfaces", body).await?;
+            let ifaces: Vec<String> = call(endpoint, Method::POST, "/v1/interfaces", body).await?;
             print(output, &ifaces, || format!("attached to {name}\n"))
         }
         Command::Iface(IfaceCommand::Detach { name }) => {
             let path = format!("/v1/interfaces/{}", segment(&name));
-            call::<serde_json::Value>(socket, Method::DELETE, &path, None).await?;
+            call::<serde_json::Value>(endpoint, Method::DELETE, &path, None).await?;
             print(output, &json!({ "detached": name }), || {
                 format!("detached from {name}\n")
             })
         }
         Command::Config(ConfigCommand::Export) => {
             let (status, bytes) =
-                lb_user::client::request(socket, Method::GET, "/v1/config", None).await?;
+                lb_user::client::request(endpoint, Method::GET, "/v1/config", None).await?;
             if !status.is_success() {
                 anyhow::bail!("{}", String::from_utf8_lossy(&bytes));
             }
@@ -94,9 +97,9 @@ pub async fn client_command(command: Command, socket: &Path, output: Output) -> 
                         "/v1/autoscale{}",
                         vip_path(&vip).trim_start_matches("/v1/vips")
                     );
-                    vec![call(socket, Method::GET, &path, None).await?]
+                    vec![call(endpoint, Method::GET, &path, None).await?]
                 }
-                None => call(socket, Method::GET, "/v1/autoscale", None).await?,
+                None => call(endpoint, Method::GET, "/v1/autoscale", None).await?,
             };
             print(output, &views, || {
                 if views.is_empty() {
@@ -115,11 +118,11 @@ pub async fn client_command(command: Command, socket: &Path, output: Output) -> 
                 scheduler: Some(scheduler.name().to_owned()),
                 ring_size,
             });
-            let view: VipView = call(socket, Method::POST, "/v1/vips", body).await?;
+            let view: VipView = call(endpoint, Method::POST, "/v1/vips", body).await?;
             print(output, &view, || vip_line(&view))
         }
         Command::Vip(VipCommand::Del { vip }) => {
-            call::<serde_json::Value>(socket, Method::DELETE, &vip_path(&vip), None).await?;
+            call::<serde_json::Value>(endpoint, Method::DELETE, &vip_path(&vip), None).await?;
             print(output, &json!({ "removed": vip.to_string() }), || {
                 format!("removed VIP {vip}\n")
             })
@@ -133,15 +136,15 @@ pub async fn client_command(command: Command, socket: &Path, output: Output) -> 
                 scheduler: scheduler.map(|s| s.name().to_owned()),
                 ring_size,
             });
-            let view: VipView = call(socket, Method::PATCH, &vip_path(&vip), body).await?;
+            let view: VipView = call(endpoint, Method::PATCH, &vip_path(&vip), body).await?;
             print(output, &view, || vip_line(&view))
         }
         Command::Vip(VipCommand::List) => {
-            let vips: Vec<VipView> = call(socket, Method::GET, "/v1/vips", None).await?;
+            let vips: Vec<VipView> = call(endpoint, Method::GET, "/v1/vips", None).await?;
             print(output, &vips, || vips.iter().map(vip_line).collect())
         }
         Command::Vip(VipCommand::Show { vip }) => {
-            let view: VipView = call(socket, Method::GET, &vip_path(&vip), None).await?;
+            let view: VipView = call(endpoint, Method::GET, &vip_path(&vip), None).await?;
             print(output, &view, || {
                 vip_line(&view) + &view.backends.iter().map(backend_line).collect::<String>()
             })
@@ -157,7 +160,7 @@ pub async fn client_command(command: Command, socket: &Path, output: Output) -> 
                 state: None,
             });
             let view: VipView = call(
-                socket,
+                endpoint,
                 Method::POST,
                 &format!("{}/backends", vip_path(&vip)),
                 body,
@@ -173,7 +176,7 @@ pub async fn client_command(command: Command, socket: &Path, output: Output) -> 
                 vip_path(&vip),
                 segment(&address.to_string())
             );
-            call::<serde_json::Value>(socket, Method::DELETE, &path, None).await?;
+            call::<serde_json::Value>(endpoint, Method::DELETE, &path, None).await?;
             print(output, &json!({ "removed": address }), || {
                 format!("removed backend {address} from {vip}\n")
             })
@@ -185,7 +188,7 @@ pub async fn client_command(command: Command, socket: &Path, output: Output) -> 
             state,
         }) => {
             set_backend(
-                socket,
+                endpoint,
                 output,
                 &vip,
                 address,
@@ -198,7 +201,7 @@ pub async fn client_command(command: Command, socket: &Path, output: Output) -> 
         }
         Command::Backend(BackendCommand::Drain { vip, address }) => {
             set_backend(
-                socket,
+                endpoint,
                 output,
                 &vip,
                 address,
@@ -211,7 +214,7 @@ pub async fn client_command(command: Command, socket: &Path, output: Output) -> 
         }
         Command::Backend(BackendCommand::List { vip }) => {
             let backends: Vec<BackendView> = call(
-                socket,
+                endpoint,
                 Method::GET,
                 &format!("{}/backends", vip_path(&vip)),
                 None,
@@ -222,7 +225,7 @@ pub async fn client_command(command: Command, socket: &Path, output: Output) -> 
             })
         }
         Command::Stats { watch } => loop {
-            let stats: StatsView = call(socket, Method::GET, "/v1/stats", None).await?;
+            let stats: StatsView = call(endpoint, Method::GET, "/v1/stats", None).await?;
             print(output, &stats, || {
                 let mut out: String = stats
                     .counters
@@ -242,7 +245,7 @@ pub async fn client_command(command: Command, socket: &Path, output: Output) -> 
             }
         },
         Command::Status => {
-            let status: StatusView = call(socket, Method::GET, "/v1/status", None).await?;
+            let status: StatusView = call(endpoint, Method::GET, "/v1/status", None).await?;
             print(output, &status, || {
                 format!(
                     "version    {}\npinned in  {}\ninterfaces {}\nuptime     {} s\nVIPs       {}\nbackends   {}\n",
@@ -260,7 +263,7 @@ pub async fn client_command(command: Command, socket: &Path, output: Output) -> 
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let path = format!("/v1/apply?dry_run={dry_run}");
             let (status, bytes) =
-                lb_user::client::request(socket, Method::POST, &path, Some(text)).await?;
+                lb_user::client::request(endpoint, Method::POST, &path, Some(text)).await?;
             let answer: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
             if !status.is_success() {
                 let message = answer
@@ -288,15 +291,15 @@ pub async fn client_command(command: Command, socket: &Path, output: Output) -> 
         }
         Command::Stop { detach } => {
             call::<serde_json::Value>(
-                socket,
+                endpoint,
                 Method::POST,
                 "/v1/stop",
                 request(&api::Stop { detach }),
             )
             .await?;
-            // Wait until the agent has let go of its socket.
+            // Wait until the agent has let go of its endpoint.
             let deadline = Instant::now() + Duration::from_secs(10);
-            while std::os::unix::net::UnixStream::connect(socket).is_ok()
+            while std::os::unix::net::UnixStream::connect(endpoint.socket).is_ok()
                 && Instant::now() < deadline
             {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -317,7 +320,7 @@ pub async fn client_command(command: Command, socket: &Path, output: Output) -> 
 }
 
 async fn set_backend(
-    socket: &Path,
+    endpoint: Endpoint<'_>,
     output: Output,
     vip: &Vip,
     address: SocketAddr,
@@ -328,7 +331,7 @@ async fn set_backend(
         vip_path(vip),
         segment(&address.to_string())
     );
-    let view: VipView = call(socket, Method::PATCH, &path, request(&body)).await?;
+    let view: VipView = call(endpoint, Method::PATCH, &path, request(&body)).await?;
     print(output, &view, || {
         vip_line(&view) + &view.backends.iter().map(backend_line).collect::<String>()
     })

@@ -35,7 +35,13 @@ fn main() -> ExitCode {
             .enable_all()
             .build()
             .context("starting the runtime")
-            .and_then(|rt| rt.block_on(commands::client_command(command, &cli.socket, cli.output))),
+            .and_then(|rt| {
+                let endpoint = lb_user::client::Endpoint {
+                    socket: &cli.socket,
+                    timeout: std::time::Duration::from_secs_f64(cli.timeout),
+                };
+                rt.block_on(commands::client_command(command, endpoint, cli.output))
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
