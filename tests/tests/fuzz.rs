@@ -142,6 +142,9 @@ enum Fate {
     /// From a backend address and well formed: translated to come from the VIP if it belongs
     /// to a tracked flow, passed untouched otherwise.
     MaybeReply,
+    /// As [`Fate::MaybeReply`], but arriving on the client side, which does not lead to that
+    /// backend: dropped as spoofed if it names a flow, passed untouched otherwise.
+    MaybeSpoofed,
 }
 
 const BALANCED: [Counter; 5] = [
@@ -151,6 +154,7 @@ const BALANCED: [Counter; 5] = [
     Counter::PassNoNeighbour,
     Counter::PassPartialChecksum,
 ];
+const MAYBE_SPOOFED: [Counter; 2] = [Counter::DropSpoofedReply, Counter::PassNonVip];
 const MAYBE_REPLY: [Counter; 6] = [
     Counter::ReplyTx,
     Counter::ReplyRedirect,
@@ -169,6 +173,7 @@ impl Fate {
             }
             Fate::Balanced => &BALANCED,
             Fate::MaybeReply => &MAYBE_REPLY,
+            Fate::MaybeSpoofed => &MAYBE_SPOOFED,
         }
     }
 }
@@ -706,6 +711,8 @@ impl Oracle {
             Fate::Dropped(_) => Ok(()),
             Fate::Untouched(_) if unchanged => Ok(()),
             Fate::Untouched(_) => Err("passed, but changed".into()),
+            Fate::MaybeSpoofed if unchanged => Ok(()),
+            Fate::MaybeSpoofed => Err("spoofed reply, but changed".into()),
             Fate::MaybeReply if unchanged && action == xdp_action::PASS => Ok(()),
             Fate::Balanced if unchanged => Err("balanced, but not translated".into()),
             Fate::Balanced | Fate::MaybeReply => {
@@ -844,7 +851,25 @@ fn mutation_fuzz() {
 
     let mut lab = PacketLab::set_up();
     let config = Config::of(&lab);
-    let ingress = lab.gc;
+    let (gc, gb0) = (lab.gc, lab.gb0);
+    let gb1 = lab
+        .topo
+        .gateway
+        .run(|| lb_user::loader::if_index(&lb_tests::netns::gw_backend_if(1)))
+        .expect("gb1");
+    // The interface a packet from `src` comes in on: a backend's net (198.18.N.0/24 and
+    // fd00:0:0:N::/64 are net N: 0 the client side, 1 and 2 backends 0 and 1).
+    let home = |src: IpAddr| {
+        let net = match src {
+            IpAddr::V4(v4) => v4.octets()[2],
+            IpAddr::V6(v6) => v6.octets()[7],
+        };
+        match net {
+            1 => gb0,
+            2 => gb1,
+            _ => gc,
+        }
+    };
     let loaded = &mut lab.loaded;
     let (elapsed, oracle) = lab.topo.gateway.run(|| {
         let mut maker = Maker {
@@ -854,7 +879,7 @@ fn mutation_fuzz() {
         let mut oracle = Oracle::default();
         let mut failures = Vec::new();
         // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, .. }
-        let mut ctx: Vec<u8> = [0, 0, 0, ingress, 0, 0]
+        let mut ctx: Vec<u8> = [0, 0, 0, gc, 0, 0]
             .iter()
             .flat_map(|field| field.to_ne_bytes())
             .collect();
@@ -877,8 +902,18 @@ fn mutation_fuzz() {
             if maker.rng.bool() {
                 repair_checksums(&mut input);
             }
-            let (fate, ip) = fate(&input, &config);
+            let (mut fate, ip) = fate(&input, &config);
+            // Replies come in where their backend is; one in eight from the client side, where
+            // they are spoofed.
+            let mut ingress = gc;
+            if let (Fate::MaybeReply, Some(ip)) = (fate, &ip) {
+                ingress = home(ip.src);
+                if ingress != gc && maker.rng.u8(..8) == 0 {
+                    (fate, ingress) = (Fate::MaybeSpoofed, gc);
+                }
+            }
             ctx[4..8].copy_from_slice(&(input.len() as u32).to_ne_bytes());
+            ctx[12..16].copy_from_slice(&ingress.to_ne_bytes());
             let result = loaded
                 .program()
                 .expect("program")
