@@ -162,6 +162,70 @@ pub fn step_conntrack(_ctx: XdpContext) -> u32 {
     }
 }
 
+/// The tracked fast path: the connection table first (`CONNTRACK`, 40-byte key), no VIP
+/// lookup, the backend's entry (one `BACKENDS` array load) and the entry touched lazily. The
+/// flow is the one `step_conntrack` tracked (it runs first).
+#[xdp]
+pub fn step_tracked(_ctx: XdpContext) -> u32 {
+    let Some(s) = scratch() else { return MISS };
+    let Some(settings) = SETTINGS.get(0) else {
+        return MISS;
+    };
+    conntrack::set_packet_key(&mut s.key, &s.l3, &s.l4);
+    pass_if(conntrack::tracked(&s.key, s.l4.tcp_flags, 1, &settings.timeouts).is_some())
+}
+
+/// The next hop kept for a backend: one per-CPU `NEXT_HOPS` array load and its freshness
+/// check, which stands in for `bpf_fib_lookup` while fresh. The first run keeps one.
+#[xdp]
+pub fn step_next_hop(_ctx: XdpContext) -> u32 {
+    let Some(settings) = SETTINGS.get(0) else {
+        return MISS;
+    };
+    let Some(hop) = maps::NEXT_HOPS.get_ptr_mut(1) else {
+        return MISS;
+    };
+    // SAFETY: this CPU's element of a per-CPU array; XDP runs with preemption disabled.
+    let hop = unsafe { &mut *hop };
+    if !hop.is_fresh(settings.next_hop_generation, 1, 64) {
+        hop.generation = settings.next_hop_generation;
+        hop.looked_up_ns = 1;
+        hop.mtu = 1500;
+        return MISS;
+    }
+    PASS
+}
+
+/// The VIP lookup and a new flow to a backend one VIP has alone: a random source address, so
+/// the connection table misses; then the scheduler (the VIP's Maglev ring), the one new
+/// connection entry and the atomic count of opened flows, as in the balancer.
+#[xdp]
+pub fn step_new_flow_one_insert(_ctx: XdpContext) -> u32 {
+    let Some(s) = scratch() else { return MISS };
+    let Some(meta) = vip::lookup(&s.l3, s.l4.dst_port) else {
+        return MISS;
+    };
+    let Some(settings) = SETTINGS.get(0) else {
+        return MISS;
+    };
+    conntrack::set_packet_key(&mut s.key, &s.l3, &s.l4);
+    // SAFETY: a BPF helper without arguments or preconditions.
+    let random = unsafe { bpf_get_prandom_u32() };
+    s.key.src_addr[..4].copy_from_slice(&random.to_ne_bytes());
+    let Ok((id, _, new_flow)) = conntrack::backend_for(
+        &s.key,
+        &meta,
+        s.l4.tcp_flags,
+        1,
+        settings.hash_seed,
+        &settings.timeouts,
+    ) else {
+        return MISS;
+    };
+    select::count_opened(backend_index(id));
+    pass_if(new_flow)
+}
+
 /// The VIP lookup and a new flow: a random source address, so the connection table misses;
 /// then the scheduler (the VIP's Maglev ring), the new connection entry, the reverse entry and
 /// the atomic count of opened flows, as in the balancer.

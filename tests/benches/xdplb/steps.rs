@@ -94,6 +94,27 @@ const STEPS: &[Step] = &[
         expect: XdpAction::Pass,
     },
     Step {
+        program: "step_tracked",
+        what: "tracked fast path: CONNTRACK lookup first (40-byte key), BACKENDS load, lazy touch; no VIP lookup",
+        to_sink: false,
+        ingress: true,
+        expect: XdpAction::Pass,
+    },
+    Step {
+        program: "step_next_hop",
+        what: "kept next hop: NEXT_HOPS per-CPU array load + freshness check (instead of bpf_fib_lookup)",
+        to_sink: false,
+        ingress: true,
+        expect: XdpAction::Pass,
+    },
+    Step {
+        program: "step_new_flow_one_insert",
+        what: "VIPS lookup + new flow to a single-VIP backend: CONNTRACK miss, Maglev pick, one CONNTRACK insert, atomic count",
+        to_sink: false,
+        ingress: true,
+        expect: XdpAction::Pass,
+    },
+    Step {
         program: "step_new_flow",
         what: "VIPS lookup + new flow: CONNTRACK miss, Maglev pick, CONNTRACK and REVERSE_NAT inserts, atomic count",
         to_sink: false,
@@ -155,20 +176,21 @@ const STEPS: &[Step] = &[
 const ESTABLISHED: &[&str] = &[
     "step_parse",
     "step_scratch",
-    "step_vip_addr",
-    "step_conntrack",
+    "step_tracked",
     "step_ktime",
     "step_counters",
     "step_rewrite",
+    "step_next_hop",
 ];
 const NEW_FLOW: &[&str] = &[
     "step_parse",
     "step_scratch",
     "step_vip_addr",
-    "step_new_flow",
+    "step_new_flow_one_insert",
     "step_ktime",
     "step_counters",
     "step_rewrite",
+    "step_next_hop",
 ];
 
 /// Rows of the breakdown and the sums of the established and new-flow paths.
@@ -313,7 +335,11 @@ fn measure(
     );
     let inserts = matches!(
         step.program,
-        "step_new_flow" | "step_lru_insert" | "step_lru_percpu_insert" | "step_hash_insert"
+        "step_new_flow"
+            | "step_new_flow_one_insert"
+            | "step_lru_insert"
+            | "step_lru_percpu_insert"
+            | "step_hash_insert"
     );
     let repeat = if inserts {
         NEW_FLOW_REPEAT.min(p.repeat)
