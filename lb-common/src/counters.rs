@@ -65,6 +65,18 @@ counters! {
     DropNoBackend = 15 => "drop_no_backend",
     /// A map the program needs was missing an entry it should have (agent bug): dropped.
     DropInternal = 16 => "drop_internal",
+    /// ICMP/ICMPv6 echo request to a VIP address, answered from the VIP with XDP_TX.
+    IcmpEchoTx = 17 => "icmp_echo_tx",
+    /// ICMP error about a VIP's reply (from the internet), translated for its backend, sent
+    /// with XDP_TX.
+    IcmpToBackendTx = 18 => "icmp_to_backend_tx",
+    /// As [`Counter::IcmpToBackendTx`], sent with XDP_REDIRECT.
+    IcmpToBackendRedirect = 19 => "icmp_to_backend_redirect",
+    /// ICMP error about a client's packet (from the backend side), translated to name the VIP,
+    /// sent with XDP_TX.
+    IcmpToClientTx = 20 => "icmp_to_client_tx",
+    /// As [`Counter::IcmpToClientTx`], sent with XDP_REDIRECT.
+    IcmpToClientRedirect = 21 => "icmp_to_client_redirect",
 }
 
 /// XDP return codes (`enum xdp_action`).
@@ -81,8 +93,15 @@ impl Counter {
     #[inline(always)]
     pub const fn action(self) -> u32 {
         match self {
-            Counter::FwdTx | Counter::ReplyTx => xdp_action::TX,
-            Counter::FwdRedirect | Counter::ReplyRedirect => xdp_action::REDIRECT,
+            Counter::FwdTx
+            | Counter::ReplyTx
+            | Counter::IcmpEchoTx
+            | Counter::IcmpToBackendTx
+            | Counter::IcmpToClientTx => xdp_action::TX,
+            Counter::FwdRedirect
+            | Counter::ReplyRedirect
+            | Counter::IcmpToBackendRedirect
+            | Counter::IcmpToClientRedirect => xdp_action::REDIRECT,
             Counter::DropTruncated
             | Counter::DropBadHeader
             | Counter::DropIpOptions
