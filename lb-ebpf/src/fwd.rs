@@ -96,6 +96,10 @@ pub enum Direction {
     ToBackend,
     /// Backend to client.
     ToClient,
+    /// An ICMP error about a VIP's reply, to the flow's backend.
+    IcmpToBackend,
+    /// An ICMP error about a client's packet, to the client.
+    IcmpToClient,
 }
 
 /// Sends the translated packet towards its (new) destination. Returns the `*Tx` or
@@ -118,6 +122,8 @@ fn lookup_and_send(
     let (tx, redirect) = match direction {
         Direction::ToBackend => (Counter::FwdTx, Counter::FwdRedirect),
         Direction::ToClient => (Counter::ReplyTx, Counter::ReplyRedirect),
+        Direction::IcmpToBackend => (Counter::IcmpToBackendTx, Counter::IcmpToBackendRedirect),
+        Direction::IcmpToClient => (Counter::IcmpToClientTx, Counter::IcmpToClientRedirect),
     };
     // Tagged frames would need the egress VLAN worked out: the kernel does that.
     if l3.vlan {

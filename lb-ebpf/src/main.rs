@@ -4,7 +4,8 @@
 //! otherwise `VIP_ADDRS` → VIP lookup (exact, then port 0) → pick a backend → record the flow
 //! (and its reverse translation if its backend is shared by several VIPs) → count → rewrite →
 //! next hop → transmit;
-//! and for replies: the backend's VIP (or the flow's reverse entry) → rewrite → FIB → transmit.
+//! and for replies: the backend's VIP (or the flow's reverse entry) → rewrite → FIB → transmit;
+//! ICMP: echo requests to a VIP answered, errors about VIP flows translated (`icmp`).
 //!
 //! Stages return `Result<_, Counter>`; every outcome counter implies its XDP action
 //! (`Counter::action`). Only `main` and `ptr` touch the `XdpContext`.
@@ -22,6 +23,7 @@
 
 mod conntrack;
 mod fwd;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;
@@ -62,6 +64,9 @@ pub fn lb(mut ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_lb(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     parse::parse_l3(pkt, &mut s.l3)?;
+    if icmp::is_icmp(&s.l3) {
+        return Ok(icmp::handle(pkt, s));
+    }
     if vip::may_be_vip_addr(&s.l3) {
         if let Some(outcome) = tracked(pkt, s) {
             return Ok(outcome);
