@@ -77,6 +77,10 @@ counters! {
     IcmpToClientTx = 20 => "icmp_to_client_tx",
     /// As [`Counter::IcmpToClientTx`], sent with XDP_REDIRECT.
     IcmpToClientRedirect = 21 => "icmp_to_client_redirect",
+    /// To a VIP, translated, but too big for the route to its backend (IPv4 with DF, or
+    /// IPv6): answered from the VIP with ICMP fragmentation needed / packet too big quoting
+    /// the packet as the client sent it, with XDP_TX.
+    IcmpTooBigTx = 22 => "icmp_too_big_tx",
 }
 
 /// XDP return codes (`enum xdp_action`).
@@ -97,7 +101,8 @@ impl Counter {
             | Counter::ReplyTx
             | Counter::IcmpEchoTx
             | Counter::IcmpToBackendTx
-            | Counter::IcmpToClientTx => xdp_action::TX,
+            | Counter::IcmpToClientTx
+            | Counter::IcmpTooBigTx => xdp_action::TX,
             Counter::FwdRedirect
             | Counter::ReplyRedirect
             | Counter::IcmpToBackendRedirect

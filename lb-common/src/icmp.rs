@@ -34,6 +34,42 @@ pub const PROTO_ICMPV6: u8 = 58;
 /// Offset of the quoted IP header from the start of the ICMP header.
 pub const QUOTE_OFFSET: usize = 8;
 
+/// Bytes of the original packet a too-big answer quotes: its IP header (IPv4 without options,
+/// IPv6 without extension headers) and the first 8 bytes of its transport header (the ports,
+/// and the TCP sequence number a stack checks the error against).
+#[inline(always)]
+pub const fn too_big_quote_len(v6: bool) -> usize {
+    if v6 { 40 + 8 } else { 20 + 8 }
+}
+
+/// Bytes a too-big answer puts in front of the quote (after the Ethernet header): its own IP
+/// header and the ICMP header.
+#[inline(always)]
+pub const fn too_big_header_len(v6: bool) -> usize {
+    if v6 { 40 + 8 } else { 20 + 8 }
+}
+
+/// True if a translated packet too big for its route is answered with ICMP: always for IPv6
+/// (routers never fragment it), for IPv4 only with DF set (`frags` is the flags and fragment
+/// offset word); without DF the kernel fragments it.
+#[inline(always)]
+pub const fn answers_too_big(v6: bool, frags: u16) -> bool {
+    v6 || frags & 0x4000 != 0
+}
+
+/// The type, code and the last 4 bytes of the ICMP header of a too-big answer for a route of
+/// `mtu` bytes: fragmentation needed (the next-hop MTU in the low 16 bits) or packet too big
+/// (the MTU, 32 bits).
+#[inline(always)]
+pub const fn too_big_header(v6: bool, mtu: u16) -> (u8, u8, [u8; 4]) {
+    let m = mtu.to_be_bytes();
+    if v6 {
+        (ICMPV6_PACKET_TOO_BIG, 0, [0, 0, m[0], m[1]])
+    } else {
+        (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, [0, 0, m[0], m[1]])
+    }
+}
+
 /// What the balancer does with an ICMP message, by its type.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -223,6 +259,18 @@ mod tests {
 
     fn put(buf: &mut [u8], at: usize, bytes: &[u8]) {
         buf[at..at + bytes.len()].copy_from_slice(bytes);
+    }
+
+    #[test]
+    fn too_big_answers() {
+        assert!(answers_too_big(true, 0));
+        assert!(answers_too_big(false, 0x4000));
+        assert!(!answers_too_big(false, 0));
+        assert!(!answers_too_big(false, 0x2000));
+        assert_eq!(too_big_header(false, 1280), (3, 4, [0, 0, 5, 0]));
+        assert_eq!(too_big_header(true, 1280), (2, 0, [0, 0, 5, 0]));
+        assert_eq!(too_big_quote_len(false) + too_big_header_len(false), 56);
+        assert_eq!(too_big_quote_len(true) + too_big_header_len(true), 96);
     }
 
     #[test]

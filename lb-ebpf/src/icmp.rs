@@ -13,8 +13,12 @@
 
 use lb_common::{
     Counter,
+    csum::ChecksumUpdate,
     flow::{PROTO_TCP, PROTO_UDP},
-    icmp::{ErrorRewrite, Kind, PROTO_ICMP, PROTO_ICMPV6, QUOTE_OFFSET, echo_reply_checksum, kind},
+    icmp::{
+        ErrorRewrite, Kind, PROTO_ICMP, PROTO_ICMPV6, QUOTE_OFFSET, answers_too_big,
+        echo_reply_checksum, kind, too_big_header, too_big_header_len, too_big_quote_len,
+    },
 };
 use network_types::eth::EthHdr;
 
@@ -343,4 +347,161 @@ fn rewrite(
         .icmp_checksum(u16::from_be_bytes(hdr.check), quoted_check, quoted_l4)
         .to_be_bytes();
     true
+}
+
+/// Answers a packet to a VIP, already translated for its backend, that is too big for the
+/// route there (`mtu`): ICMP fragmentation needed (IPv4 with DF) or packet too big (IPv6) from
+/// the VIP to the client, back out of the interface the packet came in on, quoting the packet
+/// as the client sent it (its destination put back to the VIP and port in `s`). IPv4 without
+/// DF is passed for the kernel to fragment; a packet that cannot be answered is dropped.
+///
+/// The frame is cut to the quote and grown in front for the new headers; `l3` is still the
+/// packet as it arrived (untagged: tagged frames never reach the FIB lookup).
+#[inline(never)]
+pub fn too_big(pkt: &mut Packet, s: &Scratch) -> Counter {
+    match answer_too_big(pkt, &s.l3, s.l4.dst_port, s.too_big_mtu) {
+        Some(outcome) => outcome,
+        // Never handed to the kernel translated: it would answer the client about the backend.
+        None => Counter::DropInternal,
+    }
+}
+
+const ETH_LEN: usize = 14;
+
+#[inline(always)]
+fn answer_too_big(pkt: &mut Packet, l3: &L3, vip_port: [u8; 2], mtu: u16) -> Option<Counter> {
+    let v6 = l3.v6();
+    if l3.l3_off != ETH_LEN || l3.l4_off != ETH_LEN + if v6 { 40 } else { 20 } {
+        return None;
+    }
+    // 1. Put the client's destination back, in place.
+    let mut backend = [0u8; 16];
+    // The IP length: what the frame is cut from (a frame length would make the compiler
+    // subtract a packet pointer from a number, which the verifier refuses).
+    let ip_len: i32;
+    if v6 {
+        let ip = pkt.ref_mut_at::<Ipv6Fixed>(ETH_LEN)?;
+        ip_len = i32::from(u16::from_be_bytes(ip.payload_len)) + 40;
+        copy16(&mut backend, &ip.dst);
+        copy16(&mut ip.dst, &l3.dst);
+    } else {
+        let ip = pkt.ref_mut_at::<Ipv4Fixed>(ETH_LEN)?;
+        if !answers_too_big(false, u16::from_be_bytes(ip.frags)) {
+            // Without DF the kernel fragments it.
+            return Some(Counter::PassFib);
+        }
+        ip_len = i32::from(u16::from_be_bytes(ip.tot_len));
+        set_v4(&mut backend, &ip.dst);
+        ip.dst = [l3.dst[0], l3.dst[1], l3.dst[2], l3.dst[3]];
+        let change = ErrorRewrite {
+            v6: false,
+            quoted_addr: (&backend, &l3.dst),
+            quoted_port: ([0; 2], [0; 2]),
+            outer_addr: None,
+        };
+        ip.check = change
+            .quoted_ipv4_checksum(u16::from_be_bytes(ip.check))
+            .to_be_bytes();
+    }
+    let l4_off = l3.l4_off;
+    let port = pkt.ref_mut_at::<[u8; 2]>(l4_off + 2)?;
+    let backend_port = *port;
+    *port = vip_port;
+    if l3.proto == PROTO_UDP {
+        // The UDP checksum is quoted: put back the one the client sent.
+        let change = ErrorRewrite {
+            v6,
+            quoted_addr: (&backend, &l3.dst),
+            quoted_port: (backend_port, vip_port),
+            outer_addr: None,
+        };
+        let check = pkt.ref_mut_at::<[u8; 2]>(l4_off + 6)?;
+        *check = change
+            .quoted_l4_checksum(u16::from_be_bytes(*check), true)
+            .to_be_bytes();
+    }
+
+    // 2. The MACs, before the new headers cover them.
+    let dst_mac = (*pkt.ref_at::<[u8; 4]>(0)?, *pkt.ref_at::<[u8; 2]>(4)?);
+    let src_mac = (*pkt.ref_at::<[u8; 4]>(6)?, *pkt.ref_at::<[u8; 2]>(10)?);
+    let ether_type = *pkt.ref_at::<[u8; 2]>(12)?;
+
+    // 3. Cut the frame to Ethernet + quote, then make room for the new headers.
+    let quote_len = too_big_quote_len(v6);
+    let room = too_big_header_len(v6);
+    let cut = quote_len as i32 - ip_len;
+    if cut >= 0 || !pkt.adjust_tail(cut) || !pkt.adjust_head(-(room as i32)) {
+        return Some(Counter::DropInternal);
+    }
+
+    // 4. Ethernet back where it came from; IP from the VIP to the client; ICMP.
+    *pkt.ref_mut_at::<[u8; 4]>(0)? = src_mac.0;
+    *pkt.ref_mut_at::<[u8; 2]>(4)? = src_mac.1;
+    *pkt.ref_mut_at::<[u8; 4]>(6)? = dst_mac.0;
+    *pkt.ref_mut_at::<[u8; 2]>(10)? = dst_mac.1;
+    *pkt.ref_mut_at::<[u8; 2]>(12)? = ether_type;
+    let icmp_len = (8 + quote_len) as u16;
+    let icmp_off = ETH_LEN + room - 8;
+    let (kind, code, rest) = too_big_header(v6, mtu);
+    let start = if v6 {
+        let ip = pkt.ref_mut_at::<Ipv6Fixed>(ETH_LEN)?;
+        ip.vcf = [0x60, 0, 0, 0];
+        ip.payload_len = icmp_len.to_be_bytes();
+        ip.next_hdr = PROTO_ICMPV6;
+        ip.hop_limit = 64;
+        copy16(&mut ip.src, &l3.dst);
+        copy16(&mut ip.dst, &l3.src);
+        // The ICMPv6 pseudo-header.
+        ChecksumUpdate::new(0xffff)
+            .add_bytes16(&l3.dst)
+            .add_bytes16(&l3.src)
+            .add_u32(u32::from(icmp_len))
+            .add_u16(u16::from(PROTO_ICMPV6))
+    } else {
+        let ip = pkt.ref_mut_at::<Ipv4Fixed>(ETH_LEN)?;
+        ip.vihl = 0x45;
+        ip.tos = 0;
+        ip.tot_len = (20 + icmp_len).to_be_bytes();
+        ip.id = [0; 2];
+        ip.frags = [0x40, 0];
+        ip.ttl = 64;
+        ip.proto = PROTO_ICMP;
+        ip.check = [0; 2];
+        ip.src = [l3.dst[0], l3.dst[1], l3.dst[2], l3.dst[3]];
+        ip.dst = [l3.src[0], l3.src[1], l3.src[2], l3.src[3]];
+        let check = sum_words::<10>(pkt, ETH_LEN, ChecksumUpdate::new(0xffff))?.into_checksum();
+        pkt.ref_mut_at::<Ipv4Fixed>(ETH_LEN)?.check = check.to_be_bytes();
+        ChecksumUpdate::new(0xffff)
+    };
+    let hdr = pkt.ref_mut_at::<IcmpHdr>(icmp_off)?;
+    hdr.kind = kind;
+    hdr.code = code;
+    hdr.check = [0; 2];
+    hdr.rest = rest;
+    // Constant offsets and counts in each branch: a count the compiler cannot see through
+    // becomes a trip count computed from packet pointers, which the verifier refuses.
+    let sum = if v6 {
+        sum_words::<28>(pkt, ETH_LEN + 40, start)?
+    } else {
+        sum_words::<18>(pkt, ETH_LEN + 20, start)?
+    };
+    let check = sum.into_checksum();
+    pkt.ref_mut_at::<IcmpHdr>(icmp_off)?.check = check.to_be_bytes();
+    Some(Counter::IcmpTooBigTx)
+}
+
+/// `update` with the `N` 16-bit words at `off` added. One bounds check for all of them: a
+/// check per word lets the compiler turn the loop's exit into arithmetic on the packet's end
+/// pointer, which the verifier refuses.
+#[inline(always)]
+fn sum_words<const N: usize>(
+    pkt: &Packet,
+    off: usize,
+    mut update: ChecksumUpdate,
+) -> Option<ChecksumUpdate> {
+    let words = pkt.ref_at::<[[u8; 2]; N]>(off)?;
+    for word in words {
+        update = update.add_bytes2(word);
+    }
+    Some(update)
 }

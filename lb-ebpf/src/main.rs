@@ -52,9 +52,15 @@ pub fn lb(mut ctx: XdpContext) -> u32 {
     let outcome = match SCRATCH.get_ptr_mut(0) {
         // SAFETY: this CPU's element of a per-CPU array; XDP runs with preemption disabled, so
         // only this run uses it until it returns.
-        Some(scratch) => match try_lb(&mut pkt, unsafe { &mut *scratch }) {
-            Ok(outcome) | Err(outcome) => outcome,
-        },
+        Some(scratch) => {
+            // SAFETY: as above.
+            let s = unsafe { &mut *scratch };
+            match try_lb(&mut pkt, s) {
+                // Built here, at the top of the call stack: see `fwd::to_backend`.
+                Ok(Counter::IcmpTooBigTx) => icmp::too_big(&mut pkt, s),
+                Ok(outcome) | Err(outcome) => outcome,
+            }
+        }
         None => Counter::DropInternal,
     };
     stats::count(outcome);
@@ -176,7 +182,7 @@ fn send_to_backend(
     }
     Ok(fwd::to_backend(
         pkt,
-        &s.l3,
+        s,
         index,
         settings.next_hop_generation,
         now,

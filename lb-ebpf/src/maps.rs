@@ -93,6 +93,8 @@ pub struct Scratch {
     pub source: BackendKey,
     /// The packet an ICMP error quotes.
     pub quoted: Quoted,
+    /// The MTU of the route a translated packet was too big for (`fwd::to_backend`).
+    pub too_big_mtu: u16,
 }
 
 /// The packet an ICMP error quotes, as far as the balancer reads it.

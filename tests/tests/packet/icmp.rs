@@ -466,3 +466,108 @@ fn icmp_fixtures() {
     ran += lab.run(lab.gc, &echo_off);
     assert_eq!(ran, 16);
 }
+
+/// A VIP whose backend sits behind a link of MTU 1280 (IPv4 and IPv6): a translated packet
+/// longer than that is answered from the VIP, quoting the packet as the client sent it.
+#[test]
+#[ignore = "needs root"]
+fn too_big_for_the_route_to_the_backend() {
+    let mut lab = PacketLab::set_up();
+    let gw = &lab.topo.gateway;
+    for args in [
+        // Locked: a forwarding lookup ignores an IPv4 route's MTU otherwise (unless
+        // ip_forward_use_pmtu is set).
+        &[
+            "route",
+            "add",
+            "198.18.1.9/32",
+            "dev",
+            "gb0",
+            "mtu",
+            "lock",
+            "1280",
+        ][..],
+        &["-6", "route", "add", "fd00:0:0:1::9/128", "dev", "gb0"],
+        // The IPv6 lookup takes the MTU of the device (or of a learnt exception), not the
+        // route's.
+        &["link", "set", "gb0", "mtu", "1280"],
+    ] {
+        let out = gw.exec("ip", args).expect("ip route");
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    }
+    for addr in ["198.18.1.9", "fd00:0:0:1::9"] {
+        gw.permanent_neighbour(addr, lab.b0_mac, "gb0")
+            .expect("neighbour");
+    }
+    for (v, backend) in [
+        ("198.19.0.9:80/tcp", "198.18.1.9:8080"),
+        ("[fd00:ffff::9]:80/tcp", "[fd00:0:0:1::9]:8080"),
+    ] {
+        lab.balancer
+            .add_vip(lb_tests::vip(v), Default::default())
+            .expect("vip");
+        lab.balancer
+            .set_backends(
+                &lb_tests::vip(v),
+                vec![lb_user::balancer::BackendSpec::new(sa(backend), 1)],
+            )
+            .expect("backends");
+    }
+    let big = vec![0x42; 1400];
+    let frame = lb_tests::packet::frame;
+    let syn4 = frame(sa("198.18.0.2:42001"), sa("198.19.0.9:80"), SYN, &big);
+    let syn6 = frame(sa("[fd00::2]:42001"), sa("[fd00:ffff::9]:80"), SYN, &big);
+    let answer = |v6: bool, input: &[u8]| -> Vec<u8> {
+        let mut out = Vec::new();
+        let b = PacketBuilder::ethernet2(GATEWAY_MAC, CLIENT_MAC);
+        if v6 {
+            b.ipv6(ip6("fd00:ffff::9"), ip6("fd00::2"), 64)
+                .icmpv6(TOO_BIG)
+                .write(&mut out, &input[14..14 + 48])
+        } else {
+            b.ipv4([198, 19, 0, 9], [198, 18, 0, 2], 64)
+                .icmpv4(FRAG_NEEDED)
+                .write(&mut out, &input[14..14 + 28])
+        }
+        .expect("answer");
+        out
+    };
+    let cases = [
+        Case::new(
+            "IPv4 with DF, too big for the backend's route: fragmentation needed from the VIP",
+            syn4.clone(),
+            XdpAction::Tx,
+            Expect::Frame(answer(false, &syn4)),
+        )
+        .counter("icmp_too_big_tx"),
+        Case::new(
+            "IPv6 too big for the backend's route: packet too big from the VIP",
+            syn6.clone(),
+            XdpAction::Tx,
+            Expect::Frame(answer(true, &syn6)),
+        )
+        .counter("icmp_too_big_tx"),
+        Case::new(
+            "IPv4 without DF, too big: the kernel fragments it",
+            lb_tests::packet::patch_ipv4(syn4.clone(), 20, 0),
+            XdpAction::Pass,
+            Expect::Check(Box::new(|_| Ok(()))),
+        )
+        .counter("pass_fib"),
+        Case::new(
+            "IPv4 that fits the route is sent on",
+            frame(sa("198.18.0.2:42002"), sa("198.19.0.9:80"), SYN, b"small"),
+            XdpAction::Redirect,
+            Expect::Frame(lab.to_b0("198.18.0.2:42002", "198.18.1.9:8080", SYN, b"small")),
+        )
+        .counter("fwd_redirect"),
+    ];
+    assert_eq!(lab.run(lab.gc, &cases), 4);
+}
+
+fn ip6(s: &str) -> [u8; 16] {
+    match ip(s) {
+        IpAddr::V6(a) => a.octets(),
+        IpAddr::V4(_) => panic!("not IPv6"),
+    }
+}
