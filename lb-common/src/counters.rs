@@ -77,6 +77,22 @@ counters! {
     /// A reply of a backend that arrived on an interface that does not lead to that backend
     /// (spoofed from the client side): dropped.
     DropSpoofedReply = 19 => "drop_spoofed_reply",
+    /// ICMP/ICMPv6 echo request to a VIP address, answered from the VIP with XDP_TX.
+    IcmpEchoTx = 20 => "icmp_echo_tx",
+    /// ICMP error about a VIP's reply (from the internet), translated for its backend, sent
+    /// with XDP_TX.
+    IcmpToBackendTx = 21 => "icmp_to_backend_tx",
+    /// As [`Counter::IcmpToBackendTx`], sent with XDP_REDIRECT.
+    IcmpToBackendRedirect = 22 => "icmp_to_backend_redirect",
+    /// ICMP error about a client's packet (from the backend side), translated to name the VIP,
+    /// sent with XDP_TX.
+    IcmpToClientTx = 23 => "icmp_to_client_tx",
+    /// As [`Counter::IcmpToClientTx`], sent with XDP_REDIRECT.
+    IcmpToClientRedirect = 24 => "icmp_to_client_redirect",
+    /// To a VIP, translated, but too big for the route to its backend (IPv4 with DF, or
+    /// IPv6): answered from the VIP with ICMP fragmentation needed / packet too big quoting
+    /// the packet as the client sent it, with XDP_TX.
+    IcmpTooBigTx = 25 => "icmp_too_big_tx",
 }
 
 /// XDP return codes (`enum xdp_action`).
@@ -93,8 +109,16 @@ impl Counter {
     #[inline(always)]
     pub const fn action(self) -> u32 {
         match self {
-            Counter::FwdTx | Counter::ReplyTx => xdp_action::TX,
-            Counter::FwdRedirect | Counter::ReplyRedirect => xdp_action::REDIRECT,
+            Counter::FwdTx
+            | Counter::ReplyTx
+            | Counter::IcmpEchoTx
+            | Counter::IcmpToBackendTx
+            | Counter::IcmpToClientTx
+            | Counter::IcmpTooBigTx => xdp_action::TX,
+            Counter::FwdRedirect
+            | Counter::ReplyRedirect
+            | Counter::IcmpToBackendRedirect
+            | Counter::IcmpToClientRedirect => xdp_action::REDIRECT,
             Counter::DropTruncated
             | Counter::DropBadHeader
             | Counter::DropIpOptions

@@ -11,6 +11,7 @@ pub mod csum;
 pub mod filter;
 pub mod flow;
 pub mod hash;
+pub mod icmp;
 pub mod maglev;
 pub mod maps;
 pub mod nat;

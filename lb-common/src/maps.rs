@@ -56,8 +56,8 @@ pub const ADDR_FILTER_MAP: &str = "ADDR_FILTER";
 pub const MAX_VIPS: u32 = 4096;
 /// Version of the pin layout (which maps there are, under what names, what they hold). An
 /// agent adopts the pins of its own layout, carries older ones over and refuses newer ones.
-/// Layout 2 added `BACKEND_VIPS`, `NEXT_HOPS` and `LOCAL_ADDRS`, `Backend::{flags, vip_id}`
-/// and the address filter's local part.
+/// Layout 2 added `BACKEND_VIPS`, `NEXT_HOPS` and `LOCAL_ADDRS`, `Backend::{flags, vip_id}`,
+/// the address filter's local part and `Settings::icmp_echo`.
 pub const PIN_LAYOUT: u32 = 2;
 /// Backend slots; a backend id's low 16 bits index them.
 pub const MAX_BACKENDS: u32 = 1 << 16;
@@ -306,7 +306,7 @@ const _: () = assert!(size_of::<Stats>() == 24);
 
 /// Settings for the whole program: the one element of [`SETTINGS_MAP`].
 #[repr(C)]
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     /// Seed of the flow and address hashes (the same on every gateway of a cluster keeps
     /// `maglev` and `source-hash` choices the same everywhere).
@@ -315,6 +315,23 @@ pub struct Settings {
     /// older generation are looked up again ([`NextHop`]). Never 0.
     pub next_hop_generation: u32,
     pub timeouts: crate::conntrack::Timeouts,
+    /// 1: echo requests to VIP addresses are answered by the program; 0: passed to the kernel.
+    pub icmp_echo: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(size_of::<Settings>() == 56);
+
+impl Default for Settings {
+    /// Echo answers on, the default timeouts, no next-hop generation yet.
+    fn default() -> Self {
+        Self {
+            hash_seed: 0,
+            next_hop_generation: 0,
+            timeouts: crate::conntrack::Timeouts::default(),
+            icmp_echo: 1,
+            _pad: [0; 7],
+        }
+    }
 }
 
 #[cfg(feature = "user")]

@@ -141,6 +141,12 @@ pub fn saw_reply(key: &FlowKey, tcp_flags: u8, now: u64) -> bool {
     true
 }
 
+/// True if the flow `key` (client → VIP) has a connection entry.
+#[inline(always)]
+pub fn is_tracked(key: &FlowKey) -> bool {
+    CONNTRACK.get_ptr(key).is_some()
+}
+
 /// [`reply_translation`]: the flow's own reverse entry translates the packet.
 pub const BY_FLOW: u32 = 1;
 /// [`reply_translation`]: the backend's VIP translates the packet, if the flow is tracked.

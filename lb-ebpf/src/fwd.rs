@@ -6,25 +6,38 @@
 //! is fresh (`NextHop::is_fresh`: looked up less than a second ago, in the agent's current
 //! generation, and the packet fits its MTU), and look it up again otherwise.
 
-use aya_ebpf::bindings::{BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup};
+use aya_ebpf::bindings::{
+    BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+    bpf_fib_lookup,
+};
 use lb_common::{Counter, csum::ChecksumUpdate, maps::NextHop};
 use network_types::eth::EthHdr;
 
 use core::mem::MaybeUninit;
 
 use crate::{
-    maps::{NEXT_HOPS, TX_PORTS},
+    maps::{NEXT_HOPS, Scratch, TX_PORTS},
     parse::{Ipv4Fixed, Ipv6Fixed, L3},
     ptr::{Packet, copy6, zeroed_in_place},
 };
 
 /// Sends a packet translated towards backend slot `index` to it: by the next hop this CPU kept
 /// for the backend if it is fresh under the agent's `generation` at `now`, else as [`forward`]
-/// does, keeping what the FIB answered.
+/// does, keeping what the FIB answered. A packet too big for the route is answered with ICMP
+/// from the VIP: the outcome is then [`Counter::IcmpTooBigTx`], with the route's MTU in
+/// `s.too_big_mtu`, and `main` builds the answer (`icmp::too_big`) at the top of the call
+/// stack, where its frame fits in the 512 bytes.
 ///
 /// Not inlined, like [`forward`].
 #[inline(never)]
-pub fn to_backend(pkt: &mut Packet, l3: &L3, index: u32, generation: u32, now: u64) -> Counter {
+pub fn to_backend(
+    pkt: &mut Packet,
+    s: &mut Scratch,
+    index: u32,
+    generation: u32,
+    now: u64,
+) -> Counter {
+    let (l3, too_big_mtu) = (&s.l3, &mut s.too_big_mtu);
     if l3.vlan {
         return Counter::PassFib;
     }
@@ -43,7 +56,7 @@ pub fn to_backend(pkt: &mut Packet, l3: &L3, index: u32, generation: u32, now: u
             generation,
             now,
         };
-        return lookup_and_send(pkt, l3, Direction::ToBackend, Some(keep));
+        return lookup_and_send(pkt, l3, Direction::ToBackend, Some(keep), Some(too_big_mtu));
     }
     // The kernel answers an expiring packet with ICMP time exceeded.
     if hop_limit <= 1 {
@@ -147,6 +160,10 @@ pub enum Direction {
     ToBackend,
     /// Backend to client.
     ToClient,
+    /// An ICMP error about a VIP's reply, to the flow's backend.
+    IcmpToBackend,
+    /// An ICMP error about a client's packet, to the client.
+    IcmpToClient,
 }
 
 /// Sends the translated packet towards its (new) destination. Returns the `*Tx` or
@@ -155,20 +172,24 @@ pub enum Direction {
 /// Not inlined, so its FIB parameters take stack only while it runs.
 #[inline(never)]
 pub fn forward(pkt: &mut Packet, l3: &L3, direction: Direction) -> Counter {
-    lookup_and_send(pkt, l3, direction, None)
+    lookup_and_send(pkt, l3, direction, None, None)
 }
 
-/// [`forward`], keeping a successful answer in `keep`.
+/// [`forward`], keeping a successful answer in `keep`; with `too_big_mtu`, a packet too big for
+/// the route is left to `main` to answer (see [`to_backend`]).
 #[inline(always)]
 fn lookup_and_send(
     pkt: &mut Packet,
     l3: &L3,
     direction: Direction,
     keep: Option<Keep<'_>>,
+    too_big_mtu: Option<&mut u16>,
 ) -> Counter {
     let (tx, redirect) = match direction {
         Direction::ToBackend => (Counter::FwdTx, Counter::FwdRedirect),
         Direction::ToClient => (Counter::ReplyTx, Counter::ReplyRedirect),
+        Direction::IcmpToBackend => (Counter::IcmpToBackendTx, Counter::IcmpToBackendRedirect),
+        Direction::IcmpToClient => (Counter::IcmpToClientTx, Counter::IcmpToClientRedirect),
     };
     // Tagged frames would need the egress VLAN worked out: the kernel does that.
     if l3.vlan {
@@ -204,6 +225,12 @@ fn lookup_and_send(
     match pkt.fib_lookup(params) as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {}
         BPF_FIB_LKUP_RET_NO_NEIGH => return Counter::PassNoNeighbour,
+        // Never handed to the kernel translated: it would answer the client about the backend.
+        BPF_FIB_LKUP_RET_FRAG_NEEDED if let Some(out) = too_big_mtu => {
+            // SAFETY: a union of two `u16`s; with this answer the kernel has set `mtu_result`.
+            *out = unsafe { params.__bindgen_anon_1.mtu_result };
+            return Counter::IcmpTooBigTx;
+        }
         _ => return Counter::PassFib,
     }
     // The kernel answers an expiring packet with ICMP time exceeded.

@@ -4,7 +4,8 @@
 //! otherwise `VIP_ADDRS` → VIP lookup (exact, then port 0) → pick a backend → record the flow
 //! (and its reverse translation if its backend is shared by several VIPs) → count → rewrite →
 //! next hop → transmit;
-//! and for replies: the backend's VIP (or the flow's reverse entry) → rewrite → FIB → transmit.
+//! and for replies: the backend's VIP (or the flow's reverse entry) → rewrite → FIB → transmit;
+//! ICMP: echo requests to a VIP answered, errors about VIP flows translated (`icmp`).
 //!
 //! Stages return `Result<_, Counter>`; every outcome counter implies its XDP action
 //! (`Counter::action`). Only `main` and `ptr` touch the `XdpContext`.
@@ -22,6 +23,7 @@
 
 mod conntrack;
 mod fwd;
+mod icmp;
 mod maps;
 mod nat;
 mod parse;
@@ -50,9 +52,15 @@ pub fn lb(mut ctx: XdpContext) -> u32 {
     let outcome = match SCRATCH.get_ptr_mut(0) {
         // SAFETY: this CPU's element of a per-CPU array; XDP runs with preemption disabled, so
         // only this run uses it until it returns.
-        Some(scratch) => match try_lb(&mut pkt, unsafe { &mut *scratch }) {
-            Ok(outcome) | Err(outcome) => outcome,
-        },
+        Some(scratch) => {
+            // SAFETY: as above.
+            let s = unsafe { &mut *scratch };
+            match try_lb(&mut pkt, s) {
+                // Built here, at the top of the call stack: see `fwd::to_backend`.
+                Ok(Counter::IcmpTooBigTx) => icmp::too_big(&mut pkt, s),
+                Ok(outcome) | Err(outcome) => outcome,
+            }
+        }
         None => Counter::DropInternal,
     };
     stats::count(outcome);
@@ -62,6 +70,9 @@ pub fn lb(mut ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_lb(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     parse::parse_l3(pkt, &mut s.l3)?;
+    if icmp::is_icmp(&s.l3) {
+        return Ok(icmp::handle(pkt, s));
+    }
     if vip::may_be_vip_addr(&s.l3) {
         if let Some(outcome) = tracked(pkt, s) {
             return Ok(outcome);
@@ -171,7 +182,7 @@ fn send_to_backend(
     }
     Ok(fwd::to_backend(
         pkt,
-        &s.l3,
+        s,
         index,
         settings.next_hop_generation,
         now,

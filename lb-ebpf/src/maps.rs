@@ -95,6 +95,23 @@ pub struct Scratch {
     pub reverse: ReverseNat,
     /// A reply's source, as a backend.
     pub source: BackendKey,
+    /// The packet an ICMP error quotes.
+    pub quoted: Quoted,
+    /// The MTU of the route a translated packet was too big for (`fwd::to_backend`).
+    pub too_big_mtu: u16,
+}
+
+/// The packet an ICMP error quotes, as far as the balancer reads it.
+pub struct Quoted {
+    /// Offset of the quoted IP header.
+    pub ip_off: usize,
+    /// Offset of the quoted transport header.
+    pub l4_off: usize,
+    pub proto: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
 }
 
 /// This CPU's [`Scratch`].

@@ -8,7 +8,9 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::bpf_fib_lookup, helpers::bpf_fib_lookup as fib_lookup, programs::XdpContext,
+    bindings::{bpf_fib_lookup, xdp_md},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
 };
 
 /// Largest offset at which the program reads a header. Offsets come back from the per-CPU
@@ -86,6 +88,37 @@ impl<'ctx> Packet<'ctx> {
         // reference made by this `Packet` lives as long as it does, and this `Packet` is the
         // run's only one (see [`Packet`]).
         Some(unsafe { &mut *(ptr as *mut T) })
+    }
+
+    /// Moves the packet's start by `delta` bytes (negative: room in front) with
+    /// `bpf_xdp_adjust_head`; false if the kernel refused. References made before are gone
+    /// (they borrow `self`), and the span is read again.
+    #[inline(always)]
+    pub fn adjust_head(&mut self, delta: i32) -> bool {
+        // SAFETY: `ctx` is the program's own `xdp_md`; no reference into the packet outlives
+        // the call, since every one borrows `self`, which is borrowed mutably here.
+        let ok = unsafe { bpf_xdp_adjust_head(self.ctx.cast::<xdp_md>(), delta) } == 0;
+        self.reload();
+        ok
+    }
+
+    /// Moves the packet's end by `delta` bytes (negative: shorter) with `bpf_xdp_adjust_tail`,
+    /// as [`Packet::adjust_head`].
+    #[inline(always)]
+    pub fn adjust_tail(&mut self, delta: i32) -> bool {
+        // SAFETY: as in `adjust_head`.
+        let ok = unsafe { bpf_xdp_adjust_tail(self.ctx.cast::<xdp_md>(), delta) } == 0;
+        self.reload();
+        ok
+    }
+
+    #[inline(always)]
+    fn reload(&mut self) {
+        let md = self.ctx.cast::<xdp_md>();
+        // SAFETY: `ctx` is the program's own `xdp_md`, readable for the whole run.
+        let (data, data_end) = unsafe { ((*md).data, (*md).data_end) };
+        self.start = data as usize;
+        self.end = data_end as usize;
     }
 
     /// `bpf_fib_lookup` for this packet's context: fills `params` and returns the

@@ -29,7 +29,29 @@ pub fn may_be_vip_addr(l3: &L3) -> bool {
 /// False if the source is certainly no backend (so the packet is no reply to translate).
 #[inline(always)]
 pub fn may_be_from_backend(l3: &L3) -> bool {
-    in_filter(FilterKind::Backend, &l3.src)
+    may_be_backend_addr(&l3.src)
+}
+
+/// False if `addr` is certainly no backend's address.
+#[inline(always)]
+pub fn may_be_backend_addr(addr: &[u8; 16]) -> bool {
+    in_filter(FilterKind::Backend, addr)
+}
+
+/// True if some TCP or UDP VIP has the address `addr` (of `family`).
+#[inline(always)]
+pub fn has_vips(addr: &[u8; 16], family: u8) -> bool {
+    let mut key = VipAddrKey {
+        addr: *addr,
+        proto: PROTO_TCP,
+        family,
+        _pad: [0; 2],
+    };
+    if VIP_ADDRS.get_ptr(&key).is_some() {
+        return true;
+    }
+    key.proto = PROTO_UDP;
+    VIP_ADDRS.get_ptr(&key).is_some()
 }
 
 /// True if the packet is to one of the gateway's own addresses (the filter first, then the

@@ -21,6 +21,8 @@
 mod conntrack;
 #[path = "../fwd.rs"]
 mod fwd;
+#[path = "../icmp.rs"]
+mod icmp;
 #[path = "../maps.rs"]
 mod maps;
 #[path = "../nat.rs"]

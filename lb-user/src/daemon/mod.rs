@@ -85,6 +85,10 @@ pub struct DaemonOptions {
     /// that fit are kept (tracked connections survive), the interfaces switch atomically.
     #[arg(long)]
     pub replace_program: bool,
+    /// Leave ICMP echo requests to VIP addresses to the kernel instead of answering them in the
+    /// data path.
+    #[arg(long)]
+    pub no_icmp_echo: bool,
     /// The API socket (the CLI's global `--socket`).
     #[arg(skip)]
     pub socket: PathBuf,
@@ -375,7 +379,7 @@ fn serve(
     let maps = pinned.maps()?;
     let slots = maps.slots_capacity();
     let maps: DynMaps = Box::new(maps);
-    let settings = if let Some(settings) = adopted_settings {
+    let mut settings = if let Some(settings) = adopted_settings {
         settings
     } else {
         // A fresh program: the timeouts of the config given, else of the one last applied.
@@ -389,6 +393,7 @@ fn serve(
             ..Settings::default()
         }
     };
+    settings.icmp_echo = u8::from(!args.no_icmp_echo);
     let mut held = Default::default();
     let mut saved_pools = Vec::new();
     let mut applied_config = Config::default();

@@ -8,9 +8,11 @@
 //! incremental updates.
 //!
 //! One table per file: [`requests`] and [`schedulers`] (from the client), [`malformed`], and
-//! [`replies`] (from backend 0, to the flows the requests opened).
+//! [`replies`] (from backend 0, to the flows the requests opened); [`icmp`] and [`fastpath`] run
+//! in labs of their own.
 
 mod fastpath;
+mod icmp;
 mod malformed;
 mod replies;
 mod requests;

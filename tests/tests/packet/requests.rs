@@ -292,13 +292,6 @@ pub fn cases(lab: &PacketLab) -> Vec<Case> {
         )
         .counter("pass_non_vip"),
         Case::new(
-            "ICMP echo to a VIP address is passed untouched",
-            icmp_echo([198, 19, 0, 1]),
-            XdpAction::Pass,
-            Expect::Unchanged,
-        )
-        .counter("pass_non_vip"),
-        Case::new(
             "ICMP echo to another address is passed untouched",
             icmp_echo([198, 18, 1, 2]),
             XdpAction::Pass,
