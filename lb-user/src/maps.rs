@@ -244,6 +244,53 @@ pub struct BpfMaps {
     addr_filter: Array<MapData, u64>,
     vip_stats: PerCpuArray<MapData, Stats>,
     backend_stats: PerCpuArray<MapData, Stats>,
+    /// What the slots array holds, as far as this handle wrote it; allocated at the first
+    /// write.
+    shadow: Option<SlotsShadow>,
+    /// Entries of the slots array written, ever.
+    slots_written: u64,
+}
+
+/// What a handle last wrote to the slots array, so that a table written over an older one
+/// writes only the entries that differ. Only the agent writes the array (the data path reads
+/// it), and one agent at a time, so what it wrote is what the array holds. Entries it never
+/// wrote (maps adopted from a previous agent) are not known, and are always written.
+struct SlotsShadow {
+    ids: Vec<u32>,
+    /// One bit per entry: set if `ids` holds what the array holds.
+    known: Vec<u64>,
+}
+
+impl SlotsShadow {
+    /// Nothing known of an array of `len` entries.
+    fn new(len: u32) -> Self {
+        Self {
+            ids: vec![0; len as usize],
+            known: vec![0; len.div_ceil(64) as usize],
+        }
+    }
+
+    /// Whether entry `i` is known to hold `id`.
+    fn holds(&self, i: u32, id: u32) -> bool {
+        let i = i as usize;
+        self.known[i / 64] & (1 << (i % 64)) != 0 && self.ids[i] == id
+    }
+
+    /// Entries `off..off + len` are not known any more.
+    fn forget(&mut self, off: u32, len: usize) {
+        for i in off as usize..off as usize + len {
+            self.known[i / 64] &= !(1 << (i % 64));
+        }
+    }
+
+    /// Entries from `off` on hold `ids`.
+    fn remember(&mut self, off: u32, ids: &[u32]) {
+        let off = off as usize;
+        self.ids[off..off + ids.len()].copy_from_slice(ids);
+        for i in off..off + ids.len() {
+            self.known[i / 64] |= 1 << (i % 64);
+        }
+    }
 }
 
 /// Converts map `name` to its typed form.
@@ -288,12 +335,20 @@ impl BpfMaps {
             addr_filter: field!(ADDR_FILTER_MAP),
             vip_stats: field!(VIP_STATS_MAP),
             backend_stats: field!(BACKEND_STATS_MAP),
+            shadow: None,
+            slots_written: 0,
         })
     }
 
     /// The number of entries of the slots array.
     pub fn slots_capacity(&self) -> u32 {
         self.slots.len()
+    }
+
+    /// Entries of the slots array this handle wrote, ever (those it knew to hold the id
+    /// already are not written again).
+    pub fn slots_written(&self) -> u64 {
+        self.slots_written
     }
 
     /// Entry `index` of the slots array.
@@ -349,24 +404,41 @@ impl Maps for BpfMaps {
                 format!("slots {off}..{end} are past its end"),
             ));
         }
+        // Only the entries that differ from what the array holds: a new table written where
+        // an earlier one of the same VIP was differs from it in the slots that moved.
+        let shadow = self
+            .shadow
+            .get_or_insert_with(|| SlotsShadow::new(self.slots.len()));
+        let (keys, values): (Vec<u32>, Vec<u32>) = (off..)
+            .zip(ids)
+            .filter(|&(i, &id)| !shadow.holds(i, id))
+            .unzip();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        // Until the writes are done, what the array holds there is not known.
+        shadow.forget(off, ids.len());
         let fd = self.slots.map().fd().as_fd().as_raw_fd();
         // One syscall per batch instead of one per slot: a table of 65,537 slots is written in
         // milliseconds. Kernels without batch updates for arrays (before 5.6) get one a slot.
-        for (at, chunk) in (off..).step_by(BATCH).zip(ids.chunks(BATCH)) {
-            let keys: Vec<u32> = (at..).take(chunk.len()).collect();
-            match update_batch(fd, &keys, chunk) {
+        for (first, (k, v)) in keys.chunks(BATCH).zip(values.chunks(BATCH)).enumerate() {
+            match update_batch(fd, k, v) {
                 Ok(()) => {}
-                Err(err) if err.raw_os_error() == Some(libc::EINVAL) && at == off => {
-                    for (i, id) in (off..).zip(ids) {
-                        self.slots.set(i, id, 0).on(SLOTS_MAP, "updating")?;
+                Err(err) if err.raw_os_error() == Some(libc::EINVAL) && first == 0 => {
+                    for (i, id) in keys.iter().zip(&values) {
+                        self.slots.set(*i, id, 0).on(SLOTS_MAP, "updating")?;
                     }
-                    return Ok(());
+                    break;
                 }
                 Err(err) => {
                     return Err(MapsError::new(SLOTS_MAP, "batch-updating", err.to_string()));
                 }
             }
         }
+        if let Some(shadow) = &mut self.shadow {
+            shadow.remember(off, ids);
+        }
+        self.slots_written += keys.len() as u64;
         Ok(())
     }
     fn set_backend_load(&mut self, index: u32, load: &BackendLoad) -> MapsResult<()> {
