@@ -276,18 +276,19 @@ impl SlotsShadow {
         self.known[i / 64] & (1 << (i % 64)) != 0 && self.ids[i] == id
     }
 
-    /// Entries `off..off + len` are not known any more.
-    fn forget(&mut self, off: u32, len: usize) {
-        for i in off as usize..off as usize + len {
+    /// Entries `keys` are not known any more.
+    fn forget(&mut self, keys: &[u32]) {
+        for &i in keys {
+            let i = i as usize;
             self.known[i / 64] &= !(1 << (i % 64));
         }
     }
 
-    /// Entries from `off` on hold `ids`.
-    fn remember(&mut self, off: u32, ids: &[u32]) {
-        let off = off as usize;
-        self.ids[off..off + ids.len()].copy_from_slice(ids);
-        for i in off..off + ids.len() {
+    /// Entries `keys` hold `values`.
+    fn remember(&mut self, keys: &[u32], values: &[u32]) {
+        for (&i, &id) in keys.iter().zip(values) {
+            let i = i as usize;
+            self.ids[i] = id;
             self.known[i / 64] |= 1 << (i % 64);
         }
     }
@@ -417,7 +418,7 @@ impl Maps for BpfMaps {
             return Ok(());
         }
         // Until the writes are done, what the array holds there is not known.
-        shadow.forget(off, ids.len());
+        shadow.forget(&keys);
         let fd = self.slots.map().fd().as_fd().as_raw_fd();
         // One syscall per batch instead of one per slot: a table of 65,537 slots is written in
         // milliseconds. Kernels without batch updates for arrays (before 5.6) get one a slot.
@@ -436,7 +437,7 @@ impl Maps for BpfMaps {
             }
         }
         if let Some(shadow) = &mut self.shadow {
-            shadow.remember(off, ids);
+            shadow.remember(&keys, &values);
         }
         self.slots_written += keys.len() as u64;
         Ok(())
