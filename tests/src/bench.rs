@@ -111,6 +111,47 @@ pub struct ControlPlane {
     pub live_ms: Vec<f64>,
     pub cli_ms: Vec<f64>,
     pub slots_write: Vec<SlotsWrite>,
+    // --- Agent-side performance (issue 13): both ring sizes, the connection-table walk. ---
+    /// The same changes at each ring size measured (M = 65537, whose figures are also the
+    /// ones above, and M = 1,048,573).
+    #[serde(default)]
+    pub rings: Vec<ControlRing>,
+    /// The agent's connection counting over a full connection table.
+    #[serde(default)]
+    pub conntrack_walk: Option<ConntrackWalk>,
+}
+
+/// CLI changes to live at one Maglev ring size.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ControlRing {
+    pub ring_size: u32,
+    pub changes: usize,
+    pub live_ms_min: f64,
+    pub live_ms_median: f64,
+    pub cli_ms_min: f64,
+    pub cli_ms_median: f64,
+    pub live_ms: Vec<f64>,
+    pub cli_ms: Vec<f64>,
+}
+
+/// One pass of the agent's connection counting (`lb_user::maps::active_flows`) over a full
+/// connection table, in CPU time of the walking thread (user and system).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ConntrackWalk {
+    pub method: String,
+    /// The table's capacity and the entries it held (an LRU map evicts a little before full).
+    pub capacity: u32,
+    pub entries: usize,
+    /// Entries per `BPF_MAP_LOOKUP_BATCH`.
+    pub batch: usize,
+    pub cpu_ms_min: f64,
+    pub cpu_ms_median: f64,
+    /// The system (kernel) part of `cpu_ms_min`'s pass.
+    pub sys_ms_of_min: f64,
+    pub wall_ms_min: f64,
+    pub cpu_ms: Vec<f64>,
+    /// One pass of the walk it replaced (a lookup per entry); `None` if not measured.
+    pub by_iter_cpu_ms: Option<f64>,
 }
 
 /// Writing a Maglev ring into the slots array, one map update per slot.
