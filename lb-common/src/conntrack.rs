@@ -185,6 +185,13 @@ pub fn is_expired(entry: &FlowState, now_ns: u64, timeouts: &Timeouts) -> bool {
     now_ns.saturating_sub(entry.last_seen_ns) > timeout_ns(entry.state, timeouts)
 }
 
+/// Whether `entry` counts as an active connection of its backend at `now_ns` (for
+/// least-connections and draining): not closing or closed, and not expired.
+#[inline(always)]
+pub fn is_active(entry: &FlowState, now_ns: u64, timeouts: &Timeouts) -> bool {
+    !matches!(entry.state, STATE_FIN | STATE_CLOSED) && !is_expired(entry, now_ns, timeouts)
+}
+
 /// The state to feed [`next_state`]: the entry's, or [`STATE_NEW`] if it has expired, so a
 /// packet on an expired flow is treated like the first of a new one.
 #[inline(always)]
@@ -326,6 +333,29 @@ mod tests {
             ..t
         };
         assert!(!is_expired(&entry, u64::MAX, &forever));
+    }
+
+    #[test]
+    fn active_means_open_and_unexpired() {
+        let t = DEFAULT_TIMEOUTS;
+        let at = |state, last_seen_ns| FlowState {
+            backend_id: 3,
+            state,
+            last_seen_ns,
+            ..FlowState::default()
+        };
+        let now = 10_000 * SECOND_NS;
+        for state in [STATE_NEW, STATE_SYN_SENT, STATE_ESTABLISHED, STATE_UDP] {
+            assert!(is_active(&at(state, now), now, &t), "state {state}");
+            let idle = at(state, now - timeout_ns(state, &t) - 1);
+            assert!(!is_active(&idle, now, &t), "state {state}, expired");
+        }
+        for state in [STATE_FIN, STATE_CLOSED] {
+            assert!(!is_active(&at(state, now), now, &t), "state {state}");
+        }
+        // An unknown state has no timeout: expired after any idle time.
+        assert!(is_active(&at(9, now), now, &t));
+        assert!(!is_active(&at(9, now - 1), now, &t));
     }
 
     #[test]

@@ -276,9 +276,28 @@ mod builder {
 
         let weights: Vec<u32> = live.iter().map(|b| b.weight).collect();
         let quotas = quotas(&weights, ring_size);
-        // Next position in each backend's permutation, and its step.
-        let mut walks: Vec<(u32, u32)> = live.iter().map(|b| b.permutation(ring_size)).collect();
-        let mut claimed = vec![0u32; live.len()];
+        if let [only] = live[..] {
+            // One backend visits every slot and claims them all.
+            table.fill(only.id);
+            return Ok(table);
+        }
+        // Each backend's walk: next position, step, id, slots still owed.
+        let mut walks: Vec<Walk> = live
+            .iter()
+            .zip(&quotas)
+            .map(|(b, &owed)| {
+                let (pos, skip) = b.permutation(ring_size);
+                Walk {
+                    pos,
+                    skip,
+                    id: b.id,
+                    owed,
+                }
+            })
+            .collect();
+        // Empty slots, one bit each: a visit tests a bit of this (M / 8 bytes, which stays in
+        // the cache) instead of an entry of the table (4 M bytes, which does not).
+        let mut empty = Empty::new(ring_size);
         // Backends still below quota, grouped by weight, each group in canonical order.
         let mut groups: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         for (index, &weight) in weights.iter().enumerate() {
@@ -296,26 +315,67 @@ mod builder {
             .collect();
         while let Some(turn) = heap.pop() {
             let members = &mut groups[turn.group].1;
-            members.retain(|&index| {
-                let (pos, skip) = &mut walks[index];
-                if table[*pos as usize] == EMPTY_SLOT {
-                    table[*pos as usize] = live[index].id;
-                    claimed[index] += 1;
+            // With no other group left to wait for, this one's visits follow each other.
+            let alone = heap.is_empty();
+            let mut visit = turn.visit;
+            loop {
+                let mut finished = false;
+                for &index in members.iter() {
+                    let walk = &mut walks[index];
+                    if empty.take(walk.pos) {
+                        table[walk.pos as usize] = walk.id;
+                        walk.owed -= 1;
+                        finished |= walk.owed == 0;
+                    }
+                    walk.pos += walk.skip;
+                    if walk.pos >= ring_size {
+                        walk.pos -= ring_size;
+                    }
                 }
-                *pos += *skip;
-                if *pos >= ring_size {
-                    *pos -= ring_size;
+                if finished {
+                    members.retain(|&index| walks[index].owed > 0);
                 }
-                claimed[index] < quotas[index]
-            });
+                visit += 1;
+                if !alone || members.is_empty() {
+                    break;
+                }
+            }
             if !members.is_empty() {
-                heap.push(Turn {
-                    visit: turn.visit + 1,
-                    ..turn
-                });
+                heap.push(Turn { visit, ..turn });
             }
         }
         Ok(table)
+    }
+
+    /// A backend's walk of its permutation while it fills the table.
+    struct Walk {
+        /// Next position (`< M`).
+        pos: u32,
+        /// Step between positions (`1..M`).
+        skip: u32,
+        id: u32,
+        /// Slots still to claim (> 0 while it walks).
+        owed: u32,
+    }
+
+    /// A set of table positions, one bit each: those still empty.
+    struct Empty(Vec<u64>);
+
+    impl Empty {
+        /// All of `0..len`.
+        fn new(len: u32) -> Self {
+            Self(vec![u64::MAX; len.div_ceil(64) as usize])
+        }
+
+        /// Whether `pos` was empty; it is not any more.
+        #[inline(always)]
+        fn take(&mut self, pos: u32) -> bool {
+            let word = &mut self.0[(pos / 64) as usize];
+            let bit = 1u64 << (pos % 64);
+            let was = *word & bit != 0;
+            *word &= !bit;
+            was
+        }
     }
 
     /// Number of positions where two tables differ; positions past the end of the shorter one
@@ -493,6 +553,56 @@ mod tests {
             assert_eq!(changed_slots(&[1, 2, 3], &[1, 5, 3]), 1);
             assert_eq!(changed_slots(&[1, 2, 3], &[1, 2]), 1);
             assert_eq!(changed_slots(&[], &[4, 4]), 2);
+        }
+
+        /// FNV-1a of a table's entries (little-endian).
+        fn fnv(table: &[u32]) -> u64 {
+            let mut h = 0xcbf2_9ce4_8422_2325u64;
+            for byte in table.iter().flat_map(|id| id.to_le_bytes()) {
+                h ^= u64::from(byte);
+                h = h.wrapping_mul(0x100_0000_01b3);
+            }
+            h
+        }
+
+        /// The tables are those of the first weighted population (a heap turn per visit, the
+        /// table itself tested for empty slots): an agent upgraded over a running balancer
+        /// rebuilds the same tables, so no flow moves.
+        #[test]
+        fn tables_are_unchanged_from_the_first_weighted_population() {
+            let cases: [(Vec<MaglevBackend>, u32, u64); 5] = [
+                (
+                    (0..3).map(|i| backend(i, 1)).collect(),
+                    1009,
+                    0xa681_f623_81f1_c87c,
+                ),
+                (
+                    (0..2).map(|i| backend(i, 1)).collect(),
+                    65_537,
+                    0xea65_8aff_5289_935c,
+                ),
+                (
+                    (0..100).map(|i| backend(i, 1)).collect(),
+                    65_537,
+                    0xcd50_f576_ae48_9125,
+                ),
+                (
+                    (0..30).map(|i| backend(i, 1 + i * 7 % 20)).collect(),
+                    65_537,
+                    0x3dd1_9c96_a7a5_9b3f,
+                ),
+                (
+                    (0..12)
+                        .map(|i| backend(i, if i % 4 == 0 { 0 } else { 1 + i % 3 }))
+                        .collect(),
+                    1009,
+                    0x11b9_a8b4_7aa3_569a,
+                ),
+            ];
+            for (i, (backends, m, expected)) in cases.iter().enumerate() {
+                let table = build_table(backends, *m).unwrap();
+                assert_eq!(fnv(&table), *expected, "case {i}");
+            }
         }
 
         proptest! {

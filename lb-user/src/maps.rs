@@ -19,7 +19,7 @@ use lb_common::maps::{
 };
 use lb_common::{
     FlowKey,
-    conntrack::{FlowState, Timeouts, is_expired},
+    conntrack::{FlowState, Timeouts, is_active},
 };
 
 pub use crate::model::{MapsError, MapsResult};
@@ -285,6 +285,54 @@ pub struct BpfMaps {
     addr_filter: Array<MapData, u64>,
     vip_stats: PerCpuArray<MapData, Stats>,
     backend_stats: PerCpuArray<MapData, Stats>,
+    /// What the slots array holds, as far as this handle wrote it; allocated at the first
+    /// write.
+    shadow: Option<SlotsShadow>,
+    /// Entries of the slots array written, ever.
+    slots_written: u64,
+}
+
+/// What a handle last wrote to the slots array, so that a table written over an older one
+/// writes only the entries that differ. Only the agent writes the array (the data path reads
+/// it), and one agent at a time, so what it wrote is what the array holds. Entries it never
+/// wrote (maps adopted from a previous agent) are not known, and are always written.
+struct SlotsShadow {
+    ids: Vec<u32>,
+    /// One bit per entry: set if `ids` holds what the array holds.
+    known: Vec<u64>,
+}
+
+impl SlotsShadow {
+    /// Nothing known of an array of `len` entries.
+    fn new(len: u32) -> Self {
+        Self {
+            ids: vec![0; len as usize],
+            known: vec![0; len.div_ceil(64) as usize],
+        }
+    }
+
+    /// Whether entry `i` is known to hold `id`.
+    fn holds(&self, i: u32, id: u32) -> bool {
+        let i = i as usize;
+        self.known[i / 64] & (1 << (i % 64)) != 0 && self.ids[i] == id
+    }
+
+    /// Entries `keys` are not known any more.
+    fn forget(&mut self, keys: &[u32]) {
+        for &i in keys {
+            let i = i as usize;
+            self.known[i / 64] &= !(1 << (i % 64));
+        }
+    }
+
+    /// Entries `keys` hold `values`.
+    fn remember(&mut self, keys: &[u32], values: &[u32]) {
+        for (&i, &id) in keys.iter().zip(values) {
+            let i = i as usize;
+            self.ids[i] = id;
+            self.known[i / 64] |= 1 << (i % 64);
+        }
+    }
 }
 
 /// Converts map `name` to its typed form.
@@ -331,12 +379,20 @@ impl BpfMaps {
             addr_filter: field!(ADDR_FILTER_MAP),
             vip_stats: field!(VIP_STATS_MAP),
             backend_stats: field!(BACKEND_STATS_MAP),
+            shadow: None,
+            slots_written: 0,
         })
     }
 
     /// The number of entries of the slots array.
     pub fn slots_capacity(&self) -> u32 {
         self.slots.len()
+    }
+
+    /// Entries of the slots array this handle wrote, ever (those it knew to hold the id
+    /// already are not written again).
+    pub fn slots_written(&self) -> u64 {
+        self.slots_written
     }
 
     /// Entry `index` of the slots array.
@@ -392,24 +448,41 @@ impl Maps for BpfMaps {
                 format!("slots {off}..{end} are past its end"),
             ));
         }
+        // Only the entries that differ from what the array holds: a new table written where
+        // an earlier one of the same VIP was differs from it in the slots that moved.
+        let shadow = self
+            .shadow
+            .get_or_insert_with(|| SlotsShadow::new(self.slots.len()));
+        let (keys, values): (Vec<u32>, Vec<u32>) = (off..)
+            .zip(ids)
+            .filter(|&(i, &id)| !shadow.holds(i, id))
+            .unzip();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        // Until the writes are done, what the array holds there is not known.
+        shadow.forget(&keys);
         let fd = self.slots.map().fd().as_fd().as_raw_fd();
         // One syscall per batch instead of one per slot: a table of 65,537 slots is written in
         // milliseconds. Kernels without batch updates for arrays (before 5.6) get one a slot.
-        for (at, chunk) in (off..).step_by(BATCH).zip(ids.chunks(BATCH)) {
-            let keys: Vec<u32> = (at..).take(chunk.len()).collect();
-            match update_batch(fd, &keys, chunk) {
+        for (first, (k, v)) in keys.chunks(BATCH).zip(values.chunks(BATCH)).enumerate() {
+            match update_batch(fd, k, v) {
                 Ok(()) => {}
-                Err(err) if err.raw_os_error() == Some(libc::EINVAL) && at == off => {
-                    for (i, id) in (off..).zip(ids) {
-                        self.slots.set(i, id, 0).on(SLOTS_MAP, "updating")?;
+                Err(err) if err.raw_os_error() == Some(libc::EINVAL) && first == 0 => {
+                    for (i, id) in keys.iter().zip(&values) {
+                        self.slots.set(*i, id, 0).on(SLOTS_MAP, "updating")?;
                     }
-                    return Ok(());
+                    break;
                 }
                 Err(err) => {
                     return Err(MapsError::new(SLOTS_MAP, "batch-updating", err.to_string()));
                 }
             }
         }
+        if let Some(shadow) = &mut self.shadow {
+            shadow.remember(&keys, &values);
+        }
+        self.slots_written += keys.len() as u64;
         Ok(())
     }
     fn set_backend_load(&mut self, index: u32, load: &BackendLoad) -> MapsResult<()> {
@@ -505,22 +578,23 @@ impl Maps for BpfMaps {
 /// Slots written by one batch update.
 const BATCH: usize = 1 << 16;
 
+/// The `batch` member of the kernel's `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
 /// `BPF_MAP_UPDATE_BATCH`: sets `keys[i]` to `values[i]` in the map `fd` (of `u32` keys and
 /// values) in one syscall.
 fn update_batch(fd: i32, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
-    /// The `batch` member of the kernel's `union bpf_attr`.
-    #[repr(C)]
-    #[derive(Default)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
     const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
     assert_eq!(keys.len(), values.len());
     let mut attr = BatchAttr {
@@ -590,30 +664,277 @@ where
         .with_context(|| format!("pinned map {name} has an unexpected type"))
 }
 
-/// The connection table, for counting flows (a handle of its own, so that walking it needs
-/// nothing else).
-pub type Conntrack = BpfHashMap<MapData, FlowKey, FlowState>;
+/// The connection table, for counting flows: a handle of its own (walking it needs nothing
+/// else), and the buffers its walks reuse.
+pub struct Conntrack {
+    map: BpfHashMap<MapData, FlowKey, FlowState>,
+    walk: std::sync::Mutex<Walk>,
+}
+
+/// Entries asked for per `BPF_MAP_LOOKUP_BATCH` call: 8192 keys and values are 448 KiB of
+/// buffers, and a 1,000,000-entry table takes about 120 calls.
+pub const WALK_BATCH: usize = 8192;
+
+/// What a walk of the connection table keeps from one pass to the next.
+struct Walk {
+    keys: Vec<FlowKey>,
+    values: Vec<FlowState>,
+    /// False once the kernel refused batch lookups (before 5.6): walk one entry at a time.
+    batched: bool,
+}
+
+impl TryFrom<Map> for Conntrack {
+    type Error = aya::maps::MapError;
+
+    fn try_from(map: Map) -> Result<Self, Self::Error> {
+        Ok(Self::new(map.try_into()?))
+    }
+}
+
+impl Conntrack {
+    /// Walks `map` in batches of [`WALK_BATCH`] entries.
+    pub fn new(map: BpfHashMap<MapData, FlowKey, FlowState>) -> Self {
+        Self::with_batch(map, WALK_BATCH)
+    }
+
+    /// Walks `map` in batches of `batch` entries (at least 1; a batch grows when a hash bucket
+    /// holds more entries than it).
+    pub fn with_batch(map: BpfHashMap<MapData, FlowKey, FlowState>, batch: usize) -> Self {
+        let batch = batch.max(1);
+        Self {
+            map,
+            walk: std::sync::Mutex::new(Walk {
+                keys: vec![FlowKey::default(); batch],
+                values: vec![FlowState::default(); batch],
+                batched: true,
+            }),
+        }
+    }
+
+    /// The map.
+    pub fn map(&self) -> &BpfHashMap<MapData, FlowKey, FlowState> {
+        &self.map
+    }
+
+    /// The map back.
+    pub fn into_map(self) -> BpfHashMap<MapData, FlowKey, FlowState> {
+        self.map
+    }
+
+    /// Entries fetched per batch now (grown past the one asked for if a bucket needed it).
+    pub fn batch(&self) -> usize {
+        self.walk
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys
+            .len()
+    }
+
+    /// Calls `each` with every entry's value, in batches of lookups (one syscall per batch,
+    /// buffers reused across walks); returns how many entries it saw. Entries that the data
+    /// path adds or removes during the walk may or may not be seen, as with any walk of a live
+    /// hash map; each bucket is read whole, under its lock.
+    pub fn for_each(&self, mut each: impl FnMut(&FlowState)) -> MapsResult<usize> {
+        use aya::maps::IterableMap as _;
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let mut walk = self.walk.lock().unwrap_or_else(|p| p.into_inner());
+        if walk.batched {
+            let fd = self.map.map().fd().as_fd().as_raw_fd();
+            match walk.batches(fd, &mut each) {
+                Err((err, true)) if matches!(err.raw_os_error(), Some(libc::EINVAL | ENOTSUPP)) => {
+                    // Refused at the first call: this kernel has no batch lookups.
+                    log::info!(
+                        "the kernel has no batch lookups ({err}): counting connections one entry at a time"
+                    );
+                    walk.batched = false;
+                }
+                result => {
+                    return result.map_err(|(err, _)| {
+                        MapsError::new(
+                            lb_common::maps::CONNTRACK_MAP,
+                            "batch-reading",
+                            err.to_string(),
+                        )
+                    });
+                }
+            }
+        }
+        drop(walk);
+        self.for_each_by_iter(each)
+    }
+
+    /// [`Conntrack::for_each`] one entry at a time (two syscalls an entry): for kernels without
+    /// batch lookups, and to check the batched walk against.
+    pub fn for_each_by_iter(&self, mut each: impl FnMut(&FlowState)) -> MapsResult<usize> {
+        let mut walked = 0;
+        for (_, state) in self.map.iter().flatten() {
+            each(&state);
+            walked += 1;
+        }
+        Ok(walked)
+    }
+}
+
+/// The kernel's `ENOTSUPP` (not in libc: it is not meant to reach user space, but the batch
+/// commands answer it for map types without them).
+const ENOTSUPP: i32 = 524;
+
+impl Walk {
+    /// Reads the map `fd` in batches, calling `each` with every value; how many there were.
+    /// On error, also whether it came at the first call, before `each` saw anything (how a
+    /// kernel without batch lookups answers).
+    fn batches(
+        &mut self,
+        fd: i32,
+        each: &mut impl FnMut(&FlowState),
+    ) -> Result<usize, (std::io::Error, bool)> {
+        let mut walked = 0;
+        // The kernel's opaque position (a bucket index for hash maps); none before the first
+        // call.
+        let (mut at, mut next) = (None::<u64>, 0u64);
+        loop {
+            match lookup_batch(fd, at.as_ref(), &mut next, &mut self.keys, &mut self.values) {
+                Ok(count) => {
+                    self.values[..count].iter().for_each(&mut *each);
+                    walked += count;
+                }
+                Err((err, count)) => match err.raw_os_error() {
+                    // The end of the table, with its last entries.
+                    Some(libc::ENOENT) => {
+                        self.values[..count].iter().for_each(&mut *each);
+                        return Ok(walked + count);
+                    }
+                    // One bucket holds more entries than a batch: grow it and read that bucket
+                    // again (the position did not move).
+                    Some(libc::ENOSPC) if count == 0 => {
+                        let grown = self.keys.len() * 2;
+                        self.keys.resize(grown, FlowKey::default());
+                        self.values.resize(grown, FlowState::default());
+                        continue;
+                    }
+                    _ => return Err((err, at.is_none())),
+                },
+            }
+            at = Some(next);
+        }
+    }
+}
+
+/// `BPF_MAP_LOOKUP_BATCH`: reads up to `keys.len()` entries of the hash map `fd` into `keys`
+/// and `values`, from position `token` (the start if `None`), and writes the position after
+/// them to `next`. Returns how many it read; on error, also how many it read (the kernel
+/// answers `ENOENT` with the last entries of the table).
+fn lookup_batch(
+    fd: i32,
+    token: Option<&u64>,
+    next: &mut u64,
+    keys: &mut [FlowKey],
+    values: &mut [FlowState],
+) -> Result<usize, (std::io::Error, usize)> {
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    assert_eq!(keys.len(), values.len());
+    let mut attr = BatchAttr {
+        in_batch: token.map_or(0, |t| t as *const u64 as u64),
+        out_batch: next as *mut u64 as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: keys.len() as u32,
+        map_fd: fd as u32,
+        ..BatchAttr::default()
+    };
+    // SAFETY: `attr` is a valid `bpf_attr` prefix of the size passed. `keys` and `values` have
+    // room for `count` entries of the map's key and value types (`FlowKey`, `FlowState`: plain
+    // `repr(C)` integers, valid for any bytes the kernel writes); `token` and `next` are 8
+    // bytes each, more than the hash map's 4-byte position. All outlive the call, which writes
+    // only into them and `attr.count`.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_BATCH,
+            &mut attr as *mut BatchAttr,
+            size_of::<BatchAttr>() as u32,
+        )
+    };
+    let count = (attr.count as usize).min(keys.len());
+    if ret < 0 {
+        return Err((std::io::Error::last_os_error(), count));
+    }
+    Ok(count)
+}
+
+/// Counts per backend id: backend ids in a slot of their index (`lb_common::maps::
+/// backend_index`), as the data path does; an id whose slot another id holds goes to a map.
+struct PerBackend {
+    slots: Vec<(u32, u32)>,
+    others: HashMap<u32, u32>,
+}
+
+impl PerBackend {
+    fn new() -> Self {
+        Self {
+            slots: vec![(0, 0); lb_common::maps::MAX_BACKENDS as usize],
+            others: HashMap::new(),
+        }
+    }
+
+    fn add(&mut self, id: u32) {
+        let slot = &mut self.slots[lb_common::maps::backend_index(id) as usize];
+        if slot.1 == 0 || slot.0 == id {
+            *slot = (id, slot.1 + 1);
+        } else {
+            *self.others.entry(id).or_default() += 1;
+        }
+    }
+
+    fn into_map(self) -> HashMap<u32, u32> {
+        let mut counts = self.others;
+        for (id, count) in self.slots {
+            if count > 0 {
+                counts.insert(id, count);
+            }
+        }
+        counts
+    }
+}
 
 /// Tracked flows per backend id that are open and have not expired at `now_ns` (the data path's
-/// `CLOCK_MONOTONIC`), by walking the connection table; and the number of entries walked.
+/// `CLOCK_MONOTONIC`), by walking the connection table in batches; and the number of entries
+/// walked. A walk that fails part way counts what it saw, and logs why.
 pub fn active_flows(
     conntrack: &Conntrack,
     now_ns: u64,
     timeouts: &Timeouts,
 ) -> (HashMap<u32, u32>, usize) {
-    let mut active: HashMap<u32, u32> = HashMap::new();
+    count_active(now_ns, timeouts, |each| conntrack.for_each(each))
+}
+
+/// [`active_flows`] walking one entry at a time, as it did before batch lookups: what the
+/// batched walk is checked against.
+pub fn active_flows_by_iter(
+    conntrack: &Conntrack,
+    now_ns: u64,
+    timeouts: &Timeouts,
+) -> (HashMap<u32, u32>, usize) {
+    count_active(now_ns, timeouts, |each| conntrack.for_each_by_iter(each))
+}
+
+fn count_active(
+    now_ns: u64,
+    timeouts: &Timeouts,
+    walk: impl FnOnce(&mut dyn FnMut(&FlowState)) -> MapsResult<usize>,
+) -> (HashMap<u32, u32>, usize) {
+    let mut active = PerBackend::new();
     let mut walked = 0;
-    for (_, state) in conntrack.iter().flatten() {
+    let result = walk(&mut |state: &FlowState| {
         walked += 1;
-        let open = !matches!(
-            state.state,
-            lb_common::conntrack::STATE_CLOSED | lb_common::conntrack::STATE_FIN
-        );
-        if open && !is_expired(&state, now_ns, timeouts) {
-            *active.entry(state.backend_id).or_default() += 1;
+        if is_active(state, now_ns, timeouts) {
+            active.add(state.backend_id);
         }
+    });
+    if let Err(err) = result {
+        log::warn!("counting connections: {err} (counted the {walked} entries read before)");
     }
-    (active, walked)
+    (active.into_map(), walked)
 }
 
 /// An in-memory twin of the maps, for unit tests of the balancer.

@@ -20,18 +20,18 @@ pub async fn apply_health_events(
     }
 }
 
-/// Counts connections every `period` until the runtime stops. The walk of the connection table
-/// (one syscall per entry) runs on its own map handle without the agent's lock, so the API
-/// stays responsive; the lock is taken only to publish.
+/// Counts connections every `period` (or less often when a pass is costly: see
+/// [`next_count_in`]) until the runtime stops. The walk of the connection table
+/// (batched lookups: tens of milliseconds of CPU for a million entries) runs on its own map
+/// handle without the agent's lock, so the API stays responsive; the lock is taken only to
+/// publish.
 pub async fn count_connections_every(
     agent: Shared,
     conntrack: crate::maps::Conntrack,
     period: Duration,
 ) {
     let conntrack = Arc::new(conntrack);
-    let mut ticker = tokio::time::interval(period);
     loop {
-        ticker.tick().await;
         let timeouts = agent
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -39,21 +39,45 @@ pub async fn count_connections_every(
             .timeouts();
         let table = Arc::clone(&conntrack);
         let counted = tokio::task::spawn_blocking(move || {
-            monotonic_ns().map(|now| crate::maps::active_flows(&table, now, &timeouts).0)
+            let cpu = thread_cpu_time();
+            let active =
+                monotonic_ns().map(|now| crate::maps::active_flows(&table, now, &timeouts).0);
+            (active, thread_cpu_time().saturating_sub(cpu))
         })
         .await;
-        let result = match counted {
-            Ok(Ok(active)) => agent
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .publish_connections(active),
-            Ok(Err(err)) => Err(err),
-            Err(err) => Err(err.into()),
+        let (result, cpu) = match counted {
+            Ok((Ok(active), cpu)) => (
+                agent
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .publish_connections(active),
+                cpu,
+            ),
+            Ok((Err(err), cpu)) => (Err(err), cpu),
+            Err(err) => (Err(err.into()), Duration::ZERO),
         };
         if let Err(err) = result {
             warn!("counting connections: {err:#}");
         }
+        tokio::time::sleep(next_count_in(period, cpu)).await;
     }
+}
+
+/// Most of a CPU the connection count may take: with a table so full that a pass costs more
+/// than this share of `period`, passes are spaced out.
+const COUNT_CPU_SHARE: u32 = 10;
+
+/// How long to wait for the next count after a pass that took `cpu` of CPU time: `period`, or
+/// longer when the pass took more than a tenth of it, so that counting never takes more than a
+/// tenth of a CPU (a full million-entry table costs a few hundred milliseconds a pass).
+fn next_count_in(period: Duration, cpu: Duration) -> Duration {
+    period.max(cpu * COUNT_CPU_SHARE).saturating_sub(cpu)
+}
+
+/// The calling thread's CPU time so far.
+fn thread_cpu_time() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map_or(Duration::ZERO, Duration::from)
 }
 
 /// Logs what the agent restored or built at start.
@@ -115,6 +139,37 @@ pub async fn autoscale_every(agent: Shared, period: Duration) {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod count_tests {
+    use super::*;
+
+    #[test]
+    fn counting_takes_at_most_a_tenth_of_a_cpu() {
+        let second = Duration::from_secs(1);
+        let ms = Duration::from_millis;
+        assert_eq!(
+            next_count_in(second, ms(20)),
+            ms(980),
+            "cheap passes keep the period"
+        );
+        assert_eq!(
+            next_count_in(second, ms(300)),
+            ms(2700),
+            "a 300 ms pass every 3 s"
+        );
+        for cpu in [0, 50, 99, 100, 101, 300, 2_000] {
+            let cpu = ms(cpu);
+            let cycle = cpu + next_count_in(second, cpu);
+            assert!(cycle >= second, "{cpu:?}");
+            assert!(
+                cpu * COUNT_CPU_SHARE <= cycle.max(cpu * COUNT_CPU_SHARE),
+                "{cpu:?}"
+            );
+            assert!(cpu.as_secs_f64() / cycle.as_secs_f64() <= 0.1 + 1e-9 || cycle == second);
         }
     }
 }

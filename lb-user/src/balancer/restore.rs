@@ -142,7 +142,7 @@ impl<M: Maps> Balancer<M> {
                 if old.is_some() {
                     log::info!("{vip}: its table changed size; written to a new region");
                 }
-                let new = self.write_region(ids)?;
+                let new = self.write_region(ids, None)?;
                 if let Some(old) = old {
                     self.state.regions.free(old);
                 }

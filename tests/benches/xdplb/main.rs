@@ -225,6 +225,7 @@ fn main() {
         eprintln!("bench: control plane (agent and CLI)");
         let mut cp = control::control_plane(if quick { 6 } else { 20 });
         cp.slots_write = slots_write();
+        cp.conntrack_walk = Some(control::conntrack_walk(if quick { 3 } else { 10 }, quick));
         cp
     });
     let breakdown = wanted("breakdown").then(|| {
@@ -1097,8 +1098,9 @@ fn maglev() -> Vec<MaglevRow> {
         .collect()
 }
 
-/// Time to write a Maglev ring into the slots array the way the agent does
-/// (`Maps::write_slots`, one map update per slot), at M = 65537 and at the largest M.
+/// Time to write a whole Maglev ring into the slots array the way the agent does
+/// (`Maps::write_slots`: batches of updates, every entry different from what the array holds),
+/// at M = 65537 and at the largest M.
 fn slots_write() -> Vec<SlotsWrite> {
     use lb_user::maps::Maps as _;
     let mut loaded = lb_tests::program::load();
@@ -1106,9 +1108,11 @@ fn slots_write() -> Vec<SlotsWrite> {
     [DEFAULT_RING_SIZE, MAX_RING_SIZE]
         .into_iter()
         .map(|ring| {
-            let ids: Vec<u32> = (0..ring).map(|i| i % 100).collect();
             let times: Vec<f64> = (0..3)
-                .map(|_| {
+                .map(|run| {
+                    // Every entry differs from the run before's: `write_slots` skips entries
+                    // it knows to hold the id already.
+                    let ids: Vec<u32> = (0..ring).map(|i| (i + run) % 100).collect();
                     let start = Instant::now();
                     maps.write_slots(0, &ids).expect("write_slots");
                     start.elapsed().as_secs_f64() * 1e3

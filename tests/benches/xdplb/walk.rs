@@ -45,7 +45,7 @@ pub fn agent_walk(runs: usize) -> AgentWalk {
 
     let fill = Instant::now();
     let entries: Vec<(FlowKey, FlowState)> = (0..FLOWS as u32).map(|i| flow(i, now)).collect();
-    let fd = table.map().fd().as_fd().as_raw_fd();
+    let fd = table.map().map().fd().as_fd().as_raw_fd();
     for chunk in entries.chunks(BATCH) {
         let (keys, values): (Vec<FlowKey>, Vec<FlowState>) = chunk.iter().copied().unzip();
         update_batch(fd, &keys, &values)
