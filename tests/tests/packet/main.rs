@@ -10,6 +10,7 @@
 //! One table per file: [`requests`] and [`schedulers`] (from the client), [`malformed`], and
 //! [`replies`] (from backend 0, to the flows the requests opened).
 
+mod embryonic;
 mod fastpath;
 mod malformed;
 mod replies;
