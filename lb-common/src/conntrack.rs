@@ -561,9 +561,8 @@ mod tests {
             mut offsets in proptest::collection::vec(0u64..RATE_WINDOW_NS, 0..120),
         ) {
             offsets.sort_unstable();
-            let mut window = RateWindow::default();
-            // Open a window at `start` (the default's start of 0 may lie within reach).
-            window.start_ns = start.wrapping_sub(RATE_WINDOW_NS);
+            // The first flow opens a window at its own time.
+            let mut window = RateWindow { start_ns: start.wrapping_sub(RATE_WINDOW_NS), count: 0 };
             let over = offsets.iter().filter(|&&o| over_rate(&mut window, start + o, limit)).count();
             let expected = if limit == 0 { 0 } else { offsets.len().saturating_sub(limit as usize) };
             prop_assert_eq!(over, expected);
