@@ -78,11 +78,12 @@ impl Default for Timeouts {
 const SECOND_NS: u64 = 1_000_000_000;
 
 /// Defaults modelled on IPVS (`ip_vs_proto_tcp.c`, `ip_vs_proto_udp.c`): established 15 min
-/// and UDP 5 min as in IPVS; SYN 30 s (IPVS: 60 s SYN_RECV, 120 s SYN_SENT; shorter here so SYN
-/// floods age out faster); FIN 60 s (between IPVS's LAST_ACK 30 s and FIN_WAIT 120 s); RST 10 s
+/// and UDP 5 min as in IPVS; SYN 5 s (IPVS: 60 s SYN_RECV, 120 s SYN_SENT; far shorter here:
+/// a half-open flow lives in the embryonic table, and a SYN flood's entries should make way
+/// fast; a client whose SYN-ACK was lost retransmits its SYN within 1 s, then 3 s); FIN 60 s (between IPVS's LAST_ACK 30 s and FIN_WAIT 120 s); RST 10 s
 /// (IPVS CLOSE). The table is an LRU map as well, so idle entries also go under pressure.
 pub const DEFAULT_TIMEOUTS: Timeouts = Timeouts {
-    tcp_syn_ns: 30 * SECOND_NS,
+    tcp_syn_ns: 5 * SECOND_NS,
     tcp_established_ns: 900 * SECOND_NS,
     tcp_fin_ns: 60 * SECOND_NS,
     tcp_rst_ns: 10 * SECOND_NS,
@@ -223,6 +224,82 @@ pub fn settle_new_flow(picked: u32, inserted: bool, recorded: Option<u32>) -> (u
     }
 }
 
+/// Where a new flow's entry goes, by its first packet ([`FlowTable`]).
+///
+/// A TCP flow opened by a SYN is *embryonic* until the client completes the handshake: it is
+/// recorded in the small embryonic table, where a SYN flood only evicts other half-open flows,
+/// and moves to the connection table on the client's first packet without SYN ([`promotes`]).
+/// A TCP flow first seen mid-stream (its state was lost: evicted, expired, or recorded by
+/// another balancer) and every UDP flow go straight to the connection table.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum FlowTable {
+    Embryonic,
+    Connections,
+}
+
+/// The table a new flow of protocol `is_tcp` whose first packet has `tcp_flags` is recorded in.
+#[inline(always)]
+pub fn new_flow_table(is_tcp: bool, tcp_flags: u8) -> FlowTable {
+    if is_tcp && next_state(STATE_NEW, tcp_flags, true) == STATE_SYN_SENT {
+        FlowTable::Embryonic
+    } else {
+        FlowTable::Connections
+    }
+}
+
+/// Whether a client packet with `tcp_flags` on an embryonic flow completes its handshake (the
+/// handshake ACK, or any later packet: every segment after the SYN carries ACK), moving the
+/// flow to the connection table. A retransmitted SYN keeps it embryonic; a RST closes it where
+/// it is; a segment without ACK completes nothing.
+#[inline(always)]
+pub fn promotes(tcp_flags: u8) -> bool {
+    tcp_flags & (TCP_SYN | TCP_RST | TCP_ACK) == TCP_ACK
+}
+
+/// How long [`RateWindow`] counts before it starts over.
+pub const RATE_WINDOW_NS: u64 = SECOND_NS;
+
+/// New flows one CPU has seen in the current window (`repr(C)`, an element of a per-CPU array).
+#[repr(C)]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct RateWindow {
+    /// `bpf_ktime_get_coarse_ns()` when the window began.
+    pub start_ns: u64,
+    /// New flows since.
+    pub count: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<RateWindow>() == 16);
+
+#[cfg(feature = "user")]
+// SAFETY: `repr(C)`, two `u64`, no padding (size asserted above); every bit pattern is valid.
+unsafe impl aya::Pod for RateWindow {}
+
+/// Counts a new flow seen at `now_ns` and says whether this CPU is over `limit` new flows per
+/// window ([`RATE_WINDOW_NS`]); a `limit` of 0 never is. A window starts at the first flow
+/// after the previous one ended (a fixed window, as Katran's `max_conn_rate`), and a clock
+/// that went backwards starts one too. Flows over the limit count as well, so the limit stays
+/// exceeded as long as the flood lasts.
+#[inline(always)]
+pub fn over_rate(window: &mut RateWindow, now_ns: u64, limit: u32) -> bool {
+    if now_ns.wrapping_sub(window.start_ns) >= RATE_WINDOW_NS {
+        window.start_ns = now_ns;
+        window.count = 0;
+    }
+    window.count = window.count.saturating_add(1);
+    limit != 0 && window.count > u64::from(limit)
+}
+
+/// Whether a new flow of a VIP with `scheduler` is sent on without any state while this CPU is
+/// `over_rate`: only consistent-hash schedulers (Maglev, source hash), whose choice the flow's
+/// next packets make again; every other scheduler would send them elsewhere.
+#[inline(always)]
+pub fn stateless_new_flow(scheduler: u8, over_rate: bool) -> bool {
+    over_rate
+        && (scheduler == crate::maps::scheduler::MAGLEV
+            || scheduler == crate::maps::scheduler::SOURCE_HASH)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,8 +382,8 @@ mod tests {
     fn timeouts_by_state() {
         let t = Timeouts::default();
         assert_eq!(t, DEFAULT_TIMEOUTS);
-        assert_eq!(timeout_ns(STATE_NEW, &t), 30 * SECOND_NS);
-        assert_eq!(timeout_ns(STATE_SYN_SENT, &t), 30 * SECOND_NS);
+        assert_eq!(timeout_ns(STATE_NEW, &t), 5 * SECOND_NS);
+        assert_eq!(timeout_ns(STATE_SYN_SENT, &t), 5 * SECOND_NS);
         assert_eq!(timeout_ns(STATE_ESTABLISHED, &t), 900 * SECOND_NS);
         assert_eq!(timeout_ns(STATE_FIN, &t), 60 * SECOND_NS);
         assert_eq!(timeout_ns(STATE_CLOSED, &t), 10 * SECOND_NS);
@@ -451,6 +528,86 @@ mod tests {
             prop_assert_eq!(a_id, first);
             prop_assert_eq!(b_id, first);
             prop_assert!(a_new != b_new);
+        }
+    }
+
+    #[test]
+    fn syn_opens_an_embryonic_flow_and_the_handshake_ack_promotes_it() {
+        #[rustfmt::skip]
+        let table: &[(&str, bool, u8, FlowTable)] = &[
+            ("SYN", true, SYN, FlowTable::Embryonic),
+            ("mid-stream ACK", true, ACK, FlowTable::Connections),
+            ("mid-stream data", true, PSH_ACK, FlowTable::Connections),
+            ("SYN-ACK is no client opening", true, SYN_ACK, FlowTable::Connections),
+            ("RST", true, RST, FlowTable::Connections),
+            ("UDP", false, SYN, FlowTable::Connections),
+            ("UDP, no flags", false, 0, FlowTable::Connections),
+        ];
+        for &(what, tcp, flags, want) in table {
+            assert_eq!(new_flow_table(tcp, flags), want, "{what}");
+        }
+        assert!(promotes(ACK));
+        assert!(promotes(PSH_ACK));
+        assert!(promotes(FIN_ACK));
+        assert!(!promotes(SYN), "retransmitted SYN");
+        assert!(!promotes(RST));
+        assert!(!promotes(RST | TCP_ACK));
+        assert!(!promotes(0), "no ACK");
+    }
+
+    #[test]
+    fn only_consistent_hash_vips_go_stateless() {
+        use crate::maps::scheduler::*;
+        for (i, name) in NAMES.iter().enumerate() {
+            let s = i as u8;
+            let hashed = s == MAGLEV || s == SOURCE_HASH;
+            assert_eq!(stateless_new_flow(s, true), hashed, "{name}");
+            assert!(!stateless_new_flow(s, false), "{name}");
+        }
+    }
+
+    proptest! {
+        /// A promoted flow is established (or closing) in the connection table, never
+        /// half-open there, and the packets that promote are exactly the ACKs without SYN or
+        /// RST.
+        #[test]
+        fn promotion_leaves_no_half_open_entry(flags: u8) {
+            if promotes(flags) {
+                let state = next_state(STATE_SYN_SENT, flags, true);
+                prop_assert!(state == STATE_ESTABLISHED || state == STATE_FIN, "{}", state);
+            }
+            prop_assert_eq!(
+                promotes(flags),
+                flags & TCP_ACK != 0 && flags & (TCP_SYN | TCP_RST) == 0
+            );
+        }
+
+        /// Within one window exactly `limit` flows pass (all with limit 0), whatever the
+        /// order of arrival inside the window; the next window starts over.
+        #[test]
+        fn rate_window_lets_limit_flows_through_per_window(
+            limit in 0u32..50,
+            start in 0u64..1 << 50,
+            mut offsets in proptest::collection::vec(0u64..RATE_WINDOW_NS, 0..120),
+        ) {
+            offsets.sort_unstable();
+            // The first flow opens a window at its own time.
+            let mut window = RateWindow { start_ns: start.wrapping_sub(RATE_WINDOW_NS), count: 0 };
+            let over = offsets.iter().filter(|&&o| over_rate(&mut window, start + o, limit)).count();
+            let expected = if limit == 0 { 0 } else { offsets.len().saturating_sub(limit as usize) };
+            prop_assert_eq!(over, expected);
+            // One window later: the first flow is under any non-zero limit again.
+            let later = start + offsets.last().copied().unwrap_or(0) + RATE_WINDOW_NS;
+            prop_assert!(!over_rate(&mut window, later, limit.max(1)));
+            prop_assert_eq!(window.count, 1);
+        }
+
+        /// A clock that goes backwards starts a new window rather than stretching one.
+        #[test]
+        fn rate_window_restarts_on_a_backwards_clock(now in RATE_WINDOW_NS..u64::MAX / 2, back in 1u64..1 << 40) {
+            let mut window = RateWindow { start_ns: now, count: 1_000 };
+            prop_assert!(!over_rate(&mut window, now - back.min(now), 1));
+            prop_assert_eq!(window.count, 1);
         }
     }
 }

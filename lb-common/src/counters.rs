@@ -95,6 +95,51 @@ counters! {
     IcmpTooBigTx = 25 => "icmp_too_big_tx",
 }
 
+/// Name of the per-CPU array map holding one `u64` per [`Event`].
+pub const EVENTS_MAP: &str = "EVENTS";
+
+/// Things the connection tables saw happen to a packet's flow, counted besides (not instead of)
+/// the packet's outcome [`Counter`]: a packet counts at most one event, and its outcome says
+/// what was done with it.
+#[repr(u32)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// A TCP packet without SYN to a VIP found no state (evicted, expired, or tracked by
+    /// another balancer): its flow was scheduled again and recorded as established.
+    LostState = 0,
+    /// A SYN opened a flow: recorded in the embryonic table.
+    EmbryonicInsert = 1,
+    /// A client's handshake ACK moved its flow from the embryonic table to the connection
+    /// table, with the same backend.
+    Promoted = 2,
+    /// New flow of a consistent-hash VIP while this CPU was over the new-flow rate limit:
+    /// scheduled without recording any state.
+    StatelessNewFlow = 3,
+}
+
+impl Event {
+    /// Every event, in index order.
+    pub const ALL: &'static [Event] = &[
+        Event::LostState,
+        Event::EmbryonicInsert,
+        Event::Promoted,
+        Event::StatelessNewFlow,
+    ];
+
+    /// A stable `snake_case` name, used by the CLI and as a metrics label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Event::LostState => "lost_state",
+            Event::EmbryonicInsert => "embryonic_insert",
+            Event::Promoted => "promoted",
+            Event::StatelessNewFlow => "stateless_new_flow",
+        }
+    }
+}
+
+/// Number of entries in the [`EVENTS_MAP`] array.
+pub const EVENT_COUNT: u32 = Event::ALL.len() as u32;
+
 /// XDP return codes (`enum xdp_action`).
 pub mod xdp_action {
     pub const ABORTED: u32 = 0;
@@ -155,6 +200,18 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), Counter::ALL.len());
+    }
+
+    #[test]
+    fn event_indices_are_dense_and_names_unique() {
+        for (i, e) in Event::ALL.iter().enumerate() {
+            assert_eq!(*e as u32, i as u32, "{e:?} is out of order");
+        }
+        let mut names: Vec<_> = Event::ALL.iter().map(|e| e.name()).collect();
+        names.extend(Counter::ALL.iter().map(|c| c.name()));
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), Event::ALL.len() + Counter::ALL.len());
     }
 
     #[test]

@@ -20,6 +20,14 @@ pub const BACKENDS_MAP: &str = "BACKENDS";
 pub const SLOTS_MAP: &str = "SLOTS";
 /// Tracked flows (LRU): client-side [`crate::FlowKey`] → [`crate::conntrack::FlowState`].
 pub const CONNTRACK_MAP: &str = "CONNTRACK";
+/// Half-open TCP flows (LRU, smaller): client-side [`crate::FlowKey`] →
+/// [`crate::conntrack::FlowState`]. A SYN records its flow here; the client's handshake ACK
+/// moves it to [`CONNTRACK_MAP`] (see [`crate::conntrack::FlowTable`]), so new flows, a SYN
+/// flood's included, never evict established ones.
+pub const EMBRYONIC_MAP: &str = "EMBRYONIC";
+/// New flows per CPU in the current second: per-CPU array of one
+/// [`crate::conntrack::RateWindow`].
+pub const FLOW_RATE_MAP: &str = "FLOW_RATE";
 /// Reply-direction translations (LRU): backend-side [`crate::FlowKey`] (backend → client) →
 /// [`ReverseNat`].
 pub const REVERSE_NAT_MAP: &str = "REVERSE_NAT";
@@ -56,8 +64,9 @@ pub const ADDR_FILTER_MAP: &str = "ADDR_FILTER";
 pub const MAX_VIPS: u32 = 4096;
 /// Version of the pin layout (which maps there are, under what names, what they hold). An
 /// agent adopts the pins of its own layout, carries older ones over and refuses newer ones.
-/// Layout 2 added `BACKEND_VIPS`, `NEXT_HOPS` and `LOCAL_ADDRS`, `Backend::{flags, vip_id}`,
-/// the address filter's local part and `Settings::icmp_echo`.
+/// Layout 2 added `BACKEND_VIPS`, `NEXT_HOPS`, `LOCAL_ADDRS`, `EMBRYONIC`, `FLOW_RATE` and
+/// `EVENTS`, `Backend::{flags, vip_id}`, the address filter's local part and
+/// `Settings::{icmp_echo, new_flow_rate_limit}`.
 pub const PIN_LAYOUT: u32 = 2;
 /// Backend slots; a backend id's low 16 bits index them.
 pub const MAX_BACKENDS: u32 = 1 << 16;
@@ -65,6 +74,16 @@ pub const MAX_BACKENDS: u32 = 1 << 16;
 pub const DEFAULT_SLOTS: u32 = 1 << 22;
 /// Default capacity of the connection table.
 pub const DEFAULT_CONNTRACK_CAPACITY: u32 = 1_000_000;
+/// Default capacity of the embryonic table: an eighth of the connection table's
+/// ([`embryonic_capacity_for`]).
+pub const DEFAULT_EMBRYONIC_CAPACITY: u32 = embryonic_capacity_for(DEFAULT_CONNTRACK_CAPACITY);
+
+/// The embryonic table's default size for a connection table of `conntrack_capacity`: an
+/// eighth, at least 64 (a kernel LRU map shares its entries out among CPUs).
+pub const fn embryonic_capacity_for(conntrack_capacity: u32) -> u32 {
+    let eighth = conntrack_capacity / 8;
+    if eighth < 64 { 64 } else { eighth }
+}
 /// Most interfaces in [`TX_PORTS_MAP`].
 pub const MAX_TX_PORTS: u32 = 256;
 
@@ -315,21 +334,25 @@ pub struct Settings {
     /// older generation are looked up again ([`NextHop`]). Never 0.
     pub next_hop_generation: u32,
     pub timeouts: crate::conntrack::Timeouts,
+    /// New flows per second per CPU above which new flows of consistent-hash VIPs are sent on
+    /// without state ([`crate::conntrack::stateless_new_flow`]); 0: no limit.
+    pub new_flow_rate_limit: u32,
     /// 1: echo requests to VIP addresses are answered by the program; 0: passed to the kernel.
     pub icmp_echo: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
 }
 const _: () = assert!(size_of::<Settings>() == 56);
 
 impl Default for Settings {
-    /// Echo answers on, the default timeouts, no next-hop generation yet.
+    /// Echo answers on, the default timeouts, no new-flow limit, no next-hop generation yet.
     fn default() -> Self {
         Self {
             hash_seed: 0,
             next_hop_generation: 0,
             timeouts: crate::conntrack::Timeouts::default(),
+            new_flow_rate_limit: 0,
             icmp_echo: 1,
-            _pad: [0; 7],
+            _pad: [0; 3],
         }
     }
 }

@@ -1,24 +1,28 @@
-//! The connection table: a flow keeps its backend while it is tracked, the backend keeps
-//! taking its flows (up or draining) and the entry has not expired. State transitions and
-//! expiry are `lb_common::conntrack`'s pure functions.
+//! The connection tables: a flow keeps its backend while it is tracked, the backend keeps
+//! taking its flows (up or draining) and the entry has not expired. Half-open TCP flows wait
+//! in the embryonic table until the client's handshake ACK moves them to the connection table,
+//! so that new flows (a SYN flood's) evict only each other. State transitions, expiry, the
+//! promotion and the new-flow rate limit are `lb_common::conntrack`'s pure functions.
 
-use aya_ebpf::bindings::BPF_NOEXIST;
+use aya_ebpf::{bindings::BPF_NOEXIST, maps::LruHashMap};
 use lb_common::{
     Counter, FlowKey,
     conntrack::{
-        FlowState, STATE_NEW, STATE_UDP, Timeouts, is_expired, next_state, settle_new_flow, touch,
+        FlowState, FlowTable, STATE_NEW, STATE_UDP, Timeouts, is_expired, new_flow_table,
+        next_state, over_rate, promotes, settle_new_flow, stateless_new_flow, touch,
     },
+    counters::Event,
     flow::PROTO_TCP,
-    maps::{Backend, BackendKey, REPLY_SHARED, ReverseNat, VipMeta},
+    maps::{Backend, BackendKey, REPLY_SHARED, ReverseNat, Settings, VipMeta},
 };
 
 use core::mem::MaybeUninit;
 
 use crate::{
-    maps::{BACKEND_VIPS, CONNTRACK, REVERSE_NAT},
+    maps::{BACKEND_VIPS, CONNTRACK, EMBRYONIC, FLOW_RATE, REVERSE_NAT},
     parse::{L3, L4},
     ptr::{copy16, zeroed_in_place},
-    select,
+    select, stats,
 };
 
 /// The backend of the tracked flow `key`, if it has a live entry whose backend keeps taking
@@ -48,21 +52,22 @@ pub fn tracked(
 }
 
 /// The backend for a packet of flow `key` to the VIP `meta`, and whether the flow is new
-/// (picked now by this CPU, rather than found in the table or recorded by another CPU).
+/// (picked now by this CPU, rather than found in a table or recorded by another CPU).
+///
+/// The connection table first, then (TCP) the embryonic table, whose entry the client's
+/// handshake ACK promotes; a new flow is recorded in the table [`new_flow_table`] says, or
+/// nowhere if this CPU is over the new-flow rate limit and the VIP hashes consistently.
 #[inline(always)]
 pub fn backend_for(
     key: &FlowKey,
     meta: &VipMeta,
     tcp_flags: u8,
     now: u64,
-    seed: u32,
-    timeouts: &Timeouts,
+    settings: &Settings,
 ) -> Result<(u32, &'static Backend, bool), Counter> {
-    let initial = if key.proto == PROTO_TCP {
-        STATE_NEW
-    } else {
-        STATE_UDP
-    };
+    let timeouts = &settings.timeouts;
+    let is_tcp = key.proto == PROTO_TCP;
+    let initial = if is_tcp { STATE_NEW } else { STATE_UDP };
     if let Some(entry) = CONNTRACK.get_ptr_mut(key) {
         // SAFETY: a pointer the lookup returned, valid for this run. Two CPUs may update one
         // flow's entry at once; each writes whole, valid fields, and the worst outcome is a
@@ -77,13 +82,33 @@ pub fn backend_for(
         }
         // Expired, or its backend is gone or down: schedule again, in place (field by field:
         // a whole `FlowState` written at once zeroes its padding with a `memset` call).
-        let (id, backend) = select::pick(meta, key, seed)?;
+        let (id, backend) = select::pick(meta, key, settings.hash_seed)?;
         entry.backend_id = id;
         entry.state = next_state(initial, tcp_flags, true);
         entry.last_seen_ns = now;
         return Ok((id, backend, true));
     }
-    let (id, backend) = select::pick(meta, key, seed)?;
+    if is_tcp && let Some((id, backend)) = embryonic(key, tcp_flags, now, timeouts) {
+        return Ok((id, backend, false));
+    }
+    let table = new_flow_table(is_tcp, tcp_flags);
+    if is_tcp && table == FlowTable::Connections {
+        stats::count_event(Event::LostState);
+    }
+    let over = match FLOW_RATE.get_ptr_mut(0) {
+        // SAFETY: this CPU's element of a per-CPU array; XDP runs with preemption disabled.
+        Some(window) => over_rate(unsafe { &mut *window }, now, settings.new_flow_rate_limit),
+        None => false,
+    };
+    let (id, backend) = select::pick(meta, key, settings.hash_seed)?;
+    if stateless_new_flow(meta.scheduler, over) {
+        stats::count_event(Event::StatelessNewFlow);
+        return Ok((id, backend, true));
+    }
+    let map = match table {
+        FlowTable::Embryonic => &EMBRYONIC,
+        FlowTable::Connections => &CONNTRACK,
+    };
     // Zeroed in place, then field by field: a `FlowState { .. }` literal zeroes its 3 bytes of
     // padding with a call of the byte-at-a-time `memset` (see `ptr::set_v4`).
     let mut entry = MaybeUninit::<FlowState>::uninit();
@@ -93,30 +118,79 @@ pub fn backend_for(
     entry.last_seen_ns = now;
     // Only if no other CPU recorded the flow since the lookup above: the first entry decides
     // (`settle_new_flow`). A full table evicts its least recently used entry instead of failing.
-    let inserted = CONNTRACK.insert(key, entry, u64::from(BPF_NOEXIST)).is_ok();
+    let inserted = map.insert(key, entry, u64::from(BPF_NOEXIST)).is_ok();
     let recorded = if inserted {
         None
     } else {
-        recorded_backend(key, tcp_flags, now, timeouts)
+        recorded_backend(map, key, tcp_flags, now, timeouts)
     };
     let (id, new_flow) = settle_new_flow(id, inserted, recorded.map(|(id, _)| id));
     let backend = match recorded {
         Some((_, winner)) if !new_flow => winner,
         _ => backend,
     };
+    if inserted && table == FlowTable::Embryonic {
+        stats::count_event(Event::EmbryonicInsert);
+    }
     Ok((id, backend, new_flow))
 }
 
-/// The live entry another CPU recorded for flow `key` (the packet's state change applied), and
-/// its backend, if it keeps taking the flow's packets.
+/// The backend of the half-open flow `key`, if the embryonic table holds it live with a
+/// backend that keeps its flows. A client packet that [`promotes`] the flow moves its entry,
+/// backend and all, into the connection table. A dead entry is removed, so that the flow
+/// counts as new (and its insert is not refused).
 #[inline(always)]
-fn recorded_backend(
+fn embryonic(
     key: &FlowKey,
     tcp_flags: u8,
     now: u64,
     timeouts: &Timeouts,
 ) -> Option<(u32, &'static Backend)> {
-    let entry = CONNTRACK.get_ptr_mut(key)?;
+    let entry = EMBRYONIC.get_ptr_mut(key)?;
+    // SAFETY: as in `backend_for`; the element stays valid for this RCU read section even once
+    // removed below.
+    let entry = unsafe { &mut *entry };
+    let id = entry.backend_id;
+    let backend = match select::backend(id) {
+        Some(backend) if backend.keeps_flows_of(id) && !is_expired(entry, now, timeouts) => backend,
+        _ => {
+            let _ = EMBRYONIC.remove(key);
+            return None;
+        }
+    };
+    if !promotes(tcp_flags) {
+        touch(entry, tcp_flags, true, now);
+        return Some((id, backend));
+    }
+    let state = next_state(entry.state, tcp_flags, true);
+    let mut promoted = MaybeUninit::<FlowState>::uninit();
+    let promoted = zeroed_in_place(&mut promoted);
+    promoted.backend_id = id;
+    promoted.state = state;
+    promoted.last_seen_ns = now;
+    // Another CPU may have promoted the flow since the lookup: its entry holds the same
+    // backend, and stays.
+    if CONNTRACK
+        .insert(key, promoted, u64::from(BPF_NOEXIST))
+        .is_ok()
+    {
+        stats::count_event(Event::Promoted);
+    }
+    let _ = EMBRYONIC.remove(key);
+    Some((id, backend))
+}
+
+/// The live entry another CPU recorded for flow `key` in `map` (the packet's state change
+/// applied), and its backend, if it keeps taking the flow's packets.
+#[inline(always)]
+fn recorded_backend(
+    map: &LruHashMap<FlowKey, FlowState>,
+    key: &FlowKey,
+    tcp_flags: u8,
+    now: u64,
+    timeouts: &Timeouts,
+) -> Option<(u32, &'static Backend)> {
+    let entry = map.get_ptr_mut(key)?;
     // SAFETY: as in `backend_for`.
     let entry = unsafe { &mut *entry };
     let id = entry.backend_id;

@@ -1,7 +1,9 @@
 //! The xdplb XDP program. One readable pipeline:
 //! parse → VIP address? (address filter) → L4 → connection table: a tracked flow's packet goes
 //! straight to rewrite → next hop → transmit;
-//! otherwise `VIP_ADDRS` → VIP lookup (exact, then port 0) → pick a backend → record the flow
+//! otherwise `VIP_ADDRS` → VIP lookup (exact, then port 0) → the embryonic table (a half-open
+//! flow's; the handshake ACK promotes it) → pick a backend → record the flow (embryonic if a
+//! SYN, nowhere under a flood if the VIP hashes consistently)
 //! (and its reverse translation if its backend is shared by several VIPs) → count → rewrite →
 //! next hop → transmit;
 //! and for replies: the backend's VIP (or the flow's reverse entry) → rewrite → FIB → transmit;
@@ -135,14 +137,8 @@ fn balance(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     let settings = SETTINGS.get(0).ok_or(Counter::DropInternal)?;
     conntrack::set_packet_key(&mut s.key, &s.l3, &s.l4);
     let now = now();
-    let (id, backend, new_flow) = conntrack::backend_for(
-        &s.key,
-        &meta,
-        s.l4.tcp_flags,
-        now,
-        settings.hash_seed,
-        &settings.timeouts,
-    )?;
+    let (id, backend, new_flow) =
+        conntrack::backend_for(&s.key, &meta, s.l4.tcp_flags, now, settings)?;
     send_to_backend(pkt, s, settings, (id, backend), new_flow, now)
 }
 

@@ -1,5 +1,5 @@
 //! The program's maps. Names, sizes and layouts come from `lb-common` so the agent finds them;
-//! the agent resizes `SLOTS`, `CONNTRACK` and `REVERSE_NAT` at load time.
+//! the agent resizes `SLOTS`, `CONNTRACK`, `EMBRYONIC` and `REVERSE_NAT` at load time.
 
 use crate::parse::{L3, L4};
 use aya_ebpf::{
@@ -9,13 +9,13 @@ use aya_ebpf::{
 };
 use lb_common::{
     FlowKey,
-    conntrack::FlowState,
-    counters::COUNTER_COUNT,
+    conntrack::{FlowState, RateWindow},
+    counters::{COUNTER_COUNT, EVENT_COUNT},
     filter::FILTER_MAP_WORDS,
     maps::{
-        AddrKey, Backend, BackendKey, BackendLoad, DEFAULT_CONNTRACK_CAPACITY, DEFAULT_SLOTS,
-        MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_TX_PORTS, MAX_VIPS, NextHop, ReverseNat, Settings,
-        Stats, VipAddrKey, VipKey, VipMeta,
+        AddrKey, Backend, BackendKey, BackendLoad, DEFAULT_CONNTRACK_CAPACITY,
+        DEFAULT_EMBRYONIC_CAPACITY, DEFAULT_SLOTS, MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_TX_PORTS,
+        MAX_VIPS, NextHop, ReverseNat, Settings, Stats, VipAddrKey, VipKey, VipMeta,
     },
 };
 
@@ -40,6 +40,19 @@ pub static SLOTS: Array<u32> = Array::with_max_entries(DEFAULT_SLOTS, 0);
 #[map(name = "CONNTRACK")]
 pub static CONNTRACK: LruHashMap<FlowKey, FlowState> =
     LruHashMap::with_max_entries(DEFAULT_CONNTRACK_CAPACITY, 0);
+
+/// Half-open TCP flows, apart from `CONNTRACK` so that new flows evict only each other.
+#[map(name = "EMBRYONIC")]
+pub static EMBRYONIC: LruHashMap<FlowKey, FlowState> =
+    LruHashMap::with_max_entries(DEFAULT_EMBRYONIC_CAPACITY, 0);
+
+/// One `u64` per [`lb_common::counters::Event`], per CPU.
+#[map(name = "EVENTS")]
+pub static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_COUNT, 0);
+
+/// This CPU's new flows in the current second.
+#[map(name = "FLOW_RATE")]
+pub static FLOW_RATE: PerCpuArray<RateWindow> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "REVERSE_NAT")]
 pub static REVERSE_NAT: LruHashMap<FlowKey, ReverseNat> =

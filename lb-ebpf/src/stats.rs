@@ -1,8 +1,8 @@
 //! Counting outcomes and traffic.
 
-use lb_common::{Counter, maps::Stats};
+use lb_common::{Counter, counters::Event, maps::Stats};
 
-use crate::maps::{BACKEND_STATS, COUNTERS, VIP_STATS};
+use crate::maps::{BACKEND_STATS, COUNTERS, EVENTS, VIP_STATS};
 
 /// Adds one to `counter` on this CPU.
 #[inline(always)]
@@ -10,6 +10,15 @@ pub fn count(counter: Counter) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter as u32) {
         // SAFETY: the slot belongs to this CPU's copy of a per-CPU array and XDP programs run
         // with preemption disabled, so nothing else writes it concurrently.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Adds one to `event` on this CPU.
+#[inline(always)]
+pub fn count_event(event: Event) {
+    if let Some(slot) = EVENTS.get_ptr_mut(event as u32) {
+        // SAFETY: as in `count`: this CPU's slot of a per-CPU array, no concurrent writer.
         unsafe { *slot += 1 };
     }
 }

@@ -4,7 +4,10 @@ use std::fmt;
 
 use anyhow::Context as _;
 use aya::{Ebpf, maps::PerCpuArray};
-use lb_common::{Counter, counters::COUNTERS_MAP};
+use lb_common::{
+    Counter,
+    counters::{COUNTERS_MAP, EVENTS_MAP, Event},
+};
 
 /// The global outcome counters, summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -51,6 +54,49 @@ impl Counters {
     /// Packets seen in all.
     pub fn total(&self) -> u64 {
         self.0.iter().map(|&(_, value)| value).sum()
+    }
+}
+
+/// The connection tables' events ([`Event`]), summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Events(Vec<(Event, u64)>);
+
+impl Events {
+    /// Reads every event count from the program's `EVENTS` map.
+    pub fn read(ebpf: &Ebpf) -> anyhow::Result<Self> {
+        let map = ebpf
+            .map(EVENTS_MAP)
+            .with_context(|| format!("no map {EVENTS_MAP} in the XDP object"))?;
+        Self::from_map(&PerCpuArray::try_from(map)?)
+    }
+
+    /// Reads every event count from an `EVENTS` map.
+    pub fn from_map<T: std::borrow::Borrow<aya::maps::MapData>>(
+        array: &PerCpuArray<T, u64>,
+    ) -> anyhow::Result<Self> {
+        Event::ALL
+            .iter()
+            .map(|&event| {
+                let per_cpu = array
+                    .get(&(event as u32), 0)
+                    .with_context(|| format!("reading event {}", event.name()))?;
+                Ok((event, per_cpu.iter().sum()))
+            })
+            .collect::<anyhow::Result<_>>()
+            .map(Self)
+    }
+
+    /// The count of one event.
+    pub fn get(&self, event: Event) -> u64 {
+        self.0
+            .iter()
+            .find_map(|&(e, value)| (e == event).then_some(value))
+            .unwrap_or(0)
+    }
+
+    /// Every event with its count, in index order.
+    pub fn iter(&self) -> impl Iterator<Item = (Event, u64)> + '_ {
+        self.0.iter().copied()
     }
 }
 

@@ -9,8 +9,8 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::maps::{
-    CONNTRACK_MAP, DEFAULT_CONNTRACK_CAPACITY, DEFAULT_SLOTS, REVERSE_NAT_MAP, SLOTS_MAP,
-    TX_PORTS_MAP,
+    CONNTRACK_MAP, DEFAULT_CONNTRACK_CAPACITY, DEFAULT_EMBRYONIC_CAPACITY, DEFAULT_SLOTS,
+    EMBRYONIC_MAP, REVERSE_NAT_MAP, SLOTS_MAP, TX_PORTS_MAP,
 };
 
 use log::{debug, info, warn};
@@ -55,6 +55,8 @@ impl fmt::Display for AttachedMode {
 pub struct LoadOptions {
     /// Flows the connection table holds (and as many reverse translations).
     pub conntrack_capacity: u32,
+    /// Half-open TCP flows the embryonic table holds.
+    pub embryonic_capacity: u32,
     /// Entries of the slots array that holds every VIP's tables.
     pub slots: u32,
 }
@@ -63,6 +65,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             conntrack_capacity: DEFAULT_CONNTRACK_CAPACITY,
+            embryonic_capacity: DEFAULT_EMBRYONIC_CAPACITY,
             slots: DEFAULT_SLOTS,
         }
     }
@@ -349,6 +352,7 @@ pub fn declared_maps(options: &LoadOptions) -> anyhow::Result<Vec<(String, MapSp
         .map(|(name, map)| {
             let max_entries = match name.as_str() {
                 CONNTRACK_MAP | REVERSE_NAT_MAP => options.conntrack_capacity,
+                EMBRYONIC_MAP => options.embryonic_capacity,
                 SLOTS_MAP => options.slots,
                 _ => map.max_entries(),
             };
@@ -391,6 +395,7 @@ impl Loaded {
         loader
             .map_max_entries(CONNTRACK_MAP, options.conntrack_capacity)
             .map_max_entries(REVERSE_NAT_MAP, options.conntrack_capacity)
+            .map_max_entries(EMBRYONIC_MAP, options.embryonic_capacity)
             .map_max_entries(SLOTS_MAP, options.slots);
         for (name, path) in reuse {
             loader.map_pin_path(name, path.as_path());

@@ -4,7 +4,7 @@
 use lb_common::{FlowKey, conntrack::FlowState, maps::CONNTRACK_MAP};
 use lb_user::{
     balancer::{BackendSpec, Balancer, Scheduler, VipOptions},
-    loader::{Loaded, if_index},
+    loader::{LoadOptions, Loaded, if_index},
     maps::BpfMaps,
 };
 
@@ -44,6 +44,11 @@ impl PacketLab {
     /// neighbour entry, 198.19.0.5 without backends; 198.19.1.1.. one per scheduler, 3:1 over
     /// backends 0 and 1.
     pub fn set_up() -> Self {
+        Self::set_up_with(LoadOptions::default())
+    }
+
+    /// [`PacketLab::set_up`] with the map sizes of `options`.
+    pub fn set_up_with(options: LoadOptions) -> Self {
         let topo = Topology::new(2).expect("topology");
         let gw = &topo.gateway;
         let client_mac = topo.client.mac("eth0").expect("client mac");
@@ -61,7 +66,7 @@ impl PacketLab {
             gw.permanent_neighbour(&addr, mac, dev)
                 .expect("neighbour entry");
         }
-        let mut loaded = crate::program::load();
+        let mut loaded = crate::program::load_with(options);
         let (gc, gb0) = gw.run(|| {
             for iface in [GW_CLIENT_IF, "gb0", gb1.as_str()] {
                 loaded.add_tx_port(iface).expect("tx port");

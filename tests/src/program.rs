@@ -3,13 +3,21 @@
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use lb_common::Counter;
-use lb_user::{counters::Counters, loader::Loaded};
+use lb_user::{
+    counters::Counters,
+    loader::{LoadOptions, Loaded},
+};
 
 use crate::fixture::Outcome;
 
 /// Loads the embedded XDP program (verifier included), or panics with the reason.
 pub fn load() -> Loaded {
-    Loaded::load().unwrap_or_else(|err| panic!("loading the XDP program: {err:#}"))
+    load_with(LoadOptions::default())
+}
+
+/// Loads the embedded XDP program with the map sizes of `options`, or panics with the reason.
+pub fn load_with(options: LoadOptions) -> Loaded {
+    Loaded::load_with(options).unwrap_or_else(|err| panic!("loading the XDP program: {err:#}"))
 }
 
 /// Runs the program once on `input` through `BPF_PROG_TEST_RUN`, as if it arrived on

@@ -6,17 +6,17 @@
 use std::collections::BTreeSet;
 
 use lb_common::{
-    counters::COUNTERS_MAP,
+    counters::{COUNTERS_MAP, EVENTS_MAP},
     maps::{
         ADDR_FILTER_MAP, BACKEND_LOAD_MAP, BACKEND_OPENED_MAP, BACKEND_STATS_MAP, BACKEND_VIPS_MAP,
-        BACKENDS_MAP, CONNTRACK_MAP, LOCAL_ADDRS_MAP, NEXT_HOPS_MAP, REVERSE_NAT_MAP,
-        RR_CURSORS_MAP, SETTINGS_MAP, SLOTS_MAP, TX_PORTS_MAP, VIP_ADDRS_MAP, VIP_STATS_MAP,
-        VIPS_MAP,
+        BACKENDS_MAP, CONNTRACK_MAP, EMBRYONIC_MAP, FLOW_RATE_MAP, LOCAL_ADDRS_MAP, NEXT_HOPS_MAP,
+        REVERSE_NAT_MAP, RR_CURSORS_MAP, SETTINGS_MAP, SLOTS_MAP, TX_PORTS_MAP, VIP_ADDRS_MAP,
+        VIP_STATS_MAP, VIPS_MAP,
     },
 };
 
 /// Every map name `lb-common` declares.
-const DECLARED: [&str; 18] = [
+const DECLARED: [&str; 21] = [
     COUNTERS_MAP,
     VIPS_MAP,
     VIP_ADDRS_MAP,
@@ -35,6 +35,9 @@ const DECLARED: [&str; 18] = [
     BACKEND_VIPS_MAP,
     NEXT_HOPS_MAP,
     LOCAL_ADDRS_MAP,
+    EMBRYONIC_MAP,
+    FLOW_RATE_MAP,
+    EVENTS_MAP,
 ];
 
 /// Maps only the program uses (its per-CPU scratch): the agent never opens them by name.

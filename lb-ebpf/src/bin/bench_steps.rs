@@ -151,14 +151,7 @@ pub fn step_conntrack(_ctx: XdpContext) -> u32 {
         return MISS;
     };
     conntrack::set_packet_key(&mut s.key, &s.l3, &s.l4);
-    match conntrack::backend_for(
-        &s.key,
-        &meta,
-        s.l4.tcp_flags,
-        1,
-        settings.hash_seed,
-        &settings.timeouts,
-    ) {
+    match conntrack::backend_for(&s.key, &meta, s.l4.tcp_flags, 1, settings) {
         Ok((_, _, new_flow)) => pass_if(!new_flow),
         Err(_) => MISS,
     }
@@ -214,14 +207,8 @@ pub fn step_new_flow_one_insert(_ctx: XdpContext) -> u32 {
     // SAFETY: a BPF helper without arguments or preconditions.
     let random = unsafe { bpf_get_prandom_u32() };
     s.key.src_addr[..4].copy_from_slice(&random.to_ne_bytes());
-    let Ok((id, _, new_flow)) = conntrack::backend_for(
-        &s.key,
-        &meta,
-        s.l4.tcp_flags,
-        1,
-        settings.hash_seed,
-        &settings.timeouts,
-    ) else {
+    let Ok((id, _, new_flow)) = conntrack::backend_for(&s.key, &meta, s.l4.tcp_flags, 1, settings)
+    else {
         return MISS;
     };
     select::count_opened(backend_index(id));
@@ -244,14 +231,9 @@ pub fn step_new_flow(_ctx: XdpContext) -> u32 {
     // SAFETY: a BPF helper without arguments or preconditions.
     let random = unsafe { bpf_get_prandom_u32() };
     s.key.src_addr[..4].copy_from_slice(&random.to_ne_bytes());
-    let Ok((id, backend, new_flow)) = conntrack::backend_for(
-        &s.key,
-        &meta,
-        s.l4.tcp_flags,
-        1,
-        settings.hash_seed,
-        &settings.timeouts,
-    ) else {
+    let Ok((id, backend, new_flow)) =
+        conntrack::backend_for(&s.key, &meta, s.l4.tcp_flags, 1, settings)
+    else {
         return MISS;
     };
     if conntrack::record_reverse(

@@ -5,7 +5,10 @@
 //! ```toml
 //! [conntrack]                 # optional
 //! capacity = 1000000          # flows, 1..=100_000_000
-//! tcp-syn-timeout = "30s"     # durations: a whole number and ns, us, ms, s, m or h
+//! embryonic-capacity = 125000 # half-open TCP flows; default capacity / 8 (fixed at load)
+//! new-flow-rate-limit = 0     # new flows/s per CPU before maglev/source-hash VIPs go
+//!                             # stateless; 0 = off (read at start)
+//! tcp-syn-timeout = "5s"      # durations: a whole number and ns, us, ms, s, m or h
 //! tcp-established-timeout = "15m"
 //! tcp-fin-timeout = "60s"
 //! tcp-rst-timeout = "10s"
@@ -133,6 +136,12 @@ pub struct Config {
 pub struct ConntrackConfig {
     /// Flows, `1..=MAX_CONNTRACK_CAPACITY`.
     pub capacity: u32,
+    /// Half-open TCP flows the embryonic table holds, `1..=MAX_CONNTRACK_CAPACITY` (fixed when
+    /// the program is loaded); `None`: an eighth of `capacity`.
+    pub embryonic_capacity: Option<u32>,
+    /// New flows per second per CPU above which new flows of consistent-hash VIPs get no
+    /// state (0: no limit); `None`: left as it is.
+    pub new_flow_rate_limit: Option<u32>,
     /// Idle timeout of half-open TCP flows.
     pub tcp_syn_timeout: Duration,
     /// Idle timeout of established TCP flows.
@@ -181,6 +190,8 @@ impl Default for ConntrackConfig {
     fn default() -> Self {
         Self {
             capacity: DEFAULT_CONNTRACK_CAPACITY,
+            embryonic_capacity: None,
+            new_flow_rate_limit: None,
             tcp_syn_timeout: Duration::from_nanos(DEFAULT_TIMEOUTS.tcp_syn_ns),
             tcp_established_timeout: Duration::from_nanos(DEFAULT_TIMEOUTS.tcp_established_ns),
             tcp_fin_timeout: Duration::from_nanos(DEFAULT_TIMEOUTS.tcp_fin_ns),

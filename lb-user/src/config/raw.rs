@@ -23,6 +23,10 @@ pub(super) struct RawConntrack {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) capacity: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) embryonic_capacity: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) new_flow_rate_limit: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) tcp_syn_timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) tcp_established_timeout: Option<String>,
@@ -113,6 +117,8 @@ pub(super) fn raw_conntrack(config: ConntrackConfig, full: bool) -> RawConntrack
         |d: Duration, default: Duration| (full || d != default).then(|| format_duration(d));
     RawConntrack {
         capacity: (full || config.capacity != default.capacity).then_some(config.capacity.into()),
+        embryonic_capacity: config.embryonic_capacity.map(i64::from),
+        new_flow_rate_limit: config.new_flow_rate_limit.map(i64::from),
         tcp_syn_timeout: duration(config.tcp_syn_timeout, default.tcp_syn_timeout),
         tcp_established_timeout: duration(
             config.tcp_established_timeout,

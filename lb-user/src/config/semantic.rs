@@ -113,6 +113,12 @@ pub(super) fn conntrack_from_raw(raw: RawConntrack, errors: &mut Errors) -> Conn
     {
         config.capacity = c;
     }
+    config.embryonic_capacity = raw
+        .embryonic_capacity
+        .and_then(|c| errors.int("conntrack.embryonic-capacity", c, 1..=max));
+    config.new_flow_rate_limit = raw
+        .new_flow_rate_limit
+        .and_then(|c| errors.int("conntrack.new-flow-rate-limit", c, 0..=i64::from(u32::MAX)));
     let timeouts = [
         (
             "conntrack.tcp-syn-timeout",

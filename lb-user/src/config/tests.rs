@@ -819,3 +819,29 @@ fn from_info_gives_the_balancers_state_back() {
     assert_eq!(wanted(&config), wanted(&after));
     assert!(plan(&b.vips(), &parse(&config.to_toml())).is_empty());
 }
+
+#[test]
+fn flood_settings_parse_check_and_round_trip() {
+    let config = parse(
+        "[conntrack]\ncapacity = 8000\nembryonic-capacity = 500\nnew-flow-rate-limit = 3000\n",
+    );
+    assert_eq!(config.conntrack.embryonic_capacity, Some(500));
+    assert_eq!(config.conntrack.new_flow_rate_limit, Some(3000));
+    let text = config.to_toml();
+    assert_eq!(parse(&text), config, "{text}");
+    let unset = parse("[conntrack]\ncapacity = 8000\n");
+    assert_eq!(unset.conntrack.embryonic_capacity, None);
+    assert_eq!(unset.conntrack.new_flow_rate_limit, None);
+    assert_eq!(
+        parse("[conntrack]\nnew-flow-rate-limit = 0\n")
+            .conntrack
+            .new_flow_rate_limit,
+        Some(0)
+    );
+    assert!(
+        error("[conntrack]\nembryonic-capacity = 0\n").contains("conntrack.embryonic-capacity")
+    );
+    assert!(
+        error("[conntrack]\nnew-flow-rate-limit = -1\n").contains("conntrack.new-flow-rate-limit")
+    );
+}

@@ -53,6 +53,16 @@ pub struct DaemonOptions {
     /// config's `conntrack.capacity` wins if given).
     #[arg(long, default_value_t = DEFAULT_CONNTRACK_CAPACITY, value_name = "FLOWS")]
     pub conntrack_capacity: u32,
+    /// Half-open TCP flows the embryonic table holds (fixed when the program is loaded;
+    /// default: an eighth of the connection table's capacity, or the config's
+    /// `conntrack.embryonic_capacity`).
+    #[arg(long, value_name = "FLOWS")]
+    pub embryonic_capacity: Option<u32>,
+    /// New flows per second per CPU above which new flows of `maglev` and `source-hash` VIPs
+    /// are sent on without state (0: no limit; default: the config's
+    /// `conntrack.new_flow_rate_limit`, else the running program's, else 0).
+    #[arg(long, value_name = "FLOWS")]
+    pub new_flow_rate_limit: Option<u32>,
     /// Config file (TOML): VIPs, backends, health checks, autoscaling, the connection table.
     /// The source of truth: applied over the saved state at start and again on SIGHUP.
     #[arg(long, value_name = "FILE")]
@@ -252,6 +262,7 @@ pub fn run(args: DaemonOptions) -> anyhow::Result<()> {
             .map_or(args.conntrack_capacity, |c| c.conntrack.capacity);
         Loaded::load_with(LoadOptions {
             conntrack_capacity,
+            embryonic_capacity: embryonic_capacity(&args, config.as_ref(), conntrack_capacity),
             ..LoadOptions::default()
         })
         .and_then(|loaded| Pinned::create(loaded, &pin_dir))
@@ -373,6 +384,7 @@ fn serve(
         );
         pinned.stage_replacement(LoadOptions {
             conntrack_capacity,
+            embryonic_capacity: embryonic_capacity(args, config.as_ref(), conntrack_capacity),
             slots: pinned.maps()?.slots_capacity(),
         })?;
     }
@@ -394,6 +406,15 @@ fn serve(
         }
     };
     settings.icmp_echo = u8::from(!args.no_icmp_echo);
+    settings = Settings {
+        new_flow_rate_limit: args
+            .new_flow_rate_limit
+            .or(config
+                .as_ref()
+                .and_then(|c| c.conntrack.new_flow_rate_limit))
+            .unwrap_or(settings.new_flow_rate_limit),
+        ..settings
+    };
     let mut held = Default::default();
     let mut saved_pools = Vec::new();
     let mut applied_config = Config::default();
@@ -517,4 +538,16 @@ fn configure(balancer: &mut Balancer<DynMaps>, args: &DaemonOptions) -> anyhow::
         balancer.set_backends(vip, backends)?;
     }
     Ok(())
+}
+
+/// The embryonic table's capacity: `--embryonic-capacity`, else the config's, else an eighth
+/// of the connection table's.
+fn embryonic_capacity(
+    args: &DaemonOptions,
+    config: Option<&Config>,
+    conntrack_capacity: u32,
+) -> u32 {
+    args.embryonic_capacity
+        .or(config.and_then(|c| c.conntrack.embryonic_capacity))
+        .unwrap_or(lb_common::maps::embryonic_capacity_for(conntrack_capacity))
 }

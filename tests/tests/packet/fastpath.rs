@@ -13,8 +13,8 @@ use lb_common::{
     conntrack::FlowState,
     flow::PROTO_TCP,
     maps::{
-        CONNTRACK_MAP, NEXT_HOP_TTL_NS, NEXT_HOPS_MAP, NextHop, REVERSE_NAT_MAP, ReverseNat,
-        backend_index,
+        CONNTRACK_MAP, EMBRYONIC_MAP, NEXT_HOP_TTL_NS, NEXT_HOPS_MAP, NextHop, REVERSE_NAT_MAP,
+        ReverseNat, backend_index,
     },
 };
 use lb_tests::{
@@ -42,11 +42,15 @@ fn reverse_entries(lab: &PacketLab) -> usize {
     map.keys().count()
 }
 
+/// The backend of the flow in the connection table, else in the embryonic table (a flow whose
+/// handshake has not completed).
 fn tracked_backend(lab: &PacketLab, client: &str, vip: &str) -> Option<u32> {
-    let map: HashMap<&MapData, FlowKey, FlowState> =
-        HashMap::try_from(lab.loaded.ebpf.map(CONNTRACK_MAP).expect("map")).expect("typed");
     let key = lb_tests::flow_key(sa(client), sa(vip), PROTO_TCP);
-    map.get(&key, 0).ok().map(|state| state.backend_id)
+    [CONNTRACK_MAP, EMBRYONIC_MAP].iter().find_map(|name| {
+        let map: HashMap<&MapData, FlowKey, FlowState> =
+            HashMap::try_from(lab.loaded.ebpf.map(name).expect("map")).expect("typed");
+        map.get(&key, 0).ok().map(|state| state.backend_id)
+    })
 }
 
 fn tracked_state(lab: &PacketLab, client: &str, vip: &str) -> Option<u8> {
