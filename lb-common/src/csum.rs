@@ -351,7 +351,7 @@ mod tests {
                 .add_bytes2(&new_port);
             let l4_new = finish(proto, l4_old, update);
             let (s, d) = if rewrite_source { (new_addr, dst) } else { (src, new_addr) };
-            let want = if l4_old == 0 {
+            let want = if proto == UDP && l4_old == 0 {
                 0
             } else {
                 l4_checksum(&pseudo_v4(s, d, proto, seg.len()), proto, &seg)
