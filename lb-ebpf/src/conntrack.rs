@@ -203,11 +203,14 @@ fn recorded_backend(
 }
 
 /// Notes a reply packet of the client-side flow `key`: refreshes the entry and lets the
-/// backend's FIN/RST shorten its life. False if the flow has no entry.
+/// backend's FIN/RST shorten its life. False if the flow has no entry (connection or
+/// embryonic).
 #[inline(always)]
 pub fn saw_reply(key: &FlowKey, tcp_flags: u8, now: u64) -> bool {
     let Some(entry) = CONNTRACK.get_ptr_mut(key) else {
-        return false;
+        // A handshake in progress (the backend's SYN-ACK): its entry is embryonic until the
+        // client's ACK, and the backend's packets do not change it.
+        return EMBRYONIC.get_ptr(key).is_some();
     };
     // SAFETY: as in `backend_for`.
     let entry = unsafe { &mut *entry };
@@ -215,10 +218,19 @@ pub fn saw_reply(key: &FlowKey, tcp_flags: u8, now: u64) -> bool {
     true
 }
 
-/// True if the flow `key` (client → VIP) has a connection entry.
+/// True if the flow `key` (client → VIP) has a connection entry or an embryonic one.
 #[inline(always)]
 pub fn is_tracked(key: &FlowKey) -> bool {
-    CONNTRACK.get_ptr(key).is_some()
+    CONNTRACK.get_ptr(key).is_some() || EMBRYONIC.get_ptr(key).is_some()
+}
+
+/// The backend id the flow `key` (client → VIP) is tracked to, in its connection entry or its
+/// embryonic one.
+#[inline(always)]
+pub fn tracked_backend_id(key: &FlowKey) -> Option<u32> {
+    let entry = CONNTRACK.get_ptr(key).or_else(|| EMBRYONIC.get_ptr(key))?;
+    // SAFETY: a pointer the lookup returned, read at once.
+    Some(unsafe { (*entry).backend_id })
 }
 
 /// [`reply_translation`]: the flow's own reverse entry translates the packet.

@@ -23,9 +23,9 @@ use lb_common::{
 use network_types::eth::EthHdr;
 
 use crate::{
-    conntrack::{BY_BACKEND, is_tracked, reply_translation, set_key},
+    conntrack::{BY_BACKEND, is_tracked, reply_translation, set_key, tracked_backend_id},
     fwd::{self, Direction},
-    maps::{CONNTRACK, Quoted, SETTINGS, Scratch},
+    maps::{Quoted, SETTINGS, Scratch},
     parse::{Ipv4Fixed, Ipv6Fixed, L3},
     ptr::{Packet, copy16, set_v4},
     select, vip,
@@ -176,9 +176,7 @@ fn to_backend(pkt: &mut Packet, s: &mut Scratch) -> Option<Counter> {
         (&q.src, q.src_port),
         (q.proto, s.l3.family),
     );
-    let entry = CONNTRACK.get_ptr(&s.key)?;
-    // SAFETY: a pointer the lookup returned, read at once.
-    let id = unsafe { (*entry).backend_id };
+    let id = tracked_backend_id(&s.key)?;
     let backend = select::backend(id)?;
     if !backend.keeps_flows_of(id) {
         return None;

@@ -210,3 +210,93 @@ fn syn_flood_spares_established_flows_maglev() {
 fn syn_flood_spares_established_flows_round_robin() {
     flood_spares_established_flows("round-robin");
 }
+
+/// The agent's CPU over `window`: its user and system clock ticks from `/proc/PID/stat`.
+fn agent_cpu(pid: u32, window: Duration) -> f64 {
+    let ticks = || -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("agent stat");
+        // After the command name in parentheses: state is field 3, utime 14, stime 15.
+        let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let (before, start) = (ticks(), Instant::now());
+    thread::sleep(window);
+    let used = (ticks() - before) as f64 / per_second;
+    used / start.elapsed().as_secs_f64()
+}
+
+/// A full connection table (1,000,000 open flows, as a flood of established connections would
+/// leave it) does not saturate the agent: counting connections stays under a fifth of a CPU.
+#[test]
+#[ignore = "needs root"]
+fn the_agent_stays_light_with_a_full_connection_table() {
+    use aya::maps::{HashMap, MapData};
+    use lb_common::{
+        FlowKey,
+        conntrack::{FlowState, STATE_ESTABLISHED},
+        flow::{FAMILY_IPV4, PROTO_TCP},
+        maps::{CONNTRACK_MAP, DEFAULT_CONNTRACK_CAPACITY},
+    };
+
+    let topo = Topology::new(1).expect("topology");
+    let mut agent = Agent::new(&topo);
+    agent.start(&strs(&[
+        "--vip".to_owned(),
+        VIP.to_owned(),
+        "--backend".to_owned(),
+        format!("{VIP}={}", backend_addr(0)),
+    ]));
+    let mut table: HashMap<MapData, FlowKey, FlowState> =
+        lb_user::maps::open_map(&agent.pin_dir, CONNTRACK_MAP).expect("pinned CONNTRACK");
+    let now = lb_user::agent::monotonic_ns().expect("clock");
+    let vip = match VIP_ADDR.ip() {
+        std::net::IpAddr::V4(v4) => v4.octets(),
+        std::net::IpAddr::V6(_) => unreachable!("an IPv4 VIP"),
+    };
+    let fill = Instant::now();
+    for i in 0..DEFAULT_CONNTRACK_CAPACITY {
+        let mut key = FlowKey {
+            proto: PROTO_TCP,
+            family: FAMILY_IPV4,
+            ..FlowKey::default()
+        };
+        key.src_addr[..4].copy_from_slice(&[10, 97, (i >> 16) as u8, (i >> 8) as u8]);
+        key.src_port = (i as u16).to_be_bytes();
+        key.dst_addr[..4].copy_from_slice(&vip);
+        key.dst_port = VIP_ADDR.port().to_be_bytes();
+        let state = FlowState {
+            backend_id: 1 + i % 7,
+            state: STATE_ESTABLISHED,
+            _pad: [0; 3],
+            last_seen_ns: now,
+        };
+        table.insert(key, state, 0).expect("flow written");
+    }
+    eprintln!(
+        "{DEFAULT_CONNTRACK_CAPACITY} flows written in {:.1} s",
+        fill.elapsed().as_secs_f64()
+    );
+    // One pass at least over the full table, then the share of a CPU the agent uses.
+    thread::sleep(Duration::from_secs(2));
+    let cpu = agent_cpu(agent.pid(), Duration::from_secs(10));
+    eprintln!(
+        "agent CPU with a full connection table: {:.1}%",
+        cpu * 100.0
+    );
+    assert!(
+        cpu < 0.20,
+        "the agent used {:.0}% of a CPU with a full connection table",
+        cpu * 100.0
+    );
+    let start = Instant::now();
+    agent.ok(&["vip", "list"]);
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "the CLI answered in {:?}",
+        start.elapsed()
+    );
+    agent.stop(true);
+}

@@ -181,6 +181,18 @@ fn icmp_fixtures() {
             Expect::Frame(lab.to_b0(CLIENT6, BACKEND6, SYN, b"")),
         )
         .counter("fwd_redirect"),
+        Case::new(
+            "IPv4 UDP flow opened",
+            lb_tests::packet::frame(
+                sa("198.18.0.2:5353"),
+                sa("198.19.0.1:53"),
+                lb_tests::packet::L4::Udp,
+                b"q",
+            ),
+            XdpAction::Redirect,
+            Expect::Frame(lab.to_b0("198.18.0.2:5353", BACKEND, lb_tests::packet::L4::Udp, b"q")),
+        )
+        .counter("fwd_redirect"),
     ];
     lab.run(lab.gc, &opened);
 
