@@ -233,11 +233,6 @@ pub fn tracked_backend_id(key: &FlowKey) -> Option<u32> {
     Some(unsafe { (*entry).backend_id })
 }
 
-/// [`reply_translation`]: the flow's own reverse entry translates the packet.
-pub const BY_FLOW: u32 = 1;
-/// [`reply_translation`]: the backend's VIP translates the packet, if the flow is tracked.
-pub const BY_BACKEND: u32 = 2;
-
 /// Records the reverse translation of the new flow `key` (client → VIP), sent to
 /// `backend`:`port`, the backend `backend_id` of the VIP `vip_id`: its replies, the flow
 /// backend → client, are to come from the VIP again. The entry's key and value are built in
@@ -267,13 +262,21 @@ pub fn record_reverse(
         .map_err(|_| Counter::DropInternal)
 }
 
+/// [`reply_translation`]: the flow's own reverse entry translates the packet.
+pub const BY_FLOW: u32 = 1;
+/// [`reply_translation`]: the VIP that has the backend alone translates the packet.
+pub const BY_BACKEND: u32 = 2;
+/// [`reply_translation`]: the owner of a shared backend's entry translates the packet, if the
+/// flow it names is tracked (a flow opened while the owner had the backend alone).
+pub const BY_OWNER: u32 = 3;
+
 /// The translation of a reply: the packet's flow is `key` (backend → client) and its source
-/// `backend`. Copied into `out`; [`BY_FLOW`] or [`BY_BACKEND`] says by what, 0 that the
-/// packet is no reply of a flow xdplb translates. See [`ReverseNat`] for the order of the
-/// lookups: a backend that belongs to one VIP needs no per-flow reverse state. A translation
-/// [`BY_BACKEND`] holds only for a tracked flow (the caller checks the connection entry it
-/// names): the backend's answers to anything else (its own clients through the gateway, the
-/// gateway's probes) are not the VIP's.
+/// `backend`. Copied into `out`; [`BY_FLOW`], [`BY_BACKEND`] or [`BY_OWNER`] says by what, 0
+/// that the packet is no reply of a flow xdplb translates. See [`ReverseNat`] for the order of
+/// the lookups: a backend that belongs to one VIP needs no per-flow state, and its packets are
+/// that VIP's whether or not their flow is still in a table (so that a backend's address never
+/// leaves towards a client, even after its flow was evicted); a guess for a shared backend
+/// ([`BY_OWNER`]) holds only for a tracked flow, which the caller checks.
 ///
 /// BPF functions return one scalar in a register, so the result is a plain number.
 #[inline(always)]
@@ -297,7 +300,7 @@ pub fn reply_translation(key: &FlowKey, backend: &BackendKey, out: &mut ReverseN
         Some(entry) => {
             // SAFETY: as above.
             copy_reverse(out, unsafe { &*entry });
-            BY_BACKEND
+            BY_OWNER
         }
         None => 0,
     }

@@ -23,7 +23,7 @@ use lb_common::{
 use network_types::eth::EthHdr;
 
 use crate::{
-    conntrack::{BY_BACKEND, is_tracked, reply_translation, set_key, tracked_backend_id},
+    conntrack::{BY_OWNER, is_tracked, reply_translation, set_key, tracked_backend_id},
     fwd::{self, Direction},
     maps::{Quoted, SETTINGS, Scratch},
     parse::{Ipv4Fixed, Ipv6Fixed, L3},
@@ -219,8 +219,8 @@ fn to_client(pkt: &mut Packet, s: &mut Scratch) -> Counter {
     if by == 0 {
         return Counter::PassNonVip;
     }
-    // As for replies: the backend's VIP speaks for it only about a tracked flow.
-    if by == BY_BACKEND {
+    // As for replies: a shared backend's owner speaks for it only about a tracked flow.
+    if by == BY_OWNER {
         set_key(
             &mut s.other,
             (&q.src, q.src_port),

@@ -235,7 +235,7 @@ fn translate_reply(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter
         (&s.reverse.vip_addr, s.reverse.vip_port),
         (s.l3.proto, s.l3.family),
     );
-    if !conntrack::saw_reply(&s.other, s.l4.tcp_flags, now) && by == conntrack::BY_BACKEND {
+    if !conntrack::saw_reply(&s.other, s.l4.tcp_flags, now) && by == conntrack::BY_OWNER {
         return Err(Counter::PassNonVip);
     }
     stats::count_traffic(
