@@ -51,6 +51,8 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
+const PROTO_ICMP: u8 = 1;
+const PROTO_ICMPV6: u8 = 58;
 const EXT_HEADERS: [u8; 4] = [0, 43, 60, 44];
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -145,6 +147,9 @@ enum Fate {
     /// As [`Fate::MaybeReply`], but arriving on the client side, which does not lead to that
     /// backend: dropped as spoofed if it names a flow, passed untouched otherwise.
     MaybeSpoofed,
+    /// ICMP or ICMPv6: an echo request to a VIP answered, an error about a tracked flow
+    /// translated, anything else passed untouched.
+    Icmp,
 }
 
 const BALANCED: [Counter; 5] = [
@@ -155,6 +160,16 @@ const BALANCED: [Counter; 5] = [
     Counter::PassPartialChecksum,
 ];
 const MAYBE_SPOOFED: [Counter; 2] = [Counter::DropSpoofedReply, Counter::PassNonVip];
+const ICMP: [Counter; 8] = [
+    Counter::IcmpEchoTx,
+    Counter::IcmpToBackendTx,
+    Counter::IcmpToBackendRedirect,
+    Counter::IcmpToClientTx,
+    Counter::IcmpToClientRedirect,
+    Counter::PassNonVip,
+    Counter::PassFib,
+    Counter::PassNoNeighbour,
+];
 const MAYBE_REPLY: [Counter; 6] = [
     Counter::ReplyTx,
     Counter::ReplyRedirect,
@@ -174,6 +189,7 @@ impl Fate {
             Fate::Balanced => &BALANCED,
             Fate::MaybeReply => &MAYBE_REPLY,
             Fate::MaybeSpoofed => &MAYBE_SPOOFED,
+            Fate::Icmp => &ICMP,
         }
     }
 }
@@ -312,6 +328,9 @@ fn fate(f: &[u8], config: &Config) -> (Fate, Option<Ip>) {
         Ok(ip) => ip,
         Err(fate) => return (fate, None),
     };
+    if matches!(ip.proto, PROTO_ICMP | PROTO_ICMPV6) {
+        return (Fate::Icmp, Some(ip));
+    }
     let to_vip = if ip.transport_unknown {
         config.vip_addrs.contains(&(ip.dst, PROTO_TCP))
             || config.vip_addrs.contains(&(ip.dst, PROTO_UDP))
@@ -402,6 +421,33 @@ fn l4_sum(f: &[u8], ip: &Ip) -> L4Sum {
     } else {
         L4Sum::Wrong
     }
+}
+
+/// An ICMP message the program answered or translated keeps valid checksums (IPv4 header,
+/// ICMP/ICMPv6 with its pseudo-header) where the input's were valid.
+fn icmp_checksums_kept(input: &[u8], output: &[u8]) -> Result<(), String> {
+    let valid = |f: &[u8]| -> Option<(bool, bool)> {
+        let ip = ip_of(f).ok()?;
+        let end = (ip.l4_off + ip.l4_len).min(f.len());
+        let message = f.get(ip.l4_off..end)?;
+        let icmp = if ip.v6 {
+            fold(pseudo_sum(f, &ip) + sum(message)) == 0xffff
+        } else {
+            fold(sum(message)) == 0xffff
+        };
+        Some((ip.v6 || ipv4_header_ok(f, &ip), icmp))
+    };
+    let (Some((header_in, icmp_in)), Some((header_out, icmp_out))) = (valid(input), valid(output))
+    else {
+        return Err("an ICMP message in or out that does not parse".into());
+    };
+    if header_in && !header_out {
+        return Err("ICMP: the IPv4 header checksum broke".into());
+    }
+    if header_in && icmp_in && !icmp_out {
+        return Err("ICMP: the ICMP checksum broke".into());
+    }
+    Ok(())
 }
 
 fn ipv4_header_ok(f: &[u8], ip: &Ip) -> bool {
@@ -712,6 +758,8 @@ impl Oracle {
             Fate::Untouched(_) if unchanged => Ok(()),
             Fate::Untouched(_) => Err("passed, but changed".into()),
             Fate::MaybeSpoofed if unchanged => Ok(()),
+            Fate::Icmp if unchanged => Ok(()),
+            Fate::Icmp => icmp_checksums_kept(input, output),
             Fate::MaybeSpoofed => Err("spoofed reply, but changed".into()),
             Fate::MaybeReply if unchanged && action == xdp_action::PASS => Ok(()),
             Fate::Balanced if unchanged => Err("balanced, but not translated".into()),
