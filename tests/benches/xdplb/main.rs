@@ -777,11 +777,12 @@ fn scaling(
             runs,
         }
     };
-    // A tracked flow of `client` to the TCP VIP (its SYN through the program), checked.
+    // A tracked flow of `client` to the TCP VIP (an ACK through the program: picked up
+    // mid-stream, it goes straight to the connection table), checked.
     let track = |loaded: &mut Loaded, client: SocketAddr, to: SocketAddr| {
         let (action, out) = run_once(
             loaded.program().expect("program"),
-            &frame(client, to, SYN, &[]),
+            &frame(client, to, ACK, &[]),
         );
         assert_eq!(action, XdpAction::Pass as u32);
         assert!(
@@ -914,7 +915,9 @@ fn scaling(
         add_tcp_vip(&mut fresh_balancer);
         track(&mut fresh, client, tcp_vip);
         let program = fresh.program().expect("program");
-        let mut syn = frame(client, tcp_vip, SYN, &[]);
+        // ACKs: a flow picked up mid-stream goes straight to the connection table (a SYN
+        // would wait in the embryonic table for its handshake).
+        let mut syn = frame(client, tcp_vip, ACK, &[]);
         for next in 0..target as u32 - 1 {
             set_source(
                 &mut syn,
