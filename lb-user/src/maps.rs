@@ -439,7 +439,6 @@ impl Maps for BpfMaps {
     }
     fn write_slots(&mut self, off: u32, ids: &[u32]) -> MapsResult<()> {
         use aya::maps::IterableMap as _;
-        use std::os::fd::{AsFd as _, AsRawFd as _};
         let end = u64::from(off) + ids.len() as u64;
         if end > u64::from(self.slots.len()) {
             return Err(MapsError::new(
@@ -462,11 +461,11 @@ impl Maps for BpfMaps {
         }
         // Until the writes are done, what the array holds there is not known.
         shadow.forget(&keys);
-        let fd = self.slots.map().fd().as_fd().as_raw_fd();
+        let map = self.slots.map();
         // One syscall per batch instead of one per slot: a table of 65,537 slots is written in
         // milliseconds. Kernels without batch updates for arrays (before 5.6) get one a slot.
         for (first, (k, v)) in keys.chunks(BATCH).zip(values.chunks(BATCH)).enumerate() {
-            match update_batch(fd, k, v) {
+            match update_batch(map, k, v) {
                 Ok(()) => {}
                 Err(err) if err.raw_os_error() == Some(libc::EINVAL) && first == 0 => {
                     for (i, id) in keys.iter().zip(&values) {
@@ -592,21 +591,33 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// `BPF_MAP_UPDATE_BATCH`: sets `keys[i]` to `values[i]` in the map `fd` (of `u32` keys and
-/// values) in one syscall.
-fn update_batch(fd: i32, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
+/// `BPF_MAP_UPDATE_BATCH`: sets `keys[i]` to `values[i]` in `map` in one syscall. `K` and `V`
+/// must be the map's key and value sizes (checked: the kernel reads `count` of each).
+pub fn update_batch<K: aya::Pod, V: aya::Pod>(
+    map: &MapData,
+    keys: &[K],
+    values: &[V],
+) -> std::io::Result<()> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
     const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-    assert_eq!(keys.len(), values.len());
+    let info = map.info().map_err(std::io::Error::other)?;
+    if keys.len() != values.len()
+        || info.key_size() as usize != size_of::<K>()
+        || info.value_size() as usize != size_of::<V>()
+    {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
     let mut attr = BatchAttr {
         keys: keys.as_ptr() as u64,
         values: values.as_ptr() as u64,
-        count: keys.len() as u32,
-        map_fd: fd as u32,
+        count: u32::try_from(keys.len()).map_err(std::io::Error::other)?,
+        map_fd: map.fd().as_fd().as_raw_fd() as u32,
         ..BatchAttr::default()
     };
     // SAFETY: `attr` is a valid `bpf_attr` prefix of the size passed; `keys` and `values` hold
-    // `count` u32 each (the map's key and value size) and outlive the call, which only reads
-    // them; the kernel writes back only `count`, inside `attr`.
+    // `count` elements each of exactly the map's key and value sizes (checked above) and
+    // outlive the call, which only reads them; the kernel writes back only `count`, inside
+    // `attr`.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_bpf,

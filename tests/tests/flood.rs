@@ -240,7 +240,7 @@ fn agent_cpu(pid: u32, window: Duration) -> f64 {
 #[ignore = "needs root"]
 fn the_agent_stays_light_with_a_full_connection_table() {
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    use aya::maps::{HashMap, MapData};
+    use aya::maps::{HashMap, IterableMap as _, MapData};
     use lb_common::{
         FlowKey,
         conntrack::{FlowState, STATE_ESTABLISHED},
@@ -256,7 +256,7 @@ fn the_agent_stays_light_with_a_full_connection_table() {
         "--backend".to_owned(),
         format!("{VIP}={}", backend_addr(0)),
     ]));
-    let mut table: HashMap<MapData, FlowKey, FlowState> =
+    let table: HashMap<MapData, FlowKey, FlowState> =
         lb_user::maps::open_map(&agent.pin_dir, CONNTRACK_MAP).expect("pinned CONNTRACK");
     let now = lb_user::agent::monotonic_ns().expect("clock");
     let vip = match VIP_ADDR.ip() {
@@ -264,23 +264,29 @@ fn the_agent_stays_light_with_a_full_connection_table() {
         std::net::IpAddr::V6(_) => unreachable!("an IPv4 VIP"),
     };
     let fill = Instant::now();
-    for i in 0..DEFAULT_CONNTRACK_CAPACITY {
-        let mut key = FlowKey {
-            proto: PROTO_TCP,
-            family: FAMILY_IPV4,
-            ..FlowKey::default()
-        };
-        key.src_addr[..4].copy_from_slice(&[10, 97, (i >> 16) as u8, (i >> 8) as u8]);
-        key.src_port = (i as u16).to_be_bytes();
-        key.dst_addr[..4].copy_from_slice(&vip);
-        key.dst_port = VIP_ADDR.port().to_be_bytes();
-        let state = FlowState {
-            backend_id: 1 + i % 7,
-            state: STATE_ESTABLISHED,
-            _pad: [0; 3],
-            last_seen_ns: now,
-        };
-        table.insert(key, state, 0).expect("flow written");
+    let flows: Vec<(FlowKey, FlowState)> = (0..DEFAULT_CONNTRACK_CAPACITY)
+        .map(|i| {
+            let mut key = FlowKey {
+                proto: PROTO_TCP,
+                family: FAMILY_IPV4,
+                ..FlowKey::default()
+            };
+            key.src_addr[..4].copy_from_slice(&[10, 97, (i >> 16) as u8, (i >> 8) as u8]);
+            key.src_port = (i as u16).to_be_bytes();
+            key.dst_addr[..4].copy_from_slice(&vip);
+            key.dst_port = VIP_ADDR.port().to_be_bytes();
+            let state = FlowState {
+                backend_id: 1 + i % 7,
+                state: STATE_ESTABLISHED,
+                _pad: [0; 3],
+                last_seen_ns: now,
+            };
+            (key, state)
+        })
+        .collect();
+    for batch in flows.chunks(1 << 16) {
+        let (keys, states): (Vec<FlowKey>, Vec<FlowState>) = batch.iter().copied().unzip();
+        lb_user::maps::update_batch(table.map(), &keys, &states).expect("flows written");
     }
     eprintln!(
         "{DEFAULT_CONNTRACK_CAPACITY} flows written in {:.1} s",

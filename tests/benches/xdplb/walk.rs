@@ -2,10 +2,7 @@
 //! `lb_user::maps::active_flows` (what the agent runs to count each backend's active flows)
 //! over the real `CONNTRACK` map of the loaded object, filled with 1,000,000 open, fresh flows.
 
-use std::{
-    os::fd::{AsFd as _, AsRawFd as _},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use aya::maps::IterableMap as _;
 use lb_common::{
@@ -15,7 +12,7 @@ use lb_common::{
     maps::CONNTRACK_MAP,
 };
 use lb_tests::bench::AgentWalk;
-use lb_user::maps::{Conntrack, active_flows};
+use lb_user::maps::{Conntrack, active_flows, update_batch};
 use nix::sys::resource::{UsageWho, getrusage};
 
 use super::{median, min};
@@ -45,10 +42,9 @@ pub fn agent_walk(runs: usize) -> AgentWalk {
 
     let fill = Instant::now();
     let entries: Vec<(FlowKey, FlowState)> = (0..FLOWS as u32).map(|i| flow(i, now)).collect();
-    let fd = table.map().map().fd().as_fd().as_raw_fd();
     for chunk in entries.chunks(BATCH) {
         let (keys, values): (Vec<FlowKey>, Vec<FlowState>) = chunk.iter().copied().unzip();
-        update_batch(fd, &keys, &values)
+        update_batch(table.map().map(), &keys, &values)
             .unwrap_or_else(|err| panic!("BPF_MAP_UPDATE_BATCH of {CONNTRACK_MAP}: {err}"));
     }
     let fill_seconds = fill.elapsed().as_secs_f64();
@@ -134,50 +130,4 @@ fn flow(i: u32, now: u64) -> (FlowKey, FlowState) {
 fn monotonic_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("clock");
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
-}
-
-/// `BPF_MAP_UPDATE_BATCH`: sets `keys[i]` to `values[i]` in the map `fd` in one syscall.
-fn update_batch<K: aya::Pod, V: aya::Pod>(
-    fd: i32,
-    keys: &[K],
-    values: &[V],
-) -> std::io::Result<()> {
-    /// The `batch` member of the kernel's `union bpf_attr`.
-    #[repr(C)]
-    #[derive(Default)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
-    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-    assert_eq!(keys.len(), values.len());
-    let mut attr = BatchAttr {
-        keys: keys.as_ptr() as u64,
-        values: values.as_ptr() as u64,
-        count: u32::try_from(keys.len()).expect("batch size"),
-        map_fd: fd as u32,
-        ..BatchAttr::default()
-    };
-    // SAFETY: `attr` is a valid prefix of `bpf_attr` of the size passed; `keys` and `values`
-    // hold `count` elements each of `Pod` types the map was checked to have (aya's typed map
-    // checks key and value sizes) and outlive the call, which only reads them; the kernel
-    // writes back only `count`, inside `attr`.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_BATCH,
-            &mut attr as *mut BatchAttr,
-            size_of::<BatchAttr>() as u32,
-        )
-    };
-    if ret < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
