@@ -47,6 +47,17 @@ pub fn render(agent: &Agent) -> anyhow::Result<String> {
             .get_or_create(&vec![("outcome", counter.name().to_owned())])
             .inc_by(value);
     }
+    let events = counter_family(
+        &mut registry,
+        "conntrack_events",
+        "Connection-table events: lost_state (a non-SYN TCP packet of no tracked flow), \
+         embryonic_insert, promoted, stateless_new_flow (over the new-flow rate limit)",
+    );
+    for (event, value) in agent.pinned.events()?.iter() {
+        events
+            .get_or_create(&vec![("event", event.name().to_owned())])
+            .inc_by(value);
+    }
 
     let vip_packets = counter_family(&mut registry, "vip_packets", "Packets per VIP");
     let vip_bytes = counter_family(&mut registry, "vip_bytes", "Bytes per VIP");

@@ -21,13 +21,13 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 use lb_common::{
-    counters::COUNTERS_MAP,
+    counters::{COUNTERS_MAP, EVENTS_MAP},
     maps::{CONNTRACK_MAP, PIN_LAYOUT, REVERSE_NAT_MAP, TX_PORTS_MAP},
 };
 use log::info;
 
 use crate::{
-    counters::Counters,
+    counters::{Counters, Events},
     loader::{AttachMode, AttachedMode, LoadOptions, Loaded, PROGRAM, attach_program, if_index},
     maps::BpfMaps,
     maps::{NEXT, current_map_path, map_path},
@@ -418,6 +418,12 @@ impl Pinned {
     pub fn counters(&self) -> anyhow::Result<Counters> {
         let map: PerCpuArray<MapData, u64> = open_map(&self.dir, COUNTERS_MAP)?;
         Counters::from_map(&map)
+    }
+
+    /// The connection tables' event counts, summed over CPUs.
+    pub fn events(&self) -> anyhow::Result<Events> {
+        let map: PerCpuArray<MapData, u64> = open_map(&self.dir, EVENTS_MAP)?;
+        Events::from_map(&map)
     }
 
     /// Attaches to `iface` (of the calling thread's namespace) and pins the link; an interface

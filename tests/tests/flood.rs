@@ -189,6 +189,19 @@ fn flood_spares_established_flows(scheduler: &str) {
         dials.failures.len(),
         dials.failures
     );
+    // The flood's SYNs show in the events: embryonic entries (round-robin) or flows sent on
+    // without state over the rate limit (maglev).
+    let event = |name: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let flood_events = event("embryonic_insert") + event("stateless_new_flow");
+    assert!(
+        flood_events > u64::from(sent) / 2,
+        "{scheduler}: {flood_events} embryonic or stateless new flows for {sent} SYNs\n{stats}"
+    );
     let (from_backend, from_vip) = source_counts(&topo.client);
     assert_eq!(
         from_backend, 0,

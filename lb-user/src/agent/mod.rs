@@ -132,6 +132,9 @@ pub trait Dataplane: Send {
     fn detach(&mut self, iface: &str) -> anyhow::Result<()>;
     /// The outcome counters.
     fn counters(&self) -> anyhow::Result<crate::counters::Counters>;
+    /// The connection tables' event counts (lost state, embryonic entries, promotions,
+    /// stateless new flows).
+    fn events(&self) -> anyhow::Result<crate::counters::Events>;
     /// Flows the connection table holds.
     fn conntrack_capacity(&self) -> anyhow::Result<u32>;
     /// Switches the interfaces to a staged replacement program ([`Pinned::stage_replacement`]).
@@ -153,6 +156,9 @@ impl Dataplane for Pinned {
     }
     fn counters(&self) -> anyhow::Result<crate::counters::Counters> {
         Pinned::counters(self)
+    }
+    fn events(&self) -> anyhow::Result<crate::counters::Events> {
+        Pinned::events(self)
     }
     fn conntrack_capacity(&self) -> anyhow::Result<u32> {
         Pinned::conntrack_capacity(self)

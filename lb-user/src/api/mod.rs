@@ -477,8 +477,18 @@ async fn stats(State(state): State<ApiState>) -> ApiResult<Json<StatsView>> {
             .iter()
             .map(|(c, v)| (c.name().to_owned(), v))
             .collect();
+        let events = agent
+            .pinned
+            .events()?
+            .iter()
+            .map(|(e, v)| (e.name().to_owned(), v))
+            .collect();
         let vips = vip_views(agent)?;
-        Ok(Json(StatsView { counters, vips }))
+        Ok(Json(StatsView {
+            counters,
+            events,
+            vips,
+        }))
     })
     .await
 }

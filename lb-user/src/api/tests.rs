@@ -48,6 +48,9 @@ impl Dataplane for Program {
     fn counters(&self) -> anyhow::Result<Counters> {
         Ok(Counters::default())
     }
+    fn events(&self) -> anyhow::Result<crate::counters::Events> {
+        Ok(crate::counters::Events::default())
+    }
     fn conntrack_capacity(&self) -> anyhow::Result<u32> {
         Ok(lb_common::maps::DEFAULT_CONNTRACK_CAPACITY)
     }

@@ -9,6 +9,9 @@ use crate::agent::VipView;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StatsView {
     pub counters: Vec<(String, u64)>,
+    /// The connection tables' events (`lb_common::counters::Event`), by name.
+    #[serde(default)]
+    pub events: Vec<(String, u64)>,
     pub vips: Vec<VipView>,
 }
 

@@ -230,6 +230,7 @@ pub async fn client_command(
                 let mut out: String = stats
                     .counters
                     .iter()
+                    .chain(&stats.events)
                     .filter(|(_, v)| *v > 0)
                     .map(|(name, v)| format!("{name:<24} {v:>14}\n"))
                     .collect();
