@@ -41,9 +41,27 @@ const DEFAULT_PACKETS: u64 = 1_000_000;
 const DEFAULT_BATCH: usize = 1024;
 /// The run stops with a failure if it takes longer than this, whatever the packet count.
 const TIME_LIMIT: Duration = Duration::from_secs(900);
-/// Within this of its last translated packet a flow cannot have expired (the shortest idle
-/// timeout is 10 s, after a RST): it must keep its backend.
-const STICKY_WITHIN: Duration = Duration::from_secs(5);
+/// Within this of its last translated packet a flow cannot have expired, so it must keep its
+/// backend: the shortest idle timeout (the half-open one), less the second by which a lazily
+/// stamped entry may expire early (`REFRESH_NS`), less a second for the coarse clock.
+const STICKY_WITHIN: Duration = {
+    let t = lb_common::conntrack::DEFAULT_TIMEOUTS;
+    let all = [
+        t.tcp_syn_ns,
+        t.tcp_established_ns,
+        t.tcp_fin_ns,
+        t.tcp_rst_ns,
+        t.udp_ns,
+    ];
+    let (mut shortest, mut i) = (u64::MAX, 0);
+    while i < all.len() {
+        if all[i] < shortest {
+            shortest = all[i];
+        }
+        i += 1;
+    }
+    Duration::from_nanos(shortest - lb_common::conntrack::REFRESH_NS - 1_000_000_000)
+};
 /// Failures reported before the run stops.
 const MAX_FAILURES: usize = 10;
 
