@@ -153,12 +153,22 @@ impl PacketLab {
 
     /// True if the connection table has an entry for the flow `src` → `dst` over `proto`.
     pub fn tracked(&self, src: &str, dst: &str, proto: u8) -> bool {
-        let map = self.loaded.ebpf.map(CONNTRACK_MAP).expect("CONNTRACK map");
-        let conntrack: aya::maps::HashMap<_, FlowKey, FlowState> =
-            aya::maps::HashMap::try_from(map).expect("CONNTRACK is a hash map");
-        conntrack
-            .get(&crate::flow_key(sa(src), sa(dst), proto), 0)
-            .is_ok()
+        let key = crate::flow_key(sa(src), sa(dst), proto);
+        self.flow_entry(CONNTRACK_MAP, &key).is_some()
+    }
+
+    /// The entry of flow `key` in the flow table `map` (`CONNTRACK` or `EMBRYONIC`).
+    pub fn flow_entry(&self, map: &str, key: &FlowKey) -> Option<FlowState> {
+        let map: aya::maps::HashMap<&aya::maps::MapData, FlowKey, _> =
+            aya::maps::HashMap::try_from(self.loaded.ebpf.map(map).expect("map")).expect("typed");
+        map.get(key, 0).ok()
+    }
+
+    /// How many entries the map `map`, keyed by flow with values of type `V`, holds.
+    pub fn flow_entries<V: aya::Pod>(&self, map: &str) -> usize {
+        let map: aya::maps::HashMap<&aya::maps::MapData, FlowKey, V> =
+            aya::maps::HashMap::try_from(self.loaded.ebpf.map(map).expect("map")).expect("typed");
+        map.keys().count()
     }
 
     /// The frame the gateway sends to backend 0.

@@ -3,7 +3,6 @@
 //! evicts no established flow; over the rate limit a maglev VIP's new flows get no state while
 //! a round-robin VIP's still do.
 
-use aya::maps::{HashMap, MapData};
 use lb_common::{
     FlowKey,
     conntrack::{FlowState, STATE_ESTABLISHED, STATE_SYN_SENT},
@@ -28,15 +27,11 @@ const ROUND_ROBIN_VIP: &str = "198.19.1.3:80";
 const BACKENDS: [&str; 2] = ["198.18.1.2:8080", "198.18.2.2:8080"];
 
 fn entry(lab: &PacketLab, map: &str, key: &FlowKey) -> Option<FlowState> {
-    let map: HashMap<&MapData, FlowKey, FlowState> =
-        HashMap::try_from(lab.loaded.ebpf.map(map).expect("map")).expect("typed");
-    map.get(key, 0).ok()
+    lab.flow_entry(map, key)
 }
 
 fn entries(lab: &PacketLab, map: &str) -> usize {
-    let map: HashMap<&MapData, FlowKey, FlowState> =
-        HashMap::try_from(lab.loaded.ebpf.map(map).expect("map")).expect("typed");
-    map.keys().count()
+    lab.flow_entries::<FlowState>(map)
 }
 
 fn tcp_key(client: &str, vip: &str) -> FlowKey {

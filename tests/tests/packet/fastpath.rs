@@ -6,10 +6,8 @@
 //! Each step is a fixture table run through the real program; between steps the test changes
 //! the maps the way the agent or time would, and checks what the program left in them.
 
-use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use lb_common::{
-    FlowKey,
-    conntrack::FlowState,
     flow::PROTO_TCP,
     maps::{
         CONNTRACK_MAP, EMBRYONIC_MAP, NEXT_HOP_TTL_NS, NEXT_HOPS_MAP, NextHop, REVERSE_NAT_MAP,
@@ -36,27 +34,22 @@ const VIP_A: &str = "[fd00:ffff::21]:80";
 const VIP_B: &str = "[fd00:ffff::22]:80";
 
 fn reverse_entries(lab: &PacketLab) -> usize {
-    let map: HashMap<&MapData, FlowKey, ReverseNat> =
-        HashMap::try_from(lab.loaded.ebpf.map(REVERSE_NAT_MAP).expect("map")).expect("typed");
-    map.keys().count()
+    lab.flow_entries::<ReverseNat>(REVERSE_NAT_MAP)
 }
 
 /// The backend of the flow in the connection table, else in the embryonic table (a flow whose
 /// handshake has not completed).
 fn tracked_backend(lab: &PacketLab, client: &str, vip: &str) -> Option<u32> {
     let key = lb_tests::flow_key(sa(client), sa(vip), PROTO_TCP);
-    [CONNTRACK_MAP, EMBRYONIC_MAP].iter().find_map(|name| {
-        let map: HashMap<&MapData, FlowKey, FlowState> =
-            HashMap::try_from(lab.loaded.ebpf.map(name).expect("map")).expect("typed");
-        map.get(&key, 0).ok().map(|state| state.backend_id)
-    })
+    [CONNTRACK_MAP, EMBRYONIC_MAP]
+        .iter()
+        .find_map(|name| lab.flow_entry(name, &key))
+        .map(|state| state.backend_id)
 }
 
 fn tracked_state(lab: &PacketLab, client: &str, vip: &str) -> Option<u8> {
-    let map: HashMap<&MapData, FlowKey, FlowState> =
-        HashMap::try_from(lab.loaded.ebpf.map(CONNTRACK_MAP).expect("map")).expect("typed");
     let key = lb_tests::flow_key(sa(client), sa(vip), PROTO_TCP);
-    map.get(&key, 0).ok().map(|state| state.state)
+    lab.flow_entry(CONNTRACK_MAP, &key).map(|state| state.state)
 }
 
 fn next_hops(lab: &mut PacketLab) -> PerCpuArray<&mut MapData, NextHop> {
