@@ -113,19 +113,26 @@ pub fn backend_ifindex(pkt: &Packet, l3: &L3, index: u32, generation: u32, now: 
     }
     match pkt.fib_lookup(params) as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {
-            copy6(&mut hop.dmac, &params.dmac);
-            copy6(&mut hop.smac, &params.smac);
-            hop.ifindex = params.ifindex;
-            // SAFETY: as in `lookup_and_send`.
-            hop.mtu = unsafe { params.__bindgen_anon_1.mtu_result };
-            hop.generation = generation;
-            hop.looked_up_ns = now;
+            keep_answer(hop, params, generation, now);
             params.ifindex
         }
         // The route is known, the neighbour not yet: the egress is still the answer.
         BPF_FIB_LKUP_RET_NO_NEIGH => params.ifindex,
         _ => 0,
     }
+}
+
+/// Keeps a successful FIB answer (`params`) as a backend's next hop, of `generation`, at `now`.
+#[inline(always)]
+fn keep_answer(hop: &mut NextHop, params: &bpf_fib_lookup, generation: u32, now: u64) {
+    copy6(&mut hop.dmac, &params.dmac);
+    copy6(&mut hop.smac, &params.smac);
+    hop.ifindex = params.ifindex;
+    // SAFETY: a union of two `u16`s; after a successful lookup the kernel has set
+    // `mtu_result` (the route's MTU).
+    hop.mtu = unsafe { params.__bindgen_anon_1.mtu_result };
+    hop.generation = generation;
+    hop.looked_up_ns = now;
 }
 
 /// Where to keep the answer of a next-hop lookup for a backend.
@@ -251,14 +258,7 @@ fn lookup_and_send(
         now,
     }) = keep
     {
-        copy6(&mut hop.dmac, &params.dmac);
-        copy6(&mut hop.smac, &params.smac);
-        hop.ifindex = egress;
-        // SAFETY: a union of two `u16`s; after a successful lookup the kernel has set
-        // `mtu_result` (the route's MTU).
-        hop.mtu = unsafe { params.__bindgen_anon_1.mtu_result };
-        hop.generation = generation;
-        hop.looked_up_ns = now;
+        keep_answer(hop, params, generation, now);
     }
     if same_port {
         return tx;
