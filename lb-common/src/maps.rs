@@ -148,7 +148,11 @@ pub struct VipMeta {
     pub vip_id: u32,
     /// One of [`scheduler`].
     pub scheduler: u8,
-    pub _pad: [u8; 3],
+    /// One of [`forwarding`]: how packets reach the chosen backend.
+    pub forwarding: u8,
+    /// [`VIP_FLAG_*`](VIP_FLAG_ACL) bits: which per-VIP source checks apply.
+    pub flags: u8,
+    pub _pad: u8,
     /// Scheduling table (Maglev ring or weighted cycle): `[table_off, table_off + table_len)`.
     pub table_off: u32,
     pub table_len: u32,
@@ -157,6 +161,18 @@ pub struct VipMeta {
     pub list_len: u32,
 }
 const _: () = assert!(size_of::<VipMeta>() == 24);
+
+/// Values of [`VipMeta::forwarding`].
+pub mod forwarding {
+    /// Destination address and port rewritten to the backend's; replies come back through the
+    /// gateway and are translated back.
+    pub const NAT: u8 = 0;
+}
+
+/// [`VipMeta::flags`]: the VIP has allow/deny source prefix lists.
+pub const VIP_FLAG_ACL: u8 = 1;
+/// [`VipMeta::flags`]: the VIP limits new flows per source.
+pub const VIP_FLAG_SOURCE_LIMIT: u8 = 2;
 
 /// Key of [`VIP_ADDRS_MAP`].
 #[repr(C)]

@@ -32,7 +32,9 @@ pub(super) fn meta(state: &VipState) -> VipMeta {
     VipMeta {
         vip_id: state.id,
         scheduler: state.options.scheduler.number(),
-        _pad: [0; 3],
+        forwarding: lb_common::maps::forwarding::NAT,
+        flags: 0,
+        _pad: 0,
         table_off,
         table_len,
         list_off,
