@@ -93,6 +93,10 @@ counters! {
     /// IPv6): answered from the VIP with ICMP fragmentation needed / packet too big quoting
     /// the packet as the client sent it, with XDP_TX.
     IcmpTooBigTx = 25 => "icmp_too_big_tx",
+    /// A backend's reply too big for the route to its client (IPv4 with DF, or IPv6): passed
+    /// to the kernel *untranslated*, whose fragmentation needed / packet too big then quotes
+    /// the packet as the backend sent it.
+    PassReplyTooBig = 26 => "pass_reply_too_big",
 }
 
 /// Name of the per-CPU array map holding one `u64` per [`Event`].
@@ -179,7 +183,8 @@ impl Counter {
             | Counter::PassNoNeighbour
             | Counter::PassFib
             | Counter::PassPartialChecksum
-            | Counter::PassTtlExpired => xdp_action::PASS,
+            | Counter::PassTtlExpired
+            | Counter::PassReplyTooBig => xdp_action::PASS,
         }
     }
 }
