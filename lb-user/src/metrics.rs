@@ -59,6 +59,19 @@ pub fn render(agent: &Agent) -> anyhow::Result<String> {
             .inc_by(value);
     }
 
+    let tables = gauge_family(
+        &mut registry,
+        "table_entries",
+        "Connection tables at the last count: conntrack and embryonic entries (expired ones not \
+         yet evicted included), embryonic_live (half-open flows within the SYN timeout), and \
+         each table's capacity",
+    );
+    for (name, value) in agent.table_fill()? {
+        tables
+            .get_or_create(&vec![("table", name.to_owned())])
+            .set(i64::try_from(value).unwrap_or(i64::MAX));
+    }
+
     let vip_packets = counter_family(&mut registry, "vip_packets", "Packets per VIP");
     let vip_bytes = counter_family(&mut registry, "vip_bytes", "Bytes per VIP");
     let vip_flows = counter_family(&mut registry, "vip_new_flows", "New flows per VIP");

@@ -654,6 +654,22 @@ fn metrics_and_api_over_curl() {
         Some(1.0),
         "{text}"
     );
+    // The held connections, as the same count saw them, and the tables' sizes.
+    let table = |name: &str| sample(&text, "xdplb_table_entries", &format!("table=\"{name}\""));
+    assert!(
+        table("conntrack_entries").is_some_and(|n| n >= HELD as f64),
+        "{text}"
+    );
+    assert_eq!(
+        table("conntrack_capacity"),
+        Some(f64::from(lb_common::maps::DEFAULT_CONNTRACK_CAPACITY)),
+        "{text}"
+    );
+    assert_eq!(
+        table("embryonic_capacity"),
+        Some(f64::from(lb_common::maps::DEFAULT_EMBRYONIC_CAPACITY)),
+        "{text}"
+    );
     for counter in Counter::ALL {
         let labels = format!("outcome=\"{}\"", counter.name());
         assert!(

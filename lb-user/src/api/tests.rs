@@ -54,6 +54,9 @@ impl Dataplane for Program {
     fn conntrack_capacity(&self) -> anyhow::Result<u32> {
         Ok(lb_common::maps::DEFAULT_CONNTRACK_CAPACITY)
     }
+    fn embryonic_capacity(&self) -> anyhow::Result<u32> {
+        Ok(lb_common::maps::DEFAULT_EMBRYONIC_CAPACITY)
+    }
     fn finish_replacement(&mut self) -> anyhow::Result<()> {
         Ok(())
     }
