@@ -303,6 +303,19 @@ impl Agent {
                 self.capacity
             )));
         }
+        if let Some(embryonic) = desired.conntrack.embryonic_capacity {
+            let loaded = self
+                .pinned
+                .embryonic_capacity()
+                .map_err(|err| ApplyError::Refused(format!("{err:#}")))?;
+            if embryonic != loaded {
+                return Err(ApplyError::Refused(format!(
+                    "conntrack.embryonic-capacity: the embryonic table holds {loaded} half-open \
+                     flows, fixed when the program was loaded; {embryonic} takes a new program \
+                     (`xdplb stop --detach`, then `xdplb run`), and tracked connections are lost"
+                )));
+            }
+        }
         config::check_rules(desired)?;
         let mut plan = config::plan(&self.balancer.vips(), &self.effective(desired));
         // Capacity is not a change here: it is the same, or left out.
@@ -322,6 +335,13 @@ impl Agent {
             let timeouts = desired.conntrack.timeouts();
             if timeouts != agent.balancer.timeouts() {
                 agent.balancer.set_timeouts(timeouts)?;
+            }
+            // Left out, the limit stays as it is (set by `run --new-flow-rate-limit`, or by the
+            // file last applied).
+            if let Some(limit) = desired.conntrack.new_flow_rate_limit
+                && limit != agent.balancer.new_flow_rate_limit()
+            {
+                agent.balancer.set_new_flow_rate_limit(limit)?;
             }
             agent.hold_after_apply(&desired);
             agent.config = desired;
