@@ -112,6 +112,13 @@ pub fn render(agent: &Agent) -> anyhow::Result<String> {
         "health_checks",
         "Health checks run per backend",
     );
+    let check_failures = counter_family(
+        &mut registry,
+        "health_check_failures",
+        "Failed health checks per backend, by cause: backend (counted against it) or local (the \
+         agent's own: out of file descriptors, memory or ports, or a timer that fired late; \
+         not counted against it)",
+    );
     for info in agent.balancer.vips() {
         let view = agent.vip_view(&info)?;
         let vip = vec![("vip", view.vip.clone())];
@@ -142,6 +149,11 @@ pub fn render(agent: &Agent) -> anyhow::Result<String> {
             {
                 transitions.get_or_create(&labels).inc_by(stats.transitions);
                 checks.get_or_create(&labels).inc_by(stats.checks);
+                for (cause, n) in [("backend", stats.failures), ("local", stats.local_failures)] {
+                    let mut labels = labels.clone();
+                    labels.push(("cause", cause.to_owned()));
+                    check_failures.get_or_create(&labels).inc_by(n);
+                }
             }
         }
     }

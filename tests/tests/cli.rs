@@ -732,6 +732,17 @@ fn metrics_and_api_over_curl() {
             Some(1.0),
             "health {labels}:\n{text}"
         );
+        for cause in ["backend", "local"] {
+            assert_eq!(
+                sample(
+                    &text,
+                    "xdplb_health_check_failures_total",
+                    &format!("{labels},cause=\"{cause}\"")
+                ),
+                Some(0.0),
+                "{cause} failures of a healthy backend {labels}:\n{text}"
+            );
+        }
         let new_flows = sample(&text, "xdplb_backend_new_flows_total", &labels);
         let answered = tally.get(&ident(i)).copied().unwrap_or(0) as f64;
         assert_eq!(
