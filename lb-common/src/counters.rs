@@ -97,6 +97,10 @@ counters! {
     /// to the kernel *untranslated*, whose fragmentation needed / packet too big then quotes
     /// the packet as the backend sent it.
     PassReplyTooBig = 26 => "pass_reply_too_big",
+    /// From a backend port several VIPs share, to a client without a tracked flow (its state
+    /// evicted, or never there): which VIP it answers for is unknown, and untranslated it would
+    /// show the backend's address.
+    DropUntrackedReply = 27 => "drop_untracked_reply",
 }
 
 /// Name of the per-CPU array map holding one `u64` per [`Event`].
@@ -176,7 +180,8 @@ impl Counter {
             | Counter::DropNoBackend
             | Counter::DropInternal
             | Counter::DropBadL4Header
-            | Counter::DropSpoofedReply => xdp_action::DROP,
+            | Counter::DropSpoofedReply
+            | Counter::DropUntrackedReply => xdp_action::DROP,
             Counter::PassNonIp
             | Counter::PassNonVip
             | Counter::PassMalformed

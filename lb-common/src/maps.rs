@@ -31,6 +31,11 @@ pub const FLOW_RATE_MAP: &str = "FLOW_RATE";
 /// Reply-direction translations (LRU): backend-side [`crate::FlowKey`] (backend → client) →
 /// [`ReverseNat`].
 pub const REVERSE_NAT_MAP: &str = "REVERSE_NAT";
+/// Reply-direction translations of half-open flows (LRU, as large as [`EMBRYONIC_MAP`]): as
+/// [`REVERSE_NAT_MAP`], for a SYN to a backend several VIPs share; the handshake ACK records the
+/// flow's entry in [`REVERSE_NAT_MAP`]. A SYN flood thus evicts no established flow's reverse
+/// translation either.
+pub const EMBRYONIC_REVERSE_MAP: &str = "EMBRYONIC_REVERSE";
 /// Per-CPU round-robin cursors, indexed by VIP id: per-CPU array of `u32`.
 pub const RR_CURSORS_MAP: &str = "RR_CURSORS";
 /// Active connections per backend, published by the agent: array of [`BackendLoad`].

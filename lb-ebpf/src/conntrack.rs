@@ -19,7 +19,7 @@ use lb_common::{
 use core::mem::MaybeUninit;
 
 use crate::{
-    maps::{BACKEND_VIPS, CONNTRACK, EMBRYONIC, FLOW_RATE, REVERSE_NAT},
+    maps::{BACKEND_VIPS, CONNTRACK, EMBRYONIC, EMBRYONIC_REVERSE, FLOW_RATE, REVERSE_NAT},
     parse::{L3, L4},
     ptr::{copy16, zeroed_in_place},
     select, stats,
@@ -57,6 +57,17 @@ pub fn tracked(
 /// The connection table first, then (TCP) the embryonic table, whose entry the client's
 /// handshake ACK promotes; a new flow is recorded in the table [`new_flow_table`] says, or
 /// nowhere if this CPU is over the new-flow rate limit and the VIP hashes consistently.
+/// What [`backend_for`] found of a VIP packet's flow, for the bookkeeping that follows.
+#[derive(Copy, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// A tracked flow.
+    Known,
+    /// A new flow, recorded in this table (or, over the rate limit, nowhere).
+    New(FlowTable),
+    /// A half-open flow this packet completed: moved to the connection table.
+    Promoted,
+}
+
 #[inline(always)]
 pub fn backend_for(
     key: &FlowKey,
@@ -64,7 +75,7 @@ pub fn backend_for(
     tcp_flags: u8,
     now: u64,
     settings: &Settings,
-) -> Result<(u32, &'static Backend, bool), Counter> {
+) -> Result<(u32, &'static Backend, Seen), Counter> {
     let timeouts = &settings.timeouts;
     let is_tcp = key.proto == PROTO_TCP;
     let initial = if is_tcp { STATE_NEW } else { STATE_UDP };
@@ -78,7 +89,7 @@ pub fn backend_for(
             && backend.keeps_flows_of(entry.backend_id)
         {
             touch(entry, tcp_flags, true, now);
-            return Ok((entry.backend_id, backend, false));
+            return Ok((entry.backend_id, backend, Seen::Known));
         }
         // Expired, or its backend is gone or down: schedule again, in place (field by field:
         // a whole `FlowState` written at once zeroes its padding with a `memset` call).
@@ -86,10 +97,10 @@ pub fn backend_for(
         entry.backend_id = id;
         entry.state = next_state(initial, tcp_flags, true);
         entry.last_seen_ns = now;
-        return Ok((id, backend, true));
+        return Ok((id, backend, Seen::New(FlowTable::Connections)));
     }
-    if is_tcp && let Some((id, backend)) = embryonic(key, tcp_flags, now, timeouts) {
-        return Ok((id, backend, false));
+    if is_tcp && let Some((id, backend, seen)) = embryonic(key, tcp_flags, now, timeouts) {
+        return Ok((id, backend, seen));
     }
     let table = new_flow_table(is_tcp, tcp_flags);
     if is_tcp && table == FlowTable::Connections {
@@ -103,7 +114,7 @@ pub fn backend_for(
     let (id, backend) = select::pick(meta, key, settings.hash_seed)?;
     if stateless_new_flow(meta.scheduler, over) {
         stats::count_event(Event::StatelessNewFlow);
-        return Ok((id, backend, true));
+        return Ok((id, backend, Seen::New(table)));
     }
     let map = match table {
         FlowTable::Embryonic => &EMBRYONIC,
@@ -132,7 +143,12 @@ pub fn backend_for(
     if inserted && table == FlowTable::Embryonic {
         stats::count_event(Event::EmbryonicInsert);
     }
-    Ok((id, backend, new_flow))
+    let seen = if new_flow {
+        Seen::New(table)
+    } else {
+        Seen::Known
+    };
+    Ok((id, backend, seen))
 }
 
 /// The backend of the half-open flow `key`, if the embryonic table holds it live with a
@@ -145,7 +161,7 @@ fn embryonic(
     tcp_flags: u8,
     now: u64,
     timeouts: &Timeouts,
-) -> Option<(u32, &'static Backend)> {
+) -> Option<(u32, &'static Backend, Seen)> {
     let entry = EMBRYONIC.get_ptr_mut(key)?;
     // SAFETY: as in `backend_for`; the element stays valid for this RCU read section even once
     // removed below.
@@ -160,7 +176,7 @@ fn embryonic(
     };
     if !promotes(tcp_flags) {
         touch(entry, tcp_flags, true, now);
-        return Some((id, backend));
+        return Some((id, backend, Seen::Known));
     }
     let state = next_state(entry.state, tcp_flags, true);
     let mut promoted = MaybeUninit::<FlowState>::uninit();
@@ -169,15 +185,18 @@ fn embryonic(
     promoted.state = state;
     promoted.last_seen_ns = now;
     // Another CPU may have promoted the flow since the lookup: its entry holds the same
-    // backend, and stays.
-    if CONNTRACK
+    // backend, and stays (and that CPU records the reverse translation).
+    let seen = if CONNTRACK
         .insert(key, promoted, u64::from(BPF_NOEXIST))
         .is_ok()
     {
         stats::count_event(Event::Promoted);
-    }
+        Seen::Promoted
+    } else {
+        Seen::Known
+    };
     let _ = EMBRYONIC.remove(key);
-    Some((id, backend))
+    Some((id, backend, seen))
 }
 
 /// The live entry another CPU recorded for flow `key` in `map` (the packet's state change
@@ -233,12 +252,14 @@ pub fn tracked_backend_id(key: &FlowKey) -> Option<u32> {
     Some(unsafe { (*entry).backend_id })
 }
 
-/// Records the reverse translation of the new flow `key` (client → VIP), sent to
-/// `backend`:`port`, the backend `backend_id` of the VIP `vip_id`: its replies, the flow
-/// backend → client, are to come from the VIP again. The entry's key and value are built in
-/// `other` and `reverse`, working memory outside the stack (the scratch's).
+/// Records the reverse translation of the flow `key` (client → VIP), sent to
+/// `backend`:`port`, the backend `backend_id` of the VIP `vip_id`, in the reverse table that
+/// goes with `table`: its replies, the flow backend → client, are to come from the VIP again.
+/// The entry's key and value are built in `other` and `reverse`, working memory outside the
+/// stack (the scratch's).
 #[inline(always)]
 pub fn record_reverse(
+    table: FlowTable,
     key: &FlowKey,
     (backend, port): (&[u8; 16], [u8; 2]),
     (vip_id, backend_id): (u32, u32),
@@ -257,8 +278,11 @@ pub fn record_reverse(
     reverse._pad = 0;
     reverse.vip_id = vip_id;
     reverse.backend_id = backend_id;
-    REVERSE_NAT
-        .insert(other, reverse, 0)
+    let map = match table {
+        FlowTable::Embryonic => &EMBRYONIC_REVERSE,
+        FlowTable::Connections => &REVERSE_NAT,
+    };
+    map.insert(other, reverse, 0)
         .map_err(|_| Counter::DropInternal)
 }
 
@@ -291,8 +315,15 @@ pub fn reply_translation(key: &FlowKey, backend: &BackendKey, out: &mut ReverseN
             return BY_BACKEND;
         }
     }
+    // One lookup after the other, each copied at once: `or_else` of the two pointers compiles
+    // to a branchless OR of pointers, which the verifier refuses.
     if let Some(entry) = REVERSE_NAT.get_ptr(key) {
         // SAFETY: a pointer the lookup returned; copied at once.
+        copy_reverse(out, unsafe { &*entry });
+        return BY_FLOW;
+    }
+    if let Some(entry) = EMBRYONIC_REVERSE.get_ptr(key) {
+        // SAFETY: as above.
         copy_reverse(out, unsafe { &*entry });
         return BY_FLOW;
     }

@@ -37,11 +37,13 @@ mod vip;
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
 use lb_common::{
     Counter,
+    conntrack::FlowTable,
     maps::{BACKEND_FLAG_STATELESS_REPLY, Backend, Settings, backend_index},
     nat::L4Checksum,
 };
 
 use crate::{
+    conntrack::Seen,
     fwd::Direction,
     maps::{SCRATCH, SETTINGS, Scratch},
     nat::Side,
@@ -102,7 +104,7 @@ fn tracked(pkt: &mut Packet, s: &mut Scratch) -> Option<Counter> {
     let now = now();
     let (id, backend) = conntrack::tracked(&s.key, s.l4.tcp_flags, now, &settings.timeouts)?;
     Some(
-        match send_to_backend(pkt, s, settings, (id, backend), false, now) {
+        match send_to_backend(pkt, s, settings, (id, backend), Seen::Known, now) {
             Ok(outcome) | Err(outcome) => outcome,
         },
     )
@@ -137,9 +139,8 @@ fn balance(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     let settings = SETTINGS.get(0).ok_or(Counter::DropInternal)?;
     conntrack::set_packet_key(&mut s.key, &s.l3, &s.l4);
     let now = now();
-    let (id, backend, new_flow) =
-        conntrack::backend_for(&s.key, &meta, s.l4.tcp_flags, now, settings)?;
-    send_to_backend(pkt, s, settings, (id, backend), new_flow, now)
+    let (id, backend, seen) = conntrack::backend_for(&s.key, &meta, s.l4.tcp_flags, now, settings)?;
+    send_to_backend(pkt, s, settings, (id, backend), seen, now)
 }
 
 /// The rest of a VIP packet's way once its backend is known: the new flow's bookkeeping,
@@ -150,7 +151,7 @@ fn send_to_backend(
     s: &mut Scratch,
     settings: &Settings,
     (id, backend): (u32, &Backend),
-    new_flow: bool,
+    seen: Seen,
     now: u64,
 ) -> Result<Counter, Counter> {
     // Port 0 on a backend: keep the port the client asked for (wildcard VIPs).
@@ -160,16 +161,27 @@ fn send_to_backend(
         backend.port
     };
     let index = backend_index(id);
+    // A new flow to a backend several VIPs share records its reverse translation, a half-open
+    // one apart (a SYN flood evicts only those), moved when the handshake completes.
+    let record = match seen {
+        Seen::Known => None,
+        Seen::New(table) => Some(table),
+        Seen::Promoted => Some(FlowTable::Connections),
+    };
+    if let Some(table) = record
+        && backend.flags & BACKEND_FLAG_STATELESS_REPLY == 0
+    {
+        conntrack::record_reverse(
+            table,
+            &s.key,
+            (&backend.addr, port),
+            (u32::from(backend.vip_id), id),
+            &mut s.other,
+            &mut s.reverse,
+        )?;
+    }
+    let new_flow = matches!(seen, Seen::New(_));
     if new_flow {
-        if backend.flags & BACKEND_FLAG_STATELESS_REPLY == 0 {
-            conntrack::record_reverse(
-                &s.key,
-                (&backend.addr, port),
-                (u32::from(backend.vip_id), id),
-                &mut s.other,
-                &mut s.reverse,
-            )?;
-        }
         select::count_opened(index);
     }
     stats::count_traffic(u32::from(backend.vip_id), index, pkt.len(), new_flow);
@@ -242,7 +254,7 @@ fn translate_reply(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter
         (s.l3.proto, s.l3.family),
     );
     if !conntrack::saw_reply(&s.other, s.l4.tcp_flags, now) && by == conntrack::BY_OWNER {
-        return Err(Counter::PassNonVip);
+        return Err(Counter::DropUntrackedReply);
     }
     stats::count_traffic(
         s.reverse.vip_id,

@@ -1,5 +1,6 @@
 //! The program's maps. Names, sizes and layouts come from `lb-common` so the agent finds them;
-//! the agent resizes `SLOTS`, `CONNTRACK`, `EMBRYONIC` and `REVERSE_NAT` at load time.
+//! the agent resizes `SLOTS`, `CONNTRACK`, `EMBRYONIC`, `REVERSE_NAT` and `EMBRYONIC_REVERSE` at
+//! load time.
 
 use crate::parse::{L3, L4};
 use aya_ebpf::{
@@ -57,6 +58,12 @@ pub static FLOW_RATE: PerCpuArray<RateWindow> = PerCpuArray::with_max_entries(1,
 #[map(name = "REVERSE_NAT")]
 pub static REVERSE_NAT: LruHashMap<FlowKey, ReverseNat> =
     LruHashMap::with_max_entries(DEFAULT_CONNTRACK_CAPACITY, 0);
+
+/// Reverse translations of half-open flows, apart from `REVERSE_NAT` as `EMBRYONIC` is apart
+/// from `CONNTRACK`.
+#[map(name = "EMBRYONIC_REVERSE")]
+pub static EMBRYONIC_REVERSE: LruHashMap<FlowKey, ReverseNat> =
+    LruHashMap::with_max_entries(DEFAULT_EMBRYONIC_CAPACITY, 0);
 
 /// Written by the agent only, one entry per backend address:port at most. Not preallocated,
 /// like `VIPS`: a replaced value is freed after an RCU grace period, so a reply reading it sees

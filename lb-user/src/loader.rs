@@ -10,7 +10,7 @@ use aya::{
 };
 use lb_common::maps::{
     CONNTRACK_MAP, DEFAULT_CONNTRACK_CAPACITY, DEFAULT_EMBRYONIC_CAPACITY, DEFAULT_SLOTS,
-    EMBRYONIC_MAP, REVERSE_NAT_MAP, SLOTS_MAP, TX_PORTS_MAP,
+    EMBRYONIC_MAP, EMBRYONIC_REVERSE_MAP, REVERSE_NAT_MAP, SLOTS_MAP, TX_PORTS_MAP,
 };
 
 use log::{debug, info, warn};
@@ -352,7 +352,7 @@ pub fn declared_maps(options: &LoadOptions) -> anyhow::Result<Vec<(String, MapSp
         .map(|(name, map)| {
             let max_entries = match name.as_str() {
                 CONNTRACK_MAP | REVERSE_NAT_MAP => options.conntrack_capacity,
-                EMBRYONIC_MAP => options.embryonic_capacity,
+                EMBRYONIC_MAP | EMBRYONIC_REVERSE_MAP => options.embryonic_capacity,
                 SLOTS_MAP => options.slots,
                 _ => map.max_entries(),
             };
@@ -396,6 +396,7 @@ impl Loaded {
             .map_max_entries(CONNTRACK_MAP, options.conntrack_capacity)
             .map_max_entries(REVERSE_NAT_MAP, options.conntrack_capacity)
             .map_max_entries(EMBRYONIC_MAP, options.embryonic_capacity)
+            .map_max_entries(EMBRYONIC_REVERSE_MAP, options.embryonic_capacity)
             .map_max_entries(SLOTS_MAP, options.slots);
         for (name, path) in reuse {
             loader.map_pin_path(name, path.as_path());

@@ -121,7 +121,10 @@ fn source_counts(client: &Netns) -> (u64, u64) {
 /// threads on two CPUs).
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn flood_spares_established_flows(scheduler: &str) {
+/// With `shared`, another VIP (port 81, added first, so it owns the backends' stateless
+/// reply entries) uses the same backends: every reply of the flooded VIP's flows then needs
+/// the flow's own reverse translation, which the flood must not evict either.
+fn flood_spares_established_flows(scheduler: &str, shared: bool) {
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let topo = Topology::new(BACKENDS).expect("topology");
     offload_off(&topo);
@@ -143,14 +146,31 @@ fn flood_spares_established_flows(scheduler: &str) {
     count_sources(&topo.client);
     let mut agent = Agent::new(&topo);
     let vip = format!("{VIP}={scheduler}");
-    let mut args = vec![
+    let scheduler = if shared {
+        format!("{scheduler} (backends shared with another VIP)")
+    } else {
+        scheduler.to_owned()
+    };
+    let mut args = Vec::new();
+    if shared {
+        let other = VIP.replace(":80/", ":81/");
+        assert_ne!(other, VIP);
+        args.extend(["--vip".to_owned(), other.clone()]);
+        for i in 0..BACKENDS {
+            args.extend([
+                "--backend".to_owned(),
+                format!("{other}={}", backend_addr(i)),
+            ]);
+        }
+    }
+    args.extend([
         "--vip".to_owned(),
         vip.clone(),
         "--conntrack-capacity".to_owned(),
         "10000".to_owned(),
         "--new-flow-rate-limit".to_owned(),
         "2000".to_owned(),
-    ];
+    ]);
     for i in 0..BACKENDS {
         args.push("--backend".to_owned());
         args.push(format!("{VIP}={}", backend_addr(i)));
@@ -233,13 +253,19 @@ fn flood_spares_established_flows(scheduler: &str) {
 #[test]
 #[ignore = "needs root"]
 fn syn_flood_spares_established_flows_maglev() {
-    flood_spares_established_flows("maglev");
+    flood_spares_established_flows("maglev", false);
 }
 
 #[test]
 #[ignore = "needs root"]
 fn syn_flood_spares_established_flows_round_robin() {
-    flood_spares_established_flows("round-robin");
+    flood_spares_established_flows("round-robin", false);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn syn_flood_spares_established_flows_to_shared_backends() {
+    flood_spares_established_flows("round-robin", true);
 }
 
 /// The agent's CPU over `window`: its user and system clock ticks from `/proc/PID/stat`.

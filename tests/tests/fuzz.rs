@@ -160,7 +160,8 @@ enum Fate {
     /// Translated to one of the VIP's backends.
     Balanced,
     /// From a backend address and well formed: translated to come from the VIP if it belongs
-    /// to a tracked flow, passed untouched otherwise.
+    /// to a tracked flow (or the backend port is one VIP's alone), passed untouched otherwise,
+    /// or dropped untouched if the port is several VIPs' and the flow unknown.
     MaybeReply,
     /// As [`Fate::MaybeReply`], but arriving on the client side, which does not lead to that
     /// backend: dropped as spoofed if it names a flow, passed untouched otherwise.
@@ -188,13 +189,15 @@ const ICMP: [Counter; 8] = [
     Counter::PassFib,
     Counter::PassNoNeighbour,
 ];
-const MAYBE_REPLY: [Counter; 6] = [
+const MAYBE_REPLY: [Counter; 8] = [
     Counter::ReplyTx,
     Counter::ReplyRedirect,
     Counter::PassFib,
     Counter::PassNoNeighbour,
     Counter::PassPartialChecksum,
     Counter::PassNonVip,
+    Counter::PassReplyTooBig,
+    Counter::DropUntrackedReply,
 ];
 
 impl Fate {
@@ -779,7 +782,11 @@ impl Oracle {
             Fate::Icmp if unchanged => Ok(()),
             Fate::Icmp => icmp_checksums_kept(input, output),
             Fate::MaybeSpoofed => Err("spoofed reply, but changed".into()),
-            Fate::MaybeReply if unchanged && action == xdp_action::PASS => Ok(()),
+            Fate::MaybeReply
+                if unchanged && matches!(action, xdp_action::PASS | xdp_action::DROP) =>
+            {
+                Ok(())
+            }
             Fate::Balanced if unchanged => Err("balanced, but not translated".into()),
             Fate::Balanced | Fate::MaybeReply => {
                 let ip = ip.expect("a packet to translate has an IP header");

@@ -53,6 +53,7 @@ use lb_common::{
 };
 
 use crate::{
+    conntrack::Seen,
     maps::{CONNTRACK, SCRATCH, SETTINGS, Scratch},
     nat::Side,
     parse::{Ipv4Fixed, L3, L4},
@@ -152,7 +153,7 @@ pub fn step_conntrack(_ctx: XdpContext) -> u32 {
     };
     conntrack::set_packet_key(&mut s.key, &s.l3, &s.l4);
     match conntrack::backend_for(&s.key, &meta, s.l4.tcp_flags, 1, settings) {
-        Ok((_, _, new_flow)) => pass_if(!new_flow),
+        Ok((_, _, seen)) => pass_if(seen == Seen::Known),
         Err(_) => MISS,
     }
 }
@@ -207,12 +208,12 @@ pub fn step_new_flow_one_insert(_ctx: XdpContext) -> u32 {
     // SAFETY: a BPF helper without arguments or preconditions.
     let random = unsafe { bpf_get_prandom_u32() };
     s.key.src_addr[..4].copy_from_slice(&random.to_ne_bytes());
-    let Ok((id, _, new_flow)) = conntrack::backend_for(&s.key, &meta, s.l4.tcp_flags, 1, settings)
+    let Ok((id, _, seen)) = conntrack::backend_for(&s.key, &meta, s.l4.tcp_flags, 1, settings)
     else {
         return MISS;
     };
     select::count_opened(backend_index(id));
-    pass_if(new_flow)
+    pass_if(matches!(seen, Seen::New(_)))
 }
 
 /// The VIP lookup and a new flow: a random source address, so the connection table misses;
@@ -231,12 +232,16 @@ pub fn step_new_flow(_ctx: XdpContext) -> u32 {
     // SAFETY: a BPF helper without arguments or preconditions.
     let random = unsafe { bpf_get_prandom_u32() };
     s.key.src_addr[..4].copy_from_slice(&random.to_ne_bytes());
-    let Ok((id, backend, new_flow)) =
+    let Ok((id, backend, seen)) =
         conntrack::backend_for(&s.key, &meta, s.l4.tcp_flags, 1, settings)
     else {
         return MISS;
     };
+    let Seen::New(table) = seen else {
+        return MISS;
+    };
     if conntrack::record_reverse(
+        table,
         &s.key,
         (&backend.addr, backend.port),
         (meta.vip_id, id),
@@ -248,7 +253,7 @@ pub fn step_new_flow(_ctx: XdpContext) -> u32 {
         return MISS;
     }
     select::count_opened(backend_index(id));
-    pass_if(new_flow)
+    PASS
 }
 
 /// One insert of a new flow (a random source address) into the connection table, the LRU

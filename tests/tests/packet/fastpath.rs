@@ -10,8 +10,8 @@ use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use lb_common::{
     flow::PROTO_TCP,
     maps::{
-        CONNTRACK_MAP, EMBRYONIC_MAP, NEXT_HOP_TTL_NS, NEXT_HOPS_MAP, NextHop, REVERSE_NAT_MAP,
-        ReverseNat, backend_index,
+        CONNTRACK_MAP, EMBRYONIC_MAP, EMBRYONIC_REVERSE_MAP, NEXT_HOP_TTL_NS, NEXT_HOPS_MAP,
+        NextHop, REVERSE_NAT_MAP, ReverseNat, backend_index,
     },
 };
 use lb_tests::{
@@ -178,6 +178,7 @@ fn stateless_replies_shared_backends_and_next_hops() {
         )
         .unwrap();
     let reverse_before = reverse_entries(&lab);
+    let half_open_before = lab.flow_entries::<ReverseNat>(EMBRYONIC_REVERSE_MAP);
     let opened = [Case::new(
         "new flow to a backend two VIPs share",
         frame(sa(CLIENT_B), sa(VIP_B), SYN, b""),
@@ -186,13 +187,18 @@ fn stateless_replies_shared_backends_and_next_hops() {
     )];
     lab.run(lab.gc, &opened);
     assert_eq!(
+        lab.flow_entries::<ReverseNat>(EMBRYONIC_REVERSE_MAP),
+        half_open_before + 1,
+        "a half-open flow to a shared backend records its reverse entry with the half-open"
+    );
+    assert_eq!(
         reverse_entries(&lab),
-        reverse_before + 1,
-        "a flow to a shared backend records its reverse entry"
+        reverse_before,
+        "a SYN (a flood's too) takes no place among established flows' reverse entries"
     );
     let replies = [
         Case::new(
-            "shared backend: a reply with its flow's reverse entry comes from that flow's VIP",
+            "shared backend: the SYN-ACK comes from the half-open flow's VIP",
             lab.sent_by_b0(BACKEND, CLIENT_B, syn_ack, b""),
             XdpAction::Redirect,
             Expect::Frame(lab.to_client(VIP_B, CLIENT_B, syn_ack, b"")),
@@ -203,8 +209,41 @@ fn stateless_replies_shared_backends_and_next_hops() {
             XdpAction::Redirect,
             Expect::Frame(lab.to_client(VIP_A, CLIENT_A, ACK, b"x")),
         ),
+        Case::new(
+            "shared backend: a reply of no tracked flow is dropped, not leaked untranslated",
+            lab.sent_by_b0(BACKEND, "[fd00::77]:40000", syn_ack, b""),
+            XdpAction::Drop,
+            Expect::Unchanged,
+        )
+        .counter("drop_untracked_reply"),
     ];
     lab.run(lab.gb0, &replies);
+    let handshake = [Case::new(
+        "the client's handshake ACK to the shared backend",
+        frame(sa(CLIENT_B), sa(VIP_B), ACK, b""),
+        XdpAction::Redirect,
+        Expect::Frame(lab.to_b0(CLIENT_B, BACKEND, ACK, b"")),
+    )];
+    lab.run(lab.gc, &handshake);
+    assert_eq!(
+        reverse_entries(&lab),
+        reverse_before + 1,
+        "the handshake ACK records the established flow's reverse entry"
+    );
+    // Its half-open entry gone (as a flood would evict it), the flow keeps its VIP.
+    let mut half_open: aya::maps::HashMap<&mut aya::maps::MapData, lb_common::FlowKey, ReverseNat> =
+        aya::maps::HashMap::try_from(lab.loaded.ebpf.map_mut(EMBRYONIC_REVERSE_MAP).expect("map"))
+            .expect("typed");
+    for key in half_open.keys().flatten().collect::<Vec<_>>() {
+        half_open.remove(&key).expect("remove");
+    }
+    let established = [Case::new(
+        "shared backend: an established flow's reply comes from its VIP",
+        lab.sent_by_b0(BACKEND, CLIENT_B, ACK, b"y"),
+        XdpAction::Redirect,
+        Expect::Frame(lab.to_client(VIP_B, CLIENT_B, ACK, b"y")),
+    )];
+    lab.run(lab.gb0, &established);
 
     // 3. Next hops. The tracked flow's packets use the next hop kept for backend 0's slot;
     //    one planted with a MAC no host has shows it is used while fresh...
