@@ -23,6 +23,7 @@
 // BPF stack, which is exactly what the scratch map exists to avoid.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+mod acl;
 mod conntrack;
 mod fwd;
 mod icmp;
@@ -37,7 +38,7 @@ mod vip;
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
 use lb_common::{
     Counter,
-    maps::{BACKEND_FLAG_STATELESS_REPLY, Backend, Settings, backend_index},
+    maps::{BACKEND_FLAG_ACL, BACKEND_FLAG_STATELESS_REPLY, Backend, Settings, backend_index},
     nat::L4Checksum,
 };
 
@@ -101,6 +102,12 @@ fn tracked(pkt: &mut Packet, s: &mut Scratch) -> Option<Counter> {
     conntrack::set_packet_key(&mut s.key, &s.l3, &s.l4);
     let now = now();
     let (id, backend) = conntrack::tracked(&s.key, s.l4.tcp_flags, now, &settings.timeouts)?;
+    // Prefix lists hold for every packet: a source denied since its flow began is cut off.
+    if backend.flags & BACKEND_FLAG_ACL != 0
+        && !acl::allowed(&s.key, u32::from(backend.vip_id), &mut s.acl)
+    {
+        return Some(Counter::DropAcl);
+    }
     Some(
         match send_to_backend(pkt, s, settings, (id, backend), false, now) {
             Ok(outcome) | Err(outcome) => outcome,
@@ -137,6 +144,7 @@ fn balance(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     let settings = SETTINGS.get(0).ok_or(Counter::DropInternal)?;
     conntrack::set_packet_key(&mut s.key, &s.l3, &s.l4);
     let now = now();
+    acl::check(s, &meta, now)?;
     let (id, backend, new_flow) =
         conntrack::backend_for(&s.key, &meta, s.l4.tcp_flags, now, settings)?;
     send_to_backend(pkt, s, settings, (id, backend), new_flow, now)

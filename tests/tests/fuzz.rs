@@ -200,10 +200,12 @@ const MAYBE_REPLY: [Counter; 6] = [
 impl Fate {
     fn counters(self) -> &'static [Counter] {
         match self {
-            // `Counter::ALL` is in index order.
-            Fate::Untouched(c) | Fate::Dropped(c) => {
-                std::slice::from_ref(&Counter::ALL[c as usize])
-            }
+            Fate::Untouched(c) | Fate::Dropped(c) => std::slice::from_ref(
+                Counter::ALL
+                    .iter()
+                    .find(|&&k| k == c)
+                    .expect("every counter is in `Counter::ALL`"),
+            ),
             Fate::Balanced => &BALANCED,
             Fate::MaybeReply => &MAYBE_REPLY,
             Fate::MaybeSpoofed => &MAYBE_SPOOFED,
