@@ -65,14 +65,14 @@ fn take(key: &FlowKey, vip_id: u32, bucket: &mut SourceKey, now: u64) -> bool {
     for (i, (out, src)) in bucket.addr.iter_mut().zip(key.src_addr.iter()).enumerate() {
         *out = src & prefix_mask(limit.prefix_len, i);
     }
-    match SOURCE_BUCKETS.get_ptr_mut(bucket) {
+    match SOURCE_BUCKETS.get_ptr_mut(&*bucket) {
         // SAFETY: a pointer the lookup returned, valid for this run. CPUs update a bucket
         // without atomics: two at once may both take its last token (see `lb_common::limit`).
         Some(tokens) => take_token(unsafe { &mut *tokens }, now, limit.rate, limit.burst),
         None => {
             let fresh = first_bucket(now, limit.burst);
             // Another CPU may have made the bucket meanwhile: its flow and this one both pass.
-            let _ = SOURCE_BUCKETS.insert(bucket, &fresh, u64::from(BPF_NOEXIST));
+            let _ = SOURCE_BUCKETS.insert(&*bucket, &fresh, u64::from(BPF_NOEXIST));
             limit.burst > 0
         }
     }
