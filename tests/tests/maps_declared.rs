@@ -8,15 +8,15 @@ use std::collections::BTreeSet;
 use lb_common::{
     counters::{COUNTERS_MAP, EVENTS_MAP},
     maps::{
-        ADDR_FILTER_MAP, BACKEND_LOAD_MAP, BACKEND_OPENED_MAP, BACKEND_STATS_MAP, BACKEND_VIPS_MAP,
+        ACL_MAP, ADDR_FILTER_MAP, BACKEND_LOAD_MAP, BACKEND_OPENED_MAP, BACKEND_STATS_MAP, BACKEND_VIPS_MAP,
         BACKENDS_MAP, CONNTRACK_MAP, EMBRYONIC_MAP, FLOW_RATE_MAP, LOCAL_ADDRS_MAP, NEXT_HOPS_MAP,
-        REVERSE_NAT_MAP, RR_CURSORS_MAP, SETTINGS_MAP, SLOTS_MAP, TX_PORTS_MAP, VIP_ADDRS_MAP,
-        VIP_STATS_MAP, VIPS_MAP,
+        REVERSE_NAT_MAP, RR_CURSORS_MAP, SETTINGS_MAP, SLOTS_MAP, SOURCE_BUCKETS_MAP,
+        SOURCE_LIMITS_MAP, TX_PORTS_MAP, VIP_ADDRS_MAP, VIP_STATS_MAP, VIPS_MAP,
     },
 };
 
 /// Every map name `lb-common` declares.
-const DECLARED: [&str; 21] = [
+const DECLARED: [&str; 24] = [
     COUNTERS_MAP,
     VIPS_MAP,
     VIP_ADDRS_MAP,
@@ -38,6 +38,9 @@ const DECLARED: [&str; 21] = [
     EMBRYONIC_MAP,
     FLOW_RATE_MAP,
     EVENTS_MAP,
+    ACL_MAP,
+    SOURCE_LIMITS_MAP,
+    SOURCE_BUCKETS_MAP,
 ];
 
 /// Maps only the program uses (its per-CPU scratch): the agent never opens them by name.
