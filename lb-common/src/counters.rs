@@ -202,7 +202,10 @@ mod tests {
     #[test]
     fn indices_increase_and_names_unique() {
         for pair in Counter::ALL.windows(2) {
-            assert!((pair[0] as u32) < pair[1] as u32, "{pair:?} is out of order");
+            assert!(
+                (pair[0] as u32) < pair[1] as u32,
+                "{pair:?} is out of order"
+            );
         }
         assert!(Counter::ALL.len() as u32 <= COUNTER_COUNT);
         let mut names: Vec<_> = Counter::ALL.iter().map(|c| c.name()).collect();

@@ -60,8 +60,8 @@ const _: () = assert!(size_of::<TokenBucket>() == 16);
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    // SAFETY (for the three impls): `repr(C)`, integers and byte arrays with explicit padding
-    // (sizes asserted above); every bit pattern is valid.
+    // SAFETY: `repr(C)`, integers and a byte array with explicit padding (size asserted
+    // above); every bit pattern is valid. So for the two below.
     unsafe impl aya::Pod for SourceLimit {}
     // SAFETY: as above.
     unsafe impl aya::Pod for SourceKey {}
@@ -112,8 +112,9 @@ pub fn take_token(bucket: &mut TokenBucket, now_ns: u64, rate: u32, burst: u32) 
     if now_ns > bucket.stamp_ns {
         let elapsed = now_ns - bucket.stamp_ns;
         let rate = u64::from(rate);
-        if rate != 0 {
-            tokens = if elapsed > cap / rate {
+        // The time an empty bucket takes to fill; none without a rate.
+        if let Some(fill_ns) = cap.checked_div(rate) {
+            tokens = if elapsed > fill_ns {
                 cap
             } else {
                 // elapsed * rate <= cap, and tokens <= cap: no overflow below 2 * 2^32 * TOKEN.

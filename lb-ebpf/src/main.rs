@@ -1,7 +1,9 @@
 //! The xdplb XDP program. One readable pipeline:
 //! parse → VIP address? (address filter) → L4 → connection table: a tracked flow's packet goes
 //! straight to rewrite → next hop → transmit;
-//! otherwise `VIP_ADDRS` → VIP lookup (exact, then port 0) → the embryonic table (a half-open
+//! otherwise `VIP_ADDRS` → VIP lookup (exact, then port 0) → the VIP's source checks, if it
+//! has any (`acl`: prefix lists on every packet, tracked flows' too; a per-source new-flow
+//! limit) → the embryonic table (a half-open
 //! flow's; the handshake ACK promotes it) → pick a backend → record the flow (embryonic if a
 //! SYN, nowhere under a flood if the VIP hashes consistently)
 //! (and its reverse translation if its backend is shared by several VIPs) → count → rewrite →

@@ -10,15 +10,15 @@ use aya_ebpf::{
 use lb_common::{
     FlowKey,
     acl::{AclKey, AclMatch},
-    limit::{SourceKey, SourceLimit, TokenBucket},
     conntrack::{FlowState, RateWindow},
     counters::{COUNTER_COUNT, EVENT_COUNT},
     filter::FILTER_MAP_WORDS,
+    limit::{SourceKey, SourceLimit, TokenBucket},
     maps::{
         AddrKey, Backend, BackendKey, BackendLoad, DEFAULT_CONNTRACK_CAPACITY,
-        DEFAULT_EMBRYONIC_CAPACITY, DEFAULT_SLOTS, MAX_ACL_ENTRIES, MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_TX_PORTS,
-        MAX_VIPS, NextHop, ReverseNat, SOURCE_BUCKETS_CAPACITY, Settings, Stats, VipAddrKey,
-        VipKey, VipMeta,
+        DEFAULT_EMBRYONIC_CAPACITY, DEFAULT_SLOTS, MAX_ACL_ENTRIES, MAX_BACKENDS, MAX_LOCAL_ADDRS,
+        MAX_TX_PORTS, MAX_VIPS, NextHop, ReverseNat, SOURCE_BUCKETS_CAPACITY, Settings, Stats,
+        VipAddrKey, VipKey, VipMeta,
     },
 };
 

@@ -14,11 +14,6 @@ use aya::{
         lpm_trie::{Key as LpmKey, LpmTrie},
     },
 };
-use lb_common::{
-    acl::{AclKey, AclMatch},
-    limit::SourceLimit,
-    maps::{ACL_MAP, SOURCE_LIMITS_MAP},
-};
 use lb_common::maps::{
     ADDR_FILTER_MAP, AddrKey, BACKEND_LOAD_MAP, BACKEND_OPENED_MAP, BACKEND_STATS_MAP,
     BACKEND_UNUSED, BACKEND_VIPS_MAP, BACKENDS_MAP, Backend, BackendKey, BackendLoad,
@@ -28,6 +23,11 @@ use lb_common::maps::{
 use lb_common::{
     FlowKey,
     conntrack::{FlowState, Timeouts, is_active},
+};
+use lb_common::{
+    acl::{AclKey, AclMatch},
+    limit::SourceLimit,
+    maps::{ACL_MAP, SOURCE_LIMITS_MAP},
 };
 
 pub use crate::model::{MapsError, MapsResult};

@@ -434,7 +434,9 @@ pub enum Error {
     PrefixFamilyMismatch { vip: Vip, prefix: SourcePrefix },
     #[error("source prefix {0} is listed twice (in allow or deny, or in both)")]
     PrefixTwice(SourcePrefix),
-    #[error("too many source prefixes: {0} (at most {MAX_ACL_PREFIXES} a VIP, allow and deny together)")]
+    #[error(
+        "too many source prefixes: {0} (at most {MAX_ACL_PREFIXES} a VIP, allow and deny together)"
+    )]
     TooManyPrefixes(usize),
     #[error("too many source prefixes in all VIPs (the data path holds at most {0} entries)")]
     AclFull(u32),
@@ -579,7 +581,11 @@ pub fn check_sources(vip: &Vip, options: &VipOptions) -> Result<(), Error> {
     }
     let max = max_prefix_len(vip.addr);
     if let Some(len) = options.source_prefix_len.filter(|&len| len > max) {
-        return Err(Error::BadSourcePrefixLen { vip: *vip, len, max });
+        return Err(Error::BadSourcePrefixLen {
+            vip: *vip,
+            len,
+            max,
+        });
     }
     Ok(())
 }
@@ -700,12 +706,18 @@ mod tests {
         assert_eq!("fd00::1".parse::<SourcePrefix>().unwrap().len, 128);
         assert_eq!(p.to_string(), "10.0.0.0/8");
         for (s, why) in [
-            ("10.1.2.3/8", "host bits are set (the network is 10.0.0.0/8)"),
+            (
+                "10.1.2.3/8",
+                "host bits are set (the network is 10.0.0.0/8)",
+            ),
             ("fd00::1/16", "host bits are set (the network is fd00::/16)"),
             ("10.0.0.0/33", "the length must be a number from 0 to 32"),
             ("fd00::/129", "the length must be a number from 0 to 128"),
             ("10.0.0.0/x", "the length must be a number from 0 to 32"),
-            ("10.0.0/8", "expected ADDR/LEN, e.g. 10.0.0.0/8 or fd00::/16"),
+            (
+                "10.0.0/8",
+                "expected ADDR/LEN, e.g. 10.0.0.0/8 or fd00::/16",
+            ),
             ("none", "expected ADDR/LEN, e.g. 10.0.0.0/8 or fd00::/16"),
         ] {
             let err = s.parse::<SourcePrefix>().unwrap_err();

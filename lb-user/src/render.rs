@@ -29,7 +29,9 @@ fn sources_line(v: &VipView) -> String {
         parts.push(format!("deny {}", v.deny.join(" ")));
     }
     if let Some(rate) = v.source_rate_limit {
-        let len = v.source_prefix_len.map_or(String::new(), |l| format!(" per /{l}"));
+        let len = v
+            .source_prefix_len
+            .map_or(String::new(), |l| format!(" per /{l}"));
         parts.push(format!("limit {rate} new flows/s{len}"));
     }
     if parts.is_empty() {

@@ -98,12 +98,18 @@ fn show(agent: &Agent) -> VipView {
 fn source_lists_and_limits_end_to_end() {
     let topo = Topology::new(BACKENDS).expect("topology");
     topo.client
-        .exec("ip", &["addr", "add", &format!("{SECOND}/24"), "dev", "eth0"])
+        .exec(
+            "ip",
+            &["addr", "add", &format!("{SECOND}/24"), "dev", "eth0"],
+        )
         .expect("second client address");
     let _servers = serve(&topo);
     let mut agent = Agent::new(&topo);
     agent.start(&strs(&vip_args()));
-    assert!(answered(&topo, FIRST) && answered(&topo, SECOND), "no lists yet");
+    assert!(
+        answered(&topo, FIRST) && answered(&topo, SECOND),
+        "no lists yet"
+    );
 
     // Allow only the first address.
     agent.ok(&["vip", "set", VIP, "--allow", &format!("{FIRST}/32")]);

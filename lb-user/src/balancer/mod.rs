@@ -11,9 +11,9 @@ use std::{
 };
 
 use lb_common::{
+    acl::AclKey,
     conntrack::Timeouts,
     filter::{FILTER_MAP_WORDS, FilterKind, filter_slot},
-    acl::AclKey,
     maps::{
         BACKEND_FLAG_ACL, BACKEND_FLAG_STATELESS_REPLY, BACKEND_UNUSED, Backend, BackendKey,
         BackendLoad, MAX_ACL_ENTRIES, MAX_VIPS, ReverseNat, Settings, Stats, backend_index,
@@ -423,8 +423,7 @@ impl<M: Maps> Balancer<M> {
         let state = self.state.vips.remove(vip).expect("checked above");
         self.remove_acl(&acl_of(vip, state.id, &state.options), &BTreeMap::new())?;
         if state.options.source_rate_limit > 0 {
-            self.maps
-                .set_source_limit(state.id, &Default::default())?;
+            self.maps.set_source_limit(state.id, &Default::default())?;
         }
         self.publish_replies()?;
         for backend in &state.backends {

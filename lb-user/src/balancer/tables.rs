@@ -60,7 +60,8 @@ pub(super) fn vip_flags(options: &VipOptions) -> u8 {
 
 /// The entries of the source prefix lists of `vip`, with id `vip_id` and `options`.
 pub(super) fn acl_of(vip: &Vip, vip_id: u32, options: &VipOptions) -> BTreeMap<AclKey, u8> {
-    let bits = |list: &[crate::model::SourcePrefix]| list.iter().map(|p| p.bits()).collect::<Vec<_>>();
+    let bits =
+        |list: &[crate::model::SourcePrefix]| list.iter().map(|p| p.bits()).collect::<Vec<_>>();
     acl_entries(
         vip_id,
         family(vip.addr),

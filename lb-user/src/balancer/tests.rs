@@ -585,7 +585,8 @@ fn source_lists_and_limits_reach_the_maps_and_leave_with_the_vip() {
 #[test]
 fn refused_source_changes_change_nothing() {
     let mut b = balancer();
-    b.add_vip(vip(), with_sources(&["10.0.0.0/8"], &[], 5)).unwrap();
+    b.add_vip(vip(), with_sources(&["10.0.0.0/8"], &[], 5))
+        .unwrap();
     let before = (b.vips(), acl(&b), b.maps().vips.clone());
     for (options, err) in [
         (
@@ -615,7 +616,8 @@ fn refused_source_changes_change_nothing() {
 #[test]
 fn source_lists_are_restored_and_stale_entries_removed() {
     let mut b = balancer();
-    b.add_vip(vip(), with_sources(&["10.0.0.0/8"], &[], 3)).unwrap();
+    b.add_vip(vip(), with_sources(&["10.0.0.0/8"], &[], 3))
+        .unwrap();
     let snapshot = b.snapshot();
     let mut maps = MemMaps::default();
     // An entry an interrupted change left behind.

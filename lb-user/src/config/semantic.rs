@@ -280,7 +280,11 @@ fn sources_from_raw(
     };
     if let Some(n) = rate {
         options.source_rate_limit = errors
-            .int(&field(prefix, "source-rate-limit"), n, 0..=i64::from(u32::MAX))
+            .int(
+                &field(prefix, "source-rate-limit"),
+                n,
+                0..=i64::from(u32::MAX),
+            )
             .unwrap_or(0);
     }
     if let Some(n) = prefix_len {

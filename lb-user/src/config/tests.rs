@@ -857,7 +857,11 @@ fn source_checks_parse_check_round_trip_and_apply() {
     ));
     let options = config.vips[0].options();
     assert_eq!(
-        options.allow.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        options
+            .allow
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
         ["10.0.0.0/8", "192.0.2.7/32"]
     );
     assert_eq!(options.deny[0].to_string(), "10.1.0.0/16");
@@ -883,45 +887,35 @@ fn source_checks_parse_check_round_trip_and_apply() {
     for (vip, expected) in [
         (
             "allow = [\"10.1.2.3/8\"]",
-            format!(
-                "vip[0].allow[0]: bad source prefix \"10.1.2.3/8\": host bits are set (the network \
-                 is 10.0.0.0/8)"
-            ),
+            "vip[0].allow[0]: bad source prefix \"10.1.2.3/8\": host bits are set (the network \
+                 is 10.0.0.0/8)",
         ),
         (
             "deny = [\"10.0.0.0/40\"]",
-            format!(
-                "vip[0].deny[0]: bad source prefix \"10.0.0.0/40\": the length must be a number \
-                 from 0 to 32"
-            ),
+            "vip[0].deny[0]: bad source prefix \"10.0.0.0/40\": the length must be a number \
+                 from 0 to 32",
         ),
         (
             "allow = [\"fd00::/8\"]",
-            format!(
-                "vip[0].allow/deny: source prefix fd00::/8 is not of VIP 198.19.0.1:80/tcp's \
-                 address family"
-            ),
+            "vip[0].allow/deny: source prefix fd00::/8 is not of VIP 198.19.0.1:80/tcp's \
+                 address family",
         ),
         (
             "allow = [\"10.0.0.0/8\"]\ndeny = [\"10.0.0.0/8\"]",
-            format!(
-                "vip[0].allow/deny: source prefix 10.0.0.0/8 is listed twice (in allow or deny, \
-                 or in both)"
-            ),
+            "vip[0].allow/deny: source prefix 10.0.0.0/8 is listed twice (in allow or deny, \
+                 or in both)",
         ),
         (
             "source-rate-limit = -1",
-            format!("vip[0].source-rate-limit: -1 is out of range 0..=4294967295"),
+            "vip[0].source-rate-limit: -1 is out of range 0..=4294967295",
         ),
         (
             "source-rate-limit = 5\nsource-prefix-len = 33",
-            format!(
-                "vip[0].source-prefix-len: source prefix length 33 is out of range 0..=32 for VIP \
-                 198.19.0.1:80/tcp"
-            ),
+            "vip[0].source-prefix-len: source prefix length 33 is out of range 0..=32 for VIP \
+                 198.19.0.1:80/tcp",
         ),
     ] {
         let err = error(&one(vip, "", ""));
-        assert!(err.contains(&expected), "{vip}:\n{err}\nwanted {expected}");
+        assert!(err.contains(expected), "{vip}:\n{err}\nwanted {expected}");
     }
 }

@@ -120,12 +120,7 @@ fn prefix_lists_longest_prefix_wins_and_tracked_flows_are_checked() {
         ),
         Case::new(
             "another VIP, without lists: unaffected",
-            frame(
-                sa("192.0.2.1:5353"),
-                sa("198.19.0.1:53"),
-                L4::Udp,
-                b"query",
-            ),
+            frame(sa("192.0.2.1:5353"), sa("198.19.0.1:53"), L4::Udp, b"query"),
             XdpAction::Redirect,
             Expect::Frame(lab.to_b0("192.0.2.1:5353", BACKEND, L4::Udp, b"query")),
         ),
@@ -208,7 +203,12 @@ fn new_flows_per_source_are_limited_and_tracked_flows_never() {
         ACK,
         "drop_source_rate_limit",
     ));
-    cases.push(passes(&lab, "another source: its own bucket", "10.0.0.2:50000", SYN));
+    cases.push(passes(
+        &lab,
+        "another source: its own bucket",
+        "10.0.0.2:50000",
+        SYN,
+    ));
     cases.push(passes(
         &lab,
         "a retransmitted SYN of a tracked flow: not limited",
