@@ -93,6 +93,10 @@ counters! {
     /// IPv6): answered from the VIP with ICMP fragmentation needed / packet too big quoting
     /// the packet as the client sent it, with XDP_TX.
     IcmpTooBigTx = 25 => "icmp_too_big_tx",
+    /// A backend's reply too big for the route to its client (IPv4 with DF, or IPv6): passed
+    /// to the kernel *untranslated*, whose fragmentation needed / packet too big then quotes
+    /// the packet as the backend sent it.
+    PassReplyTooBig = 26 => "pass_reply_too_big",
     /// To a VIP with source prefix lists, from a source they do not let in: dropped.
     DropAcl = 28 => "drop_acl",
     /// A new flow to a VIP with a per-source new-flow limit, from a source (prefix) over it:
@@ -186,7 +190,8 @@ impl Counter {
             | Counter::PassNoNeighbour
             | Counter::PassFib
             | Counter::PassPartialChecksum
-            | Counter::PassTtlExpired => xdp_action::PASS,
+            | Counter::PassTtlExpired
+            | Counter::PassReplyTooBig => xdp_action::PASS,
         }
     }
 }

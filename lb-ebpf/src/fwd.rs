@@ -10,7 +10,7 @@ use aya_ebpf::bindings::{
     BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
     bpf_fib_lookup,
 };
-use lb_common::{Counter, csum::ChecksumUpdate, maps::NextHop};
+use lb_common::{Counter, csum::ChecksumUpdate, icmp::answers_too_big, maps::NextHop};
 use network_types::eth::EthHdr;
 
 use core::mem::MaybeUninit;
@@ -203,30 +203,8 @@ fn lookup_and_send(
         return Counter::PassFib;
     }
     let mut params = MaybeUninit::<bpf_fib_lookup>::uninit();
-    // Not `mem::zeroed()`: that is a call of the byte-at-a-time `memset` (see `ptr::set_v4`).
-    // An all-zero `bpf_fib_lookup` (integers, byte arrays and unions of them) is valid.
-    let params = zeroed_in_place(&mut params);
-    params.l4_protocol = l3.proto;
-    params.ifindex = pkt.ingress_ifindex;
-    let hop_limit = if l3.v6() {
-        let Some(ip) = pkt.ref_at::<Ipv6Fixed>(l3.l3_off) else {
-            return Counter::PassFib;
-        };
-        params.family = AF_INET6;
-        params.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.payload_len).saturating_add(40);
-        params.__bindgen_anon_3.ipv6_src = words(&ip.src);
-        params.__bindgen_anon_4.ipv6_dst = words(&ip.dst);
-        ip.hop_limit
-    } else {
-        let Some(ip) = pkt.ref_at::<Ipv4Fixed>(l3.l3_off) else {
-            return Counter::PassFib;
-        };
-        params.family = AF_INET;
-        params.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.tot_len);
-        params.__bindgen_anon_2.tos = ip.tos;
-        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src);
-        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst);
-        ip.ttl
+    let Some((params, hop_limit, frags)) = fib_params(pkt, l3, &mut params) else {
+        return Counter::PassFib;
     };
 
     match pkt.fib_lookup(params) as u32 {
@@ -237,6 +215,14 @@ fn lookup_and_send(
             // SAFETY: a union of two `u16`s; with this answer the kernel has set `mtu_result`.
             *out = unsafe { params.__bindgen_anon_1.mtu_result };
             return Counter::IcmpTooBigTx;
+        }
+        // A reply the route cannot take whole: `main` puts the backend's addresses back, so the
+        // kernel's too-big answer tells the backend about its own packet. One it may fragment
+        // goes on translated.
+        BPF_FIB_LKUP_RET_FRAG_NEEDED
+            if direction == Direction::ToClient && answers_too_big(l3.v6(), frags) =>
+        {
+            return Counter::PassReplyTooBig;
         }
         _ => return Counter::PassFib,
     }
@@ -267,6 +253,60 @@ fn lookup_and_send(
         Ok(_) => redirect,
         Err(_) => Counter::PassFib,
     }
+}
+
+/// The MTU of the route `l3`'s packet takes when it is too big for it and may not be
+/// fragmented (IPv4 with DF, or IPv6); 0 when it fits, may be fragmented, or the FIB has no
+/// answer. For packets the program hands the kernel translated (partial checksums): the kernel
+/// would answer a too-big one about its translated addresses.
+#[inline(never)]
+pub fn too_big_for_route(pkt: &Packet, l3: &L3) -> u16 {
+    let mut params = MaybeUninit::<bpf_fib_lookup>::uninit();
+    let Some((params, _, frags)) = fib_params(pkt, l3, &mut params) else {
+        return 0;
+    };
+    if l3.vlan
+        || pkt.fib_lookup(params) as u32 != BPF_FIB_LKUP_RET_FRAG_NEEDED
+        || !answers_too_big(l3.v6(), frags)
+    {
+        return 0;
+    }
+    // SAFETY: a union of two `u16`s; with this answer the kernel has set `mtu_result`.
+    unsafe { params.__bindgen_anon_1.mtu_result }
+}
+
+/// FIB lookup parameters for the packet `l3` as it is now, in `params`; with its hop limit and
+/// (IPv4) flags-and-offset word.
+#[inline(always)]
+fn fib_params<'a>(
+    pkt: &Packet,
+    l3: &L3,
+    params: &'a mut MaybeUninit<bpf_fib_lookup>,
+) -> Option<(&'a mut bpf_fib_lookup, u8, u16)> {
+    // Not `mem::zeroed()`: that is a call of the byte-at-a-time `memset` (see `ptr::set_v4`).
+    // An all-zero `bpf_fib_lookup` (integers, byte arrays and unions of them) is valid.
+    let params = zeroed_in_place(params);
+    params.l4_protocol = l3.proto;
+    params.ifindex = pkt.ingress_ifindex;
+    let mut frags = 0;
+    let hop_limit = if l3.v6() {
+        let ip = pkt.ref_at::<Ipv6Fixed>(l3.l3_off)?;
+        params.family = AF_INET6;
+        params.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.payload_len).saturating_add(40);
+        params.__bindgen_anon_3.ipv6_src = words(&ip.src);
+        params.__bindgen_anon_4.ipv6_dst = words(&ip.dst);
+        ip.hop_limit
+    } else {
+        let ip = pkt.ref_at::<Ipv4Fixed>(l3.l3_off)?;
+        params.family = AF_INET;
+        params.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.tot_len);
+        params.__bindgen_anon_2.tos = ip.tos;
+        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src);
+        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst);
+        frags = u16::from_be_bytes(ip.frags);
+        ip.ttl
+    };
+    Some((params, hop_limit, frags))
 }
 
 #[inline(always)]

@@ -184,6 +184,12 @@ fn send_to_backend(
     }
     stats::count_traffic(u32::from(backend.vip_id), index, pkt.len(), new_flow);
     if nat::rewrite(pkt, &s.l3, &s.l4, Side::Dst, &backend.addr, port)? == L4Checksum::Partial {
+        // The kernel finishes the checksum and forwards it, unless it is too big for the
+        // route: then the answer, from the VIP, is the program's.
+        s.too_big_mtu = fwd::too_big_for_route(pkt, &s.l3);
+        if s.too_big_mtu != 0 {
+            return Ok(Counter::IcmpTooBigTx);
+        }
         return Ok(Counter::PassPartialChecksum);
     }
     Ok(fwd::to_backend(
@@ -255,10 +261,24 @@ fn translate_reply(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter
         false,
     );
     let (vip_addr, vip_port) = (s.reverse.vip_addr, s.reverse.vip_port);
-    if nat::rewrite(pkt, &s.l3, &s.l4, Side::Src, &vip_addr, vip_port)? == L4Checksum::Partial {
-        return Ok(Counter::PassPartialChecksum);
+    let outcome = if nat::rewrite(pkt, &s.l3, &s.l4, Side::Src, &vip_addr, vip_port)?
+        == L4Checksum::Partial
+    {
+        // The kernel finishes the checksum and forwards it, unless it is too big for the
+        // route (below).
+        if fwd::too_big_for_route(pkt, &s.l3) == 0 {
+            return Ok(Counter::PassPartialChecksum);
+        }
+        Counter::PassReplyTooBig
+    } else {
+        fwd::forward(pkt, &s.l3, Direction::ToClient)
+    };
+    if outcome == Counter::PassReplyTooBig {
+        // Back to the backend's own addresses (still in the parsed `s.l3`, `s.l4`): see
+        // `Counter::PassReplyTooBig`.
+        nat::restore(pkt, &s.l3, &s.l4, Side::Src, &vip_addr)?;
     }
-    Ok(fwd::forward(pkt, &s.l3, Direction::ToClient))
+    Ok(outcome)
 }
 
 lb_ebpf::program_boilerplate!("lb-ebpf");

@@ -85,6 +85,54 @@ pub fn rewrite(
 }
 
 /// [`segment_sum`] could not sum the segment.
+/// Undoes a [`rewrite`] of `side` to `translated`: the packet gets back the address, port and
+/// L4 checksum parsed into `l3` and `l4`, and (IPv4) a header checksum to match. Only for a
+/// rewrite that returned [`L4Checksum::Full`] or `None` (the L4 checksum is the parsed one).
+#[inline(always)]
+pub fn restore(
+    pkt: &mut Packet,
+    l3: &L3,
+    l4: &L4,
+    side: Side,
+    translated: &[u8; 16],
+) -> Result<(), Counter> {
+    let (addr, port, port_off) = match side {
+        Side::Src => (&l3.src, l4.src_port, 0),
+        Side::Dst => (&l3.dst, l4.dst_port, 2),
+    };
+    if l3.v6() {
+        let ip: &mut Ipv6Fixed = pkt.ref_mut_at(l3.l3_off).ok_or(Counter::DropTruncated)?;
+        match side {
+            Side::Src => copy16(&mut ip.src, addr),
+            Side::Dst => copy16(&mut ip.dst, addr),
+        }
+    } else {
+        let ip: &mut Ipv4Fixed = pkt.ref_mut_at(l3.l3_off).ok_or(Counter::DropTruncated)?;
+        let back = Rewrite {
+            v6: false,
+            old_addr: translated,
+            new_addr: addr,
+            old_port: [0; 2],
+            new_port: [0; 2],
+        };
+        ip.check = back
+            .ipv4_header_checksum(u16::from_be_bytes(ip.check))
+            .to_be_bytes();
+        let old = [addr[0], addr[1], addr[2], addr[3]];
+        match side {
+            Side::Src => ip.src = old,
+            Side::Dst => ip.dst = old,
+        }
+    }
+    let port_field: &mut [u8; 2] = pkt
+        .ref_mut_at(l3.l4_off + port_off)
+        .ok_or(Counter::DropTruncated)?;
+    *port_field = port;
+    let check: &mut [u8; 2] = pkt.ref_mut_at(l4.check_off).ok_or(Counter::DropTruncated)?;
+    *check = l4.check.to_be_bytes();
+    Ok(())
+}
+
 const NO_SUM: u32 = u32::MAX;
 
 /// Longest segment [`segment_sum`] sums; a longer one whose checksum is ambiguous is taken to

@@ -59,6 +59,19 @@ pub fn render(agent: &Agent) -> anyhow::Result<String> {
             .inc_by(value);
     }
 
+    let tables = gauge_family(
+        &mut registry,
+        "table_entries",
+        "Connection tables at the last count: conntrack and embryonic entries (expired ones not \
+         yet evicted included), embryonic_live (half-open flows within the SYN timeout), and \
+         each table's capacity",
+    );
+    for (name, value) in agent.table_fill()? {
+        tables
+            .get_or_create(&vec![("table", name.to_owned())])
+            .set(i64::try_from(value).unwrap_or(i64::MAX));
+    }
+
     let vip_packets = counter_family(&mut registry, "vip_packets", "Packets per VIP");
     let vip_bytes = counter_family(&mut registry, "vip_bytes", "Bytes per VIP");
     let vip_flows = counter_family(&mut registry, "vip_new_flows", "New flows per VIP");
@@ -99,6 +112,13 @@ pub fn render(agent: &Agent) -> anyhow::Result<String> {
         "health_checks",
         "Health checks run per backend",
     );
+    let check_failures = counter_family(
+        &mut registry,
+        "health_check_failures",
+        "Failed health checks per backend, by cause: backend (counted against it) or local (the \
+         agent's own: out of file descriptors, memory or ports, or a timer that fired late; \
+         not counted against it)",
+    );
     for info in agent.balancer.vips() {
         let view = agent.vip_view(&info)?;
         let vip = vec![("vip", view.vip.clone())];
@@ -129,6 +149,11 @@ pub fn render(agent: &Agent) -> anyhow::Result<String> {
             {
                 transitions.get_or_create(&labels).inc_by(stats.transitions);
                 checks.get_or_create(&labels).inc_by(stats.checks);
+                for (cause, n) in [("backend", stats.failures), ("local", stats.local_failures)] {
+                    let mut labels = labels.clone();
+                    labels.push(("cause", cause.to_owned()));
+                    check_failures.get_or_create(&labels).inc_by(n);
+                }
             }
         }
     }

@@ -408,7 +408,12 @@ impl Pinned {
 
     /// Flows the connection table holds.
     pub fn conntrack_capacity(&self) -> anyhow::Result<u32> {
-        let path = current_map_path(&self.dir, lb_common::maps::CONNTRACK_MAP);
+        self.capacity(lb_common::maps::CONNTRACK_MAP)
+    }
+
+    /// Entries the pinned map `name` holds at most.
+    pub fn capacity(&self, name: &str) -> anyhow::Result<u32> {
+        let path = current_map_path(&self.dir, name);
         let map = MapData::from_pin(&path)
             .with_context(|| format!("opening pinned map {}", path.display()))?;
         Ok(map.info()?.max_entries())

@@ -654,6 +654,22 @@ fn metrics_and_api_over_curl() {
         Some(1.0),
         "{text}"
     );
+    // The held connections, as the same count saw them, and the tables' sizes.
+    let table = |name: &str| sample(&text, "xdplb_table_entries", &format!("table=\"{name}\""));
+    assert!(
+        table("conntrack_entries").is_some_and(|n| n >= HELD as f64),
+        "{text}"
+    );
+    assert_eq!(
+        table("conntrack_capacity"),
+        Some(f64::from(lb_common::maps::DEFAULT_CONNTRACK_CAPACITY)),
+        "{text}"
+    );
+    assert_eq!(
+        table("embryonic_capacity"),
+        Some(f64::from(lb_common::maps::DEFAULT_EMBRYONIC_CAPACITY)),
+        "{text}"
+    );
     for counter in Counter::ALL {
         let labels = format!("outcome=\"{}\"", counter.name());
         assert!(
@@ -716,6 +732,17 @@ fn metrics_and_api_over_curl() {
             Some(1.0),
             "health {labels}:\n{text}"
         );
+        for cause in ["backend", "local"] {
+            assert_eq!(
+                sample(
+                    &text,
+                    "xdplb_health_check_failures_total",
+                    &format!("{labels},cause=\"{cause}\"")
+                ),
+                Some(0.0),
+                "{cause} failures of a healthy backend {labels}:\n{text}"
+            );
+        }
         let new_flows = sample(&text, "xdplb_backend_new_flows_total", &labels);
         let answered = tally.get(&ident(i)).copied().unwrap_or(0) as f64;
         assert_eq!(

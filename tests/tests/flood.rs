@@ -202,6 +202,18 @@ fn flood_spares_established_flows(scheduler: &str) {
         flood_events > u64::from(sent) / 2,
         "{scheduler}: {flood_events} embryonic or stateless new flows for {sent} SYNs\n{stats}"
     );
+    // And in the tables' fill, as the agent last counted it: the held connections in the
+    // connection table, the flood's half-open flows in the embryonic table, within its size.
+    let embryonic = event("embryonic_entries");
+    let capacity = event("embryonic_capacity");
+    assert!(
+        embryonic > 0 && embryonic <= capacity,
+        "{scheduler}: {embryonic} embryonic entries of {capacity}\n{stats}"
+    );
+    assert!(
+        event("conntrack_entries") >= HELD as u64,
+        "{scheduler}: the held connections are not in the connection table\n{stats}"
+    );
     let (from_backend, from_vip) = source_counts(&topo.client);
     assert_eq!(
         from_backend, 0,

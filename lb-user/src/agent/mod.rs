@@ -115,6 +115,8 @@ pub struct Agent {
     pub capacity: u32,
     /// Active (open, unexpired) tracked flows per backend id, as last counted.
     pub active: HashMap<u32, u32>,
+    /// How full the connection tables were at the last count.
+    pub tables: TableFill,
     /// The last config applied: health checks per VIP.
     pub config: Config,
     /// Health checks; `None` until the runtime runs.
@@ -130,6 +132,19 @@ pub struct Agent {
 }
 
 pub type Shared = Arc<Mutex<Agent>>;
+
+/// Entries the connection tables held at the last count: a full embryonic table is the sign
+/// of a SYN flood (its oldest half-open flows are evicted first), a full connection table
+/// evicts established flows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TableFill {
+    /// Entries of the connection table, expired ones not yet evicted included.
+    pub conntrack: usize,
+    /// Entries of the embryonic table.
+    pub embryonic: usize,
+    /// Half-open flows of the embryonic table within the SYN timeout.
+    pub embryonic_live: usize,
+}
 
 /// The program an agent runs, as the agent uses it: where it is pinned, its interfaces, its
 /// counters. [`Pinned`] is the real one.
@@ -149,6 +164,8 @@ pub trait Dataplane: Send {
     fn events(&self) -> anyhow::Result<crate::counters::Events>;
     /// Flows the connection table holds.
     fn conntrack_capacity(&self) -> anyhow::Result<u32>;
+    /// Half-open flows the embryonic table holds.
+    fn embryonic_capacity(&self) -> anyhow::Result<u32>;
     /// Switches the interfaces to a staged replacement program ([`Pinned::stage_replacement`]).
     fn finish_replacement(&mut self) -> anyhow::Result<()>;
 }
@@ -175,6 +192,9 @@ impl Dataplane for Pinned {
     fn conntrack_capacity(&self) -> anyhow::Result<u32> {
         Pinned::conntrack_capacity(self)
     }
+    fn embryonic_capacity(&self) -> anyhow::Result<u32> {
+        Pinned::capacity(self, lb_common::maps::EMBRYONIC_MAP)
+    }
     fn finish_replacement(&mut self) -> anyhow::Result<()> {
         Pinned::finish_replacement(self)
     }
@@ -195,6 +215,7 @@ impl Agent {
             state_file,
             started: Instant::now(),
             active: HashMap::new(),
+            tables: TableFill::default(),
             config: Config::default(),
             monitor: None,
             held: HashMap::new(),
@@ -294,6 +315,19 @@ impl Agent {
                 self.capacity
             )));
         }
+        if let Some(embryonic) = desired.conntrack.embryonic_capacity {
+            let loaded = self
+                .pinned
+                .embryonic_capacity()
+                .map_err(|err| ApplyError::Refused(format!("{err:#}")))?;
+            if embryonic != loaded {
+                return Err(ApplyError::Refused(format!(
+                    "conntrack.embryonic-capacity: the embryonic table holds {loaded} half-open \
+                     flows, fixed when the program was loaded; {embryonic} takes a new program \
+                     (`xdplb stop --detach`, then `xdplb run`), and tracked connections are lost"
+                )));
+            }
+        }
         config::check_rules(desired)?;
         let mut plan = config::plan(&self.balancer.vips(), &self.effective(desired));
         // Capacity is not a change here: it is the same, or left out.
@@ -313,6 +347,13 @@ impl Agent {
             let timeouts = desired.conntrack.timeouts();
             if timeouts != agent.balancer.timeouts() {
                 agent.balancer.set_timeouts(timeouts)?;
+            }
+            // Left out, the limit stays as it is (set by `run --new-flow-rate-limit`, or by the
+            // file last applied).
+            if let Some(limit) = desired.conntrack.new_flow_rate_limit
+                && limit != agent.balancer.new_flow_rate_limit()
+            {
+                agent.balancer.set_new_flow_rate_limit(limit)?;
             }
             agent.hold_after_apply(&desired);
             agent.config = desired;
@@ -570,7 +611,31 @@ impl Agent {
     }
 
     /// Publishes counted active flows per backend for least-connections.
-    pub fn publish_connections(&mut self, active: HashMap<u32, u32>) -> anyhow::Result<()> {
+    /// [`TableFill`] with the tables' capacities, by name (as `/v1/stats` and the metrics
+    /// name them).
+    pub fn table_fill(&self) -> anyhow::Result<[(&'static str, u64); 5]> {
+        let t = self.tables;
+        Ok([
+            ("conntrack_entries", t.conntrack as u64),
+            (
+                "conntrack_capacity",
+                u64::from(self.pinned.conntrack_capacity()?),
+            ),
+            ("embryonic_entries", t.embryonic as u64),
+            ("embryonic_live", t.embryonic_live as u64),
+            (
+                "embryonic_capacity",
+                u64::from(self.pinned.embryonic_capacity()?),
+            ),
+        ])
+    }
+
+    pub fn publish_connections(
+        &mut self,
+        active: HashMap<u32, u32>,
+        tables: TableFill,
+    ) -> anyhow::Result<()> {
+        self.tables = tables;
         let ids: Vec<u32> = self
             .balancer
             .vips()

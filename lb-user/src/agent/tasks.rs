@@ -28,29 +28,39 @@ pub async fn apply_health_events(
 pub async fn count_connections_every(
     agent: Shared,
     conntrack: crate::maps::Conntrack,
+    embryonic: crate::maps::Conntrack,
     period: Duration,
 ) {
     let conntrack = Arc::new(conntrack);
+    let embryonic = Arc::new(embryonic);
     loop {
         let timeouts = agent
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .balancer
             .timeouts();
-        let table = Arc::clone(&conntrack);
+        let (table, half_open) = (Arc::clone(&conntrack), Arc::clone(&embryonic));
         let counted = tokio::task::spawn_blocking(move || {
             let cpu = thread_cpu_time();
-            let active =
-                monotonic_ns().map(|now| crate::maps::active_flows(&table, now, &timeouts).0);
-            (active, thread_cpu_time().saturating_sub(cpu))
+            let counted = monotonic_ns().map(|now| {
+                let (active, entries) = crate::maps::active_flows(&table, now, &timeouts);
+                let (live, embryonic) = crate::maps::active_flows(&half_open, now, &timeouts);
+                let tables = super::TableFill {
+                    conntrack: entries,
+                    embryonic,
+                    embryonic_live: live.values().map(|n| *n as usize).sum(),
+                };
+                (active, tables)
+            });
+            (counted, thread_cpu_time().saturating_sub(cpu))
         })
         .await;
         let (result, cpu) = match counted {
-            Ok((Ok(active), cpu)) => (
+            Ok((Ok((active, tables)), cpu)) => (
                 agent
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .publish_connections(active),
+                    .publish_connections(active, tables),
                 cpu,
             ),
             Ok((Err(err), cpu)) => (Err(err), cpu),

@@ -508,9 +508,15 @@ async fn stats(State(state): State<ApiState>) -> ApiResult<Json<StatsView>> {
             .map(|(e, v)| (e.name().to_owned(), v))
             .collect();
         let vips = vip_views(agent)?;
+        let tables = agent
+            .table_fill()?
+            .into_iter()
+            .map(|(name, v)| (name.to_owned(), v))
+            .collect();
         Ok(Json(StatsView {
             counters,
             events,
+            tables,
             vips,
         }))
     })

@@ -54,6 +54,9 @@ impl Dataplane for Program {
     fn conntrack_capacity(&self) -> anyhow::Result<u32> {
         Ok(lb_common::maps::DEFAULT_CONNTRACK_CAPACITY)
     }
+    fn embryonic_capacity(&self) -> anyhow::Result<u32> {
+        Ok(lb_common::maps::DEFAULT_EMBRYONIC_CAPACITY)
+    }
     fn finish_replacement(&mut self) -> anyhow::Result<()> {
         Ok(())
     }
@@ -115,6 +118,7 @@ async fn refusals_name_the_problem_and_change_nothing() {
     let loopback_backend = "[[vip]]\naddress = \"198.19.0.1:80\"\nprotocol = \"tcp\"\n\
         [[vip.backend]]\naddress = \"127.0.0.1:8080\"\n";
     let capacity = "[conntrack]\ncapacity = 5000\n\n[[vip]]\naddress = \"198.19.0.1:80\"\nprotocol = \"tcp\"\n";
+    let embryonic = capacity.replace("capacity = 5000", "embryonic-capacity = 5000");
     let cases: &[(&str, &str, &str, StatusCode, &str)] = &[
         (
             "POST",
@@ -391,6 +395,13 @@ async fn refusals_name_the_problem_and_change_nothing() {
         ),
         (
             "POST",
+            "/v1/apply",
+            &embryonic,
+            StatusCode::BAD_REQUEST,
+            "conntrack.embryonic-capacity",
+        ),
+        (
+            "POST",
             "/v1/interfaces",
             r#"{"name": "eth1", "xdp_mode": "turbo"}"#,
             StatusCode::BAD_REQUEST,
@@ -454,6 +465,31 @@ async fn refusals_name_the_problem_and_change_nothing() {
     assert_ne!(seen(&shared, &dir), before, "an accepted change is seen");
     let _ = std::fs::remove_dir_all(&dir);
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// A config's new-flow rate limit is live once applied (as SIGHUP applies the file); a file
+/// that leaves it out keeps the one running.
+#[tokio::test]
+async fn an_applied_new_flow_rate_limit_is_live() {
+    let (shared, dir) = agent("rate-limit");
+    let (shutdown, _) = watch::channel(Shutdown::Running);
+    let app = router(std::sync::Arc::clone(&shared), shutdown, &Limits::default());
+    let vip = "[[vip]]\naddress = \"198.19.0.1:80\"\nprotocol = \"tcp\"\n\
+        [[vip.backend]]\naddress = \"198.18.1.2:8080\"\n";
+    let limit = || shared.lock().unwrap().balancer.new_flow_rate_limit();
+    assert_eq!(limit(), 0);
+    let with_limit = format!("[conntrack]\nnew-flow-rate-limit = 300\n\n{vip}");
+    let (got, answer) = send(&app, "POST", "/v1/apply", &with_limit).await;
+    assert_eq!(got, StatusCode::OK, "{answer}");
+    assert!(
+        answer.contains("new-flow-rate-limit"),
+        "the plan names it: {answer}"
+    );
+    assert_eq!(limit(), 300);
+    let (got, answer) = send(&app, "POST", "/v1/apply", vip).await;
+    assert_eq!(got, StatusCode::OK, "{answer}");
+    assert_eq!(limit(), 300, "left out, the limit stays");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A request with `body` and, if given, an `Authorization` header.

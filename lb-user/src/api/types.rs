@@ -12,6 +12,10 @@ pub struct StatsView {
     /// The connection tables' events (`lb_common::counters::Event`), by name.
     #[serde(default)]
     pub events: Vec<(String, u64)>,
+    /// How full the connection tables were at the agent's last count: `conntrack_entries`,
+    /// `conntrack_capacity`, `embryonic_entries`, `embryonic_live`, `embryonic_capacity`.
+    #[serde(default)]
+    pub tables: Vec<(String, u64)>,
     pub vips: Vec<VipView>,
 }
 

@@ -283,6 +283,23 @@ impl<M: Maps> Balancer<M> {
         self.state.settings.timeouts
     }
 
+    /// New flows per second per CPU above which consistent-hash VIPs schedule without state (0:
+    /// no limit).
+    pub fn new_flow_rate_limit(&self) -> u32 {
+        self.state.settings.new_flow_rate_limit
+    }
+
+    /// Changes [`Balancer::new_flow_rate_limit`]; live from the next new flow.
+    pub fn set_new_flow_rate_limit(&mut self, limit: u32) -> Result<(), Error> {
+        let settings = Settings {
+            new_flow_rate_limit: limit,
+            ..self.state.settings
+        };
+        self.maps.set_settings(&settings)?;
+        self.state.settings = settings;
+        Ok(())
+    }
+
     /// Changes the connection-table timeouts; tracked flows get them from their next packet.
     pub fn set_timeouts(&mut self, timeouts: Timeouts) -> Result<(), Error> {
         let settings = Settings {

@@ -61,13 +61,18 @@ pub(super) async fn run_agent(
         limits,
         socket.display().to_string(),
     ));
-    let conntrack = {
+    let (conntrack, embryonic) = {
         let agent = shared.lock().expect("agent lock");
-        crate::maps::open_map(agent.pinned.dir(), lb_common::maps::CONNTRACK_MAP)?
+        let dir = agent.pinned.dir();
+        (
+            crate::maps::open_map(dir, lb_common::maps::CONNTRACK_MAP)?,
+            crate::maps::open_map(dir, lb_common::maps::EMBRYONIC_MAP)?,
+        )
     };
     tokio::spawn(agent::count_connections_every(
         Arc::clone(&shared),
         conntrack,
+        embryonic,
         Duration::from_secs(1),
     ));
     // Before the first health probe: its answers must not be taken for a VIP's replies.

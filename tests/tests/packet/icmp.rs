@@ -19,7 +19,7 @@ use lb_tests::{
 };
 use lb_user::maps::Maps;
 
-use super::SYN;
+use super::{ACK, SYN};
 
 const CLIENT: &str = "198.18.0.2:41001";
 const CLIENT6: &str = "[fd00::2]:41001";
@@ -567,6 +567,17 @@ fn too_big_for_the_route_to_the_backend() {
         )
         .counter("pass_fib"),
         Case::new(
+            "IPv4 with a partial (offloaded) checksum, too big: answered by the program, not \
+             left to the kernel to answer about the backend",
+            lb_tests::packet::partial(syn4.clone(), ip("198.18.0.2"), ip("198.19.0.9")),
+            XdpAction::Tx,
+            Expect::Frame(answer(
+                false,
+                &lb_tests::packet::partial(syn4.clone(), ip("198.18.0.2"), ip("198.19.0.9")),
+            )),
+        )
+        .counter("icmp_too_big_tx"),
+        Case::new(
             "IPv4 that fits the route is sent on",
             frame(sa("198.18.0.2:42002"), sa("198.19.0.9:80"), SYN, b"small"),
             XdpAction::Redirect,
@@ -574,7 +585,98 @@ fn too_big_for_the_route_to_the_backend() {
         )
         .counter("fwd_redirect"),
     ];
-    assert_eq!(lab.run(lab.gc, &cases), 4);
+    assert_eq!(lab.run(lab.gc, &cases), 5);
+}
+
+/// A VIP whose client sits behind a link of MTU 1280 (IPv4 and IPv6): a backend's reply longer
+/// than that goes to the kernel as the backend sent it, so that the kernel's fragmentation
+/// needed / packet too big tells the backend about its own packet.
+#[test]
+#[ignore = "needs root"]
+fn replies_too_big_for_the_route_to_the_client() {
+    let mut lab = PacketLab::set_up();
+    let gw = &lab.topo.gateway;
+    for args in [
+        &[
+            "route",
+            "add",
+            "198.18.0.9/32",
+            "dev",
+            "gc",
+            "mtu",
+            "lock",
+            "1280",
+        ][..],
+        &["-6", "route", "add", "fd00::9/128", "dev", "gc"],
+        &["link", "set", "gc", "mtu", "1280"],
+    ] {
+        let out = gw.exec("ip", args).expect("ip route");
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    }
+    for addr in ["198.18.0.9", "fd00::9"] {
+        gw.permanent_neighbour(addr, lab.client_mac, "gc")
+            .expect("neighbour");
+    }
+    for (v, backend) in [
+        ("198.19.0.8:80/tcp", "198.18.1.8:8080"),
+        ("[fd00:ffff::8]:80/tcp", "[fd00:0:0:1::8]:8080"),
+    ] {
+        lab.balancer
+            .add_vip(lb_tests::vip(v), Default::default())
+            .expect("vip");
+        lab.balancer
+            .set_backends(
+                &lb_tests::vip(v),
+                vec![lb_user::balancer::BackendSpec::new(sa(backend), 1)],
+            )
+            .expect("backends");
+    }
+    let big = vec![0x42; 1400];
+    let reply4 = lab.sent_by_b0("198.18.1.8:8080", "198.18.0.9:42001", ACK, &big);
+    let reply6 = lab.sent_by_b0("[fd00:0:0:1::8]:8080", "[fd00::9]:42001", ACK, &big);
+    let partial4 = lb_tests::packet::partial(reply4.clone(), ip("198.18.1.8"), ip("198.18.0.9"));
+    let cases = [
+        Case::new(
+            "IPv4 reply with DF, too big for the client's route: passed untranslated",
+            reply4.clone(),
+            XdpAction::Pass,
+            Expect::Frame(reply4.clone()),
+        )
+        .counter("pass_reply_too_big"),
+        Case::new(
+            "IPv6 reply too big for the client's route: passed untranslated",
+            reply6.clone(),
+            XdpAction::Pass,
+            Expect::Frame(reply6.clone()),
+        )
+        .counter("pass_reply_too_big"),
+        Case::new(
+            "IPv4 reply with a partial checksum, too big: passed untranslated",
+            partial4.clone(),
+            XdpAction::Pass,
+            Expect::Frame(partial4),
+        )
+        .counter("pass_reply_too_big"),
+        Case::new(
+            "IPv4 reply without DF, too big: translated, the kernel fragments it",
+            lb_tests::packet::patch_ipv4(reply4.clone(), 20, 0),
+            XdpAction::Pass,
+            Expect::Check(Box::new(|out: &[u8]| {
+                (out[26..30] == [198, 19, 0, 8])
+                    .then_some(())
+                    .ok_or_else(|| format!("source not the VIP: {:?}", &out[26..30]))
+            })),
+        )
+        .counter("pass_fib"),
+        Case::new(
+            "IPv4 reply that fits the route is translated and sent on",
+            lab.sent_by_b0("198.18.1.8:8080", "198.18.0.9:42002", ACK, b"small"),
+            XdpAction::Redirect,
+            Expect::Frame(lab.to_client("198.19.0.8:80", "198.18.0.9:42002", ACK, b"small")),
+        )
+        .counter("reply_redirect"),
+    ];
+    assert_eq!(lab.run(lab.gb0, &cases), 5);
 }
 
 fn ip6(s: &str) -> [u8; 16] {

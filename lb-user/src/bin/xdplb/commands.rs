@@ -243,6 +243,7 @@ pub async fn client_command(
                     .iter()
                     .chain(&stats.events)
                     .filter(|(_, v)| *v > 0)
+                    .chain(&stats.tables)
                     .map(|(name, v)| format!("{name:<24} {v:>14}\n"))
                     .collect();
                 for v in &stats.vips {
