@@ -123,6 +123,28 @@ fn source_lists_and_limits_end_to_end() {
         "{text}"
     );
 
+    // `vip add` takes them too.
+    agent.ok(&[
+        "vip",
+        "add",
+        "198.19.0.9:80/tcp",
+        "--deny",
+        "10.0.0.0/8",
+        "--deny",
+        "192.0.2.0/24",
+        "--source-rate-limit",
+        "3",
+        "--source-prefix-len",
+        "24",
+    ]);
+    let added: VipView = agent.json(&["vip", "show", "198.19.0.9:80/tcp"]);
+    assert_eq!(added.deny, ["10.0.0.0/8", "192.0.2.0/24"]);
+    assert_eq!(
+        (added.source_rate_limit, added.source_prefix_len),
+        (Some(3), Some(24))
+    );
+    agent.ok(&["vip", "del", "198.19.0.9:80/tcp"]);
+
     // Bad input: refused with its reason, nothing changed.
     let before = show(&agent);
     for (args, why) in [
