@@ -101,6 +101,11 @@ counters! {
     /// evicted, or never there): which VIP it answers for is unknown, and untranslated it would
     /// show the backend's address.
     DropUntrackedReply = 27 => "drop_untracked_reply",
+    /// To a VIP with source prefix lists, from a source they do not let in: dropped.
+    DropAcl = 28 => "drop_acl",
+    /// A new flow to a VIP with a per-source new-flow limit, from a source (prefix) over it:
+    /// dropped.
+    DropSourceRateLimit = 29 => "drop_source_rate_limit",
 }
 
 /// Name of the per-CPU array map holding one `u64` per [`Event`].
@@ -181,7 +186,9 @@ impl Counter {
             | Counter::DropInternal
             | Counter::DropBadL4Header
             | Counter::DropSpoofedReply
-            | Counter::DropUntrackedReply => xdp_action::DROP,
+            | Counter::DropUntrackedReply
+            | Counter::DropAcl
+            | Counter::DropSourceRateLimit => xdp_action::DROP,
             Counter::PassNonIp
             | Counter::PassNonVip
             | Counter::PassMalformed
@@ -194,7 +201,8 @@ impl Counter {
     }
 }
 
-/// Number of entries in the [`COUNTERS_MAP`] array.
+/// Number of entries in the [`COUNTERS_MAP`] array: one past the highest index (indices may
+/// have gaps, reserved for counters on their way; `Counter::ALL` lists the counters).
 pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;
 
 #[cfg(test)]

@@ -2,9 +2,10 @@
 //! (`lb-user`): map names and layouts, and the pure decision logic both sides run unchanged.
 #![cfg_attr(not(test), no_std)]
 
-#[cfg(feature = "alloc")]
+#[cfg(any(test, feature = "alloc"))]
 extern crate alloc;
 
+pub mod acl;
 pub mod conntrack;
 pub mod counters;
 pub mod csum;
@@ -12,6 +13,7 @@ pub mod filter;
 pub mod flow;
 pub mod hash;
 pub mod icmp;
+pub mod limit;
 pub mod maglev;
 pub mod maps;
 pub mod nat;

@@ -64,6 +64,19 @@ pub const MAX_LOCAL_ADDRS: u32 = 1024;
 pub const SETTINGS_MAP: &str = "SETTINGS";
 /// The address filter (see [`crate::filter`]): array of `u64`.
 pub const ADDR_FILTER_MAP: &str = "ADDR_FILTER";
+/// Per-VIP source allow and deny prefixes (LPM trie, see [`crate::acl`]):
+/// [`crate::acl::AclKey`] → `u8` ([`crate::acl::ACL_ALLOW`] or [`crate::acl::ACL_DENY`]).
+pub const ACL_MAP: &str = "ACL";
+/// Most entries of [`ACL_MAP`], all VIPs together.
+pub const MAX_ACL_ENTRIES: u32 = 1 << 16;
+/// Per-VIP new-flow limits per source, indexed by VIP id: array of
+/// [`crate::limit::SourceLimit`].
+pub const SOURCE_LIMITS_MAP: &str = "SOURCE_LIMITS";
+/// Token buckets of the per-source limits (LRU, shared by the CPUs):
+/// [`crate::limit::SourceKey`] → [`crate::limit::TokenBucket`].
+pub const SOURCE_BUCKETS_MAP: &str = "SOURCE_BUCKETS";
+/// Capacity of [`SOURCE_BUCKETS_MAP`]: sources (prefixes) tracked at once, all VIPs together.
+pub const SOURCE_BUCKETS_CAPACITY: u32 = 1 << 17;
 
 /// Most VIPs (VIP ids are below this; they fit [`Backend::vip_id`]).
 pub const MAX_VIPS: u32 = 4096;
@@ -203,6 +216,9 @@ pub const BACKEND_DOWN: u8 = 3;
 /// so its new flows record no per-flow reverse translation. Set by the agent only for a backend
 /// address:port that belongs to this backend's VIP alone, once that entry is written.
 pub const BACKEND_FLAG_STATELESS_REPLY: u8 = 1;
+/// [`Backend::flags`]: the backend's VIP has source prefix lists ([`VIP_FLAG_ACL`]), which
+/// every packet of its tracked flows is checked against too.
+pub const BACKEND_FLAG_ACL: u8 = 2;
 
 /// A backend: an element of [`BACKENDS_MAP`].
 #[repr(C)]

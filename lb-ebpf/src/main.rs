@@ -1,7 +1,9 @@
 //! The xdplb XDP program. One readable pipeline:
 //! parse → VIP address? (address filter) → L4 → connection table: a tracked flow's packet goes
 //! straight to rewrite → next hop → transmit;
-//! otherwise `VIP_ADDRS` → VIP lookup (exact, then port 0) → the embryonic table (a half-open
+//! otherwise `VIP_ADDRS` → VIP lookup (exact, then port 0) → the VIP's source checks, if it
+//! has any (`acl`: prefix lists on every packet, tracked flows' too; a per-source new-flow
+//! limit) → the embryonic table (a half-open
 //! flow's; the handshake ACK promotes it) → pick a backend → record the flow (embryonic if a
 //! SYN, nowhere under a flood if the VIP hashes consistently)
 //! (and its reverse translation if its backend is shared by several VIPs) → count → rewrite →
@@ -23,6 +25,7 @@
 // BPF stack, which is exactly what the scratch map exists to avoid.
 #![allow(clippy::needless_borrows_for_generic_args)]
 
+mod acl;
 mod conntrack;
 mod fwd;
 mod icmp;
@@ -38,7 +41,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpConte
 use lb_common::{
     Counter,
     conntrack::FlowTable,
-    maps::{BACKEND_FLAG_STATELESS_REPLY, Backend, Settings, backend_index},
+    maps::{BACKEND_FLAG_ACL, BACKEND_FLAG_STATELESS_REPLY, Backend, Settings, backend_index},
     nat::L4Checksum,
 };
 
@@ -103,6 +106,12 @@ fn tracked(pkt: &mut Packet, s: &mut Scratch) -> Option<Counter> {
     conntrack::set_packet_key(&mut s.key, &s.l3, &s.l4);
     let now = now();
     let (id, backend) = conntrack::tracked(&s.key, s.l4.tcp_flags, now, &settings.timeouts)?;
+    // Prefix lists hold for every packet: a source denied since its flow began is cut off.
+    if backend.flags & BACKEND_FLAG_ACL != 0
+        && !acl::allowed(&s.key, u32::from(backend.vip_id), &mut s.acl)
+    {
+        return Some(Counter::DropAcl);
+    }
     Some(
         match send_to_backend(pkt, s, settings, (id, backend), Seen::Known, now) {
             Ok(outcome) | Err(outcome) => outcome,
@@ -139,6 +148,7 @@ fn balance(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     let settings = SETTINGS.get(0).ok_or(Counter::DropInternal)?;
     conntrack::set_packet_key(&mut s.key, &s.l3, &s.l4);
     let now = now();
+    acl::check(s, &meta, now)?;
     let (id, backend, seen) = conntrack::backend_for(&s.key, &meta, s.l4.tcp_flags, now, settings)?;
     send_to_backend(pkt, s, settings, (id, backend), seen, now)
 }

@@ -6,17 +6,20 @@ use crate::parse::{L3, L4};
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     FlowKey,
+    acl::{AclKey, AclMatch},
     conntrack::{FlowState, RateWindow},
     counters::{COUNTER_COUNT, EVENT_COUNT},
     filter::FILTER_MAP_WORDS,
+    limit::{SourceKey, SourceLimit, TokenBucket},
     maps::{
         AddrKey, Backend, BackendKey, BackendLoad, DEFAULT_CONNTRACK_CAPACITY,
-        DEFAULT_EMBRYONIC_CAPACITY, DEFAULT_SLOTS, MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_TX_PORTS,
-        MAX_VIPS, NextHop, ReverseNat, Settings, Stats, VipAddrKey, VipKey, VipMeta,
+        DEFAULT_EMBRYONIC_CAPACITY, DEFAULT_SLOTS, MAX_ACL_ENTRIES, MAX_BACKENDS, MAX_LOCAL_ADDRS,
+        MAX_TX_PORTS, MAX_VIPS, NextHop, ReverseNat, SOURCE_BUCKETS_CAPACITY, Settings, Stats,
+        VipAddrKey, VipKey, VipMeta,
     },
 };
 
@@ -119,6 +122,10 @@ pub struct Scratch {
     pub quoted: Quoted,
     /// The MTU of the route a translated packet was too big for (`fwd::to_backend`).
     pub too_big_mtu: u16,
+    /// A source's key in the prefix lists (`acl`).
+    pub acl: AclKey,
+    /// A source prefix's key among the token buckets (`acl`).
+    pub bucket: SourceKey,
 }
 
 /// The packet an ICMP error quotes, as far as the balancer reads it.
@@ -144,3 +151,17 @@ pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 /// The address filter (`lb_common::filter`): VIP addresses, then backend addresses.
 #[map(name = "ADDR_FILTER")]
 pub static ADDR_FILTER: Array<u64> = Array::with_max_entries(FILTER_MAP_WORDS, 0);
+
+/// Per-VIP source allow and deny prefixes (`lb_common::acl`). An LPM trie is never
+/// preallocated.
+#[map(name = "ACL")]
+pub static ACL: LpmTrie<AclMatch, u8> = LpmTrie::with_max_entries(MAX_ACL_ENTRIES, 0);
+
+/// Per-VIP new-flow limits per source, by VIP id.
+#[map(name = "SOURCE_LIMITS")]
+pub static SOURCE_LIMITS: Array<SourceLimit> = Array::with_max_entries(MAX_VIPS, 0);
+
+/// Token buckets per VIP and source prefix, shared by the CPUs (`lb_common::limit`).
+#[map(name = "SOURCE_BUCKETS")]
+pub static SOURCE_BUCKETS: LruHashMap<SourceKey, TokenBucket> =
+    LruHashMap::with_max_entries(SOURCE_BUCKETS_CAPACITY, 0);

@@ -9,7 +9,10 @@ use std::{
 use anyhow::Context as _;
 use aya::{
     Ebpf,
-    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray},
+    maps::{
+        Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray,
+        lpm_trie::{Key as LpmKey, LpmTrie},
+    },
 };
 use lb_common::maps::{
     ADDR_FILTER_MAP, AddrKey, BACKEND_LOAD_MAP, BACKEND_OPENED_MAP, BACKEND_STATS_MAP,
@@ -20,6 +23,11 @@ use lb_common::maps::{
 use lb_common::{
     FlowKey,
     conntrack::{FlowState, Timeouts, is_active},
+};
+use lb_common::{
+    acl::{AclKey, AclMatch},
+    limit::SourceLimit,
+    maps::{ACL_MAP, SOURCE_LIMITS_MAP},
 };
 
 pub use crate::model::{MapsError, MapsResult};
@@ -67,6 +75,12 @@ pub trait Maps {
     fn set_local_addr(&mut self, key: &AddrKey, present: bool) -> MapsResult<()>;
     /// Every address in `LOCAL_ADDRS_MAP`.
     fn local_addrs(&self) -> MapsResult<Vec<AddrKey>>;
+    /// Writes (`Some`) or deletes (`None`) an entry of the source prefix lists.
+    fn set_acl(&mut self, key: &AclKey, verdict: Option<u8>) -> MapsResult<()>;
+    /// Every entry of the source prefix lists.
+    fn acl_keys(&self) -> MapsResult<Vec<AclKey>>;
+    /// Writes VIP `vip_id`'s per-source new-flow limit.
+    fn set_source_limit(&mut self, vip_id: u32, limit: &SourceLimit) -> MapsResult<()>;
 }
 
 /// Maps behind a pointer: the agent's balancer works over the kernel's maps or, in tests, the
@@ -128,6 +142,15 @@ impl<T: Maps + ?Sized> Maps for Box<T> {
     fn local_addrs(&self) -> MapsResult<Vec<AddrKey>> {
         (**self).local_addrs()
     }
+    fn set_acl(&mut self, key: &AclKey, verdict: Option<u8>) -> MapsResult<()> {
+        (**self).set_acl(key, verdict)
+    }
+    fn acl_keys(&self) -> MapsResult<Vec<AclKey>> {
+        (**self).acl_keys()
+    }
+    fn set_source_limit(&mut self, vip_id: u32, limit: &SourceLimit) -> MapsResult<()> {
+        (**self).set_source_limit(vip_id, limit)
+    }
 }
 
 /// One write the balancer makes to the maps.
@@ -143,6 +166,8 @@ pub enum MapWrite {
     FilterWord(u32, u64),
     BackendVip(BackendKey, Option<ReverseNat>),
     LocalAddr(AddrKey, bool),
+    Acl(AclKey, Option<u8>),
+    SourceLimit(u32, SourceLimit),
 }
 
 impl MapWrite {
@@ -159,6 +184,8 @@ impl MapWrite {
             MapWrite::FilterWord(index, word) => maps.set_filter_word(*index, *word),
             MapWrite::BackendVip(key, entry) => maps.set_backend_vip(key, entry.as_ref()),
             MapWrite::LocalAddr(key, present) => maps.set_local_addr(key, *present),
+            MapWrite::Acl(key, verdict) => maps.set_acl(key, *verdict),
+            MapWrite::SourceLimit(vip_id, limit) => maps.set_source_limit(*vip_id, limit),
         }
     }
 }
@@ -269,6 +296,15 @@ impl<M: Maps> Maps for Staged<M> {
     fn local_addrs(&self) -> MapsResult<Vec<AddrKey>> {
         self.inner.local_addrs()
     }
+    fn set_acl(&mut self, key: &AclKey, verdict: Option<u8>) -> MapsResult<()> {
+        self.write(MapWrite::Acl(*key, verdict))
+    }
+    fn acl_keys(&self) -> MapsResult<Vec<AclKey>> {
+        self.inner.acl_keys()
+    }
+    fn set_source_limit(&mut self, vip_id: u32, limit: &SourceLimit) -> MapsResult<()> {
+        self.write(MapWrite::SourceLimit(vip_id, *limit))
+    }
 }
 
 /// The kernel's maps of a loaded program.
@@ -285,6 +321,8 @@ pub struct BpfMaps {
     addr_filter: Array<MapData, u64>,
     vip_stats: PerCpuArray<MapData, Stats>,
     backend_stats: PerCpuArray<MapData, Stats>,
+    acl: LpmTrie<MapData, AclMatch, u8>,
+    source_limits: Array<MapData, SourceLimit>,
     /// What the slots array holds, as far as this handle wrote it; allocated at the first
     /// write.
     shadow: Option<SlotsShadow>,
@@ -379,6 +417,8 @@ impl BpfMaps {
             addr_filter: field!(ADDR_FILTER_MAP),
             vip_stats: field!(VIP_STATS_MAP),
             backend_stats: field!(BACKEND_STATS_MAP),
+            acl: field!(ACL_MAP),
+            source_limits: field!(SOURCE_LIMITS_MAP),
             shadow: None,
             slots_written: 0,
         })
@@ -571,6 +611,44 @@ impl Maps for BpfMaps {
             .keys()
             .collect::<Result<_, _>>()
             .on(LOCAL_ADDRS_MAP, "listing")
+    }
+    fn set_acl(&mut self, key: &AclKey, verdict: Option<u8>) -> MapsResult<()> {
+        let lpm = LpmKey::new(
+            key.prefix_len,
+            AclMatch {
+                vip_id: key.vip_id,
+                family: key.family,
+                _pad: key._pad,
+                addr: key.addr,
+            },
+        );
+        match verdict {
+            Some(verdict) => self.acl.insert(&lpm, verdict, 0).on(ACL_MAP, "updating"),
+            None => self.acl.remove(&lpm).on(ACL_MAP, "deleting from"),
+        }
+    }
+    fn acl_keys(&self) -> MapsResult<Vec<AclKey>> {
+        self.acl
+            .keys()
+            .map(|key| {
+                key.map(|key| {
+                    let data = key.data();
+                    AclKey {
+                        prefix_len: key.prefix_len(),
+                        vip_id: data.vip_id,
+                        family: data.family,
+                        _pad: data._pad,
+                        addr: data.addr,
+                    }
+                })
+            })
+            .collect::<Result<_, _>>()
+            .on(ACL_MAP, "listing")
+    }
+    fn set_source_limit(&mut self, vip_id: u32, limit: &SourceLimit) -> MapsResult<()> {
+        self.source_limits
+            .set(vip_id, limit, 0)
+            .on(SOURCE_LIMITS_MAP, "updating")
     }
 }
 
@@ -962,6 +1040,8 @@ pub struct MemMaps {
     pub filter: HashMap<u32, u64>,
     pub backend_vips: HashMap<BackendKey, ReverseNat>,
     pub local_addrs: std::collections::HashSet<AddrKey>,
+    pub acl: HashMap<AclKey, u8>,
+    pub source_limits: HashMap<u32, SourceLimit>,
 }
 
 impl MemMaps {
@@ -1061,5 +1141,23 @@ impl Maps for MemMaps {
     }
     fn local_addrs(&self) -> MapsResult<Vec<AddrKey>> {
         Ok(self.local_addrs.iter().copied().collect())
+    }
+    fn set_acl(&mut self, key: &AclKey, verdict: Option<u8>) -> MapsResult<()> {
+        match verdict {
+            Some(verdict) => self.acl.insert(*key, verdict),
+            None => self.acl.remove(key),
+        };
+        Ok(())
+    }
+    fn acl_keys(&self) -> MapsResult<Vec<AclKey>> {
+        Ok(self.acl.keys().copied().collect())
+    }
+    fn set_source_limit(&mut self, vip_id: u32, limit: &SourceLimit) -> MapsResult<()> {
+        if *limit == SourceLimit::default() {
+            self.source_limits.remove(&vip_id);
+        } else {
+            self.source_limits.insert(vip_id, *limit);
+        }
+        Ok(())
     }
 }

@@ -8,7 +8,9 @@ use std::{
 };
 
 use lb_common::{
+    acl::MAX_ACL_PREFIXES,
     flow::{FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP},
+    limit::{DEFAULT_SOURCE_PREFIX_V4, DEFAULT_SOURCE_PREFIX_V6},
     maglev::{self, DEFAULT_RING_SIZE, MAX_WEIGHT},
     maps::{
         BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, MAX_BACKENDS, MAX_VIPS, VipAddrKey, VipKey,
@@ -209,11 +211,29 @@ impl FromStr for Scheduler {
 }
 
 /// A VIP's settings.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VipOptions {
     pub scheduler: Scheduler,
     /// Size of the Maglev table (`maglev`, `source-hash`); a prime.
     pub ring_size: u32,
+    /// Source prefixes let in; if any, only sources under one of them are (the longest prefix
+    /// of either list that holds a source decides: `lb_common::acl`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<SourcePrefix>,
+    /// Source prefixes dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<SourcePrefix>,
+    /// New flows a second per source prefix (also the burst); 0: no limit.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub source_rate_limit: u32,
+    /// Sources counted together by the limit: prefixes of this length (default /32 for IPv4,
+    /// /64 for IPv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_prefix_len: Option<u8>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Default for VipOptions {
@@ -221,7 +241,105 @@ impl Default for VipOptions {
         Self {
             scheduler: Scheduler::Maglev,
             ring_size: DEFAULT_RING_SIZE,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            source_rate_limit: 0,
+            source_prefix_len: None,
         }
+    }
+}
+
+impl VipOptions {
+    /// True if the VIP has allow or deny prefixes.
+    pub fn has_acl(&self) -> bool {
+        !self.allow.is_empty() || !self.deny.is_empty()
+    }
+
+    /// The source prefix length the limit counts by, for a VIP at `addr`.
+    pub fn source_prefix_len_for(&self, addr: IpAddr) -> u8 {
+        self.source_prefix_len.unwrap_or(match addr {
+            IpAddr::V4(_) => DEFAULT_SOURCE_PREFIX_V4,
+            IpAddr::V6(_) => DEFAULT_SOURCE_PREFIX_V6,
+        })
+    }
+}
+
+/// A source address prefix of a VIP's allow or deny list, `ADDR/LEN` (a bare address is the
+/// whole address). Host bits must be zero: `10.1.2.3/8` is refused, not read as `10.0.0.0/8`,
+/// since either reading could be the mistake.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourcePrefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+fn max_prefix_len(addr: IpAddr) -> u8 {
+    match addr {
+        IpAddr::V4(_) => 32,
+        IpAddr::V6(_) => 128,
+    }
+}
+
+impl SourcePrefix {
+    /// The prefix as `lb_common::acl` takes it.
+    pub fn bits(&self) -> lb_common::acl::Prefix {
+        (addr16(self.addr), self.len)
+    }
+}
+
+impl fmt::Display for SourcePrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+impl FromStr for SourcePrefix {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let bad = |why: String| Error::BadPrefix {
+            prefix: s.to_owned(),
+            why,
+        };
+        let (addr, len) = match s.split_once('/') {
+            Some((addr, len)) => (addr, Some(len)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| bad("expected ADDR/LEN, e.g. 10.0.0.0/8 or fd00::/16".to_owned()))?;
+        let max = max_prefix_len(addr);
+        let len = match len {
+            None => max,
+            Some(len) => len
+                .parse::<u8>()
+                .ok()
+                .filter(|&len| len <= max)
+                .ok_or_else(|| bad(format!("the length must be a number from 0 to {max}")))?,
+        };
+        let masked = lb_common::limit::mask_source(&addr16(addr), len);
+        if masked != addr16(addr) {
+            let network = match addr {
+                IpAddr::V4(_) => IpAddr::from(<[u8; 4]>::try_from(&masked[..4]).expect("4 bytes")),
+                IpAddr::V6(_) => IpAddr::from(masked),
+            };
+            return Err(bad(format!(
+                "host bits are set (the network is {network}/{len})"
+            )));
+        }
+        Ok(Self { addr, len })
+    }
+}
+
+impl serde::Serialize for SourcePrefix {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SourcePrefix {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -310,6 +428,20 @@ pub enum Error {
     TooManyBackends,
     #[error("no room for {needed} more table entries (slots array has {available} free)")]
     NoRoomInTables { needed: u64, available: u64 },
+    #[error("bad source prefix {prefix:?}: {why}")]
+    BadPrefix { prefix: String, why: String },
+    #[error("source prefix {prefix} is not of VIP {vip}'s address family")]
+    PrefixFamilyMismatch { vip: Vip, prefix: SourcePrefix },
+    #[error("source prefix {0} is listed twice (in allow or deny, or in both)")]
+    PrefixTwice(SourcePrefix),
+    #[error(
+        "too many source prefixes: {0} (at most {MAX_ACL_PREFIXES} a VIP, allow and deny together)"
+    )]
+    TooManyPrefixes(usize),
+    #[error("too many source prefixes in all VIPs (the data path holds at most {0} entries)")]
+    AclFull(u32),
+    #[error("source prefix length {len} is out of range 0..={max} for VIP {vip}")]
+    BadSourcePrefixLen { vip: Vip, len: u8, max: u8 },
     #[error("a saved snapshot cannot be taken over: {0}")]
     BadSnapshot(String),
     #[error("writing the data path's maps failed: {0}")]
@@ -425,6 +557,36 @@ pub fn check_vip(vip: &Vip, options: &VipOptions) -> Result<(), Error> {
     if options.scheduler.is_hashed() && !is_good_ring_size(options.ring_size) {
         return Err(Error::BadRingSize(options.ring_size));
     }
+    check_sources(vip, options)
+}
+
+/// A VIP's source prefix lists and limit: prefixes of the VIP's family, none twice, at most
+/// [`MAX_ACL_PREFIXES`]; a source prefix length within the family's.
+pub fn check_sources(vip: &Vip, options: &VipOptions) -> Result<(), Error> {
+    let count = options.allow.len() + options.deny.len();
+    if count > MAX_ACL_PREFIXES {
+        return Err(Error::TooManyPrefixes(count));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for prefix in options.allow.iter().chain(&options.deny) {
+        if family(prefix.addr) != family(vip.addr) {
+            return Err(Error::PrefixFamilyMismatch {
+                vip: *vip,
+                prefix: *prefix,
+            });
+        }
+        if !seen.insert(*prefix) {
+            return Err(Error::PrefixTwice(*prefix));
+        }
+    }
+    let max = max_prefix_len(vip.addr);
+    if let Some(len) = options.source_prefix_len.filter(|&len| len > max) {
+        return Err(Error::BadSourcePrefixLen {
+            vip: *vip,
+            len,
+            max,
+        });
+    }
     Ok(())
 }
 
@@ -533,6 +695,89 @@ mod tests {
         }
         check_backend(&v4, &backend("198.18.1.2:8080")).unwrap();
         check_backend(&v6, &backend("[fd00::2]:8080")).unwrap();
+    }
+
+    #[test]
+    fn source_prefixes_parse_or_say_why_not() {
+        let p: SourcePrefix = "10.0.0.0/8".parse().unwrap();
+        assert_eq!((p.addr, p.len), ("10.0.0.0".parse().unwrap(), 8));
+        assert_eq!("192.0.2.7".parse::<SourcePrefix>().unwrap().len, 32);
+        assert_eq!("fd00::/16".parse::<SourcePrefix>().unwrap().len, 16);
+        assert_eq!("fd00::1".parse::<SourcePrefix>().unwrap().len, 128);
+        assert_eq!(p.to_string(), "10.0.0.0/8");
+        for (s, why) in [
+            (
+                "10.1.2.3/8",
+                "host bits are set (the network is 10.0.0.0/8)",
+            ),
+            ("fd00::1/16", "host bits are set (the network is fd00::/16)"),
+            ("10.0.0.0/33", "the length must be a number from 0 to 32"),
+            ("fd00::/129", "the length must be a number from 0 to 128"),
+            ("10.0.0.0/x", "the length must be a number from 0 to 32"),
+            (
+                "10.0.0/8",
+                "expected ADDR/LEN, e.g. 10.0.0.0/8 or fd00::/16",
+            ),
+            ("none", "expected ADDR/LEN, e.g. 10.0.0.0/8 or fd00::/16"),
+        ] {
+            let err = s.parse::<SourcePrefix>().unwrap_err();
+            assert_eq!(
+                err,
+                Error::BadPrefix {
+                    prefix: s.to_owned(),
+                    why: why.to_owned()
+                },
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn source_lists_are_checked_against_the_vip() {
+        let v = vip("198.19.0.1:80/tcp");
+        let prefix = |s: &str| s.parse::<SourcePrefix>().unwrap();
+        let with = |allow: &[&str], deny: &[&str]| VipOptions {
+            allow: allow.iter().map(|s| prefix(s)).collect(),
+            deny: deny.iter().map(|s| prefix(s)).collect(),
+            ..VipOptions::default()
+        };
+        check_vip(&v, &with(&["10.0.0.0/8"], &["10.1.0.0/16"])).unwrap();
+        assert_eq!(
+            check_vip(&v, &with(&["fd00::/8"], &[])),
+            Err(Error::PrefixFamilyMismatch {
+                vip: v,
+                prefix: prefix("fd00::/8")
+            })
+        );
+        assert_eq!(
+            check_vip(&v, &with(&["10.0.0.0/8"], &["10.0.0.0/8"])),
+            Err(Error::PrefixTwice(prefix("10.0.0.0/8")))
+        );
+        let many: Vec<String> = (0..=MAX_ACL_PREFIXES)
+            .map(|i| format!("10.{}.{}.0/24", i / 256, i % 256))
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(
+            check_vip(&v, &with(&many, &[])),
+            Err(Error::TooManyPrefixes(MAX_ACL_PREFIXES + 1))
+        );
+        let long = VipOptions {
+            source_rate_limit: 5,
+            source_prefix_len: Some(33),
+            ..VipOptions::default()
+        };
+        assert_eq!(
+            check_vip(&v, &long),
+            Err(Error::BadSourcePrefixLen {
+                vip: v,
+                len: 33,
+                max: 32
+            })
+        );
+        assert_eq!(long.source_prefix_len_for(v.addr), 33);
+        assert_eq!(VipOptions::default().source_prefix_len_for(v.addr), 32);
+        let v6 = vip("[fd00::1]:80/tcp");
+        assert_eq!(VipOptions::default().source_prefix_len_for(v6.addr), 64);
     }
 
     #[test]

@@ -16,7 +16,29 @@ pub fn vip_line(v: &VipView) -> String {
         v.packets,
         v.bytes,
         v.new_flows
-    )
+    ) + &sources_line(v)
+}
+
+/// The VIP's source checks, if it has any: `  sources: allow ...; deny ...; limit ...`.
+fn sources_line(v: &VipView) -> String {
+    let mut parts = Vec::new();
+    if !v.allow.is_empty() {
+        parts.push(format!("allow {}", v.allow.join(" ")));
+    }
+    if !v.deny.is_empty() {
+        parts.push(format!("deny {}", v.deny.join(" ")));
+    }
+    if let Some(rate) = v.source_rate_limit {
+        let len = v
+            .source_prefix_len
+            .map_or(String::new(), |l| format!(" per /{l}"));
+        parts.push(format!("limit {rate} new flows/s{len}"));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("  sources: {}\n", parts.join("; "))
+    }
 }
 
 pub fn backend_line(b: &BackendView) -> String {

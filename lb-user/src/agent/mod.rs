@@ -54,6 +54,18 @@ pub struct VipView {
     pub protocol: Proto,
     pub scheduler: Scheduler,
     pub ring_size: u32,
+    /// Source prefixes let in (if any, only those).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Source prefixes dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// New flows a second per source prefix (none: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_rate_limit: Option<u32>,
+    /// The source prefix length the limit counts by (with a limit only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_prefix_len: Option<u8>,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -409,6 +421,12 @@ impl Agent {
             protocol: info.vip.proto,
             scheduler: info.options.scheduler,
             ring_size: info.options.ring_size,
+            allow: info.options.allow.iter().map(ToString::to_string).collect(),
+            deny: info.options.deny.iter().map(ToString::to_string).collect(),
+            source_rate_limit: (info.options.source_rate_limit != 0)
+                .then_some(info.options.source_rate_limit),
+            source_prefix_len: (info.options.source_rate_limit != 0)
+                .then(|| info.options.source_prefix_len_for(info.vip.addr)),
             packets: stats.packets,
             bytes: stats.bytes,
             new_flows: stats.new_flows,

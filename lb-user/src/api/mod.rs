@@ -309,6 +309,10 @@ async fn add_vip(
     if let Some(r) = req.ring_size {
         options.ring_size = r;
     }
+    options.allow = prefixes(&req.allow)?;
+    options.deny = prefixes(&req.deny)?;
+    options.source_rate_limit = req.source_rate_limit.unwrap_or(0);
+    options.source_prefix_len = req.source_prefix_len;
     let view = change(&state, move |agent| {
         agent.balancer.add_vip(vip, options)?;
         vip_view(agent, &agent.balancer.vip(&vip)?)
@@ -375,6 +379,9 @@ async fn set_vip(
         .map(str::parse::<Scheduler>)
         .transpose()?;
     let ring_size = req.ring_size;
+    let allow = req.allow.as_deref().map(prefixes).transpose()?;
+    let deny = req.deny.as_deref().map(prefixes).transpose()?;
+    let (rate, prefix_len) = (req.source_rate_limit, req.source_prefix_len);
     Ok(Json(
         change(&state, move |agent| {
             let mut options = agent.balancer.vip(&vip)?.options;
@@ -384,11 +391,28 @@ async fn set_vip(
             if let Some(r) = ring_size {
                 options.ring_size = r;
             }
+            if let Some(allow) = allow {
+                options.allow = allow;
+            }
+            if let Some(deny) = deny {
+                options.deny = deny;
+            }
+            if let Some(rate) = rate {
+                options.source_rate_limit = rate;
+            }
+            if prefix_len.is_some() {
+                options.source_prefix_len = prefix_len;
+            }
             agent.balancer.set_vip_options(&vip, options)?;
             vip_view(agent, &agent.balancer.vip(&vip)?)
         })
         .await?,
     ))
+}
+
+/// Source prefixes as a request gives them.
+fn prefixes(list: &[String]) -> Result<Vec<balancer::SourcePrefix>, balancer::Error> {
+    list.iter().map(|s| s.parse()).collect()
 }
 
 async fn del_vip(

@@ -151,6 +151,41 @@ async fn refusals_name_the_problem_and_change_nothing() {
         (
             "POST",
             "/v1/vips",
+            r#"{"vip": "198.19.0.2:80/tcp", "allow": ["10.1.2.3/8"]}"#,
+            StatusCode::BAD_REQUEST,
+            "bad source prefix \"10.1.2.3/8\": host bits are set (the network is 10.0.0.0/8)",
+        ),
+        (
+            "POST",
+            "/v1/vips",
+            r#"{"vip": "198.19.0.2:80/tcp", "deny": ["fd00::/8"]}"#,
+            StatusCode::BAD_REQUEST,
+            "source prefix fd00::/8 is not of VIP 198.19.0.2:80/tcp's address family",
+        ),
+        (
+            "PATCH",
+            vip,
+            r#"{"allow": ["10.0.0.0/8"], "deny": ["10.0.0.0/8"]}"#,
+            StatusCode::BAD_REQUEST,
+            "source prefix 10.0.0.0/8 is listed twice",
+        ),
+        (
+            "PATCH",
+            vip,
+            r#"{"allow": ["none"]}"#,
+            StatusCode::BAD_REQUEST,
+            "bad source prefix \"none\"",
+        ),
+        (
+            "PATCH",
+            vip,
+            r#"{"source_rate_limit": 5, "source_prefix_len": 33}"#,
+            StatusCode::BAD_REQUEST,
+            "source prefix length 33 is out of range 0..=32",
+        ),
+        (
+            "POST",
+            "/v1/vips",
             r#"{"vip": "224.0.0.1:80/tcp"}"#,
             StatusCode::BAD_REQUEST,
             "multicast",
@@ -630,4 +665,56 @@ fn json_depth_counts_brackets_outside_strings() {
     assert_eq!(json_depth(br#"{"a": "[[[[\"{{{"}"#, 16), 1);
     assert_eq!(json_depth(b"[[[[[[", 3), 4);
     assert_eq!(json_depth(b"42", 16), 0);
+}
+
+#[tokio::test]
+async fn source_checks_are_set_shown_replaced_and_cleared() {
+    let (shared, dir) = agent("sources");
+    let (shutdown, _) = watch::channel(Shutdown::Running);
+    let app = router(std::sync::Arc::clone(&shared), shutdown, &Limits::default());
+    let (status, body) = send(
+        &app,
+        "POST",
+        "/v1/vips",
+        r#"{"vip": "198.19.0.2:80/tcp", "allow": ["10.0.0.0/8"], "deny": ["10.1.0.0/16"],
+            "source_rate_limit": 5}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let view: VipView = serde_json::from_str(&body).unwrap();
+    assert_eq!(view.allow, ["10.0.0.0/8"]);
+    assert_eq!(view.deny, ["10.1.0.0/16"]);
+    assert_eq!(view.source_rate_limit, Some(5));
+    assert_eq!(view.source_prefix_len, Some(32));
+    // Saved: the state file holds them.
+    let saved = std::fs::read_to_string(dir.join("state.json")).unwrap();
+    assert!(saved.contains("10.1.0.0/16"), "{saved}");
+
+    let path = "/v1/vips/tcp/198.19.0.2:80";
+    let (status, body) = send(&app, "PATCH", path, r#"{"allow": ["192.0.2.0/24"]}"#).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let view: VipView = serde_json::from_str(&body).unwrap();
+    assert_eq!(view.allow, ["192.0.2.0/24"]);
+    assert_eq!(view.deny, ["10.1.0.0/16"], "a list not given is kept");
+    assert_eq!(view.source_rate_limit, Some(5));
+
+    let (status, body) = send(
+        &app,
+        "PATCH",
+        path,
+        r#"{"allow": [], "deny": [], "source_rate_limit": 0}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let view: VipView = serde_json::from_str(&body).unwrap();
+    assert!(view.allow.is_empty() && view.deny.is_empty());
+    assert_eq!(view.source_rate_limit, None);
+    let options = shared
+        .lock()
+        .unwrap()
+        .balancer
+        .vip(&"198.19.0.2:80/tcp".parse().unwrap())
+        .unwrap()
+        .options;
+    assert_eq!(options, VipOptions::default());
 }

@@ -47,6 +47,18 @@ pub struct AddVip {
     pub vip: String,
     pub scheduler: Option<String>,
     pub ring_size: Option<u32>,
+    /// Source prefixes let in (`ADDR/LEN`); if any, only those.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Source prefixes dropped.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// New flows a second per source prefix; 0 or none: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_rate_limit: Option<u32>,
+    /// The limit's source prefix length (default 32 for IPv4, 64 for IPv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_prefix_len: Option<u8>,
 }
 
 /// `PATCH /v1/vips/...`.
@@ -55,6 +67,17 @@ pub struct AddVip {
 pub struct SetVip {
     pub scheduler: Option<String>,
     pub ring_size: Option<u32>,
+    /// Replaces the allow list (`[]` empties it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
+    /// Replaces the deny list (`[]` empties it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deny: Option<Vec<String>>,
+    /// 0 removes the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_rate_limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_prefix_len: Option<u8>,
 }
 
 /// `POST /v1/vips/.../backends`.

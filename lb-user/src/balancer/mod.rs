@@ -11,11 +11,12 @@ use std::{
 };
 
 use lb_common::{
+    acl::AclKey,
     conntrack::Timeouts,
     filter::{FILTER_MAP_WORDS, FilterKind, filter_slot},
     maps::{
-        BACKEND_FLAG_STATELESS_REPLY, BACKEND_UNUSED, Backend, BackendKey, BackendLoad, MAX_VIPS,
-        ReverseNat, Settings, Stats, backend_index,
+        BACKEND_FLAG_ACL, BACKEND_FLAG_STATELESS_REPLY, BACKEND_UNUSED, Backend, BackendKey,
+        BackendLoad, MAX_ACL_ENTRIES, MAX_VIPS, ReverseNat, Settings, Stats, backend_index,
     },
 };
 
@@ -26,10 +27,11 @@ mod restore;
 mod tables;
 
 use ids::BackendIds;
-use tables::{backend_value, build_tables, meta};
+use tables::{acl_of, backend_value, build_tables, meta, source_limit};
 
 pub use crate::model::{
-    BackendSpec, BackendState, Error, Proto, Scheduler, Vip, VipOptions, check_backend, check_vip,
+    BackendSpec, BackendState, Error, Proto, Scheduler, SourcePrefix, Vip, VipOptions,
+    check_backend, check_vip,
 };
 use crate::{
     maps::{Maps, Staged},
@@ -182,15 +184,57 @@ impl<M: Maps> Balancer<M> {
         Ok(())
     }
 
-    /// The data path's entry of backend `b` of the VIP with id `vip_id`, with the flags last
-    /// published for it.
-    fn backend_entry(&self, b: &BackendInfo, vip_id: u32) -> Backend {
-        let flags = if self.state.stateless.contains(&b.id) {
+    /// The data path's entry of backend `b` of the VIP with id `vip_id` and `options`, with the
+    /// flags last published for it.
+    fn backend_entry(&self, b: &BackendInfo, vip_id: u32, options: &VipOptions) -> Backend {
+        let mut flags = if self.state.stateless.contains(&b.id) {
             BACKEND_FLAG_STATELESS_REPLY
         } else {
             0
         };
+        if options.has_acl() {
+            flags |= BACKEND_FLAG_ACL;
+        }
         backend_value(b, vip_id, flags)
+    }
+
+    /// Writes the source prefix list entries `new` has and `old` has not (or with another
+    /// verdict): before the VIP or its backends are switched to check them.
+    fn add_acl(
+        &mut self,
+        old: &BTreeMap<AclKey, u8>,
+        new: &BTreeMap<AclKey, u8>,
+    ) -> Result<(), Error> {
+        let others: usize = self
+            .state
+            .vips
+            .iter()
+            .map(|(vip, state)| acl_of(vip, state.id, &state.options).len())
+            .sum::<usize>()
+            - old.len();
+        if others + new.len() > MAX_ACL_ENTRIES as usize {
+            return Err(Error::AclFull(MAX_ACL_ENTRIES));
+        }
+        for (key, verdict) in new {
+            if old.get(key) != Some(verdict) {
+                self.maps.set_acl(key, Some(*verdict))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the entries `old` has and `new` has not: once nothing checks them.
+    fn remove_acl(
+        &mut self,
+        old: &BTreeMap<AclKey, u8>,
+        new: &BTreeMap<AclKey, u8>,
+    ) -> Result<(), Error> {
+        for key in old.keys() {
+            if !new.contains_key(key) {
+                self.maps.set_acl(key, None)?;
+            }
+        }
+        Ok(())
     }
 
     /// Writes the stateless reply translations the VIPs call for now (`replies::plan`) and the
@@ -219,7 +263,7 @@ impl<M: Maps> Balancer<M> {
                     .backends
                     .iter()
                     .filter(|b| old.contains(&b.id) != self.state.stateless.contains(&b.id))
-                    .map(|b| self.backend_entry(b, state.id))
+                    .map(|b| self.backend_entry(b, state.id, &state.options))
             })
             .collect();
         for backend in changed {
@@ -354,6 +398,10 @@ impl<M: Maps> Balancer<M> {
         }
         check_vip(&vip, &options)?;
         let id = *self.state.vip_ids.last().ok_or(Error::TooManyVips)?;
+        // The source checks are in place before the VIP takes a packet.
+        self.add_acl(&BTreeMap::new(), &acl_of(&vip, id, &options))?;
+        self.maps
+            .set_source_limit(id, &source_limit(&vip, &options))?;
         let state = VipState {
             id,
             options,
@@ -390,6 +438,10 @@ impl<M: Maps> Balancer<M> {
         self.maps.remove_vip(&vip.key())?;
         self.maps.set_vip_addr(&vip.addr_key(), remaining)?;
         let state = self.state.vips.remove(vip).expect("checked above");
+        self.remove_acl(&acl_of(vip, state.id, &state.options), &BTreeMap::new())?;
+        if state.options.source_rate_limit > 0 {
+            self.maps.set_source_limit(state.id, &Default::default())?;
+        }
         self.publish_replies()?;
         for backend in &state.backends {
             self.retire_backend(backend.id)?;
@@ -417,7 +469,8 @@ impl<M: Maps> Balancer<M> {
             .vips
             .get(vip)
             .ok_or(Error::UnknownVip(*vip))?
-            .options;
+            .options
+            .clone();
         let mut seen = std::collections::HashSet::new();
         for b in &backends {
             if !seen.insert(b.addr) {
@@ -536,10 +589,19 @@ impl<M: Maps> Balancer<M> {
             });
         }
 
-        // Backends first (a table never names a backend the data path does not know).
+        // Source checks before the backends and the VIP that use them; the old ones go last.
         let vip_id = state.id;
+        let old_acl = acl_of(vip, vip_id, &state.options);
+        let new_acl = acl_of(vip, vip_id, &options);
+        if let Err(err) = self.add_acl(&old_acl, &new_acl) {
+            self.release_new_ids(vip, &backends);
+            return Err(err);
+        }
+        self.maps
+            .set_source_limit(vip_id, &source_limit(vip, &options))?;
+        // Backends first (a table never names a backend the data path does not know).
         for b in &backends {
-            let entry = self.backend_entry(b, vip_id);
+            let entry = self.backend_entry(b, vip_id, &options);
             self.maps.set_backend(backend_index(b.id), &entry)?;
         }
         let prefer = self.state.vips[vip].previous_table;
@@ -582,6 +644,7 @@ impl<M: Maps> Balancer<M> {
         for region in [old.table, old.list].into_iter().flatten() {
             self.state.regions.free(region);
         }
+        self.remove_acl(&old_acl, &new_acl)?;
         self.publish_filter(&[])
     }
 
@@ -655,7 +718,7 @@ impl<M: Maps> Balancer<M> {
             .map(|(vip, state)| VipInfo {
                 vip: *vip,
                 id: state.id,
-                options: state.options,
+                options: state.options.clone(),
                 backends: state.backends.clone(),
             })
             .collect()
@@ -667,7 +730,7 @@ impl<M: Maps> Balancer<M> {
         Ok(VipInfo {
             vip: *vip,
             id: state.id,
-            options: state.options,
+            options: state.options.clone(),
             backends: state.backends.clone(),
         })
     }

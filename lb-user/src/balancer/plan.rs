@@ -66,11 +66,30 @@ pub enum Change {
 
 /// `maglev`, or `maglev, ring-size 31` when the ring size is not the default.
 fn describe(options: &VipOptions) -> String {
-    if options.ring_size == DEFAULT_RING_SIZE {
-        options.scheduler.to_string()
-    } else {
-        format!("{}, ring-size {}", options.scheduler, options.ring_size)
+    let mut out = options.scheduler.to_string();
+    if options.ring_size != DEFAULT_RING_SIZE {
+        out += &format!(", ring-size {}", options.ring_size);
     }
+    let list = |prefixes: &[crate::model::SourcePrefix]| {
+        prefixes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    if !options.allow.is_empty() {
+        out += &format!(", allow {}", list(&options.allow));
+    }
+    if !options.deny.is_empty() {
+        out += &format!(", deny {}", list(&options.deny));
+    }
+    if options.source_rate_limit != 0 {
+        out += &format!(", source-rate-limit {}", options.source_rate_limit);
+    }
+    if let Some(len) = options.source_prefix_len {
+        out += &format!(", source-prefix-len {len}");
+    }
+    out
 }
 
 impl fmt::Display for Change {
@@ -172,7 +191,7 @@ impl Target {
             .iter()
             .map(|info| Target {
                 vip: info.vip,
-                options: info.options,
+                options: info.options.clone(),
                 backends: info.backends.iter().map(|b| b.spec).collect(),
             })
             .collect()
@@ -215,8 +234,8 @@ pub fn plan(current: &[VipInfo], desired: &[Target]) -> Plan {
                 if info.options != target.options {
                     changes.push(Change::SetVipOptions {
                         vip,
-                        from: info.options,
-                        options: target.options,
+                        from: info.options.clone(),
+                        options: target.options.clone(),
                     });
                 }
                 let now: Vec<BackendSpec> = info.backends.iter().map(|b| b.spec).collect();
@@ -225,7 +244,7 @@ pub fn plan(current: &[VipInfo], desired: &[Target]) -> Plan {
             None => {
                 changes.push(Change::AddVip {
                     vip,
-                    options: target.options,
+                    options: target.options.clone(),
                 });
                 changes.extend(backend_changes(vip, &[], &target.backends));
             }
@@ -264,12 +283,12 @@ fn converge<M: Maps>(
         let now: Vec<BackendSpec> = match current.iter().find(|info| info.vip == *vip) {
             Some(info) => {
                 if info.options != target.options {
-                    check(balancer.set_vip_options(vip, target.options))?;
+                    check(balancer.set_vip_options(vip, target.options.clone()))?;
                 }
                 info.backends.iter().map(|b| b.spec).collect()
             }
             None => {
-                let added = balancer.add_vip(*vip, target.options);
+                let added = balancer.add_vip(*vip, target.options.clone());
                 let ok = added.is_ok();
                 check(added)?;
                 if !ok {

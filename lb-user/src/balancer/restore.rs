@@ -3,7 +3,10 @@
 
 use lb_common::maps::{BACKEND_UNUSED, Backend, Settings, VipAddrKey, VipKey, backend_index};
 
-use super::{Balancer, Error, Snapshot, Vip, build_tables, check_backend, check_vip, meta};
+use super::{
+    Balancer, Error, Snapshot, Vip, acl_of, build_tables, check_backend, check_vip, meta,
+    source_limit,
+};
 use crate::{maps::Maps, regions::Region};
 
 impl<M: Maps> Balancer<M> {
@@ -58,8 +61,13 @@ impl<M: Maps> Balancer<M> {
         let names: Vec<Vip> = self.state.vips.keys().copied().collect();
         for vip in &names {
             let state = self.state.vips[vip].clone();
+            for (key, verdict) in acl_of(vip, state.id, &state.options) {
+                self.maps.set_acl(&key, Some(verdict))?;
+            }
+            self.maps
+                .set_source_limit(state.id, &source_limit(vip, &state.options))?;
             for b in &state.backends {
-                let entry = self.backend_entry(b, state.id);
+                let entry = self.backend_entry(b, state.id, &state.options);
                 self.maps.set_backend(backend_index(b.id), &entry)?;
             }
             let (table, list) = build_tables(&state.options, &state.backends)?;
@@ -105,6 +113,17 @@ impl<M: Maps> Balancer<M> {
         for key in self.maps.vip_addr_keys()? {
             if !counts.contains_key(&key) {
                 self.maps.set_vip_addr(&key, 0)?;
+            }
+        }
+        let acl: std::collections::BTreeSet<_> = self
+            .state
+            .vips
+            .iter()
+            .flat_map(|(vip, state)| acl_of(vip, state.id, &state.options).into_keys())
+            .collect();
+        for key in self.maps.acl_keys()? {
+            if !acl.contains(&key) {
+                self.maps.set_acl(&key, None)?;
             }
         }
         let used: std::collections::HashSet<u32> = self

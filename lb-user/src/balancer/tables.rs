@@ -1,13 +1,17 @@
 //! What the data path reads for a VIP: its meta, its backends' entries and its scheduling
 //! tables (the Maglev ring, the weighted round-robin cycle, the list of backends taking flows).
 
+use std::collections::BTreeMap;
+
 use lb_common::{
+    acl::{AclKey, acl_entries},
+    limit::SourceLimit,
     maglev::{self, MaglevBackend},
-    maps::{Backend, VipMeta},
+    maps::{Backend, VIP_FLAG_ACL, VIP_FLAG_SOURCE_LIMIT, VipMeta},
     sched::smooth_wrr_sequence,
 };
 
-use super::{BackendInfo, Error, MAX_WRR_CYCLE, Scheduler, VipOptions, VipState};
+use super::{BackendInfo, Error, MAX_WRR_CYCLE, Scheduler, Vip, VipOptions, VipState};
 use crate::model::{addr16, family};
 
 /// The data path's entry for backend `b` of the VIP with id `vip_id`; `flags` are
@@ -33,12 +37,49 @@ pub(super) fn meta(state: &VipState) -> VipMeta {
         vip_id: state.id,
         scheduler: state.options.scheduler.number(),
         forwarding: lb_common::maps::forwarding::NAT,
-        flags: 0,
+        flags: vip_flags(&state.options),
         _pad: 0,
         table_off,
         table_len,
         list_off,
         list_len,
+    }
+}
+
+/// The `VIP_FLAG_*` bits of a VIP with `options`: which source checks the data path makes.
+pub(super) fn vip_flags(options: &VipOptions) -> u8 {
+    let mut flags = 0;
+    if options.has_acl() {
+        flags |= VIP_FLAG_ACL;
+    }
+    if options.source_rate_limit > 0 {
+        flags |= VIP_FLAG_SOURCE_LIMIT;
+    }
+    flags
+}
+
+/// The entries of the source prefix lists of `vip`, with id `vip_id` and `options`.
+pub(super) fn acl_of(vip: &Vip, vip_id: u32, options: &VipOptions) -> BTreeMap<AclKey, u8> {
+    let bits =
+        |list: &[crate::model::SourcePrefix]| list.iter().map(|p| p.bits()).collect::<Vec<_>>();
+    acl_entries(
+        vip_id,
+        family(vip.addr),
+        &bits(&options.allow),
+        &bits(&options.deny),
+    )
+}
+
+/// The per-source limit of `vip` with `options` (all zero: none).
+pub(super) fn source_limit(vip: &Vip, options: &VipOptions) -> SourceLimit {
+    if options.source_rate_limit == 0 {
+        return SourceLimit::default();
+    }
+    SourceLimit {
+        rate: options.source_rate_limit,
+        burst: options.source_rate_limit,
+        prefix_len: options.source_prefix_len_for(vip.addr),
+        _pad: [0; 3],
     }
 }
 

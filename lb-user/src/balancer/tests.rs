@@ -77,6 +77,7 @@ fn refused_changes_change_nothing() {
     let bad_ring = VipOptions {
         scheduler: Scheduler::Maglev,
         ring_size: 65536,
+        ..VipOptions::default()
     };
     assert!(matches!(
         b.set_vip_options(&vip(), bad_ring),
@@ -131,6 +132,7 @@ fn tables_follow_the_scheduler_and_leave_out_draining_down_and_zero_weight() {
     let opts = VipOptions {
         scheduler: Scheduler::WeightedRoundRobin,
         ring_size: DEFAULT_RING_SIZE,
+        ..VipOptions::default()
     };
     b.add_vip(vip(), opts).unwrap();
     b.set_backends(
@@ -166,6 +168,7 @@ fn tables_follow_the_scheduler_and_leave_out_draining_down_and_zero_weight() {
         VipOptions {
             scheduler: Scheduler::LeastConn,
             ring_size: 3,
+            ..VipOptions::default()
         },
     )
     .unwrap();
@@ -231,6 +234,7 @@ fn a_restored_balancer_takes_over_ids_regions_and_maps() {
         VipOptions {
             scheduler: Scheduler::RoundRobin,
             ring_size: 3,
+            ..VipOptions::default()
         },
     )
     .unwrap();
@@ -308,6 +312,7 @@ fn two_vips() -> (Balancer<MemMaps>, Vip) {
     let options = VipOptions {
         scheduler: Scheduler::WeightedRoundRobin,
         ring_size: 3,
+        ..VipOptions::default()
     };
     b.add_vip(udp, options).unwrap();
     b.set_backends(&udp, vec![backend(4, 2), backend(5, 1)])
@@ -499,4 +504,135 @@ fn wildcard_port_vips_need_per_flow_reverse_entries() {
     let entry = b.maps().backend_vips[&backend_key("198.18.1.2:8080", PROTO_TCP)];
     assert_eq!(entry.flags, REPLY_SHARED);
     assert!(!stateless_flag(&b, b.vip(&vip()).unwrap().backends[0].id));
+}
+
+fn with_sources(allow: &[&str], deny: &[&str], rate: u32) -> VipOptions {
+    VipOptions {
+        allow: allow.iter().map(|s| s.parse().unwrap()).collect(),
+        deny: deny.iter().map(|s| s.parse().unwrap()).collect(),
+        source_rate_limit: rate,
+        ..VipOptions::default()
+    }
+}
+
+/// The source prefix list entries in the maps, as (address prefix, verdict) per VIP id.
+fn acl(b: &Balancer<MemMaps>) -> std::collections::BTreeSet<(u32, String, u8)> {
+    b.maps()
+        .acl
+        .iter()
+        .map(|(k, v)| {
+            let len = k.prefix_len - lb_common::acl::ACL_MATCH_BITS;
+            let addr = std::net::Ipv4Addr::from(<[u8; 4]>::try_from(&k.addr[..4]).unwrap());
+            (k.vip_id, format!("{addr}/{len}"), *v)
+        })
+        .collect()
+}
+
+#[test]
+fn source_lists_and_limits_reach_the_maps_and_leave_with_the_vip() {
+    use lb_common::{
+        acl::{ACL_ALLOW, ACL_DENY},
+        maps::{VIP_FLAG_ACL, VIP_FLAG_SOURCE_LIMIT},
+    };
+    let mut b = balancer();
+    b.add_vip(vip(), with_sources(&["10.0.0.0/8"], &["10.1.0.0/16"], 5))
+        .unwrap();
+    b.set_backends(&vip(), vec![backend(1, 1)]).unwrap();
+    let id = b.vip(&vip()).unwrap().id;
+    let entries = |list: &[(&str, u8)]| {
+        list.iter()
+            .map(|(p, v)| (id, (*p).to_owned(), *v))
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(
+        acl(&b),
+        entries(&[
+            ("0.0.0.0/0", ACL_DENY),
+            ("10.0.0.0/8", ACL_ALLOW),
+            ("10.1.0.0/16", ACL_DENY)
+        ])
+    );
+    let meta = b.maps().vips[&vip().key()];
+    assert_eq!(meta.flags, VIP_FLAG_ACL | VIP_FLAG_SOURCE_LIMIT);
+    let backend_flags = |b: &Balancer<MemMaps>| {
+        let info = b.vip(&vip()).unwrap();
+        b.maps().backends[&backend_index(info.backends[0].id)].flags
+    };
+    assert_eq!(backend_flags(&b) & BACKEND_FLAG_ACL, BACKEND_FLAG_ACL);
+    let limit = b.maps().source_limits[&id];
+    assert_eq!((limit.rate, limit.burst, limit.prefix_len), (5, 5, 32));
+
+    // Deny only, no limit: the implicit deny-all and the old entries go; flags follow.
+    b.set_vip_options(&vip(), with_sources(&[], &["192.0.2.0/24"], 0))
+        .unwrap();
+    assert_eq!(acl(&b), entries(&[("192.0.2.0/24", ACL_DENY)]));
+    assert_eq!(b.maps().vips[&vip().key()].flags, VIP_FLAG_ACL);
+    assert!(!b.maps().source_limits.contains_key(&id));
+
+    // Nothing: no entry, no flag, backends unflagged.
+    b.set_vip_options(&vip(), VipOptions::default()).unwrap();
+    assert!(acl(&b).is_empty());
+    assert_eq!(b.maps().vips[&vip().key()].flags, 0);
+    assert_eq!(backend_flags(&b) & BACKEND_FLAG_ACL, 0);
+
+    b.set_vip_options(&vip(), with_sources(&["10.0.0.0/8"], &[], 7))
+        .unwrap();
+    b.remove_vip(&vip()).unwrap();
+    assert!(acl(&b).is_empty());
+    assert!(b.maps().source_limits.is_empty());
+}
+
+#[test]
+fn refused_source_changes_change_nothing() {
+    let mut b = balancer();
+    b.add_vip(vip(), with_sources(&["10.0.0.0/8"], &[], 5))
+        .unwrap();
+    let before = (b.vips(), acl(&b), b.maps().vips.clone());
+    for (options, err) in [
+        (
+            with_sources(&["fd00::/8"], &[], 0),
+            "source prefix fd00::/8 is not of VIP 198.19.0.1:80/tcp's address family",
+        ),
+        (
+            with_sources(&["10.0.0.0/8"], &["10.0.0.0/8"], 0),
+            "source prefix 10.0.0.0/8 is listed twice (in allow or deny, or in both)",
+        ),
+        (
+            VipOptions {
+                source_prefix_len: Some(40),
+                ..with_sources(&[], &[], 5)
+            },
+            "source prefix length 40 is out of range 0..=32 for VIP 198.19.0.1:80/tcp",
+        ),
+    ] {
+        assert_eq!(
+            b.set_vip_options(&vip(), options).unwrap_err().to_string(),
+            err
+        );
+        assert_eq!((b.vips(), acl(&b), b.maps().vips.clone()), before);
+    }
+}
+
+#[test]
+fn source_lists_are_restored_and_stale_entries_removed() {
+    let mut b = balancer();
+    b.add_vip(vip(), with_sources(&["10.0.0.0/8"], &[], 3))
+        .unwrap();
+    let snapshot = b.snapshot();
+    let mut maps = MemMaps::default();
+    // An entry an interrupted change left behind.
+    let stale = lb_common::acl::AclKey {
+        prefix_len: lb_common::acl::acl_prefix_len(24),
+        vip_id: 99,
+        family: 4,
+        ..Default::default()
+    };
+    maps.acl.insert(stale, 1);
+    let restored = Balancer::restore(maps, 1 << 20, Settings::default(), snapshot).unwrap();
+    assert_eq!(acl(&restored), acl(&b));
+    assert_eq!(restored.maps().source_limits, b.maps().source_limits);
+    assert_eq!(
+        restored.vip(&vip()).unwrap().options,
+        b.vip(&vip()).unwrap().options
+    );
 }

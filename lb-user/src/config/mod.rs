@@ -80,8 +80,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     balancer::{
-        BackendSpec, BackendState, Balancer, Error, Proto, Scheduler, Vip, VipInfo, VipOptions,
-        plan::Target,
+        BackendSpec, BackendState, Balancer, Error, Proto, Scheduler, SourcePrefix, Vip, VipInfo,
+        VipOptions, plan::Target,
     },
     health::{CheckKind, HealthCheck},
     maps::Maps,
@@ -166,6 +166,14 @@ pub struct VipConfig {
     pub scheduler: Scheduler,
     /// Size of the Maglev table (used by `maglev` and `source-hash`).
     pub ring_size: u32,
+    /// `allow`: source prefixes let in (if any, only those).
+    pub allow: Vec<SourcePrefix>,
+    /// `deny`: source prefixes dropped.
+    pub deny: Vec<SourcePrefix>,
+    /// `source-rate-limit`: new flows a second per source prefix; 0 none.
+    pub source_rate_limit: u32,
+    /// `source-prefix-len`: the limit counts sources per prefix of this length.
+    pub source_prefix_len: Option<u8>,
     /// The check of each backend ([`CheckKind::None`] if the table is left out).
     pub health: HealthCheck,
     /// The backends, in the file's order.
@@ -291,6 +299,10 @@ impl VipConfig {
         VipOptions {
             scheduler: self.scheduler,
             ring_size: self.ring_size,
+            allow: self.allow.clone(),
+            deny: self.deny.clone(),
+            source_rate_limit: self.source_rate_limit,
+            source_prefix_len: self.source_prefix_len,
         }
     }
 
@@ -311,6 +323,10 @@ impl VipConfig {
             protocol: info.vip.proto,
             scheduler: info.options.scheduler,
             ring_size: info.options.ring_size,
+            allow: info.options.allow.clone(),
+            deny: info.options.deny.clone(),
+            source_rate_limit: info.options.source_rate_limit,
+            source_prefix_len: info.options.source_prefix_len,
             health: HealthCheck::default(),
             backends: info
                 .backends

@@ -47,6 +47,14 @@ pub(super) struct RawVip {
     pub(super) scheduler: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) ring_size: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) allow: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) deny: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) source_rate_limit: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) source_prefix_len: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) health: Option<RawHealth>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -137,6 +145,11 @@ impl From<VipConfig> for RawVip {
             protocol: config.protocol.to_string(),
             scheduler: Some(config.scheduler.name().to_owned()),
             ring_size: (config.ring_size != DEFAULT_RING_SIZE).then_some(config.ring_size.into()),
+            allow: config.allow.iter().map(ToString::to_string).collect(),
+            deny: config.deny.iter().map(ToString::to_string).collect(),
+            source_rate_limit: (config.source_rate_limit != 0)
+                .then_some(config.source_rate_limit.into()),
+            source_prefix_len: config.source_prefix_len.map(Into::into),
             health: (config.health != HealthCheck::default()).then(|| raw_health(config.health)),
             backend: config.backends.into_iter().map(RawBackend::from).collect(),
             autoscale: config.autoscale.map(Into::into),

@@ -196,6 +196,13 @@ pub(super) fn vip_from_raw(
         errors.add(&ring_path, Error::BadRingSize(ring_size));
     }
     let health = health_from_raw(raw.health, &inside(prefix, vip, "health"), errors);
+    let sources = sources_from_raw(
+        (raw.allow, raw.deny),
+        (raw.source_rate_limit, raw.source_prefix_len),
+        vip,
+        prefix,
+        errors,
+    );
 
     let mut backends = Vec::with_capacity(raw.backend.len());
     let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
@@ -235,11 +242,65 @@ pub(super) fn vip_from_raw(
         protocol: protocol.unwrap_or(Proto::Tcp),
         scheduler: scheduler.unwrap_or_default(),
         ring_size,
+        allow: sources.allow,
+        deny: sources.deny,
+        source_rate_limit: sources.source_rate_limit,
+        source_prefix_len: sources.source_prefix_len,
         health,
         backends,
         autoscale,
     };
     (vip, config)
+}
+
+/// A VIP's `allow`, `deny`, `source-rate-limit` and `source-prefix-len`, checked against the
+/// VIP (when its address is valid) by the balancer's own rules
+/// ([`crate::model::check_sources`]); what is wrong is left out, with an error.
+fn sources_from_raw(
+    (allow, deny): (Vec<String>, Vec<String>),
+    (rate, prefix_len): (Option<i64>, Option<i64>),
+    vip: Option<Vip>,
+    prefix: &str,
+    errors: &mut Errors,
+) -> VipOptions {
+    let mut parse = |name: &str, list: Vec<String>| -> Vec<SourcePrefix> {
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                s.parse::<SourcePrefix>()
+                    .map_err(|err| errors.add(format!("{}[{i}]", field(prefix, name)), err))
+                    .ok()
+            })
+            .collect()
+    };
+    let mut options = VipOptions {
+        allow: parse("allow", allow),
+        deny: parse("deny", deny),
+        ..VipOptions::default()
+    };
+    if let Some(n) = rate {
+        options.source_rate_limit = errors
+            .int(
+                &field(prefix, "source-rate-limit"),
+                n,
+                0..=i64::from(u32::MAX),
+            )
+            .unwrap_or(0);
+    }
+    if let Some(n) = prefix_len {
+        options.source_prefix_len = errors.int(&field(prefix, "source-prefix-len"), n, 0..=128);
+    }
+    if let Some(vip) = vip
+        && let Err(err) = crate::model::check_sources(&vip, &options)
+    {
+        let name = match err {
+            Error::BadSourcePrefixLen { .. } => "source-prefix-len",
+            Error::TooManyPrefixes(_) => "allow",
+            _ => "allow/deny",
+        };
+        errors.add(field(prefix, name), err);
+    }
+    options
 }
 
 /// Whether `backend` may belong to the VIP at `vip`, by the balancer's own rules

@@ -108,7 +108,8 @@ fn parses_the_full_example() {
         v.options(),
         VipOptions {
             scheduler: Scheduler::Maglev,
-            ring_size: 31
+            ring_size: 31,
+            ..VipOptions::default()
         }
     );
     assert_eq!(
@@ -844,4 +845,77 @@ fn flood_settings_parse_check_and_round_trip() {
     assert!(
         error("[conntrack]\nnew-flow-rate-limit = -1\n").contains("conntrack.new-flow-rate-limit")
     );
+}
+
+#[test]
+fn source_checks_parse_check_round_trip_and_apply() {
+    let config = parse(&one(
+        "allow = [\"10.0.0.0/8\", \"192.0.2.7\"]\ndeny = [\"10.1.0.0/16\"]\n\
+         source-rate-limit = 5\nsource-prefix-len = 24",
+        "",
+        "",
+    ));
+    let options = config.vips[0].options();
+    assert_eq!(
+        options
+            .allow
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["10.0.0.0/8", "192.0.2.7/32"]
+    );
+    assert_eq!(options.deny[0].to_string(), "10.1.0.0/16");
+    assert_eq!(options.source_rate_limit, 5);
+    assert_eq!(options.source_prefix_len, Some(24));
+    let text = config.to_toml();
+    assert_eq!(parse(&text), config, "{text}");
+    let json = serde_json::to_string(&config).unwrap();
+    assert_eq!(serde_json::from_str::<Config>(&json).unwrap(), config);
+
+    let mut b = balancer(1 << 20);
+    apply_plan(&mut b, &config).unwrap();
+    assert_eq!(b.vips()[0].options, options);
+    assert_eq!(VipConfig::from_info(&b.vips()[0]).options(), options);
+    // Changing only the lists is a plan of one VIP change.
+    let fewer = parse(&one("allow = [\"10.0.0.0/8\"]", "", ""));
+    assert_eq!(
+        plan(&b.vips(), &fewer).to_string(),
+        "~ vip 198.19.0.1:80/tcp: maglev, allow 10.0.0.0/8 192.0.2.7/32, deny 10.1.0.0/16, \
+         source-rate-limit 5, source-prefix-len 24 -> maglev, allow 10.0.0.0/8"
+    );
+
+    for (vip, expected) in [
+        (
+            "allow = [\"10.1.2.3/8\"]",
+            "vip[0].allow[0]: bad source prefix \"10.1.2.3/8\": host bits are set (the network \
+                 is 10.0.0.0/8)",
+        ),
+        (
+            "deny = [\"10.0.0.0/40\"]",
+            "vip[0].deny[0]: bad source prefix \"10.0.0.0/40\": the length must be a number \
+                 from 0 to 32",
+        ),
+        (
+            "allow = [\"fd00::/8\"]",
+            "vip[0].allow/deny: source prefix fd00::/8 is not of VIP 198.19.0.1:80/tcp's \
+                 address family",
+        ),
+        (
+            "allow = [\"10.0.0.0/8\"]\ndeny = [\"10.0.0.0/8\"]",
+            "vip[0].allow/deny: source prefix 10.0.0.0/8 is listed twice (in allow or deny, \
+                 or in both)",
+        ),
+        (
+            "source-rate-limit = -1",
+            "vip[0].source-rate-limit: -1 is out of range 0..=4294967295",
+        ),
+        (
+            "source-rate-limit = 5\nsource-prefix-len = 33",
+            "vip[0].source-prefix-len: source prefix length 33 is out of range 0..=32 for VIP \
+                 198.19.0.1:80/tcp",
+        ),
+    ] {
+        let err = error(&one(vip, "", ""));
+        assert!(err.contains(expected), "{vip}:\n{err}\nwanted {expected}");
+    }
 }

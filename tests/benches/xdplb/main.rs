@@ -844,7 +844,7 @@ fn scaling(
                 for i in 0..count as u32 - 1 {
                     let addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 4, 1)) + i);
                     let v = vip(&format!("{addr}:80/tcp"));
-                    fresh_balancer.add_vip(v, small).expect("add vip");
+                    fresh_balancer.add_vip(v, small.clone()).expect("add vip");
                     fresh_balancer
                         .set_backends(&v, backends(2))
                         .expect("backends");

@@ -133,16 +133,20 @@ pub enum VipCommand {
         /// Maglev table size (a prime).
         #[arg(long)]
         ring_size: Option<u32>,
+        #[command(flatten)]
+        sources: SourceArgs,
     },
     /// Remove a VIP and its backends.
     Del { vip: Vip },
-    /// Change a VIP's scheduler or ring size.
+    /// Change a VIP's scheduler, ring size or source checks.
     Set {
         vip: Vip,
         #[arg(long)]
         scheduler: Option<Scheduler>,
         #[arg(long)]
         ring_size: Option<u32>,
+        #[command(flatten)]
+        sources: SourceArgs,
     },
     /// List every VIP.
     List,
@@ -183,5 +187,35 @@ fn parse_timeout(s: &str) -> Result<f64, String> {
         _ => Err(format!(
             "{s:?} is not a number of seconds above 0 and at most 86400"
         )),
+    }
+}
+
+/// A VIP's source checks, as `vip add` and `vip set` take them.
+#[derive(clap::Args, Debug, Default)]
+pub struct SourceArgs {
+    /// Let in only sources under this prefix (`ADDR/LEN`; repeat for more). `vip set`
+    /// replaces the list; `--allow none` empties it.
+    #[arg(long, value_name = "CIDR")]
+    pub allow: Vec<String>,
+    /// Drop sources under this prefix (repeatable; the longest prefix of either list that
+    /// holds a source decides). `vip set` replaces the list; `--deny none` empties it.
+    #[arg(long, value_name = "CIDR")]
+    pub deny: Vec<String>,
+    /// New flows a second per source prefix (also the burst); 0 removes the limit.
+    #[arg(long, value_name = "N")]
+    pub source_rate_limit: Option<u32>,
+    /// The limit counts sources per prefix of this length (default 32 for IPv4, 64 for IPv6).
+    #[arg(long, value_name = "LEN")]
+    pub source_prefix_len: Option<u8>,
+}
+
+impl SourceArgs {
+    /// A list as `vip set` sends it: none if not given, empty for `none`.
+    pub fn replacement(list: &[String]) -> Option<Vec<String>> {
+        match list {
+            [] => None,
+            [none] if none == "none" => Some(Vec::new()),
+            _ => Some(list.to_vec()),
+        }
     }
 }

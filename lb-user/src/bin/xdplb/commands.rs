@@ -19,7 +19,8 @@ use lb_user::{
 use serde_json::json;
 
 use crate::cli::{
-    AutoscaleCommand, BackendCommand, Command, ConfigCommand, IfaceCommand, Output, VipCommand,
+    AutoscaleCommand, BackendCommand, Command, ConfigCommand, IfaceCommand, Output, SourceArgs,
+    VipCommand,
 };
 
 /// A request type of the API as a request body.
@@ -112,11 +113,16 @@ pub async fn client_command(
             vip,
             scheduler,
             ring_size,
+            sources,
         }) => {
             let body = request(&api::AddVip {
                 vip: vip.to_string(),
                 scheduler: Some(scheduler.name().to_owned()),
                 ring_size,
+                allow: sources.allow,
+                deny: sources.deny,
+                source_rate_limit: sources.source_rate_limit,
+                source_prefix_len: sources.source_prefix_len,
             });
             let view: VipView = call(endpoint, Method::POST, "/v1/vips", body).await?;
             print(output, &view, || vip_line(&view))
@@ -131,10 +137,15 @@ pub async fn client_command(
             vip,
             scheduler,
             ring_size,
+            sources,
         }) => {
             let body = request(&api::SetVip {
                 scheduler: scheduler.map(|s| s.name().to_owned()),
                 ring_size,
+                allow: SourceArgs::replacement(&sources.allow),
+                deny: SourceArgs::replacement(&sources.deny),
+                source_rate_limit: sources.source_rate_limit,
+                source_prefix_len: sources.source_prefix_len,
             });
             let view: VipView = call(endpoint, Method::PATCH, &vip_path(&vip), body).await?;
             print(output, &view, || vip_line(&view))
