@@ -60,7 +60,9 @@ counters! {
     DropBadHeader = 11 => "drop_bad_header",
     /// To a VIP, with IPv4 options: dropped.
     DropIpOptions = 12 => "drop_ip_options",
-    /// To a VIP, a fragment (IPv4 or IPv6): dropped.
+    /// To a VIP, a fragment that cannot be balanced: not TCP or UDP, a first fragment that
+    /// does not hold its whole transport header (or a UDP length it holds whole), an IPv6
+    /// fragment header cut short: dropped.
     DropFragment = 13 => "drop_fragment",
     /// To a VIP, IPv6 with more extension headers than the parser follows: dropped.
     DropExtHeaders = 14 => "drop_ext_headers",
@@ -106,6 +108,9 @@ counters! {
     /// A new flow to a VIP with a per-source new-flow limit, from a source (prefix) over it:
     /// dropped.
     DropSourceRateLimit = 29 => "drop_source_rate_limit",
+    /// To a VIP, a later fragment (no ports) whose first fragment was not seen in the last
+    /// `lb_common::frag::FRAG_TIMEOUT_NS` (lost, evicted, or still to come): dropped.
+    DropFragmentOrphan = 30 => "drop_fragment_orphan",
 }
 
 /// Name of the per-CPU array map holding one `u64` per [`Event`].
@@ -188,7 +193,8 @@ impl Counter {
             | Counter::DropSpoofedReply
             | Counter::DropUntrackedReply
             | Counter::DropAcl
-            | Counter::DropSourceRateLimit => xdp_action::DROP,
+            | Counter::DropSourceRateLimit
+            | Counter::DropFragmentOrphan => xdp_action::DROP,
             Counter::PassNonIp
             | Counter::PassNonVip
             | Counter::PassMalformed

@@ -11,6 +11,7 @@ pub mod counters;
 pub mod csum;
 pub mod filter;
 pub mod flow;
+pub mod frag;
 pub mod hash;
 pub mod icmp;
 pub mod limit;

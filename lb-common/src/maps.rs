@@ -77,6 +77,12 @@ pub const SOURCE_LIMITS_MAP: &str = "SOURCE_LIMITS";
 pub const SOURCE_BUCKETS_MAP: &str = "SOURCE_BUCKETS";
 /// Capacity of [`SOURCE_BUCKETS_MAP`]: sources (prefixes) tracked at once, all VIPs together.
 pub const SOURCE_BUCKETS_CAPACITY: u32 = 1 << 17;
+/// Fragmented datagrams in flight (LRU): [`crate::frag::FragKey`] → [`crate::frag::FragEntry`],
+/// what each one's first fragment was translated to (see [`crate::frag`]).
+pub const FRAGMENTS_MAP: &str = "FRAGMENTS";
+/// Capacity of [`FRAGMENTS_MAP`]: Cilium's for its fragment map. An entry is used for
+/// [`crate::frag::FRAG_TIMEOUT_NS`] at most, so this is 4096 fragmented datagrams a second.
+pub const FRAGMENTS_CAPACITY: u32 = 8192;
 
 /// Most VIPs (VIP ids are below this; they fit [`Backend::vip_id`]).
 pub const MAX_VIPS: u32 = 4096;

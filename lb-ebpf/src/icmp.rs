@@ -15,6 +15,7 @@ use lb_common::{
     Counter,
     csum::ChecksumUpdate,
     flow::{PROTO_TCP, PROTO_UDP},
+    frag::FRAG_NONE,
     icmp::{
         ErrorRewrite, Kind, PROTO_ICMP, PROTO_ICMPV6, QUOTE_OFFSET, answers_too_big,
         echo_reply_checksum, kind, too_big_header, too_big_header_len, too_big_quote_len,
@@ -370,11 +371,28 @@ fn rewrite(
 /// packet as it arrived (untagged: tagged frames never reach the FIB lookup).
 #[inline(never)]
 pub fn too_big(pkt: &mut Packet, s: &Scratch) -> Counter {
+    if s.l3.frag != FRAG_NONE {
+        return fragment_too_big(pkt, &s.l3);
+    }
     match answer_too_big(pkt, &s.l3, s.l4.dst_port, s.too_big_mtu) {
         Some(outcome) => outcome,
         // Never handed to the kernel translated: it would answer the client about the backend.
         None => Counter::DropInternal,
     }
+}
+
+/// A translated fragment too big for the route to its backend: IPv4 without DF is the
+/// kernel's to fragment further, as a whole packet would be; a fragment that may not be
+/// fragmented again (IPv6, or IPv4 with DF) is dropped: the answer would quote a fragment.
+#[inline(always)]
+fn fragment_too_big(pkt: &Packet, l3: &L3) -> Counter {
+    if !l3.v6()
+        && let Some(ip) = pkt.ref_at::<Ipv4Fixed>(l3.l3_off)
+        && !answers_too_big(false, u16::from_be_bytes(ip.frags))
+    {
+        return Counter::PassFib;
+    }
+    Counter::DropFragment
 }
 
 const ETH_LEN: usize = 14;

@@ -9,7 +9,9 @@
 //! (and its reverse translation if its backend is shared by several VIPs) → count → rewrite →
 //! next hop → transmit;
 //! and for replies: the backend's VIP (or the flow's reverse entry) → rewrite → FIB → transmit;
-//! ICMP: echo requests to a VIP answered, errors about VIP flows translated (`icmp`).
+//! ICMP: echo requests to a VIP answered, errors about VIP flows translated (`icmp`);
+//! fragments: a first fragment balanced (or translated back) as above and its translation
+//! remembered, later fragments given the same one (`frag`).
 //!
 //! Stages return `Result<_, Counter>`; every outcome counter implies its XDP action
 //! (`Counter::action`). Only `main` and `ptr` touch the `XdpContext`.
@@ -27,6 +29,7 @@
 
 mod acl;
 mod conntrack;
+mod frag;
 mod fwd;
 mod icmp;
 mod maps;
@@ -41,6 +44,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpConte
 use lb_common::{
     Counter,
     conntrack::FlowTable,
+    frag::{FRAG_FIRST, TO_BACKEND, TO_CLIENT},
     maps::{BACKEND_FLAG_ACL, BACKEND_FLAG_STATELESS_REPLY, Backend, Settings, backend_index},
     nat::L4Checksum,
 };
@@ -85,8 +89,17 @@ fn try_lb(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter> {
             return Ok(outcome);
         }
         if vip::is_vip_addr(&s.l3) {
-            return Ok(to_vip(pkt, s));
+            return Ok(if frag::is_later(&s.l3) {
+                frag::later_to_vip(pkt, s)
+            } else {
+                to_vip(pkt, s)
+            });
         }
+    }
+    // Not from inside `to_vip` and `from_backend`: a call deeper, the stack frames of the
+    // forwarding calls would add up beyond 512 bytes.
+    if frag::is_later(&s.l3) {
+        return Ok(frag::later_from_backend(pkt, s));
     }
     Ok(from_backend(pkt, s))
 }
@@ -195,6 +208,10 @@ fn send_to_backend(
         select::count_opened(index);
     }
     stats::count_traffic(u32::from(backend.vip_id), index, pkt.len(), new_flow);
+    if s.l3.frag == FRAG_FIRST {
+        let ids = (id, u32::from(backend.vip_id));
+        frag::remember(s, TO_BACKEND, &backend.addr, ids, now);
+    }
     if nat::rewrite(pkt, &s.l3, &s.l4, Side::Dst, &backend.addr, port)? == L4Checksum::Partial {
         // The kernel finishes the checksum and forwards it, unless it is too big for the
         // route: then the answer, from the VIP, is the program's.
@@ -289,6 +306,10 @@ fn translate_reply(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter
         // Back to the backend's own addresses (still in the parsed `s.l3`, `s.l4`): see
         // `Counter::PassReplyTooBig`.
         nat::restore(pkt, &s.l3, &s.l4, Side::Src, &vip_addr)?;
+    } else if s.l3.frag == FRAG_FIRST {
+        // Its later fragments follow it (`frag`).
+        let ids = (s.reverse.backend_id, s.reverse.vip_id);
+        frag::remember(s, TO_CLIENT, &vip_addr, ids, now);
     }
     Ok(outcome)
 }

@@ -14,12 +14,13 @@ use lb_common::{
     conntrack::{FlowState, RateWindow},
     counters::{COUNTER_COUNT, EVENT_COUNT},
     filter::FILTER_MAP_WORDS,
+    frag::{FragEntry, FragKey},
     limit::{SourceKey, SourceLimit, TokenBucket},
     maps::{
         AddrKey, Backend, BackendKey, BackendLoad, DEFAULT_CONNTRACK_CAPACITY,
-        DEFAULT_EMBRYONIC_CAPACITY, DEFAULT_SLOTS, MAX_ACL_ENTRIES, MAX_BACKENDS, MAX_LOCAL_ADDRS,
-        MAX_TX_PORTS, MAX_VIPS, NextHop, ReverseNat, SOURCE_BUCKETS_CAPACITY, Settings, Stats,
-        VipAddrKey, VipKey, VipMeta,
+        DEFAULT_EMBRYONIC_CAPACITY, DEFAULT_SLOTS, FRAGMENTS_CAPACITY, MAX_ACL_ENTRIES,
+        MAX_BACKENDS, MAX_LOCAL_ADDRS, MAX_TX_PORTS, MAX_VIPS, NextHop, ReverseNat,
+        SOURCE_BUCKETS_CAPACITY, Settings, Stats, VipAddrKey, VipKey, VipMeta,
     },
 };
 
@@ -126,6 +127,9 @@ pub struct Scratch {
     pub acl: AclKey,
     /// A source prefix's key among the token buckets (`acl`).
     pub bucket: SourceKey,
+    /// A fragmented datagram, and what its first fragment was translated to (`frag`).
+    pub frag_key: FragKey,
+    pub frag_entry: FragEntry,
 }
 
 /// The packet an ICMP error quotes, as far as the balancer reads it.
@@ -147,6 +151,11 @@ pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "SETTINGS")]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// What the first fragments of datagrams in flight were translated to (`frag`).
+#[map(name = "FRAGMENTS")]
+pub static FRAGMENTS: LruHashMap<FragKey, FragEntry> =
+    LruHashMap::with_max_entries(FRAGMENTS_CAPACITY, 0);
 
 /// The address filter (`lb_common::filter`): VIP addresses, then backend addresses.
 #[map(name = "ADDR_FILTER")]

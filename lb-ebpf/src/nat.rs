@@ -4,6 +4,7 @@
 use lb_common::{
     Counter,
     flow::PROTO_UDP,
+    frag::{FRAG_FIRST, first_fragment_checksum},
     nat::{
         L4Checksum, Rewrite, classify, fold, full_checksum_verifies, odd_segment_sum,
         pseudo_header_sum,
@@ -25,7 +26,9 @@ pub enum Side {
 }
 
 /// Rewrites `side` to `addr`:`port` and updates the IPv4 header and TCP/UDP checksums.
-/// Returns the kind of TCP/UDP checksum the packet carries.
+/// Returns the kind of TCP/UDP checksum the packet carries. A first fragment's checksum covers
+/// the whole datagram and is never partial (`lb_common::frag::first_fragment_checksum`): the
+/// same incremental update keeps it right.
 #[inline(always)]
 pub fn rewrite(
     pkt: &mut Packet,
@@ -42,7 +45,12 @@ pub fn rewrite(
         Side::Dst => (&l3.dst, l4.dst_port, 2),
     };
     let pseudo = pseudo_header_sum(v6, &l3.src, &l3.dst, l3.proto, l3.l4_len);
-    let mut kind = classify(l4.check, pseudo, is_udp, v6);
+    let first_fragment = l3.frag == FRAG_FIRST;
+    let mut kind = if first_fragment {
+        first_fragment_checksum(l4.check, is_udp, v6)
+    } else {
+        classify(l4.check, pseudo, is_udp, v6)
+    };
     // A full checksum may equal the pseudo-header sum by chance: only then, sum the segment.
     if kind == L4Checksum::Partial {
         let sum = segment_sum(pkt, l3);
@@ -57,8 +65,73 @@ pub fn rewrite(
         old_port,
         new_port: port,
     };
+    rewrite_ip(pkt, l3, side, addr, &change)?;
+    let port_field: &mut [u8; 2] = pkt
+        .ref_mut_at(l3.l4_off + port_off)
+        .ok_or(Counter::DropTruncated)?;
+    *port_field = port;
+    let check: &mut [u8; 2] = pkt.ref_mut_at(l4.check_off).ok_or(Counter::DropTruncated)?;
+    *check = change.l4_checksum(l4.check, kind, is_udp).to_be_bytes();
+    Ok(kind)
+}
 
-    if v6 {
+/// Rewrites the `side` address of a later fragment to `addr`, with the IPv4 header checksum:
+/// it carries no transport header, and the datagram's TCP/UDP checksum, in the first
+/// fragment, took the change there.
+#[inline(always)]
+pub fn rewrite_address(
+    pkt: &mut Packet,
+    l3: &L3,
+    side: Side,
+    addr: &[u8; 16],
+) -> Result<(), Counter> {
+    let old_addr = match side {
+        Side::Src => &l3.src,
+        Side::Dst => &l3.dst,
+    };
+    let change = Rewrite {
+        v6: l3.v6(),
+        old_addr,
+        new_addr: addr,
+        old_port: [0; 2],
+        new_port: [0; 2],
+    };
+    rewrite_ip(pkt, l3, side, addr, &change)
+}
+
+/// Undoes a [`rewrite_address`] of `side` to `translated`: the parsed address back, and (IPv4)
+/// a header checksum to match.
+#[inline(always)]
+pub fn restore_address(
+    pkt: &mut Packet,
+    l3: &L3,
+    side: Side,
+    translated: &[u8; 16],
+) -> Result<(), Counter> {
+    let addr = match side {
+        Side::Src => &l3.src,
+        Side::Dst => &l3.dst,
+    };
+    let back = Rewrite {
+        v6: l3.v6(),
+        old_addr: translated,
+        new_addr: addr,
+        old_port: [0; 2],
+        new_port: [0; 2],
+    };
+    rewrite_ip(pkt, l3, side, addr, &back)
+}
+
+/// The address part of a rewrite: the IP header's `side` address and (IPv4) its checksum.
+#[inline(always)]
+fn rewrite_ip(
+    pkt: &mut Packet,
+    l3: &L3,
+    side: Side,
+    addr: &[u8; 16],
+    change: &Rewrite,
+) -> Result<(), Counter> {
+    if l3.v6() {
         let ip: &mut Ipv6Fixed = pkt.ref_mut_at(l3.l3_off).ok_or(Counter::DropTruncated)?;
         match side {
             Side::Src => copy16(&mut ip.src, addr),
@@ -75,13 +148,7 @@ pub fn rewrite(
             .ipv4_header_checksum(u16::from_be_bytes(ip.check))
             .to_be_bytes();
     }
-    let port_field: &mut [u8; 2] = pkt
-        .ref_mut_at(l3.l4_off + port_off)
-        .ok_or(Counter::DropTruncated)?;
-    *port_field = port;
-    let check: &mut [u8; 2] = pkt.ref_mut_at(l4.check_off).ok_or(Counter::DropTruncated)?;
-    *check = change.l4_checksum(l4.check, kind, is_udp).to_be_bytes();
-    Ok(kind)
+    Ok(())
 }
 
 /// [`segment_sum`] could not sum the segment.

@@ -8,6 +8,9 @@
 use lb_common::{
     Counter,
     flow::{FAMILY_IPV4, FAMILY_IPV6, PROTO_TCP, PROTO_UDP},
+    frag::{
+        FRAG_FIRST, FRAG_NONE, first_fragment_problem, fragment_problem, ipv4_class, ipv6_class,
+    },
     parse::{
         IPV4_HEADER_LEN, after_ext_header, ipv4_problem, ipv6_problem, tcp_problem, ttl_problem,
         udp_problem,
@@ -62,6 +65,17 @@ struct ExtHdr {
     len: u8,
 }
 
+/// The IPv6 fragment header.
+#[repr(C)]
+struct FragHdr {
+    next_hdr: u8,
+    _reserved: u8,
+    offset_flags: [u8; 2],
+    id: [u8; 4],
+}
+
+const FRAG_HDR_LEN: usize = 8;
+
 /// Where the IP header is and what it says.
 pub struct L3 {
     /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
@@ -81,8 +95,14 @@ pub struct L3 {
     /// TTL (IPv4) or hop limit (IPv6).
     pub ttl: u8,
     /// Why a packet to a VIP is not balanced, if it is not: it cannot be safely (lengths,
-    /// options, fragments, ...), or must not be (TTL about to expire).
+    /// options, fragments, ...), or must not be (TTL about to expire). A later fragment's is
+    /// [`Counter::DropFragment`]; it has no ports, and takes its first fragment's translation
+    /// (`frag`).
     pub problem: Option<Counter>,
+    /// `lb_common::frag::FRAG_*`: whether the packet is a fragment, and which.
+    pub frag: u8,
+    /// The IPv4 identification or IPv6 fragment identification of a fragment.
+    pub frag_id: u32,
 }
 
 impl L3 {
@@ -135,7 +155,12 @@ pub fn parse_l3(pkt: &Packet, out: &mut L3) -> Result<(), Counter> {
 #[inline(always)]
 pub fn strict(pkt: &Packet, l3: &mut L3) -> Result<(), Counter> {
     if l3.problem.is_none() {
-        l3.problem = transport_problem(pkt, l3).or(ttl_problem(l3.ttl));
+        l3.problem = if l3.frag == FRAG_FIRST {
+            first_fragment_transport_problem(pkt, l3)
+        } else {
+            transport_problem(pkt, l3)
+        }
+        .or(ttl_problem(l3.ttl));
     }
     match l3.problem {
         Some(problem) => Err(problem),
@@ -149,7 +174,9 @@ fn parse_ipv4(pkt: &Packet, l3_off: usize, vlan: bool, l3: &mut L3) -> Result<()
     let ip: &Ipv4Fixed = pkt.ref_at(l3_off).ok_or(Counter::PassMalformed)?;
     let tot_len = u16::from_be_bytes(ip.tot_len);
     let avail = pkt.len() - l3_off as u64;
-    l3.problem = ipv4_problem(ip.vihl, tot_len, u16::from_be_bytes(ip.frags), avail);
+    l3.frag = ipv4_class(u16::from_be_bytes(ip.frags));
+    l3.frag_id = u32::from(u16::from_be_bytes(ip.id));
+    l3.problem = ipv4_problem(ip.vihl, tot_len, avail).or(fragment_problem(l3.frag, ip.proto));
     l3.family = FAMILY_IPV4;
     l3.l3_off = l3_off;
     l3.proto = ip.proto;
@@ -176,6 +203,8 @@ fn parse_ipv6(pkt: &Packet, l3_off: usize, vlan: bool, l3: &mut L3) -> Result<()
     copy16(&mut l3.dst, &ip.dst);
     l3.vlan = vlan;
     l3.ttl = ip.hop_limit;
+    l3.frag = FRAG_NONE;
+    l3.frag_id = 0;
     l3.problem = ipv6_problem(ip.vcf[0], payload_len, pkt.len() - l3_off as u64);
     if l3.problem.is_some() {
         return Ok(());
@@ -199,12 +228,9 @@ fn parse_ipv6(pkt: &Packet, l3_off: usize, vlan: bool, l3: &mut L3) -> Result<()
                 l3.l4_off += len;
             }
             IPPROTO_FRAGMENT => {
-                // The protocol it carries, so a fragment to a VIP is known as one.
-                if let Some(ext) = pkt.ref_at::<ExtHdr>(l3.l4_off) {
-                    l3.proto = ext.next_hdr;
+                if !fragment_header(pkt, l3) {
+                    return Ok(());
                 }
-                l3.problem = Some(Counter::DropFragment);
-                return Ok(());
             }
             _ => return Ok(()),
         }
@@ -213,6 +239,41 @@ fn parse_ipv6(pkt: &Packet, l3_off: usize, vlan: bool, l3: &mut L3) -> Result<()
         l3.problem = Some(Counter::DropExtHeaders);
     }
     Ok(())
+}
+
+/// Reads the IPv6 fragment header at `l3.l4_off` into `l3`. False if the chain ends there: a
+/// fragment (its header is the last the parser follows: the transport header of a first
+/// fragment must come next) or a header cut short; true for an atomic fragment (offset 0, no
+/// more: a whole packet, RFC 6946), after which the chain goes on.
+///
+/// Not inlined: the parser is part of the entry function, whose stack frame adds up with those
+/// of every call below it.
+#[inline(never)]
+fn fragment_header(pkt: &Packet, l3: &mut L3) -> bool {
+    let Some(hdr) = pkt.ref_at::<FragHdr>(l3.l4_off) else {
+        // The protocol it carries, so a fragment to a VIP is known as one.
+        if let Some(ext) = pkt.ref_at::<ExtHdr>(l3.l4_off) {
+            l3.proto = ext.next_hdr;
+        }
+        l3.problem = Some(Counter::DropFragment);
+        return false;
+    };
+    match after_ext_header(l3.l4_len, FRAG_HDR_LEN as u32) {
+        Ok(left) => l3.l4_len = left,
+        Err(problem) => {
+            l3.problem = Some(problem);
+            return false;
+        }
+    }
+    l3.proto = hdr.next_hdr;
+    l3.l4_off += FRAG_HDR_LEN;
+    l3.frag = ipv6_class(u16::from_be_bytes(hdr.offset_flags));
+    l3.frag_id = u32::from_be_bytes(hdr.id);
+    if l3.frag == FRAG_NONE {
+        return true;
+    }
+    l3.problem = fragment_problem(l3.frag, l3.proto);
+    false
 }
 
 /// The TCP data offset or UDP length against the segment's length from the IP header; a
@@ -230,6 +291,24 @@ fn transport_problem(pkt: &Packet, l3: &L3) -> Option<Counter> {
         },
         _ => None,
     }
+}
+
+/// [`transport_problem`] for a first fragment (`lb_common::frag::first_fragment_problem`):
+/// its transport header must lie within it; a UDP length gives the whole datagram.
+#[inline(always)]
+fn first_fragment_transport_problem(pkt: &Packet, l3: &L3) -> Option<Counter> {
+    let field = match l3.proto {
+        PROTO_TCP => match pkt.ref_at::<TcpStart>(l3.l4_off) {
+            Some(tcp) => u16::from(tcp.data_off),
+            None => return Some(Counter::DropFragment),
+        },
+        PROTO_UDP => match pkt.ref_at::<UdpHdr>(l3.l4_off) {
+            Some(udp) => u16::from_be_bytes(udp.len),
+            None => return Some(Counter::DropFragment),
+        },
+        _ => return Some(Counter::DropFragment),
+    };
+    first_fragment_problem(l3.proto, l3.l4_len, field)
 }
 
 /// The ports and the fields of the transport header the balancer uses.

@@ -312,25 +312,47 @@ pub fn cases() -> Vec<Case> {
         )
         .counter("drop_ip_options"),
         Case::new(
-            "to a VIP, first IPv4 fragment (MF): dropped",
+            "to a VIP, first IPv4 fragment (MF) whose UDP length says it is whole: dropped",
             patch_ipv4(udp.clone(), 20, 0x20),
             XdpAction::Drop,
             Expect::Unchanged,
         )
         .counter("drop_fragment"),
         Case::new(
-            "to a VIP, later IPv4 fragment (offset > 0): dropped",
+            "to a VIP, later IPv4 fragment (offset > 0) whose first was not seen: dropped",
             patch_ipv4(udp.clone(), 21, 0x10),
+            XdpAction::Drop,
+            Expect::Unchanged,
+        )
+        .counter("drop_fragment_orphan"),
+        Case::new(
+            "to an IPv6 VIP, first fragment (M) whose UDP length says it is whole: dropped",
+            {
+                let mut f = with_ipv6_ext(&udp6, 44);
+                f[14 + 40 + 3] = 1;
+                f
+            },
             XdpAction::Drop,
             Expect::Unchanged,
         )
         .counter("drop_fragment"),
         Case::new(
-            "to an IPv6 VIP, fragment header: dropped",
-            with_ipv6_ext(&udp6, 44),
+            "to an IPv6 VIP, a fragment header the payload cuts short: dropped",
+            {
+                let mut f = cut(&with_ipv6_ext(&udp6, 44), 14 + 40 + 4);
+                f[18..20].copy_from_slice(&4u16.to_be_bytes());
+                f
+            },
             XdpAction::Drop,
             Expect::Unchanged,
         )
         .counter("drop_fragment"),
+        Case::new(
+            "to a VIP, an ICMP fragment: not balanced, the kernel's",
+            patch_ipv4(patch_ipv4(udp.clone(), 23, 1), 20, 0x20),
+            XdpAction::Pass,
+            Expect::Unchanged,
+        )
+        .counter("pass_non_vip"),
     ]
 }
