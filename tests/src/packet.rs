@@ -6,8 +6,9 @@ use std::{
 };
 
 use etherparse::{
-    IpHeaders, Ipv4Extensions, Ipv4Header, Ipv6Extensions, Ipv6Header, LaxPacketHeaders,
-    LinkHeader, NetHeaders, PacketBuilder, TransportHeader, ip_number,
+    IpFragOffset, IpHeaders, IpNumber, Ipv4Extensions, Ipv4Header, Ipv6Extensions,
+    Ipv6FragmentHeader, Ipv6Header, LaxPacketHeaders, LinkHeader, NetHeaders, PacketBuilder,
+    TransportHeader, ip_number,
 };
 
 use crate::sa;
@@ -401,6 +402,68 @@ pub fn with_ipv6_ext(frame: &[u8], next_hdr: u8) -> Vec<u8> {
     out[18..20].copy_from_slice(&plen.to_be_bytes());
     out.extend_from_slice(&[proto, 0, 0, 0, 0, 0, 0, 0]);
     out.extend_from_slice(&frame[54..]);
+    out
+}
+
+/// The IP datagram of an untagged `frame` (IPv4 without options or IPv6 without extension
+/// headers) cut into fragments with identification `id`, as a sender's stack cuts it: the
+/// fragments' payloads end at the byte offsets `ends` of the datagram's IP payload (multiples
+/// of 8 but the last, which is the payload's end). IPv4 fragments have DF clear; IPv6 ones
+/// carry a fragment header. Headers are built with etherparse.
+pub fn fragments(frame: &[u8], id: u32, ends: &[usize]) -> Vec<Vec<u8>> {
+    let ipv6 = frame[12..14] == [0x86, 0xdd];
+    let (ip4, ip6) = if ipv6 {
+        (
+            None,
+            Some(Ipv6Header::from_slice(&frame[14..]).expect("IPv6").0),
+        )
+    } else {
+        (
+            Some(Ipv4Header::from_slice(&frame[14..]).expect("IPv4").0),
+            None,
+        )
+    };
+    let payload = match (&ip4, &ip6) {
+        (Some(ip), _) => &frame[14 + ip.header_len()..14 + usize::from(ip.total_len)],
+        (_, Some(ip)) => &frame[54..54 + usize::from(ip.payload_length)],
+        _ => unreachable!(),
+    };
+    assert_eq!(
+        ends.last(),
+        Some(&payload.len()),
+        "the last fragment ends the datagram"
+    );
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, &end) in ends.iter().enumerate() {
+        assert!(
+            start % 8 == 0 && end > start,
+            "fragment {i} at {start}..{end}"
+        );
+        let more = i + 1 < ends.len();
+        let offset = IpFragOffset::try_new((start / 8) as u16).expect("an offset");
+        let chunk = &payload[start..end];
+        let mut f = frame[..14].to_vec();
+        if let Some(mut ip) = ip4.clone() {
+            ip.identification = id as u16;
+            ip.dont_fragment = false;
+            ip.more_fragments = more;
+            ip.fragment_offset = offset;
+            ip.set_payload_len(chunk.len()).expect("a length");
+            ip.header_checksum = ip.calc_header_checksum();
+            ip.write(&mut f).expect("IPv4 header");
+        } else if let Some(mut ip) = ip6.clone() {
+            let frag = Ipv6FragmentHeader::new(ip.next_header, offset, more, id);
+            ip.next_header = IpNumber::IPV6_FRAGMENTATION_HEADER;
+            ip.set_payload_length(Ipv6FragmentHeader::LEN + chunk.len())
+                .expect("a length");
+            ip.write(&mut f).expect("IPv6 header");
+            frag.write(&mut f).expect("fragment header");
+        }
+        f.extend_from_slice(chunk);
+        out.push(f);
+        start = end;
+    }
     out
 }
 

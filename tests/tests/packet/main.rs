@@ -8,12 +8,13 @@
 //! incremental updates.
 //!
 //! One table per file: [`requests`] and [`schedulers`] (from the client), [`malformed`], and
-//! [`replies`] (from backend 0, to the flows the requests opened); [`icmp`] and [`fastpath`] run
-//! in labs of their own.
+//! [`replies`] (from backend 0, to the flows the requests opened); [`icmp`], [`fastpath`] and
+//! [`fragments`] run in labs of their own.
 
 mod acl;
 mod embryonic;
 mod fastpath;
+mod fragments;
 mod icmp;
 mod malformed;
 mod replies;
