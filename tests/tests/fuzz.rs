@@ -1,7 +1,8 @@
-//! Mutation fuzz of the data path: valid requests to the VIPs, replies from backends and
-//! packets for elsewhere, built with etherparse and mutated (truncation, bit flips, length and
-//! offset fields, TTLs, padding, VLAN tags and IPv6 extension-header chains), run through the
-//! real program with `BPF_PROG_TEST_RUN` in the packet fixtures' lab and judged by an oracle:
+//! Mutation fuzz of the data path: valid requests to the VIPs, replies from backends, packets
+//! for elsewhere and fragments of datagrams (in order, or a later one first), built with
+//! etherparse and mutated (truncation, bit flips, length and offset fields, TTLs, padding, VLAN
+//! tags and IPv6 extension-header chains), run through the real program with
+//! `BPF_PROG_TEST_RUN` in the packet fixtures' lab and judged by an oracle:
 //!
 //! - a model of the strict parsing rules (README, "What the data path does with a packet"),
 //!   written here independently of `lb_common::parse`, says what may become of each packet:
@@ -13,7 +14,10 @@
 //! - a translated packet is well formed (etherparse), only its addresses, ports, TTL,
 //!   checksums and MACs changed, and its checksums are valid where the input's were (a partial
 //!   checksum stays the partial one for its new addresses);
-//! - a flow keeps its backend while it cannot have expired.
+//! - a flow keeps its backend while it cannot have expired;
+//! - a later fragment gets the translation of its datagram's first fragment (only its address
+//!   changed, its payload untouched) while that cannot have expired, and none without one; a
+//!   first fragment's checksum changes exactly by the rewrite (it covers the whole datagram).
 //!
 //! `XDPLB_FUZZ_PACKETS` (default 1,000,000) sets the number of packets, `XDPLB_FUZZ_SEED` the
 //! seed (printed at the start), `XDPLB_FUZZ_BATCH` the packets between counter reads (1 names
@@ -31,8 +35,8 @@ use lb_common::{Counter, counters::xdp_action};
 use lb_tests::{
     lab::PacketLab,
     packet::{
-        L4, Link, arp_request, describe, frame_with, icmp_echo, partial, tcp_flags, with_ipv6_ext,
-        with_vlan,
+        L4, Link, arp_request, describe, fragments, frame_with, icmp_echo, partial, tcp_flags,
+        with_ipv6_ext, with_vlan,
     },
 };
 use lb_user::{counters::Counters, model::Proto};
@@ -62,6 +66,10 @@ const STICKY_WITHIN: Duration = {
     }
     Duration::from_nanos(shortest - lb_common::conntrack::REFRESH_NS - 1_000_000_000)
 };
+/// Within this of its first fragment's translation, a later fragment must get it (the fragment
+/// timeout less a second for the coarse clock); after this, it must not (plus a second).
+const FRAG_SURE: Duration = Duration::from_nanos(lb_common::frag::FRAG_TIMEOUT_NS - 1_000_000_000);
+const FRAG_LIVE: Duration = Duration::from_nanos(lb_common::frag::FRAG_TIMEOUT_NS + 1_000_000_000);
 /// Failures reported before the run stops.
 const MAX_FAILURES: usize = 10;
 
@@ -148,6 +156,33 @@ struct Ip {
     ttl: u8,
     /// The first rule the packet breaks, if it is to a VIP.
     problem: Option<Counter>,
+    /// [`FRAG_NONE`], [`FRAG_FIRST`] or [`FRAG_LATER`].
+    frag: u8,
+    /// The IPv4 identification or IPv6 fragment identification.
+    frag_id: u32,
+}
+
+const FRAG_NONE: u8 = 0;
+const FRAG_FIRST: u8 = 1;
+const FRAG_LATER: u8 = 2;
+
+/// RFC 791 and 8200: offset 0 and more to come is a first fragment, any offset a later one.
+fn frag_class(more: bool, offset: u16) -> u8 {
+    match (more, offset) {
+        (false, 0) => FRAG_NONE,
+        (true, 0) => FRAG_FIRST,
+        _ => FRAG_LATER,
+    }
+}
+
+/// What a fragment that is not balanced as it stands gets: only TCP and UDP first fragments
+/// are; later fragments take their first fragment's translation (see [`Fate::LaterFragment`]).
+fn frag_problem(frag: u8, proto: u8) -> Option<Counter> {
+    match frag {
+        FRAG_NONE => None,
+        FRAG_FIRST if matches!(proto, PROTO_TCP | PROTO_UDP) => None,
+        _ => Some(Counter::DropFragment),
+    }
 }
 
 /// What may become of a packet.
@@ -169,6 +204,12 @@ enum Fate {
     /// ICMP or ICMPv6: an echo request to a VIP answered, an error about a tracked flow
     /// translated, anything else passed untouched.
     Icmp,
+    /// A later fragment to a VIP: to the backend its first fragment went to if that was
+    /// translated within the fragment timeout, dropped as an orphan otherwise.
+    LaterFragment,
+    /// A later fragment from a backend address: translated to come from the VIP its first
+    /// fragment was translated to, if it was (within the timeout); passed untouched otherwise.
+    MaybeLaterReply,
 }
 
 const BALANCED: [Counter; 5] = [
@@ -188,6 +229,20 @@ const ICMP: [Counter; 8] = [
     Counter::PassNonVip,
     Counter::PassFib,
     Counter::PassNoNeighbour,
+];
+const LATER_FRAGMENT: [Counter; 5] = [
+    Counter::FwdTx,
+    Counter::FwdRedirect,
+    Counter::PassFib,
+    Counter::PassNoNeighbour,
+    Counter::DropFragmentOrphan,
+];
+const MAYBE_LATER_REPLY: [Counter; 5] = [
+    Counter::ReplyTx,
+    Counter::ReplyRedirect,
+    Counter::PassFib,
+    Counter::PassNoNeighbour,
+    Counter::PassNonVip,
 ];
 const MAYBE_REPLY: [Counter; 8] = [
     Counter::ReplyTx,
@@ -211,6 +266,8 @@ impl Fate {
             Fate::MaybeReply => &MAYBE_REPLY,
             Fate::MaybeSpoofed => &MAYBE_SPOOFED,
             Fate::Icmp => &ICMP,
+            Fate::LaterFragment => &LATER_FRAGMENT,
+            Fate::MaybeLaterReply => &MAYBE_LATER_REPLY,
         }
     }
 }
@@ -233,10 +290,8 @@ fn ipv4(f: &[u8], l3: usize) -> Option<Ip> {
         Some(Counter::DropTruncated)
     } else if ihl > 20 {
         Some(Counter::DropIpOptions)
-    } else if frags & 0x2000 != 0 || frags & 0x1fff != 0 {
-        Some(Counter::DropFragment)
     } else {
-        None
+        frag_problem(frag_class(frags & 0x2000 != 0, frags & 0x1fff), f[l3 + 9])
     };
     let addr = |at: usize| IpAddr::from(<[u8; 4]>::try_from(&f[at..at + 4]).unwrap());
     Some(Ip {
@@ -250,6 +305,8 @@ fn ipv4(f: &[u8], l3: usize) -> Option<Ip> {
         l4_len: tot_len.saturating_sub(20),
         ttl: f[l3 + 8],
         problem,
+        frag: frag_class(frags & 0x2000 != 0, frags & 0x1fff),
+        frag_id: u32::from(u16_at(f, l3 + 4)),
     })
 }
 
@@ -269,13 +326,16 @@ fn ipv6(f: &[u8], l3: usize) -> Option<Ip> {
         l4_len: usize::from(u16_at(f, l3 + 4)),
         ttl: f[l3 + 7],
         problem: None,
+        frag: FRAG_NONE,
+        frag_id: 0,
     };
     if f[l3] >> 4 != 6 {
         ip.problem = Some(Counter::DropBadHeader);
     } else if 40 + ip.l4_len > f.len() - l3 {
         ip.problem = Some(Counter::DropTruncated);
     } else {
-        // Up to 4 extension headers; a fragment header ends the chain.
+        // Up to 4 extension headers; a fragment header ends the chain, unless it is an atomic
+        // fragment's (offset 0, no more: a whole packet).
         let mut followed = 0;
         while EXT_HEADERS.contains(&ip.proto) && ip.problem.is_none() {
             if followed == 4 {
@@ -284,7 +344,23 @@ fn ipv6(f: &[u8], l3: usize) -> Option<Ip> {
             }
             followed += 1;
             let readable = f.len() >= ip.l4_off + 2;
-            if ip.proto == 44 {
+            if ip.proto == 44 && f.len() >= ip.l4_off + 8 {
+                if ip.l4_len < 8 {
+                    ip.problem = Some(Counter::DropBadHeader);
+                } else {
+                    let word = u16_at(f, ip.l4_off + 2);
+                    ip.proto = f[ip.l4_off];
+                    ip.frag = frag_class(word & 1 != 0, word >> 3);
+                    ip.frag_id =
+                        u32::from_be_bytes(f[ip.l4_off + 4..ip.l4_off + 8].try_into().unwrap());
+                    ip.l4_off += 8;
+                    ip.l4_len -= 8;
+                    if ip.frag != FRAG_NONE {
+                        ip.problem = frag_problem(ip.frag, ip.proto);
+                        break;
+                    }
+                }
+            } else if ip.proto == 44 {
                 if readable {
                     ip.proto = f[ip.l4_off];
                 }
@@ -324,7 +400,31 @@ fn ip_of(f: &[u8]) -> Result<Ip, Fate> {
         _ => return Err(Fate::Untouched(Counter::PassNonIp)),
     };
     let mut ip = ip.ok_or(Fate::Untouched(Counter::PassMalformed))?;
-    if ip.problem.is_none() {
+    if ip.problem.is_none() && ip.frag == FRAG_FIRST {
+        // A first fragment must hold its transport header; its UDP length is the datagram's.
+        ip.problem = match ip.proto {
+            PROTO_TCP if f.len() < ip.l4_off + 20 || ip.l4_len < 20 => Some(Counter::DropFragment),
+            PROTO_TCP => {
+                let header = usize::from(f[ip.l4_off + 12] >> 4) * 4;
+                if header < 20 {
+                    Some(Counter::DropBadL4Header)
+                } else {
+                    (header > ip.l4_len).then_some(Counter::DropFragment)
+                }
+            }
+            PROTO_UDP if f.len() < ip.l4_off + 8 || ip.l4_len < 8 => Some(Counter::DropFragment),
+            PROTO_UDP => {
+                let len = usize::from(u16_at(f, ip.l4_off + 4));
+                if len < 8 {
+                    Some(Counter::DropBadL4Header)
+                } else {
+                    (len <= ip.l4_len).then_some(Counter::DropFragment)
+                }
+            }
+            _ => Some(Counter::DropFragment),
+        }
+        .or((ip.ttl <= 1).then_some(Counter::PassTtlExpired));
+    } else if ip.problem.is_none() {
         ip.problem = match ip.proto {
             PROTO_TCP if f.len() < ip.l4_off + 20 => Some(Counter::DropTruncated),
             PROTO_TCP => {
@@ -358,7 +458,14 @@ fn fate(f: &[u8], config: &Config) -> (Fate, Option<Ip>) {
     } else {
         config.vip_addrs.contains(&(ip.dst, ip.proto))
     };
-    let fate = if to_vip {
+    let later = ip.frag == FRAG_LATER && ip.problem == Some(Counter::DropFragment);
+    let fate = if to_vip && later {
+        if ip.ttl <= 1 {
+            Fate::Untouched(Counter::PassTtlExpired)
+        } else {
+            Fate::LaterFragment
+        }
+    } else if to_vip {
         match ip.problem {
             Some(c) if c.action() == xdp_action::PASS => Fate::Untouched(c),
             Some(c) => Fate::Dropped(c),
@@ -374,6 +481,12 @@ fn fate(f: &[u8], config: &Config) -> (Fate, Option<Ip>) {
                     Some(true) => Fate::Balanced,
                 }
             }
+        }
+    } else if config.backend_addrs.contains(&ip.src) && later {
+        if ip.ttl <= 1 {
+            Fate::Untouched(Counter::PassNonVip)
+        } else {
+            Fate::MaybeLaterReply
         }
     } else if config.backend_addrs.contains(&ip.src)
         && ip.problem.is_none()
@@ -509,6 +622,8 @@ fn repair_checksums(f: &mut [u8]) {
 struct Maker<'a> {
     rng: fastrand::Rng,
     config: &'a Config,
+    /// Fragments of datagrams already begun, to come among the next packets.
+    pending: Vec<Vec<u8>>,
 }
 
 const CLIENTS: [&str; 2] = ["198.18.0.2", "198.18.0.9"];
@@ -560,8 +675,15 @@ impl Maker<'_> {
         }
     }
 
-    /// A valid packet: to a VIP, from a backend to a client, or for elsewhere.
+    /// A valid packet: to a VIP, from a backend to a client, or for elsewhere; or a fragment of
+    /// a datagram to a VIP or from a backend.
     fn base(&mut self) -> Vec<u8> {
+        if !self.pending.is_empty() && (self.rng.bool() || self.pending.len() > 64) {
+            return self.pending.remove(0);
+        }
+        if self.rng.u8(..100) < 8 {
+            return self.fragmented();
+        }
         let roll = self.rng.u8(..100);
         let (frame, v6, src, dst) = if roll < 55 {
             let (addr, port, proto) = *self.rng.choice(&self.config.targets).unwrap();
@@ -643,6 +765,60 @@ impl Maker<'_> {
             frame = with_vlan(&frame, self.rng.u16(1..4095));
         }
         frame
+    }
+
+    /// The first fragment of a datagram to a VIP or from a backend, cut in two or three; the
+    /// rest go to `pending`. One in eight comes after its second fragment.
+    fn fragmented(&mut self) -> Vec<u8> {
+        let (src, dst, proto) = if self.rng.bool() {
+            let (addr, port, proto) = *self.rng.choice(&self.config.targets).unwrap();
+            let port = if port == 0 { self.rng.u16(1..) } else { port };
+            (
+                self.client(addr.is_ipv6()),
+                SocketAddr::new(addr, port),
+                proto,
+            )
+        } else {
+            let backend = *self.rng.choice(&self.config.backends).unwrap();
+            let src = if backend.port() == 0 {
+                SocketAddr::new(backend.ip(), self.rng.u16(1..))
+            } else {
+                backend
+            };
+            let proto = if self.rng.bool() {
+                PROTO_TCP
+            } else {
+                PROTO_UDP
+            };
+            (src, self.client(src.is_ipv6()), proto)
+        };
+        let len = *self.rng.choice(&[24, 64, 200, 300]).unwrap();
+        let payload: Vec<u8> = std::iter::repeat_with(|| self.rng.u8(..))
+            .take(len)
+            .collect();
+        let (link, l4) = (self.link(), self.l4(proto));
+        let frame = frame_with(link, src, dst, l4, &payload);
+        let l4_len = len + if proto == PROTO_UDP { 8 } else { 20 };
+        let mut ends = Vec::new();
+        let mut at = 0;
+        for _ in 1..self.rng.usize(2..=3) {
+            let room = (l4_len - 1 - at) / 8;
+            if room == 0 {
+                break;
+            }
+            at += 8 * self.rng.usize(1..=room);
+            ends.push(at);
+        }
+        ends.push(l4_len);
+        let random = self.rng.u32(..);
+        let id = *self.rng.choice(&[0, 1, 0x1234, random]).unwrap();
+        let mut pieces = fragments(&frame, id, &ends);
+        if self.rng.u8(..8) == 0 {
+            pieces.swap(0, 1);
+        }
+        let first = pieces.remove(0);
+        self.pending.extend(pieces);
+        first
     }
 
     /// `frame` with one mutation applied.
@@ -749,10 +925,24 @@ impl Maker<'_> {
 /// A flow's 5-tuple as the client sent it.
 type Tuple = (IpAddr, u16, IpAddr, u16, u8);
 
+/// A fragmented datagram as its fragments arrive: source, destination, identification,
+/// protocol, and whether it is a reply (from a backend).
+type Datagram = (IpAddr, IpAddr, u32, u8, bool);
+
+fn datagram(ip: &Ip, reply: bool) -> Datagram {
+    (ip.src, ip.dst, ip.frag_id, ip.proto, reply)
+}
+
 #[derive(Default)]
 struct Oracle {
     /// Backend (address, port) of every translated flow, and when it was last translated.
     flows: HashMap<Tuple, (SocketAddr, Instant)>,
+    /// The address every translated first fragment got (the backend's, or for a reply the
+    /// VIP's), and when.
+    datagrams: HashMap<Datagram, (IpAddr, Instant)>,
+    /// Later fragments translated, and dropped as orphans.
+    later_translated: u64,
+    orphans: u64,
     translated: u64,
     fates: HashMap<String, u64>,
 }
@@ -788,11 +978,49 @@ impl Oracle {
                 Ok(())
             }
             Fate::Balanced if unchanged => Err("balanced, but not translated".into()),
+            Fate::LaterFragment | Fate::MaybeLaterReply => {
+                let ip = ip.expect("a fragment has an IP header");
+                let reply = fate == Fate::MaybeLaterReply;
+                let first = self.datagrams.get(&datagram(ip, reply)).copied();
+                if unchanged && matches!(action, xdp_action::DROP | xdp_action::PASS) {
+                    self.orphans += 1;
+                    // Once the LRU map may be full (its per-CPU free lists take some of it),
+                    // an entry may have been evicted.
+                    let may_evict =
+                        self.datagrams.len() > lb_common::maps::FRAGMENTS_CAPACITY as usize / 2;
+                    return match first {
+                        Some((_, when)) if when.elapsed() < FRAG_SURE && !may_evict => {
+                            Err(format!(
+                                "later fragment not translated, {:?} after its first was",
+                                when.elapsed()
+                            ))
+                        }
+                        _ => Ok(()),
+                    };
+                }
+                self.later_translated += 1;
+                let (out_src, out_dst) = later_translated(input, output, action, ip, reply)?;
+                let got = if reply { out_src } else { out_dst };
+                match first {
+                    Some((addr, when)) if addr == got && when.elapsed() < FRAG_LIVE => Ok(()),
+                    Some((addr, when)) => Err(format!(
+                        "later fragment translated to {got}, its first to {addr} {:?} ago",
+                        when.elapsed()
+                    )),
+                    None => Err(format!("later fragment translated to {got}, no first was")),
+                }
+            }
             Fate::Balanced | Fate::MaybeReply => {
                 let ip = ip.expect("a packet to translate has an IP header");
                 self.translated += 1;
                 let (out_src, out_dst) = translated(input, output, action, ip)?;
                 let tuple = (ip.src, sport(input, ip), ip.dst, dport(input, ip), ip.proto);
+                if ip.frag == FRAG_FIRST {
+                    let reply = fate == Fate::MaybeReply;
+                    let got = if reply { out_src.ip() } else { out_dst.ip() };
+                    self.datagrams
+                        .insert(datagram(ip, reply), (got, Instant::now()));
+                }
                 if fate == Fate::MaybeReply {
                     if !config.is_vip_addr(out_src.ip()) {
                         return Err(format!("reply translated to come from {out_src}, no VIP"));
@@ -892,6 +1120,37 @@ fn translated(
     // A full checksum must stay correct; a partial one must become the partial one for the
     // new addresses (checked as such: it may be a correct full one by chance as well).
     let field = u16_at(output, check_offset(&out_ip));
+    if ip.frag == FRAG_FIRST {
+        // The checksum covers the whole datagram: what the rewrite must keep is the sum of
+        // addresses, ports and checksum field (RFC 1624), 0 and 0xffff alike.
+        let kept = |f: &[u8], ip: &Ip| {
+            let addrs = if ip.v6 {
+                &f[ip.l3_off + 8..ip.l3_off + 40]
+            } else {
+                &f[ip.l3_off + 12..ip.l3_off + 20]
+            };
+            let at = check_offset(ip);
+            u64::from(fold(
+                sum(addrs) + sum(&f[ip.l4_off..ip.l4_off + 4]) + sum(&f[at..at + 2]),
+            )) % 0xffff
+        };
+        let none = !ip.v6 && ip.proto == PROTO_UDP && u16_at(input, check_offset(ip)) == 0;
+        let ok = if none {
+            field == 0
+        } else {
+            kept(input, ip) == kept(output, &out_ip)
+        };
+        if !ok {
+            return Err(format!(
+                "first fragment's checksum {:#06x} became {field:#06x}, not by the rewrite",
+                u16_at(input, check_offset(ip))
+            ));
+        }
+        return Ok((
+            SocketAddr::new(out_ip.src, sport(output, &out_ip)),
+            SocketAddr::new(out_ip.dst, dport(output, &out_ip)),
+        ));
+    }
     let ok = match l4_sum(input, ip) {
         L4Sum::Full => l4_sum(output, &out_ip) == L4Sum::Full,
         L4Sum::Partial => field == fold(pseudo_sum(output, &out_ip)),
@@ -910,6 +1169,60 @@ fn translated(
         SocketAddr::new(out_ip.src, sport(output, &out_ip)),
         SocketAddr::new(out_ip.dst, dport(output, &out_ip)),
     ))
+}
+
+/// Checks a translated later fragment `output` against its `input`: only its destination
+/// address (a request) or source address (a reply), TTL, IPv4 header checksum and MACs may
+/// change, its payload not at all. Returns its source and destination.
+fn later_translated(
+    input: &[u8],
+    output: &[u8],
+    action: u32,
+    ip: &Ip,
+    reply: bool,
+) -> Result<(IpAddr, IpAddr), String> {
+    if output.len() != input.len() {
+        return Err(format!("length {} became {}", input.len(), output.len()));
+    }
+    let Ok(out_ip) = ip_of(output) else {
+        return Err("no IP header after translation".into());
+    };
+    let ttl_at = ip.l3_off + if ip.v6 { 7 } else { 8 };
+    let forwarded = matches!(action, xdp_action::TX | xdp_action::REDIRECT);
+    let expected_ttl = if forwarded { ip.ttl - 1 } else { ip.ttl };
+    if output[ttl_at] != expected_ttl {
+        return Err(format!("TTL {} became {}", ip.ttl, output[ttl_at]));
+    }
+    let fixed = |f: &[u8]| -> Vec<u8> {
+        let mut f = f.to_vec();
+        f[..12].fill(0);
+        f[ttl_at] = 0;
+        if ip.v6 {
+            f[ip.l3_off + 8..ip.l3_off + 40].fill(0);
+        } else {
+            f[ip.l3_off + 10..ip.l3_off + 20].fill(0);
+        }
+        f
+    };
+    if fixed(input) != fixed(output) {
+        return Err(
+            "a later fragment: bytes other than addresses, TTL, checksum and MACs \
+                    changed"
+                .into(),
+        );
+    }
+    if !ip.v6 && ipv4_header_ok(input, ip) && !ipv4_header_ok(output, &out_ip) {
+        return Err("IPv4 header checksum wrong after translation".into());
+    }
+    let (kept, side) = if reply {
+        (out_ip.dst == ip.dst, "destination")
+    } else {
+        (out_ip.src == ip.src, "source")
+    };
+    if !kept {
+        return Err(format!("a later fragment's {side} changed"));
+    }
+    Ok((out_ip.src, out_ip.dst))
 }
 
 // --- The run --------------------------------------------------------------------------
@@ -948,6 +1261,7 @@ fn mutation_fuzz() {
         let mut maker = Maker {
             rng: fastrand::Rng::with_seed(seed),
             config: &config,
+            pending: Vec::new(),
         };
         let mut oracle = Oracle::default();
         let mut failures = Vec::new();
@@ -979,7 +1293,7 @@ fn mutation_fuzz() {
             // Replies come in where their backend is; one in eight from the client side, where
             // they are spoofed.
             let mut ingress = gc;
-            if let (Fate::MaybeReply, Some(ip)) = (fate, &ip) {
+            if let (Fate::MaybeReply | Fate::MaybeLaterReply, Some(ip)) = (fate, &ip) {
                 ingress = home(ip.src);
                 if ingress != gc && maker.rng.u8(..8) == 0 {
                     (fate, ingress) = (Fate::MaybeSpoofed, gc);
@@ -1046,9 +1360,13 @@ fn mutation_fuzz() {
     });
     let rate = packets as f64 / elapsed.as_secs_f64();
     println!(
-        "{packets} packets in {elapsed:.1?} ({rate:.0}/s), {} translated, {} flows",
+        "{packets} packets in {elapsed:.1?} ({rate:.0}/s), {} translated, {} flows; \
+         {} fragmented datagrams, {} later fragments translated, {} not",
         oracle.translated,
-        oracle.flows.len()
+        oracle.flows.len(),
+        oracle.datagrams.len(),
+        oracle.later_translated,
+        oracle.orphans
     );
     let mut fates: Vec<_> = oracle.fates.into_iter().collect();
     fates.sort();
