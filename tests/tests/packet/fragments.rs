@@ -1,7 +1,8 @@
 //! Fragments of VIP traffic: a first fragment is balanced and its translation remembered, its
 //! later fragments follow it to the same backend with only the destination rewritten; an
 //! orphan later fragment (no first fragment seen, or seen too long ago) is dropped and counted;
-//! a backend's fragmented reply is translated back to come from the VIP.
+//! a backend's fragmented reply is translated back to come from the VIP (and a later fragment
+//! too big for the route to the client passed untranslated, as a whole reply would be).
 //!
 //! Expected frames are the whole datagram as the gateway would send it unfragmented, built by
 //! etherparse, then cut the way the input was: so the first fragment's TCP/UDP checksum (over
@@ -307,4 +308,43 @@ fn later_fragments_follow_their_first() {
         .counter("pass_non_vip"),
     ];
     lab.run(lab.gb0, &replies);
+
+    // 5. A reply's later fragment too big for the route to the client (IPv6: it may not be
+    //    fragmented again) is passed untranslated, as a whole reply is, so that the kernel's
+    //    packet too big is about the backend's own packet.
+    let gw = &lab.topo.gateway;
+    for args in [
+        &["-6", "route", "add", "fd00::9/128", "dev", "gc"][..],
+        &["link", "set", "gc", "mtu", "1280"],
+    ] {
+        let out = gw.exec("ip", args).expect("ip");
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    }
+    gw.permanent_neighbour("fd00::9", lab.client_mac, "gc")
+        .expect("neighbour");
+    let far = "[fd00::9]:42001";
+    let long = payload(1600);
+    let (big_in, big_out) = cut(
+        &lab.sent_by_b0(BACKEND6, far, L4::Udp, &long),
+        &lab.to_client(VIP6, far, L4::Udp, &long),
+        0x9abc_def0,
+        &[256, 1608],
+    );
+    lab.run(
+        lab.gb0,
+        &[
+            reply(
+                "first fragment of a long reply, within the route's MTU: translated",
+                &big_in[0],
+                &big_out[0],
+            ),
+            Case::new(
+                "its later fragment, beyond the route's MTU: passed untranslated",
+                big_in[1].clone(),
+                XdpAction::Pass,
+                Expect::Unchanged,
+            )
+            .counter("pass_reply_too_big"),
+        ],
+    );
 }
