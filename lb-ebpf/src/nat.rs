@@ -151,7 +151,6 @@ fn rewrite_ip(
     Ok(())
 }
 
-/// [`segment_sum`] could not sum the segment.
 /// Undoes a [`rewrite`] of `side` to `translated`: the packet gets back the address, port and
 /// L4 checksum parsed into `l3` and `l4`, and (IPv4) a header checksum to match. Only for a
 /// rewrite that returned [`L4Checksum::Full`] or `None` (the L4 checksum is the parsed one).
@@ -200,6 +199,7 @@ pub fn restore(
     Ok(())
 }
 
+/// [`segment_sum`] could not sum the segment.
 const NO_SUM: u32 = u32::MAX;
 
 /// Longest segment [`segment_sum`] sums; a longer one whose checksum is ambiguous is taken to
