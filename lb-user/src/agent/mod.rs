@@ -13,7 +13,7 @@ use log::{info, warn};
 
 use crate::{
     autoscale::live::{Job, SavedPool, VipAutoscaler},
-    balancer::{BackendState, Balancer, Proto, Scheduler, Snapshot, Vip, VipInfo},
+    balancer::{BackendState, Balancer, Forwarding, Proto, Scheduler, Snapshot, Vip, VipInfo},
     config::{self, Config, Plan, VipConfig},
     health::{HealthEvent, Monitor, WatchKey},
     maps::DynMaps,
@@ -54,6 +54,9 @@ pub struct VipView {
     pub protocol: Proto,
     pub scheduler: Scheduler,
     pub ring_size: u32,
+    /// How packets reach the backends (absent from an older agent's answer: NAT).
+    #[serde(default)]
+    pub forwarding: Forwarding,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -368,6 +371,7 @@ impl Agent {
             protocol: info.vip.proto,
             scheduler: info.options.scheduler,
             ring_size: info.options.ring_size,
+            forwarding: info.options.forwarding,
             packets: stats.packets,
             bytes: stats.bytes,
             new_flows: stats.new_flows,

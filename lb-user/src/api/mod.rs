@@ -31,7 +31,9 @@ mod types;
 use crate::{
     agent::{Agent, ApplyError, Shared},
     autoscale::live::Status as AutoscaleStatus,
-    balancer::{self, BackendSpec, BackendState, Proto, Scheduler, Vip, VipInfo, VipOptions},
+    balancer::{
+        self, BackendSpec, BackendState, Forwarding, Proto, Scheduler, Vip, VipInfo, VipOptions,
+    },
     config::Config,
 };
 
@@ -309,6 +311,9 @@ async fn add_vip(
     if let Some(r) = req.ring_size {
         options.ring_size = r;
     }
+    if let Some(f) = &req.forwarding {
+        options.forwarding = f.parse()?;
+    }
     let view = change(&state, move |agent| {
         agent.balancer.add_vip(vip, options)?;
         vip_view(agent, &agent.balancer.vip(&vip)?)
@@ -375,6 +380,11 @@ async fn set_vip(
         .map(str::parse::<Scheduler>)
         .transpose()?;
     let ring_size = req.ring_size;
+    let forwarding = req
+        .forwarding
+        .as_deref()
+        .map(str::parse::<Forwarding>)
+        .transpose()?;
     Ok(Json(
         change(&state, move |agent| {
             let mut options = agent.balancer.vip(&vip)?.options;
@@ -383,6 +393,9 @@ async fn set_vip(
             }
             if let Some(r) = ring_size {
                 options.ring_size = r;
+            }
+            if let Some(f) = forwarding {
+                options.forwarding = f;
             }
             agent.balancer.set_vip_options(&vip, options)?;
             vip_view(agent, &agent.balancer.vip(&vip)?)

@@ -43,6 +43,9 @@ pub struct AddVip {
     pub vip: String,
     pub scheduler: Option<String>,
     pub ring_size: Option<u32>,
+    /// `nat` (default), `dsr-l2` or `ipip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarding: Option<String>,
 }
 
 /// `PATCH /v1/vips/...`.
@@ -51,6 +54,9 @@ pub struct AddVip {
 pub struct SetVip {
     pub scheduler: Option<String>,
     pub ring_size: Option<u32>,
+    /// `nat`, `dsr-l2` or `ipip`: tracked flows follow the new mode from their next packet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarding: Option<String>,
 }
 
 /// `POST /v1/vips/.../backends`.

@@ -29,7 +29,8 @@ use ids::BackendIds;
 use tables::{backend_value, build_tables, meta};
 
 pub use crate::model::{
-    BackendSpec, BackendState, Error, Proto, Scheduler, Vip, VipOptions, check_backend, check_vip,
+    BackendSpec, BackendState, Error, Forwarding, Proto, Scheduler, Vip, VipOptions, check_backend,
+    check_backend_forwarding, check_vip,
 };
 use crate::{
     maps::{Maps, Staged},
@@ -182,15 +183,15 @@ impl<M: Maps> Balancer<M> {
         Ok(())
     }
 
-    /// The data path's entry of backend `b` of the VIP with id `vip_id`, with the flags last
-    /// published for it.
-    fn backend_entry(&self, b: &BackendInfo, vip_id: u32) -> Backend {
+    /// The data path's entry of backend `b` of the VIP with id `vip_id` forwarded by
+    /// `forwarding`, with the flags last published for it.
+    fn backend_entry(&self, b: &BackendInfo, vip_id: u32, forwarding: Forwarding) -> Backend {
         let flags = if self.state.stateless.contains(&b.id) {
             BACKEND_FLAG_STATELESS_REPLY
         } else {
             0
         };
-        backend_value(b, vip_id, flags)
+        backend_value(b, vip_id, flags, forwarding)
     }
 
     /// Writes the stateless reply translations the VIPs call for now (`replies::plan`) and the
@@ -219,7 +220,7 @@ impl<M: Maps> Balancer<M> {
                     .backends
                     .iter()
                     .filter(|b| old.contains(&b.id) != self.state.stateless.contains(&b.id))
-                    .map(|b| self.backend_entry(b, state.id))
+                    .map(|b| self.backend_entry(b, state.id, state.options.forwarding))
             })
             .collect();
         for backend in changed {
@@ -384,7 +385,10 @@ impl<M: Maps> Balancer<M> {
         self.publish_filter(&[])
     }
 
-    /// Changes a VIP's scheduler or ring size; its tables are rebuilt.
+    /// Changes a VIP's scheduler, ring size or forwarding mode; its tables are rebuilt. A new
+    /// mode is written into its backends' entries before the VIP's: tracked flows follow it
+    /// from their next packet (and break unless their backend serves both ways: the backend
+    /// sees the VIP's address where it saw its own, or the reverse).
     pub fn set_vip_options(&mut self, vip: &Vip, options: VipOptions) -> Result<(), Error> {
         check_vip(vip, &options)?;
         let state = self.state.vips.get(vip).ok_or(Error::UnknownVip(*vip))?;
@@ -401,6 +405,18 @@ impl<M: Maps> Balancer<M> {
             .get(vip)
             .ok_or(Error::UnknownVip(*vip))?
             .options;
+        self.set_vip(vip, options, backends)
+    }
+
+    /// Replaces a VIP's options and backends in one step, as [`Balancer::set_vip_options`]
+    /// and [`Balancer::set_backends`] do.
+    pub fn set_vip(
+        &mut self,
+        vip: &Vip,
+        options: VipOptions,
+        backends: Vec<BackendSpec>,
+    ) -> Result<(), Error> {
+        check_vip(vip, &options)?;
         let mut seen = std::collections::HashSet::new();
         for b in &backends {
             if !seen.insert(b.addr) {
@@ -480,6 +496,7 @@ impl<M: Maps> Balancer<M> {
     ) -> Result<(), Error> {
         for spec in &specs {
             check_backend(vip, spec)?;
+            check_backend_forwarding(vip, options.forwarding, spec.addr)?;
         }
         let state = self.state.vips.get(vip).ok_or(Error::UnknownVip(*vip))?;
         let new_count = specs
@@ -522,7 +539,7 @@ impl<M: Maps> Balancer<M> {
         // Backends first (a table never names a backend the data path does not know).
         let vip_id = state.id;
         for b in &backends {
-            let entry = self.backend_entry(b, vip_id);
+            let entry = self.backend_entry(b, vip_id, options.forwarding);
             self.maps.set_backend(backend_index(b.id), &entry)?;
         }
         let prefer = self.state.vips[vip].previous_table;
@@ -565,7 +582,12 @@ impl<M: Maps> Balancer<M> {
         for region in [old.table, old.list].into_iter().flatten() {
             self.state.regions.free(region);
         }
-        self.publish_filter(&[])
+        self.publish_filter(&[])?;
+        if old.options.forwarding != options.forwarding {
+            // A next hop kept for NAT may be a router's: `dsr-l2` wants the backend itself.
+            self.refresh_next_hops()?;
+        }
+        Ok(())
     }
 
     fn release_new_ids(&mut self, vip: &Vip, backends: &[BackendInfo]) {

@@ -5,7 +5,7 @@ use std::{fmt, net::SocketAddr};
 
 use lb_common::maglev::DEFAULT_RING_SIZE;
 
-use super::{BackendSpec, BackendState, Balancer, Error, Vip, VipInfo, VipOptions};
+use super::{BackendSpec, BackendState, Balancer, Error, Forwarding, Vip, VipInfo, VipOptions};
 use crate::maps::Maps;
 
 /// One change that [`apply_plan`] makes.
@@ -64,13 +64,18 @@ pub enum Change {
     },
 }
 
-/// `maglev`, or `maglev, ring-size 31` when the ring size is not the default.
+/// `maglev`, or `maglev, ring-size 31` when the ring size is not the default, then
+/// `, forwarding dsr-l2` when the mode is not NAT.
 fn describe(options: &VipOptions) -> String {
-    if options.ring_size == DEFAULT_RING_SIZE {
+    let mut text = if options.ring_size == DEFAULT_RING_SIZE {
         options.scheduler.to_string()
     } else {
         format!("{}, ring-size {}", options.scheduler, options.ring_size)
+    };
+    if options.forwarding != Forwarding::Nat {
+        text.push_str(&format!(", forwarding {}", options.forwarding));
     }
+    text
 }
 
 impl fmt::Display for Change {
@@ -262,12 +267,13 @@ fn converge<M: Maps>(
     for target in targets {
         let vip = &target.vip;
         let now: Vec<BackendSpec> = match current.iter().find(|info| info.vip == *vip) {
-            Some(info) => {
-                if info.options != target.options {
-                    check(balancer.set_vip_options(vip, target.options))?;
-                }
-                info.backends.iter().map(|b| b.spec).collect()
+            // Options and backends in one step: a new forwarding mode may need new backend
+            // ports, which neither allows alone.
+            Some(info) if info.options != target.options => {
+                check(balancer.set_vip(vip, target.options, target.backends.clone()))?;
+                continue;
             }
+            Some(info) => info.backends.iter().map(|b| b.spec).collect(),
             None => {
                 let added = balancer.add_vip(*vip, target.options);
                 let ok = added.is_ok();

@@ -3,7 +3,10 @@
 
 use lb_common::maps::{BACKEND_UNUSED, Backend, Settings, VipAddrKey, VipKey, backend_index};
 
-use super::{Balancer, Error, Snapshot, Vip, build_tables, check_backend, check_vip, meta};
+use super::{
+    Balancer, Error, Snapshot, Vip, build_tables, check_backend, check_backend_forwarding,
+    check_vip, meta,
+};
 use crate::{maps::Maps, regions::Region};
 
 impl<M: Maps> Balancer<M> {
@@ -36,6 +39,7 @@ impl<M: Maps> Balancer<M> {
             }
             for b in &state.backends {
                 check_backend(&vip, &b.spec)?;
+                check_backend_forwarding(&vip, state.options.forwarding, b.spec.addr)?;
                 if !balancer.state.backend_ids.reserve(b.id) {
                     return Err(Error::BadSnapshot(format!(
                         "backend id {:#x} used twice",
@@ -59,7 +63,7 @@ impl<M: Maps> Balancer<M> {
         for vip in &names {
             let state = self.state.vips[vip].clone();
             for b in &state.backends {
-                let entry = self.backend_entry(b, state.id);
+                let entry = self.backend_entry(b, state.id, state.options.forwarding);
                 self.maps.set_backend(backend_index(b.id), &entry)?;
             }
             let (table, list) = build_tables(&state.options, &state.backends)?;

@@ -77,6 +77,7 @@ fn refused_changes_change_nothing() {
     let bad_ring = VipOptions {
         scheduler: Scheduler::Maglev,
         ring_size: 65536,
+        ..VipOptions::default()
     };
     assert!(matches!(
         b.set_vip_options(&vip(), bad_ring),
@@ -131,6 +132,7 @@ fn tables_follow_the_scheduler_and_leave_out_draining_down_and_zero_weight() {
     let opts = VipOptions {
         scheduler: Scheduler::WeightedRoundRobin,
         ring_size: DEFAULT_RING_SIZE,
+        ..VipOptions::default()
     };
     b.add_vip(vip(), opts).unwrap();
     b.set_backends(
@@ -166,6 +168,7 @@ fn tables_follow_the_scheduler_and_leave_out_draining_down_and_zero_weight() {
         VipOptions {
             scheduler: Scheduler::LeastConn,
             ring_size: 3,
+            ..VipOptions::default()
         },
     )
     .unwrap();
@@ -231,6 +234,7 @@ fn a_restored_balancer_takes_over_ids_regions_and_maps() {
         VipOptions {
             scheduler: Scheduler::RoundRobin,
             ring_size: 3,
+            ..VipOptions::default()
         },
     )
     .unwrap();
@@ -308,6 +312,7 @@ fn two_vips() -> (Balancer<MemMaps>, Vip) {
     let options = VipOptions {
         scheduler: Scheduler::WeightedRoundRobin,
         ring_size: 3,
+        ..VipOptions::default()
     };
     b.add_vip(udp, options).unwrap();
     b.set_backends(&udp, vec![backend(4, 2), backend(5, 1)])

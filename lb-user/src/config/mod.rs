@@ -19,6 +19,8 @@
 //! protocol = "tcp"            # tcp | udp
 //! scheduler = "maglev"        # optional, default maglev
 //! ring-size = 65537           # optional; a prime, checked for maglev and source-hash
+//! forwarding = "nat"          # optional: nat (default) | dsr-l2 (backends on the L2 segment
+//!                             # hold the VIP and answer directly; their port is the VIP's)
 //!
 //! [vip.health]                # optional; default kind none
 //! kind = "http"               # none | tcp | http | udp
@@ -80,8 +82,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     balancer::{
-        BackendSpec, BackendState, Balancer, Error, Proto, Scheduler, Vip, VipInfo, VipOptions,
-        plan::Target,
+        BackendSpec, BackendState, Balancer, Error, Forwarding, Proto, Scheduler, Vip, VipInfo,
+        VipOptions, plan::Target,
     },
     health::{CheckKind, HealthCheck},
     maps::Maps,
@@ -166,6 +168,8 @@ pub struct VipConfig {
     pub scheduler: Scheduler,
     /// Size of the Maglev table (used by `maglev` and `source-hash`).
     pub ring_size: u32,
+    /// How packets reach the backend.
+    pub forwarding: Forwarding,
     /// The check of each backend ([`CheckKind::None`] if the table is left out).
     pub health: HealthCheck,
     /// The backends, in the file's order.
@@ -291,6 +295,7 @@ impl VipConfig {
         VipOptions {
             scheduler: self.scheduler,
             ring_size: self.ring_size,
+            forwarding: self.forwarding,
         }
     }
 
@@ -311,6 +316,7 @@ impl VipConfig {
             protocol: info.vip.proto,
             scheduler: info.options.scheduler,
             ring_size: info.options.ring_size,
+            forwarding: info.options.forwarding,
             health: HealthCheck::default(),
             backends: info
                 .backends
@@ -448,6 +454,7 @@ pub fn check_rules(config: &Config) -> Result<(), Error> {
                 return Err(Error::BackendExists { vip, backend });
             }
             crate::model::check_backend(&vip, &b.spec())?;
+            crate::model::check_backend_forwarding(&vip, v.forwarding, backend)?;
         }
     }
     Ok(())

@@ -48,6 +48,8 @@ pub(super) struct RawVip {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) ring_size: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) forwarding: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) health: Option<RawHealth>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) backend: Vec<RawBackend>,
@@ -137,6 +139,8 @@ impl From<VipConfig> for RawVip {
             protocol: config.protocol.to_string(),
             scheduler: Some(config.scheduler.name().to_owned()),
             ring_size: (config.ring_size != DEFAULT_RING_SIZE).then_some(config.ring_size.into()),
+            forwarding: (config.forwarding != Forwarding::Nat)
+                .then(|| config.forwarding.name().to_owned()),
             health: (config.health != HealthCheck::default()).then(|| raw_health(config.health)),
             backend: config.backends.into_iter().map(RawBackend::from).collect(),
             autoscale: config.autoscale.map(Into::into),

@@ -195,6 +195,24 @@ pub(super) fn vip_from_raw(
     if scheduler.is_some_and(Scheduler::is_hashed) && !crate::model::is_good_ring_size(ring_size) {
         errors.add(&ring_path, Error::BadRingSize(ring_size));
     }
+    let forwarding_path = field(prefix, "forwarding");
+    let forwarding = match raw.forwarding {
+        None => Forwarding::Nat,
+        Some(name) => match name.parse::<Forwarding>() {
+            Ok(Forwarding::Ipip) => {
+                errors.add(
+                    &forwarding_path,
+                    Error::UnsupportedForwarding(Forwarding::Ipip),
+                );
+                Forwarding::Nat
+            }
+            Ok(mode) => mode,
+            Err(err) => {
+                errors.add(&forwarding_path, err);
+                Forwarding::Nat
+            }
+        },
+    };
     let health = health_from_raw(raw.health, &inside(prefix, vip, "health"), errors);
 
     let mut backends = Vec::with_capacity(raw.backend.len());
@@ -204,6 +222,12 @@ pub(super) fn vip_from_raw(
         let (valid, backend) = backend_from_raw(b, &path, errors);
         if valid && let Some(a) = address {
             check_backend_of(a, &backend, &path, errors);
+            if let Some(v) = vip
+                && let Err(err) =
+                    crate::model::check_backend_forwarding(&v, forwarding, backend.address)
+            {
+                errors.add(field(&path, "address"), err);
+            }
         }
         if valid {
             if let Some(first) = seen.get(&backend.address) {
@@ -235,6 +259,7 @@ pub(super) fn vip_from_raw(
         protocol: protocol.unwrap_or(Proto::Tcp),
         scheduler: scheduler.unwrap_or_default(),
         ring_size,
+        forwarding,
         health,
         backends,
         autoscale,

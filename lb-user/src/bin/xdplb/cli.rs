@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_user::{
     api::DEFAULT_SOCKET,
-    balancer::{BackendState, Scheduler, Vip},
+    balancer::{BackendState, Forwarding, Scheduler, Vip},
     daemon::DaemonOptions,
     loader::AttachMode,
 };
@@ -133,16 +133,23 @@ pub enum VipCommand {
         /// Maglev table size (a prime).
         #[arg(long)]
         ring_size: Option<u32>,
+        /// How packets reach the backend: nat, dsr-l2 (backends on the gateway's L2 segment
+        /// hold the VIP and answer clients directly) or ipip.
+        #[arg(long, default_value = "nat")]
+        forwarding: Forwarding,
     },
     /// Remove a VIP and its backends.
     Del { vip: Vip },
-    /// Change a VIP's scheduler or ring size.
+    /// Change a VIP's scheduler, ring size or forwarding mode (tracked flows follow a new mode
+    /// from their next packet).
     Set {
         vip: Vip,
         #[arg(long)]
         scheduler: Option<Scheduler>,
         #[arg(long)]
         ring_size: Option<u32>,
+        #[arg(long)]
+        forwarding: Option<Forwarding>,
     },
     /// List every VIP.
     List,

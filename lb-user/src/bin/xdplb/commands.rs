@@ -112,11 +112,13 @@ pub async fn client_command(
             vip,
             scheduler,
             ring_size,
+            forwarding,
         }) => {
             let body = request(&api::AddVip {
                 vip: vip.to_string(),
                 scheduler: Some(scheduler.name().to_owned()),
                 ring_size,
+                forwarding: Some(forwarding.name().to_owned()),
             });
             let view: VipView = call(endpoint, Method::POST, "/v1/vips", body).await?;
             print(output, &view, || vip_line(&view))
@@ -131,10 +133,12 @@ pub async fn client_command(
             vip,
             scheduler,
             ring_size,
+            forwarding,
         }) => {
             let body = request(&api::SetVip {
                 scheduler: scheduler.map(|s| s.name().to_owned()),
                 ring_size,
+                forwarding: forwarding.map(|f| f.name().to_owned()),
             });
             let view: VipView = call(endpoint, Method::PATCH, &vip_path(&vip), body).await?;
             print(output, &view, || vip_line(&view))
