@@ -93,6 +93,14 @@ counters! {
     /// IPv6): answered from the VIP with ICMP fragmentation needed / packet too big quoting
     /// the packet as the client sent it, with XDP_TX.
     IcmpTooBigTx = 25 => "icmp_too_big_tx",
+    /// To a `dsr-l2` VIP: the backend's MAC address is not resolved. Dropped: the kernel
+    /// would route the packet by its destination, the VIP, not to the backend (health checks
+    /// or a permanent neighbour entry keep the backends' MACs resolved).
+    DropDsrNoNeighbour = 26 => "drop_dsr_no_neighbour",
+    /// To a `dsr-l2` VIP: no directly connected route to the backend (it is behind a router,
+    /// unreachable, or on an interface the program may not redirect to, or the frame is
+    /// VLAN-tagged). Dropped, for the same reason.
+    DropDsrNoRoute = 27 => "drop_dsr_no_route",
 }
 
 /// Name of the per-CPU array map holding one `u64` per [`Event`].
@@ -172,7 +180,9 @@ impl Counter {
             | Counter::DropNoBackend
             | Counter::DropInternal
             | Counter::DropBadL4Header
-            | Counter::DropSpoofedReply => xdp_action::DROP,
+            | Counter::DropSpoofedReply
+            | Counter::DropDsrNoNeighbour
+            | Counter::DropDsrNoRoute => xdp_action::DROP,
             Counter::PassNonIp
             | Counter::PassNonVip
             | Counter::PassMalformed

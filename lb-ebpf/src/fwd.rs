@@ -5,6 +5,11 @@
 //! Packets to a backend use the next hop this CPU kept for the backend (`NEXT_HOPS`) while it
 //! is fresh (`NextHop::is_fresh`: looked up less than a second ago, in the agent's current
 //! generation, and the packet fits its MTU), and look it up again otherwise.
+//!
+//! `dsr-l2` packets keep their IP header as the client sent it (destination the VIP): the next
+//! hop is looked up for the backend's address and must be the backend itself (a directly
+//! connected route), the TTL is left alone, and only the MACs change. What the program cannot
+//! send that way is dropped, never passed: the kernel would route it by the VIP.
 
 use aya_ebpf::bindings::{
     BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
@@ -16,7 +21,7 @@ use network_types::eth::EthHdr;
 use core::mem::MaybeUninit;
 
 use crate::{
-    maps::{NEXT_HOPS, Scratch, TX_PORTS},
+    maps::{BACKENDS, NEXT_HOPS, Scratch, TX_PORTS},
     parse::{Ipv4Fixed, Ipv6Fixed, L3},
     ptr::{Packet, copy6, zeroed_in_place},
 };
@@ -28,14 +33,35 @@ use crate::{
 /// `s.too_big_mtu`, and `main` builds the answer (`icmp::too_big`) at the top of the call
 /// stack, where its frame fits in the 512 bytes.
 ///
-/// Not inlined, like [`forward`].
+/// Not inlined, like [`forward`]; with `DSR_L2`, the packet is sent as `dsr-l2` (see the
+/// module comment), a separate BPF function.
 #[inline(never)]
-pub fn to_backend(
+pub fn to_backend<const DSR_L2: bool>(
     pkt: &mut Packet,
     s: &mut Scratch,
     index: u32,
     generation: u32,
     now: u64,
+) -> Counter {
+    let outcome = send_to_backend(pkt, s, index, generation, now, DSR_L2);
+    if !DSR_L2 {
+        return outcome;
+    }
+    match outcome {
+        Counter::PassNoNeighbour => Counter::DropDsrNoNeighbour,
+        Counter::PassFib => Counter::DropDsrNoRoute,
+        other => other,
+    }
+}
+
+#[inline(always)]
+fn send_to_backend(
+    pkt: &mut Packet,
+    s: &mut Scratch,
+    index: u32,
+    generation: u32,
+    now: u64,
+    dsr_l2: bool,
 ) -> Counter {
     let (l3, too_big_mtu) = (&s.l3, &mut s.too_big_mtu);
     if l3.vlan {
@@ -56,14 +82,36 @@ pub fn to_backend(
             generation,
             now,
         };
-        return lookup_and_send(pkt, l3, Direction::ToBackend, Some(keep), Some(too_big_mtu));
+        let to = if dsr_l2 {
+            let Some(backend) = BACKENDS.get(index) else {
+                return Counter::DropInternal;
+            };
+            Some(&backend.addr)
+        } else {
+            None
+        };
+        return lookup_and_send(
+            pkt,
+            l3,
+            Direction::ToBackend,
+            Some(keep),
+            Some(too_big_mtu),
+            to,
+        );
     }
-    // The kernel answers an expiring packet with ICMP time exceeded.
-    if hop_limit <= 1 {
-        return Counter::PassFib;
-    }
-    if !decrement_hop_limit(pkt, l3) || !set_macs(pkt, &hop.dmac, &hop.smac) {
-        return Counter::PassFib;
+    if dsr_l2 {
+        // Switched, not routed: the IP header stays as the client sent it.
+        if !set_macs(pkt, &hop.dmac, &hop.smac) {
+            return Counter::PassFib;
+        }
+    } else {
+        // The kernel answers an expiring packet with ICMP time exceeded.
+        if hop_limit <= 1 {
+            return Counter::PassFib;
+        }
+        if !decrement_hop_limit(pkt, l3) || !set_macs(pkt, &hop.dmac, &hop.smac) {
+            return Counter::PassFib;
+        }
     }
     if hop.ifindex == pkt.ingress_ifindex {
         return Counter::FwdTx;
@@ -179,11 +227,13 @@ pub enum Direction {
 /// Not inlined, so its FIB parameters take stack only while it runs.
 #[inline(never)]
 pub fn forward(pkt: &mut Packet, l3: &L3, direction: Direction) -> Counter {
-    lookup_and_send(pkt, l3, direction, None, None)
+    lookup_and_send(pkt, l3, direction, None, None, None)
 }
 
 /// [`forward`], keeping a successful answer in `keep`; with `too_big_mtu`, a packet too big for
-/// the route is left to `main` to answer (see [`to_backend`]).
+/// the route is left to `main` to answer (see [`to_backend`]). With `l2_to`, the packet is a
+/// `dsr-l2` one for the backend at that address: the route is looked up to it, must be
+/// directly connected (the kernel names no gateway), and the IP header is left untouched.
 #[inline(always)]
 fn lookup_and_send(
     pkt: &mut Packet,
@@ -191,6 +241,7 @@ fn lookup_and_send(
     direction: Direction,
     keep: Option<Keep<'_>>,
     too_big_mtu: Option<&mut u16>,
+    l2_to: Option<&[u8; 16]>,
 ) -> Counter {
     let (tx, redirect) = match direction {
         Direction::ToBackend => (Counter::FwdTx, Counter::FwdRedirect),
@@ -215,7 +266,7 @@ fn lookup_and_send(
         params.family = AF_INET6;
         params.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.payload_len).saturating_add(40);
         params.__bindgen_anon_3.ipv6_src = words(&ip.src);
-        params.__bindgen_anon_4.ipv6_dst = words(&ip.dst);
+        params.__bindgen_anon_4.ipv6_dst = words(l2_to.unwrap_or(&ip.dst));
         ip.hop_limit
     } else {
         let Some(ip) = pkt.ref_at::<Ipv4Fixed>(l3.l3_off) else {
@@ -225,7 +276,10 @@ fn lookup_and_send(
         params.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.tot_len);
         params.__bindgen_anon_2.tos = ip.tos;
         params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src);
-        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst);
+        params.__bindgen_anon_4.ipv4_dst = match l2_to {
+            Some(to) => words(to)[0],
+            None => u32::from_ne_bytes(ip.dst),
+        };
         ip.ttl
     };
 
@@ -240,8 +294,22 @@ fn lookup_and_send(
         }
         _ => return Counter::PassFib,
     }
-    // The kernel answers an expiring packet with ICMP time exceeded.
-    if hop_limit <= 1 {
+    if let Some(to) = l2_to {
+        // With a gateway on the route, the kernel put the gateway's address in the
+        // destination: a router would send the VIP's packet back, not to the backend.
+        // SAFETY: unions of integer arrays and integers, all of them valid.
+        let direct = unsafe {
+            if l3.v6() {
+                params.__bindgen_anon_4.ipv6_dst == words(to)
+            } else {
+                params.__bindgen_anon_4.ipv4_dst == words(to)[0]
+            }
+        };
+        if !direct {
+            return Counter::PassFib;
+        }
+    } else if hop_limit <= 1 {
+        // The kernel answers an expiring packet with ICMP time exceeded.
         return Counter::PassFib;
     }
     let egress = params.ifindex;
@@ -249,7 +317,10 @@ fn lookup_and_send(
     if !same_port && TX_PORTS.get_ifindex(egress).is_none() {
         return Counter::PassFib;
     }
-    if !decrement_hop_limit(pkt, l3) || !set_macs(pkt, &params.dmac, &params.smac) {
+    if l2_to.is_none() && !decrement_hop_limit(pkt, l3) {
+        return Counter::PassFib;
+    }
+    if !set_macs(pkt, &params.dmac, &params.smac) {
         return Counter::PassFib;
     }
     if let Some(Keep {

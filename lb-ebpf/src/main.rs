@@ -37,7 +37,7 @@ mod vip;
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, macros::xdp, programs::XdpContext};
 use lb_common::{
     Counter,
-    maps::{BACKEND_FLAG_STATELESS_REPLY, Backend, Settings, backend_index},
+    maps::{BACKEND_FLAG_STATELESS_REPLY, Backend, Settings, backend_index, forwarding},
     nat::L4Checksum,
 };
 
@@ -143,7 +143,8 @@ fn balance(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter> {
 }
 
 /// The rest of a VIP packet's way once its backend is known: the new flow's bookkeeping,
-/// counting, rewrite and next hop.
+/// counting, rewrite (NAT) and next hop, by the backend's forwarding mode (its VIP's, which the
+/// agent writes into every backend entry, so tracked flows need no VIP lookup).
 #[inline(always)]
 fn send_to_backend(
     pkt: &mut Packet,
@@ -160,8 +161,15 @@ fn send_to_backend(
         backend.port
     };
     let index = backend_index(id);
+    let mode = backend.forwarding;
+    if mode != forwarding::NAT && mode != forwarding::DSR_L2 {
+        return Err(Counter::DropInternal);
+    }
     if new_flow {
-        if backend.flags & BACKEND_FLAG_STATELESS_REPLY == 0 {
+        // Direct server return: replies never come back, so there is nothing to translate.
+        if forwarding::replies_through_gateway(mode)
+            && backend.flags & BACKEND_FLAG_STATELESS_REPLY == 0
+        {
             conntrack::record_reverse(
                 &s.key,
                 (&backend.addr, port),
@@ -173,16 +181,14 @@ fn send_to_backend(
         select::count_opened(index);
     }
     stats::count_traffic(u32::from(backend.vip_id), index, pkt.len(), new_flow);
+    let generation = settings.next_hop_generation;
+    if mode == forwarding::DSR_L2 {
+        return Ok(fwd::to_backend::<true>(pkt, s, index, generation, now));
+    }
     if nat::rewrite(pkt, &s.l3, &s.l4, Side::Dst, &backend.addr, port)? == L4Checksum::Partial {
         return Ok(Counter::PassPartialChecksum);
     }
-    Ok(fwd::to_backend(
-        pkt,
-        s,
-        index,
-        settings.next_hop_generation,
-        now,
-    ))
+    Ok(fwd::to_backend::<false>(pkt, s, index, generation, now))
 }
 
 /// Any other IP packet: a reply of a tracked flow is translated back to come from its VIP;

@@ -11,6 +11,7 @@
 //! [`replies`] (from backend 0, to the flows the requests opened); [`icmp`] and [`fastpath`] run
 //! in labs of their own.
 
+mod dsr;
 mod embryonic;
 mod fastpath;
 mod icmp;
