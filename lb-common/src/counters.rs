@@ -99,7 +99,8 @@ counters! {
     DropDsrNoNeighbour = 26 => "drop_dsr_no_neighbour",
     /// To a `dsr-l2` VIP: no directly connected route to the backend (it is behind a router,
     /// unreachable, or on an interface the program may not redirect to, or the frame is
-    /// VLAN-tagged). Dropped, for the same reason.
+    /// VLAN-tagged), or IPv4 without DF too big for the backend's link (the program does not
+    /// fragment). Dropped, for the same reason.
     DropDsrNoRoute = 27 => "drop_dsr_no_route",
 }
 

@@ -15,7 +15,7 @@ use aya_ebpf::bindings::{
     BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
     bpf_fib_lookup,
 };
-use lb_common::{Counter, csum::ChecksumUpdate, maps::NextHop};
+use lb_common::{Counter, csum::ChecksumUpdate, icmp::answers_too_big, maps::NextHop};
 use network_types::eth::EthHdr;
 
 use core::mem::MaybeUninit;
@@ -259,6 +259,8 @@ fn lookup_and_send(
     let params = zeroed_in_place(&mut params);
     params.l4_protocol = l3.proto;
     params.ifindex = pkt.ingress_ifindex;
+    // IPv6, or IPv4 with DF: a packet too big for the route is answered, not fragmented.
+    let mut no_fragments = true;
     let hop_limit = if l3.v6() {
         let Some(ip) = pkt.ref_at::<Ipv6Fixed>(l3.l3_off) else {
             return Counter::PassFib;
@@ -280,12 +282,17 @@ fn lookup_and_send(
             Some(to) => words(to)[0],
             None => u32::from_ne_bytes(ip.dst),
         };
+        no_fragments = answers_too_big(false, u16::from_be_bytes(ip.frags));
         ip.ttl
     };
 
     match pkt.fib_lookup(params) as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {}
         BPF_FIB_LKUP_RET_NO_NEIGH => return Counter::PassNoNeighbour,
+        // dsr-l2 without DF: the kernel would fragment it, but route it by the VIP.
+        BPF_FIB_LKUP_RET_FRAG_NEEDED if l2_to.is_some() && !no_fragments => {
+            return Counter::PassFib;
+        }
         // Never handed to the kernel translated: it would answer the client about the backend.
         BPF_FIB_LKUP_RET_FRAG_NEEDED if let Some(out) = too_big_mtu => {
             // SAFETY: a union of two `u16`s; with this answer the kernel has set `mtu_result`.

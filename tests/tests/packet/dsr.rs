@@ -1,8 +1,10 @@
 //! `dsr-l2` forwarding: the frame leaves with its IP packet byte for byte as the client sent it
 //! (destination the VIP, TTL and checksums unchanged), only the MACs rewritten to the backend's
 //! and the egress interface's; tracked flows keep their backend and advance on client packets
-//! alone; no reverse translation is ever recorded; and what cannot be sent to the backend's
-//! MAC is dropped, never passed to a kernel that would route it by the VIP.
+//! alone; no reverse translation is ever recorded; an ICMP error about a flow's reply reaches
+//! its backend unchanged; a request too big for the backend's link is answered from the VIP;
+//! and what cannot be sent to the backend's MAC is dropped, never passed to a kernel that would
+//! route it by the VIP.
 
 use lb_common::{
     conntrack::STATE_ESTABLISHED,
@@ -13,12 +15,15 @@ use lb_tests::{
     fixture::{Case, Expect, XdpAction},
     lab::{PacketLab, SAME_PORT_HOST, SAME_PORT_MAC, UNRESOLVED_HOST},
     netns::gw_backend_if,
-    packet::{L4, Link, frame, frame_with, tcp_flags},
+    packet::{CLIENT_MAC, GATEWAY_MAC, L4, Link, frame, frame_with, patch_ipv4, tcp_flags},
     sa, vip,
 };
 use lb_user::balancer::{BackendSpec, BackendState, Forwarding, VipOptions};
 
-use super::{ACK, SYN};
+use super::{
+    ACK, SYN,
+    icmp::{FRAG_NEEDED, icmp4, quote},
+};
 
 const VIP4: &str = "198.19.0.30:80";
 const VIP6: &str = "[fd00:ffff::30]:80";
@@ -89,6 +94,14 @@ fn dsr_l2() {
     let reverse_before = lab.flow_entries::<ReverseNat>(REVERSE_NAT_MAP);
 
     let (gb0_mac, b0_mac, gc_mac) = (lab.gb0_mac, lab.b0_mac, lab.gc_mac);
+    let error = icmp4(
+        (lab.client_mac, gc_mac),
+        "203.0.113.9",
+        "198.19.0.30",
+        64,
+        FRAG_NEEDED,
+        &quote(VIP4, CLIENT, true),
+    );
     let to_b0 = |input: &[u8]| switched(input, gb0_mac, b0_mac);
     let syn = frame(sa(CLIENT), sa(VIP4), SYN, b"");
     let ack = frame(sa(CLIENT), sa(VIP4), ACK, b"");
@@ -122,6 +135,13 @@ fn dsr_l2() {
             Expect::Frame(to_b0(&data)),
         )
         .counter("fwd_redirect"),
+        Case::new(
+            "ICMP error about the flow's reply: to its backend unchanged, which holds the VIP",
+            error.clone(),
+            XdpAction::Redirect,
+            Expect::Frame(to_b0(&error)),
+        )
+        .counter("icmp_to_backend_redirect"),
         Case::new(
             "UDP to a dsr-l2 VIP, as sent",
             udp.clone(),
@@ -253,4 +273,78 @@ fn dsr_l2() {
     )
     .counter("fwd_redirect")];
     lab.run(lab.gc, &translated);
+}
+
+/// The MTU edges on a route of 1280 bytes to the backend: the largest packet that fits goes as
+/// it is, one byte more with DF is answered from the VIP with fragmentation needed, one byte
+/// more without DF is dropped (the program does not fragment; the kernel would route the
+/// fragments by the VIP).
+#[test]
+#[ignore = "needs root"]
+fn dsr_l2_mtu_edges() {
+    let mut lab = PacketLab::set_up();
+    let gw = &lab.topo.gateway;
+    // Locked: a forwarding lookup ignores an IPv4 route's MTU otherwise.
+    gw.exec(
+        "ip",
+        &[
+            "route",
+            "add",
+            "198.18.1.9/32",
+            "dev",
+            "gb0",
+            "mtu",
+            "lock",
+            "1280",
+        ],
+    )
+    .expect("small route");
+    gw.permanent_neighbour("198.18.1.9", lab.b0_mac, "gb0")
+        .expect("neighbour");
+    dsr(&mut lab, "198.19.0.35:80/tcp", &["198.18.1.9:80"]);
+    let (gb0_mac, b0_mac) = (lab.gb0_mac, lab.b0_mac);
+    // 20 bytes of IPv4 and 20 of TCP: 1240 bytes of payload fill 1280.
+    let syn = |port: u16, payload: usize| {
+        frame(
+            sa(&format!("198.18.0.2:{port}")),
+            sa("198.19.0.35:80"),
+            SYN,
+            &vec![0x42; payload],
+        )
+    };
+    let fits = syn(42001, 1240);
+    let too_big = syn(42002, 1241);
+    let answer = {
+        let mut out = Vec::new();
+        etherparse::PacketBuilder::ethernet2(GATEWAY_MAC, CLIENT_MAC)
+            .ipv4([198, 19, 0, 35], [198, 18, 0, 2], 64)
+            .icmpv4(FRAG_NEEDED)
+            .write(&mut out, &too_big[14..14 + 28])
+            .expect("answer");
+        out
+    };
+    let cases = [
+        Case::new(
+            "1280 bytes, the route's MTU: sent as it is",
+            fits.clone(),
+            XdpAction::Redirect,
+            Expect::Frame(switched(&fits, gb0_mac, b0_mac)),
+        )
+        .counter("fwd_redirect"),
+        Case::new(
+            "1281 bytes with DF: fragmentation needed (MTU 1280) from the VIP",
+            too_big.clone(),
+            XdpAction::Tx,
+            Expect::Frame(answer),
+        )
+        .counter("icmp_too_big_tx"),
+        Case::new(
+            "1281 bytes without DF: dropped",
+            patch_ipv4(syn(42003, 1241), 20, 0),
+            XdpAction::Drop,
+            Expect::Unchanged,
+        )
+        .counter("drop_dsr_no_route"),
+    ];
+    assert_eq!(lab.run(lab.gc, &cases), 3);
 }
