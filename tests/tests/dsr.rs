@@ -13,7 +13,7 @@ use std::{
 
 use aya::programs::{Xdp, XdpMode};
 use lb_tests::{
-    agent::{Agent, VIP, path_str},
+    agent::{Agent, VIP, path_str, sample, scrape_metrics},
     netns::{DSR_GW_IF, DSR_GW_PORT, DSR_VIP, Topology, dsr_backend_v4, ident, udp_request},
     traffic::{hold, spread},
 };
@@ -29,6 +29,8 @@ const BACKENDS: usize = 3;
 const WEIGHTS: [usize; BACKENDS] = [1, 2, 3];
 const CONNECTIONS: usize = 300;
 const UDP_EXCHANGES: usize = 30;
+/// In the gateway's namespace.
+const METRICS: &str = "127.0.0.1:9464";
 
 fn backend(i: usize, port: u16) -> SocketAddr {
     SocketAddr::new(dsr_backend_v4(i).into(), port)
@@ -93,7 +95,7 @@ fn dsr_l2_answers_bypass_the_gateway() {
     let mut agent = Agent::new(&topo);
     agent.ifaces = vec![DSR_GW_IF.to_owned()];
     let file = agent.file("xdplb.toml", &config(&[0, 1, 2]));
-    agent.start(&["--config", &path_str(&file)]);
+    agent.start(&["--config", &path_str(&file), "--metrics", METRICS]);
 
     // The health checks reach each backend, which also resolves its MAC for the data path.
     for i in 0..BACKENDS {
@@ -112,6 +114,16 @@ fn dsr_l2_answers_bypass_the_gateway() {
         "{vips:?}"
     );
     assert!(agent.ok(&["vip", "list"]).contains("dsr-l2"));
+    let metrics = scrape_metrics(&topo.gateway, METRICS);
+    assert_eq!(
+        sample(
+            &metrics,
+            "xdplb_vip_info",
+            r#"vip="198.19.0.1:80/tcp",scheduler="weighted-round-robin",forwarding="dsr-l2""#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
     // The backend's port must be the VIP's: nothing rewrites it.
     let refused = agent.cli(&["backend", "add", VIP, "198.18.1.10:8080"]);
     assert!(!refused.status.success());
