@@ -377,6 +377,8 @@ pub const DSR_GW_IF: &str = "gc";
 pub const DSR_GW_PORT: &str = "pgw";
 /// The VIP the backends of [`Topology::direct_return`] hold on their loopback.
 pub const DSR_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
+/// Its IPv6 twin.
+pub const DSR_VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xffff, 0, 0, 0, 0, 0, 1);
 
 /// Backend `i`'s address on the shared segment of [`Topology::direct_return`].
 pub fn dsr_backend_v4(i: usize) -> Ipv4Addr {
@@ -386,6 +388,11 @@ pub fn dsr_backend_v4(i: usize) -> Ipv4Addr {
         1,
         10 + u8::try_from(i).expect("at most 245 backends"),
     )
+}
+
+/// Backend `i`'s IPv6 address on the shared segment of [`Topology::direct_return`].
+pub fn dsr_backend_v6(i: usize) -> Ipv6Addr {
+    net_v6(1, 10 + u8::try_from(i).expect("at most 245 backends"))
 }
 
 impl Topology {
@@ -447,7 +454,8 @@ impl Topology {
     /// one L2 segment. The router sends the VIP [`DSR_VIP`] to the gateway; the backends hold
     /// it on `lo` with ARP for it suppressed (`arp_ignore=1`, `arp_announce=2`) and route
     /// everything else, their answers to the client included, to the router: the gateway sees
-    /// requests only. IPv4 only.
+    /// requests only. IPv6 likewise (client `fd00::2`, segment `fd00:0:0:1::/64`, VIP
+    /// [`DSR_VIP6`], which on `lo` draws no neighbour advertisement without any sysctl).
     ///
     /// The gateway sends `dsr-l2` frames back out of the interface they came in on (XDP_TX), to
     /// the router's bridge port [`DSR_GW_PORT`]. Here (6.18) a veth delivers XDP_TX'd frames to
@@ -464,23 +472,22 @@ impl Topology {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
-        let unused_v6 = Ipv6Addr::UNSPECIFIED;
         let mut topo = Self {
             client: Netns {
                 name: format!("{id}-cli"),
                 v4: net_v4(0, 2),
-                v6: unused_v6,
+                v6: net_v6(0, 2),
             },
             gateway: Netns {
                 name: format!("{id}-gw"),
                 v4: net_v4(1, 254),
-                v6: unused_v6,
+                v6: net_v6(1, 254),
             },
             backends: Vec::new(),
             router: Some(Netns {
                 name: format!("{id}-rtr"),
                 v4: net_v4(1, 1),
-                v6: unused_v6,
+                v6: net_v6(1, 1),
             }),
         };
         let router = topo.router.clone().expect("just set");
@@ -498,7 +505,11 @@ impl Topology {
         };
         for ns in [&rtr, &gw] {
             sysctl(ns, "net.ipv4.ip_forward", "1")?;
+            sysctl(ns, "net.ipv6.conf.all.forwarding", "1")?;
         }
+        let ip6_addr = |ns: &str, addr: &str, dev: &str| {
+            ip(&["-n", ns, "-6", "addr", "add", addr, "dev", dev, "nodad"])
+        };
         // Client <-> router.
         let cli = topo.client.name.clone();
         ip(&[
@@ -509,11 +520,17 @@ impl Topology {
         ip(&["-n", &rtr, "link", "set", "rc", "up"])?;
         ip(&["-n", &cli, "link", "set", HOST_IF, "up"])?;
         ip(&["-n", &cli, "route", "add", "default", "via", "198.18.0.1"])?;
+        ip6_addr(&rtr, "fd00::1/64", "rc")?;
+        ip6_addr(&cli, "fd00::2/64", HOST_IF)?;
+        ip(&[
+            "-n", &cli, "-6", "route", "add", "default", "via", "fd00::1",
+        ])?;
         // The segment: a bridge in the router's namespace.
         ip(&["-n", &rtr, "link", "add", "br0", "type", "bridge"])?;
         ip(&["-n", &rtr, "addr", "add", "198.18.1.1/24", "dev", "br0"])?;
+        ip6_addr(&rtr, "fd00:0:0:1::1/64", "br0")?;
         ip(&["-n", &rtr, "link", "set", "br0", "up"])?;
-        let port = |far: &str, port: &str, far_if: &str, addr: &str| -> anyhow::Result<()> {
+        let port = |far: &str, port: &str, far_if: &str, (addr, addr6): (&str, &str)| {
             ip(&[
                 "-n", &rtr, "link", "add", port, "type", "veth", "peer", "name", far_if, "netns",
                 far,
@@ -528,6 +545,7 @@ impl Topology {
                 "dev",
                 far_if,
             ])?;
+            ip6_addr(far, &format!("{addr6}/64"), far_if)?;
             ip(&["-n", far, "link", "set", far_if, "up"])?;
             // Frames the gateway sends back with XDP_TX arrive on this side as XDP frames,
             // which a veth delivers only with GRO on (or a program of its own), set once both
@@ -537,9 +555,34 @@ impl Topology {
                     .args(["netns", "exec", &rtr, "ethtool", "-K", port, "gro", "on"]),
             )?;
             ip(&["-n", far, "route", "add", "default", "via", "198.18.1.1"])?;
-            Ok(())
+            ip(&[
+                "-n",
+                far,
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                "fd00:0:0:1::1",
+            ])?;
+            anyhow::Ok(())
         };
-        port(&gw, DSR_GW_PORT, DSR_GW_IF, "198.18.1.254")?;
+        port(
+            &gw,
+            DSR_GW_PORT,
+            DSR_GW_IF,
+            ("198.18.1.254", "fd00:0:0:1::fe"),
+        )?;
+        ip(&[
+            "-n",
+            &rtr,
+            "-6",
+            "route",
+            "add",
+            &format!("{DSR_VIP6}/128"),
+            "via",
+            "fd00:0:0:1::fe",
+        ])?;
         ip(&[
             "-n",
             &rtr,
@@ -553,7 +596,7 @@ impl Topology {
             let backend = Netns {
                 name: format!("{id}-b{i}"),
                 v4: dsr_backend_v4(i),
-                v6: unused_v6,
+                v6: dsr_backend_v6(i),
             };
             add_namespace(&backend.name)?;
             topo.backends.push(backend.clone());
@@ -573,7 +616,22 @@ impl Topology {
                 "dev",
                 "lo",
             ])?;
-            port(b, &format!("pb{i}"), HOST_IF, &backend.v4.to_string())?;
+            ip(&[
+                "-n",
+                b,
+                "-6",
+                "addr",
+                "add",
+                &format!("{DSR_VIP6}/128"),
+                "dev",
+                "lo",
+            ])?;
+            port(
+                b,
+                &format!("pb{i}"),
+                HOST_IF,
+                (&backend.v4.to_string(), &backend.v6.to_string()),
+            )?;
         }
         Ok(topo)
     }

@@ -3,7 +3,7 @@
 //! `lo` with ARP for it suppressed and routing their answers to the router
 //! ([`Topology::direct_return`]). Real TCP connections and UDP exchanges complete, answered
 //! from the VIP; the weights hold; the gateway sees the requests and none of the answers; held
-//! connections survive a backend added and another drained.
+//! connections survive a backend added and another drained. IPv6 too (connections and UDP).
 
 use std::{
     collections::BTreeMap,
@@ -14,11 +14,14 @@ use std::{
 use aya::programs::{Xdp, XdpMode};
 use lb_tests::{
     agent::{Agent, VIP, path_str, sample, scrape_metrics},
-    netns::{DSR_GW_IF, DSR_GW_PORT, DSR_VIP, Topology, dsr_backend_v4, ident, udp_request},
+    netns::{
+        DSR_GW_IF, DSR_GW_PORT, DSR_VIP, DSR_VIP6, Topology, dsr_backend_v4, dsr_backend_v6, ident,
+        udp_request,
+    },
     traffic::{hold, spread},
 };
 use lb_user::{
-    api::StatsView,
+    api::{BackendView, StatsView},
     balancer::Forwarding,
     bench_objects::{BASELINE_PASS, load_baseline},
 };
@@ -34,6 +37,13 @@ const METRICS: &str = "127.0.0.1:9464";
 
 fn backend(i: usize, port: u16) -> SocketAddr {
     SocketAddr::new(dsr_backend_v4(i).into(), port)
+}
+
+const VIP6: &str = "[fd00:ffff::1]:80/tcp";
+const IPV6_CONNECTIONS: usize = 60;
+
+fn backend6(i: usize, port: u16) -> SocketAddr {
+    SocketAddr::new(dsr_backend_v6(i).into(), port)
 }
 
 fn config(backends: &[usize]) -> String {
@@ -53,6 +63,17 @@ fn config(backends: &[usize]) -> String {
              scheduler = \"round-robin\"\nforwarding = \"dsr-l2\"\n";
     for &i in backends {
         text += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend(i, 53));
+    }
+    text += "[[vip]]\naddress = \"[fd00:ffff::1]:80\"\nprotocol = \"tcp\"\n\
+             forwarding = \"dsr-l2\"\n[vip.health]\nkind = \"tcp\"\ninterval = \"500ms\"\n\
+             timeout = \"400ms\"\n";
+    for &i in backends {
+        text += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend6(i, 80));
+    }
+    text += "[[vip]]\naddress = \"[fd00:ffff::1]:53\"\nprotocol = \"udp\"\n\
+             scheduler = \"round-robin\"\nforwarding = \"dsr-l2\"\n";
+    for &i in backends {
+        text += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend6(i, 53));
     }
     text
 }
@@ -92,6 +113,9 @@ fn dsr_l2_answers_bypass_the_gateway() {
     let _udp: Vec<_> = (0..BACKENDS)
         .map(|i| topo.backends[i].udp_server_on(SocketAddr::from((DSR_VIP, 53)), &ident(i)))
         .collect();
+    let _udp6: Vec<_> = (0..BACKENDS)
+        .map(|i| topo.backends[i].udp_server_on(SocketAddr::from((DSR_VIP6, 53)), &ident(i)))
+        .collect();
     let mut agent = Agent::new(&topo);
     agent.ifaces = vec![DSR_GW_IF.to_owned()];
     let file = agent.file("xdplb.toml", &config(&[0, 1, 2]));
@@ -107,6 +131,18 @@ fn dsr_l2_answers_bypass_the_gateway() {
                 |b| b.healthy == Some(true),
             )
             .unwrap_or_else(|view| panic!("backend {i} never healthy: {view:?}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let views: Vec<BackendView> = agent.json(&["backend", "list", VIP6]);
+        if views.iter().all(|b| b.healthy == Some(true)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "IPv6 backends never healthy: {views:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
     }
     let vips = agent.vips();
     assert!(
@@ -181,6 +217,25 @@ fn dsr_l2_answers_bypass_the_gateway() {
         "the gateway saw {other} packets besides requests and ARP (health-check answers \
          only, or answers that should have bypassed it): {after:?}"
     );
+
+    // IPv6: the same, from the IPv6 VIP.
+    let vip6 = SocketAddr::from((DSR_VIP6, 80));
+    let tally6 = spread(&topo.client, vip6, IPV6_CONNECTIONS, "dsr6");
+    assert_eq!(
+        tally6.len(),
+        BACKENDS,
+        "IPv6 over every backend: {tally6:?}"
+    );
+    let udp6 = SocketAddr::from((DSR_VIP6, 53));
+    topo.client.run(|| {
+        for n in 0..BACKENDS {
+            let (_, from) = udp_request(udp6, &format!("q6{n}"))
+                .unwrap_or_else(|err| panic!("IPv6 UDP exchange {n}: {err:#}"));
+            assert_eq!(from, udp6, "the answer comes from the VIP");
+        }
+    });
+    let last = counters(&agent);
+    assert_eq!(last["reply_tx"] + last["reply_redirect"], 0, "{last:?}");
 
     // Held connections survive a backend added and another drained.
     agent.ok(&["backend", "del", VIP, &backend(2, 80).to_string()]);
