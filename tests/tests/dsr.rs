@@ -86,10 +86,12 @@ fn counters(agent: &Agent) -> BTreeMap<String, u64> {
         .collect()
 }
 
-#[test]
-#[ignore = "needs root"]
-fn dsr_l2_answers_bypass_the_gateway() {
-    let topo = Topology::direct_return(BACKENDS).expect("topology");
+/// [`Topology::direct_return`] with `backends` backends, an XDP_PASS program on the router's
+/// port to the gateway (kept while the returned object lives; see `direct_return`) and the
+/// client's transmit checksum offload off: a local sender's partial checksums would reach the
+/// backends as they are (nothing on a direct path completes them; real NICs deliver full ones).
+fn topology(backends: usize) -> (Topology, aya::Ebpf) {
+    let topo = Topology::direct_return(backends).expect("topology");
     let router = topo.router.as_ref().expect("a router");
     let mut pass = load_baseline(BASELINE_PASS, "bench_pass").expect("XDP_PASS program");
     router.run(|| {
@@ -101,11 +103,71 @@ fn dsr_l2_answers_bypass_the_gateway() {
             .attach(DSR_GW_PORT, XdpMode::Driver)
             .expect("XDP_PASS on the router's port to the gateway");
     });
-    // Full checksums: a local sender's partial ones would reach the backends as they are
-    // (nothing on a direct path completes them; real NICs deliver full ones).
     topo.client
         .exec("ethtool", &["-K", "eth0", "tx", "off"])
         .expect("client tx offload off");
+    (topo, pass)
+}
+
+/// Without health checks nothing on the gateway talks to the backends, yet their MACs are
+/// resolved: the agent gives each `dsr-l2` backend a managed neighbour entry, and removes it
+/// with the backend.
+#[test]
+#[ignore = "needs root"]
+fn dsr_l2_backends_macs_are_kept_without_health_checks() {
+    let (topo, _pass) = topology(2);
+    let _tcp: Vec<_> = (0..2)
+        .map(|i| topo.backends[i].tcp_server(80, &ident(i)))
+        .collect();
+    let mut agent = Agent::new(&topo);
+    agent.ifaces = vec![DSR_GW_IF.to_owned()];
+    let file = agent.file(
+        "xdplb.toml",
+        "[[vip]]\naddress = \"198.19.0.1:80\"\nprotocol = \"tcp\"\nforwarding = \"dsr-l2\"\n\
+         [[vip.backend]]\naddress = \"198.18.1.10:80\"\n\
+         [[vip.backend]]\naddress = \"198.18.1.11:80\"\n",
+    );
+    agent.start(&["--config", &path_str(&file)]);
+    let neighbours = || {
+        let out = topo
+            .gateway
+            .exec("ip", &["neigh", "show"])
+            .expect("ip neigh");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(0..2).all(|i| {
+        neighbours()
+            .lines()
+            .any(|l| l.starts_with(&format!("{} ", backend(i, 80).ip())) && l.contains("managed"))
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "no managed entries: {}",
+            neighbours()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let tally = spread(&topo.client, SocketAddr::from((DSR_VIP, 80)), 40, "managed");
+    assert_eq!(tally.len(), 2, "{tally:?}");
+    let dropped = counters(&agent)["drop_dsr_no_neighbour"];
+    assert_eq!(dropped, 0);
+
+    agent.ok(&["backend", "del", VIP, &backend(1, 80).to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while neighbours()
+        .lines()
+        .any(|l| l.starts_with("198.18.1.11 ") && l.contains("managed"))
+    {
+        assert!(Instant::now() < deadline, "entry kept: {}", neighbours());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn dsr_l2_answers_bypass_the_gateway() {
+    let (topo, _pass) = topology(BACKENDS);
     let _tcp: Vec<_> = (0..BACKENDS)
         .map(|i| topo.backends[i].tcp_server(80, &ident(i)))
         .collect();

@@ -20,10 +20,12 @@ use crate::{
     pin::Pinned,
 };
 
+pub use neighbours::manage_dsr_neighbours_every;
 pub use routes::{local_addrs, publish_local_addrs, refresh_next_hops_on_changes};
 pub use state_file::{load_state, monotonic_ns, write_atomically};
 pub use tasks::{apply_health_events, autoscale_every, count_connections_every, log_vips};
 
+mod neighbours;
 mod routes;
 mod state_file;
 mod tasks;
