@@ -110,8 +110,8 @@ fn topology(backends: usize) -> (Topology, aya::Ebpf) {
 }
 
 /// Without health checks nothing on the gateway talks to the backends, yet their MACs are
-/// resolved: the agent gives each `dsr-l2` backend a managed neighbour entry, and removes it
-/// with the backend.
+/// resolved: the agent gives each `dsr-l2` backend a managed neighbour entry, takes them over
+/// after a restart, and removes one with its backend.
 #[test]
 #[ignore = "needs root"]
 fn dsr_l2_backends_macs_are_kept_without_health_checks() {
@@ -153,6 +153,17 @@ fn dsr_l2_backends_macs_are_kept_without_health_checks() {
     let dropped = counters(&agent)["drop_dsr_no_neighbour"];
     assert_eq!(dropped, 0);
 
+    // A restarted agent takes the entries over, and removes one with its backend.
+    agent.stop(false);
+    agent.start(&["--config", &path_str(&file)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent
+        .log()
+        .contains("198.18.1.11: managed neighbour entry taken over")
+    {
+        assert!(Instant::now() < deadline, "not taken over: {}", agent.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     agent.ok(&["backend", "del", VIP, &backend(1, 80).to_string()]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while neighbours()

@@ -6,8 +6,8 @@
 //! without any traffic. The entry goes on the interface the route to the backend leaves by; a
 //! backend behind a gateway gets none (the data path drops its packets as `drop_dsr_no_route`).
 //! An entry that is already there (permanent, or learnt from a health check) is left as it is,
-//! and tried again a second later. Entries the agent made for backends that are gone are
-//! removed.
+//! and tried again a second later; a managed one (left by an agent before a restart) is taken
+//! over. Entries the agent made for backends that are gone are removed.
 
 use std::{collections::BTreeSet, io, net::IpAddr, time::Duration};
 
@@ -84,8 +84,14 @@ fn sync(
                     info!("dsr-l2 backend {addr}: managed neighbour entry on ifindex {ifindex}");
                     managed.insert((addr, ifindex));
                 }
-                // Someone else's entry: it serves as long as it lasts.
-                Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {}
+                // A managed entry is an earlier agent's: taken over. Another is someone else's:
+                // it serves as long as it lasts.
+                Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {
+                    if netlink.is_managed(addr, ifindex)? {
+                        info!("dsr-l2 backend {addr}: managed neighbour entry taken over");
+                        managed.insert((addr, ifindex));
+                    }
+                }
                 Err(err) => warn!("dsr-l2 backend {addr}: no managed neighbour entry ({err})"),
             },
             None => warn!(
@@ -95,6 +101,22 @@ fn sync(
         }
     }
     Ok(managed)
+}
+
+/// A neighbour message about `addr` on interface `ifindex`, without flags.
+fn neighbour_message(addr: IpAddr, ifindex: u32) -> NeighbourMessage {
+    let mut neighbour = NeighbourMessage::default();
+    let (family, dst) = match addr {
+        IpAddr::V4(v4) => (AddressFamily::Inet, NeighbourAddress::Inet(v4)),
+        IpAddr::V6(v6) => (AddressFamily::Inet6, NeighbourAddress::Inet6(v6)),
+    };
+    neighbour.header.family = family;
+    neighbour.header.ifindex = ifindex;
+    neighbour.header.state = NeighbourState::None;
+    neighbour
+        .attributes
+        .push(NeighbourAttribute::Destination(dst));
+    neighbour
 }
 
 /// A netlink route socket for requests.
@@ -177,19 +199,25 @@ impl Netlink {
         Ok(None)
     }
 
+    /// Whether the neighbour entry of `addr` on interface `ifindex` is a managed one.
+    fn is_managed(&self, addr: IpAddr, ifindex: u32) -> io::Result<bool> {
+        let answers = self.request(
+            RouteNetlinkMessage::GetNeighbour(neighbour_message(addr, ifindex)),
+            NLM_F_REQUEST,
+        )?;
+        let managed = |n: &NeighbourMessage| {
+            n.attributes.iter().any(|a| {
+                matches!(a, NeighbourAttribute::ExtFlags(f) if f.contains(NeighbourExtFlags::Managed))
+            })
+        };
+        Ok(answers
+            .iter()
+            .any(|answer| matches!(answer, RouteNetlinkMessage::NewNeighbour(n) if managed(n))))
+    }
+
     /// Adds (`add`) or removes the managed neighbour entry of `addr` on interface `ifindex`.
     fn neighbour(&self, addr: IpAddr, ifindex: u32, add: bool) -> io::Result<()> {
-        let mut neighbour = NeighbourMessage::default();
-        let (family, dst) = match addr {
-            IpAddr::V4(v4) => (AddressFamily::Inet, NeighbourAddress::Inet(v4)),
-            IpAddr::V6(v6) => (AddressFamily::Inet6, NeighbourAddress::Inet6(v6)),
-        };
-        neighbour.header.family = family;
-        neighbour.header.ifindex = ifindex;
-        neighbour.header.state = NeighbourState::None;
-        neighbour
-            .attributes
-            .push(NeighbourAttribute::Destination(dst));
+        let mut neighbour = neighbour_message(addr, ifindex);
         if add {
             neighbour
                 .attributes
