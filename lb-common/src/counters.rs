@@ -195,6 +195,21 @@ impl Counter {
     }
 }
 
+impl Counter {
+    /// The outcome of a `dsr-l2` packet whose way to the backend ended in `self`: what the
+    /// NAT path would pass to the kernel (to resolve a neighbour, to route, to fragment) is
+    /// dropped instead, since the kernel would route the untranslated packet by its destination,
+    /// the VIP. Every other outcome stays.
+    #[inline(always)]
+    pub const fn for_dsr_l2(self) -> Counter {
+        match self {
+            Counter::PassNoNeighbour => Counter::DropDsrNoNeighbour,
+            other if other.action() == xdp_action::PASS => Counter::DropDsrNoRoute,
+            other => other,
+        }
+    }
+}
+
 /// Number of entries in the [`COUNTERS_MAP`] array.
 pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;
 
@@ -223,6 +238,23 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), Event::ALL.len() + Counter::ALL.len());
+    }
+
+    #[test]
+    fn dsr_l2_never_passes_what_it_sends_to_a_backend() {
+        for c in Counter::ALL {
+            let dsr = c.for_dsr_l2();
+            // Sent on to the backend (TX/REDIRECT) or answered stay; nothing is passed.
+            match c.action() {
+                xdp_action::PASS => assert_eq!(dsr.action(), xdp_action::DROP, "{c:?}"),
+                action => assert_eq!(dsr, *c, "{c:?} ({action})"),
+            }
+        }
+        assert_eq!(
+            Counter::PassNoNeighbour.for_dsr_l2(),
+            Counter::DropDsrNoNeighbour
+        );
+        assert_eq!(Counter::PassFib.for_dsr_l2(), Counter::DropDsrNoRoute);
     }
 
     #[test]

@@ -44,13 +44,10 @@ pub fn to_backend<const DSR_L2: bool>(
     now: u64,
 ) -> Counter {
     let outcome = send_to_backend(pkt, s, index, generation, now, DSR_L2);
-    if !DSR_L2 {
-        return outcome;
-    }
-    match outcome {
-        Counter::PassNoNeighbour => Counter::DropDsrNoNeighbour,
-        Counter::PassFib => Counter::DropDsrNoRoute,
-        other => other,
+    if DSR_L2 {
+        outcome.for_dsr_l2()
+    } else {
+        outcome
     }
 }
 
