@@ -111,6 +111,15 @@ counters! {
     /// To a VIP, a later fragment (no ports) whose first fragment was not seen in the last
     /// `lb_common::frag::FRAG_TIMEOUT_NS` (lost, evicted, or still to come): dropped.
     DropFragmentOrphan = 30 => "drop_fragment_orphan",
+    /// To a `dsr-l2` VIP: the backend's MAC address is not resolved. Dropped: the kernel
+    /// would route the packet by its destination, the VIP, not to the backend (health checks
+    /// or a permanent neighbour entry keep the backends' MACs resolved).
+    DropDsrNoNeighbour = 31 => "drop_dsr_no_neighbour",
+    /// To a `dsr-l2` VIP: no directly connected route to the backend (it is behind a router,
+    /// unreachable, or on an interface the program may not redirect to, or the frame is
+    /// VLAN-tagged), or IPv4 without DF too big for the backend's link (the program does not
+    /// fragment). Dropped, for the same reason.
+    DropDsrNoRoute = 32 => "drop_dsr_no_route",
 }
 
 /// Name of the per-CPU array map holding one `u64` per [`Event`].
@@ -194,7 +203,9 @@ impl Counter {
             | Counter::DropUntrackedReply
             | Counter::DropAcl
             | Counter::DropSourceRateLimit
-            | Counter::DropFragmentOrphan => xdp_action::DROP,
+            | Counter::DropFragmentOrphan
+            | Counter::DropDsrNoNeighbour
+            | Counter::DropDsrNoRoute => xdp_action::DROP,
             Counter::PassNonIp
             | Counter::PassNonVip
             | Counter::PassMalformed
@@ -207,8 +218,22 @@ impl Counter {
     }
 }
 
-/// Number of entries in the [`COUNTERS_MAP`] array: one past the highest index (indices may
-/// have gaps, reserved for counters on their way; `Counter::ALL` lists the counters).
+impl Counter {
+    /// The outcome of a `dsr-l2` packet whose way to the backend ended in `self`: what the
+    /// NAT path would pass to the kernel (to resolve a neighbour, to route, to fragment) is
+    /// dropped instead, since the kernel would route the untranslated packet by its destination,
+    /// the VIP. Every other outcome stays.
+    #[inline(always)]
+    pub const fn for_dsr_l2(self) -> Counter {
+        match self {
+            Counter::PassNoNeighbour => Counter::DropDsrNoNeighbour,
+            other if other.action() == xdp_action::PASS => Counter::DropDsrNoRoute,
+            other => other,
+        }
+    }
+}
+
+/// Number of entries in the [`COUNTERS_MAP`] array.
 pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;
 
 #[cfg(test)]
@@ -236,6 +261,23 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), Event::ALL.len() + Counter::ALL.len());
+    }
+
+    #[test]
+    fn dsr_l2_never_passes_what_it_sends_to_a_backend() {
+        for c in Counter::ALL {
+            let dsr = c.for_dsr_l2();
+            // Sent on to the backend (TX/REDIRECT) or answered stay; nothing is passed.
+            match c.action() {
+                xdp_action::PASS => assert_eq!(dsr.action(), xdp_action::DROP, "{c:?}"),
+                action => assert_eq!(dsr, *c, "{c:?} ({action})"),
+            }
+        }
+        assert_eq!(
+            Counter::PassNoNeighbour.for_dsr_l2(),
+            Counter::DropDsrNoNeighbour
+        );
+        assert_eq!(Counter::PassFib.for_dsr_l2(), Counter::DropDsrNoRoute);
     }
 
     #[test]

@@ -191,6 +191,22 @@ pub mod forwarding {
     /// Destination address and port rewritten to the backend's; replies come back through the
     /// gateway and are translated back.
     pub const NAT: u8 = 0;
+    /// Direct server return on one L2 segment: the IP packet is left as the client sent it
+    /// (destination the VIP), only its destination MAC becomes the backend's; the backend holds
+    /// the VIP on a loopback and answers the client directly.
+    pub const DSR_L2: u8 = 1;
+    /// Direct server return through an IP-in-IP tunnel to the backend (not implemented by the
+    /// data path yet: the agent refuses it).
+    pub const IPIP: u8 = 2;
+    /// Names, indexed by the constants above, as the CLI and config spell them.
+    pub const NAMES: [&str; 3] = ["nat", "dsr-l2", "ipip"];
+
+    /// Whether the backend's replies come back through the gateway to be translated (NAT), so
+    /// that a new flow may need a reverse translation recorded.
+    #[inline(always)]
+    pub const fn replies_through_gateway(mode: u8) -> bool {
+        mode == NAT
+    }
 }
 
 /// [`VipMeta::flags`]: the VIP has allow/deny source prefix lists.
@@ -241,7 +257,9 @@ pub struct Backend {
     pub weight: u32,
     /// `BACKEND_FLAG_*` bits.
     pub flags: u8,
-    pub _pad: u8,
+    /// Its VIP's [`VipMeta::forwarding`] mode, so that a tracked flow's packet is forwarded
+    /// without a VIP lookup. 0 ([`forwarding::NAT`]) in entries written before the mode existed.
+    pub forwarding: u8,
     /// The VIP the backend belongs to (its id; below [`MAX_VIPS`]): a tracked flow's packets
     /// are counted to it without a VIP lookup.
     pub vip_id: u16,

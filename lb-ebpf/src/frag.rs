@@ -118,7 +118,7 @@ fn to_backend(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     let index = backend_index(id);
     stats::count_traffic(u32::from(backend.vip_id), index, pkt.len(), false);
     nat::rewrite_address(pkt, &s.l3, Side::Dst, &backend.addr)?;
-    Ok(fwd::to_backend(
+    Ok(fwd::to_backend::<false>(
         pkt,
         s,
         index,

@@ -5,6 +5,11 @@
 //! Packets to a backend use the next hop this CPU kept for the backend (`NEXT_HOPS`) while it
 //! is fresh (`NextHop::is_fresh`: looked up less than a second ago, in the agent's current
 //! generation, and the packet fits its MTU), and look it up again otherwise.
+//!
+//! `dsr-l2` packets keep their IP header as the client sent it (destination the VIP): the next
+//! hop is looked up for the backend's address and must be the backend itself (a directly
+//! connected route), the TTL is left alone, and only the MACs change. What the program cannot
+//! send that way is dropped, never passed: the kernel would route it by the VIP.
 
 use aya_ebpf::bindings::{
     BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
@@ -16,7 +21,7 @@ use network_types::eth::EthHdr;
 use core::mem::MaybeUninit;
 
 use crate::{
-    maps::{NEXT_HOPS, Scratch, TX_PORTS},
+    maps::{BACKENDS, NEXT_HOPS, Scratch, TX_PORTS},
     parse::{Ipv4Fixed, Ipv6Fixed, L3},
     ptr::{Packet, copy6, zeroed_in_place},
 };
@@ -28,14 +33,32 @@ use crate::{
 /// `s.too_big_mtu`, and `main` builds the answer (`icmp::too_big`) at the top of the call
 /// stack, where its frame fits in the 512 bytes.
 ///
-/// Not inlined, like [`forward`].
+/// Not inlined, like [`forward`]; with `DSR_L2`, the packet is sent as `dsr-l2` (see the
+/// module comment), a separate BPF function.
 #[inline(never)]
-pub fn to_backend(
+pub fn to_backend<const DSR_L2: bool>(
     pkt: &mut Packet,
     s: &mut Scratch,
     index: u32,
     generation: u32,
     now: u64,
+) -> Counter {
+    let outcome = send_to_backend(pkt, s, index, generation, now, DSR_L2);
+    if DSR_L2 {
+        outcome.for_dsr_l2()
+    } else {
+        outcome
+    }
+}
+
+#[inline(always)]
+fn send_to_backend(
+    pkt: &mut Packet,
+    s: &mut Scratch,
+    index: u32,
+    generation: u32,
+    now: u64,
+    dsr_l2: bool,
 ) -> Counter {
     let (l3, too_big_mtu) = (&s.l3, &mut s.too_big_mtu);
     if l3.vlan {
@@ -56,14 +79,36 @@ pub fn to_backend(
             generation,
             now,
         };
-        return lookup_and_send(pkt, l3, Direction::ToBackend, Some(keep), Some(too_big_mtu));
+        let to = if dsr_l2 {
+            let Some(backend) = BACKENDS.get(index) else {
+                return Counter::DropInternal;
+            };
+            Some(&backend.addr)
+        } else {
+            None
+        };
+        return lookup_and_send(
+            pkt,
+            l3,
+            Direction::ToBackend,
+            Some(keep),
+            Some(too_big_mtu),
+            to,
+        );
     }
-    // The kernel answers an expiring packet with ICMP time exceeded.
-    if hop_limit <= 1 {
-        return Counter::PassFib;
-    }
-    if !decrement_hop_limit(pkt, l3) || !set_macs(pkt, &hop.dmac, &hop.smac) {
-        return Counter::PassFib;
+    if dsr_l2 {
+        // Switched, not routed: the IP header stays as the client sent it.
+        if !set_macs(pkt, &hop.dmac, &hop.smac) {
+            return Counter::PassFib;
+        }
+    } else {
+        // The kernel answers an expiring packet with ICMP time exceeded.
+        if hop_limit <= 1 {
+            return Counter::PassFib;
+        }
+        if !decrement_hop_limit(pkt, l3) || !set_macs(pkt, &hop.dmac, &hop.smac) {
+            return Counter::PassFib;
+        }
     }
     if hop.ifindex == pkt.ingress_ifindex {
         return Counter::FwdTx;
@@ -179,11 +224,13 @@ pub enum Direction {
 /// Not inlined, so its FIB parameters take stack only while it runs.
 #[inline(never)]
 pub fn forward(pkt: &mut Packet, l3: &L3, direction: Direction) -> Counter {
-    lookup_and_send(pkt, l3, direction, None, None)
+    lookup_and_send(pkt, l3, direction, None, None, None)
 }
 
 /// [`forward`], keeping a successful answer in `keep`; with `too_big_mtu`, a packet too big for
-/// the route is left to `main` to answer (see [`to_backend`]).
+/// the route is left to `main` to answer (see [`to_backend`]). With `l2_to`, the packet is a
+/// `dsr-l2` one for the backend at that address: the route is looked up to it, must be
+/// directly connected (the kernel names no gateway), and the IP header is left untouched.
 #[inline(always)]
 fn lookup_and_send(
     pkt: &mut Packet,
@@ -191,6 +238,7 @@ fn lookup_and_send(
     direction: Direction,
     keep: Option<Keep<'_>>,
     too_big_mtu: Option<&mut u16>,
+    l2_to: Option<&[u8; 16]>,
 ) -> Counter {
     let (tx, redirect) = match direction {
         Direction::ToBackend => (Counter::FwdTx, Counter::FwdRedirect),
@@ -203,13 +251,19 @@ fn lookup_and_send(
         return Counter::PassFib;
     }
     let mut params = MaybeUninit::<bpf_fib_lookup>::uninit();
-    let Some((params, hop_limit, frags)) = fib_params(pkt, l3, &mut params) else {
+    let Some((params, hop_limit, frags)) = fib_params(pkt, l3, &mut params, l2_to) else {
         return Counter::PassFib;
     };
+    // IPv6, or IPv4 with DF: a packet too big for the route is answered, not fragmented.
+    let no_fragments = answers_too_big(l3.v6(), frags);
 
     match pkt.fib_lookup(params) as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {}
         BPF_FIB_LKUP_RET_NO_NEIGH => return Counter::PassNoNeighbour,
+        // dsr-l2 without DF: the kernel would fragment it, but route it by the VIP.
+        BPF_FIB_LKUP_RET_FRAG_NEEDED if l2_to.is_some() && !no_fragments => {
+            return Counter::PassFib;
+        }
         // Never handed to the kernel translated: it would answer the client about the backend.
         BPF_FIB_LKUP_RET_FRAG_NEEDED if let Some(out) = too_big_mtu => {
             // SAFETY: a union of two `u16`s; with this answer the kernel has set `mtu_result`.
@@ -219,15 +273,27 @@ fn lookup_and_send(
         // A reply the route cannot take whole: `main` puts the backend's addresses back, so the
         // kernel's too-big answer tells the backend about its own packet. One it may fragment
         // goes on translated.
-        BPF_FIB_LKUP_RET_FRAG_NEEDED
-            if direction == Direction::ToClient && answers_too_big(l3.v6(), frags) =>
-        {
+        BPF_FIB_LKUP_RET_FRAG_NEEDED if direction == Direction::ToClient && no_fragments => {
             return Counter::PassReplyTooBig;
         }
         _ => return Counter::PassFib,
     }
-    // The kernel answers an expiring packet with ICMP time exceeded.
-    if hop_limit <= 1 {
+    if let Some(to) = l2_to {
+        // With a gateway on the route, the kernel put the gateway's address in the
+        // destination: a router would send the VIP's packet back, not to the backend.
+        // SAFETY: unions of integer arrays and integers, all of them valid.
+        let direct = unsafe {
+            if l3.v6() {
+                params.__bindgen_anon_4.ipv6_dst == words(to)
+            } else {
+                params.__bindgen_anon_4.ipv4_dst == words(to)[0]
+            }
+        };
+        if !direct {
+            return Counter::PassFib;
+        }
+    } else if hop_limit <= 1 {
+        // The kernel answers an expiring packet with ICMP time exceeded.
         return Counter::PassFib;
     }
     let egress = params.ifindex;
@@ -235,7 +301,10 @@ fn lookup_and_send(
     if !same_port && TX_PORTS.get_ifindex(egress).is_none() {
         return Counter::PassFib;
     }
-    if !decrement_hop_limit(pkt, l3) || !set_macs(pkt, &params.dmac, &params.smac) {
+    if l2_to.is_none() && !decrement_hop_limit(pkt, l3) {
+        return Counter::PassFib;
+    }
+    if !set_macs(pkt, &params.dmac, &params.smac) {
         return Counter::PassFib;
     }
     if let Some(Keep {
@@ -262,7 +331,7 @@ fn lookup_and_send(
 #[inline(never)]
 pub fn too_big_for_route(pkt: &Packet, l3: &L3) -> u16 {
     let mut params = MaybeUninit::<bpf_fib_lookup>::uninit();
-    let Some((params, _, frags)) = fib_params(pkt, l3, &mut params) else {
+    let Some((params, _, frags)) = fib_params(pkt, l3, &mut params, None) else {
         return 0;
     };
     if l3.vlan
@@ -275,13 +344,14 @@ pub fn too_big_for_route(pkt: &Packet, l3: &L3) -> u16 {
     unsafe { params.__bindgen_anon_1.mtu_result }
 }
 
-/// FIB lookup parameters for the packet `l3` as it is now, in `params`; with its hop limit and
-/// (IPv4) flags-and-offset word.
+/// FIB lookup parameters for the packet `l3` as it is now, in `params` (towards `to` instead
+/// of its destination, if given); with its hop limit and (IPv4) flags-and-offset word.
 #[inline(always)]
 fn fib_params<'a>(
     pkt: &Packet,
     l3: &L3,
     params: &'a mut MaybeUninit<bpf_fib_lookup>,
+    to: Option<&[u8; 16]>,
 ) -> Option<(&'a mut bpf_fib_lookup, u8, u16)> {
     // Not `mem::zeroed()`: that is a call of the byte-at-a-time `memset` (see `ptr::set_v4`).
     // An all-zero `bpf_fib_lookup` (integers, byte arrays and unions of them) is valid.
@@ -294,7 +364,7 @@ fn fib_params<'a>(
         params.family = AF_INET6;
         params.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.payload_len).saturating_add(40);
         params.__bindgen_anon_3.ipv6_src = words(&ip.src);
-        params.__bindgen_anon_4.ipv6_dst = words(&ip.dst);
+        params.__bindgen_anon_4.ipv6_dst = words(to.unwrap_or(&ip.dst));
         ip.hop_limit
     } else {
         let ip = pkt.ref_at::<Ipv4Fixed>(l3.l3_off)?;
@@ -302,7 +372,10 @@ fn fib_params<'a>(
         params.__bindgen_anon_1.tot_len = u16::from_be_bytes(ip.tot_len);
         params.__bindgen_anon_2.tos = ip.tos;
         params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(ip.src);
-        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(ip.dst);
+        params.__bindgen_anon_4.ipv4_dst = match to {
+            Some(to) => words(to)[0],
+            None => u32::from_ne_bytes(ip.dst),
+        };
         frags = u16::from_be_bytes(ip.frags);
         ip.ttl
     };

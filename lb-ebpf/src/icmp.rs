@@ -4,13 +4,16 @@
 //!
 //! - An error from the internet about a VIP's reply (outer destination the VIP, quoting
 //!   VIP:port → client:port) goes to the flow's backend: the outer destination and the quoted
-//!   source become the backend's.
+//!   source become the backend's. A `dsr-l2` backend holds the VIP and sent that reply itself:
+//!   the error reaches it unchanged, with the backend's MAC, as the flow's packets do.
 //! - An error from the backend side about a client's packet (quoting client:port →
 //!   backend:port) goes to the client naming the VIP: the quoted destination becomes VIP:port
 //!   (found as replies find it), and the outer source too if it is the backend itself.
 //!
 //! Every other ICMP message is the kernel's.
 
+use aya_ebpf::helpers::bpf_ktime_get_coarse_ns;
+use lb_common::maps::{backend_index, forwarding};
 use lb_common::{
     Counter,
     csum::ChecksumUpdate,
@@ -181,6 +184,20 @@ fn to_backend(pkt: &mut Packet, s: &mut Scratch) -> Option<Counter> {
     let backend = select::backend(id)?;
     if !backend.keeps_flows_of(id) {
         return None;
+    }
+    if backend.forwarding == forwarding::DSR_L2 {
+        let generation = SETTINGS.get(0)?.next_hop_generation;
+        // SAFETY: a BPF helper without arguments or preconditions.
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        return Some(
+            match fwd::to_backend::<true>(pkt, s, backend_index(id), generation, now) {
+                Counter::FwdTx => Counter::IcmpToBackendTx,
+                Counter::FwdRedirect => Counter::IcmpToBackendRedirect,
+                // No ICMP answers ICMP: an error too big for the backend's link is dropped.
+                Counter::IcmpTooBigTx => Counter::DropDsrNoRoute,
+                other => other,
+            },
+        );
     }
     // Port 0 on a backend: the flow kept the port the client asked for (wildcard VIPs).
     let port = if backend.port == [0; 2] {

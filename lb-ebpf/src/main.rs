@@ -45,7 +45,10 @@ use lb_common::{
     Counter,
     conntrack::FlowTable,
     frag::{FRAG_FIRST, TO_BACKEND, TO_CLIENT},
-    maps::{BACKEND_FLAG_ACL, BACKEND_FLAG_STATELESS_REPLY, Backend, Settings, backend_index},
+    maps::{
+        BACKEND_FLAG_ACL, BACKEND_FLAG_STATELESS_REPLY, Backend, Settings, backend_index,
+        forwarding,
+    },
     nat::L4Checksum,
 };
 
@@ -167,7 +170,8 @@ fn balance(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter> {
 }
 
 /// The rest of a VIP packet's way once its backend is known: the new flow's bookkeeping,
-/// counting, rewrite and next hop.
+/// counting, rewrite (NAT) and next hop, by the backend's forwarding mode (its VIP's, which the
+/// agent writes into every backend entry, so tracked flows need no VIP lookup).
 #[inline(always)]
 fn send_to_backend(
     pkt: &mut Packet,
@@ -184,14 +188,20 @@ fn send_to_backend(
         backend.port
     };
     let index = backend_index(id);
+    let mode = backend.forwarding;
+    if mode != forwarding::NAT && mode != forwarding::DSR_L2 {
+        return Err(Counter::DropInternal);
+    }
     // A new flow to a backend several VIPs share records its reverse translation, a half-open
-    // one apart (a SYN flood evicts only those), moved when the handshake completes.
+    // one apart (a SYN flood evicts only those), moved when the handshake completes. Direct
+    // server return: replies never come back, so there is nothing to translate.
     let record = match seen {
         Seen::Known => None,
         Seen::New(table) => Some(table),
         Seen::Promoted => Some(FlowTable::Connections),
     };
     if let Some(table) = record
+        && forwarding::replies_through_gateway(mode)
         && backend.flags & BACKEND_FLAG_STATELESS_REPLY == 0
     {
         conntrack::record_reverse(
@@ -208,6 +218,11 @@ fn send_to_backend(
         select::count_opened(index);
     }
     stats::count_traffic(u32::from(backend.vip_id), index, pkt.len(), new_flow);
+    let generation = settings.next_hop_generation;
+    if mode == forwarding::DSR_L2 {
+        // Later fragments are not remembered: their path rewrites addresses (see README).
+        return Ok(fwd::to_backend::<true>(pkt, s, index, generation, now));
+    }
     if s.l3.frag == FRAG_FIRST {
         let ids = (id, u32::from(backend.vip_id));
         frag::remember(s, TO_BACKEND, &backend.addr, ids, now);
@@ -221,13 +236,7 @@ fn send_to_backend(
         }
         return Ok(Counter::PassPartialChecksum);
     }
-    Ok(fwd::to_backend(
-        pkt,
-        s,
-        index,
-        settings.next_hop_generation,
-        now,
-    ))
+    Ok(fwd::to_backend::<false>(pkt, s, index, generation, now))
 }
 
 /// Any other IP packet: a reply of a tracked flow is translated back to come from its VIP;

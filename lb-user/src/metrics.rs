@@ -119,9 +119,21 @@ pub fn render(agent: &Agent) -> anyhow::Result<String> {
          agent's own: out of file descriptors, memory or ports, or a timer that fired late; \
          not counted against it)",
     );
+    let vip_info = gauge_family(
+        &mut registry,
+        "vip_info",
+        "A VIP's settings as labels: scheduler, forwarding (nat, dsr-l2, ipip)",
+    );
     for info in agent.balancer.vips() {
         let view = agent.vip_view(&info)?;
         let vip = vec![("vip", view.vip.clone())];
+        vip_info
+            .get_or_create(&vec![
+                ("vip", view.vip.clone()),
+                ("scheduler", view.scheduler.to_string()),
+                ("forwarding", view.forwarding.to_string()),
+            ])
+            .set(1);
         vip_packets.get_or_create(&vip).inc_by(view.packets);
         vip_bytes.get_or_create(&vip).inc_by(view.bytes);
         vip_flows.get_or_create(&vip).inc_by(view.new_flows);

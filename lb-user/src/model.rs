@@ -14,7 +14,7 @@ use lb_common::{
     maglev::{self, DEFAULT_RING_SIZE, MAX_WEIGHT},
     maps::{
         BACKEND_DOWN, BACKEND_DRAINING, BACKEND_UP, MAX_BACKENDS, MAX_VIPS, VipAddrKey, VipKey,
-        scheduler,
+        forwarding, scheduler,
     },
 };
 
@@ -210,6 +210,70 @@ impl FromStr for Scheduler {
     }
 }
 
+/// How a VIP's packets reach the chosen backend.
+#[derive(
+    Copy,
+    Clone,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Forwarding {
+    /// Destination address and port rewritten to the backend's; replies come back through
+    /// the gateway and are translated back.
+    #[default]
+    Nat,
+    /// Direct server return on one L2 segment: only the destination MAC changes; the backend
+    /// holds the VIP and answers the client directly.
+    DsrL2,
+    /// Direct server return through an IP-in-IP tunnel (not supported by the data path yet).
+    Ipip,
+}
+
+impl Forwarding {
+    pub const ALL: [Forwarding; 3] = [Forwarding::Nat, Forwarding::DsrL2, Forwarding::Ipip];
+
+    pub(crate) fn number(self) -> u8 {
+        match self {
+            Forwarding::Nat => forwarding::NAT,
+            Forwarding::DsrL2 => forwarding::DSR_L2,
+            Forwarding::Ipip => forwarding::IPIP,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        forwarding::NAMES[usize::from(self.number())]
+    }
+
+    /// Whether the packet keeps its destination (the VIP) and port: the backend must then
+    /// listen on the VIP's port.
+    pub fn is_direct(self) -> bool {
+        self != Forwarding::Nat
+    }
+}
+
+impl fmt::Display for Forwarding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Forwarding {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Forwarding::ALL
+            .into_iter()
+            .find(|mode| mode.name() == s)
+            .ok_or_else(|| Error::UnknownForwarding(s.to_owned()))
+    }
+}
+
 /// A VIP's settings.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VipOptions {
@@ -230,6 +294,9 @@ pub struct VipOptions {
     /// /64 for IPv6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_prefix_len: Option<u8>,
+    /// How packets reach the backend; state files written before the mode existed are NAT.
+    #[serde(default)]
+    pub forwarding: Forwarding,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -245,6 +312,7 @@ impl Default for VipOptions {
             deny: Vec::new(),
             source_rate_limit: 0,
             source_prefix_len: None,
+            forwarding: Forwarding::Nat,
         }
     }
 }
@@ -422,6 +490,19 @@ pub enum Error {
     BadProto(String),
     #[error("unknown scheduler {0:?}: expected one of {names}", names = scheduler::NAMES.join(", "))]
     UnknownScheduler(String),
+    #[error("unknown forwarding mode {0:?}: expected one of {names}", names = forwarding::NAMES.join(", "))]
+    UnknownForwarding(String),
+    #[error("forwarding mode {0} is not supported by this data path yet")]
+    UnsupportedForwarding(Forwarding),
+    #[error(
+        "backend {backend} of VIP {vip} must listen on the VIP's port (or have port 0): \
+         forwarding {forwarding} leaves the destination port as the client sent it"
+    )]
+    DirectPortMismatch {
+        vip: Vip,
+        backend: SocketAddr,
+        forwarding: Forwarding,
+    },
     #[error("too many VIPs (at most {MAX_VIPS})")]
     TooManyVips,
     #[error("too many backends (at most {MAX_BACKENDS} in all)")]
@@ -557,6 +638,9 @@ pub fn check_vip(vip: &Vip, options: &VipOptions) -> Result<(), Error> {
     if options.scheduler.is_hashed() && !is_good_ring_size(options.ring_size) {
         return Err(Error::BadRingSize(options.ring_size));
     }
+    if options.forwarding == Forwarding::Ipip {
+        return Err(Error::UnsupportedForwarding(options.forwarding));
+    }
     check_sources(vip, options)
 }
 
@@ -585,6 +669,23 @@ pub fn check_sources(vip: &Vip, options: &VipOptions) -> Result<(), Error> {
             vip: *vip,
             len,
             max,
+        });
+    }
+    Ok(())
+}
+
+/// Whether `backend` can be a backend of `vip` forwarded by `forwarding`: in the direct modes
+/// the packet keeps the port the client sent to, so the backend's port is the VIP's, or 0.
+pub fn check_backend_forwarding(
+    vip: &Vip,
+    forwarding: Forwarding,
+    backend: SocketAddr,
+) -> Result<(), Error> {
+    if forwarding.is_direct() && backend.port() != 0 && backend.port() != vip.port {
+        return Err(Error::DirectPortMismatch {
+            vip: *vip,
+            backend,
+            forwarding,
         });
     }
     Ok(())
@@ -796,5 +897,57 @@ mod tests {
             check_backend(&v, &heavy),
             Err(Error::WeightOutOfRange { .. })
         ));
+    }
+
+    #[test]
+    fn forwarding_modes_parse_and_print_as_the_data_path_numbers_them() {
+        for mode in Forwarding::ALL {
+            assert_eq!(mode.name().parse::<Forwarding>(), Ok(mode));
+            assert_eq!(
+                mode.to_string(),
+                forwarding::NAMES[usize::from(mode.number())]
+            );
+        }
+        assert_eq!(Forwarding::DsrL2.number(), forwarding::DSR_L2);
+        let err = "dsr".parse::<Forwarding>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown forwarding mode \"dsr\": expected one of nat, dsr-l2, ipip"
+        );
+    }
+
+    #[test]
+    fn direct_modes_want_the_vips_port_and_ipip_is_refused() {
+        let v = vip("198.19.0.1:80/tcp");
+        let wild = vip("198.19.0.1:0/tcp");
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        check_backend_forwarding(&v, Forwarding::Nat, addr("198.18.1.2:8080")).unwrap();
+        check_backend_forwarding(&v, Forwarding::DsrL2, addr("198.18.1.2:80")).unwrap();
+        check_backend_forwarding(&wild, Forwarding::DsrL2, addr("198.18.1.2:0")).unwrap();
+        let err =
+            check_backend_forwarding(&v, Forwarding::DsrL2, addr("198.18.1.2:8080")).unwrap_err();
+        assert!(matches!(err, Error::DirectPortMismatch { .. }));
+        assert!(
+            err.to_string().contains("must listen on the VIP's port"),
+            "{err}"
+        );
+        assert!(
+            check_backend_forwarding(&wild, Forwarding::DsrL2, addr("198.18.1.2:8080")).is_err()
+        );
+        let ipip = VipOptions {
+            forwarding: Forwarding::Ipip,
+            ..VipOptions::default()
+        };
+        assert_eq!(
+            check_vip(&v, &ipip),
+            Err(Error::UnsupportedForwarding(Forwarding::Ipip))
+        );
+    }
+
+    #[test]
+    fn options_saved_before_the_mode_existed_are_nat() {
+        let old: VipOptions =
+            serde_json::from_str(r#"{"scheduler":"maglev","ring_size":65537}"#).unwrap();
+        assert_eq!(old.forwarding, Forwarding::Nat);
     }
 }

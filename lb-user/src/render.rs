@@ -10,9 +10,10 @@ use crate::{
 
 pub fn vip_line(v: &VipView) -> String {
     format!(
-        "VIP {:<28} {:<21} packets {:>10} bytes {:>12} new flows {:>8}\n",
+        "VIP {:<28} {:<21} {:<6} packets {:>10} bytes {:>12} new flows {:>8}\n",
         v.vip,
         v.scheduler.to_string(),
+        v.forwarding.to_string(),
         v.packets,
         v.bytes,
         v.new_flows

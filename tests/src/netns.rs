@@ -194,9 +194,16 @@ impl Netns {
     /// Starts a UDP server on `[::]:port` that answers each datagram with
     /// `"{ident} {datagram}"`.
     pub fn udp_server(&self, port: u16, ident: &str) -> Server {
+        self.udp_server_on(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)), ident)
+    }
+
+    /// [`Netns::udp_server`] bound to `addr`: its answers come from `addr` (a server bound to
+    /// every address answers from the address the route to the client gives, which behind
+    /// direct server return is not the VIP the client asked).
+    pub fn udp_server_on(&self, addr: SocketAddr, ident: &str) -> Server {
         let socket = self.run(|| {
-            UdpSocket::bind((Ipv6Addr::UNSPECIFIED, port))
-                .unwrap_or_else(|err| panic!("{}: bind udp/{port}: {err}", self.name))
+            UdpSocket::bind(addr)
+                .unwrap_or_else(|err| panic!("{}: bind udp {addr}: {err}", self.name))
         });
         socket
             .set_read_timeout(Some(Duration::from_millis(20)))
@@ -360,6 +367,32 @@ pub struct Topology {
     pub client: Netns,
     pub gateway: Netns,
     pub backends: Vec<Netns>,
+    /// A router between the client and the rest ([`Topology::direct_return`]).
+    pub router: Option<Netns>,
+}
+
+/// The gateway's interface on the shared segment of [`Topology::direct_return`].
+pub const DSR_GW_IF: &str = "gc";
+/// Its peer: the router's bridge port towards the gateway.
+pub const DSR_GW_PORT: &str = "pgw";
+/// The VIP the backends of [`Topology::direct_return`] hold on their loopback.
+pub const DSR_VIP: Ipv4Addr = Ipv4Addr::new(198, 19, 0, 1);
+/// Its IPv6 twin.
+pub const DSR_VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xffff, 0, 0, 0, 0, 0, 1);
+
+/// Backend `i`'s address on the shared segment of [`Topology::direct_return`].
+pub fn dsr_backend_v4(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(
+        198,
+        18,
+        1,
+        10 + u8::try_from(i).expect("at most 245 backends"),
+    )
+}
+
+/// Backend `i`'s IPv6 address on the shared segment of [`Topology::direct_return`].
+pub fn dsr_backend_v6(i: usize) -> Ipv6Addr {
+    net_v6(1, 10 + u8::try_from(i).expect("at most 245 backends"))
 }
 
 impl Topology {
@@ -389,6 +422,7 @@ impl Topology {
                 v6: net_v6(0, 1),
             },
             backends: Vec::new(),
+            router: None,
         };
         for ns in [&topo.client, &topo.gateway] {
             add_namespace(&ns.name)?;
@@ -410,6 +444,194 @@ impl Topology {
             add_namespace(&backend.name)?;
             topo.backends.push(backend.clone());
             link_hosts(&gw, &gw_backend_if(i), &backend, i + 1)?;
+        }
+        Ok(topo)
+    }
+
+    /// Direct server return, as the README's "Forwarding modes" sets it up: the client
+    /// (198.18.0.2) behind a router, whose bridge joins the router (198.18.1.1), the gateway
+    /// (198.18.1.254, interface [`DSR_GW_IF`]) and `backends` backends ([`dsr_backend_v4`]) on
+    /// one L2 segment. The router sends the VIP [`DSR_VIP`] to the gateway; the backends hold
+    /// it on `lo` with ARP for it suppressed (`arp_ignore=1`, `arp_announce=2`) and route
+    /// everything else, their answers to the client included, to the router: the gateway sees
+    /// requests only. IPv6 likewise (client `fd00::2`, segment `fd00:0:0:1::/64`, VIP
+    /// [`DSR_VIP6`], which on `lo` draws no neighbour advertisement without any sysctl).
+    ///
+    /// The gateway sends `dsr-l2` frames back out of the interface they came in on (XDP_TX), to
+    /// the router's bridge port [`DSR_GW_PORT`]. Here (6.18) a veth delivers XDP_TX'd frames to
+    /// its peer only while the peer runs an XDP program of its own (GRO alone, which serves
+    /// XDP_REDIRECT, did not): the caller attaches one there (an XDP_PASS program).
+    pub fn direct_return(backends: usize) -> anyhow::Result<Self> {
+        if !(1..=245).contains(&backends) {
+            bail!("a direct-return topology has 1 to 245 backends, not {backends}");
+        }
+        remove_stale_namespaces();
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let id = format!(
+            "{NS_PREFIX}{}-d{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut topo = Self {
+            client: Netns {
+                name: format!("{id}-cli"),
+                v4: net_v4(0, 2),
+                v6: net_v6(0, 2),
+            },
+            gateway: Netns {
+                name: format!("{id}-gw"),
+                v4: net_v4(1, 254),
+                v6: net_v6(1, 254),
+            },
+            backends: Vec::new(),
+            router: Some(Netns {
+                name: format!("{id}-rtr"),
+                v4: net_v4(1, 1),
+                v6: net_v6(1, 1),
+            }),
+        };
+        let router = topo.router.clone().expect("just set");
+        let (rtr, gw) = (router.name.clone(), topo.gateway.name.clone());
+        for ns in [&topo.client.name, &rtr, &gw] {
+            add_namespace(ns)?;
+        }
+        let ip = |args: &[&str]| run_ok(Command::new("ip").args(args));
+        let sysctl = |ns: &str, key: &str, value: &str| {
+            run_ok(
+                Command::new("ip")
+                    .args(["netns", "exec", ns, "sysctl", "-qw"])
+                    .arg(format!("{key}={value}")),
+            )
+        };
+        for ns in [&rtr, &gw] {
+            sysctl(ns, "net.ipv4.ip_forward", "1")?;
+            sysctl(ns, "net.ipv6.conf.all.forwarding", "1")?;
+        }
+        let ip6_addr = |ns: &str, addr: &str, dev: &str| {
+            ip(&["-n", ns, "-6", "addr", "add", addr, "dev", dev, "nodad"])
+        };
+        // Client <-> router.
+        let cli = topo.client.name.clone();
+        ip(&[
+            "-n", &rtr, "link", "add", "rc", "type", "veth", "peer", "name", HOST_IF, "netns", &cli,
+        ])?;
+        ip(&["-n", &rtr, "addr", "add", "198.18.0.1/24", "dev", "rc"])?;
+        ip(&["-n", &cli, "addr", "add", "198.18.0.2/24", "dev", HOST_IF])?;
+        ip(&["-n", &rtr, "link", "set", "rc", "up"])?;
+        ip(&["-n", &cli, "link", "set", HOST_IF, "up"])?;
+        ip(&["-n", &cli, "route", "add", "default", "via", "198.18.0.1"])?;
+        ip6_addr(&rtr, "fd00::1/64", "rc")?;
+        ip6_addr(&cli, "fd00::2/64", HOST_IF)?;
+        ip(&[
+            "-n", &cli, "-6", "route", "add", "default", "via", "fd00::1",
+        ])?;
+        // The segment: a bridge in the router's namespace.
+        ip(&["-n", &rtr, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &rtr, "addr", "add", "198.18.1.1/24", "dev", "br0"])?;
+        ip6_addr(&rtr, "fd00:0:0:1::1/64", "br0")?;
+        ip(&["-n", &rtr, "link", "set", "br0", "up"])?;
+        let port = |far: &str, port: &str, far_if: &str, (addr, addr6): (&str, &str)| {
+            ip(&[
+                "-n", &rtr, "link", "add", port, "type", "veth", "peer", "name", far_if, "netns",
+                far,
+            ])?;
+            ip(&["-n", &rtr, "link", "set", port, "master", "br0", "up"])?;
+            ip(&[
+                "-n",
+                far,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                far_if,
+            ])?;
+            ip6_addr(far, &format!("{addr6}/64"), far_if)?;
+            ip(&["-n", far, "link", "set", far_if, "up"])?;
+            // Frames the gateway sends back with XDP_TX arrive on this side as XDP frames,
+            // which a veth delivers only with GRO on (or a program of its own), set once both
+            // ends are up.
+            run_ok(
+                Command::new("ip")
+                    .args(["netns", "exec", &rtr, "ethtool", "-K", port, "gro", "on"]),
+            )?;
+            ip(&["-n", far, "route", "add", "default", "via", "198.18.1.1"])?;
+            ip(&[
+                "-n",
+                far,
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                "fd00:0:0:1::1",
+            ])?;
+            anyhow::Ok(())
+        };
+        port(
+            &gw,
+            DSR_GW_PORT,
+            DSR_GW_IF,
+            ("198.18.1.254", "fd00:0:0:1::fe"),
+        )?;
+        ip(&[
+            "-n",
+            &rtr,
+            "-6",
+            "route",
+            "add",
+            &format!("{DSR_VIP6}/128"),
+            "via",
+            "fd00:0:0:1::fe",
+        ])?;
+        ip(&[
+            "-n",
+            &rtr,
+            "route",
+            "add",
+            &format!("{DSR_VIP}/32"),
+            "via",
+            "198.18.1.254",
+        ])?;
+        for i in 0..backends {
+            let backend = Netns {
+                name: format!("{id}-b{i}"),
+                v4: dsr_backend_v4(i),
+                v6: dsr_backend_v6(i),
+            };
+            add_namespace(&backend.name)?;
+            topo.backends.push(backend.clone());
+            let b = backend.name.as_str();
+            for (key, value) in [
+                ("net.ipv4.conf.all.arp_ignore", "1"),
+                ("net.ipv4.conf.all.arp_announce", "2"),
+            ] {
+                sysctl(b, key, value)?;
+            }
+            ip(&[
+                "-n",
+                b,
+                "addr",
+                "add",
+                &format!("{DSR_VIP}/32"),
+                "dev",
+                "lo",
+            ])?;
+            ip(&[
+                "-n",
+                b,
+                "-6",
+                "addr",
+                "add",
+                &format!("{DSR_VIP6}/128"),
+                "dev",
+                "lo",
+            ])?;
+            port(
+                b,
+                &format!("pb{i}"),
+                HOST_IF,
+                (&backend.v4.to_string(), &backend.v6.to_string()),
+            )?;
         }
         Ok(topo)
     }
@@ -450,6 +672,7 @@ impl Drop for Topology {
         for ns in std::iter::once(&self.client)
             .chain(std::iter::once(&self.gateway))
             .chain(&self.backends)
+            .chain(&self.router)
         {
             let _ = Command::new("ip")
                 .args(["netns", "del", &ns.name])

@@ -13,17 +13,19 @@ use log::{info, warn};
 
 use crate::{
     autoscale::live::{Job, SavedPool, VipAutoscaler},
-    balancer::{BackendState, Balancer, Proto, Scheduler, Snapshot, Vip, VipInfo},
+    balancer::{BackendState, Balancer, Forwarding, Proto, Scheduler, Snapshot, Vip, VipInfo},
     config::{self, Config, Plan, VipConfig},
     health::{HealthEvent, Monitor, WatchKey},
     maps::DynMaps,
     pin::Pinned,
 };
 
+pub use neighbours::manage_dsr_neighbours_every;
 pub use routes::{local_addrs, publish_local_addrs, refresh_next_hops_on_changes};
 pub use state_file::{load_state, monotonic_ns, write_atomically};
 pub use tasks::{apply_health_events, autoscale_every, count_connections_every, log_vips};
 
+mod neighbours;
 mod routes;
 mod state_file;
 mod tasks;
@@ -66,6 +68,9 @@ pub struct VipView {
     /// The source prefix length the limit counts by (with a limit only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_prefix_len: Option<u8>,
+    /// How packets reach the backends (absent from an older agent's answer: NAT).
+    #[serde(default)]
+    pub forwarding: Forwarding,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -427,6 +432,7 @@ impl Agent {
                 .then_some(info.options.source_rate_limit),
             source_prefix_len: (info.options.source_rate_limit != 0)
                 .then(|| info.options.source_prefix_len_for(info.vip.addr)),
+            forwarding: info.options.forwarding,
             packets: stats.packets,
             bytes: stats.bytes,
             new_flows: stats.new_flows,

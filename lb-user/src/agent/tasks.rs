@@ -99,9 +99,10 @@ pub fn log_vips<M: crate::maps::Maps>(balancer: &Balancer<M>) {
             .map(|b| format!("{}@{}({})", b.spec.addr, b.spec.weight, b.spec.state))
             .collect();
         info!(
-            "VIP {} ({}): {}",
+            "VIP {} ({}, {}): {}",
             info.vip,
             info.options.scheduler,
+            info.options.forwarding,
             backends.join(" ")
         );
     }

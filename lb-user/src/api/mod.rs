@@ -31,7 +31,9 @@ mod types;
 use crate::{
     agent::{Agent, ApplyError, Shared},
     autoscale::live::Status as AutoscaleStatus,
-    balancer::{self, BackendSpec, BackendState, Proto, Scheduler, Vip, VipInfo, VipOptions},
+    balancer::{
+        self, BackendSpec, BackendState, Forwarding, Proto, Scheduler, Vip, VipInfo, VipOptions,
+    },
     config::Config,
 };
 
@@ -313,6 +315,9 @@ async fn add_vip(
     options.deny = prefixes(&req.deny)?;
     options.source_rate_limit = req.source_rate_limit.unwrap_or(0);
     options.source_prefix_len = req.source_prefix_len;
+    if let Some(f) = &req.forwarding {
+        options.forwarding = f.parse()?;
+    }
     let view = change(&state, move |agent| {
         agent.balancer.add_vip(vip, options)?;
         vip_view(agent, &agent.balancer.vip(&vip)?)
@@ -382,6 +387,11 @@ async fn set_vip(
     let allow = req.allow.as_deref().map(prefixes).transpose()?;
     let deny = req.deny.as_deref().map(prefixes).transpose()?;
     let (rate, prefix_len) = (req.source_rate_limit, req.source_prefix_len);
+    let forwarding = req
+        .forwarding
+        .as_deref()
+        .map(str::parse::<Forwarding>)
+        .transpose()?;
     Ok(Json(
         change(&state, move |agent| {
             let mut options = agent.balancer.vip(&vip)?.options;
@@ -402,6 +412,9 @@ async fn set_vip(
             }
             if prefix_len.is_some() {
                 options.source_prefix_len = prefix_len;
+            }
+            if let Some(f) = forwarding {
+                options.forwarding = f;
             }
             agent.balancer.set_vip_options(&vip, options)?;
             vip_view(agent, &agent.balancer.vip(&vip)?)

@@ -317,6 +317,27 @@ async fn refusals_name_the_problem_and_change_nothing() {
             "its address is multicast",
         ),
         (
+            "PATCH",
+            "/v1/vips/tcp/198.19.0.1:80",
+            r#"{"forwarding": "dsr-l2"}"#,
+            StatusCode::BAD_REQUEST,
+            "must listen on the VIP's port",
+        ),
+        (
+            "PATCH",
+            "/v1/vips/tcp/198.19.0.1:80",
+            r#"{"forwarding": "tunnel"}"#,
+            StatusCode::BAD_REQUEST,
+            "unknown forwarding mode \"tunnel\"",
+        ),
+        (
+            "POST",
+            "/v1/vips",
+            r#"{"vip": "198.19.0.2:80/tcp", "forwarding": "ipip"}"#,
+            StatusCode::BAD_REQUEST,
+            "forwarding mode ipip is not supported",
+        ),
+        (
             "POST",
             "/v1/vips/tcp/198.19.0.1:80/backends",
             r#"{"address": "127.0.0.1:8080"}"#,
@@ -717,4 +738,37 @@ async fn source_checks_are_set_shown_replaced_and_cleared() {
         .unwrap()
         .options;
     assert_eq!(options, VipOptions::default());
+}
+
+#[tokio::test]
+async fn a_vip_takes_and_shows_its_forwarding_mode() {
+    let (shared, _dir) = agent("forwarding");
+    let (shutdown, _) = watch::channel(Shutdown::Running);
+    let app = router(std::sync::Arc::clone(&shared), shutdown, &Limits::default());
+    let (status, body) = send(
+        &app,
+        "POST",
+        "/v1/vips",
+        r#"{"vip": "198.19.0.2:80/tcp", "forwarding": "dsr-l2"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert!(body.contains(r#""forwarding":"dsr-l2""#), "{body}");
+    let (status, body) = send(
+        &app,
+        "POST",
+        "/v1/vips/tcp/198.19.0.2:80/backends",
+        r#"{"address": "198.18.1.2:80"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = send(
+        &app,
+        "PATCH",
+        "/v1/vips/tcp/198.19.0.2:80",
+        r#"{"forwarding": "nat"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains(r#""forwarding":"nat""#), "{body}");
 }

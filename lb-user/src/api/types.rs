@@ -59,6 +59,9 @@ pub struct AddVip {
     /// The limit's source prefix length (default 32 for IPv4, 64 for IPv6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_prefix_len: Option<u8>,
+    /// `nat` (default), `dsr-l2` or `ipip`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarding: Option<String>,
 }
 
 /// `PATCH /v1/vips/...`.
@@ -78,6 +81,9 @@ pub struct SetVip {
     pub source_rate_limit: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_prefix_len: Option<u8>,
+    /// `nat`, `dsr-l2` or `ipip`: tracked flows follow the new mode from their next packet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarding: Option<String>,
 }
 
 /// `POST /v1/vips/.../backends`.

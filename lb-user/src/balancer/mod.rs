@@ -30,8 +30,8 @@ use ids::BackendIds;
 use tables::{acl_of, backend_value, build_tables, meta, source_limit};
 
 pub use crate::model::{
-    BackendSpec, BackendState, Error, Proto, Scheduler, SourcePrefix, Vip, VipOptions,
-    check_backend, check_vip,
+    BackendSpec, BackendState, Error, Forwarding, Proto, Scheduler, SourcePrefix, Vip, VipOptions,
+    check_backend, check_backend_forwarding, check_vip,
 };
 use crate::{
     maps::{Maps, Staged},
@@ -195,7 +195,7 @@ impl<M: Maps> Balancer<M> {
         if options.has_acl() {
             flags |= BACKEND_FLAG_ACL;
         }
-        backend_value(b, vip_id, flags)
+        backend_value(b, vip_id, flags, options.forwarding)
     }
 
     /// Writes the source prefix list entries `new` has and `old` has not (or with another
@@ -453,7 +453,10 @@ impl<M: Maps> Balancer<M> {
         self.publish_filter(&[])
     }
 
-    /// Changes a VIP's scheduler or ring size; its tables are rebuilt.
+    /// Changes a VIP's scheduler, ring size or forwarding mode; its tables are rebuilt. A new
+    /// mode is written into its backends' entries before the VIP's: tracked flows follow it
+    /// from their next packet (and break unless their backend serves both ways: the backend
+    /// sees the VIP's address where it saw its own, or the reverse).
     pub fn set_vip_options(&mut self, vip: &Vip, options: VipOptions) -> Result<(), Error> {
         check_vip(vip, &options)?;
         let state = self.state.vips.get(vip).ok_or(Error::UnknownVip(*vip))?;
@@ -471,6 +474,18 @@ impl<M: Maps> Balancer<M> {
             .ok_or(Error::UnknownVip(*vip))?
             .options
             .clone();
+        self.set_vip(vip, options, backends)
+    }
+
+    /// Replaces a VIP's options and backends in one step, as [`Balancer::set_vip_options`]
+    /// and [`Balancer::set_backends`] do.
+    pub fn set_vip(
+        &mut self,
+        vip: &Vip,
+        options: VipOptions,
+        backends: Vec<BackendSpec>,
+    ) -> Result<(), Error> {
+        check_vip(vip, &options)?;
         let mut seen = std::collections::HashSet::new();
         for b in &backends {
             if !seen.insert(b.addr) {
@@ -550,6 +565,7 @@ impl<M: Maps> Balancer<M> {
     ) -> Result<(), Error> {
         for spec in &specs {
             check_backend(vip, spec)?;
+            check_backend_forwarding(vip, options.forwarding, spec.addr)?;
         }
         let state = self.state.vips.get(vip).ok_or(Error::UnknownVip(*vip))?;
         let new_count = specs
@@ -645,7 +661,12 @@ impl<M: Maps> Balancer<M> {
             self.state.regions.free(region);
         }
         self.remove_acl(&old_acl, &new_acl)?;
-        self.publish_filter(&[])
+        self.publish_filter(&[])?;
+        if old.options.forwarding != self.state.vips[vip].options.forwarding {
+            // A next hop kept for NAT may be a router's: `dsr-l2` wants the backend itself.
+            self.refresh_next_hops()?;
+        }
+        Ok(())
     }
 
     fn release_new_ids(&mut self, vip: &Vip, backends: &[BackendInfo]) {

@@ -5,7 +5,7 @@ use std::{fmt, net::SocketAddr};
 
 use lb_common::maglev::DEFAULT_RING_SIZE;
 
-use super::{BackendSpec, BackendState, Balancer, Error, Vip, VipInfo, VipOptions};
+use super::{BackendSpec, BackendState, Balancer, Error, Forwarding, Vip, VipInfo, VipOptions};
 use crate::maps::Maps;
 
 /// One change that [`apply_plan`] makes.
@@ -64,7 +64,8 @@ pub enum Change {
     },
 }
 
-/// `maglev`, or `maglev, ring-size 31` when the ring size is not the default.
+/// `maglev`, or `maglev, ring-size 31` when the ring size is not the default, then
+/// `, forwarding dsr-l2` when the mode is not NAT.
 fn describe(options: &VipOptions) -> String {
     let mut out = options.scheduler.to_string();
     if options.ring_size != DEFAULT_RING_SIZE {
@@ -88,6 +89,9 @@ fn describe(options: &VipOptions) -> String {
     }
     if let Some(len) = options.source_prefix_len {
         out += &format!(", source-prefix-len {len}");
+    }
+    if options.forwarding != Forwarding::Nat {
+        out += &format!(", forwarding {}", options.forwarding);
     }
     out
 }
@@ -281,12 +285,13 @@ fn converge<M: Maps>(
     for target in targets {
         let vip = &target.vip;
         let now: Vec<BackendSpec> = match current.iter().find(|info| info.vip == *vip) {
-            Some(info) => {
-                if info.options != target.options {
-                    check(balancer.set_vip_options(vip, target.options.clone()))?;
-                }
-                info.backends.iter().map(|b| b.spec).collect()
+            // Options and backends in one step: a new forwarding mode may need new backend
+            // ports, which neither allows alone.
+            Some(info) if info.options != target.options => {
+                check(balancer.set_vip(vip, target.options.clone(), target.backends.clone()))?;
+                continue;
             }
+            Some(info) => info.backends.iter().map(|b| b.spec).collect(),
             None => {
                 let added = balancer.add_vip(*vip, target.options.clone());
                 let ok = added.is_ok();

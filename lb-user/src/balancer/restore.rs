@@ -4,8 +4,8 @@
 use lb_common::maps::{BACKEND_UNUSED, Backend, Settings, VipAddrKey, VipKey, backend_index};
 
 use super::{
-    Balancer, Error, Snapshot, Vip, acl_of, build_tables, check_backend, check_vip, meta,
-    source_limit,
+    Balancer, Error, Snapshot, Vip, acl_of, build_tables, check_backend, check_backend_forwarding,
+    check_vip, meta, source_limit,
 };
 use crate::{maps::Maps, regions::Region};
 
@@ -39,6 +39,7 @@ impl<M: Maps> Balancer<M> {
             }
             for b in &state.backends {
                 check_backend(&vip, &b.spec)?;
+                check_backend_forwarding(&vip, state.options.forwarding, b.spec.addr)?;
                 if !balancer.state.backend_ids.reserve(b.id) {
                     return Err(Error::BadSnapshot(format!(
                         "backend id {:#x} used twice",

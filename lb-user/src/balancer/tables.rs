@@ -11,12 +11,17 @@ use lb_common::{
     sched::smooth_wrr_sequence,
 };
 
-use super::{BackendInfo, Error, MAX_WRR_CYCLE, Scheduler, Vip, VipOptions, VipState};
+use super::{BackendInfo, Error, Forwarding, MAX_WRR_CYCLE, Scheduler, Vip, VipOptions, VipState};
 use crate::model::{addr16, family};
 
-/// The data path's entry for backend `b` of the VIP with id `vip_id`; `flags` are
-/// `BACKEND_FLAG_*` bits.
-pub(super) fn backend_value(b: &BackendInfo, vip_id: u32, flags: u8) -> Backend {
+/// The data path's entry for backend `b` of the VIP with id `vip_id` forwarded by
+/// `forwarding`; `flags` are `BACKEND_FLAG_*` bits.
+pub(super) fn backend_value(
+    b: &BackendInfo,
+    vip_id: u32,
+    flags: u8,
+    forwarding: Forwarding,
+) -> Backend {
     Backend {
         addr: addr16(b.spec.addr.ip()),
         port: b.spec.addr.port().to_be_bytes(),
@@ -25,7 +30,7 @@ pub(super) fn backend_value(b: &BackendInfo, vip_id: u32, flags: u8) -> Backend 
         id: b.id,
         weight: b.spec.weight,
         flags,
-        _pad: 0,
+        forwarding: forwarding.number(),
         vip_id: vip_id as u16,
     }
 }
@@ -36,7 +41,7 @@ pub(super) fn meta(state: &VipState) -> VipMeta {
     VipMeta {
         vip_id: state.id,
         scheduler: state.options.scheduler.number(),
-        forwarding: lb_common::maps::forwarding::NAT,
+        forwarding: state.options.forwarding.number(),
         flags: vip_flags(&state.options),
         _pad: 0,
         table_off,

@@ -19,6 +19,8 @@
 //! protocol = "tcp"            # tcp | udp
 //! scheduler = "maglev"        # optional, default maglev
 //! ring-size = 65537           # optional; a prime, checked for maglev and source-hash
+//! forwarding = "nat"          # optional: nat (default) | dsr-l2 (backends on the L2 segment
+//!                             # hold the VIP and answer directly; their port is the VIP's)
 //!
 //! [vip.health]                # optional; default kind none
 //! kind = "http"               # none | tcp | http | udp
@@ -80,8 +82,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     balancer::{
-        BackendSpec, BackendState, Balancer, Error, Proto, Scheduler, SourcePrefix, Vip, VipInfo,
-        VipOptions, plan::Target,
+        BackendSpec, BackendState, Balancer, Error, Forwarding, Proto, Scheduler, SourcePrefix,
+        Vip, VipInfo, VipOptions, plan::Target,
     },
     health::{CheckKind, HealthCheck},
     maps::Maps,
@@ -174,6 +176,8 @@ pub struct VipConfig {
     pub source_rate_limit: u32,
     /// `source-prefix-len`: the limit counts sources per prefix of this length.
     pub source_prefix_len: Option<u8>,
+    /// How packets reach the backend.
+    pub forwarding: Forwarding,
     /// The check of each backend ([`CheckKind::None`] if the table is left out).
     pub health: HealthCheck,
     /// The backends, in the file's order.
@@ -303,6 +307,7 @@ impl VipConfig {
             deny: self.deny.clone(),
             source_rate_limit: self.source_rate_limit,
             source_prefix_len: self.source_prefix_len,
+            forwarding: self.forwarding,
         }
     }
 
@@ -327,6 +332,7 @@ impl VipConfig {
             deny: info.options.deny.clone(),
             source_rate_limit: info.options.source_rate_limit,
             source_prefix_len: info.options.source_prefix_len,
+            forwarding: info.options.forwarding,
             health: HealthCheck::default(),
             backends: info
                 .backends
@@ -464,6 +470,7 @@ pub fn check_rules(config: &Config) -> Result<(), Error> {
                 return Err(Error::BackendExists { vip, backend });
             }
             crate::model::check_backend(&vip, &b.spec())?;
+            crate::model::check_backend_forwarding(&vip, v.forwarding, backend)?;
         }
     }
     Ok(())

@@ -56,6 +56,8 @@ pub(super) struct RawVip {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) source_prefix_len: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) forwarding: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) health: Option<RawHealth>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) backend: Vec<RawBackend>,
@@ -150,6 +152,8 @@ impl From<VipConfig> for RawVip {
             source_rate_limit: (config.source_rate_limit != 0)
                 .then_some(config.source_rate_limit.into()),
             source_prefix_len: config.source_prefix_len.map(Into::into),
+            forwarding: (config.forwarding != Forwarding::Nat)
+                .then(|| config.forwarding.name().to_owned()),
             health: (config.health != HealthCheck::default()).then(|| raw_health(config.health)),
             backend: config.backends.into_iter().map(RawBackend::from).collect(),
             autoscale: config.autoscale.map(Into::into),

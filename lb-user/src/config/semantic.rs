@@ -195,6 +195,24 @@ pub(super) fn vip_from_raw(
     if scheduler.is_some_and(Scheduler::is_hashed) && !crate::model::is_good_ring_size(ring_size) {
         errors.add(&ring_path, Error::BadRingSize(ring_size));
     }
+    let forwarding_path = field(prefix, "forwarding");
+    let forwarding = match raw.forwarding {
+        None => Forwarding::Nat,
+        Some(name) => match name.parse::<Forwarding>() {
+            Ok(Forwarding::Ipip) => {
+                errors.add(
+                    &forwarding_path,
+                    Error::UnsupportedForwarding(Forwarding::Ipip),
+                );
+                Forwarding::Nat
+            }
+            Ok(mode) => mode,
+            Err(err) => {
+                errors.add(&forwarding_path, err);
+                Forwarding::Nat
+            }
+        },
+    };
     let health = health_from_raw(raw.health, &inside(prefix, vip, "health"), errors);
     let sources = sources_from_raw(
         (raw.allow, raw.deny),
@@ -211,6 +229,12 @@ pub(super) fn vip_from_raw(
         let (valid, backend) = backend_from_raw(b, &path, errors);
         if valid && let Some(a) = address {
             check_backend_of(a, &backend, &path, errors);
+            if let Some(v) = vip
+                && let Err(err) =
+                    crate::model::check_backend_forwarding(&v, forwarding, backend.address)
+            {
+                errors.add(field(&path, "address"), err);
+            }
         }
         if valid {
             if let Some(first) = seen.get(&backend.address) {
@@ -246,6 +270,7 @@ pub(super) fn vip_from_raw(
         deny: sources.deny,
         source_rate_limit: sources.source_rate_limit,
         source_prefix_len: sources.source_prefix_len,
+        forwarding,
         health,
         backends,
         autoscale,

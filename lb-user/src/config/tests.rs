@@ -1,4 +1,4 @@
-use lb_common::maps::Settings;
+use lb_common::maps::{Settings, forwarding};
 
 use super::*;
 use crate::maps::MemMaps;
@@ -918,4 +918,83 @@ fn source_checks_parse_check_round_trip_and_apply() {
         let err = error(&one(vip, "", ""));
         assert!(err.contains(expected), "{vip}:\n{err}\nwanted {expected}");
     }
+}
+
+#[test]
+fn forwarding_is_read_checked_and_written_back() {
+    let dsr = parse(
+        r#"
+[[vip]]
+address = "198.19.0.1:80"
+protocol = "tcp"
+forwarding = "dsr-l2"
+[[vip.backend]]
+address = "198.18.1.2:80"
+"#,
+    );
+    assert_eq!(dsr.vips[0].options().forwarding, Forwarding::DsrL2);
+    assert!(
+        dsr.to_toml().contains("forwarding = \"dsr-l2\""),
+        "{}",
+        dsr.to_toml()
+    );
+    assert_eq!(Config::parse(&dsr.to_toml()).unwrap(), dsr);
+    // NAT is the default and is left out.
+    let nat = parse(&one("", "", ""));
+    assert_eq!(nat.vips[0].options().forwarding, Forwarding::Nat);
+    assert!(!nat.to_toml().contains("forwarding"));
+
+    let vip = |forwarding: &str, backend: &str| {
+        format!(
+            "[[vip]]\naddress = \"198.19.0.1:80\"\nprotocol = \"tcp\"\nforwarding = \
+             \"{forwarding}\"\n[[vip.backend]]\naddress = \"{backend}\"\n"
+        )
+    };
+    let err = error(&vip("dsr", "198.18.1.2:80"));
+    assert!(
+        err.contains("vip[0].forwarding: unknown forwarding mode \"dsr\""),
+        "{err}"
+    );
+    let err = error(&vip("dsr-l2", "198.18.1.2:8080"));
+    assert!(
+        err.contains("backend[0].address: backend 198.18.1.2:8080 of VIP 198.19.0.1:80/tcp must listen on the VIP's port"),
+        "{err}"
+    );
+    let err = error(&vip("ipip", "198.18.1.2:80"));
+    assert!(
+        err.contains("forwarding: forwarding mode ipip is not supported"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_new_forwarding_mode_and_its_backend_ports_apply_together() {
+    let mut b = balancer(1 << 20);
+    let nat = parse(&one("", "", ""));
+    apply_plan(&mut b, &nat).unwrap();
+    let generation = b.maps().settings.next_hop_generation;
+    let dsr = parse(
+        r#"
+[[vip]]
+address = "198.19.0.1:80"
+protocol = "tcp"
+forwarding = "dsr-l2"
+[[vip.backend]]
+address = "198.18.1.2:80"
+"#,
+    );
+    let plan = apply_plan(&mut b, &dsr).unwrap();
+    assert!(
+        plan.to_string()
+            .contains("~ vip 198.19.0.1:80/tcp: maglev -> maglev, forwarding dsr-l2"),
+        "{plan}"
+    );
+    let vip: Vip = "198.19.0.1:80/tcp".parse().unwrap();
+    assert_eq!(b.maps().vips[&vip.key()].forwarding, forwarding::DSR_L2);
+    let info = b.vip(&vip).unwrap();
+    let entry = b.maps().backends[&lb_common::maps::backend_index(info.backends[0].id)];
+    assert_eq!(entry.forwarding, forwarding::DSR_L2);
+    assert_eq!(entry.port, 80u16.to_be_bytes());
+    // Next hops kept for NAT are looked up again.
+    assert_ne!(b.maps().settings.next_hop_generation, generation);
 }

@@ -78,6 +78,10 @@ pub(super) async fn run_agent(
     // Before the first health probe: its answers must not be taken for a VIP's replies.
     agent::publish_local_addrs(&shared);
     tokio::spawn(agent::refresh_next_hops_on_changes(Arc::clone(&shared)));
+    tokio::spawn(agent::manage_dsr_neighbours_every(
+        Arc::clone(&shared),
+        Duration::from_secs(1),
+    ));
     tokio::spawn(agent::autoscale_every(
         Arc::clone(&shared),
         Duration::from_secs(1),

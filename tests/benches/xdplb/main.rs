@@ -48,12 +48,12 @@ use lb_tests::bench::{
 };
 use lb_tests::{
     fixture::XdpAction,
-    netns::{GW_CLIENT_IF, HOST_IF, Netns, Topology, gw_backend_if},
+    netns::{GW_CLIENT_IF, HOST_IF, Netns, Topology, gw_backend_if, net_v4},
     packet::{L4, Link, describe, frame, frame_with, tcp_flags},
     sa, vip,
 };
 use lb_user::{
-    balancer::{BackendSpec, Balancer, VipOptions},
+    balancer::{BackendSpec, Balancer, Forwarding as Mode, VipOptions},
     bench_objects::{BASELINE_DROP, BASELINE_GEN, BASELINE_PASS, BASELINE_TX, load_baseline},
     counters::Counters,
     loader::{AttachMode, LoadOptions, Loaded, if_index},
@@ -310,7 +310,14 @@ enum Check {
     FromVip,
     /// Passed unchanged.
     Untouched,
+    /// `dsr-l2`: the IP packet unchanged, sent to backend 0's MAC (forwarding path; dropped as
+    /// `drop_dsr_no_route` with forwarding off, where the FIB gives no route).
+    Direct,
 }
+
+/// A `dsr-l2` VIP whose one backend is backend 0's own address (on the link, as `dsr-l2`
+/// needs; the benchmark's other backends are routed via backend 0).
+const DSR_VIP: &str = "198.19.0.2:80/tcp";
 
 /// The benchmark's backends ([`backends`]), which the forwarding gateway routes via backend 0.
 const BACKENDS_NET: &str = "10.1.0.0/16";
@@ -419,6 +426,17 @@ fn add_case_vips(balancer: &mut Balancer<BpfMaps>) {
             .set_backends(&vip(v), backends(2))
             .expect("backends");
     }
+    let dsr = VipOptions {
+        forwarding: Mode::DsrL2,
+        ..VipOptions::default()
+    };
+    balancer.add_vip(vip(DSR_VIP), dsr).expect("dsr vip");
+    balancer
+        .set_backends(
+            &vip(DSR_VIP),
+            vec![BackendSpec::new(sa(&format!("{}:80", net_v4(1, 2))), 1)],
+        )
+        .expect("dsr backend");
 }
 
 /// The per-packet cases, with the tracked flows they need set up in `column`'s program.
@@ -427,8 +445,10 @@ fn cases(column: &mut Column) -> Vec<Case> {
     let udp_vip = sa("198.19.0.1:53");
     // A tracked TCP flow and a tracked UDP flow, and the backend the TCP flow went to.
     let client = sa(&format!("{CLIENT}:40000"));
+    let dsr_vip = sa("198.19.0.2:80");
     let syn = frame(client, tcp_vip, SYN, &[]);
     let udp = frame(client, udp_vip, L4::Udp, b"x");
+    let dsr_syn = frame(client, dsr_vip, SYN, &[]);
     let ctx = |len: usize| column.fwd.map(|fwd| fwd.ctx(len, false));
     let (syn_ctx, udp_ctx) = (ctx(syn.len()), ctx(udp.len()));
     let loaded = &mut *column.loaded;
@@ -436,6 +456,7 @@ fn cases(column: &mut Column) -> Vec<Case> {
         let program = loaded.program().expect("program");
         let first = run_once_ctx(program, &syn, syn_ctx.as_deref());
         run_once_ctx(program, &udp, udp_ctx.as_deref());
+        run_once_ctx(program, &dsr_syn, syn_ctx.as_deref());
         addrs(&first.1).1
     });
     // New flows: distinct sources (10.0.0.0/8 and ports) for every call of every run.
@@ -478,6 +499,18 @@ fn cases(column: &mut Column) -> Vec<Case> {
             check: Check::FromVip,
         },
         Case {
+            name: "dsr_tcp_syn_new_flow",
+            what: "TCP SYN to a dsr-l2 VIP, new flow (schedule + embryonic entry, MACs only)",
+            packet: Box::new(move |i| frame(new_source(i), dsr_vip, SYN, &[])),
+            check: Check::Direct,
+        },
+        Case {
+            name: "dsr_tcp_ack_tracked",
+            what: "TCP ACK of a tracked flow of a dsr-l2 VIP (MACs only)",
+            packet: Box::new(move |_| frame(client, dsr_vip, ACK, &[])),
+            check: Check::Direct,
+        },
+        Case {
             name: "non_vip",
             what: "TCP to an address that is no VIP",
             packet: Box::new(move |_| frame(client, sa("203.0.113.9:80"), ACK, &[])),
@@ -509,6 +542,8 @@ fn check_case(column: &mut Column, case: &Case, index: usize) -> String {
     let forwarding = column.fwd.is_some();
     let (action, counter) = match (case.check, forwarding) {
         (Check::Untouched, _) => (XdpAction::Pass, Counter::PassNonVip),
+        (Check::Direct, true) => (XdpAction::Redirect, Counter::FwdRedirect),
+        (Check::Direct, false) => (XdpAction::Drop, Counter::DropDsrNoRoute),
         (Check::ToBackend, true) => (XdpAction::Redirect, Counter::FwdRedirect),
         (Check::FromVip, true) => (XdpAction::Redirect, Counter::ReplyRedirect),
         (_, false) => (XdpAction::Pass, Counter::PassFib),
@@ -523,8 +558,10 @@ fn check_case(column: &mut Column, case: &Case, index: usize) -> String {
         ),
         Check::FromVip => assert_eq!(src, tcp_vip, "{shown}"),
         Check::Untouched => assert_eq!(outcome.output, input, "{shown}"),
+        Check::Direct => assert_eq!(outcome.output[12..], input[12..], "{shown}"),
     }
-    if let (Some(fwd), Check::ToBackend | Check::FromVip) = (column.fwd, case.check) {
+    if let (Some(fwd), Check::ToBackend | Check::FromVip | Check::Direct) = (column.fwd, case.check)
+    {
         let next_hop = if reply { fwd.client_mac } else { fwd.b0_mac };
         assert_eq!(outcome.output[..6], next_hop, "next hop's MAC: {shown}");
     }

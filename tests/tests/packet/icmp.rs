@@ -39,7 +39,7 @@ fn ip(s: &str) -> IpAddr {
 
 /// The packet `src` → `dst` (TCP, or UDP) as an ICMP error quotes it: its IP header and the
 /// first 8 bytes of its transport header.
-fn quote(src: &str, dst: &str, tcp: bool) -> Vec<u8> {
+pub(super) fn quote(src: &str, dst: &str, tcp: bool) -> Vec<u8> {
     quote_bytes(src, dst, tcp, 8)
 }
 
@@ -70,7 +70,7 @@ fn quote_bytes(src: &str, dst: &str, tcp: bool, l4_bytes: usize) -> Vec<u8> {
 }
 
 /// An ICMP error frame `macs.0` → `macs.1`, `src` → `dst` with `ttl`, quoting `quoted`.
-fn icmp4(
+pub(super) fn icmp4(
     macs: ([u8; 6], [u8; 6]),
     src: &str,
     dst: &str,
@@ -133,7 +133,7 @@ fn echo4_reply(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
     out
 }
 
-const FRAG_NEEDED: Icmpv4Type =
+pub(super) const FRAG_NEEDED: Icmpv4Type =
     Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::FragmentationNeeded {
         next_hop_mtu: 1280,
     });

@@ -12,6 +12,7 @@
 //! [`fragments`] run in labs of their own.
 
 mod acl;
+mod dsr;
 mod embryonic;
 mod fastpath;
 mod fragments;

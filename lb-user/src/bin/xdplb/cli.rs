@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_user::{
     api::DEFAULT_SOCKET,
-    balancer::{BackendState, Scheduler, Vip},
+    balancer::{BackendState, Forwarding, Scheduler, Vip},
     daemon::DaemonOptions,
     loader::AttachMode,
 };
@@ -135,10 +135,15 @@ pub enum VipCommand {
         ring_size: Option<u32>,
         #[command(flatten)]
         sources: SourceArgs,
+        /// How packets reach the backend: nat, dsr-l2 (backends on the gateway's L2 segment
+        /// hold the VIP and answer clients directly) or ipip.
+        #[arg(long, default_value = "nat")]
+        forwarding: Forwarding,
     },
     /// Remove a VIP and its backends.
     Del { vip: Vip },
-    /// Change a VIP's scheduler, ring size or source checks.
+    /// Change a VIP's scheduler, ring size, source checks or forwarding mode (tracked flows
+    /// follow a new mode from their next packet).
     Set {
         vip: Vip,
         #[arg(long)]
@@ -147,6 +152,8 @@ pub enum VipCommand {
         ring_size: Option<u32>,
         #[command(flatten)]
         sources: SourceArgs,
+        #[arg(long)]
+        forwarding: Option<Forwarding>,
     },
     /// List every VIP.
     List,

@@ -114,6 +114,7 @@ pub async fn client_command(
             scheduler,
             ring_size,
             sources,
+            forwarding,
         }) => {
             let body = request(&api::AddVip {
                 vip: vip.to_string(),
@@ -123,6 +124,7 @@ pub async fn client_command(
                 deny: sources.deny,
                 source_rate_limit: sources.source_rate_limit,
                 source_prefix_len: sources.source_prefix_len,
+                forwarding: Some(forwarding.name().to_owned()),
             });
             let view: VipView = call(endpoint, Method::POST, "/v1/vips", body).await?;
             print(output, &view, || vip_line(&view))
@@ -138,6 +140,7 @@ pub async fn client_command(
             scheduler,
             ring_size,
             sources,
+            forwarding,
         }) => {
             let body = request(&api::SetVip {
                 scheduler: scheduler.map(|s| s.name().to_owned()),
@@ -146,6 +149,7 @@ pub async fn client_command(
                 deny: SourceArgs::replacement(&sources.deny),
                 source_rate_limit: sources.source_rate_limit,
                 source_prefix_len: sources.source_prefix_len,
+                forwarding: forwarding.map(|f| f.name().to_owned()),
             });
             let view: VipView = call(endpoint, Method::PATCH, &vip_path(&vip), body).await?;
             print(output, &view, || vip_line(&view))

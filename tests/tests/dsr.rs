@@ -1,0 +1,340 @@
+//! Direct server return (`dsr-l2`) end to end, through a running agent: a client behind a
+//! router, the gateway and three backends on one L2 segment, the backends holding the VIP on
+//! `lo` with ARP for it suppressed and routing their answers to the router
+//! ([`Topology::direct_return`]). Real TCP connections and UDP exchanges complete, answered
+//! from the VIP; the weights hold; the gateway sees the requests and none of the answers; held
+//! connections survive a backend added and another drained. IPv6 too (connections and UDP).
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use aya::programs::{Xdp, XdpMode};
+use lb_tests::{
+    agent::{Agent, VIP, path_str, sample, scrape_metrics},
+    netns::{
+        DSR_GW_IF, DSR_GW_PORT, DSR_VIP, DSR_VIP6, Topology, dsr_backend_v4, dsr_backend_v6, ident,
+        udp_request,
+    },
+    traffic::{hold, spread},
+};
+use lb_user::{
+    api::{BackendView, StatsView},
+    balancer::Forwarding,
+    bench_objects::{BASELINE_PASS, load_baseline},
+};
+
+const BACKENDS: usize = 3;
+/// Weighted round-robin, so that the shares are exact up to the per-CPU cursors' phase (a hash
+/// over 300 random client ports would be off by several points by chance alone).
+const WEIGHTS: [usize; BACKENDS] = [1, 2, 3];
+const CONNECTIONS: usize = 300;
+const UDP_EXCHANGES: usize = 30;
+/// In the gateway's namespace.
+const METRICS: &str = "127.0.0.1:9464";
+
+fn backend(i: usize, port: u16) -> SocketAddr {
+    SocketAddr::new(dsr_backend_v4(i).into(), port)
+}
+
+const VIP6: &str = "[fd00:ffff::1]:80/tcp";
+const IPV6_CONNECTIONS: usize = 60;
+
+fn backend6(i: usize, port: u16) -> SocketAddr {
+    SocketAddr::new(dsr_backend_v6(i).into(), port)
+}
+
+fn config(backends: &[usize]) -> String {
+    let mut text = String::from(
+        "[[vip]]\naddress = \"198.19.0.1:80\"\nprotocol = \"tcp\"\n\
+         scheduler = \"weighted-round-robin\"\nforwarding = \"dsr-l2\"\n\
+         [vip.health]\nkind = \"tcp\"\ninterval = \"500ms\"\ntimeout = \"400ms\"\n",
+    );
+    for &i in backends {
+        text += &format!(
+            "[[vip.backend]]\naddress = \"{}\"\nweight = {}\n",
+            backend(i, 80),
+            WEIGHTS[i]
+        );
+    }
+    text += "[[vip]]\naddress = \"198.19.0.1:53\"\nprotocol = \"udp\"\n\
+             scheduler = \"round-robin\"\nforwarding = \"dsr-l2\"\n";
+    for &i in backends {
+        text += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend(i, 53));
+    }
+    text += "[[vip]]\naddress = \"[fd00:ffff::1]:80\"\nprotocol = \"tcp\"\n\
+             forwarding = \"dsr-l2\"\n[vip.health]\nkind = \"tcp\"\ninterval = \"500ms\"\n\
+             timeout = \"400ms\"\n";
+    for &i in backends {
+        text += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend6(i, 80));
+    }
+    text += "[[vip]]\naddress = \"[fd00:ffff::1]:53\"\nprotocol = \"udp\"\n\
+             scheduler = \"round-robin\"\nforwarding = \"dsr-l2\"\n";
+    for &i in backends {
+        text += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend6(i, 53));
+    }
+    text
+}
+
+fn counters(agent: &Agent) -> BTreeMap<String, u64> {
+    agent
+        .json::<StatsView>(&["stats"])
+        .counters
+        .into_iter()
+        .collect()
+}
+
+/// [`Topology::direct_return`] with `backends` backends, an XDP_PASS program on the router's
+/// port to the gateway (kept while the returned object lives; see `direct_return`) and the
+/// client's transmit checksum offload off: a local sender's partial checksums would reach the
+/// backends as they are (nothing on a direct path completes them; real NICs deliver full ones).
+fn topology(backends: usize) -> (Topology, aya::Ebpf) {
+    let topo = Topology::direct_return(backends).expect("topology");
+    let router = topo.router.as_ref().expect("a router");
+    let mut pass = load_baseline(BASELINE_PASS, "bench_pass").expect("XDP_PASS program");
+    router.run(|| {
+        let program: &mut Xdp = pass
+            .program_mut("bench_pass")
+            .and_then(|p| p.try_into().ok())
+            .expect("bench_pass");
+        program
+            .attach(DSR_GW_PORT, XdpMode::Driver)
+            .expect("XDP_PASS on the router's port to the gateway");
+    });
+    topo.client
+        .exec("ethtool", &["-K", "eth0", "tx", "off"])
+        .expect("client tx offload off");
+    (topo, pass)
+}
+
+/// Without health checks nothing on the gateway talks to the backends, yet their MACs are
+/// resolved: the agent gives each `dsr-l2` backend a managed neighbour entry, takes them over
+/// after a restart, and removes one with its backend.
+#[test]
+#[ignore = "needs root"]
+fn dsr_l2_backends_macs_are_kept_without_health_checks() {
+    let (topo, _pass) = topology(2);
+    let _tcp: Vec<_> = (0..2)
+        .map(|i| topo.backends[i].tcp_server(80, &ident(i)))
+        .collect();
+    let mut agent = Agent::new(&topo);
+    agent.ifaces = vec![DSR_GW_IF.to_owned()];
+    let file = agent.file(
+        "xdplb.toml",
+        "[[vip]]\naddress = \"198.19.0.1:80\"\nprotocol = \"tcp\"\nforwarding = \"dsr-l2\"\n\
+         [[vip.backend]]\naddress = \"198.18.1.10:80\"\n\
+         [[vip.backend]]\naddress = \"198.18.1.11:80\"\n",
+    );
+    agent.start(&["--config", &path_str(&file)]);
+    let neighbours = || {
+        let out = topo
+            .gateway
+            .exec("ip", &["neigh", "show"])
+            .expect("ip neigh");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(0..2).all(|i| {
+        neighbours()
+            .lines()
+            .any(|l| l.starts_with(&format!("{} ", backend(i, 80).ip())) && l.contains("managed"))
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "no managed entries: {}",
+            neighbours()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let tally = spread(&topo.client, SocketAddr::from((DSR_VIP, 80)), 40, "managed");
+    assert_eq!(tally.len(), 2, "{tally:?}");
+    let dropped = counters(&agent)["drop_dsr_no_neighbour"];
+    assert_eq!(dropped, 0);
+
+    // A restarted agent takes the entries over, and removes one with its backend.
+    agent.stop(false);
+    agent.start(&["--config", &path_str(&file)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent
+        .log()
+        .contains("198.18.1.11: managed neighbour entry taken over")
+    {
+        assert!(Instant::now() < deadline, "not taken over: {}", agent.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    agent.ok(&["backend", "del", VIP, &backend(1, 80).to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while neighbours()
+        .lines()
+        .any(|l| l.starts_with("198.18.1.11 ") && l.contains("managed"))
+    {
+        assert!(Instant::now() < deadline, "entry kept: {}", neighbours());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn dsr_l2_answers_bypass_the_gateway() {
+    let (topo, _pass) = topology(BACKENDS);
+    let _tcp: Vec<_> = (0..BACKENDS)
+        .map(|i| topo.backends[i].tcp_server(80, &ident(i)))
+        .collect();
+    // Bound to the VIP: a server bound to every address would answer from the backend's own.
+    let _udp: Vec<_> = (0..BACKENDS)
+        .map(|i| topo.backends[i].udp_server_on(SocketAddr::from((DSR_VIP, 53)), &ident(i)))
+        .collect();
+    let _udp6: Vec<_> = (0..BACKENDS)
+        .map(|i| topo.backends[i].udp_server_on(SocketAddr::from((DSR_VIP6, 53)), &ident(i)))
+        .collect();
+    let mut agent = Agent::new(&topo);
+    agent.ifaces = vec![DSR_GW_IF.to_owned()];
+    let file = agent.file("xdplb.toml", &config(&[0, 1, 2]));
+    agent.start(&["--config", &path_str(&file), "--metrics", METRICS]);
+
+    // The health checks reach each backend, which also resolves its MAC for the data path.
+    for i in 0..BACKENDS {
+        agent
+            .wait_for_backend(
+                backend(i, 80),
+                Instant::now(),
+                Duration::from_secs(20),
+                |b| b.healthy == Some(true),
+            )
+            .unwrap_or_else(|view| panic!("backend {i} never healthy: {view:?}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let views: Vec<BackendView> = agent.json(&["backend", "list", VIP6]);
+        if views.iter().all(|b| b.healthy == Some(true)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "IPv6 backends never healthy: {views:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let vips = agent.vips();
+    assert!(
+        vips.iter().all(|v| v.forwarding == Forwarding::DsrL2),
+        "{vips:?}"
+    );
+    assert!(agent.ok(&["vip", "list"]).contains("dsr-l2"));
+    let metrics = scrape_metrics(&topo.gateway, METRICS);
+    assert_eq!(
+        sample(
+            &metrics,
+            "xdplb_vip_info",
+            r#"vip="198.19.0.1:80/tcp",scheduler="weighted-round-robin",forwarding="dsr-l2""#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    // The backend's port must be the VIP's: nothing rewrites it.
+    let refused = agent.cli(&["backend", "add", VIP, "198.18.1.10:8080"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("must listen on the VIP's port"), "{stderr}");
+
+    let before = counters(&agent);
+    let vip = SocketAddr::from((DSR_VIP, 80));
+    let tally = spread(&topo.client, vip, CONNECTIONS, "dsr");
+    let total: usize = WEIGHTS.iter().sum();
+    for (i, weight) in WEIGHTS.iter().enumerate() {
+        let got = tally.get(&ident(i)).copied().unwrap_or(0);
+        let share = got as f64 / CONNECTIONS as f64;
+        let want = *weight as f64 / total as f64;
+        assert!(
+            (share - want).abs() <= 0.05,
+            "backend {i}: {got} of {CONNECTIONS} connections, share {share:.3} for weight \
+             {weight} ({want:.3}): {tally:?}"
+        );
+    }
+    let udp_vip = SocketAddr::from((DSR_VIP, 53));
+    let mut udp_tally = BTreeMap::<String, usize>::new();
+    topo.client.run(|| {
+        for n in 0..UDP_EXCHANGES {
+            let (answer, from) = udp_request(udp_vip, &format!("q{n}"))
+                .unwrap_or_else(|err| panic!("UDP exchange {n}: {err:#}"));
+            assert_eq!(from, udp_vip, "the answer comes from the VIP");
+            let ident = answer.split(' ').next().unwrap_or_default().to_owned();
+            *udp_tally.entry(ident).or_default() += 1;
+        }
+    });
+    assert_eq!(
+        udp_tally.len(),
+        BACKENDS,
+        "UDP over every backend: {udp_tally:?}"
+    );
+
+    // The gateway forwarded every request and saw no answer: each connection's SYN-ACK,
+    // answer and FIN would be three packets more, over 900 in all.
+    let after = counters(&agent);
+    let delta = |name: &str| after[name] - before.get(name).copied().unwrap_or(0);
+    let forwarded = delta("fwd_tx") + delta("fwd_redirect");
+    assert!(
+        forwarded >= (3 * CONNECTIONS + UDP_EXCHANGES) as u64,
+        "{forwarded} requests forwarded"
+    );
+    assert_eq!(delta("reply_tx") + delta("reply_redirect"), 0);
+    let other: u64 = after
+        .keys()
+        .filter(|name| !["fwd_tx", "fwd_redirect", "pass_non_ip"].contains(&name.as_str()))
+        .map(|name| delta(name))
+        .sum();
+    assert!(
+        other < CONNECTIONS as u64,
+        "the gateway saw {other} packets besides requests and ARP (health-check answers \
+         only, or answers that should have bypassed it): {after:?}"
+    );
+
+    // IPv6: the same, from the IPv6 VIP.
+    let vip6 = SocketAddr::from((DSR_VIP6, 80));
+    let tally6 = spread(&topo.client, vip6, IPV6_CONNECTIONS, "dsr6");
+    assert_eq!(
+        tally6.len(),
+        BACKENDS,
+        "IPv6 over every backend: {tally6:?}"
+    );
+    let udp6 = SocketAddr::from((DSR_VIP6, 53));
+    topo.client.run(|| {
+        for n in 0..BACKENDS {
+            let (_, from) = udp_request(udp6, &format!("q6{n}"))
+                .unwrap_or_else(|err| panic!("IPv6 UDP exchange {n}: {err:#}"));
+            assert_eq!(from, udp6, "the answer comes from the VIP");
+        }
+    });
+    let last = counters(&agent);
+    assert_eq!(last["reply_tx"] + last["reply_redirect"], 0, "{last:?}");
+
+    // Held connections survive a backend added and another drained.
+    agent.ok(&["backend", "del", VIP, &backend(2, 80).to_string()]);
+    let mut held = hold(&topo.client, vip, 12);
+    agent.ok(&[
+        "backend",
+        "add",
+        VIP,
+        &backend(2, 80).to_string(),
+        "--weight",
+        "3",
+    ]);
+    agent.ok(&["backend", "drain", VIP, &backend(0, 80).to_string()]);
+    for (n, (conn, ident)) in held.iter_mut().enumerate() {
+        let again = conn
+            .ask(&format!("again{n}"))
+            .unwrap_or_else(|err| panic!("held connection {n} to {ident}: {err:#}"));
+        assert_eq!(&again, ident, "held connection {n} changed backend");
+    }
+    assert!(
+        held.iter().any(|(_, ident)| ident == "b0"),
+        "a held connection is on the drained backend"
+    );
+    let fresh = spread(&topo.client, vip, 30, "fresh");
+    assert!(
+        !fresh.contains_key("b0") && fresh.contains_key("b2"),
+        "new connections avoid the drained backend and reach the added one: {fresh:?}"
+    );
+}
