@@ -485,46 +485,15 @@ fn icmp_fixtures() {
 #[ignore = "needs root"]
 fn too_big_for_the_route_to_the_backend() {
     let mut lab = PacketLab::set_up();
-    let gw = &lab.topo.gateway;
-    for args in [
-        // Locked: a forwarding lookup ignores an IPv4 route's MTU otherwise (unless
-        // ip_forward_use_pmtu is set).
+    let b0_mac = lab.b0_mac;
+    small_route(&lab, "gb0", ("198.18.1.9", "fd00:0:0:1::9"), b0_mac);
+    add_vips(
+        &mut lab,
         &[
-            "route",
-            "add",
-            "198.18.1.9/32",
-            "dev",
-            "gb0",
-            "mtu",
-            "lock",
-            "1280",
-        ][..],
-        &["-6", "route", "add", "fd00:0:0:1::9/128", "dev", "gb0"],
-        // The IPv6 lookup takes the MTU of the device (or of a learnt exception), not the
-        // route's.
-        &["link", "set", "gb0", "mtu", "1280"],
-    ] {
-        let out = gw.exec("ip", args).expect("ip route");
-        assert!(out.status.success(), "ip {args:?}: {out:?}");
-    }
-    for addr in ["198.18.1.9", "fd00:0:0:1::9"] {
-        gw.permanent_neighbour(addr, lab.b0_mac, "gb0")
-            .expect("neighbour");
-    }
-    for (v, backend) in [
-        ("198.19.0.9:80/tcp", "198.18.1.9:8080"),
-        ("[fd00:ffff::9]:80/tcp", "[fd00:0:0:1::9]:8080"),
-    ] {
-        lab.balancer
-            .add_vip(lb_tests::vip(v), Default::default())
-            .expect("vip");
-        lab.balancer
-            .set_backends(
-                &lb_tests::vip(v),
-                vec![lb_user::balancer::BackendSpec::new(sa(backend), 1)],
-            )
-            .expect("backends");
-    }
+            ("198.19.0.9:80/tcp", "198.18.1.9:8080"),
+            ("[fd00:ffff::9]:80/tcp", "[fd00:0:0:1::9]:8080"),
+        ],
+    );
     let big = vec![0x42; 1400];
     let frame = lb_tests::packet::frame;
     let syn4 = frame(sa("198.18.0.2:42001"), sa("198.19.0.9:80"), SYN, &big);
@@ -595,42 +564,15 @@ fn too_big_for_the_route_to_the_backend() {
 #[ignore = "needs root"]
 fn replies_too_big_for_the_route_to_the_client() {
     let mut lab = PacketLab::set_up();
-    let gw = &lab.topo.gateway;
-    for args in [
+    let client_mac = lab.client_mac;
+    small_route(&lab, "gc", ("198.18.0.9", "fd00::9"), client_mac);
+    add_vips(
+        &mut lab,
         &[
-            "route",
-            "add",
-            "198.18.0.9/32",
-            "dev",
-            "gc",
-            "mtu",
-            "lock",
-            "1280",
-        ][..],
-        &["-6", "route", "add", "fd00::9/128", "dev", "gc"],
-        &["link", "set", "gc", "mtu", "1280"],
-    ] {
-        let out = gw.exec("ip", args).expect("ip route");
-        assert!(out.status.success(), "ip {args:?}: {out:?}");
-    }
-    for addr in ["198.18.0.9", "fd00::9"] {
-        gw.permanent_neighbour(addr, lab.client_mac, "gc")
-            .expect("neighbour");
-    }
-    for (v, backend) in [
-        ("198.19.0.8:80/tcp", "198.18.1.8:8080"),
-        ("[fd00:ffff::8]:80/tcp", "[fd00:0:0:1::8]:8080"),
-    ] {
-        lab.balancer
-            .add_vip(lb_tests::vip(v), Default::default())
-            .expect("vip");
-        lab.balancer
-            .set_backends(
-                &lb_tests::vip(v),
-                vec![lb_user::balancer::BackendSpec::new(sa(backend), 1)],
-            )
-            .expect("backends");
-    }
+            ("198.19.0.8:80/tcp", "198.18.1.8:8080"),
+            ("[fd00:ffff::8]:80/tcp", "[fd00:0:0:1::8]:8080"),
+        ],
+    );
     let big = vec![0x42; 1400];
     let reply4 = lab.sent_by_b0("198.18.1.8:8080", "198.18.0.9:42001", ACK, &big);
     let reply6 = lab.sent_by_b0("[fd00:0:0:1::8]:8080", "[fd00::9]:42001", ACK, &big);
@@ -677,6 +619,42 @@ fn replies_too_big_for_the_route_to_the_client() {
         .counter("reply_redirect"),
     ];
     assert_eq!(lab.run(lab.gb0, &cases), 5);
+}
+
+/// Routes of MTU 1280 from the gateway to the hosts `v4` and `v6` on `dev`, whose MAC is `mac`.
+/// IPv4: locked, since a forwarding lookup ignores an IPv4 route's MTU otherwise (unless
+/// ip_forward_use_pmtu is set). IPv6: the lookup takes the MTU of the device (or of a learnt
+/// exception), not the route's, so `dev` itself gets 1280.
+fn small_route(lab: &PacketLab, dev: &str, (v4, v6): (&str, &str), mac: [u8; 6]) {
+    let gw = &lab.topo.gateway;
+    let v4_route = format!("{v4}/32");
+    let v6_route = format!("{v6}/128");
+    for args in [
+        &["route", "add", &v4_route, "dev", dev, "mtu", "lock", "1280"][..],
+        &["-6", "route", "add", &v6_route, "dev", dev],
+        &["link", "set", dev, "mtu", "1280"],
+    ] {
+        let out = gw.exec("ip", args).expect("ip route");
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    }
+    for addr in [v4, v6] {
+        gw.permanent_neighbour(addr, mac, dev).expect("neighbour");
+    }
+}
+
+/// VIPs, each with its one backend: `(vip, backend)`.
+fn add_vips(lab: &mut PacketLab, vips: &[(&str, &str)]) {
+    for (v, backend) in vips {
+        lab.balancer
+            .add_vip(lb_tests::vip(v), Default::default())
+            .expect("vip");
+        lab.balancer
+            .set_backends(
+                &lb_tests::vip(v),
+                vec![lb_user::balancer::BackendSpec::new(sa(backend), 1)],
+            )
+            .expect("backends");
+    }
 }
 
 fn ip6(s: &str) -> [u8; 16] {
