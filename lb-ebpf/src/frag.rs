@@ -7,7 +7,7 @@
 use lb_common::{
     Counter,
     frag::{FRAG_LATER, FragKey, TO_BACKEND, TO_CLIENT, is_live},
-    maps::backend_index,
+    maps::{backend_index, forwarding},
     parse::ttl_problem,
 };
 
@@ -117,14 +117,13 @@ fn to_backend(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     s.l4.dst_port = s.frag_entry.dst_port;
     let index = backend_index(id);
     stats::count_traffic(u32::from(backend.vip_id), index, pkt.len(), false);
+    let generation = settings.next_hop_generation;
+    if backend.forwarding == forwarding::DSR_L2 {
+        // Switched like its first fragment: the IP header stays as the client sent it.
+        return Ok(fwd::to_backend::<true>(pkt, s, index, generation, now));
+    }
     nat::rewrite_address(pkt, &s.l3, Side::Dst, &backend.addr)?;
-    Ok(fwd::to_backend::<false>(
-        pkt,
-        s,
-        index,
-        settings.next_hop_generation,
-        now,
-    ))
+    Ok(fwd::to_backend::<false>(pkt, s, index, generation, now))
 }
 
 /// A later fragment from a backend address: translated to come from the VIP, as its first

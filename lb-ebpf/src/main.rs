@@ -218,14 +218,13 @@ fn send_to_backend(
         select::count_opened(index);
     }
     stats::count_traffic(u32::from(backend.vip_id), index, pkt.len(), new_flow);
-    let generation = settings.next_hop_generation;
-    if mode == forwarding::DSR_L2 {
-        // Later fragments are not remembered: their path rewrites addresses (see README).
-        return Ok(fwd::to_backend::<true>(pkt, s, index, generation, now));
-    }
     if s.l3.frag == FRAG_FIRST {
         let ids = (id, u32::from(backend.vip_id));
         frag::remember(s, TO_BACKEND, &backend.addr, ids, now);
+    }
+    let generation = settings.next_hop_generation;
+    if mode == forwarding::DSR_L2 {
+        return Ok(fwd::to_backend::<true>(pkt, s, index, generation, now));
     }
     if nat::rewrite(pkt, &s.l3, &s.l4, Side::Dst, &backend.addr, port)? == L4Checksum::Partial {
         // The kernel finishes the checksum and forwards it, unless it is too big for the

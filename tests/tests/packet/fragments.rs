@@ -348,3 +348,45 @@ fn later_fragments_follow_their_first() {
         ],
     );
 }
+
+/// A `dsr-l2` VIP's datagram: every fragment is switched to the first one's backend (only the
+/// MACs change, the IP header stays as the client sent it), later ones included.
+#[test]
+#[ignore = "needs root"]
+fn dsr_l2_later_fragments_follow_their_first() {
+    let mut lab = PacketLab::set_up();
+    let v = vip("198.19.0.40:53/udp");
+    let options = lb_user::balancer::VipOptions {
+        forwarding: lb_user::balancer::Forwarding::DsrL2,
+        ..Default::default()
+    };
+    lab.balancer.add_vip(v, options).expect("dsr vip");
+    lab.balancer
+        .set_backends(
+            &v,
+            vec![lb_user::balancer::BackendSpec::new(sa("198.18.1.2:53"), 1)],
+        )
+        .expect("dsr backend");
+    let body = payload(100);
+    let whole = frame(sa(CLIENT), sa("198.19.0.40:53"), L4::Udp, &body);
+    let input = fragments(&whole, 0x7777, &[48, 108]);
+    let switched = |f: &[u8]| {
+        let mut out = f.to_vec();
+        out[..6].copy_from_slice(&lab.b0_mac);
+        out[6..12].copy_from_slice(&lab.gb0_mac);
+        out
+    };
+    let cases = [
+        forwarded(
+            "dsr-l2: a first fragment is switched to its backend",
+            &input[0],
+            &switched(&input[0]),
+        ),
+        forwarded(
+            "dsr-l2: its later fragment follows, switched too",
+            &input[1],
+            &switched(&input[1]),
+        ),
+    ];
+    assert_eq!(lab.run(lab.gc, &cases), 2);
+}
