@@ -1,8 +1,8 @@
 //! Direct server return (`dsr-l2`) end to end, through a running agent: a client behind a
 //! router, the gateway and three backends on one L2 segment, the backends holding the VIP on
 //! `lo` with ARP for it suppressed and routing their answers to the router
-//! ([`Topology::direct_return`]). Real TCP connections and UDP exchanges complete, answered
-//! from the VIP; the weights hold; the gateway sees the requests and none of the answers; held
+//! ([`Topology::direct_return`]). Real TCP connections (HTTP to nginx, and a line protocol) and
+//! UDP exchanges complete, answered from the VIP; the weights hold for each; the gateway sees the requests and none of the answers; held
 //! connections survive a backend added and another drained. IPv6 too (connections and UDP).
 
 use std::{
@@ -15,8 +15,8 @@ use aya::programs::{Xdp, XdpMode};
 use lb_tests::{
     agent::{Agent, VIP, path_str, sample, scrape_metrics},
     netns::{
-        DSR_GW_IF, DSR_GW_PORT, DSR_VIP, DSR_VIP6, Topology, dsr_backend_v4, dsr_backend_v6, ident,
-        udp_request,
+        DSR_GW_IF, DSR_GW_PORT, DSR_VIP, DSR_VIP6, Topology, dsr_backend_v4, dsr_backend_v6,
+        http_get, ident, udp_request,
     },
     traffic::{hold, spread},
 };
@@ -31,7 +31,9 @@ const BACKENDS: usize = 3;
 /// over 300 random client ports would be off by several points by chance alone).
 const WEIGHTS: [usize; BACKENDS] = [1, 2, 3];
 const CONNECTIONS: usize = 300;
-const UDP_EXCHANGES: usize = 30;
+const UDP_EXCHANGES: usize = 300;
+/// The VIP's port for HTTP, served by nginx on the backends.
+const HTTP_PORT: u16 = 8080;
 /// In the gateway's namespace.
 const METRICS: &str = "127.0.0.1:9464";
 
@@ -60,9 +62,24 @@ fn config(backends: &[usize]) -> String {
         );
     }
     text += "[[vip]]\naddress = \"198.19.0.1:53\"\nprotocol = \"udp\"\n\
-             scheduler = \"round-robin\"\nforwarding = \"dsr-l2\"\n";
+             scheduler = \"weighted-round-robin\"\nforwarding = \"dsr-l2\"\n";
     for &i in backends {
-        text += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend(i, 53));
+        text += &format!(
+            "[[vip.backend]]\naddress = \"{}\"\nweight = {}\n",
+            backend(i, 53),
+            WEIGHTS[i]
+        );
+    }
+    text += &format!(
+        "[[vip]]\naddress = \"198.19.0.1:{HTTP_PORT}\"\nprotocol = \"tcp\"\n\
+         scheduler = \"weighted-round-robin\"\nforwarding = \"dsr-l2\"\n"
+    );
+    for &i in backends {
+        text += &format!(
+            "[[vip.backend]]\naddress = \"{}\"\nweight = {}\n",
+            backend(i, HTTP_PORT),
+            WEIGHTS[i]
+        );
     }
     text += "[[vip]]\naddress = \"[fd00:ffff::1]:80\"\nprotocol = \"tcp\"\n\
              forwarding = \"dsr-l2\"\n[vip.health]\nkind = \"tcp\"\ninterval = \"500ms\"\n\
@@ -76,6 +93,21 @@ fn config(backends: &[usize]) -> String {
         text += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend6(i, 53));
     }
     text
+}
+
+/// Asserts that each backend's share of `tally` (of `n`) is within 5 points of its weight's.
+fn assert_weighted(what: &str, tally: &BTreeMap<String, usize>, n: usize) {
+    let total: usize = WEIGHTS.iter().sum();
+    for (i, weight) in WEIGHTS.iter().enumerate() {
+        let got = tally.get(&ident(i)).copied().unwrap_or(0);
+        let share = got as f64 / n as f64;
+        let want = *weight as f64 / total as f64;
+        assert!(
+            (share - want).abs() <= 0.05,
+            "{what}: backend {i} got {got} of {n}, share {share:.3} for weight {weight} \
+             ({want:.3}): {tally:?}"
+        );
+    }
 }
 
 fn counters(agent: &Agent) -> BTreeMap<String, u64> {
@@ -186,6 +218,13 @@ fn dsr_l2_answers_bypass_the_gateway() {
     let _udp: Vec<_> = (0..BACKENDS)
         .map(|i| topo.backends[i].udp_server_on(SocketAddr::from((DSR_VIP, 53)), &ident(i)))
         .collect();
+    let _nginx: Vec<_> = (0..BACKENDS)
+        .map(|i| {
+            topo.backends[i]
+                .nginx(HTTP_PORT, &ident(i))
+                .unwrap_or_else(|err| panic!("nginx on backend {i}: {err:#}"))
+        })
+        .collect();
     let _udp6: Vec<_> = (0..BACKENDS)
         .map(|i| topo.backends[i].udp_server_on(SocketAddr::from((DSR_VIP6, 53)), &ident(i)))
         .collect();
@@ -242,17 +281,19 @@ fn dsr_l2_answers_bypass_the_gateway() {
     let before = counters(&agent);
     let vip = SocketAddr::from((DSR_VIP, 80));
     let tally = spread(&topo.client, vip, CONNECTIONS, "dsr");
-    let total: usize = WEIGHTS.iter().sum();
-    for (i, weight) in WEIGHTS.iter().enumerate() {
-        let got = tally.get(&ident(i)).copied().unwrap_or(0);
-        let share = got as f64 / CONNECTIONS as f64;
-        let want = *weight as f64 / total as f64;
-        assert!(
-            (share - want).abs() <= 0.05,
-            "backend {i}: {got} of {CONNECTIONS} connections, share {share:.3} for weight \
-             {weight} ({want:.3}): {tally:?}"
-        );
-    }
+    assert_weighted("line-protocol connections", &tally, CONNECTIONS);
+    // HTTP to nginx: each GET on a connection of its own, answered by the backend's nginx.
+    let http_vip = SocketAddr::from((DSR_VIP, HTTP_PORT));
+    let mut http_tally = BTreeMap::<String, usize>::new();
+    topo.client.run(|| {
+        for n in 0..CONNECTIONS {
+            let (status, body) = http_get(http_vip, &format!("/r{n}"))
+                .unwrap_or_else(|err| panic!("HTTP GET {n}: {err:#}"));
+            assert_eq!(status, 200, "HTTP GET {n}: {body}");
+            *http_tally.entry(body.trim_end().to_owned()).or_default() += 1;
+        }
+    });
+    assert_weighted("HTTP GETs to nginx", &http_tally, CONNECTIONS);
     let udp_vip = SocketAddr::from((DSR_VIP, 53));
     let mut udp_tally = BTreeMap::<String, usize>::new();
     topo.client.run(|| {
@@ -264,19 +305,15 @@ fn dsr_l2_answers_bypass_the_gateway() {
             *udp_tally.entry(ident).or_default() += 1;
         }
     });
-    assert_eq!(
-        udp_tally.len(),
-        BACKENDS,
-        "UDP over every backend: {udp_tally:?}"
-    );
+    assert_weighted("UDP exchanges", &udp_tally, UDP_EXCHANGES);
 
     // The gateway forwarded every request and saw no answer: each connection's SYN-ACK,
-    // answer and FIN would be three packets more, over 900 in all.
+    // answer and FIN would be three packets more, over 1800 in all.
     let after = counters(&agent);
     let delta = |name: &str| after[name] - before.get(name).copied().unwrap_or(0);
     let forwarded = delta("fwd_tx") + delta("fwd_redirect");
     assert!(
-        forwarded >= (3 * CONNECTIONS + UDP_EXCHANGES) as u64,
+        forwarded >= (6 * CONNECTIONS + UDP_EXCHANGES) as u64,
         "{forwarded} requests forwarded"
     );
     assert_eq!(delta("reply_tx") + delta("reply_redirect"), 0);
