@@ -375,3 +375,99 @@ fn dsr_l2_answers_bypass_the_gateway() {
         "new connections avoid the drained backend and reach the added one: {fresh:?}"
     );
 }
+
+/// `[vip.health] path = "vip"`: the check connects to the VIP and reaches the backend's MAC as
+/// the data path's packets do, so a backend that lacks the VIP on `lo` (it would drop every
+/// client's packet) is marked down, while the usual check of its own address finds it up.
+#[test]
+#[ignore = "needs root"]
+fn dsr_l2_health_checks_through_the_vip() {
+    let (topo, _pass) = topology(2);
+    let _tcp: Vec<_> = (0..2)
+        .flat_map(|i| {
+            [
+                topo.backends[i].tcp_server(80, &ident(i)),
+                topo.backends[i].tcp_server(81, &ident(i)),
+            ]
+        })
+        .collect();
+    topo.backends[1]
+        .exec(
+            "ip",
+            &["addr", "del", &format!("{DSR_VIP}/32"), "dev", "lo"],
+        )
+        .expect("the VIP off backend 1");
+    let mut agent = Agent::new(&topo);
+    agent.ifaces = vec![DSR_GW_IF.to_owned()];
+    let mut text = String::new();
+    for (port, path) in [(80, "vip"), (81, "direct")] {
+        text += &format!(
+            "[[vip]]\naddress = \"198.19.0.1:{port}\"\nprotocol = \"tcp\"\n\
+             forwarding = \"dsr-l2\"\n[vip.health]\nkind = \"tcp\"\npath = \"{path}\"\n\
+             interval = \"200ms\"\ntimeout = \"150ms\"\nrise = 1\nfall = 2\n"
+        );
+        for i in 0..2 {
+            text += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend(i, port));
+        }
+    }
+    let file = agent.file("xdplb.toml", &text);
+    agent.start(&["--config", &path_str(&file)]);
+
+    let health = |port: u16| -> BTreeMap<String, Option<bool>> {
+        agent
+            .json::<Vec<BackendView>>(&["backend", "list", &format!("198.19.0.1:{port}/tcp")])
+            .into_iter()
+            .map(|b| (b.address.to_string(), b.healthy))
+            .collect()
+    };
+    let b0 = |port| backend(0, port).to_string();
+    let b1 = |port| backend(1, port).to_string();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while health(80).get(&b1(80)) != Some(&Some(false)) {
+        assert!(
+            Instant::now() < deadline,
+            "backend 1 without the VIP not down: {:?}\n{}",
+            health(80),
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Several intervals more: backend 0, which holds the VIP, stays up through the VIP, and
+    // both stay up checked directly.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let (vip, direct) = (health(80), health(81));
+        assert_eq!(vip.get(&b0(80)), Some(&Some(true)), "{vip:?}");
+        assert_eq!(vip.get(&b1(80)), Some(&Some(false)), "{vip:?}");
+        assert_eq!(direct.get(&b0(81)), Some(&Some(true)), "{direct:?}");
+        assert_eq!(direct.get(&b1(81)), Some(&Some(true)), "{direct:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Clients reach backend 0 only.
+    let tally = spread(&topo.client, SocketAddr::from((DSR_VIP, 80)), 20, "vip");
+    assert_eq!(tally.get(&ident(0)), Some(&20), "{tally:?}");
+
+    // The VIP back on backend 1: it comes back up.
+    topo.backends[1]
+        .exec(
+            "ip",
+            &["addr", "add", &format!("{DSR_VIP}/32"), "dev", "lo"],
+        )
+        .expect("the VIP back on backend 1");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while health(80).get(&b1(80)) != Some(&Some(true)) {
+        assert!(
+            Instant::now() < deadline,
+            "backend 1 with the VIP not up: {:?}",
+            health(80)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rules = topo.gateway.exec("ip", &["rule", "show"]).expect("ip rule");
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert_eq!(
+        rules.lines().filter(|l| l.starts_with("1000:")).count(),
+        2,
+        "a rule per backend checked through the VIP: {rules}"
+    );
+}

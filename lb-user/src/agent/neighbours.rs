@@ -120,10 +120,10 @@ fn neighbour_message(addr: IpAddr, ifindex: u32) -> NeighbourMessage {
 }
 
 /// A netlink route socket for requests.
-struct Netlink(Socket);
+pub(super) struct Netlink(Socket);
 
 impl Netlink {
-    fn open() -> io::Result<Self> {
+    pub(super) fn open() -> io::Result<Self> {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
         socket.bind_auto()?;
         socket.connect(&SocketAddr::new(0, 0))?;
@@ -132,7 +132,7 @@ impl Netlink {
 
     /// Sends `message` with `flags` and returns the messages of the answer, up to its ACK, its
     /// end or its first message; an error the kernel answers with is an `Err`.
-    fn request(
+    pub(super) fn request(
         &self,
         message: RouteNetlinkMessage,
         flags: u16,
@@ -169,7 +169,7 @@ impl Netlink {
 
     /// The interface the route to `addr` leaves by, if that route is a directly connected one
     /// (no gateway).
-    fn on_link_ifindex(&self, addr: IpAddr) -> io::Result<Option<u32>> {
+    pub(super) fn on_link_ifindex(&self, addr: IpAddr) -> io::Result<Option<u32>> {
         let mut route = RouteMessage::default();
         let (family, len, dst) = match addr {
             IpAddr::V4(v4) => (AddressFamily::Inet, 32, RouteAddress::Inet(v4)),

@@ -82,6 +82,10 @@ pub(super) async fn run_agent(
         Arc::clone(&shared),
         Duration::from_secs(1),
     ));
+    tokio::spawn(agent::manage_probe_routes_every(
+        Arc::clone(&shared),
+        Duration::from_secs(1),
+    ));
     tokio::spawn(agent::autoscale_every(
         Arc::clone(&shared),
         Duration::from_secs(1),
