@@ -379,6 +379,7 @@ fn dsr_l2_answers_bypass_the_gateway() {
 /// `[vip.health] path = "vip"`: the check connects to the VIP and reaches the backend's MAC as
 /// the data path's packets do, so a backend that lacks the VIP on `lo` (it would drop every
 /// client's packet) is marked down, while the usual check of its own address finds it up.
+/// IPv6 too.
 #[test]
 #[ignore = "needs root"]
 fn dsr_l2_health_checks_through_the_vip() {
@@ -391,12 +392,14 @@ fn dsr_l2_health_checks_through_the_vip() {
             ]
         })
         .collect();
-    topo.backends[1]
-        .exec(
-            "ip",
-            &["addr", "del", &format!("{DSR_VIP}/32"), "dev", "lo"],
-        )
-        .expect("the VIP off backend 1");
+    for args in [
+        ["addr", "del", &format!("{DSR_VIP}/32"), "dev", "lo"],
+        ["addr", "del", &format!("{DSR_VIP6}/128"), "dev", "lo"],
+    ] {
+        topo.backends[1]
+            .exec("ip", &args)
+            .expect("the VIPs off backend 1");
+    }
     let mut agent = Agent::new(&topo);
     agent.ifaces = vec![DSR_GW_IF.to_owned()];
     let mut text = String::new();
@@ -410,24 +413,33 @@ fn dsr_l2_health_checks_through_the_vip() {
             text += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend(i, port));
         }
     }
+    text += "[[vip]]\naddress = \"[fd00:ffff::1]:80\"\nprotocol = \"tcp\"\n\
+             forwarding = \"dsr-l2\"\n[vip.health]\nkind = \"tcp\"\npath = \"vip\"\n\
+             interval = \"200ms\"\ntimeout = \"150ms\"\nrise = 1\nfall = 2\n";
+    for i in 0..2 {
+        text += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend6(i, 80));
+    }
     let file = agent.file("xdplb.toml", &text);
     agent.start(&["--config", &path_str(&file)]);
 
-    let health = |port: u16| -> BTreeMap<String, Option<bool>> {
+    let health_of = |vip: &str| -> BTreeMap<String, Option<bool>> {
         agent
-            .json::<Vec<BackendView>>(&["backend", "list", &format!("198.19.0.1:{port}/tcp")])
+            .json::<Vec<BackendView>>(&["backend", "list", vip])
             .into_iter()
             .map(|b| (b.address.to_string(), b.healthy))
             .collect()
     };
+    let health = |port: u16| health_of(&format!("198.19.0.1:{port}/tcp"));
     let b0 = |port| backend(0, port).to_string();
     let b1 = |port| backend(1, port).to_string();
     let deadline = Instant::now() + Duration::from_secs(15);
-    while health(80).get(&b1(80)) != Some(&Some(false)) {
+    let v6_down = || health_of(VIP6).get(&backend6(1, 80).to_string()) == Some(&Some(false));
+    while health(80).get(&b1(80)) != Some(&Some(false)) || !v6_down() {
         assert!(
             Instant::now() < deadline,
-            "backend 1 without the VIP not down: {:?}\n{}",
+            "backend 1 without the VIP not down: {:?} {:?}\n{}",
             health(80),
+            health_of(VIP6),
             agent.log()
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -441,6 +453,12 @@ fn dsr_l2_health_checks_through_the_vip() {
         assert_eq!(vip.get(&b1(80)), Some(&Some(false)), "{vip:?}");
         assert_eq!(direct.get(&b0(81)), Some(&Some(true)), "{direct:?}");
         assert_eq!(direct.get(&b1(81)), Some(&Some(true)), "{direct:?}");
+        let v6 = health_of(VIP6);
+        assert_eq!(
+            v6.get(&backend6(0, 80).to_string()),
+            Some(&Some(true)),
+            "{v6:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // Clients reach backend 0 only.
@@ -468,6 +486,16 @@ fn dsr_l2_health_checks_through_the_vip() {
     assert_eq!(
         rules.lines().filter(|l| l.starts_with("1000:")).count(),
         2,
-        "a rule per backend checked through the VIP: {rules}"
+        "an IPv4 rule per backend checked through the VIP: {rules}"
+    );
+    let rules6 = topo
+        .gateway
+        .exec("ip", &["-6", "rule", "show"])
+        .expect("ip -6 rule");
+    let rules6 = String::from_utf8_lossy(&rules6.stdout);
+    assert_eq!(
+        rules6.lines().filter(|l| l.starts_with("1000:")).count(),
+        2,
+        "an IPv6 rule per backend checked through the VIP: {rules6}"
     );
 }
