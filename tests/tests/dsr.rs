@@ -433,8 +433,12 @@ fn dsr_l2_health_checks_through_the_vip() {
     let b0 = |port| backend(0, port).to_string();
     let b1 = |port| backend(1, port).to_string();
     let deadline = Instant::now() + Duration::from_secs(15);
-    let v6_down = || health_of(VIP6).get(&backend6(1, 80).to_string()) == Some(&Some(false));
-    while health(80).get(&b1(80)) != Some(&Some(false)) || !v6_down() {
+    let v6 = |i: usize| health_of(VIP6).get(&backend6(i, 80).to_string()).copied();
+    while health(80).get(&b1(80)) != Some(&Some(false))
+        || health(80).get(&b0(80)) != Some(&Some(true))
+        || v6(1) != Some(Some(false))
+        || v6(0) != Some(Some(true))
+    {
         assert!(
             Instant::now() < deadline,
             "backend 1 without the VIP not down: {:?} {:?}\n{}",
@@ -498,4 +502,40 @@ fn dsr_l2_health_checks_through_the_vip() {
         2,
         "an IPv6 rule per backend checked through the VIP: {rules6}"
     );
+
+    // A restarted agent removes the rules the last one left, and only those, before adding
+    // its own: someone else's rule at the same priority stays.
+    topo.gateway
+        .exec(
+            "ip",
+            &[
+                "rule", "add", "priority", "1000", "fwmark", "0x4242", "table", "4242",
+            ],
+        )
+        .expect("someone else's rule");
+    agent.stop(false);
+    agent.start(&["--config", &path_str(&file)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent
+        .log()
+        .contains("removed 4 probe routing rules left by an earlier agent")
+    {
+        assert!(Instant::now() < deadline, "not swept: {}", agent.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = topo.gateway.exec("ip", &["rule", "show"]).expect("ip rule");
+        let rules = String::from_utf8_lossy(&out.stdout).into_owned();
+        let at_1000: Vec<&str> = rules.lines().filter(|l| l.starts_with("1000:")).collect();
+        if at_1000.len() == 3 {
+            assert!(
+                at_1000.iter().any(|l| l.contains("fwmark 0x4242")),
+                "{rules}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "rules after a restart: {rules}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

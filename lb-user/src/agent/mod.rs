@@ -21,7 +21,7 @@ use crate::{
 };
 
 pub use neighbours::manage_dsr_neighbours_every;
-pub use probe_routes::manage_probe_routes_every;
+pub use probe_routes::{manage_probe_routes_every, sweep_probe_rules};
 pub use routes::{local_addrs, publish_local_addrs, refresh_next_hops_on_changes};
 pub use state_file::{load_state, monotonic_ns, write_atomically};
 pub use tasks::{apply_health_events, autoscale_every, count_connections_every, log_vips};
@@ -139,6 +139,8 @@ pub struct Agent {
     /// The socket mark of each `dsr-l2` backend checked through the VIP (`path = "vip"`),
     /// which [`manage_probe_routes_every`] routes to it.
     pub probe_marks: BTreeMap<std::net::IpAddr, u32>,
+    /// The rules and routes of [`Agent::probe_marks`] in place, with their interfaces.
+    pub probe_routes: BTreeMap<(std::net::IpAddr, u32), u32>,
 }
 
 pub type Shared = Arc<Mutex<Agent>>;
@@ -233,6 +235,7 @@ impl Agent {
             autoscale_dry_run: false,
             saved: Vec::new(),
             probe_marks: BTreeMap::new(),
+            probe_routes: BTreeMap::new(),
         })
     }
 
@@ -470,6 +473,8 @@ impl Agent {
             .flat_map(|(info, _, _)| info.backends.iter().map(|b| b.spec.addr.ip()))
             .collect();
         self.probe_marks = probe_routes::assign_marks(&self.probe_marks, &through_vip);
+        // Before the first check: one without its route would go the main table's way.
+        probe_routes::sync_logged(&self.probe_marks, &mut self.probe_routes);
         for (info, check, via_vip) in vips {
             for b in &info.backends {
                 let key = (info.vip, b.spec.addr);
@@ -487,6 +492,13 @@ impl Agent {
         }
         monitor.unwatch_all_except(&keep);
         self.held.retain(|key, _| keep.contains(key));
+    }
+
+    /// Makes the rule and route of each [`Agent::probe_marks`] entry that lacks them, and
+    /// removes those of marks given up; a failure is logged (and tried again by
+    /// [`manage_probe_routes_every`]).
+    pub fn sync_probe_routes(&mut self) {
+        probe_routes::sync_logged(&self.probe_marks, &mut self.probe_routes);
     }
 
     /// Seconds since the agent started: the autoscalers' clock.

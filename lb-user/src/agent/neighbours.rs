@@ -13,7 +13,7 @@ use std::{collections::BTreeSet, io, net::IpAddr, time::Duration};
 
 use log::{info, warn};
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
@@ -165,6 +165,44 @@ impl Netlink {
             rest = &rest[len..];
         }
         Ok(answers)
+    }
+
+    /// Sends the dump request `message` and returns every message of the answer, up to its
+    /// end (over as many reads as it takes).
+    pub(super) fn dump(
+        &self,
+        message: RouteNetlinkMessage,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        let mut message = NetlinkMessage::from(message);
+        message.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        message.finalize();
+        let mut buf = vec![0; message.buffer_len()];
+        message.serialize(&mut buf);
+        self.0.send(&buf, 0)?;
+        let mut answers = Vec::new();
+        loop {
+            let (reply, _) = self.0.recv_from_full()?;
+            let mut rest = reply.as_slice();
+            while !rest.is_empty() {
+                let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest)
+                    .map_err(|err| io::Error::other(err.to_string()))?;
+                let len = (message.header.length as usize).next_multiple_of(4);
+                match message.payload {
+                    NetlinkPayload::Done(_) => return Ok(answers),
+                    NetlinkPayload::Error(err) => {
+                        if let Some(code) = err.code {
+                            return Err(io::Error::from_raw_os_error(-code.get()));
+                        }
+                    }
+                    NetlinkPayload::InnerMessage(inner) => answers.push(inner),
+                    _ => {}
+                }
+                if len == 0 || len > rest.len() {
+                    break;
+                }
+                rest = &rest[len..];
+            }
+        }
     }
 
     /// The interface the route to `addr` leaves by, if that route is a directly connected one

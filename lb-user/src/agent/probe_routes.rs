@@ -8,9 +8,9 @@
 //! the VIP as destination; the backend answers from the VIP to the gateway's own address, on
 //! the shared segment. A backend that lacks the VIP (or does not serve on it) fails the check.
 //!
-//! Only marked sockets match the rules, so nothing else on the gateway is routed by them. The
-//! rules are the agent's: an agent starting removes every rule at [`PROBE_RULE_PRIORITY`]
-//! (left by an earlier one) before adding its own.
+//! Only marked sockets match the rules, so nothing else on the gateway is routed by them. An
+//! agent starting removes the rules an earlier one left (at [`PROBE_RULE_PRIORITY`], for a
+//! mark of [`PROBE_MARK_BASE`]'s range; nobody else's) before adding its own.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -65,65 +65,89 @@ pub fn assign_marks(
     marks
 }
 
-/// Every `period`, until the runtime stops: a rule and a route for each backend the agent
-/// gave a probe mark ([`super::Agent::probe_marks`]), and none any more for the others.
+/// Every `period`, until the runtime stops: the rules and routes of
+/// [`super::Agent::probe_marks`] tried again where they failed ([`super::Agent::sync_health`]
+/// makes them as it gives the marks, before the first check).
 pub async fn manage_probe_routes_every(agent: Shared, period: Duration) {
-    match tokio::task::spawn_blocking(sweep).await {
-        Ok(Ok(0)) => {}
-        Ok(Ok(n)) => info!("removed {n} probe routing rules left by an earlier agent"),
-        Ok(Err(err)) => warn!("probe routing rules left by an earlier agent: {err}"),
-        Err(err) => warn!("probe routing rules left by an earlier agent: {err}"),
-    }
-    let mut installed: BTreeMap<(IpAddr, u32), u32> = BTreeMap::new();
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let wanted: BTreeSet<(IpAddr, u32)> = {
-            let agent = agent.lock().unwrap_or_else(|p| p.into_inner());
-            agent.probe_marks.iter().map(|(&a, &m)| (a, m)).collect()
-        };
-        if wanted.is_empty() && installed.is_empty() {
-            continue;
-        }
-        let known = installed.clone();
-        match tokio::task::spawn_blocking(move || sync(&wanted, known)).await {
-            Ok(Ok(now)) => installed = now,
-            Ok(Err(err)) => warn!("probe routes of dsr-l2 backends: {err}"),
-            Err(err) => warn!("probe routes of dsr-l2 backends: {err}"),
+        let agent = std::sync::Arc::clone(&agent);
+        let synced = tokio::task::spawn_blocking(move || {
+            agent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .sync_probe_routes();
+        })
+        .await;
+        if let Err(err) = synced {
+            warn!("probe routes of dsr-l2 backends: {err}");
         }
     }
 }
 
-/// Removes every rule at [`PROBE_RULE_PRIORITY`], IPv4 and IPv6; how many.
+/// Removes the rules an earlier agent left, before the first check, and logs how many.
+pub fn sweep_probe_rules() {
+    match sweep() {
+        Ok(0) => {}
+        Ok(n) => info!("removed {n} probe routing rules left by an earlier agent"),
+        Err(err) => warn!("probe routing rules left by an earlier agent: {err}"),
+    }
+}
+
+/// Removes every rule of the agent's (at [`PROBE_RULE_PRIORITY`], for a mark of its range),
+/// IPv4 and IPv6, and nobody else's; how many.
 fn sweep() -> io::Result<usize> {
     let netlink = Netlink::open()?;
     let mut removed = 0;
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-        loop {
-            let mut rule = RuleMessage::default();
-            rule.header.family = family;
-            rule.attributes
-                .push(RuleAttribute::Priority(PROBE_RULE_PRIORITY));
-            match netlink.request(
-                RouteNetlinkMessage::DelRule(rule),
-                NLM_F_REQUEST | NLM_F_ACK,
-            ) {
-                Ok(_) => removed += 1,
-                Err(err) if err.raw_os_error() == Some(libc::ENOENT) => break,
-                Err(err) => return Err(err),
+        let mut query = RuleMessage::default();
+        query.header.family = family;
+        for answer in netlink.dump(RouteNetlinkMessage::GetRule(query))? {
+            let RouteNetlinkMessage::NewRule(rule) = answer else {
+                continue;
+            };
+            let ours = rule
+                .attributes
+                .contains(&RuleAttribute::Priority(PROBE_RULE_PRIORITY))
+                && rule.attributes.iter().any(|a| {
+                    matches!(a, RuleAttribute::FwMark(m)
+                        if (PROBE_MARK_BASE..PROBE_MARK_BASE + PROBE_MARKS).contains(m))
+                });
+            if ours {
+                ignore_missing(netlink.request(
+                    RouteNetlinkMessage::DelRule(rule),
+                    NLM_F_REQUEST | NLM_F_ACK,
+                ))?;
+                removed += 1;
             }
         }
     }
     Ok(removed)
 }
 
-/// Installs the rule and route of each (backend, mark) of `wanted` that `installed` lacks, and
-/// removes those no longer wanted; returns what is installed now, with the interfaces.
+/// [`sync`] of `marks`, a failure logged.
+pub(super) fn sync_logged(
+    marks: &BTreeMap<IpAddr, u32>,
+    installed: &mut BTreeMap<(IpAddr, u32), u32>,
+) {
+    let wanted: BTreeSet<(IpAddr, u32)> = marks.iter().map(|(&a, &m)| (a, m)).collect();
+    if wanted.is_empty() && installed.is_empty() {
+        return;
+    }
+    if let Err(err) = sync(&wanted, installed) {
+        warn!("probe routes of dsr-l2 backends: {err}");
+    }
+}
+
+/// Installs the rule and route of each (backend, mark) of `wanted` that `installed` (with
+/// their interfaces) lacks, and removes those no longer wanted, keeping `installed` up to date
+/// as it goes.
 fn sync(
     wanted: &BTreeSet<(IpAddr, u32)>,
-    mut installed: BTreeMap<(IpAddr, u32), u32>,
-) -> io::Result<BTreeMap<(IpAddr, u32), u32>> {
+    installed: &mut BTreeMap<(IpAddr, u32), u32>,
+) -> io::Result<()> {
     let netlink = Netlink::open()?;
     for (&(addr, mark), &ifindex) in &installed.clone() {
         if !wanted.contains(&(addr, mark)) {
@@ -164,7 +188,7 @@ fn sync(
         info!("dsr-l2 backend {addr}: health checks through the VIP marked {mark:#x}");
         installed.insert((addr, mark), ifindex);
     }
-    Ok(installed)
+    Ok(())
 }
 
 fn ignore_missing<T>(result: io::Result<T>) -> io::Result<()> {
