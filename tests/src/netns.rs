@@ -222,6 +222,98 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Starts nginx (one worker, in this namespace) on `[::]:port` and `0.0.0.0:port`,
+    /// answering every HTTP request with status 200 and the body `"{ident}\n"`; waits until it
+    /// accepts connections. Stopped on drop.
+    pub fn nginx(&self, port: u16, ident: &str) -> anyhow::Result<Nginx> {
+        let dir = std::env::temp_dir().join(format!("{}-nginx-{port}", self.name));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let d = dir.display();
+        let conf = format!(
+            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n\
+               proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n\
+               uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               server {{\n    listen {port};\n    listen [::]:{port};\n\
+                 location / {{ return 200 \"{ident}\\n\"; }}\n  }}\n}}\n"
+        );
+        let conf_path = dir.join("nginx.conf");
+        fs::write(&conf_path, conf)?;
+        let child = self
+            .command("nginx")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(&conf_path)
+            .args(["-g", "daemon off;"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting nginx (Debian: apt-get install nginx-light)")?;
+        let mut nginx = Nginx { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self
+            .run(|| TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port).into(), IO_TIMEOUT))
+            .is_err()
+        {
+            if let Some(status) = nginx.child.try_wait()? {
+                let stderr = nginx.child.stderr.take().map(read_all).unwrap_or_default();
+                bail!("{}: nginx exited ({status}): {stderr}", self.name);
+            }
+            if Instant::now() > deadline {
+                bail!("{}: nginx not listening on {port} after 5 s", self.name);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        Ok(nginx)
+    }
+}
+
+/// A running nginx ([`Netns::nginx`]); stopped (and its directory removed) on drop.
+pub struct Nginx {
+    child: Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGQUIT would wait for open connections; SIGTERM stops at once.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.child.wait();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// An HTTP/1.1 `GET path` to `addr` on a new connection; the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    std::io::Read::read_to_string(&mut stream, &mut response)
+        .with_context(|| format!("reading the response from {addr}"))?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("no end of headers in {response:?}"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    Ok((status, body.to_owned()))
+}
+
 fn serve_lines(stream: TcpStream, ident: &str, stop: &AtomicBool) {
     let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
     let mut writer = match stream.try_clone() {

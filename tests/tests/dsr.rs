@@ -1,8 +1,8 @@
 //! Direct server return (`dsr-l2`) end to end, through a running agent: a client behind a
 //! router, the gateway and three backends on one L2 segment, the backends holding the VIP on
 //! `lo` with ARP for it suppressed and routing their answers to the router
-//! ([`Topology::direct_return`]). Real TCP connections and UDP exchanges complete, answered
-//! from the VIP; the weights hold; the gateway sees the requests and none of the answers; held
+//! ([`Topology::direct_return`]). Real TCP connections (HTTP to nginx, and a line protocol) and
+//! UDP exchanges complete, answered from the VIP; the weights hold for each; the gateway sees the requests and none of the answers; held
 //! connections survive a backend added and another drained. IPv6 too (connections and UDP).
 
 use std::{
@@ -15,8 +15,8 @@ use aya::programs::{Xdp, XdpMode};
 use lb_tests::{
     agent::{Agent, VIP, path_str, sample, scrape_metrics},
     netns::{
-        DSR_GW_IF, DSR_GW_PORT, DSR_VIP, DSR_VIP6, Topology, dsr_backend_v4, dsr_backend_v6, ident,
-        udp_request,
+        DSR_GW_IF, DSR_GW_PORT, DSR_VIP, DSR_VIP6, Topology, dsr_backend_v4, dsr_backend_v6,
+        http_get, ident, udp_request,
     },
     traffic::{hold, spread},
 };
@@ -31,7 +31,9 @@ const BACKENDS: usize = 3;
 /// over 300 random client ports would be off by several points by chance alone).
 const WEIGHTS: [usize; BACKENDS] = [1, 2, 3];
 const CONNECTIONS: usize = 300;
-const UDP_EXCHANGES: usize = 30;
+const UDP_EXCHANGES: usize = 300;
+/// The VIP's port for HTTP, served by nginx on the backends.
+const HTTP_PORT: u16 = 8080;
 /// In the gateway's namespace.
 const METRICS: &str = "127.0.0.1:9464";
 
@@ -60,9 +62,24 @@ fn config(backends: &[usize]) -> String {
         );
     }
     text += "[[vip]]\naddress = \"198.19.0.1:53\"\nprotocol = \"udp\"\n\
-             scheduler = \"round-robin\"\nforwarding = \"dsr-l2\"\n";
+             scheduler = \"weighted-round-robin\"\nforwarding = \"dsr-l2\"\n";
     for &i in backends {
-        text += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend(i, 53));
+        text += &format!(
+            "[[vip.backend]]\naddress = \"{}\"\nweight = {}\n",
+            backend(i, 53),
+            WEIGHTS[i]
+        );
+    }
+    text += &format!(
+        "[[vip]]\naddress = \"198.19.0.1:{HTTP_PORT}\"\nprotocol = \"tcp\"\n\
+         scheduler = \"weighted-round-robin\"\nforwarding = \"dsr-l2\"\n"
+    );
+    for &i in backends {
+        text += &format!(
+            "[[vip.backend]]\naddress = \"{}\"\nweight = {}\n",
+            backend(i, HTTP_PORT),
+            WEIGHTS[i]
+        );
     }
     text += "[[vip]]\naddress = \"[fd00:ffff::1]:80\"\nprotocol = \"tcp\"\n\
              forwarding = \"dsr-l2\"\n[vip.health]\nkind = \"tcp\"\ninterval = \"500ms\"\n\
@@ -76,6 +93,21 @@ fn config(backends: &[usize]) -> String {
         text += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend6(i, 53));
     }
     text
+}
+
+/// Asserts that each backend's share of `tally` (of `n`) is within 5 points of its weight's.
+fn assert_weighted(what: &str, tally: &BTreeMap<String, usize>, n: usize) {
+    let total: usize = WEIGHTS.iter().sum();
+    for (i, weight) in WEIGHTS.iter().enumerate() {
+        let got = tally.get(&ident(i)).copied().unwrap_or(0);
+        let share = got as f64 / n as f64;
+        let want = *weight as f64 / total as f64;
+        assert!(
+            (share - want).abs() <= 0.05,
+            "{what}: backend {i} got {got} of {n}, share {share:.3} for weight {weight} \
+             ({want:.3}): {tally:?}"
+        );
+    }
 }
 
 fn counters(agent: &Agent) -> BTreeMap<String, u64> {
@@ -186,6 +218,13 @@ fn dsr_l2_answers_bypass_the_gateway() {
     let _udp: Vec<_> = (0..BACKENDS)
         .map(|i| topo.backends[i].udp_server_on(SocketAddr::from((DSR_VIP, 53)), &ident(i)))
         .collect();
+    let _nginx: Vec<_> = (0..BACKENDS)
+        .map(|i| {
+            topo.backends[i]
+                .nginx(HTTP_PORT, &ident(i))
+                .unwrap_or_else(|err| panic!("nginx on backend {i}: {err:#}"))
+        })
+        .collect();
     let _udp6: Vec<_> = (0..BACKENDS)
         .map(|i| topo.backends[i].udp_server_on(SocketAddr::from((DSR_VIP6, 53)), &ident(i)))
         .collect();
@@ -242,17 +281,19 @@ fn dsr_l2_answers_bypass_the_gateway() {
     let before = counters(&agent);
     let vip = SocketAddr::from((DSR_VIP, 80));
     let tally = spread(&topo.client, vip, CONNECTIONS, "dsr");
-    let total: usize = WEIGHTS.iter().sum();
-    for (i, weight) in WEIGHTS.iter().enumerate() {
-        let got = tally.get(&ident(i)).copied().unwrap_or(0);
-        let share = got as f64 / CONNECTIONS as f64;
-        let want = *weight as f64 / total as f64;
-        assert!(
-            (share - want).abs() <= 0.05,
-            "backend {i}: {got} of {CONNECTIONS} connections, share {share:.3} for weight \
-             {weight} ({want:.3}): {tally:?}"
-        );
-    }
+    assert_weighted("line-protocol connections", &tally, CONNECTIONS);
+    // HTTP to nginx: each GET on a connection of its own, answered by the backend's nginx.
+    let http_vip = SocketAddr::from((DSR_VIP, HTTP_PORT));
+    let mut http_tally = BTreeMap::<String, usize>::new();
+    topo.client.run(|| {
+        for n in 0..CONNECTIONS {
+            let (status, body) = http_get(http_vip, &format!("/r{n}"))
+                .unwrap_or_else(|err| panic!("HTTP GET {n}: {err:#}"));
+            assert_eq!(status, 200, "HTTP GET {n}: {body}");
+            *http_tally.entry(body.trim_end().to_owned()).or_default() += 1;
+        }
+    });
+    assert_weighted("HTTP GETs to nginx", &http_tally, CONNECTIONS);
     let udp_vip = SocketAddr::from((DSR_VIP, 53));
     let mut udp_tally = BTreeMap::<String, usize>::new();
     topo.client.run(|| {
@@ -264,19 +305,15 @@ fn dsr_l2_answers_bypass_the_gateway() {
             *udp_tally.entry(ident).or_default() += 1;
         }
     });
-    assert_eq!(
-        udp_tally.len(),
-        BACKENDS,
-        "UDP over every backend: {udp_tally:?}"
-    );
+    assert_weighted("UDP exchanges", &udp_tally, UDP_EXCHANGES);
 
     // The gateway forwarded every request and saw no answer: each connection's SYN-ACK,
-    // answer and FIN would be three packets more, over 900 in all.
+    // answer and FIN would be three packets more, over 1800 in all.
     let after = counters(&agent);
     let delta = |name: &str| after[name] - before.get(name).copied().unwrap_or(0);
     let forwarded = delta("fwd_tx") + delta("fwd_redirect");
     assert!(
-        forwarded >= (3 * CONNECTIONS + UDP_EXCHANGES) as u64,
+        forwarded >= (6 * CONNECTIONS + UDP_EXCHANGES) as u64,
         "{forwarded} requests forwarded"
     );
     assert_eq!(delta("reply_tx") + delta("reply_redirect"), 0);
@@ -337,4 +374,168 @@ fn dsr_l2_answers_bypass_the_gateway() {
         !fresh.contains_key("b0") && fresh.contains_key("b2"),
         "new connections avoid the drained backend and reach the added one: {fresh:?}"
     );
+}
+
+/// `[vip.health] path = "vip"`: the check connects to the VIP and reaches the backend's MAC as
+/// the data path's packets do, so a backend that lacks the VIP on `lo` (it would drop every
+/// client's packet) is marked down, while the usual check of its own address finds it up.
+/// IPv6 too.
+#[test]
+#[ignore = "needs root"]
+fn dsr_l2_health_checks_through_the_vip() {
+    let (topo, _pass) = topology(2);
+    let _tcp: Vec<_> = (0..2)
+        .flat_map(|i| {
+            [
+                topo.backends[i].tcp_server(80, &ident(i)),
+                topo.backends[i].tcp_server(81, &ident(i)),
+            ]
+        })
+        .collect();
+    for args in [
+        ["addr", "del", &format!("{DSR_VIP}/32"), "dev", "lo"],
+        ["addr", "del", &format!("{DSR_VIP6}/128"), "dev", "lo"],
+    ] {
+        topo.backends[1]
+            .exec("ip", &args)
+            .expect("the VIPs off backend 1");
+    }
+    let mut agent = Agent::new(&topo);
+    agent.ifaces = vec![DSR_GW_IF.to_owned()];
+    let mut text = String::new();
+    for (port, path) in [(80, "vip"), (81, "direct")] {
+        text += &format!(
+            "[[vip]]\naddress = \"198.19.0.1:{port}\"\nprotocol = \"tcp\"\n\
+             forwarding = \"dsr-l2\"\n[vip.health]\nkind = \"tcp\"\npath = \"{path}\"\n\
+             interval = \"200ms\"\ntimeout = \"150ms\"\nrise = 1\nfall = 2\n"
+        );
+        for i in 0..2 {
+            text += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend(i, port));
+        }
+    }
+    text += "[[vip]]\naddress = \"[fd00:ffff::1]:80\"\nprotocol = \"tcp\"\n\
+             forwarding = \"dsr-l2\"\n[vip.health]\nkind = \"tcp\"\npath = \"vip\"\n\
+             interval = \"200ms\"\ntimeout = \"150ms\"\nrise = 1\nfall = 2\n";
+    for i in 0..2 {
+        text += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend6(i, 80));
+    }
+    let file = agent.file("xdplb.toml", &text);
+    agent.start(&["--config", &path_str(&file)]);
+
+    let health_of = |vip: &str| -> BTreeMap<String, Option<bool>> {
+        agent
+            .json::<Vec<BackendView>>(&["backend", "list", vip])
+            .into_iter()
+            .map(|b| (b.address.to_string(), b.healthy))
+            .collect()
+    };
+    let health = |port: u16| health_of(&format!("198.19.0.1:{port}/tcp"));
+    let b0 = |port| backend(0, port).to_string();
+    let b1 = |port| backend(1, port).to_string();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let v6 = |i: usize| health_of(VIP6).get(&backend6(i, 80).to_string()).copied();
+    while health(80).get(&b1(80)) != Some(&Some(false))
+        || health(80).get(&b0(80)) != Some(&Some(true))
+        || v6(1) != Some(Some(false))
+        || v6(0) != Some(Some(true))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "backend 1 without the VIP not down: {:?} {:?}\n{}",
+            health(80),
+            health_of(VIP6),
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Several intervals more: backend 0, which holds the VIP, stays up through the VIP, and
+    // both stay up checked directly.
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let (vip, direct) = (health(80), health(81));
+        assert_eq!(vip.get(&b0(80)), Some(&Some(true)), "{vip:?}");
+        assert_eq!(vip.get(&b1(80)), Some(&Some(false)), "{vip:?}");
+        assert_eq!(direct.get(&b0(81)), Some(&Some(true)), "{direct:?}");
+        assert_eq!(direct.get(&b1(81)), Some(&Some(true)), "{direct:?}");
+        let v6 = health_of(VIP6);
+        assert_eq!(
+            v6.get(&backend6(0, 80).to_string()),
+            Some(&Some(true)),
+            "{v6:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Clients reach backend 0 only.
+    let tally = spread(&topo.client, SocketAddr::from((DSR_VIP, 80)), 20, "vip");
+    assert_eq!(tally.get(&ident(0)), Some(&20), "{tally:?}");
+
+    // The VIP back on backend 1: it comes back up.
+    topo.backends[1]
+        .exec(
+            "ip",
+            &["addr", "add", &format!("{DSR_VIP}/32"), "dev", "lo"],
+        )
+        .expect("the VIP back on backend 1");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while health(80).get(&b1(80)) != Some(&Some(true)) {
+        assert!(
+            Instant::now() < deadline,
+            "backend 1 with the VIP not up: {:?}",
+            health(80)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rules = topo.gateway.exec("ip", &["rule", "show"]).expect("ip rule");
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert_eq!(
+        rules.lines().filter(|l| l.starts_with("1000:")).count(),
+        2,
+        "an IPv4 rule per backend checked through the VIP: {rules}"
+    );
+    let rules6 = topo
+        .gateway
+        .exec("ip", &["-6", "rule", "show"])
+        .expect("ip -6 rule");
+    let rules6 = String::from_utf8_lossy(&rules6.stdout);
+    assert_eq!(
+        rules6.lines().filter(|l| l.starts_with("1000:")).count(),
+        2,
+        "an IPv6 rule per backend checked through the VIP: {rules6}"
+    );
+
+    // A restarted agent removes the rules the last one left, and only those, before adding
+    // its own: someone else's rule at the same priority stays.
+    topo.gateway
+        .exec(
+            "ip",
+            &[
+                "rule", "add", "priority", "1000", "fwmark", "0x4242", "table", "4242",
+            ],
+        )
+        .expect("someone else's rule");
+    agent.stop(false);
+    agent.start(&["--config", &path_str(&file)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !agent
+        .log()
+        .contains("removed 4 probe routing rules left by an earlier agent")
+    {
+        assert!(Instant::now() < deadline, "not swept: {}", agent.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = topo.gateway.exec("ip", &["rule", "show"]).expect("ip rule");
+        let rules = String::from_utf8_lossy(&out.stdout).into_owned();
+        let at_1000: Vec<&str> = rules.lines().filter(|l| l.starts_with("1000:")).collect();
+        if at_1000.len() == 3 {
+            assert!(
+                at_1000.iter().any(|l| l.contains("fwmark 0x4242")),
+                "{rules}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "rules after a restart: {rules}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -15,17 +15,19 @@ use crate::{
     autoscale::live::{Job, SavedPool, VipAutoscaler},
     balancer::{BackendState, Balancer, Forwarding, Proto, Scheduler, Snapshot, Vip, VipInfo},
     config::{self, Config, Plan, VipConfig},
-    health::{HealthEvent, Monitor, WatchKey},
+    health::{CheckKind, HealthEvent, Monitor, ProbePath, Target, WatchKey},
     maps::DynMaps,
     pin::Pinned,
 };
 
 pub use neighbours::manage_dsr_neighbours_every;
+pub use probe_routes::{manage_probe_routes_every, sweep_probe_rules};
 pub use routes::{local_addrs, publish_local_addrs, refresh_next_hops_on_changes};
 pub use state_file::{load_state, monotonic_ns, write_atomically};
 pub use tasks::{apply_health_events, autoscale_every, count_connections_every, log_vips};
 
 mod neighbours;
+mod probe_routes;
 mod routes;
 mod state_file;
 mod tasks;
@@ -134,6 +136,11 @@ pub struct Agent {
     pub autoscale_dry_run: bool,
     /// The state file's content as last written.
     pub saved: Vec<u8>,
+    /// The socket mark of each `dsr-l2` backend checked through the VIP (`path = "vip"`),
+    /// which [`manage_probe_routes_every`] routes to it.
+    pub probe_marks: BTreeMap<std::net::IpAddr, u32>,
+    /// The rules and routes of [`Agent::probe_marks`] in place, with their interfaces.
+    pub probe_routes: BTreeMap<(std::net::IpAddr, u32), u32>,
 }
 
 pub type Shared = Arc<Mutex<Agent>>;
@@ -227,6 +234,8 @@ impl Agent {
             autoscale: BTreeMap::new(),
             autoscale_dry_run: false,
             saved: Vec::new(),
+            probe_marks: BTreeMap::new(),
+            probe_routes: BTreeMap::new(),
         })
     }
 
@@ -446,19 +455,50 @@ impl Agent {
             return;
         };
         let mut keep = std::collections::HashSet::new();
-        for info in self.balancer.vips() {
-            let Some(vip_config) = self.config.vip(&info.vip) else {
-                continue;
-            };
-            let check = vip_config.health();
+        let vips: Vec<_> = self
+            .balancer
+            .vips()
+            .into_iter()
+            .filter_map(|info| {
+                let check = self.config.vip(&info.vip)?.health();
+                let via_vip = check.path == ProbePath::Vip
+                    && check.kind != CheckKind::None
+                    && info.options.forwarding == Forwarding::DsrL2;
+                Some((info, check, via_vip))
+            })
+            .collect();
+        let through_vip: std::collections::BTreeSet<_> = vips
+            .iter()
+            .filter(|(_, _, via_vip)| *via_vip)
+            .flat_map(|(info, _, _)| info.backends.iter().map(|b| b.spec.addr.ip()))
+            .collect();
+        self.probe_marks = probe_routes::assign_marks(&self.probe_marks, &through_vip);
+        // Before the first check: one without its route would go the main table's way.
+        probe_routes::sync_logged(&self.probe_marks, &mut self.probe_routes);
+        for (info, check, via_vip) in vips {
             for b in &info.backends {
                 let key = (info.vip, b.spec.addr);
-                monitor.watch(key, check.target(b.spec.addr), check.clone());
+                let direct = check.target(b.spec.addr);
+                let target = match self.probe_marks.get(&b.spec.addr.ip()) {
+                    Some(&mark) if via_vip => Target {
+                        addr: std::net::SocketAddr::new(info.vip.addr, direct.port()),
+                        mark: Some(mark),
+                    },
+                    _ => direct.into(),
+                };
+                monitor.watch(key, target, check.clone());
                 keep.insert(key);
             }
         }
         monitor.unwatch_all_except(&keep);
         self.held.retain(|key, _| keep.contains(key));
+    }
+
+    /// Makes the rule and route of each [`Agent::probe_marks`] entry that lacks them, and
+    /// removes those of marks given up; a failure is logged (and tried again by
+    /// [`manage_probe_routes_every`]).
+    pub fn sync_probe_routes(&mut self) {
+        probe_routes::sync_logged(&self.probe_marks, &mut self.probe_routes);
     }
 
     /// Seconds since the agent started: the autoscalers' clock.

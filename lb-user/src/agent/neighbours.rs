@@ -13,7 +13,7 @@ use std::{collections::BTreeSet, io, net::IpAddr, time::Duration};
 
 use log::{info, warn};
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
@@ -120,10 +120,10 @@ fn neighbour_message(addr: IpAddr, ifindex: u32) -> NeighbourMessage {
 }
 
 /// A netlink route socket for requests.
-struct Netlink(Socket);
+pub(super) struct Netlink(Socket);
 
 impl Netlink {
-    fn open() -> io::Result<Self> {
+    pub(super) fn open() -> io::Result<Self> {
         let mut socket = Socket::new(NETLINK_ROUTE)?;
         socket.bind_auto()?;
         socket.connect(&SocketAddr::new(0, 0))?;
@@ -132,7 +132,7 @@ impl Netlink {
 
     /// Sends `message` with `flags` and returns the messages of the answer, up to its ACK, its
     /// end or its first message; an error the kernel answers with is an `Err`.
-    fn request(
+    pub(super) fn request(
         &self,
         message: RouteNetlinkMessage,
         flags: u16,
@@ -167,9 +167,47 @@ impl Netlink {
         Ok(answers)
     }
 
+    /// Sends the dump request `message` and returns every message of the answer, up to its
+    /// end (over as many reads as it takes).
+    pub(super) fn dump(
+        &self,
+        message: RouteNetlinkMessage,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
+        let mut message = NetlinkMessage::from(message);
+        message.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        message.finalize();
+        let mut buf = vec![0; message.buffer_len()];
+        message.serialize(&mut buf);
+        self.0.send(&buf, 0)?;
+        let mut answers = Vec::new();
+        loop {
+            let (reply, _) = self.0.recv_from_full()?;
+            let mut rest = reply.as_slice();
+            while !rest.is_empty() {
+                let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest)
+                    .map_err(|err| io::Error::other(err.to_string()))?;
+                let len = (message.header.length as usize).next_multiple_of(4);
+                match message.payload {
+                    NetlinkPayload::Done(_) => return Ok(answers),
+                    NetlinkPayload::Error(err) => {
+                        if let Some(code) = err.code {
+                            return Err(io::Error::from_raw_os_error(-code.get()));
+                        }
+                    }
+                    NetlinkPayload::InnerMessage(inner) => answers.push(inner),
+                    _ => {}
+                }
+                if len == 0 || len > rest.len() {
+                    break;
+                }
+                rest = &rest[len..];
+            }
+        }
+    }
+
     /// The interface the route to `addr` leaves by, if that route is a directly connected one
     /// (no gateway).
-    fn on_link_ifindex(&self, addr: IpAddr) -> io::Result<Option<u32>> {
+    pub(super) fn on_link_ifindex(&self, addr: IpAddr) -> io::Result<Option<u32>> {
         let mut route = RouteMessage::default();
         let (family, len, dst) = match addr {
             IpAddr::V4(v4) => (AddressFamily::Inet, 32, RouteAddress::Inet(v4)),

@@ -85,7 +85,7 @@ use crate::{
         BackendSpec, BackendState, Balancer, Error, Forwarding, Proto, Scheduler, SourcePrefix,
         Vip, VipInfo, VipOptions, plan::Target,
     },
-    health::{CheckKind, HealthCheck},
+    health::{CheckKind, HealthCheck, ProbePath},
     maps::Maps,
 };
 

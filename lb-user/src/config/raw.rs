@@ -90,6 +90,8 @@ pub(super) struct RawHealth {
     pub(super) udp_payload: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) udp_expect: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) path: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -176,6 +178,7 @@ pub(super) fn raw_health_with(check: HealthCheck, full: bool) -> RawHealth {
         rise: (full || check.rise != default.rise).then_some(check.rise.into()),
         fall: (full || check.fall != default.fall).then_some(check.fall.into()),
         port: check.port.map(i64::from),
+        path: (full || check.path != default.path).then(|| check.path.name().to_owned()),
         ..RawHealth::default()
     };
     match check.kind {

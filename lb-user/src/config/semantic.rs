@@ -213,7 +213,17 @@ pub(super) fn vip_from_raw(
             }
         },
     };
-    let health = health_from_raw(raw.health, &inside(prefix, vip, "health"), errors);
+    let health_prefix = inside(prefix, vip, "health");
+    let health = health_from_raw(raw.health, &health_prefix, errors);
+    if health.path == ProbePath::Vip && forwarding != Forwarding::DsrL2 {
+        errors.add(
+            field(&health_prefix, "path"),
+            format!(
+                "\"vip\" probes through the dsr-l2 path; this VIP forwards by {forwarding}: \
+                 use \"direct\""
+            ),
+        );
+    }
     let sources = sources_from_raw(
         (raw.allow, raw.deny),
         (raw.source_rate_limit, raw.source_prefix_len),
@@ -440,6 +450,15 @@ pub(super) fn health_from_raw(
     }
     if let Some(port) = raw.port {
         check.port = errors.int(&path("port"), port, 1..=i64::from(u16::MAX));
+    }
+
+    match raw.path.as_deref() {
+        None | Some("direct") => {}
+        Some("vip") => check.path = ProbePath::Vip,
+        Some(other) => errors.add(
+            path("path"),
+            format!("unknown path {other:?}: expected direct or vip"),
+        ),
     }
 
     let kind = raw.kind.as_deref().unwrap_or("none");

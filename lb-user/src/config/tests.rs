@@ -136,6 +136,7 @@ fn parses_the_full_example() {
             rise: 1,
             fall: 5,
             port: Some(8081),
+            path: ProbePath::Direct,
         }
     );
     let v = &config.vips[1];
@@ -963,6 +964,40 @@ address = "198.18.1.2:80"
     let err = error(&vip("ipip", "198.18.1.2:80"));
     assert!(
         err.contains("forwarding: forwarding mode ipip is not supported"),
+        "{err}"
+    );
+}
+
+#[test]
+fn health_path_is_read_checked_and_written_back() {
+    let vip = |forwarding: &str, path: &str| {
+        format!(
+            "[[vip]]\naddress = \"198.19.0.1:80\"\nprotocol = \"tcp\"\nforwarding = \
+             \"{forwarding}\"\n[vip.health]\nkind = \"tcp\"\npath = \"{path}\"\n\
+             [[vip.backend]]\naddress = \"198.18.1.2:80\"\n"
+        )
+    };
+    let through = parse(&vip("dsr-l2", "vip"));
+    assert_eq!(through.vips[0].health().path, ProbePath::Vip);
+    assert!(
+        through.to_toml().contains("path = \"vip\""),
+        "{}",
+        through.to_toml()
+    );
+    assert_eq!(Config::parse(&through.to_toml()).unwrap(), through);
+    // Direct is the default and is left out.
+    let direct = parse(&vip("dsr-l2", "direct"));
+    assert_eq!(direct.vips[0].health().path, ProbePath::Direct);
+    assert!(!direct.to_toml().contains("path ="), "{}", direct.to_toml());
+
+    let err = error(&vip("nat", "vip"));
+    assert!(
+        err.contains("vip[0] (198.19.0.1:80/tcp) health.path: \"vip\" probes through the dsr-l2 path; this VIP forwards by nat"),
+        "{err}"
+    );
+    let err = error(&vip("dsr-l2", "backend"));
+    assert!(
+        err.contains("health.path: unknown path \"backend\": expected direct or vip"),
         "{err}"
     );
 }

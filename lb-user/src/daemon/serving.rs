@@ -82,10 +82,18 @@ pub(super) async fn run_agent(
         Arc::clone(&shared),
         Duration::from_secs(1),
     ));
+    tokio::spawn(agent::manage_probe_routes_every(
+        Arc::clone(&shared),
+        Duration::from_secs(1),
+    ));
     tokio::spawn(agent::autoscale_every(
         Arc::clone(&shared),
         Duration::from_secs(1),
     ));
+    // Before the first check makes its own.
+    tokio::task::spawn_blocking(agent::sweep_probe_rules)
+        .await
+        .context("removing earlier probe rules")?;
     let (health_tx, health_rx) = tokio::sync::mpsc::unbounded_channel();
     {
         let mut agent = shared.lock().expect("agent lock");

@@ -24,7 +24,7 @@ use std::{
 
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpStream, UdpSocket},
+    net::{TcpSocket, TcpStream, UdpSocket},
     sync::mpsc::UnboundedSender,
     task::JoinHandle,
     time::MissedTickBehavior,
@@ -77,6 +77,44 @@ impl CheckKind {
     }
 }
 
+/// Where a check's packets go.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub enum ProbePath {
+    /// To the backend's own address (or the check's port on it).
+    #[default]
+    Direct,
+    /// To the VIP's address, delivered to the backend's MAC as the data path does (`dsr-l2`):
+    /// a backend that does not hold the VIP fails. Other modes probe directly.
+    Vip,
+}
+
+impl ProbePath {
+    /// The path's name in the config file: `direct` or `vip`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProbePath::Direct => "direct",
+            ProbePath::Vip => "vip",
+        }
+    }
+}
+
+/// Where one watch's checks go: an address, and the socket mark (`SO_MARK`) that routes them
+/// (the agent's rule for the mark sends them to one backend's MAC; see
+/// `agent::probe_routes`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The address checked.
+    pub addr: SocketAddr,
+    /// The mark of the check's sockets, if any.
+    pub mark: Option<u32>,
+}
+
+impl From<SocketAddr> for Target {
+    fn from(addr: SocketAddr) -> Self {
+        Self { addr, mark: None }
+    }
+}
+
 /// A VIP's health check, applied to each of its backends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthCheck {
@@ -92,6 +130,8 @@ pub struct HealthCheck {
     pub fall: u32,
     /// Check this port instead of the backend's.
     pub port: Option<u16>,
+    /// Where the checks go.
+    pub path: ProbePath,
 }
 
 impl Default for HealthCheck {
@@ -103,6 +143,7 @@ impl Default for HealthCheck {
             rise: 2,
             fall: 3,
             port: None,
+            path: ProbePath::Direct,
         }
     }
 }
@@ -160,21 +201,23 @@ pub async fn probe(kind: &CheckKind, target: SocketAddr, timeout: Duration) -> R
 }
 
 /// [`probe`], saying also whether a failure is the agent's own ([`Failure::local`]).
-pub async fn check(kind: &CheckKind, target: SocketAddr, timeout: Duration) -> Result<(), Failure> {
+pub async fn check(
+    kind: &CheckKind,
+    target: impl Into<Target>,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let Target { addr: target, mark } = target.into();
     let check = async {
         match kind {
             CheckKind::None => Ok(()),
-            CheckKind::Tcp => TcpStream::connect(target)
-                .await
-                .map(drop)
-                .map_err(|err| io_error("connect", &err)),
+            CheckKind::Tcp => connect(target, mark).await.map(drop),
             CheckKind::Http {
                 method,
                 path,
                 expect_status,
-            } => probe_http(target, method, path, *expect_status).await,
+            } => probe_http(target, mark, method, path, *expect_status).await,
             CheckKind::Udp { payload, expect } => {
-                probe_udp(target, payload, expect.as_deref()).await
+                probe_udp(target, mark, payload, expect.as_deref()).await
             }
         }
     };
@@ -197,6 +240,33 @@ pub async fn check(kind: &CheckKind, target: SocketAddr, timeout: Duration) -> R
     }
 }
 
+/// A TCP connection to `target` from a socket with `mark`, if any.
+async fn connect(target: SocketAddr, mark: Option<u32>) -> Result<TcpStream, Failure> {
+    let socket = match target {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|err| io_error("socket", &err))?;
+    if let Some(mark) = mark {
+        set_mark(&socket, mark)?;
+    }
+    socket
+        .connect(target)
+        .await
+        .map_err(|err| io_error("connect", &err))
+}
+
+/// Marks `socket`'s packets with `mark` (`SO_MARK`, which needs `CAP_NET_ADMIN`): a failure
+/// is the agent's own.
+fn set_mark(socket: &impl std::os::fd::AsFd, mark: u32) -> Result<(), Failure> {
+    nix::sys::socket::setsockopt(socket, nix::sys::socket::sockopt::Mark, &mark).map_err(|err| {
+        Failure {
+            reason: format!("setting the socket mark: {err}"),
+            local: true,
+        }
+    })
+}
+
 fn io_error(what: &str, err: &io::Error) -> Failure {
     let reason = match err.kind() {
         io::ErrorKind::ConnectionRefused => "connection refused".to_owned(),
@@ -211,13 +281,12 @@ fn io_error(what: &str, err: &io::Error) -> Failure {
 
 async fn probe_http(
     target: SocketAddr,
+    mark: Option<u32>,
     method: &str,
     path: &str,
     expect_status: u16,
 ) -> Result<(), Failure> {
-    let mut stream = TcpStream::connect(target)
-        .await
-        .map_err(|err| io_error("connect", &err))?;
+    let mut stream = connect(target, mark).await?;
     let request =
         format!("{method} {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
     stream
@@ -270,6 +339,7 @@ fn parse_status_line(line: &[u8]) -> Result<u16, String> {
 
 async fn probe_udp(
     target: SocketAddr,
+    mark: Option<u32>,
     payload: &[u8],
     expect: Option<&[u8]>,
 ) -> Result<(), Failure> {
@@ -280,6 +350,9 @@ async fn probe_udp(
     let socket = UdpSocket::bind(local)
         .await
         .map_err(|err| io_error("bind", &err))?;
+    if let Some(mark) = mark {
+        set_mark(&socket, mark)?;
+    }
     // Connected, so that only the target's replies are received and an ICMP port unreachable
     // shows up as "connection refused".
     socket
@@ -413,7 +486,7 @@ impl Counters {
 
 #[derive(Debug)]
 struct Watch {
-    target: SocketAddr,
+    target: Target,
     check: HealthCheck,
     counters: Arc<Counters>,
     task: JoinHandle<()>,
@@ -453,7 +526,8 @@ impl Monitor {
     /// and check again leave the running watch alone. [`CheckKind::None`] watches nothing: it
     /// ends a watch of `key`, and if that watch had found the backend unhealthy, reports it
     /// healthy (nothing holds it down any more).
-    pub fn watch(&mut self, key: WatchKey, target: SocketAddr, check: HealthCheck) {
+    pub fn watch(&mut self, key: WatchKey, target: impl Into<Target>, check: HealthCheck) {
+        let target = target.into();
         if let Some(existing) = self.watches.get(&key)
             && existing.target == target
             && existing.check == check
@@ -542,7 +616,7 @@ impl Drop for Monitor {
 /// The probe loop of one watch.
 async fn run(
     key: WatchKey,
-    target: SocketAddr,
+    target: Target,
     check: HealthCheck,
     counters: Arc<Counters>,
     events: UnboundedSender<HealthEvent>,

@@ -211,6 +211,7 @@ async fn monitor_reports_a_backend_going_down_and_coming_back() {
         rise: 2,
         fall: 3,
         port: None,
+        path: ProbePath::Direct,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -265,6 +266,7 @@ async fn monitor_replaces_unwatches_and_stops_on_drop() {
         rise: 1,
         fall: 1,
         port: None,
+        path: ProbePath::Direct,
     };
     let closed = closed_tcp_port().await;
     let (tx, mut rx) = mpsc::unbounded_channel();

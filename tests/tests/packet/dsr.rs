@@ -6,6 +6,9 @@
 //! and what cannot be sent to the backend's MAC is dropped, never passed to a kernel that would
 //! route it by the VIP.
 
+use std::net::Ipv6Addr;
+
+use etherparse::Icmpv6Type;
 use lb_common::{
     conntrack::STATE_ESTABLISHED,
     flow::PROTO_TCP,
@@ -278,7 +281,8 @@ fn dsr_l2() {
 /// The MTU edges on a route of 1280 bytes to the backend: the largest packet that fits goes as
 /// it is, one byte more with DF is answered from the VIP with fragmentation needed, one byte
 /// more without DF is dropped (the program does not fragment; the kernel would route the
-/// fragments by the VIP).
+/// fragments by the VIP). IPv6 the same: the largest packet goes, one byte more is answered
+/// from the VIP with packet too big.
 #[test]
 #[ignore = "needs root"]
 fn dsr_l2_mtu_edges() {
@@ -299,9 +303,21 @@ fn dsr_l2_mtu_edges() {
         ],
     )
     .expect("small route");
-    gw.permanent_neighbour("198.18.1.9", lab.b0_mac, "gb0")
-        .expect("neighbour");
+    for args in [
+        &["-6", "route", "add", "fd00:0:0:1::9/128", "dev", "gb0"][..],
+        // The IPv6 lookup takes the MTU of the device (or of a learnt exception), not the
+        // route's.
+        &["link", "set", "gb0", "mtu", "1280"],
+    ] {
+        let out = gw.exec("ip", args).expect("ip");
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    }
+    for addr in ["198.18.1.9", "fd00:0:0:1::9"] {
+        gw.permanent_neighbour(addr, lab.b0_mac, "gb0")
+            .expect("neighbour");
+    }
     dsr(&mut lab, "198.19.0.35:80/tcp", &["198.18.1.9:80"]);
+    dsr(&mut lab, "[fd00:ffff::35]:80/tcp", &["[fd00:0:0:1::9]:80"]);
     let (gb0_mac, b0_mac) = (lab.gb0_mac, lab.b0_mac);
     // 20 bytes of IPv4 and 20 of TCP: 1240 bytes of payload fill 1280.
     let syn = |port: u16, payload: usize| {
@@ -320,6 +336,30 @@ fn dsr_l2_mtu_edges() {
             .ipv4([198, 19, 0, 35], [198, 18, 0, 2], 64)
             .icmpv4(FRAG_NEEDED)
             .write(&mut out, &too_big[14..14 + 28])
+            .expect("answer");
+        out
+    };
+    // 40 bytes of IPv6 and 20 of TCP: 1220 bytes of payload fill 1280.
+    let syn6 = |port: u16, payload: usize| {
+        frame(
+            sa(&format!("[fd00::2]:{port}")),
+            sa("[fd00:ffff::35]:80"),
+            SYN,
+            &vec![0x42; payload],
+        )
+    };
+    let fits6 = syn6(42011, 1220);
+    let too_big6 = syn6(42012, 1221);
+    let answer6 = {
+        let mut out = Vec::new();
+        etherparse::PacketBuilder::ethernet2(GATEWAY_MAC, CLIENT_MAC)
+            .ipv6(
+                "fd00:ffff::35".parse::<Ipv6Addr>().expect("vip").octets(),
+                "fd00::2".parse::<Ipv6Addr>().expect("client").octets(),
+                64,
+            )
+            .icmpv6(Icmpv6Type::PacketTooBig { mtu: 1280 })
+            .write(&mut out, &too_big6[14..14 + 48])
             .expect("answer");
         out
     };
@@ -345,6 +385,20 @@ fn dsr_l2_mtu_edges() {
             Expect::Unchanged,
         )
         .counter("drop_dsr_no_route"),
+        Case::new(
+            "IPv6, 1280 bytes, the link's MTU: sent as it is",
+            fits6.clone(),
+            XdpAction::Redirect,
+            Expect::Frame(switched(&fits6, gb0_mac, b0_mac)),
+        )
+        .counter("fwd_redirect"),
+        Case::new(
+            "IPv6, 1281 bytes: packet too big (MTU 1280) from the VIP",
+            too_big6,
+            XdpAction::Tx,
+            Expect::Frame(answer6),
+        )
+        .counter("icmp_too_big_tx"),
     ];
-    assert_eq!(lab.run(lab.gc, &cases), 3);
+    assert_eq!(lab.run(lab.gc, &cases), 5);
 }
