@@ -189,7 +189,7 @@ fn send_to_backend(
     };
     let index = backend_index(id);
     let mode = backend.forwarding;
-    if mode != forwarding::NAT && mode != forwarding::DSR_L2 {
+    if mode != forwarding::NAT && mode != forwarding::DSR_L2 && mode != forwarding::IPIP {
         return Err(Counter::DropInternal);
     }
     // A new flow to a backend several VIPs share records its reverse translation, a half-open
@@ -222,6 +222,10 @@ fn send_to_backend(
     if mode == forwarding::DSR_L2 {
         // Later fragments are not remembered: their path rewrites addresses (see README).
         return Ok(fwd::to_backend::<true>(pkt, s, index, generation, now));
+    }
+    if mode == forwarding::IPIP {
+        // Nothing is rewritten: the packet goes whole inside the outer header.
+        return Ok(fwd::ipip_to_backend(pkt, s, index, settings, now));
     }
     if s.l3.frag == FRAG_FIRST {
         let ids = (id, u32::from(backend.vip_id));

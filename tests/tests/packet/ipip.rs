@@ -1,0 +1,421 @@
+//! `ipip` forwarding: the packet leaves whole, byte for byte as the client sent it, inside an
+//! outer IPv4 (IPv6) header to the backend's address, from a source in the configured prefix
+//! whose low bits vary with the flow (one source per flow, several over flows); the route may
+//! go through a router; tracked flows keep their backend; a request too big for the route once
+//! encapsulated is answered from the VIP with an MTU that leaves room for the outer header if
+//! it may not be fragmented, and dropped if it may.
+//!
+//! The outer header is read by etherparse (its checksum recomputed there), not by the
+//! program's own code.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    sync::{Arc, Mutex},
+};
+
+use etherparse::{Icmpv4Type, Icmpv6Type, Ipv4HeaderSlice, Ipv6HeaderSlice, icmpv4};
+use lb_tests::{
+    fixture::{Case, Expect, XdpAction},
+    lab::PacketLab,
+    packet::{L4, frame, patch_ipv4, tcp_flags, verify_checksums},
+    sa, vip,
+};
+use lb_user::balancer::{BackendSpec, BackendState, Forwarding, VipOptions};
+
+use super::{ACK, SYN};
+
+const VIP4: &str = "198.19.0.40:80";
+const VIP6: &str = "[fd00:ffff::40]:80";
+/// To a host behind a router (backend 0 routes the lab's 10.9.0.0/16).
+const VIP_ROUTED: &str = "198.19.0.41:80";
+const PSH_ACK: L4 = L4::Tcp(tcp_flags::PSH | tcp_flags::ACK);
+
+fn ipip(lab: &mut PacketLab, v: &str, backends: &[&str]) {
+    let v = vip(v);
+    let options = VipOptions {
+        forwarding: Forwarding::Ipip,
+        ..VipOptions::default()
+    };
+    lab.balancer.add_vip(v, options).expect("ipip vip");
+    lab.balancer
+        .set_backends(
+            &v,
+            backends
+                .iter()
+                .map(|b| BackendSpec::new(sa(b), 1))
+                .collect(),
+        )
+        .expect("ipip backends");
+}
+
+/// The outer sources seen, by flow name.
+type Sources = Arc<Mutex<BTreeMap<&'static str, BTreeSet<IpAddr>>>>;
+
+/// Accepts `input` encapsulated for `backend`, leaving for MAC `dst_mac` from `src_mac`: the
+/// outer header's fields and checksum right, the inner packet byte for byte `input`'s. Records
+/// the outer source under `flow` in `sources`.
+fn encapsulated(
+    input: &[u8],
+    (src_mac, dst_mac): ([u8; 6], [u8; 6]),
+    backend: &str,
+    flow: &'static str,
+    sources: &Sources,
+) -> Expect {
+    let input = input.to_vec();
+    let backend: IpAddr = backend.parse().expect("backend address");
+    let sources = Arc::clone(sources);
+    Expect::Check(Box::new(move |out| {
+        if out[..6] != dst_mac || out[6..12] != src_mac {
+            return Err(format!("MACs {:02x?}", &out[..12]));
+        }
+        if out[12..14] != input[12..14] {
+            return Err("Ethernet type changed".into());
+        }
+        let (source, outer_len) = match backend {
+            IpAddr::V4(dst) => {
+                let ip = Ipv4HeaderSlice::from_slice(&out[14..]).map_err(|e| e.to_string())?;
+                let inner = Ipv4HeaderSlice::from_slice(&input[14..]).map_err(|e| e.to_string())?;
+                let header = ip.to_header();
+                if header.calc_header_checksum() != ip.header_checksum() {
+                    return Err("outer IPv4 checksum wrong".into());
+                }
+                if ip.protocol().0 != 4 || ip.ttl() != 64 || ip.destination_addr() != dst {
+                    return Err(format!("outer header {header:?}"));
+                }
+                if ip.total_len() as usize != out.len() - 14
+                    || ip.dont_fragment() != inner.dont_fragment()
+                    || ip.more_fragments()
+                    || ip.ihl() != 5
+                {
+                    return Err(format!("outer header {header:?}"));
+                }
+                let src = ip.source_addr();
+                if src.octets()[..2] != [10, 255] {
+                    return Err(format!("outer source {src} outside 10.255.0.0/16"));
+                }
+                (IpAddr::V4(src), 20)
+            }
+            IpAddr::V6(dst) => {
+                let ip = Ipv6HeaderSlice::from_slice(&out[14..]).map_err(|e| e.to_string())?;
+                if ip.next_header().0 != 41 || ip.hop_limit() != 64 || ip.destination_addr() != dst
+                {
+                    return Err(format!("outer header {:?}", ip.to_header()));
+                }
+                if ip.payload_length() as usize != out.len() - 14 - 40 {
+                    return Err("outer payload length".into());
+                }
+                let src = ip.source_addr();
+                if src.segments()[..6] != [0xfd00, 0xffff, 0xffff, 0, 0, 0] {
+                    return Err(format!("outer source {src} outside fd00:ffff:ffff::/96"));
+                }
+                (IpAddr::V6(src), 40)
+            }
+        };
+        if out[14 + outer_len..] != input[14..] {
+            return Err("inner packet changed".into());
+        }
+        verify_checksums(&input)?;
+        sources
+            .lock()
+            .expect("sources")
+            .entry(flow)
+            .or_default()
+            .insert(source);
+        Ok(())
+    }))
+}
+
+#[test]
+#[ignore = "needs root"]
+fn ipip_encapsulation() {
+    let mut lab = PacketLab::set_up();
+    lab.topo
+        .gateway
+        .exec("ip", &["route", "add", "10.9.0.0/16", "via", "198.18.1.2"])
+        .expect("route via backend 0");
+    ipip(&mut lab, &format!("{VIP4}/tcp"), &["198.18.1.2:80"]);
+    ipip(&mut lab, &format!("{VIP4}/udp"), &["198.18.1.2:80"]);
+    ipip(&mut lab, &format!("{VIP6}/tcp"), &["[fd00:0:0:1::2]:80"]);
+    ipip(&mut lab, &format!("{VIP_ROUTED}/tcp"), &["10.9.0.2:80"]);
+    let sources = Sources::default();
+    let b0 = (lab.gb0_mac, lab.b0_mac);
+    let to_b0 = |input: &[u8], backend: &str, flow: &'static str| {
+        encapsulated(input, b0, backend, flow, &sources)
+    };
+    let client = |port: u16| sa(&format!("198.18.0.2:{port}"));
+    let client6 = |port: u16| sa(&format!("[fd00::2]:{port}"));
+    let syn = frame(client(41000), sa(VIP4), SYN, b"");
+    let ack = frame(client(41000), sa(VIP4), ACK, b"");
+    let data = frame(client(41000), sa(VIP4), PSH_ACK, b"GET / HTTP/1.1\r\n\r\n");
+    let udp = frame(client(5353), sa(VIP4), L4::Udp, b"query");
+    let syn6 = frame(client6(41000), sa(VIP6), SYN, b"");
+    let ack6 = frame(client6(41000), sa(VIP6), ACK, b"");
+    let routed = frame(client(41000), sa(VIP_ROUTED), SYN, b"");
+    let mut cases = vec![
+        Case::new(
+            "SYN to an ipip VIP: encapsulated whole to backend 0",
+            syn.clone(),
+            XdpAction::Redirect,
+            to_b0(&syn, "198.18.1.2", "tcp4"),
+        )
+        .counter("fwd_redirect"),
+        Case::new(
+            "its handshake ACK: the same backend, the same outer source",
+            ack.clone(),
+            XdpAction::Redirect,
+            to_b0(&ack, "198.18.1.2", "tcp4"),
+        )
+        .counter("fwd_redirect"),
+        Case::new(
+            "data of the tracked flow",
+            data.clone(),
+            XdpAction::Redirect,
+            to_b0(&data, "198.18.1.2", "tcp4"),
+        )
+        .counter("fwd_redirect"),
+        Case::new(
+            "UDP to an ipip VIP",
+            udp.clone(),
+            XdpAction::Redirect,
+            to_b0(&udp, "198.18.1.2", "udp4"),
+        )
+        .counter("fwd_redirect"),
+        Case::new(
+            "IPv6 SYN: IPv6 in IPv6",
+            syn6.clone(),
+            XdpAction::Redirect,
+            to_b0(&syn6, "fd00:0:0:1::2", "tcp6"),
+        )
+        .counter("fwd_redirect"),
+        Case::new(
+            "IPv6 handshake ACK, the same outer source",
+            ack6.clone(),
+            XdpAction::Redirect,
+            to_b0(&ack6, "fd00:0:0:1::2", "tcp6"),
+        )
+        .counter("fwd_redirect"),
+        Case::new(
+            "backend behind a router: encapsulated to it, sent to the router",
+            routed.clone(),
+            XdpAction::Redirect,
+            to_b0(&routed, "10.9.0.2", "routed"),
+        )
+        .counter("fwd_redirect"),
+    ];
+    // More flows, to see the outer source vary.
+    const FLOWS: [&str; 8] = ["f0", "f1", "f2", "f3", "f4", "f5", "f6", "f7"];
+    for (i, flow) in FLOWS.iter().enumerate() {
+        let syn = frame(client(42000 + i as u16), sa(VIP4), SYN, b"");
+        let syn6 = frame(client6(42000 + i as u16), sa(VIP6), SYN, b"");
+        cases.push(
+            Case::new(
+                format!("flow {flow}"),
+                syn.clone(),
+                XdpAction::Redirect,
+                to_b0(&syn, "198.18.1.2", flow),
+            )
+            .counter("fwd_redirect"),
+        );
+        let flow6 = ["g0", "g1", "g2", "g3", "g4", "g5", "g6", "g7"][i];
+        cases.push(
+            Case::new(
+                format!("IPv6 flow {flow6}"),
+                syn6.clone(),
+                XdpAction::Redirect,
+                to_b0(&syn6, "fd00:0:0:1::2", flow6),
+            )
+            .counter("fwd_redirect"),
+        );
+    }
+    assert_eq!(lab.run(lab.gc, &cases), cases.len());
+
+    let seen = sources.lock().expect("sources").clone();
+    for (flow, srcs) in &seen {
+        assert_eq!(srcs.len(), 1, "flow {flow} had outer sources {srcs:?}");
+    }
+    let distinct = |prefix: char| {
+        seen.iter()
+            .filter(|(flow, _)| flow.starts_with(prefix))
+            .flat_map(|(_, s)| s)
+            .collect::<BTreeSet<_>>()
+            .len()
+    };
+    assert!(
+        distinct('f') >= 2,
+        "IPv4 outer sources over 8 flows: {seen:?}"
+    );
+    assert!(
+        distinct('g') >= 2,
+        "IPv6 outer sources over 8 flows: {seen:?}"
+    );
+
+    // Backend 1 joins and backend 0 drains: the tracked flow stays on backend 0.
+    lab.balancer
+        .set_backends(
+            &vip(&format!("{VIP4}/tcp")),
+            vec![
+                BackendSpec {
+                    state: BackendState::Draining,
+                    ..BackendSpec::new(sa("198.18.1.2:80"), 1)
+                },
+                BackendSpec::new(sa("198.18.2.2:80"), 1),
+            ],
+        )
+        .expect("drain");
+    let after = [Case::new(
+        "tracked flow keeps its draining backend",
+        data.clone(),
+        XdpAction::Redirect,
+        to_b0(&data, "198.18.1.2", "tcp4"),
+    )
+    .counter("fwd_redirect")];
+    assert_eq!(lab.run(lab.gc, &after), 1);
+    assert_eq!(sources.lock().expect("sources")["tcp4"].len(), 1);
+}
+
+/// An ICMP "too big" answer from `vip` to the client `client`, with `mtu`, its checksums as
+/// etherparse computes them, quoting `input`'s IP packet from its start.
+fn too_big_answer(input: &[u8], vip: IpAddr, client: IpAddr, mtu: u16) -> Expect {
+    let input = input.to_vec();
+    Expect::Check(Box::new(move |out| {
+        let headers =
+            etherparse::PacketHeaders::from_ethernet_slice(out).map_err(|e| e.to_string())?;
+        let payload = headers.payload.slice();
+        let quote = payload.len().min(input.len() - 14);
+        if quote < 28 || payload[..quote] != input[14..14 + quote] {
+            return Err("the quote is not the packet as sent".into());
+        }
+        let ok = match (&headers.net, &headers.transport) {
+            (
+                Some(etherparse::NetHeaders::Ipv4(ip, _)),
+                Some(etherparse::TransportHeader::Icmpv4(icmp)),
+            ) => {
+                let want = etherparse::Icmpv4Header::with_checksum(
+                    Icmpv4Type::DestinationUnreachable(
+                        icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu },
+                    ),
+                    payload,
+                );
+                ip.header_checksum == ip.calc_header_checksum()
+                    && (IpAddr::from(ip.source), IpAddr::from(ip.destination)) == (vip, client)
+                    && *icmp == want
+            }
+            (
+                Some(etherparse::NetHeaders::Ipv6(ip, _)),
+                Some(etherparse::TransportHeader::Icmpv6(icmp)),
+            ) => {
+                let want = etherparse::Icmpv6Header::with_checksum(
+                    Icmpv6Type::PacketTooBig {
+                        mtu: u32::from(mtu),
+                    },
+                    ip.source,
+                    ip.destination,
+                    payload,
+                )
+                .map_err(|e| e.to_string())?;
+                (IpAddr::from(ip.source), IpAddr::from(ip.destination)) == (vip, client)
+                    && *icmp == want
+            }
+            _ => false,
+        };
+        if !ok {
+            return Err(format!("not too big with MTU {mtu} from {vip} to {client}"));
+        }
+        Ok(())
+    }))
+}
+
+/// The MTU edges on a route of 1280 bytes to the backend: the largest packet that fits once
+/// encapsulated goes, one byte more with DF (IPv6: always) is answered from the VIP with the
+/// MTU less the outer header, one byte more without DF is dropped.
+#[test]
+#[ignore = "needs root"]
+fn ipip_mtu_edges() {
+    let mut lab = PacketLab::set_up();
+    let gw = &lab.topo.gateway;
+    // Locked: a forwarding lookup ignores an IPv4 route's MTU otherwise.
+    for (addr, ip) in [("198.18.1.9/32", "-4"), ("fd00:0:0:1::9/128", "-6")] {
+        gw.exec(
+            "ip",
+            &[
+                ip, "route", "add", addr, "dev", "gb0", "mtu", "lock", "1280",
+            ],
+        )
+        .expect("small route");
+    }
+    gw.permanent_neighbour("198.18.1.9", lab.b0_mac, "gb0")
+        .expect("neighbour");
+    gw.permanent_neighbour("fd00:0:0:1::9", lab.b0_mac, "gb0")
+        .expect("neighbour");
+    ipip(&mut lab, "198.19.0.45:80/tcp", &["198.18.1.9:80"]);
+    ipip(&mut lab, "[fd00:ffff::45]:80/tcp", &["[fd00:0:0:1::9]:80"]);
+    let sources = Sources::default();
+    let b0 = (lab.gb0_mac, lab.b0_mac);
+    // 20 bytes of IPv4 and 20 of TCP, 20 of outer header: 1220 bytes of payload fill 1280.
+    let syn = |port: u16, payload: usize| {
+        frame(
+            sa(&format!("198.18.0.2:{port}")),
+            sa("198.19.0.45:80"),
+            SYN,
+            &vec![0x42; payload],
+        )
+    };
+    // 40 of IPv6, 20 of TCP, 40 of outer header: 1180.
+    let syn6 = |port: u16, payload: usize| {
+        frame(
+            sa(&format!("[fd00::2]:{port}")),
+            sa("[fd00:ffff::45]:80"),
+            SYN,
+            &vec![0x42; payload],
+        )
+    };
+    let fits = syn(42001, 1220);
+    let fits6 = syn6(42001, 1180);
+    let (vip4, vip6): (IpAddr, IpAddr) = (
+        "198.19.0.45".parse().expect("vip"),
+        "fd00:ffff::45".parse().expect("vip"),
+    );
+    let (client4, client6): (IpAddr, IpAddr) = (
+        "198.18.0.2".parse().expect("client"),
+        "fd00::2".parse().expect("client"),
+    );
+    let cases = [
+        Case::new(
+            "1260 bytes, 1280 encapsulated: sent",
+            fits.clone(),
+            XdpAction::Redirect,
+            encapsulated(&fits, b0, "198.18.1.9", "fits", &sources),
+        )
+        .counter("fwd_redirect"),
+        Case::new(
+            "1261 bytes with DF: fragmentation needed (MTU 1260) from the VIP",
+            syn(42002, 1221),
+            XdpAction::Tx,
+            too_big_answer(&syn(42002, 1221), vip4, client4, 1260),
+        )
+        .counter("icmp_too_big_tx"),
+        Case::new(
+            "1261 bytes without DF: dropped",
+            patch_ipv4(syn(42003, 1221), 20, 0),
+            XdpAction::Drop,
+            Expect::Unchanged,
+        )
+        .counter("drop_ipip_too_big"),
+        Case::new(
+            "IPv6, 1240 bytes, 1280 encapsulated: sent",
+            fits6.clone(),
+            XdpAction::Redirect,
+            encapsulated(&fits6, b0, "fd00:0:0:1::9", "fits6", &sources),
+        )
+        .counter("fwd_redirect"),
+        Case::new(
+            "IPv6, 1241 bytes: packet too big (MTU 1240) from the VIP",
+            syn6(42002, 1181),
+            XdpAction::Tx,
+            too_big_answer(&syn6(42002, 1181), vip6, client6, 1240),
+        )
+        .counter("icmp_too_big_tx"),
+    ];
+    assert_eq!(lab.run(lab.gc, &cases), cases.len());
+}
