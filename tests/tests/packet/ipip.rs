@@ -419,3 +419,132 @@ fn ipip_mtu_edges() {
     ];
     assert_eq!(lab.run(lab.gc, &cases), cases.len());
 }
+
+/// `frame`'s IP packet inside an outer header from `src` to `dst` (IPv4 with protocol 4 and
+/// the flags-and-offset word `frags`, or IPv6 with next header `proto`), behind `frame`'s own
+/// Ethernet header (type: the outer family's): what a backend receives.
+fn tunnelled(frame: &[u8], src: IpAddr, dst: IpAddr, proto: u8, frags: u16) -> Vec<u8> {
+    let inner = &frame[14..];
+    let mut out = frame[..12].to_vec();
+    match (src, dst) {
+        (IpAddr::V4(src), IpAddr::V4(dst)) => {
+            out.extend_from_slice(&[0x08, 0x00]);
+            let mut ip = etherparse::Ipv4Header::new(
+                inner.len() as u16,
+                64,
+                etherparse::IpNumber(proto),
+                src.octets(),
+                dst.octets(),
+            )
+            .expect("outer header");
+            ip.dont_fragment = frags & 0x4000 != 0;
+            ip.more_fragments = frags & 0x2000 != 0;
+            ip.fragment_offset = etherparse::IpFragOffset::try_new(frags & 0x1fff).expect("offset");
+            ip.header_checksum = ip.calc_header_checksum();
+            ip.write(&mut out).expect("outer header");
+        }
+        (IpAddr::V6(src), IpAddr::V6(dst)) => {
+            out.extend_from_slice(&[0x86, 0xdd]);
+            etherparse::Ipv6Header {
+                payload_length: inner.len() as u16,
+                next_header: etherparse::IpNumber(proto),
+                hop_limit: 64,
+                source: src.octets(),
+                destination: dst.octets(),
+                ..Default::default()
+            }
+            .write(&mut out)
+            .expect("outer header");
+        }
+        _ => panic!("mixed families"),
+    }
+    out.extend_from_slice(inner);
+    out
+}
+
+/// The backends' decapsulation program (`xdplb decap`), through `BPF_PROG_TEST_RUN`: an
+/// IPv4-in-IPv4 or IPv6-in-IPv6 packet goes to the stack as the inner packet behind the same
+/// Ethernet header; anything else (a plain packet, a fragment of a tunnelled one, IPv6 in
+/// IPv4) passes as it came.
+#[test]
+#[ignore = "needs root"]
+fn decap_program() {
+    use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+
+    let mut ebpf = lb_user::decap::load().expect("loading the decapsulation program");
+    let program: &mut Xdp = ebpf
+        .program_mut(lb_user::decap::DECAP_PROGRAM)
+        .expect("decap program")
+        .try_into()
+        .expect("XDP");
+    let ip = |s: &str| -> IpAddr { s.parse().expect("address") };
+    let syn = frame(sa("198.18.0.2:41000"), sa(VIP4), SYN, b"");
+    let data = frame(
+        sa("198.18.0.2:41000"),
+        sa(VIP4),
+        PSH_ACK,
+        b"GET / HTTP/1.1\r\n\r\n",
+    );
+    let syn6 = frame(sa("[fd00::2]:41000"), sa(VIP6), SYN, b"");
+    let (gw4, b4) = (ip("10.255.12.34"), ip("198.18.1.2"));
+    let (gw6, b6) = (ip("fd00:ffff:ffff::1234"), ip("fd00:0:0:1::2"));
+    let cases = [
+        Case::new(
+            "IPv4 in IPv4: the inner packet",
+            tunnelled(&syn, gw4, b4, 4, 0),
+            XdpAction::Pass,
+            Expect::Frame(syn.clone()),
+        ),
+        Case::new(
+            "IPv4 in IPv4 with DF and a payload: the inner packet",
+            tunnelled(&data, gw4, b4, 4, 0x4000),
+            XdpAction::Pass,
+            Expect::Frame(data.clone()),
+        ),
+        Case::new(
+            "IPv6 in IPv6: the inner packet",
+            tunnelled(&syn6, gw6, b6, 41, 0),
+            XdpAction::Pass,
+            Expect::Frame(syn6.clone()),
+        ),
+        Case::new(
+            "a plain packet: as it came",
+            syn.clone(),
+            XdpAction::Pass,
+            Expect::Unchanged,
+        ),
+        Case::new(
+            "a plain IPv6 packet: as it came",
+            syn6.clone(),
+            XdpAction::Pass,
+            Expect::Unchanged,
+        ),
+        Case::new(
+            "a first fragment of a tunnelled packet: as it came (the stack reassembles)",
+            tunnelled(&data, gw4, b4, 4, 0x2000),
+            XdpAction::Pass,
+            Expect::Unchanged,
+        ),
+        Case::new(
+            "IPv6 in IPv4: as it came",
+            tunnelled(&syn6, gw4, b4, 41, 0),
+            XdpAction::Pass,
+            Expect::Unchanged,
+        ),
+    ];
+    let ran = lb_tests::fixture::run_cases(&cases, |input| {
+        let mut output = vec![0u8; input.len() + 512];
+        let result = program.test_run(TestRunOptions {
+            data_in: Some(input),
+            data_out: Some(&mut output),
+            ..TestRunOptions::new()
+        })?;
+        output.truncate(result.data_size_out as usize);
+        Ok(lb_tests::fixture::Outcome {
+            action: result.return_value,
+            output,
+            counters: Vec::new(),
+        })
+    });
+    assert_eq!(ran, cases.len());
+}

@@ -86,6 +86,23 @@ pub enum Command {
     /// Autoscaling: what the agent's autoscalers see and decide, and an offline simulator.
     #[command(subcommand)]
     Autoscale(AutoscaleCommand),
+    /// On an `ipip` backend: attach (or replace, hitless) the XDP program that strips the
+    /// outer header of IPv4-in-IPv4 and IPv6-in-IPv6 packets arriving on an interface, pinned
+    /// so that it stays after this command exits; no agent needed.
+    Decap {
+        /// The interface the encapsulated packets arrive on.
+        #[arg(long, value_name = "IF")]
+        iface: String,
+        /// Detach it instead.
+        #[arg(long)]
+        detach: bool,
+        /// XDP attach mode: `auto` tries native and falls back to skb.
+        #[arg(long, value_enum, default_value_t)]
+        xdp_mode: lb_user::loader::AttachMode,
+        /// Where the links are pinned, a directory per interface.
+        #[arg(long, value_name = "DIR", default_value = lb_user::decap::DECAP_PIN_ROOT)]
+        pin_root: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
