@@ -46,6 +46,19 @@ pub const fn source_low_bytes(prefix_low: [u8; 2], bits: u8, hash: u32) -> [u8; 
     low.to_be_bytes()
 }
 
+/// How many low bits of the outer source vary for a configured prefix of length `len` in the
+/// family (`v6`): its host bits, at most [`MAX_SOURCE_BITS`].
+#[inline(always)]
+pub const fn source_bits(v6: bool, len: u8) -> u8 {
+    let max: u8 = if v6 { 128 } else { 32 };
+    let host = max - if len > max { max } else { len };
+    if host > MAX_SOURCE_BITS {
+        MAX_SOURCE_BITS
+    } else {
+        host
+    }
+}
+
 /// The IPv6 flow label (20 bits) of the outer header for a flow of hash `hash`.
 #[inline(always)]
 pub const fn flow_label(hash: u32) -> u32 {
@@ -198,6 +211,18 @@ mod tests {
         }
         assert!(seen.len() > 60, "{} distinct sources of 64", seen.len());
         assert_eq!(source_low_bytes([0xab, 0xcd], 0, 0xffff_ffff), [0xab, 0xcd]);
+    }
+
+    #[test]
+    fn source_bits_are_the_host_bits_up_to_16() {
+        assert_eq!(source_bits(false, 16), 16);
+        assert_eq!(source_bits(false, 8), 16);
+        assert_eq!(source_bits(false, 24), 8);
+        assert_eq!(source_bits(false, 32), 0);
+        assert_eq!(source_bits(true, 96), 16);
+        assert_eq!(source_bits(true, 120), 8);
+        assert_eq!(source_bits(true, 128), 0);
+        assert_eq!(source_bits(true, 200), 0);
     }
 
     #[test]
