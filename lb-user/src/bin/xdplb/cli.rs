@@ -40,7 +40,7 @@ pub enum Output {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the agent: load (or adopt) and attach the program, serve the API until stopped.
-    Run(DaemonOptions),
+    Run(Box<DaemonOptions>),
     /// Add, remove, list and show VIPs.
     #[command(subcommand)]
     Vip(VipCommand),
@@ -153,7 +153,8 @@ pub enum VipCommand {
         #[command(flatten)]
         sources: SourceArgs,
         /// How packets reach the backend: nat, dsr-l2 (backends on the gateway's L2 segment
-        /// hold the VIP and answer clients directly) or ipip.
+        /// hold the VIP and answer clients directly) or ipip (the same through an IP-in-IP
+        /// tunnel, to backends anywhere running `xdplb decap`).
         #[arg(long, default_value = "nat")]
         forwarding: Forwarding,
     },

@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(mut options) => {
             options.socket = cli.socket;
-            lb_user::daemon::run(options)
+            lb_user::daemon::run(*options)
         }
         Command::Check { file } => return check(&file),
         Command::Decap {
