@@ -548,3 +548,83 @@ fn decap_program() {
     });
     assert_eq!(ran, cases.len());
 }
+
+/// The outer source prefixes come from the settings the agent writes (`--ipip-source-v4`,
+/// `--ipip-source-v6`): with 100.64.7.0/24 (8 bits varied) every flow's outer source is in it,
+/// and with fd00:1::/120 likewise.
+#[test]
+#[ignore = "needs root"]
+fn ipip_outer_source_follows_the_settings() {
+    use lb_common::encap::source_bits;
+    use lb_user::maps::Maps as _;
+
+    let mut lab = PacketLab::set_up();
+    ipip(&mut lab, &format!("{VIP4}/tcp"), &["198.18.1.2:80"]);
+    ipip(&mut lab, &format!("{VIP6}/tcp"), &["[fd00:0:0:1::2]:80"]);
+    // After the VIPs: written as the agent's start does, past the balancer's own copy.
+    let mut s = lab.balancer.maps().settings().expect("settings");
+    s.ipip_source_v4 = [100, 64, 7, 0];
+    s.ipip_source_bits_v4 = source_bits(false, 24);
+    s.ipip_source_v6 = "fd00:1::".parse::<std::net::Ipv6Addr>().unwrap().octets();
+    s.ipip_source_bits_v6 = source_bits(true, 120);
+    lab.balancer
+        .maps_mut()
+        .set_settings(&s)
+        .expect("write settings");
+    let seen = Arc::new(Mutex::new(BTreeSet::<IpAddr>::new()));
+    let outer_source = |input: &[u8]| {
+        let seen = Arc::clone(&seen);
+        let v6 = input[12..14] == [0x86, 0xdd];
+        Expect::Check(Box::new(move |out| {
+            let src: IpAddr = if v6 {
+                Ipv6HeaderSlice::from_slice(&out[14..])
+                    .map_err(|e| e.to_string())?
+                    .source_addr()
+                    .into()
+            } else {
+                Ipv4HeaderSlice::from_slice(&out[14..])
+                    .map_err(|e| e.to_string())?
+                    .source_addr()
+                    .into()
+            };
+            let inside = match src {
+                IpAddr::V4(a) => a.octets()[..3] == [100, 64, 7],
+                IpAddr::V6(a) => {
+                    a.segments()[..7] == [0xfd00, 1, 0, 0, 0, 0, 0] && a.segments()[7] < 0x100
+                }
+            };
+            if !inside {
+                return Err(format!("outer source {src} outside the configured prefix"));
+            }
+            seen.lock().expect("seen").insert(src);
+            Ok(())
+        }))
+    };
+    let mut cases = Vec::new();
+    for i in 0..8u16 {
+        let syn = frame(sa(&format!("198.18.0.2:{}", 43000 + i)), sa(VIP4), SYN, b"");
+        let syn6 = frame(sa(&format!("[fd00::2]:{}", 43000 + i)), sa(VIP6), SYN, b"");
+        cases.push(
+            Case::new(
+                format!("IPv4 flow {i}"),
+                syn.clone(),
+                XdpAction::Redirect,
+                outer_source(&syn),
+            )
+            .counter("fwd_redirect"),
+        );
+        cases.push(
+            Case::new(
+                format!("IPv6 flow {i}"),
+                syn6.clone(),
+                XdpAction::Redirect,
+                outer_source(&syn6),
+            )
+            .counter("fwd_redirect"),
+        );
+    }
+    assert_eq!(lab.run(lab.gc, &cases), cases.len());
+    let seen = seen.lock().expect("seen");
+    assert!(seen.iter().filter(|a| a.is_ipv4()).count() >= 2, "{seen:?}");
+    assert!(seen.iter().filter(|a| a.is_ipv6()).count() >= 2, "{seen:?}");
+}
