@@ -444,6 +444,37 @@ impl Default for Settings {
     }
 }
 
+/// Size of [`Settings`] before the `ipip` source prefixes were added to it.
+pub const SETTINGS_V2_SIZE: usize = 56;
+
+impl Settings {
+    /// The settings a program of the layout before `ipip` kept ([`SETTINGS_V2_SIZE`] bytes,
+    /// native byte order): every field it had, the `ipip` prefixes at their defaults. So that
+    /// an agent adopting such a running program, to replace it, keeps its settings.
+    pub fn from_v2_bytes(b: &[u8; SETTINGS_V2_SIZE]) -> Self {
+        let u32_at = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let u64_at = |i: usize| {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&b[i..i + 8]);
+            u64::from_ne_bytes(word)
+        };
+        Self {
+            hash_seed: u32_at(0),
+            next_hop_generation: u32_at(4),
+            timeouts: crate::conntrack::Timeouts {
+                tcp_syn_ns: u64_at(8),
+                tcp_established_ns: u64_at(16),
+                tcp_fin_ns: u64_at(24),
+                tcp_rst_ns: u64_at(32),
+                udp_ns: u64_at(40),
+            },
+            new_flow_rate_limit: u32_at(48),
+            icmp_echo: b[52],
+            ..Self::default()
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -471,4 +502,28 @@ mod pod {
         Stats,
         Settings
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_of_the_layout_before_ipip_are_read_whole() {
+        let mut b = [0u8; SETTINGS_V2_SIZE];
+        b[0..4].copy_from_slice(&7u32.to_ne_bytes());
+        b[4..8].copy_from_slice(&3u32.to_ne_bytes());
+        for (n, at) in [8, 16, 24, 32, 40].into_iter().enumerate() {
+            b[at..at + 8].copy_from_slice(&(1_000_000_007u64 * (n as u64 + 1)).to_ne_bytes());
+        }
+        b[48..52].copy_from_slice(&5000u32.to_ne_bytes());
+        b[52] = 0;
+        let s = Settings::from_v2_bytes(&b);
+        assert_eq!((s.hash_seed, s.next_hop_generation), (7, 3));
+        assert_eq!(s.timeouts.tcp_syn_ns, 1_000_000_007);
+        assert_eq!(s.timeouts.udp_ns, 5 * 1_000_000_007);
+        assert_eq!((s.new_flow_rate_limit, s.icmp_echo), (5000, 0));
+        assert_eq!(s.ipip_source_v4, DEFAULT_IPIP_SOURCE_V4.0);
+        assert_eq!(s.ipip_source_bits_v4, 16);
+    }
 }

@@ -368,7 +368,7 @@ fn serve(
     (runtime, signals): (tokio::runtime::Runtime, Signals),
 ) -> anyhow::Result<bool> {
     // Settings come from the running program, before a replacement stages new maps.
-    let adopted_settings = adopting.then(|| pinned.maps()?.settings()).transpose()?;
+    let adopted_settings = adopting.then(|| pinned.settings()).transpose()?;
     if let Some(from) = &replace {
         let current = pinned.conntrack_capacity()?;
         let asked = config
@@ -393,7 +393,9 @@ fn serve(
         pinned.stage_replacement(LoadOptions {
             conntrack_capacity,
             embryonic_capacity: embryonic_capacity(args, config.as_ref(), conntrack_capacity),
-            slots: pinned.maps()?.slots_capacity(),
+            // Not through `pinned.maps()`: the running program's maps may be of another
+            // layout (its settings were shorter before `ipip`).
+            slots: pinned.capacity(lb_common::maps::SLOTS_MAP)?,
         })?;
     }
     let maps = pinned.maps()?;
