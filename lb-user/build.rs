@@ -26,6 +26,8 @@ use anyhow::{Context as _, bail};
 mod toolchain;
 
 const OBJECT: &str = "lb";
+/// The backends' decapsulation program (`xdplb decap`), built and embedded always.
+const DECAP_OBJECT: &str = "decap";
 /// The benchmark baselines, generator, sink and step programs: the binaries of `lb-ebpf`'s
 /// `bench` feature, built with this crate's.
 const BENCH_OBJECTS: [&str; 5] = [
@@ -92,7 +94,10 @@ fn main() -> anyhow::Result<()> {
             println!("cargo:rerun-if-changed={}", dir.display());
         }
         println!("cargo:rustc-env=XDPLB_EBPF_BUILT_WITH=");
-        for object in std::iter::once(OBJECT).chain(bench_objects.iter().copied()) {
+        for object in [OBJECT, DECAP_OBJECT]
+            .into_iter()
+            .chain(bench_objects.iter().copied())
+        {
             fs::write(out_dir.join(object), [])
                 .with_context(|| format!("writing the stub object {object}"))?;
         }

@@ -120,6 +120,15 @@ counters! {
     /// VLAN-tagged), or IPv4 without DF too big for the backend's link (the program does not
     /// fragment). Dropped, for the same reason.
     DropDsrNoRoute = 32 => "drop_dsr_no_route",
+    /// To an `ipip` VIP: no route to the backend's address the program can send on (no route,
+    /// an interface the program may not redirect to, a VLAN-tagged frame), or no room in front
+    /// for the outer header. Dropped: passed, the kernel would route the packet by its
+    /// destination, the VIP.
+    DropIpipNoRoute = 33 => "drop_ipip_no_route",
+    /// To an `ipip` VIP: IPv4 without DF that, encapsulated, is too big for the route to the
+    /// backend. Dropped: the program does not fragment, and the kernel would route the
+    /// unencapsulated packet by the VIP (MSS clamping on the backends avoids it; see README).
+    DropIpipTooBig = 34 => "drop_ipip_too_big",
 }
 
 /// Name of the per-CPU array map holding one `u64` per [`Event`].
@@ -205,7 +214,9 @@ impl Counter {
             | Counter::DropSourceRateLimit
             | Counter::DropFragmentOrphan
             | Counter::DropDsrNoNeighbour
-            | Counter::DropDsrNoRoute => xdp_action::DROP,
+            | Counter::DropDsrNoRoute
+            | Counter::DropIpipNoRoute
+            | Counter::DropIpipTooBig => xdp_action::DROP,
             Counter::PassNonIp
             | Counter::PassNonVip
             | Counter::PassMalformed
@@ -228,6 +239,21 @@ impl Counter {
         match self {
             Counter::PassNoNeighbour => Counter::DropDsrNoNeighbour,
             other if other.action() == xdp_action::PASS => Counter::DropDsrNoRoute,
+            other => other,
+        }
+    }
+}
+
+impl Counter {
+    /// The outcome of an `ipip` packet whose way to the backend ended in `self`: passed to the
+    /// kernel only encapsulated, to resolve the next hop's MAC ([`Counter::PassNoNeighbour`]);
+    /// anything else the NAT path would pass is dropped, since unencapsulated the kernel would
+    /// route it by its destination, the VIP.
+    #[inline(always)]
+    pub const fn for_ipip(self) -> Counter {
+        match self {
+            Counter::PassNoNeighbour => Counter::PassNoNeighbour,
+            other if other.action() == xdp_action::PASS => Counter::DropIpipNoRoute,
             other => other,
         }
     }
@@ -278,6 +304,18 @@ mod tests {
             Counter::DropDsrNoNeighbour
         );
         assert_eq!(Counter::PassFib.for_dsr_l2(), Counter::DropDsrNoRoute);
+    }
+
+    #[test]
+    fn ipip_passes_only_to_resolve_a_neighbour() {
+        for c in Counter::ALL {
+            let ipip = c.for_ipip();
+            match c.action() {
+                xdp_action::PASS if *c == Counter::PassNoNeighbour => assert_eq!(ipip, *c),
+                xdp_action::PASS => assert_eq!(ipip, Counter::DropIpipNoRoute, "{c:?}"),
+                _ => assert_eq!(ipip, *c, "{c:?}"),
+            }
+        }
     }
 
     #[test]

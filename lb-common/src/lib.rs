@@ -9,6 +9,7 @@ pub mod acl;
 pub mod conntrack;
 pub mod counters;
 pub mod csum;
+pub mod encap;
 pub mod filter;
 pub mod flow;
 pub mod frag;

@@ -195,8 +195,9 @@ pub mod forwarding {
     /// (destination the VIP), only its destination MAC becomes the backend's; the backend holds
     /// the VIP on a loopback and answers the client directly.
     pub const DSR_L2: u8 = 1;
-    /// Direct server return through an IP-in-IP tunnel to the backend (not implemented by the
-    /// data path yet: the agent refuses it).
+    /// Direct server return through an IP-in-IP tunnel to the backend: the packet, unchanged,
+    /// inside an outer IPv4 (IPv6) header to the backend's address from a source in the
+    /// configured prefix (see [`crate::encap`]); routed, so the backend may be behind routers.
     pub const IPIP: u8 = 2;
     /// Names, indexed by the constants above, as the CLI and config spell them.
     pub const NAMES: [&str; 3] = ["nat", "dsr-l2", "ipip"];
@@ -400,9 +401,29 @@ pub struct Settings {
     pub new_flow_rate_limit: u32,
     /// 1: echo requests to VIP addresses are answered by the program; 0: passed to the kernel.
     pub icmp_echo: u8,
-    pub _pad: [u8; 3],
+    /// How many low bits of the `ipip` outer IPv4 source come from the flow hash (at most
+    /// [`crate::encap::MAX_SOURCE_BITS`]): the host bits of the configured source prefix.
+    pub ipip_source_bits_v4: u8,
+    /// As [`Settings::ipip_source_bits_v4`], for IPv6.
+    pub ipip_source_bits_v6: u8,
+    pub _pad: u8,
+    /// The `ipip` outer IPv4 source prefix (see [`crate::encap`]).
+    pub ipip_source_v4: [u8; 4],
+    /// The `ipip` outer IPv6 source prefix.
+    pub ipip_source_v6: [u8; 16],
+    pub _pad2: [u8; 4],
 }
-const _: () = assert!(size_of::<Settings>() == 56);
+const _: () = assert!(size_of::<Settings>() == 80);
+
+/// The default `ipip` outer IPv4 source prefix, 10.255.0.0/16.
+pub const DEFAULT_IPIP_SOURCE_V4: ([u8; 4], u8) = ([10, 255, 0, 0], 16);
+/// The default `ipip` outer IPv6 source prefix, fd00:ffff:ffff::/96 (its last 16 bits vary).
+pub const DEFAULT_IPIP_SOURCE_V6: ([u8; 16], u8) = (
+    [
+        0xfd, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ],
+    96,
+);
 
 impl Default for Settings {
     /// Echo answers on, the default timeouts, no new-flow limit, no next-hop generation yet.
@@ -413,7 +434,43 @@ impl Default for Settings {
             timeouts: crate::conntrack::Timeouts::default(),
             new_flow_rate_limit: 0,
             icmp_echo: 1,
-            _pad: [0; 3],
+            ipip_source_bits_v4: 32 - DEFAULT_IPIP_SOURCE_V4.1,
+            ipip_source_bits_v6: crate::encap::MAX_SOURCE_BITS,
+            _pad: 0,
+            ipip_source_v4: DEFAULT_IPIP_SOURCE_V4.0,
+            ipip_source_v6: DEFAULT_IPIP_SOURCE_V6.0,
+            _pad2: [0; 4],
+        }
+    }
+}
+
+/// Size of [`Settings`] before the `ipip` source prefixes were added to it.
+pub const SETTINGS_V2_SIZE: usize = 56;
+
+impl Settings {
+    /// The settings a program of the layout before `ipip` kept ([`SETTINGS_V2_SIZE`] bytes,
+    /// native byte order): every field it had, the `ipip` prefixes at their defaults. So that
+    /// an agent adopting such a running program, to replace it, keeps its settings.
+    pub fn from_v2_bytes(b: &[u8; SETTINGS_V2_SIZE]) -> Self {
+        let u32_at = |i: usize| u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+        let u64_at = |i: usize| {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&b[i..i + 8]);
+            u64::from_ne_bytes(word)
+        };
+        Self {
+            hash_seed: u32_at(0),
+            next_hop_generation: u32_at(4),
+            timeouts: crate::conntrack::Timeouts {
+                tcp_syn_ns: u64_at(8),
+                tcp_established_ns: u64_at(16),
+                tcp_fin_ns: u64_at(24),
+                tcp_rst_ns: u64_at(32),
+                udp_ns: u64_at(40),
+            },
+            new_flow_rate_limit: u32_at(48),
+            icmp_echo: b[52],
+            ..Self::default()
         }
     }
 }
@@ -445,4 +502,28 @@ mod pod {
         Stats,
         Settings
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_of_the_layout_before_ipip_are_read_whole() {
+        let mut b = [0u8; SETTINGS_V2_SIZE];
+        b[0..4].copy_from_slice(&7u32.to_ne_bytes());
+        b[4..8].copy_from_slice(&3u32.to_ne_bytes());
+        for (n, at) in [8, 16, 24, 32, 40].into_iter().enumerate() {
+            b[at..at + 8].copy_from_slice(&(1_000_000_007u64 * (n as u64 + 1)).to_ne_bytes());
+        }
+        b[48..52].copy_from_slice(&5000u32.to_ne_bytes());
+        b[52] = 0;
+        let s = Settings::from_v2_bytes(&b);
+        assert_eq!((s.hash_seed, s.next_hop_generation), (7, 3));
+        assert_eq!(s.timeouts.tcp_syn_ns, 1_000_000_007);
+        assert_eq!(s.timeouts.udp_ns, 5 * 1_000_000_007);
+        assert_eq!((s.new_flow_rate_limit, s.icmp_echo), (5000, 0));
+        assert_eq!(s.ipip_source_v4, DEFAULT_IPIP_SOURCE_V4.0);
+        assert_eq!(s.ipip_source_bits_v4, 16);
+    }
 }

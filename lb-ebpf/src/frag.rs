@@ -12,6 +12,7 @@ use lb_common::{
 };
 
 use crate::{
+    conntrack,
     fwd::{self, Direction},
     maps::{FRAGMENTS, SETTINGS, Scratch},
     nat::{self, Side},
@@ -121,6 +122,11 @@ fn to_backend(pkt: &mut Packet, s: &mut Scratch) -> Result<Counter, Counter> {
     if backend.forwarding == forwarding::DSR_L2 {
         // Switched like its first fragment: the IP header stays as the client sent it.
         return Ok(fwd::to_backend::<true>(pkt, s, index, generation, now));
+    }
+    if backend.forwarding == forwarding::IPIP {
+        // Encapsulated like its first fragment, with the same outer source (the flow's hash).
+        conntrack::set_packet_key(&mut s.key, &s.l3, &s.l4);
+        return Ok(fwd::ipip_to_backend(pkt, s, index, settings, now));
     }
     nat::rewrite_address(pkt, &s.l3, Side::Dst, &backend.addr)?;
     Ok(fwd::to_backend::<false>(pkt, s, index, generation, now))

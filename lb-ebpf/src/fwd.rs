@@ -15,7 +15,14 @@ use aya_ebpf::bindings::{
     BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
     bpf_fib_lookup,
 };
-use lb_common::{Counter, csum::ChecksumUpdate, icmp::answers_too_big, maps::NextHop};
+use lb_common::{
+    Counter,
+    csum::ChecksumUpdate,
+    encap,
+    hash::flow_hash,
+    icmp::answers_too_big,
+    maps::{NextHop, Settings},
+};
 use network_types::eth::EthHdr;
 
 use core::mem::MaybeUninit;
@@ -23,7 +30,7 @@ use core::mem::MaybeUninit;
 use crate::{
     maps::{BACKENDS, NEXT_HOPS, Scratch, TX_PORTS},
     parse::{Ipv4Fixed, Ipv6Fixed, L3},
-    ptr::{Packet, copy6, zeroed_in_place},
+    ptr::{Packet, copy6, copy16, set_v4, zeroed_in_place},
 };
 
 /// Sends a packet translated towards backend slot `index` to it: by the next hop this CPU kept
@@ -423,4 +430,249 @@ fn set_macs(pkt: &mut Packet, dmac: &[u8; 6], smac: &[u8; 6]) -> bool {
     copy6(&mut eth.dst_addr, dmac);
     copy6(&mut eth.src_addr, smac);
     true
+}
+
+/// Sends the packet, unchanged, to backend slot `index` inside an outer IP header (`ipip`, see
+/// `lb_common::encap`): the outer destination is the backend, the outer source the configured
+/// prefix with low bits from the flow's hash (`s.key`), and the route is the one to the
+/// backend, by the next hop this CPU kept while it is fresh (as [`to_backend`]), through a
+/// router or not. A packet too big for the route once encapsulated is answered with ICMP
+/// (`main` builds it, as for [`to_backend`], with the MTU less the outer header in
+/// `s.too_big_mtu`) if it may not be fragmented, and dropped if it may: the program does not
+/// fragment. Nothing is passed to the kernel unencapsulated (`Counter::for_ipip`).
+#[inline(never)]
+pub fn ipip_to_backend(
+    pkt: &mut Packet,
+    s: &mut Scratch,
+    index: u32,
+    settings: &Settings,
+    now: u64,
+) -> Counter {
+    send_encapsulated(pkt, s, index, settings, now).for_ipip()
+}
+
+#[inline(always)]
+fn send_encapsulated(
+    pkt: &mut Packet,
+    s: &mut Scratch,
+    index: u32,
+    settings: &Settings,
+    now: u64,
+) -> Counter {
+    let l3 = &s.l3;
+    // Tagged frames would need the egress VLAN worked out; the IP header must follow Ethernet.
+    if l3.vlan || l3.l3_off != EthHdr::LEN {
+        return Counter::PassFib;
+    }
+    let Some(backend) = BACKENDS.get(index) else {
+        return Counter::DropInternal;
+    };
+    let Some(hop) = NEXT_HOPS.get_ptr_mut(index) else {
+        return Counter::DropInternal;
+    };
+    // SAFETY: as in `to_backend`.
+    let hop = unsafe { &mut *hop };
+    let v6 = l3.v6();
+    let hash = flow_hash(&s.key, settings.hash_seed);
+    let Some(inner) = inner_fields(pkt, v6) else {
+        return Counter::PassFib;
+    };
+    let Some(outer_len) = inner.len.checked_add(encap::outer_len(v6) as u16) else {
+        return Counter::DropIpipTooBig;
+    };
+    let src = &mut s.outer_src;
+    if v6 {
+        copy16(src, &settings.ipip_source_v6);
+        let low = encap::source_low_bytes([src[14], src[15]], settings.ipip_source_bits_v6, hash);
+        src[14] = low[0];
+        src[15] = low[1];
+    } else {
+        let v4 = &settings.ipip_source_v4;
+        let low = encap::source_low_bytes([v4[2], v4[3]], settings.ipip_source_bits_v4, hash);
+        set_v4(src, &[v4[0], v4[1], low[0], low[1]]);
+    }
+    let outer = Outer {
+        v6,
+        hash,
+        inner,
+        len: outer_len,
+    };
+    let generation = settings.next_hop_generation;
+    if hop.is_fresh(generation, now, outer_len) {
+        if !encapsulate(pkt, &outer, &s.outer_src, &backend.addr)
+            || !set_macs(pkt, &hop.dmac, &hop.smac)
+        {
+            return Counter::PassFib;
+        }
+        if hop.ifindex == pkt.ingress_ifindex {
+            return Counter::FwdTx;
+        }
+        // As in `to_backend`.
+        return match TX_PORTS.redirect(hop.ifindex, 0) {
+            Ok(_) => Counter::FwdRedirect,
+            Err(_) => Counter::DropInternal,
+        };
+    }
+    let mut params = MaybeUninit::<bpf_fib_lookup>::uninit();
+    // As in `fib_params`.
+    let params = zeroed_in_place(&mut params);
+    params.ifindex = pkt.ingress_ifindex;
+    params.__bindgen_anon_1.tot_len = outer_len;
+    if v6 {
+        params.family = AF_INET6;
+        params.l4_protocol = encap::PROTO_IPV6;
+        params.__bindgen_anon_3.ipv6_src = words(&s.outer_src);
+        params.__bindgen_anon_4.ipv6_dst = words(&backend.addr);
+    } else {
+        params.family = AF_INET;
+        params.l4_protocol = encap::PROTO_IPIP;
+        params.__bindgen_anon_2.tos = inner.tos;
+        params.__bindgen_anon_3.ipv4_src = words(&s.outer_src)[0];
+        params.__bindgen_anon_4.ipv4_dst = words(&backend.addr)[0];
+    }
+    match pkt.fib_lookup(params) as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => {}
+        // Encapsulated, the kernel resolves the next hop and forwards it by the backend's
+        // address.
+        BPF_FIB_LKUP_RET_NO_NEIGH => {
+            if !encapsulate(pkt, &outer, &s.outer_src, &backend.addr) {
+                return Counter::PassFib;
+            }
+            return Counter::PassNoNeighbour;
+        }
+        BPF_FIB_LKUP_RET_FRAG_NEEDED => {
+            if !answers_too_big(v6, inner.frags) {
+                return Counter::DropIpipTooBig;
+            }
+            // SAFETY: a union of two `u16`s; with this answer the kernel has set `mtu_result`.
+            let mtu = unsafe { params.__bindgen_anon_1.mtu_result };
+            s.too_big_mtu = mtu.saturating_sub(encap::outer_len(v6) as u16);
+            return Counter::IcmpTooBigTx;
+        }
+        _ => return Counter::PassFib,
+    }
+    let egress = params.ifindex;
+    let same_port = egress == pkt.ingress_ifindex;
+    if !same_port && TX_PORTS.get_ifindex(egress).is_none() {
+        return Counter::PassFib;
+    }
+    if !encapsulate(pkt, &outer, &s.outer_src, &backend.addr)
+        || !set_macs(pkt, &params.dmac, &params.smac)
+    {
+        return Counter::PassFib;
+    }
+    keep_answer(hop, params, generation, now);
+    if same_port {
+        return Counter::FwdTx;
+    }
+    match TX_PORTS.redirect(egress, 0) {
+        Ok(_) => Counter::FwdRedirect,
+        Err(_) => Counter::PassFib,
+    }
+}
+
+/// What the outer header takes from the inner one.
+#[derive(Copy, Clone)]
+struct InnerFields {
+    /// IP length, header included.
+    len: u16,
+    /// IPv4 TOS or IPv6 traffic class.
+    tos: u8,
+    /// IPv4 flags-and-offset word (0 for IPv6).
+    frags: u16,
+}
+
+struct Outer {
+    v6: bool,
+    hash: u32,
+    inner: InnerFields,
+    /// IP length of the encapsulated packet.
+    len: u16,
+}
+
+#[inline(always)]
+fn inner_fields(pkt: &Packet, v6: bool) -> Option<InnerFields> {
+    if v6 {
+        let ip = pkt.ref_at::<Ipv6Fixed>(EthHdr::LEN)?;
+        Some(InnerFields {
+            len: u16::from_be_bytes(ip.payload_len).checked_add(40)?,
+            tos: (u16::from_be_bytes([ip.vcf[0], ip.vcf[1]]) >> 4) as u8,
+            frags: 0,
+        })
+    } else {
+        let ip = pkt.ref_at::<Ipv4Fixed>(EthHdr::LEN)?;
+        Some(InnerFields {
+            len: u16::from_be_bytes(ip.tot_len),
+            tos: ip.tos,
+            frags: u16::from_be_bytes(ip.frags),
+        })
+    }
+}
+
+/// Puts the outer header in front of the IP packet: room made with `bpf_xdp_adjust_head`,
+/// Ethernet (its MACs as they were, for the kernel if the packet is passed) moved to the new
+/// front, then the header from `src` to `dst`. False if the kernel gave no room.
+#[inline(always)]
+fn encapsulate(pkt: &mut Packet, outer: &Outer, src: &[u8; 16], dst: &[u8; 16]) -> bool {
+    let v6 = outer.v6;
+    let room = encap::outer_len(v6);
+    if !pkt.adjust_head(-(room as i32)) {
+        return false;
+    }
+    // The old Ethernet header is still there, `room` bytes in: moved to the front a piece at a
+    // time, through registers (the stack is short on this path).
+    let Some(old) = pkt.ref_at::<EthRaw>(room) else {
+        return false;
+    };
+    let (d0, d1, s0, s1) = (old.dst_hi, old.dst_lo, old.src_hi, old.src_lo);
+    let Some(eth) = pkt.ref_mut_at::<EthRaw>(0) else {
+        return false;
+    };
+    eth.dst_hi = d0;
+    eth.dst_lo = d1;
+    eth.src_hi = s0;
+    eth.src_lo = s1;
+    eth.ether_type = if v6 { [0x86, 0xdd] } else { [0x08, 0x00] };
+    if v6 {
+        let Some(ip) = pkt.ref_mut_at::<Ipv6Fixed>(EthHdr::LEN) else {
+            return false;
+        };
+        ip.vcf = encap::ipv6_first_word(outer.inner.tos, outer.hash);
+        ip.payload_len = (outer.len - encap::IPV6_OUTER_LEN as u16).to_be_bytes();
+        ip.next_hdr = encap::PROTO_IPV6;
+        ip.hop_limit = encap::OUTER_TTL;
+        copy16(&mut ip.src, src);
+        copy16(&mut ip.dst, dst);
+    } else {
+        let Some(ip) = pkt.ref_mut_at::<Ipv4Fixed>(EthHdr::LEN) else {
+            return false;
+        };
+        let (src4, dst4) = (
+            [src[0], src[1], src[2], src[3]],
+            [dst[0], dst[1], dst[2], dst[3]],
+        );
+        let frags = encap::ipv4_outer_frags(outer.inner.frags);
+        ip.vihl = 0x45;
+        ip.tos = outer.inner.tos;
+        ip.tot_len = outer.len.to_be_bytes();
+        ip.id = [0; 2];
+        ip.frags = frags.to_be_bytes();
+        ip.ttl = encap::OUTER_TTL;
+        ip.proto = encap::PROTO_IPIP;
+        ip.check = encap::ipv4_outer_checksum(outer.inner.tos, outer.len, frags, &src4, &dst4)
+            .to_be_bytes();
+        ip.src = src4;
+        ip.dst = dst4;
+    }
+    true
+}
+
+/// An Ethernet header, as bytes in 4- and 2-byte pieces (moves of those stay inline).
+#[repr(C)]
+struct EthRaw {
+    dst_hi: [u8; 4],
+    dst_lo: [u8; 2],
+    src_hi: [u8; 4],
+    src_lo: [u8; 2],
+    ether_type: [u8; 2],
 }

@@ -199,6 +199,21 @@ fn to_backend(pkt: &mut Packet, s: &mut Scratch) -> Option<Counter> {
             },
         );
     }
+    if backend.forwarding == forwarding::IPIP {
+        let settings = SETTINGS.get(0)?;
+        // SAFETY: a BPF helper without arguments or preconditions.
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        // The error as it came, encapsulated; `s.key` is the flow's, so is its outer source.
+        return Some(
+            match fwd::ipip_to_backend(pkt, s, backend_index(id), settings, now) {
+                Counter::FwdTx => Counter::IcmpToBackendTx,
+                Counter::FwdRedirect => Counter::IcmpToBackendRedirect,
+                // No ICMP answers ICMP.
+                Counter::IcmpTooBigTx => Counter::DropIpipTooBig,
+                other => other,
+            },
+        );
+    }
     // Port 0 on a backend: the flow kept the port the client asked for (wildcard VIPs).
     let port = if backend.port == [0; 2] {
         q.src_port

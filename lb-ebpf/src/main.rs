@@ -189,7 +189,7 @@ fn send_to_backend(
     };
     let index = backend_index(id);
     let mode = backend.forwarding;
-    if mode != forwarding::NAT && mode != forwarding::DSR_L2 {
+    if mode != forwarding::NAT && mode != forwarding::DSR_L2 && mode != forwarding::IPIP {
         return Err(Counter::DropInternal);
     }
     // A new flow to a backend several VIPs share records its reverse translation, a half-open
@@ -225,6 +225,10 @@ fn send_to_backend(
     let generation = settings.next_hop_generation;
     if mode == forwarding::DSR_L2 {
         return Ok(fwd::to_backend::<true>(pkt, s, index, generation, now));
+    }
+    if mode == forwarding::IPIP {
+        // Nothing is rewritten: the packet goes whole inside the outer header.
+        return Ok(fwd::ipip_to_backend(pkt, s, index, settings, now));
     }
     if nat::rewrite(pkt, &s.l3, &s.l4, Side::Dst, &backend.addr, port)? == L4Checksum::Partial {
         // The kernel finishes the checksum and forwards it, unless it is too big for the

@@ -123,6 +123,8 @@ pub struct Scratch {
     pub quoted: Quoted,
     /// The MTU of the route a translated packet was too big for (`fwd::to_backend`).
     pub too_big_mtu: u16,
+    /// The outer source of an `ipip` packet (`fwd::ipip_to_backend`).
+    pub outer_src: [u8; 16],
     /// A source's key in the prefix lists (`acl`).
     pub acl: AclKey,
     /// A source prefix's key among the token buckets (`acl`).

@@ -14,6 +14,7 @@ pub mod client;
 pub mod config;
 pub mod counters;
 pub mod daemon;
+pub mod decap;
 
 pub mod duration;
 pub mod health;

@@ -492,8 +492,6 @@ pub enum Error {
     UnknownScheduler(String),
     #[error("unknown forwarding mode {0:?}: expected one of {names}", names = forwarding::NAMES.join(", "))]
     UnknownForwarding(String),
-    #[error("forwarding mode {0} is not supported by this data path yet")]
-    UnsupportedForwarding(Forwarding),
     #[error(
         "backend {backend} of VIP {vip} must listen on the VIP's port (or have port 0): \
          forwarding {forwarding} leaves the destination port as the client sent it"
@@ -637,9 +635,6 @@ pub fn check_vip(vip: &Vip, options: &VipOptions) -> Result<(), Error> {
     }
     if options.scheduler.is_hashed() && !is_good_ring_size(options.ring_size) {
         return Err(Error::BadRingSize(options.ring_size));
-    }
-    if options.forwarding == Forwarding::Ipip {
-        return Err(Error::UnsupportedForwarding(options.forwarding));
     }
     check_sources(vip, options)
 }
@@ -917,7 +912,7 @@ mod tests {
     }
 
     #[test]
-    fn direct_modes_want_the_vips_port_and_ipip_is_refused() {
+    fn direct_modes_want_the_vips_port() {
         let v = vip("198.19.0.1:80/tcp");
         let wild = vip("198.19.0.1:0/tcp");
         let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
@@ -934,14 +929,13 @@ mod tests {
         assert!(
             check_backend_forwarding(&wild, Forwarding::DsrL2, addr("198.18.1.2:8080")).is_err()
         );
+        check_backend_forwarding(&v, Forwarding::Ipip, addr("198.18.1.2:80")).unwrap();
+        assert!(check_backend_forwarding(&v, Forwarding::Ipip, addr("198.18.1.2:8080")).is_err());
         let ipip = VipOptions {
             forwarding: Forwarding::Ipip,
             ..VipOptions::default()
         };
-        assert_eq!(
-            check_vip(&v, &ipip),
-            Err(Error::UnsupportedForwarding(Forwarding::Ipip))
-        );
+        assert_eq!(check_vip(&v, &ipip), Ok(()));
     }
 
     #[test]

@@ -406,6 +406,19 @@ impl Pinned {
         BpfMaps::open(&self.dir)
     }
 
+    /// The settings the running program uses, also those of a program from before the `ipip`
+    /// prefixes were added to them (read as [`Settings::from_v2_bytes`]), which an upgrade
+    /// adopts and replaces.
+    pub fn settings(&self) -> anyhow::Result<lb_common::maps::Settings> {
+        use aya::maps::Array;
+        use lb_common::maps::{SETTINGS_MAP, SETTINGS_V2_SIZE, Settings};
+        if let Ok(map) = open_map::<Array<MapData, Settings>>(&self.dir, SETTINGS_MAP) {
+            return Ok(map.get(&0, 0)?);
+        }
+        let old: Array<MapData, [u8; SETTINGS_V2_SIZE]> = open_map(&self.dir, SETTINGS_MAP)?;
+        Ok(Settings::from_v2_bytes(&old.get(&0, 0)?))
+    }
+
     /// Flows the connection table holds.
     pub fn conntrack_capacity(&self) -> anyhow::Result<u32> {
         self.capacity(lb_common::maps::CONNTRACK_MAP)

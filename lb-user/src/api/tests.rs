@@ -332,13 +332,6 @@ async fn refusals_name_the_problem_and_change_nothing() {
         ),
         (
             "POST",
-            "/v1/vips",
-            r#"{"vip": "198.19.0.2:80/tcp", "forwarding": "ipip"}"#,
-            StatusCode::BAD_REQUEST,
-            "forwarding mode ipip is not supported",
-        ),
-        (
-            "POST",
             "/v1/vips/tcp/198.19.0.1:80/backends",
             r#"{"address": "127.0.0.1:8080"}"#,
             StatusCode::BAD_REQUEST,

@@ -20,7 +20,9 @@
 //! scheduler = "maglev"        # optional, default maglev
 //! ring-size = 65537           # optional; a prime, checked for maglev and source-hash
 //! forwarding = "nat"          # optional: nat (default) | dsr-l2 (backends on the L2 segment
-//!                             # hold the VIP and answer directly; their port is the VIP's)
+//!                             # hold the VIP and answer directly; their port is the VIP's) |
+//!                             # ipip (the same, tunnelled to routed backends running
+//!                             # `xdplb decap`)
 //!
 //! [vip.health]                # optional; default kind none
 //! kind = "http"               # none | tcp | http | udp

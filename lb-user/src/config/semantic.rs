@@ -199,13 +199,6 @@ pub(super) fn vip_from_raw(
     let forwarding = match raw.forwarding {
         None => Forwarding::Nat,
         Some(name) => match name.parse::<Forwarding>() {
-            Ok(Forwarding::Ipip) => {
-                errors.add(
-                    &forwarding_path,
-                    Error::UnsupportedForwarding(Forwarding::Ipip),
-                );
-                Forwarding::Nat
-            }
             Ok(mode) => mode,
             Err(err) => {
                 errors.add(&forwarding_path, err);

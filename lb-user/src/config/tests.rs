@@ -961,11 +961,8 @@ address = "198.18.1.2:80"
         err.contains("backend[0].address: backend 198.18.1.2:8080 of VIP 198.19.0.1:80/tcp must listen on the VIP's port"),
         "{err}"
     );
-    let err = error(&vip("ipip", "198.18.1.2:80"));
-    assert!(
-        err.contains("forwarding: forwarding mode ipip is not supported"),
-        "{err}"
-    );
+    let err = error(&vip("ipip", "198.18.1.2:8080"));
+    assert!(err.contains("must listen on the VIP's port"), "{err}");
 }
 
 #[test]

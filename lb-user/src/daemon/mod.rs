@@ -63,6 +63,14 @@ pub struct DaemonOptions {
     /// `conntrack.new_flow_rate_limit`, else the running program's, else 0).
     #[arg(long, value_name = "FLOWS")]
     pub new_flow_rate_limit: Option<u32>,
+    /// The outer IPv4 source prefix of `ipip` VIPs' packets: the low bits (at most 16) vary
+    /// per flow (default: the running program's, else 10.255.0.0/16). Backends must accept
+    /// encapsulated packets from it.
+    #[arg(long, value_name = "PREFIX")]
+    pub ipip_source_v4: Option<crate::model::SourcePrefix>,
+    /// As `--ipip-source-v4`, for IPv6 VIPs (default: fd00:ffff:ffff::/96).
+    #[arg(long, value_name = "PREFIX")]
+    pub ipip_source_v6: Option<crate::model::SourcePrefix>,
     /// Config file (TOML): VIPs, backends, health checks, autoscaling, the connection table.
     /// The source of truth: applied over the saved state at start and again on SIGHUP.
     #[arg(long, value_name = "FILE")]
@@ -360,7 +368,7 @@ fn serve(
     (runtime, signals): (tokio::runtime::Runtime, Signals),
 ) -> anyhow::Result<bool> {
     // Settings come from the running program, before a replacement stages new maps.
-    let adopted_settings = adopting.then(|| pinned.maps()?.settings()).transpose()?;
+    let adopted_settings = adopting.then(|| pinned.settings()).transpose()?;
     if let Some(from) = &replace {
         let current = pinned.conntrack_capacity()?;
         let asked = config
@@ -385,7 +393,9 @@ fn serve(
         pinned.stage_replacement(LoadOptions {
             conntrack_capacity,
             embryonic_capacity: embryonic_capacity(args, config.as_ref(), conntrack_capacity),
-            slots: pinned.maps()?.slots_capacity(),
+            // Not through `pinned.maps()`: the running program's maps may be of another
+            // layout (its settings were shorter before `ipip`).
+            slots: pinned.capacity(lb_common::maps::SLOTS_MAP)?,
         })?;
     }
     let maps = pinned.maps()?;
@@ -415,6 +425,7 @@ fn serve(
             .unwrap_or(settings.new_flow_rate_limit),
         ..settings
     };
+    settings = with_ipip_sources(settings, args.ipip_source_v4, args.ipip_source_v6)?;
     let mut held = Default::default();
     let mut saved_pools = Vec::new();
     let mut applied_config = Config::default();
@@ -550,4 +561,53 @@ fn embryonic_capacity(
     args.embryonic_capacity
         .or(config.and_then(|c| c.conntrack.embryonic_capacity))
         .unwrap_or(lb_common::maps::embryonic_capacity_for(conntrack_capacity))
+}
+
+/// `settings` with the `ipip` outer source prefixes given (each of its own family).
+fn with_ipip_sources(
+    mut settings: Settings,
+    v4: Option<crate::model::SourcePrefix>,
+    v6: Option<crate::model::SourcePrefix>,
+) -> anyhow::Result<Settings> {
+    use lb_common::encap::source_bits;
+    use std::net::IpAddr;
+    if let Some(prefix) = v4 {
+        let IpAddr::V4(addr) = prefix.addr else {
+            anyhow::bail!("--ipip-source-v4 {prefix} is not an IPv4 prefix");
+        };
+        settings.ipip_source_v4 = addr.octets();
+        settings.ipip_source_bits_v4 = source_bits(false, prefix.len);
+    }
+    if let Some(prefix) = v6 {
+        let IpAddr::V6(addr) = prefix.addr else {
+            anyhow::bail!("--ipip-source-v6 {prefix} is not an IPv6 prefix");
+        };
+        settings.ipip_source_v6 = addr.octets();
+        settings.ipip_source_bits_v6 = source_bits(true, prefix.len);
+    }
+    Ok(settings)
+}
+
+#[cfg(test)]
+mod ipip_source_tests {
+    use super::*;
+
+    #[test]
+    fn ipip_sources_set_the_prefix_and_its_varied_bits() {
+        let p = |s: &str| s.parse::<crate::model::SourcePrefix>().unwrap();
+        let s = with_ipip_sources(
+            Settings::default(),
+            Some(p("100.64.7.0/24")),
+            Some(p("fd00:1::/112")),
+        )
+        .unwrap();
+        assert_eq!(s.ipip_source_v4, [100, 64, 7, 0]);
+        assert_eq!(s.ipip_source_bits_v4, 8);
+        assert_eq!(s.ipip_source_v6[..4], [0xfd, 0, 0, 1]);
+        assert_eq!(s.ipip_source_bits_v6, 16);
+        assert!(with_ipip_sources(Settings::default(), Some(p("fd00::/64")), None).is_err());
+        assert!(with_ipip_sources(Settings::default(), None, Some(p("10.0.0.0/8"))).is_err());
+        let unchanged = with_ipip_sources(Settings::default(), None, None).unwrap();
+        assert_eq!(unchanged, Settings::default());
+    }
 }

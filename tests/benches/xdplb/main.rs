@@ -313,11 +313,16 @@ enum Check {
     /// `dsr-l2`: the IP packet unchanged, sent to backend 0's MAC (forwarding path; dropped as
     /// `drop_dsr_no_route` with forwarding off, where the FIB gives no route).
     Direct,
+    /// `ipip`: the packet unchanged inside an outer IPv4 header (protocol 4), sent to backend
+    /// 0's MAC (forwarding path; dropped as `drop_ipip_no_route` with forwarding off).
+    Encapsulated,
 }
 
 /// A `dsr-l2` VIP whose one backend is backend 0's own address (on the link, as `dsr-l2`
 /// needs; the benchmark's other backends are routed via backend 0).
 const DSR_VIP: &str = "198.19.0.2:80/tcp";
+/// An `ipip` VIP, its one backend backend 0's own address, as for [`DSR_VIP`].
+const IPIP_VIP: &str = "198.19.0.3:80/tcp";
 
 /// The benchmark's backends ([`backends`]), which the forwarding gateway routes via backend 0.
 const BACKENDS_NET: &str = "10.1.0.0/16";
@@ -437,6 +442,17 @@ fn add_case_vips(balancer: &mut Balancer<BpfMaps>) {
             vec![BackendSpec::new(sa(&format!("{}:80", net_v4(1, 2))), 1)],
         )
         .expect("dsr backend");
+    let ipip = VipOptions {
+        forwarding: Mode::Ipip,
+        ..VipOptions::default()
+    };
+    balancer.add_vip(vip(IPIP_VIP), ipip).expect("ipip vip");
+    balancer
+        .set_backends(
+            &vip(IPIP_VIP),
+            vec![BackendSpec::new(sa(&format!("{}:80", net_v4(1, 2))), 1)],
+        )
+        .expect("ipip backend");
 }
 
 /// The per-packet cases, with the tracked flows they need set up in `column`'s program.
@@ -449,6 +465,8 @@ fn cases(column: &mut Column) -> Vec<Case> {
     let syn = frame(client, tcp_vip, SYN, &[]);
     let udp = frame(client, udp_vip, L4::Udp, b"x");
     let dsr_syn = frame(client, dsr_vip, SYN, &[]);
+    let ipip_vip = sa("198.19.0.3:80");
+    let ipip_syn = frame(client, ipip_vip, SYN, &[]);
     let ctx = |len: usize| column.fwd.map(|fwd| fwd.ctx(len, false));
     let (syn_ctx, udp_ctx) = (ctx(syn.len()), ctx(udp.len()));
     let loaded = &mut *column.loaded;
@@ -457,6 +475,7 @@ fn cases(column: &mut Column) -> Vec<Case> {
         let first = run_once_ctx(program, &syn, syn_ctx.as_deref());
         run_once_ctx(program, &udp, udp_ctx.as_deref());
         run_once_ctx(program, &dsr_syn, syn_ctx.as_deref());
+        run_once_ctx(program, &ipip_syn, syn_ctx.as_deref());
         addrs(&first.1).1
     });
     // New flows: distinct sources (10.0.0.0/8 and ports) for every call of every run.
@@ -511,6 +530,18 @@ fn cases(column: &mut Column) -> Vec<Case> {
             check: Check::Direct,
         },
         Case {
+            name: "ipip_tcp_syn_new_flow",
+            what: "TCP SYN to an ipip VIP, new flow (schedule + embryonic entry, encapsulated)",
+            packet: Box::new(move |i| frame(new_source(i), ipip_vip, SYN, &[])),
+            check: Check::Encapsulated,
+        },
+        Case {
+            name: "ipip_tcp_ack_tracked",
+            what: "TCP ACK of a tracked flow of an ipip VIP (encapsulated)",
+            packet: Box::new(move |_| frame(client, ipip_vip, ACK, &[])),
+            check: Check::Encapsulated,
+        },
+        Case {
             name: "non_vip",
             what: "TCP to an address that is no VIP",
             packet: Box::new(move |_| frame(client, sa("203.0.113.9:80"), ACK, &[])),
@@ -544,12 +575,31 @@ fn check_case(column: &mut Column, case: &Case, index: usize) -> String {
         (Check::Untouched, _) => (XdpAction::Pass, Counter::PassNonVip),
         (Check::Direct, true) => (XdpAction::Redirect, Counter::FwdRedirect),
         (Check::Direct, false) => (XdpAction::Drop, Counter::DropDsrNoRoute),
+        (Check::Encapsulated, true) => (XdpAction::Redirect, Counter::FwdRedirect),
+        (Check::Encapsulated, false) => (XdpAction::Drop, Counter::DropIpipNoRoute),
         (Check::ToBackend, true) => (XdpAction::Redirect, Counter::FwdRedirect),
         (Check::FromVip, true) => (XdpAction::Redirect, Counter::ReplyRedirect),
         (_, false) => (XdpAction::Pass, Counter::PassFib),
     };
     assert_eq!(outcome.action, action as u32, "{shown}");
     assert_eq!(outcome.counters, [counter.name()], "{shown}");
+    if case.check == Check::Encapsulated {
+        if forwarding {
+            assert_eq!(outcome.output[14 + 9], 4, "outer protocol: {shown}");
+            assert_eq!(
+                outcome.output[14 + 20..],
+                input[14..],
+                "inner packet: {shown}"
+            );
+            assert_eq!(
+                outcome.output[..6],
+                column.fwd.map(|f| f.b0_mac).unwrap_or_default()
+            );
+        } else {
+            assert_eq!(outcome.output, input, "{shown}");
+        }
+        return counter.name().to_owned();
+    }
     let (src, dst) = addrs(&outcome.output);
     match case.check {
         Check::ToBackend => assert!(
@@ -559,6 +609,7 @@ fn check_case(column: &mut Column, case: &Case, index: usize) -> String {
         Check::FromVip => assert_eq!(src, tcp_vip, "{shown}"),
         Check::Untouched => assert_eq!(outcome.output, input, "{shown}"),
         Check::Direct => assert_eq!(outcome.output[12..], input[12..], "{shown}"),
+        Check::Encapsulated => unreachable!("checked above"),
     }
     if let (Some(fwd), Check::ToBackend | Check::FromVip | Check::Direct) = (column.fwd, case.check)
     {

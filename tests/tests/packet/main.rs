@@ -17,6 +17,7 @@ mod embryonic;
 mod fastpath;
 mod fragments;
 mod icmp;
+mod ipip;
 mod malformed;
 mod replies;
 mod requests;

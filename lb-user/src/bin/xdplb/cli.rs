@@ -40,7 +40,7 @@ pub enum Output {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the agent: load (or adopt) and attach the program, serve the API until stopped.
-    Run(DaemonOptions),
+    Run(Box<DaemonOptions>),
     /// Add, remove, list and show VIPs.
     #[command(subcommand)]
     Vip(VipCommand),
@@ -86,6 +86,23 @@ pub enum Command {
     /// Autoscaling: what the agent's autoscalers see and decide, and an offline simulator.
     #[command(subcommand)]
     Autoscale(AutoscaleCommand),
+    /// On an `ipip` backend: attach (or replace, hitless) the XDP program that strips the
+    /// outer header of IPv4-in-IPv4 and IPv6-in-IPv6 packets arriving on an interface, pinned
+    /// so that it stays after this command exits; no agent needed.
+    Decap {
+        /// The interface the encapsulated packets arrive on.
+        #[arg(long, value_name = "IF")]
+        iface: String,
+        /// Detach it instead.
+        #[arg(long)]
+        detach: bool,
+        /// XDP attach mode: `auto` tries native and falls back to skb.
+        #[arg(long, value_enum, default_value_t)]
+        xdp_mode: lb_user::loader::AttachMode,
+        /// Where the links are pinned, a directory per interface.
+        #[arg(long, value_name = "DIR", default_value = lb_user::decap::DECAP_PIN_ROOT)]
+        pin_root: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -136,7 +153,8 @@ pub enum VipCommand {
         #[command(flatten)]
         sources: SourceArgs,
         /// How packets reach the backend: nat, dsr-l2 (backends on the gateway's L2 segment
-        /// hold the VIP and answer clients directly) or ipip.
+        /// hold the VIP and answer clients directly) or ipip (the same through an IP-in-IP
+        /// tunnel, to backends anywhere running `xdplb decap`).
         #[arg(long, default_value = "nat")]
         forwarding: Forwarding,
     },

@@ -53,6 +53,7 @@ pub async fn client_command(
     match command {
         Command::Run(_)
         | Command::Check { .. }
+        | Command::Decap { .. }
         | Command::Autoscale(AutoscaleCommand::Simulate(_)) => {
             unreachable!("handled in main")
         }

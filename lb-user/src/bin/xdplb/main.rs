@@ -25,9 +25,21 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(mut options) => {
             options.socket = cli.socket;
-            lb_user::daemon::run(options)
+            lb_user::daemon::run(*options)
         }
         Command::Check { file } => return check(&file),
+        Command::Decap {
+            iface,
+            detach,
+            xdp_mode,
+            pin_root,
+        } => {
+            if detach {
+                lb_user::decap::detach(&pin_root, &iface)
+            } else {
+                lb_user::decap::attach(&pin_root, &iface, xdp_mode)
+            }
+        }
         Command::Autoscale(AutoscaleCommand::Simulate(args)) => {
             lb_user::autoscale::cli::simulate_command(&args)
         }
