@@ -3,7 +3,7 @@
 
 use lb_common::{FlowKey, conntrack::FlowState, maps::CONNTRACK_MAP};
 use lb_user::{
-    balancer::{BackendSpec, Balancer, Scheduler, VipOptions},
+    balancer::{BackendSpec, Balancer, Forwarding, Scheduler, VipOptions},
     loader::{LoadOptions, Loaded, if_index},
     maps::BpfMaps,
 };
@@ -189,6 +189,25 @@ impl PacketLab {
             ttl: 63,
         };
         frame_with(link, sa(src), sa(dst), l4, payload)
+    }
+
+    /// Adds VIP `v` (`ADDR:PORT/PROTO`) forwarded by `forwarding`, with `backends` of weight 1.
+    pub fn add_forwarded_vip(&mut self, v: &str, forwarding: Forwarding, backends: &[&str]) {
+        let v = vip(v);
+        let options = VipOptions {
+            forwarding,
+            ..VipOptions::default()
+        };
+        self.balancer.add_vip(v, options).expect("vip");
+        self.balancer
+            .set_backends(
+                &v,
+                backends
+                    .iter()
+                    .map(|b| BackendSpec::new(sa(b), 1))
+                    .collect(),
+            )
+            .expect("backends");
     }
 
     /// A frame from backend 0 to the gateway.

@@ -194,3 +194,34 @@ pub fn dialer(
     }));
     bg
 }
+
+/// Connections held to `addr` (the agent's VIP `vip`) survive a backend added and another
+/// drained: backend `added` (ident `b2`) is removed, 12 connections are held, `added` comes
+/// back with weight 3 and `drained` (ident `b0`) is drained; every held connection still
+/// answers from its backend (one of them from `b0`), and new ones avoid `b0` and reach `b2`.
+pub fn held_connections_survive_add_and_drain(
+    agent: &crate::agent::Agent,
+    client: &Netns,
+    (vip, addr): (&str, SocketAddr),
+    (added, drained): (SocketAddr, SocketAddr),
+) {
+    agent.ok(&["backend", "del", vip, &added.to_string()]);
+    let mut held = hold(client, addr, 12);
+    agent.ok(&["backend", "add", vip, &added.to_string(), "--weight", "3"]);
+    agent.ok(&["backend", "drain", vip, &drained.to_string()]);
+    for (n, (conn, ident)) in held.iter_mut().enumerate() {
+        let again = conn
+            .ask(&format!("again{n}"))
+            .unwrap_or_else(|err| panic!("held connection {n} to {ident}: {err:#}"));
+        assert_eq!(&again, ident, "held connection {n} changed backend");
+    }
+    assert!(
+        held.iter().any(|(_, ident)| ident == "b0"),
+        "a held connection is on the drained backend"
+    );
+    let fresh = spread(client, addr, 30, "fresh");
+    assert!(
+        !fresh.contains_key("b0") && fresh.contains_key("b2"),
+        "new connections avoid the drained backend and reach the added one: {fresh:?}"
+    );
+}

@@ -22,7 +22,7 @@ use lb_tests::{
         DSR_GW_IF, DSR_GW_PORT, DSR_VIP, DSR_VIP6, HOST_IF, Netns, Topology, dsr_backend_v4,
         dsr_backend_v6, ident, udp_request,
     },
-    traffic::{hold, spread},
+    traffic::{held_connections_survive_add_and_drain, spread},
 };
 use lb_user::{
     api::StatsView,
@@ -201,31 +201,11 @@ fn ipip_answers_bypass_the_gateway() {
     assert_eq!(last["reply_tx"] + last["reply_redirect"], 0, "{last:?}");
 
     // Held connections survive a backend added and another drained.
-    agent.ok(&["backend", "del", VIP, &backend(2, 80).to_string()]);
-    let mut held = hold(&topo.client, vip, 12);
-    agent.ok(&[
-        "backend",
-        "add",
-        VIP,
-        &backend(2, 80).to_string(),
-        "--weight",
-        "3",
-    ]);
-    agent.ok(&["backend", "drain", VIP, &backend(0, 80).to_string()]);
-    for (n, (conn, ident)) in held.iter_mut().enumerate() {
-        let again = conn
-            .ask(&format!("again{n}"))
-            .unwrap_or_else(|err| panic!("held connection {n} to {ident}: {err:#}"));
-        assert_eq!(&again, ident, "held connection {n} changed backend");
-    }
-    assert!(
-        held.iter().any(|(_, ident)| ident == "b0"),
-        "a held connection is on the drained backend"
-    );
-    let fresh = spread(&topo.client, vip, 30, "fresh");
-    assert!(
-        !fresh.contains_key("b0") && fresh.contains_key("b2"),
-        "new connections avoid the drained backend and reach the added one: {fresh:?}"
+    held_connections_survive_add_and_drain(
+        &agent,
+        &topo.client,
+        (VIP, vip),
+        (backend(2, 80), backend(0, 80)),
     );
 }
 

@@ -43,21 +43,7 @@ const CLIENT6: &str = "[fd00::2]:41000";
 const PSH_ACK: L4 = L4::Tcp(tcp_flags::PSH | tcp_flags::ACK);
 
 fn dsr(lab: &mut PacketLab, v: &str, backends: &[&str]) {
-    let v = vip(v);
-    let options = VipOptions {
-        forwarding: Forwarding::DsrL2,
-        ..VipOptions::default()
-    };
-    lab.balancer.add_vip(v, options).expect("dsr vip");
-    lab.balancer
-        .set_backends(
-            &v,
-            backends
-                .iter()
-                .map(|b| BackendSpec::new(sa(b), 1))
-                .collect(),
-        )
-        .expect("dsr backends");
+    lab.add_forwarded_vip(v, Forwarding::DsrL2, backends);
 }
 
 /// `input` as it leaves for a host with MAC `dst_mac` out of the interface with MAC `src_mac`:

@@ -21,7 +21,7 @@ use lb_tests::{
     packet::{L4, frame, patch_ipv4, tcp_flags, verify_checksums},
     sa, vip,
 };
-use lb_user::balancer::{BackendSpec, BackendState, Forwarding, VipOptions};
+use lb_user::balancer::{BackendSpec, BackendState, Forwarding};
 
 use super::{ACK, SYN};
 
@@ -32,21 +32,7 @@ const VIP_ROUTED: &str = "198.19.0.41:80";
 const PSH_ACK: L4 = L4::Tcp(tcp_flags::PSH | tcp_flags::ACK);
 
 fn ipip(lab: &mut PacketLab, v: &str, backends: &[&str]) {
-    let v = vip(v);
-    let options = VipOptions {
-        forwarding: Forwarding::Ipip,
-        ..VipOptions::default()
-    };
-    lab.balancer.add_vip(v, options).expect("ipip vip");
-    lab.balancer
-        .set_backends(
-            &v,
-            backends
-                .iter()
-                .map(|b| BackendSpec::new(sa(b), 1))
-                .collect(),
-        )
-        .expect("ipip backends");
+    lab.add_forwarded_vip(v, Forwarding::Ipip, backends);
 }
 
 /// The outer sources seen, by flow name.
