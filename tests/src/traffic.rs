@@ -195,6 +195,7 @@ pub fn dialer(
     bg
 }
 
+#[cfg(feature = "xdplb")]
 /// Connections held to `addr` (the agent's VIP `vip`) survive a backend added and another
 /// drained: backend `added` (ident `b2`) is removed, 12 connections are held, `added` comes
 /// back with weight 3 and `drained` (ident `b0`) is drained; every held connection still
