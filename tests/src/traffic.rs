@@ -226,3 +226,19 @@ pub fn held_connections_survive_add_and_drain(
         "new connections avoid the drained backend and reach the added one: {fresh:?}"
     );
 }
+
+/// Asserts that `tally` (answers by backend ident `b0`, `b1`, ...) of `n` spreads over the
+/// backends as `weights` do, each share within 5 percentage points.
+pub fn assert_weighted(what: &str, tally: &Tally, n: usize, weights: &[usize]) {
+    let total: usize = weights.iter().sum();
+    for (i, weight) in weights.iter().enumerate() {
+        let got = tally.get(&crate::netns::ident(i)).copied().unwrap_or(0);
+        let share = got as f64 / n as f64;
+        let want = *weight as f64 / total as f64;
+        assert!(
+            (share - want).abs() <= 0.05,
+            "{what}: backend {i} got {got} of {n}, share {share:.3} for weight {weight} \
+             ({want:.3}): {tally:?}"
+        );
+    }
+}

@@ -18,7 +18,7 @@ use lb_tests::{
         DSR_GW_IF, DSR_GW_PORT, DSR_VIP, DSR_VIP6, Topology, dsr_backend_v4, dsr_backend_v6,
         http_get, ident, udp_request,
     },
-    traffic::{held_connections_survive_add_and_drain, spread},
+    traffic::{assert_weighted, held_connections_survive_add_and_drain, spread},
 };
 use lb_user::{
     api::{BackendView, StatsView},
@@ -96,20 +96,6 @@ fn config(backends: &[usize]) -> String {
 }
 
 /// Asserts that each backend's share of `tally` (of `n`) is within 5 points of its weight's.
-fn assert_weighted(what: &str, tally: &BTreeMap<String, usize>, n: usize) {
-    let total: usize = WEIGHTS.iter().sum();
-    for (i, weight) in WEIGHTS.iter().enumerate() {
-        let got = tally.get(&ident(i)).copied().unwrap_or(0);
-        let share = got as f64 / n as f64;
-        let want = *weight as f64 / total as f64;
-        assert!(
-            (share - want).abs() <= 0.05,
-            "{what}: backend {i} got {got} of {n}, share {share:.3} for weight {weight} \
-             ({want:.3}): {tally:?}"
-        );
-    }
-}
-
 fn counters(agent: &Agent) -> BTreeMap<String, u64> {
     agent
         .json::<StatsView>(&["stats"])
@@ -281,7 +267,7 @@ fn dsr_l2_answers_bypass_the_gateway() {
     let before = counters(&agent);
     let vip = SocketAddr::from((DSR_VIP, 80));
     let tally = spread(&topo.client, vip, CONNECTIONS, "dsr");
-    assert_weighted("line-protocol connections", &tally, CONNECTIONS);
+    assert_weighted("line-protocol connections", &tally, CONNECTIONS, &WEIGHTS);
     // HTTP to nginx: each GET on a connection of its own, answered by the backend's nginx.
     let http_vip = SocketAddr::from((DSR_VIP, HTTP_PORT));
     let mut http_tally = BTreeMap::<String, usize>::new();
@@ -293,7 +279,7 @@ fn dsr_l2_answers_bypass_the_gateway() {
             *http_tally.entry(body.trim_end().to_owned()).or_default() += 1;
         }
     });
-    assert_weighted("HTTP GETs to nginx", &http_tally, CONNECTIONS);
+    assert_weighted("HTTP GETs to nginx", &http_tally, CONNECTIONS, &WEIGHTS);
     let udp_vip = SocketAddr::from((DSR_VIP, 53));
     let mut udp_tally = BTreeMap::<String, usize>::new();
     topo.client.run(|| {
@@ -305,7 +291,7 @@ fn dsr_l2_answers_bypass_the_gateway() {
             *udp_tally.entry(ident).or_default() += 1;
         }
     });
-    assert_weighted("UDP exchanges", &udp_tally, UDP_EXCHANGES);
+    assert_weighted("UDP exchanges", &udp_tally, UDP_EXCHANGES, &WEIGHTS);
 
     // The gateway forwarded every request and saw no answer: each connection's SYN-ACK,
     // answer and FIN would be three packets more, over 1800 in all.

@@ -20,9 +20,9 @@ use lb_tests::{
     agent::{Agent, VIP, bin, path_str},
     netns::{
         DSR_GW_IF, DSR_GW_PORT, DSR_VIP, DSR_VIP6, HOST_IF, Netns, Topology, dsr_backend_v4,
-        dsr_backend_v6, ident, udp_request,
+        dsr_backend_v6, http_get, ident, udp_request,
     },
-    traffic::{held_connections_survive_add_and_drain, spread},
+    traffic::{assert_weighted, held_connections_survive_add_and_drain, spread},
 };
 use lb_user::{
     api::StatsView,
@@ -34,7 +34,9 @@ const BACKENDS: usize = 3;
 /// Weighted round-robin, so that the shares are exact up to the per-CPU cursors' phase.
 const WEIGHTS: [usize; BACKENDS] = [1, 2, 3];
 const CONNECTIONS: usize = 300;
-const UDP_EXCHANGES: usize = 30;
+const UDP_EXCHANGES: usize = 300;
+/// The VIP's port for HTTP, served by nginx on the backends.
+const HTTP_PORT: u16 = 8080;
 
 fn backend(i: usize, port: u16) -> SocketAddr {
     SocketAddr::new(dsr_backend_v4(i).into(), port)
@@ -55,10 +57,18 @@ fn config() -> String {
             backend(i, 80),
         );
     }
-    text += "[[vip]]\naddress = \"198.19.0.1:53\"\nprotocol = \"udp\"\n\
-             scheduler = \"round-robin\"\nforwarding = \"ipip\"\n";
-    for i in 0..BACKENDS {
-        text += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend(i, 53));
+    for port in [53, HTTP_PORT] {
+        let proto = if port == 53 { "udp" } else { "tcp" };
+        text += &format!(
+            "[[vip]]\naddress = \"198.19.0.1:{port}\"\nprotocol = \"{proto}\"\n\
+             scheduler = \"weighted-round-robin\"\nforwarding = \"ipip\"\n"
+        );
+        for (i, weight) in WEIGHTS.iter().enumerate() {
+            text += &format!(
+                "[[vip.backend]]\naddress = \"{}\"\nweight = {weight}\n",
+                backend(i, port),
+            );
+        }
     }
     text += "[[vip]]\naddress = \"[fd00:ffff::1]:80\"\nprotocol = \"tcp\"\n\
              forwarding = \"ipip\"\n";
@@ -132,6 +142,13 @@ fn ipip_answers_bypass_the_gateway() {
     let _udp: Vec<_> = (0..BACKENDS)
         .map(|i| topo.backends[i].udp_server_on(SocketAddr::from((DSR_VIP, 53)), &ident(i)))
         .collect();
+    let _nginx: Vec<_> = (0..BACKENDS)
+        .map(|i| {
+            topo.backends[i]
+                .nginx(HTTP_PORT, &ident(i))
+                .unwrap_or_else(|err| panic!("nginx on backend {i}: {err:#}"))
+        })
+        .collect();
     let mut agent = Agent::new(&topo);
     agent.ifaces = vec![DSR_GW_IF.to_owned()];
     let file = agent.file("xdplb.toml", &config());
@@ -146,17 +163,19 @@ fn ipip_answers_bypass_the_gateway() {
     let before = counters(&agent);
     let vip = SocketAddr::from((DSR_VIP, 80));
     let tally = spread(&topo.client, vip, CONNECTIONS, "ipip");
-    let total: usize = WEIGHTS.iter().sum();
-    for (i, weight) in WEIGHTS.iter().enumerate() {
-        let got = tally.get(&ident(i)).copied().unwrap_or(0);
-        let share = got as f64 / CONNECTIONS as f64;
-        let want = *weight as f64 / total as f64;
-        assert!(
-            (share - want).abs() <= 0.05,
-            "backend {i}: {got} of {CONNECTIONS} connections, share {share:.3} for weight \
-             {weight} ({want:.3}): {tally:?}"
-        );
-    }
+    assert_weighted("line-protocol connections", &tally, CONNECTIONS, &WEIGHTS);
+    // HTTP to nginx: each GET on a connection of its own, answered by the backend's nginx.
+    let http_vip = SocketAddr::from((DSR_VIP, HTTP_PORT));
+    let mut http_tally = BTreeMap::<String, usize>::new();
+    topo.client.run(|| {
+        for n in 0..CONNECTIONS {
+            let (status, body) = http_get(http_vip, &format!("/r{n}"))
+                .unwrap_or_else(|err| panic!("HTTP GET {n}: {err:#}"));
+            assert_eq!(status, 200, "HTTP GET {n}: {body}");
+            *http_tally.entry(body.trim_end().to_owned()).or_default() += 1;
+        }
+    });
+    assert_weighted("HTTP GETs to nginx", &http_tally, CONNECTIONS, &WEIGHTS);
     let udp_vip = SocketAddr::from((DSR_VIP, 53));
     let mut udp_tally = BTreeMap::<String, usize>::new();
     topo.client.run(|| {
@@ -168,18 +187,14 @@ fn ipip_answers_bypass_the_gateway() {
             *udp_tally.entry(ident).or_default() += 1;
         }
     });
-    assert_eq!(
-        udp_tally.len(),
-        BACKENDS,
-        "UDP over every backend: {udp_tally:?}"
-    );
+    assert_weighted("UDP exchanges", &udp_tally, UDP_EXCHANGES, &WEIGHTS);
 
     // The gateway forwarded every request and saw no answer.
     let after = counters(&agent);
     let delta = |name: &str| after[name] - before.get(name).copied().unwrap_or(0);
     let forwarded = delta("fwd_tx") + delta("fwd_redirect");
     assert!(
-        forwarded >= (3 * CONNECTIONS + UDP_EXCHANGES) as u64,
+        forwarded >= (6 * CONNECTIONS + UDP_EXCHANGES) as u64,
         "{forwarded} requests forwarded"
     );
     assert_eq!(delta("reply_tx") + delta("reply_redirect"), 0);
