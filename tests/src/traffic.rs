@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::netns::{Conn, Netns};
+use crate::netns::{Conn, Netns, http_get, udp_request};
 
 /// Time between two exchanges on a held connection.
 pub const CHAT_PERIOD: Duration = Duration::from_millis(50);
@@ -241,4 +241,36 @@ pub fn assert_weighted(what: &str, tally: &Tally, n: usize, weights: &[usize]) {
              ({want:.3}): {tally:?}"
         );
     }
+}
+
+/// Makes `n` HTTP GETs from `client` to `addr`, each on a connection of its own, and counts
+/// which backend answered each (the body's first line, the ident the backend's nginx serves).
+/// Panics if any fails or is not a 200.
+pub fn http_spread(client: &Netns, addr: SocketAddr, n: usize) -> Tally {
+    let mut tally = Tally::new();
+    client.run(|| {
+        for i in 0..n {
+            let (status, body) = http_get(addr, &format!("/r{i}"))
+                .unwrap_or_else(|err| panic!("HTTP GET {i}: {err:#}"));
+            assert_eq!(status, 200, "HTTP GET {i}: {body}");
+            *tally.entry(body.trim_end().to_owned()).or_default() += 1;
+        }
+    });
+    tally
+}
+
+/// Makes `n` UDP exchanges from `client` with `addr` and counts which backend answered each
+/// (the answer's first word). Panics if any fails or is answered from another address.
+pub fn udp_spread(client: &Netns, addr: SocketAddr, n: usize) -> Tally {
+    let mut tally = Tally::new();
+    client.run(|| {
+        for i in 0..n {
+            let (answer, from) = udp_request(addr, &format!("q{i}"))
+                .unwrap_or_else(|err| panic!("UDP exchange {i}: {err:#}"));
+            assert_eq!(from, addr, "the answer comes from the VIP");
+            let ident = answer.split(' ').next().unwrap_or_default().to_owned();
+            *tally.entry(ident).or_default() += 1;
+        }
+    });
+    tally
 }

@@ -15,10 +15,12 @@ use aya::programs::{Xdp, XdpMode};
 use lb_tests::{
     agent::{Agent, VIP, path_str, sample, scrape_metrics},
     netns::{
-        DSR_GW_IF, DSR_GW_PORT, DSR_VIP, DSR_VIP6, Topology, dsr_backend_v4, dsr_backend_v6,
-        http_get, ident, udp_request,
+        DSR_GW_IF, DSR_GW_PORT, DSR_VIP, DSR_VIP6, Topology, dsr_backend_v4, dsr_backend_v6, ident,
+        udp_request,
     },
-    traffic::{assert_weighted, held_connections_survive_add_and_drain, spread},
+    traffic::{
+        assert_weighted, held_connections_survive_add_and_drain, http_spread, spread, udp_spread,
+    },
 };
 use lb_user::{
     api::{BackendView, StatsView},
@@ -269,28 +271,13 @@ fn dsr_l2_answers_bypass_the_gateway() {
     let tally = spread(&topo.client, vip, CONNECTIONS, "dsr");
     assert_weighted("line-protocol connections", &tally, CONNECTIONS, &WEIGHTS);
     // HTTP to nginx: each GET on a connection of its own, answered by the backend's nginx.
-    let http_vip = SocketAddr::from((DSR_VIP, HTTP_PORT));
-    let mut http_tally = BTreeMap::<String, usize>::new();
-    topo.client.run(|| {
-        for n in 0..CONNECTIONS {
-            let (status, body) = http_get(http_vip, &format!("/r{n}"))
-                .unwrap_or_else(|err| panic!("HTTP GET {n}: {err:#}"));
-            assert_eq!(status, 200, "HTTP GET {n}: {body}");
-            *http_tally.entry(body.trim_end().to_owned()).or_default() += 1;
-        }
-    });
+    let http_tally = http_spread(
+        &topo.client,
+        SocketAddr::from((DSR_VIP, HTTP_PORT)),
+        CONNECTIONS,
+    );
     assert_weighted("HTTP GETs to nginx", &http_tally, CONNECTIONS, &WEIGHTS);
-    let udp_vip = SocketAddr::from((DSR_VIP, 53));
-    let mut udp_tally = BTreeMap::<String, usize>::new();
-    topo.client.run(|| {
-        for n in 0..UDP_EXCHANGES {
-            let (answer, from) = udp_request(udp_vip, &format!("q{n}"))
-                .unwrap_or_else(|err| panic!("UDP exchange {n}: {err:#}"));
-            assert_eq!(from, udp_vip, "the answer comes from the VIP");
-            let ident = answer.split(' ').next().unwrap_or_default().to_owned();
-            *udp_tally.entry(ident).or_default() += 1;
-        }
-    });
+    let udp_tally = udp_spread(&topo.client, SocketAddr::from((DSR_VIP, 53)), UDP_EXCHANGES);
     assert_weighted("UDP exchanges", &udp_tally, UDP_EXCHANGES, &WEIGHTS);
 
     // The gateway forwarded every request and saw no answer: each connection's SYN-ACK,
