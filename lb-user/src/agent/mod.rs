@@ -77,6 +77,10 @@ pub struct VipView {
     pub bytes: u64,
     pub new_flows: u64,
     pub backends: Vec<BackendView>,
+    /// The digest of its `maglev` or `source-hash` table: equal on every gateway that
+    /// schedules each slot to the same backend address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_digest: Option<String>,
 }
 
 /// A backend with its state, load and traffic.
@@ -141,6 +145,8 @@ pub struct Agent {
     pub probe_marks: BTreeMap<std::net::IpAddr, u32>,
     /// The rules and routes of [`Agent::probe_marks`] in place, with their interfaces.
     pub probe_routes: BTreeMap<(std::net::IpAddr, u32), u32>,
+    /// The BGP announcements, with `[bgp]` (`crate::cluster::bgp`).
+    pub bgp: Option<crate::cluster::bgp::BgpStatus>,
 }
 
 pub type Shared = Arc<Mutex<Agent>>;
@@ -236,6 +242,7 @@ impl Agent {
             saved: Vec::new(),
             probe_marks: BTreeMap::new(),
             probe_routes: BTreeMap::new(),
+            bgp: None,
         })
     }
 
@@ -381,6 +388,8 @@ impl Agent {
     pub fn running_config(&self) -> Config {
         let mut running = Config {
             conntrack: self.config.conntrack.clone(),
+            cluster: self.config.cluster,
+            bgp: self.config.bgp.clone(),
             vips: Vec::new(),
         };
         running.conntrack.capacity = self.capacity;
@@ -398,6 +407,20 @@ impl Agent {
             running.vips.push(vip);
         }
         running
+    }
+
+    /// Refuses a scheduler that is not cluster-safe for `vip` when the agent runs in a cluster
+    /// (its config has `[cluster]` or `[bgp]`).
+    pub fn check_cluster_safe(&self, vip: &Vip, scheduler: Scheduler) -> Result<(), String> {
+        if (self.config.cluster.is_some() || self.config.bgp.is_some())
+            && !crate::config::cluster_safe(scheduler)
+        {
+            return Err(format!(
+                "VIP {vip}: scheduler {scheduler} is not cluster-safe: with [cluster] or [bgp], \
+                 use maglev or source-hash (the same backend for a flow on every gateway)"
+            ));
+        }
+        Ok(())
     }
 
     /// A VIP with its backends, their health, load and traffic.
@@ -446,6 +469,7 @@ impl Agent {
             bytes: stats.bytes,
             new_flows: stats.new_flows,
             backends,
+            table_digest: info.table_digest.clone(),
         })
     }
 

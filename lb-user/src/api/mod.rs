@@ -280,6 +280,7 @@ async fn status(State(state): State<ApiState>) -> ApiResult<Json<StatusView>> {
             uptime_secs: agent.started.elapsed().as_secs(),
             vips: vips.len(),
             backends: vips.iter().map(|v| v.backends.len()).sum(),
+            bgp: agent.bgp.clone(),
         }))
     })
     .await
@@ -319,6 +320,9 @@ async fn add_vip(
         options.forwarding = f.parse()?;
     }
     let view = change(&state, move |agent| {
+        agent
+            .check_cluster_safe(&vip, options.scheduler)
+            .map_err(bad)?;
         agent.balancer.add_vip(vip, options)?;
         vip_view(agent, &agent.balancer.vip(&vip)?)
     })
@@ -416,6 +420,9 @@ async fn set_vip(
             if let Some(f) = forwarding {
                 options.forwarding = f;
             }
+            agent
+                .check_cluster_safe(&vip, options.scheduler)
+                .map_err(bad)?;
             agent.balancer.set_vip_options(&vip, options)?;
             vip_view(agent, &agent.balancer.vip(&vip)?)
         })

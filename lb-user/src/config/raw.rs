@@ -13,6 +13,10 @@ use super::*;
 pub(super) struct RawConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) conntrack: Option<RawConntrack>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) cluster: Option<cluster::RawCluster>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) bgp: Option<cluster::RawBgp>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) vip: Vec<RawVip>,
 }
@@ -111,6 +115,8 @@ impl From<Config> for RawConfig {
         RawConfig {
             conntrack: (config.conntrack != ConntrackConfig::default())
                 .then(|| config.conntrack.into()),
+            cluster: config.cluster.map(Into::into),
+            bgp: config.bgp.map(Into::into),
             vip: config.vips.into_iter().map(RawVip::from).collect(),
         }
     }

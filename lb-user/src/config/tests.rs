@@ -816,6 +816,8 @@ fn from_info_gives_the_balancers_state_back() {
     apply_plan(&mut b, &after).unwrap();
     let config = Config {
         conntrack: ConntrackConfig::default(),
+        cluster: None,
+        bgp: None,
         vips: b.vips().iter().map(VipConfig::from_info).collect(),
     };
     assert_eq!(wanted(&config), wanted(&after));
