@@ -258,6 +258,24 @@ fn ecmp_over_three_gateways_survives_losing_one() {
         "connections through the last gateway"
     );
 
+    // In a cluster, a scheduler that is not cluster-safe is refused, naming the VIP.
+    let refused = agents[2].cli(&[
+        "vip",
+        "add",
+        "198.19.0.1:81/tcp",
+        "--scheduler",
+        "round-robin",
+    ]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "round-robin accepted in a cluster"
+    );
+    assert!(
+        stderr.contains("VIP 198.19.0.1:81/tcp: scheduler round-robin is not cluster-safe"),
+        "{stderr}"
+    );
+
     // `vip del` on gateway 2: nothing routes the VIP any more.
     agents[2].ok(&["vip", "del", &format!("{DSR_VIP}:80/tcp")]);
     cluster
