@@ -4,7 +4,9 @@
 //! stops, its announcement is withdrawn, and every connection it carried goes on through the
 //! others (a non-SYN packet missing their connection tables is scheduled by the same Maglev
 //! table and seed, so to the same backend); new connections succeed throughout. Then health
-//! checks failing on one gateway only, and `vip del` on the last, withdraw theirs.
+//! checks failing on one gateway only withdraw its announcement, passing again restore it,
+//! `kill -9` of its agent withdraws it (BIRD dies with the agent), and `vip del` on the last
+//! gateway withdraws the VIP.
 
 use std::{
     net::SocketAddr,
@@ -257,6 +259,25 @@ fn ecmp_over_three_gateways_survives_losing_one() {
         still, CLIENT_SOURCES,
         "connections through the last gateway"
     );
+
+    // Healthy again, gateway 1 announces again; killed with SIGKILL, its BIRD dies with it
+    // (PR_SET_PDEATHSIG), the session ends and the router withdraws without waiting out the
+    // hold time.
+    let file = agents[1].file("healthy.toml", &config(&cluster, 1, None));
+    agents[1].ok(&["apply", "-f", &path_str(&file)]);
+    let took = cluster
+        .wait_for_paths(2, Duration::from_secs(5))
+        .unwrap_or_else(|paths| panic!("gateway 1 did not announce again: {paths:?}"));
+    eprintln!("gateway 1 announced again {took:?} after its checks passed");
+    let daemon = agents[1].daemon.as_mut().expect("gateway 1's agent");
+    daemon.kill().expect("SIGKILL");
+    let _ = daemon.wait();
+    agents[1].daemon = None;
+    let took = cluster
+        .wait_for_paths(1, Duration::from_secs(5))
+        .unwrap_or_else(|paths| panic!("after kill -9 the router still has {paths:?}"));
+    eprintln!("gateway 1 withdrawn {took:?} after kill -9");
+    assert_eq!(cluster.vip_paths(), vec![gateway_v4(2)]);
 
     // In a cluster, a scheduler that is not cluster-safe is refused, naming the VIP.
     let refused = agents[2].cli(&[
