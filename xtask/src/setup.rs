@@ -30,6 +30,10 @@ const SYSTEM_TOOLS: &[(&str, &str)] = &[
     // test drops to a user with `setpriv`.
     ("systemd-analyze", "systemd"),
     ("setpriv", "util-linux"),
+    // The package's round trip (`cargo xtask test`): lintian on the .deb, `man xdplb` once
+    // installed.
+    ("lintian", "lintian"),
+    ("man", "man-db"),
 ];
 
 /// Checks everything and installs what is missing, saying what it does.
