@@ -40,6 +40,7 @@ const BENCH_OBJECTS: [&str; 5] = [
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=XDPLB_BUILD_EBPF");
+    git_revision();
     let bench = env::var_os("CARGO_FEATURE_BENCH").is_some();
     let bench_objects: &[&str] = if bench { &BENCH_OBJECTS } else { &[] };
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR not set")?);
@@ -129,6 +130,33 @@ fn main() -> anyhow::Result<()> {
         }],
         aya_build::Toolchain::Custom(&nightly),
     )
+}
+
+/// Tells `xdplb --version` the git revision (`XDPLB_GIT_REVISION`: the short hash, or
+/// `unknown` outside a git tree, e.g. from a source tarball), and rebuilds when HEAD moves.
+fn git_revision() {
+    let git = |args: &[&str]| output("git", args).map(|out| out.trim().to_owned());
+    let revision = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".to_owned());
+    println!("cargo:rustc-env=XDPLB_GIT_REVISION={revision}");
+    // HEAD names the branch; the branch's ref file (or packed-refs) moves with each commit.
+    let mut watched = vec![git(&["rev-parse", "--git-path", "HEAD"])];
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        watched.push(git(&["rev-parse", "--git-path", &branch]));
+    }
+    watched.push(git(&["rev-parse", "--git-path", "packed-refs"]));
+    for path in watched.into_iter().flatten().map(PathBuf::from) {
+        // Only files that exist: a missing one would rerun this script on every build.
+        let path = if path.is_relative() {
+            env::current_dir()
+                .map(|dir| dir.join(&path))
+                .unwrap_or(path)
+        } else {
+            path
+        };
+        if path.is_file() {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
+    }
 }
 
 fn output(program: &str, args: &[&str]) -> Option<String> {

@@ -2,7 +2,7 @@
 
 use std::{path::Path, time::Duration};
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use axum::body::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::{Method, Request, StatusCode};
@@ -31,6 +31,37 @@ pub fn segment(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()
 }
 
+/// Why a request to the agent failed, for the CLI's exit code: the agent could not be reached
+/// (or did not answer in time), refused the request (4xx), or failed at it (5xx).
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("cannot reach the xdplb agent at {socket} (is `xdplb run` running?): {why}")]
+    Unreachable { socket: String, why: String },
+    #[error("the xdplb agent at {socket} did not answer within {timeout:?} (--timeout)")]
+    Timeout { socket: String, timeout: Duration },
+    /// The agent refused the request: an answer of 4xx, with its message.
+    #[error("{0}")]
+    Refused(String),
+    /// The agent failed at the request: an answer of 5xx, with its message.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CallError {
+    /// The error an answer of `status` (not a success) with `body` stands for.
+    pub fn from_answer(status: StatusCode, body: &[u8]) -> Self {
+        let message = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+        if status.is_client_error() {
+            CallError::Refused(message)
+        } else {
+            CallError::Failed(message)
+        }
+    }
+}
+
 /// The agent's API socket, and how long one request may take.
 #[derive(Copy, Clone, Debug)]
 pub struct Endpoint<'a> {
@@ -49,10 +80,11 @@ pub async fn request(
     let Endpoint { socket, timeout } = endpoint;
     match tokio::time::timeout(timeout, exchange(socket, method, path, body)).await {
         Ok(answer) => answer,
-        Err(_) => bail!(
-            "the xdplb agent at {} did not answer within {timeout:?} (--timeout)",
-            socket.display()
-        ),
+        Err(_) => Err(CallError::Timeout {
+            socket: socket.display().to_string(),
+            timeout,
+        }
+        .into()),
     }
 }
 
@@ -64,11 +96,9 @@ async fn exchange(
 ) -> anyhow::Result<(StatusCode, Bytes)> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
-        .with_context(|| {
-            format!(
-                "cannot reach the xdplb agent at {} (is `xdplb run` running?)",
-                socket.display()
-            )
+        .map_err(|err| CallError::Unreachable {
+            socket: socket.display().to_string(),
+            why: err.to_string(),
         })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -100,11 +130,7 @@ pub async fn call<T: DeserializeOwned>(
     let body = body.map(|b| serde_json::to_vec(&b)).transpose()?;
     let (status, bytes) = request(endpoint, method, path, body).await?;
     if !status.is_success() {
-        let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-        bail!("{message}");
+        return Err(CallError::from_answer(status, &bytes).into());
     }
     let bytes = if bytes.is_empty() {
         Bytes::from_static(b"null")

@@ -134,16 +134,7 @@ impl Vip {
 
 /// How a VIP picks backends for new flows.
 #[derive(
-    Copy,
-    Clone,
-    Debug,
-    PartialEq,
-    Eq,
-    Hash,
-    Default,
-    clap::ValueEnum,
-    serde::Serialize,
-    serde::Deserialize,
+    Copy, Clone, Debug, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum Scheduler {
@@ -160,6 +151,18 @@ pub enum Scheduler {
     /// Weighted least connections, by two random choices.
     LeastConn,
 }
+
+/// ipvsadm's scheduler names, accepted as aliases of ours. `lc` and `wlc` both map to
+/// `least-conn`, which weighs the connections by the backends' weights (with equal weights it
+/// is plain least-connections).
+pub const SCHEDULER_ALIASES: [(&str, Scheduler); 6] = [
+    ("rr", Scheduler::RoundRobin),
+    ("wrr", Scheduler::WeightedRoundRobin),
+    ("lc", Scheduler::LeastConn),
+    ("wlc", Scheduler::LeastConn),
+    ("sh", Scheduler::SourceHash),
+    ("mh", Scheduler::Maglev),
+];
 
 impl Scheduler {
     pub const ALL: [Scheduler; 7] = [
@@ -188,6 +191,27 @@ impl Scheduler {
         scheduler::NAMES[usize::from(self.number())]
     }
 
+    /// ipvsadm's names for it.
+    pub fn aliases(self) -> impl Iterator<Item = &'static str> {
+        SCHEDULER_ALIASES
+            .into_iter()
+            .filter(move |(_, s)| *s == self)
+            .map(|(alias, _)| alias)
+    }
+
+    /// What it does, in a few words (the CLI's help).
+    pub fn about(self) -> &'static str {
+        match self {
+            Scheduler::Maglev => "Maglev consistent hashing over the 5-tuple (weighted)",
+            Scheduler::SourceHash => "Maglev keyed by client address: affinity by client IP",
+            Scheduler::RoundRobin => "each backend in turn",
+            Scheduler::WeightedRoundRobin => "smooth weighted round-robin",
+            Scheduler::Random => "a backend at random",
+            Scheduler::WeightedRandom => "a backend at random, by weight",
+            Scheduler::LeastConn => "weighted least connections, by two random choices",
+        }
+    }
+
     /// Whether it picks from a Maglev table (and so has a ring size).
     pub fn is_hashed(self) -> bool {
         matches!(self, Scheduler::Maglev | Scheduler::SourceHash)
@@ -202,11 +226,32 @@ impl fmt::Display for Scheduler {
 
 impl FromStr for Scheduler {
     type Err = Error;
+    /// Our names and ipvsadm's, in any case.
     fn from_str(s: &str) -> Result<Self, Error> {
-        Scheduler::ALL
+        let names = Scheduler::ALL
             .into_iter()
-            .find(|sched| sched.name() == s)
+            .map(|sched| (sched.name(), sched));
+        names
+            .chain(SCHEDULER_ALIASES)
+            .find(|(name, _)| name.eq_ignore_ascii_case(s))
+            .map(|(_, sched)| sched)
             .ok_or_else(|| Error::UnknownScheduler(s.to_owned()))
+    }
+}
+
+/// The CLI's view: our names with ipvsadm's as aliases. Arguments of this type set
+/// `ignore_case` so that clap, like [`FromStr`], takes any case.
+impl clap::ValueEnum for Scheduler {
+    fn value_variants<'a>() -> &'a [Self] {
+        &Scheduler::ALL
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(
+            clap::builder::PossibleValue::new(self.name())
+                .aliases(self.aliases())
+                .help(self.about()),
+        )
     }
 }
 
@@ -486,9 +531,18 @@ pub enum Error {
     },
     #[error("bad VIP {0:?}: expected ADDR:PORT/PROTO, e.g. 198.19.0.1:80/tcp")]
     BadVip(String),
+    #[error(
+        "bad backend {0:?}: expected ADDR[:PORT], e.g. 198.18.1.2:8080, [fd00::2]:8080 or \
+         198.18.1.2 (the VIP's port)"
+    )]
+    BadBackend(String),
     #[error("bad protocol {0:?}: expected tcp or udp")]
     BadProto(String),
-    #[error("unknown scheduler {0:?}: expected one of {names}", names = scheduler::NAMES.join(", "))]
+    #[error(
+        "unknown scheduler {0:?}: expected one of {names} (or ipvsadm's {aliases})",
+        names = scheduler::NAMES.join(", "),
+        aliases = SCHEDULER_ALIASES.map(|(alias, _)| alias).join(", ")
+    )]
     UnknownScheduler(String),
     #[error("unknown forwarding mode {0:?}: expected one of {names}", names = forwarding::NAMES.join(", "))]
     UnknownForwarding(String),
@@ -526,6 +580,12 @@ pub enum Error {
     #[error("writing the data path's maps failed: {0}")]
     Maps(#[from] MapsError),
 }
+
+/// Input refused before anything was tried (arguments that do not fit together, a bad config
+/// file), with its message: the CLI exits with its "bad input" code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadInput(pub String);
 
 /// Why a map operation failed: the map, what was done to it, and the kernel's answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -702,6 +762,21 @@ pub fn check_backend(vip: &Vip, spec: &BackendSpec) -> Result<(), Error> {
 /// Whether `backend` can be a backend of `vip`: an address of one host that is not the VIP's
 /// own, of the VIP's family, with a port unless the VIP takes every port. (The weight is the
 /// spec's; see [`check_backend`].)
+/// A backend's address as operators write it: `ADDR:PORT`, or the address alone
+/// (`198.18.1.2`, `fd00::2`, `[fd00::2]`), which takes the VIP's port `vip_port`.
+pub fn parse_backend_addr(s: &str, vip_port: u16) -> Result<SocketAddr, Error> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let bare = s
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .unwrap_or(s);
+    bare.parse::<IpAddr>()
+        .map(|ip| SocketAddr::new(ip, vip_port))
+        .map_err(|_| Error::BadBackend(s.to_owned()))
+}
+
 pub fn check_backend_addr(vip: &Vip, backend: SocketAddr) -> Result<(), Error> {
     if let Some(problem) = AddrProblem::of(backend.ip()) {
         return Err(Error::BadBackendAddress {

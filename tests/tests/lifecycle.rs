@@ -345,7 +345,7 @@ fn apply_plans_settings_and_applies_timeouts_live() {
     );
     let out = agent.cli(&["apply", "-f", &path_str(&c)]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(4), "refused by the agent: {stderr}");
     assert!(stderr.contains("conntrack.capacity"), "{stderr}");
     assert!(
         stderr.contains("xdplb stop --detach"),
@@ -394,16 +394,16 @@ fn interfaces_follow_the_command_line() {
     agent.ok(&["iface", "attach", &dropped[0]]);
     assert!(topo.xdp_attached(&dropped[0]));
     let out = agent.cli(&["iface", "attach", "nosuch0"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(4), "refused by the agent");
     assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch0"));
     agent.ok(&["iface", "detach", &dropped[0]]);
     assert!(!topo.xdp_attached(&dropped[0]));
     let out = agent.cli(&["iface", "detach", &dropped[0]]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(4), "refused by the agent");
     agent.stop(true);
 }
 
-/// `xdplb check -f FILE` needs no agent: exit 0 for a good file, 1 with every error on a line
+/// `xdplb check -f FILE` needs no agent: exit 0 for a good file, 2 with every error on a line
 /// of its own.
 #[test]
 fn check_validates_a_config_without_an_agent() {
@@ -436,7 +436,7 @@ fn check_validates_a_config_without_an_agent() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     let _ = fs::remove_dir_all(&dir);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 3, "one line per error: {stderr}");
     assert!(

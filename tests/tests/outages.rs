@@ -333,7 +333,8 @@ fn a_change_that_cannot_be_saved_changes_nothing() {
     disk.fill("filler");
     let out = agent.cli(&["backend", "add", VIP, &third]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // 5: the agent failed at the request (HTTP 5xx).
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
     assert!(stderr.contains("No space left on device"), "{stderr}");
     assert_eq!(
         (configuration(&agent.vips()), pinned_maps(&agent.pin_dir)),

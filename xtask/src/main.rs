@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod package;
 mod setup;
 mod test;
 mod toolchain;
@@ -38,6 +39,9 @@ enum Task {
     Demo,
     /// Run the benchmarks (as root) and write target/bench/results.json.
     Bench(bench::BenchArgs),
+    /// Build the Debian package (target/debian/xdplb_*.deb) with cargo-deb, installing
+    /// cargo-deb first if needed.
+    Package,
 }
 
 fn main() -> ExitCode {
@@ -48,6 +52,7 @@ fn main() -> ExitCode {
         Task::Test(args) => test::run(&args),
         Task::Demo => demo::run(),
         Task::Bench(args) => bench::run(&args),
+        Task::Package => package::build().map(|deb| println!("{}", deb.display())),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

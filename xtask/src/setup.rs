@@ -33,6 +33,10 @@ const SYSTEM_TOOLS: &[(&str, &str)] = &[
     // The agent's BGP speaker, and the router of the several-gateways test.
     ("bird", "bird2"),
     ("birdc", "bird2"),
+    // The package's round trip (`cargo xtask test`): lintian on the .deb, `man xdplb` once
+    // installed.
+    ("lintian", "lintian"),
+    ("man", "man-db"),
 ];
 
 /// Checks everything and installs what is missing, saying what it does.

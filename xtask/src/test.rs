@@ -11,7 +11,8 @@ pub struct TestArgs {
     /// Skip `cargo fmt --check` and `cargo clippy`.
     #[arg(long)]
     no_lint: bool,
-    /// Only tests whose name contains this (passed to the test harness).
+    /// Only tests whose name contains this (passed to the test harness). The package round
+    /// trip runs when there is no filter or `package` has it.
     filter: Option<String>,
 }
 
@@ -66,6 +67,14 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         eprintln!("xtask: ************************************************************");
     }
     tests?;
+    let package = args
+        .filter
+        .as_deref()
+        .is_none_or(|f| "package".contains(f) || f.contains("package"));
+    if root && package {
+        // Installs the package on this machine and purges it again (also when a check fails).
+        crate::package::round_trip()?;
+    }
     eprintln!("xtask: all tests passed in {:.1?}", start.elapsed());
     Ok(())
 }

@@ -216,6 +216,11 @@ fn parse_addr(field: &str, s: &str) -> ApiResult<SocketAddr> {
         .map_err(|_| bad(format!("{field}: {s:?} is not an ADDR:PORT")))
 }
 
+/// A backend's address, `ADDR:PORT` or `ADDR` with the port of `vip`.
+fn parse_backend(field: &str, s: &str, vip: &Vip) -> ApiResult<SocketAddr> {
+    crate::model::parse_backend_addr(s, vip.port).map_err(|err| bad(format!("{field}: {err}")))
+}
+
 fn vip_from_path(proto: &str, addr: &str) -> ApiResult<Vip> {
     let proto: Proto = proto.parse()?;
     let addr = parse_addr("vip", addr)?;
@@ -464,7 +469,7 @@ async fn add_backend(
     let vip = vip_from_path(&proto, &addr)?;
     let req: AddBackend = body(&bytes)?;
     let mut spec = BackendSpec::new(
-        parse_addr("address", &req.address)?,
+        parse_backend("address", &req.address, &vip)?,
         req.weight.unwrap_or(1),
     );
     if let Some(s) = &req.state {
@@ -484,7 +489,7 @@ async fn set_backend(
     bytes: Bytes,
 ) -> ApiResult<Json<VipView>> {
     let vip = vip_from_path(&proto, &addr)?;
-    let backend = parse_addr("backend", &backend)?;
+    let backend = parse_backend("backend", &backend, &vip)?;
     let req: SetBackend = body(&bytes)?;
     let new_state = req.state.as_deref().map(parse_state).transpose()?;
     if req.weight.is_none() && new_state.is_none() {
@@ -505,7 +510,7 @@ async fn del_backend(
     UrlPath((proto, addr, backend)): UrlPath<(String, String, String)>,
 ) -> ApiResult<StatusCode> {
     let vip = vip_from_path(&proto, &addr)?;
-    let backend = parse_addr("backend", &backend)?;
+    let backend = parse_backend("backend", &backend, &vip)?;
     change(&state, move |agent| {
         Ok(agent.balancer.remove_backend(&vip, backend)?)
     })

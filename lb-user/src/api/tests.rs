@@ -481,6 +481,54 @@ async fn refusals_name_the_problem_and_change_nothing() {
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
 }
 
+/// ipvsadm's scheduler names (any case) and a backend without a port, which takes the VIP's.
+#[tokio::test]
+async fn ipvsadm_aliases_and_backends_without_a_port() {
+    let (shared, dir) = agent("aliases");
+    let (shutdown, _) = watch::channel(Shutdown::Running);
+    let app = router(std::sync::Arc::clone(&shared), shutdown, &Limits::default());
+    let (got, answer) = send(
+        &app,
+        "POST",
+        "/v1/vips",
+        r#"{"vip": "198.19.0.2:443/tcp", "scheduler": "WRR"}"#,
+    )
+    .await;
+    assert_eq!(got, StatusCode::CREATED, "{answer}");
+    let view: VipView = serde_json::from_str(&answer).expect("a VIP");
+    assert_eq!(view.scheduler, Scheduler::WeightedRoundRobin);
+    let backends = "/v1/vips/tcp/198.19.0.2:443/backends";
+    let (got, answer) = send(&app, "POST", backends, r#"{"address": "198.18.3.2"}"#).await;
+    assert_eq!(got, StatusCode::CREATED, "{answer}");
+    let view: VipView = serde_json::from_str(&answer).expect("a VIP");
+    let addrs: Vec<String> = view
+        .backends
+        .iter()
+        .map(|b| b.address.to_string())
+        .collect();
+    assert_eq!(addrs, ["198.18.3.2:443"]);
+    let (got, answer) = send(
+        &app,
+        "PATCH",
+        &format!("{backends}/198.18.3.2"),
+        r#"{"weight": 3}"#,
+    )
+    .await;
+    assert_eq!(got, StatusCode::OK, "{answer}");
+    let (got, answer) = send(
+        &app,
+        "PATCH",
+        "/v1/vips/tcp/198.19.0.2:443",
+        r#"{"scheduler": "Lc"}"#,
+    )
+    .await;
+    assert_eq!(got, StatusCode::OK, "{answer}");
+    let view: VipView = serde_json::from_str(&answer).expect("a VIP");
+    assert_eq!(view.scheduler, Scheduler::LeastConn);
+    assert_eq!(view.backends[0].weight, 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A config's new-flow rate limit is live once applied (as SIGHUP applies the file); a file
 /// that leaves it out keeps the one running.
 #[tokio::test]

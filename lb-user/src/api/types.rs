@@ -5,16 +5,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::VipView;
 
-/// The global counters and every VIP.
+/// The global counters and every VIP. The named numbers are JSON objects
+/// (`{"forwarded": 12, ...}`) in the order the data path declares them.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StatsView {
+    #[serde(with = "named_numbers")]
     pub counters: Vec<(String, u64)>,
     /// The connection tables' events (`lb_common::counters::Event`), by name.
-    #[serde(default)]
+    #[serde(default, with = "named_numbers")]
     pub events: Vec<(String, u64)>,
     /// How full the connection tables were at the agent's last count: `conntrack_entries`,
     /// `conntrack_capacity`, `embryonic_entries`, `embryonic_live`, `embryonic_capacity`.
-    #[serde(default)]
+    #[serde(default, with = "named_numbers")]
     pub tables: Vec<(String, u64)>,
     pub vips: Vec<VipView>,
 }
@@ -120,4 +122,60 @@ pub struct ApplyView {
     /// One line per change (`+ vip ...`, `~ backend ...`), empty if none.
     pub plan: Vec<String>,
     pub applied: bool,
+}
+
+/// Name-number pairs as a JSON object, keeping their order both ways.
+mod named_numbers {
+    use std::fmt;
+
+    use serde::{
+        Deserializer, Serializer,
+        de::{MapAccess, Visitor},
+    };
+
+    pub fn serialize<S: Serializer>(pairs: &[(String, u64)], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(pairs.iter().map(|(name, n)| (name, n)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, u64)>, D::Error> {
+        struct Pairs;
+        impl<'de> Visitor<'de> for Pairs {
+            type Value = Vec<(String, u64)>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object of counters")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some(pair) = map.next_entry()? {
+                    pairs.push(pair);
+                }
+                Ok(pairs)
+            }
+        }
+        d.deserialize_map(Pairs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StatsView;
+
+    #[test]
+    fn stats_counters_are_an_object_in_their_order() {
+        let stats = StatsView {
+            counters: vec![("forwarded".into(), 12), ("dropped".into(), 0)],
+            events: vec![],
+            tables: vec![("conntrack_entries".into(), 3)],
+            vips: vec![],
+        };
+        let json = serde_json::to_string(&stats).expect("serializes");
+        assert!(
+            json.starts_with(r#"{"counters":{"forwarded":12,"dropped":0},"events":{},"tables":{"conntrack_entries":3}"#),
+            "{json}"
+        );
+        assert_eq!(
+            serde_json::from_str::<StatsView>(&json).expect("parses"),
+            stats
+        );
+    }
 }

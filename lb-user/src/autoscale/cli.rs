@@ -64,8 +64,9 @@ pub fn run_policies(trace: &Trace, kinds: &[PolicyKind], config: &SimConfig) -> 
         .collect()
 }
 
-/// Runs the command: prints one summary line per policy, writes the CSV and SVG if asked.
-pub fn simulate_command(args: &SimulateArgs) -> anyhow::Result<()> {
+/// Runs the command: prints one summary line per policy (or, with `json`, a JSON object of the
+/// same figures), writes the CSV and SVG if asked.
+pub fn simulate_command(args: &SimulateArgs, json: bool) -> anyhow::Result<()> {
     let trace = Trace::load(&args.trace)?;
     anyhow::ensure!(
         args.target_per_backend > 0.0,
@@ -85,8 +86,15 @@ pub fn simulate_command(args: &SimulateArgs) -> anyhow::Result<()> {
         ..SimConfig::new(args.target_per_backend)
     };
     let results = run_policies(&trace, &kinds, &config);
-    for r in &results {
-        println!("{}", r.summary());
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json_report(args, &results))?
+        );
+    } else {
+        for r in &results {
+            println!("{}", r.summary());
+        }
     }
     let refs: Vec<&SimResult> = results.iter().collect();
     if let Some(path) = &args.out_csv {
@@ -104,4 +112,35 @@ pub fn simulate_command(args: &SimulateArgs) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// What `simulate -o json` prints: the run's settings and each policy's figures (those of
+/// [`SimResult::summary`]).
+pub fn json_report(args: &SimulateArgs, results: &[SimResult]) -> serde_json::Value {
+    let policies: Vec<serde_json::Value> = results
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "policy": r.policy,
+                "seconds": r.seconds,
+                "time_above_target_s": r.time_above_target_s,
+                "time_above_target_percent":
+                    100.0 * r.time_above_target_s as f64 / r.seconds.max(1) as f64,
+                "backend_minutes": r.backend_minutes,
+                "actions": r.actions,
+                "scale_outs": r.scale_outs,
+                "scale_ins": r.actions - r.scale_outs,
+                "peak_backends": r.peak_allocated,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "trace": args.trace,
+        "target_per_backend": args.target_per_backend,
+        "provisioning_delay_s": args.provisioning_delay,
+        "drain_delay_s": args.drain_delay,
+        "min": args.min,
+        "max": args.max,
+        "policies": policies,
+    })
 }

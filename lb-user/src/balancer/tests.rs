@@ -41,8 +41,22 @@ fn parses_vips_and_schedulers() {
     assert_eq!(
         "fastest".parse::<Scheduler>().unwrap_err().to_string(),
         "unknown scheduler \"fastest\": expected one of maglev, source-hash, round-robin, \
-         weighted-round-robin, random, weighted-random, least-conn"
+         weighted-round-robin, random, weighted-random, least-conn (or ipvsadm's rr, wrr, lc, \
+         wlc, sh, mh)"
     );
+    // ipvsadm's names, and any case.
+    for (alias, s) in [
+        ("rr", Scheduler::RoundRobin),
+        ("WRR", Scheduler::WeightedRoundRobin),
+        ("lc", Scheduler::LeastConn),
+        ("Wlc", Scheduler::LeastConn),
+        ("sh", Scheduler::SourceHash),
+        ("MH", Scheduler::Maglev),
+        ("Round-Robin", Scheduler::RoundRobin),
+    ] {
+        assert_eq!(alias.parse::<Scheduler>().unwrap(), s, "{alias}");
+    }
+    assert!("r".parse::<Scheduler>().is_err());
 }
 
 #[test]

@@ -229,7 +229,8 @@ pub(super) fn vip_from_raw(
     let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
     for (j, b) in raw.backend.into_iter().enumerate() {
         let path = inside(prefix, vip, &format!("backend[{j}]"));
-        let (valid, backend) = backend_from_raw(b, &path, errors);
+        let vip_port = address.map(|a| a.port());
+        let (valid, backend) = backend_from_raw(b, vip_port, &path, errors);
         if valid && let Some(a) = address {
             check_backend_of(a, &backend, &path, errors);
             if let Some(v) = vip
@@ -363,13 +364,20 @@ pub(super) fn check_backend_of(
     }
 }
 
-/// A backend's config, and whether its address is valid.
+/// A backend's config, and whether its address is valid. An address without a port takes the
+/// VIP's, `vip_port` (when the VIP's address is valid).
 pub(super) fn backend_from_raw(
     raw: RawBackend,
+    vip_port: Option<u16>,
     prefix: &str,
     errors: &mut Errors,
 ) -> (bool, BackendConfig) {
-    let address = errors.socket_addr(&field(prefix, "address"), &raw.address);
+    let address = match vip_port {
+        Some(port) => crate::model::parse_backend_addr(&raw.address, port)
+            .map_err(|err| errors.add(field(prefix, "address"), err))
+            .ok(),
+        None => errors.socket_addr(&field(prefix, "address"), &raw.address),
+    };
     let weight = match raw.weight {
         None => 1,
         Some(w) => errors
@@ -620,7 +628,7 @@ impl TryFrom<RawBackend> for BackendConfig {
 
     fn try_from(raw: RawBackend) -> Result<Self, ConfigError> {
         let mut errors = Errors::default();
-        let (_, config) = backend_from_raw(raw, "", &mut errors);
+        let (_, config) = backend_from_raw(raw, None, "", &mut errors);
         errors.finish(config)
     }
 }

@@ -153,6 +153,33 @@ fn parses_the_full_example() {
     assert_eq!(v.backends()[0].state, BackendState::Down);
 }
 
+/// ipvsadm's scheduler names in any case, and backends without a port (the VIP's).
+#[test]
+fn ipvsadm_aliases_and_backends_without_a_port() {
+    let config = parse(
+        "[[vip]]\naddress = \"198.19.0.1:80\"\nprotocol = \"tcp\"\nscheduler = \"WLC\"\n\
+         [[vip.backend]]\naddress = \"198.18.1.2\"\n\
+         [[vip.backend]]\naddress = \"198.18.1.3:8080\"\n\
+         [[vip]]\naddress = \"[fd00::1]:53\"\nprotocol = \"udp\"\nscheduler = \"sh\"\n\
+         [[vip.backend]]\naddress = \"[fd00::2]\"\n\
+         [[vip.backend]]\naddress = \"fd00::3\"\n",
+    );
+    assert_eq!(config.vips[0].scheduler, Scheduler::LeastConn);
+    let addrs: Vec<String> = config.vips[0]
+        .backends
+        .iter()
+        .map(|b| b.address.to_string())
+        .collect();
+    assert_eq!(addrs, ["198.18.1.2:80", "198.18.1.3:8080"]);
+    assert_eq!(config.vips[1].scheduler, Scheduler::SourceHash);
+    let addrs: Vec<String> = config.vips[1]
+        .backends
+        .iter()
+        .map(|b| b.address.to_string())
+        .collect();
+    assert_eq!(addrs, ["[fd00::2]:53", "[fd00::3]:53"]);
+}
+
 #[test]
 fn defaults() {
     let config = parse(
@@ -284,7 +311,7 @@ fn bad_input_names_the_field() {
             one("scheduler = \"fastest\"", "", ""),
             "vip[0].scheduler: unknown scheduler \"fastest\": expected one of maglev, \
              source-hash, round-robin, weighted-round-robin, random, weighted-random, \
-             least-conn"
+             least-conn (or ipvsadm's rr, wrr, lc, wlc, sh, mh)"
                 .to_owned(),
         ),
         (
@@ -385,12 +412,12 @@ fn bad_input_names_the_field() {
         ),
         (
             format!(
-                "{}[[vip.backend]]\naddress = \"198.18.1.2\"\n",
+                "{}[[vip.backend]]\naddress = \"198.18.1.2:http\"\n",
                 vip_line("198.19.0.1:80", "tcp")
             ),
             format!(
-                "{V} backend[0].address: \"198.18.1.2\" is not ADDR:PORT, e.g. \
-                 198.19.0.1:80 or [fd00::1]:80"
+                "{V} backend[0].address: bad backend \"198.18.1.2:http\": expected \
+                 ADDR[:PORT], e.g. 198.18.1.2:8080, [fd00::2]:8080 or 198.18.1.2 (the VIP's port)"
             ),
         ),
         (
@@ -497,7 +524,7 @@ fn every_error_is_reported_and_typed_errors_are_invalid() {
                 "conntrack.capacity: 0 is out of range 1..=100000000".to_owned(),
                 "vip[0].scheduler: unknown scheduler \"fastest\": expected one of maglev, \
                  source-hash, round-robin, weighted-round-robin, random, weighted-random, \
-                 least-conn"
+                 least-conn (or ipvsadm's rr, wrr, lc, wlc, sh, mh)"
                     .to_owned(),
                 format!("{V} health.rise: 0 is out of range 1..=100"),
                 format!("{V} backend[0].weight: 20000 is out of range 0..=10000"),

@@ -43,11 +43,13 @@ pub struct DaemonOptions {
     /// Log the packet counters every this many seconds (0: only at exit).
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     pub stats_interval: u64,
-    /// A VIP to balance, `ADDR:PORT/PROTO[=SCHEDULER]` (used when there is no saved state).
+    /// A VIP to balance, `ADDR:PORT/PROTO[=SCHEDULER]` (used when there is no saved state);
+    /// ipvsadm's scheduler names (rr, wrr, lc, wlc, sh, mh) work too, in any case.
     #[arg(long = "vip", value_name = "VIP[=SCHEDULER]", value_parser = parse_vip)]
     pub vips: Vec<(Vip, Scheduler)>,
-    /// A backend of a VIP, `VIP=ADDR:PORT[@WEIGHT]` (used when there is no saved state).
-    #[arg(long = "backend", value_name = "VIP=ADDR:PORT[@WEIGHT]", value_parser = parse_backend)]
+    /// A backend of a VIP, `VIP=ADDR[:PORT][@WEIGHT]` (without a port: the VIP's; used when
+    /// there is no saved state).
+    #[arg(long = "backend", value_name = "VIP=ADDR[:PORT][@WEIGHT]", value_parser = parse_backend)]
     pub backends: Vec<(Vip, BackendSpec)>,
     /// Flows the connection table holds (fixed when the program is first loaded; the
     /// config's `conntrack.capacity` wins if given).
@@ -123,22 +125,20 @@ pub fn parse_vip(s: &str) -> Result<(Vip, Scheduler), String> {
     ))
 }
 
+/// `VIP=ADDR[:PORT][@WEIGHT]`: a backend without a port takes the VIP's.
 pub fn parse_backend(s: &str) -> Result<(Vip, BackendSpec), String> {
     let (vip, backend) = s
         .split_once('=')
-        .ok_or_else(|| format!("{s:?}: expected VIP=ADDR:PORT[@WEIGHT]"))?;
-    let (addr, weight) = backend.split_once('@').unwrap_or((backend, "1"));
-    let addr = addr
+        .ok_or_else(|| format!("{s:?}: expected VIP=ADDR[:PORT][@WEIGHT]"))?;
+    let vip: Vip = vip
         .parse()
-        .map_err(|_| format!("{addr:?} is not an ADDR:PORT"))?;
+        .map_err(|e: crate::balancer::Error| e.to_string())?;
+    let (addr, weight) = backend.split_once('@').unwrap_or((backend, "1"));
+    let addr = crate::model::parse_backend_addr(addr, vip.port).map_err(|e| e.to_string())?;
     let weight = weight
         .parse()
         .map_err(|_| format!("weight {weight:?} is not a whole number"))?;
-    Ok((
-        vip.parse()
-            .map_err(|e: crate::balancer::Error| e.to_string())?,
-        BackendSpec::new(addr, weight),
-    ))
+    Ok((vip, BackendSpec::new(addr, weight)))
 }
 
 mod serving;
@@ -191,7 +191,9 @@ pub fn run(args: DaemonOptions) -> anyhow::Result<()> {
         .iter()
         .find(|(v, _)| !args.vips.iter().any(|(w, _)| w == v))
     {
-        anyhow::bail!("--backend for {vip}, which is not a --vip");
+        return Err(
+            crate::model::BadInput(format!("--backend for {vip}, which is not a --vip")).into(),
+        );
     }
     for iface in &args.ifaces {
         crate::loader::if_index(iface).context("--iface")?;
@@ -202,7 +204,7 @@ pub fn run(args: DaemonOptions) -> anyhow::Result<()> {
         .as_ref()
         .map(Config::load)
         .transpose()
-        .map_err(|err| anyhow::anyhow!("{err}"))?;
+        .map_err(|err| crate::model::BadInput(err.to_string()))?;
     // One agent per state file and per pin directory.
     let (state_lock, saved) = if args.ephemeral {
         (None, None)
@@ -647,5 +649,31 @@ mod ipip_source_tests {
         assert!(with_ipip_sources(Settings::default(), None, Some(p("10.0.0.0/8"))).is_err());
         let unchanged = with_ipip_sources(Settings::default(), None, None).unwrap();
         assert_eq!(unchanged, Settings::default());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_takes_ipvsadm_schedulers_and_backends_without_a_port() {
+        let (vip, scheduler) = parse_vip("198.19.0.1:80/tcp=WLC").unwrap();
+        assert_eq!(vip.to_string(), "198.19.0.1:80/tcp");
+        assert_eq!(scheduler, Scheduler::LeastConn);
+        assert_eq!(
+            parse_vip("198.19.0.1:80/tcp=mh").unwrap().1,
+            Scheduler::Maglev
+        );
+        let (_, spec) = parse_backend("198.19.0.1:80/tcp=10.0.0.2@3").unwrap();
+        assert_eq!(
+            (spec.addr.to_string(), spec.weight),
+            ("10.0.0.2:80".into(), 3)
+        );
+        let (_, spec) = parse_backend("[fd00::1]:443/tcp=[fd00::2]").unwrap();
+        assert_eq!(spec.addr.to_string(), "[fd00::2]:443");
+        let (_, spec) = parse_backend("198.19.0.1:80/tcp=10.0.0.2:8080").unwrap();
+        assert_eq!(spec.addr.to_string(), "10.0.0.2:8080");
+        assert!(parse_backend("198.19.0.1:80/tcp=10.0.0.2:http").is_err());
     }
 }

@@ -1,6 +1,6 @@
 //! The command line: `xdplb run` and the commands that drive a running agent.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_user::{
@@ -10,11 +10,28 @@ use lb_user::{
     loader::AttachMode,
 };
 
+/// What `xdplb --help` ends with: examples and the exit codes (README: Exit codes).
+const MAIN_AFTER_HELP: &str = "\
+Examples:
+  xdplb run --iface eth0 --vip 198.19.0.1:80/tcp=wlc --backend 198.19.0.1:80/tcp=10.0.0.2
+  xdplb vip add 198.19.0.1:443/tcp --scheduler rr
+  xdplb backend add 198.19.0.1:443/tcp 10.0.0.3 --weight 2
+  XDPLB_SOCKET=/run/xdplb/xdplb.sock xdplb stats -o json
+
+Exit codes:
+  0  ok
+  1  failed (e.g. missing capabilities, no such interface, the kernel refused)
+  2  bad input (arguments, a config file)
+  3  the agent cannot be reached, or did not answer in time
+  4  the agent refused the request (HTTP 4xx: bad value, no such VIP, already exists)
+  5  the agent failed at the request (HTTP 5xx)";
+
 #[derive(Parser)]
-#[command(name = "xdplb", version, about = "A layer-4 load balancer on XDP")]
+#[command(name = "xdplb", about = "A layer-4 load balancer on XDP", after_help = MAIN_AFTER_HELP)]
 pub struct Cli {
     /// The agent's API socket.
-    #[arg(long, global = true, default_value = DEFAULT_SOCKET, value_name = "PATH")]
+    #[arg(long, global = true, env = "XDPLB_SOCKET", default_value = DEFAULT_SOCKET,
+          value_name = "PATH")]
     pub socket: PathBuf,
     /// Seconds the CLI waits for each answer of the agent before giving up.
     #[arg(long, global = true, default_value_t = 10.0, value_name = "SECONDS",
@@ -40,22 +57,37 @@ pub enum Output {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the agent: load (or adopt) and attach the program, serve the API until stopped.
+    #[command(after_help = "\
+Examples:
+  xdplb run --iface eth0 --config /etc/xdplb/xdplb.toml
+  xdplb run --iface eth0 --vip 198.19.0.1:80/tcp=mh --backend 198.19.0.1:80/tcp=10.0.0.2@3")]
     Run(Box<DaemonOptions>),
     /// Add, remove, list and show VIPs.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  xdplb vip add 198.19.0.1:80/tcp --scheduler wrr"
+    )]
     Vip(VipCommand),
     /// Add, remove, change, drain and list a VIP's backends.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  xdplb backend add 198.19.0.1:80/tcp 10.0.0.2:8080 --weight 2"
+    )]
     Backend(BackendCommand),
     /// Packet counters and traffic per VIP and backend.
+    #[command(
+        after_help = "Examples:\n  xdplb stats\n  xdplb stats -o json\n  xdplb stats --watch 5"
+    )]
     Stats {
         /// Print again every this many seconds until interrupted.
         #[arg(long, value_name = "SECONDS")]
         watch: Option<u64>,
     },
     /// What the agent runs.
+    #[command(after_help = "Example:\n  xdplb status -o json")]
     Status,
     /// Bring the running VIPs and backends to a config file: print the plan, apply it.
+    #[command(after_help = "Example:\n  xdplb apply -f /etc/xdplb/xdplb.toml --dry-run")]
     Apply {
         /// The config file (TOML).
         #[arg(short = 'f', long = "file", value_name = "FILE")]
@@ -64,31 +96,39 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Check a config file without an agent: exit 0 if it is good, 1 with every error on a line
+    /// Check a config file without an agent: exit 0 if it is good, 2 with every error on a line
     /// of its own.
+    #[command(after_help = "Example:\n  xdplb check -f /etc/xdplb/xdplb.toml")]
     Check {
         /// The config file (TOML).
         #[arg(short = 'f', long = "file", value_name = "FILE")]
         file: PathBuf,
     },
     /// The running configuration.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Example:\n  xdplb config export > /etc/xdplb/xdplb.toml"
+    )]
     Config(ConfigCommand),
     /// The interfaces the program runs on: list, attach one more, detach one.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = "Example:\n  xdplb iface attach eth1")]
     Iface(IfaceCommand),
     /// Stop the agent. The program stays attached (traffic flows) unless --detach.
+    #[command(after_help = "Examples:\n  xdplb stop\n  xdplb stop --detach")]
     Stop {
         /// Also detach the program from every interface and unpin everything.
         #[arg(long)]
         detach: bool,
     },
     /// Autoscaling: what the agent's autoscalers see and decide, and an offline simulator.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = "Example:\n  xdplb autoscale status")]
     Autoscale(AutoscaleCommand),
     /// On an `ipip` backend: attach (or replace, hitless) the XDP program that strips the
     /// outer header of IPv4-in-IPv4 and IPv6-in-IPv6 packets arriving on an interface, pinned
     /// so that it stays after this command exits; no agent needed.
+    #[command(
+        after_help = "Examples:\n  xdplb decap --iface eth0\n  xdplb decap --iface eth0 --detach"
+    )]
     Decap {
         /// The interface the encapsulated packets arrive on.
         #[arg(long, value_name = "IF")]
@@ -103,27 +143,52 @@ pub enum Command {
         #[arg(long, value_name = "DIR", default_value = lb_user::decap::DECAP_PIN_ROOT)]
         pin_root: PathBuf,
     },
+    /// Print a shell's completion script for xdplb (the package installs them).
+    #[command(
+        hide = true,
+        after_help = "Example:\n  xdplb completions bash > /usr/share/bash-completion/completions/xdplb"
+    )]
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages, xdplb.1 and one per subcommand, to a directory (the package
+    /// installs them).
+    #[command(hide = true, after_help = "Example:\n  xdplb man target/man")]
+    Man {
+        /// The directory to write the pages to (created if missing).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum IfaceCommand {
     /// The interfaces the program is attached to.
+    #[command(after_help = "Example:\n  xdplb iface list")]
     List,
     /// Attach the program to an interface of the agent's network namespace (until the agent
     /// restarts without it in --iface).
+    #[command(after_help = "Example:\n  xdplb iface attach eth1 --xdp-mode native")]
     Attach {
+        /// The interface.
         name: String,
+        /// XDP attach mode: `auto` tries native and falls back to skb.
         #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
         xdp_mode: AttachMode,
     },
     /// Detach the program from an interface.
-    Detach { name: String },
+    #[command(after_help = "Example:\n  xdplb iface detach eth1")]
+    Detach {
+        /// The interface.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum ConfigCommand {
     /// Print the running configuration as a config file (VIPs and backends as they are now,
     /// health checks, autoscaling, connection table), to keep changes made with the CLI.
+    #[command(after_help = "Example:\n  xdplb config export > xdplb.toml")]
     Export,
 }
 
@@ -131,21 +196,34 @@ pub enum ConfigCommand {
 pub enum AutoscaleCommand {
     /// Each autoscaled VIP (or one): signal, forecast, desired and actual backends, the last
     /// decisions and their reasons.
+    #[command(after_help = "Example:\n  xdplb autoscale status 198.19.0.1:80/tcp -o json")]
     Status {
         /// Only this VIP (`ADDR:PORT/PROTO`).
         vip: Option<Vip>,
     },
     /// Replay a load trace against the scaling policies and report how each does (offline; no
     /// agent needed).
+    #[command(after_help = "\
+Examples:
+  xdplb autoscale simulate --trace examples/traces/flash-sale.csv
+  xdplb autoscale simulate --trace examples/traces/flash-sale.csv --policy target -o json")]
     Simulate(lb_user::autoscale::cli::SimulateArgs),
 }
 
 #[derive(Subcommand)]
 pub enum VipCommand {
     /// Add a VIP (`ADDR:PORT/PROTO`, port 0: every port).
+    #[command(after_help = "\
+Examples:
+  xdplb vip add 198.19.0.1:80/tcp
+  xdplb vip add 198.19.0.1:53/udp --scheduler sh
+  xdplb vip add [fd00::1]:0/tcp --forwarding dsr-l2 --allow 10.0.0.0/8")]
     Add {
+        /// The VIP: `ADDR:PORT/PROTO`, e.g. 198.19.0.1:80/tcp or [fd00::1]:443/tcp.
         vip: Vip,
-        #[arg(long, default_value = "maglev")]
+        /// How new flows pick a backend; ipvsadm's names (rr, wrr, lc, wlc, sh, mh) work too,
+        /// in any case.
+        #[arg(long, default_value = "maglev", ignore_case = true)]
         scheduler: Scheduler,
         /// Maglev table size (a prime).
         #[arg(long)]
@@ -159,50 +237,94 @@ pub enum VipCommand {
         forwarding: Forwarding,
     },
     /// Remove a VIP and its backends.
-    Del { vip: Vip },
+    #[command(after_help = "Example:\n  xdplb vip del 198.19.0.1:80/tcp")]
+    Del {
+        /// The VIP: `ADDR:PORT/PROTO`.
+        vip: Vip,
+    },
     /// Change a VIP's scheduler, ring size, source checks or forwarding mode (tracked flows
     /// follow a new mode from their next packet).
+    #[command(after_help = "Example:\n  xdplb vip set 198.19.0.1:80/tcp --scheduler WLC")]
     Set {
+        /// The VIP: `ADDR:PORT/PROTO`.
         vip: Vip,
-        #[arg(long)]
+        /// How new flows pick a backend (ipvsadm's names work too, in any case).
+        #[arg(long, ignore_case = true)]
         scheduler: Option<Scheduler>,
+        /// Maglev table size (a prime).
         #[arg(long)]
         ring_size: Option<u32>,
         #[command(flatten)]
         sources: SourceArgs,
+        /// How packets reach the backend: nat, dsr-l2 or ipip.
         #[arg(long)]
         forwarding: Option<Forwarding>,
     },
     /// List every VIP.
+    #[command(after_help = "Example:\n  xdplb vip list -o json")]
     List,
     /// One VIP and its backends.
-    Show { vip: Vip },
+    #[command(after_help = "Example:\n  xdplb vip show 198.19.0.1:80/tcp")]
+    Show {
+        /// The VIP: `ADDR:PORT/PROTO`.
+        vip: Vip,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum BackendCommand {
     /// Add a backend to a VIP.
+    #[command(after_help = "\
+Examples:
+  xdplb backend add 198.19.0.1:80/tcp 10.0.0.2:8080 --weight 3
+  xdplb backend add 198.19.0.1:80/tcp 10.0.0.3       (port 80, the VIP's)")]
     Add {
+        /// The VIP: `ADDR:PORT/PROTO`.
         vip: Vip,
-        address: SocketAddr,
+        /// The backend: `ADDR:PORT`, or `ADDR` alone for the VIP's port.
+        address: String,
+        /// Its share of new flows, relative to the other backends' (0..=10000).
         #[arg(long, default_value_t = 1)]
         weight: u32,
     },
     /// Remove a backend; its tracked flows move to other backends.
-    Del { vip: Vip, address: SocketAddr },
-    /// Change a backend's weight and/or state.
-    Set {
+    #[command(after_help = "Example:\n  xdplb backend del 198.19.0.1:80/tcp 10.0.0.2:8080")]
+    Del {
+        /// The VIP: `ADDR:PORT/PROTO`.
         vip: Vip,
-        address: SocketAddr,
+        /// The backend: `ADDR:PORT`, or `ADDR` alone for the VIP's port.
+        address: String,
+    },
+    /// Change a backend's weight and/or state.
+    #[command(
+        after_help = "Example:\n  xdplb backend set 198.19.0.1:80/tcp 10.0.0.2:8080 --weight 5 --state up"
+    )]
+    Set {
+        /// The VIP: `ADDR:PORT/PROTO`.
+        vip: Vip,
+        /// The backend: `ADDR:PORT`, or `ADDR` alone for the VIP's port.
+        address: String,
+        /// Its new weight (0..=10000).
         #[arg(long)]
         weight: Option<u32>,
+        /// Its new state: up, draining or down.
         #[arg(long)]
         state: Option<BackendState>,
     },
     /// Stop new flows to a backend; its tracked flows continue (`list` shows when none are left).
-    Drain { vip: Vip, address: SocketAddr },
+    #[command(after_help = "Example:\n  xdplb backend drain 198.19.0.1:80/tcp 10.0.0.2:8080")]
+    Drain {
+        /// The VIP: `ADDR:PORT/PROTO`.
+        vip: Vip,
+        /// The backend: `ADDR:PORT`, or `ADDR` alone for the VIP's port.
+        address: String,
+    },
     /// A VIP's backends with their state, active connections and traffic.
-    List { vip: Vip },
+    #[command(after_help = "Example:\n  xdplb backend list 198.19.0.1:80/tcp -o json")]
+    List {
+        /// The VIP: `ADDR:PORT/PROTO`.
+        vip: Vip,
+    },
 }
 
 /// A timeout in seconds: a number above 0, at most a day.

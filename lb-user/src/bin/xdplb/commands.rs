@@ -12,7 +12,7 @@ use lb_user::{
     api::{self, BackendView, StatsView, StatusView, VipView},
     autoscale::live::Status as AutoscaleStatus,
     balancer::Vip,
-    client::{Endpoint, call, segment},
+    client::{CallError, Endpoint, call, segment},
     loader::AttachMode,
     render::{autoscale_lines, backend_line, vip_line},
 };
@@ -26,6 +26,11 @@ use crate::cli::{
 /// A request type of the API as a request body.
 fn request(body: &impl serde::Serialize) -> Option<serde_json::Value> {
     Some(serde_json::to_value(body).expect("API requests serialize to JSON"))
+}
+
+/// A backend as given on the command line: `ADDR:PORT`, or `ADDR` with the VIP's port.
+fn backend_addr(vip: &Vip, address: &str) -> anyhow::Result<SocketAddr> {
+    Ok(lb_user::model::parse_backend_addr(address, vip.port)?)
 }
 
 fn vip_path(vip: &Vip) -> String {
@@ -54,6 +59,8 @@ pub async fn client_command(
         Command::Run(_)
         | Command::Check { .. }
         | Command::Decap { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. }
         | Command::Autoscale(AutoscaleCommand::Simulate(_)) => {
             unreachable!("handled in main")
         }
@@ -87,7 +94,7 @@ pub async fn client_command(
             let (status, bytes) =
                 lb_user::client::request(endpoint, Method::GET, "/v1/config", None).await?;
             if !status.is_success() {
-                anyhow::bail!("{}", String::from_utf8_lossy(&bytes));
+                return Err(CallError::from_answer(status, &bytes).into());
             }
             print!("{}", String::from_utf8_lossy(&bytes));
             Ok(())
@@ -170,6 +177,7 @@ pub async fn client_command(
             address,
             weight,
         }) => {
+            let address = backend_addr(&vip, &address)?;
             let body = request(&api::AddBackend {
                 address: address.to_string(),
                 weight: Some(weight),
@@ -187,6 +195,7 @@ pub async fn client_command(
             })
         }
         Command::Backend(BackendCommand::Del { vip, address }) => {
+            let address = backend_addr(&vip, &address)?;
             let path = format!(
                 "{}/backends/{}",
                 vip_path(&vip),
@@ -207,7 +216,7 @@ pub async fn client_command(
                 endpoint,
                 output,
                 &vip,
-                address,
+                backend_addr(&vip, &address)?,
                 api::SetBackend {
                     weight,
                     state: state.map(|s| s.to_string()),
@@ -220,7 +229,7 @@ pub async fn client_command(
                 endpoint,
                 output,
                 &vip,
-                address,
+                backend_addr(&vip, &address)?,
                 api::SetBackend {
                     weight: None,
                     state: Some("draining".to_owned()),
@@ -286,14 +295,11 @@ pub async fn client_command(
             let path = format!("/v1/apply?dry_run={dry_run}");
             let (status, bytes) =
                 lb_user::client::request(endpoint, Method::POST, &path, Some(text)).await?;
-            let answer: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
             if !status.is_success() {
-                let message = answer
-                    .get("error")
-                    .and_then(|e| e.as_str())
-                    .unwrap_or("refused");
-                anyhow::bail!("{}: {message}", file.display());
+                let err = CallError::from_answer(status, &bytes);
+                return Err(anyhow::Error::new(err).context(file.display().to_string()));
             }
+            let answer: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
             let view: api::ApplyView = serde_json::from_value(answer)?;
             print(output, &view, || {
                 let mut out = if view.plan.is_empty() {
