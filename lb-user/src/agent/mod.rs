@@ -21,7 +21,7 @@ use crate::{
 };
 
 pub use neighbours::manage_dsr_neighbours_every;
-pub use probe_routes::{manage_probe_routes_every, sweep_probe_rules};
+pub use probe_routes::{ProbeKey, Via, manage_probe_routes_every, sweep_probe_rules};
 pub use routes::{local_addrs, publish_local_addrs, refresh_next_hops_on_changes};
 pub use state_file::{load_state, monotonic_ns, write_atomically};
 pub use tasks::{apply_health_events, autoscale_every, count_connections_every, log_vips};
@@ -136,11 +136,13 @@ pub struct Agent {
     pub autoscale_dry_run: bool,
     /// The state file's content as last written.
     pub saved: Vec<u8>,
-    /// The socket mark of each `dsr-l2` backend checked through the VIP (`path = "vip"`),
-    /// which [`manage_probe_routes_every`] routes to it.
-    pub probe_marks: BTreeMap<std::net::IpAddr, u32>,
-    /// The rules and routes of [`Agent::probe_marks`] in place, with their interfaces.
-    pub probe_routes: BTreeMap<(std::net::IpAddr, u32), u32>,
+    /// The socket mark of each `dsr-l2` or `ipip` backend checked through the VIP (`path =
+    /// "vip"`), which [`manage_probe_routes_every`] routes to it.
+    pub probe_marks: BTreeMap<ProbeKey, u32>,
+    /// The rules and routes of [`Agent::probe_marks`] in place, with their hops.
+    pub probe_routes: BTreeMap<(ProbeKey, u32), probe_routes::Hop>,
+    /// The encapsulation of the checks through the `ipip` tunnel, while there are any.
+    pub probe_encap: Option<crate::probe_encap::ProbeEncap>,
 }
 
 pub type Shared = Arc<Mutex<Agent>>;
@@ -236,6 +238,7 @@ impl Agent {
             saved: Vec::new(),
             probe_marks: BTreeMap::new(),
             probe_routes: BTreeMap::new(),
+            probe_encap: None,
         })
     }
 
@@ -461,26 +464,34 @@ impl Agent {
             .into_iter()
             .filter_map(|info| {
                 let check = self.config.vip(&info.vip)?.health();
-                let via_vip = check.path == ProbePath::Vip
-                    && check.kind != CheckKind::None
-                    && info.options.forwarding == Forwarding::DsrL2;
-                Some((info, check, via_vip))
+                let via = match info.options.forwarding {
+                    Forwarding::DsrL2 => Some(Via::Mac),
+                    Forwarding::Ipip => Some(Via::Tunnel),
+                    Forwarding::Nat => None,
+                }
+                .filter(|_| check.path == ProbePath::Vip && check.kind != CheckKind::None);
+                Some((info, check, via))
             })
             .collect();
-        let through_vip: std::collections::BTreeSet<_> = vips
+        let through_vip: std::collections::BTreeSet<ProbeKey> = vips
             .iter()
-            .filter(|(_, _, via_vip)| *via_vip)
-            .flat_map(|(info, _, _)| info.backends.iter().map(|b| b.spec.addr.ip()))
+            .filter_map(|(info, _, via)| via.map(|via| (info, via)))
+            .flat_map(|(info, via)| info.backends.iter().map(move |b| (b.spec.addr.ip(), via)))
             .collect();
         self.probe_marks = probe_routes::assign_marks(&self.probe_marks, &through_vip);
         // Before the first check: one without its route would go the main table's way.
-        probe_routes::sync_logged(&self.probe_marks, &mut self.probe_routes);
-        for (info, check, via_vip) in vips {
+        probe_routes::sync_logged(
+            &self.probe_marks,
+            &mut self.probe_routes,
+            &mut self.probe_encap,
+        );
+        for (info, check, via) in vips {
             for b in &info.backends {
                 let key = (info.vip, b.spec.addr);
                 let direct = check.target(b.spec.addr);
-                let target = match self.probe_marks.get(&b.spec.addr.ip()) {
-                    Some(&mark) if via_vip => Target {
+                let mark = via.and_then(|via| self.probe_marks.get(&(b.spec.addr.ip(), via)));
+                let target = match mark {
+                    Some(&mark) => Target {
                         addr: std::net::SocketAddr::new(info.vip.addr, direct.port()),
                         mark: Some(mark),
                     },
@@ -498,7 +509,11 @@ impl Agent {
     /// removes those of marks given up; a failure is logged (and tried again by
     /// [`manage_probe_routes_every`]).
     pub fn sync_probe_routes(&mut self) {
-        probe_routes::sync_logged(&self.probe_marks, &mut self.probe_routes);
+        probe_routes::sync_logged(
+            &self.probe_marks,
+            &mut self.probe_routes,
+            &mut self.probe_encap,
+        );
     }
 
     /// Seconds since the agent started: the autoscalers' clock.

@@ -208,12 +208,12 @@ pub(super) fn vip_from_raw(
     };
     let health_prefix = inside(prefix, vip, "health");
     let health = health_from_raw(raw.health, &health_prefix, errors);
-    if health.path == ProbePath::Vip && forwarding != Forwarding::DsrL2 {
+    if health.path == ProbePath::Vip && forwarding == Forwarding::Nat {
         errors.add(
             field(&health_prefix, "path"),
             format!(
-                "\"vip\" probes through the dsr-l2 path; this VIP forwards by {forwarding}: \
-                 use \"direct\""
+                "\"vip\" probes through the dsr-l2 or ipip path; this VIP forwards by \
+                 {forwarding}: use \"direct\""
             ),
         );
     }

@@ -982,6 +982,10 @@ fn health_path_is_read_checked_and_written_back() {
         through.to_toml()
     );
     assert_eq!(Config::parse(&through.to_toml()).unwrap(), through);
+    // Through the ipip tunnel too.
+    let tunnel = parse(&vip("ipip", "vip"));
+    assert_eq!(tunnel.vips[0].health().path, ProbePath::Vip);
+    assert_eq!(Config::parse(&tunnel.to_toml()).unwrap(), tunnel);
     // Direct is the default and is left out.
     let direct = parse(&vip("dsr-l2", "direct"));
     assert_eq!(direct.vips[0].health().path, ProbePath::Direct);
@@ -989,7 +993,7 @@ fn health_path_is_read_checked_and_written_back() {
 
     let err = error(&vip("nat", "vip"));
     assert!(
-        err.contains("vip[0] (198.19.0.1:80/tcp) health.path: \"vip\" probes through the dsr-l2 path; this VIP forwards by nat"),
+        err.contains("vip[0] (198.19.0.1:80/tcp) health.path: \"vip\" probes through the dsr-l2 or ipip path; this VIP forwards by nat"),
         "{err}"
     );
     let err = error(&vip("dsr-l2", "backend"));
