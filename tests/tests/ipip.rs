@@ -359,6 +359,36 @@ fn health_checks_through_the_tunnel(tx_off: bool) {
         BACKENDS,
         "new flows over every backend: {tally:?}"
     );
+
+    // Checked directly again: the rules go, and the encapsulation with them.
+    let direct = agent.file(
+        "direct.toml",
+        &text.replace("path = \"vip\"", "path = \"direct\""),
+    );
+    agent.ok(&["apply", "-f", &path_str(&direct)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rules = topo.gateway.exec("ip", &["rule", "show"]).expect("ip rule");
+        let rules = String::from_utf8_lossy(&rules.stdout).into_owned();
+        let rules6 = topo
+            .gateway
+            .exec("ip", &["-6", "rule", "show"])
+            .expect("ip rule");
+        let rules6 = String::from_utf8_lossy(&rules6.stdout).into_owned();
+        let left = (rules + &rules6)
+            .lines()
+            .filter(|l| l.starts_with("1000:"))
+            .count();
+        if left == 0 && agent.log().contains("encapsulation unloaded") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} rules left after checks went direct\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
