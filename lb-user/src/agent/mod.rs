@@ -143,6 +143,11 @@ pub struct Agent {
     pub probe_routes: BTreeMap<(ProbeKey, u32), probe_routes::Hop>,
     /// The encapsulation of the checks through the `ipip` tunnel, while there are any.
     pub probe_encap: Option<crate::probe_encap::ProbeEncap>,
+    /// `run --ipip-source-v4/-v6`, which win over the config's `[ipip]`.
+    pub ipip_source_flags: (
+        Option<crate::balancer::SourcePrefix>,
+        Option<crate::balancer::SourcePrefix>,
+    ),
 }
 
 pub type Shared = Arc<Mutex<Agent>>;
@@ -239,6 +244,7 @@ impl Agent {
             probe_marks: BTreeMap::new(),
             probe_routes: BTreeMap::new(),
             probe_encap: None,
+            ipip_source_flags: (None, None),
         })
     }
 
@@ -372,6 +378,11 @@ impl Agent {
             {
                 agent.balancer.set_new_flow_rate_limit(limit)?;
             }
+            // The flags win; a prefix neither gives stays as it is.
+            let (v4, v6) = agent.ipip_source_flags;
+            agent
+                .balancer
+                .set_ipip_sources(v4.or(desired.ipip.source_v4), v6.or(desired.ipip.source_v6))?;
             agent.hold_after_apply(&desired);
             agent.config = desired;
             Ok(plan)
@@ -384,6 +395,7 @@ impl Agent {
     pub fn running_config(&self) -> Config {
         let mut running = Config {
             conntrack: self.config.conntrack.clone(),
+            ipip: self.config.ipip.clone(),
             vips: Vec::new(),
         };
         running.conntrack.capacity = self.capacity;
