@@ -73,6 +73,9 @@ pub struct VipView {
     /// How packets reach the backends (absent from an older agent's answer: NAT).
     #[serde(default)]
     pub forwarding: Forwarding,
+    /// Where the health checks go, `direct` or `vip` (absent: direct).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_path: Option<String>,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -457,6 +460,12 @@ impl Agent {
             source_prefix_len: (info.options.source_rate_limit != 0)
                 .then(|| info.options.source_prefix_len_for(info.vip.addr)),
             forwarding: info.options.forwarding,
+            health_path: self
+                .config
+                .vip(&info.vip)
+                .map(|v| v.health.path)
+                .filter(|&p| p != ProbePath::Direct)
+                .map(|p| p.name().to_owned()),
             packets: stats.packets,
             bytes: stats.bytes,
             new_flows: stats.new_flows,
@@ -629,6 +638,29 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Sets where `vip`'s health checks go (`vip add/set --health-path`), kept with its check
+    /// in the applied config (a VIP the file does not name gets an entry there, with no check
+    /// until one is applied). Refused for a `nat` VIP: only `dsr-l2` and `ipip` have a path of
+    /// their own to probe through.
+    pub fn set_health_path(&mut self, vip: &Vip, path: ProbePath) -> Result<(), ApplyError> {
+        let info = self.balancer.vip(vip)?;
+        if path == ProbePath::Vip && info.options.forwarding == Forwarding::Nat {
+            return Err(ApplyError::Refused(format!(
+                "health path \"vip\" probes through the dsr-l2 or ipip path; {vip} forwards by \
+                 nat: use \"direct\""
+            )));
+        }
+        match self.config.vips.iter_mut().find(|v| v.vip() == *vip) {
+            Some(applied) => applied.health.path = path,
+            None => {
+                let mut applied = VipConfig::from_info(&info);
+                applied.health.path = path;
+                self.config.vips.push(applied);
+            }
+        }
+        Ok(())
     }
 
     /// Sets a backend's weight and/or state as an operator asks. A backend that is down for a

@@ -89,6 +89,20 @@ pub enum ProbePath {
     Vip,
 }
 
+impl std::str::FromStr for ProbePath {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "direct" => Ok(ProbePath::Direct),
+            "vip" => Ok(ProbePath::Vip),
+            other => Err(format!(
+                "unknown health check path {other:?}: expected direct or vip"
+            )),
+        }
+    }
+}
+
 impl ProbePath {
     /// The path's name in the config file: `direct` or `vip`.
     pub fn name(self) -> &'static str {

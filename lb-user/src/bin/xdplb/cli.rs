@@ -157,6 +157,11 @@ pub enum VipCommand {
         /// tunnel, to backends anywhere running `xdplb decap`).
         #[arg(long, default_value = "nat")]
         forwarding: Forwarding,
+        /// Where its health checks go: direct (the backend's own address) or vip (to the VIP
+        /// as the data path sends clients' packets; dsr-l2 and ipip only). The check itself
+        /// comes from the config file.
+        #[arg(long, value_name = "PATH", value_parser = ["direct", "vip"])]
+        health_path: Option<String>,
     },
     /// Remove a VIP and its backends.
     Del { vip: Vip },
@@ -172,6 +177,9 @@ pub enum VipCommand {
         sources: SourceArgs,
         #[arg(long)]
         forwarding: Option<Forwarding>,
+        /// Where its health checks go: direct or vip (dsr-l2 and ipip only).
+        #[arg(long, value_name = "PATH", value_parser = ["direct", "vip"])]
+        health_path: Option<String>,
     },
     /// List every VIP.
     List,
