@@ -51,7 +51,7 @@ fn encapsulate(ctx: &TcContext) -> Result<(), i32> {
         return Err(TC_ACT_OK);
     }
     // SAFETY: the value is copied out at once, before any other map call.
-    let Some(tunnel) = (unsafe { PROBE_TUNNELS.get(&mark) }).copied() else {
+    let Some(tunnel) = (unsafe { PROBE_TUNNELS.get(mark) }).copied() else {
         return Err(TC_ACT_OK);
     };
     let ether_type = u16::from_be_bytes(ctx.load::<[u8; 2]>(12).map_err(|_| TC_ACT_SHOT)?);

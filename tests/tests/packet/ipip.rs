@@ -685,7 +685,9 @@ fn probe_encap_program() {
         b"GET / HTTP/1.1\r\n\r\n",
     );
     let df = u16::from_be_bytes([check[20], check[21]]) & 0x4000;
-    let cases: [(&str, &[u8], u32, u32, Option<Vec<u8>>); 6] = [
+    // Description, input, socket mark, expected action, expected output (`None`: the input).
+    type TcCase<'a> = (&'a str, &'a [u8], u32, u32, Option<Vec<u8>>);
+    let cases: [TcCase; 6] = [
         (
             "an IPv4 check, encapsulated to its backend from its own source",
             &check,
