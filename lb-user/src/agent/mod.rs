@@ -80,6 +80,10 @@ pub struct VipView {
     pub bytes: u64,
     pub new_flows: u64,
     pub backends: Vec<BackendView>,
+    /// The digest of its `maglev` or `source-hash` table: equal on every gateway that
+    /// schedules each slot to the same backend address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_digest: Option<String>,
 }
 
 /// A backend with its state, load and traffic.
@@ -151,6 +155,8 @@ pub struct Agent {
         Option<crate::balancer::SourcePrefix>,
         Option<crate::balancer::SourcePrefix>,
     ),
+    /// The BGP announcements, with `[bgp]` (`crate::cluster::bgp`).
+    pub bgp: Option<crate::cluster::bgp::BgpStatus>,
 }
 
 pub type Shared = Arc<Mutex<Agent>>;
@@ -248,6 +254,7 @@ impl Agent {
             probe_routes: BTreeMap::new(),
             probe_encap: None,
             ipip_source_flags: (None, None),
+            bgp: None,
         })
     }
 
@@ -399,6 +406,8 @@ impl Agent {
         let mut running = Config {
             conntrack: self.config.conntrack.clone(),
             ipip: self.config.ipip.clone(),
+            cluster: self.config.cluster,
+            bgp: self.config.bgp.clone(),
             vips: Vec::new(),
         };
         running.conntrack.capacity = self.capacity;
@@ -416,6 +425,20 @@ impl Agent {
             running.vips.push(vip);
         }
         running
+    }
+
+    /// Refuses a scheduler that is not cluster-safe for `vip` when the agent runs in a cluster
+    /// (its config has `[cluster]` or `[bgp]`).
+    pub fn check_cluster_safe(&self, vip: &Vip, scheduler: Scheduler) -> Result<(), String> {
+        if (self.config.cluster.is_some() || self.config.bgp.is_some())
+            && !crate::config::cluster_safe(scheduler)
+        {
+            return Err(format!(
+                "VIP {vip}: scheduler {scheduler} is not cluster-safe: with [cluster] or [bgp], \
+                 use maglev or source-hash (the same backend for a flow on every gateway)"
+            ));
+        }
+        Ok(())
     }
 
     /// A VIP with its backends, their health, load and traffic.
@@ -470,6 +493,7 @@ impl Agent {
             bytes: stats.bytes,
             new_flows: stats.new_flows,
             backends,
+            table_digest: info.table_digest.clone(),
         })
     }
 

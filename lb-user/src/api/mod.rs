@@ -281,6 +281,7 @@ async fn status(State(state): State<ApiState>) -> ApiResult<Json<StatusView>> {
             uptime_secs: agent.started.elapsed().as_secs(),
             vips: vips.len(),
             backends: vips.iter().map(|v| v.backends.len()).sum(),
+            bgp: agent.bgp.clone(),
         }))
     })
     .await
@@ -321,6 +322,9 @@ async fn add_vip(
     }
     let health_path = probe_path(req.health_path.as_deref())?;
     let view = change(&state, move |agent| {
+        agent
+            .check_cluster_safe(&vip, options.scheduler)
+            .map_err(bad)?;
         agent.balancer.add_vip(vip, options)?;
         if let Some(path) = health_path {
             agent.set_health_path(&vip, path)?;
@@ -430,6 +434,9 @@ async fn set_vip(
                      forward by nat: set --health-path direct too"
                 )));
             }
+            agent
+                .check_cluster_safe(&vip, options.scheduler)
+                .map_err(bad)?;
             agent.balancer.set_vip_options(&vip, options)?;
             if let Some(path) = health_path {
                 agent.set_health_path(&vip, path)?;

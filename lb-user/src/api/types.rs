@@ -28,6 +28,9 @@ pub struct StatusView {
     pub uptime_secs: u64,
     pub vips: usize,
     pub backends: usize,
+    /// The BGP announcements (with `[bgp]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<crate::cluster::bgp::BgpStatus>,
 }
 
 /// `POST /v1/interfaces`.

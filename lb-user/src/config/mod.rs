@@ -48,7 +48,8 @@
 //! state = "up"                # up | draining | down
 //! ```
 //!
-//! A VIP may also have an `[vip.autoscale]` table: see the `autoscale` submodule.
+//! A VIP may also have an `[vip.autoscale]` table: see the `autoscale` submodule. Several
+//! gateways behind one ECMP router: `[cluster]` and `[bgp]`, see the `cluster` submodule.
 //!
 //! Parsing is in two steps: the file's shape (TOML syntax, unknown keys and value types, with
 //! toml's line and column), then a semantic pass whose errors name the field by its path,
@@ -59,6 +60,7 @@
 //! match it, all or nothing.
 
 mod autoscale;
+mod cluster;
 mod raw;
 mod semantic;
 
@@ -70,6 +72,7 @@ pub use crate::{
     autoscale::config::{AutoscaleConfig, ForecastModel, RuleConfig, Signal},
     duration::{format_duration, parse_duration},
 };
+pub use cluster::{BgpConfig, BgpPeer, ClusterConfig, DEFAULT_HOLD_TIME, cluster_safe};
 
 use std::{
     collections::{HashMap, HashSet},
@@ -137,6 +140,10 @@ pub struct Config {
     pub conntrack: ConntrackConfig,
     /// `[ipip]`: the outer source prefixes of `ipip` VIPs' packets.
     pub ipip: IpipConfig,
+    /// `[cluster]`: several gateways behind ECMP (see `cluster`).
+    pub cluster: Option<ClusterConfig>,
+    /// `[bgp]`: the VIP announcements (see `cluster`).
+    pub bgp: Option<BgpConfig>,
     /// Every `[[vip]]`, in the file's order.
     pub vips: Vec<VipConfig>,
 }

@@ -15,6 +15,10 @@ pub(super) struct RawConfig {
     pub(super) conntrack: Option<RawConntrack>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) ipip: Option<RawIpip>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) cluster: Option<cluster::RawCluster>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) bgp: Option<cluster::RawBgp>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) vip: Vec<RawVip>,
 }
@@ -126,6 +130,8 @@ impl From<Config> for RawConfig {
                 source_v4: config.ipip.source_v4.map(|p| p.to_string()),
                 source_v6: config.ipip.source_v6.map(|p| p.to_string()),
             }),
+            cluster: config.cluster.map(Into::into),
+            bgp: config.bgp.map(Into::into),
             vip: config.vips.into_iter().map(RawVip::from).collect(),
         }
     }

@@ -434,6 +434,15 @@ fn serve(
         args.ipip_source_v4.or(file_ipip.source_v4),
         args.ipip_source_v6.or(file_ipip.source_v6),
     )?;
+    // Every gateway of a cluster hashes with the same seed: the config's, else the one last
+    // applied, else what the program runs with.
+    if let Some(cluster) = config
+        .as_ref()
+        .or(saved.as_ref().map(|s| &s.config))
+        .and_then(|c| c.cluster)
+    {
+        settings.hash_seed = cluster.hash_seed;
+    }
     let mut held = Default::default();
     let mut saved_pools = Vec::new();
     let mut applied_config = Config::default();
@@ -508,7 +517,31 @@ fn serve(
         // state can be saved.
         warn!("saving the state: {err:#}");
     }
+    let bgp_config = agent.config.bgp.clone();
     let shared = api::share(agent);
+    // Announcements start once the program is attached, and end before the agent does.
+    let bgp = match bgp_config {
+        Some(bgp) => {
+            let dir = socket.with_extension("bird");
+            let speaker = crate::cluster::bgp::Speaker::start(&bgp, &dir)
+                .context("starting the BGP speaker of [bgp]")?;
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (shared, flag) = (Arc::clone(&shared), Arc::clone(&stop));
+            let thread = std::thread::Builder::new()
+                .name("xdplb-bgp".into())
+                .spawn(move || {
+                    crate::cluster::bgp::announce_until(
+                        speaker,
+                        shared,
+                        flag,
+                        std::time::Duration::from_millis(200),
+                    )
+                })
+                .context("starting the BGP thread")?;
+            Some((thread, stop))
+        }
+        None => None,
+    };
     let timeout = std::time::Duration::from_secs(args.api_timeout);
     let limits = api::Limits {
         max_connections: usize::from(args.api_max_connections),
@@ -531,6 +564,11 @@ fn serve(
         signals,
         args.config.clone(),
     ));
+    // Withdrawn first: the router stops sending flows here before the agent is gone.
+    if let Some((thread, stop)) = bgp {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = thread.join();
+    }
     // Requests still being answered are cut short: the agent is stopping.
     api_runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     let detach = detach?;

@@ -269,7 +269,7 @@ pub async fn client_command(
         Command::Status => {
             let status: StatusView = call(endpoint, Method::GET, "/v1/status", None).await?;
             print(output, &status, || {
-                format!(
+                let mut out = format!(
                     "version    {}\npinned in  {}\ninterfaces {}\nuptime     {} s\nVIPs       {}\nbackends   {}\n",
                     status.version,
                     status.pin_dir,
@@ -277,7 +277,11 @@ pub async fn client_command(
                     status.uptime_secs,
                     status.vips,
                     status.backends
-                )
+                );
+                if let Some(bgp) = &status.bgp {
+                    out += &lb_user::render::bgp_lines(bgp);
+                }
+                out
             })
         }
         Command::Apply { file, dry_run } => {
