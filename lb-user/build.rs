@@ -28,6 +28,9 @@ mod toolchain;
 const OBJECT: &str = "lb";
 /// The backends' decapsulation program (`xdplb decap`), built and embedded always.
 const DECAP_OBJECT: &str = "decap";
+/// The agent's TC program for health checks through the `ipip` tunnel, built and embedded
+/// always.
+const PROBE_ENCAP_OBJECT: &str = "probe_encap";
 /// The benchmark baselines, generator, sink and step programs: the binaries of `lb-ebpf`'s
 /// `bench` feature, built with this crate's.
 const BENCH_OBJECTS: [&str; 5] = [
@@ -95,7 +98,7 @@ fn main() -> anyhow::Result<()> {
             println!("cargo:rerun-if-changed={}", dir.display());
         }
         println!("cargo:rustc-env=XDPLB_EBPF_BUILT_WITH=");
-        for object in [OBJECT, DECAP_OBJECT]
+        for object in [OBJECT, DECAP_OBJECT, PROBE_ENCAP_OBJECT]
             .into_iter()
             .chain(bench_objects.iter().copied())
         {

@@ -20,6 +20,7 @@ pub mod maglev;
 pub mod maps;
 pub mod nat;
 pub mod parse;
+pub mod probe;
 pub mod sched;
 
 pub use counters::Counter;

@@ -490,6 +490,7 @@ mod pod {
         };
     }
     pod!(
+        crate::probe::ProbeTunnel,
         VipKey,
         VipMeta,
         VipAddrKey,

@@ -24,5 +24,6 @@ pub mod maps;
 pub mod metrics;
 pub mod model;
 pub mod pin;
+pub mod probe_encap;
 pub mod regions;
 pub mod render;

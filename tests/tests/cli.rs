@@ -1030,3 +1030,58 @@ fn autoscale_simulate_prints_json() {
     }
     assert_eq!(report["target_per_backend"], 500.0);
 }
+
+/// `vip add/set --health-path`: `vip` is refused for a `nat` VIP (and nothing changes), taken
+/// for an `ipip` one and shown by `vip show`; switching that VIP to `nat` is refused while its
+/// checks go through the VIP, and taken with `--health-path direct`.
+#[test]
+#[ignore = "needs root"]
+fn health_path_from_the_cli() {
+    const V: &str = "198.19.0.9:80/tcp";
+    let topo = Topology::new(1).expect("topology");
+    let mut agent = Agent::new(&topo);
+    agent.start(&[]);
+    let show = |agent: &Agent| agent.json::<VipView>(&["vip", "show", V]);
+
+    let refused = agent.cli(&["vip", "add", V, "--health-path", "vip"]);
+    check_refusal(&refused, "forwards by nat", false).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !agent.ok(&["vip", "list"]).contains("198.19.0.9"),
+        "nothing added"
+    );
+
+    agent.ok(&[
+        "vip",
+        "add",
+        V,
+        "--forwarding",
+        "ipip",
+        "--health-path",
+        "vip",
+    ]);
+    let view = show(&agent);
+    assert_eq!(view.health_path.as_deref(), Some("vip"), "{view:?}");
+
+    let refused = agent.cli(&["vip", "set", V, "--forwarding", "nat"]);
+    check_refusal(&refused, "--health-path direct", false).unwrap_or_else(|e| panic!("{e}"));
+    let view = show(&agent);
+    assert_eq!(
+        (view.forwarding, view.health_path.as_deref()),
+        (lb_user::balancer::Forwarding::Ipip, Some("vip"))
+    );
+
+    agent.ok(&[
+        "vip",
+        "set",
+        V,
+        "--forwarding",
+        "nat",
+        "--health-path",
+        "direct",
+    ]);
+    let view = show(&agent);
+    assert_eq!(
+        (view.forwarding, view.health_path.as_deref()),
+        (lb_user::balancer::Forwarding::Nat, None)
+    );
+}

@@ -17,16 +17,17 @@ use std::{
 
 use aya::programs::{Xdp, XdpMode};
 use lb_tests::{
-    agent::{Agent, Decap, VIP, path_str},
+    agent::{Agent, Decap, VIP, bin, path_str},
     netns::{
-        DSR_GW_IF, DSR_GW_PORT, DSR_VIP, DSR_VIP6, Topology, dsr_backend_v4, dsr_backend_v6, ident,
+        DSR_GW_IF, DSR_GW_PORT, DSR_VIP, DSR_VIP6, HOST_IF, Topology, dsr_backend_v4,
+        dsr_backend_v6, ident,
     },
     traffic::{
         assert_weighted, held_connections_survive_add_and_drain, http_spread, spread, udp_spread,
     },
 };
 use lb_user::{
-    api::StatsView,
+    api::{BackendView, StatsView},
     balancer::Forwarding,
     bench_objects::{BASELINE_PASS, load_baseline},
 };
@@ -213,4 +214,169 @@ fn ipip_without_decap_reaches_no_server() {
         assert!(Instant::now() < deadline, "nothing forwarded");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// `[vip.health] path = "vip"` on `ipip` VIPs: the agent's checks connect to the VIP and its
+/// TC program encapsulates them to each backend, so a backend whose decapsulation is detached
+/// (which still holds the VIP: an unencapsulated check would reach it and pass) or that lacks
+/// the VIP on `lo` goes down and gets no new flows, and comes back once restored; the others
+/// stay up throughout. IPv4 and IPv6. `tx_off`: the gateway's transmit checksum offload off
+/// (full checksums) or on (the checks leave with partial ones, which the encapsulation keeps
+/// pointing at the inner TCP header).
+fn health_checks_through_the_tunnel(tx_off: bool) {
+    let (topo, _pass) = topology();
+    if tx_off {
+        topo.gateway
+            .exec("ethtool", &["-K", DSR_GW_IF, "tx", "off"])
+            .expect("gateway tx offload off");
+    }
+    let _decap = Decap::attach(&topo.backends);
+    let _tcp: Vec<_> = (0..BACKENDS)
+        .map(|i| topo.backends[i].tcp_server(80, &ident(i)))
+        .collect();
+    let mut agent = Agent::new(&topo);
+    agent.ifaces = vec![DSR_GW_IF.to_owned()];
+    let health = "[vip.health]\nkind = \"tcp\"\npath = \"vip\"\ninterval = \"200ms\"\n\
+                  timeout = \"150ms\"\nrise = 1\nfall = 2\n";
+    let mut text = format!(
+        "[[vip]]\naddress = \"198.19.0.1:80\"\nprotocol = \"tcp\"\nforwarding = \"ipip\"\n\
+         {health}"
+    );
+    for i in 0..BACKENDS {
+        text += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend(i, 80));
+    }
+    text += &format!(
+        "[[vip]]\naddress = \"[fd00:ffff::1]:80\"\nprotocol = \"tcp\"\nforwarding = \"ipip\"\n\
+         {health}"
+    );
+    for i in 0..BACKENDS {
+        text += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend6(i, 80));
+    }
+    let file = agent.file("xdplb.toml", &text);
+    agent.start(&["--config", &path_str(&file)]);
+
+    let health_of = |vip: &str| -> Vec<Option<bool>> {
+        let views = agent.json::<Vec<BackendView>>(&["backend", "list", vip]);
+        (0..BACKENDS)
+            .map(|i| {
+                let want = if vip.starts_with('[') {
+                    backend6(i, 80)
+                } else {
+                    backend(i, 80)
+                };
+                views
+                    .iter()
+                    .find(|b| b.address == want)
+                    .and_then(|b| b.healthy)
+            })
+            .collect()
+    };
+    let (v4, v6) = ("198.19.0.1:80/tcp", "[fd00:ffff::1]:80/tcp");
+    let wait_for = |what: &str, want4: [bool; BACKENDS], want6: [bool; BACKENDS]| {
+        let want4: Vec<_> = want4.iter().map(|&h| Some(h)).collect();
+        let want6: Vec<_> = want6.iter().map(|&h| Some(h)).collect();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while health_of(v4) != want4 || health_of(v6) != want6 {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {:?} {:?}, not {want4:?} {want6:?}\n{}",
+                health_of(v4),
+                health_of(v6),
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Several intervals more, unchanged.
+        let until = Instant::now() + Duration::from_millis(1200);
+        while Instant::now() < until {
+            assert_eq!(health_of(v4), want4, "{what}, later");
+            assert_eq!(health_of(v6), want6, "{what}, later");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // Everything in place: the encapsulated checks pass (the backends' checks ran by now).
+    std::thread::sleep(Duration::from_millis(600));
+    wait_for("all in place", [true; 3], [true; 3]);
+    let rules = topo.gateway.exec("ip", &["rule", "show"]).expect("ip rule");
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert_eq!(
+        rules.lines().filter(|l| l.starts_with("1000:")).count(),
+        BACKENDS,
+        "an IPv4 rule per backend checked through the tunnel: {rules}"
+    );
+
+    // Backend 1 without decapsulation, backend 2 without the IPv4 VIP on lo.
+    topo.backends[1]
+        .exec(&bin(), &["decap", "--iface", HOST_IF, "--detach"])
+        .expect("decap detached on backend 1");
+    topo.backends[2]
+        .exec(
+            "ip",
+            &["addr", "del", &format!("{DSR_VIP}/32"), "dev", "lo"],
+        )
+        .expect("the VIP off backend 2");
+    wait_for("broken backends", [true, false, false], [true, false, true]);
+    // New flows go to backend 0 only.
+    let tally = spread(&topo.client, SocketAddr::from((DSR_VIP, 80)), 20, "hc");
+    assert_eq!(tally.get(&ident(0)), Some(&20), "{tally:?}");
+
+    // Restored, they come back.
+    topo.backends[1]
+        .exec(&bin(), &["decap", "--iface", HOST_IF])
+        .expect("decap back on backend 1");
+    topo.backends[2]
+        .exec(
+            "ip",
+            &["addr", "add", &format!("{DSR_VIP}/32"), "dev", "lo"],
+        )
+        .expect("the VIP back on backend 2");
+    wait_for("restored backends", [true; 3], [true; 3]);
+    let tally = spread(&topo.client, SocketAddr::from((DSR_VIP, 80)), 30, "hc2");
+    assert_eq!(
+        tally.len(),
+        BACKENDS,
+        "new flows over every backend: {tally:?}"
+    );
+
+    // Checked directly again: the rules go, and the encapsulation with them.
+    let direct = agent.file(
+        "direct.toml",
+        &text.replace("path = \"vip\"", "path = \"direct\""),
+    );
+    agent.ok(&["apply", "-f", &path_str(&direct)]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let rules = topo.gateway.exec("ip", &["rule", "show"]).expect("ip rule");
+        let rules = String::from_utf8_lossy(&rules.stdout).into_owned();
+        let rules6 = topo
+            .gateway
+            .exec("ip", &["-6", "rule", "show"])
+            .expect("ip rule");
+        let rules6 = String::from_utf8_lossy(&rules6.stdout).into_owned();
+        let left = (rules + &rules6)
+            .lines()
+            .filter(|l| l.starts_with("1000:"))
+            .count();
+        if left == 0 && agent.log().contains("encapsulation unloaded") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} rules left after checks went direct\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+#[ignore = "needs root"]
+fn ipip_health_checks_through_the_tunnel() {
+    health_checks_through_the_tunnel(false);
+}
+
+#[test]
+#[ignore = "needs root"]
+fn ipip_health_checks_through_the_tunnel_full_checksums() {
+    health_checks_through_the_tunnel(true);
 }

@@ -21,7 +21,7 @@ use crate::{
 };
 
 pub use neighbours::manage_dsr_neighbours_every;
-pub use probe_routes::{manage_probe_routes_every, sweep_probe_rules};
+pub use probe_routes::{ProbeKey, Via, manage_probe_routes_every, sweep_probe_rules};
 pub use routes::{local_addrs, publish_local_addrs, refresh_next_hops_on_changes};
 pub use state_file::{load_state, monotonic_ns, write_atomically};
 pub use tasks::{apply_health_events, autoscale_every, count_connections_every, log_vips};
@@ -73,6 +73,9 @@ pub struct VipView {
     /// How packets reach the backends (absent from an older agent's answer: NAT).
     #[serde(default)]
     pub forwarding: Forwarding,
+    /// Where the health checks go, `direct` or `vip` (absent: direct).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_path: Option<String>,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
@@ -140,11 +143,18 @@ pub struct Agent {
     pub autoscale_dry_run: bool,
     /// The state file's content as last written.
     pub saved: Vec<u8>,
-    /// The socket mark of each `dsr-l2` backend checked through the VIP (`path = "vip"`),
-    /// which [`manage_probe_routes_every`] routes to it.
-    pub probe_marks: BTreeMap<std::net::IpAddr, u32>,
-    /// The rules and routes of [`Agent::probe_marks`] in place, with their interfaces.
-    pub probe_routes: BTreeMap<(std::net::IpAddr, u32), u32>,
+    /// The socket mark of each `dsr-l2` or `ipip` backend checked through the VIP (`path =
+    /// "vip"`), which [`manage_probe_routes_every`] routes to it.
+    pub probe_marks: BTreeMap<ProbeKey, u32>,
+    /// The rules and routes of [`Agent::probe_marks`] in place, with their hops.
+    pub probe_routes: BTreeMap<(ProbeKey, u32), probe_routes::Hop>,
+    /// The encapsulation of the checks through the `ipip` tunnel, while there are any.
+    pub probe_encap: Option<crate::probe_encap::ProbeEncap>,
+    /// `run --ipip-source-v4/-v6`, which win over the config's `[ipip]`.
+    pub ipip_source_flags: (
+        Option<crate::balancer::SourcePrefix>,
+        Option<crate::balancer::SourcePrefix>,
+    ),
     /// The BGP announcements, with `[bgp]` (`crate::cluster::bgp`).
     pub bgp: Option<crate::cluster::bgp::BgpStatus>,
 }
@@ -242,6 +252,8 @@ impl Agent {
             saved: Vec::new(),
             probe_marks: BTreeMap::new(),
             probe_routes: BTreeMap::new(),
+            probe_encap: None,
+            ipip_source_flags: (None, None),
             bgp: None,
         })
     }
@@ -376,6 +388,11 @@ impl Agent {
             {
                 agent.balancer.set_new_flow_rate_limit(limit)?;
             }
+            // The flags win; a prefix neither gives stays as it is.
+            let (v4, v6) = agent.ipip_source_flags;
+            agent
+                .balancer
+                .set_ipip_sources(v4.or(desired.ipip.source_v4), v6.or(desired.ipip.source_v6))?;
             agent.hold_after_apply(&desired);
             agent.config = desired;
             Ok(plan)
@@ -388,6 +405,7 @@ impl Agent {
     pub fn running_config(&self) -> Config {
         let mut running = Config {
             conntrack: self.config.conntrack.clone(),
+            ipip: self.config.ipip.clone(),
             cluster: self.config.cluster,
             bgp: self.config.bgp.clone(),
             vips: Vec::new(),
@@ -465,6 +483,12 @@ impl Agent {
             source_prefix_len: (info.options.source_rate_limit != 0)
                 .then(|| info.options.source_prefix_len_for(info.vip.addr)),
             forwarding: info.options.forwarding,
+            health_path: self
+                .config
+                .vip(&info.vip)
+                .map(|v| v.health.path)
+                .filter(|&p| p != ProbePath::Direct)
+                .map(|p| p.name().to_owned()),
             packets: stats.packets,
             bytes: stats.bytes,
             new_flows: stats.new_flows,
@@ -485,26 +509,34 @@ impl Agent {
             .into_iter()
             .filter_map(|info| {
                 let check = self.config.vip(&info.vip)?.health();
-                let via_vip = check.path == ProbePath::Vip
-                    && check.kind != CheckKind::None
-                    && info.options.forwarding == Forwarding::DsrL2;
-                Some((info, check, via_vip))
+                let via = match info.options.forwarding {
+                    Forwarding::DsrL2 => Some(Via::Mac),
+                    Forwarding::Ipip => Some(Via::Tunnel),
+                    Forwarding::Nat => None,
+                }
+                .filter(|_| check.path == ProbePath::Vip && check.kind != CheckKind::None);
+                Some((info, check, via))
             })
             .collect();
-        let through_vip: std::collections::BTreeSet<_> = vips
+        let through_vip: std::collections::BTreeSet<ProbeKey> = vips
             .iter()
-            .filter(|(_, _, via_vip)| *via_vip)
-            .flat_map(|(info, _, _)| info.backends.iter().map(|b| b.spec.addr.ip()))
+            .filter_map(|(info, _, via)| via.map(|via| (info, via)))
+            .flat_map(|(info, via)| info.backends.iter().map(move |b| (b.spec.addr.ip(), via)))
             .collect();
         self.probe_marks = probe_routes::assign_marks(&self.probe_marks, &through_vip);
         // Before the first check: one without its route would go the main table's way.
-        probe_routes::sync_logged(&self.probe_marks, &mut self.probe_routes);
-        for (info, check, via_vip) in vips {
+        probe_routes::sync_logged(
+            &self.probe_marks,
+            &mut self.probe_routes,
+            &mut self.probe_encap,
+        );
+        for (info, check, via) in vips {
             for b in &info.backends {
                 let key = (info.vip, b.spec.addr);
                 let direct = check.target(b.spec.addr);
-                let target = match self.probe_marks.get(&b.spec.addr.ip()) {
-                    Some(&mark) if via_vip => Target {
+                let mark = via.and_then(|via| self.probe_marks.get(&(b.spec.addr.ip(), via)));
+                let target = match mark {
+                    Some(&mark) => Target {
                         addr: std::net::SocketAddr::new(info.vip.addr, direct.port()),
                         mark: Some(mark),
                     },
@@ -522,7 +554,11 @@ impl Agent {
     /// removes those of marks given up; a failure is logged (and tried again by
     /// [`manage_probe_routes_every`]).
     pub fn sync_probe_routes(&mut self) {
-        probe_routes::sync_logged(&self.probe_marks, &mut self.probe_routes);
+        probe_routes::sync_logged(
+            &self.probe_marks,
+            &mut self.probe_routes,
+            &mut self.probe_encap,
+        );
     }
 
     /// Seconds since the agent started: the autoscalers' clock.
@@ -626,6 +662,29 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Sets where `vip`'s health checks go (`vip add/set --health-path`), kept with its check
+    /// in the applied config (a VIP the file does not name gets an entry there, with no check
+    /// until one is applied). Refused for a `nat` VIP: only `dsr-l2` and `ipip` have a path of
+    /// their own to probe through.
+    pub fn set_health_path(&mut self, vip: &Vip, path: ProbePath) -> Result<(), ApplyError> {
+        let info = self.balancer.vip(vip)?;
+        if path == ProbePath::Vip && info.options.forwarding == Forwarding::Nat {
+            return Err(ApplyError::Refused(format!(
+                "health path \"vip\" probes through the dsr-l2 or ipip path; {vip} forwards by \
+                 nat: use \"direct\""
+            )));
+        }
+        match self.config.vips.iter_mut().find(|v| v.vip() == *vip) {
+            Some(applied) => applied.health.path = path,
+            None => {
+                let mut applied = VipConfig::from_info(&info);
+                applied.health.path = path;
+                self.config.vips.push(applied);
+            }
+        }
+        Ok(())
     }
 
     /// Sets a backend's weight and/or state as an operator asks. A backend that is down for a

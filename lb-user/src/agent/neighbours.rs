@@ -237,6 +237,40 @@ impl Netlink {
         Ok(None)
     }
 
+    /// The hop of the main routing's unicast route to `addr`: its interface and its gateway
+    /// (`addr` itself on a directly connected network); `None` without one.
+    pub(super) fn route_hop(&self, addr: IpAddr) -> io::Result<Option<super::probe_routes::Hop>> {
+        let mut route = RouteMessage::default();
+        let (family, len, dst) = match addr {
+            IpAddr::V4(v4) => (AddressFamily::Inet, 32, RouteAddress::Inet(v4)),
+            IpAddr::V6(v6) => (AddressFamily::Inet6, 128, RouteAddress::Inet6(v6)),
+        };
+        route.header.address_family = family;
+        route.header.destination_prefix_length = len;
+        route.attributes.push(RouteAttribute::Destination(dst));
+        let answers = self.request(RouteNetlinkMessage::GetRoute(route), NLM_F_REQUEST)?;
+        for answer in answers {
+            let RouteNetlinkMessage::NewRoute(route) = answer else {
+                continue;
+            };
+            if route.header.kind != RouteType::Unicast {
+                return Ok(None);
+            }
+            let mut gateway = addr;
+            let mut ifindex = None;
+            for attribute in &route.attributes {
+                match attribute {
+                    RouteAttribute::Gateway(RouteAddress::Inet(v4)) => gateway = (*v4).into(),
+                    RouteAttribute::Gateway(RouteAddress::Inet6(v6)) => gateway = (*v6).into(),
+                    RouteAttribute::Oif(index) => ifindex = Some(*index),
+                    _ => {}
+                }
+            }
+            return Ok(ifindex.map(|ifindex| super::probe_routes::Hop { ifindex, gateway }));
+        }
+        Ok(None)
+    }
+
     /// Whether the neighbour entry of `addr` on interface `ifindex` is a managed one.
     fn is_managed(&self, addr: IpAddr, ifindex: u32) -> io::Result<bool> {
         let answers = self.request(

@@ -1,12 +1,22 @@
-//! Health checks through the `dsr-l2` path (`[vip.health] path = "vip"`): a check of a backend
-//! connects to the VIP, and its packets must reach that backend's MAC, as the data path sends
+//! Health checks through the data path's path (`[vip.health] path = "vip"`): a check of a
+//! backend connects to the VIP, and its packets must reach that backend as the data path sends
 //! clients' packets. The checks are the agent's own sockets, which XDP never sees, so the
 //! kernel routes them: each such backend gets a socket mark (`SO_MARK`), a routing table of the
-//! same number holding one route, `default via BACKEND dev IF onlink`, and a rule at priority
+//! same number holding one route, `default via NEXT_HOP dev IF onlink`, and a rule at priority
 //! [`PROBE_RULE_PRIORITY`], `fwmark MARK lookup MARK` (what `ip rule add` and `ip route add
-//! ... table` make). The kernel then resolves the backend's MAC and sends the check to it with
-//! the VIP as destination; the backend answers from the VIP to the gateway's own address, on
-//! the shared segment. A backend that lacks the VIP (or does not serve on it) fails the check.
+//! ... table` make).
+//!
+//! - `dsr-l2` ([`Via::Mac`]): the next hop is the backend itself, on a directly connected
+//!   network. The kernel resolves its MAC and sends the check to it with the VIP as
+//!   destination.
+//! - `ipip` ([`Via::Tunnel`]): the next hop is the route's to the backend's address (the
+//!   backend, or a router), and the agent's TC program on that route's interface
+//!   ([`crate::probe_encap`]) encapsulates each packet of the mark to the backend, as the data
+//!   path does; its rule is made only once the program and the mark's tunnel are in place, so
+//!   that no check leaves unencapsulated.
+//!
+//! The backend answers from the VIP to the gateway's own address. A backend that lacks the VIP
+//! (or does not serve on it, or, through the tunnel, does not decapsulate) fails the check.
 //!
 //! Only marked sockets match the rules, so nothing else on the gateway is routed by them. An
 //! agent starting removes the rules an earlier one left (at [`PROBE_RULE_PRIORITY`], for a
@@ -31,6 +41,7 @@ use netlink_packet_route::{
 };
 
 use super::{Shared, neighbours::Netlink};
+use crate::probe_encap::ProbeEncap;
 
 /// The first socket mark (and routing table) of a probed backend: "xl" in the high bytes, so
 /// that it is recognisable in `ip rule` and unlikely to meet anyone else's.
@@ -40,13 +51,32 @@ pub const PROBE_MARKS: u32 = 0x1_0000;
 /// The priority of the agent's rules (before the main table's, 32766).
 pub const PROBE_RULE_PRIORITY: u32 = 1_000;
 
+/// How a backend's checks through the VIP reach it: its forwarding mode's way.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Via {
+    /// To its MAC, unchanged (`dsr-l2`).
+    Mac,
+    /// Encapsulated to its address (`ipip`).
+    Tunnel,
+}
+
+/// A backend's address and the way its checks through the VIP reach it: what a mark is for.
+pub type ProbeKey = (IpAddr, Via);
+
+/// Where a mark's route goes: the interface and the next hop.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Hop {
+    pub ifindex: u32,
+    pub gateway: IpAddr,
+}
+
 /// The marks of `wanted` backends: those in `current` keep theirs, the others get the lowest
 /// free ones; a backend beyond [`PROBE_MARKS`] gets none.
-pub fn assign_marks(
-    current: &BTreeMap<IpAddr, u32>,
-    wanted: &BTreeSet<IpAddr>,
-) -> BTreeMap<IpAddr, u32> {
-    let mut marks: BTreeMap<IpAddr, u32> = current
+pub fn assign_marks<K: Ord + Copy>(
+    current: &BTreeMap<K, u32>,
+    wanted: &BTreeSet<K>,
+) -> BTreeMap<K, u32> {
+    let mut marks: BTreeMap<K, u32> = current
         .iter()
         .filter(|(addr, _)| wanted.contains(addr))
         .map(|(&addr, &mark)| (addr, mark))
@@ -82,7 +112,7 @@ pub async fn manage_probe_routes_every(agent: Shared, period: Duration) {
         })
         .await;
         if let Err(err) = synced {
-            warn!("probe routes of dsr-l2 backends: {err}");
+            warn!("probe routes of backends checked through the VIP: {err}");
         }
     }
 }
@@ -129,64 +159,126 @@ fn sweep() -> io::Result<usize> {
 
 /// [`sync`] of `marks`, a failure logged.
 pub(super) fn sync_logged(
-    marks: &BTreeMap<IpAddr, u32>,
-    installed: &mut BTreeMap<(IpAddr, u32), u32>,
+    marks: &BTreeMap<ProbeKey, u32>,
+    installed: &mut BTreeMap<(ProbeKey, u32), Hop>,
+    encap: &mut Option<ProbeEncap>,
 ) {
-    let wanted: BTreeSet<(IpAddr, u32)> = marks.iter().map(|(&a, &m)| (a, m)).collect();
-    if wanted.is_empty() && installed.is_empty() {
+    let wanted: BTreeSet<(ProbeKey, u32)> = marks.iter().map(|(&k, &m)| (k, m)).collect();
+    if wanted.is_empty() && installed.is_empty() && encap.is_none() {
         return;
     }
-    if let Err(err) = sync(&wanted, installed) {
-        warn!("probe routes of dsr-l2 backends: {err}");
+    if let Err(err) = sync(&wanted, installed, encap) {
+        warn!("probe routes of backends checked through the VIP: {err:#}");
     }
 }
 
 /// Installs the rule and route of each (backend, mark) of `wanted` that `installed` (with
-/// their interfaces) lacks, and removes those no longer wanted, keeping `installed` up to date
-/// as it goes.
+/// their hops) lacks, and removes those no longer wanted, keeping `installed` up to date as it
+/// goes; for [`Via::Tunnel`], also the encapsulation on the route's interface (`encap`, loaded
+/// when first needed, dropped when no tunnel is left).
 fn sync(
-    wanted: &BTreeSet<(IpAddr, u32)>,
-    installed: &mut BTreeMap<(IpAddr, u32), u32>,
-) -> io::Result<()> {
+    wanted: &BTreeSet<(ProbeKey, u32)>,
+    installed: &mut BTreeMap<(ProbeKey, u32), Hop>,
+    encap: &mut Option<ProbeEncap>,
+) -> anyhow::Result<()> {
     let netlink = Netlink::open()?;
-    for (&(addr, mark), &ifindex) in &installed.clone() {
-        if !wanted.contains(&(addr, mark)) {
+    for (&((addr, via), mark), &hop) in &installed.clone() {
+        if !wanted.contains(&((addr, via), mark)) {
             ignore_missing(netlink.request(
                 RouteNetlinkMessage::DelRule(rule_message(addr, mark)),
                 NLM_F_REQUEST | NLM_F_ACK,
             ))?;
             ignore_missing(netlink.request(
-                RouteNetlinkMessage::DelRoute(route_message(addr, mark, ifindex)),
+                RouteNetlinkMessage::DelRoute(route_message(mark, hop)),
                 NLM_F_REQUEST | NLM_F_ACK,
             ))?;
-            installed.remove(&(addr, mark));
+            if via == Via::Tunnel
+                && let Some(encap) = encap.as_mut()
+            {
+                encap.remove_tunnel(mark)?;
+            }
+            installed.remove(&((addr, via), mark));
         }
     }
-    for &(addr, mark) in wanted {
-        if installed.contains_key(&(addr, mark)) {
+    for &((addr, via), mark) in wanted {
+        if installed.contains_key(&((addr, via), mark)) {
             continue;
         }
-        let Some(ifindex) = netlink.on_link_ifindex(addr)? else {
-            warn!(
-                "dsr-l2 backend {addr} is not on a directly connected network: no health check \
-                 through the VIP can reach it"
-            );
-            continue;
+        let hop = match via {
+            Via::Mac => match netlink.on_link_ifindex(addr)? {
+                Some(ifindex) => Hop {
+                    ifindex,
+                    gateway: addr,
+                },
+                None => {
+                    warn!(
+                        "dsr-l2 backend {addr} is not on a directly connected network: no health \
+                         check through the VIP can reach it"
+                    );
+                    continue;
+                }
+            },
+            Via::Tunnel => match netlink.route_hop(addr)? {
+                Some(hop) => hop,
+                None => {
+                    warn!(
+                        "ipip backend {addr} has no unicast route: no health check through the \
+                         tunnel can reach it"
+                    );
+                    continue;
+                }
+            },
         };
         netlink.request(
-            RouteNetlinkMessage::NewRoute(route_message(addr, mark, ifindex)),
+            RouteNetlinkMessage::NewRoute(route_message(mark, hop)),
             NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
         )?;
+        if via == Via::Tunnel {
+            // The program and the tunnel before the rule: a check routed by the rule without
+            // them would reach the backend unencapsulated.
+            let program = match encap {
+                Some(program) => program,
+                None => encap.insert(ProbeEncap::load()?),
+            };
+            program.attach(hop.ifindex)?;
+            program.set_tunnel(mark, addr)?;
+        }
         match netlink.request(
             RouteNetlinkMessage::NewRule(rule_message(addr, mark)),
             NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
         ) {
             Ok(_) => {}
             Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(err) => return Err(err),
+            Err(err) => return Err(err.into()),
         }
-        info!("dsr-l2 backend {addr}: health checks through the VIP marked {mark:#x}");
-        installed.insert((addr, mark), ifindex);
+        match via {
+            Via::Mac => {
+                info!("dsr-l2 backend {addr}: health checks through the VIP marked {mark:#x}")
+            }
+            Via::Tunnel => info!(
+                "ipip backend {addr}: health checks through the tunnel marked {mark:#x}, via {}",
+                hop.gateway
+            ),
+        }
+        installed.insert(((addr, via), mark), hop);
+    }
+    // The encapsulation stays on the interfaces the tunnels' routes leave by, and only there.
+    if let Some(program) = encap.as_mut() {
+        let used: BTreeSet<u32> = installed
+            .iter()
+            .filter(|(((_, via), _), _)| *via == Via::Tunnel)
+            .map(|(_, hop)| hop.ifindex)
+            .collect();
+        let attached: Vec<u32> = program.ifaces().collect();
+        for ifindex in attached {
+            if !used.contains(&ifindex) {
+                program.detach(ifindex)?;
+            }
+        }
+        if used.is_empty() && program.is_empty() {
+            info!("no health check through the ipip tunnel left: encapsulation unloaded");
+            *encap = None;
+        }
     }
     Ok(())
 }
@@ -219,17 +311,18 @@ fn rule_message(addr: IpAddr, mark: u32) -> RuleMessage {
     rule
 }
 
-/// `default via ADDR dev IFINDEX onlink table MARK`.
-fn route_message(addr: IpAddr, mark: u32, ifindex: u32) -> RouteMessage {
+/// `default via HOP.GATEWAY dev HOP.IFINDEX onlink table MARK`.
+fn route_message(mark: u32, hop: Hop) -> RouteMessage {
+    let Hop { ifindex, gateway } = hop;
     let mut route = RouteMessage::default();
-    route.header.address_family = family(addr);
+    route.header.address_family = family(gateway);
     route.header.destination_prefix_length = 0;
     route.header.table = RouteHeader::RT_TABLE_UNSPEC;
     route.header.protocol = RouteProtocol::Static;
     route.header.scope = RouteScope::Universe;
     route.header.kind = RouteType::Unicast;
     route.header.flags = RouteFlags::Onlink;
-    let gateway = match addr {
+    let gateway = match gateway {
         IpAddr::V4(v4) => RouteAddress::Inet(v4),
         IpAddr::V6(v6) => RouteAddress::Inet6(v6),
     };

@@ -35,6 +35,7 @@ use crate::{
         self, BackendSpec, BackendState, Forwarding, Proto, Scheduler, Vip, VipInfo, VipOptions,
     },
     config::Config,
+    health::ProbePath,
 };
 
 /// Default API socket.
@@ -324,11 +325,15 @@ async fn add_vip(
     if let Some(f) = &req.forwarding {
         options.forwarding = f.parse()?;
     }
+    let health_path = probe_path(req.health_path.as_deref())?;
     let view = change(&state, move |agent| {
         agent
             .check_cluster_safe(&vip, options.scheduler)
             .map_err(bad)?;
         agent.balancer.add_vip(vip, options)?;
+        if let Some(path) = health_path {
+            agent.set_health_path(&vip, path)?;
+        }
         vip_view(agent, &agent.balancer.vip(&vip)?)
     })
     .await?;
@@ -401,6 +406,7 @@ async fn set_vip(
         .as_deref()
         .map(str::parse::<Forwarding>)
         .transpose()?;
+    let health_path = probe_path(req.health_path.as_deref())?;
     Ok(Json(
         change(&state, move |agent| {
             let mut options = agent.balancer.vip(&vip)?.options;
@@ -425,14 +431,31 @@ async fn set_vip(
             if let Some(f) = forwarding {
                 options.forwarding = f;
             }
+            let applied = agent.config.vip(&vip).map(|v| v.health.path);
+            let path = health_path.or(applied).unwrap_or_default();
+            if options.forwarding == Forwarding::Nat && path == ProbePath::Vip {
+                return Err(bad(format!(
+                    "health path \"vip\" probes through the dsr-l2 or ipip path; {vip} would \
+                     forward by nat: set --health-path direct too"
+                )));
+            }
             agent
                 .check_cluster_safe(&vip, options.scheduler)
                 .map_err(bad)?;
             agent.balancer.set_vip_options(&vip, options)?;
+            if let Some(path) = health_path {
+                agent.set_health_path(&vip, path)?;
+            }
             vip_view(agent, &agent.balancer.vip(&vip)?)
         })
         .await?,
     ))
+}
+
+/// A health check path as a request gives it.
+fn probe_path(text: Option<&str>) -> ApiResult<Option<ProbePath>> {
+    text.map(|t| t.parse::<ProbePath>().map_err(bad))
+        .transpose()
 }
 
 /// Source prefixes as a request gives them.

@@ -554,6 +554,43 @@ async fn an_applied_new_flow_rate_limit_is_live() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A config's `[ipip]` source prefixes are live once applied; a file that leaves one out keeps
+/// the one running; the agent's flag wins over the file.
+#[tokio::test]
+async fn applied_ipip_sources_are_live_and_the_flags_win() {
+    let (shared, dir) = agent("ipip-sources");
+    let (shutdown, _) = watch::channel(Shutdown::Running);
+    let app = router(std::sync::Arc::clone(&shared), shutdown, &Limits::default());
+    let vip = "[[vip]]\naddress = \"198.19.0.1:80\"\nprotocol = \"tcp\"\n\
+        [[vip.backend]]\naddress = \"198.18.1.2:8080\"\n";
+    let sources = || shared.lock().unwrap().balancer.ipip_sources();
+    let with =
+        format!("[ipip]\nsource-v4 = \"100.64.7.0/24\"\nsource-v6 = \"fd00:1::/112\"\n\n{vip}");
+    let (got, answer) = send(&app, "POST", "/v1/apply", &with).await;
+    assert_eq!(got, StatusCode::OK, "{answer}");
+    assert!(answer.contains("source-v4"), "the plan names it: {answer}");
+    let ((v4, bits4), (v6, bits6)) = sources();
+    assert_eq!((v4, bits4), ([100, 64, 7, 0], 8));
+    assert_eq!((v6[..4].to_vec(), bits6), (vec![0xfd, 0, 0, 1], 16));
+    let (got, answer) = send(&app, "POST", "/v1/apply", vip).await;
+    assert_eq!(got, StatusCode::OK, "{answer}");
+    assert_eq!(
+        sources().0,
+        ([100, 64, 7, 0], 8),
+        "left out, the prefix stays"
+    );
+    // `run --ipip-source-v4` given: the file's IPv4 prefix is not applied, its IPv6 one is.
+    shared.lock().unwrap().ipip_source_flags = (Some("10.9.0.0/16".parse().unwrap()), None);
+    let other =
+        format!("[ipip]\nsource-v4 = \"100.64.8.0/24\"\nsource-v6 = \"fd00:2::/120\"\n\n{vip}");
+    let (got, answer) = send(&app, "POST", "/v1/apply", &other).await;
+    assert_eq!(got, StatusCode::OK, "{answer}");
+    let ((v4, bits4), (v6, bits6)) = sources();
+    assert_eq!((v4, bits4), ([10, 9, 0, 0], 16));
+    assert_eq!((v6[..4].to_vec(), bits6), (vec![0xfd, 0, 0, 2], 8));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A request with `body` and, if given, an `Authorization` header.
 fn request_with(method: &str, path: &str, auth: Option<&str>, body: Body) -> Request<Body> {
     let mut builder = Request::builder().method(method).uri(path);

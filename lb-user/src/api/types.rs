@@ -67,6 +67,9 @@ pub struct AddVip {
     /// `nat` (default), `dsr-l2` or `ipip`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarding: Option<String>,
+    /// Where the health checks go: `direct` (default) or `vip` (`dsr-l2` and `ipip` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_path: Option<String>,
 }
 
 /// `PATCH /v1/vips/...`.
@@ -89,6 +92,9 @@ pub struct SetVip {
     /// `nat`, `dsr-l2` or `ipip`: tracked flows follow the new mode from their next packet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarding: Option<String>,
+    /// Where the health checks go: `direct` or `vip` (`dsr-l2` and `ipip` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_path: Option<String>,
 }
 
 /// `POST /v1/vips/.../backends`.

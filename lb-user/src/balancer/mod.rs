@@ -302,6 +302,48 @@ impl<M: Maps> Balancer<M> {
         Ok(())
     }
 
+    /// The `ipip` outer source prefixes: IPv4 and IPv6, each an address and how many of its
+    /// low bits vary per flow.
+    pub fn ipip_sources(&self) -> (([u8; 4], u8), ([u8; 16], u8)) {
+        let s = &self.state.settings;
+        (
+            (s.ipip_source_v4, s.ipip_source_bits_v4),
+            (s.ipip_source_v6, s.ipip_source_bits_v6),
+        )
+    }
+
+    /// Changes the `ipip` outer source prefixes given (a prefix of the other family is left
+    /// out); live from the next packet.
+    pub fn set_ipip_sources(
+        &mut self,
+        v4: Option<SourcePrefix>,
+        v6: Option<SourcePrefix>,
+    ) -> Result<(), Error> {
+        use lb_common::encap::source_bits;
+        let mut settings = self.state.settings;
+        if let Some(SourcePrefix {
+            addr: IpAddr::V4(addr),
+            len,
+        }) = v4
+        {
+            settings.ipip_source_v4 = addr.octets();
+            settings.ipip_source_bits_v4 = source_bits(false, len);
+        }
+        if let Some(SourcePrefix {
+            addr: IpAddr::V6(addr),
+            len,
+        }) = v6
+        {
+            settings.ipip_source_v6 = addr.octets();
+            settings.ipip_source_bits_v6 = source_bits(true, len);
+        }
+        if settings != self.state.settings {
+            self.maps.set_settings(&settings)?;
+            self.state.settings = settings;
+        }
+        Ok(())
+    }
+
     /// Changes the connection-table timeouts; tracked flows get them from their next packet.
     pub fn set_timeouts(&mut self, timeouts: Timeouts) -> Result<(), Error> {
         let settings = Settings {

@@ -14,6 +14,11 @@
 //! tcp-rst-timeout = "10s"
 //! udp-timeout = "5m"
 //!
+//! [ipip]                      # optional: outer sources of ipip VIPs' packets, whose low bits
+//!                             # (at most 16) vary per flow; a flag of `xdplb run` wins
+//! source-v4 = "10.255.0.0/16" # an IPv4 prefix, /8 to /32
+//! source-v6 = "fd00:ffff:ffff::/96" # an IPv6 prefix, /16 to /128
+//!
 //! [[vip]]
 //! address = "198.19.0.1:80"   # ADDR:PORT, IPv6 as "[fd00::1]:80"; port 0 = every port
 //! protocol = "tcp"            # tcp | udp
@@ -133,6 +138,8 @@ pub enum ConfigError {
 pub struct Config {
     /// `[conntrack]`; defaults if the table is left out.
     pub conntrack: ConntrackConfig,
+    /// `[ipip]`: the outer source prefixes of `ipip` VIPs' packets.
+    pub ipip: IpipConfig,
     /// `[cluster]`: several gateways behind ECMP (see `cluster`).
     pub cluster: Option<ClusterConfig>,
     /// `[bgp]`: the VIP announcements (see `cluster`).
@@ -140,6 +147,23 @@ pub struct Config {
     /// Every `[[vip]]`, in the file's order.
     pub vips: Vec<VipConfig>,
 }
+
+/// The `[ipip]` table: the outer source prefixes of `ipip` VIPs' packets, whose low bits (at
+/// most 16) vary per flow. A prefix left out stays as it is (`run --ipip-source-v4/-v6`, the
+/// running program's, or the default); the agent's flags win over the file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IpipConfig {
+    /// `source-v4`: an IPv4 prefix, [`MIN_IPIP_SOURCE_LEN_V4`] to 32 bits long.
+    pub source_v4: Option<SourcePrefix>,
+    /// `source-v6`: an IPv6 prefix, [`MIN_IPIP_SOURCE_LEN_V6`] to 128 bits long.
+    pub source_v6: Option<SourcePrefix>,
+}
+
+/// Shortest IPv4 `[ipip] source-v4`: a shorter prefix would lend the outer sources the
+/// addresses of networks that are not the operator's.
+pub const MIN_IPIP_SOURCE_LEN_V4: u8 = 8;
+/// Shortest IPv6 `[ipip] source-v6`.
+pub const MIN_IPIP_SOURCE_LEN_V6: u8 = 16;
 
 /// The `[conntrack]` table: size of the connection table and its timeouts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -408,6 +432,14 @@ pub fn settings_changes(now: &Config, new: &Config) -> Vec<Change> {
             raw_conntrack(new.conntrack.clone(), true),
         ),
     );
+    let ipip = |c: &Config| {
+        let text = |p: Option<SourcePrefix>| p.map_or_else(|| "-".to_owned(), |p| p.to_string());
+        RawIpip {
+            source_v4: Some(text(c.ipip.source_v4)),
+            source_v6: Some(text(c.ipip.source_v6)),
+        }
+    };
+    push("ipip".to_owned(), field_changes(ipip(now), ipip(new)));
     for vip in &new.vips {
         let before = now.vip(&vip.vip());
         let health = |v: Option<&VipConfig>| {

@@ -14,11 +14,22 @@ pub(super) struct RawConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) conntrack: Option<RawConntrack>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) ipip: Option<RawIpip>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) cluster: Option<cluster::RawCluster>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) bgp: Option<cluster::RawBgp>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) vip: Vec<RawVip>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawIpip {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) source_v4: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) source_v6: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -115,6 +126,10 @@ impl From<Config> for RawConfig {
         RawConfig {
             conntrack: (config.conntrack != ConntrackConfig::default())
                 .then(|| config.conntrack.into()),
+            ipip: (config.ipip != IpipConfig::default()).then(|| RawIpip {
+                source_v4: config.ipip.source_v4.map(|p| p.to_string()),
+                source_v6: config.ipip.source_v6.map(|p| p.to_string()),
+            }),
             cluster: config.cluster.map(Into::into),
             bgp: config.bgp.map(Into::into),
             vip: config.vips.into_iter().map(RawVip::from).collect(),

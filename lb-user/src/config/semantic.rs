@@ -154,6 +154,50 @@ pub(super) fn conntrack_from_raw(raw: RawConntrack, errors: &mut Errors) -> Conn
     config
 }
 
+/// The `[ipip]` table: each prefix of its own family, not shorter than the family's minimum.
+pub(super) fn ipip_from_raw(raw: RawIpip, errors: &mut Errors) -> IpipConfig {
+    let mut prefix = |path: &str, text: Option<String>, v6: bool| {
+        let text = text?;
+        let prefix = match text.parse::<SourcePrefix>() {
+            Ok(prefix) => prefix,
+            Err(err) => {
+                errors.add(path, err);
+                return None;
+            }
+        };
+        let (family, min) = if v6 {
+            ("IPv6", MIN_IPIP_SOURCE_LEN_V6)
+        } else {
+            ("IPv4", MIN_IPIP_SOURCE_LEN_V4)
+        };
+        if prefix.addr.is_ipv6() != v6 {
+            errors.add(
+                path,
+                format!(
+                    "{prefix} is an {} prefix; {path} takes an {family} one",
+                    family_name(prefix.addr)
+                ),
+            );
+            return None;
+        }
+        if prefix.len < min {
+            errors.add(
+                path,
+                format!(
+                    "{prefix} is too short: the outer sources would take addresses of other \
+                     networks; at least /{min}"
+                ),
+            );
+            return None;
+        }
+        Some(prefix)
+    };
+    IpipConfig {
+        source_v4: prefix("ipip.source-v4", raw.source_v4, false),
+        source_v6: prefix("ipip.source-v6", raw.source_v6, true),
+    }
+}
+
 /// A VIP's config (with placeholders where there were errors) and the VIP if its address and
 /// protocol are valid.
 pub(super) fn vip_from_raw(
@@ -208,12 +252,12 @@ pub(super) fn vip_from_raw(
     };
     let health_prefix = inside(prefix, vip, "health");
     let health = health_from_raw(raw.health, &health_prefix, errors);
-    if health.path == ProbePath::Vip && forwarding != Forwarding::DsrL2 {
+    if health.path == ProbePath::Vip && forwarding == Forwarding::Nat {
         errors.add(
             field(&health_prefix, "path"),
             format!(
-                "\"vip\" probes through the dsr-l2 path; this VIP forwards by {forwarding}: \
-                 use \"direct\""
+                "\"vip\" probes through the dsr-l2 or ipip path; this VIP forwards by \
+                 {forwarding}: use \"direct\""
             ),
         );
     }
@@ -573,6 +617,10 @@ impl TryFrom<RawConfig> for Config {
             }
             vips.push(config);
         }
+        let ipip = raw
+            .ipip
+            .map(|r| ipip_from_raw(r, &mut errors))
+            .unwrap_or_default();
         let cluster = raw
             .cluster
             .map(|c| cluster::cluster_from_raw(c, &mut errors));
@@ -596,6 +644,7 @@ impl TryFrom<RawConfig> for Config {
         }
         errors.finish(Config {
             conntrack,
+            ipip,
             cluster,
             bgp,
             vips,

@@ -843,6 +843,7 @@ fn from_info_gives_the_balancers_state_back() {
     apply_plan(&mut b, &after).unwrap();
     let config = Config {
         conntrack: ConntrackConfig::default(),
+        ipip: IpipConfig::default(),
         cluster: None,
         bgp: None,
         vips: b.vips().iter().map(VipConfig::from_info).collect(),
@@ -995,6 +996,61 @@ address = "198.18.1.2:80"
 }
 
 #[test]
+fn ipip_sources_are_read_checked_and_written_back() {
+    let config = parse("[ipip]\nsource-v4 = \"100.64.0.0/16\"\nsource-v6 = \"fd00:7::/96\"\n");
+    assert_eq!(
+        config.ipip.source_v4,
+        Some("100.64.0.0/16".parse().unwrap())
+    );
+    assert_eq!(config.ipip.source_v6, Some("fd00:7::/96".parse().unwrap()));
+    assert!(config.to_toml().contains("[ipip]"), "{}", config.to_toml());
+    assert_eq!(Config::parse(&config.to_toml()).unwrap(), config);
+    // Left out: nothing, and nothing written.
+    let none = parse("[ipip]\n");
+    assert_eq!(none.ipip, IpipConfig::default());
+    assert!(!parse("").to_toml().contains("ipip"));
+
+    let err = error("[ipip]\nsource-v4 = \"fd00::/64\"\nsource-v6 = \"10.0.0.0/8\"\n");
+    assert!(
+        err.contains(
+            "ipip.source-v4: fd00::/64 is an IPv6 prefix; ipip.source-v4 takes an IPv4 one"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "ipip.source-v6: 10.0.0.0/8 is an IPv4 prefix; ipip.source-v6 takes an IPv6 one"
+        ),
+        "{err}"
+    );
+    let err = error("[ipip]\nsource-v4 = \"64.0.0.0/2\"\nsource-v6 = \"fc00::/7\"\n");
+    assert!(
+        err.contains("ipip.source-v4: 64.0.0.0/2 is too short") && err.contains("at least /8"),
+        "{err}"
+    );
+    assert!(
+        err.contains("ipip.source-v6: fc00::/7 is too short") && err.contains("at least /16"),
+        "{err}"
+    );
+    let err = error("[ipip]\nsource-v4 = \"10.0.0.0/33\"\n");
+    assert!(
+        err.contains("ipip.source-v4:") && err.contains("from 0 to 32"),
+        "{err}"
+    );
+    let err = error("[ipip]\nsource-v4 = \"10.0.0.1/16\"\n");
+    assert!(
+        err.contains("ipip.source-v4:") && err.contains("host bits are set"),
+        "{err}"
+    );
+    let err = error("[ipip]\nsource = \"10.0.0.0/16\"\n");
+    assert!(err.contains("source"), "{err}");
+
+    // A change is a settings change of the plan.
+    let changes = settings_changes(&none, &config);
+    assert!(format!("{changes:?}").contains("source-v4"), "{changes:?}");
+}
+
+#[test]
 fn health_path_is_read_checked_and_written_back() {
     let vip = |forwarding: &str, path: &str| {
         format!(
@@ -1011,6 +1067,10 @@ fn health_path_is_read_checked_and_written_back() {
         through.to_toml()
     );
     assert_eq!(Config::parse(&through.to_toml()).unwrap(), through);
+    // Through the ipip tunnel too.
+    let tunnel = parse(&vip("ipip", "vip"));
+    assert_eq!(tunnel.vips[0].health().path, ProbePath::Vip);
+    assert_eq!(Config::parse(&tunnel.to_toml()).unwrap(), tunnel);
     // Direct is the default and is left out.
     let direct = parse(&vip("dsr-l2", "direct"));
     assert_eq!(direct.vips[0].health().path, ProbePath::Direct);
@@ -1018,7 +1078,7 @@ fn health_path_is_read_checked_and_written_back() {
 
     let err = error(&vip("nat", "vip"));
     assert!(
-        err.contains("vip[0] (198.19.0.1:80/tcp) health.path: \"vip\" probes through the dsr-l2 path; this VIP forwards by nat"),
+        err.contains("vip[0] (198.19.0.1:80/tcp) health.path: \"vip\" probes through the dsr-l2 or ipip path; this VIP forwards by nat"),
         "{err}"
     );
     let err = error(&vip("dsr-l2", "backend"));

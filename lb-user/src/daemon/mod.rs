@@ -66,11 +66,13 @@ pub struct DaemonOptions {
     #[arg(long, value_name = "FLOWS")]
     pub new_flow_rate_limit: Option<u32>,
     /// The outer IPv4 source prefix of `ipip` VIPs' packets: the low bits (at most 16) vary
-    /// per flow (default: the running program's, else 10.255.0.0/16). Backends must accept
+    /// per flow (default: the config's `[ipip] source-v4`, else the running program's, else
+    /// 10.255.0.0/16; the flag wins over the file, on reload too). Backends must accept
     /// encapsulated packets from it.
     #[arg(long, value_name = "PREFIX")]
     pub ipip_source_v4: Option<crate::model::SourcePrefix>,
-    /// As `--ipip-source-v4`, for IPv6 VIPs (default: fd00:ffff:ffff::/96).
+    /// As `--ipip-source-v4`, for IPv6 VIPs (`[ipip] source-v6`; default:
+    /// fd00:ffff:ffff::/96).
     #[arg(long, value_name = "PREFIX")]
     pub ipip_source_v6: Option<crate::model::SourcePrefix>,
     /// Config file (TOML): VIPs, backends, health checks, autoscaling, the connection table.
@@ -427,7 +429,13 @@ fn serve(
             .unwrap_or(settings.new_flow_rate_limit),
         ..settings
     };
-    settings = with_ipip_sources(settings, args.ipip_source_v4, args.ipip_source_v6)?;
+    // The flags win over the file's `[ipip]`; what both leave out stays as it is.
+    let file_ipip = config.as_ref().map(|c| c.ipip.clone()).unwrap_or_default();
+    settings = with_ipip_sources(
+        settings,
+        args.ipip_source_v4.or(file_ipip.source_v4),
+        args.ipip_source_v6.or(file_ipip.source_v6),
+    )?;
     // Every gateway of a cluster hashes with the same seed: the config's, else the one last
     // applied, else what the program runs with.
     if let Some(cluster) = config
@@ -478,6 +486,7 @@ fn serve(
     agent.config = applied_config;
     agent.held = held;
     agent.autoscale_dry_run = args.autoscale_dry_run;
+    agent.ipip_source_flags = (args.ipip_source_v4, args.ipip_source_v6);
     agent.sync_autoscale(&saved_pools);
     // The config file, when there is one, wins over the saved state.
     if let (Some(config), Some(path)) = (config, &args.config) {

@@ -83,9 +83,24 @@ pub enum ProbePath {
     /// To the backend's own address (or the check's port on it).
     #[default]
     Direct,
-    /// To the VIP's address, delivered to the backend's MAC as the data path does (`dsr-l2`):
-    /// a backend that does not hold the VIP fails. Other modes probe directly.
+    /// To the VIP's address, delivered as the data path does: to the backend's MAC (`dsr-l2`),
+    /// or encapsulated to its address (`ipip`). A backend that does not hold the VIP, or does
+    /// not decapsulate, fails. `nat` VIPs probe directly.
     Vip,
+}
+
+impl std::str::FromStr for ProbePath {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "direct" => Ok(ProbePath::Direct),
+            "vip" => Ok(ProbePath::Vip),
+            other => Err(format!(
+                "unknown health check path {other:?}: expected direct or vip"
+            )),
+        }
+    }
 }
 
 impl ProbePath {
@@ -99,7 +114,7 @@ impl ProbePath {
 }
 
 /// Where one watch's checks go: an address, and the socket mark (`SO_MARK`) that routes them
-/// (the agent's rule for the mark sends them to one backend's MAC; see
+/// (the agent's rule for the mark sends them to one backend's MAC, or through its tunnel; see
 /// `agent::probe_routes`).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Target {

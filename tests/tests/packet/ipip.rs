@@ -653,3 +653,169 @@ fn ipip_later_fragments_follow_their_first() {
         "one outer source for the datagram: {seen:?}"
     );
 }
+
+/// The agent's encapsulation of health checks through the tunnel (`[vip.health] path =
+/// "vip"`), a TC program, through `BPF_PROG_TEST_RUN` with the socket mark in the `__sk_buff`
+/// context: a check's packet (its mark has a tunnel) leaves inside an outer header from its
+/// own source to the backend, the Ethernet header and the inner packet unchanged; a packet
+/// without a mark or with another mark leaves as it came; a check whose family is not its
+/// tunnel's is dropped rather than sent unencapsulated.
+#[test]
+#[ignore = "needs root"]
+fn probe_encap_program() {
+    use aya::programs::{TestRun as _, TestRunOptions};
+    use lb_user::probe_encap::ProbeEncap;
+
+    const TC_ACT_OK: u32 = 0;
+    const TC_ACT_SHOT: u32 = 2;
+    let (mark4, mark6, other) = (0x786c_0000, 0x786c_0001, 0x786c_0002);
+    let (b4, b6): (IpAddr, IpAddr) = (
+        "198.18.1.11".parse().unwrap(),
+        "fd00:0:0:1::b".parse().unwrap(),
+    );
+    let mut encap = ProbeEncap::load().expect("loading the encapsulation program");
+    encap.set_tunnel(mark4, b4).expect("IPv4 tunnel");
+    encap.set_tunnel(mark6, b6).expect("IPv6 tunnel");
+
+    let check = frame(sa("198.18.1.254:40000"), sa("198.19.0.1:80"), SYN, b"");
+    let check6 = frame(
+        sa("[fd00:0:0:1::fe]:40000"),
+        sa("[fd00:ffff::1]:80"),
+        PSH_ACK,
+        b"GET / HTTP/1.1\r\n\r\n",
+    );
+    let df = u16::from_be_bytes([check[20], check[21]]) & 0x4000;
+    // Description, input, socket mark, expected action, expected output (`None`: the input).
+    type TcCase<'a> = (&'a str, &'a [u8], u32, u32, Option<Vec<u8>>);
+    let cases: [TcCase; 6] = [
+        (
+            "an IPv4 check, encapsulated to its backend from its own source",
+            &check,
+            mark4,
+            TC_ACT_OK,
+            Some(tunnelled(
+                &check,
+                "198.18.1.254".parse().unwrap(),
+                b4,
+                4,
+                df,
+            )),
+        ),
+        (
+            "an IPv6 check, in IPv6 to its backend",
+            &check6,
+            mark6,
+            TC_ACT_OK,
+            Some(tunnelled(
+                &check6,
+                "fd00:0:0:1::fe".parse().unwrap(),
+                b6,
+                41,
+                0,
+            )),
+        ),
+        ("an unmarked packet, as it came", &check, 0, TC_ACT_OK, None),
+        (
+            "another mark's packet, as it came",
+            &check,
+            other,
+            TC_ACT_OK,
+            None,
+        ),
+        (
+            "an IPv4 check with an IPv6 tunnel, dropped",
+            &check,
+            mark6,
+            TC_ACT_SHOT,
+            None,
+        ),
+        (
+            "an IPv6 check with an IPv4 tunnel, dropped",
+            &check6,
+            mark4,
+            TC_ACT_SHOT,
+            None,
+        ),
+    ];
+    let program = encap.classifier().expect("classifier");
+    for (desc, input, mark, action, expected) in cases {
+        // struct __sk_buff { len, pkt_type, mark, ... }: the mark is one of the fields a test
+        // run may set.
+        let ctx: Vec<u8> = [0u32, 0, mark]
+            .iter()
+            .flat_map(|f| f.to_ne_bytes())
+            .collect();
+        let mut output = vec![0u8; input.len() + 128];
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(input),
+                data_out: Some(&mut output),
+                ctx_in: Some(&ctx),
+                ..TestRunOptions::new()
+            })
+            .unwrap_or_else(|err| panic!("{desc}: test run: {err}"));
+        assert_eq!(result.return_value, action, "{desc}");
+        if action != TC_ACT_OK {
+            continue;
+        }
+        output.truncate(result.data_size_out as usize);
+        let expected = expected.unwrap_or_else(|| input.to_vec());
+        assert_eq!(
+            output,
+            expected,
+            "{desc}\n{}",
+            lb_tests::packet::hex_diff(&output, &expected)
+        );
+    }
+
+    // Its tunnel removed, a mark's packets leave as they came.
+    encap.remove_tunnel(mark4).expect("tunnel removed");
+    let program = encap.classifier().expect("classifier");
+    let ctx: Vec<u8> = [0u32, 0, mark4]
+        .iter()
+        .flat_map(|f| f.to_ne_bytes())
+        .collect();
+    let mut output = vec![0u8; check.len() + 128];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(&check),
+            data_out: Some(&mut output),
+            ctx_in: Some(&ctx),
+            ..TestRunOptions::new()
+        })
+        .expect("test run");
+    output.truncate(result.data_size_out as usize);
+    assert_eq!((result.return_value, output), (TC_ACT_OK, check.clone()));
+}
+
+/// A backend's answer to a health check through the tunnel comes from the VIP (an `ipip`
+/// one) to the gateway's own address: the balancer passes it to the stack, untouched.
+#[test]
+#[ignore = "needs root"]
+fn ipip_check_answers_pass() {
+    let mut lab = PacketLab::set_up();
+    ipip(&mut lab, &format!("{VIP4}/tcp"), &["198.18.1.2:80"]);
+    ipip(&mut lab, &format!("{VIP6}/tcp"), &["[fd00:0:0:1::2]:80"]);
+    lab.balancer
+        .set_local_addrs([
+            "198.18.1.1".parse().unwrap(),
+            "fd00:0:0:1::1".parse().unwrap(),
+        ])
+        .expect("local addresses");
+    let syn_ack = L4::Tcp(tcp_flags::SYN | tcp_flags::ACK);
+    let cases = [
+        Case::new(
+            "an IPv4 check's answer from the VIP to the gateway passes",
+            lab.sent_by_b0(VIP4, "198.18.1.1:50000", syn_ack, b""),
+            XdpAction::Pass,
+            Expect::Unchanged,
+        ),
+        Case::new(
+            "an IPv6 check's answer from the VIP to the gateway passes",
+            lab.sent_by_b0(VIP6, "[fd00:0:0:1::1]:50000", syn_ack, b""),
+            XdpAction::Pass,
+            Expect::Unchanged,
+        ),
+    ];
+    assert_eq!(lab.run(lab.gb0, &cases), cases.len());
+}

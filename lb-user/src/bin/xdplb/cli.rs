@@ -235,6 +235,11 @@ Examples:
         /// tunnel, to backends anywhere running `xdplb decap`).
         #[arg(long, default_value = "nat")]
         forwarding: Forwarding,
+        /// Where its health checks go: direct (the backend's own address) or vip (to the VIP
+        /// as the data path sends clients' packets; dsr-l2 and ipip only). The check itself
+        /// comes from the config file.
+        #[arg(long, value_name = "PATH", value_parser = ["direct", "vip"])]
+        health_path: Option<String>,
     },
     /// Remove a VIP and its backends.
     #[command(after_help = "Example:\n  xdplb vip del 198.19.0.1:80/tcp")]
@@ -259,6 +264,9 @@ Examples:
         /// How packets reach the backend: nat, dsr-l2 or ipip.
         #[arg(long)]
         forwarding: Option<Forwarding>,
+        /// Where its health checks go: direct or vip (dsr-l2 and ipip only).
+        #[arg(long, value_name = "PATH", value_parser = ["direct", "vip"])]
+        health_path: Option<String>,
     },
     /// List every VIP.
     #[command(after_help = "Example:\n  xdplb vip list -o json")]

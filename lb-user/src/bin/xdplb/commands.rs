@@ -123,6 +123,7 @@ pub async fn client_command(
             ring_size,
             sources,
             forwarding,
+            health_path,
         }) => {
             let body = request(&api::AddVip {
                 vip: vip.to_string(),
@@ -133,6 +134,7 @@ pub async fn client_command(
                 source_rate_limit: sources.source_rate_limit,
                 source_prefix_len: sources.source_prefix_len,
                 forwarding: Some(forwarding.name().to_owned()),
+                health_path,
             });
             let view: VipView = call(endpoint, Method::POST, "/v1/vips", body).await?;
             print(output, &view, || vip_line(&view))
@@ -149,6 +151,7 @@ pub async fn client_command(
             ring_size,
             sources,
             forwarding,
+            health_path,
         }) => {
             let body = request(&api::SetVip {
                 scheduler: scheduler.map(|s| s.name().to_owned()),
@@ -158,6 +161,7 @@ pub async fn client_command(
                 source_rate_limit: sources.source_rate_limit,
                 source_prefix_len: sources.source_prefix_len,
                 forwarding: forwarding.map(|f| f.name().to_owned()),
+                health_path,
             });
             let view: VipView = call(endpoint, Method::PATCH, &vip_path(&vip), body).await?;
             print(output, &view, || vip_line(&view))
