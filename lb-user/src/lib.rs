@@ -11,6 +11,7 @@ pub mod balancer;
 pub mod bench_objects;
 pub mod caps;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod counters;
 pub mod daemon;

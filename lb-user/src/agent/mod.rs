@@ -26,6 +26,7 @@ pub use routes::{local_addrs, publish_local_addrs, refresh_next_hops_on_changes}
 pub use state_file::{load_state, monotonic_ns, write_atomically};
 pub use tasks::{apply_health_events, autoscale_every, count_connections_every, log_vips};
 
+pub mod cluster;
 mod neighbours;
 mod probe_routes;
 mod routes;
@@ -141,6 +142,8 @@ pub struct Agent {
     pub probe_marks: BTreeMap<std::net::IpAddr, u32>,
     /// The rules and routes of [`Agent::probe_marks`] in place, with their interfaces.
     pub probe_routes: BTreeMap<(std::net::IpAddr, u32), u32>,
+    /// Cluster mode: the desired config lives in etcd ([`cluster`]).
+    pub cluster: Option<cluster::ClusterState>,
 }
 
 pub type Shared = Arc<Mutex<Agent>>;
@@ -236,6 +239,7 @@ impl Agent {
             saved: Vec::new(),
             probe_marks: BTreeMap::new(),
             probe_routes: BTreeMap::new(),
+            cluster: None,
         })
     }
 
@@ -298,6 +302,21 @@ impl Agent {
             warn!("saving the autoscalers' state: {err:#}");
         }
         Ok(value)
+    }
+
+    /// What the agent's config would be after `change`, which is then undone: the maps, the
+    /// agent and the state file stay as they are. In cluster mode a change is worked out so,
+    /// written to the store, and made when the store's watch brings it back.
+    pub fn tentative<T, E>(
+        &mut self,
+        change: impl FnOnce(&mut Self) -> Result<T, E>,
+    ) -> Result<(T, Config), E> {
+        let checkpoint = self.balancer.begin();
+        let (config, held) = (self.config.clone(), self.held.clone());
+        let result = change(self).map(|value| (value, self.running_config()));
+        self.balancer.abort(checkpoint);
+        (self.config, self.held) = (config, held);
+        result
     }
 
     /// The state file's content.
@@ -382,6 +401,7 @@ impl Agent {
         let mut running = Config {
             conntrack: self.config.conntrack.clone(),
             vips: Vec::new(),
+            cluster: self.config.cluster.clone(),
         };
         running.conntrack.capacity = self.capacity;
         for info in self.balancer.vips() {
@@ -549,6 +569,11 @@ impl Agent {
         let now = self.now_s();
         let mut jobs = Vec::new();
         for (vip, scaler) in &mut self.autoscale {
+            // In cluster mode one gateway runs each VIP's autoscaler; the others follow the
+            // store.
+            if self.cluster.as_ref().is_some_and(|c| !c.leads(vip)) {
+                continue;
+            }
             let health = self.config.vip(vip).map(|v| v.health()).unwrap_or_default();
             jobs.extend(scaler.tick(
                 now,
@@ -567,7 +592,9 @@ impl Agent {
     pub fn effective(&self, desired: &Config) -> Config {
         let mut effective = desired.clone();
         for vip in &mut effective.vips {
+            // In cluster mode the pool is the store's, written by the autoscaler's leader.
             if vip.autoscale.is_some()
+                && self.cluster.is_none()
                 && self.autoscale.contains_key(&vip.vip())
                 && let Ok(info) = self.balancer.vip(&vip.vip())
             {

@@ -43,7 +43,8 @@
 //! state = "up"                # up | draining | down
 //! ```
 //!
-//! A VIP may also have an `[vip.autoscale]` table: see the `autoscale` submodule.
+//! A VIP may also have an `[vip.autoscale]` table: see the `autoscale` submodule; a
+//! `[cluster]` table puts the gateway in cluster mode: see the `cluster` submodule.
 //!
 //! Parsing is in two steps: the file's shape (TOML syntax, unknown keys and value types, with
 //! toml's line and column), then a semantic pass whose errors name the field by its path,
@@ -54,10 +55,12 @@
 //! match it, all or nothing.
 
 mod autoscale;
+mod cluster;
 mod raw;
 mod semantic;
 
 pub use crate::balancer::plan::{Change, Plan};
+pub use cluster::{ClusterConfig, DEFAULT_ETCD_PREFIX};
 use raw::*;
 use semantic::*;
 
@@ -132,6 +135,8 @@ pub struct Config {
     pub conntrack: ConntrackConfig,
     /// Every `[[vip]]`, in the file's order.
     pub vips: Vec<VipConfig>,
+    /// `[cluster]`: the shared store of several gateways (none by default).
+    pub cluster: ClusterConfig,
 }
 
 /// The `[conntrack]` table: size of the connection table and its timeouts.

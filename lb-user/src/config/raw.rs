@@ -15,6 +15,8 @@ pub(super) struct RawConfig {
     pub(super) conntrack: Option<RawConntrack>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) vip: Vec<RawVip>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) cluster: Option<ClusterConfig>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -112,6 +114,7 @@ impl From<Config> for RawConfig {
             conntrack: (config.conntrack != ConntrackConfig::default())
                 .then(|| config.conntrack.into()),
             vip: config.vips.into_iter().map(RawVip::from).collect(),
+            cluster: (config.cluster != ClusterConfig::default()).then_some(config.cluster),
         }
     }
 }

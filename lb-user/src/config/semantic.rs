@@ -565,7 +565,13 @@ impl TryFrom<RawConfig> for Config {
             }
             vips.push(config);
         }
-        errors.finish(Config { conntrack, vips })
+        let cluster = raw.cluster.unwrap_or_default();
+        cluster.check(&mut errors);
+        errors.finish(Config {
+            conntrack,
+            vips,
+            cluster,
+        })
     }
 }
 

@@ -817,6 +817,7 @@ fn from_info_gives_the_balancers_state_back() {
     let config = Config {
         conntrack: ConntrackConfig::default(),
         vips: b.vips().iter().map(VipConfig::from_info).collect(),
+        cluster: ClusterConfig::default(),
     };
     assert_eq!(wanted(&config), wanted(&after));
     assert!(plan(&b.vips(), &parse(&config.to_toml())).is_empty());

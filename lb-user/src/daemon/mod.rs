@@ -468,8 +468,23 @@ fn serve(
     agent.held = held;
     agent.autoscale_dry_run = args.autoscale_dry_run;
     agent.sync_autoscale(&saved_pools);
-    // The config file, when there is one, wins over the saved state.
-    if let (Some(config), Some(path)) = (config, &args.config) {
+    // The config file, when there is one, wins over the saved state; in cluster mode its VIPs
+    // only seed an empty store, and the agent runs what it last applied until the store
+    // answers.
+    if let (Some(mut config), Some(path)) = (config, &args.config) {
+        if config.cluster.enabled() {
+            let seed = std::mem::replace(&mut config.vips, agent.running_config().vips);
+            info!(
+                "cluster mode: the config lives in etcd ({}, prefix {}), this gateway is {:?}",
+                config.cluster.etcd_endpoints.join(","),
+                config.cluster.etcd_prefix,
+                config.cluster.gateway()
+            );
+            agent.cluster = Some(agent::cluster::ClusterState::new(
+                config.cluster.clone(),
+                seed,
+            ));
+        }
         let plan = agent
             .apply_config(config)
             .with_context(|| format!("applying {}", path.display()))?;

@@ -55,6 +55,9 @@ pub enum Command {
     },
     /// What the agent runs.
     Status,
+    /// Cluster mode: the gateways sharing the config in etcd.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Bring the running VIPs and backends to a config file: print the plan, apply it.
     Apply {
         /// The config file (TOML).
@@ -125,6 +128,12 @@ pub enum ConfigCommand {
     /// Print the running configuration as a config file (VIPs and backends as they are now,
     /// health checks, autoscaling, connection table), to keep changes made with the CLI.
     Export,
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// The gateways, the etcd revision each has applied, the autoscaler leader of each VIP.
+    Status,
 }
 
 #[derive(Subcommand)]
