@@ -47,13 +47,21 @@ impl StoreView {
     /// The revision of the last change it holds: the highest of its keys' (every write bumps
     /// [`CHANGED`], so deletions count too).
     pub fn revision(&self) -> i64 {
-        self.keys.values().map(|e| e.mod_revision).max().unwrap_or(0)
+        self.keys
+            .values()
+            .map(|e| e.mod_revision)
+            .max()
+            .unwrap_or(0)
     }
 }
 
 /// `PROTO/ADDR:PORT`: a VIP in keys.
 pub fn vip_segment(vip: &Vip) -> String {
-    format!("{}/{}", vip.proto, std::net::SocketAddr::new(vip.addr, vip.port))
+    format!(
+        "{}/{}",
+        vip.proto,
+        std::net::SocketAddr::new(vip.addr, vip.port)
+    )
 }
 
 /// The key of a VIP's config.
@@ -96,7 +104,10 @@ pub fn vips_from_store(prefix: &str, store: &StoreView) -> (Vec<VipConfig>, Vec<
         let vip = |proto: &str, addr: &str| vip_of_segment(&format!("{proto}/{addr}"));
         match parts.as_slice() {
             [proto, addr, "config"] => {
-                match (vip(proto, addr), serde_json::from_slice::<VipConfig>(&entry.value)) {
+                match (
+                    vip(proto, addr),
+                    serde_json::from_slice::<VipConfig>(&entry.value),
+                ) {
                     (Some(v), Ok(mut config)) if config.vip() == v => {
                         config.backends.clear();
                         vips.insert(v, config);
@@ -335,7 +346,11 @@ scheduler = "source-hash"
         };
         assert_eq!(sorted(back), sorted(desired.clone()));
         assert!(diff(P, &store, &desired, &Scope::All).is_empty());
-        assert!(store.keys.contains_key("/xdplb/vips/udp/[fd00::1]:53/config"));
+        assert!(
+            store
+                .keys
+                .contains_key("/xdplb/vips/udp/[fd00::1]:53/config")
+        );
         assert!(
             store
                 .keys
@@ -345,7 +360,11 @@ scheduler = "source-hash"
 
     #[test]
     fn concurrent_backend_adds_both_go_through_and_a_stale_change_does_not() {
-        let store = commit(&StoreView::default(), &diff(P, &StoreView::default(), &vips(TWO), &Scope::All)).unwrap();
+        let store = commit(
+            &StoreView::default(),
+            &diff(P, &StoreView::default(), &vips(TWO), &Scope::All),
+        )
+        .unwrap();
         let with = |extra: &str| {
             let mut v = vips(TWO);
             v[0].backends.push(BackendConfig {
@@ -361,7 +380,14 @@ scheduler = "source-hash"
         let after_a = commit(&store, &a).unwrap();
         let after_b = commit(&after_a, &b).expect("a different backend does not conflict");
         let (v, _) = vips_from_store(P, &after_b);
-        assert_eq!(v.iter().find(|v| v.address.port() == 80).unwrap().backends.len(), 4);
+        assert_eq!(
+            v.iter()
+                .find(|v| v.address.port() == 80)
+                .unwrap()
+                .backends
+                .len(),
+            4
+        );
         // A weight change read before another's weight change of the same backend conflicts.
         let mut w1 = vips(TWO);
         w1[0].backends[0].weight = 5;
@@ -377,7 +403,11 @@ scheduler = "source-hash"
 
     #[test]
     fn an_autoscaler_writes_only_its_vips_backends() {
-        let store = commit(&StoreView::default(), &diff(P, &StoreView::default(), &vips(TWO), &Scope::All)).unwrap();
+        let store = commit(
+            &StoreView::default(),
+            &diff(P, &StoreView::default(), &vips(TWO), &Scope::All),
+        )
+        .unwrap();
         let mut desired = vips(TWO);
         desired[0].backends.remove(0);
         desired[0].ring_size = 13;
@@ -390,7 +420,11 @@ scheduler = "source-hash"
                 key: "/xdplb/vips/tcp/198.19.0.1:80/backends/10.0.1.2:8080".into()
             }]
         );
-        assert!(writes.expect.contains_key("/xdplb/vips/tcp/198.19.0.1:80/config"));
+        assert!(
+            writes
+                .expect
+                .contains_key("/xdplb/vips/tcp/198.19.0.1:80/config")
+        );
         assert!(diff(P, &store, &desired, &Scope::Backends(BTreeSet::new())).is_empty());
     }
 
@@ -399,10 +433,19 @@ scheduler = "source-hash"
         let mut store = StoreView::default();
         for (key, value) in [
             ("/xdplb/vips/tcp/198.19.0.1:80/config", "nonsense"),
-            ("/xdplb/vips/tcp/198.19.0.9:80/backends/10.0.1.2:8080", r#"{"address":"10.0.1.2:8080"}"#),
+            (
+                "/xdplb/vips/tcp/198.19.0.9:80/backends/10.0.1.2:8080",
+                r#"{"address":"10.0.1.2:8080"}"#,
+            ),
             ("/xdplb/vips/what", "x"),
         ] {
-            store.keys.insert(key.into(), Entry { mod_revision: 1, value: value.into() });
+            store.keys.insert(
+                key.into(),
+                Entry {
+                    mod_revision: 1,
+                    value: value.into(),
+                },
+            );
         }
         let (v, problems) = vips_from_store(P, &store);
         assert!(v.is_empty());

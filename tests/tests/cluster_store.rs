@@ -52,15 +52,35 @@ impl Etcd {
             daemon: None,
         };
         let ip = |args: &[&str]| {
-            run_ok(Command::new("ip").args(args)).unwrap_or_else(|err| panic!("ip {args:?}: {err:#}"))
+            run_ok(Command::new("ip").args(args))
+                .unwrap_or_else(|err| panic!("ip {args:?}: {err:#}"))
         };
         ip(&["netns", "add", &ns]);
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
         for (i, gw) in gateways.iter().enumerate() {
             let ours = format!("et{i}");
-            ip(&["-n", &ns, "link", "add", &ours, "type", "veth", "peer", "name", "etcd0", "netns", &gw.name]);
-            ip(&["-n", &ns, "addr", "add", &format!("{}/24", etcd_addr(i)), "dev", &ours]);
-            ip(&["-n", &gw.name, "addr", "add", &format!("10.250.{i}.2/24"), "dev", "etcd0"]);
+            ip(&[
+                "-n", &ns, "link", "add", &ours, "type", "veth", "peer", "name", "etcd0", "netns",
+                &gw.name,
+            ]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", etcd_addr(i)),
+                "dev",
+                &ours,
+            ]);
+            ip(&[
+                "-n",
+                &gw.name,
+                "addr",
+                "add",
+                &format!("10.250.{i}.2/24"),
+                "dev",
+                "etcd0",
+            ]);
             ip(&["-n", &ns, "link", "set", &ours, "up"]);
             ip(&["-n", &gw.name, "link", "set", "etcd0", "up"]);
         }
@@ -84,7 +104,10 @@ impl Etcd {
             .args(["--name", "test", "--data-dir"])
             .arg(&self.data)
             .args(["--listen-client-urls", &Self::client_urls()])
-            .args(["--advertise-client-urls", &format!("http://{}:2379", etcd_addr(0))])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://{}:2379", etcd_addr(0)),
+            ])
             .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
             .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
             .args(["--initial-cluster", "test=http://127.0.0.1:2380"])
@@ -99,7 +122,14 @@ impl Etcd {
             let health = run_bounded(
                 Command::new("nsenter")
                     .arg(format!("--net=/var/run/netns/{}", self.ns))
-                    .args(["etcdctl", "--endpoints", &Self::client_urls(), "--command-timeout=1s", "endpoint", "health"]),
+                    .args([
+                        "etcdctl",
+                        "--endpoints",
+                        &Self::client_urls(),
+                        "--command-timeout=1s",
+                        "endpoint",
+                        "health",
+                    ]),
                 Duration::from_secs(5),
             );
             if health.status.success() {
@@ -191,10 +221,19 @@ fn config_with_min(i: usize, min: u32, b2: bool) -> String {
     text
 }
 
-/// The configuration of every VIP as `vip list -o json` shows it (backends with weights,
-/// states and ids).
+/// The configuration of every VIP as `vip list -o json` shows it: scheduler, ring size,
+/// backends with weights and states. Backend ids are each agent's own (a gateway restarted
+/// gives the backends added meanwhile other ids), so they are left out.
 fn tables(agent: &Agent) -> Vec<String> {
     configuration(&agent.vips())
+        .into_iter()
+        .map(|line| {
+            line.split(", ")
+                .map(|part| part.split(" id ").next().unwrap_or(part))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect()
 }
 
 fn backends_of(agent: &Agent, vip: &str) -> BTreeSet<String> {
@@ -256,23 +295,29 @@ fn gateways_share_one_pool_in_etcd() {
     }
     // Every gateway runs what the store holds: the first one's file seeded it.
     let t0 = Instant::now();
-    wait("the seeded config on every gateway", t0, Duration::from_secs(10), || {
-        agents.iter().all(|a| backends_of(a, VIP).len() == 2)
-    });
+    wait(
+        "the seeded config on every gateway",
+        t0,
+        Duration::from_secs(10),
+        || agents.iter().all(|a| backends_of(a, VIP).len() == 2),
+    );
 
     // A backend added through gateway 0 is on every gateway within a second, identically.
     let b2 = backend_addr(2).to_string();
     let t = Instant::now();
     agents[0].ok(&["backend", "add", VIP, &b2]);
-    assert!(backends_of(&agents[0], VIP).contains(&b2), "answered once applied here");
-    let took = wait("the added backend everywhere", t, Duration::from_secs(1), || {
-        agents.iter().all(|a| backends_of(a, VIP).contains(&b2))
-    });
+    assert!(
+        backends_of(&agents[0], VIP).contains(&b2),
+        "answered once applied here"
+    );
+    let took = wait(
+        "the added backend everywhere",
+        t,
+        Duration::from_secs(1),
+        || agents.iter().all(|a| backends_of(a, VIP).contains(&b2)),
+    );
     eprintln!("a backend added on gw0 was on all {GATEWAYS} gateways after {took:?}");
-    let reference = tables(&agents[0]);
-    wait("identical tables", t, Duration::from_secs(3), || {
-        agents.iter().all(|a| tables(a) == reference)
-    });
+    same_tables(&agents, "after a backend add", t);
 
     // Two gateways add different backends at once: both survive.
     let extra = ["10.0.9.2:8080", "10.0.9.3:8080"];
@@ -290,11 +335,16 @@ fn gateways_share_one_pool_in_etcd() {
         };
         assert!(status.success(), "a concurrent add failed");
     }
-    wait("both concurrent adds everywhere", Instant::now(), Duration::from_secs(2), || {
-        agents
-            .iter()
-            .all(|a| extra.iter().all(|e| backends_of(a, VIP).contains(*e)))
-    });
+    wait(
+        "both concurrent adds everywhere",
+        Instant::now(),
+        Duration::from_secs(2),
+        || {
+            agents
+                .iter()
+                .all(|a| extra.iter().all(|e| backends_of(a, VIP).contains(*e)))
+        },
+    );
     for e in extra {
         agents[0].ok(&["backend", "del", VIP, e]);
     }
@@ -302,15 +352,20 @@ fn gateways_share_one_pool_in_etcd() {
     // `cluster status`: the three gateways, each at the same revision.
     let view = wait_for_view(&agents[0], |v| {
         v.gateways.len() == GATEWAYS
-            && v.gateways.iter().all(|g| g.applied_revision == v.config_revision)
+            && v.gateways
+                .iter()
+                .all(|g| g.applied_revision == v.config_revision)
     });
     let names: BTreeSet<_> = view.gateways.iter().map(|g| g.name.clone()).collect();
     assert_eq!(names, (0..GATEWAYS).map(|i| format!("gw{i}")).collect());
 
     // The autoscaler's leader brought the pool to min = 2 from the standby list, everywhere.
-    wait("the autoscaled pool at min = 2 everywhere", Instant::now(), Duration::from_secs(15), || {
-        agents.iter().all(|a| backends_of(a, VIP2).len() == 2)
-    });
+    wait(
+        "the autoscaled pool at min = 2 everywhere",
+        Instant::now(),
+        Duration::from_secs(15),
+        || agents.iter().all(|a| backends_of(a, VIP2).len() == 2),
+    );
     let first = wait_for(&agents[0], "a leader", |l| l.is_some()).expect("a leader");
     let killed: usize = first.trim_start_matches("gw").parse().expect("gwN");
     let other = (killed + 1) % GATEWAYS;
@@ -326,27 +381,42 @@ fn gateways_share_one_pool_in_etcd() {
     // The new leader manages the pool: min = 3 brings in the last standby backend.
     let file = agents[other].file("min3.toml", &config_with_min(other, 3, true));
     agents[other].ok(&["apply", "-f", file.to_str().expect("UTF-8")]);
-    wait("the pool at min = 3", Instant::now(), Duration::from_secs(15), || {
-        (0..GATEWAYS)
-            .filter(|i| *i != killed)
-            .all(|i| backends_of(&agents[i], VIP2).len() == 3)
-    });
+    wait(
+        "the pool at min = 3",
+        Instant::now(),
+        Duration::from_secs(15),
+        || {
+            (0..GATEWAYS)
+                .filter(|i| *i != killed)
+                .all(|i| backends_of(&agents[i], VIP2).len() == 3)
+        },
+    );
     // The killed gateway comes back and catches up.
     agents[killed].start(&["--config", files[killed].to_str().expect("UTF-8")]);
-    wait("the restarted gateway caught up", Instant::now(), Duration::from_secs(10), || {
-        backends_of(&agents[killed], VIP2).len() == 3
-    });
+    wait(
+        "the restarted gateway caught up",
+        Instant::now(),
+        Duration::from_secs(10),
+        || backends_of(&agents[killed], VIP2).len() == 3,
+    );
 
     // etcd stops: traffic flows, `status` says so, changes are refused.
     etcd.stop();
     let status: StatusView = agents[1].json(&["status"]);
     assert!(status.store.is_some());
-    wait("status: store unreachable", Instant::now(), Duration::from_secs(5), || {
-        agents.iter().all(|a| {
-            let status: StatusView = a.json(&["status"]);
-            status.store.is_some_and(|s| !s.up && s.unreachable_since.is_some())
-        })
-    });
+    wait(
+        "status: store unreachable",
+        Instant::now(),
+        Duration::from_secs(5),
+        || {
+            agents.iter().all(|a| {
+                let status: StatusView = a.json(&["status"]);
+                status
+                    .store
+                    .is_some_and(|s| !s.up && s.unreachable_since.is_some())
+            })
+        },
+    );
     let text = agents[1].ok(&["status"]);
     assert!(text.contains("unreachable since"), "{text}");
     let answer = topos[1]
@@ -361,26 +431,49 @@ fn gateways_share_one_pool_in_etcd() {
 
     // etcd is back: the gateways resync, and a change reaches all three within seconds.
     etcd.start();
-    wait("store up again everywhere", Instant::now(), Duration::from_secs(10), || {
-        agents.iter().all(|a| {
-            let status: StatusView = a.json(&["status"]);
-            status.store.is_some_and(|s| s.up)
-        })
-    });
+    wait(
+        "store up again everywhere",
+        Instant::now(),
+        Duration::from_secs(10),
+        || {
+            agents.iter().all(|a| {
+                let status: StatusView = a.json(&["status"]);
+                status.store.is_some_and(|s| s.up)
+            })
+        },
+    );
     let t = Instant::now();
     agents[2].ok(&["backend", "set", VIP, &b2, "--weight", "5"]);
-    wait("a change after etcd came back, everywhere", t, Duration::from_secs(3), || {
-        agents.iter().all(|a| {
-            a.vips()
-                .iter()
-                .flat_map(|v| &v.backends)
-                .any(|b| b.address.to_string() == b2 && b.weight == 5)
-        })
-    });
-    let reference = tables(&agents[0]);
-    wait("identical tables after etcd's return", t, Duration::from_secs(3), || {
-        agents.iter().all(|a| tables(a) == reference)
-    });
+    wait(
+        "a change after etcd came back, everywhere",
+        t,
+        Duration::from_secs(3),
+        || {
+            agents.iter().all(|a| {
+                a.vips()
+                    .iter()
+                    .flat_map(|v| &v.backends)
+                    .any(|b| b.address.to_string() == b2 && b.weight == 5)
+            })
+        },
+    );
+    same_tables(&agents, "after etcd's return", t);
+}
+
+/// Waits (3 s from `since`) until every gateway shows the same [`tables`].
+fn same_tables(agents: &[Agent], what: &str, since: Instant) {
+    loop {
+        let all: Vec<Vec<String>> = agents.iter().map(tables).collect();
+        if all.iter().all(|t| *t == all[0]) {
+            eprintln!("identical tables {what} after {:?}", since.elapsed());
+            return;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(3),
+            "tables differ {what}: {all:#?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn wait_for_view(agent: &Agent, done: impl Fn(&ClusterView) -> bool) -> ClusterView {
@@ -390,7 +483,10 @@ fn wait_for_view(agent: &Agent, done: impl Fn(&ClusterView) -> bool) -> ClusterV
         if done(&view) {
             return view;
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "cluster status: {view:#?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "cluster status: {view:#?}"
+        );
         thread::sleep(Duration::from_millis(50));
     }
 }
@@ -402,7 +498,11 @@ fn wait_for(agent: &Agent, what: &str, done: impl Fn(&Option<String>) -> bool) -
         if done(&l) {
             return l;
         }
-        assert!(t.elapsed() < Duration::from_secs(10), "{what}: {:#?}", cluster(agent));
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{what}: {:#?}",
+            cluster(agent)
+        );
         thread::sleep(Duration::from_millis(50));
     }
 }

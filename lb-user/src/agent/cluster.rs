@@ -11,8 +11,8 @@ use std::{
 
 use anyhow::Context as _;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn,
-    TxnOp, TxnOpResponse, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, GetOptions, PutOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
 };
 use log::{error, info, warn};
 
@@ -29,7 +29,7 @@ use crate::{
 /// is gone from `gateways/` and loses its leaderships this long after its last keepalive.
 pub const LEASE_TTL: Duration = Duration::from_secs(5);
 /// How often the lease is kept alive.
-const KEEPALIVE_EVERY: Duration = Duration::from_secs(1);
+const KEEPALIVE_EVERY: Duration = Duration::from_millis(500);
 /// How often a gateway runs for the leaderships it lacks.
 const ELECT_EVERY: Duration = Duration::from_millis(250);
 /// Longest one request to etcd may take before the store counts as unreachable.
@@ -212,7 +212,11 @@ async fn client(shared: &Shared) -> anyhow::Result<Client> {
         .with_connect_timeout(REQUEST_TIMEOUT)
         .with_timeout(REQUEST_TIMEOUT)
         .with_keep_alive(Duration::from_secs(1), REQUEST_TIMEOUT);
-    let client = timed("connecting to etcd", Client::connect(endpoints, Some(options))).await?;
+    let client = timed(
+        "connecting to etcd",
+        Client::connect(endpoints, Some(options)),
+    )
+    .await?;
     with_cluster(shared, |c| c.client = Some(client.clone()));
     Ok(client)
 }
@@ -305,7 +309,9 @@ async fn resync(shared: &Shared, client: &mut Client, vips: &str) -> anyhow::Res
         let writes = cluster::diff(&prefix, &store, &seed, &Scope::All);
         let gateway = with_cluster(shared, |c| c.gateway.clone()).unwrap_or_default();
         match commit(client, &prefix, &gateway, &writes).await? {
-            Some(rev) => info!("the cluster store was empty: wrote the config file's VIPs (revision {rev})"),
+            Some(rev) => {
+                info!("the cluster store was empty: wrote the config file's VIPs (revision {rev})")
+            }
             None => info!("the cluster store was seeded by another gateway meanwhile"),
         }
         store = read_store(client, vips).await?.1;
@@ -374,7 +380,9 @@ pub fn apply_store(agent: &mut Agent, store: StoreView) {
         Err(err) => {
             let message = format!("{err}");
             if cluster.refused.as_ref() != Some(&message) {
-                error!("cluster store revision {revision} refused here, kept the running config: {message}");
+                error!(
+                    "cluster store revision {revision} refused here, kept the running config: {message}"
+                );
             }
             cluster.refused = Some(message);
         }
@@ -622,10 +630,7 @@ pub async fn publish_pools(shared: &Shared) {
     };
     let scope = Scope::Backends(leading);
     let result = write(shared, |agent| {
-        let cluster = agent
-            .cluster
-            .as_ref()
-            .context("not in cluster mode")?;
+        let cluster = agent.cluster.as_ref().context("not in cluster mode")?;
         anyhow::Ok(cluster::diff(
             cluster.prefix(),
             &cluster.store,

@@ -390,6 +390,16 @@ impl Agent {
             }
             agent.hold_after_apply(&desired);
             agent.config = desired;
+            if agent.cluster.is_some() {
+                // The store's pool holds the standby backends its autoscaler brought in; as a
+                // config file (the state file's) they are standby only.
+                for vip in &mut agent.config.vips {
+                    if let Some(autoscale) = &vip.autoscale {
+                        vip.backends
+                            .retain(|b| !autoscale.standby.contains(&b.address));
+                    }
+                }
+            }
             Ok(plan)
         })
     }

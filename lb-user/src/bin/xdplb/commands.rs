@@ -9,8 +9,8 @@ use std::{
 use anyhow::Context as _;
 use hyper::Method;
 use lb_user::{
-    api::{self, BackendView, StatsView, StatusView, VipView},
     agent::cluster::{ClusterView, StoreStatus},
+    api::{self, BackendView, StatsView, StatusView, VipView},
     autoscale::live::Status as AutoscaleStatus,
     balancer::Vip,
     client::{Endpoint, call, segment},
@@ -20,8 +20,8 @@ use lb_user::{
 use serde_json::json;
 
 use crate::cli::{
-    AutoscaleCommand, BackendCommand, ClusterCommand, Command, ConfigCommand, IfaceCommand, Output, SourceArgs,
-    VipCommand,
+    AutoscaleCommand, BackendCommand, ClusterCommand, Command, ConfigCommand, IfaceCommand, Output,
+    SourceArgs, VipCommand,
 };
 
 /// `store ...`: whether the cluster store answers, and the revision applied.
