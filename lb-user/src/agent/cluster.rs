@@ -31,7 +31,7 @@ pub const LEASE_TTL: Duration = Duration::from_secs(5);
 /// How often the lease is kept alive.
 const KEEPALIVE_EVERY: Duration = Duration::from_millis(500);
 /// How often a gateway runs for the leaderships it lacks.
-const ELECT_EVERY: Duration = Duration::from_millis(250);
+const ELECT_EVERY: Duration = Duration::from_millis(100);
 /// Longest one request to etcd may take before the store counts as unreachable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Changes arriving this close together are applied as one.
