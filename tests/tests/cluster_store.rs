@@ -16,12 +16,17 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{Agent, VIP, VIP_ADDR, backend_addr, configuration, offload_off, serve},
+    agent::{
+        Agent, VIP, VIP_ADDR, backend_addr, configuration, offload_off, sample, scrape_metrics,
+        serve,
+    },
     netns::{NS_PREFIX, Netns, Topology, ident_of, run_bounded, run_ok, tcp_request},
 };
 use lb_user::{agent::cluster::ClusterView, api::StatusView};
 
 const GATEWAYS: usize = 3;
+/// Where each agent serves its metrics, inside its gateway namespace.
+const METRICS: &str = "127.0.0.1:9100";
 /// The autoscaled VIP.
 const VIP2: &str = "198.19.0.2:80/tcp";
 /// The lease TTL of the agents' keys.
@@ -291,7 +296,12 @@ fn gateways_share_one_pool_in_etcd() {
         .map(|(i, a)| a.file("cluster.toml", &config_with_min(i, 2, false)))
         .collect();
     for (agent, file) in agents.iter_mut().zip(&files) {
-        agent.start(&["--config", file.to_str().expect("UTF-8")]);
+        agent.start(&[
+            "--config",
+            file.to_str().expect("UTF-8"),
+            "--metrics",
+            METRICS,
+        ]);
     }
     // Every gateway runs what the store holds: the first one's file seeded it.
     let t0 = Instant::now();
@@ -392,7 +402,12 @@ fn gateways_share_one_pool_in_etcd() {
         },
     );
     // The killed gateway comes back and catches up.
-    agents[killed].start(&["--config", files[killed].to_str().expect("UTF-8")]);
+    agents[killed].start(&[
+        "--config",
+        files[killed].to_str().expect("UTF-8"),
+        "--metrics",
+        METRICS,
+    ]);
     wait(
         "the restarted gateway caught up",
         Instant::now(),
@@ -416,6 +431,12 @@ fn gateways_share_one_pool_in_etcd() {
                     .is_some_and(|s| !s.up && s.unreachable_since.is_some())
             })
         },
+    );
+    let metrics = scrape_metrics(&topos[1].gateway, METRICS);
+    assert_eq!(
+        sample(&metrics, "xdplb_cluster_store_up", ""),
+        Some(0.0),
+        "{metrics}"
     );
     let text = agents[1].ok(&["status"]);
     assert!(text.contains("unreachable since"), "{text}");
@@ -441,6 +462,18 @@ fn gateways_share_one_pool_in_etcd() {
                 status.store.is_some_and(|s| s.up)
             })
         },
+    );
+    let metrics = scrape_metrics(&topos[1].gateway, METRICS);
+    assert_eq!(
+        sample(&metrics, "xdplb_cluster_store_up", ""),
+        Some(1.0),
+        "{metrics}"
+    );
+    let status: StatusView = agents[1].json(&["status"]);
+    assert_eq!(
+        sample(&metrics, "xdplb_cluster_applied_revision", ""),
+        status.store.map(|s| s.applied_revision as f64),
+        "{metrics}"
     );
     let t = Instant::now();
     agents[2].ok(&["backend", "set", VIP, &b2, "--weight", "5"]);
