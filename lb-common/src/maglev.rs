@@ -384,6 +384,27 @@ mod builder {
         let differing = old.iter().zip(new).filter(|(a, b)| a != b).count();
         differing + old.len().abs_diff(new.len())
     }
+
+    /// A digest of what `table` schedules to: FNV-1a (64 bits) over each slot's backend key
+    /// (address and port, [`MaglevBackend::key`]) in slot order, an [`EMPTY_SLOT`] or an id
+    /// not in `backends` as 18 bytes of 0xff.
+    ///
+    /// Ids are a gateway's own; keys are not: two gateways whose tables send every slot to the
+    /// same backend address have the same digest, whatever ids they gave their backends.
+    pub fn table_digest(table: &[u32], backends: &[MaglevBackend]) -> u64 {
+        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        let keys: BTreeMap<u32, [u8; 18]> = backends.iter().map(|b| (b.id, b.key)).collect();
+        let none = [0xff; 18];
+        let mut hash = OFFSET;
+        for id in table {
+            for byte in keys.get(id).unwrap_or(&none) {
+                hash ^= u64::from(*byte);
+                hash = hash.wrapping_mul(PRIME);
+            }
+        }
+        hash
+    }
 }
 
 #[cfg(test)]
@@ -676,6 +697,34 @@ mod tests {
                     prop_assert!(live.contains(id) || (live.is_empty() && *id == EMPTY_SLOT));
                 }
             }
+        }
+
+        #[test]
+        fn table_digest_names_addresses_not_ids() {
+            use proptest::prelude::*;
+            let addr = |i: u8| {
+                MaglevBackend::new(
+                    0,
+                    1,
+                    [10, 0, 0, i, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                    [0, 80],
+                )
+                .key
+            };
+            proptest!(ProptestConfig::with_cases(16), |(n in 1u8..8, perm in any::<u64>(), base in 0u32..1000)| {
+                // The same backends, in another order and with other ids.
+                let a: Vec<MaglevBackend> = (0..n).map(|i| MaglevBackend { id: u32::from(i), weight: 1, key: addr(i) }).collect();
+                let mut b: Vec<MaglevBackend> = a.iter().map(|m| MaglevBackend { id: base + 7 * m.id + 3, ..*m }).collect();
+                b.rotate_left((perm % u64::from(n)) as usize);
+                let (ta, tb) = (build_table(&a, 251).unwrap(), build_table(&b, 251).unwrap());
+                prop_assert_ne!(&ta, &tb);
+                prop_assert_eq!(table_digest(&ta, &a), table_digest(&tb, &b));
+                // One backend fewer is another table.
+                if n > 1 {
+                    let fewer = build_table(&a[1..], 251).unwrap();
+                    prop_assert_ne!(table_digest(&fewer, &a), table_digest(&ta, &a));
+                }
+            });
         }
     }
 }

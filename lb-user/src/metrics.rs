@@ -89,6 +89,29 @@ pub fn render(agent: &Agent) -> anyhow::Result<String> {
             .set(i64::try_from(value).unwrap_or(i64::MAX));
     }
 
+    if let Some(bgp) = &agent.bgp {
+        let announced = gauge_family(
+            &mut registry,
+            "bgp_announced",
+            "1 if the VIP address is announced by BGP now, 0 if withdrawn ([bgp] announce)",
+        );
+        for addr in &bgp.configured {
+            announced
+                .get_or_create(&vec![("vip", addr.to_string())])
+                .set(i64::from(bgp.announced.contains(addr)));
+        }
+        let sessions = gauge_family(
+            &mut registry,
+            "bgp_session_established",
+            "1 if the BGP session with the peer is established",
+        );
+        for s in &bgp.sessions {
+            sessions
+                .get_or_create(&vec![("peer", s.name.clone())])
+                .set(i64::from(s.info.starts_with("Established")));
+        }
+    }
+
     let vip_packets = counter_family(&mut registry, "vip_packets", "Packets per VIP");
     let vip_bytes = counter_family(&mut registry, "vip_bytes", "Bytes per VIP");
     let vip_flows = counter_family(&mut registry, "vip_new_flows", "New flows per VIP");

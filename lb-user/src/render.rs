@@ -131,3 +131,36 @@ pub fn autoscale_lines(s: &AutoscaleStatus) -> String {
     }
     out
 }
+
+/// The BGP part of `xdplb status`: what is announced, what is held back, each session.
+pub fn bgp_lines(bgp: &crate::cluster::bgp::BgpStatus) -> String {
+    let list = |addrs: &[std::net::IpAddr]| {
+        if addrs.is_empty() {
+            "-".to_owned()
+        } else {
+            addrs
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+    };
+    let held: Vec<std::net::IpAddr> = bgp
+        .configured
+        .iter()
+        .filter(|a| !bgp.announced.contains(a))
+        .copied()
+        .collect();
+    let mut out = format!(
+        "announced  {}\nwithdrawn  {}\n",
+        list(&bgp.announced),
+        list(&held)
+    );
+    for s in &bgp.sessions {
+        out += &format!("bgp {:<6} {} {}\n", s.name, s.state, s.info);
+    }
+    if let Some(err) = &bgp.error {
+        out += &format!("bgp error  {err}\n");
+    }
+    out
+}

@@ -24,7 +24,7 @@ use lb_user::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::netns::{Netns, Server, Topology, ident, net_v4, run_bounded};
+use crate::netns::{HOST_IF, Netns, Server, Topology, ident, net_v4, run_bounded};
 
 /// The VIP the agent tests balance.
 pub const VIP: &str = "198.19.0.1:80/tcp";
@@ -63,6 +63,11 @@ pub struct Agent {
 
 impl Agent {
     pub fn new(topo: &Topology) -> Self {
+        Self::in_namespace(&topo.gateway, topo.gateway_ifaces())
+    }
+
+    /// An agent running in `gateway`, on `ifaces`.
+    pub fn in_namespace(gateway: &Netns, ifaces: Vec<String>) -> Self {
         let id = format!(
             "{}-{}",
             std::process::id(),
@@ -71,8 +76,8 @@ impl Agent {
         let dir = std::env::temp_dir().join(format!("xdplb-agent-test-{id}"));
         fs::create_dir_all(&dir).unwrap_or_else(|err| panic!("{}: {err}", dir.display()));
         Self {
-            gateway: topo.gateway.clone(),
-            ifaces: topo.gateway_ifaces(),
+            gateway: gateway.clone(),
+            ifaces,
             state_file: dir.join("state.json"),
             dir,
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/xdplb-test-{id}")),
@@ -438,4 +443,26 @@ pub fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
         .into_iter()
         .find(|(l, _)| *l == labels)
         .map(|(_, v)| v)
+}
+
+/// `xdplb decap --iface eth0` on each backend (through `nsenter --net`, so that the pin is in
+/// the host's bpffs), detached again when dropped.
+pub struct Decap<'a>(&'a [Netns]);
+
+impl<'a> Decap<'a> {
+    pub fn attach(backends: &'a [Netns]) -> Self {
+        for b in backends {
+            b.exec(&bin(), &["decap", "--iface", HOST_IF])
+                .unwrap_or_else(|err| panic!("xdplb decap on {}: {err:#}", b.name));
+        }
+        Self(backends)
+    }
+}
+
+impl Drop for Decap<'_> {
+    fn drop(&mut self) {
+        for b in self.0 {
+            let _ = b.exec(&bin(), &["decap", "--iface", HOST_IF, "--detach"]);
+        }
+    }
 }

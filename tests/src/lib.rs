@@ -18,6 +18,7 @@ use std::{net::SocketAddr, path::PathBuf};
 #[cfg(feature = "xdplb")]
 pub mod agent;
 pub mod bench;
+pub mod cluster;
 pub mod fixture;
 #[cfg(feature = "xdplb")]
 pub mod lab;

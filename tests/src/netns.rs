@@ -440,6 +440,38 @@ impl Conn {
         Ok(Self { stream, reader })
     }
 
+    /// [`Conn::connect`] from the local address `source` (one of many a client holds).
+    pub fn connect_from(source: IpAddr, addr: SocketAddr) -> anyhow::Result<Self> {
+        use nix::sys::{
+            socket::{
+                AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect, setsockopt,
+                socket, sockopt,
+            },
+            time::{TimeVal, TimeValLike as _},
+        };
+        use std::os::fd::AsRawFd as _;
+        let family = if addr.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+        // Bounds `connect` too.
+        let timeout = TimeVal::milliseconds(IO_TIMEOUT.as_millis() as i64);
+        setsockopt(&fd, sockopt::SendTimeout, &timeout)?;
+        bind(
+            fd.as_raw_fd(),
+            &SockaddrStorage::from(SocketAddr::new(source, 0)),
+        )
+        .with_context(|| format!("binding to {source}"))?;
+        connect(fd.as_raw_fd(), &SockaddrStorage::from(addr))
+            .with_context(|| format!("connecting from {source} to {addr}"))?;
+        let stream = TcpStream::from(fd);
+        stream.set_read_timeout(Some(IO_TIMEOUT))?;
+        let reader = BufReader::new(stream.try_clone()?);
+        Ok(Self { stream, reader })
+    }
+
     /// Sends `line` and returns the ident of the server that answered it. An answer arriving
     /// on this connection at all means it came from the address the client connected to.
     pub fn ask(&mut self, line: &str) -> anyhow::Result<String> {
@@ -775,7 +807,7 @@ impl Drop for Topology {
 }
 
 /// Adds `ns`, with `lo` up.
-fn add_namespace(ns: &str) -> anyhow::Result<()> {
+pub fn add_namespace(ns: &str) -> anyhow::Result<()> {
     run_ok(Command::new("ip").args(["netns", "add", ns]))?;
     run_ok(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]))?;
     Ok(())
@@ -840,7 +872,7 @@ fn link_hosts(gw: &str, gw_if: &str, far: &Netns, net: usize) -> anyhow::Result<
 }
 
 /// Deletes namespaces of earlier runs whose process is gone.
-fn remove_stale_namespaces() {
+pub fn remove_stale_namespaces() {
     let Ok(entries) = fs::read_dir("/var/run/netns") else {
         return;
     };

@@ -255,7 +255,13 @@ fn backends_of(agent: &Agent, vip: &str) -> BTreeSet<String> {
 fn wait(what: &str, since: Instant, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
     loop {
         if done() {
-            return since.elapsed();
+            // When the check ended: a check that starts in time but ends late does not count.
+            let took = since.elapsed();
+            assert!(
+                took <= limit,
+                "{what}: only after {took:?}, not within {limit:?}"
+            );
+            return took;
         }
         assert!(since.elapsed() < limit, "{what}: not within {limit:?}");
         thread::sleep(Duration::from_millis(20));

@@ -17,10 +17,9 @@ use std::{
 
 use aya::programs::{Xdp, XdpMode};
 use lb_tests::{
-    agent::{Agent, VIP, bin, path_str},
+    agent::{Agent, Decap, VIP, path_str},
     netns::{
-        DSR_GW_IF, DSR_GW_PORT, DSR_VIP, DSR_VIP6, HOST_IF, Netns, Topology, dsr_backend_v4,
-        dsr_backend_v6, ident,
+        DSR_GW_IF, DSR_GW_PORT, DSR_VIP, DSR_VIP6, Topology, dsr_backend_v4, dsr_backend_v6, ident,
     },
     traffic::{
         assert_weighted, held_connections_survive_add_and_drain, http_spread, spread, udp_spread,
@@ -86,28 +85,6 @@ fn counters(agent: &Agent) -> BTreeMap<String, u64> {
         .counters
         .into_iter()
         .collect()
-}
-
-/// `xdplb decap --iface eth0` on each backend (through `nsenter --net`, so that the pin is in
-/// the host's bpffs), detached again when dropped.
-struct Decap<'a>(&'a [Netns]);
-
-impl<'a> Decap<'a> {
-    fn attach(backends: &'a [Netns]) -> Self {
-        for b in backends {
-            b.exec(&bin(), &["decap", "--iface", HOST_IF])
-                .unwrap_or_else(|err| panic!("xdplb decap on {}: {err:#}", b.name));
-        }
-        Self(backends)
-    }
-}
-
-impl Drop for Decap<'_> {
-    fn drop(&mut self) {
-        for b in self.0 {
-            let _ = b.exec(&bin(), &["decap", "--iface", HOST_IF, "--detach"]);
-        }
-    }
 }
 
 /// As in `dsr.rs`: the topology, an XDP_PASS program on the router's port to the gateway (a

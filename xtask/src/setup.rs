@@ -1,6 +1,6 @@
 //! Idempotent setup of what the eBPF build needs: the pinned nightly toolchain with `rust-src`
 //! (for `-Z build-std=core`), bpf-linker built against that nightly's own LLVM, and the system tools
-//! the tests drive (iproute2, ethtool, ping, curl, nsenter) and the benchmarks run (nft, nginx,
+//! the tests drive (iproute2, ethtool, ping, curl, nsenter, bird) and the benchmarks run (nft, nginx,
 //! wrk, iperf3).
 
 use std::{
@@ -30,6 +30,9 @@ const SYSTEM_TOOLS: &[(&str, &str)] = &[
     // test drops to a user with `setpriv`.
     ("systemd-analyze", "systemd"),
     ("setpriv", "util-linux"),
+    // The agent's BGP speaker, and the router of the several-gateways test.
+    ("bird", "bird2"),
+    ("birdc", "bird2"),
 ];
 
 /// Checks everything and installs what is missing, saying what it does.

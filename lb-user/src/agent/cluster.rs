@@ -1,4 +1,4 @@
-//! Cluster mode: the desired config of several gateways lives in etcd ([`crate::cluster`] has
+//! Cluster mode: the desired config of several gateways lives in etcd ([`crate::cluster::store`] has
 //! the key layout). Each agent loads it, watches it and applies every change; registers itself
 //! under `gateways/` with a lease; runs for the autoscaler leadership of each autoscaled VIP;
 //! and writes the operator's changes (and, when it leads, its autoscalers' decisions) to etcd.
@@ -19,8 +19,9 @@ use log::{error, info, warn};
 use super::{Agent, Shared};
 use crate::{
     balancer::Vip,
-    cluster::{
-        self, CHANGED, Entry, Expect, GATEWAYS, LEADERS, Op, Scope, StoreView, VIPS, Writes,
+    cluster::store::{
+        self as cluster, CHANGED, Entry, Expect, GATEWAYS, LEADERS, Op, Scope, StoreView, VIPS,
+        Writes,
     },
     config::{ClusterConfig, Config, VipConfig},
 };
@@ -364,6 +365,7 @@ pub fn apply_store(agent: &mut Agent, store: StoreView) {
     let desired = Config {
         conntrack: agent.config.conntrack.clone(),
         cluster: agent.config.cluster.clone(),
+        bgp: agent.config.bgp.clone(),
         vips,
     };
     let result = agent.apply_config(desired);

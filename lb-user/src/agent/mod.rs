@@ -78,6 +78,10 @@ pub struct VipView {
     pub bytes: u64,
     pub new_flows: u64,
     pub backends: Vec<BackendView>,
+    /// The digest of its `maglev` or `source-hash` table: equal on every gateway that
+    /// schedules each slot to the same backend address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_digest: Option<String>,
 }
 
 /// A backend with its state, load and traffic.
@@ -144,6 +148,8 @@ pub struct Agent {
     pub probe_routes: BTreeMap<(std::net::IpAddr, u32), u32>,
     /// Cluster mode: the desired config lives in etcd ([`cluster`]).
     pub cluster: Option<cluster::ClusterState>,
+    /// The BGP announcements, with `[bgp]` (`crate::cluster::bgp`).
+    pub bgp: Option<crate::cluster::bgp::BgpStatus>,
 }
 
 pub type Shared = Arc<Mutex<Agent>>;
@@ -240,6 +246,7 @@ impl Agent {
             probe_marks: BTreeMap::new(),
             probe_routes: BTreeMap::new(),
             cluster: None,
+            bgp: None,
         })
     }
 
@@ -410,8 +417,9 @@ impl Agent {
     pub fn running_config(&self) -> Config {
         let mut running = Config {
             conntrack: self.config.conntrack.clone(),
-            vips: Vec::new(),
             cluster: self.config.cluster.clone(),
+            bgp: self.config.bgp.clone(),
+            vips: Vec::new(),
         };
         running.conntrack.capacity = self.capacity;
         for info in self.balancer.vips() {
@@ -428,6 +436,20 @@ impl Agent {
             running.vips.push(vip);
         }
         running
+    }
+
+    /// Refuses a scheduler that is not cluster-safe for `vip` when the agent runs in a cluster
+    /// (its config has `[cluster]` or `[bgp]`).
+    pub fn check_cluster_safe(&self, vip: &Vip, scheduler: Scheduler) -> Result<(), String> {
+        if (self.config.cluster.is_some() || self.config.bgp.is_some())
+            && !crate::config::cluster_safe(scheduler)
+        {
+            return Err(format!(
+                "VIP {vip}: scheduler {scheduler} is not cluster-safe: with [cluster] or [bgp], \
+                 use maglev or source-hash (the same backend for a flow on every gateway)"
+            ));
+        }
+        Ok(())
     }
 
     /// A VIP with its backends, their health, load and traffic.
@@ -476,6 +498,7 @@ impl Agent {
             bytes: stats.bytes,
             new_flows: stats.new_flows,
             backends,
+            table_digest: info.table_digest.clone(),
         })
     }
 

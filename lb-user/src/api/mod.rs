@@ -278,11 +278,11 @@ async fn change<T: Send + 'static>(
         let (answer, desired) = agent.tentative(&change)?;
         value = Some(answer);
         let store = agent.cluster.as_ref().expect("cluster mode");
-        Ok::<_, ApiError>(crate::cluster::diff(
+        Ok::<_, ApiError>(crate::cluster::store::diff(
             store.prefix(),
             &store.store,
             &desired.vips,
-            &crate::cluster::Scope::All,
+            &crate::cluster::store::Scope::All,
         ))
     })
     .await?
@@ -320,6 +320,7 @@ async fn status(State(state): State<ApiState>) -> ApiResult<Json<StatusView>> {
             vips: vips.len(),
             backends: vips.iter().map(|v| v.backends.len()).sum(),
             store: agent.cluster.as_ref().map(|c| c.status()),
+            bgp: agent.bgp.clone(),
         }))
     })
     .await
@@ -359,6 +360,9 @@ async fn add_vip(
         options.forwarding = f.parse()?;
     }
     let view = change(&state, move |agent| {
+        agent
+            .check_cluster_safe(&vip, options.scheduler)
+            .map_err(bad)?;
         agent.balancer.add_vip(vip, options.clone())?;
         vip_view(agent, &agent.balancer.vip(&vip)?)
     })
@@ -456,6 +460,9 @@ async fn set_vip(
             if let Some(f) = forwarding {
                 options.forwarding = f;
             }
+            agent
+                .check_cluster_safe(&vip, options.scheduler)
+                .map_err(bad)?;
             agent.balancer.set_vip_options(&vip, options)?;
             vip_view(agent, &agent.balancer.vip(&vip)?)
         })
@@ -617,7 +624,7 @@ async fn apply(
         cluster::write(&state.agent, |agent| {
             plan = Some(agent.plan_config(&desired)?);
             let store = agent.cluster.as_ref().expect("cluster mode");
-            let (current, _) = crate::cluster::vips_from_store(store.prefix(), &store.store);
+            let (current, _) = crate::cluster::store::vips_from_store(store.prefix(), &store.store);
             // An autoscaled VIP's list only seeds it: its pool is its autoscaler's.
             let mut vips = desired.vips.clone();
             for vip in vips.iter_mut().filter(|v| v.autoscale.is_some()) {
@@ -625,11 +632,11 @@ async fn apply(
                     vip.backends = now.backends.clone();
                 }
             }
-            Ok::<_, ApiError>(crate::cluster::diff(
+            Ok::<_, ApiError>(crate::cluster::store::diff(
                 store.prefix(),
                 &store.store,
                 &vips,
-                &crate::cluster::Scope::All,
+                &crate::cluster::store::Scope::All,
             ))
         })
         .await?

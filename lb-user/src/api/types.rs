@@ -31,6 +31,9 @@ pub struct StatusView {
     /// Cluster mode: whether the store answers, the revision applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<crate::agent::cluster::StoreStatus>,
+    /// The BGP announcements (with `[bgp]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<crate::cluster::bgp::BgpStatus>,
 }
 
 /// `POST /v1/interfaces`.

@@ -27,7 +27,7 @@ mod restore;
 mod tables;
 
 use ids::BackendIds;
-use tables::{acl_of, backend_value, build_tables, meta, source_limit};
+use tables::{acl_of, backend_value, build_tables, meta, source_limit, table_digest};
 
 pub use crate::model::{
     BackendSpec, BackendState, Error, Forwarding, Proto, Scheduler, SourcePrefix, Vip, VipOptions,
@@ -75,6 +75,8 @@ pub struct VipInfo {
     pub id: u32,
     pub options: VipOptions,
     pub backends: Vec<BackendInfo>,
+    /// The digest of its `maglev` or `source-hash` table (`tables::table_digest`).
+    pub table_digest: Option<String>,
 }
 
 /// What the balancer holds besides its maps: everything a change may touch, so that a
@@ -741,6 +743,7 @@ impl<M: Maps> Balancer<M> {
                 id: state.id,
                 options: state.options.clone(),
                 backends: state.backends.clone(),
+                table_digest: table_digest(&state.options, &state.backends),
             })
             .collect()
     }
@@ -753,6 +756,7 @@ impl<M: Maps> Balancer<M> {
             id: state.id,
             options: state.options.clone(),
             backends: state.backends.clone(),
+            table_digest: table_digest(&state.options, &state.backends),
         })
     }
 

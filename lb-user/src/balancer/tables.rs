@@ -88,6 +88,27 @@ pub(super) fn source_limit(vip: &Vip, options: &VipOptions) -> SourceLimit {
     }
 }
 
+/// The digest of a `maglev` or `source-hash` VIP's table (`maglev::table_digest`, 16 hex
+/// digits): the same on every gateway holding the same backends, whatever their ids.
+/// `None` for the other schedulers.
+pub(super) fn table_digest(options: &VipOptions, backends: &[BackendInfo]) -> Option<String> {
+    if !matches!(options.scheduler, Scheduler::Maglev | Scheduler::SourceHash) {
+        return None;
+    }
+    let (table, _) = build_tables(options, backends).ok()?;
+    let members: Vec<MaglevBackend> = backends.iter().map(maglev_member).collect();
+    Some(format!("{:016x}", maglev::table_digest(&table, &members)))
+}
+
+fn maglev_member(b: &BackendInfo) -> MaglevBackend {
+    MaglevBackend::new(
+        b.id,
+        b.spec.weight,
+        addr16(b.spec.addr.ip()),
+        b.spec.addr.port().to_be_bytes(),
+    )
+}
+
 /// The scheduling table and the list of backends taking new flows, as backend ids.
 pub(super) fn build_tables(
     options: &VipOptions,
@@ -109,17 +130,7 @@ pub(super) fn build_tables(
     };
     let table = match options.scheduler {
         Scheduler::Maglev | Scheduler::SourceHash => {
-            let members: Vec<MaglevBackend> = active
-                .iter()
-                .map(|b| {
-                    MaglevBackend::new(
-                        b.id,
-                        b.spec.weight,
-                        addr16(b.spec.addr.ip()),
-                        b.spec.addr.port().to_be_bytes(),
-                    )
-                })
-                .collect();
+            let members: Vec<MaglevBackend> = active.iter().map(|b| maglev_member(b)).collect();
             maglev::build_table(&members, options.ring_size)
                 .map_err(|_| Error::BadRingSize(options.ring_size))?
         }

@@ -43,8 +43,9 @@
 //! state = "up"                # up | draining | down
 //! ```
 //!
-//! A VIP may also have an `[vip.autoscale]` table: see the `autoscale` submodule; a
-//! `[cluster]` table puts the gateway in cluster mode: see the `cluster` submodule.
+//! A VIP may also have an `[vip.autoscale]` table: see the `autoscale` submodule. Several
+//! gateways behind one ECMP router: `[cluster]` and `[bgp]`, see the `cluster` submodule
+//! (with `etcd-endpoints`, the desired config lives in etcd: `crate::cluster::store`).
 //!
 //! Parsing is in two steps: the file's shape (TOML syntax, unknown keys and value types, with
 //! toml's line and column), then a semantic pass whose errors name the field by its path,
@@ -60,13 +61,15 @@ mod raw;
 mod semantic;
 
 pub use crate::balancer::plan::{Change, Plan};
-pub use cluster::{ClusterConfig, DEFAULT_ETCD_PREFIX};
 use raw::*;
 use semantic::*;
 
 pub use crate::{
     autoscale::config::{AutoscaleConfig, ForecastModel, RuleConfig, Signal},
     duration::{format_duration, parse_duration},
+};
+pub use cluster::{
+    BgpConfig, BgpPeer, ClusterConfig, DEFAULT_ETCD_PREFIX, DEFAULT_HOLD_TIME, cluster_safe,
 };
 
 use std::{
@@ -133,10 +136,12 @@ pub enum ConfigError {
 pub struct Config {
     /// `[conntrack]`; defaults if the table is left out.
     pub conntrack: ConntrackConfig,
+    /// `[cluster]`: several gateways behind ECMP, their config in etcd (see `cluster`).
+    pub cluster: Option<ClusterConfig>,
+    /// `[bgp]`: the VIP announcements (see `cluster`).
+    pub bgp: Option<BgpConfig>,
     /// Every `[[vip]]`, in the file's order.
     pub vips: Vec<VipConfig>,
-    /// `[cluster]`: the shared store of several gateways (none by default).
-    pub cluster: ClusterConfig,
 }
 
 /// The `[conntrack]` table: size of the connection table and its timeouts.

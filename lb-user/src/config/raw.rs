@@ -13,10 +13,12 @@ use super::*;
 pub(super) struct RawConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) conntrack: Option<RawConntrack>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) cluster: Option<cluster::RawCluster>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) bgp: Option<cluster::RawBgp>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) vip: Vec<RawVip>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) cluster: Option<ClusterConfig>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -113,8 +115,9 @@ impl From<Config> for RawConfig {
         RawConfig {
             conntrack: (config.conntrack != ConntrackConfig::default())
                 .then(|| config.conntrack.into()),
+            cluster: config.cluster.map(Into::into),
+            bgp: config.bgp.map(Into::into),
             vip: config.vips.into_iter().map(RawVip::from).collect(),
-            cluster: (config.cluster != ClusterConfig::default()).then_some(config.cluster),
         }
     }
 }

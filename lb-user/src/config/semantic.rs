@@ -565,12 +565,32 @@ impl TryFrom<RawConfig> for Config {
             }
             vips.push(config);
         }
-        let cluster = raw.cluster.unwrap_or_default();
-        cluster.check(&mut errors);
+        let cluster = raw
+            .cluster
+            .map(|c| cluster::cluster_from_raw(c, &mut errors));
+        let vip_addrs: Vec<IpAddr> = vips.iter().map(|v| v.address.ip()).collect();
+        let bgp = raw
+            .bgp
+            .map(|b| cluster::bgp_from_raw(b, &vip_addrs, &mut errors));
+        if cluster.is_some() || bgp.is_some() {
+            for (i, v) in vips.iter().enumerate() {
+                if !cluster::cluster_safe(v.scheduler) {
+                    errors.add(
+                        format!("vip[{i}] ({}/{}) scheduler", v.address, v.protocol),
+                        format!(
+                            "{} is not cluster-safe: with [cluster] or [bgp], use maglev or \
+                             source-hash (the same backend for a flow on every gateway)",
+                            v.scheduler
+                        ),
+                    );
+                }
+            }
+        }
         errors.finish(Config {
             conntrack,
-            vips,
             cluster,
+            bgp,
+            vips,
         })
     }
 }

@@ -816,8 +816,9 @@ fn from_info_gives_the_balancers_state_back() {
     apply_plan(&mut b, &after).unwrap();
     let config = Config {
         conntrack: ConntrackConfig::default(),
+        cluster: None,
+        bgp: None,
         vips: b.vips().iter().map(VipConfig::from_info).collect(),
-        cluster: ClusterConfig::default(),
     };
     assert_eq!(wanted(&config), wanted(&after));
     assert!(plan(&b.vips(), &parse(&config.to_toml())).is_empty());
@@ -1030,4 +1031,89 @@ address = "198.18.1.2:80"
     assert_eq!(entry.port, 80u16.to_be_bytes());
     // Next hops kept for NAT are looked up again.
     assert_ne!(b.maps().settings.next_hop_generation, generation);
+}
+
+const CLUSTER: &str = r#"
+[cluster]
+hash-seed = 7
+[bgp]
+local-asn = 65001
+router-id = "10.0.1.2"
+announce = ["198.19.0.1"]
+[[bgp.peer]]
+address = "10.0.1.1"
+asn = 65000
+[[vip]]
+address = "198.19.0.1:80"
+protocol = "tcp"
+"#;
+
+#[test]
+fn cluster_and_bgp_parse_with_defaults_and_round_trip() {
+    let config = parse(CLUSTER);
+    assert_eq!(
+        config.cluster,
+        Some(ClusterConfig {
+            hash_seed: 7,
+            ..ClusterConfig::default()
+        })
+    );
+    let bgp = config.bgp.clone().expect("bgp");
+    assert_eq!(bgp.local_asn, 65001);
+    assert_eq!(bgp.hold_time, DEFAULT_HOLD_TIME);
+    assert!(!bgp.bfd);
+    assert_eq!(bgp.next_hop, None);
+    assert_eq!(bgp.peers[0].port, 179);
+    assert_eq!(bgp.announce, vec!["198.19.0.1".parse::<IpAddr>().unwrap()]);
+    assert_eq!(parse(&config.to_toml()), config);
+}
+
+#[test]
+fn cluster_refuses_schedulers_that_are_not_cluster_safe() {
+    let text = format!("{CLUSTER}scheduler = \"round-robin\"\n");
+    let err = error(&text);
+    assert!(
+        err.contains("vip[0] (198.19.0.1:80/tcp) scheduler: round-robin is not cluster-safe"),
+        "{err}"
+    );
+    // source-hash is.
+    parse(&format!("{CLUSTER}scheduler = \"source-hash\"\n"));
+    // Without [cluster] or [bgp], any scheduler goes.
+    parse("[[vip]]\naddress = \"198.19.0.1:80\"\nprotocol = \"tcp\"\nscheduler = \"random\"\n");
+}
+
+#[test]
+fn bgp_errors_name_their_field() {
+    let text = r#"
+[cluster]
+hash-seed = -1
+[bgp]
+router-id = "fd00::1"
+hold-time = 1
+next-hop = "nowhere"
+announce = ["198.19.0.9"]
+[[bgp.peer]]
+asn = 0
+port = 70000
+[[vip]]
+address = "198.19.0.1:80"
+protocol = "tcp"
+"#;
+    let err = error(text);
+    for field in [
+        "cluster.hash-seed: -1 is out of range",
+        "bgp.local-asn: missing",
+        "bgp.router-id: \"fd00::1\" is not an IPv4 address",
+        "bgp.hold-time: 1 is out of range 3..=65535",
+        "bgp.next-hop: \"nowhere\" is not an IP address",
+        "bgp.peer[0].address: missing",
+        "bgp.peer[0].asn: 0 is out of range",
+        "bgp.peer[0].port: 70000 is out of range",
+        "bgp.announce[0]: 198.19.0.9 is the address of no [[vip]]",
+    ] {
+        assert!(err.contains(field), "{field} missing from:\n{err}");
+    }
+    assert!(
+        error("[bgp]\nlocal-asn = 1\nrouter-id = \"1.2.3.4\"\n").contains("bgp.peer: at least one")
+    );
 }

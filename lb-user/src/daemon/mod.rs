@@ -426,6 +426,15 @@ fn serve(
         ..settings
     };
     settings = with_ipip_sources(settings, args.ipip_source_v4, args.ipip_source_v6)?;
+    // Every gateway of a cluster hashes with the same seed: the config's, else the one last
+    // applied, else what the program runs with.
+    if let Some(cluster) = config
+        .as_ref()
+        .or(saved.as_ref().map(|s| &s.config))
+        .and_then(|c| c.cluster.clone())
+    {
+        settings.hash_seed = cluster.hash_seed;
+    }
     let mut held = Default::default();
     let mut saved_pools = Vec::new();
     let mut applied_config = Config::default();
@@ -472,18 +481,15 @@ fn serve(
     // only seed an empty store, and the agent runs what it last applied until the store
     // answers.
     if let (Some(mut config), Some(path)) = (config, &args.config) {
-        if config.cluster.enabled() {
+        if let Some(cluster) = config.cluster.clone().filter(|c| c.enabled()) {
             let seed = std::mem::replace(&mut config.vips, agent.running_config().vips);
             info!(
                 "cluster mode: the config lives in etcd ({}, prefix {}), this gateway is {:?}",
-                config.cluster.etcd_endpoints.join(","),
-                config.cluster.etcd_prefix,
-                config.cluster.gateway()
+                cluster.etcd_endpoints.join(","),
+                cluster.etcd_prefix,
+                cluster.gateway()
             );
-            agent.cluster = Some(agent::cluster::ClusterState::new(
-                config.cluster.clone(),
-                seed,
-            ));
+            agent.cluster = Some(agent::cluster::ClusterState::new(cluster, seed));
         }
         let plan = agent
             .apply_config(config)
@@ -514,7 +520,31 @@ fn serve(
         // state can be saved.
         warn!("saving the state: {err:#}");
     }
+    let bgp_config = agent.config.bgp.clone();
     let shared = api::share(agent);
+    // Announcements start once the program is attached, and end before the agent does.
+    let bgp = match bgp_config {
+        Some(bgp) => {
+            let dir = socket.with_extension("bird");
+            let speaker = crate::cluster::bgp::Speaker::start(&bgp, &dir)
+                .context("starting the BGP speaker of [bgp]")?;
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let (shared, flag) = (Arc::clone(&shared), Arc::clone(&stop));
+            let thread = std::thread::Builder::new()
+                .name("xdplb-bgp".into())
+                .spawn(move || {
+                    crate::cluster::bgp::announce_until(
+                        speaker,
+                        shared,
+                        flag,
+                        std::time::Duration::from_millis(200),
+                    )
+                })
+                .context("starting the BGP thread")?;
+            Some((thread, stop))
+        }
+        None => None,
+    };
     let timeout = std::time::Duration::from_secs(args.api_timeout);
     let limits = api::Limits {
         max_connections: usize::from(args.api_max_connections),
@@ -537,6 +567,11 @@ fn serve(
         signals,
         args.config.clone(),
     ));
+    // Withdrawn first: the router stops sending flows here before the agent is gone.
+    if let Some((thread, stop)) = bgp {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = thread.join();
+    }
     // Requests still being answered are cut short: the agent is stopping.
     api_runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     let detach = detach?;

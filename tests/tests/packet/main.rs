@@ -12,6 +12,7 @@
 //! [`fragments`] run in labs of their own.
 
 mod acl;
+mod cluster;
 mod dsr;
 mod embryonic;
 mod fastpath;

@@ -290,7 +290,7 @@ pub async fn client_command(
         Command::Status => {
             let status: StatusView = call(endpoint, Method::GET, "/v1/status", None).await?;
             print(output, &status, || {
-                format!(
+                let mut out = format!(
                     "version    {}\npinned in  {}\ninterfaces {}\nuptime     {} s\nVIPs       {}\nbackends   {}\n",
                     status.version,
                     status.pin_dir,
@@ -298,7 +298,14 @@ pub async fn client_command(
                     status.uptime_secs,
                     status.vips,
                     status.backends
-                ) + &status.store.as_ref().map(store_line).unwrap_or_default()
+                );
+                if let Some(store) = &status.store {
+                    out += &store_line(store);
+                }
+                if let Some(bgp) = &status.bgp {
+                    out += &lb_user::render::bgp_lines(bgp);
+                }
+                out
             })
         }
         Command::Cluster(ClusterCommand::Status) => {

@@ -1,0 +1,307 @@
+//! Three gateways behind one ECMP router, each announcing the VIP by BGP through its own BIRD 2
+//! ([`lb_tests::cluster::Cluster`]): the router learns three paths; 100 long-lived TCP
+//! connections from 100 source addresses spread over all three gateways; one gateway's agent
+//! stops, its announcement is withdrawn, and every connection it carried goes on through the
+//! others (a non-SYN packet missing their connection tables is scheduled by the same Maglev
+//! table and seed, so to the same backend); new connections succeed throughout. Then health
+//! checks failing on one gateway only withdraw its announcement, passing again restore it,
+//! `kill -9` of its agent withdraws it (BIRD dies with the agent), and `vip del` on the last
+//! gateway withdraws the VIP.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use aya::programs::{Xdp, XdpMode};
+use lb_tests::{
+    agent::{Agent, Decap, path_str, sample, scrape_metrics},
+    cluster::{
+        CLIENT_SOURCES, CLUSTER_GW_IF, Cluster, GATEWAY_ASN, ROUTER_ADDR, ROUTER_ASN,
+        client_source, gateway_port, gateway_v4,
+    },
+    netns::{Conn, DSR_VIP, ident},
+    traffic::dialer,
+};
+use lb_user::{
+    agent::VipView,
+    api::{StatsView, StatusView},
+    bench_objects::{BASELINE_PASS, load_baseline},
+};
+
+const GATEWAYS: usize = 3;
+const BACKENDS: usize = 3;
+const METRICS_PORT: u16 = 9108;
+
+/// Gateway `i`'s config: the VIP on maglev with `ipip`, a TCP health check (on `health_port`,
+/// or the backends' own), `[cluster]` and `[bgp]`.
+fn config(cluster: &Cluster, i: usize, health_port: Option<u16>) -> String {
+    let mut text = format!(
+        "[cluster]\nhash-seed = 7\n\
+         [bgp]\nlocal-asn = {GATEWAY_ASN}\nrouter-id = \"{}\"\nhold-time = 9\n\
+         announce = [\"{DSR_VIP}\"]\n\
+         [[bgp.peer]]\naddress = \"{ROUTER_ADDR}\"\nasn = {ROUTER_ASN}\n\
+         [[vip]]\naddress = \"{DSR_VIP}:80\"\nprotocol = \"tcp\"\nscheduler = \"maglev\"\n\
+         forwarding = \"ipip\"\n\
+         [vip.health]\nkind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2\n",
+        gateway_v4(i)
+    );
+    if let Some(port) = health_port {
+        text += &format!("port = {port}\n");
+    }
+    // Each gateway lists the backends in another order: the tables must not care.
+    for k in 0..BACKENDS {
+        let b = &cluster.backends[(k + i) % BACKENDS];
+        text += &format!("[[vip.backend]]\naddress = \"{}:80\"\n", b.v4);
+    }
+    text
+}
+
+fn new_flows(agent: &Agent) -> u64 {
+    agent.vips().iter().map(|v: &VipView| v.new_flows).sum()
+}
+
+fn event(agent: &Agent, name: &str) -> u64 {
+    let stats: StatsView = agent.json(&["stats"]);
+    stats
+        .events
+        .iter()
+        .find(|(n, _)| n == name)
+        .map_or(0, |(_, v)| *v)
+}
+
+fn announced(agent: &Agent) -> Vec<String> {
+    let status: StatusView = agent.json(&["status"]);
+    let bgp = status.bgp.expect("status has bgp");
+    bgp.announced.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn ecmp_over_three_gateways_survives_losing_one() {
+    let mut cluster = Cluster::new(GATEWAYS, BACKENDS).expect("cluster topology");
+    cluster.start_router().expect("the router's BIRD");
+    // A veth delivers a gateway's XDP_TX'd frames to a peer running an XDP program.
+    let mut pass = load_baseline(BASELINE_PASS, "bench_pass").expect("XDP_PASS program");
+    cluster.router.run(|| {
+        let program: &mut Xdp = pass
+            .program_mut("bench_pass")
+            .and_then(|p| p.try_into().ok())
+            .expect("bench_pass");
+        for i in 0..GATEWAYS {
+            program
+                .attach(&gateway_port(i), XdpMode::Driver)
+                .expect("XDP_PASS on the router's port to a gateway");
+        }
+    });
+    cluster
+        .client
+        .exec("ethtool", &["-K", "eth0", "tx", "off"])
+        .expect("client tx offload off");
+    let _decap = Decap::attach(&cluster.backends);
+    let _servers: Vec<_> = (0..BACKENDS)
+        .map(|i| cluster.backends[i].tcp_server(80, &ident(i)))
+        .collect();
+
+    let mut agents: Vec<Agent> = (0..GATEWAYS)
+        .map(|i| Agent::in_namespace(&cluster.gateways[i], vec![CLUSTER_GW_IF.to_owned()]))
+        .collect();
+    for (i, agent) in agents.iter_mut().enumerate() {
+        let file = agent.file("xdplb.toml", &config(&cluster, i, None));
+        let metrics = format!("127.0.0.1:{METRICS_PORT}");
+        agent.start(&["--config", &path_str(&file), "--metrics", &metrics]);
+    }
+
+    // Three paths, one per gateway.
+    let took = cluster
+        .wait_for_paths(GATEWAYS, Duration::from_secs(20))
+        .unwrap_or_else(|paths| {
+            panic!(
+                "the router has {paths:?}, not {GATEWAYS} paths to the VIP\n{}",
+                cluster.birdc("show protocols all").unwrap_or_default()
+            )
+        });
+    eprintln!("router learnt {GATEWAYS} paths {took:?} after the agents were ready");
+    let mut paths = cluster.vip_paths();
+    paths.sort();
+    assert_eq!(
+        paths,
+        (0..GATEWAYS).map(gateway_v4).collect::<Vec<_>>(),
+        "{}",
+        cluster.birdc("show route all").unwrap_or_default()
+    );
+    // The same table everywhere, whatever the order the backends were given in.
+    let digests: Vec<Option<String>> = agents
+        .iter()
+        .map(|a| a.vips()[0].table_digest.clone())
+        .collect();
+    assert!(digests[0].is_some(), "{digests:?}");
+    assert!(digests.iter().all(|d| *d == digests[0]), "{digests:?}");
+    for agent in &agents {
+        assert_eq!(announced(agent), vec![DSR_VIP.to_string()]);
+        let text = agent.ok(&["status"]);
+        assert!(text.contains(&format!("announced  {DSR_VIP}")), "{text}");
+    }
+
+    // 100 long-lived connections, one from each source address.
+    let vip = SocketAddr::from((DSR_VIP, 80));
+    let opened: Vec<anyhow::Result<(Conn, String)>> = cluster.client.run(|| {
+        (0..CLIENT_SOURCES)
+            .map(|i| {
+                let mut conn = Conn::connect_from(client_source(i), vip)?;
+                let ident = conn.ask(&format!("hello{i}"))?;
+                Ok((conn, ident))
+            })
+            .collect()
+    });
+    let failed: Vec<String> = opened
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.as_ref().err().map(|e| format!("{i}: {e:#}")))
+        .collect();
+    if !failed.is_empty() {
+        let stats: Vec<String> = agents.iter().map(|a| a.ok(&["stats"])).collect();
+        panic!("connections failed: {failed:?}\n{}", stats.join("\n"));
+    }
+    let mut conns: Vec<(Conn, String)> = opened.into_iter().map(Result::unwrap).collect();
+    let flows: Vec<u64> = agents.iter().map(new_flows).collect();
+    eprintln!("new flows per gateway: {flows:?}");
+    assert!(
+        flows.iter().all(|&f| f > 0),
+        "ECMP spread the connections over every gateway: {flows:?}"
+    );
+    assert!(
+        flows.iter().sum::<u64>() >= CLIENT_SOURCES as u64,
+        "{flows:?}"
+    );
+
+    // Gateway 0 stops while new connections keep being made.
+    let epoch = Instant::now();
+    let dials = dialer(&cluster.client, vip, Duration::from_millis(100), epoch);
+    std::thread::sleep(Duration::from_millis(300));
+    let lost_before: u64 = agents[1..].iter().map(|a| event(a, "lost_state")).sum();
+    let stopped = Instant::now();
+    agents[0].stop(false);
+    cluster
+        .wait_for_paths(GATEWAYS - 1, Duration::from_secs(5))
+        .unwrap_or_else(|paths| panic!("after the stop the router still has {paths:?}"));
+    let withdrawn = stopped.elapsed();
+    eprintln!("gateway 0 withdrawn {withdrawn:?} after `xdplb stop`");
+    assert!(!cluster.vip_paths().contains(&gateway_v4(0)));
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Every connection carries on, on its backend.
+    let mut failures = Vec::new();
+    for (i, (conn, ident)) in conns.iter_mut().enumerate() {
+        match conn.ask(&format!("after{i}")) {
+            Ok(now) if now == *ident => {}
+            Ok(now) => failures.push(format!("{i}: answered by {now}, not {ident}")),
+            Err(err) => failures.push(format!("{i}: {err:#}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {CLIENT_SOURCES} connections broke: {failures:?}",
+        failures.len()
+    );
+    // Those that were on gateway 0 reached the others without state there.
+    let lost_after: u64 = agents[1..].iter().map(|a| event(a, "lost_state")).sum();
+    assert!(
+        lost_after > lost_before,
+        "no flow moved to the other gateways ({lost_before} -> {lost_after})"
+    );
+    let dialed = dials.finish().remove(0);
+    assert!(
+        dialed.failures.is_empty(),
+        "new connections failed around the loss: {:?}",
+        dialed.failures
+    );
+    assert!(
+        dialed.answered.len() >= 5,
+        "{} dialed",
+        dialed.answered.len()
+    );
+
+    // Gateway 1's health checks fail (a closed port): it withdraws, gateway 2 stays.
+    let metrics = format!("127.0.0.1:{METRICS_PORT}");
+    let label = format!("vip=\"{DSR_VIP}\"");
+    let file = agents[1].file("unhealthy.toml", &config(&cluster, 1, Some(9)));
+    agents[1].ok(&["apply", "-f", &path_str(&file)]);
+    let took = cluster
+        .wait_for_paths(1, Duration::from_secs(5))
+        .unwrap_or_else(|paths| panic!("with no healthy backend the router still has {paths:?}"));
+    eprintln!("gateway 1 withdrawn {took:?} after its checks began failing");
+    assert_eq!(cluster.vip_paths(), vec![gateway_v4(2)]);
+    assert!(announced(&agents[1]).is_empty());
+    let text = scrape_metrics(&cluster.gateways[1], &metrics);
+    assert_eq!(
+        sample(&text, "xdplb_bgp_announced", &label),
+        Some(0.0),
+        "{text}"
+    );
+    let text = scrape_metrics(&cluster.gateways[2], &metrics);
+    assert_eq!(
+        sample(&text, "xdplb_bgp_announced", &label),
+        Some(1.0),
+        "{text}"
+    );
+    // Still served, through gateway 2.
+    let mut still = 0;
+    for (i, (conn, ident)) in conns.iter_mut().enumerate() {
+        if conn
+            .ask(&format!("again{i}"))
+            .is_ok_and(|now| now == *ident)
+        {
+            still += 1;
+        }
+    }
+    assert_eq!(
+        still, CLIENT_SOURCES,
+        "connections through the last gateway"
+    );
+
+    // Healthy again, gateway 1 announces again; killed with SIGKILL, its BIRD dies with it
+    // (PR_SET_PDEATHSIG), the session ends and the router withdraws without waiting out the
+    // hold time.
+    let file = agents[1].file("healthy.toml", &config(&cluster, 1, None));
+    agents[1].ok(&["apply", "-f", &path_str(&file)]);
+    let took = cluster
+        .wait_for_paths(2, Duration::from_secs(5))
+        .unwrap_or_else(|paths| panic!("gateway 1 did not announce again: {paths:?}"));
+    eprintln!("gateway 1 announced again {took:?} after its checks passed");
+    let daemon = agents[1].daemon.as_mut().expect("gateway 1's agent");
+    daemon.kill().expect("SIGKILL");
+    let _ = daemon.wait();
+    agents[1].daemon = None;
+    let took = cluster
+        .wait_for_paths(1, Duration::from_secs(5))
+        .unwrap_or_else(|paths| panic!("after kill -9 the router still has {paths:?}"));
+    eprintln!("gateway 1 withdrawn {took:?} after kill -9");
+    assert_eq!(cluster.vip_paths(), vec![gateway_v4(2)]);
+
+    // In a cluster, a scheduler that is not cluster-safe is refused, naming the VIP.
+    let refused = agents[2].cli(&[
+        "vip",
+        "add",
+        "198.19.0.1:81/tcp",
+        "--scheduler",
+        "round-robin",
+    ]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success(),
+        "round-robin accepted in a cluster"
+    );
+    assert!(
+        stderr.contains("VIP 198.19.0.1:81/tcp: scheduler round-robin is not cluster-safe"),
+        "{stderr}"
+    );
+
+    // `vip del` on gateway 2: nothing routes the VIP any more.
+    agents[2].ok(&["vip", "del", &format!("{DSR_VIP}:80/tcp")]);
+    cluster
+        .wait_for_paths(0, Duration::from_secs(5))
+        .unwrap_or_else(|paths| panic!("after vip del the router still has {paths:?}"));
+    assert!(announced(&agents[2]).is_empty());
+    drop(conns);
+}
