@@ -36,6 +36,23 @@ pub fn render(agent: &Agent) -> anyhow::Result<String> {
     uptime
         .get_or_create(&vec![])
         .set(agent.started.elapsed().as_secs() as i64);
+    if let Some(cluster) = &agent.cluster {
+        let status = cluster.status();
+        gauge_family(
+            &mut registry,
+            "cluster_store_up",
+            "Cluster mode: 1 while etcd answers, 0 while the agent serves its last config",
+        )
+        .get_or_create(&vec![])
+        .set(i64::from(status.up));
+        gauge_family(
+            &mut registry,
+            "cluster_applied_revision",
+            "Cluster mode: the etcd revision of the config this agent runs",
+        )
+        .get_or_create(&vec![])
+        .set(status.applied_revision);
+    }
 
     let packets = counter_family(
         &mut registry,

@@ -37,6 +37,12 @@ const SYSTEM_TOOLS: &[(&str, &str)] = &[
     // installed.
     ("lintian", "lintian"),
     ("man", "man-db"),
+    // The agent's etcd client compiles etcd's protos at build time: protoc and Google's
+    // well-known protos (a file, not a command); the cluster tests run etcd itself.
+    ("protoc", "protobuf-compiler"),
+    ("/usr/include/google/protobuf/empty.proto", "libprotobuf-dev"),
+    ("etcd", "etcd-server"),
+    ("etcdctl", "etcd-client"),
 ];
 
 /// Checks everything and installs what is missing, saying what it does.
@@ -252,7 +258,13 @@ fn on_path(program: &str) -> bool {
 fn ensure_system_tools() -> anyhow::Result<()> {
     let missing: Vec<&str> = SYSTEM_TOOLS
         .iter()
-        .filter(|(tool, _)| !on_path(tool))
+        .filter(|(tool, _)| {
+            if tool.starts_with('/') {
+                !Path::new(tool).exists()
+            } else {
+                !on_path(tool)
+            }
+        })
         .map(|&(_, package)| package)
         .collect();
     if missing.is_empty() {

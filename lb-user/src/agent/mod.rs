@@ -26,6 +26,7 @@ pub use routes::{local_addrs, publish_local_addrs, refresh_next_hops_on_changes}
 pub use state_file::{load_state, monotonic_ns, write_atomically};
 pub use tasks::{apply_health_events, autoscale_every, count_connections_every, log_vips};
 
+pub mod cluster;
 mod neighbours;
 mod probe_routes;
 mod routes;
@@ -155,6 +156,8 @@ pub struct Agent {
         Option<crate::balancer::SourcePrefix>,
         Option<crate::balancer::SourcePrefix>,
     ),
+    /// Cluster mode: the desired config lives in etcd ([`cluster`]).
+    pub cluster: Option<cluster::ClusterState>,
     /// The BGP announcements, with `[bgp]` (`crate::cluster::bgp`).
     pub bgp: Option<crate::cluster::bgp::BgpStatus>,
 }
@@ -254,6 +257,7 @@ impl Agent {
             probe_routes: BTreeMap::new(),
             probe_encap: None,
             ipip_source_flags: (None, None),
+            cluster: None,
             bgp: None,
         })
     }
@@ -317,6 +321,21 @@ impl Agent {
             warn!("saving the autoscalers' state: {err:#}");
         }
         Ok(value)
+    }
+
+    /// What the agent's config would be after `change`, which is then undone: the maps, the
+    /// agent and the state file stay as they are. In cluster mode a change is worked out so,
+    /// written to the store, and made when the store's watch brings it back.
+    pub fn tentative<T, E>(
+        &mut self,
+        change: impl FnOnce(&mut Self) -> Result<T, E>,
+    ) -> Result<(T, Config), E> {
+        let checkpoint = self.balancer.begin();
+        let (config, held) = (self.config.clone(), self.held.clone());
+        let result = change(self).map(|value| (value, self.running_config()));
+        self.balancer.abort(checkpoint);
+        (self.config, self.held) = (config, held);
+        result
     }
 
     /// The state file's content.
@@ -395,6 +414,16 @@ impl Agent {
                 .set_ipip_sources(v4.or(desired.ipip.source_v4), v6.or(desired.ipip.source_v6))?;
             agent.hold_after_apply(&desired);
             agent.config = desired;
+            if agent.cluster.is_some() {
+                // The store's pool holds the standby backends its autoscaler brought in; as a
+                // config file (the state file's) they are standby only.
+                for vip in &mut agent.config.vips {
+                    if let Some(autoscale) = &vip.autoscale {
+                        vip.backends
+                            .retain(|b| !autoscale.standby.contains(&b.address));
+                    }
+                }
+            }
             Ok(plan)
         })
     }
@@ -406,7 +435,7 @@ impl Agent {
         let mut running = Config {
             conntrack: self.config.conntrack.clone(),
             ipip: self.config.ipip.clone(),
-            cluster: self.config.cluster,
+            cluster: self.config.cluster.clone(),
             bgp: self.config.bgp.clone(),
             vips: Vec::new(),
         };
@@ -609,6 +638,11 @@ impl Agent {
         let now = self.now_s();
         let mut jobs = Vec::new();
         for (vip, scaler) in &mut self.autoscale {
+            // In cluster mode one gateway runs each VIP's autoscaler; the others follow the
+            // store.
+            if self.cluster.as_ref().is_some_and(|c| !c.leads(vip)) {
+                continue;
+            }
             let health = self.config.vip(vip).map(|v| v.health()).unwrap_or_default();
             jobs.extend(scaler.tick(
                 now,
@@ -627,7 +661,9 @@ impl Agent {
     pub fn effective(&self, desired: &Config) -> Config {
         let mut effective = desired.clone();
         for vip in &mut effective.vips {
+            // In cluster mode the pool is the store's, written by the autoscaler's leader.
             if vip.autoscale.is_some()
+                && self.cluster.is_none()
                 && self.autoscale.contains_key(&vip.vip())
                 && let Ok(info) = self.balancer.vip(&vip.vip())
             {

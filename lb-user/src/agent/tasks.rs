@@ -117,18 +117,21 @@ pub async fn autoscale_every(agent: Shared, period: Duration) {
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                let jobs = {
-                    let mut agent = agent.lock().unwrap_or_else(|p| p.into_inner());
-                    if agent.autoscale.is_empty() {
+                let (jobs, cluster) = {
+                    let mut locked = agent.lock().unwrap_or_else(|p| p.into_inner());
+                    if locked.autoscale.is_empty() {
                         continue;
                     }
-                    let jobs = agent.autoscale_tick();
-                    agent.sync_health();
-                    if let Err(err) = agent.save_if_changed() {
+                    let jobs = locked.autoscale_tick();
+                    locked.sync_health();
+                    if let Err(err) = locked.save_if_changed() {
                         warn!("saving the state: {err:#}");
                     }
-                    jobs
+                    (jobs, locked.cluster.is_some())
                 };
+                if cluster {
+                    super::cluster::publish_pools(&agent).await;
+                }
                 for job in jobs {
                     let tx = tx.clone();
                     tokio::spawn(async move {
@@ -139,15 +142,22 @@ pub async fn autoscale_every(agent: Shared, period: Duration) {
                 }
             }
             Some((vip, result)) = rx.recv() => {
-                let mut agent = agent.lock().unwrap_or_else(|p| p.into_inner());
-                let now = agent.now_s();
-                let Agent { autoscale, balancer, .. } = &mut *agent;
-                if let Some(scaler) = autoscale.get_mut(&vip) {
-                    scaler.on_result(now, result, balancer);
-                    agent.sync_health();
-                    if let Err(err) = agent.save_if_changed() {
-                        warn!("saving the state: {err:#}");
+                let cluster = {
+                    let mut locked = agent.lock().unwrap_or_else(|p| p.into_inner());
+                    let now = locked.now_s();
+                    let cluster = locked.cluster.is_some();
+                    let Agent { autoscale, balancer, .. } = &mut *locked;
+                    if let Some(scaler) = autoscale.get_mut(&vip) {
+                        scaler.on_result(now, result, balancer);
+                        locked.sync_health();
+                        if let Err(err) = locked.save_if_changed() {
+                            warn!("saving the state: {err:#}");
+                        }
                     }
+                    cluster
+                };
+                if cluster {
+                    super::cluster::publish_pools(&agent).await;
                 }
             }
         }

@@ -29,7 +29,7 @@ pub use types::*;
 mod serve;
 mod types;
 use crate::{
-    agent::{Agent, ApplyError, Shared},
+    agent::{Agent, ApplyError, Shared, cluster},
     autoscale::live::Status as AutoscaleStatus,
     balancer::{
         self, BackendSpec, BackendState, Forwarding, Proto, Scheduler, Vip, VipInfo, VipOptions,
@@ -268,12 +268,51 @@ async fn on_agent<T: Send + 'static>(
 /// Applies `change` and saves the state before the data path sees it ([`Agent::change`]);
 /// refused changes, and changes that cannot be saved, change nothing. Changes run one at a
 /// time, off the async workers ([`with_agent`]).
+///
+/// In cluster mode the change is worked out on the agent and undone ([`Agent::tentative`]),
+/// written to the store, and answered once the store's watch has brought it back here.
 async fn change<T: Send + 'static>(
     state: &ApiState,
-    change: impl FnOnce(&mut Agent) -> ApiResult<T> + Send + 'static,
+    change: impl Fn(&mut Agent) -> ApiResult<T> + Send + Sync + 'static,
 ) -> ApiResult<T> {
     let _turn = state.queue.write_turn().await;
-    on_agent(state, move |agent| agent.change(change)).await
+    if lock(&state.agent).cluster.is_none() {
+        return on_agent(state, move |agent| agent.change(change)).await;
+    }
+    let mut value = None;
+    cluster::write(&state.agent, |agent| {
+        let (answer, desired) = agent.tentative(&change)?;
+        value = Some(answer);
+        let store = agent.cluster.as_ref().expect("cluster mode");
+        Ok::<_, ApiError>(crate::cluster::store::diff(
+            store.prefix(),
+            &store.store,
+            &desired.vips,
+            &crate::cluster::store::Scope::All,
+        ))
+    })
+    .await?
+    .map_err(ApiError::from)?;
+    value.ok_or_else(|| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "no answer".into()))
+}
+
+impl From<cluster::WriteError> for ApiError {
+    fn from(err: cluster::WriteError) -> Self {
+        let status = match err {
+            cluster::WriteError::Unreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            cluster::WriteError::Conflict => StatusCode::CONFLICT,
+            cluster::WriteError::NotApplied(..) => StatusCode::GATEWAY_TIMEOUT,
+        };
+        ApiError(status, err.to_string())
+    }
+}
+
+/// `GET /v1/cluster`: the gateways of the cluster, what each applied, the autoscaler leaders.
+async fn cluster_status(State(state): State<ApiState>) -> ApiResult<Json<cluster::ClusterView>> {
+    cluster::view(&state.agent)
+        .await
+        .map(Json)
+        .map_err(|err| bad(format!("{err:#}")))
 }
 
 async fn status(State(state): State<ApiState>) -> ApiResult<Json<StatusView>> {
@@ -286,6 +325,7 @@ async fn status(State(state): State<ApiState>) -> ApiResult<Json<StatusView>> {
             uptime_secs: agent.started.elapsed().as_secs(),
             vips: vips.len(),
             backends: vips.iter().map(|v| v.backends.len()).sum(),
+            store: agent.cluster.as_ref().map(|c| c.status()),
             bgp: agent.bgp.clone(),
         }))
     })
@@ -330,7 +370,7 @@ async fn add_vip(
         agent
             .check_cluster_safe(&vip, options.scheduler)
             .map_err(bad)?;
-        agent.balancer.add_vip(vip, options)?;
+        agent.balancer.add_vip(vip, options.clone())?;
         if let Some(path) = health_path {
             agent.set_health_path(&vip, path)?;
         }
@@ -416,11 +456,11 @@ async fn set_vip(
             if let Some(r) = ring_size {
                 options.ring_size = r;
             }
-            if let Some(allow) = allow {
-                options.allow = allow;
+            if let Some(allow) = &allow {
+                options.allow = allow.clone();
             }
-            if let Some(deny) = deny {
-                options.deny = deny;
+            if let Some(deny) = &deny {
+                options.deny = deny.clone();
             }
             if let Some(rate) = rate {
                 options.source_rate_limit = rate;
@@ -606,6 +646,30 @@ async fn apply(
     };
     let plan = if dry_run {
         with_agent(&state, move |agent| Ok(agent.plan_config(&desired)?)).await?
+    } else if lock(&state.agent).cluster.is_some() {
+        let _turn = state.queue.write_turn().await;
+        let mut plan = None;
+        cluster::write(&state.agent, |agent| {
+            plan = Some(agent.plan_config(&desired)?);
+            let store = agent.cluster.as_ref().expect("cluster mode");
+            let (current, _) = crate::cluster::store::vips_from_store(store.prefix(), &store.store);
+            // An autoscaled VIP's list only seeds it: its pool is its autoscaler's.
+            let mut vips = desired.vips.clone();
+            for vip in vips.iter_mut().filter(|v| v.autoscale.is_some()) {
+                if let Some(now) = current.iter().find(|c| c.vip() == vip.vip()) {
+                    vip.backends = now.backends.clone();
+                }
+            }
+            Ok::<_, ApiError>(crate::cluster::store::diff(
+                store.prefix(),
+                &store.store,
+                &vips,
+                &crate::cluster::store::Scope::All,
+            ))
+        })
+        .await?
+        .map_err(ApiError::from)?;
+        plan.unwrap_or_default()
     } else {
         let _turn = state.queue.write_turn().await;
         on_agent(&state, move |agent| Ok(agent.apply_config(desired)?)).await?
@@ -712,6 +776,7 @@ pub fn router(agent: Shared, shutdown: watch::Sender<Shutdown>, limits: &Limits)
         .route("/v1/stop", post(stop))
         .route("/v1/apply", post(apply))
         .route("/v1/config", get(running_config))
+        .route("/v1/cluster", get(cluster_status))
         .route("/v1/interfaces", get(list_ifaces).post(attach_iface))
         .route("/v1/interfaces/{name}", axum::routing::delete(detach_iface))
         .route("/v1/autoscale", get(list_autoscale))

@@ -30,6 +30,9 @@ pub struct StatusView {
     pub uptime_secs: u64,
     pub vips: usize,
     pub backends: usize,
+    /// Cluster mode: whether the store answers, the revision applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<crate::agent::cluster::StoreStatus>,
     /// The BGP announcements (with `[bgp]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bgp: Option<crate::cluster::bgp::BgpStatus>,

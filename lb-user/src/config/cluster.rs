@@ -4,6 +4,9 @@
 //! ```toml
 //! [cluster]
 //! hash-seed = 0               # u32, the same on every gateway (default 0)
+//! etcd-endpoints = ["http://10.0.0.9:2379"] # the desired config in etcd (cluster mode)
+//! etcd-prefix = "/xdplb/"     # every key of this cluster under it (default /xdplb/)
+//! gateway-name = "gw1"        # this gateway in etcd (default: the host name)
 //!
 //! [bgp]
 //! local-asn = 65001           # 1..=4294967295
@@ -32,11 +35,49 @@ use super::*;
 /// Default BGP hold time, seconds: a dead gateway's routes go within 9 s (3 keepalives).
 pub const DEFAULT_HOLD_TIME: u16 = 9;
 
+/// Default `etcd-prefix`.
+pub const DEFAULT_ETCD_PREFIX: &str = "/xdplb/";
+
 /// `[cluster]`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterConfig {
     /// Seed of the flow and address hashes (`Settings::hash_seed`).
     pub hash_seed: u32,
+    /// etcd's client URLs (`http://ADDR:PORT`); not empty: the desired config lives in etcd
+    /// (`crate::cluster::store`).
+    pub etcd_endpoints: Vec<String>,
+    /// The key prefix every key of this cluster lives under; starts and ends with `/`.
+    pub etcd_prefix: String,
+    /// This gateway's name in etcd; default: the host name.
+    pub gateway_name: Option<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            hash_seed: 0,
+            etcd_endpoints: Vec::new(),
+            etcd_prefix: DEFAULT_ETCD_PREFIX.to_owned(),
+            gateway_name: None,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Cluster mode: the desired config lives in etcd.
+    pub fn enabled(&self) -> bool {
+        !self.etcd_endpoints.is_empty()
+    }
+
+    /// `gateway-name`, else the host name.
+    pub fn gateway(&self) -> String {
+        self.gateway_name.clone().unwrap_or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "xdplb".to_owned())
+        })
+    }
 }
 
 /// `[bgp]`.
@@ -73,6 +114,12 @@ pub fn cluster_safe(scheduler: Scheduler) -> bool {
 pub(super) struct RawCluster {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) hash_seed: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) etcd_endpoints: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) etcd_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) gateway_name: Option<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -106,11 +153,42 @@ pub(super) struct RawPeer {
 }
 
 pub(super) fn cluster_from_raw(raw: RawCluster, errors: &mut Errors) -> ClusterConfig {
+    for (i, url) in raw.etcd_endpoints.iter().enumerate() {
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
+        if rest.is_none_or(|r| r.is_empty() || r.contains('/')) {
+            errors.add(
+                format!("cluster.etcd-endpoints[{i}]"),
+                format!("{url:?} is not an http://HOST:PORT URL"),
+            );
+        }
+    }
+    let etcd_prefix = raw
+        .etcd_prefix
+        .unwrap_or_else(|| DEFAULT_ETCD_PREFIX.to_owned());
+    if !etcd_prefix.starts_with('/') || !etcd_prefix.ends_with('/') {
+        errors.add(
+            "cluster.etcd-prefix",
+            format!("{etcd_prefix:?} must start and end with '/'"),
+        );
+    }
+    if let Some(name) = &raw.gateway_name
+        && (name.is_empty() || name.contains('/') || name.len() > 64)
+    {
+        errors.add(
+            "cluster.gateway-name",
+            format!("{name:?} must be 1 to 64 characters without '/'"),
+        );
+    }
     ClusterConfig {
         hash_seed: raw
             .hash_seed
             .and_then(|s| errors.int("cluster.hash-seed", s, 0..=i64::from(u32::MAX)))
             .unwrap_or(0),
+        etcd_endpoints: raw.etcd_endpoints,
+        etcd_prefix,
+        gateway_name: raw.gateway_name,
     }
 }
 
@@ -200,6 +278,10 @@ impl From<ClusterConfig> for RawCluster {
     fn from(c: ClusterConfig) -> Self {
         RawCluster {
             hash_seed: Some(i64::from(c.hash_seed)),
+            etcd_prefix: (c.enabled() || c.etcd_prefix != DEFAULT_ETCD_PREFIX)
+                .then_some(c.etcd_prefix),
+            etcd_endpoints: c.etcd_endpoints,
+            gateway_name: c.gateway_name,
         }
     }
 }

@@ -49,7 +49,8 @@
 //! ```
 //!
 //! A VIP may also have an `[vip.autoscale]` table: see the `autoscale` submodule. Several
-//! gateways behind one ECMP router: `[cluster]` and `[bgp]`, see the `cluster` submodule.
+//! gateways behind one ECMP router: `[cluster]` and `[bgp]`, see the `cluster` submodule
+//! (with `etcd-endpoints`, the desired config lives in etcd: `crate::cluster::store`).
 //!
 //! Parsing is in two steps: the file's shape (TOML syntax, unknown keys and value types, with
 //! toml's line and column), then a semantic pass whose errors name the field by its path,
@@ -72,7 +73,9 @@ pub use crate::{
     autoscale::config::{AutoscaleConfig, ForecastModel, RuleConfig, Signal},
     duration::{format_duration, parse_duration},
 };
-pub use cluster::{BgpConfig, BgpPeer, ClusterConfig, DEFAULT_HOLD_TIME, cluster_safe};
+pub use cluster::{
+    BgpConfig, BgpPeer, ClusterConfig, DEFAULT_ETCD_PREFIX, DEFAULT_HOLD_TIME, cluster_safe,
+};
 
 use std::{
     collections::{HashMap, HashSet},
@@ -140,7 +143,7 @@ pub struct Config {
     pub conntrack: ConntrackConfig,
     /// `[ipip]`: the outer source prefixes of `ipip` VIPs' packets.
     pub ipip: IpipConfig,
-    /// `[cluster]`: several gateways behind ECMP (see `cluster`).
+    /// `[cluster]`: several gateways behind ECMP, their config in etcd (see `cluster`).
     pub cluster: Option<ClusterConfig>,
     /// `[bgp]`: the VIP announcements (see `cluster`).
     pub bgp: Option<BgpConfig>,

@@ -1138,7 +1138,13 @@ protocol = "tcp"
 #[test]
 fn cluster_and_bgp_parse_with_defaults_and_round_trip() {
     let config = parse(CLUSTER);
-    assert_eq!(config.cluster, Some(ClusterConfig { hash_seed: 7 }));
+    assert_eq!(
+        config.cluster,
+        Some(ClusterConfig {
+            hash_seed: 7,
+            ..ClusterConfig::default()
+        })
+    );
     let bgp = config.bgp.clone().expect("bgp");
     assert_eq!(bgp.local_asn, 65001);
     assert_eq!(bgp.hold_time, DEFAULT_HOLD_TIME);

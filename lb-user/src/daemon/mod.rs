@@ -441,7 +441,7 @@ fn serve(
     if let Some(cluster) = config
         .as_ref()
         .or(saved.as_ref().map(|s| &s.config))
-        .and_then(|c| c.cluster)
+        .and_then(|c| c.cluster.clone())
     {
         settings.hash_seed = cluster.hash_seed;
     }
@@ -488,8 +488,20 @@ fn serve(
     agent.autoscale_dry_run = args.autoscale_dry_run;
     agent.ipip_source_flags = (args.ipip_source_v4, args.ipip_source_v6);
     agent.sync_autoscale(&saved_pools);
-    // The config file, when there is one, wins over the saved state.
-    if let (Some(config), Some(path)) = (config, &args.config) {
+    // The config file, when there is one, wins over the saved state; in cluster mode its VIPs
+    // only seed an empty store, and the agent runs what it last applied until the store
+    // answers.
+    if let (Some(mut config), Some(path)) = (config, &args.config) {
+        if let Some(cluster) = config.cluster.clone().filter(|c| c.enabled()) {
+            let seed = std::mem::replace(&mut config.vips, agent.running_config().vips);
+            info!(
+                "cluster mode: the config lives in etcd ({}, prefix {}), this gateway is {:?}",
+                cluster.etcd_endpoints.join(","),
+                cluster.etcd_prefix,
+                cluster.gateway()
+            );
+            agent.cluster = Some(agent::cluster::ClusterState::new(cluster, seed));
+        }
         let plan = agent
             .apply_config(config)
             .with_context(|| format!("applying {}", path.display()))?;

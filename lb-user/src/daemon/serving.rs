@@ -86,6 +86,10 @@ pub(super) async fn run_agent(
         Arc::clone(&shared),
         Duration::from_secs(1),
     ));
+    if shared.lock().expect("agent lock").cluster.is_some() {
+        tokio::spawn(agent::cluster::follow_store(Arc::clone(&shared)));
+        tokio::spawn(agent::cluster::keep_lease(Arc::clone(&shared)));
+    }
     tokio::spawn(agent::autoscale_every(
         Arc::clone(&shared),
         Duration::from_secs(1),
@@ -177,8 +181,13 @@ fn reload(shared: &agent::Shared, path: &Path) {
     notify(&reloading);
     let applied = Config::load(path)
         .map_err(|err| err.to_string())
-        .and_then(|config| {
+        .and_then(|mut config| {
             let mut agent = shared.lock().unwrap_or_else(|p| p.into_inner());
+            // In cluster mode the VIPs are the store's, and `[cluster]` is read at start.
+            if agent.cluster.is_some() {
+                config.vips = agent.running_config().vips;
+                config.cluster = agent.config.cluster.clone();
+            }
             agent.apply_config(config).map_err(|err| err.to_string())
         });
     match applied {

@@ -86,6 +86,9 @@ Examples:
     /// What the agent runs.
     #[command(after_help = "Example:\n  xdplb status -o json")]
     Status,
+    /// Cluster mode: the gateways sharing the config in etcd.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Bring the running VIPs and backends to a config file: print the plan, apply it.
     #[command(after_help = "Example:\n  xdplb apply -f /etc/xdplb/xdplb.toml --dry-run")]
     Apply {
@@ -190,6 +193,12 @@ pub enum ConfigCommand {
     /// health checks, autoscaling, connection table), to keep changes made with the CLI.
     #[command(after_help = "Example:\n  xdplb config export > xdplb.toml")]
     Export,
+}
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// The gateways, the etcd revision each has applied, the autoscaler leader of each VIP.
+    Status,
 }
 
 #[derive(Subcommand)]

@@ -9,6 +9,7 @@ use std::{
 use anyhow::Context as _;
 use hyper::Method;
 use lb_user::{
+    agent::cluster::{ClusterView, StoreStatus},
     api::{self, BackendView, StatsView, StatusView, VipView},
     autoscale::live::Status as AutoscaleStatus,
     balancer::Vip,
@@ -19,9 +20,33 @@ use lb_user::{
 use serde_json::json;
 
 use crate::cli::{
-    AutoscaleCommand, BackendCommand, Command, ConfigCommand, IfaceCommand, Output, SourceArgs,
-    VipCommand,
+    AutoscaleCommand, BackendCommand, ClusterCommand, Command, ConfigCommand, IfaceCommand, Output,
+    SourceArgs, VipCommand,
 };
+
+/// `store ...`: whether the cluster store answers, and the revision applied.
+fn store_line(store: &StoreStatus) -> String {
+    let state = match store.unreachable_since {
+        None => "up".to_owned(),
+        Some(since) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            format!(
+                "unreachable since {since} (unix time, {} s ago)",
+                now.saturating_sub(since)
+            )
+        }
+    };
+    let mut line = format!(
+        "store      {state}; gateway {}, applied revision {}\n",
+        store.gateway, store.applied_revision
+    );
+    if let Some(refused) = &store.refused {
+        line += &format!("           the store's config is refused here: {refused}\n");
+    }
+    line
+}
 
 /// A request type of the API as a request body.
 fn request(body: &impl serde::Serialize) -> Option<serde_json::Value> {
@@ -287,8 +312,34 @@ pub async fn client_command(
                     status.vips,
                     status.backends
                 );
+                if let Some(store) = &status.store {
+                    out += &store_line(store);
+                }
                 if let Some(bgp) = &status.bgp {
                     out += &lb_user::render::bgp_lines(bgp);
+                }
+                out
+            })
+        }
+        Command::Cluster(ClusterCommand::Status) => {
+            let view: ClusterView = call(endpoint, Method::GET, "/v1/cluster", None).await?;
+            print(output, &view, || {
+                let mut out = store_line(&view.store);
+                out += &format!(
+                    "etcd revision {}, config revision {}\n",
+                    view.revision, view.config_revision
+                );
+                out += "GATEWAY              APPLIED  ANNOUNCED\n";
+                for g in &view.gateways {
+                    out += &format!(
+                        "{:<20} {:>7}  {}\n",
+                        g.name,
+                        g.applied_revision,
+                        g.announced.join(" ")
+                    );
+                }
+                for l in &view.leaders {
+                    out += &format!("autoscaler of {}: led by {}\n", l.vip, l.gateway);
                 }
                 out
             })
