@@ -364,6 +364,7 @@ pub fn apply_store(agent: &mut Agent, store: StoreView) {
     }
     let desired = Config {
         conntrack: agent.config.conntrack.clone(),
+        ipip: agent.config.ipip.clone(),
         cluster: agent.config.cluster.clone(),
         bgp: agent.config.bgp.clone(),
         vips,
