@@ -227,10 +227,13 @@ fn config_with_min(i: usize, min: u32, b2: bool) -> String {
 }
 
 /// The configuration of every VIP as `vip list -o json` shows it: scheduler, ring size,
-/// backends with weights and states. Backend ids are each agent's own (a gateway restarted
-/// gives the backends added meanwhile other ids), so they are left out.
+/// backends with weights and states, and the digest of its lookup table (slot by slot, the
+/// backends' addresses). Backend ids are each agent's own (a gateway restarted gives the
+/// backends added meanwhile other ids), so they are left out; the digests do not depend on
+/// them.
 fn tables(agent: &Agent) -> Vec<String> {
-    configuration(&agent.vips())
+    let vips = agent.vips();
+    let mut lines: Vec<String> = configuration(&vips)
         .into_iter()
         .map(|line| {
             line.split(", ")
@@ -238,7 +241,14 @@ fn tables(agent: &Agent) -> Vec<String> {
                 .collect::<Vec<_>>()
                 .join(", ")
         })
-        .collect()
+        .collect();
+    for v in &vips {
+        let digest = v.table_digest.as_deref().unwrap_or_else(|| {
+            panic!("{} ({:?}) shows no table digest", v.vip, v.scheduler)
+        });
+        lines.push(format!("{} table {digest}", v.vip));
+    }
+    lines
 }
 
 fn backends_of(agent: &Agent, vip: &str) -> BTreeSet<String> {

@@ -82,7 +82,7 @@ pub struct StoreStatus {
 pub struct GatewayReport {
     pub name: String,
     pub applied_revision: i64,
-    /// VIPs this gateway announces to its routers (filled in by BGP announcement).
+    /// The VIP addresses this gateway announces to its routers now (`[bgp]`).
     #[serde(default)]
     pub announced: Vec<String>,
 }
@@ -554,7 +554,9 @@ async fn lease_once(shared: &Shared) -> anyhow::Result<()> {
                 GatewayReport {
                     name: gateway.clone(),
                     applied_revision: applied,
-                    announced: Vec::new(),
+                    announced: agent.bgp.as_ref().map_or_else(Vec::new, |bgp| {
+                        bgp.announced.iter().map(ToString::to_string).collect()
+                    }),
                 },
                 autoscaled,
             )
