@@ -243,9 +243,10 @@ fn tables(agent: &Agent) -> Vec<String> {
         })
         .collect();
     for v in &vips {
-        let digest = v.table_digest.as_deref().unwrap_or_else(|| {
-            panic!("{} ({:?}) shows no table digest", v.vip, v.scheduler)
-        });
+        let digest = v
+            .table_digest
+            .as_deref()
+            .unwrap_or_else(|| panic!("{} ({:?}) shows no table digest", v.vip, v.scheduler));
         lines.push(format!("{} table {digest}", v.vip));
     }
     lines
