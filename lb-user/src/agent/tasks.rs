@@ -122,7 +122,9 @@ pub async fn autoscale_every(agent: Shared, period: Duration) {
                     if agent.autoscale.is_empty() {
                         continue;
                     }
+                    let before = super::audit::Before::new(agent.balancer.vips(), &agent.config);
                     let jobs = agent.autoscale_tick();
+                    agent.audit(super::audit::Source::Autoscale, &before);
                     agent.sync_health();
                     if let Err(err) = agent.save_if_changed() {
                         warn!("saving the state: {err:#}");
@@ -141,9 +143,11 @@ pub async fn autoscale_every(agent: Shared, period: Duration) {
             Some((vip, result)) = rx.recv() => {
                 let mut agent = agent.lock().unwrap_or_else(|p| p.into_inner());
                 let now = agent.now_s();
+                let before = super::audit::Before::new(agent.balancer.vips(), &agent.config);
                 let Agent { autoscale, balancer, .. } = &mut *agent;
                 if let Some(scaler) = autoscale.get_mut(&vip) {
                     scaler.on_result(now, result, balancer);
+                    agent.audit(super::audit::Source::Autoscale, &before);
                     agent.sync_health();
                     if let Err(err) = agent.save_if_changed() {
                         warn!("saving the state: {err:#}");

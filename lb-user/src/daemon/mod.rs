@@ -476,11 +476,23 @@ fn serve(
     agent.config = applied_config;
     agent.held = held;
     agent.autoscale_dry_run = args.autoscale_dry_run;
+    agent.about = agent::About {
+        program: match (adopting, &replace) {
+            (false, _) => "loaded",
+            (true, None) => "adopted",
+            (true, Some(_)) => "replaced",
+        }
+        .to_owned(),
+        config_file: args.config.clone(),
+        api_socket: socket.to_owned(),
+        api_tcp: api_tcp.as_ref().map(|(addr, _)| *addr),
+        metrics: args.metrics,
+    };
     agent.sync_autoscale(&saved_pools);
     // The config file, when there is one, wins over the saved state.
     if let (Some(config), Some(path)) = (config, &args.config) {
         let plan = agent
-            .apply_config(config)
+            .apply_config_from(config, crate::agent::audit::Source::Start)
             .with_context(|| format!("applying {}", path.display()))?;
         log_plan(path, &plan);
     }

@@ -179,7 +179,9 @@ fn reload(shared: &agent::Shared, path: &Path) {
         .map_err(|err| err.to_string())
         .and_then(|config| {
             let mut agent = shared.lock().unwrap_or_else(|p| p.into_inner());
-            agent.apply_config(config).map_err(|err| err.to_string())
+            agent
+                .apply_config_from(config, agent::audit::Source::Reload)
+                .map_err(|err| err.to_string())
         });
     match applied {
         Ok(plan) => log_plan(path, &plan),

@@ -48,13 +48,32 @@ pub enum Command {
     #[command(subcommand)]
     Backend(BackendCommand),
     /// Packet counters and traffic per VIP and backend.
+    ///
+    /// Example: xdplb stats --watch 0.5
     Stats {
-        /// Print again every this many seconds until interrupted.
-        #[arg(long, value_name = "SECONDS")]
-        watch: Option<u64>,
+        /// Print again every this many seconds (fractions too, at least 0.1) until
+        /// interrupted, each frame with its time and the rates since the one before.
+        #[arg(long, value_name = "SECONDS", value_parser = parse_watch)]
+        watch: Option<f64>,
+        /// Set the counters, events and per-VIP and per-backend traffic to zero (active
+        /// connections, table fill and least-connections' opened-flow counts stay).
+        #[arg(long, conflicts_with = "watch")]
+        zero: bool,
+    },
+    /// A full-screen live view: VIPs and backends with rates, connections, health, the
+    /// autoscalers, table fill and drops; refreshed every second. q quits.
+    ///
+    /// Example: xdplb top
+    Top {
+        /// Seconds between refreshes (at least 0.1).
+        #[arg(long, value_name = "SECONDS", default_value_t = 1.0, value_parser = parse_watch)]
+        interval: f64,
     },
     /// What the agent runs.
     Status,
+    /// The connection table: list tracked flows, flush them.
+    #[command(subcommand)]
+    Conn(ConnCommand),
     /// Bring the running VIPs and backends to a config file: print the plan, apply it.
     Apply {
         /// The config file (TOML).
@@ -103,6 +122,40 @@ pub enum Command {
         #[arg(long, value_name = "DIR", default_value = lb_user::decap::DECAP_PIN_ROOT)]
         pin_root: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+pub enum ConnCommand {
+    /// Tracked flows (like `ipvsadm -Lnc`): client, VIP, backend, protocol, state, idle time;
+    /// half-open flows come from the embryonic table and are marked so.
+    ///
+    /// Example: xdplb conn list --vip 198.19.0.1:80/tcp --limit 20
+    List {
+        #[command(flatten)]
+        filter: ConnFilterArgs,
+        /// Show at most this many flows (and count the rest).
+        #[arg(long, value_name = "N", default_value_t = lb_user::conns::DEFAULT_LIMIT)]
+        limit: usize,
+    },
+    /// Delete tracked flows (and their reverse translations); their next packet is handled as
+    /// that of a flow whose state was lost. Without a filter, every flow.
+    ///
+    /// Example: xdplb conn flush --backend 10.1.0.2:8080
+    Flush {
+        #[command(flatten)]
+        filter: ConnFilterArgs,
+    },
+}
+
+/// Which flows `conn list` and `conn flush` take.
+#[derive(clap::Args, Debug, Default)]
+pub struct ConnFilterArgs {
+    /// Only the flows of this VIP (`ADDR:PORT/PROTO`).
+    #[arg(long, value_name = "VIP")]
+    pub vip: Option<Vip>,
+    /// Only the flows pinned to this backend (`ADDR:PORT`).
+    #[arg(long, value_name = "ADDR")]
+    pub backend: Option<SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -211,6 +264,19 @@ fn parse_timeout(s: &str) -> Result<f64, String> {
         Ok(secs) if secs > 0.0 && secs <= 86_400.0 => Ok(secs),
         _ => Err(format!(
             "{s:?} is not a number of seconds above 0 and at most 86400"
+        )),
+    }
+}
+
+/// Shortest period of `stats --watch` and `top`.
+pub const MIN_WATCH_SECS: f64 = 0.1;
+
+/// A watch period in seconds: a number from 0.1 to a day.
+fn parse_watch(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if (MIN_WATCH_SECS..=86_400.0).contains(&secs) => Ok(secs),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds from {MIN_WATCH_SECS} to 86400"
         )),
     }
 }

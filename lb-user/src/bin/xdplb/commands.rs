@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context as _;
 use hyper::Method;
 use lb_user::{
-    api::{self, BackendView, StatsView, StatusView, VipView},
+    api::{self, BackendView, StatusView, VipView},
     autoscale::live::Status as AutoscaleStatus,
     balancer::Vip,
     client::{Endpoint, call, segment},
@@ -33,7 +33,7 @@ fn vip_path(vip: &Vip) -> String {
     format!("/v1/vips/{}/{}", vip.proto, segment(&addr))
 }
 
-fn print<T: serde::Serialize>(
+pub fn print<T: serde::Serialize>(
     output: Output,
     value: &T,
     table: impl FnOnce() -> String,
@@ -240,28 +240,11 @@ pub async fn client_command(
                 backends.iter().map(backend_line).collect()
             })
         }
-        Command::Stats { watch } => loop {
-            let stats: StatsView = call(endpoint, Method::GET, "/v1/stats", None).await?;
-            print(output, &stats, || {
-                let mut out: String = stats
-                    .counters
-                    .iter()
-                    .chain(&stats.events)
-                    .filter(|(_, v)| *v > 0)
-                    .chain(&stats.tables)
-                    .map(|(name, v)| format!("{name:<24} {v:>14}\n"))
-                    .collect();
-                for v in &stats.vips {
-                    out += &vip_line(v);
-                    out += &v.backends.iter().map(backend_line).collect::<String>();
-                }
-                out
-            })?;
-            match watch {
-                Some(secs) => tokio::time::sleep(Duration::from_secs(secs.max(1))).await,
-                None => return Ok(()),
-            }
-        },
+        Command::Stats { watch, zero } => {
+            crate::stats::command(watch, zero, endpoint, output).await
+        }
+        Command::Top { interval } => crate::top::run(endpoint, interval).await,
+        Command::Conn(command) => crate::conn::command(command, endpoint, output).await,
         Command::Status => {
             let status: StatusView = call(endpoint, Method::GET, "/v1/status", None).await?;
             print(output, &status, || {
@@ -274,6 +257,7 @@ pub async fn client_command(
                     status.vips,
                     status.backends
                 );
+                out += &lb_user::render::status_lines(&status);
                 if let Some(bgp) = &status.bgp {
                     out += &lb_user::render::bgp_lines(bgp);
                 }
