@@ -33,6 +33,8 @@ const SYSTEM_TOOLS: &[(&str, &str)] = &[
     // The agent's BGP speaker, and the router of the several-gateways test.
     ("bird", "bird2"),
     ("birdc", "bird2"),
+    // `xdplb top` is tested as a terminal program, in a tmux pane.
+    ("tmux", "tmux"),
 ];
 
 /// Checks everything and installs what is missing, saying what it does.
