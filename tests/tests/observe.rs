@@ -529,6 +529,8 @@ fn top_shows_vips_and_backends_sorts_and_quits() {
         }
     }
     let _kill = Kill(session.clone());
+    // The shell's prompt first, so that the command does not race it.
+    pane_until(&session, |t| !t.trim().is_empty());
     let command = format!(
         "{} --socket {} top; echo top-exited-$?",
         bin(),
@@ -562,8 +564,15 @@ fn top_shows_vips_and_backends_sorts_and_quits() {
     tmux(&["send-keys", "-t", &session, "c"]);
     pane_until(&session, |t| t.contains("sorted by connections"));
     tmux(&["send-keys", "-t", &session, "q"]);
-    let after = pane_until(&session, |t| t.contains("top-exited-"));
-    assert!(after.contains("top-exited-0"), "{after}");
+    // The exit status the shell printed (the command line typed holds the text too, with
+    // `$?`).
+    let exited = |t: &str| {
+        t.split_whitespace()
+            .find(|w| w.starts_with("top-exited-") && !w.contains('$'))
+            .map(str::to_owned)
+    };
+    let after = pane_until(&session, |t| exited(t).is_some());
+    assert_eq!(exited(&after).as_deref(), Some("top-exited-0"), "{after}");
     assert!(
         !after.contains("PACKETS/S"),
         "the alternate screen is gone:\n{after}"
