@@ -58,10 +58,13 @@ fn conn_list_shows_live_flows_and_flush_removes_them() {
         .map(|(conn, ident)| (conn.stream.local_addr().unwrap(), index_of(ident)))
         .collect();
 
+    let asked = Instant::now();
     let list: ConnList = agent.json(&["conn", "list"]);
     eprintln!(
-        "conn list: {} matched, {} walked",
-        list.matched, list.walked
+        "conn list: {} matched, {} walked, {:?} for the CLI's round trip",
+        list.matched,
+        list.walked,
+        asked.elapsed()
     );
     for (client, &i) in &clients {
         let conn = list
