@@ -150,9 +150,50 @@ fn conn_list_shows_live_flows_and_flush_removes_them() {
     assert_eq!(again.matched, on_b0);
     assert!(again.connections.iter().all(|c| c.state == "established"));
 
-    // Bad input is refused, naming it.
+    // Bad input is refused, naming it; the API's routes take the same query.
     let bad = agent.cli(&["conn", "list", "--backend", "nonsense"]);
     assert!(!bad.status.success());
+    let curl = |method: &str, query: &str| {
+        let out = run_bounded(
+            Command::new("curl")
+                .args([
+                    "-sS",
+                    "--max-time",
+                    "5",
+                    "-w",
+                    " %{http_code}",
+                    "-X",
+                    method,
+                ])
+                .arg("--unix-socket")
+                .arg(agent.socket())
+                .arg(format!("http://x/v1/connections{query}")),
+            Duration::from_secs(10),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let answer = curl("GET", "?vip=bogus");
+    assert!(
+        answer.ends_with(" 400") && answer.contains("error"),
+        "{answer}"
+    );
+    let answer = curl("GET", "?colour=red");
+    assert!(
+        answer.ends_with(" 400") && answer.contains("colour"),
+        "{answer}"
+    );
+    let answer = curl("DELETE", "?limit=1");
+    assert!(
+        answer.ends_with(" 400") && answer.contains("limit"),
+        "{answer}"
+    );
+    let answer = curl("GET", "?limit=1&vip=198.19.0.1:80%2Ftcp");
+    let limited: ConnList =
+        serde_json::from_str(answer.strip_suffix(" 200").expect("200")).expect("a listing");
+    assert_eq!(
+        (limited.connections.len(), limited.matched),
+        (1, held_count)
+    );
     assert!(
         agent.log().contains(&format!(
             "change source=api conn flush backend={backend}: {on_b0} flows"
