@@ -5,6 +5,8 @@
 //! give half-open, closing and reset flows short timeouts, and to notice a new connection on a
 //! reused 5-tuple. It never drops packets: every input leads to some state.
 
+use crate::FlowKey;
+
 /// No packet seen yet: a zeroed entry. Also what an expired entry counts as (see
 /// [`current_state`]).
 pub const STATE_NEW: u8 = 0;
@@ -298,6 +300,46 @@ pub fn stateless_new_flow(scheduler: u8, over_rate: bool) -> bool {
     over_rate
         && (scheduler == crate::maps::scheduler::MAGLEV
             || scheduler == crate::maps::scheduler::SOURCE_HASH)
+}
+
+/// The port a flow's packets reach its backend on: the backend's, or the VIP's destination
+/// port (`dst_port`, network byte order) for a backend without one (of a wildcard-port VIP).
+#[inline(always)]
+pub const fn backend_port(backend_port: [u8; 2], dst_port: [u8; 2]) -> [u8; 2] {
+    if backend_port[0] == 0 && backend_port[1] == 0 {
+        dst_port
+    } else {
+        backend_port
+    }
+}
+
+/// The key of the reverse-table entry (`REVERSE_NAT` or `EMBRYONIC_REVERSE`) of the tracked
+/// flow `key` (client → VIP) sent to `backend`:`port` ([`backend_port`]): its replies' flow,
+/// backend → client. What the data path's `record_reverse` writes; the agent deletes it with
+/// the flow so that no reverse entry outlives its flow.
+pub const fn reverse_key(key: &FlowKey, backend: &[u8; 16], port: [u8; 2]) -> FlowKey {
+    FlowKey {
+        src_addr: *backend,
+        dst_addr: key.src_addr,
+        src_port: port,
+        dst_port: key.src_port,
+        proto: key.proto,
+        family: key.family,
+        _pad: [0; 2],
+    }
+}
+
+/// A state's name, as the agent shows it (`conn list`).
+pub const fn state_name(state: u8) -> &'static str {
+    match state {
+        STATE_NEW => "new",
+        STATE_SYN_SENT => "syn-sent",
+        STATE_ESTABLISHED => "established",
+        STATE_FIN => "fin",
+        STATE_CLOSED => "closed",
+        STATE_UDP => "udp",
+        _ => "unknown",
+    }
 }
 
 #[cfg(test)]
@@ -609,5 +651,45 @@ mod tests {
             prop_assert!(!over_rate(&mut window, now - back.min(now), 1));
             prop_assert_eq!(window.count, 1);
         }
+    }
+
+    #[test]
+    fn the_reverse_key_is_the_reply_of_the_flow_to_its_backend() {
+        let key = FlowKey {
+            src_addr: [10, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            dst_addr: [198, 19, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            src_port: 40000u16.to_be_bytes(),
+            dst_port: 80u16.to_be_bytes(),
+            proto: crate::flow::PROTO_TCP,
+            family: crate::flow::FAMILY_IPV4,
+            _pad: [0; 2],
+        };
+        let backend = [10, 1, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let port = backend_port(8080u16.to_be_bytes(), key.dst_port);
+        let reverse = reverse_key(&key, &backend, port);
+        assert_eq!(reverse.src_addr, backend);
+        assert_eq!(reverse.src_port, 8080u16.to_be_bytes());
+        assert_eq!(reverse.dst_addr, key.src_addr);
+        assert_eq!(reverse.dst_port, key.src_port);
+        assert_eq!((reverse.proto, reverse.family), (key.proto, key.family));
+        // A backend without a port takes the packet's.
+        assert_eq!(backend_port([0, 0], key.dst_port), key.dst_port);
+        // The reply of the reply's flow, seen from the VIP's side, is the client again.
+        assert_eq!(reverse.reversed().dst_addr, backend);
+    }
+
+    #[test]
+    fn every_state_has_a_name() {
+        for state in [
+            STATE_NEW,
+            STATE_SYN_SENT,
+            STATE_ESTABLISHED,
+            STATE_FIN,
+            STATE_CLOSED,
+            STATE_UDP,
+        ] {
+            assert_ne!(state_name(state), "unknown");
+        }
+        assert_eq!(state_name(200), "unknown");
     }
 }

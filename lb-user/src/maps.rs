@@ -824,6 +824,11 @@ impl Conntrack {
     /// path adds or removes during the walk may or may not be seen, as with any walk of a live
     /// hash map; each bucket is read whole, under its lock.
     pub fn for_each(&self, mut each: impl FnMut(&FlowState)) -> MapsResult<usize> {
+        self.for_each_entry(|_, state| each(state))
+    }
+
+    /// [`Conntrack::for_each`] with every entry's key too.
+    pub fn for_each_entry(&self, mut each: impl FnMut(&FlowKey, &FlowState)) -> MapsResult<usize> {
         use aya::maps::IterableMap as _;
         use std::os::fd::{AsFd as _, AsRawFd as _};
         let mut walk = self.walk.lock().unwrap_or_else(|p| p.into_inner());
@@ -833,7 +838,7 @@ impl Conntrack {
                 Err((err, true)) if matches!(err.raw_os_error(), Some(libc::EINVAL | ENOTSUPP)) => {
                     // Refused at the first call: this kernel has no batch lookups.
                     log::info!(
-                        "the kernel has no batch lookups ({err}): counting connections one entry at a time"
+                        "the kernel has no batch lookups ({err}): walking the connection table one entry at a time"
                     );
                     walk.batched = false;
                 }
@@ -849,15 +854,22 @@ impl Conntrack {
             }
         }
         drop(walk);
-        self.for_each_by_iter(each)
+        self.for_each_entry_by_iter(each)
     }
 
     /// [`Conntrack::for_each`] one entry at a time (two syscalls an entry): for kernels without
     /// batch lookups, and to check the batched walk against.
     pub fn for_each_by_iter(&self, mut each: impl FnMut(&FlowState)) -> MapsResult<usize> {
+        self.for_each_entry_by_iter(|_, state| each(state))
+    }
+
+    fn for_each_entry_by_iter(
+        &self,
+        mut each: impl FnMut(&FlowKey, &FlowState),
+    ) -> MapsResult<usize> {
         let mut walked = 0;
-        for (_, state) in self.map.iter().flatten() {
-            each(&state);
+        for (key, state) in self.map.iter().flatten() {
+            each(&key, &state);
             walked += 1;
         }
         Ok(walked)
@@ -869,13 +881,13 @@ impl Conntrack {
 const ENOTSUPP: i32 = 524;
 
 impl Walk {
-    /// Reads the map `fd` in batches, calling `each` with every value; how many there were.
+    /// Reads the map `fd` in batches, calling `each` with every entry; how many there were.
     /// On error, also whether it came at the first call, before `each` saw anything (how a
     /// kernel without batch lookups answers).
     fn batches(
         &mut self,
         fd: i32,
-        each: &mut impl FnMut(&FlowState),
+        each: &mut impl FnMut(&FlowKey, &FlowState),
     ) -> Result<usize, (std::io::Error, bool)> {
         let mut walked = 0;
         // The kernel's opaque position (a bucket index for hash maps); none before the first
@@ -884,13 +896,17 @@ impl Walk {
         loop {
             match lookup_batch(fd, at.as_ref(), &mut next, &mut self.keys, &mut self.values) {
                 Ok(count) => {
-                    self.values[..count].iter().for_each(&mut *each);
+                    for (key, value) in self.keys[..count].iter().zip(&self.values[..count]) {
+                        each(key, value);
+                    }
                     walked += count;
                 }
                 Err((err, count)) => match err.raw_os_error() {
                     // The end of the table, with its last entries.
                     Some(libc::ENOENT) => {
-                        self.values[..count].iter().for_each(&mut *each);
+                        for (key, value) in self.keys[..count].iter().zip(&self.values[..count]) {
+                            each(key, value);
+                        }
                         return Ok(walked + count);
                     }
                     // One bucket holds more entries than a batch: grow it and read that bucket

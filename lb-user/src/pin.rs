@@ -396,6 +396,11 @@ impl Pinned {
         &self.dir
     }
 
+    /// The program's tag (the kernel's hash of its instructions, as `bpftool prog` shows it).
+    pub fn program_tag(&self) -> anyhow::Result<String> {
+        Ok(format!("{:016x}", self.program.info()?.tag()))
+    }
+
     /// Interfaces the program is attached to.
     pub fn ifaces(&self) -> Vec<String> {
         self.links.keys().cloned().collect()
@@ -436,6 +441,25 @@ impl Pinned {
     pub fn counters(&self) -> anyhow::Result<Counters> {
         let map: PerCpuArray<MapData, u64> = open_map(&self.dir, COUNTERS_MAP)?;
         Counters::from_map(&map)
+    }
+
+    /// Sets the outcome counters, the connection tables' event counts, and the traffic of the
+    /// VIPs `vip_ids` and of the backends at `backend_indices` to zero on every CPU. An
+    /// increment the data path makes while its counter is written may be lost.
+    pub fn zero_stats(&self, vip_ids: &[u32], backend_indices: &[u32]) -> anyhow::Result<()> {
+        for name in [COUNTERS_MAP, EVENTS_MAP] {
+            let mut map: PerCpuArray<MapData, u64> = open_map(&self.dir, name)?;
+            let indices: Vec<u32> = (0..map.len()).collect();
+            zero_per_cpu(&mut map, &indices).with_context(|| format!("zeroing {name}"))?;
+        }
+        for (name, indices) in [
+            (lb_common::maps::VIP_STATS_MAP, vip_ids),
+            (lb_common::maps::BACKEND_STATS_MAP, backend_indices),
+        ] {
+            let mut map: PerCpuArray<MapData, lb_common::maps::Stats> = open_map(&self.dir, name)?;
+            zero_per_cpu(&mut map, indices).with_context(|| format!("zeroing {name}"))?;
+        }
+        Ok(())
     }
 
     /// The connection tables' event counts, summed over CPUs.
@@ -507,3 +531,16 @@ impl Pinned {
 
 /// Name of the program in the pin directory, for messages.
 pub const PROGRAM_NAME: &str = PROGRAM;
+
+/// Writes the default value to `indices` of a per-CPU array, on every CPU.
+fn zero_per_cpu<T: aya::Pod + Default + Clone>(
+    map: &mut PerCpuArray<MapData, T>,
+    indices: &[u32],
+) -> anyhow::Result<()> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, err)| err)?;
+    for &index in indices {
+        let zeros = aya::maps::PerCpuValues::try_from(vec![T::default(); cpus])?;
+        map.set(index, zeros, 0)?;
+    }
+    Ok(())
+}

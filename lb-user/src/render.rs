@@ -164,3 +164,57 @@ pub fn bgp_lines(bgp: &crate::cluster::bgp::BgpStatus) -> String {
     }
     out
 }
+
+/// The parts of `xdplb status` after the counts: XDP modes, program, tables, files and
+/// endpoints, health.
+pub fn status_lines(s: &crate::api::StatusView) -> String {
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+    let pct = |e: u64, c: u64| {
+        if c == 0 {
+            0.0
+        } else {
+            e as f64 * 100.0 / c as f64
+        }
+    };
+    let t = &s.tables;
+    let mut out = String::new();
+    for x in &s.xdp {
+        out += &format!("xdp        {} {}\n", x.name, x.mode);
+    }
+    out += &format!(
+        "program    tag {} layout {} object {} ({})\n",
+        opt(s.program.tag.clone()),
+        s.program.layout,
+        opt(s.program.object.clone()),
+        s.program.origin
+    );
+    out += &format!(
+        "conntrack  {}/{} ({:.1}%)\nembryonic  {}/{} ({:.1}%)\n",
+        t.conntrack_entries,
+        t.conntrack_capacity,
+        pct(t.conntrack_entries, t.conntrack_capacity),
+        t.embryonic_entries,
+        t.embryonic_capacity,
+        pct(t.embryonic_entries, t.embryonic_capacity)
+    );
+    out += &format!(
+        "config     {}\nstate      {}\napi        {}{}\nmetrics    {}\n",
+        opt(s
+            .about
+            .config_file
+            .as_ref()
+            .map(|p| p.display().to_string())),
+        s.state_file,
+        s.about.api_socket.display(),
+        s.about
+            .api_tcp
+            .map_or(String::new(), |a| format!(" and tcp {a}")),
+        opt(s.about.metrics.map(|a| a.to_string()))
+    );
+    let h = &s.health;
+    out += &format!(
+        "health     {} up, {} draining, {} down (admin); {} healthy, {} failing, {} unchecked\n",
+        h.up, h.draining, h.down, h.healthy, h.failing, h.unchecked
+    );
+    out
+}

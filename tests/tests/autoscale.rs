@@ -185,6 +185,27 @@ fn autoscaling_brings_in_standby_backends_and_drains_them_when_load_falls() {
     wait_for_pool(&agent, "drained backends removed", |s| s.len() == 1);
     let status = agent.autoscale();
     assert_eq!(status.standby.len(), STANDBY, "{status:#?}");
+    // Each of the autoscaler's changes is in the audit trail, as the autoscaler's: backends
+    // brought in, drained, removed.
+    let log = agent.log();
+    let changes: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_once("change source=autoscale ").map(|(_, c)| c))
+        .collect();
+    assert!(
+        changes.iter().any(|c| c.starts_with("+ backend")),
+        "{changes:#?}"
+    );
+    assert!(
+        changes
+            .iter()
+            .any(|c| c.starts_with("~ backend") && c.ends_with("-> draining")),
+        "{changes:#?}"
+    );
+    assert!(
+        changes.iter().any(|c| c.starts_with("- backend")),
+        "{changes:#?}"
+    );
     agent.stop(true);
 }
 

@@ -46,6 +46,8 @@ const SYSTEM_TOOLS: &[(&str, &str)] = &[
     ),
     ("etcd", "etcd-server"),
     ("etcdctl", "etcd-client"),
+    // `xdplb top` is tested as a terminal program, in a tmux pane.
+    ("tmux", "tmux"),
 ];
 
 /// Checks everything and installs what is missing, saying what it does.

@@ -27,11 +27,13 @@ pub use state_file::{load_state, monotonic_ns, write_atomically};
 pub use tasks::{apply_health_events, autoscale_every, count_connections_every, log_vips};
 
 pub mod cluster;
+pub mod audit;
 mod neighbours;
 mod probe_routes;
 mod routes;
 mod state_file;
 mod tasks;
+pub mod xdp_mode;
 
 /// Default state file.
 pub const DEFAULT_STATE_FILE: &str = "/var/lib/xdplb/state.json";
@@ -160,9 +162,24 @@ pub struct Agent {
     pub cluster: Option<cluster::ClusterState>,
     /// The BGP announcements, with `[bgp]` (`crate::cluster::bgp`).
     pub bgp: Option<crate::cluster::bgp::BgpStatus>,
+    /// How the agent was started, for `status`.
+    pub about: About,
 }
 
 pub type Shared = Arc<Mutex<Agent>>;
+
+/// What `status` says about how the agent was started: where its program came from, its
+/// files and its endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct About {
+    /// `loaded` (a fresh program), `adopted` (the one an earlier agent left running) or
+    /// `replaced` (adopted maps, this agent's program).
+    pub program: String,
+    pub config_file: Option<PathBuf>,
+    pub api_socket: PathBuf,
+    pub api_tcp: Option<std::net::SocketAddr>,
+    pub metrics: Option<std::net::SocketAddr>,
+}
 
 /// Entries the connection tables held at the last count: a full embryonic table is the sign
 /// of a SYN flood (its oldest half-open flows are evicted first), a full connection table
@@ -199,6 +216,15 @@ pub trait Dataplane: Send {
     fn embryonic_capacity(&self) -> anyhow::Result<u32>;
     /// Switches the interfaces to a staged replacement program ([`Pinned::stage_replacement`]).
     fn finish_replacement(&mut self) -> anyhow::Result<()>;
+    /// The loaded program's tag (as `bpftool prog` shows it), if known.
+    fn program_tag(&self) -> Option<String> {
+        None
+    }
+    /// Zeroes the outcome counters, the events, and the traffic of the VIPs `vip_ids` and the
+    /// backends at `backend_indices` ([`Pinned::zero_stats`]).
+    fn zero_stats(&self, _vip_ids: &[u32], _backend_indices: &[u32]) -> anyhow::Result<()> {
+        anyhow::bail!("this data path cannot zero its counters")
+    }
 }
 
 impl Dataplane for Pinned {
@@ -228,6 +254,12 @@ impl Dataplane for Pinned {
     }
     fn finish_replacement(&mut self) -> anyhow::Result<()> {
         Pinned::finish_replacement(self)
+    }
+    fn zero_stats(&self, vip_ids: &[u32], backend_indices: &[u32]) -> anyhow::Result<()> {
+        Pinned::zero_stats(self, vip_ids, backend_indices)
+    }
+    fn program_tag(&self) -> Option<String> {
+        Pinned::program_tag(self).ok()
     }
 }
 
@@ -259,6 +291,7 @@ impl Agent {
             ipip_source_flags: (None, None),
             cluster: None,
             bgp: None,
+            about: About::default(),
         })
     }
 
@@ -284,10 +317,22 @@ impl Agent {
     /// with the balancer's map writes held back, the state it leads to is saved, and only then
     /// do the writes reach the data path. A change that fails, or whose state cannot be saved
     /// (a full disk), is undone: the maps, the agent and the state file stay as they were.
+    /// Logs what changed in the audit trail as made through the API ([`Agent::change_from`]).
     pub fn change<T, E: From<anyhow::Error>>(
         &mut self,
         change: impl FnOnce(&mut Self) -> Result<T, E>,
     ) -> Result<T, E> {
+        self.change_from(audit::Source::Api, change)
+    }
+
+    /// [`Agent::change`] from `source`: what changed is logged in the audit trail, one line a
+    /// change ([`audit`]).
+    pub fn change_from<T, E: From<anyhow::Error>>(
+        &mut self,
+        source: audit::Source,
+        change: impl FnOnce(&mut Self) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let before = audit::Before::new(self.balancer.vips(), &self.config);
         let checkpoint = self.balancer.begin();
         let (config, held) = (self.config.clone(), self.held.clone());
         let result = change(self).and_then(|value| {
@@ -315,6 +360,10 @@ impl Agent {
             )
             .into());
         }
+        audit::log(
+            source,
+            &audit::changes(&before, &self.balancer.vips(), &self.config),
+        );
         self.sync_autoscale(&[]);
         self.sync_health();
         if let Err(err) = self.save_if_changed() {
@@ -336,6 +385,14 @@ impl Agent {
         self.balancer.abort(checkpoint);
         (self.config, self.held) = (config, held);
         result
+    }
+
+    /// Logs in the audit trail what changed since `before`, as from `source`.
+    pub fn audit(&self, source: audit::Source, before: &audit::Before) {
+        audit::log(
+            source,
+            &audit::changes(before, &self.balancer.vips(), &self.config),
+        );
     }
 
     /// The state file's content.
@@ -392,8 +449,17 @@ impl Agent {
     /// Applies `desired` as `xdplb apply -f` does: all or nothing, saved before it is live;
     /// backends the agent keeps keep their ids and tracked flows. Returns what changed.
     pub fn apply_config(&mut self, desired: Config) -> Result<Plan, ApplyError> {
+        self.apply_config_from(desired, audit::Source::Apply)
+    }
+
+    /// [`Agent::apply_config`], logged in the audit trail as from `source`.
+    pub fn apply_config_from(
+        &mut self,
+        desired: Config,
+        source: audit::Source,
+    ) -> Result<Plan, ApplyError> {
         let plan = self.plan_config(&desired)?;
-        self.change(|agent| {
+        self.change_from(source, |agent| {
             let effective = agent.effective(&desired);
             config::apply_plan(&mut agent.balancer, &effective)?;
             let timeouts = desired.conntrack.timeouts();

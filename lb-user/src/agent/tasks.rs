@@ -122,7 +122,9 @@ pub async fn autoscale_every(agent: Shared, period: Duration) {
                     if locked.autoscale.is_empty() {
                         continue;
                     }
+                    let before = super::audit::Before::new(locked.balancer.vips(), &locked.config);
                     let jobs = locked.autoscale_tick();
+                    locked.audit(super::audit::Source::Autoscale, &before);
                     locked.sync_health();
                     if let Err(err) = locked.save_if_changed() {
                         warn!("saving the state: {err:#}");
@@ -146,9 +148,11 @@ pub async fn autoscale_every(agent: Shared, period: Duration) {
                     let mut locked = agent.lock().unwrap_or_else(|p| p.into_inner());
                     let now = locked.now_s();
                     let cluster = locked.cluster.is_some();
+                    let before = super::audit::Before::new(locked.balancer.vips(), &locked.config);
                     let Agent { autoscale, balancer, .. } = &mut *locked;
                     if let Some(scaler) = autoscale.get_mut(&vip) {
                         scaler.on_result(now, result, balancer);
+                        locked.audit(super::audit::Source::Autoscale, &before);
                         locked.sync_health();
                         if let Err(err) = locked.save_if_changed() {
                             warn!("saving the state: {err:#}");

@@ -26,6 +26,7 @@ pub use crate::agent::{BackendView, VipView};
 pub use serve::{Limits, serve};
 pub use types::*;
 
+mod conns;
 mod serve;
 mod types;
 use crate::{
@@ -318,15 +319,56 @@ async fn cluster_status(State(state): State<ApiState>) -> ApiResult<Json<cluster
 async fn status(State(state): State<ApiState>) -> ApiResult<Json<StatusView>> {
     with_agent(&state, |agent| {
         let vips = agent.balancer.vips();
+        let mut health = HealthSummary::default();
+        for view in vip_views(agent)? {
+            for b in &view.backends {
+                match b.state {
+                    balancer::BackendState::Up => health.up += 1,
+                    balancer::BackendState::Draining => health.draining += 1,
+                    balancer::BackendState::Down => health.down += 1,
+                }
+                match b.healthy {
+                    Some(true) => health.healthy += 1,
+                    Some(false) => health.failing += 1,
+                    None => health.unchecked += 1,
+                }
+            }
+        }
+        let fill: std::collections::HashMap<_, _> = agent.table_fill()?.into_iter().collect();
+        let version = crate::pin::PinnedVersion::read(agent.pinned.dir());
+        let interfaces = agent.pinned.ifaces();
         Ok(Json(StatusView {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pin_dir: agent.pinned.dir().display().to_string(),
-            interfaces: agent.pinned.ifaces(),
+            xdp: interfaces
+                .iter()
+                .map(|name| IfaceXdp {
+                    name: name.clone(),
+                    mode: crate::agent::xdp_mode::xdp_mode(name)
+                        .map_or_else(|err| format!("unknown ({err:#})"), str::to_owned),
+                })
+                .collect(),
+            interfaces,
             uptime_secs: agent.started.elapsed().as_secs(),
             vips: vips.len(),
             backends: vips.iter().map(|v| v.backends.len()).sum(),
             store: agent.cluster.as_ref().map(|c| c.status()),
             bgp: agent.bgp.clone(),
+            program: ProgramStatus {
+                tag: agent.pinned.program_tag(),
+                layout: version.layout,
+                object: version.object,
+                origin: agent.about.program.clone(),
+            },
+            tables: TablesStatus {
+                conntrack_entries: fill["conntrack_entries"],
+                conntrack_capacity: fill["conntrack_capacity"],
+                embryonic_entries: fill["embryonic_entries"],
+                embryonic_capacity: fill["embryonic_capacity"],
+            },
+            about: agent.about.clone(),
+            state_file: agent.state_file.display().to_string(),
+            health,
         }))
     })
     .await
@@ -611,6 +653,48 @@ async fn stats(State(state): State<ApiState>) -> ApiResult<Json<StatsView>> {
     .await
 }
 
+/// `POST /v1/stats/zero`: the outcome counters, the events and every VIP's and backend's
+/// traffic back to zero. What is not a count since some moment stays: active connections and
+/// the tables' fill (counted from the tables), and the flows opened per backend that
+/// least-connections counts its load from.
+async fn zero_stats(State(state): State<ApiState>) -> ApiResult<Json<ZeroView>> {
+    with_agent(&state, |agent| {
+        let vips = agent.balancer.vips();
+        let vip_ids: Vec<u32> = vips.iter().map(|v| v.id).collect();
+        let backends: Vec<u32> = vips
+            .iter()
+            .flat_map(|v| v.backends.iter())
+            .map(|b| lb_common::maps::backend_index(b.id))
+            .collect();
+        agent.pinned.zero_stats(&vip_ids, &backends)?;
+        log::info!(
+            "{}",
+            crate::agent::audit::line(
+                crate::agent::audit::Source::Api,
+                &format!(
+                    "stats zero: counters, events, {} VIPs, {} backends",
+                    vip_ids.len(),
+                    backends.len()
+                )
+            )
+        );
+        Ok(Json(ZeroView {
+            zeroed: vec![
+                "counters".into(),
+                "events".into(),
+                "vip traffic".into(),
+                "backend traffic".into(),
+            ],
+            kept: vec![
+                "active connections".into(),
+                "table fill".into(),
+                "flows opened per backend (least-connections' load)".into(),
+            ],
+        }))
+    })
+    .await
+}
+
 /// `dry_run` from the query string: absent, `true`/`1` or `false`/`0`.
 fn dry_run(query: Option<&str>) -> ApiResult<bool> {
     let mut dry_run = false;
@@ -710,6 +794,13 @@ async fn attach_iface(
         agent.pinned.attach(&req.name, mode)?;
         // The program may now redirect to it: next hops through it are worth looking up again.
         agent.balancer.refresh_next_hops()?;
+        log::info!(
+            "{}",
+            crate::agent::audit::line(
+                crate::agent::audit::Source::Api,
+                &format!("iface attach {}", req.name)
+            )
+        );
         Ok((StatusCode::CREATED, Json(agent.pinned.ifaces())))
     })
     .await
@@ -730,7 +821,13 @@ async fn detach_iface(
         agent.pinned.detach(&name)?;
         // Kept next hops through it must not be used to redirect there any more.
         agent.balancer.refresh_next_hops()?;
-        log::info!("{name}: detached (API)");
+        log::info!(
+            "{}",
+            crate::agent::audit::line(
+                crate::agent::audit::Source::Api,
+                &format!("iface detach {name}")
+            )
+        );
         Ok(StatusCode::NO_CONTENT)
     })
     .await
@@ -773,12 +870,14 @@ pub fn router(agent: Shared, shutdown: watch::Sender<Shutdown>, limits: &Limits)
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/stats", get(stats))
+        .route("/v1/stats/zero", post(zero_stats))
         .route("/v1/stop", post(stop))
         .route("/v1/apply", post(apply))
         .route("/v1/config", get(running_config))
         .route("/v1/cluster", get(cluster_status))
         .route("/v1/interfaces", get(list_ifaces).post(attach_iface))
         .route("/v1/interfaces/{name}", axum::routing::delete(detach_iface))
+        .route("/v1/connections", get(conns::list).delete(conns::flush))
         .route("/v1/autoscale", get(list_autoscale))
         .route("/v1/autoscale/{proto}/{addr}", get(show_autoscale))
         .route("/v1/vips", get(list_vips).post(add_vip))

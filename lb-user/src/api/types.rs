@@ -36,6 +36,68 @@ pub struct StatusView {
     /// The BGP announcements (with `[bgp]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bgp: Option<crate::cluster::bgp::BgpStatus>,
+    /// Each interface's XDP mode as the kernel reports it.
+    #[serde(default)]
+    pub xdp: Vec<IfaceXdp>,
+    /// The loaded program.
+    #[serde(default)]
+    pub program: ProgramStatus,
+    /// The connection tables' fill at the last count, and their capacity.
+    #[serde(default)]
+    pub tables: TablesStatus,
+    /// How the agent was started: program origin, files, endpoints.
+    #[serde(default)]
+    pub about: crate::agent::About,
+    /// The state file.
+    #[serde(default)]
+    pub state_file: String,
+    /// Backends by admin state and by health.
+    #[serde(default)]
+    pub health: HealthSummary,
+}
+
+/// An interface and the XDP mode its program runs in.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IfaceXdp {
+    pub name: String,
+    /// `native`, `generic`, `offload`, `multiple`, `none`, or why it is not known.
+    pub mode: String,
+}
+
+/// The program the agent runs.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProgramStatus {
+    /// The kernel's tag of the program (as `bpftool prog` shows it).
+    pub tag: Option<String>,
+    /// The pin layout version of the pinned maps.
+    pub layout: u32,
+    /// The fingerprint of the pinned program's object.
+    pub object: Option<String>,
+    /// `loaded`, `adopted` or `replaced` (see [`crate::agent::About`]).
+    pub origin: String,
+}
+
+/// The connection tables at the last count.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TablesStatus {
+    pub conntrack_entries: u64,
+    pub conntrack_capacity: u64,
+    pub embryonic_entries: u64,
+    pub embryonic_capacity: u64,
+}
+
+/// Backends by admin state (as operators set it) and by their last health check.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HealthSummary {
+    pub up: usize,
+    pub draining: usize,
+    pub down: usize,
+    /// Whose last check passed.
+    pub healthy: usize,
+    /// Whose last check failed.
+    pub failing: usize,
+    /// Of VIPs without a health check.
+    pub unchecked: usize,
 }
 
 /// `POST /v1/interfaces`.
@@ -187,4 +249,11 @@ mod tests {
             stats
         );
     }
+}
+
+/// What `POST /v1/stats/zero` answers: what it set to zero, and what it kept.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ZeroView {
+    pub zeroed: Vec<String>,
+    pub kept: Vec<String>,
 }

@@ -487,6 +487,18 @@ fn serve(
     agent.held = held;
     agent.autoscale_dry_run = args.autoscale_dry_run;
     agent.ipip_source_flags = (args.ipip_source_v4, args.ipip_source_v6);
+    agent.about = agent::About {
+        program: match (adopting, &replace) {
+            (false, _) => "loaded",
+            (true, None) => "adopted",
+            (true, Some(_)) => "replaced",
+        }
+        .to_owned(),
+        config_file: args.config.clone(),
+        api_socket: socket.to_owned(),
+        api_tcp: api_tcp.as_ref().map(|(addr, _)| *addr),
+        metrics: args.metrics,
+    };
     agent.sync_autoscale(&saved_pools);
     // The config file, when there is one, wins over the saved state; in cluster mode its VIPs
     // only seed an empty store, and the agent runs what it last applied until the store
@@ -503,7 +515,7 @@ fn serve(
             agent.cluster = Some(agent::cluster::ClusterState::new(cluster, seed));
         }
         let plan = agent
-            .apply_config(config)
+            .apply_config_from(config, crate::agent::audit::Source::Start)
             .with_context(|| format!("applying {}", path.display()))?;
         log_plan(path, &plan);
     }

@@ -188,7 +188,9 @@ fn reload(shared: &agent::Shared, path: &Path) {
                 config.vips = agent.running_config().vips;
                 config.cluster = agent.config.cluster.clone();
             }
-            agent.apply_config(config).map_err(|err| err.to_string())
+            agent
+                .apply_config_from(config, agent::audit::Source::Reload)
+                .map_err(|err| err.to_string())
         });
     match applied {
         Ok(plan) => log_plan(path, &plan),

@@ -76,12 +76,26 @@ Examples:
     Backend(BackendCommand),
     /// Packet counters and traffic per VIP and backend.
     #[command(
-        after_help = "Examples:\n  xdplb stats\n  xdplb stats -o json\n  xdplb stats --watch 5"
+        after_help = "Examples:\n  xdplb stats\n  xdplb stats -o json\n  xdplb stats --watch 0.5\n  xdplb stats --zero"
     )]
     Stats {
-        /// Print again every this many seconds until interrupted.
-        #[arg(long, value_name = "SECONDS")]
-        watch: Option<u64>,
+        /// Print again every this many seconds (fractions too, at least 0.1) until
+        /// interrupted, each frame with its time and the rates since the one before.
+        #[arg(long, value_name = "SECONDS", value_parser = parse_watch)]
+        watch: Option<f64>,
+        /// Set the counters, events and per-VIP and per-backend traffic to zero (active
+        /// connections, table fill and least-connections' opened-flow counts stay).
+        #[arg(long, conflicts_with = "watch")]
+        zero: bool,
+    },
+    /// A full-screen live view: VIPs and backends with rates, connections, health, the
+    /// autoscalers, table fill and drops; refreshed every second. q quits.
+    ///
+    /// Example: xdplb top
+    Top {
+        /// Seconds between refreshes (at least 0.1).
+        #[arg(long, value_name = "SECONDS", default_value_t = 1.0, value_parser = parse_watch)]
+        interval: f64,
     },
     /// What the agent runs.
     #[command(after_help = "Example:\n  xdplb status -o json")]
@@ -89,6 +103,9 @@ Examples:
     /// Cluster mode: the gateways sharing the config in etcd.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// The connection table: list tracked flows, flush them.
+    #[command(subcommand)]
+    Conn(ConnCommand),
     /// Bring the running VIPs and backends to a config file: print the plan, apply it.
     #[command(after_help = "Example:\n  xdplb apply -f /etc/xdplb/xdplb.toml --dry-run")]
     Apply {
@@ -162,6 +179,40 @@ Examples:
         /// The directory to write the pages to (created if missing).
         dir: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+pub enum ConnCommand {
+    /// Tracked flows (like `ipvsadm -Lnc`): client, VIP, backend, protocol, state, idle time;
+    /// half-open flows come from the embryonic table and are marked so.
+    ///
+    /// Example: xdplb conn list --vip 198.19.0.1:80/tcp --limit 20
+    List {
+        #[command(flatten)]
+        filter: ConnFilterArgs,
+        /// Show at most this many flows (and count the rest).
+        #[arg(long, value_name = "N", default_value_t = lb_user::conns::DEFAULT_LIMIT)]
+        limit: usize,
+    },
+    /// Delete tracked flows (and their reverse translations); their next packet is handled as
+    /// that of a flow whose state was lost. Without a filter, every flow.
+    ///
+    /// Example: xdplb conn flush --backend 10.1.0.2:8080
+    Flush {
+        #[command(flatten)]
+        filter: ConnFilterArgs,
+    },
+}
+
+/// Which flows `conn list` and `conn flush` take.
+#[derive(clap::Args, Debug, Default)]
+pub struct ConnFilterArgs {
+    /// Only the flows of this VIP (`ADDR:PORT/PROTO`).
+    #[arg(long, value_name = "VIP")]
+    pub vip: Option<Vip>,
+    /// Only the flows pinned to this backend (`ADDR:PORT`).
+    #[arg(long, value_name = "ADDR")]
+    pub backend: Option<SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -350,6 +401,19 @@ fn parse_timeout(s: &str) -> Result<f64, String> {
         Ok(secs) if secs > 0.0 && secs <= 86_400.0 => Ok(secs),
         _ => Err(format!(
             "{s:?} is not a number of seconds above 0 and at most 86400"
+        )),
+    }
+}
+
+/// Shortest period of `stats --watch` and `top`.
+pub const MIN_WATCH_SECS: f64 = 0.1;
+
+/// A watch period in seconds: a number from 0.1 to a day.
+fn parse_watch(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if (MIN_WATCH_SECS..=86_400.0).contains(&secs) => Ok(secs),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds from {MIN_WATCH_SECS} to 86400"
         )),
     }
 }

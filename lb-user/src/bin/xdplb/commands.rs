@@ -63,7 +63,7 @@ fn vip_path(vip: &Vip) -> String {
     format!("/v1/vips/{}/{}", vip.proto, segment(&addr))
 }
 
-fn print<T: serde::Serialize>(
+pub fn print<T: serde::Serialize>(
     output: Output,
     value: &T,
     table: impl FnOnce() -> String,
@@ -278,28 +278,11 @@ pub async fn client_command(
                 backends.iter().map(backend_line).collect()
             })
         }
-        Command::Stats { watch } => loop {
-            let stats: StatsView = call(endpoint, Method::GET, "/v1/stats", None).await?;
-            print(output, &stats, || {
-                let mut out: String = stats
-                    .counters
-                    .iter()
-                    .chain(&stats.events)
-                    .filter(|(_, v)| *v > 0)
-                    .chain(&stats.tables)
-                    .map(|(name, v)| format!("{name:<24} {v:>14}\n"))
-                    .collect();
-                for v in &stats.vips {
-                    out += &vip_line(v);
-                    out += &v.backends.iter().map(backend_line).collect::<String>();
-                }
-                out
-            })?;
-            match watch {
-                Some(secs) => tokio::time::sleep(Duration::from_secs(secs.max(1))).await,
-                None => return Ok(()),
-            }
-        },
+        Command::Stats { watch, zero } => {
+            crate::stats::command(watch, zero, endpoint, output).await
+        }
+        Command::Top { interval } => crate::top::run(endpoint, interval).await,
+        Command::Conn(command) => crate::conn::command(command, endpoint, output).await,
         Command::Status => {
             let status: StatusView = call(endpoint, Method::GET, "/v1/status", None).await?;
             print(output, &status, || {
@@ -312,6 +295,7 @@ pub async fn client_command(
                     status.vips,
                     status.backends
                 );
+                out += &lb_user::render::status_lines(&status);
                 if let Some(store) = &status.store {
                     out += &store_line(store);
                 }

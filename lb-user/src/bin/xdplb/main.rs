@@ -2,6 +2,9 @@
 
 mod cli;
 mod commands;
+mod conn;
+mod stats;
+mod top;
 
 use std::{path::Path, process::ExitCode};
 
