@@ -37,6 +37,10 @@ const SYSTEM_TOOLS: &[(&str, &str)] = &[
     // installed.
     ("lintian", "lintian"),
     ("man", "man-db"),
+    // The metrics test: `promtool check metrics` on a scrape, and a Prometheus scraping the
+    // agent for the types it keeps.
+    ("promtool", "prometheus"),
+    ("prometheus", "prometheus"),
 ];
 
 /// Checks everything and installs what is missing, saying what it does.

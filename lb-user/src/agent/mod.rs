@@ -15,7 +15,7 @@ use crate::{
     autoscale::live::{Job, SavedPool, VipAutoscaler},
     balancer::{BackendState, Balancer, Forwarding, Proto, Scheduler, Snapshot, Vip, VipInfo},
     config::{self, Config, Plan, VipConfig},
-    health::{CheckKind, HealthEvent, Monitor, ProbePath, Target, WatchKey},
+    health::{CheckKind, HealthCheck, HealthEvent, Monitor, ProbePath, Target, WatchKey},
     maps::DynMaps,
     pin::Pinned,
 };
@@ -81,6 +81,9 @@ pub struct VipView {
     /// schedules each slot to the same backend address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_digest: Option<String>,
+    /// The health check of its backends, as `[vip.health]` would give it (`None`: no check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<config::HealthSettings>,
 }
 
 /// A backend with its state, load and traffic.
@@ -99,6 +102,52 @@ pub struct BackendView {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// The state as the operator set it (`up`, `draining`, `down`): a backend its health check
+    /// holds down shows the state it goes back to, while `state` is the one in the tables.
+    #[serde(default)]
+    pub admin_state: Option<BackendState>,
+    /// The operational state, from the health checks alone.
+    #[serde(default)]
+    pub health: Health,
+    /// When the last check ended (Unix seconds) and whether it passed; `None` before the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_ok: Option<bool>,
+    /// The last failed check's error and when it ended (Unix seconds), kept after recovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_at: Option<f64>,
+}
+
+/// A backend's operational state, as its health checks see it (apart from the admin state).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// No check (the VIP has none), or none has run yet.
+    #[default]
+    Unchecked,
+    /// The checks pass (or fail fewer than `fall` times in a row).
+    Healthy,
+    /// The checks failed `fall` times in a row, and have not passed `rise` times since.
+    Failing,
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Health::Unchecked => "unchecked",
+            Health::Healthy => "healthy",
+            Health::Failing => "failing",
+        })
+    }
+}
+
+/// Seconds since the Unix epoch, to the millisecond.
+fn unix_seconds(at: std::time::SystemTime) -> f64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_millis() as f64 / 1000.0)
 }
 
 /// Why a config was not applied. Nothing was changed.
@@ -409,6 +458,32 @@ impl Agent {
         running
     }
 
+    /// Changes `vip`'s health check as `vip set --health…` asks (see [`config::merge_health`]);
+    /// the checks follow when the change is made ([`Agent::change`]).
+    pub fn set_health(
+        &mut self,
+        vip: &Vip,
+        change: config::HealthSettings,
+    ) -> Result<HealthCheck, ApplyError> {
+        let info = self.balancer.vip(vip)?;
+        let current = self
+            .config
+            .vip(vip)
+            .map(VipConfig::health)
+            .unwrap_or_default();
+        let check = config::merge_health(&current, change, info.options.forwarding)
+            .map_err(|err| ApplyError::Refused(err.to_string()))?;
+        match self.config.vips.iter_mut().find(|v| v.vip() == *vip) {
+            Some(applied) => applied.health = check.clone(),
+            None => {
+                let mut applied = VipConfig::from_info(&info);
+                applied.health = check.clone();
+                self.config.vips.push(applied);
+            }
+        }
+        Ok(check)
+    }
+
     /// Refuses a scheduler that is not cluster-safe for `vip` when the agent runs in a cluster
     /// (its config has `[cluster]` or `[bgp]`).
     pub fn check_cluster_safe(&self, vip: &Vip, scheduler: Scheduler) -> Result<(), String> {
@@ -432,12 +507,30 @@ impl Agent {
             .map(|b| {
                 let s = self.balancer.backend_stats(b.id)?;
                 let active = self.active.get(&b.id).copied().unwrap_or(0);
-                let healthy = self
+                let check = self
                     .monitor
                     .as_ref()
-                    .and_then(|m| m.stats(&(info.vip, b.spec.addr)))
-                    .map(|s| s.healthy);
+                    .and_then(|m| m.stats(&(info.vip, b.spec.addr)));
+                let healthy = check.as_ref().map(|s| s.healthy);
+                let health = match &check {
+                    Some(c) if !c.healthy => Health::Failing,
+                    Some(c) if c.last.is_some() => Health::Healthy,
+                    _ => Health::Unchecked,
+                };
+                let last = check.as_ref().and_then(|c| c.last.as_ref());
+                let failure = check.as_ref().and_then(|c| c.last_failure.as_ref());
+                let admin_state = self
+                    .held
+                    .get(&(info.vip, b.spec.addr))
+                    .copied()
+                    .unwrap_or(b.spec.state);
                 Ok(BackendView {
+                    admin_state: Some(admin_state),
+                    health,
+                    last_check: last.map(|l| unix_seconds(l.at)),
+                    last_check_ok: last.map(|l| l.error.is_none()),
+                    last_error: failure.map(|f| f.error.clone()),
+                    last_error_at: failure.map(|f| unix_seconds(f.at)),
                     address: b.spec.addr,
                     weight: b.spec.weight,
                     state: b.spec.state,
@@ -470,6 +563,12 @@ impl Agent {
             new_flows: stats.new_flows,
             backends,
             table_digest: info.table_digest.clone(),
+            health_check: self
+                .config
+                .vip(&info.vip)
+                .map(VipConfig::health)
+                .filter(|check| check.kind != CheckKind::None)
+                .map(config::health_settings),
         })
     }
 

@@ -401,6 +401,7 @@ async fn set_vip(
         .as_deref()
         .map(str::parse::<Forwarding>)
         .transpose()?;
+    let health = req.health;
     Ok(Json(
         change(&state, move |agent| {
             let mut options = agent.balancer.vip(&vip)?.options;
@@ -429,6 +430,9 @@ async fn set_vip(
                 .check_cluster_safe(&vip, options.scheduler)
                 .map_err(bad)?;
             agent.balancer.set_vip_options(&vip, options)?;
+            if let Some(health) = health {
+                agent.set_health(&vip, health)?;
+            }
             vip_view(agent, &agent.balancer.vip(&vip)?)
         })
         .await?,

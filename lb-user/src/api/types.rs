@@ -89,6 +89,11 @@ pub struct SetVip {
     /// `nat`, `dsr-l2` or `ipip`: tracked flows follow the new mode from their next packet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forwarding: Option<String>,
+    /// The health check, shaped as the config's `[vip.health]` (`{"kind": "http",
+    /// "http-path": "/healthz"}`): the fields given replace the VIP's; a new kind drops the
+    /// old kind's own fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::config::HealthSettings>,
 }
 
 /// `POST /v1/vips/.../backends`.

@@ -68,6 +68,7 @@ pub use crate::{
     duration::{format_duration, parse_duration},
 };
 pub use cluster::{BgpConfig, BgpPeer, ClusterConfig, DEFAULT_HOLD_TIME, cluster_safe};
+pub use raw::RawHealth as HealthSettings;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -389,6 +390,67 @@ fn field_changes<T: Serialize>(now: T, new: T) -> Vec<String> {
         .filter(|key| now.get(*key) != new.get(*key))
         .map(|key| format!("{key} {} -> {}", show(now.get(key)), show(new.get(key))))
         .collect()
+}
+
+/// `check` as `[vip.health]` gives it, settings left at their defaults left out.
+pub fn health_settings(check: HealthCheck) -> HealthSettings {
+    raw_health(check)
+}
+
+/// A VIP's health check changed as `vip set --health…` asks (the API's `health` object, shaped
+/// as `[vip.health]`): the fields given replace `current`'s; a new `kind` keeps the interval,
+/// timeout, rise, fall, port and path but none of the old kind's own fields. Validated as the
+/// file's `[vip.health]` of a VIP forwarding by `forwarding` is, each error naming its field.
+pub fn merge_health(
+    current: &HealthCheck,
+    change: HealthSettings,
+    forwarding: Forwarding,
+) -> Result<HealthCheck, ConfigError> {
+    let mut raw = raw_health_with(current.clone(), true);
+    if change
+        .kind
+        .as_deref()
+        .is_some_and(|kind| kind != current.kind.name())
+    {
+        raw.http_method = None;
+        raw.http_path = None;
+        raw.http_expect_status = None;
+        raw.udp_payload = None;
+        raw.udp_expect = None;
+    }
+    macro_rules! given {
+        ($($field:ident),*) => {
+            $(if change.$field.is_some() {
+                raw.$field = change.$field;
+            })*
+        };
+    }
+    given!(
+        kind,
+        interval,
+        timeout,
+        rise,
+        fall,
+        port,
+        path,
+        http_method,
+        http_path,
+        http_expect_status,
+        udp_payload,
+        udp_expect
+    );
+    let mut errors = Errors::default();
+    let check = health_from_raw(Some(raw), "health", &mut errors);
+    if check.path == ProbePath::Vip && forwarding != Forwarding::DsrL2 {
+        errors.add(
+            "health.path",
+            format!(
+                "\"vip\" probes through the dsr-l2 path; this VIP forwards by {forwarding}: use \
+                 \"direct\""
+            ),
+        );
+    }
+    errors.finish(check)
 }
 
 /// The changes of health checks, autoscaling and connection-table timeouts that take the

@@ -69,33 +69,34 @@ pub(super) struct RawVip {
     pub(super) autoscale: Option<autoscale::RawAutoscale>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// `[vip.health]` as the file (or the API's `health` object) gives it, before validation.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub(super) struct RawHealth {
+pub struct RawHealth {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) kind: Option<String>,
+    pub kind: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) interval: Option<String>,
+    pub interval: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) timeout: Option<String>,
+    pub timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) rise: Option<i64>,
+    pub rise: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) fall: Option<i64>,
+    pub fall: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) port: Option<i64>,
+    pub port: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) http_method: Option<String>,
+    pub http_method: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) http_path: Option<String>,
+    pub http_path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) http_expect_status: Option<i64>,
+    pub http_expect_status: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) udp_payload: Option<String>,
+    pub udp_payload: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) udp_expect: Option<String>,
+    pub udp_expect: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) path: Option<String>,
+    pub path: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

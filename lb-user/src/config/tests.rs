@@ -1138,3 +1138,71 @@ protocol = "tcp"
         error("[bgp]\nlocal-asn = 1\nrouter-id = \"1.2.3.4\"\n").contains("bgp.peer: at least one")
     );
 }
+
+#[test]
+fn merge_health_keeps_what_is_not_given_and_validates_as_the_file() {
+    let current = HealthCheck {
+        kind: CheckKind::Http {
+            method: "GET".to_owned(),
+            path: "/healthz".to_owned(),
+            expect_status: 200,
+        },
+        interval: Duration::from_secs(2),
+        ..HealthCheck::default()
+    };
+    let given = |f: fn(&mut HealthSettings)| {
+        let mut s = HealthSettings::default();
+        f(&mut s);
+        merge_health(&current, s, Forwarding::Nat)
+    };
+    // One setting: the rest is kept.
+    let check = given(|s| s.http_expect_status = Some(204)).unwrap();
+    assert_eq!(check.interval, Duration::from_secs(2));
+    assert_eq!(
+        check.kind,
+        CheckKind::Http {
+            method: "GET".to_owned(),
+            path: "/healthz".to_owned(),
+            expect_status: 204
+        }
+    );
+    // A new kind drops the old kind's own settings, keeps the common ones.
+    let check = given(|s| s.kind = Some("tcp".to_owned())).unwrap();
+    assert_eq!(
+        (check.kind, check.interval),
+        (CheckKind::Tcp, Duration::from_secs(2))
+    );
+    // Errors name the field, as in a file.
+    let err = given(|s| {
+        s.kind = Some("tcp".to_owned());
+        s.http_path = Some("/x".to_owned());
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("health.http-path: only allowed with kind \"http\""),
+        "{err}"
+    );
+    let err = given(|s| s.timeout = Some("3s".to_owned()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("health.timeout: 3s is longer than the interval (2s)"),
+        "{err}"
+    );
+    let err = given(|s| s.path = Some("vip".to_owned()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("health.path"), "{err}");
+    assert!(
+        merge_health(
+            &current,
+            HealthSettings {
+                path: Some("vip".to_owned()),
+                ..HealthSettings::default()
+            },
+            Forwarding::DsrL2
+        )
+        .is_ok()
+    );
+}

@@ -16,10 +16,10 @@ use std::{
     io,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use tokio::{
@@ -437,8 +437,26 @@ pub struct HealthEvent {
     pub reason: String,
 }
 
+/// The last check of a watch that counted (local failures do not).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastCheck {
+    /// When it ended.
+    pub at: SystemTime,
+    /// Its failure, if it failed.
+    pub error: Option<String>,
+}
+
+/// The last failure of a watch, kept after later checks succeed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastFailure {
+    /// When it ended.
+    pub at: SystemTime,
+    /// Why it failed.
+    pub error: String,
+}
+
 /// Counters of one watch.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CheckStats {
     /// Checks run.
     pub checks: u64,
@@ -451,6 +469,10 @@ pub struct CheckStats {
     pub transitions: u64,
     /// The current health.
     pub healthy: bool,
+    /// The last check that counted; `None` before the first.
+    pub last: Option<LastCheck>,
+    /// The last failed check, if any failed.
+    pub last_failure: Option<LastFailure>,
 }
 
 #[derive(Debug)]
@@ -460,6 +482,8 @@ struct Counters {
     local_failures: AtomicU64,
     transitions: AtomicU64,
     healthy: AtomicBool,
+    /// The last check and the last failure; written once per check, read by views.
+    last: Mutex<(Option<LastCheck>, Option<LastFailure>)>,
 }
 
 impl Counters {
@@ -470,16 +494,32 @@ impl Counters {
             local_failures: AtomicU64::new(from.local_failures),
             transitions: AtomicU64::new(from.transitions),
             healthy: AtomicBool::new(from.healthy),
+            last: Mutex::new((from.last, from.last_failure)),
         }
     }
 
+    fn record_last(&self, error: Option<String>) {
+        let at = SystemTime::now();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(error) = &error {
+            last.1 = Some(LastFailure {
+                at,
+                error: error.clone(),
+            });
+        }
+        last.0 = Some(LastCheck { at, error });
+    }
+
     fn load(&self) -> CheckStats {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
         CheckStats {
             checks: self.checks.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             local_failures: self.local_failures.load(Ordering::Relaxed),
             transitions: self.transitions.load(Ordering::Relaxed),
             healthy: self.healthy.load(Ordering::Relaxed),
+            last: last.0,
+            last_failure: last.1,
         }
     }
 }
@@ -539,7 +579,7 @@ impl Monitor {
             old.counters.load()
         });
         if check.kind == CheckKind::None {
-            if previous.is_some_and(|stats| !stats.healthy) {
+            if previous.as_ref().is_some_and(|stats| !stats.healthy) {
                 // A closed receiver only means nobody listens any more.
                 let _ = self.events.send(HealthEvent {
                     key,
@@ -634,7 +674,10 @@ async fn run(
         let result = self::check(&check.kind, target, check.timeout).await;
         counters.checks.fetch_add(1, Ordering::Relaxed);
         let ok = match result {
-            Ok(()) => true,
+            Ok(()) => {
+                counters.record_last(None);
+                true
+            }
             Err(failure) if failure.local => {
                 counters.local_failures.fetch_add(1, Ordering::Relaxed);
                 log::warn!(
@@ -648,6 +691,7 @@ async fn run(
             }
             Err(failure) => {
                 counters.failures.fetch_add(1, Ordering::Relaxed);
+                counters.record_last(Some(failure.reason.clone()));
                 last_error = failure.reason;
                 false
             }

@@ -149,8 +149,10 @@ pub async fn client_command(
             ring_size,
             sources,
             forwarding,
+            health,
         }) => {
             let body = request(&api::SetVip {
+                health: health.settings(),
                 scheduler: scheduler.map(|s| s.name().to_owned()),
                 ring_size,
                 allow: SourceArgs::replacement(&sources.allow),
