@@ -121,6 +121,9 @@ pub struct BackendView {
     pub last_error_at: Option<f64>,
 }
 
+/// Longest a `notify-up` or `notify-down` command may run before it is killed.
+pub const NOTIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A backend's operational state, as its health checks see it (apart from the admin state).
 #[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -447,6 +450,8 @@ impl Agent {
             if let Some(applied) = self.config.vip(&info.vip) {
                 vip.health = applied.health.clone();
                 vip.autoscale = applied.autoscale.clone();
+                vip.notify_up = applied.notify_up.clone();
+                vip.notify_down = applied.notify_down.clone();
             }
             for backend in &mut vip.backends {
                 if let Some(state) = self.held.get(&(info.vip, backend.address)) {
@@ -763,6 +768,7 @@ impl Agent {
                     "{addr} of {vip} is healthy again ({}): back to {state}",
                     event.reason
                 );
+                self.notify(&vip, addr, true);
                 self.balancer
                     .update_backend(&vip, addr, None, Some(state))?;
             }
@@ -773,10 +779,59 @@ impl Agent {
                 event.reason
             );
             entry.insert(backend.spec.state);
+            self.notify(&vip, addr, false);
             self.balancer
                 .update_backend(&vip, addr, None, Some(BackendState::Down))?;
         }
         self.save()
+    }
+
+    /// Runs the VIP's `notify-up` or `notify-down` command, if it has one, for `backend`: in
+    /// the background, with `VIP`, `BACKEND` and `STATE` (`up`, `down`) set, killed after
+    /// [`NOTIFY_TIMEOUT`]; its failure is logged.
+    fn notify(&self, vip: &Vip, backend: std::net::SocketAddr, up: bool) {
+        let Some(applied) = self.config.vip(vip) else {
+            return;
+        };
+        let argv = if up {
+            &applied.notify_up
+        } else {
+            &applied.notify_down
+        };
+        let Some((program, args)) = argv.split_first() else {
+            return;
+        };
+        let state = if up { "up" } else { "down" };
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
+            .env("VIP", vip.to_string())
+            .env("BACKEND", backend.to_string())
+            .env("STATE", state)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let what = format!("notify-{state} of {vip} for {backend}");
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            warn!("{what}: not run, no runtime");
+            return;
+        };
+        runtime.spawn(async move {
+            let child = match cmd.spawn() {
+                Ok(child) => child,
+                Err(err) => return warn!("{what}: starting {err}"),
+            };
+            match tokio::time::timeout(NOTIFY_TIMEOUT, child.wait_with_output()).await {
+                Ok(Ok(out)) if out.status.success() => {}
+                Ok(Ok(out)) => warn!(
+                    "{what} failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                Ok(Err(err)) => warn!("{what}: {err}"),
+                Err(_) => warn!("{what}: killed after {NOTIFY_TIMEOUT:?}"),
+            }
+        });
     }
 
     /// Publishes counted active flows per backend for least-connections.

@@ -194,6 +194,11 @@ pub struct VipConfig {
     pub backends: Vec<BackendConfig>,
     /// `[vip.autoscale]`: the agent grows and shrinks the backend list.
     pub autoscale: Option<AutoscaleConfig>,
+    /// `notify-up`: a command (program and arguments) run when a health check brings a
+    /// backend back, with `VIP`, `BACKEND` and `STATE` (`up`) set; empty: none.
+    pub notify_up: Vec<String>,
+    /// `notify-down`: the same when a health check takes a backend down (`STATE` `down`).
+    pub notify_down: Vec<String>,
 }
 
 /// A `[[vip.backend]]`.
@@ -354,6 +359,8 @@ impl VipConfig {
                 })
                 .collect(),
             autoscale: None,
+            notify_up: Vec::new(),
+            notify_down: Vec::new(),
         }
     }
 }
@@ -417,6 +424,7 @@ pub fn merge_health(
         raw.http_expect_status = None;
         raw.udp_payload = None;
         raw.udp_expect = None;
+        raw.exec_command = None;
     }
     macro_rules! given {
         ($($field:ident),*) => {
@@ -437,7 +445,8 @@ pub fn merge_health(
         http_path,
         http_expect_status,
         udp_payload,
-        udp_expect
+        udp_expect,
+        exec_command
     );
     let mut errors = Errors::default();
     let check = health_from_raw(Some(raw), "health", &mut errors);
@@ -487,6 +496,24 @@ pub fn settings_changes(now: &Config, new: &Config) -> Vec<Change> {
             format!("autoscale of {}", vip.vip()),
             field_changes(autoscale(before), autoscale(Some(vip))),
         );
+        let none = Vec::new();
+        let notify: Vec<String> = [
+            (
+                "notify-up",
+                before.map_or(&none, |v| &v.notify_up),
+                &vip.notify_up,
+            ),
+            (
+                "notify-down",
+                before.map_or(&none, |v| &v.notify_down),
+                &vip.notify_down,
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, a, b)| a != b)
+        .map(|(name, a, b)| format!("{name} {a:?} -> {b:?}"))
+        .collect();
+        push(format!("notify of {}", vip.vip()), notify);
     }
     changes
 }

@@ -67,6 +67,10 @@ pub(super) struct RawVip {
     pub(super) backend: Vec<RawBackend>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) autoscale: Option<autoscale::RawAutoscale>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) notify_up: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) notify_down: Vec<String>,
 }
 
 /// `[vip.health]` as the file (or the API's `health` object) gives it, before validation.
@@ -97,6 +101,8 @@ pub struct RawHealth {
     pub udp_expect: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_command: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -166,6 +172,8 @@ impl From<VipConfig> for RawVip {
             health: (config.health != HealthCheck::default()).then(|| raw_health(config.health)),
             backend: config.backends.into_iter().map(RawBackend::from).collect(),
             autoscale: config.autoscale.map(Into::into),
+            notify_up: config.notify_up,
+            notify_down: config.notify_down,
         }
     }
 }
@@ -203,6 +211,7 @@ pub(super) fn raw_health_with(check: HealthCheck, full: bool) -> RawHealth {
             raw.udp_payload = Some(String::from_utf8_lossy(&payload).into_owned());
             raw.udp_expect = expect.map(|e| String::from_utf8_lossy(&e).into_owned());
         }
+        CheckKind::Exec { argv } => raw.exec_command = Some(argv),
     }
     raw
 }

@@ -208,6 +208,17 @@ pub(super) fn vip_from_raw(
     };
     let health_prefix = inside(prefix, vip, "health");
     let health = health_from_raw(raw.health, &health_prefix, errors);
+    for (name, argv) in [
+        ("notify-up", &raw.notify_up),
+        ("notify-down", &raw.notify_down),
+    ] {
+        if argv.first().is_some_and(String::is_empty) {
+            errors.add(
+                inside(prefix, vip, name),
+                "the program must not be empty: [\"/path/to/program\", \"arg\", ...]",
+            );
+        }
+    }
     if health.path == ProbePath::Vip && forwarding != Forwarding::DsrL2 {
         errors.add(
             field(&health_prefix, "path"),
@@ -278,6 +289,8 @@ pub(super) fn vip_from_raw(
         health,
         backends,
         autoscale,
+        notify_up: raw.notify_up,
+        notify_down: raw.notify_down,
     };
     (vip, config)
 }
@@ -463,10 +476,10 @@ pub(super) fn health_from_raw(
     }
 
     let kind = raw.kind.as_deref().unwrap_or("none");
-    if !matches!(kind, "none" | "tcp" | "http" | "udp") {
+    if !matches!(kind, "none" | "tcp" | "http" | "udp" | "exec") {
         errors.add(
             path("kind"),
-            format!("unknown kind {kind:?}: expected none, tcp, http or udp"),
+            format!("unknown kind {kind:?}: expected none, tcp, http, udp or exec"),
         );
         return check;
     }
@@ -480,6 +493,7 @@ pub(super) fn health_from_raw(
         ),
         ("udp", "udp-payload", raw.udp_payload.is_some()),
         ("udp", "udp-expect", raw.udp_expect.is_some()),
+        ("exec", "exec-command", raw.exec_command.is_some()),
     ];
     for (owner, name, set) in only_for {
         if set && kind != owner {
@@ -531,6 +545,16 @@ pub(super) fn health_from_raw(
                 payload: payload.into_bytes(),
                 expect: raw.udp_expect.map(String::into_bytes),
             }
+        }
+        "exec" => {
+            let argv = raw.exec_command.unwrap_or_default();
+            if argv.first().is_none_or(String::is_empty) {
+                errors.add(
+                    path("exec-command"),
+                    "kind \"exec\" needs a command: [\"/path/to/program\", \"arg\", ...]",
+                );
+            }
+            CheckKind::Exec { argv }
         }
         _ => CheckKind::None,
     };

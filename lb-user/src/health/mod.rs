@@ -63,16 +63,25 @@ pub enum CheckKind {
         /// What the reply must start with; any reply will do if `None`.
         expect: Option<Vec<u8>>,
     },
+    /// A command exits 0 (see [`EXEC_ENV`] for what it is told); killed at the timeout.
+    Exec {
+        /// The program and its arguments.
+        argv: Vec<String>,
+    },
 }
 
+/// The environment of an `exec` check: the address checked, as `ADDR:PORT`, `ADDR` and `PORT`.
+pub const EXEC_ENV: [&str; 3] = ["XDPLB_BACKEND", "XDPLB_BACKEND_ADDR", "XDPLB_BACKEND_PORT"];
+
 impl CheckKind {
-    /// The kind's name in the config file: `none`, `tcp`, `http` or `udp`.
+    /// The kind's name in the config file: `none`, `tcp`, `http`, `udp` or `exec`.
     pub fn name(&self) -> &'static str {
         match self {
             CheckKind::None => "none",
             CheckKind::Tcp => "tcp",
             CheckKind::Http { .. } => "http",
             CheckKind::Udp { .. } => "udp",
+            CheckKind::Exec { .. } => "exec",
         }
     }
 }
@@ -219,6 +228,7 @@ pub async fn check(
             CheckKind::Udp { payload, expect } => {
                 probe_udp(target, mark, payload, expect.as_deref()).await
             }
+            CheckKind::Exec { argv } => probe_exec(target, argv).await,
         }
     };
     let started = tokio::time::Instant::now();
@@ -376,6 +386,44 @@ async fn probe_udp(
         ))),
         _ => Ok(()),
     }
+}
+
+/// Runs `argv` with the target in its environment ([`EXEC_ENV`]): healthy if it exits 0. It
+/// is killed when dropped, so the check's timeout ends it.
+async fn probe_exec(target: SocketAddr, argv: &[String]) -> Result<(), Failure> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| Failure::backend("no command"))?;
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .env(EXEC_ENV[0], target.to_string())
+        .env(EXEC_ENV[1], target.ip().to_string())
+        .env(EXEC_ENV[2], target.port().to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|err| {
+            let mut failure = io_error(&format!("starting {program}"), &err);
+            // A missing program is the operator's, not the backend's, but it must show.
+            failure.local &= err.kind() != io::ErrorKind::NotFound;
+            failure
+        })?;
+    let output = child
+        .wait_with_output()
+        .await
+        .map_err(|err| io_error(&format!("running {program}"), &err))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.lines().last().unwrap_or("").trim();
+    Err(Failure::backend(if last.is_empty() {
+        format!("{program} failed ({})", output.status)
+    } else {
+        format!("{program} failed ({}): {last}", output.status)
+    }))
 }
 
 /// Rise/fall hysteresis over check results. Pure and synchronous.

@@ -347,9 +347,9 @@ fn parse_timeout(s: &str) -> Result<f64, String> {
 /// Those given replace the VIP's; a new kind drops the old kind's own settings.
 #[derive(clap::Args, Debug, Default)]
 pub struct HealthArgs {
-    /// The check: none, tcp, http or udp.
+    /// The check: none, tcp, http, udp or exec.
     #[arg(id = "health", long = "health", value_name = "KIND",
-          value_parser = ["none", "tcp", "http", "udp"])]
+          value_parser = ["none", "tcp", "http", "udp", "exec"])]
     pub kind: Option<String>,
     /// Time between two checks (`1s`, `500ms`).
     #[arg(
@@ -401,6 +401,11 @@ pub struct HealthArgs {
         value_name = "TEXT"
     )]
     pub udp_expect: Option<String>,
+    /// exec: the command, split on spaces (a script for anything more); it is run with
+    /// XDPLB_BACKEND (ADDR:PORT), XDPLB_BACKEND_ADDR and XDPLB_BACKEND_PORT set, exit 0 is
+    /// healthy, and it is killed at the timeout.
+    #[arg(id = "health_command", long = "health-command", value_name = "COMMAND")]
+    pub exec_command: Option<String>,
 }
 
 impl HealthArgs {
@@ -419,6 +424,9 @@ impl HealthArgs {
             udp_payload: self.udp_payload,
             udp_expect: self.udp_expect,
             path: None,
+            exec_command: self
+                .exec_command
+                .map(|c| c.split_whitespace().map(str::to_owned).collect()),
         };
         (settings != lb_user::config::HealthSettings::default()).then_some(settings)
     }

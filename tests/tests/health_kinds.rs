@@ -1,0 +1,198 @@
+//! Health check kinds and hooks through a running agent: an `exec` check (the backend in its
+//! environment, exit 0 healthy, killed at the timeout) and the VIP's `notify-up` and
+//! `notify-down` commands on backend transitions.
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant},
+};
+
+use lb_tests::{
+    agent::{Agent, BACKENDS, VIP, VIP_ADDR, backend_addr, serve},
+    netns::{Topology, ident},
+};
+use lb_user::{agent::Health, balancer::BackendState};
+
+/// The backend the exec check fails while `DIR/fail` exists.
+const VICTIM: usize = 1;
+
+/// An executable shell script `name` in `dir`.
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("script");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+/// Waits (bounded) until `path` has a line containing `text`; its content.
+fn wait_for_line(path: &Path, text: &str, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let content = fs::read_to_string(path).unwrap_or_default();
+        if content.lines().any(|l| l.contains(text)) {
+            return content;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no line with {text:?} in {} after {limit:?}:\n{content}",
+            path.display()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An exec check is run with the backend in its environment and judges by its exit code; the
+/// VIP's notify commands run on each transition with VIP, BACKEND and STATE; a check that
+/// outlives its timeout is killed.
+#[test]
+#[ignore = "needs root"]
+fn exec_checks_and_notify_hooks() {
+    let topo = Topology::new(BACKENDS).expect("topology");
+    let _servers = serve(&topo);
+    let mut agent = Agent::new(&topo);
+    let dir = agent.dir.clone();
+    let victim = backend_addr(VICTIM);
+    let flag = dir.join("fail");
+    fs::write(&flag, "").expect("flag");
+    let check = script(
+        &dir,
+        "check.sh",
+        &format!(
+            "echo \"$XDPLB_BACKEND $XDPLB_BACKEND_ADDR $XDPLB_BACKEND_PORT\" >> {log}\n\
+             if [ -e {flag} ] && [ \"$XDPLB_BACKEND_ADDR\" = {ip} ]; then\n  \
+             echo 'refused by the test' >&2\n  exit 1\nfi",
+            log = dir.join("exec.log").display(),
+            flag = flag.display(),
+            ip = victim.ip()
+        ),
+    );
+    let notify_log = dir.join("notify.log");
+    let notify = script(
+        &dir,
+        "notify.sh",
+        &format!(
+            "echo \"$1 $STATE $BACKEND $VIP\" >> {}",
+            notify_log.display()
+        ),
+    );
+    let mut config = format!(
+        "[[vip]]\naddress = \"{VIP_ADDR}\"\nprotocol = \"tcp\"\n\
+         notify-up = [\"{n}\", \"hook\"]\nnotify-down = [\"{n}\", \"hook\"]\n\n\
+         [vip.health]\nkind = \"exec\"\nexec-command = [\"{c}\"]\n\
+         interval = \"200ms\"\ntimeout = \"150ms\"\nrise = 2\nfall = 2\n",
+        n = notify.display(),
+        c = check.display()
+    );
+    for i in 0..BACKENDS {
+        config += &format!("\n[[vip.backend]]\naddress = \"{}\"\n", backend_addr(i));
+    }
+    let config = agent.file("xdplb.toml", &config);
+    agent.start(&["--config", config.to_str().expect("UTF-8 path")]);
+
+    let started = Instant::now();
+    let failing = agent
+        .wait_for_backend(victim, started, Duration::from_secs(10), |b| {
+            b.health == Health::Failing && b.state == BackendState::Down
+        })
+        .map(|_| agent.backends()[&victim.to_string()].clone())
+        .unwrap_or_else(|b| panic!("{victim} never failed its exec check: {b:?}"));
+    assert!(
+        failing
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("refused by the test")),
+        "{failing:?}"
+    );
+    for i in (0..BACKENDS).filter(|&i| i != VICTIM) {
+        agent
+            .wait_for_backend(backend_addr(i), started, Duration::from_secs(10), |b| {
+                b.health == Health::Healthy
+            })
+            .unwrap_or_else(|b| panic!("{} not healthy: {b:?}", ident(i)));
+    }
+    let exec_log = fs::read_to_string(dir.join("exec.log")).expect("exec.log");
+    for i in 0..BACKENDS {
+        let b = backend_addr(i);
+        let line = format!("{b} {} {}", b.ip(), b.port());
+        assert!(exec_log.contains(&line), "{line:?} not in:\n{exec_log}");
+    }
+    wait_for_line(
+        &notify_log,
+        &format!("hook down {victim} {VIP}"),
+        Duration::from_secs(5),
+    );
+
+    // The check passes again: the backend is back, and notify-up ran.
+    fs::remove_file(&flag).expect("flag");
+    agent
+        .wait_for_backend(victim, Instant::now(), Duration::from_secs(10), |b| {
+            b.health == Health::Healthy && b.state == BackendState::Up
+        })
+        .unwrap_or_else(|b| panic!("{victim} not back: {b:?}"));
+    let notified = wait_for_line(
+        &notify_log,
+        &format!("hook up {victim} {VIP}"),
+        Duration::from_secs(5),
+    );
+    assert_eq!(
+        notified.lines().count(),
+        2,
+        "one notification per transition:\n{notified}"
+    );
+
+    // A check that outlives its timeout is killed.
+    let pid_file = dir.join("sleep.pid");
+    let sleeper = script(
+        &dir,
+        "sleep.sh",
+        &format!("echo $$ > {}\nexec sleep 30", pid_file.display()),
+    );
+    agent.ok(&[
+        "vip",
+        "set",
+        VIP,
+        "--health-command",
+        &sleeper.display().to_string(),
+    ]);
+    for i in 0..BACKENDS {
+        agent
+            .wait_for_backend(
+                backend_addr(i),
+                Instant::now(),
+                Duration::from_secs(10),
+                |b| {
+                    b.health == Health::Failing
+                        && b.last_error
+                            .as_deref()
+                            .is_some_and(|e| e.contains("timed out"))
+                },
+            )
+            .unwrap_or_else(|b| panic!("{} not failing by timeout: {b:?}", ident(i)));
+    }
+    agent.ok(&["vip", "set", VIP, "--health", "none"]);
+    thread::sleep(Duration::from_millis(500));
+    let pid = fs::read_to_string(&pid_file).expect("sleep.pid");
+    let pid = pid.trim();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Gone, or a zombie about to be reaped.
+        let state = stat.rsplit(") ").next().and_then(|s| s.chars().next());
+        if stat.is_empty() || state == Some('Z') {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the timed-out check {pid} still runs: {stat}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        agent.log().contains("failed its health check"),
+        "{}",
+        agent.log()
+    );
+}
