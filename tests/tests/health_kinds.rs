@@ -1,6 +1,6 @@
 //! Health check kinds and hooks through a running agent: an `exec` check (the backend in its
 //! environment, exit 0 healthy, killed at the timeout) and the VIP's `notify-up` and
-//! `notify-down` commands on backend transitions.
+//! `notify-down` commands on backend transitions, and the `sorry` backend.
 
 use std::{
     fs,
@@ -11,8 +11,9 @@ use std::{
 };
 
 use lb_tests::{
-    agent::{Agent, BACKENDS, VIP, VIP_ADDR, backend_addr, serve},
-    netns::{Topology, ident},
+    agent::{Agent, BACKEND_PORT, BACKENDS, VIP, VIP_ADDR, backend_addr, serve},
+    netns::{Conn, Topology, ident},
+    traffic::spread,
 };
 use lb_user::{agent::Health, balancer::BackendState};
 
@@ -195,4 +196,87 @@ fn exec_checks_and_notify_hooks() {
         "{}",
         agent.log()
     );
+}
+
+/// A VIP's `sorry` backend is out of the tables while another backend takes new flows, takes
+/// every new flow once all are down, and is drained when one comes back: new flows go to it,
+/// a connection opened on the sorry backend keeps working.
+#[test]
+#[ignore = "needs root"]
+fn the_sorry_backend_takes_new_flows_only_while_every_other_is_down() {
+    const SORRY: usize = 2;
+    let topo = Topology::new(3).expect("topology");
+    let mut servers = serve(&topo);
+    let mut agent = Agent::new(&topo);
+    let sorry = backend_addr(SORRY);
+    let mut config = format!(
+        "[[vip]]\naddress = \"{VIP_ADDR}\"\nprotocol = \"tcp\"\nsorry = \"{sorry}\"\n\n\
+         [vip.health]\nkind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 2\n\
+         fall = 2\n"
+    );
+    for i in 0..SORRY {
+        config += &format!("\n[[vip.backend]]\naddress = \"{}\"\n", backend_addr(i));
+    }
+    let config = agent.file("xdplb.toml", &config);
+    agent.start(&["--config", config.to_str().expect("UTF-8 path")]);
+    for i in 0..SORRY {
+        agent
+            .wait_for_backend(
+                backend_addr(i),
+                Instant::now(),
+                Duration::from_secs(10),
+                |b| b.health == Health::Healthy,
+            )
+            .unwrap_or_else(|b| panic!("{} never healthy: {b:?}", ident(i)));
+    }
+    assert!(
+        !agent.backends().contains_key(&sorry.to_string()),
+        "the sorry backend is in the tables with others up: {:?}",
+        agent.backends()
+    );
+    let tally = spread(&topo.client, VIP_ADDR, 20, "before");
+    assert!(!tally.contains_key(&ident(SORRY)), "{tally:?}");
+
+    // Every other backend down: the sorry backend takes every new flow.
+    servers[0] = None;
+    servers[1] = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent
+        .backends()
+        .get(&sorry.to_string())
+        .is_none_or(|b| b.state != BackendState::Up)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no sorry backend with every other down: {:?}",
+            agent.backends()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let tally = spread(&topo.client, VIP_ADDR, 20, "sorry");
+    assert_eq!(tally.get(&ident(SORRY)), Some(&20), "{tally:?}");
+    let mut held = topo
+        .client
+        .run(|| Conn::connect(VIP_ADDR))
+        .expect("a connection to the sorry backend");
+    assert_eq!(held.ask("held").expect("answer"), ident(SORRY));
+    // Not saved as the operator's: the exported config has it as `sorry` alone.
+    let exported = agent.ok(&["config", "export"]);
+    assert_eq!(
+        exported.matches(&sorry.to_string()).count(),
+        1,
+        "{exported}"
+    );
+
+    // One comes back: new flows go to it, the sorry backend drains.
+    servers[0] = Some(topo.backends[0].tcp_server(BACKEND_PORT, &ident(0)));
+    agent
+        .wait_for_backend(sorry, Instant::now(), Duration::from_secs(10), |b| {
+            b.state == BackendState::Draining
+        })
+        .unwrap_or_else(|b| panic!("the sorry backend not drained: {b:?}"));
+    let tally = spread(&topo.client, VIP_ADDR, 20, "after");
+    assert_eq!(tally.get(&ident(0)), Some(&20), "{tally:?}");
+    assert_eq!(held.ask("still").expect("answer"), ident(SORRY));
+    assert!(agent.log().contains("the sorry backend"), "{}", agent.log());
 }

@@ -327,6 +327,8 @@ impl Agent {
         let checkpoint = self.balancer.begin();
         let (config, held) = (self.config.clone(), self.held.clone());
         let result = change(self).and_then(|value| {
+            self.sync_sorry()
+                .map_err(|err| anyhow::anyhow!("the sorry backend: {err}"))?;
             self.save()
                 .context("saving the state (the change was not made)")?;
             Ok(value)
@@ -452,6 +454,9 @@ impl Agent {
                 vip.autoscale = applied.autoscale.clone();
                 vip.notify_up = applied.notify_up.clone();
                 vip.notify_down = applied.notify_down.clone();
+                vip.sorry = applied.sorry;
+                // The agent's, not the operator's.
+                vip.backends.retain(|b| Some(b.address) != applied.sorry);
             }
             for backend in &mut vip.backends {
                 if let Some(state) = self.held.get(&(info.vip, backend.address)) {
@@ -701,6 +706,22 @@ impl Agent {
             {
                 vip.backends = crate::config::VipConfig::from_info(&info).backends;
             }
+            // The sorry backend stays as the agent has it (see `sync_sorry`).
+            if let Some(sorry) = vip.sorry
+                && !vip.backends.iter().any(|b| b.address == sorry)
+                && let Ok(info) = self.balancer.vip(&vip.vip())
+                && let Some(b) = info.backends.iter().find(|b| b.spec.addr == sorry)
+            {
+                vip.backends.push(crate::config::BackendConfig {
+                    address: sorry,
+                    weight: b.spec.weight,
+                    state: self
+                        .held
+                        .get(&(vip.vip(), sorry))
+                        .copied()
+                        .unwrap_or(b.spec.state),
+                });
+            }
         }
         self.with_health(&effective)
     }
@@ -783,7 +804,66 @@ impl Agent {
             self.balancer
                 .update_backend(&vip, addr, None, Some(BackendState::Down))?;
         }
+        self.sync_sorry()?;
         self.save()
+    }
+
+    /// Puts each VIP's `sorry` backend in the tables (up) while none of its other backends
+    /// takes new flows (all down, draining or at weight 0), and drains it once one does: its
+    /// tracked flows finish there, new ones go to the others.
+    pub fn sync_sorry(&mut self) -> Result<(), crate::balancer::Error> {
+        let wanted: Vec<(Vip, std::net::SocketAddr)> = self
+            .config
+            .vips
+            .iter()
+            .filter_map(|v| Some((v.vip(), v.sorry?)))
+            .collect();
+        for (vip, sorry) in wanted {
+            let Ok(info) = self.balancer.vip(&vip) else {
+                continue;
+            };
+            let others_up = info.backends.iter().any(|b| {
+                b.spec.addr != sorry && b.spec.state == BackendState::Up && b.spec.weight > 0
+            });
+            let now = info
+                .backends
+                .iter()
+                .find(|b| b.spec.addr == sorry)
+                .map(|b| b.spec.state);
+            let held = self.held.contains_key(&(vip, sorry));
+            match (others_up, now) {
+                (false, None) => {
+                    info!("{vip}: no backend takes new flows; the sorry backend {sorry} does");
+                    self.balancer.add_backend(
+                        &vip,
+                        crate::balancer::BackendSpec {
+                            addr: sorry,
+                            weight: 1,
+                            state: BackendState::Up,
+                        },
+                    )?;
+                }
+                (false, Some(BackendState::Draining)) if !held => {
+                    info!("{vip}: no backend takes new flows; the sorry backend {sorry} does");
+                    self.balancer
+                        .update_backend(&vip, sorry, None, Some(BackendState::Up))?;
+                }
+                (true, Some(BackendState::Up)) => {
+                    info!(
+                        "{vip}: a backend takes new flows again; draining the sorry backend \
+                         {sorry}"
+                    );
+                    self.balancer.update_backend(
+                        &vip,
+                        sorry,
+                        None,
+                        Some(BackendState::Draining),
+                    )?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Runs the VIP's `notify-up` or `notify-down` command, if it has one, for `backend`: in

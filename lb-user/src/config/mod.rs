@@ -199,6 +199,9 @@ pub struct VipConfig {
     pub notify_up: Vec<String>,
     /// `notify-down`: the same when a health check takes a backend down (`STATE` `down`).
     pub notify_down: Vec<String>,
+    /// `sorry`: a backend the agent puts in the tables only while no other takes new flows,
+    /// and drains when one does again.
+    pub sorry: Option<SocketAddr>,
 }
 
 /// A `[[vip.backend]]`.
@@ -361,6 +364,7 @@ impl VipConfig {
             autoscale: None,
             notify_up: Vec::new(),
             notify_down: Vec::new(),
+            sorry: None,
         }
     }
 }

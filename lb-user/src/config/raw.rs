@@ -67,6 +67,8 @@ pub(super) struct RawVip {
     pub(super) backend: Vec<RawBackend>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) autoscale: Option<autoscale::RawAutoscale>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) sorry: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(super) notify_up: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -174,6 +176,7 @@ impl From<VipConfig> for RawVip {
             autoscale: config.autoscale.map(Into::into),
             notify_up: config.notify_up,
             notify_down: config.notify_down,
+            sorry: config.sorry.map(|a| a.to_string()),
         }
     }
 }

@@ -208,6 +208,20 @@ pub(super) fn vip_from_raw(
     };
     let health_prefix = inside(prefix, vip, "health");
     let health = health_from_raw(raw.health, &health_prefix, errors);
+    let sorry = raw.sorry.as_deref().and_then(|text| {
+        let at = inside(prefix, vip, "sorry");
+        match text.parse::<SocketAddr>() {
+            Ok(addr) if raw.backend.iter().any(|b| b.address == text) => {
+                errors.add(at, format!("{addr} is one of the VIP's backends"));
+                None
+            }
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                errors.add(at, format!("{text:?} is not ADDR:PORT"));
+                None
+            }
+        }
+    });
     for (name, argv) in [
         ("notify-up", &raw.notify_up),
         ("notify-down", &raw.notify_down),
@@ -291,6 +305,7 @@ pub(super) fn vip_from_raw(
         autoscale,
         notify_up: raw.notify_up,
         notify_down: raw.notify_down,
+        sorry,
     };
     (vip, config)
 }
