@@ -280,3 +280,128 @@ fn the_sorry_backend_takes_new_flows_only_while_every_other_is_down() {
     assert_eq!(held.ask("still").expect("answer"), ident(SORRY));
     assert!(agent.log().contains("the sorry backend"), "{}", agent.log());
 }
+
+/// A Python HTTPS server on a backend, killed when dropped.
+struct HttpsServer(std::process::Child);
+
+impl Drop for HttpsServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An https check against a real TLS server with a self-signed certificate: healthy with
+/// `insecure = true`, failing the handshake when the certificate is verified, and failing on
+/// a status other than the one expected.
+#[test]
+#[ignore = "needs root"]
+fn https_checks_verify_or_skip_the_certificate() {
+    const TLS_PORT: u16 = 8443;
+    let topo = Topology::new(1).expect("topology");
+    let _servers = serve(&topo);
+    let mut agent = Agent::new(&topo);
+    let dir = agent.dir.join("www");
+    fs::create_dir_all(&dir).expect("www");
+    fs::write(dir.join("healthz"), "ok\n").expect("healthz");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=xdplb-test",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+        ])
+        .current_dir(&dir)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{out:?}");
+    let server = HttpsServer(
+        topo.backends[0]
+            .command("python3")
+            .args([
+                "-c",
+                &format!(
+                    "import http.server, ssl\n\
+                     s = http.server.HTTPServer(('0.0.0.0', {TLS_PORT}), \
+                     http.server.SimpleHTTPRequestHandler)\n\
+                     c = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n\
+                     c.load_cert_chain('cert.pem', 'key.pem')\n\
+                     s.socket = c.wrap_socket(s.socket, server_side=True)\n\
+                     s.serve_forever()\n"
+                ),
+            ])
+            .current_dir(&dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3"),
+    );
+    let backend = backend_addr(0);
+    let url = format!("https://{}:{TLS_PORT}/healthz", backend.ip());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while topo
+        .gateway
+        .exec("curl", &["-sSk", "--max-time", "2", &url])
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "the https server never answered");
+        thread::sleep(Duration::from_millis(100));
+    }
+
+    let config = format!(
+        "[[vip]]\naddress = \"{VIP_ADDR}\"\nprotocol = \"tcp\"\n\n[vip.health]\nkind = \
+         \"https\"\nport = {TLS_PORT}\nhttp-path = \"/healthz\"\ninsecure = true\n\
+         interval = \"500ms\"\ntimeout = \"400ms\"\nrise = 1\nfall = 1\n\n\
+         [[vip.backend]]\naddress = \"{backend}\"\n"
+    );
+    let config = agent.file("xdplb.toml", &config);
+    agent.start(&["--config", config.to_str().expect("UTF-8 path")]);
+    agent
+        .wait_for_backend(backend, Instant::now(), Duration::from_secs(10), |b| {
+            b.health == Health::Healthy && b.last_check_ok == Some(true)
+        })
+        .unwrap_or_else(|b| panic!("never healthy over https: {b:?}"));
+
+    // Verified, the self-signed certificate fails the handshake.
+    agent.ok(&["vip", "set", VIP, "--health-insecure", "false"]);
+    let failing = |needle: &'static str| {
+        move |b: &lb_user::api::BackendView| {
+            b.health == Health::Failing
+                && b.last_check_ok == Some(false)
+                && b.last_error.as_deref().is_some_and(|e| e.contains(needle))
+        }
+    };
+    agent
+        .wait_for_backend(
+            backend,
+            Instant::now(),
+            Duration::from_secs(10),
+            failing("TLS handshake"),
+        )
+        .unwrap_or_else(|b| panic!("a self-signed certificate passed verification: {b:?}"));
+
+    agent.ok(&[
+        "vip",
+        "set",
+        VIP,
+        "--health-insecure",
+        "true",
+        "--health-uri",
+        "/missing",
+    ]);
+    agent
+        .wait_for_backend(
+            backend,
+            Instant::now(),
+            Duration::from_secs(10),
+            failing("status 404, expected 200"),
+        )
+        .unwrap_or_else(|b| panic!("a 404 passed: {b:?}"));
+    drop(server);
+}

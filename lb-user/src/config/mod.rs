@@ -429,6 +429,8 @@ pub fn merge_health(
         raw.udp_payload = None;
         raw.udp_expect = None;
         raw.exec_command = None;
+        raw.insecure = None;
+        raw.tls_server_name = None;
     }
     macro_rules! given {
         ($($field:ident),*) => {
@@ -450,7 +452,9 @@ pub fn merge_health(
         http_expect_status,
         udp_payload,
         udp_expect,
-        exec_command
+        exec_command,
+        insecure,
+        tls_server_name
     );
     let mut errors = Errors::default();
     let check = health_from_raw(Some(raw), "health", &mut errors);

@@ -105,6 +105,10 @@ pub struct RawHealth {
     pub path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec_command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -215,6 +219,19 @@ pub(super) fn raw_health_with(check: HealthCheck, full: bool) -> RawHealth {
             raw.udp_expect = expect.map(|e| String::from_utf8_lossy(&e).into_owned());
         }
         CheckKind::Exec { argv } => raw.exec_command = Some(argv),
+        CheckKind::Https {
+            method,
+            path,
+            expect_status,
+            insecure,
+            server_name,
+        } => {
+            raw.http_method = Some(method);
+            raw.http_path = Some(path);
+            raw.http_expect_status = Some(expect_status.into());
+            raw.insecure = Some(insecure);
+            raw.tls_server_name = server_name;
+        }
     }
     raw
 }

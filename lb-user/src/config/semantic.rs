@@ -491,10 +491,10 @@ pub(super) fn health_from_raw(
     }
 
     let kind = raw.kind.as_deref().unwrap_or("none");
-    if !matches!(kind, "none" | "tcp" | "http" | "udp" | "exec") {
+    if !matches!(kind, "none" | "tcp" | "http" | "https" | "udp" | "exec") {
         errors.add(
             path("kind"),
-            format!("unknown kind {kind:?}: expected none, tcp, http, udp or exec"),
+            format!("unknown kind {kind:?}: expected none, tcp, http, https, udp or exec"),
         );
         return check;
     }
@@ -509,9 +509,12 @@ pub(super) fn health_from_raw(
         ("udp", "udp-payload", raw.udp_payload.is_some()),
         ("udp", "udp-expect", raw.udp_expect.is_some()),
         ("exec", "exec-command", raw.exec_command.is_some()),
+        ("https", "insecure", raw.insecure.is_some()),
+        ("https", "tls-server-name", raw.tls_server_name.is_some()),
     ];
     for (owner, name, set) in only_for {
-        if set && kind != owner {
+        // The http settings are https's too.
+        if set && kind != owner && !(owner == "http" && kind == "https") {
             errors.add(
                 path(name),
                 format!("only allowed with kind {owner:?}, not {kind:?}"),
@@ -521,7 +524,7 @@ pub(super) fn health_from_raw(
 
     check.kind = match kind {
         "tcp" => CheckKind::Tcp,
-        "http" => {
+        "http" | "https" => {
             let method = raw.http_method.unwrap_or_else(|| "GET".to_owned());
             if !is_http_method(&method) {
                 errors.add(
@@ -545,10 +548,28 @@ pub(super) fn health_from_raw(
                     .int(&path("http-expect-status"), s, 100..=599)
                     .unwrap_or(200),
             };
-            CheckKind::Http {
-                method,
-                path: http_path,
-                expect_status,
+            if kind == "https" {
+                if let Some(name) = &raw.tls_server_name
+                    && tokio_rustls::rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
+                {
+                    errors.add(
+                        path("tls-server-name"),
+                        format!("{name:?} is not a DNS name or an address"),
+                    );
+                }
+                CheckKind::Https {
+                    method,
+                    path: http_path,
+                    expect_status,
+                    insecure: raw.insecure.unwrap_or(false),
+                    server_name: raw.tls_server_name,
+                }
+            } else {
+                CheckKind::Http {
+                    method,
+                    path: http_path,
+                    expect_status,
+                }
             }
         }
         "udp" => {

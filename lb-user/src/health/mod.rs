@@ -63,6 +63,20 @@ pub enum CheckKind {
         /// What the reply must start with; any reply will do if `None`.
         expect: Option<Vec<u8>>,
     },
+    /// An HTTP/1.1 request over TLS gets a response with this status code.
+    Https {
+        /// Request method, e.g. `GET`.
+        method: String,
+        /// Request target, e.g. `/healthz`.
+        path: String,
+        /// The status code that counts as healthy.
+        expect_status: u16,
+        /// Skip the certificate's verification (self-signed backends); otherwise it must chain
+        /// to a Mozilla root (webpki-roots) and name `server_name`.
+        insecure: bool,
+        /// The name the certificate must have; the backend's address if `None`.
+        server_name: Option<String>,
+    },
     /// A command exits 0 (see [`EXEC_ENV`] for what it is told); killed at the timeout.
     Exec {
         /// The program and its arguments.
@@ -82,6 +96,7 @@ impl CheckKind {
             CheckKind::Http { .. } => "http",
             CheckKind::Udp { .. } => "udp",
             CheckKind::Exec { .. } => "exec",
+            CheckKind::Https { .. } => "https",
         }
     }
 }
@@ -229,6 +244,18 @@ pub async fn check(
                 probe_udp(target, mark, payload, expect.as_deref()).await
             }
             CheckKind::Exec { argv } => probe_exec(target, argv).await,
+            CheckKind::Https {
+                method,
+                path,
+                expect_status,
+                insecure,
+                server_name,
+            } => {
+                let stream = connect(target, mark).await?;
+                let stream =
+                    tls::handshake(stream, target, *insecure, server_name.as_deref()).await?;
+                http_exchange(stream, target, method, path, *expect_status).await
+            }
         }
     };
     let started = tokio::time::Instant::now();
@@ -296,7 +323,18 @@ async fn probe_http(
     path: &str,
     expect_status: u16,
 ) -> Result<(), Failure> {
-    let mut stream = connect(target, mark).await?;
+    let stream = connect(target, mark).await?;
+    http_exchange(stream, target, method, path, expect_status).await
+}
+
+/// One request on `stream` (plain TCP or TLS), judged by the response's status code.
+async fn http_exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    target: SocketAddr,
+    method: &str,
+    path: &str,
+    expect_status: u16,
+) -> Result<(), Failure> {
     let request =
         format!("{method} {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
     stream
@@ -776,6 +814,8 @@ async fn run(
         }
     }
 }
+
+mod tls;
 
 #[cfg(test)]
 mod tests;

@@ -347,9 +347,9 @@ fn parse_timeout(s: &str) -> Result<f64, String> {
 /// Those given replace the VIP's; a new kind drops the old kind's own settings.
 #[derive(clap::Args, Debug, Default)]
 pub struct HealthArgs {
-    /// The check: none, tcp, http, udp or exec.
+    /// The check: none, tcp, http, https, udp or exec.
     #[arg(id = "health", long = "health", value_name = "KIND",
-          value_parser = ["none", "tcp", "http", "udp", "exec"])]
+          value_parser = ["none", "tcp", "http", "https", "udp", "exec"])]
     pub kind: Option<String>,
     /// Time between two checks (`1s`, `500ms`).
     #[arg(
@@ -406,6 +406,17 @@ pub struct HealthArgs {
     /// healthy, and it is killed at the timeout.
     #[arg(id = "health_command", long = "health-command", value_name = "COMMAND")]
     pub exec_command: Option<String>,
+    /// https: skip verifying the certificate (true), or verify it against the Mozilla roots
+    /// (false, the default).
+    #[arg(id = "health_insecure", long = "health-insecure", value_name = "BOOL")]
+    pub insecure: Option<bool>,
+    /// https: the name the certificate must have (the backend's address by default).
+    #[arg(
+        id = "health_server_name",
+        long = "health-server-name",
+        value_name = "NAME"
+    )]
+    pub tls_server_name: Option<String>,
 }
 
 impl HealthArgs {
@@ -424,6 +435,8 @@ impl HealthArgs {
             udp_payload: self.udp_payload,
             udp_expect: self.udp_expect,
             path: None,
+            insecure: self.insecure,
+            tls_server_name: self.tls_server_name,
             exec_command: self
                 .exec_command
                 .map(|c| c.split_whitespace().map(str::to_owned).collect()),
