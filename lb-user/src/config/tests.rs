@@ -446,7 +446,7 @@ fn bad_input_names_the_field() {
         ),
         (
             one("", "kind = \"icmp\"", ""),
-            format!("{V} health.kind: unknown kind \"icmp\": expected none, tcp, http or udp"),
+            format!("{V} health.kind: unknown kind \"icmp\": expected none, tcp, http, https, udp or exec"),
         ),
         (
             one("", "kind = \"tcp\"\nrise = 0", ""),
@@ -1205,4 +1205,54 @@ fn merge_health_keeps_what_is_not_given_and_validates_as_the_file() {
         )
         .is_ok()
     );
+}
+
+#[test]
+fn health_kinds_and_hooks_are_checked_as_the_file_gives_them() {
+    let vip = "[[vip]]\naddress = \"198.19.0.1:80\"\nprotocol = \"tcp\"\n";
+    let backend = "[[vip.backend]]\naddress = \"10.0.1.2:8080\"\n";
+    let errors = |text: &str| match Config::parse(text) {
+        Ok(_) => String::new(),
+        Err(err) => err.to_string(),
+    };
+    let err = errors(&format!("{vip}sorry = \"10.0.1.2:8080\"\n{backend}"));
+    assert!(
+        err.contains("sorry: 10.0.1.2:8080 is one of the VIP's backends"),
+        "{err}"
+    );
+    let err = errors(&format!("{vip}sorry = \"nowhere\"\n{backend}"));
+    assert!(err.contains("sorry: \"nowhere\" is not ADDR:PORT"), "{err}");
+    let err = errors(&format!("{vip}notify-up = [\"\"]\n{backend}"));
+    assert!(
+        err.contains("notify-up: the program must not be empty"),
+        "{err}"
+    );
+    let err = errors(&format!("{vip}[vip.health]\nkind = \"exec\"\n{backend}"));
+    assert!(
+        err.contains("health.exec-command: kind \"exec\" needs a command"),
+        "{err}"
+    );
+    let err = errors(&format!(
+        "{vip}[vip.health]\nkind = \"http\"\ninsecure = true\n{backend}"
+    ));
+    assert!(
+        err.contains("health.insecure: only allowed with kind \"https\""),
+        "{err}"
+    );
+
+    let config = Config::parse(&format!(
+        "{vip}sorry = \"10.0.9.2:8080\"\nnotify-down = [\"/bin/true\", \"x\"]\n\
+         [vip.health]\nkind = \"https\"\nhttp-path = \"/h\"\ninsecure = true\n{backend}"
+    ))
+    .unwrap();
+    let v = &config.vips[0];
+    assert_eq!(v.sorry, Some("10.0.9.2:8080".parse().unwrap()));
+    assert_eq!(v.notify_down, ["/bin/true", "x"]);
+    assert!(matches!(
+        &v.health.kind,
+        CheckKind::Https { path, insecure: true, server_name: None, .. } if path == "/h"
+    ));
+    // And back to the file's shape, unchanged.
+    let again = Config::parse(&config.to_toml()).unwrap();
+    assert_eq!(again, config);
 }

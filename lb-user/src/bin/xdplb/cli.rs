@@ -264,7 +264,7 @@ Examples:
         #[arg(long)]
         forwarding: Option<Forwarding>,
         #[command(flatten)]
-        health: HealthArgs,
+        health: Box<HealthArgs>,
     },
     /// List every VIP.
     #[command(after_help = "Example:\n  xdplb vip list -o json")]

@@ -152,7 +152,7 @@ pub async fn client_command(
             health,
         }) => {
             let body = request(&api::SetVip {
-                health: health.settings(),
+                health: (*health).settings(),
                 scheduler: scheduler.map(|s| s.name().to_owned()),
                 ring_size,
                 allow: SourceArgs::replacement(&sources.allow),
