@@ -446,7 +446,9 @@ fn bad_input_names_the_field() {
         ),
         (
             one("", "kind = \"icmp\"", ""),
-            format!("{V} health.kind: unknown kind \"icmp\": expected none, tcp, http, https, udp or exec"),
+            format!(
+                "{V} health.kind: unknown kind \"icmp\": expected none, tcp, http, https, udp or exec"
+            ),
         ),
         (
             one("", "kind = \"tcp\"\nrise = 0", ""),
