@@ -18,6 +18,25 @@ pub fn vip_line(v: &VipView) -> String {
         v.bytes,
         v.new_flows
     ) + &sources_line(v)
+        + &health_line(v)
+}
+
+/// The VIP's health check, if it has one: `  health: kind http, http-path /healthz, ...`.
+fn health_line(v: &VipView) -> String {
+    let Some(check) = &v.health_check else {
+        return String::new();
+    };
+    let Ok(serde_json::Value::Object(fields)) = serde_json::to_value(check) else {
+        return String::new();
+    };
+    let mut parts = vec![format!("kind {}", check.kind.as_deref().unwrap_or("none"))];
+    for (key, value) in fields.iter().filter(|(k, _)| *k != "kind") {
+        match value {
+            serde_json::Value::String(s) => parts.push(format!("{key} {s}")),
+            other => parts.push(format!("{key} {other}")),
+        }
+    }
+    format!("  health: {}\n", parts.join(", "))
 }
 
 /// The VIP's source checks, if it has any: `  sources: allow ...; deny ...; limit ...`.
@@ -42,17 +61,31 @@ fn sources_line(v: &VipView) -> String {
     }
 }
 
+/// One backend as a line: its admin state (as the operator set it) and its operational state
+/// (the health checks', with the last error while failing) side by side.
 pub fn backend_line(b: &BackendView) -> String {
-    let health = match b.healthy {
-        Some(true) => "ok",
-        Some(false) => "FAIL",
-        None => "-",
-    };
+    let admin = b.admin_state.unwrap_or(b.state);
+    let mut health = b.health.to_string();
+    if b.health == crate::agent::Health::Failing
+        && let Some(error) = &b.last_error
+    {
+        let ago = b
+            .last_error_at
+            .and_then(|at| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .ok()?;
+                Some((now.as_secs_f64() - at).max(0.0))
+            })
+            .map(|s| format!(", {s:.0}s ago"))
+            .unwrap_or_default();
+        health = format!("failing ({error}{ago})");
+    }
     format!(
-        "  backend {:<24} w {:>5} {:<8} health {:<4} active {:>6}{} packets {:>10} bytes {:>12} new flows {:>8}\n",
+        "  backend {:<24} w {:>5} admin {:<8} health {:<9} active {:>6}{} packets {:>10} bytes {:>12} new flows {:>8}\n",
         b.address.to_string(),
         b.weight,
-        b.state.to_string(),
+        admin.to_string(),
         health,
         b.active_connections,
         if b.drained { " drained" } else { "        " },

@@ -234,7 +234,7 @@ impl Agent {
         since: Instant,
         limit: Duration,
         ready: impl Fn(&BackendView) -> bool,
-    ) -> Result<Duration, BackendView> {
+    ) -> Result<Duration, Box<BackendView>> {
         let key = addr.to_string();
         loop {
             let backends = self.backends();
@@ -245,7 +245,7 @@ impl Agent {
                 return Ok(since.elapsed());
             }
             if since.elapsed() > limit {
-                return Err(view.clone());
+                return Err(Box::new(view.clone()));
             }
             thread::sleep(Duration::from_millis(10));
         }

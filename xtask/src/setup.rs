@@ -48,6 +48,10 @@ const SYSTEM_TOOLS: &[(&str, &str)] = &[
     ("etcdctl", "etcd-client"),
     // `xdplb top` is tested as a terminal program, in a tmux pane.
     ("tmux", "tmux"),
+    // The metrics test: `promtool check metrics` on a scrape, and a Prometheus scraping the
+    // agent for the types it keeps.
+    ("promtool", "prometheus"),
+    ("prometheus", "prometheus"),
 ];
 
 /// Checks everything and installs what is missing, saying what it does.

@@ -15,7 +15,7 @@ use crate::{
     autoscale::live::{Job, SavedPool, VipAutoscaler},
     balancer::{BackendState, Balancer, Forwarding, Proto, Scheduler, Snapshot, Vip, VipInfo},
     config::{self, Config, Plan, VipConfig},
-    health::{CheckKind, HealthEvent, Monitor, ProbePath, Target, WatchKey},
+    health::{CheckKind, HealthCheck, HealthEvent, Monitor, ProbePath, Target, WatchKey},
     maps::DynMaps,
     pin::Pinned,
 };
@@ -87,6 +87,9 @@ pub struct VipView {
     /// schedules each slot to the same backend address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table_digest: Option<String>,
+    /// The health check of its backends, as `[vip.health]` would give it (`None`: no check).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<config::HealthSettings>,
 }
 
 /// A backend with its state, load and traffic.
@@ -105,6 +108,55 @@ pub struct BackendView {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// The state as the operator set it (`up`, `draining`, `down`): a backend its health check
+    /// holds down shows the state it goes back to, while `state` is the one in the tables.
+    #[serde(default)]
+    pub admin_state: Option<BackendState>,
+    /// The operational state, from the health checks alone.
+    #[serde(default)]
+    pub health: Health,
+    /// When the last check ended (Unix seconds) and whether it passed; `None` before the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check_ok: Option<bool>,
+    /// The last failed check's error and when it ended (Unix seconds), kept after recovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error_at: Option<f64>,
+}
+
+/// Longest a `notify-up` or `notify-down` command may run before it is killed.
+pub const NOTIFY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A backend's operational state, as its health checks see it (apart from the admin state).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// No check (the VIP has none), or none has run yet.
+    #[default]
+    Unchecked,
+    /// The checks pass (or fail fewer than `fall` times in a row).
+    Healthy,
+    /// The checks failed `fall` times in a row, and have not passed `rise` times since.
+    Failing,
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Health::Unchecked => "unchecked",
+            Health::Healthy => "healthy",
+            Health::Failing => "failing",
+        })
+    }
+}
+
+/// Seconds since the Unix epoch, to the millisecond.
+fn unix_seconds(at: std::time::SystemTime) -> f64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_millis() as f64 / 1000.0)
 }
 
 /// Why a config was not applied. Nothing was changed.
@@ -336,6 +388,8 @@ impl Agent {
         let checkpoint = self.balancer.begin();
         let (config, held) = (self.config.clone(), self.held.clone());
         let result = change(self).and_then(|value| {
+            self.sync_sorry()
+                .map_err(|err| anyhow::anyhow!("the sorry backend: {err}"))?;
             self.save()
                 .context("saving the state (the change was not made)")?;
             Ok(value)
@@ -511,6 +565,11 @@ impl Agent {
             if let Some(applied) = self.config.vip(&info.vip) {
                 vip.health = applied.health.clone();
                 vip.autoscale = applied.autoscale.clone();
+                vip.notify_up = applied.notify_up.clone();
+                vip.notify_down = applied.notify_down.clone();
+                vip.sorry = applied.sorry;
+                // The agent's, not the operator's.
+                vip.backends.retain(|b| Some(b.address) != applied.sorry);
             }
             for backend in &mut vip.backends {
                 if let Some(state) = self.held.get(&(info.vip, backend.address)) {
@@ -520,6 +579,32 @@ impl Agent {
             running.vips.push(vip);
         }
         running
+    }
+
+    /// Changes `vip`'s health check as `vip set --health…` asks (see [`config::merge_health`]);
+    /// the checks follow when the change is made ([`Agent::change`]).
+    pub fn set_health(
+        &mut self,
+        vip: &Vip,
+        change: config::HealthSettings,
+    ) -> Result<HealthCheck, ApplyError> {
+        let info = self.balancer.vip(vip)?;
+        let current = self
+            .config
+            .vip(vip)
+            .map(VipConfig::health)
+            .unwrap_or_default();
+        let check = config::merge_health(&current, change, info.options.forwarding)
+            .map_err(|err| ApplyError::Refused(err.to_string()))?;
+        match self.config.vips.iter_mut().find(|v| v.vip() == *vip) {
+            Some(applied) => applied.health = check.clone(),
+            None => {
+                let mut applied = VipConfig::from_info(&info);
+                applied.health = check.clone();
+                self.config.vips.push(applied);
+            }
+        }
+        Ok(check)
     }
 
     /// Refuses a scheduler that is not cluster-safe for `vip` when the agent runs in a cluster
@@ -545,12 +630,30 @@ impl Agent {
             .map(|b| {
                 let s = self.balancer.backend_stats(b.id)?;
                 let active = self.active.get(&b.id).copied().unwrap_or(0);
-                let healthy = self
+                let check = self
                     .monitor
                     .as_ref()
-                    .and_then(|m| m.stats(&(info.vip, b.spec.addr)))
-                    .map(|s| s.healthy);
+                    .and_then(|m| m.stats(&(info.vip, b.spec.addr)));
+                let healthy = check.as_ref().map(|s| s.healthy);
+                let health = match &check {
+                    Some(c) if !c.healthy => Health::Failing,
+                    Some(c) if c.last.is_some() => Health::Healthy,
+                    _ => Health::Unchecked,
+                };
+                let last = check.as_ref().and_then(|c| c.last.as_ref());
+                let failure = check.as_ref().and_then(|c| c.last_failure.as_ref());
+                let admin_state = self
+                    .held
+                    .get(&(info.vip, b.spec.addr))
+                    .copied()
+                    .unwrap_or(b.spec.state);
                 Ok(BackendView {
+                    admin_state: Some(admin_state),
+                    health,
+                    last_check: last.map(|l| unix_seconds(l.at)),
+                    last_check_ok: last.map(|l| l.error.is_none()),
+                    last_error: failure.map(|f| f.error.clone()),
+                    last_error_at: failure.map(|f| unix_seconds(f.at)),
                     address: b.spec.addr,
                     weight: b.spec.weight,
                     state: b.spec.state,
@@ -589,6 +692,12 @@ impl Agent {
             new_flows: stats.new_flows,
             backends,
             table_digest: info.table_digest.clone(),
+            health_check: self
+                .config
+                .vip(&info.vip)
+                .map(VipConfig::health)
+                .filter(|check| check.kind != CheckKind::None)
+                .map(config::health_settings),
         })
     }
 
@@ -735,6 +844,22 @@ impl Agent {
             {
                 vip.backends = crate::config::VipConfig::from_info(&info).backends;
             }
+            // The sorry backend stays as the agent has it (see `sync_sorry`).
+            if let Some(sorry) = vip.sorry
+                && !vip.backends.iter().any(|b| b.address == sorry)
+                && let Ok(info) = self.balancer.vip(&vip.vip())
+                && let Some(b) = info.backends.iter().find(|b| b.spec.addr == sorry)
+            {
+                vip.backends.push(crate::config::BackendConfig {
+                    address: sorry,
+                    weight: b.spec.weight,
+                    state: self
+                        .held
+                        .get(&(vip.vip(), sorry))
+                        .copied()
+                        .unwrap_or(b.spec.state),
+                });
+            }
         }
         self.with_health(&effective)
     }
@@ -825,6 +950,7 @@ impl Agent {
                     "{addr} of {vip} is healthy again ({}): back to {state}",
                     event.reason
                 );
+                self.notify(&vip, addr, true);
                 self.balancer
                     .update_backend(&vip, addr, None, Some(state))?;
             }
@@ -835,10 +961,118 @@ impl Agent {
                 event.reason
             );
             entry.insert(backend.spec.state);
+            self.notify(&vip, addr, false);
             self.balancer
                 .update_backend(&vip, addr, None, Some(BackendState::Down))?;
         }
+        self.sync_sorry()?;
         self.save()
+    }
+
+    /// Puts each VIP's `sorry` backend in the tables (up) while none of its other backends
+    /// takes new flows (all down, draining or at weight 0), and drains it once one does: its
+    /// tracked flows finish there, new ones go to the others.
+    pub fn sync_sorry(&mut self) -> Result<(), crate::balancer::Error> {
+        let wanted: Vec<(Vip, std::net::SocketAddr)> = self
+            .config
+            .vips
+            .iter()
+            .filter_map(|v| Some((v.vip(), v.sorry?)))
+            .collect();
+        for (vip, sorry) in wanted {
+            let Ok(info) = self.balancer.vip(&vip) else {
+                continue;
+            };
+            let others_up = info.backends.iter().any(|b| {
+                b.spec.addr != sorry && b.spec.state == BackendState::Up && b.spec.weight > 0
+            });
+            let now = info
+                .backends
+                .iter()
+                .find(|b| b.spec.addr == sorry)
+                .map(|b| b.spec.state);
+            let held = self.held.contains_key(&(vip, sorry));
+            match (others_up, now) {
+                (false, None) => {
+                    info!("{vip}: no backend takes new flows; the sorry backend {sorry} does");
+                    self.balancer.add_backend(
+                        &vip,
+                        crate::balancer::BackendSpec {
+                            addr: sorry,
+                            weight: 1,
+                            state: BackendState::Up,
+                        },
+                    )?;
+                }
+                (false, Some(BackendState::Draining)) if !held => {
+                    info!("{vip}: no backend takes new flows; the sorry backend {sorry} does");
+                    self.balancer
+                        .update_backend(&vip, sorry, None, Some(BackendState::Up))?;
+                }
+                (true, Some(BackendState::Up)) => {
+                    info!(
+                        "{vip}: a backend takes new flows again; draining the sorry backend \
+                         {sorry}"
+                    );
+                    self.balancer.update_backend(
+                        &vip,
+                        sorry,
+                        None,
+                        Some(BackendState::Draining),
+                    )?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the VIP's `notify-up` or `notify-down` command, if it has one, for `backend`: in
+    /// the background, with `VIP`, `BACKEND` and `STATE` (`up`, `down`) set, killed after
+    /// [`NOTIFY_TIMEOUT`]; its failure is logged.
+    fn notify(&self, vip: &Vip, backend: std::net::SocketAddr, up: bool) {
+        let Some(applied) = self.config.vip(vip) else {
+            return;
+        };
+        let argv = if up {
+            &applied.notify_up
+        } else {
+            &applied.notify_down
+        };
+        let Some((program, args)) = argv.split_first() else {
+            return;
+        };
+        let state = if up { "up" } else { "down" };
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args)
+            .env("VIP", vip.to_string())
+            .env("BACKEND", backend.to_string())
+            .env("STATE", state)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let what = format!("notify-{state} of {vip} for {backend}");
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            warn!("{what}: not run, no runtime");
+            return;
+        };
+        runtime.spawn(async move {
+            let child = match cmd.spawn() {
+                Ok(child) => child,
+                Err(err) => return warn!("{what}: starting {err}"),
+            };
+            match tokio::time::timeout(NOTIFY_TIMEOUT, child.wait_with_output()).await {
+                Ok(Ok(out)) if out.status.success() => {}
+                Ok(Ok(out)) => warn!(
+                    "{what} failed ({}): {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+                Ok(Err(err)) => warn!("{what}: {err}"),
+                Err(_) => warn!("{what}: killed after {NOTIFY_TIMEOUT:?}"),
+            }
+        });
     }
 
     /// Publishes counted active flows per backend for least-connections.

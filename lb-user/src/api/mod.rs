@@ -489,6 +489,7 @@ async fn set_vip(
         .map(str::parse::<Forwarding>)
         .transpose()?;
     let health_path = probe_path(req.health_path.as_deref())?;
+    let health = req.health;
     Ok(Json(
         change(&state, move |agent| {
             let mut options = agent.balancer.vip(&vip)?.options;
@@ -525,6 +526,9 @@ async fn set_vip(
                 .check_cluster_safe(&vip, options.scheduler)
                 .map_err(bad)?;
             agent.balancer.set_vip_options(&vip, options)?;
+            if let Some(health) = health {
+                agent.set_health(&vip, health)?;
+            }
             if let Some(path) = health_path {
                 agent.set_health_path(&vip, path)?;
             }

@@ -160,6 +160,11 @@ pub struct SetVip {
     /// Where the health checks go: `direct` or `vip` (`dsr-l2` and `ipip` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_path: Option<String>,
+    /// The health check, shaped as the config's `[vip.health]` (`{"kind": "http",
+    /// "http-path": "/healthz"}`): the fields given replace the VIP's; a new kind drops the
+    /// old kind's own fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::config::HealthSettings>,
 }
 
 /// `POST /v1/vips/.../backends`.

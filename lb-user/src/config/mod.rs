@@ -76,6 +76,7 @@ pub use crate::{
 pub use cluster::{
     BgpConfig, BgpPeer, ClusterConfig, DEFAULT_ETCD_PREFIX, DEFAULT_HOLD_TIME, cluster_safe,
 };
+pub use raw::RawHealth as HealthSettings;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -220,6 +221,14 @@ pub struct VipConfig {
     pub backends: Vec<BackendConfig>,
     /// `[vip.autoscale]`: the agent grows and shrinks the backend list.
     pub autoscale: Option<AutoscaleConfig>,
+    /// `notify-up`: a command (program and arguments) run when a health check brings a
+    /// backend back, with `VIP`, `BACKEND` and `STATE` (`up`) set; empty: none.
+    pub notify_up: Vec<String>,
+    /// `notify-down`: the same when a health check takes a backend down (`STATE` `down`).
+    pub notify_down: Vec<String>,
+    /// `sorry`: a backend the agent puts in the tables only while no other takes new flows,
+    /// and drains when one does again.
+    pub sorry: Option<SocketAddr>,
 }
 
 /// A `[[vip.backend]]`.
@@ -380,6 +389,9 @@ impl VipConfig {
                 })
                 .collect(),
             autoscale: None,
+            notify_up: Vec::new(),
+            notify_down: Vec::new(),
+            sorry: None,
         }
     }
 }
@@ -416,6 +428,73 @@ fn field_changes<T: Serialize>(now: T, new: T) -> Vec<String> {
         .filter(|key| now.get(*key) != new.get(*key))
         .map(|key| format!("{key} {} -> {}", show(now.get(key)), show(new.get(key))))
         .collect()
+}
+
+/// `check` as `[vip.health]` gives it, settings left at their defaults left out.
+pub fn health_settings(check: HealthCheck) -> HealthSettings {
+    raw_health(check)
+}
+
+/// A VIP's health check changed as `vip set --health…` asks (the API's `health` object, shaped
+/// as `[vip.health]`): the fields given replace `current`'s; a new `kind` keeps the interval,
+/// timeout, rise, fall, port and path but none of the old kind's own fields. Validated as the
+/// file's `[vip.health]` of a VIP forwarding by `forwarding` is, each error naming its field.
+pub fn merge_health(
+    current: &HealthCheck,
+    change: HealthSettings,
+    forwarding: Forwarding,
+) -> Result<HealthCheck, ConfigError> {
+    let mut raw = raw_health_with(current.clone(), true);
+    if change
+        .kind
+        .as_deref()
+        .is_some_and(|kind| kind != current.kind.name())
+    {
+        raw.http_method = None;
+        raw.http_path = None;
+        raw.http_expect_status = None;
+        raw.udp_payload = None;
+        raw.udp_expect = None;
+        raw.exec_command = None;
+        raw.insecure = None;
+        raw.tls_server_name = None;
+    }
+    macro_rules! given {
+        ($($field:ident),*) => {
+            $(if change.$field.is_some() {
+                raw.$field = change.$field;
+            })*
+        };
+    }
+    given!(
+        kind,
+        interval,
+        timeout,
+        rise,
+        fall,
+        port,
+        path,
+        http_method,
+        http_path,
+        http_expect_status,
+        udp_payload,
+        udp_expect,
+        exec_command,
+        insecure,
+        tls_server_name
+    );
+    let mut errors = Errors::default();
+    let check = health_from_raw(Some(raw), "health", &mut errors);
+    if check.path == ProbePath::Vip && forwarding != Forwarding::DsrL2 {
+        errors.add(
+            "health.path",
+            format!(
+                "\"vip\" probes through the dsr-l2 path; this VIP forwards by {forwarding}: use \
+                 \"direct\""
+            ),
+        );
+    }
+    errors.finish(check)
 }
 
 /// The changes of health checks, autoscaling and connection-table timeouts that take the
@@ -460,6 +539,24 @@ pub fn settings_changes(now: &Config, new: &Config) -> Vec<Change> {
             format!("autoscale of {}", vip.vip()),
             field_changes(autoscale(before), autoscale(Some(vip))),
         );
+        let none = Vec::new();
+        let notify: Vec<String> = [
+            (
+                "notify-up",
+                before.map_or(&none, |v| &v.notify_up),
+                &vip.notify_up,
+            ),
+            (
+                "notify-down",
+                before.map_or(&none, |v| &v.notify_down),
+                &vip.notify_down,
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, a, b)| a != b)
+        .map(|(name, a, b)| format!("{name} {a:?} -> {b:?}"))
+        .collect();
+        push(format!("notify of {}", vip.vip()), notify);
     }
     changes
 }

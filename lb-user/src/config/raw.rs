@@ -78,35 +78,48 @@ pub(super) struct RawVip {
     pub(super) backend: Vec<RawBackend>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) autoscale: Option<autoscale::RawAutoscale>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) sorry: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) notify_up: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) notify_down: Vec<String>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// `[vip.health]` as the file (or the API's `health` object) gives it, before validation.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub(super) struct RawHealth {
+pub struct RawHealth {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) kind: Option<String>,
+    pub kind: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) interval: Option<String>,
+    pub interval: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) timeout: Option<String>,
+    pub timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) rise: Option<i64>,
+    pub rise: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) fall: Option<i64>,
+    pub fall: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) port: Option<i64>,
+    pub port: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) http_method: Option<String>,
+    pub http_method: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) http_path: Option<String>,
+    pub http_path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) http_expect_status: Option<i64>,
+    pub http_expect_status: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) udp_payload: Option<String>,
+    pub udp_payload: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) udp_expect: Option<String>,
+    pub udp_expect: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(super) path: Option<String>,
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_command: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_server_name: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -180,6 +193,9 @@ impl From<VipConfig> for RawVip {
             health: (config.health != HealthCheck::default()).then(|| raw_health(config.health)),
             backend: config.backends.into_iter().map(RawBackend::from).collect(),
             autoscale: config.autoscale.map(Into::into),
+            notify_up: config.notify_up,
+            notify_down: config.notify_down,
+            sorry: config.sorry.map(|a| a.to_string()),
         }
     }
 }
@@ -216,6 +232,20 @@ pub(super) fn raw_health_with(check: HealthCheck, full: bool) -> RawHealth {
         CheckKind::Udp { payload, expect } => {
             raw.udp_payload = Some(String::from_utf8_lossy(&payload).into_owned());
             raw.udp_expect = expect.map(|e| String::from_utf8_lossy(&e).into_owned());
+        }
+        CheckKind::Exec { argv } => raw.exec_command = Some(argv),
+        CheckKind::Https {
+            method,
+            path,
+            expect_status,
+            insecure,
+            server_name,
+        } => {
+            raw.http_method = Some(method);
+            raw.http_path = Some(path);
+            raw.http_expect_status = Some(expect_status.into());
+            raw.insecure = Some(insecure);
+            raw.tls_server_name = server_name;
         }
     }
     raw

@@ -252,6 +252,31 @@ pub(super) fn vip_from_raw(
     };
     let health_prefix = inside(prefix, vip, "health");
     let health = health_from_raw(raw.health, &health_prefix, errors);
+    let sorry = raw.sorry.as_deref().and_then(|text| {
+        let at = inside(prefix, vip, "sorry");
+        match text.parse::<SocketAddr>() {
+            Ok(addr) if raw.backend.iter().any(|b| b.address == text) => {
+                errors.add(at, format!("{addr} is one of the VIP's backends"));
+                None
+            }
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                errors.add(at, format!("{text:?} is not ADDR:PORT"));
+                None
+            }
+        }
+    });
+    for (name, argv) in [
+        ("notify-up", &raw.notify_up),
+        ("notify-down", &raw.notify_down),
+    ] {
+        if argv.first().is_some_and(String::is_empty) {
+            errors.add(
+                inside(prefix, vip, name),
+                "the program must not be empty: [\"/path/to/program\", \"arg\", ...]",
+            );
+        }
+    }
     if health.path == ProbePath::Vip && forwarding == Forwarding::Nat {
         errors.add(
             field(&health_prefix, "path"),
@@ -322,6 +347,9 @@ pub(super) fn vip_from_raw(
         health,
         backends,
         autoscale,
+        notify_up: raw.notify_up,
+        notify_down: raw.notify_down,
+        sorry,
     };
     (vip, config)
 }
@@ -507,10 +535,10 @@ pub(super) fn health_from_raw(
     }
 
     let kind = raw.kind.as_deref().unwrap_or("none");
-    if !matches!(kind, "none" | "tcp" | "http" | "udp") {
+    if !matches!(kind, "none" | "tcp" | "http" | "https" | "udp" | "exec") {
         errors.add(
             path("kind"),
-            format!("unknown kind {kind:?}: expected none, tcp, http or udp"),
+            format!("unknown kind {kind:?}: expected none, tcp, http, https, udp or exec"),
         );
         return check;
     }
@@ -524,9 +552,13 @@ pub(super) fn health_from_raw(
         ),
         ("udp", "udp-payload", raw.udp_payload.is_some()),
         ("udp", "udp-expect", raw.udp_expect.is_some()),
+        ("exec", "exec-command", raw.exec_command.is_some()),
+        ("https", "insecure", raw.insecure.is_some()),
+        ("https", "tls-server-name", raw.tls_server_name.is_some()),
     ];
     for (owner, name, set) in only_for {
-        if set && kind != owner {
+        // The http settings are https's too.
+        if set && kind != owner && !(owner == "http" && kind == "https") {
             errors.add(
                 path(name),
                 format!("only allowed with kind {owner:?}, not {kind:?}"),
@@ -536,7 +568,7 @@ pub(super) fn health_from_raw(
 
     check.kind = match kind {
         "tcp" => CheckKind::Tcp,
-        "http" => {
+        "http" | "https" => {
             let method = raw.http_method.unwrap_or_else(|| "GET".to_owned());
             if !is_http_method(&method) {
                 errors.add(
@@ -560,10 +592,28 @@ pub(super) fn health_from_raw(
                     .int(&path("http-expect-status"), s, 100..=599)
                     .unwrap_or(200),
             };
-            CheckKind::Http {
-                method,
-                path: http_path,
-                expect_status,
+            if kind == "https" {
+                if let Some(name) = &raw.tls_server_name
+                    && tokio_rustls::rustls::pki_types::ServerName::try_from(name.as_str()).is_err()
+                {
+                    errors.add(
+                        path("tls-server-name"),
+                        format!("{name:?} is not a DNS name or an address"),
+                    );
+                }
+                CheckKind::Https {
+                    method,
+                    path: http_path,
+                    expect_status,
+                    insecure: raw.insecure.unwrap_or(false),
+                    server_name: raw.tls_server_name,
+                }
+            } else {
+                CheckKind::Http {
+                    method,
+                    path: http_path,
+                    expect_status,
+                }
             }
         }
         "udp" => {
@@ -575,6 +625,16 @@ pub(super) fn health_from_raw(
                 payload: payload.into_bytes(),
                 expect: raw.udp_expect.map(String::into_bytes),
             }
+        }
+        "exec" => {
+            let argv = raw.exec_command.unwrap_or_default();
+            if argv.first().is_none_or(String::is_empty) {
+                errors.add(
+                    path("exec-command"),
+                    "kind \"exec\" needs a command: [\"/path/to/program\", \"arg\", ...]",
+                );
+            }
+            CheckKind::Exec { argv }
         }
         _ => CheckKind::None,
     };

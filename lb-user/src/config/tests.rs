@@ -446,7 +446,9 @@ fn bad_input_names_the_field() {
         ),
         (
             one("", "kind = \"icmp\"", ""),
-            format!("{V} health.kind: unknown kind \"icmp\": expected none, tcp, http or udp"),
+            format!(
+                "{V} health.kind: unknown kind \"icmp\": expected none, tcp, http, https, udp or exec"
+            ),
         ),
         (
             one("", "kind = \"tcp\"\nrise = 0", ""),
@@ -1203,4 +1205,122 @@ protocol = "tcp"
     assert!(
         error("[bgp]\nlocal-asn = 1\nrouter-id = \"1.2.3.4\"\n").contains("bgp.peer: at least one")
     );
+}
+
+#[test]
+fn merge_health_keeps_what_is_not_given_and_validates_as_the_file() {
+    let current = HealthCheck {
+        kind: CheckKind::Http {
+            method: "GET".to_owned(),
+            path: "/healthz".to_owned(),
+            expect_status: 200,
+        },
+        interval: Duration::from_secs(2),
+        ..HealthCheck::default()
+    };
+    let given = |f: fn(&mut HealthSettings)| {
+        let mut s = HealthSettings::default();
+        f(&mut s);
+        merge_health(&current, s, Forwarding::Nat)
+    };
+    // One setting: the rest is kept.
+    let check = given(|s| s.http_expect_status = Some(204)).unwrap();
+    assert_eq!(check.interval, Duration::from_secs(2));
+    assert_eq!(
+        check.kind,
+        CheckKind::Http {
+            method: "GET".to_owned(),
+            path: "/healthz".to_owned(),
+            expect_status: 204
+        }
+    );
+    // A new kind drops the old kind's own settings, keeps the common ones.
+    let check = given(|s| s.kind = Some("tcp".to_owned())).unwrap();
+    assert_eq!(
+        (check.kind, check.interval),
+        (CheckKind::Tcp, Duration::from_secs(2))
+    );
+    // Errors name the field, as in a file.
+    let err = given(|s| {
+        s.kind = Some("tcp".to_owned());
+        s.http_path = Some("/x".to_owned());
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("health.http-path: only allowed with kind \"http\""),
+        "{err}"
+    );
+    let err = given(|s| s.timeout = Some("3s".to_owned()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("health.timeout: 3s is longer than the interval (2s)"),
+        "{err}"
+    );
+    let err = given(|s| s.path = Some("vip".to_owned()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("health.path"), "{err}");
+    assert!(
+        merge_health(
+            &current,
+            HealthSettings {
+                path: Some("vip".to_owned()),
+                ..HealthSettings::default()
+            },
+            Forwarding::DsrL2
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn health_kinds_and_hooks_are_checked_as_the_file_gives_them() {
+    let vip = "[[vip]]\naddress = \"198.19.0.1:80\"\nprotocol = \"tcp\"\n";
+    let backend = "[[vip.backend]]\naddress = \"10.0.1.2:8080\"\n";
+    let errors = |text: &str| match Config::parse(text) {
+        Ok(_) => String::new(),
+        Err(err) => err.to_string(),
+    };
+    let err = errors(&format!("{vip}sorry = \"10.0.1.2:8080\"\n{backend}"));
+    assert!(
+        err.contains("sorry: 10.0.1.2:8080 is one of the VIP's backends"),
+        "{err}"
+    );
+    let err = errors(&format!("{vip}sorry = \"nowhere\"\n{backend}"));
+    assert!(err.contains("sorry: \"nowhere\" is not ADDR:PORT"), "{err}");
+    let err = errors(&format!("{vip}notify-up = [\"\"]\n{backend}"));
+    assert!(
+        err.contains("notify-up: the program must not be empty"),
+        "{err}"
+    );
+    let err = errors(&format!("{vip}[vip.health]\nkind = \"exec\"\n{backend}"));
+    assert!(
+        err.contains("health.exec-command: kind \"exec\" needs a command"),
+        "{err}"
+    );
+    let err = errors(&format!(
+        "{vip}[vip.health]\nkind = \"http\"\ninsecure = true\n{backend}"
+    ));
+    assert!(
+        err.contains("health.insecure: only allowed with kind \"https\""),
+        "{err}"
+    );
+
+    let config = Config::parse(&format!(
+        "{vip}sorry = \"10.0.9.2:8080\"\nnotify-down = [\"/bin/true\", \"x\"]\n\
+         [vip.health]\nkind = \"https\"\nhttp-path = \"/h\"\ninsecure = true\n{backend}"
+    ))
+    .unwrap();
+    let v = &config.vips[0];
+    assert_eq!(v.sorry, Some("10.0.9.2:8080".parse().unwrap()));
+    assert_eq!(v.notify_down, ["/bin/true", "x"]);
+    assert!(matches!(
+        &v.health.kind,
+        CheckKind::Https { path, insecure: true, server_name: None, .. } if path == "/h"
+    ));
+    // And back to the file's shape, unchanged.
+    let again = Config::parse(&config.to_toml()).unwrap();
+    assert_eq!(again, config);
 }

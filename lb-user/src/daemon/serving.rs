@@ -210,7 +210,8 @@ fn notify(state: &[sd_notify::NotifyState]) {
     }
 }
 
-/// Serves `/metrics` on `addr` in the background.
+/// Serves `/metrics` on `addr` in the background. The agent's lock is held while the maps are
+/// read, not while the text is written or sent.
 async fn serve_metrics(shared: agent::Shared, addr: SocketAddr) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
@@ -220,12 +221,24 @@ async fn serve_metrics(shared: agent::Shared, addr: SocketAddr) -> anyhow::Resul
         axum::routing::get(move || {
             let shared = Arc::clone(&shared);
             async move {
-                let agent = shared.lock().unwrap_or_else(|p| p.into_inner());
-                match crate::metrics::render(&agent) {
-                    Ok(text) => (axum::http::StatusCode::OK, text),
+                use axum::http::{StatusCode, header::CONTENT_TYPE};
+                let collected = {
+                    let agent = shared.lock().unwrap_or_else(|p| p.into_inner());
+                    crate::metrics::collect(&agent)
+                };
+                let text = collected.and_then(|registry| {
+                    crate::metrics::encode(&registry).context("encoding the metrics")
+                });
+                match text {
+                    Ok(text) => (
+                        StatusCode::OK,
+                        [(CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+                        text,
+                    ),
                     Err(err) => (
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("{err:#}"),
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        [(CONTENT_TYPE, "text/plain; charset=utf-8")],
+                        format!("{err:#}\n"),
                     ),
                 }
             }

@@ -16,10 +16,10 @@ use std::{
     io,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use tokio::{
@@ -63,16 +63,40 @@ pub enum CheckKind {
         /// What the reply must start with; any reply will do if `None`.
         expect: Option<Vec<u8>>,
     },
+    /// An HTTP/1.1 request over TLS gets a response with this status code.
+    Https {
+        /// Request method, e.g. `GET`.
+        method: String,
+        /// Request target, e.g. `/healthz`.
+        path: String,
+        /// The status code that counts as healthy.
+        expect_status: u16,
+        /// Skip the certificate's verification (self-signed backends); otherwise it must chain
+        /// to a Mozilla root (webpki-roots) and name `server_name`.
+        insecure: bool,
+        /// The name the certificate must have; the backend's address if `None`.
+        server_name: Option<String>,
+    },
+    /// A command exits 0 (see [`EXEC_ENV`] for what it is told); killed at the timeout.
+    Exec {
+        /// The program and its arguments.
+        argv: Vec<String>,
+    },
 }
 
+/// The environment of an `exec` check: the address checked, as `ADDR:PORT`, `ADDR` and `PORT`.
+pub const EXEC_ENV: [&str; 3] = ["XDPLB_BACKEND", "XDPLB_BACKEND_ADDR", "XDPLB_BACKEND_PORT"];
+
 impl CheckKind {
-    /// The kind's name in the config file: `none`, `tcp`, `http` or `udp`.
+    /// The kind's name in the config file: `none`, `tcp`, `http`, `udp` or `exec`.
     pub fn name(&self) -> &'static str {
         match self {
             CheckKind::None => "none",
             CheckKind::Tcp => "tcp",
             CheckKind::Http { .. } => "http",
             CheckKind::Udp { .. } => "udp",
+            CheckKind::Exec { .. } => "exec",
+            CheckKind::Https { .. } => "https",
         }
     }
 }
@@ -234,6 +258,19 @@ pub async fn check(
             CheckKind::Udp { payload, expect } => {
                 probe_udp(target, mark, payload, expect.as_deref()).await
             }
+            CheckKind::Exec { argv } => probe_exec(target, argv).await,
+            CheckKind::Https {
+                method,
+                path,
+                expect_status,
+                insecure,
+                server_name,
+            } => {
+                let stream = connect(target, mark).await?;
+                let stream =
+                    tls::handshake(stream, target, *insecure, server_name.as_deref()).await?;
+                http_exchange(stream, target, method, path, *expect_status).await
+            }
         }
     };
     let started = tokio::time::Instant::now();
@@ -301,7 +338,18 @@ async fn probe_http(
     path: &str,
     expect_status: u16,
 ) -> Result<(), Failure> {
-    let mut stream = connect(target, mark).await?;
+    let stream = connect(target, mark).await?;
+    http_exchange(stream, target, method, path, expect_status).await
+}
+
+/// One request on `stream` (plain TCP or TLS), judged by the response's status code.
+async fn http_exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    target: SocketAddr,
+    method: &str,
+    path: &str,
+    expect_status: u16,
+) -> Result<(), Failure> {
     let request =
         format!("{method} {path} HTTP/1.1\r\nHost: {target}\r\nConnection: close\r\n\r\n");
     stream
@@ -393,6 +441,44 @@ async fn probe_udp(
     }
 }
 
+/// Runs `argv` with the target in its environment ([`EXEC_ENV`]): healthy if it exits 0. It
+/// is killed when dropped, so the check's timeout ends it.
+async fn probe_exec(target: SocketAddr, argv: &[String]) -> Result<(), Failure> {
+    let (program, args) = argv
+        .split_first()
+        .ok_or_else(|| Failure::backend("no command"))?;
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .env(EXEC_ENV[0], target.to_string())
+        .env(EXEC_ENV[1], target.ip().to_string())
+        .env(EXEC_ENV[2], target.port().to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|err| {
+            let mut failure = io_error(&format!("starting {program}"), &err);
+            // A missing program is the operator's, not the backend's, but it must show.
+            failure.local &= err.kind() != io::ErrorKind::NotFound;
+            failure
+        })?;
+    let output = child
+        .wait_with_output()
+        .await
+        .map_err(|err| io_error(&format!("running {program}"), &err))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.lines().last().unwrap_or("").trim();
+    Err(Failure::backend(if last.is_empty() {
+        format!("{program} failed ({})", output.status)
+    } else {
+        format!("{program} failed ({}): {last}", output.status)
+    }))
+}
+
 /// Rise/fall hysteresis over check results. Pure and synchronous.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tracker {
@@ -452,8 +538,26 @@ pub struct HealthEvent {
     pub reason: String,
 }
 
+/// The last check of a watch that counted (local failures do not).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastCheck {
+    /// When it ended.
+    pub at: SystemTime,
+    /// Its failure, if it failed.
+    pub error: Option<String>,
+}
+
+/// The last failure of a watch, kept after later checks succeed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastFailure {
+    /// When it ended.
+    pub at: SystemTime,
+    /// Why it failed.
+    pub error: String,
+}
+
 /// Counters of one watch.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CheckStats {
     /// Checks run.
     pub checks: u64,
@@ -466,6 +570,10 @@ pub struct CheckStats {
     pub transitions: u64,
     /// The current health.
     pub healthy: bool,
+    /// The last check that counted; `None` before the first.
+    pub last: Option<LastCheck>,
+    /// The last failed check, if any failed.
+    pub last_failure: Option<LastFailure>,
 }
 
 #[derive(Debug)]
@@ -475,6 +583,8 @@ struct Counters {
     local_failures: AtomicU64,
     transitions: AtomicU64,
     healthy: AtomicBool,
+    /// The last check and the last failure; written once per check, read by views.
+    last: Mutex<(Option<LastCheck>, Option<LastFailure>)>,
 }
 
 impl Counters {
@@ -485,16 +595,32 @@ impl Counters {
             local_failures: AtomicU64::new(from.local_failures),
             transitions: AtomicU64::new(from.transitions),
             healthy: AtomicBool::new(from.healthy),
+            last: Mutex::new((from.last, from.last_failure)),
         }
     }
 
+    fn record_last(&self, error: Option<String>) {
+        let at = SystemTime::now();
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(error) = &error {
+            last.1 = Some(LastFailure {
+                at,
+                error: error.clone(),
+            });
+        }
+        last.0 = Some(LastCheck { at, error });
+    }
+
     fn load(&self) -> CheckStats {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).clone();
         CheckStats {
             checks: self.checks.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),
             local_failures: self.local_failures.load(Ordering::Relaxed),
             transitions: self.transitions.load(Ordering::Relaxed),
             healthy: self.healthy.load(Ordering::Relaxed),
+            last: last.0,
+            last_failure: last.1,
         }
     }
 }
@@ -554,7 +680,7 @@ impl Monitor {
             old.counters.load()
         });
         if check.kind == CheckKind::None {
-            if previous.is_some_and(|stats| !stats.healthy) {
+            if previous.as_ref().is_some_and(|stats| !stats.healthy) {
                 // A closed receiver only means nobody listens any more.
                 let _ = self.events.send(HealthEvent {
                     key,
@@ -649,7 +775,10 @@ async fn run(
         let result = self::check(&check.kind, target, check.timeout).await;
         counters.checks.fetch_add(1, Ordering::Relaxed);
         let ok = match result {
-            Ok(()) => true,
+            Ok(()) => {
+                counters.record_last(None);
+                true
+            }
             Err(failure) if failure.local => {
                 counters.local_failures.fetch_add(1, Ordering::Relaxed);
                 log::warn!(
@@ -663,6 +792,7 @@ async fn run(
             }
             Err(failure) => {
                 counters.failures.fetch_add(1, Ordering::Relaxed);
+                counters.record_last(Some(failure.reason.clone()));
                 last_error = failure.reason;
                 false
             }
@@ -699,6 +829,8 @@ async fn run(
         }
     }
 }
+
+mod tls;
 
 #[cfg(test)]
 mod tests;

@@ -307,9 +307,13 @@ Examples:
         /// The VIP: `ADDR:PORT/PROTO`.
         vip: Vip,
     },
-    /// Change a VIP's scheduler, ring size, source checks or forwarding mode (tracked flows
-    /// follow a new mode from their next packet).
-    #[command(after_help = "Example:\n  xdplb vip set 198.19.0.1:80/tcp --scheduler WLC")]
+    /// Change a VIP's scheduler, ring size, source checks, forwarding mode (tracked flows
+    /// follow a new mode from their next packet) or health check.
+    #[command(
+        after_help = "Examples:\n  xdplb vip set 198.19.0.1:80/tcp --scheduler WLC\n  \
+                            xdplb vip set 198.19.0.1:80/tcp --health http --health-uri /healthz \
+                            --health-interval 2s"
+    )]
     Set {
         /// The VIP: `ADDR:PORT/PROTO`.
         vip: Vip,
@@ -327,6 +331,8 @@ Examples:
         /// Where its health checks go: direct or vip (dsr-l2 and ipip only).
         #[arg(long, value_name = "PATH", value_parser = ["direct", "vip"])]
         health_path: Option<String>,
+        #[command(flatten)]
+        health: Box<HealthArgs>,
     },
     /// List every VIP.
     #[command(after_help = "Example:\n  xdplb vip list -o json")]
@@ -415,6 +421,108 @@ fn parse_watch(s: &str) -> Result<f64, String> {
         _ => Err(format!(
             "{s:?} is not a number of seconds from {MIN_WATCH_SECS} to 86400"
         )),
+    }
+}
+
+/// A VIP's health check, as `vip set` changes it: the `[vip.health]` fields of the config file.
+/// Those given replace the VIP's; a new kind drops the old kind's own settings.
+#[derive(clap::Args, Debug, Default)]
+pub struct HealthArgs {
+    /// The check: none, tcp, http, https, udp or exec.
+    #[arg(id = "health", long = "health", value_name = "KIND",
+          value_parser = ["none", "tcp", "http", "https", "udp", "exec"])]
+    pub kind: Option<String>,
+    /// Time between two checks (`1s`, `500ms`).
+    #[arg(
+        id = "health_interval",
+        long = "health-interval",
+        value_name = "DURATION"
+    )]
+    pub interval: Option<String>,
+    /// How long one check may take, at most the interval.
+    #[arg(
+        id = "health_timeout",
+        long = "health-timeout",
+        value_name = "DURATION"
+    )]
+    pub timeout: Option<String>,
+    /// Consecutive successes that bring a failing backend back (1..=100).
+    #[arg(id = "health_rise", long = "health-rise", value_name = "N")]
+    pub rise: Option<i64>,
+    /// Consecutive failures that take a backend down (1..=100).
+    #[arg(id = "health_fall", long = "health-fall", value_name = "N")]
+    pub fall: Option<i64>,
+    /// Check this port instead of the backend's.
+    #[arg(id = "health_port", long = "health-port", value_name = "PORT")]
+    pub port: Option<i64>,
+    /// http: the request method (default GET).
+    #[arg(id = "health_method", long = "health-method", value_name = "METHOD")]
+    pub http_method: Option<String>,
+    /// http: the request target, e.g. `/healthz` (default `/`).
+    #[arg(id = "health_uri", long = "health-uri", value_name = "PATH")]
+    pub http_path: Option<String>,
+    /// http: the status that counts as healthy (default 200).
+    #[arg(
+        id = "health_expect_status",
+        long = "health-expect-status",
+        value_name = "CODE"
+    )]
+    pub http_expect_status: Option<i64>,
+    /// udp: the datagram sent (default `ping`).
+    #[arg(
+        id = "health_udp_payload",
+        long = "health-udp-payload",
+        value_name = "TEXT"
+    )]
+    pub udp_payload: Option<String>,
+    /// udp: what the reply must start with (any reply if left out).
+    #[arg(
+        id = "health_udp_expect",
+        long = "health-udp-expect",
+        value_name = "TEXT"
+    )]
+    pub udp_expect: Option<String>,
+    /// exec: the command, split on spaces (a script for anything more); it is run with
+    /// XDPLB_BACKEND (ADDR:PORT), XDPLB_BACKEND_ADDR and XDPLB_BACKEND_PORT set, exit 0 is
+    /// healthy, and it is killed at the timeout.
+    #[arg(id = "health_command", long = "health-command", value_name = "COMMAND")]
+    pub exec_command: Option<String>,
+    /// https: skip verifying the certificate (true), or verify it against the Mozilla roots
+    /// (false, the default).
+    #[arg(id = "health_insecure", long = "health-insecure", value_name = "BOOL")]
+    pub insecure: Option<bool>,
+    /// https: the name the certificate must have (the backend's address by default).
+    #[arg(
+        id = "health_server_name",
+        long = "health-server-name",
+        value_name = "NAME"
+    )]
+    pub tls_server_name: Option<String>,
+}
+
+impl HealthArgs {
+    /// The API's `health` object, if any health flag was given.
+    pub fn settings(self) -> Option<lb_user::config::HealthSettings> {
+        let settings = lb_user::config::HealthSettings {
+            kind: self.kind,
+            interval: self.interval,
+            timeout: self.timeout,
+            rise: self.rise,
+            fall: self.fall,
+            port: self.port,
+            http_method: self.http_method,
+            http_path: self.http_path,
+            http_expect_status: self.http_expect_status,
+            udp_payload: self.udp_payload,
+            udp_expect: self.udp_expect,
+            path: None,
+            insecure: self.insecure,
+            tls_server_name: self.tls_server_name,
+            exec_command: self
+                .exec_command
+                .map(|c| c.split_whitespace().map(str::to_owned).collect()),
+        };
+        (settings != lb_user::config::HealthSettings::default()).then_some(settings)
     }
 }
 

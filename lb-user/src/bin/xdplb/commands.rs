@@ -177,8 +177,10 @@ pub async fn client_command(
             sources,
             forwarding,
             health_path,
+            health,
         }) => {
             let body = request(&api::SetVip {
+                health: (*health).settings(),
                 scheduler: scheduler.map(|s| s.name().to_owned()),
                 ring_size,
                 allow: SourceArgs::replacement(&sources.allow),
