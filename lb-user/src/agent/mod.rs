@@ -26,8 +26,8 @@ pub use routes::{local_addrs, publish_local_addrs, refresh_next_hops_on_changes}
 pub use state_file::{load_state, monotonic_ns, write_atomically};
 pub use tasks::{apply_health_events, autoscale_every, count_connections_every, log_vips};
 
-pub mod cluster;
 pub mod audit;
+pub mod cluster;
 mod neighbours;
 mod probe_routes;
 mod routes;

@@ -526,7 +526,7 @@ async fn set_vip(
                 .check_cluster_safe(&vip, options.scheduler)
                 .map_err(bad)?;
             agent.balancer.set_vip_options(&vip, options)?;
-            if let Some(health) = health {
+            if let Some(health) = health.clone() {
                 agent.set_health(&vip, health)?;
             }
             if let Some(path) = health_path {

@@ -1,6 +1,6 @@
 //! The command line: `xdplb run` and the commands that drive a running agent.
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_user::{
@@ -101,10 +101,13 @@ Examples:
     #[command(after_help = "Example:\n  xdplb status -o json")]
     Status,
     /// Cluster mode: the gateways sharing the config in etcd.
-    #[command(subcommand)]
+    #[command(subcommand, after_help = "Example:\n  xdplb cluster status -o json")]
     Cluster(ClusterCommand),
     /// The connection table: list tracked flows, flush them.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  xdplb conn list --vip 198.19.0.1:80/tcp\n  xdplb conn flush --backend 10.1.0.2:8080"
+    )]
     Conn(ConnCommand),
     /// Bring the running VIPs and backends to a config file: print the plan, apply it.
     #[command(after_help = "Example:\n  xdplb apply -f /etc/xdplb/xdplb.toml --dry-run")]
@@ -248,7 +251,9 @@ pub enum ConfigCommand {
 
 #[derive(Subcommand)]
 pub enum ClusterCommand {
-    /// The gateways, the etcd revision each has applied, the autoscaler leader of each VIP.
+    /// The gateways, the etcd revision each has applied and what each announces, the
+    /// autoscaler leader of each VIP.
+    #[command(after_help = "Example:\n  xdplb cluster status")]
     Status,
 }
 

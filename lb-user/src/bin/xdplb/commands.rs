@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use hyper::Method;
 use lb_user::{
     agent::cluster::{ClusterView, StoreStatus},
-    api::{self, BackendView, StatsView, StatusView, VipView},
+    api::{self, BackendView, StatusView, VipView},
     autoscale::live::Status as AutoscaleStatus,
     balancer::Vip,
     client::{CallError, Endpoint, call, segment},
