@@ -40,7 +40,10 @@ const SYSTEM_TOOLS: &[(&str, &str)] = &[
     // The agent's etcd client compiles etcd's protos at build time: protoc and Google's
     // well-known protos (a file, not a command); the cluster tests run etcd itself.
     ("protoc", "protobuf-compiler"),
-    ("/usr/include/google/protobuf/empty.proto", "libprotobuf-dev"),
+    (
+        "/usr/include/google/protobuf/empty.proto",
+        "libprotobuf-dev",
+    ),
     ("etcd", "etcd-server"),
     ("etcdctl", "etcd-client"),
 ];
