@@ -7,7 +7,7 @@
 //! left, also when the test fails. Every wait has a deadline.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs,
     net::{IpAddr, Ipv4Addr, SocketAddr},
     os::unix::net::UnixStream,
@@ -406,6 +406,82 @@ pub fn configuration(vips: &[VipView]) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// The configuration of every VIP as `vip list -o json` shows it: scheduler, ring size,
+/// backends with weights and states, and the digest of its lookup table (slot by slot, the
+/// backends' addresses). Backend ids are each agent's own (a gateway restarted gives the
+/// backends added meanwhile other ids), so they are left out; the digests do not depend on
+/// them. Gateways of one cluster show the same.
+pub fn tables(agent: &Agent) -> Vec<String> {
+    let vips = agent.vips();
+    let mut lines: Vec<String> = configuration(&vips)
+        .into_iter()
+        .map(|line| {
+            line.split(", ")
+                .map(|part| part.split(" id ").next().unwrap_or(part))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect();
+    for v in &vips {
+        let digest = v
+            .table_digest
+            .as_deref()
+            .unwrap_or_else(|| panic!("{} ({:?}) shows no table digest", v.vip, v.scheduler));
+        lines.push(format!("{} table {digest}", v.vip));
+    }
+    lines
+}
+
+/// Waits (3 s from `since`) until every agent shows the same [`tables`]; `what` names the
+/// moment in the messages.
+pub fn same_tables(agents: &[Agent], what: &str, since: Instant) {
+    loop {
+        let all: Vec<Vec<String>> = agents.iter().map(tables).collect();
+        if all.iter().all(|t| *t == all[0]) {
+            eprintln!("identical tables {what} after {:?}", since.elapsed());
+            return;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(3),
+            "tables differ {what}: {all:#?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The backends' addresses of `vip` (`ADDR:PORT/PROTO`) on `agent`.
+pub fn backends_of(agent: &Agent, vip: &str) -> BTreeSet<String> {
+    agent
+        .vips()
+        .into_iter()
+        .filter(|v| format!("{}/{}", v.address, v.protocol) == vip)
+        .flat_map(|v| v.backends.into_iter().map(|b| b.address.to_string()))
+        .collect()
+}
+
+/// Polls `done` every 20 ms until it holds or `limit` passed since `since`; returns how long
+/// it took, or panics with `what`.
+pub fn wait_until(
+    what: &str,
+    since: Instant,
+    limit: Duration,
+    mut done: impl FnMut() -> bool,
+) -> Duration {
+    loop {
+        if done() {
+            // When the check ended: a check that starts in time but ends late does not count.
+            let took = since.elapsed();
+            assert!(
+                took <= limit,
+                "{what}: only after {took:?}, not within {limit:?}"
+            );
+            return took;
+        }
+        assert!(since.elapsed() < limit, "{what}: not within {limit:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// `/metrics` of the agent serving them on `addr` in `ns`, with curl.

@@ -10,6 +10,10 @@
 //! The backends hold the VIP on `lo` and answer the client directly through the router
 //! (direct server return; with `ipip` forwarding they run `xdplb decap`). Nothing routes the
 //! VIP until a gateway announces it.
+//!
+//! [`Etcd`] is the cluster store: etcd in a namespace of its own, with a point-to-point link to
+//! each gateway (10.250.`i`.0/24: etcd .1, gateway `i` .2 on its interface [`ETCD_GW_IF`]),
+//! apart from every address above (198.18.0.0/23, `fd00:0:0:1::/64`).
 
 use std::{
     fs,
@@ -25,7 +29,7 @@ use anyhow::{Context as _, bail};
 
 use crate::netns::{
     DSR_VIP, HOST_IF, NS_PREFIX, Netns, add_namespace, dsr_backend_v4, net_v6,
-    remove_stale_namespaces, run_ok,
+    remove_stale_namespaces, run_bounded, run_ok,
 };
 
 /// The router's AS.
@@ -311,5 +315,182 @@ impl Drop for Cluster {
                 .status();
         }
         let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Each gateway's interface on its link to etcd.
+pub const ETCD_GW_IF: &str = "etcd0";
+
+/// etcd's address on its link to gateway `i`.
+pub fn etcd_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 250, u8::try_from(i).expect("at most 256 gateways"), 1)
+}
+
+/// Gateway `i`'s address on its link to etcd.
+pub fn etcd_gateway_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 250, u8::try_from(i).expect("at most 256 gateways"), 2)
+}
+
+/// The namespace etcd runs in, with a link to every gateway; etcd itself while it runs. The
+/// namespace, the data and the log go on drop.
+pub struct Etcd {
+    ns: String,
+    gateways: usize,
+    data: PathBuf,
+    daemon: Option<Child>,
+    log: PathBuf,
+}
+
+impl Etcd {
+    /// etcd's namespace, linked to each of `gateways` (etcd is not started yet).
+    pub fn new(gateways: &[&Netns]) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let ns = format!("{NS_PREFIX}{}-etcd{n}", std::process::id());
+        let data = std::env::temp_dir().join(format!("xdplb-etcd-test-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&data);
+        let etcd = Self {
+            log: data.with_extension("log"),
+            ns: ns.clone(),
+            gateways: gateways.len(),
+            data,
+            daemon: None,
+        };
+        let ip = |args: &[&str]| {
+            run_ok(Command::new("ip").args(args))
+                .unwrap_or_else(|err| panic!("ip {args:?}: {err:#}"))
+        };
+        add_namespace(&ns).unwrap_or_else(|err| panic!("{ns}: {err:#}"));
+        for (i, gw) in gateways.iter().enumerate() {
+            let ours = format!("et{i}");
+            ip(&[
+                "-n", &ns, "link", "add", &ours, "type", "veth", "peer", "name", ETCD_GW_IF,
+                "netns", &gw.name,
+            ]);
+            let addr = format!("{}/24", etcd_addr(i));
+            ip(&["-n", &ns, "addr", "add", &addr, "dev", &ours]);
+            let addr = format!("{}/24", etcd_gateway_addr(i));
+            ip(&["-n", &gw.name, "addr", "add", &addr, "dev", ETCD_GW_IF]);
+            ip(&["-n", &ns, "link", "set", &ours, "up"]);
+            ip(&["-n", &gw.name, "link", "set", ETCD_GW_IF, "up"]);
+        }
+        etcd
+    }
+
+    /// The URL gateway `i` reaches etcd at.
+    pub fn endpoint(i: usize) -> String {
+        format!("http://{}:2379", etcd_addr(i))
+    }
+
+    fn client_urls(&self) -> String {
+        (0..self.gateways)
+            .map(Self::endpoint)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// What etcd logged.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Starts etcd (on the data kept from a previous start, if any) and waits until it answers.
+    pub fn start(&mut self) {
+        assert!(self.daemon.is_none(), "etcd is already running");
+        let log = fs::File::create(&self.log).expect("etcd log");
+        let urls = self.client_urls();
+        let daemon = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.ns))
+            .arg("etcd")
+            .args(["--name", "test", "--data-dir"])
+            .arg(&self.data)
+            .args(["--listen-client-urls", &urls])
+            .args(["--advertise-client-urls", &Self::endpoint(0)])
+            .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
+            .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
+            .args(["--initial-cluster", "test=http://127.0.0.1:2380"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("etcd log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting etcd");
+        self.daemon = Some(daemon);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let health = run_bounded(
+                Command::new("nsenter")
+                    .arg(format!("--net=/var/run/netns/{}", self.ns))
+                    .args([
+                        "etcdctl",
+                        "--endpoints",
+                        &urls,
+                        "--command-timeout=1s",
+                        "endpoint",
+                        "health",
+                    ]),
+                Duration::from_secs(5),
+            );
+            if health.status.success() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not answer within 30 s:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The keys under `prefix` in the store now, read with `etcdctl`.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let out = run_bounded(
+            Command::new("nsenter")
+                .arg(format!("--net=/var/run/netns/{}", self.ns))
+                .args([
+                    "etcdctl",
+                    "--endpoints",
+                    &self.client_urls(),
+                    "--command-timeout=2s",
+                    "get",
+                    "--prefix",
+                    "--keys-only",
+                    prefix,
+                ]),
+            Duration::from_secs(5),
+        );
+        assert!(
+            out.status.success(),
+            "etcdctl get {prefix}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Kills etcd (its data stays for the next [`Etcd::start`]).
+    pub fn stop(&mut self) {
+        if let Some(mut daemon) = self.daemon.take() {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if thread::panicking() {
+            eprintln!("--- etcd's log ---\n{}", self.log());
+        }
+        self.stop();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .stderr(Stdio::null())
+            .status();
+        let _ = fs::remove_dir_all(&self.data);
+        let _ = fs::remove_file(&self.log);
     }
 }

@@ -1,30 +1,38 @@
-//! Three gateways behind one ECMP router, each announcing the VIP by BGP through its own BIRD 2
-//! ([`lb_tests::cluster::Cluster`]): the router learns three paths; 100 long-lived TCP
-//! connections from 100 source addresses spread over all three gateways; one gateway's agent
-//! stops, its announcement is withdrawn, and every connection it carried goes on through the
-//! others (a non-SYN packet missing their connection tables is scheduled by the same Maglev
-//! table and seed, so to the same backend); new connections succeed throughout. Then health
-//! checks failing on one gateway only withdraw its announcement, passing again restore it,
-//! `kill -9` of its agent withdraws it (BIRD dies with the agent), and `vip del` on the last
-//! gateway withdraws the VIP.
+//! The several-gateways acceptance in one topology ([`lb_tests::cluster::Cluster`]): three
+//! gateways behind one ECMP router, each announcing the VIP by BGP through its own BIRD 2, all
+//! three in cluster mode on one etcd ([`lb_tests::cluster::Etcd`], linked to each gateway).
+//! Gateway 0 seeds the store from its file (2 of the 3 backends); a backend added through
+//! gateway 1's CLI is on all three within a second, with identical tables; `cluster status`
+//! lists the gateways, their applied revisions and what they announce. The router learns three
+//! paths; 100 long-lived TCP connections from 100 source addresses spread over all three
+//! gateways; one gateway's agent stops, its announcement is withdrawn, and every connection it
+//! carried goes on through the others (a non-SYN packet missing their connection tables is
+//! scheduled by the same Maglev table and seed, so to the same backend); new connections
+//! succeed throughout. Then health checks failing on one gateway only (its own probes dropped
+//! by nftables) withdraw its announcement, passing again restore it, `kill -9` of its agent
+//! withdraws it (BIRD dies with the agent), and `vip del` removes the VIP from the store and
+//! the router. Leader loss and etcd down are in `cluster_store.rs`.
 
 use std::{
     net::SocketAddr,
+    thread,
     time::{Duration, Instant},
 };
 
 use aya::programs::{Xdp, XdpMode};
 use lb_tests::{
-    agent::{Agent, Decap, path_str, sample, scrape_metrics},
+    agent::{
+        Agent, Decap, VIP, backends_of, path_str, same_tables, sample, scrape_metrics, wait_until,
+    },
     cluster::{
-        CLIENT_SOURCES, CLUSTER_GW_IF, Cluster, GATEWAY_ASN, ROUTER_ADDR, ROUTER_ASN,
+        CLIENT_SOURCES, CLUSTER_GW_IF, Cluster, Etcd, GATEWAY_ASN, ROUTER_ADDR, ROUTER_ASN,
         client_source, gateway_port, gateway_v4,
     },
     netns::{Conn, DSR_VIP, ident},
     traffic::dialer,
 };
 use lb_user::{
-    agent::VipView,
+    agent::{VipView, cluster::ClusterView},
     api::{StatsView, StatusView},
     bench_objects::{BASELINE_PASS, load_baseline},
 };
@@ -32,29 +40,38 @@ use lb_user::{
 const GATEWAYS: usize = 3;
 const BACKENDS: usize = 3;
 const METRICS_PORT: u16 = 9108;
+/// The cluster's key prefix in etcd.
+const PREFIX: &str = "/xdplb-ecmp/";
 
-/// Gateway `i`'s config: the VIP on maglev with `ipip`, a TCP health check (on `health_port`,
-/// or the backends' own), `[cluster]` and `[bgp]`.
-fn config(cluster: &Cluster, i: usize, health_port: Option<u16>) -> String {
+/// Gateway `i`'s config: `[cluster]` on etcd, `[bgp]`, and the VIP on maglev with `ipip` and a
+/// TCP health check, with backends 0 and 1 (the store holds what gateway 0's file says).
+fn config(cluster: &Cluster, i: usize) -> String {
     let mut text = format!(
-        "[cluster]\nhash-seed = 7\n\
+        "[cluster]\nhash-seed = 7\netcd-endpoints = [\"{}\"]\netcd-prefix = \"{PREFIX}\"\n\
+         gateway-name = \"gw{i}\"\n\
          [bgp]\nlocal-asn = {GATEWAY_ASN}\nrouter-id = \"{}\"\nhold-time = 9\n\
          announce = [\"{DSR_VIP}\"]\n\
          [[bgp.peer]]\naddress = \"{ROUTER_ADDR}\"\nasn = {ROUTER_ASN}\n\
          [[vip]]\naddress = \"{DSR_VIP}:80\"\nprotocol = \"tcp\"\nscheduler = \"maglev\"\n\
          forwarding = \"ipip\"\n\
          [vip.health]\nkind = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nrise = 2\nfall = 2\n",
+        Etcd::endpoint(i),
         gateway_v4(i)
     );
-    if let Some(port) = health_port {
-        text += &format!("port = {port}\n");
-    }
-    // Each gateway lists the backends in another order: the tables must not care.
-    for k in 0..BACKENDS {
-        let b = &cluster.backends[(k + i) % BACKENDS];
+    for b in &cluster.backends[..2] {
         text += &format!("[[vip.backend]]\naddress = \"{}:80\"\n", b.v4);
     }
     text
+}
+
+/// Whether every backend of every VIP on `agent` passes its health check.
+fn all_healthy(agent: &Agent, backends: usize) -> bool {
+    let vips = agent.vips();
+    vips.iter().map(|v| v.backends.len()).sum::<usize>() == backends
+        && vips
+            .iter()
+            .flat_map(|v| &v.backends)
+            .all(|b| b.healthy == Some(true))
 }
 
 fn new_flows(agent: &Agent) -> u64 {
@@ -103,14 +120,63 @@ fn ecmp_over_three_gateways_survives_losing_one() {
         .map(|i| cluster.backends[i].tcp_server(80, &ident(i)))
         .collect();
 
+    let mut etcd = Etcd::new(&cluster.gateways.iter().collect::<Vec<_>>());
+    etcd.start();
+
+    // Gateway 0 first: its file seeds the empty store; the others then run what it holds.
+    let metrics = format!("127.0.0.1:{METRICS_PORT}");
     let mut agents: Vec<Agent> = (0..GATEWAYS)
         .map(|i| Agent::in_namespace(&cluster.gateways[i], vec![CLUSTER_GW_IF.to_owned()]))
         .collect();
+    let started = Instant::now();
     for (i, agent) in agents.iter_mut().enumerate() {
-        let file = agent.file("xdplb.toml", &config(&cluster, i, None));
-        let metrics = format!("127.0.0.1:{METRICS_PORT}");
+        let file = agent.file("xdplb.toml", &config(&cluster, i));
         agent.start(&["--config", &path_str(&file), "--metrics", &metrics]);
+        if i == 0 {
+            wait_until(
+                "gateway 0 seeded the store and runs its VIP",
+                Instant::now(),
+                Duration::from_secs(10),
+                || backends_of(agent, VIP).len() == 2,
+            );
+        }
     }
+    wait_until(
+        "the seeded VIP on every gateway",
+        Instant::now(),
+        Duration::from_secs(10),
+        || agents.iter().all(|a| backends_of(a, VIP).len() == 2),
+    );
+    eprintln!(
+        "{GATEWAYS} agents ready {:?} after the first start",
+        started.elapsed()
+    );
+
+    // A backend added through gateway 1's CLI reaches every gateway within a second of the
+    // command's answer, with the same table everywhere.
+    let b2 = format!("{}:80", cluster.backends[2].v4);
+    let t = Instant::now();
+    agents[1].ok(&["backend", "add", VIP, &b2]);
+    let answered = Instant::now();
+    let took = wait_until(
+        "the added backend on every gateway",
+        answered,
+        Duration::from_secs(1),
+        || agents.iter().all(|a| backends_of(a, VIP).contains(&b2)),
+    );
+    eprintln!(
+        "a backend added on gw1 was on all {GATEWAYS} gateways {took:?} after the answer, \
+         {:?} after the command started",
+        t.elapsed()
+    );
+    // Each gateway probes it itself; once all pass, the tables are the same.
+    wait_until(
+        "the added backend healthy on every gateway",
+        answered,
+        Duration::from_secs(5),
+        || agents.iter().all(|a| all_healthy(a, BACKENDS)),
+    );
+    same_tables(&agents, "once the added backend is healthy", Instant::now());
 
     // Three paths, one per gateway.
     let took = cluster
@@ -121,7 +187,7 @@ fn ecmp_over_three_gateways_survives_losing_one() {
                 cluster.birdc("show protocols all").unwrap_or_default()
             )
         });
-    eprintln!("router learnt {GATEWAYS} paths {took:?} after the agents were ready");
+    eprintln!("router had {GATEWAYS} paths {took:?} after the tables agreed");
     let mut paths = cluster.vip_paths();
     paths.sort();
     assert_eq!(
@@ -130,7 +196,7 @@ fn ecmp_over_three_gateways_survives_losing_one() {
         "{}",
         cluster.birdc("show route all").unwrap_or_default()
     );
-    // The same table everywhere, whatever the order the backends were given in.
+    // The same table everywhere.
     let digests: Vec<Option<String>> = agents
         .iter()
         .map(|a| a.vips()[0].table_digest.clone())
@@ -141,6 +207,28 @@ fn ecmp_over_three_gateways_survives_losing_one() {
         assert_eq!(announced(agent), vec![DSR_VIP.to_string()]);
         let text = agent.ok(&["status"]);
         assert!(text.contains(&format!("announced  {DSR_VIP}")), "{text}");
+    }
+
+    // `cluster status` on any gateway: the three, each at the store's config revision and
+    // announcing the VIP; no autoscaled VIP, so no autoscaler leader.
+    let view = wait_for_view(&agents[2], |v| {
+        v.gateways.len() == GATEWAYS
+            && v.gateways.iter().all(|g| {
+                g.applied_revision == v.config_revision && g.announced == [DSR_VIP.to_string()]
+            })
+    });
+    let names: Vec<&str> = view.gateways.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, ["gw0", "gw1", "gw2"], "{view:#?}");
+    assert!(view.store.up && view.config_revision > 0, "{view:#?}");
+    assert!(view.leaders.is_empty(), "{view:#?}");
+    let text = agents[0].ok(&["cluster", "status"]);
+    for i in 0..GATEWAYS {
+        let line = format!(
+            "{:<20} {:>7}  {DSR_VIP}",
+            format!("gw{i}"),
+            view.config_revision
+        );
+        assert!(text.contains(&line), "no {line:?} in\n{text}");
     }
 
     // 100 long-lived connections, one from each source address.
@@ -222,11 +310,27 @@ fn ecmp_over_three_gateways_survives_losing_one() {
         dialed.answered.len()
     );
 
-    // Gateway 1's health checks fail (a closed port): it withdraws, gateway 2 stays.
-    let metrics = format!("127.0.0.1:{METRICS_PORT}");
+    // Gateway 1's own probes are dropped on their way out (the VIP's config is the cluster's,
+    // the same everywhere): its checks fail, it withdraws, gateway 2 stays. The clients'
+    // packets it forwards leave by XDP, which the output hook does not see.
     let label = format!("vip=\"{DSR_VIP}\"");
-    let file = agents[1].file("unhealthy.toml", &config(&cluster, 1, Some(9)));
-    agents[1].ok(&["apply", "-f", &path_str(&file)]);
+    let nft = |args: &[&str]| {
+        cluster.gateways[1]
+            .exec("nft", args)
+            .unwrap_or_else(|err| panic!("nft {args:?}: {err:#}"))
+    };
+    nft(&["add", "table", "inet", "t"]);
+    nft(&[
+        "add",
+        "chain",
+        "inet",
+        "t",
+        "out",
+        "{ type filter hook output priority 0; }",
+    ]);
+    nft(&[
+        "add", "rule", "inet", "t", "out", "tcp", "dport", "80", "drop",
+    ]);
     let took = cluster
         .wait_for_paths(1, Duration::from_secs(5))
         .unwrap_or_else(|paths| panic!("with no healthy backend the router still has {paths:?}"));
@@ -263,8 +367,7 @@ fn ecmp_over_three_gateways_survives_losing_one() {
     // Healthy again, gateway 1 announces again; killed with SIGKILL, its BIRD dies with it
     // (PR_SET_PDEATHSIG), the session ends and the router withdraws without waiting out the
     // hold time.
-    let file = agents[1].file("healthy.toml", &config(&cluster, 1, None));
-    agents[1].ok(&["apply", "-f", &path_str(&file)]);
+    nft(&["delete", "table", "inet", "t"]);
     let took = cluster
         .wait_for_paths(2, Duration::from_secs(5))
         .unwrap_or_else(|paths| panic!("gateway 1 did not announce again: {paths:?}"));
@@ -297,11 +400,36 @@ fn ecmp_over_three_gateways_survives_losing_one() {
         "{stderr}"
     );
 
-    // `vip del` on gateway 2: nothing routes the VIP any more.
-    agents[2].ok(&["vip", "del", &format!("{DSR_VIP}:80/tcp")]);
+    // `vip del` on gateway 2 deletes the VIP from the store, for every gateway: nothing
+    // routes it any more.
+    agents[2].ok(&["vip", "del", VIP]);
     cluster
         .wait_for_paths(0, Duration::from_secs(5))
         .unwrap_or_else(|paths| panic!("after vip del the router still has {paths:?}"));
     assert!(announced(&agents[2]).is_empty());
+    assert!(agents[2].vips().is_empty());
+    // Left: `vips/changed`, the marker every change rewrites.
+    let keys = etcd.keys(&format!("{PREFIX}vips/"));
+    assert_eq!(
+        keys,
+        [format!("{PREFIX}vips/changed")],
+        "the store holds {keys:?}"
+    );
     drop(conns);
+}
+
+/// `cluster status -o json` on `agent`, once `done` holds (within 5 s).
+fn wait_for_view(agent: &Agent, done: impl Fn(&ClusterView) -> bool) -> ClusterView {
+    let t = Instant::now();
+    loop {
+        let view: ClusterView = agent.json(&["cluster", "status"]);
+        if done(&view) {
+            return view;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "cluster status: {view:#?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -1,26 +1,27 @@
 //! Cluster mode end to end: three gateways (each an agent in its own topology, with its own
 //! client and its own copies of the 3 backends) share one config in etcd, which runs in a
-//! namespace of its own linked to each gateway. A change through one gateway's CLI reaches the
-//! others within a second; concurrent changes through two gateways both survive; one gateway
-//! runs the autoscaler of an autoscaled VIP, and another takes over when it is killed; with
-//! etcd stopped traffic flows, `status` says so and changes are refused; with etcd back the
-//! gateways converge again.
+//! namespace of its own linked to each gateway ([`lb_tests::cluster::Etcd`]). A change through
+//! one gateway's CLI reaches the others within a second; concurrent changes through two
+//! gateways both survive; one gateway runs the autoscaler of an autoscaled VIP, and another
+//! takes over when it is killed; with etcd stopped traffic flows, `status` says so and changes
+//! are refused; with etcd back the gateways converge again. The same store behind ECMP and BGP,
+//! with one backend set for all three gateways, is in `cluster.rs`.
 
 use std::{
     collections::BTreeSet,
-    fs,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::Child,
     thread,
     time::{Duration, Instant},
 };
 
 use lb_tests::{
     agent::{
-        Agent, VIP, VIP_ADDR, backend_addr, configuration, offload_off, sample, scrape_metrics,
-        serve,
+        Agent, VIP, VIP_ADDR, backend_addr, backends_of, offload_off, same_tables, sample,
+        scrape_metrics, serve, wait_until as wait,
     },
-    netns::{NS_PREFIX, Netns, Topology, ident_of, run_bounded, run_ok, tcp_request},
+    cluster::Etcd,
+    netns::{Topology, ident_of, tcp_request},
 };
 use lb_user::{agent::cluster::ClusterView, api::StatusView};
 
@@ -32,144 +33,10 @@ const VIP2: &str = "198.19.0.2:80/tcp";
 /// The lease TTL of the agents' keys.
 const TTL: Duration = lb_user::agent::cluster::LEASE_TTL;
 
-/// etcd's address on its link to gateway `i`.
-fn etcd_addr(i: usize) -> String {
-    format!("10.250.{i}.1")
-}
-
-/// The namespace etcd runs in, with a link to every gateway; etcd itself while it runs.
-struct Etcd {
-    ns: String,
-    data: PathBuf,
-    daemon: Option<Child>,
-    log: PathBuf,
-}
-
-impl Etcd {
-    fn new(gateways: &[&Netns]) -> Self {
-        let ns = format!("{NS_PREFIX}{}-etcd", std::process::id());
-        let data = std::env::temp_dir().join(format!("xdplb-etcd-test-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&data);
-        let etcd = Self {
-            log: data.with_extension("log"),
-            ns: ns.clone(),
-            data,
-            daemon: None,
-        };
-        let ip = |args: &[&str]| {
-            run_ok(Command::new("ip").args(args))
-                .unwrap_or_else(|err| panic!("ip {args:?}: {err:#}"))
-        };
-        ip(&["netns", "add", &ns]);
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        for (i, gw) in gateways.iter().enumerate() {
-            let ours = format!("et{i}");
-            ip(&[
-                "-n", &ns, "link", "add", &ours, "type", "veth", "peer", "name", "etcd0", "netns",
-                &gw.name,
-            ]);
-            ip(&[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{}/24", etcd_addr(i)),
-                "dev",
-                &ours,
-            ]);
-            ip(&[
-                "-n",
-                &gw.name,
-                "addr",
-                "add",
-                &format!("10.250.{i}.2/24"),
-                "dev",
-                "etcd0",
-            ]);
-            ip(&["-n", &ns, "link", "set", &ours, "up"]);
-            ip(&["-n", &gw.name, "link", "set", "etcd0", "up"]);
-        }
-        etcd
-    }
-
-    fn client_urls() -> String {
-        (0..GATEWAYS)
-            .map(|i| format!("http://{}:2379", etcd_addr(i)))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    /// Starts etcd (on the data kept from a previous start, if any) and waits until it answers.
-    fn start(&mut self) {
-        assert!(self.daemon.is_none());
-        let log = fs::File::create(&self.log).expect("etcd log");
-        let daemon = Command::new("nsenter")
-            .arg(format!("--net=/var/run/netns/{}", self.ns))
-            .arg("etcd")
-            .args(["--name", "test", "--data-dir"])
-            .arg(&self.data)
-            .args(["--listen-client-urls", &Self::client_urls()])
-            .args([
-                "--advertise-client-urls",
-                &format!("http://{}:2379", etcd_addr(0)),
-            ])
-            .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
-            .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
-            .args(["--initial-cluster", "test=http://127.0.0.1:2380"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("etcd log"))
-            .stderr(log)
-            .spawn()
-            .expect("starting etcd");
-        self.daemon = Some(daemon);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let health = run_bounded(
-                Command::new("nsenter")
-                    .arg(format!("--net=/var/run/netns/{}", self.ns))
-                    .args([
-                        "etcdctl",
-                        "--endpoints",
-                        &Self::client_urls(),
-                        "--command-timeout=1s",
-                        "endpoint",
-                        "health",
-                    ]),
-                Duration::from_secs(5),
-            );
-            if health.status.success() {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "etcd did not answer within 30 s:\n{}",
-                fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut daemon) = self.daemon.take() {
-            let _ = daemon.kill();
-            let _ = daemon.wait();
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-        let _ = fs::remove_dir_all(&self.data);
-        let _ = fs::remove_file(&self.log);
-    }
-}
-
 fn config(i: usize) -> String {
     format!(
         r#"[cluster]
-etcd-endpoints = ["http://{etcd}:2379"]
+etcd-endpoints = ["{etcd}"]
 etcd-prefix = "/xdplb-test/"
 gateway-name = "gw{i}"
 
@@ -204,7 +71,7 @@ scale-in-window = "3s"
 drain-timeout = "60s"
 standby = ["{b1}", "{b2}"]
 "#,
-        etcd = etcd_addr(i),
+        etcd = Etcd::endpoint(i),
         b0 = backend_addr(0),
         b1 = backend_addr(1),
         b2 = backend_addr(2),
@@ -224,59 +91,6 @@ fn config_with_min(i: usize, min: u32, b2: bool) -> String {
         );
     }
     text
-}
-
-/// The configuration of every VIP as `vip list -o json` shows it: scheduler, ring size,
-/// backends with weights and states, and the digest of its lookup table (slot by slot, the
-/// backends' addresses). Backend ids are each agent's own (a gateway restarted gives the
-/// backends added meanwhile other ids), so they are left out; the digests do not depend on
-/// them.
-fn tables(agent: &Agent) -> Vec<String> {
-    let vips = agent.vips();
-    let mut lines: Vec<String> = configuration(&vips)
-        .into_iter()
-        .map(|line| {
-            line.split(", ")
-                .map(|part| part.split(" id ").next().unwrap_or(part))
-                .collect::<Vec<_>>()
-                .join(", ")
-        })
-        .collect();
-    for v in &vips {
-        let digest = v
-            .table_digest
-            .as_deref()
-            .unwrap_or_else(|| panic!("{} ({:?}) shows no table digest", v.vip, v.scheduler));
-        lines.push(format!("{} table {digest}", v.vip));
-    }
-    lines
-}
-
-fn backends_of(agent: &Agent, vip: &str) -> BTreeSet<String> {
-    agent
-        .vips()
-        .into_iter()
-        .filter(|v| format!("{}/{}", v.address, v.protocol) == vip)
-        .flat_map(|v| v.backends.into_iter().map(|b| b.address.to_string()))
-        .collect()
-}
-
-/// Polls `done` every 20 ms until it holds or `limit` passed since `since`; returns how long
-/// it took, or panics with `what`.
-fn wait(what: &str, since: Instant, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
-    loop {
-        if done() {
-            // When the check ended: a check that starts in time but ends late does not count.
-            let took = since.elapsed();
-            assert!(
-                took <= limit,
-                "{what}: only after {took:?}, not within {limit:?}"
-            );
-            return took;
-        }
-        assert!(since.elapsed() < limit, "{what}: not within {limit:?}");
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn cluster(agent: &Agent) -> ClusterView {
@@ -516,22 +330,6 @@ fn gateways_share_one_pool_in_etcd() {
         },
     );
     same_tables(&agents, "after etcd's return", t);
-}
-
-/// Waits (3 s from `since`) until every gateway shows the same [`tables`].
-fn same_tables(agents: &[Agent], what: &str, since: Instant) {
-    loop {
-        let all: Vec<Vec<String>> = agents.iter().map(tables).collect();
-        if all.iter().all(|t| *t == all[0]) {
-            eprintln!("identical tables {what} after {:?}", since.elapsed());
-            return;
-        }
-        assert!(
-            since.elapsed() < Duration::from_secs(3),
-            "tables differ {what}: {all:#?}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn wait_for_view(agent: &Agent, done: impl Fn(&ClusterView) -> bool) -> ClusterView {
