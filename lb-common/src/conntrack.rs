@@ -38,17 +38,38 @@ pub struct FlowState {
     pub backend_id: u32,
     /// One of the `STATE_*` constants.
     pub state: u8,
-    /// Explicit padding; always zero.
-    pub _pad: [u8; 3],
+    /// When the flow began ([`born_stamp`]): the clock in units of 2^30 ns (about 1.07 s),
+    /// its low 24 bits little-endian, so [`age_ns`] is good to about a second for some 208
+    /// days. Zero in entries written by programs before it (their age counts from the clock's
+    /// start).
+    pub born: [u8; 3],
     /// `bpf_ktime_get_coarse_ns()` (`CLOCK_MONOTONIC`, to a tick) of the last packet.
     pub last_seen_ns: u64,
+}
+
+/// The unit of [`FlowState::born`]: 2^30 ns.
+pub const BORN_SHIFT: u32 = 30;
+
+/// [`FlowState::born`] for a flow beginning at `now_ns`.
+#[inline(always)]
+pub fn born_stamp(now_ns: u64) -> [u8; 3] {
+    let units = now_ns >> BORN_SHIFT;
+    [units as u8, (units >> 8) as u8, (units >> 16) as u8]
+}
+
+/// How long ago (to a unit of [`BORN_SHIFT`], rounded down) a flow stamped `born` began, at
+/// `now_ns`; the stamp wraps after 2^24 units, so ages of some 208 days or more come round.
+pub fn age_ns(born: [u8; 3], now_ns: u64) -> u64 {
+    let now = (now_ns >> BORN_SHIFT) as u32 & 0x00ff_ffff;
+    let then = u32::from_le_bytes([born[0], born[1], born[2], 0]);
+    u64::from(now.wrapping_sub(then) & 0x00ff_ffff) << BORN_SHIFT
 }
 
 const _: () = assert!(core::mem::size_of::<FlowState>() == 16);
 
 #[cfg(feature = "user")]
 // SAFETY: `FlowState` is `repr(C)`, `Copy`, made only of integers and a byte array, with its
-// padding spelled out as `_pad` (the size assertion above checks there is no other), so every
+// padding taken by `born` (the size assertion above checks there is no other), so every
 // bit pattern is valid.
 unsafe impl aya::Pod for FlowState {}
 
@@ -358,6 +379,18 @@ mod tests {
     const BACKEND: bool = false;
 
     proptest! {
+        /// A flow's age is the time since its stamp, to one unit below, whatever the clock
+        /// (the stamp wraps): for any start and any age under the wrap.
+        #[test]
+        fn age_is_the_time_since_the_stamp(start: u64, age in 0u64..((1 << (BORN_SHIFT + 24)) - (1 << BORN_SHIFT))) {
+            let start = start >> 1;
+            let got = age_ns(born_stamp(start), start + age);
+            prop_assert!(got <= age + (1 << BORN_SHIFT), "{got} for {age}");
+            prop_assert!(got + (1 << BORN_SHIFT) > age, "{got} for {age}");
+        }
+    }
+
+    proptest! {
         /// `touch` leaves the entry as if every packet had stamped it, give or take
         /// `REFRESH_NS`: the same state, a timestamp at most `REFRESH_NS` behind, and a write
         /// only when something changed.
@@ -370,7 +403,7 @@ mod tests {
             gap in 0u64..3 * REFRESH_NS,
         ) {
             let now = last + gap;
-            let before = FlowState { backend_id: 7, state, _pad: [0; 3], last_seen_ns: last };
+            let before = FlowState { backend_id: 7, state, born: [0; 3], last_seen_ns: last };
             let mut entry = before;
             let wrote = touch(&mut entry, flags, from_client, now);
             prop_assert_eq!(entry.state, next_state(state, flags, from_client));
@@ -550,7 +583,7 @@ mod tests {
         ) {
             let next = next_state(state, flags, from_client);
             prop_assert!(next <= STATE_UDP);
-            let entry = FlowState { backend_id, state, _pad: [0; 3], last_seen_ns };
+            let entry = FlowState { backend_id, state, born: [0; 3], last_seen_ns };
             let (early, late) = (now_a.min(now_b), now_a.max(now_b));
             if is_expired(&entry, early, &timeouts) {
                 prop_assert!(is_expired(&entry, late, &timeouts));

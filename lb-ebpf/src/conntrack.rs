@@ -8,8 +8,9 @@ use aya_ebpf::{bindings::BPF_NOEXIST, maps::LruHashMap};
 use lb_common::{
     Counter, FlowKey,
     conntrack::{
-        FlowState, FlowTable, STATE_NEW, STATE_UDP, Timeouts, is_expired, new_flow_table,
-        next_state, over_rate, promotes, settle_new_flow, stateless_new_flow, touch,
+        FlowState, FlowTable, STATE_NEW, STATE_UDP, Timeouts, born_stamp, is_expired,
+        new_flow_table, next_state, over_rate, promotes, settle_new_flow, stateless_new_flow,
+        touch,
     },
     counters::Event,
     flow::PROTO_TCP,
@@ -96,6 +97,7 @@ pub fn backend_for(
         let (id, backend) = select::pick(meta, key, settings.hash_seed)?;
         entry.backend_id = id;
         entry.state = next_state(initial, tcp_flags, true);
+        entry.born = born_stamp(now);
         entry.last_seen_ns = now;
         return Ok((id, backend, Seen::New(FlowTable::Connections)));
     }
@@ -126,6 +128,7 @@ pub fn backend_for(
     let entry = zeroed_in_place(&mut entry);
     entry.backend_id = id;
     entry.state = next_state(initial, tcp_flags, true);
+    entry.born = born_stamp(now);
     entry.last_seen_ns = now;
     // Only if no other CPU recorded the flow since the lookup above: the first entry decides
     // (`settle_new_flow`). A full table evicts its least recently used entry instead of failing.
@@ -183,6 +186,7 @@ fn embryonic(
     let promoted = zeroed_in_place(&mut promoted);
     promoted.backend_id = id;
     promoted.state = state;
+    promoted.born = entry.born;
     promoted.last_seen_ns = now;
     // Another CPU may have promoted the flow since the lookup: its entry holds the same
     // backend, and stays (and that CPU records the reverse translation).

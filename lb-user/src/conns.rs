@@ -3,8 +3,8 @@
 //! state and idle time, read by the batched walk of [`Conntrack`]; and flushing flows with their
 //! reverse translations, so that no reverse entry outlives its flow.
 //!
-//! The data path keeps no creation time per flow (a [`FlowState`] is 16 bytes: backend, state,
-//! last packet), so a flow's age is not known; its idle time is.
+//! A flow's age comes from the coarse stamp the data path writes when the flow begins
+//! ([`FlowState::born`], about a second's resolution), its idle time from its last packet.
 
 use std::{
     collections::HashMap,
@@ -55,6 +55,9 @@ pub struct ConnView {
     pub state: String,
     /// `conntrack`, or `embryonic` for a half-open flow (SYN seen, handshake not complete).
     pub table: String,
+    /// Seconds since the flow began (to about a second: `lb_common::conntrack::age_ns`).
+    #[serde(default)]
+    pub age_secs: u64,
     /// Seconds since its last packet (to the data path's refresh granularity, a second).
     pub idle_secs: f64,
     /// Idle past its state's timeout: the data path treats its next packet as a new flow's.
@@ -179,6 +182,7 @@ pub fn describe(
         protocol,
         state: state_name(state.state).to_owned(),
         table: table.to_owned(),
+        age_secs: lb_common::conntrack::age_ns(state.born, now_ns) / 1_000_000_000,
         idle_secs: now_ns.saturating_sub(state.last_seen_ns) as f64 / 1e9,
         expired: is_expired(state, now_ns, timeouts),
     }
@@ -342,7 +346,7 @@ mod tests {
         let state = FlowState {
             backend_id: 8,
             state: STATE_ESTABLISHED,
-            _pad: [0; 3],
+            born: [0; 3],
             last_seen_ns: 1_000_000_000,
         };
         let now = 3_500_000_000;
@@ -412,7 +416,7 @@ mod tests {
         let state = FlowState {
             backend_id: 1,
             state: STATE_ESTABLISHED,
-            _pad: [0; 3],
+            born: [0; 3],
             last_seen_ns: 0,
         };
         let late = DEFAULT_TIMEOUTS.tcp_established_ns + 1;

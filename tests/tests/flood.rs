@@ -329,7 +329,7 @@ fn the_agent_stays_light_with_a_full_connection_table() {
             let state = FlowState {
                 backend_id: 1 + i % 7,
                 state: STATE_ESTABLISHED,
-                _pad: [0; 3],
+                born: [0; 3],
                 last_seen_ns: now,
             };
             (key, state)

@@ -44,6 +44,7 @@ fn conn_list_shows_live_flows_and_flush_removes_them() {
     let mut agent = Agent::new(&topo);
     agent.start(&strs(&vip_args()));
 
+    let opened = Instant::now();
     // Held connections, at least one of them to b0 (the README's example backend): with
     // Maglev over three backends, twelve miss it about once in a hundred runs, so a few more
     // are opened then, one at a time.
@@ -78,6 +79,31 @@ fn conn_list_shows_live_flows_and_flush_removes_them() {
         assert_eq!(conn.state, "established", "{conn:?}");
         assert_eq!(conn.table, "conntrack", "{conn:?}");
         assert!(!conn.expired && conn.idle_secs < 60.0, "{conn:?}");
+    }
+    // Age and idle time apart: three seconds on, one connection speaks. Every flow is as old
+    // as its connection (the stamp is good to about a second), the one that spoke is not idle.
+    std::thread::sleep(Duration::from_secs(3));
+    let (spoke, _) = &mut held[0];
+    spoke.ask("still there").expect("a held connection answers");
+    let spoke = spoke.stream.local_addr().unwrap();
+    let later: ConnList = agent.json(&["conn", "list"]);
+    let elapsed = opened.elapsed().as_secs();
+    for client in clients.keys() {
+        let conn = later
+            .connections
+            .iter()
+            .find(|c| c.client == *client)
+            .unwrap_or_else(|| panic!("no flow of {client} in {later:#?}"));
+        assert!(
+            (1..=elapsed + 1).contains(&conn.age_secs),
+            "age {} s after {elapsed} s: {conn:?}",
+            conn.age_secs
+        );
+        if *client == spoke {
+            assert!(conn.idle_secs < 2.0, "{conn:?}");
+        } else {
+            assert!(conn.idle_secs >= 2.0, "{conn:?}");
+        }
     }
     let table = agent.ok(&["conn", "list"]);
     assert!(

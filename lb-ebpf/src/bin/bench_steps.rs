@@ -285,7 +285,7 @@ fn random_flow(s: &mut Scratch) -> FlowState {
     FlowState {
         backend_id: 0,
         state: 0,
-        _pad: [0; 3],
+        born: [0; 3],
         last_seen_ns: 1,
     }
 }

@@ -120,7 +120,7 @@ fn flow(i: u32, now: u64) -> (FlowKey, FlowState) {
     let state = FlowState {
         backend_id: i % BACKENDS,
         state: if udp { STATE_UDP } else { STATE_ESTABLISHED },
-        _pad: [0; 3],
+        born: [0; 3],
         last_seen_ns: now,
     };
     (key, state)

@@ -56,13 +56,14 @@ pub async fn command(
 
 fn line(c: &ConnView) -> String {
     format!(
-        "{:<5} {:<45} {:<45} {:<45} {:<12} {:>10.1}{}\n",
+        "{:<5} {:<45} {:<45} {:<45} {:<12} {:>8} {:>10.1}{}\n",
         c.protocol.to_string().to_uppercase(),
         c.client.to_string(),
         c.vip,
         c.backend
             .map_or_else(|| format!("? (id {})", c.backend_id), |b| b.to_string()),
         c.state,
+        c.age_secs,
         c.idle_secs,
         match (c.table.as_str(), c.expired) {
             ("embryonic", true) => "  embryonic expired",
@@ -75,8 +76,8 @@ fn line(c: &ConnView) -> String {
 
 fn table(list: &ConnList) -> String {
     let mut out = format!(
-        "{:<5} {:<45} {:<45} {:<45} {:<12} {:>10}\n",
-        "PROTO", "CLIENT", "VIP", "BACKEND", "STATE", "IDLE (s)"
+        "{:<5} {:<45} {:<45} {:<45} {:<12} {:>8} {:>10}\n",
+        "PROTO", "CLIENT", "VIP", "BACKEND", "STATE", "AGE (s)", "IDLE (s)"
     );
     out.extend(list.connections.iter().map(line));
     if list.more > 0 {

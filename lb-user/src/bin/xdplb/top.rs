@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use hyper::Method;
 use lb_user::{
+    agent::Health,
     api::{StatsView, VipView},
     autoscale::live::Status as AutoscaleStatus,
     client::{Endpoint, call},
@@ -98,11 +99,14 @@ pub fn lines(
                 .map(|b| TopLine {
                     name: b.address.to_string(),
                     is_vip: false,
-                    state: b.state.to_string(),
-                    health: match b.healthy {
-                        Some(true) => "ok".into(),
-                        Some(false) => "FAIL".into(),
-                        None => "-".into(),
+                    // As the operator set it (a backend the checks hold down shows its own).
+                    state: b.admin_state.unwrap_or(b.state).to_string(),
+                    // The checks' view, with the last failure's error.
+                    health: match (b.health, &b.last_error) {
+                        (Health::Healthy, _) => "ok".into(),
+                        (Health::Failing, Some(error)) => format!("FAIL: {error}"),
+                        (Health::Failing, None) => "FAIL".into(),
+                        (Health::Unchecked, _) => "-".into(),
                     },
                     weight: b.weight.to_string(),
                     connections: u64::from(b.active_connections),
@@ -118,7 +122,7 @@ pub fn lines(
             let up = v
                 .backends
                 .iter()
-                .filter(|b| b.healthy != Some(false))
+                .filter(|b| b.health != Health::Failing)
                 .count();
             let vip = TopLine {
                 name: v.vip.clone(),
@@ -371,7 +375,7 @@ mod tests {
             "packets": 0, "bytes": 0, "new_flows": 0,
             "backends": backends.iter().enumerate().map(|(i, (a, active))| serde_json::json!({
                 "address": a, "weight": 1, "state": "up", "id": i,
-                "active_connections": active, "drained": false, "healthy": true,
+                "active_connections": active, "drained": false, "healthy": true, "health": "healthy",
                 "packets": 0, "bytes": 0, "new_flows": 0,
             })).collect::<Vec<_>>(),
         }))
