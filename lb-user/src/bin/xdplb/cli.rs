@@ -90,8 +90,7 @@ Examples:
     },
     /// A full-screen live view: VIPs and backends with rates, connections, health, the
     /// autoscalers, table fill and drops; refreshed every second. q quits.
-    ///
-    /// Example: xdplb top
+    #[command(after_help = "Examples:\n  xdplb top\n  xdplb top --interval 0.5")]
     Top {
         /// Seconds between refreshes (at least 0.1).
         #[arg(long, value_name = "SECONDS", default_value_t = 1.0, value_parser = parse_watch)]
@@ -186,10 +185,9 @@ Examples:
 
 #[derive(Subcommand)]
 pub enum ConnCommand {
-    /// Tracked flows (like `ipvsadm -Lnc`): client, VIP, backend, protocol, state, idle time;
-    /// half-open flows come from the embryonic table and are marked so.
-    ///
-    /// Example: xdplb conn list --vip 198.19.0.1:80/tcp --limit 20
+    /// Tracked flows (like `ipvsadm -Lnc`): client, VIP, backend, protocol, state, age, idle
+    /// time; half-open flows come from the embryonic table and are marked so.
+    #[command(after_help = "Example:\n  xdplb conn list --vip 198.19.0.1:80/tcp --limit 20")]
     List {
         #[command(flatten)]
         filter: ConnFilterArgs,
@@ -199,8 +197,7 @@ pub enum ConnCommand {
     },
     /// Delete tracked flows (and their reverse translations); their next packet is handled as
     /// that of a flow whose state was lost. Without a filter, every flow.
-    ///
-    /// Example: xdplb conn flush --backend 10.1.0.2:8080
+    #[command(after_help = "Example:\n  xdplb conn flush --backend 10.1.0.2:8080")]
     Flush {
         #[command(flatten)]
         filter: ConnFilterArgs,
