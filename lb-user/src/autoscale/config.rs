@@ -206,11 +206,7 @@ impl AutoscaleConfig {
                     ForecastModel::HoltWinters => (
                         Forecaster::HoltWinters(HoltWinters::new(
                             (secs(self.season) / bucket_s) as usize,
-                            HoltWintersParams {
-                                alpha: 0.3,
-                                beta: 0.01,
-                                gamma: 0.3,
-                            },
+                            HoltWintersParams::robust(),
                         )),
                         2 * secs(self.season),
                     ),
