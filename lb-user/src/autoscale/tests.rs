@@ -161,7 +161,7 @@ fn target_tracking_converges_on_a_step() {
         provisioning_delay_s: 120,
         ..SimConfig::new(500.0)
     };
-    let mut policy = TargetTracking::new(TargetConfig::new(500.0), limits(1, 100));
+    let mut policy = TargetTracking::new(TargetConfig::exact(500.0), limits(1, 100));
     let result = simulate(&trace, &mut policy, &config);
     let at = |t| {
         result
@@ -475,4 +475,32 @@ fn predictive_does_not_learn_the_sale_as_season() {
             3 + day
         );
     }
+}
+
+#[test]
+fn tolerance_band_cuts_target_tracking_churn() {
+    let trace = Trace::load(&repo_file("examples/traces/diurnal-week.csv")).expect("trace");
+    let run = |target: TargetConfig| {
+        let r = simulate(
+            &trace,
+            &mut TargetTracking::new(target, Limits::default()),
+            &diurnal_config(),
+        );
+        eprintln!("{}", r.summary());
+        r
+    };
+    let exact = run(TargetConfig::exact(500.0));
+    let banded = run(TargetConfig::new(500.0));
+    assert!(
+        banded.actions * 4 <= exact.actions,
+        "{} actions with the band, {} without",
+        banded.actions,
+        exact.actions
+    );
+    assert!(
+        banded.time_above_target_s as f64 <= 1.1 * exact.time_above_target_s as f64,
+        "above target {}s with the band, {}s without",
+        banded.time_above_target_s,
+        exact.time_above_target_s
+    );
 }
