@@ -68,6 +68,7 @@ scale-out-cooldown = "0s"
 scale-in-cooldown = "3s"
 metric-window = "1s"
 scale-in-window = "3s"
+tolerance-percent = 0
 drain-timeout = "60s"
 standby = ["{b1}", "{b2}"]
 "#,

@@ -128,6 +128,7 @@ pub fn json_report(args: &SimulateArgs, results: &[SimResult]) -> serde_json::Va
                     100.0 * r.time_above_target_s as f64 / r.seconds.max(1) as f64,
                 "backend_minutes": r.backend_minutes,
                 "actions": r.actions,
+                "actions_per_day": r.actions_per_day(),
                 "scale_outs": r.scale_outs,
                 "scale_ins": r.actions - r.scale_outs,
                 "peak_backends": r.peak_allocated,

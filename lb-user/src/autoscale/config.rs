@@ -110,6 +110,9 @@ pub struct AutoscaleConfig {
     pub scale_in_cooldown: Duration,
     pub metric_window: Duration,
     pub scale_in_window: Duration,
+    pub scale_out_window: Duration,
+    /// The tolerance band around the target, in percent (0..=50).
+    pub tolerance_percent: u32,
     pub rules: Vec<RuleConfig>,
     pub forecast: ForecastModel,
     pub season: Duration,
@@ -141,6 +144,8 @@ impl Default for AutoscaleConfig {
             scale_in_cooldown: Duration::from_secs(300),
             metric_window: Duration::from_secs(30),
             scale_in_window: Duration::from_secs(300),
+            scale_out_window: Duration::ZERO,
+            tolerance_percent: (super::target::DEFAULT_TOLERANCE * 100.0) as u32,
             rules: Vec::new(),
             forecast: ForecastModel::HoltWinters,
             season: Duration::from_secs(86_400),
@@ -182,6 +187,8 @@ impl AutoscaleConfig {
             target_per_backend: target,
             metric_window_s: secs(self.metric_window).max(1),
             scale_in_window_s: secs(self.scale_in_window),
+            scale_out_window_s: secs(self.scale_out_window),
+            tolerance: f64::from(self.tolerance_percent) / 100.0,
         };
         match self.policy {
             PolicyKind::Rules if self.rules.is_empty() => {
@@ -206,11 +213,7 @@ impl AutoscaleConfig {
                     ForecastModel::HoltWinters => (
                         Forecaster::HoltWinters(HoltWinters::new(
                             (secs(self.season) / bucket_s) as usize,
-                            HoltWintersParams {
-                                alpha: 0.3,
-                                beta: 0.01,
-                                gamma: 0.3,
-                            },
+                            HoltWintersParams::robust(),
                         )),
                         2 * secs(self.season),
                     ),

@@ -14,12 +14,30 @@ pub struct HoltWintersParams {
     pub beta: f64,
     /// Seasonal smoothing (0..1).
     pub gamma: f64,
+    /// Robustness: a one-step error beyond this many RMS errors is clipped to it before it
+    /// updates the level, trend and season (and the RMS itself), so that a one-off event (a
+    /// flash sale) is not learnt as part of the season. 0: no clipping.
+    pub clip: f64,
+}
+
+impl HoltWintersParams {
+    /// The defaults: α 0.3, β 0.01, γ 0.3, errors clipped at 3 RMS.
+    pub fn robust() -> Self {
+        Self {
+            alpha: 0.3,
+            beta: 0.01,
+            gamma: 0.3,
+            clip: 3.0,
+        }
+    }
 }
 
 /// Additive Holt-Winters on a bucketed series with a season of `season` buckets.
 ///
 /// Initialised from the first season (level: its mean, trend: 0, seasonal terms: deviations
-/// from the mean), then updated bucket by bucket.
+/// from the mean), then updated bucket by bucket. Each update sees the observation with its
+/// one-step error clipped to `clip` × the smoothed RMS error (a Huber-style robust update): an
+/// outlier moves the model only as much as an ordinary large error would.
 #[derive(Clone, Debug)]
 pub struct HoltWinters {
     params: HoltWintersParams,
@@ -64,10 +82,23 @@ impl HoltWinters {
             }
             return None;
         }
-        let HoltWintersParams { alpha, beta, gamma } = self.params;
+        let HoltWintersParams {
+            alpha,
+            beta,
+            gamma,
+            clip,
+        } = self.params;
         let i = (index % m as u64) as usize;
         let s = self.seasonal[i];
-        let error = y - (self.level + self.trend + s);
+        let predicted = self.level + self.trend + s;
+        let mut error = y - predicted;
+        if let Some(sq) = self.sq_error
+            && clip > 0.0
+        {
+            let bound = clip * sq.sqrt();
+            error = error.clamp(-bound, bound);
+        }
+        let y = predicted + error;
         let level = alpha * (y - s) + (1.0 - alpha) * (self.level + self.trend);
         self.trend = beta * (level - self.level) + (1.0 - beta) * self.trend;
         self.level = level;
@@ -199,11 +230,7 @@ impl PredictiveConfig {
             target: TargetConfig::new(target_per_backend),
             forecaster: Forecaster::HoltWinters(HoltWinters::new(
                 (86_400 / bucket_s) as usize,
-                HoltWintersParams {
-                    alpha: 0.3,
-                    beta: 0.01,
-                    gamma: 0.3,
-                },
+                HoltWintersParams::robust(),
             )),
             bucket_s,
             horizon_s: lead_s + 600,

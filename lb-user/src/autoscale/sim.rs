@@ -79,10 +79,15 @@ pub struct SimResult {
 }
 
 impl SimResult {
+    /// Scaling actions per simulated day.
+    pub fn actions_per_day(&self) -> f64 {
+        f64::from(self.actions) * 86_400.0 / self.seconds.max(1) as f64
+    }
+
     /// One line: policy, time above target, backend-minutes, actions.
     pub fn summary(&self) -> String {
         format!(
-            "{:<10} above target {:>6}s ({:>5.2}%)  backend-minutes {:>9.1}  actions {:>4} ({} out, {} in)  peak {} backends",
+            "{:<10} above target {:>6}s ({:>5.2}%)  backend-minutes {:>9.1}  actions {:>4} ({} out, {} in, {:.1}/day)  peak {} backends",
             self.policy,
             self.time_above_target_s,
             100.0 * self.time_above_target_s as f64 / self.seconds.max(1) as f64,
@@ -90,6 +95,7 @@ impl SimResult {
             self.actions,
             self.scale_outs,
             self.actions - self.scale_outs,
+            self.actions_per_day(),
             self.peak_allocated,
         )
     }

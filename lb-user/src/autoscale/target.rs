@@ -13,24 +13,53 @@ pub struct TargetConfig {
     pub metric_window_s: u64,
     /// A lower backend count must have been wanted for this long before scaling in.
     pub scale_in_window_s: u64,
+    /// The per-backend signal must have been above the target for this long before scaling out.
+    pub scale_out_window_s: u64,
+    /// The tolerance band, a fraction of the target (0..0.5): the pool is sized for
+    /// `target × (1 − tolerance)` per backend, scales out when the signal goes above `target`
+    /// and in when it falls below `target × (1 − 2 × tolerance)`. 0: size for the target exactly.
+    pub tolerance: f64,
 }
 
 impl TargetConfig {
-    /// Defaults: a 30 s average, a 5 min scale-in stabilisation window.
+    /// Defaults: a 30 s average, a 5 min scale-in and no scale-out stabilisation window, a 15%
+    /// tolerance band.
     pub fn new(target_per_backend: f64) -> Self {
         Self {
             target_per_backend,
             metric_window_s: 30,
             scale_in_window_s: 300,
+            scale_out_window_s: 0,
+            tolerance: DEFAULT_TOLERANCE,
+        }
+    }
+
+    /// No tolerance band: the pool sized for the target exactly.
+    pub fn exact(target_per_backend: f64) -> Self {
+        Self {
+            tolerance: 0.0,
+            ..Self::new(target_per_backend)
         }
     }
 }
 
-/// Target tracking: `desired = ceil(mean signal / target per backend)`.
+/// The default tolerance band (15%).
+pub const DEFAULT_TOLERANCE: f64 = 0.15;
+
+impl TargetConfig {
+    /// The per-backend load the pool is sized for.
+    fn aim(&self) -> f64 {
+        self.target_per_backend * (1.0 - self.tolerance.clamp(0.0, 0.5))
+    }
+}
+
+/// Target tracking: `desired = ceil(mean signal / (target per backend × (1 − tolerance)))`.
 ///
-/// Scales out as soon as more backends are wanted; scales in only to the highest count wanted
-/// during the last `scale_in_window_s` seconds, and only once the policy has watched a whole
-/// window (so a lower count must have held for the whole window).
+/// Scales out once the per-backend signal has been above the target for `scale_out_window_s`;
+/// scales in only while it is below the tolerance band, to the highest count wanted during the
+/// last `scale_in_window_s` seconds, and only once the policy has watched a whole window (so a
+/// lower count must have held for the whole window). Inside the band it holds: noise around a
+/// boundary makes no actions.
 #[derive(Clone, Debug)]
 pub struct TargetTracking {
     config: TargetConfig,
@@ -38,6 +67,8 @@ pub struct TargetTracking {
     /// Sliding maximum of recent recommendations: `(time, count)`, counts decreasing.
     recent: VecDeque<(u64, u32)>,
     first: Option<u64>,
+    /// Since when the per-backend signal has been above the target.
+    above_since: Option<u64>,
 }
 
 impl TargetTracking {
@@ -48,6 +79,7 @@ impl TargetTracking {
             limiter: Limiter::new(limits),
             recent: VecDeque::new(),
             first: None,
+            above_since: None,
         }
     }
 
@@ -67,7 +99,8 @@ impl TargetTracking {
         let Some(load) = history.mean_last(self.config.metric_window_s) else {
             return (current, "no samples".into());
         };
-        let raw = self.count_for(load);
+        let needed = self.count_for(load);
+        let raw = count_for(load, self.config.aim());
         self.first.get_or_insert(now);
         while self.recent.back().is_some_and(|&(_, c)| c <= raw) {
             self.recent.pop_back();
@@ -78,8 +111,21 @@ impl TargetTracking {
             self.recent.pop_front();
         }
         let target = self.config.target_per_backend;
-        if raw >= current {
+        if needed > current {
+            let since = *self.above_since.get_or_insert(now);
+            let window = self.config.scale_out_window_s;
+            if since + window > now {
+                return (
+                    current,
+                    format!("above target for {}s of {window}s", now - since),
+                );
+            }
             return (raw, format!("load {load:.0} at {target:.0}/backend"));
+        }
+        self.above_since = None;
+        let low = target * (1.0 - 2.0 * self.config.tolerance.clamp(0.0, 0.5));
+        if raw >= current || load >= low * f64::from(current) {
+            return (current, format!("load {load:.0} within the band"));
         }
         let watched = self.first.is_some_and(|f| f + window <= now + 1);
         if !watched {

@@ -161,7 +161,7 @@ fn target_tracking_converges_on_a_step() {
         provisioning_delay_s: 120,
         ..SimConfig::new(500.0)
     };
-    let mut policy = TargetTracking::new(TargetConfig::new(500.0), limits(1, 100));
+    let mut policy = TargetTracking::new(TargetConfig::exact(500.0), limits(1, 100));
     let result = simulate(&trace, &mut policy, &config);
     let at = |t| {
         result
@@ -395,4 +395,112 @@ fn diurnal_chart_renders() {
     assert_eq!(counts, [n, n, 2 * n - 1, n, 2 * n - 1]);
     assert_eq!(svg.matches("<svg").count(), 1);
     assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
+}
+
+/// The policies on `examples/traces/sale-week.csv` with the diurnal defaults, printed.
+fn sale_week_results(kinds: &[PolicyKind]) -> Vec<SimResult> {
+    let trace = Trace::load(&repo_file("examples/traces/sale-week.csv")).expect("trace");
+    let results = run_policies(&trace, kinds, &diurnal_config());
+    for r in &results {
+        eprintln!("{}", r.summary());
+    }
+    results
+}
+
+#[test]
+fn predictive_beats_target_on_the_sale_week() {
+    let results = sale_week_results(&[PolicyKind::Target, PolicyKind::Predictive]);
+    let [target, predictive] = &results[..] else {
+        panic!("two results");
+    };
+    let above = predictive.time_above_target_s as f64 / target.time_above_target_s as f64;
+    let cost = predictive.backend_minutes / target.backend_minutes;
+    eprintln!(
+        "predictive: {:.1}% less time above target, {:+.1}% backend-minutes",
+        (1.0 - above) * 100.0,
+        (cost - 1.0) * 100.0
+    );
+    assert!(
+        above <= 0.7,
+        "predictive above target {:.0}% of target's",
+        above * 100.0
+    );
+    assert!(
+        cost <= 1.10,
+        "predictive uses {:.1}% more",
+        (cost - 1.0) * 100.0
+    );
+}
+
+#[test]
+fn predictive_does_not_learn_the_sale_as_season() {
+    let results = sale_week_results(&[PolicyKind::Predictive]);
+    let predictive = &results[0];
+    let (start, length) = traces::SALE_WEEK_SALE;
+    let at = |t: u64| {
+        predictive
+            .points
+            .iter()
+            .find(|p| p.t == t)
+            .expect("point")
+            .allocated
+    };
+    let peak = |from: u64, to: u64| {
+        predictive
+            .points
+            .iter()
+            .filter(|p| (from..to).contains(&p.t))
+            .map(|p| p.allocated)
+            .max()
+            .expect("points")
+    };
+    // The sale itself is met (by target tracking): ~10x the evening's backends.
+    assert!(
+        peak(start, start + length) >= 8 * at(start - 3600),
+        "sale peak {} vs {} an hour before",
+        peak(start, start + length),
+        at(start - 3600)
+    );
+    // On each later day, the sale's hour looks like the hour before it.
+    for day in 1..=3 {
+        let s = start + day * 86_400;
+        let (during, before) = (peak(s, s + length), at(s - 3600));
+        eprintln!(
+            "day {}: {during} backends at the sale's hour, {before} an hour before",
+            3 + day
+        );
+        assert!(
+            f64::from(during) <= 1.5 * f64::from(before),
+            "day {}: {during} backends at the sale's hour, {before} an hour before",
+            3 + day
+        );
+    }
+}
+
+#[test]
+fn tolerance_band_cuts_target_tracking_churn() {
+    let trace = Trace::load(&repo_file("examples/traces/diurnal-week.csv")).expect("trace");
+    let run = |target: TargetConfig| {
+        let r = simulate(
+            &trace,
+            &mut TargetTracking::new(target, Limits::default()),
+            &diurnal_config(),
+        );
+        eprintln!("{}", r.summary());
+        r
+    };
+    let exact = run(TargetConfig::exact(500.0));
+    let banded = run(TargetConfig::new(500.0));
+    assert!(
+        banded.actions * 4 <= exact.actions,
+        "{} actions with the band, {} without",
+        banded.actions,
+        exact.actions
+    );
+    assert!(
+        banded.time_above_target_s as f64 <= 1.1 * exact.time_above_target_s as f64,
+        "above target {}s with the band, {}s without",
+        banded.time_above_target_s,
+        exact.time_above_target_s
+    );
 }

@@ -94,11 +94,46 @@ pub fn flash_sale() -> Trace {
     })
 }
 
+/// When [`sale_week`]'s sale starts (seconds) and how long it lasts.
+pub const SALE_WEEK_SALE: (u64, u64) = (2 * DAY + 21 * 3600, 90 * 60);
+
+/// [`diurnal_week`]'s kind of week (its own seed, ±6% noise), with a one-off evening flash
+/// sale on day 3: from 21:00 the signal climbs to about 10× the normal evening load in 5
+/// minutes, holds, and falls back over 10 minutes, 90 minutes in all. No daily season predicts
+/// it: at 21:00 the daily cycle is falling.
+pub fn sale_week() -> Trace {
+    let mut rng = Rng::new(18);
+    let peaks: Vec<f64> = (0..=8)
+        .map(|_| 1.0 + 0.07 * (2.0 * rng.unit() - 1.0))
+        .collect();
+    let (start, length) = SALE_WEEK_SALE;
+    let (ramp, fall) = (300.0, 600.0);
+    sampled(7 * DAY, |t| {
+        let day = (t / DAY) as usize;
+        let frac = (t % DAY) as f64 / DAY as f64;
+        let peak = peaks[day] + (peaks[day + 1] - peaks[day]) * frac;
+        let shape = 0.5 - 0.5 * (TAU * (frac - 4.0 / 24.0)).cos();
+        let into = t as f64 - start as f64;
+        let hold = length as f64 - fall;
+        let boost = if into < 0.0 || into >= length as f64 {
+            0.0
+        } else if into < ramp {
+            into / ramp
+        } else if into < hold {
+            1.0
+        } else {
+            1.0 - (into - hold) / fall
+        };
+        (3000.0 + 12_000.0 * shape * peak) * (1.0 + 9.0 * boost) * (1.0 + 0.06 * rng.noise())
+    })
+}
+
 /// Every shipped trace with its file name.
-pub fn all() -> [(&'static str, Trace); 3] {
+pub fn all() -> [(&'static str, Trace); 4] {
     [
         ("steady-day.csv", steady_day()),
         ("diurnal-week.csv", diurnal_week()),
         ("flash-sale.csv", flash_sale()),
+        ("sale-week.csv", sale_week()),
     ]
 }

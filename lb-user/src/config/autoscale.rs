@@ -12,6 +12,9 @@
 //! scale-in-cooldown = "5m"          # after any action, before a scale-in
 //! metric-window = "30s"             # target, predictive: the signal is averaged over this
 //! scale-in-window = "5m"            # target, predictive: a lower count must hold this long
+//! scale-out-window = "0s"           # target, predictive: above target this long to scale out
+//! tolerance-percent = 15            # target, predictive: size for target x (1 - 15%), scale in
+//!                                   #   only below target x (1 - 2 x 15%): 0..=50
 //! forecast = "holt-winters"         # predictive: holt-winters | trend
 //! season = "24h"                    # holt-winters: the season's length
 //! bucket = "5m"                     # predictive: the model sees means over buckets this long
@@ -68,6 +71,10 @@ pub(super) struct RawAutoscale {
     metric_window: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     scale_in_window: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scale_out_window: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tolerance_percent: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     forecast: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -165,6 +172,12 @@ pub(super) fn from_raw(
     {
         c.max_step = n;
     }
+    if let Some(n) = raw
+        .tolerance_percent
+        .and_then(|n| errors.int(&path("tolerance-percent"), n, 0..=50))
+    {
+        c.tolerance_percent = n;
+    }
     for (name, text, slot) in [
         (
             "scale-out-cooldown",
@@ -180,6 +193,11 @@ pub(super) fn from_raw(
             "scale-in-window",
             &raw.scale_in_window,
             &mut c.scale_in_window,
+        ),
+        (
+            "scale-out-window",
+            &raw.scale_out_window,
+            &mut c.scale_out_window,
         ),
     ] {
         if let Some(d) = text
@@ -336,6 +354,8 @@ impl From<AutoscaleConfig> for RawAutoscale {
             scale_in_cooldown: d(c.scale_in_cooldown),
             metric_window: d(c.metric_window),
             scale_in_window: d(c.scale_in_window),
+            scale_out_window: d(c.scale_out_window),
+            tolerance_percent: Some(c.tolerance_percent.into()),
             forecast: Some(c.forecast.name().to_owned()),
             season: d(c.season),
             bucket: d(c.bucket),
@@ -399,6 +419,25 @@ mod tests {
         assert_eq!(a.scale_up, ["/bin/up", "web"]);
         assert!(a.dry_run);
         assert_eq!(Config::parse(&config.to_toml()).unwrap(), config);
+    }
+
+    #[test]
+    fn the_tolerance_band_and_windows_are_read_and_checked() {
+        let text = format!(
+            "{VIP}target-per-backend = 500\ntolerance-percent = 20\nscale-out-window = \"15s\"\n"
+        );
+        let config = Config::parse(&text).unwrap();
+        let a = config.vips[0].autoscale.as_ref().unwrap();
+        assert_eq!(a.tolerance_percent, 20);
+        assert_eq!(a.scale_out_window.as_secs(), 15);
+        assert_eq!(Config::parse(&config.to_toml()).unwrap(), config);
+        let e = errors(
+            "target-per-backend = 500\ntolerance-percent = 80\nscale-out-window = \"soon\"\n",
+        )
+        .join("\n");
+        for field in ["autoscale.tolerance-percent", "autoscale.scale-out-window"] {
+            assert!(e.contains(field), "{field:?} not in:\n{e}");
+        }
     }
 
     #[test]
