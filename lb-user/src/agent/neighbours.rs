@@ -208,33 +208,10 @@ impl Netlink {
     /// The interface the route to `addr` leaves by, if that route is a directly connected one
     /// (no gateway).
     pub(super) fn on_link_ifindex(&self, addr: IpAddr) -> io::Result<Option<u32>> {
-        let mut route = RouteMessage::default();
-        let (family, len, dst) = match addr {
-            IpAddr::V4(v4) => (AddressFamily::Inet, 32, RouteAddress::Inet(v4)),
-            IpAddr::V6(v6) => (AddressFamily::Inet6, 128, RouteAddress::Inet6(v6)),
-        };
-        route.header.address_family = family;
-        route.header.destination_prefix_length = len;
-        route.attributes.push(RouteAttribute::Destination(dst));
-        let answers = self.request(RouteNetlinkMessage::GetRoute(route), NLM_F_REQUEST)?;
-        for answer in answers {
-            let RouteNetlinkMessage::NewRoute(route) = answer else {
-                continue;
-            };
-            if route.header.kind != RouteType::Unicast
-                || route
-                    .attributes
-                    .iter()
-                    .any(|a| matches!(a, RouteAttribute::Gateway(_)))
-            {
-                return Ok(None);
-            }
-            return Ok(route.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Oif(index) => Some(*index),
-                _ => None,
-            }));
-        }
-        Ok(None)
+        Ok(self
+            .route_hop(addr)?
+            .filter(|hop| hop.gateway == addr)
+            .map(|hop| hop.ifindex))
     }
 
     /// The hop of the main routing's unicast route to `addr`: its interface and its gateway
