@@ -287,6 +287,15 @@ fn the_config_file_wins_over_saved_state_at_start() {
     // The exported file keeps the CLI's changes.
     agent.start(&["--config", &path_str(&export)]);
     assert_eq!(configuration(&agent.vips()), changed);
+    // `vip del` forgets the VIP's settings with it: the same address added again starts
+    // without the old health check.
+    agent.ok(&["vip", "del", VIP]);
+    agent.ok(&["vip", "add", VIP]);
+    let exported = agent.ok(&["config", "export"]);
+    assert!(
+        !exported.contains("kind = \"tcp\""),
+        "the deleted VIP's health check came back: {exported}"
+    );
     agent.stop(true);
 }
 

@@ -891,6 +891,14 @@ impl Agent {
         }
     }
 
+    /// Removes `vip` and what the applied config holds for it (health check, autoscaling), so
+    /// that the same address added again starts from its defaults.
+    pub fn remove_vip(&mut self, vip: &Vip) -> Result<(), crate::balancer::Error> {
+        self.balancer.remove_vip(vip)?;
+        self.config.vips.retain(|v| v.vip() != *vip);
+        Ok(())
+    }
+
     /// Sets where `vip`'s health checks go (`vip add/set --health-path`), kept with its check
     /// in the applied config (a VIP the file does not name gets an entry there, with no check
     /// until one is applied). Refused for a `nat` VIP: only `dsr-l2` and `ipip` have a path of

@@ -554,7 +554,7 @@ async fn del_vip(
     UrlPath((proto, addr)): UrlPath<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let vip = vip_from_path(&proto, &addr)?;
-    change(&state, move |agent| Ok(agent.balancer.remove_vip(&vip)?)).await?;
+    change(&state, move |agent| Ok(agent.remove_vip(&vip)?)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
