@@ -3,8 +3,9 @@
 //! namespace of its own linked to each gateway ([`lb_tests::cluster::Etcd`]). A change through
 //! one gateway's CLI reaches the others within a second; concurrent changes through two
 //! gateways both survive; one gateway runs the autoscaler of an autoscaled VIP, and another
-//! takes over when it is killed; with etcd stopped traffic flows, `status` says so and changes
-//! are refused; with etcd back the gateways converge again. The same store behind ECMP and BGP,
+//! takes over when it is killed (within the lease's TTL) or stopped (at once); with etcd
+//! stopped traffic flows, `status` says so and changes are refused; with etcd back the gateways
+//! converge again. The same store behind ECMP and BGP,
 //! with one backend set for all three gateways, is in `cluster.rs`.
 
 use std::{
@@ -253,6 +254,36 @@ fn gateways_share_one_pool_in_etcd() {
         Instant::now(),
         Duration::from_secs(10),
         || backends_of(&agents[killed], VIP2).len() == 3,
+    );
+    // A leader stopped with `xdplb stop` gives up its lease: another gateway leads at once, not
+    // when the lease would have expired.
+    let stopped: usize = second.trim_start_matches("gw").parse().expect("gwN");
+    let watcher = (stopped + 1) % GATEWAYS;
+    let t = Instant::now();
+    agents[stopped].stop(false);
+    let took = wait("a leader after a stop", t, TTL / 2, || {
+        leader(&agents[watcher]).is_some_and(|l| l != second)
+    });
+    assert!(
+        agents[stopped].log().contains("gave up the cluster lease"),
+        "{}",
+        agents[stopped].log()
+    );
+    eprintln!(
+        "{second} stopped: {} leads after {took:?}",
+        leader(&agents[watcher]).expect("a leader")
+    );
+    agents[stopped].start(&[
+        "--config",
+        files[stopped].to_str().expect("UTF-8"),
+        "--metrics",
+        METRICS,
+    ]);
+    wait(
+        "the stopped gateway caught up",
+        Instant::now(),
+        Duration::from_secs(10),
+        || backends_of(&agents[stopped], VIP2).len() == 3,
     );
 
     // etcd stops: traffic flows, `status` says so, changes are refused.

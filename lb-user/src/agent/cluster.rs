@@ -59,6 +59,8 @@ pub struct ClusterState {
     /// The file's VIPs, to write into an empty store once.
     seed: Option<Vec<VipConfig>>,
     applied: tokio::sync::watch::Sender<i64>,
+    /// The lease this gateway's report and leaderships are bound to, while it holds one.
+    lease: Option<i64>,
 }
 
 /// Whether etcd answers, and what this agent applied (`status`, the metrics).
@@ -136,6 +138,7 @@ impl ClusterState {
             leaders: BTreeMap::new(),
             seed: (!seed.is_empty()).then_some(seed),
             applied: tokio::sync::watch::channel(0).0,
+            lease: None,
         }
     }
 
@@ -517,12 +520,30 @@ pub async fn keep_lease(shared: Shared) {
     }
 }
 
+/// Gives up this gateway's lease as the agent stops (after [`keep_lease`] was stopped), so that
+/// its report goes and another gateway takes its autoscaler leaderships at once rather than when
+/// the lease expires. Bounded by the request timeout: an unreachable etcd lets the lease expire.
+pub async fn release_lease(shared: &Shared) {
+    let Some(Some(lease)) = with_cluster(shared, |c| c.lease.take()) else {
+        return;
+    };
+    let revoked = async {
+        let mut client = client(shared).await?;
+        timed("giving up the lease", client.lease_revoke(lease)).await
+    };
+    match revoked.await {
+        Ok(_) => info!("gave up the cluster lease: leaderships released"),
+        Err(err) => warn!("{err:#}; the lease expires in {LEASE_TTL:?}"),
+    }
+}
+
 async fn lease_once(shared: &Shared) -> anyhow::Result<()> {
     let mut client = client(shared).await?;
     let ttl = i64::try_from(LEASE_TTL.as_secs()).unwrap_or(5);
     let lease = timed("granting a lease", client.lease_grant(ttl, None))
         .await?
         .id();
+    with_cluster(shared, |c| c.lease = Some(lease));
     let (mut keeper, mut answers) =
         timed("keeping the lease alive", client.lease_keep_alive(lease)).await?;
     let (prefix, gateway) =

@@ -86,10 +86,14 @@ pub(super) async fn run_agent(
         Arc::clone(&shared),
         Duration::from_secs(1),
     ));
-    if shared.lock().expect("agent lock").cluster.is_some() {
+    let lease = if shared.lock().expect("agent lock").cluster.is_some() {
         tokio::spawn(agent::cluster::follow_store(Arc::clone(&shared)));
-        tokio::spawn(agent::cluster::keep_lease(Arc::clone(&shared)));
-    }
+        Some(tokio::spawn(agent::cluster::keep_lease(Arc::clone(
+            &shared,
+        ))))
+    } else {
+        None
+    };
     tokio::spawn(agent::autoscale_every(
         Arc::clone(&shared),
         Duration::from_secs(1),
@@ -143,6 +147,12 @@ pub(super) async fn run_agent(
     };
     notify(&[sd_notify::NotifyState::Stopping]);
     server.abort();
+    if let Some(lease) = lease {
+        // Stopped before the release, so that it cannot take a new lease after it.
+        lease.abort();
+        let _ = lease.await;
+        agent::cluster::release_lease(&shared).await;
+    }
     let mut agent = shared.lock().expect("agent lock");
     agent.monitor = None;
     log_counters(&agent, "stopping; counters");
