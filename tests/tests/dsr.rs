@@ -456,22 +456,37 @@ fn dsr_l2_health_checks_through_the_vip() {
         "an IPv6 rule per backend checked through the VIP: {rules6}"
     );
 
-    // A restarted agent removes the rules the last one left, and only those, before adding
-    // its own: someone else's rule at the same priority stays.
-    topo.gateway
-        .exec(
-            "ip",
-            &[
-                "rule", "add", "priority", "1000", "fwmark", "0x4242", "table", "4242",
-            ],
-        )
-        .expect("someone else's rule");
+    // A restarted agent removes the rules the last one left, with their tables' routes, and
+    // only those, before adding its own: someone else's rule at the same priority, and its
+    // table, stay. A rule and table of the agent's range that no backend uses any more (as a
+    // crash leaves them) go too.
+    let stale = (0x786c_0000u32 + 0x50).to_string();
+    for args in [
+        &[
+            "rule", "add", "priority", "1000", "fwmark", "0x4242", "table", "4242",
+        ][..],
+        &["route", "add", "unreachable", "default", "table", "4242"],
+        &[
+            "rule", "add", "priority", "1000", "fwmark", &stale, "table", &stale,
+        ],
+        &["route", "add", "unreachable", "default", "table", &stale],
+    ] {
+        topo.gateway.exec("ip", args).expect("ip");
+    }
+    let table = |id: &str| {
+        let out = topo
+            .gateway
+            .exec("ip", &["route", "show", "table", id])
+            .expect("ip route show table");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(table(&stale).contains("unreachable default"));
     agent.stop(false);
     agent.start(&["--config", &path_str(&file)]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !agent
         .log()
-        .contains("removed 4 probe routing rules left by an earlier agent")
+        .contains("removed 5 probe routing rules left by an earlier agent")
     {
         assert!(Instant::now() < deadline, "not swept: {}", agent.log());
         std::thread::sleep(Duration::from_millis(50));
@@ -485,6 +500,11 @@ fn dsr_l2_health_checks_through_the_vip() {
             assert!(
                 at_1000.iter().any(|l| l.contains("fwmark 0x4242")),
                 "{rules}"
+            );
+            assert_eq!(table(&stale), "", "the stale probe table's route stays");
+            assert!(
+                table("4242").contains("unreachable default"),
+                "someone else's table"
             );
             break;
         }

@@ -127,7 +127,7 @@ pub fn sweep_probe_rules() {
 }
 
 /// Removes every rule of the agent's (at [`PROBE_RULE_PRIORITY`], for a mark of its range),
-/// IPv4 and IPv6, and nobody else's; how many.
+/// IPv4 and IPv6, and nobody else's, with the routes of its table; how many rules.
 fn sweep() -> io::Result<usize> {
     let netlink = Netlink::open()?;
     let mut removed = 0;
@@ -145,16 +145,44 @@ fn sweep() -> io::Result<usize> {
                     matches!(a, RuleAttribute::FwMark(m)
                         if (PROBE_MARK_BASE..PROBE_MARK_BASE + PROBE_MARKS).contains(m))
                 });
+            let table = rule.attributes.iter().find_map(|a| match a {
+                RuleAttribute::Table(t) => Some(*t),
+                _ => None,
+            });
             if ours {
                 ignore_missing(netlink.request(
                     RouteNetlinkMessage::DelRule(rule),
                     NLM_F_REQUEST | NLM_F_ACK,
                 ))?;
                 removed += 1;
+                if let Some(table) = table {
+                    clear_table(&netlink, family, table)?;
+                }
             }
         }
     }
     Ok(removed)
+}
+
+/// Deletes the default routes of `table` (of `family`): a probe table holds one.
+fn clear_table(netlink: &Netlink, family: AddressFamily, table: u32) -> io::Result<()> {
+    // One route per table; a few more tries in case a crash left a replaced one behind.
+    for _ in 0..4 {
+        let mut route = RouteMessage::default();
+        route.header.address_family = family;
+        route.header.table = RouteHeader::RT_TABLE_UNSPEC;
+        route.header.scope = RouteScope::NoWhere;
+        route.attributes.push(RouteAttribute::Table(table));
+        match netlink.request(
+            RouteNetlinkMessage::DelRoute(route),
+            NLM_F_REQUEST | NLM_F_ACK,
+        ) {
+            Ok(_) => {}
+            Err(err) if matches!(err.raw_os_error(), Some(libc::ESRCH | libc::ENOENT)) => break,
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
 }
 
 /// [`sync`] of `marks`, a failure logged.
