@@ -362,7 +362,12 @@ fn autoscale(agent: &Agent, registry: &mut Registry) {
     let desired = gauge_family(
         registry,
         "autoscale_desired_backends",
-        "Backends the policy wants",
+        "Capacity the policy wants, in units of weight (backends, when every weight is 1)",
+    );
+    let capacity = gauge_family(
+        registry,
+        "autoscale_capacity",
+        "Capacity of the pool in units of weight by state (in-rotation, allocated)",
     );
     let backends = gauge_family(
         registry,
@@ -391,6 +396,14 @@ fn autoscale(agent: &Agent, registry: &mut Registry) {
             forecast.get_or_create(&labels).set(f);
         }
         desired.get_or_create(&labels).set(i64::from(s.desired));
+        for (state, units) in [
+            ("in-rotation", s.serving_capacity),
+            ("allocated", s.capacity),
+        ] {
+            capacity
+                .get_or_create(&with("state", state))
+                .set(i64::from(units));
+        }
         for (state, n) in [
             ("in-rotation", s.serving as usize),
             ("provisioning", s.provisioning.len()),

@@ -97,12 +97,16 @@ pub fn backend_line(b: &BackendView) -> String {
 
 /// `autoscale status` of one VIP, as text.
 pub fn autoscale_lines(s: &AutoscaleStatus) -> String {
+    // Each with its weight, unless 1.
     let addrs = |v: &[SocketAddr]| {
         if v.is_empty() {
             "-".to_owned()
         } else {
             v.iter()
-                .map(ToString::to_string)
+                .map(|a| match s.weights.get(a) {
+                    Some(&w) if w != 1 => format!("{a}@{w}"),
+                    _ => a.to_string(),
+                })
                 .collect::<Vec<_>>()
                 .join(" ")
         }
@@ -128,8 +132,12 @@ pub fn autoscale_lines(s: &AutoscaleStatus) -> String {
         s.forecast.map_or("-".to_owned(), |f| format!("{f:.0}"))
     );
     out += &format!(
-        "  backends      desired {}  allocated {}  in rotation {}\n",
-        s.desired, s.allocated, s.serving
+        "  capacity      desired {}  allocated {}  in rotation {}\n",
+        s.desired, s.capacity, s.serving_capacity
+    );
+    out += &format!(
+        "  backends      allocated {}  in rotation {}\n",
+        s.allocated, s.serving
     );
     out += &format!("  provisioning  {}\n", addrs(&s.provisioning));
     out += &format!("  draining      {}\n", addrs(&s.draining));

@@ -3,6 +3,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Instant,
@@ -540,7 +541,7 @@ impl Agent {
                 for vip in &mut agent.config.vips {
                     if let Some(autoscale) = &vip.autoscale {
                         vip.backends
-                            .retain(|b| !autoscale.standby.contains(&b.address));
+                            .retain(|b| !autoscale.standby.iter().any(|s| s.addr == b.address));
                     }
                 }
             }
@@ -806,6 +807,25 @@ impl Agent {
             }
         }
         self.autoscale.retain(|vip, _| keep.contains(vip));
+    }
+
+    /// The backends the VIPs other than `except` use, in the balancer or on their standby
+    /// lists, with the VIP using each: what a `scale-up` answer for `except` must not name.
+    pub fn claimed_backends(&self, except: &Vip) -> BTreeMap<SocketAddr, Vip> {
+        let mut claimed = BTreeMap::new();
+        for info in self.balancer.vips() {
+            if info.vip != *except {
+                claimed.extend(info.backends.iter().map(|b| (b.spec.addr, info.vip)));
+            }
+        }
+        for vip in &self.config.vips {
+            if let Some(autoscale) = &vip.autoscale
+                && vip.vip() != *except
+            {
+                claimed.extend(autoscale.standby.iter().map(|s| (s.addr, vip.vip())));
+            }
+        }
+        claimed
     }
 
     /// One autoscaling second for every autoscaled VIP; the slow work to run.

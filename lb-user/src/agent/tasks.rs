@@ -149,9 +149,16 @@ pub async fn autoscale_every(agent: Shared, period: Duration) {
                     let now = locked.now_s();
                     let cluster = locked.cluster.is_some();
                     let before = super::audit::Before::new(locked.balancer.vips(), &locked.config);
+                    // Only a scale-up answer is checked against the other VIPs' backends.
+                    let claimed = match &result {
+                        crate::autoscale::live::JobResult::ScaleUp(Ok(_)) => {
+                            locked.claimed_backends(&vip)
+                        }
+                        _ => Default::default(),
+                    };
                     let Agent { autoscale, balancer, .. } = &mut *locked;
                     if let Some(scaler) = autoscale.get_mut(&vip) {
-                        scaler.on_result(now, result, balancer);
+                        scaler.on_result(now, result, balancer, &claimed);
                         locked.audit(super::audit::Source::Autoscale, &before);
                         locked.sync_health();
                         if let Err(err) = locked.save_if_changed() {

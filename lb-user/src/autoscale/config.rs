@@ -4,6 +4,7 @@
 
 use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 
+use lb_common::maglev::MAX_WEIGHT;
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -96,13 +97,87 @@ pub struct RuleConfig {
     pub change: i32,
 }
 
+/// A backend the autoscaler may bring in, with its capacity in units of weight: a standby
+/// entry or a `scale-up` answer, written `ADDR:PORT` (weight 1) or `ADDR:PORT@WEIGHT`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WeightedBackend {
+    pub addr: SocketAddr,
+    /// `1..=MAX_WEIGHT`: a backend of weight 0 would add no capacity.
+    pub weight: u32,
+}
+
+impl WeightedBackend {
+    /// A backend of weight 1.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr, weight: 1 }
+    }
+
+    /// Parses `ADDR:PORT` or `ADDR:PORT@WEIGHT`; `bare` makes the address of a text without a
+    /// port (a hook's `10.1.0.9`), or refuses it.
+    pub fn parse_with(
+        text: &str,
+        bare: impl Fn(&str) -> Option<SocketAddr>,
+    ) -> Result<Self, WeightedError> {
+        let (addr_text, weight) = match text.rsplit_once('@') {
+            Some((a, w)) => {
+                let weight: u64 = w
+                    .parse()
+                    .map_err(|_| WeightedError::Weight(format!("weight {w:?} is not a number")))?;
+                if !(1..=u64::from(MAX_WEIGHT)).contains(&weight) {
+                    return Err(WeightedError::Weight(format!(
+                        "weight {weight} is out of range 1..={MAX_WEIGHT}"
+                    )));
+                }
+                (a, weight as u32)
+            }
+            None => (text, 1),
+        };
+        let addr = addr_text
+            .parse::<SocketAddr>()
+            .ok()
+            .or_else(|| bare(addr_text))
+            .ok_or_else(|| WeightedError::Address(addr_text.to_owned()))?;
+        Ok(Self { addr, weight })
+    }
+}
+
+/// Why a [`WeightedBackend`] did not parse.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WeightedError {
+    /// The part before `@` is no address.
+    Address(String),
+    /// The weight is not a number in `1..=MAX_WEIGHT`.
+    Weight(String),
+}
+
+impl FromStr for WeightedBackend {
+    type Err = WeightedError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse_with(s, |_| None)
+    }
+}
+
+/// `ADDR:PORT`, with `@WEIGHT` unless the weight is 1.
+impl fmt::Display for WeightedBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.weight == 1 {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}@{}", self.addr, self.weight)
+        }
+    }
+}
+
 /// A VIP's `[vip.autoscale]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AutoscaleConfig {
     pub policy: PolicyKind,
     pub signal: Signal,
-    /// The per-backend signal to hold; `None` only for `rules` with rules of its own.
+    /// The signal to hold per unit of weight (a weight-1 backend is one unit); `None` only for
+    /// `rules` with rules of its own.
     pub target_per_backend: Option<u64>,
+    /// Capacity bounds and step, in units of weight like the policies' decisions.
     pub min: u32,
     pub max: u32,
     pub max_step: u32,
@@ -120,7 +195,7 @@ pub struct AutoscaleConfig {
     pub horizon: Duration,
     /// `None`: two seasons (holt-winters) or ten buckets (trend).
     pub min_history: Option<Duration>,
-    pub standby: Vec<SocketAddr>,
+    pub standby: Vec<WeightedBackend>,
     /// Program and arguments; empty: no hook.
     pub scale_up: Vec<String>,
     /// Program and arguments (the backend's address is appended); empty: no hook.

@@ -5,6 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+use super::config::{WeightedBackend, WeightedError};
 use crate::{balancer::Vip, health::CheckKind};
 
 /// Longest wait between two attempts of a failing hook.
@@ -52,7 +53,7 @@ pub enum JobResult {
         addr: SocketAddr,
         result: Result<(), String>,
     },
-    ScaleUp(Result<SocketAddr, String>),
+    ScaleUp(Result<WeightedBackend, String>),
     ScaleDown {
         addr: SocketAddr,
         result: Result<(), String>,
@@ -131,20 +132,23 @@ pub async fn run_job(job: Job) -> JobResult {
     }
 }
 
-/// The address a `scale-up` hook printed: the first non-empty line, `ADDR:PORT`, or a bare
-/// address that takes the VIP's port.
-pub fn parse_hook_address(stdout: &str, vip_port: u16) -> Result<SocketAddr, String> {
+/// The backend a `scale-up` hook printed: the first non-empty line, `ADDR:PORT`, or a bare
+/// address that takes the VIP's port, either with `@WEIGHT` (1..=10000; 1 without).
+pub fn parse_hook_address(stdout: &str, vip_port: u16) -> Result<WeightedBackend, String> {
     let line = stdout
         .lines()
         .map(str::trim)
         .find(|l| !l.is_empty())
         .ok_or("printed no address")?;
-    line.parse::<SocketAddr>()
-        .or_else(|_| {
-            line.parse::<std::net::IpAddr>()
-                .map(|ip| SocketAddr::new(ip, vip_port))
-        })
-        .map_err(|_| format!("printed {line:?}, not ADDR:PORT"))
+    WeightedBackend::parse_with(line, |bare| {
+        bare.parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, vip_port))
+    })
+    .map_err(|err| match err {
+        WeightedError::Address(_) => format!("printed {line:?}, not ADDR:PORT[@WEIGHT]"),
+        WeightedError::Weight(why) => format!("printed {line:?}: {why}"),
+    })
 }
 
 /// Runs a hook (`argv`, plus `addr` as the last argument if given) with `XDPLB_VIP` set; its

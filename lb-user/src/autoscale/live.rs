@@ -10,6 +10,10 @@
 //!
 //! Scale-in is always drain first: a backend leaves the pool only once it has no open flow left
 //! (or after `drain-timeout`).
+//!
+//! The policy decides a capacity in units of weight; [`super::capacity`] says which backends
+//! cover it. A running `scale-up` counts for the weight its last answer had (1 before any), and
+//! runs again while the capacity is short.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -24,7 +28,7 @@ pub use super::jobs::{
 };
 use super::{History, Policy};
 use crate::{
-    autoscale::config::{AutoscaleConfig, Signal},
+    autoscale::config::{AutoscaleConfig, Signal, WeightedBackend},
     balancer::{BackendSpec, BackendState, Balancer, Vip, VipInfo},
     health::HealthCheck,
     maps::Maps,
@@ -84,9 +88,9 @@ impl Sample {
 pub struct DecisionRecord {
     /// Seconds since the agent started.
     pub at_s: u64,
-    /// Allocated backends before.
+    /// Allocated capacity before.
     pub from: u32,
-    /// Desired backends.
+    /// Desired capacity.
     pub to: u32,
     pub reason: String,
     /// What was done (`add 10.1.0.3:80 (standby)`, `drain 10.1.0.2:80`, ...).
@@ -98,6 +102,7 @@ pub struct DecisionRecord {
 #[derive(Clone, Debug)]
 struct Provisioning {
     addr: SocketAddr,
+    weight: u32,
     origin: Origin,
     since: u64,
     probing: bool,
@@ -110,6 +115,9 @@ pub struct SavedPool {
     pub draining: Vec<SocketAddr>,
     pub spare: Vec<SocketAddr>,
     pub releases: Vec<SocketAddr>,
+    /// The weights of the spares whose weight is not 1.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub weights: Vec<(SocketAddr, u32)>,
 }
 
 /// The autoscaler of one VIP.
@@ -130,7 +138,9 @@ pub struct VipAutoscaler {
     /// Backends this autoscaler drains, since when.
     draining: BTreeMap<SocketAddr, u64>,
     /// Standby backends free to bring in, in the order to try them.
-    spare: VecDeque<SocketAddr>,
+    spare: VecDeque<WeightedBackend>,
+    /// The weight of the last backend `scale-up` gave: what a running one is counted for.
+    hook_weight: u32,
     /// Drained hook backends still to hand to `scale-down`.
     releases: Vec<SocketAddr>,
     scale_up: HookStats,
@@ -153,11 +163,22 @@ pub struct Status {
     pub sample: Sample,
     pub per_backend: BTreeMap<SocketAddr, Sample>,
     pub forecast: Option<f64>,
+    /// The desired capacity, in units of weight.
     pub desired: u32,
     /// Backends taking new flows.
     pub serving: u32,
     /// Serving, plus backends being provisioned.
     pub allocated: u32,
+    /// The weights of the backends serving.
+    #[serde(default)]
+    pub serving_capacity: u32,
+    /// The weights of the backends allocated (serving, provisioning, and running `scale-up`s
+    /// at the weight of the hook's last answer).
+    #[serde(default)]
+    pub capacity: u32,
+    /// The weight of every backend of the pool: in the VIP, provisioning or standby.
+    #[serde(default)]
+    pub weights: BTreeMap<SocketAddr, u32>,
     pub provisioning: Vec<SocketAddr>,
     pub draining: Vec<SocketAddr>,
     pub standby: Vec<SocketAddr>,
@@ -184,7 +205,7 @@ impl VipAutoscaler {
             last_backend_stats: HashMap::new(),
             sample: Sample::default(),
             per_backend: BTreeMap::new(),
-            desired: serving(info),
+            desired: serving_capacity(info),
             reason: "starting".into(),
             origins: info
                 .backends
@@ -194,6 +215,7 @@ impl VipAutoscaler {
             provisioning: Vec::new(),
             draining: BTreeMap::new(),
             spare: VecDeque::new(),
+            hook_weight: 1,
             releases: Vec::new(),
             scale_up: HookStats::default(),
             scale_down: HookStats::default(),
@@ -208,11 +230,19 @@ impl VipAutoscaler {
     /// Takes a changed config: a new policy (the history stays), the new standby list.
     pub fn reconfigure(&mut self, config: AutoscaleConfig, info: &VipInfo) {
         if config != self.config {
+            let listed = |c: &AutoscaleConfig, a: SocketAddr| {
+                c.standby.iter().find(|s| s.addr == a).map(|s| s.weight)
+            };
             let dropped: Vec<_> = (self.config.standby.iter())
-                .filter(|a| !config.standby.contains(a))
-                .copied()
+                .filter(|s| listed(&config, s.addr).is_none())
+                .map(|s| s.addr)
                 .collect();
-            self.spare.retain(|a| !dropped.contains(a));
+            self.spare.retain(|s| !dropped.contains(&s.addr));
+            for spare in &mut self.spare {
+                if let Some(weight) = listed(&config, spare.addr) {
+                    spare.weight = weight;
+                }
+            }
             self.policy = config.policy();
             self.config = config;
         }
@@ -228,11 +258,12 @@ impl VipAutoscaler {
     /// the spare list, and takes off it whatever is in the VIP now (an operator added it).
     fn refill_spare(&mut self, info: &VipInfo) {
         let in_vip = |a: &SocketAddr| info.backends.iter().any(|b| b.spec.addr == *a);
-        self.spare.retain(|a| !in_vip(a));
-        for addr in self.config.standby.clone() {
+        self.spare.retain(|s| !in_vip(&s.addr));
+        for standby in self.config.standby.clone() {
+            let addr = standby.addr;
             let busy = in_vip(&addr) || self.provisioning.iter().any(|p| p.addr == addr);
-            if !busy && !self.spare.contains(&addr) {
-                self.spare.push_back(addr);
+            if !busy && !self.spare.iter().any(|s| s.addr == addr) {
+                self.spare.push_back(standby);
             }
         }
     }
@@ -244,8 +275,12 @@ impl VipAutoscaler {
         SavedPool {
             origins,
             draining: self.draining.keys().copied().collect(),
-            spare: self.spare.iter().copied().collect(),
+            spare: self.spare.iter().map(|s| s.addr).collect(),
             releases: self.releases.clone(),
+            weights: (self.spare.iter())
+                .filter(|s| s.weight != 1)
+                .map(|s| (s.addr, s.weight))
+                .collect(),
         }
     }
 
@@ -261,8 +296,21 @@ impl VipAutoscaler {
             self.draining.insert(*addr, now);
         }
         for addr in &saved.spare {
-            if !present(addr) && !self.spare.contains(addr) {
-                self.spare.push_back(*addr);
+            if !present(addr) && !self.spare.iter().any(|s| s.addr == *addr) {
+                let weight = (saved.weights.iter().find(|(a, _)| a == addr))
+                    .map(|(_, w)| *w)
+                    .or_else(|| {
+                        self.config
+                            .standby
+                            .iter()
+                            .find(|s| s.addr == *addr)
+                            .map(|s| s.weight)
+                    })
+                    .unwrap_or(1);
+                self.spare.push_back(WeightedBackend {
+                    addr: *addr,
+                    weight,
+                });
             }
         }
         self.releases = saved.releases.clone();
@@ -300,14 +348,25 @@ impl VipAutoscaler {
             if dry_run {
                 actions.push(format!("would add {wanted}"));
             } else {
-                self.scale_out(now, wanted, balancer, &mut actions, &mut jobs);
+                self.scale_out(
+                    now,
+                    wanted,
+                    allocated,
+                    balancer,
+                    &info,
+                    &mut actions,
+                    &mut jobs,
+                );
             }
-        } else if decision.desired < allocated {
+        }
+        // A scale-in that finds no backend to fit in the surplus holds: no action to count.
+        let mut held = false;
+        if decision.desired < allocated {
             let surplus = allocated - decision.desired;
             if dry_run {
                 actions.push(format!("would drain {surplus}"));
             } else {
-                self.scale_in(now, surplus, balancer, &info, active, &mut actions);
+                held = !self.scale_in(now, surplus, balancer, &info, active, &mut actions);
             }
         }
         if decision.desired != allocated {
@@ -320,7 +379,7 @@ impl VipAutoscaler {
                 dry_run,
             };
             log::info!(
-                "autoscale {}: {} -> {} backends ({}){}: {}",
+                "autoscale {}: capacity {} -> {} ({}){}: {}",
                 self.vip,
                 record.from,
                 record.to,
@@ -330,7 +389,7 @@ impl VipAutoscaler {
             );
             if record.to > record.from {
                 self.scale_outs += 1;
-            } else {
+            } else if !held {
                 self.scale_ins += 1;
             }
             self.decisions.push_back(record);
@@ -376,14 +435,24 @@ impl VipAutoscaler {
         }
     }
 
-    /// Serving backends plus those on their way in (provisioning or a running `scale-up`).
+    /// The capacity of the backends serving plus those on their way in (provisioning, or a
+    /// running `scale-up` at the weight of its last answer).
     fn allocated(&self, info: &VipInfo) -> u32 {
-        serving(info) + self.provisioning.len() as u32 + self.scale_up.running
+        serving_capacity(info)
+            + self.provisioning.iter().map(|p| p.weight).sum::<u32>()
+            + self.scale_up.running * self.hook_weight
     }
 
     /// What `autoscale status` shows.
     pub fn status(&self, info: Option<&VipInfo>) -> Status {
         let serving_now = info.map_or(0, serving);
+        let serving_capacity = info.map_or(0, serving_capacity);
+        let mut weights: BTreeMap<SocketAddr, u32> = (info.iter())
+            .flat_map(|i| &i.backends)
+            .map(|b| (b.spec.addr, b.spec.weight))
+            .collect();
+        weights.extend(self.provisioning.iter().map(|p| (p.addr, p.weight)));
+        weights.extend(self.spare.iter().map(|s| (s.addr, s.weight)));
         Status {
             vip: self.vip.to_string(),
             policy: self.config.policy.as_str().to_owned(),
@@ -398,9 +467,14 @@ impl VipAutoscaler {
             desired: self.desired,
             serving: serving_now,
             allocated: serving_now + self.provisioning.len() as u32 + self.scale_up.running,
+            serving_capacity,
+            capacity: serving_capacity
+                + self.provisioning.iter().map(|p| p.weight).sum::<u32>()
+                + self.scale_up.running * self.hook_weight,
+            weights,
             provisioning: self.provisioning.iter().map(|p| p.addr).collect(),
             draining: self.draining.keys().copied().collect(),
-            standby: self.spare.iter().copied().collect(),
+            standby: self.spare.iter().map(|s| s.addr).collect(),
             reason: self.reason.clone(),
             scale_outs: self.scale_outs,
             scale_ins: self.scale_ins,
@@ -419,6 +493,15 @@ fn serving(info: &VipInfo) -> u32 {
         .iter()
         .filter(|b| b.spec.state == BackendState::Up)
         .count() as u32
+}
+
+/// The weights of the backends in rotation: the pool's capacity now.
+fn serving_capacity(info: &VipInfo) -> u32 {
+    info.backends
+        .iter()
+        .filter(|b| b.spec.state == BackendState::Up)
+        .map(|b| b.spec.weight)
+        .sum()
 }
 
 mod pool;

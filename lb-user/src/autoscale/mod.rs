@@ -19,6 +19,7 @@
 //! and reports time above target, backend-minutes and scaling actions; [`svg::chart`] draws the
 //! result.
 
+pub mod capacity;
 mod history;
 mod jobs;
 mod limits;
@@ -49,10 +50,13 @@ pub use sim::{SimConfig, SimPoint, SimResult, simulate};
 pub use target::{TargetConfig, TargetTracking};
 pub use trace::{Trace, TraceError};
 
-/// What a policy wants: the number of backends the pool should have, and why.
+/// What a policy wants: the capacity the pool should have, and why.
+///
+/// Capacity is counted in units of weight: a backend of weight 1 is one unit, one of weight 3
+/// three. With backends of weight 1 (the default) it is the number of backends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
-    /// The desired number of backends (allocated, including those still provisioning).
+    /// The desired capacity (allocated, including backends still provisioning).
     pub desired: u32,
     /// A human-readable explanation ("hold", "rule 0: above 800/backend for 30s", ...).
     pub reason: String,
@@ -71,13 +75,14 @@ impl Decision {
 /// A scaling policy for one VIP.
 ///
 /// `decide` is called once per second, after the second's sample was pushed to `history`;
-/// `current` is the number of allocated backends (serving or provisioning, not draining). The
+/// `current` is the allocated capacity (the weights of the backends serving or provisioning,
+/// not draining), and "per backend" figures are per unit of weight. The
 /// policy assumes its decision is carried out (it starts its cooldowns when `desired` differs
 /// from `current`).
 pub trait Policy: Send {
     /// The policy's short name (`rules`, `target`, `predictive`).
     fn name(&self) -> &str;
-    /// The desired backend count at `now` (seconds).
+    /// The desired capacity at `now` (seconds).
     fn decide(&mut self, now: u64, history: &History, current: u32) -> Decision;
     /// The load the policy expects to provision for, if it forecasts (shown in status).
     fn forecast(&self) -> Option<f64> {

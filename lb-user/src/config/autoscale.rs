@@ -4,10 +4,11 @@
 //! [vip.autoscale]
 //! policy = "target"                 # rules | target | predictive
 //! signal = "active-connections"     # active-connections | new-connections | packets | bytes
-//! target-per-backend = 800          # the per-backend signal to hold (per second for rates)
-//! min = 1                           # backends, 1..=65536
+//! target-per-backend = 800          # the signal to hold per unit of weight (per second for
+//!                                   #   rates); a backend of weight 1 is one unit
+//! min = 1                           # capacity in units of weight, 1..=65536
 //! max = 10
-//! max-step = 2                      # most backends added or removed by one decision
+//! max-step = 2                      # most capacity added or removed by one decision
 //! scale-out-cooldown = "30s"        # after a scale-out, before the next one ("0s": none)
 //! scale-in-cooldown = "5m"          # after any action, before a scale-in
 //! metric-window = "30s"             # target, predictive: the signal is averaged over this
@@ -20,8 +21,9 @@
 //! bucket = "5m"                     # predictive: the model sees means over buckets this long
 //! horizon = "10m"                   # predictive: provision for the forecast peak this far ahead
 //! min-history = "48h"               # predictive: target tracking alone until then
-//! standby = ["10.1.0.3:80"]         # servers that exist but are out of rotation
-//! scale-up = ["/usr/local/bin/new-backend", "web"]  # prints ADDR:PORT of a new backend
+//! standby = ["10.1.0.3:80", "10.1.0.4:80@3"]  # servers that exist but are out of rotation,
+//!                                   #   ADDR:PORT@WEIGHT (weight 1..=10000, default 1)
+//! scale-up = ["/usr/local/bin/new-backend", "web"]  # prints ADDR:PORT[@WEIGHT] of a new backend
 //! scale-down = ["/usr/local/bin/release-backend"]   # called with ADDR:PORT appended
 //! hook-timeout = "30s"
 //! provision-timeout = "2m"          # a new backend must pass its health check within this
@@ -43,7 +45,9 @@ use super::{BackendConfig, Errors, check_backend_of, field, format_duration, par
 use crate::{
     autoscale::{
         Comparison, PolicyKind,
-        config::{AutoscaleConfig, ForecastModel, RuleConfig, Signal},
+        config::{
+            AutoscaleConfig, ForecastModel, RuleConfig, Signal, WeightedBackend, WeightedError,
+        },
     },
     balancer::BackendState,
 };
@@ -318,12 +322,24 @@ pub(super) fn from_raw(
 
     for (j, text) in raw.standby.iter().enumerate() {
         let at = path(&format!("standby[{j}]"));
-        let Some(addr) = errors.socket_addr(&at, text) else {
-            continue;
+        let standby = match text.parse::<WeightedBackend>() {
+            Ok(s) => s,
+            Err(WeightedError::Weight(err)) => {
+                errors.add(&at, err);
+                continue;
+            }
+            Err(WeightedError::Address(_)) => {
+                errors.add(
+                    &at,
+                    format!("{text:?} is not ADDR:PORT or ADDR:PORT@WEIGHT, e.g. 10.1.0.3:80@2"),
+                );
+                continue;
+            }
         };
+        let addr = standby.addr;
         let as_backend = BackendConfig {
             address: addr,
-            weight: 1,
+            weight: standby.weight,
             state: BackendState::Up,
         };
         if let Some(vip) = vip {
@@ -331,10 +347,10 @@ pub(super) fn from_raw(
         }
         if backends.iter().any(|b| b.address == addr) {
             errors.add(&at, format!("{addr} is also a backend of the VIP"));
-        } else if c.standby.contains(&addr) {
+        } else if c.standby.iter().any(|s| s.addr == addr) {
             errors.add(&at, format!("duplicate standby backend {addr}"));
         } else {
-            c.standby.push(addr);
+            c.standby.push(standby);
         }
     }
     c
@@ -460,7 +476,7 @@ mod tests {
         for expected in [
             "autoscale.standby[0]: 10.1.0.2:80 is also a backend of the VIP",
             "autoscale.standby[1].address: [fd00::1]:80 is IPv6 but the VIP is IPv4",
-            "autoscale.standby[2]: \"x\" is not ADDR:PORT",
+            "autoscale.standby[2]: \"x\" is not ADDR:PORT or ADDR:PORT@WEIGHT",
             "autoscale.rule[0]: needs exactly one of above and below",
         ] {
             assert!(e.contains(expected), "{expected:?} not in:\n{e}");
@@ -471,6 +487,46 @@ mod tests {
             "autoscale.rule[0].for: \"0s\" must be more than 0",
             "autoscale.rule[0].change: must not be 0",
             "autoscale.rule: rules are only used by policy \"rules\"",
+        ] {
+            assert!(e.contains(expected), "{expected:?} not in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn standby_entries_carry_weights() {
+        let text = format!(
+            "{VIP}target-per-backend = 10\n\
+             standby = [\"10.1.0.3:80@3\", \"10.1.0.4:80\", \"10.1.0.5:80@10000\"]\n"
+        );
+        let config = Config::parse(&text).unwrap();
+        let a = config.vips[0].autoscale.as_ref().unwrap();
+        let weights: Vec<_> = a
+            .standby
+            .iter()
+            .map(|s| (s.addr.to_string(), s.weight))
+            .collect();
+        assert_eq!(
+            weights,
+            [
+                ("10.1.0.3:80".to_owned(), 3),
+                ("10.1.0.4:80".to_owned(), 1),
+                ("10.1.0.5:80".to_owned(), 10_000)
+            ]
+        );
+        let toml = config.to_toml();
+        assert!(toml.contains("\"10.1.0.3:80@3\""), "{toml}");
+        assert_eq!(Config::parse(&toml).unwrap(), config);
+
+        let e = errors(
+            "target-per-backend = 10\n\
+             standby = [\"10.1.0.3:80\", \"10.1.0.4:80@20000\", \"10.1.0.5:80@0\", \"10.1.0.6:80@x\", \"10.1.0.7@2\"]\n",
+        )
+        .join("\n");
+        for expected in [
+            "vip[0] (198.19.0.1:80/tcp) autoscale.standby[1]: weight 20000 is out of range 1..=10000",
+            "autoscale.standby[2]: weight 0 is out of range 1..=10000",
+            "autoscale.standby[3]: weight \"x\" is not a number",
+            "autoscale.standby[4]: \"10.1.0.7@2\" is not ADDR:PORT or ADDR:PORT@WEIGHT",
         ] {
             assert!(e.contains(expected), "{expected:?} not in:\n{e}");
         }

@@ -1,6 +1,6 @@
 use lb_common::maps::Settings;
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use super::*;
 use crate::{balancer::VipOptions, config::Config, maps::MemMaps};
@@ -104,16 +104,25 @@ impl Rig {
                         result,
                     },
                     &mut self.balancer,
+                    &BTreeMap::new(),
                 );
             }
         }
         jobs
     }
 
+    /// The running scale-up hook answers `text`, with `claimed` the other VIPs' backends.
+    fn hook_answers(&mut self, text: &str, claimed: &BTreeMap<SocketAddr, Vip>) {
+        let answer = JobResult::ScaleUp(parse_hook_address(text, 80));
+        self.scaler
+            .on_result(self.now, answer, &mut self.balancer, claimed);
+    }
+
     /// The running scale-up hook fails.
     fn hook_fails(&mut self) {
         let failed = JobResult::ScaleUp(Err("exit 1".into()));
-        self.scaler.on_result(self.now, failed, &mut self.balancer);
+        self.scaler
+            .on_result(self.now, failed, &mut self.balancer, &BTreeMap::new());
     }
 
     fn states(&self) -> Vec<(SocketAddr, BackendState)> {
@@ -222,7 +231,7 @@ fn a_restarted_autoscaler_keeps_origins_drains_and_spares() {
     // A config change keeps the spares it still lists (and those the pool gave back);
     // a standby backend dropped from the config leaves the list.
     let mut fewer = config.clone();
-    fewer.standby.retain(|a| *a != addr("10.1.0.4:80"));
+    fewer.standby.retain(|s| s.addr != addr("10.1.0.4:80"));
     fewer.max = 2;
     restarted.reconfigure(fewer, &info);
     let spare = restarted.status(Some(&info)).standby;
@@ -317,11 +326,7 @@ fn hooks_provision_release_and_back_off() {
     assert!(rig.second(true).is_empty(), "backing off");
     let jobs = rig.second(true);
     assert_eq!(jobs.len(), 1, "retried after the backoff");
-    rig.scaler.on_result(
-        rig.now,
-        JobResult::ScaleUp(Ok(addr("10.1.0.9:80"))),
-        &mut rig.balancer,
-    );
+    rig.hook_answers("10.1.0.9:80", &BTreeMap::new());
     rig.second(true);
     assert!(rig.states().iter().any(|(a, _)| *a == addr("10.1.0.9:80")));
     assert_eq!(rig.scaler.status(None).scale_up_hook.failures, 2);
@@ -343,11 +348,39 @@ fn hooks_provision_release_and_back_off() {
 
 #[test]
 fn hook_output_is_an_address() {
+    let weighted = |a: &str, weight| WeightedBackend {
+        addr: addr(a),
+        weight,
+    };
     assert_eq!(
         parse_hook_address("\n10.1.0.9:8080\n", 80),
-        Ok(addr("10.1.0.9:8080"))
+        Ok(weighted("10.1.0.9:8080", 1))
     );
-    assert_eq!(parse_hook_address("10.1.0.9", 80), Ok(addr("10.1.0.9:80")));
+    assert_eq!(
+        parse_hook_address("10.1.0.9", 80),
+        Ok(weighted("10.1.0.9:80", 1))
+    );
+    assert_eq!(
+        parse_hook_address("10.1.0.9:8080@3\n", 80),
+        Ok(weighted("10.1.0.9:8080", 3))
+    );
+    // A port-less answer with a weight still takes the VIP's port.
+    assert_eq!(
+        parse_hook_address("10.1.0.9@2", 80),
+        Ok(weighted("10.1.0.9:80", 2))
+    );
+    for (bad, why) in [
+        (
+            "10.1.0.9:80@20000",
+            "weight 20000 is out of range 1..=10000",
+        ),
+        ("10.1.0.9:80@0", "weight 0 is out of range 1..=10000"),
+        ("10.1.0.9:80@three", "weight \"three\" is not a number"),
+        ("10.1.0.9:80@", "weight \"\" is not a number"),
+    ] {
+        let err = parse_hook_address(bad, 80).unwrap_err();
+        assert_eq!(err, format!("printed {bad:?}: {why}"));
+    }
     assert!(
         parse_hook_address("", 80)
             .unwrap_err()
@@ -373,7 +406,10 @@ async fn hooks_run_with_a_timeout() {
         timeout: Duration::from_secs(5),
     })
     .await;
-    assert_eq!(up, JobResult::ScaleUp(Ok(addr("10.1.0.7:80"))));
+    assert_eq!(
+        up,
+        JobResult::ScaleUp(Ok(WeightedBackend::new(addr("10.1.0.7:80"))))
+    );
     let slow = run_job(Job::ScaleUp {
         vip,
         argv: sh("sleep 5"),
@@ -395,4 +431,171 @@ async fn hooks_run_with_a_timeout() {
             result: Ok(())
         }
     );
+}
+
+/// [`CONFIG`] with standby 10.1.0.3@3 and 10.1.0.4@1, room for 6 units, no tolerance band.
+fn weighted_config() -> String {
+    CONFIG
+        .replace(
+            "standby = [\"10.1.0.3:80\", \"10.1.0.4:80\"]",
+            "standby = [\"10.1.0.3:80@3\", \"10.1.0.4:80@1\"]\ntolerance-percent = 0",
+        )
+        .replace("max = 3", "max = 6")
+        .replace("max-step = 2", "max-step = 4")
+}
+
+#[test]
+fn standby_backends_cover_the_gap_in_weight_and_scale_in_drains_only_what_fits() {
+    let b2 = addr("10.1.0.2:80");
+    let b3 = addr("10.1.0.3:80");
+    let b4 = addr("10.1.0.4:80");
+    let mut rig = Rig::new(&weighted_config());
+    // 15 at 10 per unit: 2 units, a gap of 1: the weight-1 backend, though listed second.
+    rig.load(15);
+    rig.second(true);
+    assert_eq!(
+        rig.states(),
+        [(b2, BackendState::Up), (b4, BackendState::Up)],
+        "a gap of 1 takes the weight-1 backend"
+    );
+    let status = rig.scaler.status(rig.balancer.vip(&rig.vip).ok().as_ref());
+    assert_eq!((status.desired, status.capacity), (2, 2));
+    assert_eq!(status.weights[&b3], 3, "{status:?}");
+
+    // 45: 5 units, a gap of 3: the weight-3 backend, which joins with its weight.
+    rig.load(45);
+    rig.second(true);
+    let status = rig.scaler.status(rig.balancer.vip(&rig.vip).ok().as_ref());
+    assert_eq!(
+        (status.desired, status.capacity, status.serving_capacity),
+        (5, 5, 5)
+    );
+    assert_eq!(status.serving, 3);
+    let info = rig.balancer.vip(&rig.vip).unwrap();
+    let weight = |a| {
+        info.backends
+            .iter()
+            .find(|b| b.spec.addr == a)
+            .unwrap()
+            .spec
+            .weight
+    };
+    assert_eq!((weight(b2), weight(b3), weight(b4)), (1, 3, 1));
+    assert!(
+        status.decisions[1].actions == ["bring in 10.1.0.3:80@3 (standby)"],
+        "{status:?}"
+    );
+
+    // 25: 3 units, a surplus of 2. The weight-3 backend does not fit: the two of weight 1 go.
+    rig.load(25);
+    let fell = rig.now;
+    while rig.scaler.status(None).draining.is_empty() {
+        assert!(rig.now < fell + 10, "no scale-in: {:?}", rig.states());
+        rig.second(true);
+    }
+    let mut draining = rig.scaler.status(None).draining;
+    draining.sort();
+    assert_eq!(draining, [b2, b4], "only what fits in the surplus drains");
+
+    // 5: 1 unit wanted, 3 left in one backend of weight 3: none fits, the pool holds.
+    rig.flows.clear();
+    rig.load(5);
+    for _ in 0..10 {
+        rig.second(true);
+    }
+    assert_eq!(rig.states(), [(b3, BackendState::Up)], "{:?}", rig.states());
+    let status = rig.scaler.status(rig.balancer.vip(&rig.vip).ok().as_ref());
+    assert_eq!((status.desired, status.capacity), (1, 3));
+    assert!(
+        (status.decisions.last().unwrap().actions.iter())
+            .any(|a| a == "hold: no backend fits a surplus of 2"),
+        "{status:?}"
+    );
+    // The weight-1 backends are standby again, with their weights.
+    let saved = rig.scaler.save();
+    assert_eq!(saved.spare.len(), 2, "{saved:?}");
+    assert!(saved.weights.is_empty(), "{saved:?}");
+}
+
+#[test]
+fn spare_weights_survive_a_restart() {
+    let rig = Rig::new(&weighted_config());
+    let info = rig.balancer.vip(&rig.vip).unwrap();
+    let mut saved = rig.scaler.save();
+    assert_eq!(saved.weights, [(addr("10.1.0.3:80"), 3)]);
+    // A backend of the config that was scaled in, with weight 4, is a spare too.
+    saved.spare.push(addr("10.1.0.5:80"));
+    saved.weights.push((addr("10.1.0.5:80"), 4));
+    let mut restarted = VipAutoscaler::new(rig.vip, rig.scaler.config().clone(), &info);
+    restarted.restore(&saved, &info, 100);
+    assert_eq!(restarted.save(), saved);
+    let status = restarted.status(Some(&info));
+    assert_eq!(status.weights[&addr("10.1.0.5:80")], 4, "{status:?}");
+    assert_eq!(status.weights[&addr("10.1.0.4:80")], 1, "{status:?}");
+}
+
+#[test]
+fn scale_up_answers_of_another_vips_backend_or_this_pools_are_refused() {
+    let text = CONFIG
+        .replace("standby = [\"10.1.0.3:80\", \"10.1.0.4:80\"]", "")
+        .replace("max = 3", "max = 6")
+        .replace("max-step = 2", "max-step = 4")
+        + "tolerance-percent = 0\nscale-up = [\"/bin/new\"]\n";
+    let mut rig = Rig::new(&text);
+    let other: Vip = "198.19.0.2:80/tcp".parse().unwrap();
+    let claimed = BTreeMap::from([(addr("10.1.0.8:80"), other)]);
+    rig.load(15);
+    assert_eq!(rig.second(true).len(), 1, "one scale-up for a gap of 1");
+
+    rig.hook_answers("10.1.0.8:80", &claimed);
+    let status = rig.scaler.status(None);
+    assert_eq!(status.scale_up_hook.failures, 1);
+    assert_eq!(
+        status.scale_up_hook.last_error.as_deref(),
+        Some("scale-up answered 10.1.0.8:80, a backend of 198.19.0.2:80/tcp: refused")
+    );
+    assert!(status.provisioning.is_empty());
+
+    // Backoff 1 s, then again; this time the VIP's own backend.
+    assert_eq!(rig.second(true).len(), 1, "asked again");
+    rig.hook_answers("10.1.0.2", &claimed);
+    let status = rig.scaler.status(None);
+    assert_eq!(status.scale_up_hook.failures, 2);
+    assert!(
+        (status.scale_up_hook.last_error.as_deref())
+            .is_some_and(|e| e.contains("10.1.0.2:80, already in the pool: refused")),
+        "{status:?}"
+    );
+    // A bad weight is a failure too.
+    while rig.second(true).is_empty() {
+        assert!(rig.now < 10, "not asked again");
+    }
+    rig.hook_answers("10.1.0.9:80@20000", &claimed);
+    assert_eq!(rig.scaler.status(None).scale_up_hook.failures, 3);
+
+    // Then a good answer, of weight 2: more than the gap, taken as it is.
+    while rig.second(true).is_empty() {
+        assert!(rig.now < 20, "not asked again");
+    }
+    rig.hook_answers("10.1.0.9:80@2", &claimed);
+    rig.second(true);
+    let info = rig.balancer.vip(&rig.vip).unwrap();
+    let b9 = info
+        .backends
+        .iter()
+        .find(|b| b.spec.addr == addr("10.1.0.9:80"));
+    assert_eq!(b9.map(|b| b.spec.weight), Some(2), "{info:?}");
+    let status = rig.scaler.status(Some(&info));
+    assert_eq!((status.capacity, status.scale_up_hook.runs), (3, 4));
+
+    // 45: 5 units, a gap of 2: one run, counted for the weight of the last answer.
+    rig.load(45);
+    let jobs = rig.second(true);
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let status = rig.scaler.status(rig.balancer.vip(&rig.vip).ok().as_ref());
+    assert_eq!(
+        status.decisions.last().unwrap().actions,
+        ["run scale-up x1"]
+    );
+    assert_eq!(status.capacity, 3 + 2, "a running scale-up counts for 2");
 }
