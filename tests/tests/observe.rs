@@ -377,7 +377,32 @@ fn stats_watch_shows_rates_and_zero_resets() {
         .filter_map(|c| c.failure)
         .collect();
     assert!(failures.is_empty(), "{failures:?}");
-    let busy: StatsView = agent.json(&["stats"]);
+    // The held connections are closed by now, but their last packets (the servers' FINs and
+    // the clients' ACKs) come on the servers' own time: wait until the counters stand still,
+    // so that none is counted after the zero.
+    // The namespaces' own link chatter (IPv6 router solicitations, up to three 4 s apart after
+    // a link comes up, MLD reports, ARP and neighbour probes) reaches the program on its own
+    // schedule and is counted as passed non-IP or non-VIP traffic: a packet or two of it may
+    // fall between the zero and the read after it. Every other counter must stand still.
+    const LINK_CHATTER: [&str; 2] = ["pass_non_ip", "pass_non_vip"];
+    let moving = |view: &StatsView| -> Vec<(String, u64)> {
+        (view.counters.iter())
+            .filter(|(name, _)| !LINK_CHATTER.contains(&name.as_str()))
+            .cloned()
+            .collect()
+    };
+    let mut busy: StatsView = agent.json(&["stats"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        thread::sleep(Duration::from_millis(300));
+        let again: StatsView = agent.json(&["stats"]);
+        let settled = moving(&again) == moving(&busy);
+        busy = again;
+        if settled {
+            break;
+        }
+        assert!(Instant::now() < deadline, "traffic still flows: {busy:?}");
+    }
     assert!(busy.vips[0].packets > 0, "{busy:?}");
     assert!(busy.counters.iter().any(|(_, v)| *v > 0), "{busy:?}");
     let zeroed = agent.ok(&["stats", "--zero"]);
@@ -386,11 +411,14 @@ fn stats_watch_shows_rates_and_zero_resets() {
         "{zeroed}"
     );
     let quiet: StatsView = agent.json(&["stats"]);
-    assert!(
-        quiet.counters.iter().all(|(_, v)| *v == 0),
-        "{:?}",
-        quiet.counters
-    );
+    for (name, value) in &quiet.counters {
+        let limit = if LINK_CHATTER.contains(&name.as_str()) {
+            2
+        } else {
+            0
+        };
+        assert!(*value <= limit, "{name} = {value}: {:?}", quiet.counters);
+    }
     assert!(
         quiet.events.iter().all(|(_, v)| *v == 0),
         "{:?}",
