@@ -585,8 +585,16 @@ pub fn settings_changes(now: &Config, new: &Config) -> Vec<Change> {
         .into_iter()
         .filter(|(_, a, b)| a != b)
         .map(|(name, a, b)| format!("{name} {a:?} -> {b:?}"))
+        .chain({
+            let sorry = |v: Option<&VipConfig>| {
+                v.and_then(|v| v.sorry)
+                    .map_or_else(|| "-".to_owned(), |a| a.to_string())
+            };
+            let (a, b) = (sorry(before), sorry(Some(vip)));
+            (a != b).then(|| format!("sorry {a} -> {b}"))
+        })
         .collect();
-        push(format!("notify of {}", vip.vip()), notify);
+        push(format!("hooks of {}", vip.vip()), notify);
     }
     changes
 }
