@@ -266,7 +266,7 @@ fn variants(text: &str, files: &Files) -> Result<Vec<Vec<String>>, String> {
     Ok(all)
 }
 
-/// Files the commands are given.
+/// Files the commands are given; the scratch directory goes on drop.
 struct Files {
     /// A config file that validates: the package's example.
     config: PathBuf,
@@ -274,6 +274,12 @@ struct Files {
     trace: PathBuf,
     /// Where commands may write (the README's `/tmp/...`).
     scratch: PathBuf,
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.scratch);
+    }
 }
 
 /// A value for `token` (after `previous`): placeholders and paths made real, the rest as is.
@@ -459,7 +465,6 @@ fn the_readme_commands_are_found_and_expanded() {
         "198.19.0.1:80/tcp".into(),
         "10.0.0.2:8080".into()
     ]));
-    let _ = fs::remove_dir_all(&files.scratch);
 }
 
 /// Layer one without root: every command that talks to the agent is taken by clap (exit 3,
@@ -520,7 +525,6 @@ fn every_readme_command_parses_and_the_offline_ones_run() {
             path.display()
         );
     }
-    let _ = fs::remove_dir_all(&files.scratch);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
@@ -727,7 +731,6 @@ fn the_readme_run_and_decap_commands_run_in_a_namespace() {
             COMMAND_LIMIT,
         );
     }
-    let _ = fs::remove_dir_all(&files.scratch);
     eprintln!("{runs} run commands, {came_up} agents came up");
     assert!(
         came_up >= 2,
@@ -868,7 +871,6 @@ fn every_readme_subcommand_is_run_by_a_test() {
         .iter()
         .flat_map(|(_, lists)| lists.iter().filter_map(|args| subcommand(args)))
         .collect();
-    let _ = fs::remove_dir_all(&files.scratch);
     let run = subcommands_run_by_tests();
     let mut problems = Vec::new();
     for (key, file, text) in RUN_THROUGH {
@@ -907,7 +909,7 @@ fn synopses_expand_to_their_shortest_and_longest_forms() {
     let files = Files {
         config: "/c.toml".into(),
         trace: "/t.csv".into(),
-        scratch: "/s".into(),
+        scratch: std::env::temp_dir().join(format!("xdplb-readme-{}-unused", std::process::id())),
     };
     let got = variants(
         "xdplb backend add VIP ADDR[:PORT] [--weight W] [--state up|down]",
