@@ -19,6 +19,27 @@ pub fn vip_line(v: &VipView) -> String {
         v.new_flows
     ) + &sources_line(v)
         + &health_line(v)
+        + &hooks_line(v)
+}
+
+/// The VIP's notify commands and sorry backend, if any: `  hooks: notify-down /bin/page; sorry
+/// 10.0.9.2:8080`.
+fn hooks_line(v: &VipView) -> String {
+    let mut parts = Vec::new();
+    if !v.notify_up.is_empty() {
+        parts.push(format!("notify-up {}", v.notify_up.join(" ")));
+    }
+    if !v.notify_down.is_empty() {
+        parts.push(format!("notify-down {}", v.notify_down.join(" ")));
+    }
+    if let Some(sorry) = v.sorry {
+        parts.push(format!("sorry {sorry}"));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("  hooks: {}\n", parts.join("; "))
+    }
 }
 
 /// The VIP's health check, if it has one: `  health: kind http, http-path /healthz, ...`.

@@ -281,6 +281,172 @@ fn the_sorry_backend_takes_new_flows_only_while_every_other_is_down() {
     assert!(agent.log().contains("the sorry backend"), "{}", agent.log());
 }
 
+/// `vip set --sorry` and `--notify-down` on a running agent, without a config file: bad
+/// values are refused naming the flag (exit 2 before the agent is asked, 4 when the agent
+/// refuses) and change nothing; a notify-down command set so runs when a backend fails; a
+/// sorry backend set so takes every new connection once the others are down, and leaves the
+/// tables when removed with `--sorry none`.
+#[test]
+#[ignore = "needs root"]
+fn vip_set_gives_a_sorry_backend_and_notify_commands() {
+    const SORRY: usize = 2;
+    let topo = Topology::new(3).expect("topology");
+    let mut servers = serve(&topo);
+    let mut agent = Agent::new(&topo);
+    let dir = agent.dir.clone();
+    let (b0, b1, sorry) = (backend_addr(0), backend_addr(1), backend_addr(SORRY));
+    agent.start(&[
+        "--vip",
+        VIP,
+        "--backend",
+        &format!("{VIP}={b0}"),
+        "--backend",
+        &format!("{VIP}={b1}"),
+    ]);
+    agent.ok(&[
+        "vip",
+        "set",
+        VIP,
+        "--health",
+        "tcp",
+        "--health-interval",
+        "200ms",
+        "--health-timeout",
+        "100ms",
+        "--health-rise",
+        "2",
+        "--health-fall",
+        "2",
+    ]);
+    let notify_log = dir.join("notify.log");
+    let notify = script(
+        &dir,
+        "notify.sh",
+        &format!(
+            "echo \"$1 $STATE $BACKEND $VIP\" >> {}",
+            notify_log.display()
+        ),
+    );
+    for (args, code, error) in [
+        (
+            vec!["--sorry", "127.0.0.1:80"],
+            2,
+            "--sorry: backend 127.0.0.1:80 cannot be a backend",
+        ),
+        (
+            vec!["--sorry", "[fd00::9]:80"],
+            2,
+            "--sorry: backend [fd00::9]:80 is not of",
+        ),
+        (
+            vec!["--notify-down", " "],
+            2,
+            "--notify-down: the program must not be empty",
+        ),
+        (
+            vec!["--sorry", &b0.to_string(), "--notify-up", "/bin/true"],
+            4,
+            &format!("sorry: {b0} is one of the VIP's backends"),
+        ),
+    ] {
+        let out = agent.cli(&[&["vip", "set", VIP][..], &args].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(error), "{args:?}: {stderr}");
+    }
+    let view: lb_user::api::VipView = agent.json(&["vip", "show", VIP]);
+    assert!(
+        view.sorry.is_none() && view.notify_up.is_empty() && view.notify_down.is_empty(),
+        "a refusal changed nothing: {view:?}"
+    );
+    assert_eq!(view.backends.len(), 2, "{view:?}");
+
+    let command = format!("{} hook", notify.display());
+    agent.ok(&[
+        "vip",
+        "set",
+        VIP,
+        "--sorry",
+        &sorry.to_string(),
+        "--notify-down",
+        &command,
+    ]);
+    let view: lb_user::api::VipView = agent.json(&["vip", "show", VIP]);
+    assert_eq!(view.sorry, Some(sorry));
+    assert_eq!(
+        view.notify_down,
+        [notify.display().to_string(), "hook".into()]
+    );
+    let shown = agent.ok(&["vip", "show", VIP]);
+    assert!(
+        shown.contains(&format!("hooks: notify-down {command}; sorry {sorry}")),
+        "{shown}"
+    );
+    // The audit trail has the change.
+    let audit = format!("change source=api ~ hooks of {VIP}: notify-down [] -> [");
+    assert!(agent.log().contains(&audit), "{}", agent.log());
+    assert!(
+        agent.log().contains(&format!("sorry - -> {sorry}")),
+        "{}",
+        agent.log()
+    );
+    for b in [b0, b1] {
+        agent
+            .wait_for_backend(b, Instant::now(), Duration::from_secs(10), |v| {
+                v.health == Health::Healthy
+            })
+            .unwrap_or_else(|v| panic!("{b} never healthy: {v:?}"));
+    }
+    assert!(
+        !agent.backends().contains_key(&sorry.to_string()),
+        "{:?}",
+        agent.backends()
+    );
+
+    // A backend fails: the notify-down command set through the CLI runs.
+    servers[0] = None;
+    wait_for_line(
+        &notify_log,
+        &format!("hook down {b0} {VIP}"),
+        Duration::from_secs(10),
+    );
+    // Every other backend down: a new connection lands on the sorry backend.
+    servers[1] = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent
+        .backends()
+        .get(&sorry.to_string())
+        .is_none_or(|b| b.state != BackendState::Up)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the sorry backend never took over: {:?}",
+            agent.backends()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let tally = spread(&topo.client, VIP_ADDR, 10, "sorry");
+    assert_eq!(tally.get(&ident(SORRY)), Some(&10), "{tally:?}");
+
+    // Removed: it leaves the tables, and the command is gone.
+    agent.ok(&[
+        "vip",
+        "set",
+        VIP,
+        "--sorry",
+        "none",
+        "--notify-down",
+        "none",
+    ]);
+    let view: lb_user::api::VipView = agent.json(&["vip", "show", VIP]);
+    assert_eq!((view.sorry, view.notify_down.len()), (None, 0), "{view:?}");
+    assert!(
+        !agent.backends().contains_key(&sorry.to_string()),
+        "{:?}",
+        agent.backends()
+    );
+}
+
 /// A Python HTTPS server on a backend, killed when dropped.
 struct HttpsServer(std::process::Child);
 

@@ -91,6 +91,15 @@ pub struct VipView {
     /// The health check of its backends, as `[vip.health]` would give it (`None`: no check).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<config::HealthSettings>,
+    /// `notify-up`: run when a check brings a backend back (empty: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify_up: Vec<String>,
+    /// `notify-down`: run when a check takes a backend down (empty: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify_down: Vec<String>,
+    /// The `sorry` backend: new flows only while no other backend takes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sorry: Option<std::net::SocketAddr>,
 }
 
 /// A backend with its state, load and traffic.
@@ -669,6 +678,7 @@ impl Agent {
                 })
             })
             .collect::<Result<Vec<_>, crate::balancer::Error>>()?;
+        let applied = self.config.vip(&info.vip);
         Ok(VipView {
             vip: info.vip.to_string(),
             address: std::net::SocketAddr::new(info.vip.addr, info.vip.port),
@@ -699,6 +709,9 @@ impl Agent {
                 .map(VipConfig::health)
                 .filter(|check| check.kind != CheckKind::None)
                 .map(config::health_settings),
+            notify_up: applied.map(|v| v.notify_up.clone()).unwrap_or_default(),
+            notify_down: applied.map(|v| v.notify_down.clone()).unwrap_or_default(),
+            sorry: applied.and_then(|v| v.sorry),
         })
     }
 
@@ -916,6 +929,63 @@ impl Agent {
     pub fn remove_vip(&mut self, vip: &Vip) -> Result<(), crate::balancer::Error> {
         self.balancer.remove_vip(vip)?;
         self.config.vips.retain(|v| v.vip() != *vip);
+        Ok(())
+    }
+
+    /// Changes `vip`'s `notify-up` and `notify-down` commands and its `sorry` backend as `vip
+    /// set` asks: each given replaces the VIP's (an empty command or `Some(None)` removes it),
+    /// checked as the config file's are ([`config::check_notify`], [`config::check_sorry`]).
+    /// A sorry backend replaced or removed leaves the tables with the change; the new one
+    /// enters them when [`Agent::change`] syncs it.
+    pub fn set_hooks(
+        &mut self,
+        vip: &Vip,
+        notify_up: Option<Vec<String>>,
+        notify_down: Option<Vec<String>>,
+        sorry: Option<Option<std::net::SocketAddr>>,
+    ) -> Result<(), ApplyError> {
+        let info = self.balancer.vip(vip)?;
+        for (name, argv) in [("notify_up", &notify_up), ("notify_down", &notify_down)] {
+            if let Some(argv) = argv {
+                config::check_notify(argv)
+                    .map_err(|err| ApplyError::Refused(format!("{name}: {err}")))?;
+            }
+        }
+        let current = self.config.vip(vip).and_then(|v| v.sorry);
+        if let Some(Some(new)) = sorry {
+            let own: Vec<_> = info
+                .backends
+                .iter()
+                .map(|b| b.spec.addr)
+                .filter(|&a| Some(a) != current)
+                .collect();
+            config::check_sorry(vip, info.options.forwarding, new, &own)
+                .map_err(|err| ApplyError::Refused(format!("sorry: {err}")))?;
+        }
+        if let Some(wanted) = sorry
+            && let Some(old) = current
+            && wanted != Some(old)
+            && info.backends.iter().any(|b| b.spec.addr == old)
+        {
+            self.balancer.remove_backend(vip, old)?;
+            self.held.remove(&(*vip, old));
+        }
+        let applied = match self.config.vips.iter_mut().position(|v| v.vip() == *vip) {
+            Some(i) => &mut self.config.vips[i],
+            None => {
+                self.config.vips.push(VipConfig::from_info(&info));
+                self.config.vips.last_mut().expect("just pushed")
+            }
+        };
+        if let Some(argv) = notify_up {
+            applied.notify_up = argv;
+        }
+        if let Some(argv) = notify_down {
+            applied.notify_down = argv;
+        }
+        if let Some(sorry) = sorry {
+            applied.sorry = sorry;
+        }
         Ok(())
     }
 

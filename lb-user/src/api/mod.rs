@@ -490,6 +490,14 @@ async fn set_vip(
         .transpose()?;
     let health_path = probe_path(req.health_path.as_deref())?;
     let health = req.health;
+    let (notify_up, notify_down) = (req.notify_up, req.notify_down);
+    let sorry = req
+        .sorry
+        .map(|s| {
+            s.map(|text| parse_backend("sorry", &text, &vip))
+                .transpose()
+        })
+        .transpose()?;
     Ok(Json(
         change(&state, move |agent| {
             let mut options = agent.balancer.vip(&vip)?.options;
@@ -532,6 +540,9 @@ async fn set_vip(
             if let Some(path) = health_path {
                 agent.set_health_path(&vip, path)?;
             }
+            agent.set_hooks(&vip, notify_up.clone(), notify_down.clone(), sorry)?;
+            // The answer shows the sorry backend as the change leaves it.
+            agent.sync_sorry()?;
             vip_view(agent, &agent.balancer.vip(&vip)?)
         })
         .await?,
@@ -608,6 +619,7 @@ async fn set_backend(
     Ok(Json(
         change(&state, move |agent| {
             agent.set_backend(&vip, backend, weight, new_state)?;
+            agent.sync_sorry()?;
             vip_view(agent, &agent.balancer.vip(&vip)?)
         })
         .await?,

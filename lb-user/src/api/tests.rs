@@ -850,3 +850,94 @@ async fn a_vip_takes_and_shows_its_forwarding_mode() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.contains(r#""forwarding":"nat""#), "{body}");
 }
+
+#[tokio::test]
+async fn notify_commands_and_the_sorry_backend_are_set_replaced_and_cleared() {
+    let (shared, dir) = agent("hooks");
+    let (shutdown, _) = watch::channel(Shutdown::Running);
+    let app = router(std::sync::Arc::clone(&shared), shutdown, &Limits::default());
+    let path = "/v1/vips/tcp/198.19.0.1:80";
+    let (status, body) = send(
+        &app,
+        "PATCH",
+        path,
+        r#"{"notify_up": ["/bin/up", "x"], "notify_down": ["/bin/down"], "sorry": "198.18.9.2:8080"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let view: VipView = serde_json::from_str(&body).unwrap();
+    assert_eq!(view.notify_up, ["/bin/up", "x"]);
+    assert_eq!(view.notify_down, ["/bin/down"]);
+    assert_eq!(view.sorry, Some("198.18.9.2:8080".parse().unwrap()));
+    assert_eq!(view.backends.len(), 2, "the sorry backend waits: {body}");
+    let saved = std::fs::read_to_string(dir.join("state.json")).unwrap();
+    assert!(saved.contains("198.18.9.2:8080"), "{saved}");
+
+    // Refused, naming the field, and nothing changed.
+    let before = seen(&shared, &dir);
+    for (body, error) in [
+        (
+            r#"{"sorry": "198.18.1.2:8080"}"#,
+            "sorry: 198.18.1.2:8080 is one of",
+        ),
+        (
+            r#"{"sorry": "[fd00::2]:80"}"#,
+            "sorry: backend [fd00::2]:80 is not of",
+        ),
+        (
+            r#"{"sorry": "127.0.0.1:80"}"#,
+            "sorry: backend 127.0.0.1:80 cannot be",
+        ),
+        (r#"{"sorry": "nowhere"}"#, "sorry: bad backend"),
+        (
+            r#"{"notify_up": ["", "x"]}"#,
+            "notify_up: the program must not be empty",
+        ),
+        (
+            r#"{"notify_down": [], "sorry": "198.18.2.2:8080"}"#,
+            "sorry: 198.18.2.2:8080 is one of",
+        ),
+    ] {
+        let (status, answer) = send(&app, "PATCH", path, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        assert!(answer.contains(error), "{body}: {answer}");
+    }
+    assert_eq!(seen(&shared, &dir), before);
+
+    // Every backend down: the sorry backend takes new flows; replaced, the old one leaves.
+    for b in ["198.18.1.2:8080", "198.18.2.2:8080"] {
+        let (status, body) = send(
+            &app,
+            "PATCH",
+            &format!("{path}/backends/{b}"),
+            r#"{"state": "down"}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let up = |view: &VipView| -> Vec<String> {
+        view.backends
+            .iter()
+            .filter(|b| b.state == BackendState::Up)
+            .map(|b| b.address.to_string())
+            .collect()
+    };
+    let (_, body) = send(&app, "GET", path, "").await;
+    assert_eq!(
+        up(&serde_json::from_str(&body).unwrap()),
+        ["198.18.9.2:8080"]
+    );
+    let (status, body) = send(&app, "PATCH", path, r#"{"sorry": "198.18.9.3"}"#).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let view: VipView = serde_json::from_str(&body).unwrap();
+    assert_eq!(up(&view), ["198.18.9.3:80"], "{body}");
+    assert_eq!(view.backends.len(), 3, "{body}");
+
+    // Cleared: `[]` and `null`; a field left out is kept.
+    let (status, body) = send(&app, "PATCH", path, r#"{"notify_up": [], "sorry": null}"#).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let view: VipView = serde_json::from_str(&body).unwrap();
+    assert!(view.notify_up.is_empty() && view.sorry.is_none(), "{body}");
+    assert_eq!(view.notify_down, ["/bin/down"]);
+    assert_eq!(view.backends.len(), 2, "the sorry backend left: {body}");
+}

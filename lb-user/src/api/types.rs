@@ -165,6 +165,29 @@ pub struct SetVip {
     /// old kind's own fields.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<crate::config::HealthSettings>,
+    /// Replaces the `notify-up` command (program and arguments; `[]` removes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_up: Option<Vec<String>>,
+    /// Replaces the `notify-down` command (`[]` removes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notify_down: Option<Vec<String>>,
+    /// The `sorry` backend, `ADDR:PORT`; `null` removes it.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    pub sorry: Option<Option<String>>,
+}
+
+/// A field that may be given as `null`: `Some(None)`, told apart from a field left out
+/// (`None`, by `#[serde(default)]`).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// `POST /v1/vips/.../backends`.

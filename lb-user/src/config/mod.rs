@@ -497,6 +497,36 @@ pub fn merge_health(
     errors.finish(check)
 }
 
+/// The one copy of a `sorry` backend's checks (`sorry` in the file, `vip set --sorry`, the
+/// API's `sorry`): an address that can be a backend of `vip` forwarded by `forwarding`, as
+/// `backend add` checks one, and none of the VIP's own `backends`.
+pub fn check_sorry(
+    vip: &Vip,
+    forwarding: Forwarding,
+    sorry: SocketAddr,
+    backends: &[SocketAddr],
+) -> Result<(), String> {
+    crate::model::check_backend_addr(vip, sorry).map_err(|err| err.to_string())?;
+    crate::model::check_backend_forwarding(vip, forwarding, sorry)
+        .map_err(|err| err.to_string())?;
+    if backends.contains(&sorry) {
+        return Err(format!("{sorry} is one of the VIP's backends"));
+    }
+    Ok(())
+}
+
+/// The one copy of a `notify-up` or `notify-down` command's check (the file's, `vip set
+/// --notify-up`'s, the API's): a program, then its arguments; an empty list is no command.
+pub fn check_notify(argv: &[String]) -> Result<(), String> {
+    if argv
+        .first()
+        .is_some_and(|program| program.trim().is_empty())
+    {
+        return Err("the program must not be empty: [\"/path/to/program\", \"arg\", ...]".into());
+    }
+    Ok(())
+}
+
 /// The changes of health checks, autoscaling and connection-table timeouts that take the
 /// settings of `now` to those of `new` (VIPs that `new` removes are left out: their removal
 /// says it all).
@@ -555,8 +585,16 @@ pub fn settings_changes(now: &Config, new: &Config) -> Vec<Change> {
         .into_iter()
         .filter(|(_, a, b)| a != b)
         .map(|(name, a, b)| format!("{name} {a:?} -> {b:?}"))
+        .chain({
+            let sorry = |v: Option<&VipConfig>| {
+                v.and_then(|v| v.sorry)
+                    .map_or_else(|| "-".to_owned(), |a| a.to_string())
+            };
+            let (a, b) = (sorry(before), sorry(Some(vip)));
+            (a != b).then(|| format!("sorry {a} -> {b}"))
+        })
         .collect();
-        push(format!("notify of {}", vip.vip()), notify);
+        push(format!("hooks of {}", vip.vip()), notify);
     }
     changes
 }

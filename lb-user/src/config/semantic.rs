@@ -252,29 +252,12 @@ pub(super) fn vip_from_raw(
     };
     let health_prefix = inside(prefix, vip, "health");
     let health = health_from_raw(raw.health, &health_prefix, errors);
-    let sorry = raw.sorry.as_deref().and_then(|text| {
-        let at = inside(prefix, vip, "sorry");
-        match text.parse::<SocketAddr>() {
-            Ok(addr) if raw.backend.iter().any(|b| b.address == text) => {
-                errors.add(at, format!("{addr} is one of the VIP's backends"));
-                None
-            }
-            Ok(addr) => Some(addr),
-            Err(_) => {
-                errors.add(at, format!("{text:?} is not ADDR:PORT"));
-                None
-            }
-        }
-    });
     for (name, argv) in [
         ("notify-up", &raw.notify_up),
         ("notify-down", &raw.notify_down),
     ] {
-        if argv.first().is_some_and(String::is_empty) {
-            errors.add(
-                inside(prefix, vip, name),
-                "the program must not be empty: [\"/path/to/program\", \"arg\", ...]",
-            );
+        if let Err(err) = super::check_notify(argv) {
+            errors.add(inside(prefix, vip, name), err);
         }
     }
     if health.path == ProbePath::Vip && forwarding == Forwarding::Nat {
@@ -324,6 +307,21 @@ pub(super) fn vip_from_raw(
         }
         backends.push(backend);
     }
+    let sorry = raw.sorry.as_deref().and_then(|text| {
+        let at = inside(prefix, vip, "sorry");
+        let Ok(addr) = text.parse::<SocketAddr>() else {
+            errors.add(at, format!("{text:?} is not ADDR:PORT"));
+            return None;
+        };
+        let own: Vec<SocketAddr> = backends.iter().map(|b| b.address).collect();
+        match vip.map(|v| super::check_sorry(&v, forwarding, addr, &own)) {
+            Some(Err(err)) => {
+                errors.add(at, err);
+                None
+            }
+            _ => Some(addr),
+        }
+    });
     let autoscale = raw.autoscale.map(|a| {
         autoscale::from_raw(
             a,

@@ -1290,6 +1290,22 @@ fn health_kinds_and_hooks_are_checked_as_the_file_gives_them() {
     );
     let err = errors(&format!("{vip}sorry = \"nowhere\"\n{backend}"));
     assert!(err.contains("sorry: \"nowhere\" is not ADDR:PORT"), "{err}");
+    // The checks of any backend, shared with `vip set --sorry` (config::check_sorry).
+    let err = errors(&format!("{vip}sorry = \"127.0.0.1:8080\"\n{backend}"));
+    assert!(
+        err.contains("sorry: backend 127.0.0.1:8080 cannot be"),
+        "{err}"
+    );
+    let err = errors(&format!("{vip}sorry = \"[fd00::2]:8080\"\n{backend}"));
+    assert!(
+        err.contains("sorry: backend [fd00::2]:8080 is not of"),
+        "{err}"
+    );
+    let err = errors(&format!(
+        "{vip}forwarding = \"dsr-l2\"\nsorry = \"10.0.9.2:8080\"\n\
+         [[vip.backend]]\naddress = \"10.0.1.2:80\"\n"
+    ));
+    assert!(err.contains("sorry: backend 10.0.9.2:8080 of VIP"), "{err}");
     let err = errors(&format!("{vip}notify-up = [\"\"]\n{backend}"));
     assert!(
         err.contains("notify-up: the program must not be empty"),

@@ -310,12 +310,14 @@ Examples:
         vip: Vip,
     },
     /// Change a VIP's scheduler, ring size, source checks, forwarding mode (tracked flows
-    /// follow a new mode from their next packet) or health check.
-    #[command(
-        after_help = "Examples:\n  xdplb vip set 198.19.0.1:80/tcp --scheduler WLC\n  \
-                            xdplb vip set 198.19.0.1:80/tcp --health http --health-uri /healthz \
-                            --health-interval 2s"
-    )]
+    /// follow a new mode from their next packet), health check, notify commands or sorry
+    /// backend.
+    #[command(after_help = "\
+Examples:
+  xdplb vip set 198.19.0.1:80/tcp --scheduler WLC
+  xdplb vip set 198.19.0.1:80/tcp --health http --health-uri /healthz --health-interval 2s
+  xdplb vip set 198.19.0.1:80/tcp --sorry 10.0.9.2:8080 --notify-down \"/usr/local/bin/page down\"
+  xdplb vip set 198.19.0.1:80/tcp --sorry none --notify-down none")]
     Set {
         /// The VIP: `ADDR:PORT/PROTO`.
         vip: Vip,
@@ -335,6 +337,18 @@ Examples:
         health_path: Option<String>,
         #[command(flatten)]
         health: Box<HealthArgs>,
+        /// Run this command (program and arguments, split on spaces) when a health check
+        /// brings a backend back, with VIP, BACKEND and STATE=up set; `none` removes it.
+        #[arg(long, value_name = "COMMAND")]
+        notify_up: Option<String>,
+        /// Run this command when a health check takes a backend down (STATE=down); `none`
+        /// removes it.
+        #[arg(long, value_name = "COMMAND")]
+        notify_down: Option<String>,
+        /// A backend (`ADDR:PORT`, or `ADDR` for the VIP's port) that takes new flows only
+        /// while no other backend does; `none` removes it.
+        #[arg(long, value_name = "ADDR")]
+        sorry: Option<String>,
     },
     /// List every VIP.
     #[command(after_help = "Example:\n  xdplb vip list -o json")]
@@ -500,6 +514,23 @@ pub struct HealthArgs {
         value_name = "NAME"
     )]
     pub tls_server_name: Option<String>,
+}
+
+/// A `--notify-up`/`--notify-down` value as the API takes it: `none` is no command (`[]`),
+/// anything else a program and its arguments, split on spaces, checked as the config file's.
+pub fn notify_command(flag: &str, text: &str) -> Result<Vec<String>, lb_user::model::BadInput> {
+    if text == "none" {
+        return Ok(Vec::new());
+    }
+    let argv: Vec<String> = text.split_whitespace().map(str::to_owned).collect();
+    if argv.is_empty() {
+        return Err(lb_user::model::BadInput(format!(
+            "--{flag}: the program must not be empty (`--{flag} none` removes the command)"
+        )));
+    }
+    lb_user::config::check_notify(&argv)
+        .map_err(|err| lb_user::model::BadInput(format!("--{flag}: {err}")))?;
+    Ok(argv)
 }
 
 impl HealthArgs {

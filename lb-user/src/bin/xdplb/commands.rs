@@ -178,8 +178,32 @@ pub async fn client_command(
             forwarding,
             health_path,
             health,
+            notify_up,
+            notify_down,
+            sorry,
         }) => {
+            let notify_up = notify_up
+                .map(|text| crate::cli::notify_command("notify-up", &text))
+                .transpose()?;
+            let notify_down = notify_down
+                .map(|text| crate::cli::notify_command("notify-down", &text))
+                .transpose()?;
+            let sorry = match sorry.as_deref() {
+                None => None,
+                Some("none") => Some(None),
+                Some(text) => {
+                    let bad = |err: lb_user::model::Error| {
+                        lb_user::model::BadInput(format!("--sorry: {err}"))
+                    };
+                    let addr = lb_user::model::parse_backend_addr(text, vip.port).map_err(bad)?;
+                    lb_user::model::check_backend_addr(&vip, addr).map_err(bad)?;
+                    Some(Some(addr.to_string()))
+                }
+            };
             let body = request(&api::SetVip {
+                notify_up,
+                notify_down,
+                sorry,
                 health: (*health).settings(),
                 scheduler: scheduler.map(|s| s.name().to_owned()),
                 ring_size,

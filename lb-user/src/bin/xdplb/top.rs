@@ -318,7 +318,12 @@ async fn refresh(endpoint: Endpoint<'_>, view: &mut View, last: &mut Option<(Ins
 
 pub async fn run(endpoint: Endpoint<'_>, interval: f64) -> anyhow::Result<()> {
     let period = Duration::from_secs_f64(interval);
-    let mut terminal = ratatui::try_init()?;
+    // The agent first: if it cannot be reached, that is said on the plain terminal, with its
+    // exit code (3), rather than on a screen that closes at once.
+    call::<StatsView>(endpoint, Method::GET, "/v1/stats", None).await?;
+    let mut terminal = ratatui::try_init().map_err(|err| {
+        anyhow::anyhow!("xdplb top needs a terminal ({err}); `xdplb stats --watch 1` prints frames")
+    })?;
     let result = async {
         let mut view = View {
             stats: None,
