@@ -26,6 +26,7 @@ mod limits;
 pub mod live;
 mod predictive;
 mod rules;
+pub mod schedule;
 mod sim;
 mod target;
 mod trace;
@@ -46,6 +47,7 @@ pub use predictive::{
     Forecaster, HoltWinters, HoltWintersParams, Predictive, PredictiveConfig, Trend,
 };
 pub use rules::{Comparison, RulesPolicy, StepRule};
+pub use schedule::{Bounds, Schedule};
 pub use sim::{SimConfig, SimPoint, SimResult, simulate};
 pub use target::{TargetConfig, TargetTracking};
 pub use trace::{Trace, TraceError};
@@ -88,6 +90,9 @@ pub trait Policy: Send {
     fn forecast(&self) -> Option<f64> {
         None
     }
+    /// Takes the bounds the pool's schedule sets at `now` (`None`: no window in force); called
+    /// before `decide`.
+    fn set_scheduled(&mut self, now: u64, bounds: Option<Bounds>);
 }
 
 /// The policies by name, as the CLI and configs spell them.
