@@ -504,3 +504,82 @@ fn tolerance_band_cuts_target_tracking_churn() {
         exact.time_above_target_s
     );
 }
+
+/// The sale week's second 0 in the README and the schedule example: a Monday, so that the
+/// sale runs on Wednesday 2026-03-04 from 21:00 to 22:30 UTC.
+const SALE_WEEK_EPOCH: &str = "2026-03-02T00:00:00Z";
+
+/// `examples/schedules/sale-week.toml`, for a pool of 1..=1000 with 300 s provisioning.
+fn sale_schedule() -> Schedule {
+    let text = std::fs::read_to_string(repo_file("examples/schedules/sale-week.toml"))
+        .expect("reading the schedule");
+    crate::config::schedule_from_toml(&text, (1, 1000), std::time::Duration::from_secs(300))
+        .expect("a valid schedule")
+}
+
+fn sale_week_config(schedule: Schedule) -> SimConfig {
+    SimConfig {
+        schedule,
+        epoch: schedule::parse_time(SALE_WEEK_EPOCH).expect("epoch"),
+        ..diurnal_config()
+    }
+}
+
+#[test]
+fn the_sale_schedule_covers_the_sale() {
+    let epoch = schedule::parse_time(SALE_WEEK_EPOCH).expect("epoch");
+    let schedule = sale_schedule();
+    let [window] = &schedule.windows[..] else {
+        panic!("one window");
+    };
+    let (start, length) = traces::SALE_WEEK_SALE;
+    assert_eq!(
+        window.when,
+        schedule::When::Once {
+            start: epoch + start as i64,
+            end: epoch + (start + length) as i64
+        }
+    );
+    assert_eq!(window.lead_s, 300, "the provisioning delay by default");
+}
+
+#[test]
+fn a_schedule_covering_the_sale_cuts_time_above_target_during_it() {
+    let trace = Trace::load(&repo_file("examples/traces/sale-week.csv")).expect("trace");
+    let (start, length) = traces::SALE_WEEK_SALE;
+    for kind in [PolicyKind::Target, PolicyKind::Predictive] {
+        let without = &run_policies(&trace, &[kind], &sale_week_config(Schedule::default()))[0];
+        let with = &run_policies(&trace, &[kind], &sale_week_config(sale_schedule()))[0];
+        let (a, b) = (
+            without.above_target_between(start, start + length),
+            with.above_target_between(start, start + length),
+        );
+        let cost = with.backend_minutes / without.backend_minutes;
+        eprintln!(
+            "{kind}: above target during the sale {a}s without the schedule, {b}s with it \
+             ({:.0}% less); {:+.1}% backend-minutes\n  {}\n  {}",
+            100.0 * (1.0 - b as f64 / a.max(1) as f64),
+            100.0 * (cost - 1.0),
+            without.summary(),
+            with.summary(),
+        );
+        assert!(a > 0, "{kind}: never above target without the schedule");
+        assert!(b * 5 <= a, "{kind}: {b}s with the schedule vs {a}s without");
+        // Provisioned before the window: serving 220 at its start.
+        let at = |r: &SimResult, t: u64| r.points.iter().find(|p| p.t == t).expect("point").serving;
+        assert!(
+            at(with, start) >= 220,
+            "{kind}: {} serving at the start",
+            at(with, start)
+        );
+        assert!(at(with, start - 600) < 100, "{kind}: not before the lead");
+        // Back down after it: an hour after the end, as without the schedule.
+        let later = start + length + 3600;
+        assert!(
+            at(with, later) <= at(without, later) + 2,
+            "{kind}: {} backends an hour after the sale, {} without the schedule",
+            at(with, later),
+            at(without, later)
+        );
+    }
+}
