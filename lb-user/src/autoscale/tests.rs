@@ -583,3 +583,56 @@ fn a_schedule_covering_the_sale_cuts_time_above_target_during_it() {
         );
     }
 }
+
+#[test]
+fn sale_week_chart_renders() {
+    let trace = Trace::load(&repo_file("examples/traces/sale-week.csv")).expect("trace");
+    let kinds = [PolicyKind::Target, PolicyKind::Predictive];
+    let mut results = run_policies(&trace, &kinds, &sale_week_config(Schedule::default()));
+    let mut scheduled = run_policies(
+        &trace,
+        &[PolicyKind::Predictive],
+        &sale_week_config(sale_schedule()),
+    );
+    scheduled[0].policy = "predictive + schedule".into();
+    results.append(&mut scheduled);
+    let refs: Vec<&SimResult> = results.iter().collect();
+    let (start, length) = traces::SALE_WEEK_SALE;
+    let options = ChartOptions {
+        windows: vec![(start, start + length, "schedule \"sale\": min 220".into())],
+        backends: false,
+        zoom: Some((
+            start - 2 * 3600,
+            start + length + 2 * 3600,
+            "day 3 (Wed 2026-03-04), 19:00 to 00:30 UTC: target and predictive (one line) lag the \
+             sale; with the schedule, the capacity is there at 21:00"
+                .into(),
+        )),
+        days: true,
+        ..ChartOptions::new(
+            "sale-week.csv: load and capacity, 500/backend, 300 s provisioning (the sale's window \
+             shaded)",
+        )
+    };
+    let svg = chart(&refs, &options);
+    if std::env::var_os("XDPLB_WRITE_CHART").is_some() {
+        std::fs::write(repo_file("docs/autoscale-sale-week.svg"), &svg).expect("writing the chart");
+    }
+    // Two panels of load and three capacities each, the window shaded in both.
+    assert_eq!(svg.matches("<polyline").count(), 8);
+    assert_eq!(
+        svg.matches("fill=\"#f2c14e\"").count(),
+        3,
+        "two panels and the legend"
+    );
+    for label in ["day 1", "day 7", "21:00", "predictive + schedule capacity<"] {
+        assert!(svg.contains(&format!(">{label}")), "{label:?} missing");
+    }
+    assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
+    let shipped =
+        std::fs::read_to_string(repo_file("docs/autoscale-sale-week.svg")).expect("the chart");
+    assert!(
+        shipped == svg,
+        "docs/autoscale-sale-week.svg differs: XDPLB_WRITE_CHART=1 rewrites it"
+    );
+}
