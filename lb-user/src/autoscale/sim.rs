@@ -166,13 +166,19 @@ pub fn simulate(trace: &Trace, policy: &mut dyn Policy, config: &SimConfig) -> S
         above_spans: Vec::new(),
     };
     let max = config.max.max(config.min);
+    // The schedule as one-off windows over the trace, read again only when it can change.
+    let unix = |t: u64| config.epoch.saturating_add_unsigned(t);
+    let (schedule, edges) = config.schedule.expand(unix(start), unix(end) + 1, 100_000);
+    let mut next_edge = 0;
     let mut backend_seconds: u64 = 0;
     for t in start..=end {
         let load = trace.at(t);
         history.push(t, load);
-        if !config.schedule.is_empty() {
-            let unix = config.epoch.saturating_add_unsigned(t);
-            let bounds = config.schedule.bounds(unix, config.min, max);
+        if !schedule.is_empty() && (t == start || edges.get(next_edge) == Some(&unix(t))) {
+            while edges.get(next_edge).is_some_and(|&e| e <= unix(t)) {
+                next_edge += 1;
+            }
+            let bounds = schedule.bounds(unix(t), config.min, max);
             policy.set_scheduled(t, Some(bounds));
         }
         let current = serving + provisioning.len() as u32;

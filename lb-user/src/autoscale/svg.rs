@@ -165,7 +165,11 @@ fn panel(s: &mut String, results: &[&SimResult], options: &ChartOptions, p: &Pan
                 s,
                 r##"<line x1="{px:.1}" y1="{top}" x2="{px:.1}" y2="{:.1}" stroke="{}"/><text x="{px:.1}" y="{:.1}" text-anchor="middle"{}>{}</text>"##,
                 top + plot_h,
-                if t.is_multiple_of(86_400) { "#ccc" } else { "#eee" },
+                if t.is_multiple_of(86_400) {
+                    "#ccc"
+                } else {
+                    "#eee"
+                },
                 top + plot_h + 18.0,
                 if t.is_multiple_of(86_400) {
                     r#" font-weight="bold""#
