@@ -38,9 +38,14 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub max: u32,
     /// Scheduled capacity: a TOML file of `[[schedule]]` entries shaped like
-    /// `[[vip.autoscale.schedule]]` (their lead defaults to the provisioning delay).
+    /// `[[vip.autoscale.schedule]]` (their lead defaults to the provisioning delay), or an
+    /// xdplb config, whose autoscaled VIP's windows are taken.
     #[arg(long, value_name = "FILE")]
     pub schedule: Option<PathBuf>,
+    /// With a config as --schedule: the VIP (`ADDR:PORT/PROTO`) whose windows to take, when it
+    /// has several autoscaled VIPs.
+    #[arg(long, value_name = "VIP", requires = "schedule")]
+    pub vip: Option<String>,
     /// The time of the trace's timestamp 0 (RFC 3339), for the schedule's times. The default
     /// reads the timestamps as unix seconds; the shipped traces count from 0.
     #[arg(long, default_value = "1970-01-01T00:00:00Z", value_name = "TIME")]
@@ -92,10 +97,11 @@ pub fn simulate_command(args: &SimulateArgs, json: bool) -> anyhow::Result<()> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading {}", path.display()))?;
-            crate::config::schedule_from_toml(
+            read_schedule(
                 &text,
+                args.vip.as_deref(),
                 (args.min, args.max),
-                std::time::Duration::from_secs(args.provisioning_delay),
+                args.provisioning_delay,
             )
             .with_context(|| format!("in {}", path.display()))?
         }
@@ -147,6 +153,40 @@ pub fn simulate_command(args: &SimulateArgs, json: bool) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// The schedule of `--schedule`'s text: `[[schedule]]` entries for a pool of `bounds` (their
+/// lead defaulting to `provisioning_delay_s`), or, in an xdplb config (it has `[[vip]]`), the
+/// windows of its autoscaled VIP (`vip`, or the only one).
+pub fn read_schedule(
+    text: &str,
+    vip: Option<&str>,
+    bounds: (u32, u32),
+    provisioning_delay_s: u64,
+) -> anyhow::Result<Schedule> {
+    let is_config = text
+        .parse::<toml::Table>()
+        .is_ok_and(|t| t.contains_key("vip"));
+    if !is_config {
+        return Ok(crate::config::schedule_from_toml(
+            text,
+            bounds,
+            std::time::Duration::from_secs(provisioning_delay_s),
+        )?);
+    }
+    let config = crate::config::Config::parse(text)?;
+    let autoscaled: Vec<_> = (config.vips.iter())
+        .filter(|v| vip.is_none_or(|want| v.vip().to_string() == want))
+        .filter_map(|v| v.autoscale.as_ref())
+        .collect();
+    match &autoscaled[..] {
+        [one] => Ok(one.schedule.clone()),
+        [] => anyhow::bail!(
+            "no autoscaled VIP{}",
+            vip.map_or(String::new(), |v| format!(" {v}"))
+        ),
+        _ => anyhow::bail!("several autoscaled VIPs: pick one with --vip ADDR:PORT/PROTO"),
+    }
 }
 
 /// The schedule's occurrences that meet the trace, at most 1000.

@@ -526,6 +526,36 @@ fn sale_week_config(schedule: Schedule) -> SimConfig {
 }
 
 #[test]
+fn the_simulator_takes_a_schedule_file_or_a_configs_vip() {
+    let file = std::fs::read_to_string(repo_file("examples/schedules/sale-week.toml"))
+        .expect("reading the schedule");
+    let from_file = cli::read_schedule(&file, None, (1, 1000), 300).expect("a schedule");
+    assert_eq!(from_file, sale_schedule());
+    let vip = |addr: &str, window: &str| {
+        format!(
+            "[[vip]]\naddress = \"{addr}\"\nprotocol = \"tcp\"\n[[vip.backend]]\n\
+             address = \"10.1.0.2:80\"\n[vip.autoscale]\ntarget-per-backend = 500\nmax = 300\n\
+             provision-timeout = \"5m\"\n[[vip.autoscale.schedule]]\nname = \"{window}\"\n\
+             start = \"2026-03-04T21:00:00Z\"\nend = \"2026-03-04T22:30:00Z\"\nmin = 220\n"
+        )
+    };
+    let one = vip("198.19.0.1:80", "sale");
+    let from_config = cli::read_schedule(&one, None, (1, 1000), 60).expect("a schedule");
+    assert_eq!(from_config, sale_schedule(), "the VIP's windows, lead 5m");
+    let two = format!("{one}{}", vip("198.19.0.2:80", "other"));
+    let e = cli::read_schedule(&two, None, (1, 1000), 60).unwrap_err();
+    assert!(e.to_string().contains("pick one with --vip"), "{e}");
+    let picked = cli::read_schedule(&two, Some("198.19.0.2:80/tcp"), (1, 1000), 60).unwrap();
+    assert_eq!(picked.windows[0].name, "other");
+    let e = cli::read_schedule(&two, Some("198.19.0.3:80/tcp"), (1, 1000), 60).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("no autoscaled VIP 198.19.0.3:80/tcp"),
+        "{e}"
+    );
+}
+
+#[test]
 fn the_sale_schedule_covers_the_sale() {
     let epoch = schedule::parse_time(SALE_WEEK_EPOCH).expect("epoch");
     let schedule = sale_schedule();
