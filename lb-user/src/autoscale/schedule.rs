@@ -1,7 +1,7 @@
 //! Scheduled capacity: windows of time that raise a pool's minimum or cap its maximum.
 //!
-//! A window is one-off (`start`, `end`) or recurring (a cron expression, matched in UTC, and a
-//! `duration`). Its `min` holds from `lead` before each start until the end, so that the
+//! A window is one-off (`start`, `end`) or recurring (a cron expression, matched in UTC or a
+//! named time zone, and a `duration`). Its `min` holds from `lead` before each start until the end, so that the
 //! backends are serving when the window opens; its `max` holds from the start to the end.
 //! Times are unix seconds (UTC); [`Schedule::bounds`] gives a pool's effective minimum and
 //! maximum at a time: the highest minimum and the lowest cap of the windows in force, never
@@ -25,12 +25,14 @@ pub const CONFLICT_HORIZON_S: i64 = 366 * 86_400;
 pub enum When {
     /// Once, from `start` to `end` (unix seconds, end excluded).
     Once { start: i64, end: i64 },
-    /// From each time the cron expression matches (UTC), for `duration_s`.
+    /// From each time the cron expression matches (in `tz`, UTC by default), for
+    /// `duration_s`.
     Every {
         cron: Box<Cron>,
         /// The expression as written.
         expression: String,
         duration_s: u64,
+        tz: TimeZone,
     },
 }
 
@@ -65,10 +67,10 @@ pub fn format_time(t: i64) -> String {
     Timestamp::from_second(t).map_or_else(|_| t.to_string(), |ts| ts.to_string())
 }
 
-fn zoned(t: i64) -> Option<Zoned> {
+fn zoned(t: i64, tz: &TimeZone) -> Option<Zoned> {
     Timestamp::from_second(t)
         .ok()
-        .map(|ts| ts.to_zoned(TimeZone::UTC))
+        .map(|ts| ts.to_zoned(tz.clone()))
 }
 
 /// One occurrence of a window: what `autoscale status` shows.
@@ -124,12 +126,15 @@ impl Window {
                 (o.provision_from <= t && t < o.end).then_some(o)
             }
             When::Every {
-                cron, duration_s, ..
+                cron,
+                duration_s,
+                tz,
+                ..
             } => {
                 // The latest start at or before t + lead: later occurrences have not begun
                 // provisioning, and if this one has ended, so have the earlier ones (same
                 // duration).
-                let probe = zoned(t.saturating_add_unsigned(self.lead_s))?;
+                let probe = zoned(t.saturating_add_unsigned(self.lead_s), tz)?;
                 let start = cron.find_previous_occurrence(&probe, true).ok()?;
                 let start = start.timestamp().as_second();
                 let o = self.occurrence(start, start.saturating_add_unsigned(*duration_s));
@@ -143,9 +148,12 @@ impl Window {
         match &self.when {
             When::Once { start, end } => (*start > t).then(|| self.occurrence(*start, *end)),
             When::Every {
-                cron, duration_s, ..
+                cron,
+                duration_s,
+                tz,
+                ..
             } => {
-                let start = cron.find_next_occurrence(&zoned(t)?, false).ok()?;
+                let start = cron.find_next_occurrence(&zoned(t, tz)?, false).ok()?;
                 let start = start.timestamp().as_second();
                 Some(self.occurrence(start, start.saturating_add_unsigned(*duration_s)))
             }
@@ -339,6 +347,7 @@ mod tests {
                 cron: Box::new(parse_cron(cron).unwrap()),
                 expression: cron.into(),
                 duration_s,
+                tz: TimeZone::UTC,
             },
             min,
             max: None,
@@ -414,6 +423,32 @@ mod tests {
     }
 
     #[test]
+    fn a_cron_window_can_follow_a_time_zone() {
+        let paris = TimeZone::get("Europe/Paris").expect("the system's time zone database");
+        let w = Window {
+            when: When::Every {
+                cron: Box::new(parse_cron("0 21 * * *").unwrap()),
+                expression: "0 21 * * *".into(),
+                duration_s: 3600,
+                tz: paris,
+            },
+            ..every("evening", "0 21 * * *", 3600, Some(5))
+        };
+        // 21:00 in Paris: 20:00 UTC in winter, 19:00 UTC in summer.
+        let winter = parse_time("2026-03-04T00:00:00Z").unwrap();
+        assert_eq!(
+            w.next_after(winter).map(|o| format_time(o.start)),
+            Some("2026-03-04T20:00:00Z".into())
+        );
+        let summer = parse_time("2026-07-01T00:00:00Z").unwrap();
+        assert_eq!(
+            w.next_after(summer).map(|o| format_time(o.start)),
+            Some("2026-07-01T19:00:00Z".into())
+        );
+        assert!(w.around(summer + 19 * H - 600).is_some(), "from its lead");
+    }
+
+    #[test]
     fn occurrences_list_every_start_in_a_range() {
         let w = every("hourly", "0 * * * *", 600, Some(2));
         let starts: Vec<_> = w
@@ -468,7 +503,7 @@ mod tests {
         ]);
         let found = s.conflicts(0);
         assert_eq!(found.len(), 1);
-        let t = zoned(found[0].2).unwrap();
+        let t = zoned(found[0].2, &TimeZone::UTC).unwrap();
         assert_eq!((t.day(), t.weekday()), (1, jiff::civil::Weekday::Friday));
         // Min below the other's max: no conflict whatever the overlap.
         let s = Schedule::new(vec![

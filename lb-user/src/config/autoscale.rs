@@ -41,6 +41,7 @@
 //! end = "2026-03-04T22:45:00Z"
 //! # cron = "0 21 * * FRI"           # or a recurring one: a cron expression and a duration
 //! # duration = "2h"
+//! # timezone = "Europe/Paris"       # the cron's time zone (IANA name; default UTC)
 //! min = 20                          # the pool's minimum during the window, and/or
 //! # max = 4                         #   its maximum
 //! lead = "10m"                      # min holds from this long before each start
@@ -49,6 +50,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use jiff::tz::TimeZone;
 use lb_common::maps::MAX_BACKENDS;
 use serde::{Deserialize, Serialize};
 
@@ -138,6 +140,8 @@ pub(super) struct RawWindow {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     duration: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    timezone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     min: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     max: Option<i64>,
@@ -180,6 +184,12 @@ fn schedule_from_raw(
         }
         let when = match (w.start, w.end, w.cron, w.duration) {
             (Some(start), Some(end), None, None) => {
+                if w.timezone.is_some() {
+                    errors.add(
+                        path("timezone"),
+                        "only for cron windows (start and end carry their offsets)",
+                    );
+                }
                 let parsed = |name: &str, text: &str, errors: &mut Errors| {
                     parse_time(text).map_err(|e| errors.add(path(name), e)).ok()
                 };
@@ -199,11 +209,21 @@ fn schedule_from_raw(
                     .map_err(|e| errors.add(path("cron"), format!("{expression:?}: {e}")))
                     .ok();
                 let duration = errors.duration(&path("duration"), &duration);
-                cron.zip(duration).map(|(cron, d)| When::Every {
-                    cron: Box::new(cron),
-                    expression,
-                    duration_s: d.as_secs(),
-                })
+                let tz = match w.timezone.as_deref() {
+                    None => Some(TimeZone::UTC),
+                    Some(name) => TimeZone::get(name)
+                        .map_err(|e| errors.add(path("timezone"), format!("{name:?}: {e}")))
+                        .ok(),
+                };
+                match (cron, duration, tz) {
+                    (Some(cron), Some(d), Some(tz)) => Some(When::Every {
+                        cron: Box::new(cron),
+                        expression,
+                        duration_s: d.as_secs(),
+                        tz,
+                    }),
+                    _ => None,
+                }
             }
             _ => {
                 errors.add(
@@ -291,22 +311,27 @@ pub fn schedule_from_toml(
 
 impl From<&Window> for RawWindow {
     fn from(w: &Window) -> Self {
-        let (start, end, cron, duration) = match &w.when {
+        let (start, end, cron, duration, timezone) = match &w.when {
             When::Once { start, end } => (
                 Some(format_time(*start)),
                 Some(format_time(*end)),
+                None,
                 None,
                 None,
             ),
             When::Every {
                 expression,
                 duration_s,
+                tz,
                 ..
             } => (
                 None,
                 None,
                 Some(expression.clone()),
                 Some(format_duration(Duration::from_secs(*duration_s))),
+                tz.iana_name()
+                    .filter(|_| *tz != TimeZone::UTC)
+                    .map(str::to_owned),
             ),
         };
         RawWindow {
@@ -315,6 +340,7 @@ impl From<&Window> for RawWindow {
             end,
             cron,
             duration,
+            timezone,
             min: w.min.map(i64::from),
             max: w.max.map(i64::from),
             lead: Some(format_duration(Duration::from_secs(w.lead_s))),
@@ -765,7 +791,7 @@ mod tests {
              [[vip.autoscale.schedule]]\nname = \"sale\"\nstart = \"2026-03-04T21:00:00Z\"\n\
              end = \"2026-03-04T22:30:00+00:00\"\nmin = 20\n\
              [[vip.autoscale.schedule]]\ncron = \"0 1 * * *\"\nduration = \"5h\"\nmax = 4\n\
-             lead = \"0s\"\n"
+             lead = \"0s\"\ntimezone = \"Europe/Paris\"\n"
         );
         let config = Config::parse(&text).unwrap();
         let a = config.vips[0].autoscale.as_ref().unwrap();
@@ -803,7 +829,7 @@ mod tests {
              [[vip.autoscale.schedule]]\nstart = \"2026-03-04T21:00:00Z\"\nduration = \"1h\"\n\
              max = 1\n\
              [[vip.autoscale.schedule]]\ncron = \"0 * * * *\"\nduration = \"1h\"\n\
-             min = 6\nmax = 5\nlead = \"soon\"\n\
+             min = 6\nmax = 5\nlead = \"soon\"\ntimezone = \"Mars/Olympus\"\n\
              [[vip.autoscale.schedule]]\nname = \"idle\"\ncron = \"0 * * * *\"\nduration = \"1m\"\n",
         )
         .join("\n");
@@ -817,6 +843,7 @@ mod tests {
             "autoscale.schedule[3].max: 1 is below the pool's min (2)",
             "autoscale.schedule[4].min: 6 is above the window's max (5)",
             "autoscale.schedule[4].lead: ",
+            "autoscale.schedule[4].timezone: \"Mars/Olympus\": ",
             "autoscale.schedule[5]: needs min, max or both",
         ] {
             assert!(e.contains(expected), "{expected:?} not in:\n{e}");
