@@ -382,7 +382,7 @@ fn autoscale(agent: &Agent, registry: &mut Registry) {
     let schedule_min = gauge_family(
         registry,
         "autoscale_schedule_min_backends",
-        "The pool's minimum now, raised by schedule windows (VIPs with a schedule)",
+        "The pool's minimum now, in units of weight, raised by schedule windows (VIPs with a schedule)",
     );
     let hook_runs = counter_family(registry, "autoscale_hook_runs", "Hook runs by hook");
     let hook_failures = counter_family(
