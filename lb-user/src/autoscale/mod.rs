@@ -15,6 +15,10 @@
 //! Scale-in is always "drain first": a decision to go from 10 to 9 backends asks the agent to
 //! drain one backend and remove it once drained.
 //!
+//! A pool's [`Schedule`] raises its minimum or caps its maximum over windows of time (one-off
+//! or cron); the caller reads it each second and hands the bounds to the policy
+//! ([`Policy::set_scheduled`]), whose [`Limiter`] holds its decisions to them.
+//!
 //! [`simulate`] replays a [`Trace`] against a policy, modelling provisioning and drain delays,
 //! and reports time above target, backend-minutes and scaling actions; [`svg::chart`] draws the
 //! result.
