@@ -379,6 +379,11 @@ fn autoscale(agent: &Agent, registry: &mut Registry) {
         "autoscale_decisions",
         "Scaling decisions by direction (out, in)",
     );
+    let schedule_min = gauge_family(
+        registry,
+        "autoscale_schedule_min_backends",
+        "The pool's minimum now, in units of weight, raised by schedule windows (VIPs with a schedule)",
+    );
     let hook_runs = counter_family(registry, "autoscale_hook_runs", "Hook runs by hook");
     let hook_failures = counter_family(
         registry,
@@ -403,6 +408,9 @@ fn autoscale(agent: &Agent, registry: &mut Registry) {
             capacity
                 .get_or_create(&with("state", state))
                 .set(i64::from(units));
+        }
+        if let Some(sc) = &s.schedule {
+            schedule_min.get_or_create(&labels).set(i64::from(sc.min));
         }
         for (state, n) in [
             ("in-rotation", s.serving as usize),

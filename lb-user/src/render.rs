@@ -164,6 +164,16 @@ pub fn autoscale_lines(s: &AutoscaleStatus) -> String {
     out += &format!("  draining      {}\n", addrs(&s.draining));
     out += &format!("  standby       {}\n", addrs(&s.standby));
     out += &format!("  reason        {}\n", s.reason);
+    if let Some(sc) = &s.schedule {
+        out += &format!("  schedule      now {}..={} backends\n", sc.min, sc.max);
+        for o in &sc.active {
+            out += &format!("    active      {o}\n");
+        }
+        match &sc.next {
+            Some(o) => out += &format!("    next        {o}\n"),
+            None => out += "    next        -\n",
+        }
+    }
     for (name, h) in [
         ("scale-up", &s.scale_up_hook),
         ("scale-down", &s.scale_down_hook),

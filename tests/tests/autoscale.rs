@@ -574,3 +574,141 @@ fn autoscaling_dry_run_decides_reports_and_changes_nothing() {
     drop(held);
     agent.stop(true);
 }
+
+/// Unix seconds now.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64
+}
+
+#[test]
+#[ignore = "needs root"]
+fn a_schedule_window_brings_standby_in_before_it_opens_and_drains_them_after() {
+    const METRICS: &str = "127.0.0.1:9466";
+    let topo = Topology::new(3).expect("topology");
+    offload_off(&topo);
+    let _servers = serve(&topo);
+    let mut agent = Agent::new(&topo);
+    // A window opening 30 s from now for 10 s, its minimum of 3 held from 15 s before (the
+    // agent has those 15 s to start).
+    let start = unix_now() + 30;
+    let end = start + 10;
+    let time = lb_user::autoscale::schedule::format_time;
+    let config = agent.file(
+        "autoscale.toml",
+        &autoscale_config(
+            &[0],
+            &format!(
+                "max = 3\nstandby = [\"{}\", \"{}\"]\n[[vip.autoscale.schedule]]\n\
+                 name = \"sale\"\nstart = \"{}\"\nend = \"{}\"\nmin = 3\nlead = \"15s\"\n",
+                backend_addr(1),
+                backend_addr(2),
+                time(start),
+                time(end),
+            ),
+        ),
+    );
+    agent.start(&[
+        "--config",
+        config.to_str().expect("UTF-8 path"),
+        "--metrics",
+        METRICS,
+    ]);
+    let status = agent.autoscale();
+    let schedule = status.schedule.clone().expect("a schedule in the status");
+    assert!(unix_now() < start - 15, "the agent took too long to start");
+    assert_eq!(status.serving, 1, "{status:#?}");
+    assert!(schedule.active.is_empty(), "{schedule:#?}");
+    assert_eq!(
+        schedule
+            .next
+            .as_ref()
+            .map(|o| (o.name.as_str(), o.start, o.min)),
+        Some(("sale", start, Some(3)))
+    );
+
+    // No load at all: the standby backends join for the window, before it opens.
+    wait_for_pool(&agent, "the standby backends join in the lead", |s| {
+        count_state(s, "up") == 3
+    });
+    assert!(unix_now() >= start - 15, "joined before the lead");
+    let status = agent.autoscale();
+    assert!(
+        status
+            .decisions
+            .last()
+            .is_some_and(|d| d.reason == "schedule \"sale\": min 3"),
+        "{status:#?}"
+    );
+    // They take real connections: hold (bounded) two on b0 and one on each of b1 and b2.
+    let want = |who: &String| if *who == ident(0) { 2 } else { 1 };
+    let mut kept: Vec<(Conn, String)> = Vec::new();
+    for _ in 0..10 {
+        for (conn, ident) in hold(&topo.client, VIP_ADDR, 4) {
+            if kept.iter().filter(|(_, i)| *i == ident).count() < want(&ident) {
+                kept.push((conn, ident));
+            }
+        }
+        if kept.len() == 4 {
+            break;
+        }
+    }
+    let idents: Vec<&String> = kept.iter().map(|(_, i)| i).collect();
+    assert_eq!(kept.len(), 4, "connections on every backend: {idents:?}");
+    assert!(unix_now() < start, "all this before the window opens");
+    let metrics = scrape_metrics(&topo.gateway, METRICS);
+    assert_eq!(
+        sample(
+            &metrics,
+            "xdplb_autoscale_schedule_min_backends",
+            &format!("vip=\"{VIP}\"")
+        ),
+        Some(3.0),
+        "{metrics}"
+    );
+    let text = agent.ok(&["autoscale", "status"]);
+    assert!(text.contains("schedule      now 3..=3 backends"), "{text}");
+    assert!(text.contains("active      \"sale\""), "{text}");
+
+    // After the end: 4 connections need one backend at 4 each. The two with the fewest flows
+    // drain (b1 and b2, one held connection each), their connections keep working, then they
+    // leave once those close.
+    thread::sleep(Duration::from_secs(
+        u64::try_from(end - unix_now()).unwrap_or(0),
+    ));
+    assert_eq!(
+        count_state(&backend_states(&agent), "up"),
+        3,
+        "kept to the end"
+    );
+    wait_for_pool(&agent, "b1 and b2 drain after the window", |s| {
+        count_state(s, "up") == 1 && count_state(s, "draining") == 2
+    });
+    assert!(unix_now() >= end, "drained only after the end");
+    for (conn, ident) in &mut kept {
+        let answer = conn
+            .ask("still there?")
+            .unwrap_or_else(|err| panic!("a held connection to {ident} broke: {err:#}"));
+        assert_eq!(&answer, ident, "a held connection moved");
+    }
+    let (on_b0, on_standby): (Vec<_>, Vec<_>) = kept.into_iter().partition(|(_, i)| *i == ident(0));
+    drop(on_standby);
+    wait_for_pool(&agent, "the drained backends leave", |s| s.len() == 1);
+    assert_eq!(
+        backend_states(&agent)
+            .get(&backend_addr(0).to_string())
+            .map(String::as_str),
+        Some("up")
+    );
+    let status = agent.autoscale();
+    assert_eq!(status.standby.len(), 2, "{status:#?}");
+    let schedule = status.schedule.expect("a schedule in the status");
+    assert!(
+        schedule.active.is_empty() && schedule.next.is_none(),
+        "{schedule:#?}"
+    );
+    drop(on_b0);
+    agent.stop(true);
+}

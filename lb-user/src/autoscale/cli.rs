@@ -6,7 +6,8 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::{
-    Limits, PolicyKind, SimConfig, SimResult, Trace,
+    Limits, PolicyKind, Schedule, SimConfig, SimResult, Trace,
+    schedule::{Occurrence, parse_time},
     sim::points_csv,
     simulate,
     svg::{ChartOptions, chart},
@@ -36,6 +37,19 @@ pub struct SimulateArgs {
     /// The most backends.
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub max: u32,
+    /// Scheduled capacity: a TOML file of `[[schedule]]` entries shaped like
+    /// `[[vip.autoscale.schedule]]` (their lead defaults to the provisioning delay), or an
+    /// xdplb config, whose autoscaled VIP's windows are taken.
+    #[arg(long, value_name = "FILE")]
+    pub schedule: Option<PathBuf>,
+    /// With a config as --schedule: the VIP (`ADDR:PORT/PROTO`) whose windows to take, when it
+    /// has several autoscaled VIPs.
+    #[arg(long, value_name = "VIP", requires = "schedule")]
+    pub vip: Option<String>,
+    /// The time of the trace's timestamp 0 (RFC 3339), for the schedule's times. The default
+    /// reads the timestamps as unix seconds; the shipped traces count from 0.
+    #[arg(long, default_value = "1970-01-01T00:00:00Z", value_name = "TIME")]
+    pub epoch: String,
     /// Write the simulated time series (one row a minute) to this CSV file.
     #[arg(long, value_name = "FILE")]
     pub out_csv: Option<PathBuf>,
@@ -77,23 +91,50 @@ pub fn simulate_command(args: &SimulateArgs, json: bool) -> anyhow::Result<()> {
         "all" => PolicyKind::ALL.to_vec(),
         one => vec![one.parse().map_err(anyhow::Error::msg)?],
     };
+    let epoch = parse_time(&args.epoch).map_err(|e| anyhow::anyhow!("--epoch: {e}"))?;
+    let schedule = match &args.schedule {
+        None => Schedule::default(),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            read_schedule(
+                &text,
+                args.vip.as_deref(),
+                (args.min, args.max),
+                args.provisioning_delay,
+            )
+            .with_context(|| format!("in {}", path.display()))?
+        }
+    };
     let config = SimConfig {
         provisioning_delay_s: args.provisioning_delay,
         drain_delay_s: args.drain_delay,
         min: args.min,
         max: args.max,
         initial: args.min,
+        schedule,
+        epoch,
         ..SimConfig::new(args.target_per_backend)
     };
     let results = run_policies(&trace, &kinds, &config);
+    let windows = trace_windows(&trace, &config);
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&json_report(args, &results))?
+            serde_json::to_string_pretty(&json_report(args, &config, &windows, &results))?
         );
     } else {
+        for o in &windows {
+            println!("schedule   {o}");
+        }
         for r in &results {
             println!("{}", r.summary());
+            if !windows.is_empty() {
+                println!(
+                    "           above target during the windows {}s",
+                    above_in_windows(r, &windows, &config)
+                );
+            }
         }
     }
     let refs: Vec<&SimResult> = results.iter().collect();
@@ -114,9 +155,78 @@ pub fn simulate_command(args: &SimulateArgs, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What `simulate -o json` prints: the run's settings and each policy's figures (those of
-/// [`SimResult::summary`]).
-pub fn json_report(args: &SimulateArgs, results: &[SimResult]) -> serde_json::Value {
+/// The schedule of `--schedule`'s text: `[[schedule]]` entries for a pool of `bounds` (their
+/// lead defaulting to `provisioning_delay_s`), or, in an xdplb config (it has `[[vip]]`), the
+/// windows of its autoscaled VIP (`vip`, or the only one).
+pub fn read_schedule(
+    text: &str,
+    vip: Option<&str>,
+    bounds: (u32, u32),
+    provisioning_delay_s: u64,
+) -> anyhow::Result<Schedule> {
+    let is_config = text
+        .parse::<toml::Table>()
+        .is_ok_and(|t| t.contains_key("vip"));
+    if !is_config {
+        return Ok(crate::config::schedule_from_toml(
+            text,
+            bounds,
+            std::time::Duration::from_secs(provisioning_delay_s),
+        )?);
+    }
+    let config = crate::config::Config::parse(text)?;
+    let autoscaled: Vec<_> = (config.vips.iter())
+        .filter(|v| vip.is_none_or(|want| v.vip().to_string() == want))
+        .filter_map(|v| v.autoscale.as_ref())
+        .collect();
+    match &autoscaled[..] {
+        [one] => Ok(one.schedule.clone()),
+        [] => anyhow::bail!(
+            "no autoscaled VIP{}",
+            vip.map_or(String::new(), |v| format!(" {v}"))
+        ),
+        _ => anyhow::bail!("several autoscaled VIPs: pick one with --vip ADDR:PORT/PROTO"),
+    }
+}
+
+/// The schedule's occurrences that meet the trace, at most 1000.
+pub fn trace_windows(trace: &Trace, config: &SimConfig) -> Vec<Occurrence> {
+    let (start, end) = trace.span();
+    let unix = |t: u64| config.epoch.saturating_add_unsigned(t);
+    let mut out: Vec<Occurrence> = (config.schedule.windows.iter())
+        .flat_map(|w| w.occurrences(unix(start), unix(end) + 1, 1000))
+        .collect();
+    out.sort_by_key(|o| o.start);
+    out.truncate(1000);
+    out
+}
+
+/// Seconds above target while one of `windows` is open (from its start to its end).
+pub fn above_in_windows(result: &SimResult, windows: &[Occurrence], config: &SimConfig) -> u64 {
+    let t = |unix: i64| u64::try_from(unix - config.epoch).unwrap_or(0);
+    let mut spans: Vec<(u64, u64)> = windows.iter().map(|o| (t(o.start), t(o.end))).collect();
+    spans.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (a, b) in spans {
+        match merged.last_mut() {
+            Some((_, end)) if a <= *end => *end = (*end).max(b),
+            _ => merged.push((a, b)),
+        }
+    }
+    (merged.iter())
+        .map(|&(a, b)| result.above_target_between(a, b))
+        .sum()
+}
+
+/// What `simulate -o json` prints: the run's settings, the schedule's windows on the trace and
+/// each policy's figures (those of [`SimResult::summary`], and the time above target during
+/// the windows).
+pub fn json_report(
+    args: &SimulateArgs,
+    config: &SimConfig,
+    windows: &[Occurrence],
+    results: &[SimResult],
+) -> serde_json::Value {
     let policies: Vec<serde_json::Value> = results
         .iter()
         .map(|r| {
@@ -132,6 +242,7 @@ pub fn json_report(args: &SimulateArgs, results: &[SimResult]) -> serde_json::Va
                 "scale_outs": r.scale_outs,
                 "scale_ins": r.actions - r.scale_outs,
                 "peak_backends": r.peak_allocated,
+                "time_above_target_in_windows_s": above_in_windows(r, windows, config),
             })
         })
         .collect();
@@ -142,6 +253,15 @@ pub fn json_report(args: &SimulateArgs, results: &[SimResult]) -> serde_json::Va
         "drain_delay_s": args.drain_delay,
         "min": args.min,
         "max": args.max,
+        "epoch": args.epoch,
+        "schedule": windows.iter().map(|o| serde_json::json!({
+            "name": o.name,
+            "start": super::schedule::format_time(o.start),
+            "end": super::schedule::format_time(o.end),
+            "provision_from": super::schedule::format_time(o.provision_from),
+            "min": o.min,
+            "max": o.max,
+        })).collect::<Vec<_>>(),
         "policies": policies,
     })
 }

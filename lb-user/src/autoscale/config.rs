@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     Comparison, Forecaster, HoltWinters, HoltWintersParams, Limits, Policy, PolicyKind, Predictive,
-    PredictiveConfig, RulesPolicy, StepRule, TargetConfig, TargetTracking, Trend,
+    PredictiveConfig, RulesPolicy, Schedule, StepRule, TargetConfig, TargetTracking, Trend,
 };
 
 /// The load signal a policy scales on, per VIP (and per backend for rules).
@@ -204,6 +204,8 @@ pub struct AutoscaleConfig {
     pub provision_timeout: Duration,
     pub drain_timeout: Duration,
     pub dry_run: bool,
+    /// Scheduled capacity: windows that raise the minimum or cap the maximum.
+    pub schedule: Schedule,
 }
 
 impl Default for AutoscaleConfig {
@@ -234,6 +236,7 @@ impl Default for AutoscaleConfig {
             provision_timeout: Duration::from_secs(120),
             drain_timeout: Duration::from_secs(600),
             dry_run: false,
+            schedule: Schedule::default(),
         }
     }
 }

@@ -26,7 +26,10 @@ use serde::{Deserialize, Serialize};
 pub use super::jobs::{
     HookStats, Job, JobResult, MAX_BACKOFF_S, backoff_s, parse_hook_address, run_job,
 };
-use super::{History, Policy};
+use super::{
+    History, Policy,
+    schedule::{Bounds, Occurrence},
+};
 use crate::{
     autoscale::config::{AutoscaleConfig, Signal, WeightedBackend},
     balancer::{BackendSpec, BackendState, Balancer, Vip, VipInfo},
@@ -148,6 +151,22 @@ pub struct VipAutoscaler {
     decisions: VecDeque<DecisionRecord>,
     scale_outs: u64,
     scale_ins: u64,
+    /// The unix time of the last tick (the schedule is read at it).
+    unix: i64,
+    /// Tests: unix time = this + the tick's `now`, instead of the wall clock.
+    clock_offset: Option<i64>,
+}
+
+/// What `autoscale status` shows of a VIP's schedule.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleStatus {
+    /// The bounds in force now (the pool's own when no window is).
+    pub min: u32,
+    pub max: u32,
+    /// Windows in force (including those within their lead time).
+    pub active: Vec<Occurrence>,
+    /// The window that starts next.
+    pub next: Option<Occurrence>,
 }
 
 /// What `autoscale status` shows of a VIP.
@@ -188,6 +207,9 @@ pub struct Status {
     pub scale_up_hook: HookStats,
     pub scale_down_hook: HookStats,
     pub decisions: Vec<DecisionRecord>,
+    /// Present when the VIP has schedule windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleStatus>,
 }
 
 impl VipAutoscaler {
@@ -222,9 +244,28 @@ impl VipAutoscaler {
             decisions: VecDeque::new(),
             scale_outs: 0,
             scale_ins: 0,
+            unix: 0,
+            clock_offset: None,
         };
         this.refill_spare(info);
         this
+    }
+
+    /// Tests: read the schedule at `offset + now` rather than the wall clock.
+    pub fn set_clock_offset(&mut self, offset: i64) {
+        self.clock_offset = Some(offset);
+    }
+
+    fn unix_time(&self, now: u64) -> i64 {
+        match self.clock_offset {
+            Some(offset) => offset.saturating_add_unsigned(now),
+            None => jiff::Timestamp::now().as_second(),
+        }
+    }
+
+    /// The bounds the schedule sets at the last tick.
+    fn scheduled_bounds(&self) -> Bounds {
+        (self.config.schedule).bounds(self.unix, self.config.min, self.config.max)
     }
 
     /// Takes a changed config: a new policy (the history stays), the new standby list.
@@ -339,6 +380,11 @@ impl VipAutoscaler {
         }
         let info = balancer.vip(&self.vip).unwrap_or(info);
         let allocated = self.allocated(&info);
+        self.unix = self.unix_time(now);
+        if !self.config.schedule.is_empty() {
+            let bounds = self.scheduled_bounds();
+            self.policy.set_scheduled(now, Some(bounds));
+        }
         let history = &self.histories[&self.config.signal];
         let decision = self.policy.decide(now, history, allocated);
         self.desired = decision.desired;
@@ -481,6 +527,15 @@ impl VipAutoscaler {
             scale_up_hook: self.scale_up.clone(),
             scale_down_hook: self.scale_down.clone(),
             decisions: self.decisions.iter().cloned().collect(),
+            schedule: (!self.config.schedule.is_empty()).then(|| {
+                let bounds = self.scheduled_bounds();
+                ScheduleStatus {
+                    min: bounds.min,
+                    max: bounds.max,
+                    active: self.config.schedule.active(self.unix),
+                    next: self.config.schedule.next(self.unix),
+                }
+            }),
         }
     }
 }

@@ -15,6 +15,10 @@
 //! Scale-in is always "drain first": a decision to go from 10 to 9 backends asks the agent to
 //! drain one backend and remove it once drained.
 //!
+//! A pool's [`Schedule`] raises its minimum or caps its maximum over windows of time (one-off
+//! or cron); the caller reads it each second and hands the bounds to the policy
+//! ([`Policy::set_scheduled`]), whose [`Limiter`] holds its decisions to them.
+//!
 //! [`simulate`] replays a [`Trace`] against a policy, modelling provisioning and drain delays,
 //! and reports time above target, backend-minutes and scaling actions; [`svg::chart`] draws the
 //! result.
@@ -26,6 +30,7 @@ mod limits;
 pub mod live;
 mod predictive;
 mod rules;
+pub mod schedule;
 mod sim;
 mod target;
 mod trace;
@@ -46,6 +51,7 @@ pub use predictive::{
     Forecaster, HoltWinters, HoltWintersParams, Predictive, PredictiveConfig, Trend,
 };
 pub use rules::{Comparison, RulesPolicy, StepRule};
+pub use schedule::{Bounds, Schedule};
 pub use sim::{SimConfig, SimPoint, SimResult, simulate};
 pub use target::{TargetConfig, TargetTracking};
 pub use trace::{Trace, TraceError};
@@ -88,6 +94,9 @@ pub trait Policy: Send {
     fn forecast(&self) -> Option<f64> {
         None
     }
+    /// Takes the bounds the pool's schedule sets at `now` (`None`: no window in force); called
+    /// before `decide`.
+    fn set_scheduled(&mut self, now: u64, bounds: Option<Bounds>);
 }
 
 /// The policies by name, as the CLI and configs spell them.

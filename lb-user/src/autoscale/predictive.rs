@@ -1,7 +1,7 @@
 //! Predictive scaling: forecast the signal and provision for the peak ahead.
 
 use super::{
-    Decision, History, Limiter, Limits, Policy,
+    Bounds, Decision, History, Limiter, Limits, Policy,
     target::{TargetConfig, TargetTracking, count_for},
 };
 
@@ -321,6 +321,10 @@ impl Predictive {
 impl Policy for Predictive {
     fn name(&self) -> &str {
         "predictive"
+    }
+
+    fn set_scheduled(&mut self, now: u64, bounds: Option<Bounds>) {
+        self.limiter.set_scheduled(now, bounds);
     }
 
     fn decide(&mut self, now: u64, history: &History, current: u32) -> Decision {

@@ -1,6 +1,6 @@
 //! Step rules: "average per backend above 800 for 30 s: add 2".
 
-use super::{Decision, History, Limiter, Limits, Policy};
+use super::{Bounds, Decision, History, Limiter, Limits, Policy};
 
 /// Which side of the threshold a rule watches.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -89,6 +89,10 @@ impl Policy for RulesPolicy {
         "rules"
     }
 
+    fn set_scheduled(&mut self, now: u64, bounds: Option<Bounds>) {
+        self.limiter.set_scheduled(now, bounds);
+    }
+
     fn decide(&mut self, now: u64, history: &History, current: u32) -> Decision {
         let backends = f64::from(current.max(1));
         for (t, value) in history.since(self.seen) {
@@ -104,8 +108,11 @@ impl Policy for RulesPolicy {
             }
             self.seen = Some(t);
         }
+        // Holds go through the limiter too: a scheduled minimum applies whatever the rules.
         let Some(seen) = self.seen else {
-            return Decision::hold(current, "no samples");
+            return self
+                .limiter
+                .apply(now, current, current, "no samples".into());
         };
         let fired = self
             .rules
@@ -114,7 +121,7 @@ impl Policy for RulesPolicy {
             .enumerate()
             .find(|(_, (rule, run))| run.is_some_and(|r| seen + 1 - r >= rule.duration_s.max(1)));
         let Some((i, (rule, _))) = fired else {
-            return Decision::hold(current, "no rule fired");
+            return (self.limiter).apply(now, current, current, "no rule fired".into());
         };
         let wanted = current.saturating_add_signed(rule.change);
         let side = match rule.comparison {

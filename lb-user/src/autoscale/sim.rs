@@ -2,7 +2,7 @@
 
 use std::{collections::VecDeque, fmt::Write as _};
 
-use super::{History, Policy, Trace};
+use super::{History, Policy, Schedule, Trace};
 
 /// The simulated pool.
 #[derive(Clone, Debug, PartialEq)]
@@ -23,6 +23,12 @@ pub struct SimConfig {
     pub record_every_s: u64,
     /// Samples the policy's [`History`] holds.
     pub history_capacity: usize,
+    /// Scheduled capacity windows, evaluated each second at `epoch + t`.
+    pub schedule: Schedule,
+    /// The unix time of the trace's second 0. 0 (the default) reads the trace's timestamps as
+    /// unix seconds; the shipped traces count from 0 and are given one (e.g. a Monday) to put
+    /// a schedule's RFC 3339 times on them.
+    pub epoch: i64,
 }
 
 impl SimConfig {
@@ -38,6 +44,8 @@ impl SimConfig {
             initial: 1,
             record_every_s: 60,
             history_capacity: 3600,
+            schedule: Schedule::default(),
+            epoch: 0,
         }
     }
 }
@@ -76,12 +84,21 @@ pub struct SimResult {
     pub peak_allocated: u32,
     /// The pool every `record_every_s` seconds.
     pub points: Vec<SimPoint>,
+    /// The spans of seconds above target, `[from, to)`.
+    pub above_spans: Vec<(u64, u64)>,
 }
 
 impl SimResult {
     /// Scaling actions per simulated day.
     pub fn actions_per_day(&self) -> f64 {
         f64::from(self.actions) * 86_400.0 / self.seconds.max(1) as f64
+    }
+
+    /// Seconds above target within `[from, to)`.
+    pub fn above_target_between(&self, from: u64, to: u64) -> u64 {
+        (self.above_spans.iter())
+            .map(|&(a, b)| b.min(to).saturating_sub(a.max(from)))
+            .sum()
     }
 
     /// One line: policy, time above target, backend-minutes, actions.
@@ -125,7 +142,8 @@ pub fn points_csv(results: &[&SimResult]) -> String {
 /// Replays `trace` (from its first to its last timestamp, one step a second, linear between
 /// samples) against `policy`.
 ///
-/// Each second: the signal is pushed to the history, the policy decides, the decision is
+/// Each second: the signal is pushed to the history, the schedule's bounds are handed to the
+/// policy, the policy decides, the decision is
 /// carried out (added backends serve after `provisioning_delay_s`; removed ones are the
 /// provisioning ones first, then serving ones, which drain for `drain_delay_s` before their
 /// capacity is gone), then the second is measured.
@@ -145,11 +163,24 @@ pub fn simulate(trace: &Trace, policy: &mut dyn Policy, config: &SimConfig) -> S
         scale_outs: 0,
         peak_allocated: 0,
         points: Vec::new(),
+        above_spans: Vec::new(),
     };
+    let max = config.max.max(config.min);
+    // The schedule as one-off windows over the trace, read again only when it can change.
+    let unix = |t: u64| config.epoch.saturating_add_unsigned(t);
+    let (schedule, edges) = config.schedule.expand(unix(start), unix(end) + 1, 100_000);
+    let mut next_edge = 0;
     let mut backend_seconds: u64 = 0;
     for t in start..=end {
         let load = trace.at(t);
         history.push(t, load);
+        if !schedule.is_empty() && (t == start || edges.get(next_edge) == Some(&unix(t))) {
+            while edges.get(next_edge).is_some_and(|&e| e <= unix(t)) {
+                next_edge += 1;
+            }
+            let bounds = schedule.bounds(unix(t), config.min, max);
+            policy.set_scheduled(t, Some(bounds));
+        }
         let current = serving + provisioning.len() as u32;
         let decision = policy.decide(t, &history, current);
         if decision.desired > current {
@@ -180,6 +211,10 @@ pub fn simulate(trace: &Trace, policy: &mut dyn Policy, config: &SimConfig) -> S
         let allocated = serving_now + provisioning.len() as u32;
         if load > config.target_per_backend * f64::from(serving_now) {
             result.time_above_target_s += 1;
+            match result.above_spans.last_mut() {
+                Some((_, end)) if *end == t => *end = t + 1,
+                _ => result.above_spans.push((t, t + 1)),
+            }
         }
         backend_seconds += u64::from(allocated);
         result.peak_allocated = result.peak_allocated.max(allocated);

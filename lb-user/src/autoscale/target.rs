@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use super::{Decision, History, Limiter, Limits, Policy};
+use super::{Bounds, Decision, History, Limiter, Limits, Policy};
 
 /// [`TargetTracking`]'s parameters.
 #[derive(Clone, Debug, PartialEq)]
@@ -151,6 +151,10 @@ pub(super) fn count_for(load: f64, target: f64) -> u32 {
 impl Policy for TargetTracking {
     fn name(&self) -> &str {
         "target"
+    }
+
+    fn set_scheduled(&mut self, now: u64, bounds: Option<Bounds>) {
+        self.limiter.set_scheduled(now, bounds);
     }
 
     fn decide(&mut self, now: u64, history: &History, current: u32) -> Decision {

@@ -504,3 +504,165 @@ fn tolerance_band_cuts_target_tracking_churn() {
         exact.time_above_target_s
     );
 }
+
+/// The sale week's second 0 in the README and the schedule example: a Monday, so that the
+/// sale runs on Wednesday 2026-03-04 from 21:00 to 22:30 UTC.
+const SALE_WEEK_EPOCH: &str = "2026-03-02T00:00:00Z";
+
+/// `examples/schedules/sale-week.toml`, for a pool of 1..=1000 with 300 s provisioning.
+fn sale_schedule() -> Schedule {
+    let text = std::fs::read_to_string(repo_file("examples/schedules/sale-week.toml"))
+        .expect("reading the schedule");
+    crate::config::schedule_from_toml(&text, (1, 1000), std::time::Duration::from_secs(300))
+        .expect("a valid schedule")
+}
+
+fn sale_week_config(schedule: Schedule) -> SimConfig {
+    SimConfig {
+        schedule,
+        epoch: schedule::parse_time(SALE_WEEK_EPOCH).expect("epoch"),
+        ..diurnal_config()
+    }
+}
+
+#[test]
+fn the_simulator_takes_a_schedule_file_or_a_configs_vip() {
+    let file = std::fs::read_to_string(repo_file("examples/schedules/sale-week.toml"))
+        .expect("reading the schedule");
+    let from_file = cli::read_schedule(&file, None, (1, 1000), 300).expect("a schedule");
+    assert_eq!(from_file, sale_schedule());
+    let vip = |addr: &str, window: &str| {
+        format!(
+            "[[vip]]\naddress = \"{addr}\"\nprotocol = \"tcp\"\n[[vip.backend]]\n\
+             address = \"10.1.0.2:80\"\n[vip.autoscale]\ntarget-per-backend = 500\nmax = 300\n\
+             provision-timeout = \"5m\"\n[[vip.autoscale.schedule]]\nname = \"{window}\"\n\
+             start = \"2026-03-04T21:00:00Z\"\nend = \"2026-03-04T22:30:00Z\"\nmin = 220\n"
+        )
+    };
+    let one = vip("198.19.0.1:80", "sale");
+    let from_config = cli::read_schedule(&one, None, (1, 1000), 60).expect("a schedule");
+    assert_eq!(from_config, sale_schedule(), "the VIP's windows, lead 5m");
+    let two = format!("{one}{}", vip("198.19.0.2:80", "other"));
+    let e = cli::read_schedule(&two, None, (1, 1000), 60).unwrap_err();
+    assert!(e.to_string().contains("pick one with --vip"), "{e}");
+    let picked = cli::read_schedule(&two, Some("198.19.0.2:80/tcp"), (1, 1000), 60).unwrap();
+    assert_eq!(picked.windows[0].name, "other");
+    let e = cli::read_schedule(&two, Some("198.19.0.3:80/tcp"), (1, 1000), 60).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("no autoscaled VIP 198.19.0.3:80/tcp"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_sale_schedule_covers_the_sale() {
+    let epoch = schedule::parse_time(SALE_WEEK_EPOCH).expect("epoch");
+    let schedule = sale_schedule();
+    let [window] = &schedule.windows[..] else {
+        panic!("one window");
+    };
+    let (start, length) = traces::SALE_WEEK_SALE;
+    assert_eq!(
+        window.when,
+        schedule::When::Once {
+            start: epoch + start as i64,
+            end: epoch + (start + length) as i64
+        }
+    );
+    assert_eq!(window.lead_s, 300, "the provisioning delay by default");
+}
+
+#[test]
+fn a_schedule_covering_the_sale_cuts_time_above_target_during_it() {
+    let trace = Trace::load(&repo_file("examples/traces/sale-week.csv")).expect("trace");
+    let (start, length) = traces::SALE_WEEK_SALE;
+    for kind in [PolicyKind::Target, PolicyKind::Predictive] {
+        let without = &run_policies(&trace, &[kind], &sale_week_config(Schedule::default()))[0];
+        let with = &run_policies(&trace, &[kind], &sale_week_config(sale_schedule()))[0];
+        let (a, b) = (
+            without.above_target_between(start, start + length),
+            with.above_target_between(start, start + length),
+        );
+        let cost = with.backend_minutes / without.backend_minutes;
+        eprintln!(
+            "{kind}: above target during the sale {a}s without the schedule, {b}s with it \
+             ({:.0}% less); {:+.1}% backend-minutes\n  {}\n  {}",
+            100.0 * (1.0 - b as f64 / a.max(1) as f64),
+            100.0 * (cost - 1.0),
+            without.summary(),
+            with.summary(),
+        );
+        assert!(a > 0, "{kind}: never above target without the schedule");
+        assert!(b * 5 <= a, "{kind}: {b}s with the schedule vs {a}s without");
+        // Provisioned before the window: serving 220 at its start.
+        let at = |r: &SimResult, t: u64| r.points.iter().find(|p| p.t == t).expect("point").serving;
+        assert!(
+            at(with, start) >= 220,
+            "{kind}: {} serving at the start",
+            at(with, start)
+        );
+        assert!(at(with, start - 600) < 100, "{kind}: not before the lead");
+        // Back down after it: an hour after the end, as without the schedule.
+        let later = start + length + 3600;
+        assert!(
+            at(with, later) <= at(without, later) + 2,
+            "{kind}: {} backends an hour after the sale, {} without the schedule",
+            at(with, later),
+            at(without, later)
+        );
+    }
+}
+
+#[test]
+fn sale_week_chart_renders() {
+    let trace = Trace::load(&repo_file("examples/traces/sale-week.csv")).expect("trace");
+    let kinds = [PolicyKind::Target, PolicyKind::Predictive];
+    let mut results = run_policies(&trace, &kinds, &sale_week_config(Schedule::default()));
+    let mut scheduled = run_policies(
+        &trace,
+        &[PolicyKind::Predictive],
+        &sale_week_config(sale_schedule()),
+    );
+    scheduled[0].policy = "predictive + schedule".into();
+    results.append(&mut scheduled);
+    let refs: Vec<&SimResult> = results.iter().collect();
+    let (start, length) = traces::SALE_WEEK_SALE;
+    let options = ChartOptions {
+        windows: vec![(start, start + length, "schedule \"sale\": min 220".into())],
+        backends: false,
+        zoom: Some((
+            start - 2 * 3600,
+            start + length + 2 * 3600,
+            "day 3 (Wed 2026-03-04), 19:00 to 00:30 UTC: target and predictive (one line) lag the \
+             sale; with the schedule, the capacity is there at 21:00"
+                .into(),
+        )),
+        days: true,
+        ..ChartOptions::new(
+            "sale-week.csv: load and capacity, 500/backend, 300 s provisioning (the sale's window \
+             shaded)",
+        )
+    };
+    let svg = chart(&refs, &options);
+    if std::env::var_os("XDPLB_WRITE_CHART").is_some() {
+        std::fs::write(repo_file("docs/autoscale-sale-week.svg"), &svg).expect("writing the chart");
+    }
+    // Two panels of load and three capacities each, the window shaded in both.
+    assert_eq!(svg.matches("<polyline").count(), 8);
+    assert_eq!(
+        svg.matches("fill=\"#f2c14e\"").count(),
+        3,
+        "two panels and the legend"
+    );
+    for label in ["day 1", "day 7", "21:00", "predictive + schedule capacity<"] {
+        assert!(svg.contains(&format!(">{label}")), "{label:?} missing");
+    }
+    assert_eq!(svg.matches("<text").count(), svg.matches("</text>").count());
+    let shipped =
+        std::fs::read_to_string(repo_file("docs/autoscale-sale-week.svg")).expect("the chart");
+    assert!(
+        shipped == svg,
+        "docs/autoscale-sale-week.svg differs: XDPLB_WRITE_CHART=1 rewrites it"
+    );
+}

@@ -34,20 +34,36 @@
 //! above = 1200                      # or below = ...: per-backend signal
 //! for = "30s"
 //! change = 2                        # backends to add (negative: remove)
+//!
+//! [[vip.autoscale.schedule]]        # scheduled capacity, times in UTC
+//! name = "sale"                     # shown in reasons and status (default: schedule[N])
+//! start = "2026-03-04T20:45:00Z"    # a one-off window: RFC 3339 start and end
+//! end = "2026-03-04T22:45:00Z"
+//! # cron = "0 21 * * FRI"           # or a recurring one: a cron expression and a duration
+//! # duration = "2h"
+//! # timezone = "Europe/Paris"       # the cron's time zone (IANA name; default UTC)
+//! min = 20                          # the pool's minimum during the window, and/or
+//! # max = 4                         #   its maximum
+//! lead = "10m"                      # min holds from this long before each start
+//!                                   #   (default: provision-timeout)
 //! ```
 
 use std::{net::SocketAddr, time::Duration};
 
+use jiff::tz::TimeZone;
 use lb_common::maps::MAX_BACKENDS;
 use serde::{Deserialize, Serialize};
 
-use super::{BackendConfig, Errors, check_backend_of, field, format_duration, parse_duration};
+use super::{
+    BackendConfig, ConfigError, Errors, check_backend_of, field, format_duration, parse_duration,
+};
 use crate::{
     autoscale::{
-        Comparison, PolicyKind,
+        Comparison, PolicyKind, Schedule,
         config::{
             AutoscaleConfig, ForecastModel, RuleConfig, Signal, WeightedBackend, WeightedError,
         },
+        schedule::{When, Window, format_time, parse_cron, parse_time},
     },
     balancer::BackendState,
 };
@@ -105,6 +121,231 @@ pub(super) struct RawAutoscale {
     dry_run: Option<bool>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     rule: Vec<RawRule>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    schedule: Vec<RawWindow>,
+}
+
+/// A `[[vip.autoscale.schedule]]` entry (and a `[[schedule]]` of a simulator's schedule file).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(super) struct RawWindow {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    start: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    end: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cron: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    duration: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    timezone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    min: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lead: Option<String>,
+}
+
+/// A simulator's schedule file: `[[schedule]]` entries.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScheduleFile {
+    #[serde(default)]
+    schedule: Vec<RawWindow>,
+}
+
+/// Where conflicts between two recurring windows are looked for: a year from 2024-01-01 (a
+/// leap year; every weekday falls on every day of the month within it).
+const CONFLICT_REFERENCE: i64 = 1_704_067_200;
+
+/// The schedule windows of a pool with bounds `[min, max]`; a window without `lead` gets
+/// `default_lead`. Errors at `prefix.schedule[N]`.
+fn schedule_from_raw(
+    raw: Vec<RawWindow>,
+    prefix: &str,
+    (min, max): (u32, u32),
+    default_lead: Duration,
+    errors: &mut Errors,
+) -> Schedule {
+    let mut windows: Vec<Window> = Vec::new();
+    let backends_max = i64::from(MAX_BACKENDS);
+    for (i, w) in raw.into_iter().enumerate() {
+        let at = field(prefix, &format!("schedule[{i}]"));
+        let path = |name: &str| field(&at, name);
+        let before = errors.0.len();
+        let name = w.name.unwrap_or_else(|| format!("schedule[{i}]"));
+        if name.is_empty() {
+            errors.add(path("name"), "must not be empty");
+        } else if windows.iter().any(|o| o.name == name) {
+            errors.add(path("name"), format!("duplicate window name {name:?}"));
+        }
+        let when = match (w.start, w.end, w.cron, w.duration) {
+            (Some(start), Some(end), None, None) => {
+                if w.timezone.is_some() {
+                    errors.add(
+                        path("timezone"),
+                        "only for cron windows (start and end carry their offsets)",
+                    );
+                }
+                let parsed = |name: &str, text: &str, errors: &mut Errors| {
+                    parse_time(text).map_err(|e| errors.add(path(name), e)).ok()
+                };
+                let start_t = parsed("start", &start, errors);
+                let end_t = parsed("end", &end, errors);
+                match (start_t, end_t) {
+                    (Some(s), Some(e)) if e <= s => {
+                        errors.add(path("end"), format!("{end} is not after start ({start})"));
+                        None
+                    }
+                    (Some(start), Some(end)) => Some(When::Once { start, end }),
+                    _ => None,
+                }
+            }
+            (None, None, Some(expression), Some(duration)) => {
+                let cron = parse_cron(&expression)
+                    .map_err(|e| errors.add(path("cron"), format!("{expression:?}: {e}")))
+                    .ok();
+                let duration = errors.duration(&path("duration"), &duration);
+                let tz = match w.timezone.as_deref() {
+                    None => Some(TimeZone::UTC),
+                    Some(name) => TimeZone::get(name)
+                        .map_err(|e| errors.add(path("timezone"), format!("{name:?}: {e}")))
+                        .ok(),
+                };
+                match (cron, duration, tz) {
+                    (Some(cron), Some(d), Some(tz)) => Some(When::Every {
+                        cron: Box::new(cron),
+                        expression,
+                        duration_s: d.as_secs(),
+                        tz,
+                    }),
+                    _ => None,
+                }
+            }
+            _ => {
+                errors.add(
+                    &at,
+                    "needs start and end (a one-off window) or cron and duration (a recurring one)",
+                );
+                None
+            }
+        };
+        let bound = |name: &str, value: Option<i64>, errors: &mut Errors| {
+            value.and_then(|n| errors.int::<u32>(&path(name), n, 1..=backends_max))
+        };
+        let w_min = bound("min", w.min, errors);
+        let w_max = bound("max", w.max, errors);
+        if w.min.is_none() && w.max.is_none() {
+            errors.add(&at, "needs min, max or both");
+        }
+        if let (Some(lo), Some(hi)) = (w_min, w_max)
+            && lo > hi
+        {
+            errors.add(
+                path("min"),
+                format!("{lo} is above the window's max ({hi})"),
+            );
+        }
+        if let Some(lo) = w_min.filter(|&lo| lo > max) {
+            errors.add(path("min"), format!("{lo} is above the pool's max ({max})"));
+        }
+        if let Some(hi) = w_max.filter(|&hi| hi < min) {
+            errors.add(path("max"), format!("{hi} is below the pool's min ({min})"));
+        }
+        let lead = match &w.lead {
+            Some(text) => duration_or_zero(errors, &path("lead"), text),
+            None => Some(default_lead),
+        };
+        if let (Some(when), Some(lead)) = (when, lead)
+            && errors.0.len() == before
+        {
+            windows.push(Window {
+                name,
+                when,
+                min: w_min,
+                max: w_max,
+                lead_s: lead.as_secs(),
+            });
+        }
+    }
+    let schedule = Schedule::new(windows);
+    for (i, j, t) in schedule.conflicts(CONFLICT_REFERENCE) {
+        let (a, b) = (&schedule.windows[i], &schedule.windows[j]);
+        let (lo, hi) = match (a.min, b.max) {
+            (Some(lo), Some(hi)) if lo > hi => (a, b),
+            _ => (b, a),
+        };
+        errors.add(
+            field(prefix, "schedule"),
+            format!(
+                "windows {:?} (min {}) and {:?} (max {}) are both in force at {}: a minimum above a maximum",
+                lo.name,
+                lo.min.unwrap_or(0),
+                hi.name,
+                hi.max.unwrap_or(0),
+                format_time(t),
+            ),
+        );
+    }
+    schedule
+}
+
+/// Reads a simulator's schedule file (`[[schedule]]` entries shaped like
+/// `[[vip.autoscale.schedule]]`) for a pool of `[min, max]`.
+pub fn schedule_from_toml(
+    text: &str,
+    bounds: (u32, u32),
+    default_lead: Duration,
+) -> Result<Schedule, ConfigError> {
+    let deserializer =
+        toml::de::Deserializer::parse(text).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+    let raw: RawScheduleFile = serde_path_to_error::deserialize(deserializer)
+        .map_err(|e| ConfigError::Syntax(format!("{}: {}", e.path(), e.inner())))?;
+    let mut errors = Errors::default();
+    let schedule = schedule_from_raw(raw.schedule, "", bounds, default_lead, &mut errors);
+    errors.finish(schedule)
+}
+
+impl From<&Window> for RawWindow {
+    fn from(w: &Window) -> Self {
+        let (start, end, cron, duration, timezone) = match &w.when {
+            When::Once { start, end } => (
+                Some(format_time(*start)),
+                Some(format_time(*end)),
+                None,
+                None,
+                None,
+            ),
+            When::Every {
+                expression,
+                duration_s,
+                tz,
+                ..
+            } => (
+                None,
+                None,
+                Some(expression.clone()),
+                Some(format_duration(Duration::from_secs(*duration_s))),
+                tz.iana_name()
+                    .filter(|_| *tz != TimeZone::UTC)
+                    .map(str::to_owned),
+            ),
+        };
+        RawWindow {
+            name: Some(w.name.clone()),
+            start,
+            end,
+            cron,
+            duration,
+            timezone,
+            min: w.min.map(i64::from),
+            max: w.max.map(i64::from),
+            lead: Some(format_duration(Duration::from_secs(w.lead_s))),
+        }
+    }
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -319,6 +560,13 @@ pub(super) fn from_raw(
     }
     c.scale_up = raw.scale_up;
     c.scale_down = raw.scale_down;
+    c.schedule = schedule_from_raw(
+        raw.schedule,
+        prefix,
+        (c.min, c.max),
+        c.provision_timeout,
+        errors,
+    );
 
     for (j, text) in raw.standby.iter().enumerate() {
         let at = path(&format!("standby[{j}]"));
@@ -401,13 +649,17 @@ impl From<AutoscaleConfig> for RawAutoscale {
                     }
                 })
                 .collect(),
+            schedule: c.schedule.windows.iter().map(RawWindow::from).collect(),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{Config, ConfigError};
+    use crate::{
+        autoscale::schedule::When,
+        config::{Config, ConfigError},
+    };
 
     const VIP: &str = "[[vip]]\naddress = \"198.19.0.1:80\"\nprotocol = \"tcp\"\n\
                        [[vip.backend]]\naddress = \"10.1.0.2:80\"\n[vip.autoscale]\n";
@@ -529,6 +781,114 @@ mod tests {
             "autoscale.standby[4]: \"10.1.0.7@2\" is not ADDR:PORT or ADDR:PORT@WEIGHT",
         ] {
             assert!(e.contains(expected), "{expected:?} not in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn schedules_are_read_defaulted_and_round_trip() {
+        let text = format!(
+            "{VIP}target-per-backend = 500\nmin = 2\nmax = 30\nprovision-timeout = \"3m\"\n\
+             [[vip.autoscale.schedule]]\nname = \"sale\"\nstart = \"2026-03-04T21:00:00Z\"\n\
+             end = \"2026-03-04T22:30:00+00:00\"\nmin = 20\n\
+             [[vip.autoscale.schedule]]\ncron = \"0 1 * * *\"\nduration = \"5h\"\nmax = 4\n\
+             lead = \"0s\"\ntimezone = \"Europe/Paris\"\n"
+        );
+        let config = Config::parse(&text).unwrap();
+        let a = config.vips[0].autoscale.as_ref().unwrap();
+        let [sale, nights] = &a.schedule.windows[..] else {
+            panic!("two windows: {:?}", a.schedule);
+        };
+        assert_eq!(
+            (sale.name.as_str(), sale.min, sale.max),
+            ("sale", Some(20), None)
+        );
+        assert_eq!(sale.lead_s, 180, "the provision-timeout by default");
+        assert_eq!(
+            sale.when,
+            When::Once {
+                start: 1_772_658_000,
+                end: 1_772_663_400
+            }
+        );
+        assert_eq!(
+            (nights.name.as_str(), nights.max, nights.lead_s),
+            ("schedule[1]", Some(4), 0)
+        );
+        assert_eq!(Config::parse(&config.to_toml()).unwrap(), config);
+    }
+
+    #[test]
+    fn bad_schedules_name_their_fields() {
+        let e = errors(
+            "target-per-backend = 10\nmin = 2\nmax = 10\n\
+             [[vip.autoscale.schedule]]\ncron = \"0 25 * * *\"\nduration = \"0s\"\nmin = 3\n\
+             [[vip.autoscale.schedule]]\nstart = \"2026-03-04T22:00:00Z\"\n\
+             end = \"2026-03-04T21:00:00Z\"\nmin = 3\n\
+             [[vip.autoscale.schedule]]\nstart = \"tomorrow\"\nend = \"2026-03-04T21:00:00Z\"\n\
+             min = 11\n\
+             [[vip.autoscale.schedule]]\nstart = \"2026-03-04T21:00:00Z\"\nduration = \"1h\"\n\
+             max = 1\n\
+             [[vip.autoscale.schedule]]\ncron = \"0 * * * *\"\nduration = \"1h\"\n\
+             min = 6\nmax = 5\nlead = \"soon\"\ntimezone = \"Mars/Olympus\"\n\
+             [[vip.autoscale.schedule]]\nname = \"idle\"\ncron = \"0 * * * *\"\nduration = \"1m\"\n",
+        )
+        .join("\n");
+        for expected in [
+            "autoscale.schedule[0].cron: \"0 25 * * *\": ",
+            "autoscale.schedule[0].duration: \"0s\" must be more than 0",
+            "autoscale.schedule[1].end: 2026-03-04T21:00:00Z is not after start (2026-03-04T22:00:00Z)",
+            "autoscale.schedule[2].start: \"tomorrow\" is not an RFC 3339 time",
+            "autoscale.schedule[2].min: 11 is above the pool's max (10)",
+            "autoscale.schedule[3]: needs start and end (a one-off window) or cron and duration",
+            "autoscale.schedule[3].max: 1 is below the pool's min (2)",
+            "autoscale.schedule[4].min: 6 is above the window's max (5)",
+            "autoscale.schedule[4].lead: ",
+            "autoscale.schedule[4].timezone: \"Mars/Olympus\": ",
+            "autoscale.schedule[5]: needs min, max or both",
+        ] {
+            assert!(e.contains(expected), "{expected:?} not in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn conflicting_schedules_are_refused() {
+        let window = |extra: &str| {
+            format!(
+                "target-per-backend = 10\nmin = 1\nmax = 30\n\
+                 [[vip.autoscale.schedule]]\nname = \"sale\"\nstart = \"2026-03-06T20:00:00Z\"\n\
+                 end = \"2026-03-06T23:00:00Z\"\nmin = 20\nlead = \"10m\"\n\
+                 [[vip.autoscale.schedule]]\n{extra}"
+            )
+        };
+        // A cap every evening from 22:00 meets the sale (a Friday) at 22:00.
+        let e = errors(&window(
+            "name = \"evenings\"\ncron = \"0 22 * * *\"\nduration = \"2h\"\nmax = 5\n",
+        ))
+        .join("\n");
+        let expected = "autoscale.schedule: windows \"sale\" (min 20) and \"evenings\" (max 5) \
+                        are both in force at 2026-03-06T22:00:00Z";
+        assert!(e.contains(expected), "{expected:?} not in:\n{e}");
+        // Two recurring ones: every Friday evening against every first of the month.
+        let e = errors(
+            "target-per-backend = 10\nmin = 1\nmax = 30\n\
+             [[vip.autoscale.schedule]]\nname = \"fridays\"\ncron = \"0 20 * * FRI\"\n\
+             duration = \"3h\"\nmin = 10\n\
+             [[vip.autoscale.schedule]]\nname = \"firsts\"\ncron = \"0 0 1 * *\"\n\
+             duration = \"24h\"\nmax = 4\n",
+        )
+        .join("\n");
+        assert!(
+            e.contains("windows \"fridays\" (min 10) and \"firsts\" (max 4)"),
+            "{e}"
+        );
+        // Not conflicting: the cap ends before the sale's lead, or allows its minimum.
+        for extra in [
+            "cron = \"0 12 * * *\"\nduration = \"7h\"\nmax = 5\n",
+            "cron = \"0 22 * * *\"\nduration = \"2h\"\nmax = 25\n",
+            "cron = \"0 22 * * *\"\nduration = \"2h\"\nmin = 25\n",
+        ] {
+            let text = format!("{VIP}{}", window(extra));
+            assert!(Config::parse(&text).is_ok(), "{extra}");
         }
     }
 }

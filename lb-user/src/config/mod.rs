@@ -73,6 +73,7 @@ pub use crate::{
     autoscale::config::{AutoscaleConfig, ForecastModel, RuleConfig, Signal},
     duration::{format_duration, parse_duration},
 };
+pub use autoscale::schedule_from_toml;
 pub use cluster::{
     BgpConfig, BgpPeer, ClusterConfig, DEFAULT_ETCD_PREFIX, DEFAULT_HOLD_TIME, cluster_safe,
 };

@@ -599,3 +599,65 @@ fn scale_up_answers_of_another_vips_backend_or_this_pools_are_refused() {
     );
     assert_eq!(status.capacity, 3 + 2, "a running scale-up counts for 2");
 }
+
+#[test]
+fn a_schedule_window_brings_standby_in_before_it_opens_and_drains_them_after() {
+    // The window opens at unix 1000 (tick 100 with the offset below), 20 s lead, 30 s long.
+    let text = format!(
+        "{CONFIG}[[vip.autoscale.schedule]]\nname = \"sale\"\nstart = \"1970-01-01T00:16:40Z\"\n\
+         end = \"1970-01-01T00:17:10Z\"\nmin = 3\nlead = \"20s\"\n"
+    );
+    let mut rig = Rig::new(&text);
+    rig.scaler.set_clock_offset(900);
+    rig.load(2);
+    while rig.now < 79 {
+        rig.second(true);
+    }
+    assert_eq!(rig.states().len(), 1, "light load, before the lead");
+    let status = rig.scaler.status(rig.balancer.vip(&rig.vip).ok().as_ref());
+    let schedule = status.schedule.expect("a schedule status");
+    assert!(schedule.active.is_empty());
+    assert_eq!(schedule.next.as_ref().map(|o| o.start), Some(1000));
+    assert_eq!((schedule.min, schedule.max), (1, 3));
+
+    rig.second(true); // tick 80: unix 980, the window's start - lead.
+    assert_eq!(rig.states().len(), 3, "{:?}", rig.states());
+    assert!(rig.states().iter().all(|(_, s)| *s == BackendState::Up));
+    let status = rig.scaler.status(rig.balancer.vip(&rig.vip).ok().as_ref());
+    assert_eq!(status.decisions[0].reason, "schedule \"sale\": min 3");
+    let schedule = status.schedule.expect("a schedule status");
+    assert_eq!(schedule.min, 3);
+    assert_eq!(schedule.active.len(), 1);
+    assert_eq!(schedule.active[0].name, "sale");
+
+    // Light load all through: they stay until the end (unix 1030, tick 130), then the
+    // scale-in cooldown (5 s) runs, then they drain.
+    rig.flows = HashMap::from([(addr("10.1.0.3:80"), 1)]);
+    while rig.now < 129 {
+        rig.second(true);
+        assert_eq!(rig.states().len(), 3, "tick {}", rig.now);
+    }
+    let ended = rig.now + 1;
+    while rig.states().iter().all(|(_, s)| *s == BackendState::Up) {
+        assert!(rig.now < ended + 10, "no scale-in after the window");
+        rig.second(true);
+    }
+    assert!(
+        rig.now >= ended + 5,
+        "the scale-in cooldown runs from the end"
+    );
+    // Drain first: the idle ones drain, then leave; the one with a flow stays.
+    let draining: Vec<_> = (rig.states().into_iter())
+        .filter(|(_, s)| *s == BackendState::Draining)
+        .map(|(a, _)| a)
+        .collect();
+    assert_eq!(draining, [addr("10.1.0.2:80"), addr("10.1.0.4:80")]);
+    rig.second(true);
+    assert_eq!(rig.states(), [(addr("10.1.0.3:80"), BackendState::Up)]);
+    let status = rig.scaler.status(rig.balancer.vip(&rig.vip).ok().as_ref());
+    let schedule = status.schedule.expect("a schedule status");
+    assert!(
+        schedule.active.is_empty() && schedule.next.is_none(),
+        "{schedule:?}"
+    );
+}
