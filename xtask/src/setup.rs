@@ -52,6 +52,8 @@ const SYSTEM_TOOLS: &[(&str, &str)] = &[
     // agent for the types it keeps.
     ("promtool", "prometheus"),
     ("prometheus", "prometheus"),
+    // Cron schedule windows in a named time zone read the system's zone database.
+    ("/usr/share/zoneinfo/Europe/Paris", "tzdata"),
 ];
 
 /// Checks everything and installs what is missing, saying what it does.
