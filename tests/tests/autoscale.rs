@@ -50,6 +50,13 @@ fn wait_for_pool(agent: &Agent, what: &str, done: impl Fn(&BTreeMap<String, Stri
     }
 }
 
+/// The VIP's backends and their weights.
+fn weights(agent: &Agent) -> BTreeMap<String, u32> {
+    (agent.backends().into_iter())
+        .map(|(addr, b)| (addr, b.weight))
+        .collect()
+}
+
 fn count_state(states: &BTreeMap<String, String>, state: &str) -> usize {
     states.values().filter(|s| *s == state).count()
 }
@@ -238,13 +245,8 @@ fn autoscaling_brings_in_the_standby_backend_whose_weight_covers_the_gap() {
     wait_for_pool(&agent, "b1 joins for 14 connections", |s| {
         count_state(s, "up") == 2 && s.contains_key(&b1.to_string())
     });
-    let weights: BTreeMap<String, u32> = agent
-        .backends()
-        .into_iter()
-        .map(|(addr, b)| (addr, b.weight))
-        .collect();
     assert_eq!(
-        weights,
+        weights(&agent),
         BTreeMap::from([(backend_addr(0).to_string(), 1), (b1.to_string(), 3)]),
         "b1 joins alone, with its weight"
     );
@@ -396,13 +398,8 @@ echo "$addr"
     wait_for_pool(&agent, "b1 joins for 10 connections", |s| {
         count_state(s, "up") == 2 && s.contains_key(&b1)
     });
-    let weights: BTreeMap<String, u32> = agent
-        .backends()
-        .into_iter()
-        .map(|(addr, b)| (addr, b.weight))
-        .collect();
     assert_eq!(
-        weights,
+        weights(&agent),
         BTreeMap::from([(backend_addr(0).to_string(), 2), (b1.clone(), 2)]),
         "b1 joins with the weight the hook gave"
     );

@@ -4,6 +4,7 @@
 
 use std::{
     fs,
+    net::SocketAddr,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     thread,
@@ -26,6 +27,23 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("script");
     fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod");
     path
+}
+
+/// Waits (bounded) until the sorry backend `sorry` is in the VIP's tables, up.
+fn wait_for_sorry(agent: &Agent, sorry: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent
+        .backends()
+        .get(&sorry.to_string())
+        .is_none_or(|b| b.state != BackendState::Up)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no sorry backend with every other down: {:?}",
+            agent.backends()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Waits (bounded) until `path` has a line containing `text`; its content.
@@ -240,19 +258,7 @@ fn the_sorry_backend_takes_new_flows_only_while_every_other_is_down() {
     // Every other backend down: the sorry backend takes every new flow.
     servers[0] = None;
     servers[1] = None;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while agent
-        .backends()
-        .get(&sorry.to_string())
-        .is_none_or(|b| b.state != BackendState::Up)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no sorry backend with every other down: {:?}",
-            agent.backends()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_sorry(&agent, sorry);
     let tally = spread(&topo.client, VIP_ADDR, 20, "sorry");
     assert_eq!(tally.get(&ident(SORRY)), Some(&20), "{tally:?}");
     let mut held = topo
@@ -412,19 +418,7 @@ fn vip_set_gives_a_sorry_backend_and_notify_commands() {
     );
     // Every other backend down: a new connection lands on the sorry backend.
     servers[1] = None;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while agent
-        .backends()
-        .get(&sorry.to_string())
-        .is_none_or(|b| b.state != BackendState::Up)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the sorry backend never took over: {:?}",
-            agent.backends()
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_sorry(&agent, sorry);
     let tally = spread(&topo.client, VIP_ADDR, 10, "sorry");
     assert_eq!(tally.get(&ident(SORRY)), Some(&10), "{tally:?}");
 
