@@ -1,8 +1,9 @@
 //! Scheduled capacity: windows of time that raise a pool's minimum or cap its maximum.
 //!
 //! A window is one-off (`start`, `end`) or recurring (a cron expression, matched in UTC or a
-//! named time zone, and a `duration`). Its `min` holds from `lead` before each start until the end, so that the
-//! backends are serving when the window opens; its `max` holds from the start to the end.
+//! named time zone, and a `duration`). Its `min` holds from `lead` before each start until the
+//! end, so that the backends are serving when the window opens; its `max` holds from the start
+//! to the end.
 //! Times are unix seconds (UTC); [`Schedule::bounds`] gives a pool's effective minimum and
 //! maximum at a time: the highest minimum and the lowest cap of the windows in force, never
 //! outside the pool's own `[min, max]`. Should a raised minimum ever meet a lower cap (config
