@@ -10,7 +10,7 @@
 
 use std::{
     collections::BTreeSet,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Child,
     thread,
     time::{Duration, Instant},
@@ -105,6 +105,23 @@ fn leader(agent: &Agent) -> Option<String> {
         .into_iter()
         .find(|l| l.vip == VIP2)
         .map(|l| l.gateway)
+}
+
+/// Starts a gateway that was stopped or killed again, with its file, and waits (bounded) until
+/// it has caught up with the store: the autoscaled pool at 3.
+fn rejoin(agent: &mut Agent, file: &Path) {
+    agent.start(&[
+        "--config",
+        file.to_str().expect("UTF-8"),
+        "--metrics",
+        METRICS,
+    ]);
+    wait(
+        "the gateway caught up",
+        Instant::now(),
+        Duration::from_secs(10),
+        || backends_of(agent, VIP2).len() == 3,
+    );
 }
 
 #[test]
@@ -243,18 +260,7 @@ fn gateways_share_one_pool_in_etcd() {
         },
     );
     // The killed gateway comes back and catches up.
-    agents[killed].start(&[
-        "--config",
-        files[killed].to_str().expect("UTF-8"),
-        "--metrics",
-        METRICS,
-    ]);
-    wait(
-        "the restarted gateway caught up",
-        Instant::now(),
-        Duration::from_secs(10),
-        || backends_of(&agents[killed], VIP2).len() == 3,
-    );
+    rejoin(&mut agents[killed], &files[killed]);
     // A leader stopped with `xdplb stop` gives up its lease: another gateway leads at once, not
     // when the lease would have expired.
     let stopped: usize = second.trim_start_matches("gw").parse().expect("gwN");
@@ -273,18 +279,7 @@ fn gateways_share_one_pool_in_etcd() {
         "{second} stopped: {} leads after {took:?}",
         leader(&agents[watcher]).expect("a leader")
     );
-    agents[stopped].start(&[
-        "--config",
-        files[stopped].to_str().expect("UTF-8"),
-        "--metrics",
-        METRICS,
-    ]);
-    wait(
-        "the stopped gateway caught up",
-        Instant::now(),
-        Duration::from_secs(10),
-        || backends_of(&agents[stopped], VIP2).len() == 3,
-    );
+    rejoin(&mut agents[stopped], &files[stopped]);
 
     // etcd stops: traffic flows, `status` says so, changes are refused.
     etcd.stop();
