@@ -29,6 +29,18 @@ fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     path
 }
 
+/// A notify command that appends its arguments and environment to `DIR/notify.log`: the script
+/// and the log.
+fn notify_script(dir: &Path) -> (PathBuf, PathBuf) {
+    let log = dir.join("notify.log");
+    let script = script(
+        dir,
+        "notify.sh",
+        &format!("echo \"$1 $STATE $BACKEND $VIP\" >> {}", log.display()),
+    );
+    (script, log)
+}
+
 /// Waits (bounded) until the sorry backend `sorry` is in the VIP's tables, up.
 fn wait_for_sorry(agent: &Agent, sorry: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -88,15 +100,7 @@ fn exec_checks_and_notify_hooks() {
             ip = victim.ip()
         ),
     );
-    let notify_log = dir.join("notify.log");
-    let notify = script(
-        &dir,
-        "notify.sh",
-        &format!(
-            "echo \"$1 $STATE $BACKEND $VIP\" >> {}",
-            notify_log.display()
-        ),
-    );
+    let (notify, notify_log) = notify_script(&dir);
     let mut config = format!(
         "[[vip]]\naddress = \"{VIP_ADDR}\"\nprotocol = \"tcp\"\n\
          notify-up = [\"{n}\", \"hook\"]\nnotify-down = [\"{n}\", \"hook\"]\n\n\
@@ -324,15 +328,7 @@ fn vip_set_gives_a_sorry_backend_and_notify_commands() {
         "--health-fall",
         "2",
     ]);
-    let notify_log = dir.join("notify.log");
-    let notify = script(
-        &dir,
-        "notify.sh",
-        &format!(
-            "echo \"$1 $STATE $BACKEND $VIP\" >> {}",
-            notify_log.display()
-        ),
-    );
+    let (notify, notify_log) = notify_script(&dir);
     for (args, code, error) in [
         (
             vec!["--sorry", "127.0.0.1:80"],
