@@ -440,8 +440,9 @@ impl Conn {
         Ok(Self { stream, reader })
     }
 
-    /// [`Conn::connect`] from the local address `source` (one of many a client holds).
-    pub fn connect_from(source: IpAddr, addr: SocketAddr) -> anyhow::Result<Self> {
+    /// [`Conn::connect`] from the local address `source` (one of many a client holds), and from
+    /// its port unless 0 (any).
+    pub fn connect_from(source: SocketAddr, addr: SocketAddr) -> anyhow::Result<Self> {
         use nix::sys::{
             socket::{
                 AddressFamily, SockFlag, SockType, SockaddrStorage, bind, connect, setsockopt,
@@ -459,11 +460,8 @@ impl Conn {
         // Bounds `connect` too.
         let timeout = TimeVal::milliseconds(IO_TIMEOUT.as_millis() as i64);
         setsockopt(&fd, sockopt::SendTimeout, &timeout)?;
-        bind(
-            fd.as_raw_fd(),
-            &SockaddrStorage::from(SocketAddr::new(source, 0)),
-        )
-        .with_context(|| format!("binding to {source}"))?;
+        bind(fd.as_raw_fd(), &SockaddrStorage::from(source))
+            .with_context(|| format!("binding to {source}"))?;
         connect(fd.as_raw_fd(), &SockaddrStorage::from(addr))
             .with_context(|| format!("connecting from {source} to {addr}"))?;
         let stream = TcpStream::from(fd);

@@ -236,7 +236,7 @@ fn ecmp_over_three_gateways_survives_losing_one() {
     let opened: Vec<anyhow::Result<(Conn, String)>> = cluster.client.run(|| {
         (0..CLIENT_SOURCES)
             .map(|i| {
-                let mut conn = Conn::connect_from(client_source(i), vip)?;
+                let mut conn = Conn::connect_from(SocketAddr::new(client_source(i), 0), vip)?;
                 let ident = conn.ask(&format!("hello{i}"))?;
                 Ok((conn, ident))
             })

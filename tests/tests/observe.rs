@@ -14,7 +14,7 @@ use std::{
 
 use lb_tests::{
     agent::{Agent, BACKENDS, VIP, VIP_ADDR, backend_addr, bin, path_str, serve, strs, vip_args},
-    netns::{Topology, run_bounded},
+    netns::{Conn, Topology, run_bounded},
     traffic::{chatter, hold},
 };
 use lb_user::{
@@ -245,6 +245,11 @@ fn reverse_entries(agent: &Agent) -> Vec<(lb_common::FlowKey, lb_common::maps::R
 /// A backend two VIPs share records a reverse translation per flow; `conn flush --vip`
 /// deletes each flushed flow's with it (none dangles), and leaves the other VIP's; the next
 /// packet of a flushed flow records both again.
+///
+/// The second VIP's connections come from fixed ports below the ephemeral range: b0 sees a
+/// client's connections to both VIPs on one 4-tuple if the client picks the same source port
+/// for both (README, "Limits worth knowing"), and the later connection then never opens (the
+/// backend's challenge ACKs go to the earlier one); about one run in a thousand did.
 #[test]
 #[ignore = "needs root"]
 fn conn_flush_removes_the_reverse_translations_of_a_shared_backend() {
@@ -258,10 +263,21 @@ fn conn_flush_removes_the_reverse_translations_of_a_shared_backend() {
     args.extend(["--backend".into(), format!("{SECOND}={b0}")]);
     agent.start(&strs(&args));
     let second_addr: SocketAddr = "198.19.0.2:80".parse().unwrap();
-    let mut second = hold(&topo.client, second_addr, 4);
+    let client_v4 = topo.client.v4;
+    let mut second: Vec<(Conn, String)> = topo.client.run(|| {
+        (0..4)
+            .map(|i| {
+                let source = SocketAddr::from((client_v4, 20_000 + i));
+                let mut conn = Conn::connect_from(source, second_addr)
+                    .unwrap_or_else(|err| panic!("second VIP, connection {i}: {err:#}"));
+                let ident = conn.ask(&format!("second{i}")).expect("an answer");
+                (conn, ident)
+            })
+            .collect()
+    });
     let first = hold(&topo.client, VIP_ADDR, 12);
     let on_b0_first = first.iter().filter(|(_, id)| id == "b0").count();
-    let port_of = |c: &lb_tests::netns::Conn| c.stream.local_addr().unwrap().port();
+    let port_of = |c: &Conn| c.stream.local_addr().unwrap().port();
     let second_ports: Vec<u16> = second.iter().map(|(c, _)| port_of(c)).collect();
 
     let to_b0 = |entries: &[(lb_common::FlowKey, lb_common::maps::ReverseNat)]| {
