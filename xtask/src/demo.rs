@@ -1,6 +1,8 @@
 //! `cargo xtask demo`: xdplb in a self-contained topology of network namespaces (no NIC
 //! needed). It builds the release binary, creates a client, a gateway and two backends, runs
-//! `xdplb` on the gateway, sends traffic, shows the counters, and removes everything.
+//! `xdplb` on the gateway, sends traffic, shows the counters, and removes everything. It fails
+//! if what it shows is wrong (a backend that never answers, answers against the weights, a
+//! reply that does not come from the VIP, a ping that gets no answer), so `cargo xtask test` runs it as the README's first command's test.
 
 use std::{
     net::SocketAddr,
@@ -12,7 +14,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use lb_tests::netns::{Topology, harness_namespaces, tcp_request, udp_request};
 
-use crate::{build, target_dir};
+use crate::build_release_xdplb;
 
 const PORT: u16 = 8080;
 
@@ -23,8 +25,7 @@ pub fn run() -> anyhow::Result<()> {
     if !lb_tests::is_root() {
         bail!("the demo needs root: it creates network namespaces and attaches XDP programs");
     }
-    build(true)?;
-    let xdplb = target_dir("release").join("xdplb");
+    let xdplb = build_release_xdplb()?;
     let namespaces_before = harness_namespaces();
 
     let topo = Topology::new(2).context("creating the demo topology")?;
@@ -127,10 +128,13 @@ fn traffic(topo: &Topology) -> anyhow::Result<()> {
             .collect::<anyhow::Result<Vec<_>>>()
     })?;
     let count = |who: &str| answers.iter().filter(|a| a.starts_with(who)).count();
+    let (heavy, light) = (count("backend-0 "), count("backend-1 "));
     println!(
-        "   40 TCP connections to {tcp} (weighted-round-robin 3:1): backend-0 answered {}, backend-1 {}",
-        count("backend-0 "),
-        count("backend-1 ")
+        "   40 TCP connections to {tcp} (weighted-round-robin 3:1): backend-0 answered {heavy}, backend-1 {light}"
+    );
+    ensure!(
+        heavy + light == answers.len() && heavy > light && light > 0,
+        "the TCP answers do not follow the weights 3:1: {answers:?}"
     );
     let udp = SocketAddr::new(vip, 53);
     let replies = topo.client.run(|| {
@@ -143,6 +147,7 @@ fn traffic(topo: &Topology) -> anyhow::Result<()> {
         "   10 UDP datagrams to {udp} (maglev): {} replies, all from the VIP: {from_vip}",
         replies.len()
     );
+    ensure!(from_vip, "UDP replies not from the VIP: {replies:?}");
     let out = topo.client.exec(
         "ping",
         &["-c", "3", "-i", "0.2", &topo.backends[0].v4.to_string()],

@@ -105,6 +105,16 @@ pub fn build(release: bool) -> anyhow::Result<()> {
     run_step(if release { "build (release)" } else { "build" }, &mut cmd)
 }
 
+/// Builds the release `xdplb` binary alone (what the demo runs and the package ships); returns
+/// its path.
+pub fn build_release_xdplb() -> anyhow::Result<PathBuf> {
+    run_step(
+        "build xdplb (release)",
+        cargo().args(["build", "--release", "-p", "lb-user", "--bin", "xdplb"]),
+    )?;
+    Ok(target_dir("release").join("xdplb"))
+}
+
 /// Where cargo puts binaries for `profile` (`debug` or `release`).
 pub fn target_dir(profile: &str) -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")

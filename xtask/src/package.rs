@@ -25,11 +25,7 @@ fn generated_dir() -> PathBuf {
 /// Builds the .deb; returns its path.
 pub fn build() -> anyhow::Result<PathBuf> {
     ensure_cargo_deb()?;
-    run_step(
-        "build xdplb (release)",
-        cargo().args(["build", "--release", "-p", "lb-user", "--bin", "xdplb"]),
-    )?;
-    let xdplb = target_dir("release").join("xdplb");
+    let xdplb = crate::build_release_xdplb()?;
     let out = generated_dir();
     if out.exists() {
         fs::remove_dir_all(&out).with_context(|| format!("removing {}", out.display()))?;

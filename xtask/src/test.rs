@@ -1,4 +1,5 @@
-//! `cargo xtask test`: lints, host unit tests, packet fixtures and namespace tests.
+//! `cargo xtask test`: lints, host unit tests, packet fixtures, namespace tests, the package
+//! round trip and the demo.
 
 use std::time::Instant;
 
@@ -12,7 +13,7 @@ pub struct TestArgs {
     #[arg(long)]
     no_lint: bool,
     /// Only tests whose name contains this (passed to the test harness). The package round
-    /// trip runs when there is no filter or `package` has it.
+    /// trip and then the demo run when there is no filter or `package` (`demo`) has it.
     filter: Option<String>,
 }
 
@@ -74,6 +75,15 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
     if root && package {
         // Installs the package on this machine and purges it again (also when a check fails).
         crate::package::round_trip()?;
+    }
+    let demo = args
+        .filter
+        .as_deref()
+        .is_none_or(|f| "demo".contains(f) || f.contains("demo"));
+    if root && demo {
+        // The README's first command, on the release binary the package round trip built.
+        eprintln!("xtask: cargo xtask demo");
+        crate::demo::run()?;
     }
     eprintln!("xtask: all tests passed in {:.1?}", start.elapsed());
     Ok(())
