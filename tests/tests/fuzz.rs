@@ -536,7 +536,7 @@ enum L4Sum {
     Full,
     /// The partial checksum for its pseudo-header (and no correct full one).
     Partial,
-    /// IPv4 UDP without checksum.
+    /// UDP with checksum 0: none (IPv4) or an invalid one (IPv6).
     None,
     Wrong,
 }
@@ -544,7 +544,9 @@ enum L4Sum {
 fn l4_sum(f: &[u8], ip: &Ip) -> L4Sum {
     let at = check_offset(ip);
     let field = u16_at(f, at);
-    if !ip.v6 && ip.proto == PROTO_UDP && field == 0 {
+    // IPv4's "no checksum"; never valid for IPv6 (RFC 8200 8.1), where the receiver drops it:
+    // either way the translation keeps it 0 (`lb_common::csum::udp_checksum_after`).
+    if ip.proto == PROTO_UDP && field == 0 {
         return L4Sum::None;
     }
     let segment = &f[ip.l4_off..ip.l4_off + ip.l4_len];
@@ -1134,7 +1136,8 @@ fn translated(
                 sum(addrs) + sum(&f[ip.l4_off..ip.l4_off + 4]) + sum(&f[at..at + 2]),
             )) % 0xffff
         };
-        let none = !ip.v6 && ip.proto == PROTO_UDP && u16_at(input, check_offset(ip)) == 0;
+        // UDP's 0 stays 0 (see `l4_sum`).
+        let none = ip.proto == PROTO_UDP && u16_at(input, check_offset(ip)) == 0;
         let ok = if none {
             field == 0
         } else {

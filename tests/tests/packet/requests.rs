@@ -78,6 +78,18 @@ pub fn cases(lab: &PacketLab) -> Vec<Case> {
             Expect::Frame(lab.to_b0("[fd00::2]:5353", "[fd00:0:0:1::2]:8080", L4::Udp, b"query")),
         ),
         Case::new(
+            "IPv6 UDP with checksum 0 (never valid there) keeps checksum 0",
+            set_checksum(
+                frame(sa("[fd00::2]:5353"), sa("[fd00:ffff::1]:53"), L4::Udp, b"q"),
+                0,
+            ),
+            XdpAction::Redirect,
+            Expect::Frame(set_checksum(
+                lab.to_b0("[fd00::2]:5353", "[fd00:0:0:1::2]:8080", L4::Udp, b"q"),
+                0,
+            )),
+        ),
+        Case::new(
             "IPv4 TCP with data and PSH",
             frame(
                 sa("198.18.0.2:40001"),
