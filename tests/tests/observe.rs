@@ -249,7 +249,8 @@ fn reverse_entries(agent: &Agent) -> Vec<(lb_common::FlowKey, lb_common::maps::R
 /// The second VIP's connections come from fixed ports below the ephemeral range: b0 sees a
 /// client's connections to both VIPs on one 4-tuple if the client picks the same source port
 /// for both (README, "Limits worth knowing"), and the later connection then never opens (the
-/// backend's challenge ACKs go to the earlier one); about one run in a thousand did.
+/// backend's challenge ACKs go to the earlier one): by the ports' odds, about one run in a
+/// thousand.
 #[test]
 #[ignore = "needs root"]
 fn conn_flush_removes_the_reverse_translations_of_a_shared_backend() {

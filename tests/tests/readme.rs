@@ -741,7 +741,8 @@ fn the_readme_run_and_decap_commands_run_in_a_namespace() {
 
 /// The README's `cargo xtask` commands are taken by xtask's parser: each is run with
 /// `--help` after it, which clap reaches only once every argument before it is taken, and
-/// nothing runs. (CI runs `cargo xtask test`; `demo`, `bench` and `package` are run by hand.)
+/// nothing runs. (CI runs `cargo xtask test`, which runs the package round trip and `demo` as
+/// root; `bench` is run by hand.)
 #[test]
 fn every_readme_cargo_xtask_command_parses() {
     let xtask = lb_tests::xdplb_bin().with_file_name("xtask");
