@@ -804,9 +804,23 @@ impl Drop for Topology {
     }
 }
 
-/// Adds `ns`, with `lo` up.
+/// Adds `ns`, with `lo` up and no duplicate address detection on the interfaces it gets.
+///
+/// The tests add their addresses `nodad`, but a new veth's link-local address would still be
+/// tentative for a second or two, and the kernel sends a neighbour solicitation of its own
+/// (not one a packet triggered, like the agent's managed entries for `dsr-l2` backends) only
+/// from a usable link-local address: until then the solicitation waits for its one-second
+/// retransmission, and IPv6 health checks with a short timeout failed right after start.
 pub fn add_namespace(ns: &str) -> anyhow::Result<()> {
     run_ok(Command::new("ip").args(["netns", "add", ns]))?;
+    run_ok(
+        Command::new("ip")
+            .args(["netns", "exec", ns, "sysctl", "-qw"])
+            .args([
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            ]),
+    )?;
     run_ok(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]))?;
     Ok(())
 }
