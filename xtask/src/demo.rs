@@ -2,7 +2,8 @@
 //! needed). It builds the release binary, creates a client, a gateway and two backends, runs
 //! `xdplb` on the gateway, sends traffic, shows the counters, and removes everything. It fails
 //! if what it shows is wrong (a backend that never answers, answers against the weights, a
-//! reply that does not come from the VIP, a ping that gets no answer), so `cargo xtask test` runs it as the README's first command's test.
+//! reply that does not come from the VIP, a ping that gets no answer), so `cargo xtask test`
+//! runs it as the test of the README's first command.
 
 use std::{
     net::SocketAddr,

@@ -68,23 +68,23 @@ pub fn run(args: &TestArgs) -> anyhow::Result<()> {
         eprintln!("xtask: ************************************************************");
     }
     tests?;
-    let package = args
-        .filter
-        .as_deref()
-        .is_none_or(|f| "package".contains(f) || f.contains("package"));
-    if root && package {
+    if root && selects(args, "package") {
         // Installs the package on this machine and purges it again (also when a check fails).
         crate::package::round_trip()?;
     }
-    let demo = args
-        .filter
-        .as_deref()
-        .is_none_or(|f| "demo".contains(f) || f.contains("demo"));
-    if root && demo {
+    if root && selects(args, "demo") {
         // The README's first command, on the release binary the package round trip built.
         eprintln!("xtask: cargo xtask demo");
         crate::demo::run()?;
     }
     eprintln!("xtask: all tests passed in {:.1?}", start.elapsed());
     Ok(())
+}
+
+/// True if the filter of `args` (none, or a part of `step`'s name, or a name containing it)
+/// selects the step `step` that runs after the tests.
+fn selects(args: &TestArgs, step: &str) -> bool {
+    args.filter
+        .as_deref()
+        .is_none_or(|f| step.contains(f) || f.contains(step))
 }
